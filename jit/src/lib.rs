@@ -1,0 +1,2 @@
+//! krr execution engine.
+pub mod snippet;

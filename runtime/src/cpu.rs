@@ -1,0 +1,304 @@
+//! The architectural CPU state, laid out `#[repr(C)]` so that compiled code can address every
+//! field by a constant offset (see [`offsets`]).
+
+use std::mem::offset_of;
+
+/// General-purpose register numbers in x86 encoding order.
+pub mod gpr {
+    pub const RAX: usize = 0;
+    pub const RCX: usize = 1;
+    pub const RDX: usize = 2;
+    pub const RBX: usize = 3;
+    pub const RSP: usize = 4;
+    pub const RBP: usize = 5;
+    pub const RSI: usize = 6;
+    pub const RDI: usize = 7;
+    pub const NAMES: [&str; 16] = [
+        "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12",
+        "r13", "r14", "r15",
+    ];
+}
+
+/// RFLAGS bits.
+pub mod rflags {
+    pub const CF: u64 = 1 << 0;
+    pub const FIXED1: u64 = 1 << 1;
+    pub const PF: u64 = 1 << 2;
+    pub const AF: u64 = 1 << 4;
+    pub const ZF: u64 = 1 << 6;
+    pub const SF: u64 = 1 << 7;
+    pub const TF: u64 = 1 << 8;
+    pub const IF: u64 = 1 << 9;
+    pub const DF: u64 = 1 << 10;
+    pub const OF: u64 = 1 << 11;
+    pub const IOPL: u64 = 3 << 12;
+    pub const NT: u64 = 1 << 14;
+    pub const RF: u64 = 1 << 16;
+    pub const VM: u64 = 1 << 17;
+    pub const AC: u64 = 1 << 18;
+    pub const VIF: u64 = 1 << 19;
+    pub const VIP: u64 = 1 << 20;
+    pub const ID: u64 = 1 << 21;
+    /// The six arithmetic status flags, kept in lazy form (see [`super::CpuState::cc_op`]).
+    pub const ARITH: u64 = CF | PF | AF | ZF | SF | OF;
+    /// Bits software may change with POPF at CPL0 (others are reserved or read-only).
+    pub const WRITABLE: u64 = ARITH | TF | IF | DF | IOPL | NT | RF | AC | ID | VIF | VIP;
+}
+
+/// Segment register numbers in x86 encoding order.
+pub mod seg {
+    pub const ES: usize = 0;
+    pub const CS: usize = 1;
+    pub const SS: usize = 2;
+    pub const DS: usize = 3;
+    pub const FS: usize = 4;
+    pub const GS: usize = 5;
+}
+
+/// A segment register with its hidden (descriptor cache) part.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Segment {
+    pub selector: u16,
+    /// Descriptor attribute bits 8..15 and 20..23 of the high dword (type, S, DPL, P, AVL, L, D/B, G)
+    /// packed as in VMX: bits 0..7 = type/S/DPL/P, bits 12..15 = AVL/L/DB/G.
+    pub attrs: u16,
+    pub limit: u32,
+    pub base: u64,
+}
+
+/// A descriptor-table register (GDTR, IDTR).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DescriptorTable {
+    pub base: u64,
+    pub limit: u16,
+}
+
+/// x87 state in the FXSAVE layout's terms.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct X87State {
+    pub fcw: u16,
+    pub fsw: u16,
+    /// Abridged tag word as FXSAVE stores it (one bit per register, 1 = valid).
+    pub ftw: u8,
+    pub fop: u16,
+    pub fip: u64,
+    pub fdp: u64,
+    /// ST0-7 / MM0-7, 80 bits each in 16-byte slots.
+    pub st: [[u8; 16]; 8],
+}
+
+impl Default for X87State {
+    fn default() -> Self {
+        // Power-on/FNINIT state.
+        X87State { fcw: 0x037f, fsw: 0, ftw: 0, fop: 0, fip: 0, fdp: 0, st: [[0; 16]; 8] }
+    }
+}
+
+/// Why compiled code or the interpreter returned to the dispatcher.
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// Control left the block normally; `rip` holds the next instruction.
+    Normal = 0,
+    /// The instruction budget (`icount_limit`) would be exceeded by the next block.
+    Budget = 1,
+    /// An exception was raised; `exception` describes it and `rip` is the faulting instruction.
+    Exception = 2,
+    /// The instruction needs the driver (port IO, HLT, RDTSC, ...). `rip` is the instruction.
+    Driver = 3,
+    /// The engine hit an instruction it does not implement (#UD was raised and logged).
+    Unimplemented = 4,
+}
+
+/// A raised exception.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExceptionRecord {
+    pub vector: u8,
+    pub has_error_code: bool,
+    pub error_code: u32,
+    /// The faulting linear address for #PF (also written to CR2 on delivery).
+    pub address: u64,
+}
+
+/// Architectural exception vectors.
+pub mod vector {
+    pub const DE: u8 = 0;
+    pub const DB: u8 = 1;
+    pub const NMI: u8 = 2;
+    pub const BP: u8 = 3;
+    pub const OF: u8 = 4;
+    pub const BR: u8 = 5;
+    pub const UD: u8 = 6;
+    pub const NM: u8 = 7;
+    pub const DF: u8 = 8;
+    pub const TS: u8 = 10;
+    pub const NP: u8 = 11;
+    pub const SS: u8 = 12;
+    pub const GP: u8 = 13;
+    pub const PF: u8 = 14;
+    pub const MF: u8 = 16;
+    pub const AC: u8 = 17;
+    pub const XM: u8 = 19;
+}
+
+/// The whole CPU. Compiled code receives a `*mut CpuState`.
+#[repr(C)]
+pub struct CpuState {
+    pub gpr: [u64; 16],
+    pub rip: u64,
+    /// RFLAGS without the six arithmetic flags, which live in the lazy-flags fields below.
+    pub rflags: u64,
+    /// Lazy arithmetic flags: the last flag-setting operation (kind and size, see the jit's
+    /// `FlagOp`) and its operands. `cc_op == 0` means `cc_res` holds the flag bits themselves.
+    pub cc_op: u64,
+    pub cc_res: u64,
+    pub cc_a: u64,
+    pub cc_b: u64,
+    pub cc_aux: u64,
+    /// Instructions retired so far.
+    pub icount: u64,
+    /// The engine stops before retiring instruction number `icount_limit`.
+    pub icount_limit: u64,
+    pub exception: ExceptionRecord,
+    pub seg: [Segment; 6],
+    pub ldtr: Segment,
+    pub tr: Segment,
+    pub gdtr: DescriptorTable,
+    pub idtr: DescriptorTable,
+    pub cr0: u64,
+    pub cr2: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub cr8: u64,
+    pub efer: u64,
+    pub xcr0: u64,
+    pub dr: [u64; 8],
+    pub kernel_gs_base: u64,
+    pub star: u64,
+    pub lstar: u64,
+    pub cstar: u64,
+    pub sfmask: u64,
+    pub tsc_aux: u64,
+    pub pat: u64,
+    pub apic_base: u64,
+    pub misc_enable: u64,
+    pub spec_ctrl: u64,
+    pub sysenter_cs: u64,
+    pub sysenter_esp: u64,
+    pub sysenter_eip: u64,
+    pub mxcsr: u32,
+    pub _pad0: u32,
+    pub xmm: [[u64; 2]; 16],
+    pub x87: X87State,
+    /// Scratch space helpers use to pass 128-bit operands between compiled code and Rust.
+    pub scratch: [u64; 4],
+    /// Instructions that raised #UD because the engine does not implement them.
+    pub unimplemented_count: u64,
+    /// Software TLB (see [`crate::mmu`]).
+    pub tlb: crate::mmu::Tlb,
+    /// Guest physical memory, for helpers (compiled code reaches memory through the TLB).
+    pub mem_base: *mut u8,
+    pub mem_size: u64,
+}
+
+impl CpuState {
+    /// A CPU in 64-bit mode at CPL3 with flat segments, paging off, as the engine-core tests
+    /// and benchmarks use it. `mem` must outlive the returned state.
+    pub fn new_flat64(mem: &mut crate::GuestMemory) -> Box<CpuState> {
+        let mut cpu = Box::new(CpuState {
+            gpr: [0; 16],
+            rip: 0,
+            rflags: rflags::FIXED1,
+            cc_op: 0,
+            cc_res: 0,
+            cc_a: 0,
+            cc_b: 0,
+            cc_aux: 0,
+            icount: 0,
+            icount_limit: u64::MAX,
+            exception: ExceptionRecord::default(),
+            seg: [Segment::default(); 6],
+            ldtr: Segment::default(),
+            tr: Segment::default(),
+            gdtr: DescriptorTable::default(),
+            idtr: DescriptorTable::default(),
+            cr0: 0x8000_0031, // PG PE ET NE: the mode flags; paging itself is inert until the MMU walker exists
+            cr2: 0,
+            cr3: 0,
+            cr4: 0x620, // OSFXSR OSXMMEXCPT PAE
+            cr8: 0,
+            efer: 0xd01, // SCE LME LMA NXE
+            xcr0: 1,
+            dr: [0, 0, 0, 0, 0, 0, 0xffff_0ff0, 0x400],
+            kernel_gs_base: 0,
+            star: 0,
+            lstar: 0,
+            cstar: 0,
+            sfmask: 0,
+            tsc_aux: 0,
+            pat: 0x0007_0406_0007_0406,
+            apic_base: 0xfee0_0900,
+            misc_enable: 1,
+            spec_ctrl: 0,
+            sysenter_cs: 0,
+            sysenter_esp: 0,
+            sysenter_eip: 0,
+            mxcsr: 0x1f80,
+            _pad0: 0,
+            xmm: [[0; 2]; 16],
+            x87: X87State::default(),
+            scratch: [0; 4],
+            unimplemented_count: 0,
+            tlb: crate::mmu::Tlb::new(),
+            mem_base: mem.as_mut_ptr(),
+            mem_size: mem.size(),
+        });
+        // 64-bit code segment, DPL3 (attrs: type=0xb, S, DPL=3, P, L).
+        cpu.seg[seg::CS] = Segment { selector: 0x33, attrs: 0x20fb, limit: 0xffff_ffff, base: 0 };
+        for s in [seg::ES, seg::SS, seg::DS, seg::FS, seg::GS] {
+            cpu.seg[s] = Segment { selector: 0x2b, attrs: 0xc0f3, limit: 0xffff_ffff, base: 0 };
+        }
+        cpu
+    }
+
+    /// Current privilege level (CS.DPL in long mode).
+    pub fn cpl(&self) -> u8 {
+        ((self.seg[seg::CS].attrs >> 5) & 3) as u8
+    }
+}
+
+/// Byte offsets of the fields compiled code touches.
+pub mod offsets {
+    use super::*;
+    pub const GPR: i32 = offset_of!(CpuState, gpr) as i32;
+    pub const RIP: i32 = offset_of!(CpuState, rip) as i32;
+    pub const RFLAGS: i32 = offset_of!(CpuState, rflags) as i32;
+    pub const CC_OP: i32 = offset_of!(CpuState, cc_op) as i32;
+    pub const CC_RES: i32 = offset_of!(CpuState, cc_res) as i32;
+    pub const CC_A: i32 = offset_of!(CpuState, cc_a) as i32;
+    pub const CC_B: i32 = offset_of!(CpuState, cc_b) as i32;
+    pub const CC_AUX: i32 = offset_of!(CpuState, cc_aux) as i32;
+    pub const ICOUNT: i32 = offset_of!(CpuState, icount) as i32;
+    pub const ICOUNT_LIMIT: i32 = offset_of!(CpuState, icount_limit) as i32;
+    pub const SEG: i32 = offset_of!(CpuState, seg) as i32;
+    pub const SEG_SIZE: i32 = std::mem::size_of::<Segment>() as i32;
+    pub const SEG_BASE: i32 = offset_of!(Segment, base) as i32;
+    pub const XMM: i32 = offset_of!(CpuState, xmm) as i32;
+    pub const MXCSR: i32 = offset_of!(CpuState, mxcsr) as i32;
+    pub const SCRATCH: i32 = offset_of!(CpuState, scratch) as i32;
+    pub const TLB: i32 = offset_of!(CpuState, tlb) as i32;
+
+    pub fn gpr(r: usize) -> i32 {
+        GPR + 8 * r as i32
+    }
+    pub fn seg_base(s: usize) -> i32 {
+        SEG + SEG_SIZE * s as i32 + SEG_BASE
+    }
+    pub fn xmm(r: usize, half: usize) -> i32 {
+        XMM + 16 * r as i32 + 8 * half as i32
+    }
+}

@@ -1,0 +1,13 @@
+//! krr runtime: the CPU state compiled code addresses by offset, guest physical memory,
+//! the software TLB and the exception record shared by both execution tiers.
+//!
+//! Nothing here knows about Cranelift or iced-x86: the jit crate drives this state, the
+//! drivers (run, record, replay) own it.
+
+pub mod cpu;
+pub mod memory;
+pub mod mmu;
+
+pub use cpu::*;
+pub use memory::{GuestMemory, MemoryError};
+pub use mmu::*;

@@ -1,0 +1,445 @@
+//! Linear-to-physical translation (4-level paging) and the software TLB.
+//!
+//! The TLB is direct-mapped with [`TLB_ENTRIES`] entries per MMU index (0 = supervisor,
+//! 1 = user) and per access kind (read, write). An entry maps one 4 KiB linear page to host
+//! memory: `tag` is the page's linear address (or [`TLB_INVALID`]) and `addend` is what to add
+//! to a linear address to get the host address. Compiled code does the lookup inline; a miss
+//! calls [`load_slow`]/[`store_slow`], which walk the page tables, set accessed/dirty bits as the
+//! hardware does, fill the entry and raise #PF/#GP through [`CpuState::exception`].
+//!
+//! A write entry is only filled when the walk has already set the dirty bit and the page holds
+//! no translated code, so the first write to a clean page and every write to a code page take
+//! the slow path.
+
+use crate::cpu::{rflags, vector, CpuState, ExceptionRecord};
+
+pub const TLB_BITS: u32 = 8;
+pub const TLB_ENTRIES: usize = 1 << TLB_BITS;
+pub const TLB_INVALID: u64 = u64::MAX;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TlbEntry {
+    pub tag: u64,
+    pub addend: u64,
+}
+
+#[repr(C)]
+pub struct Tlb {
+    /// `[mmu_idx][access]` where access 0 = read, 1 = write.
+    pub sets: [[[TlbEntry; TLB_ENTRIES]; 2]; 2],
+}
+
+pub const TLB_SET_BYTES: usize = TLB_ENTRIES * std::mem::size_of::<TlbEntry>();
+
+impl Tlb {
+    pub fn new() -> Tlb {
+        Tlb { sets: [[[TlbEntry { tag: TLB_INVALID, addend: 0 }; TLB_ENTRIES]; 2]; 2] }
+    }
+    pub fn flush(&mut self) {
+        for e in self.sets.iter_mut().flatten().flatten() {
+            e.tag = TLB_INVALID;
+        }
+    }
+    pub fn flush_page(&mut self, linear: u64) {
+        let idx = tlb_index(linear);
+        let page = linear & !0xfff;
+        for set in self.sets.iter_mut().flatten() {
+            if set[idx].tag == page {
+                set[idx].tag = TLB_INVALID;
+            }
+        }
+    }
+}
+
+impl Default for Tlb {
+    fn default() -> Self {
+        Tlb::new()
+    }
+}
+
+pub fn tlb_index(linear: u64) -> usize {
+    ((linear >> 12) as usize) & (TLB_ENTRIES - 1)
+}
+
+/// Byte offset of entry set `(mmu_idx, access)` inside [`Tlb`].
+pub fn tlb_set_offset(mmu_idx: usize, write: bool) -> usize {
+    (mmu_idx * 2 + write as usize) * TLB_SET_BYTES
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    Execute,
+}
+
+/// What translation found, beside the physical address.
+#[derive(Clone, Copy, Debug)]
+pub struct Translation {
+    pub phys: u64,
+    /// The page may be cached for writes (writable, already dirty).
+    pub write_ok: bool,
+}
+
+const PTE_P: u64 = 1 << 0;
+const PTE_RW: u64 = 1 << 1;
+const PTE_US: u64 = 1 << 2;
+const PTE_A: u64 = 1 << 5;
+const PTE_D: u64 = 1 << 6;
+const PTE_PS: u64 = 1 << 7;
+const PTE_NX: u64 = 1 << 63;
+const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
+
+const CR0_PG: u64 = 1 << 31;
+const CR0_WP: u64 = 1 << 16;
+const CR4_SMEP: u64 = 1 << 20;
+const CR4_SMAP: u64 = 1 << 21;
+const EFER_NXE: u64 = 1 << 11;
+
+const PF_P: u32 = 1 << 0;
+const PF_W: u32 = 1 << 1;
+const PF_U: u32 = 1 << 2;
+const PF_RSVD: u32 = 1 << 3;
+const PF_I: u32 = 1 << 4;
+
+pub fn is_canonical(linear: u64) -> bool {
+    ((linear as i64) << 16 >> 16) as u64 == linear
+}
+
+fn gp0() -> ExceptionRecord {
+    ExceptionRecord { vector: vector::GP, has_error_code: true, error_code: 0, address: 0 }
+}
+
+fn page_fault(linear: u64, code: u32) -> ExceptionRecord {
+    ExceptionRecord { vector: vector::PF, has_error_code: true, error_code: code, address: linear }
+}
+
+fn phys_read_u64(cpu: &CpuState, phys: u64) -> Option<u64> {
+    if phys.checked_add(8)? > cpu.mem_size {
+        return None;
+    }
+    // SAFETY: bounds checked against the guest RAM mapping that `mem_base` points to, which
+    // outlives the CPU state (see CpuState::new_flat64); unaligned read allowed.
+    Some(unsafe { std::ptr::read_unaligned(cpu.mem_base.add(phys as usize) as *const u64) })
+}
+
+fn phys_write_u64(cpu: &mut CpuState, phys: u64, v: u64) {
+    if phys + 8 <= cpu.mem_size {
+        // SAFETY: as in phys_read_u64.
+        unsafe { std::ptr::write_unaligned(cpu.mem_base.add(phys as usize) as *mut u64, v) }
+    }
+}
+
+/// Translate a linear address for an access at privilege `user` (CPL3 or an explicit user
+/// access), walking the page tables and updating accessed/dirty bits.
+pub fn translate(
+    cpu: &mut CpuState,
+    linear: u64,
+    access: Access,
+    user: bool,
+) -> Result<Translation, ExceptionRecord> {
+    if !is_canonical(linear) {
+        return Err(gp0());
+    }
+    if cpu.cr0 & CR0_PG == 0 {
+        return Ok(Translation { phys: linear & 0xffff_ffff, write_ok: true });
+    }
+    let nxe = cpu.efer & EFER_NXE != 0;
+    let write = access == Access::Write;
+    let fetch = access == Access::Execute;
+    let mut err = 0u32;
+    if write {
+        err |= PF_W;
+    }
+    if user {
+        err |= PF_U;
+    }
+    if fetch && (nxe || cpu.cr4 & CR4_SMEP != 0) {
+        err |= PF_I;
+    }
+    let mut table = cpu.cr3 & PTE_ADDR;
+    let mut writable = true;
+    let mut user_ok = true;
+    let mut no_exec = false;
+    let mut entries: [(u64, u64); 4] = [(0, 0); 4];
+    let mut levels = 0;
+    let mut page_size_shift = 12;
+    for level in (0..4).rev() {
+        let shift = 12 + 9 * level;
+        let entry_addr = table + ((linear >> shift) & 0x1ff) * 8;
+        let Some(entry) = phys_read_u64(cpu, entry_addr) else {
+            return Err(page_fault(linear, err | PF_RSVD));
+        };
+        if entry & PTE_P == 0 {
+            return Err(page_fault(linear, err));
+        }
+        if (entry & PTE_NX != 0 && !nxe) || (level == 3 && entry & PTE_PS != 0) {
+            return Err(page_fault(linear, err | PF_P | PF_RSVD));
+        }
+        writable &= entry & PTE_RW != 0;
+        user_ok &= entry & PTE_US != 0;
+        no_exec |= nxe && entry & PTE_NX != 0;
+        entries[levels] = (entry_addr, entry);
+        levels += 1;
+        if level > 0 && entry & PTE_PS != 0 {
+            let mask = (1u64 << shift) - 1;
+            // Reserved bits 13..shift of a large-page entry must be zero.
+            if (entry & PTE_ADDR & mask) >> 13 != 0 {
+                return Err(page_fault(linear, err | PF_P | PF_RSVD));
+            }
+            table = entry & PTE_ADDR & !mask;
+            page_size_shift = shift;
+            break;
+        }
+        table = entry & PTE_ADDR;
+    }
+    let violation = if user {
+        !user_ok || (write && !writable) || (fetch && no_exec)
+    } else {
+        (write && !writable && cpu.cr0 & CR0_WP != 0)
+            || (fetch && no_exec)
+            || (fetch && user_ok && cpu.cr4 & CR4_SMEP != 0)
+            || (!fetch && user_ok && cpu.cr4 & CR4_SMAP != 0 && cpu.rflags & rflags::AC == 0)
+    };
+    if violation {
+        return Err(page_fault(linear, err | PF_P));
+    }
+    // Accessed on every level, dirty on the leaf for writes: only written when they change.
+    for (i, &(addr, entry)) in entries[..levels].iter().enumerate() {
+        let leaf = i == levels - 1;
+        let mut new = entry | PTE_A;
+        if leaf && write {
+            new |= PTE_D;
+        }
+        if new != entry {
+            phys_write_u64(cpu, addr, new);
+        }
+    }
+    let (_, leaf) = entries[levels - 1];
+    let offset_mask = (1u64 << page_size_shift) - 1;
+    let phys = table | (linear & offset_mask);
+    let dirty = write || leaf & PTE_D != 0;
+    let write_ok = dirty && (writable || (!user && cpu.cr0 & CR0_WP == 0));
+    Ok(Translation { phys, write_ok })
+}
+
+/// The MMU index compiled code and helpers use: 1 for CPL3, 0 otherwise.
+pub fn mmu_index(cpu: &CpuState) -> usize {
+    (cpu.cpl() == 3) as usize
+}
+
+/// Outcome of a slow-path memory access that could not complete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemFault {
+    /// An architectural exception, recorded in `cpu.exception`.
+    Exception,
+    /// The physical address is not RAM (MMIO, or nothing there).
+    Unbacked { phys: u64 },
+}
+
+/// Translate one page for `access`, filling the TLB when the page is RAM.
+fn translate_and_fill(
+    cpu: &mut CpuState,
+    linear: u64,
+    access: Access,
+    mmu_idx: usize,
+) -> Result<u64, MemFault> {
+    let t = match translate(cpu, linear, access, mmu_idx == 1) {
+        Ok(t) => t,
+        Err(e) => {
+            cpu.exception = e;
+            return Err(MemFault::Exception);
+        }
+    };
+    let page_phys = t.phys & !0xfff;
+    if page_phys + 4096 > cpu.mem_size {
+        return Err(MemFault::Unbacked { phys: t.phys });
+    }
+    let idx = tlb_index(linear);
+    let page = linear & !0xfff;
+    let addend = (cpu.mem_base as u64).wrapping_add(page_phys).wrapping_sub(page);
+    if access != Access::Write || t.write_ok {
+        // Reads may always be cached after a successful walk; writes only once dirty.
+        let entry = &mut cpu.tlb.sets[mmu_idx][(access == Access::Write) as usize][idx];
+        *entry = TlbEntry { tag: page, addend };
+    }
+    Ok(t.phys)
+}
+
+/// Translate every byte range of an access (at most two pages) before touching memory, so that
+/// a fault on the second page leaves the first untouched.
+fn translate_access(
+    cpu: &mut CpuState,
+    linear: u64,
+    size: usize,
+    access: Access,
+    mmu_idx: usize,
+) -> Result<[(u64, usize); 2], MemFault> {
+    let first_len = (4096 - (linear & 0xfff) as usize).min(size);
+    let p0 = translate_and_fill(cpu, linear, access, mmu_idx)?;
+    if first_len == size {
+        return Ok([(p0, size), (0, 0)]);
+    }
+    let second = linear.wrapping_add(first_len as u64);
+    let p1 = translate_and_fill(cpu, second, access, mmu_idx)?;
+    Ok([(p0, first_len), (p1, size - first_len)])
+}
+
+/// Load `size` (1, 2, 4, 8 or 16) bytes at `linear` into `out`.
+pub fn load_bytes(
+    cpu: &mut CpuState,
+    linear: u64,
+    out: &mut [u8],
+    mmu_idx: usize,
+) -> Result<(), MemFault> {
+    let parts = translate_access(cpu, linear, out.len(), Access::Read, mmu_idx)?;
+    let mut done = 0;
+    for (phys, len) in parts {
+        if len == 0 {
+            continue;
+        }
+        // SAFETY: translate_and_fill only returns physical addresses whose whole page lies in
+        // guest RAM, and `len` stays inside that page.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                cpu.mem_base.add(phys as usize),
+                out[done..].as_mut_ptr(),
+                len,
+            )
+        };
+        done += len;
+    }
+    Ok(())
+}
+
+/// Store `data` at `linear`.
+pub fn store_bytes(
+    cpu: &mut CpuState,
+    linear: u64,
+    data: &[u8],
+    mmu_idx: usize,
+) -> Result<(), MemFault> {
+    let parts = translate_access(cpu, linear, data.len(), Access::Write, mmu_idx)?;
+    let mut done = 0;
+    for (phys, len) in parts {
+        if len == 0 {
+            continue;
+        }
+        // SAFETY: as in load_bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data[done..].as_ptr(),
+                cpu.mem_base.add(phys as usize),
+                len,
+            )
+        };
+        done += len;
+    }
+    Ok(())
+}
+
+/// Slow-path load of an integer of `size` bytes (1, 2, 4, 8), zero-extended.
+pub fn load_slow(cpu: &mut CpuState, linear: u64, size: usize, mmu_idx: usize) -> Result<u64, MemFault> {
+    let mut buf = [0u8; 8];
+    load_bytes(cpu, linear, &mut buf[..size], mmu_idx)?;
+    Ok(u64::from_le_bytes(buf))
+}
+
+/// Slow-path store of the low `size` bytes of `value`.
+pub fn store_slow(
+    cpu: &mut CpuState,
+    linear: u64,
+    value: u64,
+    size: usize,
+    mmu_idx: usize,
+) -> Result<(), MemFault> {
+    store_bytes(cpu, linear, &value.to_le_bytes()[..size], mmu_idx)
+}
+
+/// Fetch up to `out.len()` instruction bytes at `linear`, stopping early at a page that cannot
+/// be fetched. Returns how many bytes were read, or the fault if not even the first byte could be.
+pub fn fetch_code(cpu: &mut CpuState, linear: u64, out: &mut [u8]) -> Result<usize, MemFault> {
+    let user = mmu_index(cpu) == 1;
+    let mut done = 0;
+    while done < out.len() {
+        let addr = linear.wrapping_add(done as u64);
+        let t = match translate(cpu, addr, Access::Execute, user) {
+            Ok(t) => t,
+            Err(e) => {
+                if done > 0 {
+                    break;
+                }
+                cpu.exception = e;
+                return Err(MemFault::Exception);
+            }
+        };
+        let len = (4096 - (addr & 0xfff) as usize).min(out.len() - done);
+        if t.phys + len as u64 > cpu.mem_size {
+            if done > 0 {
+                break;
+            }
+            return Err(MemFault::Unbacked { phys: t.phys });
+        }
+        // SAFETY: range checked against guest RAM just above.
+        unsafe {
+            std::ptr::copy_nonoverlapping(cpu.mem_base.add(t.phys as usize), out[done..].as_mut_ptr(), len)
+        };
+        done += len;
+    }
+    Ok(done)
+}
+
+/// Builds 4-level page tables in guest memory (4 KiB pages), for tests and the built-in guests.
+pub struct PageTableBuilder {
+    pub cr3: u64,
+    next_free: u64,
+    limit: u64,
+}
+
+impl PageTableBuilder {
+    /// Tables are allocated from the physical range `[pool_start, pool_end)`.
+    pub fn new(mem: &mut crate::GuestMemory, pool_start: u64, pool_end: u64) -> PageTableBuilder {
+        let mut b = PageTableBuilder { cr3: 0, next_free: pool_start, limit: pool_end };
+        b.cr3 = b.alloc(mem);
+        b
+    }
+
+    fn alloc(&mut self, mem: &mut crate::GuestMemory) -> u64 {
+        let page = self.next_free;
+        assert!(page + 4096 <= self.limit, "page-table pool exhausted");
+        self.next_free += 4096;
+        mem.write(page, &[0u8; 4096]).expect("page-table pool outside guest memory");
+        page
+    }
+
+    /// Map the 4 KiB page at `linear` to `phys` with the given leaf flags (P is implied).
+    /// Intermediate levels get P|RW|US so the leaf alone decides permissions.
+    pub fn map_4k(&mut self, mem: &mut crate::GuestMemory, linear: u64, phys: u64, flags: u64) {
+        let mut table = self.cr3;
+        for level in (1..4).rev() {
+            let idx = (linear >> (12 + 9 * level)) & 0x1ff;
+            let entry_addr = table + idx * 8;
+            let entry = mem.read_u64(entry_addr).expect("page table in RAM");
+            table = if entry & PTE_P == 0 {
+                let t = self.alloc(mem);
+                mem.write_u64(entry_addr, t | PTE_P | PTE_RW | PTE_US).expect("page table in RAM");
+                t
+            } else {
+                entry & PTE_ADDR
+            };
+        }
+        let idx = (linear >> 12) & 0x1ff;
+        mem.write_u64(table + idx * 8, (phys & PTE_ADDR) | flags | PTE_P).expect("page table in RAM");
+    }
+}
+
+/// Leaf flags for [`PageTableBuilder::map_4k`].
+pub mod pte {
+    pub const RW: u64 = super::PTE_RW;
+    pub const US: u64 = super::PTE_US;
+    pub const A: u64 = super::PTE_A;
+    pub const D: u64 = super::PTE_D;
+    pub const NX: u64 = super::PTE_NX;
+    pub const G: u64 = 1 << 8;
+}
