@@ -1,2 +1,12 @@
-//! krr execution engine.
+//! krr execution engine: iced-x86 decoding, x86 semantics written once over a [`sem::Builder`],
+//! a precise interpreter and a Cranelift JIT that both run those semantics, the block cache
+//! and the dispatcher.
+pub mod block;
+pub mod clif;
+pub mod engine;
+pub mod helpers;
+pub mod interp;
+pub mod sem;
 pub mod snippet;
+
+pub use engine::{Engine, EngineConfig, EngineError, EngineStats, Exit, TierPolicy};

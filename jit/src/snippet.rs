@@ -65,3 +65,149 @@ pub struct SnippetResult {
     /// Instructions retired (the INT3 not included).
     pub instructions: u64,
 }
+
+use crate::engine::{Engine, EngineConfig, Exit, TierPolicy};
+use krr_runtime::{mmu::pte, rflags, seg, CpuState, GuestMemory, PageTableBuilder};
+
+const RAM: u64 = 64 << 20;
+const PT_POOL: (u64, u64) = (0x10_0000, 0x20_0000);
+const PAGE_POOL_START: u64 = 0x20_0000;
+
+impl Tier {
+    pub fn engine_config(self) -> EngineConfig {
+        let d = EngineConfig::default();
+        match self {
+            Tier::Interpreter => EngineConfig { policy: TierPolicy::Interpret, ..d },
+            Tier::Jit => EngineConfig { policy: TierPolicy::CompileAll, ..d },
+            Tier::JitSingleStep => EngineConfig { policy: TierPolicy::CompileAll, max_block_insns: 1, ..d },
+            Tier::Tiered => d,
+        }
+    }
+}
+
+/// Pages mapped for a snippet: linear page -> physical page.
+struct Layout {
+    pages: Vec<(u64, u64)>,
+}
+
+impl Layout {
+    fn phys_of(&self, linear: u64) -> Option<u64> {
+        let page = linear & !0xfff;
+        self.pages.iter().find(|&&(l, _)| l == page).map(|&(_, p)| p + (linear & 0xfff))
+    }
+}
+
+fn map_range(
+    mem: &mut GuestMemory,
+    pt: &mut PageTableBuilder,
+    layout: &mut Layout,
+    next_phys: &mut u64,
+    addr: u64,
+    data: &[u8],
+    flags: u64,
+) -> Result<(), String> {
+    let first = addr & !0xfff;
+    let end = addr + data.len().max(1) as u64;
+    let mut page = first;
+    while page < end {
+        if layout.pages.iter().any(|&(l, _)| l == page) {
+            return Err(format!("snippet page {page:#x} is mapped twice"));
+        }
+        let phys = *next_phys;
+        if phys + 4096 > RAM {
+            return Err("snippet does not fit in the test machine's RAM".into());
+        }
+        *next_phys += 4096;
+        pt.map_4k(mem, page, phys, flags);
+        layout.pages.push((page, phys));
+        page += 4096;
+    }
+    for (i, chunk) in data.chunks(1).enumerate() {
+        let linear = addr + i as u64;
+        let phys = layout.phys_of(linear).expect("just mapped");
+        mem.write(phys, chunk).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Run `snippet` from `initial` in the engine with the given tier.
+pub fn run_snippet(
+    snippet: &Snippet,
+    initial: &ArchState,
+    tier: Tier,
+    max_instructions: u64,
+) -> Result<SnippetResult, String> {
+    let mut mem = GuestMemory::new(RAM).map_err(|e| e.to_string())?;
+    let mut pt = PageTableBuilder::new(&mut mem, PT_POOL.0, PT_POOL.1);
+    let mut layout = Layout { pages: Vec::new() };
+    let mut next_phys = PAGE_POOL_START;
+    let mut code = snippet.code.clone();
+    code.push(0xcc);
+    map_range(&mut mem, &mut pt, &mut layout, &mut next_phys, snippet.code_addr, &code, pte::US)?;
+    for r in &snippet.regions {
+        map_range(&mut mem, &mut pt, &mut layout, &mut next_phys, r.addr, &r.data, pte::US | pte::RW | pte::NX)?;
+    }
+    let mut cpu = CpuState::new_flat64(&mut mem);
+    cpu.cr3 = pt.cr3;
+    cpu.gpr = initial.gpr;
+    cpu.rip = initial.rip;
+    cpu.rflags = (initial.rflags & !rflags::ARITH) | rflags::FIXED1;
+    cpu.cc_op = crate::sem::FlagOp::CONCRETE.encode();
+    cpu.cc_res = initial.rflags & rflags::ARITH;
+    for (i, x) in initial.xmm.iter().enumerate() {
+        cpu.xmm[i] = [*x as u64, (*x >> 64) as u64];
+    }
+    cpu.mxcsr = initial.mxcsr;
+    cpu.seg[seg::FS].base = initial.fs_base;
+    cpu.seg[seg::GS].base = initial.gs_base;
+    cpu.icount_limit = max_instructions.saturating_add(1);
+    let mut engine = Engine::new(tier.engine_config()).map_err(|e| e.to_string())?;
+    let end = snippet.code_addr + snippet.code.len() as u64;
+    let exit = engine.run(&mut cpu);
+    let (outcome, instructions) = match exit {
+        Exit::Budget => (Outcome::OutOfBudget, cpu.icount),
+        Exit::Exception { trap: true, .. }
+            if cpu.exception.vector == krr_runtime::vector::BP && cpu.rip == end + 1 =>
+        {
+            (Outcome::Completed, cpu.icount - 1)
+        }
+        Exit::Exception { .. } => {
+            let e = cpu.exception;
+            (
+                Outcome::Exception {
+                    vector: e.vector,
+                    error_code: e.has_error_code.then_some(e.error_code),
+                    address: e.address,
+                    rip: cpu.rip,
+                },
+                cpu.icount,
+            )
+        }
+        Exit::Unbacked { phys } => return Err(format!("access to unbacked physical address {phys:#x}")),
+    };
+    let arith = crate::interp::materialize_flags(&mut cpu);
+    let mut state = ArchState {
+        gpr: cpu.gpr,
+        rip: cpu.rip,
+        rflags: (cpu.rflags & !rflags::ARITH) | arith,
+        xmm: [0; 16],
+        mxcsr: cpu.mxcsr,
+        fs_base: cpu.seg[seg::FS].base,
+        gs_base: cpu.seg[seg::GS].base,
+    };
+    for (i, x) in cpu.xmm.iter().enumerate() {
+        state.xmm[i] = x[0] as u128 | (x[1] as u128) << 64;
+    }
+    let mut regions = Vec::new();
+    for r in &snippet.regions {
+        let mut data = vec![0u8; r.data.len()];
+        for (i, b) in data.iter_mut().enumerate() {
+            let phys = layout.phys_of(r.addr + i as u64).expect("mapped");
+            let mut one = [0u8];
+            mem.read(phys, &mut one).map_err(|e| e.to_string())?;
+            *b = one[0];
+        }
+        regions.push(Region { addr: r.addr, data });
+    }
+    Ok(SnippetResult { state, regions, outcome, instructions })
+}

@@ -198,6 +198,14 @@ pub struct CpuState {
     pub scratch: [u64; 4],
     /// Instructions that raised #UD because the engine does not implement them.
     pub unimplemented_count: u64,
+    /// Status of the last helper call from compiled code (see the jit's `helpers` module).
+    pub helper_status: u64,
+    /// Physical address of the last access that hit no RAM (for the driver).
+    pub unbacked_phys: u64,
+    /// Address of the chaining slot of the exit compiled code last left through (0 = none).
+    pub exit_slot: u64,
+    /// What CPUID reports.
+    pub cpuid: crate::cpuid::CpuidTable,
     /// Software TLB (see [`crate::mmu`]).
     pub tlb: crate::mmu::Tlb,
     /// Guest physical memory, for helpers (compiled code reaches memory through the TLB).
@@ -253,6 +261,10 @@ impl CpuState {
             x87: X87State::default(),
             scratch: [0; 4],
             unimplemented_count: 0,
+            helper_status: 0,
+            unbacked_phys: 0,
+            exit_slot: 0,
+            cpuid: crate::cpuid::CpuidTable::krr_default(),
             tlb: crate::mmu::Tlb::new(),
             mem_base: mem.as_mut_ptr(),
             mem_size: mem.size(),
@@ -291,6 +303,8 @@ pub mod offsets {
     pub const MXCSR: i32 = offset_of!(CpuState, mxcsr) as i32;
     pub const SCRATCH: i32 = offset_of!(CpuState, scratch) as i32;
     pub const TLB: i32 = offset_of!(CpuState, tlb) as i32;
+    pub const HELPER_STATUS: i32 = offset_of!(CpuState, helper_status) as i32;
+    pub const EXIT_SLOT: i32 = offset_of!(CpuState, exit_slot) as i32;
 
     pub fn gpr(r: usize) -> i32 {
         GPR + 8 * r as i32

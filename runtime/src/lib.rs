@@ -5,6 +5,7 @@
 //! drivers (run, record, replay) own it.
 
 pub mod cpu;
+pub mod cpuid;
 pub mod memory;
 pub mod mmu;
 

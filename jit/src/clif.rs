@@ -1,0 +1,967 @@
+//! The hot tier: a [`Builder`] that lowers the shared semantics to Cranelift IR, one function
+//! per guest block, chained to its successors by tail calls.
+//!
+//! Shape of a compiled block (`tail` calling convention, `fn(cpu) -> exit`):
+//! - entry: load `icount`; if the whole block does not fit in the budget, return
+//!   [`EXIT_BUDGET`] before executing anything (the dispatcher then interprets up to the limit);
+//! - body: guest GPRs live in Cranelift variables, loaded on first use and written back at
+//!   exits; flags stay lazy with the producing operation known at compile time;
+//! - memory: an inline TLB lookup (index, tag compare, add) with a cold helper call on a miss;
+//! - faults: a cold exit per instruction stores the registers as they were when that
+//!   instruction started, its RIP and the instruction count, and returns [`EXIT_EXCEPTION`];
+//! - exits: to a constant target through a per-exit slot: if the slot holds the target's code
+//!   the block tail-calls it (`return_call_indirect`), else it returns [`EXIT_NORMAL`] with
+//!   `cpu.exit_slot` pointing at the slot for the dispatcher to fill.
+
+use crate::block::Block;
+use crate::helpers;
+use crate::sem::{self, flags::FlagOp, Abort, Builder, Cmp, FlagState, Flow, Helper, R};
+use cranelift_codegen::ir::{
+    condcodes::IntCC, types, AbiParam, BlockArg, FuncRef, InstBuilder, MemFlagsData, SigRef,
+    Signature, Type, Value,
+};
+use cranelift_codegen::isa::CallConv;
+use cranelift_codegen::{settings, settings::Configurable, Context};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{FuncId, Linkage, Module};
+use iced_x86::Instruction;
+use krr_runtime::{mmu, offsets, CpuState, ExceptionRecord};
+use std::collections::HashMap;
+use std::mem::offset_of;
+
+pub const EXIT_NORMAL: u64 = 0;
+pub const EXIT_BUDGET: u64 = 1;
+pub const EXIT_EXCEPTION: u64 = 2;
+
+/// A compiled block: its code and the chaining slots its exits jump through.
+pub struct CompiledBlock {
+    pub code: *const u8,
+    pub code_size: usize,
+    /// Exit slots (taken / not-taken). Boxed so compiled code can hold their address.
+    _slots: Box<[u64; 2]>,
+}
+
+type Trampoline = extern "C" fn(*mut CpuState, *const u8) -> u64;
+
+pub struct Jit {
+    module: JITModule,
+    ctx: Context,
+    fctx: FunctionBuilderContext,
+    trampoline: Trampoline,
+    block_sig: Signature,
+    f_load: FuncId,
+    f_store: FuncId,
+    f_load128: FuncId,
+    f_store128: FuncId,
+    f_helper: FuncId,
+    f_interpret: FuncId,
+}
+
+const PTR: Type = types::I64;
+
+impl Jit {
+    pub fn new() -> Result<Jit, String> {
+        let mut flags = settings::builder();
+        let set = |f: &mut settings::Builder, k: &str, v: &str| {
+            f.set(k, v).map_err(|e| format!("setting {k}={v}: {e}"))
+        };
+        set(&mut flags, "opt_level", "speed")?;
+        set(&mut flags, "regalloc_algorithm", "single_pass")?;
+        set(&mut flags, "enable_verifier", if cfg!(debug_assertions) { "true" } else { "false" })?;
+        set(&mut flags, "preserve_frame_pointers", "true")?;
+        set(&mut flags, "is_pic", "false")?;
+        let isa = cranelift_native::builder()
+            .map_err(|e| format!("host ISA: {e}"))?
+            .finish(settings::Flags::new(flags))
+            .map_err(|e| format!("host ISA: {e}"))?;
+        let mut jb = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+        jb.symbol("krr_load_slow", helpers::krr_load_slow as *const u8);
+        jb.symbol("krr_store_slow", helpers::krr_store_slow as *const u8);
+        jb.symbol("krr_load128", helpers::krr_load128 as *const u8);
+        jb.symbol("krr_store128", helpers::krr_store128 as *const u8);
+        jb.symbol("krr_helper", helpers::krr_helper as *const u8);
+        jb.symbol("krr_interpret", helpers::krr_interpret as *const u8);
+        let mut module = JITModule::new(jb);
+        let cc = module.isa().default_call_conv();
+        let sig = |params: usize| {
+            let mut s = Signature::new(cc);
+            for _ in 0..params {
+                s.params.push(AbiParam::new(PTR));
+            }
+            s.returns.push(AbiParam::new(PTR));
+            s
+        };
+        let declare = |m: &mut JITModule, name: &str, n: usize| {
+            m.declare_function(name, Linkage::Import, &sig(n)).map_err(|e| e.to_string())
+        };
+        let f_load = declare(&mut module, "krr_load_slow", 4)?;
+        let f_store = declare(&mut module, "krr_store_slow", 4)?;
+        let f_load128 = declare(&mut module, "krr_load128", 3)?;
+        let f_store128 = declare(&mut module, "krr_store128", 3)?;
+        let f_helper = declare(&mut module, "krr_helper", 5)?;
+        let f_interpret = declare(&mut module, "krr_interpret", 2)?;
+
+        let mut block_sig = Signature::new(CallConv::Tail);
+        block_sig.params.push(AbiParam::new(PTR));
+        block_sig.returns.push(AbiParam::new(PTR));
+
+        // The trampoline: a host-convention function that enters the chain of tail-calling
+        // blocks and returns the exit code of the last one.
+        let mut ctx = module.make_context();
+        let mut fctx = FunctionBuilderContext::new();
+        ctx.func.signature = sig(2);
+        let tramp_id = module
+            .declare_anonymous_function(&ctx.func.signature)
+            .map_err(|e| e.to_string())?;
+        {
+            let mut fb = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let entry = fb.create_block();
+            fb.append_block_params_for_function_params(entry);
+            fb.switch_to_block(entry);
+            let cpu = fb.block_params(entry)[0];
+            let code = fb.block_params(entry)[1];
+            let sref = fb.import_signature(block_sig.clone());
+            let call = fb.ins().call_indirect(sref, code, &[cpu]);
+            let r = fb.inst_results(call)[0];
+            fb.ins().return_(&[r]);
+            fb.seal_all_blocks();
+            fb.finalize(module.target_config());
+        }
+        module.define_function(tramp_id, &mut ctx).map_err(|e| format!("{e:?}"))?;
+        module.clear_context(&mut ctx);
+        module.finalize_definitions().map_err(|e| e.to_string())?;
+        let tramp_ptr = module.get_finalized_function(tramp_id);
+        // SAFETY: the trampoline was just compiled with exactly this host signature.
+        let trampoline: Trampoline = unsafe { std::mem::transmute::<*const u8, Trampoline>(tramp_ptr) };
+        Ok(Jit {
+            module,
+            ctx,
+            fctx,
+            trampoline,
+            block_sig,
+            f_load,
+            f_store,
+            f_load128,
+            f_store128,
+            f_helper,
+            f_interpret,
+        })
+    }
+
+    /// Run compiled code starting at `code` until a block returns to the host.
+    pub fn enter(&self, cpu: &mut CpuState, code: *const u8) -> u64 {
+        (self.trampoline)(cpu as *mut CpuState, code)
+    }
+
+    /// Compile a batch of blocks and finalize them together.
+    pub fn compile(&mut self, blocks: &[&Block]) -> Vec<CompiledBlock> {
+        let mut ids = Vec::with_capacity(blocks.len());
+        for block in blocks {
+            let slots = Box::new([0u64; 2]);
+            self.ctx.func.signature = self.block_sig.clone();
+            let id = self
+                .module
+                .declare_anonymous_function(&self.block_sig)
+                .expect("anonymous function declaration cannot fail");
+            {
+                let fb = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+                let refs = HelperRefs {
+                    load: self.f_load,
+                    store: self.f_store,
+                    load128: self.f_load128,
+                    store128: self.f_store128,
+                    helper: self.f_helper,
+                    interpret: self.f_interpret,
+                };
+                lower_block(fb, &mut self.module, refs, &self.block_sig, block, &slots);
+            }
+            if let Err(e) = self.module.define_function(id, &mut self.ctx) {
+                // A lowering bug, not a guest condition: report the block and stop.
+                panic!("Cranelift rejected block at {:#x}: {e:?}\n{}", block.start, self.ctx.func.display());
+            }
+            let size = self.ctx.compiled_code().map(|c| c.code_info().total_size as usize).unwrap_or(0);
+            self.module.clear_context(&mut self.ctx);
+            ids.push((id, size, slots));
+        }
+        self.module.finalize_definitions().expect("finalizing compiled blocks");
+        ids.into_iter()
+            .map(|(id, code_size, slots)| CompiledBlock {
+                code: self.module.get_finalized_function(id),
+                code_size,
+                _slots: slots,
+            })
+            .collect()
+    }
+}
+
+#[derive(Clone, Copy)]
+struct HelperRefs {
+    load: FuncId,
+    store: FuncId,
+    load128: FuncId,
+    store128: FuncId,
+    helper: FuncId,
+    interpret: FuncId,
+}
+
+struct Refs {
+    load: FuncRef,
+    store: FuncRef,
+    load128: FuncRef,
+    store128: FuncRef,
+    helper: FuncRef,
+    interpret: FuncRef,
+    block_sig: SigRef,
+}
+
+fn state_flags() -> MemFlagsData {
+    MemFlagsData::trusted()
+}
+
+fn guest_flags() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+/// Per-instruction context for fault exits.
+struct InsnCtx {
+    index: u32,
+    /// Dirty registers and their values when the instruction started.
+    snapshot: Vec<(usize, Value)>,
+    flags: Option<FlagState<Value>>,
+    flags_dirty: bool,
+    fault_exit: Option<cranelift_codegen::ir::Block>,
+    written: u16,
+}
+
+struct PendingExit {
+    block: cranelift_codegen::ir::Block,
+    snapshot: Vec<(usize, Value)>,
+    flags: Option<FlagState<Value>>,
+    rip: u64,
+    index: u32,
+}
+
+struct Lower<'a, 'm> {
+    pending_exits: Vec<PendingExit>,
+    fb: FunctionBuilder<'a>,
+    module: &'m mut JITModule,
+    refs: Refs,
+    cpu: Value,
+    icount: Value,
+    insn: Instruction,
+    insn_ptr: *const Instruction,
+    regs: [Variable; 16],
+    loaded: u16,
+    dirty: u16,
+    flags: Option<FlagState<Value>>,
+    flags_dirty: bool,
+    consts: HashMap<Value, u64>,
+    mmu_idx: u64,
+    ctx: InsnCtx,
+    flow: Option<(Flow<Value>, Option<Value>)>,
+    terminated: bool,
+}
+
+fn lower_block(
+    mut fb: FunctionBuilder<'_>,
+    module: &mut JITModule,
+    ids: HelperRefs,
+    block_sig: &Signature,
+    block: &Block,
+    slots: &[u64; 2],
+) {
+    let refs = Refs {
+        load: module.declare_func_in_func(ids.load, fb.func),
+        store: module.declare_func_in_func(ids.store, fb.func),
+        load128: module.declare_func_in_func(ids.load128, fb.func),
+        store128: module.declare_func_in_func(ids.store128, fb.func),
+        helper: module.declare_func_in_func(ids.helper, fb.func),
+        interpret: module.declare_func_in_func(ids.interpret, fb.func),
+        block_sig: fb.import_signature(block_sig.clone()),
+    };
+    let entry = fb.create_block();
+    fb.append_block_params_for_function_params(entry);
+    fb.switch_to_block(entry);
+    let cpu = fb.block_params(entry)[0];
+    let icount = fb.ins().load(types::I64, state_flags(), cpu, offsets::ICOUNT);
+    let limit = fb.ins().load(types::I64, state_flags(), cpu, offsets::ICOUNT_LIMIT);
+    let n = block.insns.len() as i64;
+    let end = fb.ins().iadd_imm_s(icount, n);
+    let over = fb.ins().icmp(IntCC::UnsignedGreaterThan, end, limit);
+    let budget_exit = fb.create_block();
+    let body = fb.create_block();
+    fb.ins().brif(over, budget_exit, &[], body, &[]);
+    fb.set_cold_block(budget_exit);
+    fb.switch_to_block(budget_exit);
+    let code = fb.ins().iconst(types::I64, EXIT_BUDGET as i64);
+    fb.ins().return_(&[code]);
+    fb.switch_to_block(body);
+    let regs = std::array::from_fn(|_| fb.declare_var(types::I64));
+    let mmu_idx = (block.mode == 3) as u64;
+    let mut l = Lower {
+        pending_exits: Vec::new(),
+        fb,
+        module,
+        refs,
+        cpu,
+        icount,
+        insn: Instruction::default(),
+        insn_ptr: std::ptr::null(),
+        regs,
+        loaded: 0,
+        dirty: 0,
+        flags: None,
+        flags_dirty: false,
+        consts: HashMap::new(),
+        mmu_idx,
+        ctx: InsnCtx { index: 0, snapshot: Vec::new(), flags: None, flags_dirty: false, fault_exit: None, written: 0 },
+        flow: None,
+        terminated: false,
+    };
+    let _ = &l.module;
+    for (i, insn) in block.insns.iter().enumerate() {
+        l.begin_insn(i as u32, insn);
+        let r = sem::instruction(&mut l);
+        if r.is_err() && l.terminated {
+            break;
+        }
+        if let Some((flow, cond)) = l.flow.take() {
+            l.emit_flow(flow, cond, i as u32 + 1, slots);
+            l.terminated = true;
+            break;
+        }
+    }
+    if !l.terminated {
+        let last = block.insns.last().expect("blocks are never empty");
+        l.emit_flow(Flow::Direct(last.next_ip()), None, block.insns.len() as u32, slots);
+    }
+    l.emit_pending_exits();
+    l.fb.seal_all_blocks();
+    let cfg = l.module.target_config();
+    l.fb.finalize(cfg);
+}
+
+impl Lower<'_, '_> {
+    fn begin_insn(&mut self, index: u32, insn: &Instruction) {
+        self.insn = *insn;
+        self.insn_ptr = insn as *const Instruction;
+        let mut snapshot = Vec::new();
+        for r in 0..16 {
+            if self.dirty & (1 << r) != 0 {
+                let v = self.fb.use_var(self.regs[r]);
+                snapshot.push((r, v));
+            }
+        }
+        self.ctx = InsnCtx {
+            index,
+            snapshot,
+            flags: self.flags,
+            flags_dirty: self.flags_dirty,
+            fault_exit: None,
+            written: 0,
+        };
+    }
+
+    fn iconst(&mut self, v: u64) -> Value {
+        let x = self.fb.ins().iconst(types::I64, v as i64);
+        self.consts.insert(x, v);
+        x
+    }
+
+    fn state_load(&mut self, off: i32) -> Value {
+        self.fb.ins().load(types::I64, state_flags(), self.cpu, off)
+    }
+
+    fn state_store(&mut self, off: i32, v: Value) {
+        self.fb.ins().store(state_flags(), v, self.cpu, off);
+    }
+
+    fn store_flags_state(&mut self, f: &FlagState<Value>) {
+        let op = self.fb.ins().iconst(types::I64, f.op.encode() as i64);
+        self.state_store(offsets::CC_OP, op);
+        self.state_store(offsets::CC_RES, f.res);
+        self.state_store(offsets::CC_A, f.a);
+        self.state_store(offsets::CC_B, f.b);
+        self.state_store(offsets::CC_AUX, f.aux);
+    }
+
+    /// Write back every dirty register and the flags (at an exit or before a helper call).
+    fn flush(&mut self) {
+        for r in 0..16 {
+            if self.dirty & (1 << r) != 0 {
+                let v = self.fb.use_var(self.regs[r]);
+                self.state_store(offsets::gpr(r), v);
+            }
+        }
+        if self.flags_dirty {
+            if let Some(f) = self.flags {
+                self.store_flags_state(&f);
+            }
+        }
+    }
+
+    /// After a helper that may have changed any state: forget cached registers and flags.
+    fn forget(&mut self) {
+        self.loaded = 0;
+        self.dirty = 0;
+        self.flags = None;
+        self.flags_dirty = false;
+    }
+
+    fn store_icount(&mut self, retired: u32) {
+        let v = self.fb.ins().iadd_imm_s(self.icount, retired as i64);
+        self.state_store(offsets::ICOUNT, v);
+    }
+
+    /// The cold block that leaves with the state as of the current instruction's start. Its
+    /// body is emitted at the end of the function (Cranelift wants the current block filled
+    /// before switching away).
+    fn fault_exit(&mut self) -> cranelift_codegen::ir::Block {
+        if let Some(b) = self.ctx.fault_exit {
+            return b;
+        }
+        let b = self.fb.create_block();
+        self.fb.set_cold_block(b);
+        self.pending_exits.push(PendingExit {
+            block: b,
+            snapshot: self.ctx.snapshot.clone(),
+            flags: if self.ctx.flags_dirty { self.ctx.flags } else { None },
+            rip: self.insn.ip(),
+            index: self.ctx.index,
+        });
+        self.ctx.fault_exit = Some(b);
+        b
+    }
+
+    fn emit_pending_exits(&mut self) {
+        for e in std::mem::take(&mut self.pending_exits) {
+            self.fb.switch_to_block(e.block);
+            for &(r, v) in &e.snapshot {
+                self.state_store(offsets::gpr(r), v);
+            }
+            if let Some(f) = e.flags {
+                self.store_flags_state(&f);
+            }
+            let rip = self.fb.ins().iconst(types::I64, e.rip as i64);
+            self.state_store(offsets::RIP, rip);
+            self.store_icount(e.index);
+            let code = self.fb.ins().iconst(types::I64, EXIT_EXCEPTION as i64);
+            self.fb.ins().return_(&[code]);
+        }
+    }
+
+    fn store_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        let base = offset_of!(CpuState, exception) as i32;
+        let rec = ExceptionRecord { vector, has_error_code: error_code.is_some(), error_code: error_code.unwrap_or(0), address: 0 };
+        let v = self.fb.ins().iconst(types::I8, rec.vector as i64);
+        self.fb.ins().store(state_flags(), v, self.cpu, base + offset_of!(ExceptionRecord, vector) as i32);
+        let h = self.fb.ins().iconst(types::I8, rec.has_error_code as i64);
+        self.fb.ins().store(state_flags(), h, self.cpu, base + offset_of!(ExceptionRecord, has_error_code) as i32);
+        let e = self.fb.ins().iconst(types::I32, rec.error_code as i64);
+        self.fb.ins().store(state_flags(), e, self.cpu, base + offset_of!(ExceptionRecord, error_code) as i32);
+        let z = self.fb.ins().iconst(types::I64, 0);
+        self.fb.ins().store(state_flags(), z, self.cpu, base + offset_of!(ExceptionRecord, address) as i32);
+    }
+
+    /// Continue in a fresh block after an unconditional exit, so nothing more lands in a
+    /// filled block.
+    fn dead_end(&mut self) {
+        let b = self.fb.create_block();
+        self.fb.switch_to_block(b);
+        self.terminated = true;
+    }
+
+    fn check_status_after_call(&mut self, status: Value) {
+        let exit = self.fault_exit();
+        let cont = self.fb.create_block();
+        self.fb.ins().brif(status, exit, &[], cont, &[]);
+        self.fb.switch_to_block(cont);
+    }
+
+    fn emit_flow(&mut self, flow: Flow<Value>, cond: Option<Value>, retired: u32, slots: &[u64; 2]) {
+        self.flush();
+        self.store_icount(retired);
+        match flow {
+            Flow::Jump(t) => {
+                self.state_store(offsets::RIP, t);
+                let z = self.fb.ins().iconst(types::I64, 0);
+                self.state_store(offsets::EXIT_SLOT, z);
+                let code = self.fb.ins().iconst(types::I64, EXIT_NORMAL as i64);
+                self.fb.ins().return_(&[code]);
+            }
+            Flow::Direct(t) => self.chain_exit(t, &slots[0] as *const u64),
+            Flow::Branch { taken, not_taken } => {
+                let c = cond.expect("a branch has a condition");
+                let tb = self.fb.create_block();
+                let nb = self.fb.create_block();
+                self.fb.ins().brif(c, tb, &[], nb, &[]);
+                self.fb.switch_to_block(tb);
+                self.chain_exit(taken, &slots[0] as *const u64);
+                self.fb.switch_to_block(nb);
+                self.chain_exit(not_taken, &slots[1] as *const u64);
+            }
+        }
+    }
+
+    fn chain_exit(&mut self, target: u64, slot: *const u64) {
+        let rip = self.fb.ins().iconst(types::I64, target as i64);
+        self.state_store(offsets::RIP, rip);
+        let slot_addr = self.fb.ins().iconst(types::I64, slot as i64);
+        self.state_store(offsets::EXIT_SLOT, slot_addr);
+        let f = self.fb.ins().load(types::I64, state_flags(), slot_addr, 0);
+        let go = self.fb.create_block();
+        let back = self.fb.create_block();
+        self.fb.ins().brif(f, go, &[], back, &[]);
+        self.fb.switch_to_block(go);
+        let cpu = self.cpu;
+        self.fb.ins().return_call_indirect(self.refs.block_sig, f, &[cpu]);
+        self.fb.switch_to_block(back);
+        let code = self.fb.ins().iconst(types::I64, EXIT_NORMAL as i64);
+        self.fb.ins().return_(&[code]);
+    }
+
+    /// Inline TLB lookup: returns (hit condition, entry address).
+    fn tlb_probe(&mut self, addr: Value, size: u32, write: bool) -> (Value, Value) {
+        let idx = self.fb.ins().ushr_imm_u(addr, 12);
+        let idx = self.fb.ins().band_imm_s(idx, (mmu::TLB_ENTRIES - 1) as i64);
+        let idx = self.fb.ins().ishl_imm_u(idx, 4);
+        let base = offsets::TLB as i64 + mmu::tlb_set_offset(self.mmu_idx as usize, write) as i64;
+        let entry = self.fb.ins().iadd(self.cpu, idx);
+        let entry = self.fb.ins().iadd_imm_s(entry, base);
+        let tag = self.fb.ins().load(types::I64, state_flags(), entry, 0);
+        let last = self.fb.ins().iadd_imm_s(addr, size as i64 - 1);
+        let page = self.fb.ins().band_imm_s(last, !0xfffi64);
+        let hit = self.fb.ins().icmp(IntCC::Equal, tag, page);
+        (hit, entry)
+    }
+
+    fn call_fn(&mut self, f: FuncRef, args: &[Value]) -> Value {
+        let call = self.fb.ins().call(f, args);
+        self.fb.inst_results(call)[0]
+    }
+
+    fn const2(&self, a: Value, b: Value) -> Option<(u64, u64)> {
+        Some((*self.consts.get(&a)?, *self.consts.get(&b)?))
+    }
+}
+
+impl Builder for Lower<'_, '_> {
+    type V = Value;
+    type B = Value;
+
+    fn insn(&self) -> &Instruction {
+        &self.insn
+    }
+    fn c(&mut self, v: u64) -> Value {
+        self.iconst(v)
+    }
+    fn add(&mut self, a: Value, b: Value) -> Value {
+        if let Some((x, y)) = self.const2(a, b) {
+            return self.iconst(x.wrapping_add(y));
+        }
+        if self.consts.get(&b) == Some(&0) {
+            return a;
+        }
+        self.fb.ins().iadd(a, b)
+    }
+    fn sub(&mut self, a: Value, b: Value) -> Value {
+        if let Some((x, y)) = self.const2(a, b) {
+            return self.iconst(x.wrapping_sub(y));
+        }
+        self.fb.ins().isub(a, b)
+    }
+    fn mul(&mut self, a: Value, b: Value) -> Value {
+        self.fb.ins().imul(a, b)
+    }
+    fn umulh(&mut self, a: Value, b: Value) -> Value {
+        self.fb.ins().umulhi(a, b)
+    }
+    fn smulh(&mut self, a: Value, b: Value) -> Value {
+        self.fb.ins().smulhi(a, b)
+    }
+    fn and(&mut self, a: Value, b: Value) -> Value {
+        if let Some((x, y)) = self.const2(a, b) {
+            return self.iconst(x & y);
+        }
+        self.fb.ins().band(a, b)
+    }
+    fn or(&mut self, a: Value, b: Value) -> Value {
+        if let Some((x, y)) = self.const2(a, b) {
+            return self.iconst(x | y);
+        }
+        if self.consts.get(&b) == Some(&0) {
+            return a;
+        }
+        if self.consts.get(&a) == Some(&0) {
+            return b;
+        }
+        self.fb.ins().bor(a, b)
+    }
+    fn xor(&mut self, a: Value, b: Value) -> Value {
+        if let Some((x, y)) = self.const2(a, b) {
+            return self.iconst(x ^ y);
+        }
+        self.fb.ins().bxor(a, b)
+    }
+    fn not(&mut self, a: Value) -> Value {
+        if let Some(&x) = self.consts.get(&a) {
+            return self.iconst(!x);
+        }
+        self.fb.ins().bnot(a)
+    }
+    fn shl(&mut self, a: Value, n: Value) -> Value {
+        if let Some((x, y)) = self.const2(a, n) {
+            return self.iconst(x << (y & 63));
+        }
+        if self.consts.get(&n) == Some(&0) {
+            return a;
+        }
+        self.fb.ins().ishl(a, n)
+    }
+    fn shr(&mut self, a: Value, n: Value) -> Value {
+        if let Some((x, y)) = self.const2(a, n) {
+            return self.iconst(x >> (y & 63));
+        }
+        if self.consts.get(&n) == Some(&0) {
+            return a;
+        }
+        self.fb.ins().ushr(a, n)
+    }
+    fn sar(&mut self, a: Value, n: Value) -> Value {
+        if let Some((x, y)) = self.const2(a, n) {
+            return self.iconst(((x as i64) >> (y & 63)) as u64);
+        }
+        self.fb.ins().sshr(a, n)
+    }
+    fn rotl(&mut self, a: Value, n: Value) -> Value {
+        self.fb.ins().rotl(a, n)
+    }
+    fn rotr(&mut self, a: Value, n: Value) -> Value {
+        self.fb.ins().rotr(a, n)
+    }
+    fn popcnt(&mut self, a: Value) -> Value {
+        if let Some(&x) = self.consts.get(&a) {
+            return self.iconst(x.count_ones() as u64);
+        }
+        self.fb.ins().popcnt(a)
+    }
+    fn clz(&mut self, a: Value) -> Value {
+        self.fb.ins().clz(a)
+    }
+    fn ctz(&mut self, a: Value) -> Value {
+        self.fb.ins().ctz(a)
+    }
+    fn bswap(&mut self, a: Value) -> Value {
+        self.fb.ins().bswap(a)
+    }
+    fn sext(&mut self, a: Value, bits: u32) -> Value {
+        if bits >= 64 {
+            return a;
+        }
+        if let Some(&x) = self.consts.get(&a) {
+            return self.iconst((((x << (64 - bits)) as i64) >> (64 - bits)) as u64);
+        }
+        let t = match bits {
+            8 => types::I8,
+            16 => types::I16,
+            32 => types::I32,
+            _ => {
+                let s = self.fb.ins().ishl_imm_u(a, 64 - bits as i64);
+                return self.fb.ins().sshr_imm_u(s, 64 - bits as i64);
+            }
+        };
+        let r = self.fb.ins().ireduce(t, a);
+        self.fb.ins().sextend(types::I64, r)
+    }
+    fn zext(&mut self, a: Value, bits: u32) -> Value {
+        if bits >= 64 {
+            return a;
+        }
+        let mask = (1u64 << bits) - 1;
+        if let Some(&x) = self.consts.get(&a) {
+            return self.iconst(x & mask);
+        }
+        self.fb.ins().band_imm_s(a, mask as i64)
+    }
+    fn icmp(&mut self, cc: Cmp, a: Value, b: Value) -> Value {
+        let cc = match cc {
+            Cmp::Eq => IntCC::Equal,
+            Cmp::Ne => IntCC::NotEqual,
+            Cmp::Ult => IntCC::UnsignedLessThan,
+            Cmp::Ule => IntCC::UnsignedLessThanOrEqual,
+            Cmp::Ugt => IntCC::UnsignedGreaterThan,
+            Cmp::Uge => IntCC::UnsignedGreaterThanOrEqual,
+            Cmp::Slt => IntCC::SignedLessThan,
+            Cmp::Sle => IntCC::SignedLessThanOrEqual,
+            Cmp::Sgt => IntCC::SignedGreaterThan,
+            Cmp::Sge => IntCC::SignedGreaterThanOrEqual,
+        };
+        self.fb.ins().icmp(cc, a, b)
+    }
+    fn bconst(&mut self, v: bool) -> Value {
+        self.fb.ins().iconst(types::I8, v as i64)
+    }
+    fn band(&mut self, a: Value, b: Value) -> Value {
+        self.fb.ins().band(a, b)
+    }
+    fn bor(&mut self, a: Value, b: Value) -> Value {
+        self.fb.ins().bor(a, b)
+    }
+    fn bxor(&mut self, a: Value, b: Value) -> Value {
+        self.fb.ins().bxor(a, b)
+    }
+    fn bnot(&mut self, a: Value) -> Value {
+        self.fb.ins().bxor_imm_s(a, 1)
+    }
+    fn b2v(&mut self, a: Value) -> Value {
+        self.fb.ins().uextend(types::I64, a)
+    }
+    fn select(&mut self, c: Value, t: Value, f: Value) -> Value {
+        self.fb.ins().select(c, t, f)
+    }
+    fn get_gpr(&mut self, r: usize) -> Value {
+        if self.loaded & (1 << r) == 0 {
+            let v = self.state_load(offsets::gpr(r));
+            self.fb.def_var(self.regs[r], v);
+            self.loaded |= 1 << r;
+            return v;
+        }
+        self.fb.use_var(self.regs[r])
+    }
+    fn set_gpr(&mut self, r: usize, v: Value) {
+        self.fb.def_var(self.regs[r], v);
+        self.loaded |= 1 << r;
+        self.dirty |= 1 << r;
+        self.ctx.written |= 1 << r;
+    }
+    fn load_state(&mut self, offset: i32) -> Value {
+        self.state_load(offset)
+    }
+    fn store_state(&mut self, offset: i32, v: Value) {
+        self.state_store(offset, v);
+    }
+    fn flags(&mut self) -> FlagState<Value> {
+        if let Some(f) = self.flags {
+            return f;
+        }
+        let id = self.iconst(helpers::helper_id(Helper::MaterializeFlags));
+        let z = self.iconst(0);
+        let cpu = self.cpu;
+        let bits = self.call_fn(self.refs.helper, &[cpu, id, z, z, z]);
+        let f = FlagState { op: FlagOp::CONCRETE, res: bits, a: z, b: z, aux: z };
+        // The helper left the state holding exactly these concrete flags.
+        self.flags = Some(f);
+        self.flags_dirty = false;
+        if !self.ctx.flags_dirty {
+            self.ctx.flags = Some(f);
+        }
+        f
+    }
+    fn set_flags(&mut self, f: FlagState<Value>) {
+        self.flags = Some(f);
+        self.flags_dirty = true;
+    }
+    fn load(&mut self, addr: Value, size: u32) -> R<Value> {
+        let (hit, entry) = self.tlb_probe(addr, size, false);
+        let fast = self.fb.create_block();
+        let slow = self.fb.create_block();
+        let join = self.fb.create_block();
+        let v = self.fb.append_block_param(join, types::I64);
+        self.fb.ins().brif(hit, fast, &[], slow, &[]);
+        self.fb.switch_to_block(fast);
+        let addend = self.fb.ins().load(types::I64, state_flags(), entry, 8);
+        let host = self.fb.ins().iadd(addr, addend);
+        let x = match size {
+            1 => self.fb.ins().uload8(types::I64, guest_flags(), host, 0),
+            2 => self.fb.ins().uload16(types::I64, guest_flags(), host, 0),
+            4 => self.fb.ins().uload32(guest_flags(), host, 0),
+            _ => self.fb.ins().load(types::I64, guest_flags(), host, 0),
+        };
+        self.fb.ins().jump(join, &[BlockArg::Value(x)]);
+        self.fb.set_cold_block(slow);
+        self.fb.switch_to_block(slow);
+        let sz = self.fb.ins().iconst(types::I64, size as i64);
+        let mi = self.fb.ins().iconst(types::I64, self.mmu_idx as i64);
+        let cpu = self.cpu;
+        let y = self.call_fn(self.refs.load, &[cpu, addr, sz, mi]);
+        let status = self.state_load(offsets::HELPER_STATUS);
+        let exit = self.fault_exit();
+        let ok = self.fb.create_block();
+        self.fb.ins().brif(status, exit, &[], ok, &[]);
+        self.fb.switch_to_block(ok);
+        self.fb.ins().jump(join, &[BlockArg::Value(y)]);
+        self.fb.switch_to_block(join);
+        Ok(v)
+    }
+    fn store(&mut self, addr: Value, v: Value, size: u32) -> R<()> {
+        let (hit, entry) = self.tlb_probe(addr, size, true);
+        let fast = self.fb.create_block();
+        let slow = self.fb.create_block();
+        let join = self.fb.create_block();
+        self.fb.ins().brif(hit, fast, &[], slow, &[]);
+        self.fb.switch_to_block(fast);
+        let addend = self.fb.ins().load(types::I64, state_flags(), entry, 8);
+        let host = self.fb.ins().iadd(addr, addend);
+        match size {
+            1 => self.fb.ins().istore8(guest_flags(), v, host, 0),
+            2 => self.fb.ins().istore16(guest_flags(), v, host, 0),
+            4 => self.fb.ins().istore32(guest_flags(), v, host, 0),
+            _ => self.fb.ins().store(guest_flags(), v, host, 0),
+        };
+        self.fb.ins().jump(join, &[]);
+        self.fb.set_cold_block(slow);
+        self.fb.switch_to_block(slow);
+        let arg = self.fb.ins().iconst(types::I64, (size as u64 | (self.mmu_idx << 8)) as i64);
+        let cpu = self.cpu;
+        let status = self.call_fn(self.refs.store, &[cpu, addr, v, arg]);
+        let exit = self.fault_exit();
+        self.fb.ins().brif(status, exit, &[], join, &[]);
+        self.fb.switch_to_block(join);
+        Ok(())
+    }
+    fn load128(&mut self, addr: Value) -> R<(Value, Value)> {
+        let (hit, entry) = self.tlb_probe(addr, 16, false);
+        let fast = self.fb.create_block();
+        let slow = self.fb.create_block();
+        let join = self.fb.create_block();
+        let lo = self.fb.append_block_param(join, types::I64);
+        let hi = self.fb.append_block_param(join, types::I64);
+        self.fb.ins().brif(hit, fast, &[], slow, &[]);
+        self.fb.switch_to_block(fast);
+        let addend = self.fb.ins().load(types::I64, state_flags(), entry, 8);
+        let host = self.fb.ins().iadd(addr, addend);
+        let a = self.fb.ins().load(types::I64, guest_flags(), host, 0);
+        let b = self.fb.ins().load(types::I64, guest_flags(), host, 8);
+        self.fb.ins().jump(join, &[BlockArg::Value(a), BlockArg::Value(b)]);
+        self.fb.set_cold_block(slow);
+        self.fb.switch_to_block(slow);
+        let mi = self.fb.ins().iconst(types::I64, self.mmu_idx as i64);
+        let cpu = self.cpu;
+        let status = self.call_fn(self.refs.load128, &[cpu, addr, mi]);
+        let exit = self.fault_exit();
+        let ok = self.fb.create_block();
+        self.fb.ins().brif(status, exit, &[], ok, &[]);
+        self.fb.switch_to_block(ok);
+        let a = self.state_load(offsets::SCRATCH);
+        let b = self.state_load(offsets::SCRATCH + 8);
+        self.fb.ins().jump(join, &[BlockArg::Value(a), BlockArg::Value(b)]);
+        self.fb.switch_to_block(join);
+        Ok((lo, hi))
+    }
+    fn store128(&mut self, addr: Value, lo: Value, hi: Value) -> R<()> {
+        let (hit, entry) = self.tlb_probe(addr, 16, true);
+        let fast = self.fb.create_block();
+        let slow = self.fb.create_block();
+        let join = self.fb.create_block();
+        self.fb.ins().brif(hit, fast, &[], slow, &[]);
+        self.fb.switch_to_block(fast);
+        let addend = self.fb.ins().load(types::I64, state_flags(), entry, 8);
+        let host = self.fb.ins().iadd(addr, addend);
+        self.fb.ins().store(guest_flags(), lo, host, 0);
+        self.fb.ins().store(guest_flags(), hi, host, 8);
+        self.fb.ins().jump(join, &[]);
+        self.fb.set_cold_block(slow);
+        self.fb.switch_to_block(slow);
+        self.state_store(offsets::SCRATCH, lo);
+        self.state_store(offsets::SCRATCH + 8, hi);
+        let mi = self.fb.ins().iconst(types::I64, self.mmu_idx as i64);
+        let cpu = self.cpu;
+        let status = self.call_fn(self.refs.store128, &[cpu, addr, mi]);
+        let exit = self.fault_exit();
+        self.fb.ins().brif(status, exit, &[], join, &[]);
+        self.fb.switch_to_block(join);
+        Ok(())
+    }
+    fn const_of(&self, v: Value) -> Option<u64> {
+        self.consts.get(&v).copied()
+    }
+    fn is_interpreter(&self) -> bool {
+        false
+    }
+    fn raise(&mut self, vector: u8, error_code: Option<u32>) -> Abort {
+        self.store_exception(vector, error_code);
+        let exit = self.fault_exit();
+        self.fb.ins().jump(exit, &[]);
+        self.dead_end();
+        Abort
+    }
+    fn raise_trap(&mut self, vector: u8) -> Abort {
+        // A trap retires the instruction: leave with the current state and the next RIP.
+        self.store_exception(vector, None);
+        self.flush();
+        let next = self.fb.ins().iconst(types::I64, self.insn.next_ip() as i64);
+        self.state_store(offsets::RIP, next);
+        self.store_icount(self.ctx.index + 1);
+        let code = self.fb.ins().iconst(types::I64, EXIT_EXCEPTION as i64);
+        self.fb.ins().return_(&[code]);
+        self.dead_end();
+        Abort
+    }
+    fn unimplemented(&mut self) -> Abort {
+        // The interpreter raises #UD and counts it; compiled code just hands over.
+        let z = self.iconst(0);
+        let _ = self.call(Helper::Interpret, [z, z, z]);
+        // The interpreter cannot retire an unimplemented instruction, so this is unreachable.
+        let code = self.fb.ins().iconst(types::I64, EXIT_EXCEPTION as i64);
+        self.fb.ins().return_(&[code]);
+        self.dead_end();
+        Abort
+    }
+    fn raise_if(&mut self, cond: Value, vector: u8, error_code: Option<u32>) -> R<()> {
+        let raise = self.fb.create_block();
+        let cont = self.fb.create_block();
+        self.fb.ins().brif(cond, raise, &[], cont, &[]);
+        self.fb.set_cold_block(raise);
+        self.fb.switch_to_block(raise);
+        self.store_exception(vector, error_code);
+        let exit = self.fault_exit();
+        self.fb.ins().jump(exit, &[]);
+        self.fb.switch_to_block(cont);
+        Ok(())
+    }
+    fn call(&mut self, h: Helper, args: [Value; 3]) -> R<Value> {
+        debug_assert!(
+            self.ctx.written == 0,
+            "{:?} called after the instruction wrote registers: faults would not be precise",
+            h
+        );
+        self.flush();
+        let cpu = self.cpu;
+        if h == Helper::Interpret {
+            // The interpreter runs the whole instruction and updates RIP and the count itself.
+            let rip = self.fb.ins().iconst(types::I64, self.insn.ip() as i64);
+            self.state_store(offsets::RIP, rip);
+            self.store_icount(self.ctx.index);
+            let p = self.fb.ins().iconst(types::I64, self.insn_ptr as i64);
+            let status = self.call_fn(self.refs.interpret, &[cpu, p]);
+            let exit = self.fb.create_block();
+            let cont = self.fb.create_block();
+            self.fb.ins().brif(status, exit, &[], cont, &[]);
+            self.fb.set_cold_block(exit);
+            self.fb.switch_to_block(exit);
+            let code = self.fb.ins().iconst(types::I64, EXIT_EXCEPTION as i64);
+            self.fb.ins().return_(&[code]);
+            self.fb.switch_to_block(cont);
+            self.forget();
+            // What the fault exit of this instruction must restore is now in the state.
+            self.ctx.snapshot.clear();
+            self.ctx.flags_dirty = false;
+            return Ok(self.iconst(0));
+        }
+        let id = self.iconst(helpers::helper_id(h));
+        let r = self.call_fn(self.refs.helper, &[cpu, id, args[0], args[1], args[2]]);
+        let status = self.state_load(offsets::HELPER_STATUS);
+        // The helper saw the flushed state, which equals the instruction-start state (no
+        // register was written before the call), so the fault exit needs nothing extra.
+        self.ctx.snapshot.clear();
+        self.ctx.flags_dirty = false;
+        self.check_status_after_call(status);
+        self.forget();
+        Ok(r)
+    }
+    fn commit(&mut self) {}
+    fn flow(&mut self, f: Flow<Value>, cond: Option<Value>) {
+        self.flow = Some((f, cond));
+    }
+}

@@ -1,0 +1,345 @@
+//! The dispatcher: finds or decodes the block at RIP, runs it in the interpreter or as compiled
+//! code, tiers hot blocks up to Cranelift, and chains compiled blocks to each other.
+//!
+//! # What counts as one instruction
+//!
+//! `cpu.icount` counts retired instructions. An instruction that faults does not retire (the
+//! exception is delivered with RIP at it and the count unchanged); a trap (INT3, INTO) retires
+//! before it is reported. A REP string instruction retires once when its last iteration
+//! completes, however many iterations it runs (KRR's definition). The engine never retires
+//! instruction number `cpu.icount_limit`: [`Engine::run`] returns [`Exit::Budget`] with
+//! `cpu.icount == cpu.icount_limit` and RIP at the next instruction.
+
+use crate::block::{self, Block, FetchError};
+use crate::clif::{CompiledBlock, Jit};
+use crate::interp::{Interp, StepResult};
+use iced_x86::Instruction;
+use krr_runtime::{mmu, CpuState};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// When blocks get compiled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TierPolicy {
+    /// Never: the precise interpreter runs everything.
+    Interpret,
+    /// Every block on its first execution.
+    CompileAll,
+    /// After `hot_threshold` executions, compiled in batches.
+    Tiered,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    pub policy: TierPolicy,
+    /// Instructions per block at most (1 = single-step).
+    pub max_block_insns: usize,
+    pub hot_threshold: u32,
+    /// Blocks compiled together (one finalize per batch).
+    pub batch: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { policy: TierPolicy::Tiered, max_block_insns: 64, hot_threshold: 50, batch: 16 }
+    }
+}
+
+/// Why [`Engine::run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// `cpu.icount` reached `cpu.icount_limit`.
+    Budget,
+    /// `cpu.exception` was raised at `cpu.rip` (for a trap, RIP is past the instruction).
+    Exception { trap: bool, unimplemented: bool },
+    /// An access (or code fetch) hit physical memory with no RAM behind it.
+    Unbacked { phys: u64 },
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct EngineStats {
+    pub blocks_decoded: u64,
+    pub blocks_compiled: u64,
+    pub compile_time: Duration,
+    pub code_bytes: u64,
+    pub interpreted_insns: u64,
+    pub unimplemented: u64,
+}
+
+struct Entry {
+    block: Block,
+    compiled: Option<CompiledBlock>,
+    queued: bool,
+}
+
+const JUMP_CACHE: usize = 4096;
+
+pub struct Engine {
+    pub config: EngineConfig,
+    entries: Vec<Entry>,
+    by_phys: HashMap<(u64, u32), usize>,
+    /// Direct-mapped (linear RIP, mode) -> entry, so a hot dispatch needs no page walk.
+    jump_cache: Vec<(u64, u32, u32)>,
+    jit: Option<Jit>,
+    pending: Vec<usize>,
+    pub stats: EngineStats,
+    logged_unimplemented: std::collections::HashSet<u64>,
+}
+
+const NO_ENTRY: u32 = u32::MAX;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot set up the Cranelift JIT: {0}")]
+    Jit(String),
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
+        let jit = match config.policy {
+            TierPolicy::Interpret => None,
+            _ => Some(Jit::new().map_err(EngineError::Jit)?),
+        };
+        Ok(Engine {
+            config,
+            entries: Vec::new(),
+            by_phys: HashMap::new(),
+            jump_cache: vec![(u64::MAX, 0, NO_ENTRY); JUMP_CACHE],
+            jit,
+            pending: Vec::new(),
+            stats: EngineStats::default(),
+            logged_unimplemented: Default::default(),
+        })
+    }
+
+    fn mode(cpu: &CpuState) -> u32 {
+        cpu.cpl() as u32
+    }
+
+    /// Forget every linear-address lookup (after a TLB flush: CR3 write, INVLPG).
+    pub fn flush_jump_cache(&mut self) {
+        self.jump_cache.fill((u64::MAX, 0, NO_ENTRY));
+    }
+
+    fn lookup(&mut self, cpu: &mut CpuState) -> Result<usize, Exit> {
+        let rip = cpu.rip;
+        let mode = Self::mode(cpu);
+        let slot = (rip as usize ^ (rip >> 12) as usize) & (JUMP_CACHE - 1);
+        let (tag, m, id) = self.jump_cache[slot];
+        if tag == rip && m == mode && id != NO_ENTRY {
+            return Ok(id as usize);
+        }
+        let phys = match mmu::translate(cpu, rip, mmu::Access::Execute, mode == 3) {
+            Ok(t) => t.phys,
+            Err(e) => {
+                cpu.exception = e;
+                return Err(Exit::Exception { trap: false, unimplemented: false });
+            }
+        };
+        let id = match self.by_phys.get(&(phys, mode)) {
+            Some(&id) if self.entries[id].block.start == rip => id,
+            _ => {
+                let block = match block::decode(cpu, mode, self.config.max_block_insns) {
+                    Ok(b) => b,
+                    Err(FetchError::Fault) => {
+                        return Err(Exit::Exception { trap: false, unimplemented: false })
+                    }
+                    Err(FetchError::Unbacked { phys }) => return Err(Exit::Unbacked { phys }),
+                };
+                self.stats.blocks_decoded += 1;
+                let id = self.entries.len();
+                self.entries.push(Entry { block, compiled: None, queued: false });
+                self.by_phys.insert((phys, mode), id);
+                id
+            }
+        };
+        self.jump_cache[slot] = (rip, mode, id as u32);
+        Ok(id)
+    }
+
+    /// Run until the instruction budget, an exception or an access the driver must handle.
+    pub fn run(&mut self, cpu: &mut CpuState) -> Exit {
+        loop {
+            if cpu.icount >= cpu.icount_limit {
+                return Exit::Budget;
+            }
+            let id = match self.lookup(cpu) {
+                Ok(id) => id,
+                Err(exit) => return exit,
+            };
+            if self.entries[id].compiled.is_none() {
+                self.maybe_compile(id);
+            }
+            let exit = if self.entries[id].compiled.is_some() {
+                self.run_compiled(cpu, id)
+            } else {
+                self.interpret_block(cpu, id)
+            };
+            if let Some(exit) = exit {
+                return exit;
+            }
+        }
+    }
+
+    fn maybe_compile(&mut self, id: usize) {
+        let e = &mut self.entries[id];
+        e.block.exec_count = e.block.exec_count.saturating_add(1);
+        match self.config.policy {
+            TierPolicy::Interpret => {}
+            TierPolicy::CompileAll => self.compile(&[id]),
+            TierPolicy::Tiered => {
+                let n = e.block.exec_count;
+                if n >= self.config.hot_threshold && !e.queued {
+                    e.queued = true;
+                    self.pending.push(id);
+                }
+                // Compile a batch once it is full, or once a queued block is clearly hot.
+                if e.queued
+                    && (self.pending.len() >= self.config.batch
+                        || n >= self.config.hot_threshold.saturating_mul(4))
+                {
+                    let batch = std::mem::take(&mut self.pending);
+                    self.compile(&batch);
+                }
+            }
+        }
+    }
+
+    fn compile(&mut self, ids: &[usize]) {
+        let Some(jit) = self.jit.as_mut() else { return };
+        let t0 = std::time::Instant::now();
+        let blocks: Vec<&Block> = ids.iter().map(|&i| &self.entries[i].block).collect();
+        let compiled = jit.compile(&blocks);
+        self.stats.compile_time += t0.elapsed();
+        for (&i, c) in ids.iter().zip(compiled) {
+            self.stats.blocks_compiled += 1;
+            self.stats.code_bytes += c.code_size as u64;
+            self.entries[i].compiled = Some(c);
+            self.entries[i].queued = false;
+        }
+    }
+
+    fn run_compiled(&mut self, cpu: &mut CpuState, id: usize) -> Option<Exit> {
+        let jit = self.jit.as_ref().expect("compiled blocks imply a JIT");
+        let code = self.entries[id].compiled.as_ref().expect("checked by caller").code;
+        cpu.exit_slot = 0;
+        cpu.helper_status = crate::helpers::OK;
+        let unimpl_before = cpu.unimplemented_count;
+        let reason = jit.enter(cpu, code);
+        match reason {
+            crate::clif::EXIT_NORMAL => {
+                if cpu.exit_slot != 0 {
+                    self.link(cpu);
+                }
+                None
+            }
+            crate::clif::EXIT_BUDGET => {
+                // Not enough budget for the whole block: finish instruction by instruction.
+                let id = match self.lookup(cpu) {
+                    Ok(id) => id,
+                    Err(exit) => return Some(exit),
+                };
+                self.interpret_block(cpu, id)
+            }
+            _ => {
+                if cpu.helper_status == crate::helpers::UNBACKED {
+                    cpu.helper_status = crate::helpers::OK;
+                    return Some(Exit::Unbacked { phys: cpu.unbacked_phys });
+                }
+                let unimplemented = cpu.unimplemented_count != unimpl_before;
+                if unimplemented {
+                    self.log_unimplemented(cpu);
+                }
+                let v = cpu.exception.vector;
+                let trap = v == krr_runtime::vector::BP || v == krr_runtime::vector::OF;
+                Some(Exit::Exception { trap, unimplemented })
+            }
+        }
+    }
+
+    /// Point the exit slot compiled code just left through at the block for the new RIP, so the
+    /// next time that exit jumps straight there.
+    fn link(&mut self, cpu: &mut CpuState) {
+        let slot = cpu.exit_slot as *mut u64;
+        cpu.exit_slot = 0;
+        let Ok(target) = self.lookup(cpu) else { return };
+        if self.entries[target].compiled.is_none() {
+            self.maybe_compile(target);
+        }
+        if let Some(c) = &self.entries[target].compiled {
+            // SAFETY: `slot` is the address of an exit slot owned by a CompiledBlock of this
+            // engine (compiled code stores only such addresses); no compiled code runs now.
+            unsafe { *slot = c.code as u64 };
+        }
+    }
+
+    fn interpret_block(&mut self, cpu: &mut CpuState, id: usize) -> Option<Exit> {
+        let insns: &[Instruction] = &self.entries[id].block.insns;
+        let mut it = Interp::new(cpu);
+        for insn in insns {
+            if it.cpu().icount >= it.cpu().icount_limit {
+                return Some(Exit::Budget);
+            }
+            match it.step(insn) {
+                StepResult::Retired => self.stats.interpreted_insns += 1,
+                StepResult::Exception { trap, unimplemented } => {
+                    if trap {
+                        self.stats.interpreted_insns += 1;
+                    }
+                    if unimplemented {
+                        self.stats.unimplemented += 1;
+                        let cpu = it.cpu();
+                        if self.logged_unimplemented.insert(cpu.rip) {
+                            log::warn!(
+                                "unimplemented instruction `{}` ({}) at RIP {:#x}, instruction {}: raising #UD",
+                                insn,
+                                hex_bytes(cpu, insn),
+                                insn.ip(),
+                                cpu.icount
+                            );
+                        }
+                    }
+                    return Some(Exit::Exception { trap, unimplemented });
+                }
+                StepResult::Unbacked => {
+                    return Some(Exit::Unbacked { phys: it.cpu().unbacked_phys });
+                }
+            }
+            // A taken branch can only be the block's last instruction, but a retired
+            // instruction may also have been interrupted mid-way (REP): follow RIP.
+            if it.cpu().rip != insn.next_ip() {
+                break;
+            }
+        }
+        None
+    }
+
+    fn log_unimplemented(&mut self, cpu: &mut CpuState) {
+        self.stats.unimplemented += 1;
+        if self.logged_unimplemented.insert(cpu.rip) {
+            let mut bytes = [0u8; block::MAX_INSN_LEN];
+            let n = mmu::fetch_code(cpu, cpu.rip, &mut bytes).unwrap_or(0);
+            let mut d = iced_x86::Decoder::with_ip(64, &bytes[..n], cpu.rip, 0);
+            let insn = d.decode();
+            log::warn!(
+                "unimplemented instruction `{}` ({}) at RIP {:#x}, instruction {}: raising #UD",
+                insn,
+                hex_bytes(cpu, &insn),
+                cpu.rip,
+                cpu.icount
+            );
+        }
+    }
+
+    /// Number of decoded blocks.
+    pub fn block_count(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// The instruction's bytes as hex, read back from guest memory.
+pub fn hex_bytes(cpu: &mut CpuState, insn: &Instruction) -> String {
+    let mut bytes = [0u8; block::MAX_INSN_LEN];
+    let n = mmu::fetch_code(cpu, insn.ip(), &mut bytes[..insn.len()]).unwrap_or(0);
+    bytes[..n].iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,428 @@
+//! The interpreter: a [`Builder`] whose values are computed on the spot against the CPU state.
+//!
+//! Register, state and flag writes are logged so that an instruction that faults part-way
+//! leaves no trace (faults are precise); memory stores happen only after their translation
+//! succeeded, and semantics order stores before register updates.
+
+use crate::helpers;
+use crate::sem::{self, Abort, Builder, Cmp, FlagOp, FlagState, Flow, Helper, R};
+use iced_x86::Instruction;
+use krr_runtime::{mmu, offsets, CpuState, ExceptionRecord};
+
+const UNDO_CAP: usize = 32;
+
+pub struct Interp<'a> {
+    cpu: &'a mut CpuState,
+    insn: Instruction,
+    undo: [(i32, u64); UNDO_CAP],
+    undo_len: usize,
+    saved_flags: Option<[u64; 5]>,
+    next_rip: Option<u64>,
+    trap: bool,
+    unimplemented: bool,
+}
+
+/// How one interpreted instruction ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepResult {
+    /// Retired; `cpu.rip` is the next instruction.
+    Retired,
+    /// Raised the exception in `cpu.exception`; `cpu.rip` is the faulting instruction (or, for a
+    /// trap, the next one). `unimplemented` says the engine lacks the instruction.
+    Exception { trap: bool, unimplemented: bool },
+    /// An access hit a physical address with no RAM (`cpu.unbacked_phys`); nothing retired.
+    Unbacked,
+}
+
+/// Execute one instruction.
+pub fn step(cpu: &mut CpuState, insn: &Instruction) -> StepResult {
+    Interp::new(cpu).step(insn)
+}
+
+/// Compute the arithmetic flags from the lazy state, store them back in concrete form and
+/// return them as RFLAGS bits.
+pub fn materialize_flags(cpu: &mut CpuState) -> u64 {
+    let mut it = Interp::new(cpu);
+    let f = it.flags();
+    let bits = crate::sem::flags::materialize(&mut it, &f);
+    let c = &mut *it.cpu;
+    c.cc_op = FlagOp::CONCRETE.encode();
+    c.cc_res = bits;
+    bits
+}
+
+impl<'a> Interp<'a> {
+    pub fn new(cpu: &'a mut CpuState) -> Interp<'a> {
+        Interp {
+            cpu,
+            insn: Instruction::default(),
+            undo: [(0, 0); UNDO_CAP],
+            undo_len: 0,
+            saved_flags: None,
+            next_rip: None,
+            trap: false,
+            unimplemented: false,
+        }
+    }
+
+    pub fn cpu(&mut self) -> &mut CpuState {
+        self.cpu
+    }
+
+    /// Execute one instruction.
+    pub fn step(&mut self, insn: &Instruction) -> StepResult {
+        self.insn = *insn;
+        self.undo_len = 0;
+        self.saved_flags = None;
+        self.next_rip = None;
+        self.trap = false;
+        self.unimplemented = false;
+        self.cpu.helper_status = helpers::OK;
+        let it = self;
+    match sem::instruction(it) {
+        Ok(()) => {
+            it.cpu.rip = it.next_rip.unwrap_or(insn.next_ip());
+            it.cpu.icount += 1;
+            StepResult::Retired
+        }
+        Err(Abort) => {
+            it.rollback();
+            let unbacked = it.cpu.helper_status == helpers::UNBACKED;
+            it.cpu.helper_status = helpers::OK;
+            if unbacked {
+                it.cpu.rip = insn.ip();
+                return StepResult::Unbacked;
+            }
+            if it.trap {
+                it.cpu.rip = insn.next_ip();
+                it.cpu.icount += 1;
+            } else {
+                it.cpu.rip = insn.ip();
+            }
+            if it.unimplemented {
+                it.cpu.unimplemented_count += 1;
+            }
+            StepResult::Exception { trap: it.trap, unimplemented: it.unimplemented }
+        }
+    }
+    }
+}
+
+impl Interp<'_> {
+    fn rollback(&mut self) {
+        while self.undo_len > 0 {
+            self.undo_len -= 1;
+            let (off, old) = self.undo[self.undo_len];
+            self.write_raw(off, old);
+        }
+        if let Some([op, res, a, b, aux]) = self.saved_flags.take() {
+            self.cpu.cc_op = op;
+            self.cpu.cc_res = res;
+            self.cpu.cc_a = a;
+            self.cpu.cc_b = b;
+            self.cpu.cc_aux = aux;
+        }
+    }
+
+    fn read_raw(&self, off: i32) -> u64 {
+        assert!(off >= 0 && off as usize + 8 <= std::mem::size_of::<CpuState>());
+        // SAFETY: the offset is inside the CpuState (checked above); fields are u64-aligned
+        // where semantics use them, and read_unaligned tolerates the rest.
+        unsafe {
+            std::ptr::read_unaligned((self.cpu as *const CpuState as *const u8).add(off as usize) as *const u64)
+        }
+    }
+
+    fn write_raw(&mut self, off: i32, v: u64) {
+        assert!(off >= 0 && off as usize + 8 <= std::mem::size_of::<CpuState>());
+        // SAFETY: as in read_raw.
+        unsafe {
+            std::ptr::write_unaligned((self.cpu as *mut CpuState as *mut u8).add(off as usize) as *mut u64, v)
+        }
+    }
+
+    fn log(&mut self, off: i32) {
+        let old = self.read_raw(off);
+        assert!(self.undo_len < UNDO_CAP, "instruction wrote more state than the undo log holds");
+        self.undo[self.undo_len] = (off, old);
+        self.undo_len += 1;
+    }
+
+    fn mmu_index(&self) -> usize {
+        mmu::mmu_index(self.cpu)
+    }
+
+    fn fault(&mut self, f: mmu::MemFault) -> Abort {
+        if let mmu::MemFault::Unbacked { phys } = f {
+            self.cpu.unbacked_phys = phys;
+            self.cpu.helper_status = helpers::UNBACKED;
+        }
+        Abort
+    }
+
+    /// TLB fast path, as compiled code does it inline.
+    fn tlb_host(&self, addr: u64, size: u64, write: bool) -> Option<*mut u8> {
+        let e = &self.cpu.tlb.sets[self.mmu_index()][write as usize][mmu::tlb_index(addr)];
+        if e.tag == (addr.wrapping_add(size - 1)) & !0xfff {
+            Some(addr.wrapping_add(e.addend) as *mut u8)
+        } else {
+            None
+        }
+    }
+}
+
+impl Builder for Interp<'_> {
+    type V = u64;
+    type B = bool;
+
+    fn insn(&self) -> &Instruction {
+        &self.insn
+    }
+    fn c(&mut self, v: u64) -> u64 {
+        v
+    }
+    fn add(&mut self, a: u64, b: u64) -> u64 {
+        a.wrapping_add(b)
+    }
+    fn sub(&mut self, a: u64, b: u64) -> u64 {
+        a.wrapping_sub(b)
+    }
+    fn mul(&mut self, a: u64, b: u64) -> u64 {
+        a.wrapping_mul(b)
+    }
+    fn umulh(&mut self, a: u64, b: u64) -> u64 {
+        ((a as u128 * b as u128) >> 64) as u64
+    }
+    fn smulh(&mut self, a: u64, b: u64) -> u64 {
+        ((a as i64 as i128 * b as i64 as i128) >> 64) as u64
+    }
+    fn and(&mut self, a: u64, b: u64) -> u64 {
+        a & b
+    }
+    fn or(&mut self, a: u64, b: u64) -> u64 {
+        a | b
+    }
+    fn xor(&mut self, a: u64, b: u64) -> u64 {
+        a ^ b
+    }
+    fn not(&mut self, a: u64) -> u64 {
+        !a
+    }
+    fn shl(&mut self, a: u64, n: u64) -> u64 {
+        a << (n & 63)
+    }
+    fn shr(&mut self, a: u64, n: u64) -> u64 {
+        a >> (n & 63)
+    }
+    fn sar(&mut self, a: u64, n: u64) -> u64 {
+        ((a as i64) >> (n & 63)) as u64
+    }
+    fn rotl(&mut self, a: u64, n: u64) -> u64 {
+        a.rotate_left((n & 63) as u32)
+    }
+    fn rotr(&mut self, a: u64, n: u64) -> u64 {
+        a.rotate_right((n & 63) as u32)
+    }
+    fn popcnt(&mut self, a: u64) -> u64 {
+        a.count_ones() as u64
+    }
+    fn clz(&mut self, a: u64) -> u64 {
+        a.leading_zeros() as u64
+    }
+    fn ctz(&mut self, a: u64) -> u64 {
+        a.trailing_zeros() as u64
+    }
+    fn bswap(&mut self, a: u64) -> u64 {
+        a.swap_bytes()
+    }
+    fn sext(&mut self, a: u64, bits: u32) -> u64 {
+        if bits >= 64 {
+            a
+        } else {
+            (((a << (64 - bits)) as i64) >> (64 - bits)) as u64
+        }
+    }
+    fn zext(&mut self, a: u64, bits: u32) -> u64 {
+        if bits >= 64 {
+            a
+        } else {
+            a & ((1u64 << bits) - 1)
+        }
+    }
+    fn icmp(&mut self, cc: Cmp, a: u64, b: u64) -> bool {
+        let (sa, sb) = (a as i64, b as i64);
+        match cc {
+            Cmp::Eq => a == b,
+            Cmp::Ne => a != b,
+            Cmp::Ult => a < b,
+            Cmp::Ule => a <= b,
+            Cmp::Ugt => a > b,
+            Cmp::Uge => a >= b,
+            Cmp::Slt => sa < sb,
+            Cmp::Sle => sa <= sb,
+            Cmp::Sgt => sa > sb,
+            Cmp::Sge => sa >= sb,
+        }
+    }
+    fn bconst(&mut self, v: bool) -> bool {
+        v
+    }
+    fn band(&mut self, a: bool, b: bool) -> bool {
+        a & b
+    }
+    fn bor(&mut self, a: bool, b: bool) -> bool {
+        a | b
+    }
+    fn bxor(&mut self, a: bool, b: bool) -> bool {
+        a ^ b
+    }
+    fn bnot(&mut self, a: bool) -> bool {
+        !a
+    }
+    fn b2v(&mut self, a: bool) -> u64 {
+        a as u64
+    }
+    fn select(&mut self, c: bool, t: u64, f: u64) -> u64 {
+        if c {
+            t
+        } else {
+            f
+        }
+    }
+    fn get_gpr(&mut self, r: usize) -> u64 {
+        self.cpu.gpr[r]
+    }
+    fn set_gpr(&mut self, r: usize, v: u64) {
+        self.log(offsets::gpr(r));
+        self.cpu.gpr[r] = v;
+    }
+    fn load_state(&mut self, offset: i32) -> u64 {
+        self.read_raw(offset)
+    }
+    fn store_state(&mut self, offset: i32, v: u64) {
+        self.log(offset);
+        self.write_raw(offset, v);
+    }
+    fn flags(&mut self) -> FlagState<u64> {
+        let c = &self.cpu;
+        // An undecodable cc_op can only come from a corrupt snapshot: treat the operands as
+        // concrete flag bits rather than guess.
+        let op = FlagOp::decode(c.cc_op).unwrap_or(FlagOp::CONCRETE);
+        FlagState { op, res: c.cc_res, a: c.cc_a, b: c.cc_b, aux: c.cc_aux }
+    }
+    fn set_flags(&mut self, f: FlagState<u64>) {
+        let c = &mut *self.cpu;
+        if self.saved_flags.is_none() {
+            self.saved_flags = Some([c.cc_op, c.cc_res, c.cc_a, c.cc_b, c.cc_aux]);
+        }
+        c.cc_op = f.op.encode();
+        c.cc_res = f.res;
+        c.cc_a = f.a;
+        c.cc_b = f.b;
+        c.cc_aux = f.aux;
+    }
+    fn load(&mut self, addr: u64, size: u32) -> R<u64> {
+        if let Some(p) = self.tlb_host(addr, size as u64, false) {
+            // SAFETY: a TLB entry only exists for a page that lies wholly in guest RAM, and the
+            // tag check above guarantees the access does not leave that page.
+            return Ok(unsafe {
+                match size {
+                    1 => *p as u64,
+                    2 => std::ptr::read_unaligned(p as *const u16) as u64,
+                    4 => std::ptr::read_unaligned(p as *const u32) as u64,
+                    _ => std::ptr::read_unaligned(p as *const u64),
+                }
+            });
+        }
+        let idx = self.mmu_index();
+        mmu::load_slow(self.cpu, addr, size as usize, idx).map_err(|f| self.fault(f))
+    }
+    fn store(&mut self, addr: u64, v: u64, size: u32) -> R<()> {
+        if let Some(p) = self.tlb_host(addr, size as u64, true) {
+            // SAFETY: as in load; write entries exist only for writable, dirty RAM pages.
+            unsafe {
+                match size {
+                    1 => *p = v as u8,
+                    2 => std::ptr::write_unaligned(p as *mut u16, v as u16),
+                    4 => std::ptr::write_unaligned(p as *mut u32, v as u32),
+                    _ => std::ptr::write_unaligned(p as *mut u64, v),
+                }
+            }
+            return Ok(());
+        }
+        let idx = self.mmu_index();
+        mmu::store_slow(self.cpu, addr, v, size as usize, idx).map_err(|f| self.fault(f))
+    }
+    fn load128(&mut self, addr: u64) -> R<(u64, u64)> {
+        let mut buf = [0u8; 16];
+        let idx = self.mmu_index();
+        mmu::load_bytes(self.cpu, addr, &mut buf, idx).map_err(|f| self.fault(f))?;
+        let lo = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+        let hi = u64::from_le_bytes(buf[8..].try_into().expect("8 bytes"));
+        Ok((lo, hi))
+    }
+    fn store128(&mut self, addr: u64, lo: u64, hi: u64) -> R<()> {
+        let mut buf = [0u8; 16];
+        buf[..8].copy_from_slice(&lo.to_le_bytes());
+        buf[8..].copy_from_slice(&hi.to_le_bytes());
+        let idx = self.mmu_index();
+        mmu::store_bytes(self.cpu, addr, &buf, idx).map_err(|f| self.fault(f))
+    }
+    fn const_of(&self, v: u64) -> Option<u64> {
+        Some(v)
+    }
+    fn is_interpreter(&self) -> bool {
+        true
+    }
+    fn raise(&mut self, vector: u8, error_code: Option<u32>) -> Abort {
+        self.cpu.exception = ExceptionRecord {
+            vector,
+            has_error_code: error_code.is_some(),
+            error_code: error_code.unwrap_or(0),
+            address: 0,
+        };
+        Abort
+    }
+    fn raise_trap(&mut self, vector: u8) -> Abort {
+        self.trap = true;
+        self.raise(vector, None)
+    }
+    fn unimplemented(&mut self) -> Abort {
+        self.unimplemented = true;
+        self.raise(krr_runtime::vector::UD, None)
+    }
+    fn raise_if(&mut self, cond: bool, vector: u8, error_code: Option<u32>) -> R<()> {
+        if cond {
+            Err(self.raise(vector, error_code))
+        } else {
+            Ok(())
+        }
+    }
+    fn call(&mut self, h: Helper, args: [u64; 3]) -> R<u64> {
+        let r = match h {
+            Helper::Interpret => unreachable!("the interpreter never calls itself"),
+            _ => helpers::run(self.cpu, h, args),
+        };
+        if self.cpu.helper_status != helpers::OK {
+            return Err(Abort);
+        }
+        Ok(r)
+    }
+    fn commit(&mut self) {
+        self.undo_len = 0;
+        self.saved_flags = None;
+    }
+    fn flow(&mut self, f: Flow<u64>, cond: Option<bool>) {
+        self.next_rip = Some(match f {
+            Flow::Jump(t) => t,
+            Flow::Direct(t) => t,
+            Flow::Branch { taken, not_taken } => {
+                if cond.unwrap_or(true) {
+                    taken
+                } else {
+                    not_taken
+                }
+            }
+        });
+    }
+}

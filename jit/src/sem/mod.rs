@@ -1,0 +1,385 @@
+//! x86-64 instruction semantics, written once and generic over a [`Builder`].
+//!
+//! Two builders implement the trait: the interpreter (`crate::interp`), whose values are plain
+//! `u64`s computed on the spot, and the Cranelift lowering (`crate::clif`), whose values are SSA
+//! values in the function being built. Each instruction's behaviour exists only here.
+//!
+//! Conventions:
+//! - every [`Builder::V`] is a 64-bit integer; narrower operands are kept zero-extended;
+//! - a method that can raise an exception returns `Result<_, Abort>`; the interpreter returns
+//!   `Err(Abort)` when the exception happens, the compiler only when the code after it is
+//!   unreachable (an unconditional fault). Semantics propagate it with `?` and never write
+//!   architectural state after a possible fault unless the builder can roll it back (both do for
+//!   registers and flags, see the builders);
+//! - arithmetic flags are lazy ([`FlagState`]): an instruction records the operation and its
+//!   operands, and flags are computed only when something reads them.
+
+pub mod flags;
+mod int;
+mod sse;
+mod string;
+
+pub use flags::{FlagKind, FlagOp, FlagState};
+pub use sse::sse_helper;
+
+use iced_x86::{Instruction, MemorySize, OpKind, Register};
+use krr_runtime::{offsets, seg};
+
+/// The instruction raised an exception (or translation reached unreachable code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Abort;
+
+pub type R<T> = Result<T, Abort>;
+
+/// Integer comparisons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cmp {
+    Eq,
+    Ne,
+    Ult,
+    Ule,
+    Ugt,
+    Uge,
+    Slt,
+    Sle,
+    Sgt,
+    Sge,
+}
+
+/// Rust helpers callable from semantics: `extern "C" fn(cpu, a, b, c) -> u64`. They read and
+/// write the CPU state directly, so the builder writes cached registers back before the call
+/// and reloads them after. A helper reports an exception by returning with
+/// `cpu.exception` set and [`crate::helpers::FAULT`] in `cpu.scratch[3]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Helper {
+    /// Runs the whole current instruction in the interpreter (used for REP string loops and
+    /// other instructions the compiler does not lower inline). Argument: the instruction pointer.
+    Interpret,
+    /// Fill the lazy-flags fields with concrete flags; returns the arithmetic flag bits.
+    MaterializeFlags,
+    Cpuid,
+    /// 128-bit by 64-bit unsigned / signed division of RDX:RAX (size in `a`, divisor in `b`).
+    Div,
+    Idiv,
+    /// SSE operation: `a` = op code (see `sse::SseOp`), `b` = destination XMM index, `c` =
+    /// source XMM index or 16 for the scratch slot holding a memory operand.
+    Sse,
+}
+
+/// Where execution goes after an instruction whose next RIP is not simply the next one.
+#[derive(Clone, Copy, Debug)]
+pub enum Flow<V> {
+    /// An indirect jump (computed target).
+    Jump(V),
+    /// A direct jump to a constant target.
+    Direct(u64),
+    /// A two-way conditional branch between constant targets.
+    Branch { taken: u64, not_taken: u64 },
+}
+
+/// The operations x86 semantics are written in.
+pub trait Builder {
+    type V: Copy;
+    type B: Copy;
+
+    /// The instruction being executed or translated.
+    fn insn(&self) -> &Instruction;
+
+    fn c(&mut self, v: u64) -> Self::V;
+    fn add(&mut self, a: Self::V, b: Self::V) -> Self::V;
+    fn sub(&mut self, a: Self::V, b: Self::V) -> Self::V;
+    fn mul(&mut self, a: Self::V, b: Self::V) -> Self::V;
+    /// High 64 bits of the unsigned / signed 128-bit product.
+    fn umulh(&mut self, a: Self::V, b: Self::V) -> Self::V;
+    fn smulh(&mut self, a: Self::V, b: Self::V) -> Self::V;
+    fn and(&mut self, a: Self::V, b: Self::V) -> Self::V;
+    fn or(&mut self, a: Self::V, b: Self::V) -> Self::V;
+    fn xor(&mut self, a: Self::V, b: Self::V) -> Self::V;
+    fn not(&mut self, a: Self::V) -> Self::V;
+    /// Shifts and rotates of the full 64 bits; the amount is taken modulo 64.
+    fn shl(&mut self, a: Self::V, n: Self::V) -> Self::V;
+    fn shr(&mut self, a: Self::V, n: Self::V) -> Self::V;
+    fn sar(&mut self, a: Self::V, n: Self::V) -> Self::V;
+    fn rotl(&mut self, a: Self::V, n: Self::V) -> Self::V;
+    fn rotr(&mut self, a: Self::V, n: Self::V) -> Self::V;
+    /// Bit counts of the 64-bit value (clz(0) = ctz(0) = 64).
+    fn popcnt(&mut self, a: Self::V) -> Self::V;
+    fn clz(&mut self, a: Self::V) -> Self::V;
+    fn ctz(&mut self, a: Self::V) -> Self::V;
+    fn bswap(&mut self, a: Self::V) -> Self::V;
+    /// Sign-extend the low `bits` bits to 64.
+    fn sext(&mut self, a: Self::V, bits: u32) -> Self::V;
+    /// Keep the low `bits` bits.
+    fn zext(&mut self, a: Self::V, bits: u32) -> Self::V;
+
+    fn icmp(&mut self, cc: Cmp, a: Self::V, b: Self::V) -> Self::B;
+    fn bconst(&mut self, v: bool) -> Self::B;
+    fn band(&mut self, a: Self::B, b: Self::B) -> Self::B;
+    fn bor(&mut self, a: Self::B, b: Self::B) -> Self::B;
+    fn bxor(&mut self, a: Self::B, b: Self::B) -> Self::B;
+    fn bnot(&mut self, a: Self::B) -> Self::B;
+    /// 0 or 1.
+    fn b2v(&mut self, a: Self::B) -> Self::V;
+    fn select(&mut self, c: Self::B, t: Self::V, f: Self::V) -> Self::V;
+
+    fn get_gpr(&mut self, r: usize) -> Self::V;
+    fn set_gpr(&mut self, r: usize, v: Self::V);
+    /// A 64-bit field of the CPU state, by byte offset (segment bases, RFLAGS, XMM halves...).
+    fn load_state(&mut self, offset: i32) -> Self::V;
+    fn store_state(&mut self, offset: i32, v: Self::V);
+
+    /// The current lazy flags (never [`FlagState::InState`]: builders materialise that).
+    fn flags(&mut self) -> FlagState<Self::V>;
+    fn set_flags(&mut self, f: FlagState<Self::V>);
+
+    /// Load `size` bytes (1, 2, 4, 8) at a linear address, zero-extended.
+    fn load(&mut self, addr: Self::V, size: u32) -> R<Self::V>;
+    fn store(&mut self, addr: Self::V, v: Self::V, size: u32) -> R<()>;
+    /// 16-byte accesses as (low, high) halves, all-or-nothing.
+    fn load128(&mut self, addr: Self::V) -> R<(Self::V, Self::V)>;
+    fn store128(&mut self, addr: Self::V, lo: Self::V, hi: Self::V) -> R<()>;
+
+    /// The value if it is known now (always in the interpreter; for constants in the compiler).
+    fn const_of(&self, v: Self::V) -> Option<u64>;
+    /// Whether values are computed on the spot (the interpreter), so semantics may loop.
+    fn is_interpreter(&self) -> bool;
+
+    /// Raise a fault unconditionally (RIP of the instruction is reported); the rest of the
+    /// instruction is not executed.
+    fn raise(&mut self, vector: u8, error_code: Option<u32>) -> Abort;
+    /// Raise a trap (INT3, INTO): reported with the RIP of the next instruction.
+    fn raise_trap(&mut self, vector: u8) -> Abort;
+    /// The engine does not implement this instruction: #UD, counted and logged.
+    fn unimplemented(&mut self) -> Abort;
+    /// Raise an exception if `cond` holds.
+    fn raise_if(&mut self, cond: Self::B, vector: u8, error_code: Option<u32>) -> R<()>;
+    /// Call a Rust helper (see [`Helper`]).
+    fn call(&mut self, h: Helper, args: [Self::V; 3]) -> R<Self::V>;
+    /// Make everything done so far permanent even if the instruction faults later (used between
+    /// REP iterations, which are architecturally visible one by one).
+    fn commit(&mut self);
+    /// Set where execution continues after this instruction.
+    fn flow(&mut self, f: Flow<Self::V>, cond: Option<Self::B>);
+}
+
+/// Executes or translates one instruction. `Err(Abort)` means it raised an exception.
+pub fn instruction<B: Builder>(b: &mut B) -> R<()> {
+    int::execute(b)
+}
+
+// ---- operand access, shared by all instruction families ----
+
+/// Register number and how the named part maps onto the 64-bit register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegPart {
+    Low8,
+    High8,
+    W16,
+    D32,
+    Q64,
+}
+
+pub fn gpr_of(r: Register) -> (usize, RegPart) {
+    let full = r.full_register();
+    let idx = full as usize - Register::RAX as usize;
+    let part = match r.size() {
+        1 if matches!(r, Register::AH | Register::CH | Register::DH | Register::BH) => {
+            RegPart::High8
+        }
+        1 => RegPart::Low8,
+        2 => RegPart::W16,
+        4 => RegPart::D32,
+        _ => RegPart::Q64,
+    };
+    (idx, part)
+}
+
+/// Read a general-purpose register (any width), zero-extended.
+pub fn read_reg<B: Builder>(b: &mut B, r: Register) -> B::V {
+    let (idx, part) = gpr_of(r);
+    let full = b.get_gpr(idx);
+    match part {
+        RegPart::Q64 => full,
+        RegPart::D32 => b.zext(full, 32),
+        RegPart::W16 => b.zext(full, 16),
+        RegPart::Low8 => b.zext(full, 8),
+        RegPart::High8 => {
+            let k = b.c(8);
+            let s = b.shr(full, k);
+            b.zext(s, 8)
+        }
+    }
+}
+
+/// Write a general-purpose register with x86-64 merge rules (32-bit writes zero the top).
+pub fn write_reg<B: Builder>(b: &mut B, r: Register, v: B::V) {
+    let (idx, part) = gpr_of(r);
+    let new = match part {
+        RegPart::Q64 => v,
+        RegPart::D32 => b.zext(v, 32),
+        RegPart::W16 | RegPart::Low8 => {
+            let bits = if part == RegPart::W16 { 16 } else { 8 };
+            let old = b.get_gpr(idx);
+            let keep = b.c(!((1u64 << bits) - 1));
+            let hi = b.and(old, keep);
+            let lo = b.zext(v, bits);
+            b.or(hi, lo)
+        }
+        RegPart::High8 => {
+            let old = b.get_gpr(idx);
+            let keep = b.c(!0xff00u64);
+            let hi = b.and(old, keep);
+            let lo = b.zext(v, 8);
+            let k = b.c(8);
+            let lo = b.shl(lo, k);
+            b.or(hi, lo)
+        }
+    };
+    b.set_gpr(idx, new);
+}
+
+/// The linear address of the instruction's memory operand.
+pub fn effective_address<B: Builder>(b: &mut B) -> B::V {
+    let insn = *b.insn();
+    let mut addr = if insn.is_ip_rel_memory_operand() {
+        b.c(insn.ip_rel_memory_address())
+    } else {
+        let mut a = b.c(insn.memory_displacement64());
+        let base = insn.memory_base();
+        if base != Register::None {
+            let v = b.get_gpr(gpr_of(base).0);
+            a = b.add(a, v);
+        }
+        let index = insn.memory_index();
+        if index != Register::None {
+            let v = b.get_gpr(gpr_of(index).0);
+            let scale = insn.memory_index_scale();
+            let v = if scale > 1 {
+                let s = b.c(scale.trailing_zeros() as u64);
+                b.shl(v, s)
+            } else {
+                v
+            };
+            a = b.add(a, v);
+        }
+        a
+    };
+    if insn.memory_base().size() == 4 || insn.memory_index().size() == 4 {
+        addr = b.zext(addr, 32);
+    }
+    segment_base(b, insn.memory_segment(), addr)
+}
+
+/// Add the segment base where 64-bit mode still applies one (FS and GS).
+pub fn segment_base<B: Builder>(b: &mut B, segment: Register, addr: B::V) -> B::V {
+    let s = match segment {
+        Register::FS => seg::FS,
+        Register::GS => seg::GS,
+        _ => return addr,
+    };
+    let base = b.load_state(offsets::seg_base(s));
+    b.add(addr, base)
+}
+
+/// Operand size in bytes of operand `i` (register or memory).
+pub fn op_size(insn: &Instruction, i: u32) -> u32 {
+    match insn.op_kind(i) {
+        OpKind::Register => insn.op_register(i).size() as u32,
+        OpKind::Memory => mem_size(insn.memory_size()),
+        OpKind::Immediate8 => 1,
+        OpKind::Immediate16 | OpKind::Immediate8to16 => 2,
+        OpKind::Immediate32 | OpKind::Immediate8to32 => 4,
+        _ => 8,
+    }
+}
+
+pub fn mem_size(m: MemorySize) -> u32 {
+    m.size() as u32
+}
+
+/// Read operand `i` with `size` bytes, zero-extended (immediates are truncated to `size`).
+pub fn read_op<B: Builder>(b: &mut B, i: u32, size: u32) -> R<B::V> {
+    let insn = *b.insn();
+    match insn.op_kind(i) {
+        OpKind::Register => Ok(read_reg(b, insn.op_register(i))),
+        OpKind::Memory => {
+            let a = effective_address(b);
+            b.load(a, size)
+        }
+        _ => {
+            let v = insn.immediate(i);
+            Ok(b.c(truncate(v, size)))
+        }
+    }
+}
+
+/// Write operand `i`.
+pub fn write_op<B: Builder>(b: &mut B, i: u32, size: u32, v: B::V) -> R<()> {
+    let insn = *b.insn();
+    match insn.op_kind(i) {
+        OpKind::Register => {
+            write_reg(b, insn.op_register(i), v);
+            Ok(())
+        }
+        OpKind::Memory => {
+            let a = effective_address(b);
+            b.store(a, v, size)
+        }
+        k => panic!("write to non-writable operand kind {k:?}"),
+    }
+}
+
+pub fn truncate(v: u64, size: u32) -> u64 {
+    if size >= 8 {
+        v
+    } else {
+        v & ((1u64 << (size * 8)) - 1)
+    }
+}
+
+pub fn bits(size: u32) -> u32 {
+    size * 8
+}
+
+/// Read-modify-write helper: returns (linear address if memory, current value).
+pub fn read_rmw<B: Builder>(b: &mut B, size: u32) -> R<(Option<B::V>, B::V)> {
+    let insn = *b.insn();
+    if insn.op0_kind() == OpKind::Memory {
+        let a = effective_address(b);
+        let v = b.load(a, size)?;
+        Ok((Some(a), v))
+    } else {
+        Ok((None, read_reg(b, insn.op0_register())))
+    }
+}
+
+pub fn write_rmw<B: Builder>(b: &mut B, addr: Option<B::V>, size: u32, v: B::V) -> R<()> {
+    match addr {
+        Some(a) => b.store(a, v, size),
+        None => {
+            let r = b.insn().op0_register();
+            write_reg(b, r, v);
+            Ok(())
+        }
+    }
+}
+
+/// Stack push of `size` bytes (8 or 2 in 64-bit mode).
+pub fn push<B: Builder>(b: &mut B, v: B::V, size: u32) -> R<()> {
+    let sp = b.get_gpr(krr_runtime::gpr::RSP);
+    let k = b.c(size as u64);
+    let nsp = b.sub(sp, k);
+    b.store(nsp, v, size)?;
+    b.set_gpr(krr_runtime::gpr::RSP, nsp);
+    Ok(())
+}
+
+/// Stack pop; RSP is updated by the caller through the returned new value so that a later
+/// fault in the same instruction leaves RSP unchanged.
+pub fn pop<B: Builder>(b: &mut B, size: u32) -> R<(B::V, B::V)> {
+    let sp = b.get_gpr(krr_runtime::gpr::RSP);
+    let v = b.load(sp, size)?;
+    let k = b.c(size as u64);
+    let nsp = b.add(sp, k);
+    Ok((v, nsp))
+}

@@ -1,0 +1,156 @@
+//! String instructions (MOVS, STOS, LODS, CMPS, SCAS) and their REP forms.
+//!
+//! One iteration is ordinary semantics. A REP-prefixed instruction counts as one instruction
+//! however many iterations it runs (KRR's definition). The interpreter runs the loop here;
+//! compiled code calls the interpreter for the whole instruction ([`Helper::Interpret`]). A
+//! fault in iteration k leaves RCX/RSI/RDI as they were at the start of that iteration, as
+//! hardware does, because each completed iteration is committed.
+
+use super::flags::{cond, FlagKind, FlagState};
+use super::*;
+use iced_x86::{ConditionCode, Mnemonic as M, OpKind};
+use krr_runtime::gpr::{RAX, RCX, RDI, RSI};
+
+fn element_size(m: M) -> u32 {
+    match m {
+        M::Movsb | M::Stosb | M::Lodsb | M::Cmpsb | M::Scasb => 1,
+        M::Movsw | M::Stosw | M::Lodsw | M::Cmpsw | M::Scasw => 2,
+        M::Movsd | M::Stosd | M::Lodsd | M::Cmpsd | M::Scasd => 4,
+        _ => 8,
+    }
+}
+
+/// 32-bit addressing (0x67 prefix): RSI/RDI/RCX are used as ESI/EDI/ECX.
+fn addr32(insn: &Instruction) -> bool {
+    (0..insn.op_count()).any(|i| {
+        matches!(insn.op_kind(i), OpKind::MemorySegESI | OpKind::MemoryESEDI | OpKind::MemorySegEDI)
+    })
+}
+
+fn index<B: Builder>(b: &mut B, r: usize, a32: bool) -> B::V {
+    let v = b.get_gpr(r);
+    if a32 {
+        b.zext(v, 32)
+    } else {
+        v
+    }
+}
+
+fn advance<B: Builder>(b: &mut B, r: usize, size: u32, a32: bool) {
+    let v = b.get_gpr(r);
+    let df = b.load_state(krr_runtime::offsets::RFLAGS);
+    let m = b.c(krr_runtime::rflags::DF);
+    let df = b.and(df, m);
+    let zero = b.c(0);
+    let down = b.icmp(Cmp::Ne, df, zero);
+    let up_v = b.c(size as u64);
+    let down_v = b.c((size as u64).wrapping_neg());
+    let d = b.select(down, down_v, up_v);
+    let n = b.add(v, d);
+    let n = if a32 { b.zext(n, 32) } else { n };
+    b.set_gpr(r, n);
+}
+
+/// One iteration, without the REP loop.
+fn iteration<B: Builder>(b: &mut B) -> R<()> {
+    let insn = *b.insn();
+    let m = insn.mnemonic();
+    let size = element_size(m);
+    let a32 = addr32(&insn);
+    let src_seg = insn.memory_segment();
+    match m {
+        M::Movsb | M::Movsw | M::Movsd | M::Movsq => {
+            let s = index(b, RSI, a32);
+            let s = segment_base(b, src_seg, s);
+            let v = b.load(s, size)?;
+            let d = index(b, RDI, a32);
+            b.store(d, v, size)?;
+            advance(b, RSI, size, a32);
+            advance(b, RDI, size, a32);
+        }
+        M::Stosb | M::Stosw | M::Stosd | M::Stosq => {
+            let v = b.get_gpr(RAX);
+            let d = index(b, RDI, a32);
+            b.store(d, v, size)?;
+            advance(b, RDI, size, a32);
+        }
+        M::Lodsb | M::Lodsw | M::Lodsd | M::Lodsq => {
+            let s = index(b, RSI, a32);
+            let s = segment_base(b, src_seg, s);
+            let v = b.load(s, size)?;
+            let reg = match size {
+                1 => Register::AL,
+                2 => Register::AX,
+                4 => Register::EAX,
+                _ => Register::RAX,
+            };
+            write_reg(b, reg, v);
+            advance(b, RSI, size, a32);
+        }
+        M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq => {
+            let s = index(b, RSI, a32);
+            let s = segment_base(b, src_seg, s);
+            let x = b.load(s, size)?;
+            let d = index(b, RDI, a32);
+            let y = b.load(d, size)?;
+            set_sub_flags(b, x, y, size);
+            advance(b, RSI, size, a32);
+            advance(b, RDI, size, a32);
+        }
+        _ => {
+            let a = b.get_gpr(RAX);
+            let x = b.zext(a, bits(size));
+            let d = index(b, RDI, a32);
+            let y = b.load(d, size)?;
+            set_sub_flags(b, x, y, size);
+            advance(b, RDI, size, a32);
+        }
+    }
+    Ok(())
+}
+
+fn set_sub_flags<B: Builder>(b: &mut B, x: B::V, y: B::V, size: u32) {
+    let r = b.sub(x, y);
+    let r = b.zext(r, bits(size));
+    let zero = b.c(0);
+    b.set_flags(FlagState::new(FlagKind::Sub, size, r, x, y, zero));
+}
+
+pub fn execute<B: Builder>(b: &mut B) -> R<()> {
+    let insn = *b.insn();
+    let rep = insn.has_rep_prefix() || insn.has_repne_prefix();
+    if !rep {
+        return iteration(b);
+    }
+    if !b.is_interpreter() {
+        let z = b.c(0);
+        b.call(Helper::Interpret, [z, z, z])?;
+        return Ok(());
+    }
+    let a32 = addr32(&insn);
+    let compares = matches!(
+        insn.mnemonic(),
+        M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq | M::Scasb | M::Scasw | M::Scasd | M::Scasq
+    );
+    loop {
+        let count = index(b, RCX, a32);
+        if b.const_of(count) == Some(0) {
+            return Ok(());
+        }
+        iteration(b)?;
+        let one = b.c(1);
+        let n = b.sub(count, one);
+        let n = if a32 { b.zext(n, 32) } else { n };
+        b.set_gpr(RCX, n);
+        b.commit();
+        if compares {
+            // REPE continues while equal, REPNE while not equal.
+            let want = if insn.has_repe_prefix() { ConditionCode::e } else { ConditionCode::ne };
+            let c = cond(b, want);
+            let v = b.b2v(c);
+            if b.const_of(v) == Some(0) {
+                return Ok(());
+            }
+        }
+    }
+}
