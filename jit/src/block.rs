@@ -45,7 +45,9 @@ pub fn decode(cpu: &mut CpuState, mode: u32, max_insns: usize) -> Result<Block, 
     // Fetch to the end of the page, plus one instruction's worth so that an instruction
     // straddling the boundary can be the block's last.
     let to_page_end = 4096 - (start & 0xfff) as usize;
-    let want = (to_page_end + MAX_INSN_LEN - 1).min(max_insns * MAX_INSN_LEN).max(1);
+    let want = (to_page_end + MAX_INSN_LEN - 1)
+        .min(max_insns * MAX_INSN_LEN)
+        .max(1);
     let mut bytes = vec![0u8; want];
     let got = match mmu::fetch_code(cpu, start, &mut bytes) {
         Ok(n) => n,
@@ -87,8 +89,18 @@ pub fn decode(cpu: &mut CpuState, mode: u32, max_insns: usize) -> Result<Block, 
     if insns.is_empty() {
         // Nothing decodable (cannot happen with at least one fetched byte, but keep the
         // invariant that a block has an instruction).
-        cpu.exception = krr_runtime::ExceptionRecord { vector: krr_runtime::vector::UD, ..Default::default() };
+        cpu.exception = krr_runtime::ExceptionRecord {
+            vector: krr_runtime::vector::UD,
+            ..Default::default()
+        };
         return Err(FetchError::Fault);
     }
-    Ok(Block { start, phys, mode, insns, len, exec_count: 0 })
+    Ok(Block {
+        start,
+        phys,
+        mode,
+        insns,
+        len,
+        exec_count: 0,
+    })
 }

@@ -66,9 +66,17 @@ impl Jit {
         let set = |f: &mut settings::Builder, k: &str, v: &str| {
             f.set(k, v).map_err(|e| format!("setting {k}={v}: {e}"))
         };
-        set(&mut flags, "opt_level", "speed")?;
-        set(&mut flags, "regalloc_algorithm", "single_pass")?;
-        set(&mut flags, "enable_verifier", if cfg!(debug_assertions) { "true" } else { "false" })?;
+        set(&mut flags, "opt_level", "none")?;
+        set(&mut flags, "regalloc_algorithm", "backtracking")?;
+        set(
+            &mut flags,
+            "enable_verifier",
+            if cfg!(debug_assertions) {
+                "true"
+            } else {
+                "false"
+            },
+        )?;
         set(&mut flags, "preserve_frame_pointers", "true")?;
         set(&mut flags, "is_pic", "false")?;
         let isa = cranelift_native::builder()
@@ -93,7 +101,8 @@ impl Jit {
             s
         };
         let declare = |m: &mut JITModule, name: &str, n: usize| {
-            m.declare_function(name, Linkage::Import, &sig(n)).map_err(|e| e.to_string())
+            m.declare_function(name, Linkage::Import, &sig(n))
+                .map_err(|e| e.to_string())
         };
         let f_load = declare(&mut module, "krr_load_slow", 4)?;
         let f_store = declare(&mut module, "krr_store_slow", 4)?;
@@ -102,8 +111,11 @@ impl Jit {
         let f_helper = declare(&mut module, "krr_helper", 5)?;
         let f_interpret = declare(&mut module, "krr_interpret", 2)?;
 
+        // Blocks take the CPU state and the instruction count, which thus stays in a host
+        // register along a chain of blocks.
         let mut block_sig = Signature::new(CallConv::Tail);
         block_sig.params.push(AbiParam::new(PTR));
+        block_sig.params.push(AbiParam::new(types::I64));
         block_sig.returns.push(AbiParam::new(PTR));
 
         // The trampoline: a host-convention function that enters the chain of tail-calling
@@ -122,18 +134,24 @@ impl Jit {
             let cpu = fb.block_params(entry)[0];
             let code = fb.block_params(entry)[1];
             let sref = fb.import_signature(block_sig.clone());
-            let call = fb.ins().call_indirect(sref, code, &[cpu]);
+            let icount = fb
+                .ins()
+                .load(types::I64, state_flags(), cpu, offsets::ICOUNT);
+            let call = fb.ins().call_indirect(sref, code, &[cpu, icount]);
             let r = fb.inst_results(call)[0];
             fb.ins().return_(&[r]);
             fb.seal_all_blocks();
             fb.finalize(module.target_config());
         }
-        module.define_function(tramp_id, &mut ctx).map_err(|e| format!("{e:?}"))?;
+        module
+            .define_function(tramp_id, &mut ctx)
+            .map_err(|e| format!("{e:?}"))?;
         module.clear_context(&mut ctx);
         module.finalize_definitions().map_err(|e| e.to_string())?;
         let tramp_ptr = module.get_finalized_function(tramp_id);
         // SAFETY: the trampoline was just compiled with exactly this host signature.
-        let trampoline: Trampoline = unsafe { std::mem::transmute::<*const u8, Trampoline>(tramp_ptr) };
+        let trampoline: Trampoline =
+            unsafe { std::mem::transmute::<*const u8, Trampoline>(tramp_ptr) };
         Ok(Jit {
             module,
             ctx,
@@ -176,15 +194,36 @@ impl Jit {
                 };
                 lower_block(fb, &mut self.module, refs, &self.block_sig, block, &slots);
             }
+            let dump = std::env::var_os("KRR_DUMP_CODE").is_some();
+            self.ctx.set_disasm(dump);
             if let Err(e) = self.module.define_function(id, &mut self.ctx) {
                 // A lowering bug, not a guest condition: report the block and stop.
-                panic!("Cranelift rejected block at {:#x}: {e:?}\n{}", block.start, self.ctx.func.display());
+                panic!(
+                    "Cranelift rejected block at {:#x}: {e:?}\n{}",
+                    block.start,
+                    self.ctx.func.display()
+                );
             }
-            let size = self.ctx.compiled_code().map(|c| c.code_info().total_size as usize).unwrap_or(0);
+            let size = self
+                .ctx
+                .compiled_code()
+                .map(|c| c.code_info().total_size as usize)
+                .unwrap_or(0);
+            if dump {
+                if let Some(v) = self.ctx.compiled_code().and_then(|c| c.vcode.as_ref()) {
+                    eprintln!(
+                        "block {:#x} ({} insns, {size} bytes):\n{v}",
+                        block.start,
+                        block.insns.len()
+                    );
+                }
+            }
             self.module.clear_context(&mut self.ctx);
             ids.push((id, size, slots));
         }
-        self.module.finalize_definitions().expect("finalizing compiled blocks");
+        self.module
+            .finalize_definitions()
+            .expect("finalizing compiled blocks");
         ids.into_iter()
             .map(|(id, code_size, slots)| CompiledBlock {
                 code: self.module.get_finalized_function(id),
@@ -261,6 +300,7 @@ struct Lower<'a, 'm> {
     ctx: InsnCtx,
     flow: Option<(Flow<Value>, Option<Value>)>,
     terminated: bool,
+    loop_header: Option<(cranelift_codegen::ir::Block, u64)>,
 }
 
 fn lower_block(
@@ -284,8 +324,10 @@ fn lower_block(
     fb.append_block_params_for_function_params(entry);
     fb.switch_to_block(entry);
     let cpu = fb.block_params(entry)[0];
-    let icount = fb.ins().load(types::I64, state_flags(), cpu, offsets::ICOUNT);
-    let limit = fb.ins().load(types::I64, state_flags(), cpu, offsets::ICOUNT_LIMIT);
+    let icount = fb.block_params(entry)[1];
+    let limit = fb
+        .ins()
+        .load(types::I64, state_flags(), cpu, offsets::ICOUNT_LIMIT);
     let n = block.insns.len() as i64;
     let end = fb.ins().iadd_imm_s(icount, n);
     let over = fb.ins().icmp(IntCC::UnsignedGreaterThan, end, limit);
@@ -294,6 +336,10 @@ fn lower_block(
     fb.ins().brif(over, budget_exit, &[], body, &[]);
     fb.set_cold_block(budget_exit);
     fb.switch_to_block(budget_exit);
+    // Entered by a tail call, so RIP and the count are only in registers: store them.
+    let start = fb.ins().iconst(types::I64, block.start as i64);
+    fb.ins().store(state_flags(), start, cpu, offsets::RIP);
+    fb.ins().store(state_flags(), icount, cpu, offsets::ICOUNT);
     let code = fb.ins().iconst(types::I64, EXIT_BUDGET as i64);
     fb.ins().return_(&[code]);
     fb.switch_to_block(body);
@@ -315,11 +361,21 @@ fn lower_block(
         flags_dirty: false,
         consts: HashMap::new(),
         mmu_idx,
-        ctx: InsnCtx { index: 0, snapshot: Vec::new(), flags: None, flags_dirty: false, fault_exit: None, written: 0 },
+        ctx: InsnCtx {
+            index: 0,
+            snapshot: Vec::new(),
+            flags: None,
+            flags_dirty: false,
+            fault_exit: None,
+            written: 0,
+        },
         flow: None,
         terminated: false,
+        loop_header: None,
     };
-    let _ = &l.module;
+    if is_self_loop(block) {
+        l.begin_self_loop(block.start);
+    }
     for (i, insn) in block.insns.iter().enumerate() {
         l.begin_insn(i as u32, insn);
         let r = sem::instruction(&mut l);
@@ -334,7 +390,12 @@ fn lower_block(
     }
     if !l.terminated {
         let last = block.insns.last().expect("blocks are never empty");
-        l.emit_flow(Flow::Direct(last.next_ip()), None, block.insns.len() as u32, slots);
+        l.emit_flow(
+            Flow::Direct(last.next_ip()),
+            None,
+            block.insns.len() as u32,
+            slots,
+        );
     }
     l.emit_pending_exits();
     l.fb.seal_all_blocks();
@@ -342,7 +403,77 @@ fn lower_block(
     l.fb.finalize(cfg);
 }
 
+/// Does the block end with a direct branch back to its own start (a tight loop)?
+fn is_self_loop(block: &Block) -> bool {
+    let last = block.insns.last().expect("blocks are never empty");
+    matches!(
+        last.op0_kind(),
+        iced_x86::OpKind::NearBranch64
+            | iced_x86::OpKind::NearBranch32
+            | iced_x86::OpKind::NearBranch16
+    ) && last.near_branch_target() == block.start
+        && !matches!(last.mnemonic(), iced_x86::Mnemonic::Call)
+}
+
 impl Lower<'_, '_> {
+    /// Compile a block that branches to itself as a real loop: registers stay in host
+    /// registers across iterations and only the budget is checked on the back edge.
+    fn begin_self_loop(&mut self, start: u64) {
+        for r in 0..16 {
+            let v = self.state_load(offsets::gpr(r));
+            self.fb.def_var(self.regs[r], v);
+        }
+        let header = self.fb.create_block();
+        let icount = self.fb.append_block_param(header, types::I64);
+        let entry_icount = self.icount;
+        self.fb.ins().jump(header, &[BlockArg::Value(entry_icount)]);
+        self.fb.switch_to_block(header);
+        self.icount = icount;
+        // Every register may differ from the state after an iteration: treat all as dirty.
+        self.loaded = 0xffff;
+        self.dirty = 0xffff;
+        self.flags = None;
+        self.flags_dirty = false;
+        self.loop_header = Some((header, start));
+    }
+
+    /// The back edge of a self-loop, or an ordinary chained exit.
+    fn exit_to(&mut self, target: u64, retired: u32, slot: *const u64) {
+        if let Some((header, start)) = self.loop_header {
+            if target == start {
+                let next = self.fb.ins().iadd_imm_s(self.icount, retired as i64);
+                // The header starts with flags in the state.
+                if self.flags_dirty {
+                    if let Some(f) = self.flags {
+                        self.store_flags_state(&f);
+                    }
+                }
+                let limit = self.state_load(offsets::ICOUNT_LIMIT);
+                let end = self.fb.ins().iadd_imm_s(next, retired as i64);
+                let fits = self
+                    .fb
+                    .ins()
+                    .icmp(IntCC::UnsignedLessThanOrEqual, end, limit);
+                let out = self.fb.create_block();
+                self.fb
+                    .ins()
+                    .brif(fits, header, &[BlockArg::Value(next)], out, &[]);
+                self.fb.switch_to_block(out);
+                self.flush_regs();
+                let rip = self.fb.ins().iconst(types::I64, start as i64);
+                self.state_store(offsets::RIP, rip);
+                self.state_store(offsets::ICOUNT, next);
+                let z = self.fb.ins().iconst(types::I64, 0);
+                self.state_store(offsets::EXIT_SLOT, z);
+                let code = self.fb.ins().iconst(types::I64, EXIT_NORMAL as i64);
+                self.fb.ins().return_(&[code]);
+                return;
+            }
+        }
+        self.flush();
+        self.chain_exit(target, retired, slot);
+    }
+
     fn begin_insn(&mut self, index: u32, insn: &Instruction) {
         self.insn = *insn;
         self.insn_ptr = insn as *const Instruction;
@@ -377,23 +508,36 @@ impl Lower<'_, '_> {
         self.fb.ins().store(state_flags(), v, self.cpu, off);
     }
 
+    /// Store the lazy flags: only the operands the operation's flag formulas read.
     fn store_flags_state(&mut self, f: &FlagState<Value>) {
+        use crate::sem::FlagKind as K;
         let op = self.fb.ins().iconst(types::I64, f.op.encode() as i64);
         self.state_store(offsets::CC_OP, op);
         self.state_store(offsets::CC_RES, f.res);
-        self.state_store(offsets::CC_A, f.a);
-        self.state_store(offsets::CC_B, f.b);
-        self.state_store(offsets::CC_AUX, f.aux);
+        if matches!(
+            f.op.kind,
+            K::Add | K::Adc | K::Sub | K::Sbb | K::Shl | K::Shr | K::Sar
+        ) {
+            self.state_store(offsets::CC_A, f.a);
+            self.state_store(offsets::CC_B, f.b);
+        }
+        if matches!(f.op.kind, K::Adc | K::Sbb | K::Inc | K::Dec) {
+            self.state_store(offsets::CC_AUX, f.aux);
+        }
     }
 
-    /// Write back every dirty register and the flags (at an exit or before a helper call).
-    fn flush(&mut self) {
+    fn flush_regs(&mut self) {
         for r in 0..16 {
             if self.dirty & (1 << r) != 0 {
                 let v = self.fb.use_var(self.regs[r]);
                 self.state_store(offsets::gpr(r), v);
             }
         }
+    }
+
+    /// Write back every dirty register and the flags (at an exit or before a helper call).
+    fn flush(&mut self) {
+        self.flush_regs();
         if self.flags_dirty {
             if let Some(f) = self.flags {
                 self.store_flags_state(&f);
@@ -407,6 +551,15 @@ impl Lower<'_, '_> {
         self.dirty = 0;
         self.flags = None;
         self.flags_dirty = false;
+        if self.loop_header.is_some() {
+            // Inside a loop every variable must be defined on the back edge: reload them all.
+            for r in 0..16 {
+                let v = self.state_load(offsets::gpr(r));
+                self.fb.def_var(self.regs[r], v);
+            }
+            self.loaded = 0xffff;
+            self.dirty = 0xffff;
+        }
     }
 
     fn store_icount(&mut self, retired: u32) {
@@ -426,7 +579,11 @@ impl Lower<'_, '_> {
         self.pending_exits.push(PendingExit {
             block: b,
             snapshot: self.ctx.snapshot.clone(),
-            flags: if self.ctx.flags_dirty { self.ctx.flags } else { None },
+            flags: if self.ctx.flags_dirty {
+                self.ctx.flags
+            } else {
+                None
+            },
             rip: self.insn.ip(),
             index: self.ctx.index,
         });
@@ -453,15 +610,40 @@ impl Lower<'_, '_> {
 
     fn store_exception(&mut self, vector: u8, error_code: Option<u32>) {
         let base = offset_of!(CpuState, exception) as i32;
-        let rec = ExceptionRecord { vector, has_error_code: error_code.is_some(), error_code: error_code.unwrap_or(0), address: 0 };
+        let rec = ExceptionRecord {
+            vector,
+            has_error_code: error_code.is_some(),
+            error_code: error_code.unwrap_or(0),
+            address: 0,
+        };
         let v = self.fb.ins().iconst(types::I8, rec.vector as i64);
-        self.fb.ins().store(state_flags(), v, self.cpu, base + offset_of!(ExceptionRecord, vector) as i32);
+        self.fb.ins().store(
+            state_flags(),
+            v,
+            self.cpu,
+            base + offset_of!(ExceptionRecord, vector) as i32,
+        );
         let h = self.fb.ins().iconst(types::I8, rec.has_error_code as i64);
-        self.fb.ins().store(state_flags(), h, self.cpu, base + offset_of!(ExceptionRecord, has_error_code) as i32);
+        self.fb.ins().store(
+            state_flags(),
+            h,
+            self.cpu,
+            base + offset_of!(ExceptionRecord, has_error_code) as i32,
+        );
         let e = self.fb.ins().iconst(types::I32, rec.error_code as i64);
-        self.fb.ins().store(state_flags(), e, self.cpu, base + offset_of!(ExceptionRecord, error_code) as i32);
+        self.fb.ins().store(
+            state_flags(),
+            e,
+            self.cpu,
+            base + offset_of!(ExceptionRecord, error_code) as i32,
+        );
         let z = self.fb.ins().iconst(types::I64, 0);
-        self.fb.ins().store(state_flags(), z, self.cpu, base + offset_of!(ExceptionRecord, address) as i32);
+        self.fb.ins().store(
+            state_flags(),
+            z,
+            self.cpu,
+            base + offset_of!(ExceptionRecord, address) as i32,
+        );
     }
 
     /// Continue in a fresh block after an unconditional exit, so nothing more lands in a
@@ -479,44 +661,61 @@ impl Lower<'_, '_> {
         self.fb.switch_to_block(cont);
     }
 
-    fn emit_flow(&mut self, flow: Flow<Value>, cond: Option<Value>, retired: u32, slots: &[u64; 2]) {
-        self.flush();
-        self.store_icount(retired);
+    fn emit_flow(
+        &mut self,
+        flow: Flow<Value>,
+        cond: Option<Value>,
+        retired: u32,
+        slots: &[u64; 2],
+    ) {
         match flow {
             Flow::Jump(t) => {
+                self.flush();
                 self.state_store(offsets::RIP, t);
+                self.store_icount(retired);
                 let z = self.fb.ins().iconst(types::I64, 0);
                 self.state_store(offsets::EXIT_SLOT, z);
                 let code = self.fb.ins().iconst(types::I64, EXIT_NORMAL as i64);
                 self.fb.ins().return_(&[code]);
             }
-            Flow::Direct(t) => self.chain_exit(t, &slots[0] as *const u64),
+            Flow::Direct(t) => self.exit_to(t, retired, &slots[0] as *const u64),
             Flow::Branch { taken, not_taken } => {
                 let c = cond.expect("a branch has a condition");
                 let tb = self.fb.create_block();
                 let nb = self.fb.create_block();
                 self.fb.ins().brif(c, tb, &[], nb, &[]);
+                // Both sides start from the same compile-time state.
+                let (dirty, loaded, flags, flags_dirty) =
+                    (self.dirty, self.loaded, self.flags, self.flags_dirty);
                 self.fb.switch_to_block(tb);
-                self.chain_exit(taken, &slots[0] as *const u64);
+                self.exit_to(taken, retired, &slots[0] as *const u64);
+                (self.dirty, self.loaded, self.flags, self.flags_dirty) =
+                    (dirty, loaded, flags, flags_dirty);
                 self.fb.switch_to_block(nb);
-                self.chain_exit(not_taken, &slots[1] as *const u64);
+                self.exit_to(not_taken, retired, &slots[1] as *const u64);
             }
         }
     }
 
-    fn chain_exit(&mut self, target: u64, slot: *const u64) {
-        let rip = self.fb.ins().iconst(types::I64, target as i64);
-        self.state_store(offsets::RIP, rip);
+    /// Leave towards a constant target: tail-call it through its slot when linked, else
+    /// return to the dispatcher with the slot's address so it can link it.
+    fn chain_exit(&mut self, target: u64, retired: u32, slot: *const u64) {
+        let icount = self.fb.ins().iadd_imm_s(self.icount, retired as i64);
         let slot_addr = self.fb.ins().iconst(types::I64, slot as i64);
-        self.state_store(offsets::EXIT_SLOT, slot_addr);
         let f = self.fb.ins().load(types::I64, state_flags(), slot_addr, 0);
         let go = self.fb.create_block();
         let back = self.fb.create_block();
         self.fb.ins().brif(f, go, &[], back, &[]);
         self.fb.switch_to_block(go);
         let cpu = self.cpu;
-        self.fb.ins().return_call_indirect(self.refs.block_sig, f, &[cpu]);
+        self.fb
+            .ins()
+            .return_call_indirect(self.refs.block_sig, f, &[cpu, icount]);
         self.fb.switch_to_block(back);
+        let rip = self.fb.ins().iconst(types::I64, target as i64);
+        self.state_store(offsets::RIP, rip);
+        self.state_store(offsets::ICOUNT, icount);
+        self.state_store(offsets::EXIT_SLOT, slot_addr);
         let code = self.fb.ins().iconst(types::I64, EXIT_NORMAL as i64);
         self.fb.ins().return_(&[code]);
     }
@@ -749,7 +948,13 @@ impl Builder for Lower<'_, '_> {
         let z = self.iconst(0);
         let cpu = self.cpu;
         let bits = self.call_fn(self.refs.helper, &[cpu, id, z, z, z]);
-        let f = FlagState { op: FlagOp::CONCRETE, res: bits, a: z, b: z, aux: z };
+        let f = FlagState {
+            op: FlagOp::CONCRETE,
+            res: bits,
+            a: z,
+            b: z,
+            aux: z,
+        };
         // The helper left the state holding exactly these concrete flags.
         self.flags = Some(f);
         self.flags_dirty = false;
@@ -812,7 +1017,10 @@ impl Builder for Lower<'_, '_> {
         self.fb.ins().jump(join, &[]);
         self.fb.set_cold_block(slow);
         self.fb.switch_to_block(slow);
-        let arg = self.fb.ins().iconst(types::I64, (size as u64 | (self.mmu_idx << 8)) as i64);
+        let arg = self
+            .fb
+            .ins()
+            .iconst(types::I64, (size as u64 | (self.mmu_idx << 8)) as i64);
         let cpu = self.cpu;
         let status = self.call_fn(self.refs.store, &[cpu, addr, v, arg]);
         let exit = self.fault_exit();
@@ -833,7 +1041,9 @@ impl Builder for Lower<'_, '_> {
         let host = self.fb.ins().iadd(addr, addend);
         let a = self.fb.ins().load(types::I64, guest_flags(), host, 0);
         let b = self.fb.ins().load(types::I64, guest_flags(), host, 8);
-        self.fb.ins().jump(join, &[BlockArg::Value(a), BlockArg::Value(b)]);
+        self.fb
+            .ins()
+            .jump(join, &[BlockArg::Value(a), BlockArg::Value(b)]);
         self.fb.set_cold_block(slow);
         self.fb.switch_to_block(slow);
         let mi = self.fb.ins().iconst(types::I64, self.mmu_idx as i64);
@@ -845,7 +1055,9 @@ impl Builder for Lower<'_, '_> {
         self.fb.switch_to_block(ok);
         let a = self.state_load(offsets::SCRATCH);
         let b = self.state_load(offsets::SCRATCH + 8);
-        self.fb.ins().jump(join, &[BlockArg::Value(a), BlockArg::Value(b)]);
+        self.fb
+            .ins()
+            .jump(join, &[BlockArg::Value(a), BlockArg::Value(b)]);
         self.fb.switch_to_block(join);
         Ok((lo, hi))
     }

@@ -41,7 +41,12 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { policy: TierPolicy::Tiered, max_block_insns: 64, hot_threshold: 50, batch: 16 }
+        EngineConfig {
+            policy: TierPolicy::Tiered,
+            max_block_insns: 64,
+            hot_threshold: 50,
+            batch: 16,
+        }
     }
 }
 
@@ -133,7 +138,10 @@ impl Engine {
             Ok(t) => t.phys,
             Err(e) => {
                 cpu.exception = e;
-                return Err(Exit::Exception { trap: false, unimplemented: false });
+                return Err(Exit::Exception {
+                    trap: false,
+                    unimplemented: false,
+                });
             }
         };
         let id = match self.by_phys.get(&(phys, mode)) {
@@ -142,13 +150,20 @@ impl Engine {
                 let block = match block::decode(cpu, mode, self.config.max_block_insns) {
                     Ok(b) => b,
                     Err(FetchError::Fault) => {
-                        return Err(Exit::Exception { trap: false, unimplemented: false })
+                        return Err(Exit::Exception {
+                            trap: false,
+                            unimplemented: false,
+                        })
                     }
                     Err(FetchError::Unbacked { phys }) => return Err(Exit::Unbacked { phys }),
                 };
                 self.stats.blocks_decoded += 1;
                 let id = self.entries.len();
-                self.entries.push(Entry { block, compiled: None, queued: false });
+                self.entries.push(Entry {
+                    block,
+                    compiled: None,
+                    queued: false,
+                });
                 self.by_phys.insert((phys, mode), id);
                 id
             }
@@ -221,7 +236,11 @@ impl Engine {
 
     fn run_compiled(&mut self, cpu: &mut CpuState, id: usize) -> Option<Exit> {
         let jit = self.jit.as_ref().expect("compiled blocks imply a JIT");
-        let code = self.entries[id].compiled.as_ref().expect("checked by caller").code;
+        let code = self.entries[id]
+            .compiled
+            .as_ref()
+            .expect("checked by caller")
+            .code;
         cpu.exit_slot = 0;
         cpu.helper_status = crate::helpers::OK;
         let unimpl_before = cpu.unimplemented_count;
@@ -244,7 +263,9 @@ impl Engine {
             _ => {
                 if cpu.helper_status == crate::helpers::UNBACKED {
                     cpu.helper_status = crate::helpers::OK;
-                    return Some(Exit::Unbacked { phys: cpu.unbacked_phys });
+                    return Some(Exit::Unbacked {
+                        phys: cpu.unbacked_phys,
+                    });
                 }
                 let unimplemented = cpu.unimplemented_count != unimpl_before;
                 if unimplemented {
@@ -252,7 +273,10 @@ impl Engine {
                 }
                 let v = cpu.exception.vector;
                 let trap = v == krr_runtime::vector::BP || v == krr_runtime::vector::OF;
-                Some(Exit::Exception { trap, unimplemented })
+                Some(Exit::Exception {
+                    trap,
+                    unimplemented,
+                })
             }
         }
     }
@@ -282,7 +306,10 @@ impl Engine {
             }
             match it.step(insn) {
                 StepResult::Retired => self.stats.interpreted_insns += 1,
-                StepResult::Exception { trap, unimplemented } => {
+                StepResult::Exception {
+                    trap,
+                    unimplemented,
+                } => {
                     if trap {
                         self.stats.interpreted_insns += 1;
                     }
@@ -299,10 +326,15 @@ impl Engine {
                             );
                         }
                     }
-                    return Some(Exit::Exception { trap, unimplemented });
+                    return Some(Exit::Exception {
+                        trap,
+                        unimplemented,
+                    });
                 }
                 StepResult::Unbacked => {
-                    return Some(Exit::Unbacked { phys: it.cpu().unbacked_phys });
+                    return Some(Exit::Unbacked {
+                        phys: it.cpu().unbacked_phys,
+                    });
                 }
             }
             // A taken branch can only be the block's last instruction, but a retired
@@ -341,5 +373,9 @@ impl Engine {
 pub fn hex_bytes(cpu: &mut CpuState, insn: &Instruction) -> String {
     let mut bytes = [0u8; block::MAX_INSN_LEN];
     let n = mmu::fetch_code(cpu, insn.ip(), &mut bytes[..insn.len()]).unwrap_or(0);
-    bytes[..n].iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+    bytes[..n]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

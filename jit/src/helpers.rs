@@ -59,7 +59,11 @@ pub fn run(cpu: &mut CpuState, h: Helper, args: [u64; 3]) -> u64 {
 /// DIV/IDIV of RDX:RAX (or the narrower pair) by `src`; #DE on zero or overflow.
 fn divide(cpu: &mut CpuState, size: u32, src: u64, signed: bool) -> u64 {
     let bits = size * 8;
-    let mask = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
+    let mask = if bits == 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    };
     let (lo, hi) = if size == 1 {
         (cpu.gpr[RAX] & 0xff, (cpu.gpr[RAX] >> 8) & 0xff)
     } else {
@@ -119,7 +123,12 @@ pub extern "C" fn krr_load_slow(cpu: *mut CpuState, addr: u64, size: u64, mmu_id
     }
 }
 
-pub extern "C" fn krr_store_slow(cpu: *mut CpuState, addr: u64, value: u64, size_and_mmu: u64) -> u64 {
+pub extern "C" fn krr_store_slow(
+    cpu: *mut CpuState,
+    addr: u64,
+    value: u64,
+    size_and_mmu: u64,
+) -> u64 {
     // SAFETY: see the section comment.
     let cpu = unsafe { &mut *cpu };
     let size = (size_and_mmu & 0xff) as usize;

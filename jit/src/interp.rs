@@ -79,32 +79,35 @@ impl<'a> Interp<'a> {
         self.unimplemented = false;
         self.cpu.helper_status = helpers::OK;
         let it = self;
-    match sem::instruction(it) {
-        Ok(()) => {
-            it.cpu.rip = it.next_rip.unwrap_or(insn.next_ip());
-            it.cpu.icount += 1;
-            StepResult::Retired
-        }
-        Err(Abort) => {
-            it.rollback();
-            let unbacked = it.cpu.helper_status == helpers::UNBACKED;
-            it.cpu.helper_status = helpers::OK;
-            if unbacked {
-                it.cpu.rip = insn.ip();
-                return StepResult::Unbacked;
-            }
-            if it.trap {
-                it.cpu.rip = insn.next_ip();
+        match sem::instruction(it) {
+            Ok(()) => {
+                it.cpu.rip = it.next_rip.unwrap_or(insn.next_ip());
                 it.cpu.icount += 1;
-            } else {
-                it.cpu.rip = insn.ip();
+                StepResult::Retired
             }
-            if it.unimplemented {
-                it.cpu.unimplemented_count += 1;
+            Err(Abort) => {
+                it.rollback();
+                let unbacked = it.cpu.helper_status == helpers::UNBACKED;
+                it.cpu.helper_status = helpers::OK;
+                if unbacked {
+                    it.cpu.rip = insn.ip();
+                    return StepResult::Unbacked;
+                }
+                if it.trap {
+                    it.cpu.rip = insn.next_ip();
+                    it.cpu.icount += 1;
+                } else {
+                    it.cpu.rip = insn.ip();
+                }
+                if it.unimplemented {
+                    it.cpu.unimplemented_count += 1;
+                }
+                StepResult::Exception {
+                    trap: it.trap,
+                    unimplemented: it.unimplemented,
+                }
             }
-            StepResult::Exception { trap: it.trap, unimplemented: it.unimplemented }
         }
-    }
     }
 }
 
@@ -129,7 +132,9 @@ impl Interp<'_> {
         // SAFETY: the offset is inside the CpuState (checked above); fields are u64-aligned
         // where semantics use them, and read_unaligned tolerates the rest.
         unsafe {
-            std::ptr::read_unaligned((self.cpu as *const CpuState as *const u8).add(off as usize) as *const u64)
+            std::ptr::read_unaligned(
+                (self.cpu as *const CpuState as *const u8).add(off as usize) as *const u64
+            )
         }
     }
 
@@ -137,13 +142,19 @@ impl Interp<'_> {
         assert!(off >= 0 && off as usize + 8 <= std::mem::size_of::<CpuState>());
         // SAFETY: as in read_raw.
         unsafe {
-            std::ptr::write_unaligned((self.cpu as *mut CpuState as *mut u8).add(off as usize) as *mut u64, v)
+            std::ptr::write_unaligned(
+                (self.cpu as *mut CpuState as *mut u8).add(off as usize) as *mut u64,
+                v,
+            )
         }
     }
 
     fn log(&mut self, off: i32) {
         let old = self.read_raw(off);
-        assert!(self.undo_len < UNDO_CAP, "instruction wrote more state than the undo log holds");
+        assert!(
+            self.undo_len < UNDO_CAP,
+            "instruction wrote more state than the undo log holds"
+        );
         self.undo[self.undo_len] = (off, old);
         self.undo_len += 1;
     }
@@ -308,7 +319,13 @@ impl Builder for Interp<'_> {
         // An undecodable cc_op can only come from a corrupt snapshot: treat the operands as
         // concrete flag bits rather than guess.
         let op = FlagOp::decode(c.cc_op).unwrap_or(FlagOp::CONCRETE);
-        FlagState { op, res: c.cc_res, a: c.cc_a, b: c.cc_b, aux: c.cc_aux }
+        FlagState {
+            op,
+            res: c.cc_res,
+            a: c.cc_a,
+            b: c.cc_b,
+            aux: c.cc_aux,
+        }
     }
     fn set_flags(&mut self, f: FlagState<u64>) {
         let c = &mut *self.cpu;

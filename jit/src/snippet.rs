@@ -51,7 +51,12 @@ pub enum Outcome {
     /// Reached the INT3 placed after the code; `rip` is just past that INT3, as natively.
     Completed,
     /// An exception was raised at `rip` (the faulting instruction).
-    Exception { vector: u8, error_code: Option<u32>, address: u64, rip: u64 },
+    Exception {
+        vector: u8,
+        error_code: Option<u32>,
+        address: u64,
+        rip: u64,
+    },
     /// `max_instructions` retired first.
     OutOfBudget,
 }
@@ -64,6 +69,8 @@ pub struct SnippetResult {
     pub outcome: Outcome,
     /// Instructions retired (the INT3 not included).
     pub instructions: u64,
+    /// What the engine did (blocks, compile time, code size).
+    pub stats: crate::engine::EngineStats,
 }
 
 use crate::engine::{Engine, EngineConfig, Exit, TierPolicy};
@@ -77,9 +84,19 @@ impl Tier {
     pub fn engine_config(self) -> EngineConfig {
         let d = EngineConfig::default();
         match self {
-            Tier::Interpreter => EngineConfig { policy: TierPolicy::Interpret, ..d },
-            Tier::Jit => EngineConfig { policy: TierPolicy::CompileAll, ..d },
-            Tier::JitSingleStep => EngineConfig { policy: TierPolicy::CompileAll, max_block_insns: 1, ..d },
+            Tier::Interpreter => EngineConfig {
+                policy: TierPolicy::Interpret,
+                ..d
+            },
+            Tier::Jit => EngineConfig {
+                policy: TierPolicy::CompileAll,
+                ..d
+            },
+            Tier::JitSingleStep => EngineConfig {
+                policy: TierPolicy::CompileAll,
+                max_block_insns: 1,
+                ..d
+            },
             Tier::Tiered => d,
         }
     }
@@ -93,7 +110,10 @@ struct Layout {
 impl Layout {
     fn phys_of(&self, linear: u64) -> Option<u64> {
         let page = linear & !0xfff;
-        self.pages.iter().find(|&&(l, _)| l == page).map(|&(_, p)| p + (linear & 0xfff))
+        self.pages
+            .iter()
+            .find(|&&(l, _)| l == page)
+            .map(|&(_, p)| p + (linear & 0xfff))
     }
 }
 
@@ -143,9 +163,25 @@ pub fn run_snippet(
     let mut next_phys = PAGE_POOL_START;
     let mut code = snippet.code.clone();
     code.push(0xcc);
-    map_range(&mut mem, &mut pt, &mut layout, &mut next_phys, snippet.code_addr, &code, pte::US)?;
+    map_range(
+        &mut mem,
+        &mut pt,
+        &mut layout,
+        &mut next_phys,
+        snippet.code_addr,
+        &code,
+        pte::US,
+    )?;
     for r in &snippet.regions {
-        map_range(&mut mem, &mut pt, &mut layout, &mut next_phys, r.addr, &r.data, pte::US | pte::RW | pte::NX)?;
+        map_range(
+            &mut mem,
+            &mut pt,
+            &mut layout,
+            &mut next_phys,
+            r.addr,
+            &r.data,
+            pte::US | pte::RW | pte::NX,
+        )?;
     }
     let mut cpu = CpuState::new_flat64(&mut mem);
     cpu.cr3 = pt.cr3;
@@ -183,7 +219,9 @@ pub fn run_snippet(
                 cpu.icount,
             )
         }
-        Exit::Unbacked { phys } => return Err(format!("access to unbacked physical address {phys:#x}")),
+        Exit::Unbacked { phys } => {
+            return Err(format!("access to unbacked physical address {phys:#x}"))
+        }
     };
     let arith = crate::interp::materialize_flags(&mut cpu);
     let mut state = ArchState {
@@ -209,5 +247,11 @@ pub fn run_snippet(
         }
         regions.push(Region { addr: r.addr, data });
     }
-    Ok(SnippetResult { state, regions, outcome, instructions })
+    Ok(SnippetResult {
+        state,
+        regions,
+        outcome,
+        instructions,
+        stats: engine.stats.clone(),
+    })
 }

@@ -31,7 +31,10 @@ fn loop_in_all_tiers() {
     let snippet = Snippet {
         code_addr: addr,
         code,
-        regions: vec![Region { addr: 0x2000_0000, data: vec![0; 4096] }],
+        regions: vec![Region {
+            addr: 0x2000_0000,
+            data: vec![0; 4096],
+        }],
     };
     let mut init = ArchState::default();
     init.rip = addr;
@@ -39,7 +42,12 @@ fn loop_in_all_tiers() {
     init.gpr[3] = 0x2000_0000;
     init.gpr[4] = 0x2000_0800;
     let mut results = Vec::new();
-    for tier in [Tier::Interpreter, Tier::Jit, Tier::JitSingleStep, Tier::Tiered] {
+    for tier in [
+        Tier::Interpreter,
+        Tier::Jit,
+        Tier::JitSingleStep,
+        Tier::Tiered,
+    ] {
         let r = run_snippet(&snippet, &init, tier, 1_000_000).unwrap();
         assert_eq!(r.outcome, Outcome::Completed, "{tier:?}");
         assert_eq!(r.state.gpr[0], 5 + 1000 * 1001 / 2, "{tier:?}");

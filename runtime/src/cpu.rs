@@ -93,7 +93,15 @@ pub struct X87State {
 impl Default for X87State {
     fn default() -> Self {
         // Power-on/FNINIT state.
-        X87State { fcw: 0x037f, fsw: 0, ftw: 0, fop: 0, fip: 0, fdp: 0, st: [[0; 16]; 8] }
+        X87State {
+            fcw: 0x037f,
+            fsw: 0,
+            ftw: 0,
+            fop: 0,
+            fip: 0,
+            fdp: 0,
+            st: [[0; 16]; 8],
+        }
     }
 }
 
@@ -270,9 +278,19 @@ impl CpuState {
             mem_size: mem.size(),
         });
         // 64-bit code segment, DPL3 (attrs: type=0xb, S, DPL=3, P, L).
-        cpu.seg[seg::CS] = Segment { selector: 0x33, attrs: 0x20fb, limit: 0xffff_ffff, base: 0 };
+        cpu.seg[seg::CS] = Segment {
+            selector: 0x33,
+            attrs: 0x20fb,
+            limit: 0xffff_ffff,
+            base: 0,
+        };
         for s in [seg::ES, seg::SS, seg::DS, seg::FS, seg::GS] {
-            cpu.seg[s] = Segment { selector: 0x2b, attrs: 0xc0f3, limit: 0xffff_ffff, base: 0 };
+            cpu.seg[s] = Segment {
+                selector: 0x2b,
+                attrs: 0xc0f3,
+                limit: 0xffff_ffff,
+                base: 0,
+            };
         }
         cpu
     }

@@ -32,7 +32,10 @@ impl CpuidTable {
         if list.len() > CPUID_CAPACITY {
             return None;
         }
-        let mut t = CpuidTable { len: list.len() as u32, entries: [CpuidEntry::default(); CPUID_CAPACITY] };
+        let mut t = CpuidTable {
+            len: list.len() as u32,
+            entries: [CpuidEntry::default(); CPUID_CAPACITY],
+        };
         t.entries[..list.len()].copy_from_slice(list);
         Some(t)
     }
@@ -42,9 +45,22 @@ impl CpuidTable {
         let (b, d, c) = regs_from_str(b"KrrKrrKrrKrr");
         let any = u32::MAX;
         // Leaf 1 EDX: FPU TSC MSR PAE CX8 APIC SEP MTRR PGE CMOV PAT CLFSH MMX FXSR SSE SSE2.
-        let l1_edx = (1 << 0) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 9)
-            | (1 << 11) | (1 << 12) | (1 << 13) | (1 << 15) | (1 << 16) | (1 << 19)
-            | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26);
+        let l1_edx = (1 << 0)
+            | (1 << 4)
+            | (1 << 5)
+            | (1 << 6)
+            | (1 << 8)
+            | (1 << 9)
+            | (1 << 11)
+            | (1 << 12)
+            | (1 << 13)
+            | (1 << 15)
+            | (1 << 16)
+            | (1 << 19)
+            | (1 << 23)
+            | (1 << 24)
+            | (1 << 25)
+            | (1 << 26);
         // Leaf 1 ECX: CX16 MOVBE POPCNT (bit 31 stays 0: no hypervisor).
         let l1_ecx = (1 << 13) | (1 << 22) | (1 << 23);
         // Leaf 7.0 EBX: FSGSBASE BMI1 SMEP BMI2 ADX SMAP.
@@ -53,7 +69,8 @@ impl CpuidTable {
         let e1_ecx = (1 << 0) | (1 << 5);
         let e1_edx = (1 << 11) | (1 << 20) | (1 << 27) | (1 << 29);
         let brand = b"krr virtual x86-64 CPU\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
-        let bw = |i: usize| u32::from_le_bytes([brand[i], brand[i + 1], brand[i + 2], brand[i + 3]]);
+        let bw =
+            |i: usize| u32::from_le_bytes([brand[i], brand[i + 1], brand[i + 2], brand[i + 3]]);
         let brand_leaf = |leaf: u32, o: usize| CpuidEntry {
             leaf,
             subleaf: any,
@@ -63,17 +80,59 @@ impl CpuidTable {
             edx: bw(o + 12),
         };
         let list = [
-            CpuidEntry { leaf: 0, subleaf: any, eax: 7, ebx: b, ecx: c, edx: d },
+            CpuidEntry {
+                leaf: 0,
+                subleaf: any,
+                eax: 7,
+                ebx: b,
+                ecx: c,
+                edx: d,
+            },
             // Family 6 model 0x55 stepping 4: a generic modern core signature.
-            CpuidEntry { leaf: 1, subleaf: any, eax: 0x0005_0654, ebx: 0x0001_0800, ecx: l1_ecx, edx: l1_edx },
-            CpuidEntry { leaf: 7, subleaf: 0, eax: 0, ebx: l7_ebx, ecx: 0, edx: 0 },
-            CpuidEntry { leaf: 0x8000_0000, subleaf: any, eax: 0x8000_0008, ebx: 0, ecx: 0, edx: 0 },
-            CpuidEntry { leaf: 0x8000_0001, subleaf: any, eax: 0, ebx: 0, ecx: e1_ecx, edx: e1_edx },
+            CpuidEntry {
+                leaf: 1,
+                subleaf: any,
+                eax: 0x0005_0654,
+                ebx: 0x0001_0800,
+                ecx: l1_ecx,
+                edx: l1_edx,
+            },
+            CpuidEntry {
+                leaf: 7,
+                subleaf: 0,
+                eax: 0,
+                ebx: l7_ebx,
+                ecx: 0,
+                edx: 0,
+            },
+            CpuidEntry {
+                leaf: 0x8000_0000,
+                subleaf: any,
+                eax: 0x8000_0008,
+                ebx: 0,
+                ecx: 0,
+                edx: 0,
+            },
+            CpuidEntry {
+                leaf: 0x8000_0001,
+                subleaf: any,
+                eax: 0,
+                ebx: 0,
+                ecx: e1_ecx,
+                edx: e1_edx,
+            },
             brand_leaf(0x8000_0002, 0),
             brand_leaf(0x8000_0003, 16),
             brand_leaf(0x8000_0004, 32),
             // 48-bit linear, 40-bit physical addresses.
-            CpuidEntry { leaf: 0x8000_0008, subleaf: any, eax: 0x3028, ebx: 0, ecx: 0, edx: 0 },
+            CpuidEntry {
+                leaf: 0x8000_0008,
+                subleaf: any,
+                eax: 0x3028,
+                ebx: 0,
+                ecx: 0,
+                edx: 0,
+            },
         ];
         CpuidTable::from_entries(&list).expect("default table fits")
     }

@@ -27,7 +27,10 @@ impl GuestMemory {
             .map_anon()
             .map_err(|source| MemoryError::Map { size, source })?;
         let pages = size / PAGE_SIZE;
-        Ok(GuestMemory { map, code_pages: vec![0; pages.div_ceil(64) as usize] })
+        Ok(GuestMemory {
+            map,
+            code_pages: vec![0; pages.div_ceil(64) as usize],
+        })
     }
 
     pub fn size(&self) -> u64 {
@@ -42,7 +45,11 @@ impl GuestMemory {
         let end = addr.checked_add(len as u64);
         match end {
             Some(end) if end <= self.size() => Ok(addr as usize..end as usize),
-            _ => Err(MemoryError::OutOfRange { addr, len: len as u64, size: self.size() }),
+            _ => Err(MemoryError::OutOfRange {
+                addr,
+                len: len as u64,
+                size: self.size(),
+            }),
         }
     }
 
@@ -74,7 +81,9 @@ impl GuestMemory {
     }
 
     pub fn is_code_page(&self, page: u64) -> bool {
-        self.code_pages.get((page / 64) as usize).is_some_and(|w| w & (1 << (page % 64)) != 0)
+        self.code_pages
+            .get((page / 64) as usize)
+            .is_some_and(|w| w & (1 << (page % 64)) != 0)
     }
 
     pub fn set_code_page(&mut self, page: u64, on: bool) {

@@ -34,7 +34,12 @@ pub const TLB_SET_BYTES: usize = TLB_ENTRIES * std::mem::size_of::<TlbEntry>();
 
 impl Tlb {
     pub fn new() -> Tlb {
-        Tlb { sets: [[[TlbEntry { tag: TLB_INVALID, addend: 0 }; TLB_ENTRIES]; 2]; 2] }
+        Tlb {
+            sets: [[[TlbEntry {
+                tag: TLB_INVALID,
+                addend: 0,
+            }; TLB_ENTRIES]; 2]; 2],
+        }
     }
     pub fn flush(&mut self) {
         for e in self.sets.iter_mut().flatten().flatten() {
@@ -108,11 +113,21 @@ pub fn is_canonical(linear: u64) -> bool {
 }
 
 fn gp0() -> ExceptionRecord {
-    ExceptionRecord { vector: vector::GP, has_error_code: true, error_code: 0, address: 0 }
+    ExceptionRecord {
+        vector: vector::GP,
+        has_error_code: true,
+        error_code: 0,
+        address: 0,
+    }
 }
 
 fn page_fault(linear: u64, code: u32) -> ExceptionRecord {
-    ExceptionRecord { vector: vector::PF, has_error_code: true, error_code: code, address: linear }
+    ExceptionRecord {
+        vector: vector::PF,
+        has_error_code: true,
+        error_code: code,
+        address: linear,
+    }
 }
 
 fn phys_read_u64(cpu: &CpuState, phys: u64) -> Option<u64> {
@@ -143,7 +158,10 @@ pub fn translate(
         return Err(gp0());
     }
     if cpu.cr0 & CR0_PG == 0 {
-        return Ok(Translation { phys: linear & 0xffff_ffff, write_ok: true });
+        return Ok(Translation {
+            phys: linear & 0xffff_ffff,
+            write_ok: true,
+        });
     }
     let nxe = cpu.efer & EFER_NXE != 0;
     let write = access == Access::Write;
@@ -258,7 +276,9 @@ fn translate_and_fill(
     }
     let idx = tlb_index(linear);
     let page = linear & !0xfff;
-    let addend = (cpu.mem_base as u64).wrapping_add(page_phys).wrapping_sub(page);
+    let addend = (cpu.mem_base as u64)
+        .wrapping_add(page_phys)
+        .wrapping_sub(page);
     if access != Access::Write || t.write_ok {
         // Reads may always be cached after a successful walk; writes only once dirty.
         let entry = &mut cpu.tlb.sets[mmu_idx][(access == Access::Write) as usize][idx];
@@ -340,7 +360,12 @@ pub fn store_bytes(
 }
 
 /// Slow-path load of an integer of `size` bytes (1, 2, 4, 8), zero-extended.
-pub fn load_slow(cpu: &mut CpuState, linear: u64, size: usize, mmu_idx: usize) -> Result<u64, MemFault> {
+pub fn load_slow(
+    cpu: &mut CpuState,
+    linear: u64,
+    size: usize,
+    mmu_idx: usize,
+) -> Result<u64, MemFault> {
     let mut buf = [0u8; 8];
     load_bytes(cpu, linear, &mut buf[..size], mmu_idx)?;
     Ok(u64::from_le_bytes(buf))
@@ -383,7 +408,11 @@ pub fn fetch_code(cpu: &mut CpuState, linear: u64, out: &mut [u8]) -> Result<usi
         }
         // SAFETY: range checked against guest RAM just above.
         unsafe {
-            std::ptr::copy_nonoverlapping(cpu.mem_base.add(t.phys as usize), out[done..].as_mut_ptr(), len)
+            std::ptr::copy_nonoverlapping(
+                cpu.mem_base.add(t.phys as usize),
+                out[done..].as_mut_ptr(),
+                len,
+            )
         };
         done += len;
     }
@@ -400,7 +429,11 @@ pub struct PageTableBuilder {
 impl PageTableBuilder {
     /// Tables are allocated from the physical range `[pool_start, pool_end)`.
     pub fn new(mem: &mut crate::GuestMemory, pool_start: u64, pool_end: u64) -> PageTableBuilder {
-        let mut b = PageTableBuilder { cr3: 0, next_free: pool_start, limit: pool_end };
+        let mut b = PageTableBuilder {
+            cr3: 0,
+            next_free: pool_start,
+            limit: pool_end,
+        };
         b.cr3 = b.alloc(mem);
         b
     }
@@ -409,7 +442,8 @@ impl PageTableBuilder {
         let page = self.next_free;
         assert!(page + 4096 <= self.limit, "page-table pool exhausted");
         self.next_free += 4096;
-        mem.write(page, &[0u8; 4096]).expect("page-table pool outside guest memory");
+        mem.write(page, &[0u8; 4096])
+            .expect("page-table pool outside guest memory");
         page
     }
 
@@ -423,14 +457,16 @@ impl PageTableBuilder {
             let entry = mem.read_u64(entry_addr).expect("page table in RAM");
             table = if entry & PTE_P == 0 {
                 let t = self.alloc(mem);
-                mem.write_u64(entry_addr, t | PTE_P | PTE_RW | PTE_US).expect("page table in RAM");
+                mem.write_u64(entry_addr, t | PTE_P | PTE_RW | PTE_US)
+                    .expect("page table in RAM");
                 t
             } else {
                 entry & PTE_ADDR
             };
         }
         let idx = (linear >> 12) & 0x1ff;
-        mem.write_u64(table + idx * 8, (phys & PTE_ADDR) | flags | PTE_P).expect("page table in RAM");
+        mem.write_u64(table + idx * 8, (phys & PTE_ADDR) | flags | PTE_P)
+            .expect("page table in RAM");
     }
 }
 

@@ -40,7 +40,10 @@ pub struct FlagOp {
 }
 
 impl FlagOp {
-    pub const CONCRETE: FlagOp = FlagOp { kind: FlagKind::Concrete, size: 8 };
+    pub const CONCRETE: FlagOp = FlagOp {
+        kind: FlagKind::Concrete,
+        size: 8,
+    };
 
     pub fn encode(self) -> u64 {
         ((self.kind as u64) << 4) | self.size as u64
@@ -82,7 +85,13 @@ pub struct FlagState<V> {
 
 impl<V: Copy> FlagState<V> {
     pub fn new(kind: FlagKind, size: u32, res: V, a: V, b: V, aux: V) -> Self {
-        FlagState { op: FlagOp { kind, size }, res, a, b, aux }
+        FlagState {
+            op: FlagOp { kind, size },
+            res,
+            a,
+            b,
+            aux,
+        }
     }
 }
 
@@ -274,7 +283,13 @@ pub fn concrete<B: Builder>(b: &mut B, bits: B::V) -> FlagState<B::V> {
     let m = b.c(rflags::ARITH);
     let res = b.and(bits, m);
     let z = b.c(0);
-    FlagState { op: FlagOp::CONCRETE, res, a: z, b: z, aux: z }
+    FlagState {
+        op: FlagOp::CONCRETE,
+        res,
+        a: z,
+        b: z,
+        aux: z,
+    }
 }
 
 /// Evaluate a condition code, with direct compares for the common producer/consumer pairs.

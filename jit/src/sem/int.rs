@@ -76,14 +76,20 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
         M::Bswap => {
             let size = op_size(&insn, 0);
             let v = read_op(b, 0, size)?;
-            let v = if size == 2 { b.c(0) } else { byte_swap(b, v, size) };
+            let v = if size == 2 {
+                b.c(0)
+            } else {
+                byte_swap(b, v, size)
+            };
             write_op(b, 0, size, v)
         }
         M::Push => {
             let size = op_size(&insn, 0);
             let size = if insn.op0_kind() == OpKind::Register || insn.op0_kind() == OpKind::Memory {
                 size
-            } else if insn.op0_kind() == OpKind::Immediate8to16 || insn.op0_kind() == OpKind::Immediate16 {
+            } else if insn.op0_kind() == OpKind::Immediate8to16
+                || insn.op0_kind() == OpKind::Immediate16
+            {
                 2
             } else {
                 8
@@ -161,21 +167,40 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
             let src = read_op(b, 0, size)?;
             let s = b.c(size as u64);
             let z = b.c(0);
-            let h = if insn.mnemonic() == M::Div { Helper::Div } else { Helper::Idiv };
+            let h = if insn.mnemonic() == M::Div {
+                Helper::Div
+            } else {
+                Helper::Idiv
+            };
             b.call(h, [s, src, z])?;
             Ok(())
         }
         M::Bt | M::Bts | M::Btr | M::Btc => bit_test(b),
         M::Bsf | M::Bsr => bit_scan(b),
         M::Popcnt | M::Lzcnt | M::Tzcnt => bit_count(b),
-        M::Andn | M::Bextr | M::Blsi | M::Blsmsk | M::Blsr | M::Bzhi | M::Pdep | M::Pext
-        | M::Rorx | M::Sarx | M::Shlx | M::Shrx | M::Mulx => bmi(b),
+        M::Andn
+        | M::Bextr
+        | M::Blsi
+        | M::Blsmsk
+        | M::Blsr
+        | M::Bzhi
+        | M::Pdep
+        | M::Pext
+        | M::Rorx
+        | M::Sarx
+        | M::Shlx
+        | M::Shrx
+        | M::Mulx => bmi(b),
         M::Adcx | M::Adox => {
             let size = op_size(&insn, 0);
             let dst = read_op(b, 0, size)?;
             let src = read_op(b, 1, size)?;
             let old = current_flags(b);
-            let bit = if insn.mnemonic() == M::Adcx { rflags::CF } else { rflags::OF };
+            let bit = if insn.mnemonic() == M::Adcx {
+                rflags::CF
+            } else {
+                rflags::OF
+            };
             let m = b.c(bit);
             let cin = b.and(old, m);
             let zero = b.c(0);
@@ -197,15 +222,42 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
             b.set_flags(st);
             Ok(())
         }
-        M::Seto | M::Setno | M::Setb | M::Setae | M::Sete | M::Setne | M::Setbe | M::Seta
-        | M::Sets | M::Setns | M::Setp | M::Setnp | M::Setl | M::Setge | M::Setle | M::Setg => {
+        M::Seto
+        | M::Setno
+        | M::Setb
+        | M::Setae
+        | M::Sete
+        | M::Setne
+        | M::Setbe
+        | M::Seta
+        | M::Sets
+        | M::Setns
+        | M::Setp
+        | M::Setnp
+        | M::Setl
+        | M::Setge
+        | M::Setle
+        | M::Setg => {
             let c = cond(b, insn.condition_code());
             let v = b.b2v(c);
             write_op(b, 0, 1, v)
         }
-        M::Cmovo | M::Cmovno | M::Cmovb | M::Cmovae | M::Cmove | M::Cmovne | M::Cmovbe
-        | M::Cmova | M::Cmovs | M::Cmovns | M::Cmovp | M::Cmovnp | M::Cmovl | M::Cmovge
-        | M::Cmovle | M::Cmovg => {
+        M::Cmovo
+        | M::Cmovno
+        | M::Cmovb
+        | M::Cmovae
+        | M::Cmove
+        | M::Cmovne
+        | M::Cmovbe
+        | M::Cmova
+        | M::Cmovs
+        | M::Cmovns
+        | M::Cmovp
+        | M::Cmovnp
+        | M::Cmovl
+        | M::Cmovge
+        | M::Cmovle
+        | M::Cmovg => {
             let size = op_size(&insn, 0);
             let src = read_op(b, 1, size)?;
             let dst = read_op(b, 0, size)?;
@@ -213,11 +265,28 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
             let v = b.select(c, src, dst);
             write_op(b, 0, size, v)
         }
-        M::Jo | M::Jno | M::Jb | M::Jae | M::Je | M::Jne | M::Jbe | M::Ja | M::Js | M::Jns
-        | M::Jp | M::Jnp | M::Jl | M::Jge | M::Jle | M::Jg => {
+        M::Jo
+        | M::Jno
+        | M::Jb
+        | M::Jae
+        | M::Je
+        | M::Jne
+        | M::Jbe
+        | M::Ja
+        | M::Js
+        | M::Jns
+        | M::Jp
+        | M::Jnp
+        | M::Jl
+        | M::Jge
+        | M::Jle
+        | M::Jg => {
             let c = cond(b, insn.condition_code());
             b.flow(
-                Flow::Branch { taken: insn.near_branch_target(), not_taken: insn.next_ip() },
+                Flow::Branch {
+                    taken: insn.near_branch_target(),
+                    not_taken: insn.next_ip(),
+                },
                 Some(c),
             );
             Ok(())
@@ -249,7 +318,11 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
         }
         M::Ret => {
             let (t, nsp) = pop(b, 8)?;
-            let extra = if insn.op_count() == 1 { insn.immediate(0) } else { 0 };
+            let extra = if insn.op_count() == 1 {
+                insn.immediate(0)
+            } else {
+                0
+            };
             let nsp = if extra != 0 {
                 let k = b.c(extra);
                 b.add(nsp, k)
@@ -290,7 +363,10 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
                 }
             };
             b.flow(
-                Flow::Branch { taken: insn.near_branch_target(), not_taken: insn.next_ip() },
+                Flow::Branch {
+                    taken: insn.near_branch_target(),
+                    not_taken: insn.next_ip(),
+                },
                 Some(c),
             );
             Ok(())
@@ -377,9 +453,26 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
             b.set_flags(st);
             Ok(())
         }
-        M::Movsb | M::Movsw | M::Movsd | M::Movsq | M::Stosb | M::Stosw | M::Stosd
-        | M::Stosq | M::Lodsb | M::Lodsw | M::Lodsd | M::Lodsq | M::Cmpsb | M::Cmpsw
-        | M::Cmpsd | M::Cmpsq | M::Scasb | M::Scasw | M::Scasd | M::Scasq
+        M::Movsb
+        | M::Movsw
+        | M::Movsd
+        | M::Movsq
+        | M::Stosb
+        | M::Stosw
+        | M::Stosd
+        | M::Stosq
+        | M::Lodsb
+        | M::Lodsw
+        | M::Lodsd
+        | M::Lodsq
+        | M::Cmpsb
+        | M::Cmpsw
+        | M::Cmpsd
+        | M::Cmpsq
+        | M::Scasb
+        | M::Scasw
+        | M::Scasd
+        | M::Scasq
             if !is_sse_movsd(&insn) =>
         {
             super::string::execute(b)
@@ -394,8 +487,18 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
             b.set_gpr(RBP, v);
             Ok(())
         }
-        M::Nop | M::Endbr64 | M::Endbr32 | M::Pause | M::Lfence | M::Mfence | M::Sfence
-        | M::Prefetchnta | M::Prefetcht0 | M::Prefetcht1 | M::Prefetcht2 | M::Prefetchw => Ok(()),
+        M::Nop
+        | M::Endbr64
+        | M::Endbr32
+        | M::Pause
+        | M::Lfence
+        | M::Mfence
+        | M::Sfence
+        | M::Prefetchnta
+        | M::Prefetcht0
+        | M::Prefetcht1
+        | M::Prefetcht2
+        | M::Prefetchw => Ok(()),
         M::Cpuid => {
             let z = b.c(0);
             b.call(Helper::Cpuid, [z, z, z])?;
@@ -410,13 +513,15 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
 
 /// MOV between GPRs, memory and immediates (not segment, control or debug registers).
 fn is_gpr_form(insn: &Instruction) -> bool {
-    (0..insn.op_count()).all(|i| {
-        insn.op_kind(i) != OpKind::Register || insn.op_register(i).is_gpr()
-    })
+    (0..insn.op_count())
+        .all(|i| insn.op_kind(i) != OpKind::Register || insn.op_register(i).is_gpr())
 }
 
 fn is_near_branch(insn: &Instruction) -> bool {
-    matches!(insn.op0_kind(), OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64)
+    matches!(
+        insn.op0_kind(),
+        OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+    )
 }
 
 /// MOVSD the SSE2 scalar move shares its mnemonic with the string instruction.
@@ -479,7 +584,11 @@ pub fn read_rflags<B: Builder>(b: &mut B) -> B::V {
 
 fn popf<B: Builder>(b: &mut B) -> R<()> {
     let insn = *b.insn();
-    let size = if insn.mnemonic() == Mnemonic::Popf { 2 } else { 8 };
+    let size = if insn.mnemonic() == Mnemonic::Popf {
+        2
+    } else {
+        8
+    };
     let (v, nsp) = pop(b, size)?;
     b.set_gpr(RSP, nsp);
     let old = b.load_state(krr_runtime::offsets::RFLAGS);
@@ -500,7 +609,11 @@ fn popf<B: Builder>(b: &mut B) -> R<()> {
     let base_mask = b.c(changeable);
     let zero = b.c(0);
     let is_cpl0 = b.icmp(Cmp::Eq, cpl, zero);
-    let iopl_mask = b.c(if size == 2 { rflags::IOPL & 0xffff } else { rflags::IOPL });
+    let iopl_mask = b.c(if size == 2 {
+        rflags::IOPL & 0xffff
+    } else {
+        rflags::IOPL
+    });
     let extra0 = b.select(is_cpl0, iopl_mask, zero);
     let k12 = b.c(12);
     let iopl = b.shr(old, k12);
@@ -563,15 +676,24 @@ fn alu2<B: Builder>(b: &mut B) -> R<()> {
         }
         M::And | M::Test => {
             let r = b.and(x, y);
-            (r, FlagState::new(FlagKind::Logic, size, r, zero, zero, zero))
+            (
+                r,
+                FlagState::new(FlagKind::Logic, size, r, zero, zero, zero),
+            )
         }
         M::Or => {
             let r = b.or(x, y);
-            (r, FlagState::new(FlagKind::Logic, size, r, zero, zero, zero))
+            (
+                r,
+                FlagState::new(FlagKind::Logic, size, r, zero, zero, zero),
+            )
         }
         _ => {
             let r = b.xor(x, y);
-            (r, FlagState::new(FlagKind::Logic, size, r, zero, zero, zero))
+            (
+                r,
+                FlagState::new(FlagKind::Logic, size, r, zero, zero, zero),
+            )
         }
     };
     if writes {
@@ -665,7 +787,11 @@ fn rotate<B: Builder>(b: &mut B) -> R<()> {
     let wv = b.c(w as u64);
     let back = b.sub(wv, r);
     let left = insn.mnemonic() == Mnemonic::Rol;
-    let (p, q) = if left { (b.shl(x, r), b.shr(x, back)) } else { (b.shr(x, r), b.shl(x, back)) };
+    let (p, q) = if left {
+        (b.shl(x, r), b.shr(x, back))
+    } else {
+        (b.shr(x, r), b.shl(x, back))
+    };
     let res = b.or(p, q);
     let res = b.zext(res, w);
     write_rmw(b, addr, size, res)?;
@@ -808,7 +934,11 @@ fn double_shift<B: Builder>(b: &mut B) -> R<()> {
     } else {
         let wv = b.c(w as u64);
         let back = b.sub(wv, n);
-        let (p, q) = if left { (b.shl(x, n), b.shr(y, back)) } else { (b.shr(x, n), b.shl(y, back)) };
+        let (p, q) = if left {
+            (b.shl(x, n), b.shr(y, back))
+        } else {
+            (b.shr(x, n), b.shl(y, back))
+        };
         // With n = 0 `back` = w: for w = 64 the shift wraps to 0, so mask that term out.
         let zero = b.c(0);
         let nz = b.icmp(Cmp::Ne, n, zero);
@@ -849,7 +979,11 @@ fn mul_wide<B: Builder>(b: &mut B) -> R<()> {
     let signed = insn.mnemonic() == Mnemonic::Imul;
     let (lo, hi, overflow) = if size == 8 {
         let lo = b.mul(a, src);
-        let hi = if signed { b.smulh(a, src) } else { b.umulh(a, src) };
+        let hi = if signed {
+            b.smulh(a, src)
+        } else {
+            b.umulh(a, src)
+        };
         let ov = if signed {
             let k = b.c(63);
             let sign = b.sar(lo, k);
@@ -860,7 +994,11 @@ fn mul_wide<B: Builder>(b: &mut B) -> R<()> {
         };
         (lo, hi, ov)
     } else {
-        let (x, y) = if signed { (b.sext(a, w), b.sext(src, w)) } else { (a, src) };
+        let (x, y) = if signed {
+            (b.sext(a, w), b.sext(src, w))
+        } else {
+            (a, src)
+        };
         let p = b.mul(x, y);
         let lo = b.zext(p, w);
         let k = b.c(w as u64);
@@ -1250,7 +1388,11 @@ fn bmi<B: Builder>(b: &mut B) -> R<()> {
             let mut r = zero;
             if b.is_interpreter() {
                 let (xv, mv) = (b.const_of(x).unwrap_or(0), b.const_of(m).unwrap_or(0));
-                let v = if insn.mnemonic() == M::Pdep { pdep(xv, mv) } else { pext(xv, mv) };
+                let v = if insn.mnemonic() == M::Pdep {
+                    pdep(xv, mv)
+                } else {
+                    pext(xv, mv)
+                };
                 r = b.c(v);
             } else {
                 // Unrolled over the mask bits: for each bit position i, PDEP takes the next

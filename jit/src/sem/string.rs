@@ -23,7 +23,10 @@ fn element_size(m: M) -> u32 {
 /// 32-bit addressing (0x67 prefix): RSI/RDI/RCX are used as ESI/EDI/ECX.
 fn addr32(insn: &Instruction) -> bool {
     (0..insn.op_count()).any(|i| {
-        matches!(insn.op_kind(i), OpKind::MemorySegESI | OpKind::MemoryESEDI | OpKind::MemorySegEDI)
+        matches!(
+            insn.op_kind(i),
+            OpKind::MemorySegESI | OpKind::MemoryESEDI | OpKind::MemorySegEDI
+        )
     })
 }
 
@@ -145,7 +148,11 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
         b.commit();
         if compares {
             // REPE continues while equal, REPNE while not equal.
-            let want = if insn.has_repe_prefix() { ConditionCode::e } else { ConditionCode::ne };
+            let want = if insn.has_repe_prefix() {
+                ConditionCode::e
+            } else {
+                ConditionCode::ne
+            };
             let c = cond(b, want);
             let v = b.b2v(c);
             if b.const_of(v) == Some(0) {
