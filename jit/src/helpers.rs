@@ -111,7 +111,9 @@ fn divide(cpu: &mut CpuState, size: u32, src: u64, signed: bool) -> u64 {
 // SAFETY (all of them): compiled code passes the `*mut CpuState` it was entered with, which the
 // engine keeps alive and exclusively borrowed for the whole run of compiled code.
 
-pub extern "C" fn krr_load_slow(cpu: *mut CpuState, addr: u64, size: u64, mmu_idx: u64) -> u64 {
+/// # Safety
+/// `cpu` must be the live CPU state compiled code was entered with.
+pub unsafe extern "C" fn krr_load_slow(cpu: *mut CpuState, addr: u64, size: u64, mmu_idx: u64) -> u64 {
     // SAFETY: see the section comment.
     let cpu = unsafe { &mut *cpu };
     match mmu::load_slow(cpu, addr, size as usize, mmu_idx as usize) {
@@ -123,7 +125,9 @@ pub extern "C" fn krr_load_slow(cpu: *mut CpuState, addr: u64, size: u64, mmu_id
     }
 }
 
-pub extern "C" fn krr_store_slow(
+/// # Safety
+/// `cpu` must be the live CPU state compiled code was entered with.
+pub unsafe extern "C" fn krr_store_slow(
     cpu: *mut CpuState,
     addr: u64,
     value: u64,
@@ -140,7 +144,9 @@ pub extern "C" fn krr_store_slow(
 }
 
 /// 16-byte load into `cpu.scratch[0..2]`.
-pub extern "C" fn krr_load128(cpu: *mut CpuState, addr: u64, mmu_idx: u64) -> u64 {
+/// # Safety
+/// `cpu` must be the live CPU state compiled code was entered with.
+pub unsafe extern "C" fn krr_load128(cpu: *mut CpuState, addr: u64, mmu_idx: u64) -> u64 {
     // SAFETY: see the section comment.
     let cpu = unsafe { &mut *cpu };
     let mut buf = [0u8; 16];
@@ -155,7 +161,9 @@ pub extern "C" fn krr_load128(cpu: *mut CpuState, addr: u64, mmu_idx: u64) -> u6
 }
 
 /// 16-byte store from `cpu.scratch[0..2]`.
-pub extern "C" fn krr_store128(cpu: *mut CpuState, addr: u64, mmu_idx: u64) -> u64 {
+/// # Safety
+/// `cpu` must be the live CPU state compiled code was entered with.
+pub unsafe extern "C" fn krr_store128(cpu: *mut CpuState, addr: u64, mmu_idx: u64) -> u64 {
     // SAFETY: see the section comment.
     let cpu = unsafe { &mut *cpu };
     let mut buf = [0u8; 16];
@@ -167,7 +175,9 @@ pub extern "C" fn krr_store128(cpu: *mut CpuState, addr: u64, mmu_idx: u64) -> u
     }
 }
 
-pub extern "C" fn krr_helper(cpu: *mut CpuState, helper: u64, a: u64, b: u64, c: u64) -> u64 {
+/// # Safety
+/// `cpu` must be the live CPU state compiled code was entered with.
+pub unsafe extern "C" fn krr_helper(cpu: *mut CpuState, helper: u64, a: u64, b: u64, c: u64) -> u64 {
     // SAFETY: see the section comment.
     let cpu = unsafe { &mut *cpu };
     let h = match helper {
@@ -195,7 +205,9 @@ pub fn helper_id(h: Helper) -> u64 {
 /// Interpret one whole instruction for compiled code. The state is written back before the
 /// call; on return `cpu.rip`/`cpu.icount` are updated as the interpreter does. Returns
 /// [`OK`] when it retired, else the status (the exception is in `cpu.exception`).
-pub extern "C" fn krr_interpret(cpu: *mut CpuState, insn: *const Instruction) -> u64 {
+/// # Safety
+/// `cpu` must be the live CPU state compiled code was entered with.
+pub unsafe extern "C" fn krr_interpret(cpu: *mut CpuState, insn: *const Instruction) -> u64 {
     // SAFETY: see the section comment; `insn` points into the block's decoded instructions,
     // which live as long as the compiled code that references them.
     let (cpu, insn) = unsafe { (&mut *cpu, &*insn) };

@@ -11,10 +11,15 @@ use krr_runtime::{mmu, offsets, CpuState, ExceptionRecord};
 
 const UNDO_CAP: usize = 32;
 
+/// An instruction with no operands, for helpers that use the interpreter without one.
+static NO_INSN: std::sync::LazyLock<Instruction> = std::sync::LazyLock::new(Instruction::default);
+
 pub struct Interp<'a> {
     cpu: &'a mut CpuState,
-    insn: Instruction,
-    undo: [(i32, u64); UNDO_CAP],
+    // A reference, not a copy: copying the 40-byte instruction on every step costs a
+    // store-forwarding stall when semantics read it back.
+    insn: &'a Instruction,
+    undo: [std::mem::MaybeUninit<(i32, u64)>; UNDO_CAP],
     undo_len: usize,
     saved_flags: Option<[u64; 5]>,
     next_rip: Option<u64>,
@@ -55,8 +60,8 @@ impl<'a> Interp<'a> {
     pub fn new(cpu: &'a mut CpuState) -> Interp<'a> {
         Interp {
             cpu,
-            insn: Instruction::default(),
-            undo: [(0, 0); UNDO_CAP],
+            insn: &NO_INSN,
+            undo: [std::mem::MaybeUninit::uninit(); UNDO_CAP],
             undo_len: 0,
             saved_flags: None,
             next_rip: None,
@@ -70,8 +75,8 @@ impl<'a> Interp<'a> {
     }
 
     /// Execute one instruction.
-    pub fn step(&mut self, insn: &Instruction) -> StepResult {
-        self.insn = *insn;
+    pub fn step(&mut self, insn: &'a Instruction) -> StepResult {
+        self.insn = insn;
         self.undo_len = 0;
         self.saved_flags = None;
         self.next_rip = None;
@@ -115,7 +120,8 @@ impl Interp<'_> {
     fn rollback(&mut self) {
         while self.undo_len > 0 {
             self.undo_len -= 1;
-            let (off, old) = self.undo[self.undo_len];
+            // SAFETY: entries below undo_len were written by `log`.
+            let (off, old) = unsafe { self.undo[self.undo_len].assume_init() };
             self.write_raw(off, old);
         }
         if let Some([op, res, a, b, aux]) = self.saved_flags.take() {
@@ -155,7 +161,7 @@ impl Interp<'_> {
             self.undo_len < UNDO_CAP,
             "instruction wrote more state than the undo log holds"
         );
-        self.undo[self.undo_len] = (off, old);
+        self.undo[self.undo_len] = std::mem::MaybeUninit::new((off, old));
         self.undo_len += 1;
     }
 
@@ -187,7 +193,7 @@ impl Builder for Interp<'_> {
     type B = bool;
 
     fn insn(&self) -> &Instruction {
-        &self.insn
+        self.insn
     }
     fn c(&mut self, v: u64) -> u64 {
         v

@@ -9,7 +9,7 @@ fn assemble(f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>, addr: u
 
 #[test]
 fn loop_in_all_tiers() {
-    let addr = 0x10_0000_0;
+    let addr = 0x0100_0000;
     let code = assemble(
         |a| {
             let mut l = a.create_label();
@@ -36,9 +36,7 @@ fn loop_in_all_tiers() {
             data: vec![0; 4096],
         }],
     };
-    let mut init = ArchState::default();
-    init.rip = addr;
-    init.rflags = 0x202;
+    let mut init = ArchState { rip: addr, rflags: 0x202, ..Default::default() };
     init.gpr[3] = 0x2000_0000;
     init.gpr[4] = 0x2000_0800;
     let mut results = Vec::new();

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs the engine benchmarks side by side with QEMU TCG (user mode, Debian's 7.2 build,
+# fetched with apt-get download + dpkg-deb -x into bench/.cache, nothing installed).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cache="$here/.cache"
+qemu="$cache/usr/bin/qemu-x86_64-static"
+if [ ! -x "$qemu" ]; then
+  mkdir -p "$cache/deb"
+  (cd "$cache/deb" && apt-get download qemu-user-static >/dev/null 2>&1) || {
+    echo "bench/run.sh: cannot download qemu-user-static with apt-get" >&2; exit 1; }
+  dpkg-deb -x "$cache"/deb/qemu-user-static_*.deb "$cache"
+fi
+cd "$here/.."
+cargo build --release -p krr-bench
+KRR_QEMU_USER="$qemu" ./target/release/krr-bench "$@"
