@@ -142,10 +142,13 @@ fn map_range(
         layout.pages.push((page, phys));
         page += 4096;
     }
-    for (i, chunk) in data.chunks(1).enumerate() {
-        let linear = addr + i as u64;
+    let mut done = 0;
+    while done < data.len() {
+        let linear = addr + done as u64;
+        let len = (4096 - (linear & 0xfff) as usize).min(data.len() - done);
         let phys = layout.phys_of(linear).expect("just mapped");
-        mem.write(phys, chunk).map_err(|e| e.to_string())?;
+        mem.write(phys, &data[done..done + len]).map_err(|e| e.to_string())?;
+        done += len;
     }
     Ok(())
 }
@@ -239,11 +242,13 @@ pub fn run_snippet(
     let mut regions = Vec::new();
     for r in &snippet.regions {
         let mut data = vec![0u8; r.data.len()];
-        for (i, b) in data.iter_mut().enumerate() {
-            let phys = layout.phys_of(r.addr + i as u64).expect("mapped");
-            let mut one = [0u8];
-            mem.read(phys, &mut one).map_err(|e| e.to_string())?;
-            *b = one[0];
+        let mut done = 0;
+        while done < data.len() {
+            let linear = r.addr + done as u64;
+            let len = (4096 - (linear & 0xfff) as usize).min(data.len() - done);
+            let phys = layout.phys_of(linear).expect("mapped");
+            mem.read(phys, &mut data[done..done + len]).map_err(|e| e.to_string())?;
+            done += len;
         }
         regions.push(Region { addr: r.addr, data });
     }

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite (the README's test command). Everything the tests need is built or
+# fetched here. KRR_DIFF_CASES sets the random cases per encoding form of the differential
+# tests against this CPU (CI runs a bounded number; set it higher for a full sweep).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export KRR_DIFF_CASES="${KRR_DIFF_CASES:-40}"
+cargo build --release --workspace
+mkdir -p target
+# --nocapture so the differential harness's coverage line shows; the log keeps everything.
+cargo test --workspace -- --nocapture 2>&1 | tee target/test.log
+./target/release/krr demo
