@@ -5,7 +5,7 @@
 //! region is mapped read+write(+no-execute) at its page-aligned address, everything else is
 //! unmapped. The run ends at the INT3 after the code (reported as [`Outcome::Completed`]), at
 //! the first exception (reported with its vector, error code and faulting RIP), or after
-//! `max_instructions`.
+//! `max_instructions` (the final INT3 counts against that budget too).
 
 /// Which execution tier runs the snippet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,7 +147,8 @@ fn map_range(
         let linear = addr + done as u64;
         let len = (4096 - (linear & 0xfff) as usize).min(data.len() - done);
         let phys = layout.phys_of(linear).expect("just mapped");
-        mem.write(phys, &data[done..done + len]).map_err(|e| e.to_string())?;
+        mem.write(phys, &data[done..done + len])
+            .map_err(|e| e.to_string())?;
         done += len;
     }
     Ok(())
@@ -199,7 +200,7 @@ pub fn run_snippet(
     cpu.mxcsr = initial.mxcsr;
     cpu.seg[seg::FS].base = initial.fs_base;
     cpu.seg[seg::GS].base = initial.gs_base;
-    cpu.icount_limit = max_instructions.saturating_add(1);
+    cpu.icount_limit = max_instructions;
     let mut engine = Engine::new(tier.engine_config()).map_err(|e| e.to_string())?;
     let end = snippet.code_addr + snippet.code.len() as u64;
     let exit = engine.run(&mut cpu);
@@ -247,7 +248,8 @@ pub fn run_snippet(
             let linear = r.addr + done as u64;
             let len = (4096 - (linear & 0xfff) as usize).min(data.len() - done);
             let phys = layout.phys_of(linear).expect("mapped");
-            mem.read(phys, &mut data[done..done + len]).map_err(|e| e.to_string())?;
+            mem.read(phys, &mut data[done..done + len])
+                .map_err(|e| e.to_string())?;
             done += len;
         }
         regions.push(Region { addr: r.addr, data });

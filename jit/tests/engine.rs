@@ -1,0 +1,215 @@
+//! Engine-level behaviour: exact instruction budgets inside compiled blocks, precise faults in
+//! every tier, REP counting, unimplemented instructions.
+
+use iced_x86::code_asm::*;
+use krr_jit::snippet::*;
+
+const CODE: u64 = 0x40_0000;
+const DATA: u64 = 0x60_0000;
+const TIERS: [Tier; 4] = [
+    Tier::Interpreter,
+    Tier::Jit,
+    Tier::JitSingleStep,
+    Tier::Tiered,
+];
+
+fn assemble(f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+    let mut a = CodeAssembler::new(64).unwrap();
+    f(&mut a).unwrap();
+    a.assemble(CODE).unwrap()
+}
+
+fn init() -> ArchState {
+    let mut s = ArchState {
+        rip: CODE,
+        rflags: 0x202,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
+    s.gpr[4] = DATA + 0x800;
+    s
+}
+
+fn snippet(code: Vec<u8>) -> Snippet {
+    Snippet {
+        code_addr: CODE,
+        code,
+        regions: vec![Region {
+            addr: DATA,
+            data: vec![0; 4096],
+        }],
+    }
+}
+
+/// A loop counting RAX up; stopping after exactly N instructions must leave the state of the
+/// N-th instruction boundary in every tier, whatever the block boundaries.
+#[test]
+fn budget_stops_exactly() {
+    let code = assemble(|a| {
+        let mut l = a.create_label();
+        a.xor(eax, eax)?;
+        a.mov(ecx, 1000)?;
+        a.set_label(&mut l)?;
+        a.add(rax, 3)?;
+        a.mov(qword_ptr(DATA), rax)?;
+        a.xor(rax, 1)?;
+        a.dec(ecx)?;
+        a.jnz(l)?;
+        Ok(())
+    });
+    let s = snippet(code);
+    for n in [0u64, 1, 2, 3, 7, 100, 101, 102, 103, 104, 2001, 4001] {
+        let reference = run_snippet(&s, &init(), Tier::Interpreter, n).unwrap();
+        assert_eq!(reference.outcome, Outcome::OutOfBudget);
+        assert_eq!(reference.instructions, n);
+        for tier in TIERS {
+            let r = run_snippet(&s, &init(), tier, n).unwrap();
+            assert_eq!(r.outcome, Outcome::OutOfBudget, "{tier:?} n={n}");
+            assert_eq!(r.instructions, n, "{tier:?} n={n}");
+            assert_eq!(r.state, reference.state, "{tier:?} n={n}");
+            assert_eq!(r.regions, reference.regions, "{tier:?} n={n}");
+        }
+    }
+}
+
+/// A store to a read-only... here: an unmapped page in the middle of a block faults with the
+/// registers as they were before that instruction, RIP on it, and the count of retired ones.
+#[test]
+fn faults_are_precise() {
+    let code = assemble(|a| {
+        a.mov(rax, 0x1234u64)?;
+        a.add(rbx, rax)?;
+        a.push(rax)?;
+        a.mov(rcx, 0x7000_0000u64)?;
+        a.inc(rdx)?;
+        a.mov(qword_ptr(rcx + 8), rax)?; // unmapped: #PF
+        a.mov(rax, 0u64)?;
+        Ok(())
+    });
+    let s = snippet(code);
+    for tier in TIERS {
+        let r = run_snippet(&s, &init(), tier, 1000).unwrap();
+        match r.outcome {
+            Outcome::Exception {
+                vector,
+                error_code,
+                address,
+                rip,
+            } => {
+                assert_eq!(vector, 14, "{tier:?}");
+                assert_eq!(address, 0x7000_0008, "{tier:?}");
+                // User-mode write to a not-present page.
+                assert_eq!(error_code, Some(0b110), "{tier:?}");
+                assert_eq!(rip, r.state.rip);
+            }
+            o => panic!("{tier:?}: expected #PF, got {o:?}"),
+        }
+        assert_eq!(r.instructions, 5, "{tier:?}");
+        assert_eq!(r.state.gpr[0], 0x1234, "{tier:?}");
+        assert_eq!(r.state.gpr[3], 0x1234, "{tier:?}");
+        assert_eq!(r.state.gpr[2], 1, "{tier:?}");
+        assert_eq!(r.state.gpr[4], DATA + 0x800 - 8, "{tier:?}");
+        // The push landed.
+        assert_eq!(
+            &r.regions[0].data[0x7f8..0x800],
+            &0x1234u64.to_le_bytes(),
+            "{tier:?}"
+        );
+    }
+}
+
+/// REP STOSB counts as one instruction however many iterations; a fault in the middle leaves
+/// RCX/RDI at the faulting iteration and the instruction not retired.
+#[test]
+fn rep_counts_once_and_faults_mid_way() {
+    let code = assemble(|a| {
+        a.mov(rdi, DATA + 4000)?;
+        a.mov(ecx, 200)?;
+        a.mov(al, 0xab)?;
+        a.rep().stosb()?;
+        a.nop()?;
+        Ok(())
+    });
+    let s = snippet(code);
+    for tier in TIERS {
+        let r = run_snippet(&s, &init(), tier, 1000).unwrap();
+        match r.outcome {
+            Outcome::Exception {
+                vector: 14,
+                address,
+                ..
+            } => assert_eq!(address, DATA + 4096),
+            o => panic!("{tier:?}: expected #PF, got {o:?}"),
+        }
+        assert_eq!(r.instructions, 3, "{tier:?}");
+        assert_eq!(
+            r.state.gpr[1],
+            200 - 96,
+            "{tier:?}: RCX after 96 iterations"
+        );
+        assert_eq!(r.state.gpr[7], DATA + 4096, "{tier:?}");
+        assert!(
+            r.regions[0].data[4000..4096].iter().all(|&b| b == 0xab),
+            "{tier:?}"
+        );
+    }
+    let code = assemble(|a| {
+        a.mov(rdi, DATA)?;
+        a.mov(ecx, 100)?;
+        a.rep().stosb()?;
+        a.nop()?;
+        Ok(())
+    });
+    for tier in TIERS {
+        let r = run_snippet(&snippet(code.clone()), &init(), tier, 1000).unwrap();
+        assert_eq!(r.outcome, Outcome::Completed, "{tier:?}");
+        assert_eq!(r.instructions, 4, "{tier:?}");
+        assert_eq!(r.state.gpr[1], 0, "{tier:?}");
+    }
+}
+
+/// An instruction the engine does not implement raises #UD at its RIP (never skipped).
+#[test]
+fn unimplemented_raises_ud() {
+    // FSIN (x87 arithmetic is not part of the engine).
+    let mut code = assemble(|a| a.nop());
+    code.extend_from_slice(&[0xd9, 0xfe]);
+    let s = snippet(code);
+    for tier in TIERS {
+        let r = run_snippet(&s, &init(), tier, 1000).unwrap();
+        assert_eq!(
+            r.outcome,
+            Outcome::Exception {
+                vector: 6,
+                error_code: None,
+                address: 0,
+                rip: CODE + 1
+            },
+            "{tier:?}"
+        );
+        assert_eq!(r.instructions, 1, "{tier:?}");
+        assert_eq!(r.stats.unimplemented, 1, "{tier:?}");
+    }
+}
+
+/// #DE from DIV in every tier, registers untouched.
+#[test]
+fn divide_error() {
+    let code = assemble(|a| {
+        a.mov(eax, 7)?;
+        a.xor(edx, edx)?;
+        a.xor(ecx, ecx)?;
+        a.div(rcx)?;
+        Ok(())
+    });
+    for tier in TIERS {
+        let r = run_snippet(&snippet(code.clone()), &init(), tier, 1000).unwrap();
+        assert!(
+            matches!(r.outcome, Outcome::Exception { vector: 0, rip, .. } if rip == CODE + 9),
+            "{tier:?}: {:?}",
+            r.outcome
+        );
+        assert_eq!(r.state.gpr[0], 7, "{tier:?}");
+        assert_eq!(r.instructions, 3, "{tier:?}");
+    }
+}
