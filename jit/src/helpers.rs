@@ -113,7 +113,12 @@ fn divide(cpu: &mut CpuState, size: u32, src: u64, signed: bool) -> u64 {
 
 /// # Safety
 /// `cpu` must be the live CPU state compiled code was entered with.
-pub unsafe extern "C" fn krr_load_slow(cpu: *mut CpuState, addr: u64, size: u64, mmu_idx: u64) -> u64 {
+pub unsafe extern "C" fn krr_load_slow(
+    cpu: *mut CpuState,
+    addr: u64,
+    size: u64,
+    mmu_idx: u64,
+) -> u64 {
     // SAFETY: see the section comment.
     let cpu = unsafe { &mut *cpu };
     match mmu::load_slow(cpu, addr, size as usize, mmu_idx as usize) {
@@ -177,7 +182,13 @@ pub unsafe extern "C" fn krr_store128(cpu: *mut CpuState, addr: u64, mmu_idx: u6
 
 /// # Safety
 /// `cpu` must be the live CPU state compiled code was entered with.
-pub unsafe extern "C" fn krr_helper(cpu: *mut CpuState, helper: u64, a: u64, b: u64, c: u64) -> u64 {
+pub unsafe extern "C" fn krr_helper(
+    cpu: *mut CpuState,
+    helper: u64,
+    a: u64,
+    b: u64,
+    c: u64,
+) -> u64 {
     // SAFETY: see the section comment.
     let cpu = unsafe { &mut *cpu };
     let h = match helper {

@@ -36,7 +36,11 @@ fn loop_in_all_tiers() {
             data: vec![0; 4096],
         }],
     };
-    let mut init = ArchState { rip: addr, rflags: 0x202, ..Default::default() };
+    let mut init = ArchState {
+        rip: addr,
+        rflags: 0x202,
+        ..Default::default()
+    };
     init.gpr[3] = 0x2000_0000;
     init.gpr[4] = 0x2000_0800;
     let mut results = Vec::new();

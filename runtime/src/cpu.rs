@@ -216,6 +216,11 @@ pub struct CpuState {
     pub cpuid: crate::cpuid::CpuidTable,
     /// Software TLB (see [`crate::mmu`]).
     pub tlb: crate::mmu::Tlb,
+    /// The driver's bus while the engine runs (see [`crate::bus`]).
+    pub bus: crate::bus::BusPtr,
+    /// Interrupts are inhibited at the instruction boundary where `icount` equals this value
+    /// (the STI / MOV SS shadow).
+    pub irq_shadow_at: u64,
     /// Guest physical memory, for helpers (compiled code reaches memory through the TLB).
     pub mem_base: *mut u8,
     pub mem_size: u64,
@@ -274,6 +279,8 @@ impl CpuState {
             exit_slot: 0,
             cpuid: crate::cpuid::CpuidTable::krr_default(),
             tlb: crate::mmu::Tlb::new(),
+            bus: None,
+            irq_shadow_at: u64::MAX,
             mem_base: mem.as_mut_ptr(),
             mem_size: mem.size(),
         });

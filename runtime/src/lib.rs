@@ -4,11 +4,15 @@
 //! Nothing here knows about Cranelift or iced-x86: the jit crate drives this state, the
 //! drivers (run, record, replay) own it.
 
+pub mod bus;
 pub mod cpu;
 pub mod cpuid;
+pub mod desc;
+pub mod interrupt;
 pub mod memory;
 pub mod mmu;
 
+pub use bus::Bus;
 pub use cpu::*;
 pub use memory::{GuestMemory, MemoryError};
 pub use mmu::*;

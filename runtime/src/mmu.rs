@@ -367,8 +367,19 @@ pub fn load_slow(
     mmu_idx: usize,
 ) -> Result<u64, MemFault> {
     let mut buf = [0u8; 8];
-    load_bytes(cpu, linear, &mut buf[..size], mmu_idx)?;
-    Ok(u64::from_le_bytes(buf))
+    match load_bytes(cpu, linear, &mut buf[..size], mmu_idx) {
+        Ok(()) => Ok(u64::from_le_bytes(buf)),
+        Err(MemFault::Unbacked { phys }) if cpu.bus.is_some() && same_page(linear, size) => {
+            crate::bus::with_bus(cpu, |bus, cpu| bus.mmio_read(cpu, phys, size as u8))
+                .ok_or(MemFault::Unbacked { phys })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// MMIO goes to the bus only for accesses within one page (devices never straddle pages).
+fn same_page(linear: u64, size: usize) -> bool {
+    (linear & 0xfff) as usize + size <= 4096
 }
 
 /// Slow-path store of the low `size` bytes of `value`.
@@ -379,7 +390,13 @@ pub fn store_slow(
     size: usize,
     mmu_idx: usize,
 ) -> Result<(), MemFault> {
-    store_bytes(cpu, linear, &value.to_le_bytes()[..size], mmu_idx)
+    match store_bytes(cpu, linear, &value.to_le_bytes()[..size], mmu_idx) {
+        Err(MemFault::Unbacked { phys }) if cpu.bus.is_some() && same_page(linear, size) => {
+            crate::bus::with_bus(cpu, |bus, cpu| bus.mmio_write(cpu, phys, size as u8, value))
+                .ok_or(MemFault::Unbacked { phys })
+        }
+        r => r,
+    }
 }
 
 /// Fetch up to `out.len()` instruction bytes at `linear`, stopping early at a page that cannot

@@ -524,9 +524,13 @@ fn is_near_branch(insn: &Instruction) -> bool {
     )
 }
 
-/// MOVSD the SSE2 scalar move shares its mnemonic with the string instruction.
+/// MOVSD/CMPSD, the SSE2 scalar instructions, share their mnemonics with the string ones.
 fn is_sse_movsd(insn: &Instruction) -> bool {
-    insn.mnemonic() == Mnemonic::Movsd && insn.op_count() > 0
+    matches!(insn.mnemonic(), Mnemonic::Movsd | Mnemonic::Cmpsd)
+        && !matches!(
+            insn.code(),
+            iced_x86::Code::Movsd_m32_m32 | iced_x86::Code::Cmpsd_m32_m32
+        )
 }
 
 fn byte_swap<B: Builder>(b: &mut B, v: B::V, size: u32) -> B::V {

@@ -1,0 +1,37 @@
+//! How the CPU reaches everything outside itself: port IO, MMIO, and the nondeterministic
+//! inputs (TSC, hardware random numbers). The engine calls the driver's `Bus` at the exact
+//! instruction, with the CPU state written back, and never reads host time or randomness
+//! itself. A recorder's bus forwards to devices and logs the results; a replayer's bus returns
+//! the logged results and checks that the guest asks for them at the recorded place.
+
+use crate::CpuState;
+
+pub trait Bus {
+    /// IN: `size` is 1, 2 or 4.
+    fn port_in(&mut self, cpu: &CpuState, port: u16, size: u8) -> u32;
+    fn port_out(&mut self, cpu: &CpuState, port: u16, size: u8, value: u32);
+    /// A load from a physical address with no RAM behind it (`size` 1, 2, 4 or 8).
+    fn mmio_read(&mut self, cpu: &CpuState, phys: u64, size: u8) -> u64;
+    fn mmio_write(&mut self, cpu: &CpuState, phys: u64, size: u8, value: u64);
+    /// RDTSC/RDTSCP.
+    fn rdtsc(&mut self, cpu: &CpuState) -> u64;
+    /// RDRAND (`seed` false) / RDSEED: `None` reports failure (CF=0).
+    fn rdrand(&mut self, cpu: &CpuState, size: u8, seed: bool) -> Option<u64>;
+    /// Ask the engine to return to the driver at the next instruction boundary it checks
+    /// (a device raised an interrupt line, the guest asked to power off, ...).
+    fn wants_exit(&self) -> bool {
+        false
+    }
+}
+
+/// The bus pointer kept in [`CpuState::bus`] while the engine runs.
+pub type BusPtr = Option<std::ptr::NonNull<dyn Bus>>;
+
+/// Borrow the bus the engine is running with, if any.
+pub fn with_bus<R>(cpu: &mut CpuState, f: impl FnOnce(&mut dyn Bus, &CpuState) -> R) -> Option<R> {
+    let mut p = cpu.bus?;
+    // SAFETY: `cpu.bus` is set by the engine from a `&mut dyn Bus` that outlives the run and
+    // cleared before the run returns; nothing else holds that borrow meanwhile.
+    let bus = unsafe { p.as_mut() };
+    Some(f(bus, cpu))
+}

@@ -1,0 +1,207 @@
+//! Exception and interrupt delivery through the 64-bit IDT: gate checks, privilege-change and
+//! IST stack switches, the pushed frame, and the double/triple fault rules.
+
+use crate::cpu::{rflags, seg, vector, CpuState, ExceptionRecord, Segment};
+use crate::desc::{self, DescFault};
+
+/// What is being delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A CPU exception (fault or trap); RIP to push is given.
+    Exception,
+    /// INT n, INT3, INTO: software interrupts, subject to the gate's DPL check.
+    Software,
+    /// An external interrupt (or NMI).
+    External,
+}
+
+/// The machine cannot continue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryError {
+    /// A fault while delivering a double fault.
+    TripleFault { first: u8, second: u8 },
+    /// A descriptor table or stack lies in non-RAM memory.
+    Unbacked(u64),
+}
+
+fn is_contributory(v: u8) -> bool {
+    matches!(
+        v,
+        vector::DE | vector::TS | vector::NP | vector::SS | vector::GP
+    )
+}
+
+/// Do vectors `first` then `second` (raised while delivering `first`) make a double fault?
+fn makes_double_fault(first: u8, second: u8) -> bool {
+    (is_contributory(first) && is_contributory(second))
+        || (first == vector::PF && (second == vector::PF || is_contributory(second)))
+}
+
+fn has_error_code(v: u8) -> bool {
+    matches!(
+        v,
+        vector::DF | vector::TS | vector::NP | vector::SS | vector::GP | vector::PF | vector::AC
+    ) || v == 21 // #CP
+}
+
+/// Deliver an event. `rflags_value` is the full current RFLAGS (the caller materialises the
+/// lazy arithmetic flags); `return_rip` is what the frame gets as RIP. On success `cpu.rip`,
+/// CS, SS, RSP and the non-arithmetic RFLAGS bits describe the handler's entry. CR2 is written
+/// for page faults.
+pub fn deliver(
+    cpu: &mut CpuState,
+    vector: u8,
+    kind: EventKind,
+    error_code: Option<u32>,
+    rflags_value: u64,
+    return_rip: u64,
+) -> Result<(), DeliveryError> {
+    let mut current = (vector, kind, error_code);
+    let mut first: Option<u8> = None;
+    loop {
+        let (v, k, e) = current;
+        if v == vector::PF && k == EventKind::Exception {
+            cpu.cr2 = cpu.exception.address;
+        }
+        match deliver_once(cpu, v, k, e, rflags_value, return_rip) {
+            Ok(()) => return Ok(()),
+            Err(DescFault::Unbacked(p)) => return Err(DeliveryError::Unbacked(p)),
+            Err(DescFault::Exception(rec)) => {
+                let second = rec.vector;
+                if v == vector::DF {
+                    return Err(DeliveryError::TripleFault {
+                        first: first.unwrap_or(v),
+                        second,
+                    });
+                }
+                first.get_or_insert(v);
+                cpu.exception = rec;
+                current = if k == EventKind::Exception && makes_double_fault(v, second) {
+                    (vector::DF, EventKind::Exception, Some(0))
+                } else {
+                    let code = rec.has_error_code.then_some(rec.error_code);
+                    (second, EventKind::Exception, code)
+                };
+            }
+        }
+    }
+}
+
+fn deliver_once(
+    cpu: &mut CpuState,
+    v: u8,
+    kind: EventKind,
+    error_code: Option<u32>,
+    rflags_value: u64,
+    return_rip: u64,
+) -> Result<(), DescFault> {
+    let ext = (kind == EventKind::External) as u32;
+    let idt_code = (v as u32) * 8 + 2 + ext;
+    if (v as u64) * 16 + 15 > cpu.idtr.limit as u64 {
+        return Err(DescFault::gp(idt_code));
+    }
+    let mut g = [0u8; 16];
+    desc::system_read(cpu, cpu.idtr.base.wrapping_add(v as u64 * 16), &mut g)?;
+    let lo = u64::from_le_bytes(g[..8].try_into().expect("8 bytes"));
+    let hi = u64::from_le_bytes(g[8..].try_into().expect("8 bytes"));
+    let typ = (lo >> 40) & 0xf;
+    let gate_dpl = ((lo >> 45) & 3) as u8;
+    let present = lo & (1 << 47) != 0;
+    let cpl = cpu.cpl();
+    if typ != 0xe && typ != 0xf {
+        return Err(DescFault::gp(idt_code));
+    }
+    if kind == EventKind::Software && gate_dpl < cpl {
+        return Err(DescFault::gp(idt_code));
+    }
+    if !present {
+        return Err(DescFault::np(idt_code));
+    }
+    let selector = ((lo >> 16) & 0xffff) as u16;
+    let target = (lo & 0xffff) | ((lo >> 32) & 0xffff_0000) | (hi << 32);
+    let ist = ((lo >> 32) & 7) as u64;
+    let Some(cs) = desc::read_descriptor(cpu, selector)? else {
+        return Err(DescFault::gp(ext));
+    };
+    if !cs.is_code() || cs.dpl() > cpl {
+        return Err(DescFault::gp((selector as u32 & !3) + ext));
+    }
+    if !cs.present() {
+        return Err(DescFault::np((selector as u32 & !3) + ext));
+    }
+    if !cs.long() {
+        // Only 64-bit handlers are supported (Linux uses nothing else in long mode).
+        return Err(DescFault::gp((selector as u32 & !3) + ext));
+    }
+    // Conforming code segments keep the CPL.
+    let new_cpl = if cs.typ() & 4 != 0 { cpl } else { cs.dpl() };
+    let old_ss = cpu.seg[seg::SS];
+    let old_rsp = cpu.gpr[crate::gpr::RSP];
+    let mut rsp = old_rsp;
+    let switch = new_cpl < cpl;
+    if switch || ist != 0 {
+        let offset = if ist != 0 {
+            0x24 + (ist - 1) * 8
+        } else {
+            4 + new_cpl as u64 * 8
+        };
+        if offset + 7 > cpu.tr.limit as u64 {
+            return Err(DescFault::ts(cpu.tr.selector as u32 & !3));
+        }
+        let mut b = [0u8; 8];
+        desc::system_read(cpu, cpu.tr.base.wrapping_add(offset), &mut b)?;
+        rsp = u64::from_le_bytes(b);
+    }
+    if !crate::mmu::is_canonical(rsp) {
+        return Err(DescFault::ss(ext));
+    }
+    rsp &= !0xf;
+    let cs_sel = (selector & !3) | new_cpl as u16;
+    let ss_sel = if switch {
+        new_cpl as u16
+    } else {
+        old_ss.selector
+    };
+    let mut frame: Vec<u64> = vec![
+        old_ss.selector as u64,
+        old_rsp,
+        rflags_value,
+        cpu.seg[seg::CS].selector as u64,
+        return_rip,
+    ];
+    if kind == EventKind::Exception && has_error_code(v) {
+        frame.push(error_code.unwrap_or(0) as u64);
+    }
+    // Write the frame as the handler will see it (supervisor accesses at the new CPL).
+    let bytes: Vec<u8> = frame.iter().rev().flat_map(|w| w.to_le_bytes()).collect();
+    let new_rsp = rsp.wrapping_sub(bytes.len() as u64);
+    desc::system_write(cpu, new_rsp, &bytes)?;
+    cpu.seg[seg::CS] = cs.to_segment(cs_sel);
+    if switch {
+        // 64-bit mode loads a null SS with RPL = new CPL on a privilege change.
+        cpu.seg[seg::SS] = Segment {
+            selector: ss_sel,
+            attrs: 0,
+            limit: 0,
+            base: 0,
+        };
+    }
+    cpu.gpr[crate::gpr::RSP] = new_rsp;
+    cpu.rip = target;
+    let mut f = rflags_value & !(rflags::TF | rflags::NT | rflags::RF | rflags::VM);
+    if typ == 0xe {
+        f &= !rflags::IF;
+    }
+    cpu.rflags = (f & !rflags::ARITH) | rflags::FIXED1;
+    Ok(())
+}
+
+/// Exception record for a fault raised by delivery code that is not a memory fault.
+pub fn record(v: u8, code: Option<u32>) -> ExceptionRecord {
+    ExceptionRecord {
+        vector: v,
+        has_error_code: code.is_some(),
+        error_code: code.unwrap_or(0),
+        address: 0,
+    }
+}
