@@ -119,7 +119,7 @@ fn deliver_once(
     }
     let selector = ((lo >> 16) & 0xffff) as u16;
     let target = (lo & 0xffff) | ((lo >> 32) & 0xffff_0000) | (hi << 32);
-    let ist = ((lo >> 32) & 7) as u64;
+    let ist = (lo >> 32) & 7;
     let Some(cs) = desc::read_descriptor(cpu, selector)? else {
         return Err(DescFault::gp(ext));
     };

@@ -3,8 +3,8 @@
 
 use super::gen::{read_reg, CODE_PAGE};
 use iced_x86::{
-    Code, Decoder, DecoderOptions, Formatter, Instruction, InstructionInfoFactory, IntelFormatter, Mnemonic,
-    OpAccess, OpKind, Register, RflagsBits,
+    Code, Decoder, DecoderOptions, Formatter, Instruction, InstructionInfoFactory, IntelFormatter,
+    Mnemonic, OpAccess, OpKind, Register, RflagsBits,
 };
 use krr_jit::snippet::{ArchState, Outcome, Snippet, SnippetResult};
 use std::fmt::Write;
@@ -35,7 +35,9 @@ pub fn x86_flags(iced: u32) -> u64 {
         (RflagsBits::IF, IF),
         (RflagsBits::AC, AC),
     ];
-    map.iter().filter(|(i, _)| iced & i != 0).fold(0, |acc, (_, x)| acc | x)
+    map.iter()
+        .filter(|(i, _)| iced & i != 0)
+        .fold(0, |acc, (_, x)| acc | x)
 }
 
 pub fn flag_names(flags: u64) -> String {
@@ -59,7 +61,11 @@ pub fn flag_names(flags: u64) -> String {
         (1 << 20, "VIP"),
         (1 << 21, "ID"),
     ];
-    let v: Vec<&str> = names.iter().filter(|(b, _)| flags & b != 0).map(|(_, n)| *n).collect();
+    let v: Vec<&str> = names
+        .iter()
+        .filter(|(b, _)| flags & b != 0)
+        .map(|(_, n)| *n)
+        .collect();
     v.join(" ")
 }
 
@@ -81,11 +87,21 @@ pub fn flag_effect(ins: &Instruction, state: Option<&ArchState>) -> FlagEffect {
     let defined = x86_flags(ins.rflags_written() | ins.rflags_cleared() | ins.rflags_set());
     let undefined = x86_flags(ins.rflags_undefined());
     let mn = ins.mnemonic();
-    let is_shift = matches!(mn, Mnemonic::Shl | Mnemonic::Sal | Mnemonic::Shr | Mnemonic::Sar);
-    let is_rotate = matches!(mn, Mnemonic::Rol | Mnemonic::Ror | Mnemonic::Rcl | Mnemonic::Rcr);
+    let is_shift = matches!(
+        mn,
+        Mnemonic::Shl | Mnemonic::Sal | Mnemonic::Shr | Mnemonic::Sar
+    );
+    let is_rotate = matches!(
+        mn,
+        Mnemonic::Rol | Mnemonic::Ror | Mnemonic::Rcl | Mnemonic::Rcr
+    );
     let is_double = matches!(mn, Mnemonic::Shld | Mnemonic::Shrd);
     if !(is_shift || is_rotate || is_double) {
-        return FlagEffect { defined, undefined, undefined_result: false };
+        return FlagEffect {
+            defined,
+            undefined,
+            undefined_result: false,
+        };
     }
     let width = operand_bits(ins);
     let count_op = ins.op_count() - 1;
@@ -104,7 +120,11 @@ pub fn flag_effect(ins: &Instruction, state: Option<&ArchState>) -> FlagEffect {
         if is_double && width == 16 {
             undefined |= STATUS;
         }
-        return FlagEffect { defined: 0, undefined, undefined_result: is_double && width == 16 };
+        return FlagEffect {
+            defined: 0,
+            undefined,
+            undefined_result: is_double && width == 16,
+        };
     };
     let count = count & if width == 64 { 63 } else { 31 };
     if count == 0 {
@@ -121,7 +141,11 @@ pub fn flag_effect(ins: &Instruction, state: Option<&ArchState>) -> FlagEffect {
     if undefined_result {
         undefined |= STATUS;
     }
-    FlagEffect { defined: written & !undefined, undefined, undefined_result }
+    FlagEffect {
+        defined: written & !undefined,
+        undefined,
+        undefined_result,
+    }
 }
 
 /// Operand size in bits of the first operand.
@@ -160,12 +184,19 @@ pub fn undefined_masks(snippet: &Snippet, init: &ArchState, native: &Outcome) ->
         Outcome::Exception { rip, .. } => Some(*rip),
         _ => None,
     };
-    let mut masks = Masks { rflags: RF, ..Masks::default() };
+    let mut masks = Masks {
+        rflags: RF,
+        ..Masks::default()
+    };
     let mut poisoned = 0u64;
     let mut info = InstructionInfoFactory::new();
     for (i, ins) in decode(snippet).iter().enumerate() {
         if Some(ins.ip()) == stop_at {
             break;
+        }
+        if ins.code() == Code::Bswap_r16 {
+            // Architecturally undefined (this CPU clears the low word).
+            masks.gpr[gpr_index(ins.op_register(0))] |= 0xffff;
         }
         let effect = flag_effect(ins, if i == 0 { Some(init) } else { None });
         poisoned = (poisoned & !effect.defined) | effect.undefined;
@@ -177,8 +208,14 @@ pub fn undefined_masks(snippet: &Snippet, init: &ArchState, native: &Outcome) ->
                 }
                 _ => {
                     // Only exact for the first instruction; later ones are never generated so.
-                    let mem = info.info(ins).used_memory().iter().find(|m| m.access() != OpAccess::NoMemAccess);
-                    if let Some(addr) = mem.and_then(|m| m.virtual_address(0, |r, _, _| Some(read_reg(init, r)))) {
+                    let mem = info
+                        .info(ins)
+                        .used_memory()
+                        .iter()
+                        .find(|m| m.access() != OpAccess::NoMemAccess);
+                    if let Some(addr) =
+                        mem.and_then(|m| m.virtual_address(0, |r, _, _| Some(read_reg(init, r))))
+                    {
                         masks.mem.push((addr, 2));
                     }
                 }
@@ -219,14 +256,29 @@ pub fn compare(
 }
 
 /// The list of differences (empty when the runs agree).
-pub fn differences(snippet: &Snippet, init: &ArchState, native: &SnippetResult, engine: &SnippetResult) -> Vec<String> {
+pub fn differences(
+    snippet: &Snippet,
+    init: &ArchState,
+    native: &SnippetResult,
+    engine: &SnippetResult,
+) -> Vec<String> {
     let mut d = Vec::new();
     match (&native.outcome, &engine.outcome) {
         (Outcome::OutOfBudget, Outcome::OutOfBudget) => return d,
         (Outcome::Completed, Outcome::Completed) => {}
         (
-            Outcome::Exception { vector: nv, address: na, rip: nr, .. },
-            Outcome::Exception { vector: ev, address: ea, rip: er, .. },
+            Outcome::Exception {
+                vector: nv,
+                address: na,
+                rip: nr,
+                ..
+            },
+            Outcome::Exception {
+                vector: ev,
+                address: ea,
+                rip: er,
+                ..
+            },
         ) => {
             if nv != ev {
                 d.push(format!("exception vector: native={nv} engine={ev}"));
@@ -238,19 +290,29 @@ pub fn differences(snippet: &Snippet, init: &ArchState, native: &SnippetResult, 
             }
         }
         (n, e) => {
-            d.push(format!("outcome: native={} engine={}", outcome_str(n), outcome_str(e)));
+            d.push(format!(
+                "outcome: native={} engine={}",
+                outcome_str(n),
+                outcome_str(e)
+            ));
             return d;
         }
     }
     let masks = undefined_masks(snippet, init, &native.outcome);
     let (n, e) = (&native.state, &engine.state);
-    for i in 0..16 {
+    for (i, name) in GPR_NAMES.iter().enumerate() {
         if (n.gpr[i] ^ e.gpr[i]) & !masks.gpr[i] != 0 {
-            d.push(format!("{:<6} native={:#018x} engine={:#018x}", GPR_NAMES[i], n.gpr[i], e.gpr[i]));
+            d.push(format!(
+                "{name:<6} native={:#018x} engine={:#018x}",
+                n.gpr[i], e.gpr[i]
+            ));
         }
     }
     if n.rip != e.rip {
-        d.push(format!("rip    native={:#018x} engine={:#018x}", n.rip, e.rip));
+        d.push(format!(
+            "rip    native={:#018x} engine={:#018x}",
+            n.rip, e.rip
+        ));
     }
     let flag_diff = (n.rflags ^ e.rflags) & !masks.rflags;
     if flag_diff != 0 {
@@ -266,11 +328,17 @@ pub fn differences(snippet: &Snippet, init: &ArchState, native: &SnippetResult, 
     }
     for i in 0..16 {
         if n.xmm[i] != e.xmm[i] {
-            d.push(format!("xmm{i:<3} native={:#034x} engine={:#034x}", n.xmm[i], e.xmm[i]));
+            d.push(format!(
+                "xmm{i:<3} native={:#034x} engine={:#034x}",
+                n.xmm[i], e.xmm[i]
+            ));
         }
     }
     if n.mxcsr != e.mxcsr {
-        d.push(format!("mxcsr  native={:#x} engine={:#x}", n.mxcsr, e.mxcsr));
+        d.push(format!(
+            "mxcsr  native={:#x} engine={:#x}",
+            n.mxcsr, e.mxcsr
+        ));
     }
     if n.fs_base != e.fs_base || n.gs_base != e.gs_base {
         d.push(format!(
@@ -321,14 +389,19 @@ pub fn differences(snippet: &Snippet, init: &ArchState, native: &SnippetResult, 
             off += 1;
         }
         if shown > 4 {
-            d.push(format!("... {} more differing memory lines in region {:#x}", shown - 4, nr.addr));
+            d.push(format!(
+                "... {} more differing memory lines in region {:#x}",
+                shown - 4,
+                nr.addr
+            ));
         }
     }
     d
 }
 
 pub const GPR_NAMES: [&str; 16] = [
-    "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+    "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15",
 ];
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -340,7 +413,12 @@ pub fn outcome_str(o: &Outcome) -> String {
     match o {
         Outcome::Completed => "Completed".into(),
         Outcome::OutOfBudget => "OutOfBudget (native: timed out)".into(),
-        Outcome::Exception { vector, error_code, address, rip } => {
+        Outcome::Exception {
+            vector,
+            error_code,
+            address,
+            rip,
+        } => {
             let name = match vector {
                 0 => "#DE",
                 1 => "#DB",
@@ -353,7 +431,9 @@ pub fn outcome_str(o: &Outcome) -> String {
                 19 => "#XM",
                 _ => "#?",
             };
-            let ec = error_code.map(|e| format!(" error_code={e:#x}")).unwrap_or_default();
+            let ec = error_code
+                .map(|e| format!(" error_code={e:#x}"))
+                .unwrap_or_default();
             if *vector == 14 {
                 format!("{name} ({vector}) at rip={rip:#x} address={address:#x}{ec}")
             } else {
@@ -381,11 +461,6 @@ pub fn describe_case(snippet: &Snippet, init: &ArchState) -> String {
         let bytes = &snippet.code[off..off + ins.len()];
         let mut text = String::new();
         formatter.format(ins, &mut text);
-        let prefixes = [
-            (ins.has_lock_prefix(), "lock "),
-            (ins.has_rep_prefix() || ins.has_repe_prefix(), "rep/repe "),
-            (ins.has_repne_prefix(), "repne "),
-        ];
         let _ = writeln!(
             s,
             "  {:#x}  {:<32} {:<40} ; {:?}{}",
@@ -393,9 +468,12 @@ pub fn describe_case(snippet: &Snippet, init: &ArchState) -> String {
             hex(bytes),
             text,
             ins.code(),
-            if ins.code() == Code::INVALID { " (invalid)" } else { "" }
+            if ins.code() == Code::INVALID {
+                " (invalid)"
+            } else {
+                ""
+            }
         );
-        let _ = prefixes;
         if i == 0 {
             // Initial memory contents at the first instruction's data accesses.
             for m in info.info(ins).used_memory() {
@@ -414,9 +492,16 @@ pub fn describe_case(snippet: &Snippet, init: &ArchState) -> String {
     }
     let _ = writeln!(s, "initial state:");
     s.push_str(&state_str(init, "  "));
-    let regions: Vec<String> =
-        snippet.regions.iter().map(|r| format!("{:#x}+{:#x}", r.addr, r.data.len())).collect();
-    let _ = writeln!(s, "  regions: {} (code page {CODE_PAGE:#x})", regions.join(", "));
+    let regions: Vec<String> = snippet
+        .regions
+        .iter()
+        .map(|r| format!("{:#x}+{:#x}", r.addr, r.data.len()))
+        .collect();
+    let _ = writeln!(
+        s,
+        "  regions: {} (code page {CODE_PAGE:#x})",
+        regions.join(", ")
+    );
     s
 }
 

@@ -12,7 +12,9 @@
 //! 2. writes the code (the rest of the code pages is filled with INT3) and the region contents
 //!    through `/proc/<pid>/mem` (which may write to read-only pages);
 //! 3. loads GPRs, RIP, RFLAGS, FS/GS base with `PTRACE_SETREGS` and XMM0-15 and MXCSR with
-//!    `PTRACE_SETFPREGS`, and resumes the child with `PTRACE_CONT`;
+//!    `PTRACE_SETFPREGS`, and resumes the child with `PTRACE_CONT`. (RFLAGS.NT and ID cannot be
+//!    set through ptrace; when they must change, after a snippet's POPF changed them, the child
+//!    first runs a `push rdi; popfq; int3` gadget);
 //! 4. waits for the next signal stop. A SIGTRAP with RIP just past the INT3 that follows the
 //!    code means the snippet completed; SIGSEGV, SIGBUS, SIGFPE, SIGILL and other SIGTRAPs are
 //!    mapped back to x86 exception vectors (see [`NativeRunner::run`]); the signal is never
@@ -49,24 +51,41 @@ const TICK_USEC: i64 = 10_000;
 /// Default run-time limit per snippet, in ticks (1 s of CPU time).
 const DEFAULT_TIMEOUT_TICKS: u32 = 100;
 
-// `syscall; int3`: the child runs injected system calls here (see the module documentation).
+// Code run in the child (present there at the same address, the child being a fork):
+// `syscall; int3` for injected system calls, and `push rdi; popfq; int3` to load the RFLAGS
+// bits that PTRACE_SETREGS cannot change (NT, ID), which a snippet's POPF may have set.
 std::arch::global_asm!(
-    ".pushsection .text.krr_difftest_syscall_gadget,\"ax\",@progbits",
+    ".pushsection .text.krr_difftest_gadgets,\"ax\",@progbits",
     ".globl krr_difftest_syscall_gadget",
     ".hidden krr_difftest_syscall_gadget",
     "krr_difftest_syscall_gadget:",
     "syscall",
+    "int3",
+    ".globl krr_difftest_popf_gadget",
+    ".hidden krr_difftest_popf_gadget",
+    "krr_difftest_popf_gadget:",
+    "push rdi",
+    "popfq",
     "int3",
     ".popsection",
 );
 
 extern "C" {
     fn krr_difftest_syscall_gadget();
+    fn krr_difftest_popf_gadget();
 }
 
 fn gadget_addr() -> u64 {
-    krr_difftest_syscall_gadget as usize as u64
+    krr_difftest_syscall_gadget as *const () as usize as u64
 }
+
+fn popf_gadget_addr() -> u64 {
+    krr_difftest_popf_gadget as *const () as usize as u64
+}
+
+/// RFLAGS bits PTRACE_SETREGS leaves alone (the kernel's FLAG_MASK lacks them) but user code
+/// can change with POPF: NT and ID.
+const NON_PTRACE_FLAGS: u64 = (1 << 14) | (1 << 21);
 
 /// How a page of the snippet is mapped in the child.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,8 +137,8 @@ impl NativeRunner {
     /// Runs `snippet` from `state` on the host CPU.
     ///
     /// Signals are mapped to exceptions as follows: SIGTRAP from an INT3 other than the final
-    /// one → #BP (3, `rip` = the INT3's address; the state's RIP is past it, as pushed by the
-    /// CPU), other SIGTRAPs → #DB (1); SIGFPE with FPE_INTDIV/FPE_INTOVF → #DE (0), other
+    /// one → #BP (3; a trap, so `rip` is past the INT3, as the CPU pushes it), other SIGTRAPs →
+    /// #DB (1); SIGFPE with FPE_INTDIV/FPE_INTOVF → #DE (0), other
     /// SIGFPE → #XM (19); SIGILL → #UD (6); SIGSEGV with SEGV_MAPERR/SEGV_ACCERR/SEGV_PKUERR →
     /// #PF (14, `address` = `si_addr`), other SIGSEGV (SI_KERNEL) → #GP (13); SIGBUS with
     /// BUS_ADRALN → #AC (17), other SIGBUS (SI_KERNEL) → #SS (12).
@@ -147,6 +166,8 @@ struct Child {
     base_fp: libc::user_fpregs_struct,
     /// Pages this runner has mapped in the child.
     mapped: BTreeMap<u64, Prot>,
+    /// The child's RFLAGS when it last stopped (for [`NON_PTRACE_FLAGS`]).
+    flags: u64,
 }
 
 impl Drop for Child {
@@ -166,7 +187,13 @@ impl Drop for Child {
 /// # Safety
 /// Must only be called in a freshly forked child.
 unsafe fn child_main(parent: libc::pid_t) -> ! {
-    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+    libc::prctl(
+        libc::PR_SET_PDEATHSIG,
+        libc::SIGKILL as libc::c_ulong,
+        0,
+        0,
+        0,
+    );
     if libc::getppid() != parent {
         libc::_exit(1);
     }
@@ -182,8 +209,14 @@ unsafe fn child_main(parent: libc::pid_t) -> ! {
     {
         libc::_exit(2);
     }
-    let tick = libc::timeval { tv_sec: 0, tv_usec: TICK_USEC };
-    let timer = libc::itimerval { it_interval: tick, it_value: tick };
+    let tick = libc::timeval {
+        tv_sec: 0,
+        tv_usec: TICK_USEC,
+    };
+    let timer = libc::itimerval {
+        it_interval: tick,
+        it_value: tick,
+    };
     libc::setitimer(libc::ITIMER_PROF, &timer, std::ptr::null_mut());
     loop {
         libc::kill(libc::getpid(), libc::SIGSTOP);
@@ -214,6 +247,7 @@ impl Child {
             base_regs: unsafe { std::mem::zeroed() },
             base_fp: unsafe { std::mem::zeroed() },
             mapped: BTreeMap::new(),
+            flags: 0,
         };
         // Wait for the child's first SIGSTOP (suppressing anything else, e.g. an early SIGPROF).
         loop {
@@ -224,6 +258,7 @@ impl Child {
             child.ptrace_cont()?;
         }
         child.base_regs = child.get_regs()?;
+        child.flags = child.base_regs.eflags;
         child.base_fp = child.get_fpregs()?;
         child.mem = OpenOptions::new()
             .read(true)
@@ -270,10 +305,20 @@ impl Child {
                 return Ok(libc::WSTOPSIG(status));
             }
             if libc::WIFEXITED(status) {
-                return Err(format!("native child exited with {}", libc::WEXITSTATUS(status)));
+                let why = match libc::WEXITSTATUS(status) {
+                    2 => " (PTRACE_TRACEME failed: is ptrace allowed here?)",
+                    _ => "",
+                };
+                return Err(format!(
+                    "native child exited with {}{why}",
+                    libc::WEXITSTATUS(status)
+                ));
             }
             if libc::WIFSIGNALED(status) {
-                return Err(format!("native child killed by signal {}", libc::WTERMSIG(status)));
+                return Err(format!(
+                    "native child killed by signal {}",
+                    libc::WTERMSIG(status)
+                ));
             }
         }
     }
@@ -301,9 +346,11 @@ impl Child {
         loop {
             self.ptrace_cont()?;
             match self.wait_stop()? {
-                sig @ (libc::SIGTRAP | libc::SIGSEGV | libc::SIGBUS | libc::SIGFPE | libc::SIGILL) => {
-                    return Ok(Stop::Signal(sig))
-                }
+                sig @ (libc::SIGTRAP
+                | libc::SIGSEGV
+                | libc::SIGBUS
+                | libc::SIGFPE
+                | libc::SIGILL) => return Ok(Stop::Signal(sig)),
                 libc::SIGPROF => {
                     ticks += 1;
                     if ticks >= timeout_ticks {
@@ -422,15 +469,46 @@ impl Child {
             Stop::Timeout => return Err(format!("injected syscall {nr}: timeout")),
         }
         let after = self.get_regs()?;
+        self.flags = after.eflags;
         if after.rip != gadget_addr() + 3 {
-            return Err(format!("injected syscall {nr}: stopped at {:#x}", after.rip));
+            return Err(format!(
+                "injected syscall {nr}: stopped at {:#x}",
+                after.rip
+            ));
         }
         Ok(after.rax as i64)
     }
 
+    /// Loads RFLAGS (including the bits PTRACE_SETREGS cannot set) by running POPF in the
+    /// child, on its own stack (well below the frame it stopped in).
+    fn load_flags(&mut self, value: u64) -> Result<(), String> {
+        let mut regs = self.base_regs;
+        regs.rip = popf_gadget_addr();
+        regs.rsp = (self.base_regs.rsp - 1024) & !15;
+        regs.rdi = value & !(1 << 8); // never TF
+        regs.orig_rax = u64::MAX;
+        self.set_regs(&regs)?;
+        match self.run_until_stop(DEFAULT_TIMEOUT_TICKS)? {
+            Stop::Signal(libc::SIGTRAP) => {}
+            Stop::Signal(sig) => return Err(format!("POPF gadget: signal {sig}")),
+            Stop::Timeout => return Err("POPF gadget: timeout".into()),
+        }
+        let after = self.get_regs()?;
+        self.flags = after.eflags;
+        if after.rip != popf_gadget_addr() + 3 {
+            return Err(format!("POPF gadget stopped at {:#x}", after.rip));
+        }
+        Ok(())
+    }
+
     /// Maps, unmaps and re-protects pages so the child's snippet pages are exactly `want`.
     fn sync_mappings(&mut self, want: &BTreeMap<u64, Prot>) -> Result<(), String> {
-        let unmap: Vec<u64> = self.mapped.keys().copied().filter(|p| !want.contains_key(p)).collect();
+        let unmap: Vec<u64> = self
+            .mapped
+            .keys()
+            .copied()
+            .filter(|p| !want.contains_key(p))
+            .collect();
         for (start, pages, _) in runs(unmap.iter().map(|&p| (p, Prot::Data))) {
             let r = self.inject_syscall(libc::SYS_munmap, [start, pages * PAGE, 0, 0, 0, 0])?;
             if r != 0 {
@@ -466,7 +544,14 @@ impl Child {
             let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
             let r = self.inject_syscall(
                 libc::SYS_mmap,
-                [start, pages * PAGE, prot.bits() as u64, flags as u64, u64::MAX, 0],
+                [
+                    start,
+                    pages * PAGE,
+                    prot.bits() as u64,
+                    flags as u64,
+                    u64::MAX,
+                    0,
+                ],
             )?;
             if r as u64 != start {
                 return Err(format!(
@@ -482,7 +567,12 @@ impl Child {
         Ok(())
     }
 
-    fn run(&mut self, snippet: &Snippet, state: &ArchState, timeout_ticks: u32) -> Result<SnippetResult, String> {
+    fn run(
+        &mut self,
+        snippet: &Snippet,
+        state: &ArchState,
+        timeout_ticks: u32,
+    ) -> Result<SnippetResult, String> {
         let want = wanted_pages(snippet)?;
         self.sync_mappings(&want)?;
 
@@ -505,6 +595,9 @@ impl Child {
             self.write_mem(region.addr, &buf)?;
         }
 
+        if (self.flags ^ state.rflags) & NON_PTRACE_FLAGS != 0 {
+            self.load_flags(state.rflags)?;
+        }
         let mut regs = self.base_regs;
         let g = &state.gpr;
         regs.rax = g[0];
@@ -541,11 +634,12 @@ impl Child {
 
         let stop = self.run_until_stop(timeout_ticks)?;
         let regs = self.get_regs()?;
+        self.flags = regs.eflags;
         let fp = self.get_fpregs()?;
         let mut out = ArchState {
             gpr: [
-                regs.rax, regs.rcx, regs.rdx, regs.rbx, regs.rsp, regs.rbp, regs.rsi, regs.rdi, regs.r8, regs.r9,
-                regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
+                regs.rax, regs.rcx, regs.rdx, regs.rbx, regs.rsp, regs.rbp, regs.rsi, regs.rdi,
+                regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
             ],
             rip: regs.rip,
             rflags: regs.eflags,
@@ -574,33 +668,55 @@ impl Child {
             self.mem
                 .read_exact_at(&mut data, region.addr)
                 .map_err(|e| format!("read region {:#x}: {e}", region.addr))?;
-            regions.push(Region { addr: region.addr, data });
+            regions.push(Region {
+                addr: region.addr,
+                data,
+            });
         }
-        Ok(SnippetResult { state: out, regions, outcome, instructions: 0 })
+        Ok(SnippetResult {
+            state: out,
+            regions,
+            outcome,
+            instructions: 0,
+            stats: Default::default(),
+        })
     }
 
     fn write_mem(&self, addr: u64, data: &[u8]) -> Result<(), String> {
-        self.mem.write_all_at(data, addr).map_err(|e| format!("write child memory at {addr:#x}: {e}"))
+        self.mem
+            .write_all_at(data, addr)
+            .map_err(|e| format!("write child memory at {addr:#x}: {e}"))
     }
 }
 
 /// Maps a signal stop to an outcome (see [`NativeRunner::run`]).
 fn classify(sig: i32, si_code: i32, si_addr: u64, rip: u64, code_end: u64) -> Outcome {
+    // si_code values (include/uapi/asm-generic/siginfo.h).
     const SI_KERNEL: i32 = 0x80;
+    const FPE_INTDIV: i32 = 1;
+    const FPE_INTOVF: i32 = 2;
+    const SEGV_MAPERR: i32 = 1;
+    const SEGV_ACCERR: i32 = 2;
     const SEGV_PKUERR: i32 = 4;
-    let exception = |vector: u8, address: u64, rip: u64| Outcome::Exception { vector, error_code: None, address, rip };
+    const BUS_ADRALN: i32 = 1;
+    let exception = |vector: u8, address: u64, rip: u64| Outcome::Exception {
+        vector,
+        error_code: None,
+        address,
+        rip,
+    };
     match sig {
         libc::SIGTRAP if rip == code_end + 1 => Outcome::Completed,
-        libc::SIGTRAP if si_code == SI_KERNEL => exception(3, 0, rip - 1),
+        libc::SIGTRAP if si_code == SI_KERNEL => exception(3, 0, rip),
         libc::SIGTRAP => exception(1, 0, rip),
-        libc::SIGFPE if si_code == libc::FPE_INTDIV || si_code == libc::FPE_INTOVF => exception(0, 0, rip),
+        libc::SIGFPE if si_code == FPE_INTDIV || si_code == FPE_INTOVF => exception(0, 0, rip),
         libc::SIGFPE => exception(19, 0, rip),
         libc::SIGILL => exception(6, 0, rip),
-        libc::SIGSEGV if matches!(si_code, libc::SEGV_MAPERR | libc::SEGV_ACCERR | SEGV_PKUERR) => {
+        libc::SIGSEGV if matches!(si_code, SEGV_MAPERR | SEGV_ACCERR | SEGV_PKUERR) => {
             exception(14, si_addr, rip)
         }
         libc::SIGSEGV => exception(13, 0, rip),
-        libc::SIGBUS if si_code == libc::BUS_ADRALN => exception(17, 0, rip),
+        libc::SIGBUS if si_code == BUS_ADRALN => exception(17, 0, rip),
         _ => exception(12, 0, rip),
     }
 }
@@ -616,7 +732,10 @@ fn wanted_pages(snippet: &Snippet) -> Result<BTreeMap<u64, Prot>, String> {
     let code_lo = snippet.code_addr & !(PAGE - 1);
     let code_hi = (snippet.code_addr + snippet.code.len() as u64 + 1).next_multiple_of(PAGE);
     if !valid(code_lo, code_hi) {
-        return Err(format!("code address {:#x} out of range", snippet.code_addr));
+        return Err(format!(
+            "code address {:#x} out of range",
+            snippet.code_addr
+        ));
     }
     for page in (code_lo..code_hi).step_by(PAGE as usize) {
         want.insert(page, Prot::Code);
@@ -627,7 +746,11 @@ fn wanted_pages(snippet: &Snippet) -> Result<BTreeMap<u64, Prot>, String> {
         }
         let hi = region.addr + region_pages(region) * PAGE;
         if region.data.is_empty() || !valid(region.addr, hi) {
-            return Err(format!("region {:#x}+{:#x} out of range", region.addr, region.data.len()));
+            return Err(format!(
+                "region {:#x}+{:#x} out of range",
+                region.addr,
+                region.data.len()
+            ));
         }
         for page in (region.addr..hi).step_by(PAGE as usize) {
             if want.insert(page, Prot::Data).is_some() {

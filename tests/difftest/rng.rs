@@ -12,19 +12,16 @@ impl Rng {
     }
 
     /// An independent generator derived from this seed and `salt` (e.g. a `Code` value), so
-    /// that the cases of one form do not depend on which other forms ran before it.
+    /// that the cases of one form do not depend on which other forms ran before it. Both are
+    /// hashed: SplitMix64 streams from states that differ by a multiple of the increment would
+    /// be shifted copies of each other.
     pub fn derive(seed: u64, salt: u64) -> Self {
-        let mut r = Rng::new(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        r.next_u64();
-        r
+        Rng::new(mix(seed ^ mix(salt.wrapping_add(0x5851_F42D_4C95_7F2D))))
     }
 
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        mix(self.state)
     }
 
     /// Uniform in `0..n` (`n > 0`).
@@ -58,4 +55,11 @@ impl Rng {
             chunk.copy_from_slice(&v[..chunk.len()]);
         }
     }
+}
+
+/// The SplitMix64 output function (a bijective 64-bit mixer).
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
