@@ -608,11 +608,12 @@ impl Lower<'_, '_> {
         }
     }
 
-    fn store_exception(&mut self, vector: u8, error_code: Option<u32>) {
+    fn store_exception(&mut self, vector: u8, error_code: Option<u32>, software: bool) {
         let base = offset_of!(CpuState, exception) as i32;
         let rec = ExceptionRecord {
             vector,
             has_error_code: error_code.is_some(),
+            software: false,
             error_code: error_code.unwrap_or(0),
             address: 0,
         };
@@ -622,6 +623,13 @@ impl Lower<'_, '_> {
             v,
             self.cpu,
             base + offset_of!(ExceptionRecord, vector) as i32,
+        );
+        let sw = self.fb.ins().iconst(types::I8, software as i64);
+        self.fb.ins().store(
+            state_flags(),
+            sw,
+            self.cpu,
+            base + offset_of!(ExceptionRecord, software) as i32,
         );
         let h = self.fb.ins().iconst(types::I8, rec.has_error_code as i64);
         self.fb.ins().store(
@@ -1092,7 +1100,7 @@ impl Builder for Lower<'_, '_> {
         false
     }
     fn raise(&mut self, vector: u8, error_code: Option<u32>) -> Abort {
-        self.store_exception(vector, error_code);
+        self.store_exception(vector, error_code, false);
         let exit = self.fault_exit();
         self.fb.ins().jump(exit, &[]);
         self.dead_end();
@@ -1100,7 +1108,7 @@ impl Builder for Lower<'_, '_> {
     }
     fn raise_trap(&mut self, vector: u8) -> Abort {
         // A trap retires the instruction: leave with the current state and the next RIP.
-        self.store_exception(vector, None);
+        self.store_exception(vector, None, true);
         self.flush();
         let next = self.fb.ins().iconst(types::I64, self.insn.next_ip() as i64);
         self.state_store(offsets::RIP, next);
@@ -1126,7 +1134,7 @@ impl Builder for Lower<'_, '_> {
         self.fb.ins().brif(cond, raise, &[], cont, &[]);
         self.fb.set_cold_block(raise);
         self.fb.switch_to_block(raise);
-        self.store_exception(vector, error_code);
+        self.store_exception(vector, error_code, false);
         let exit = self.fault_exit();
         self.fb.ins().jump(exit, &[]);
         self.fb.switch_to_block(cont);
@@ -1171,6 +1179,12 @@ impl Builder for Lower<'_, '_> {
         self.check_status_after_call(status);
         self.forget();
         Ok(r)
+    }
+    fn cpu_mut(&mut self) -> Option<&mut CpuState> {
+        None
+    }
+    fn halt(&mut self) -> Abort {
+        unreachable!("system instructions are handed to the interpreter before they halt")
     }
     fn commit(&mut self) {}
     fn flow(&mut self, f: Flow<Value>, cond: Option<Value>) {

@@ -37,6 +37,9 @@ pub struct EngineConfig {
     pub hot_threshold: u32,
     /// Blocks compiled together (one finalize per batch).
     pub batch: usize,
+    /// Deliver exceptions through the guest's IDT and keep running (a whole machine), instead
+    /// of returning them to the caller (user-mode snippets).
+    pub deliver_exceptions: bool,
 }
 
 impl Default for EngineConfig {
@@ -46,6 +49,7 @@ impl Default for EngineConfig {
             max_block_insns: 64,
             hot_threshold: 50,
             batch: 16,
+            deliver_exceptions: false,
         }
     }
 }
@@ -59,6 +63,12 @@ pub enum Exit {
     Exception { trap: bool, unimplemented: bool },
     /// An access (or code fetch) hit physical memory with no RAM behind it.
     Unbacked { phys: u64 },
+    /// HLT retired; `cpu.rip` is past it.
+    Halt,
+    /// An exception during the delivery of a double fault: the machine shuts down.
+    TripleFault { first: u8, second: u8 },
+    /// The bus asked the engine to return (`Bus::wants_exit`).
+    BusRequest,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -172,11 +182,96 @@ impl Engine {
         Ok(id)
     }
 
+    /// Run with `bus` serving port IO, MMIO and the nondeterministic inputs.
+    pub fn run_with_bus(&mut self, cpu: &mut CpuState, bus: &mut dyn krr_runtime::Bus) -> Exit {
+        // SAFETY: the pointer is only used while this call runs (through `bus::with_bus`) and is
+        // cleared before it returns, so extending its lifetime to 'static is never observable.
+        let ptr: std::ptr::NonNull<dyn krr_runtime::Bus> = unsafe {
+            std::mem::transmute::<
+                std::ptr::NonNull<dyn krr_runtime::Bus + '_>,
+                std::ptr::NonNull<dyn krr_runtime::Bus>,
+            >(std::ptr::NonNull::from(bus))
+        };
+        cpu.bus = Some(ptr);
+        let exit = self.run(cpu);
+        cpu.bus = None;
+        exit
+    }
+
+    /// Can an external interrupt be taken at this instruction boundary?
+    pub fn interrupts_enabled(cpu: &CpuState) -> bool {
+        cpu.rflags & krr_runtime::rflags::IF != 0 && cpu.irq_shadow_at != cpu.icount
+    }
+
+    /// Deliver external interrupt `vector` now (the caller checked `interrupts_enabled`).
+    pub fn inject_interrupt(&mut self, cpu: &mut CpuState, vector: u8) -> Result<(), Exit> {
+        self.deliver(
+            cpu,
+            vector,
+            krr_runtime::interrupt::EventKind::External,
+            None,
+            cpu.rip,
+        )
+    }
+
+    fn deliver(
+        &mut self,
+        cpu: &mut CpuState,
+        vector: u8,
+        kind: krr_runtime::interrupt::EventKind,
+        error_code: Option<u32>,
+        return_rip: u64,
+    ) -> Result<(), Exit> {
+        let arith = crate::interp::materialize_flags(cpu);
+        let flags = (cpu.rflags & !krr_runtime::rflags::ARITH) | arith;
+        let before = cpu.cpl();
+        match krr_runtime::interrupt::deliver(cpu, vector, kind, error_code, flags, return_rip) {
+            Ok(()) => {
+                if cpu.cpl() != before {
+                    // Different MMU index: cached linear lookups stay valid (keyed by mode).
+                }
+                Ok(())
+            }
+            Err(krr_runtime::interrupt::DeliveryError::TripleFault { first, second }) => {
+                Err(Exit::TripleFault { first, second })
+            }
+            Err(krr_runtime::interrupt::DeliveryError::Unbacked(phys)) => {
+                Err(Exit::Unbacked { phys })
+            }
+        }
+    }
+
     /// Run until the instruction budget, an exception or an access the driver must handle.
     pub fn run(&mut self, cpu: &mut CpuState) -> Exit {
         loop {
+            let exit = self.run_until_event(cpu);
+            match exit {
+                Exit::Exception { .. } if self.config.deliver_exceptions => {
+                    let e = cpu.exception;
+                    let kind = if e.software {
+                        krr_runtime::interrupt::EventKind::Software
+                    } else {
+                        krr_runtime::interrupt::EventKind::Exception
+                    };
+                    let code = e.has_error_code.then_some(e.error_code);
+                    if let Err(exit) = self.deliver(cpu, e.vector, kind, code, cpu.rip) {
+                        return exit;
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn run_until_event(&mut self, cpu: &mut CpuState) -> Exit {
+        loop {
             if cpu.icount >= cpu.icount_limit {
                 return Exit::Budget;
+            }
+            if cpu.bus.is_some()
+                && krr_runtime::bus::with_bus(cpu, |bus, _| bus.wants_exit()).unwrap_or(false)
+            {
+                return Exit::BusRequest;
             }
             let id = match self.lookup(cpu) {
                 Ok(id) => id,
@@ -335,6 +430,10 @@ impl Engine {
                     return Some(Exit::Unbacked {
                         phys: it.cpu().unbacked_phys,
                     });
+                }
+                StepResult::Halt => {
+                    self.stats.interpreted_insns += 1;
+                    return Some(Exit::Halt);
                 }
             }
             // A taken branch can only be the block's last instruction, but a retired

@@ -13,6 +13,8 @@ pub const OK: u64 = 0;
 pub const FAULT: u64 = 1;
 /// An access hit no RAM (`cpu.unbacked_phys`).
 pub const UNBACKED: u64 = 2;
+/// HLT retired (only from `krr_interpret`).
+pub const HALT: u64 = 3;
 
 fn fault_status(cpu: &mut CpuState, f: mmu::MemFault) -> u64 {
     let s = match f {
@@ -30,6 +32,7 @@ fn raise(cpu: &mut CpuState, vector: u8, error_code: Option<u32>) -> u64 {
     cpu.exception = ExceptionRecord {
         vector,
         has_error_code: error_code.is_some(),
+        software: false,
         error_code: error_code.unwrap_or(0),
         address: 0,
     };
@@ -231,6 +234,10 @@ pub unsafe extern "C" fn krr_interpret(cpu: *mut CpuState, insn: *const Instruct
         interp::StepResult::Unbacked => {
             cpu.helper_status = UNBACKED;
             UNBACKED
+        }
+        interp::StepResult::Halt => {
+            cpu.helper_status = HALT;
+            HALT
         }
     }
 }

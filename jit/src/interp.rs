@@ -25,6 +25,7 @@ pub struct Interp<'a> {
     next_rip: Option<u64>,
     trap: bool,
     unimplemented: bool,
+    halted: bool,
 }
 
 /// How one interpreted instruction ended.
@@ -37,6 +38,8 @@ pub enum StepResult {
     Exception { trap: bool, unimplemented: bool },
     /// An access hit a physical address with no RAM (`cpu.unbacked_phys`); nothing retired.
     Unbacked,
+    /// HLT retired: `cpu.rip` is past it.
+    Halt,
 }
 
 /// Execute one instruction.
@@ -67,6 +70,7 @@ impl<'a> Interp<'a> {
             next_rip: None,
             trap: false,
             unimplemented: false,
+            halted: false,
         }
     }
 
@@ -82,6 +86,7 @@ impl<'a> Interp<'a> {
         self.next_rip = None;
         self.trap = false;
         self.unimplemented = false;
+        self.halted = false;
         self.cpu.helper_status = helpers::OK;
         let it = self;
         match sem::instruction(it) {
@@ -401,6 +406,7 @@ impl Builder for Interp<'_> {
         self.cpu.exception = ExceptionRecord {
             vector,
             has_error_code: error_code.is_some(),
+            software: false,
             error_code: error_code.unwrap_or(0),
             address: 0,
         };
@@ -408,7 +414,9 @@ impl Builder for Interp<'_> {
     }
     fn raise_trap(&mut self, vector: u8) -> Abort {
         self.trap = true;
-        self.raise(vector, None)
+        let a = self.raise(vector, None);
+        self.cpu.exception.software = true;
+        a
     }
     fn unimplemented(&mut self) -> Abort {
         self.unimplemented = true;
@@ -430,6 +438,13 @@ impl Builder for Interp<'_> {
             return Err(Abort);
         }
         Ok(r)
+    }
+    fn cpu_mut(&mut self) -> Option<&mut CpuState> {
+        Some(self.cpu)
+    }
+    fn halt(&mut self) -> Abort {
+        self.halted = true;
+        Abort
     }
     fn commit(&mut self) {
         self.undo_len = 0;

@@ -226,6 +226,7 @@ pub fn run_snippet(
         Exit::Unbacked { phys } => {
             return Err(format!("access to unbacked physical address {phys:#x}"))
         }
+        other => return Err(format!("a user-mode snippet cannot end with {other:?}")),
     };
     let arith = crate::interp::materialize_flags(&mut cpu);
     let mut state = ArchState {

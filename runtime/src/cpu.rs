@@ -127,6 +127,9 @@ pub enum ExitReason {
 pub struct ExceptionRecord {
     pub vector: u8,
     pub has_error_code: bool,
+    /// Raised by INT n / INT3 / INTO: a trap (RIP past the instruction) subject to the gate's
+    /// DPL check.
+    pub software: bool,
     pub error_code: u32,
     /// The faulting linear address for #PF (also written to CR2 on delivery).
     pub address: u64,
@@ -198,6 +201,8 @@ pub struct CpuState {
     pub sysenter_cs: u64,
     pub sysenter_esp: u64,
     pub sysenter_eip: u64,
+    /// MTRRs: 8 variable base/mask pairs, 11 fixed-range registers, MTRRdefType.
+    pub mtrr: [u64; 28],
     pub mxcsr: u32,
     pub _pad0: u32,
     pub xmm: [[u64; 2]; 16],
@@ -268,6 +273,7 @@ impl CpuState {
             sysenter_cs: 0,
             sysenter_esp: 0,
             sysenter_eip: 0,
+            mtrr: [0; 28],
             mxcsr: 0x1f80,
             _pad0: 0,
             xmm: [[0; 2]; 16],

@@ -16,6 +16,7 @@ pub enum DescFault {
 impl DescFault {
     pub fn gp(code: u32) -> DescFault {
         DescFault::Exception(ExceptionRecord {
+            software: false,
             vector: vector::GP,
             has_error_code: true,
             error_code: code,
@@ -24,6 +25,7 @@ impl DescFault {
     }
     pub fn np(code: u32) -> DescFault {
         DescFault::Exception(ExceptionRecord {
+            software: false,
             vector: vector::NP,
             has_error_code: true,
             error_code: code,
@@ -32,6 +34,7 @@ impl DescFault {
     }
     pub fn ss(code: u32) -> DescFault {
         DescFault::Exception(ExceptionRecord {
+            software: false,
             vector: vector::SS,
             has_error_code: true,
             error_code: code,
@@ -40,6 +43,7 @@ impl DescFault {
     }
     pub fn ts(code: u32) -> DescFault {
         DescFault::Exception(ExceptionRecord {
+            software: false,
             vector: vector::TS,
             has_error_code: true,
             error_code: code,

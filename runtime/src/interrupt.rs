@@ -199,6 +199,7 @@ fn deliver_once(
 /// Exception record for a fault raised by delivery code that is not a memory fault.
 pub fn record(v: u8, code: Option<u32>) -> ExceptionRecord {
     ExceptionRecord {
+        software: false,
         vector: v,
         has_error_code: code.is_some(),
         error_code: code.unwrap_or(0),

@@ -114,6 +114,7 @@ pub fn is_canonical(linear: u64) -> bool {
 
 fn gp0() -> ExceptionRecord {
     ExceptionRecord {
+        software: false,
         vector: vector::GP,
         has_error_code: true,
         error_code: 0,
@@ -123,6 +124,7 @@ fn gp0() -> ExceptionRecord {
 
 fn page_fault(linear: u64, code: u32) -> ExceptionRecord {
     ExceptionRecord {
+        software: false,
         vector: vector::PF,
         has_error_code: true,
         error_code: code,

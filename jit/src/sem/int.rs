@@ -9,6 +9,9 @@ use krr_runtime::{rflags, vector};
 pub fn execute<B: Builder>(b: &mut B) -> R<()> {
     let insn = *b.insn();
     use Mnemonic as M;
+    if super::system::handles(&insn) {
+        return super::system::execute(b);
+    }
     match insn.mnemonic() {
         M::Mov => {
             if !is_gpr_form(&insn) {
@@ -506,7 +509,6 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
         }
         M::INVALID | M::Ud0 | M::Ud1 | M::Ud2 => Err(b.raise(vector::UD, None)),
         M::Int3 => Err(b.raise_trap(vector::BP)),
-        M::Hlt => Err(b.raise(vector::GP, Some(0))),
         _ => super::sse::execute(b),
     }
 }

@@ -17,7 +17,8 @@
 pub mod flags;
 mod int;
 mod sse;
-mod string;
+pub mod string;
+pub mod system;
 
 pub use flags::{FlagKind, FlagOp, FlagState};
 pub use sse::sse_helper;
@@ -155,6 +156,11 @@ pub trait Builder {
     fn raise_if(&mut self, cond: Self::B, vector: u8, error_code: Option<u32>) -> R<()>;
     /// Call a Rust helper (see [`Helper`]).
     fn call(&mut self, h: Helper, args: [Self::V; 3]) -> R<Self::V>;
+    /// The CPU state itself, for system instructions, which only the interpreter executes
+    /// (compiled code hands them to it). `None` in the compiler.
+    fn cpu_mut(&mut self) -> Option<&mut krr_runtime::CpuState>;
+    /// HLT: the instruction retires and the engine returns to the driver.
+    fn halt(&mut self) -> Abort;
     /// Make everything done so far permanent even if the instruction faults later (used between
     /// REP iterations, which are architecturally visible one by one).
     fn commit(&mut self);

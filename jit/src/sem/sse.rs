@@ -964,6 +964,7 @@ pub fn sse_helper(cpu: &mut CpuState, args: [u64; 3]) -> u64 {
             vector::UD
         };
         cpu.exception = ExceptionRecord {
+            software: false,
             vector,
             has_error_code: false,
             error_code: 0,
