@@ -77,10 +77,25 @@ fn guest() -> Result<Vec<u8>, IcedError> {
 
 pub fn run() -> Result<(), String> {
     let code = guest().map_err(|e| format!("assembling the demo guest: {e}"))?;
-    let snippet = Snippet { code_addr: CODE, code, regions: vec![Region { addr: DATA, data: vec![0; N as usize] }] };
-    let init = ArchState { rip: CODE, rflags: 0x202, mxcsr: 0x1f80, ..Default::default() };
+    let snippet = Snippet {
+        code_addr: CODE,
+        code,
+        regions: vec![Region {
+            addr: DATA,
+            data: vec![0; N as usize],
+        }],
+    };
+    let init = ArchState {
+        rip: CODE,
+        rflags: 0x202,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
     println!("krr demo: a sieve of Eratosthenes over {N} bytes and an FNV-1a hash, run by each engine tier");
-    println!("{:<26} {:>14} {:>10} {:>12} {:>8} {:>10}", "tier", "instructions", "seconds", "guest MIPS", "blocks", "compiled");
+    println!(
+        "{:<26} {:>14} {:>10} {:>12} {:>8} {:>10}",
+        "tier", "instructions", "seconds", "guest MIPS", "blocks", "compiled"
+    );
     let mut reference: Option<krr_jit::snippet::SnippetResult> = None;
     for (name, tier) in [
         ("interpreter", Tier::Interpreter),
@@ -91,7 +106,10 @@ pub fn run() -> Result<(), String> {
         let r = run_snippet(&snippet, &init, tier, u64::MAX - 1)?;
         let dt = t0.elapsed().as_secs_f64();
         if r.outcome != Outcome::Completed {
-            return Err(format!("the demo guest did not complete under the {name}: {:?}", r.outcome));
+            return Err(format!(
+                "the demo guest did not complete under the {name}: {:?}",
+                r.outcome
+            ));
         }
         println!(
             "{:<26} {:>14} {:>10.3} {:>12.1} {:>8} {:>10}",
@@ -105,8 +123,13 @@ pub fn run() -> Result<(), String> {
         match &reference {
             None => reference = Some(r),
             Some(first) => {
-                if first.state != r.state || first.regions != r.regions || first.instructions != r.instructions {
-                    return Err(format!("the {name} disagrees with the interpreter: the tiers diverged"));
+                if first.state != r.state
+                    || first.regions != r.regions
+                    || first.instructions != r.instructions
+                {
+                    return Err(format!(
+                        "the {name} disagrees with the interpreter: the tiers diverged"
+                    ));
                 }
             }
         }

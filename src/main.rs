@@ -5,7 +5,11 @@ mod demo;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "krr", version, about = "Record and replay x86-64 Linux kernel executions")]
+#[command(
+    name = "krr",
+    version,
+    about = "Record and replay x86-64 Linux kernel executions"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -299,6 +299,7 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
                 b.flow(Flow::Direct(insn.near_branch_target()), None);
             } else if insn.op0_kind() == OpKind::Register || insn.op0_kind() == OpKind::Memory {
                 let t = read_op(b, 0, 8)?;
+                branch_target_canonical(b, t)?;
                 b.flow(Flow::Jump(t), None);
             } else {
                 return Err(b.unimplemented());
@@ -312,6 +313,7 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
                 b.flow(Flow::Direct(insn.near_branch_target()), None);
             } else if insn.op0_kind() == OpKind::Register || insn.op0_kind() == OpKind::Memory {
                 let t = read_op(b, 0, 8)?;
+                branch_target_canonical(b, t)?;
                 push(b, ret, 8)?;
                 b.flow(Flow::Jump(t), None);
             } else {
@@ -321,6 +323,7 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
         }
         M::Ret => {
             let (t, nsp) = pop(b, 8)?;
+            branch_target_canonical(b, t)?;
             let extra = if insn.op_count() == 1 {
                 insn.immediate(0)
             } else {
@@ -337,7 +340,14 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
             Ok(())
         }
         M::Loop | M::Loope | M::Loopne | M::Jrcxz | M::Jecxz => {
-            let wide = insn.op0_kind() != OpKind::NearBranch32 && insn.mnemonic() != M::Jecxz;
+            // The 0x67 forms count in ECX (and the write zero-extends into RCX).
+            let wide = !matches!(
+                insn.code(),
+                iced_x86::Code::Loop_rel8_64_ECX
+                    | iced_x86::Code::Loope_rel8_64_ECX
+                    | iced_x86::Code::Loopne_rel8_64_ECX
+                    | iced_x86::Code::Jecxz_rel8_64
+            );
             let width = if wide { 64 } else { 32 };
             let rcx = b.get_gpr(RCX);
             let zero = b.c(0);
@@ -482,12 +492,23 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
         }
         M::Enter => enter(b),
         M::Leave => {
+            // LEAVEW pops 2 bytes into BP only.
+            let size = if insn.code() == iced_x86::Code::Leavew {
+                2
+            } else {
+                8
+            };
             let bp = b.get_gpr(RBP);
-            let v = b.load(bp, 8)?;
-            let eight = b.c(8);
-            let nsp = b.add(bp, eight);
+            stack_canonical(b, bp)?;
+            let v = b.load(bp, size)?;
+            let k = b.c(size as u64);
+            let nsp = b.add(bp, k);
             b.set_gpr(RSP, nsp);
-            b.set_gpr(RBP, v);
+            if size == 2 {
+                write_reg(b, Register::BP, v);
+            } else {
+                b.set_gpr(RBP, v);
+            }
             Ok(())
         }
         M::Nop
@@ -1122,6 +1143,7 @@ fn cmpxchg_double<B: Builder>(b: &mut B) -> R<()> {
         let mis = b.and(a, m);
         let bad = b.icmp(Cmp::Ne, mis, zero);
         b.raise_if(bad, vector::GP, Some(0))?;
+        stack_check(b, a)?;
         let (lo, hi) = b.load128(a)?;
         let rax = b.get_gpr(RAX);
         let rdx = b.get_gpr(RDX);
@@ -1135,6 +1157,7 @@ fn cmpxchg_double<B: Builder>(b: &mut B) -> R<()> {
         b.store128(a, nlo, nhi)?;
         (eq, lo, hi)
     } else {
+        stack_check(b, a)?;
         let v = b.load(a, 8)?;
         let rax = b.get_gpr(RAX);
         let rax = b.zext(rax, 32);
@@ -1182,7 +1205,7 @@ fn bit_test<B: Builder>(b: &mut B) -> R<()> {
     let wm = b.c(w as u64 - 1);
     let bit = b.and(raw, wm);
     let (addr, x) = if insn.op0_kind() == OpKind::Memory {
-        let mut a = effective_address(b);
+        let mut a = access_address(b)?;
         if offset_is_reg {
             // A register offset addresses a bit string: move by whole operands.
             let s = b.sext(raw, w);
@@ -1240,10 +1263,16 @@ fn bit_scan<B: Builder>(b: &mut B) -> R<()> {
         let k = b.c(63);
         b.sub(k, l)
     };
-    // A zero source leaves the destination unchanged (as AMD documents and this host does).
-    let v = b.select(is_zero, dst, idx);
-    let _ = w;
-    write_op(b, 0, size, v)?;
+    // A zero source leaves the destination unchanged, all 64 bits of it (as AMD documents
+    // and this host does): no 32-bit zero extension either.
+    let _ = (w, dst);
+    let r = insn.op0_register();
+    let (gi, _) = gpr_of(r);
+    let old = b.get_gpr(gi);
+    write_reg(b, r, idx);
+    let merged = b.get_gpr(gi);
+    let v = b.select(is_zero, old, merged);
+    b.set_gpr(gi, v);
     let old = current_flags(b);
     let keep = b.c(!rflags::ZF);
     let f = b.and(old, keep);
@@ -1509,27 +1538,41 @@ fn enter<B: Builder>(b: &mut B) -> R<()> {
     let insn = *b.insn();
     let alloc = insn.immediate(0) & 0xffff;
     let level = insn.immediate(1) & 31;
+    // ENTERW pushes 2-byte frame pointers and writes BP only.
+    let size: u32 = if insn.code() == iced_x86::Code::Enterw_imm16_imm8 {
+        2
+    } else {
+        8
+    };
     let rbp = b.get_gpr(RBP);
     let sp0 = b.get_gpr(RSP);
-    let eight = b.c(8);
+    let step = b.c(size as u64);
     // All stores go below the original RSP; registers change only after they all succeeded.
-    let mut sp = b.sub(sp0, eight);
-    b.store(sp, rbp, 8)?;
+    let mut sp = b.sub(sp0, step);
+    stack_canonical(b, sp)?;
+    b.store(sp, rbp, size)?;
     let frame = sp;
     if level > 0 {
         let mut bp = rbp;
         for _ in 1..level {
-            bp = b.sub(bp, eight);
-            let v = b.load(bp, 8)?;
-            sp = b.sub(sp, eight);
-            b.store(sp, v, 8)?;
+            bp = b.sub(bp, step);
+            stack_canonical(b, bp)?;
+            let v = b.load(bp, size)?;
+            sp = b.sub(sp, step);
+            stack_canonical(b, sp)?;
+            b.store(sp, v, size)?;
         }
-        sp = b.sub(sp, eight);
-        b.store(sp, frame, 8)?;
+        sp = b.sub(sp, step);
+        stack_canonical(b, sp)?;
+        b.store(sp, frame, size)?;
     }
     let a = b.c(alloc);
     let sp = b.sub(sp, a);
-    b.set_gpr(RBP, frame);
+    if size == 2 {
+        write_reg(b, Register::BP, frame);
+    } else {
+        b.set_gpr(RBP, frame);
+    }
     b.set_gpr(RSP, sp);
     Ok(())
 }

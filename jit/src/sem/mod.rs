@@ -245,6 +245,24 @@ pub fn write_reg<B: Builder>(b: &mut B, r: Register, v: B::V) {
 }
 
 /// The linear address of the instruction's memory operand.
+/// The linear address of the instruction's memory operand, checked as an access: a
+/// non-canonical stack-segment address raises #SS(0) (others fault in the MMU with #GP(0)).
+pub fn access_address<B: Builder>(b: &mut B) -> R<B::V> {
+    let a = effective_address(b);
+    stack_check(b, a)?;
+    Ok(a)
+}
+
+/// #SS(0) for a non-canonical address if the operand uses the stack segment. Instructions
+/// with an alignment requirement check alignment first (#GP(0) wins on this host).
+pub fn stack_check<B: Builder>(b: &mut B, addr: B::V) -> R<()> {
+    if b.insn().memory_segment() == Register::SS {
+        stack_canonical(b, addr)?;
+    }
+    Ok(())
+}
+
+/// The linear address of the instruction's memory operand (no access checks).
 pub fn effective_address<B: Builder>(b: &mut B) -> B::V {
     let insn = *b.insn();
     let mut addr = if insn.is_ip_rel_memory_operand() {
@@ -274,6 +292,20 @@ pub fn effective_address<B: Builder>(b: &mut B) -> B::V {
         addr = b.zext(addr, 32);
     }
     segment_base(b, insn.memory_segment(), addr)
+}
+
+/// Raise #SS(0) unless `addr` is canonical (stack accesses).
+pub fn stack_canonical<B: Builder>(b: &mut B, addr: B::V) -> R<()> {
+    let s = b.sext(addr, 48);
+    let bad = b.icmp(Cmp::Ne, s, addr);
+    b.raise_if(bad, krr_runtime::vector::SS, Some(0))
+}
+
+/// Raise #GP(0) at a branch whose target is not canonical (nothing is pushed or jumped).
+pub fn branch_target_canonical<B: Builder>(b: &mut B, target: B::V) -> R<()> {
+    let s = b.sext(target, 48);
+    let bad = b.icmp(Cmp::Ne, s, target);
+    b.raise_if(bad, krr_runtime::vector::GP, Some(0))
 }
 
 /// Add the segment base where 64-bit mode still applies one (FS and GS).
@@ -309,7 +341,7 @@ pub fn read_op<B: Builder>(b: &mut B, i: u32, size: u32) -> R<B::V> {
     match insn.op_kind(i) {
         OpKind::Register => Ok(read_reg(b, insn.op_register(i))),
         OpKind::Memory => {
-            let a = effective_address(b);
+            let a = access_address(b)?;
             b.load(a, size)
         }
         _ => {
@@ -328,7 +360,7 @@ pub fn write_op<B: Builder>(b: &mut B, i: u32, size: u32, v: B::V) -> R<()> {
             Ok(())
         }
         OpKind::Memory => {
-            let a = effective_address(b);
+            let a = access_address(b)?;
             b.store(a, v, size)
         }
         k => panic!("write to non-writable operand kind {k:?}"),
@@ -351,7 +383,7 @@ pub fn bits(size: u32) -> u32 {
 pub fn read_rmw<B: Builder>(b: &mut B, size: u32) -> R<(Option<B::V>, B::V)> {
     let insn = *b.insn();
     if insn.op0_kind() == OpKind::Memory {
-        let a = effective_address(b);
+        let a = access_address(b)?;
         let v = b.load(a, size)?;
         Ok((Some(a), v))
     } else {
@@ -375,6 +407,7 @@ pub fn push<B: Builder>(b: &mut B, v: B::V, size: u32) -> R<()> {
     let sp = b.get_gpr(krr_runtime::gpr::RSP);
     let k = b.c(size as u64);
     let nsp = b.sub(sp, k);
+    stack_canonical(b, nsp)?;
     b.store(nsp, v, size)?;
     b.set_gpr(krr_runtime::gpr::RSP, nsp);
     Ok(())
@@ -384,6 +417,7 @@ pub fn push<B: Builder>(b: &mut B, v: B::V, size: u32) -> R<()> {
 /// fault in the same instruction leaves RSP unchanged.
 pub fn pop<B: Builder>(b: &mut B, size: u32) -> R<(B::V, B::V)> {
     let sp = b.get_gpr(krr_runtime::gpr::RSP);
+    stack_canonical(b, sp)?;
     let v = b.load(sp, size)?;
     let k = b.c(size as u64);
     let nsp = b.add(sp, k);

@@ -90,7 +90,7 @@ fn handler<B: Builder>(insn: &Instruction) -> Option<Handler<B>> {
             Ok(())
         },
         M::Ldmxcsr => |b| {
-            let a = effective_address(b);
+            let a = access_address(b)?;
             let v = b.load(a, 4)?;
             let m = b.c(!MXCSR_VALID);
             let r = b.and(v, m);
@@ -103,7 +103,7 @@ fn handler<B: Builder>(insn: &Instruction) -> Option<Handler<B>> {
         M::Stmxcsr => |b| {
             let v = b.load_state(offsets::MXCSR);
             let v = b.zext(v, 32);
-            let a = effective_address(b);
+            let a = access_address(b)?;
             b.store(a, v, 4)
         },
 
@@ -302,6 +302,7 @@ fn mem_addr<B: Builder>(b: &mut B, align: bool) -> R<B::V> {
         let bad = b.icmp(Cmp::Ne, low, z);
         b.raise_if(bad, vector::GP, Some(0))?;
     }
+    stack_check(b, a)?;
     Ok(a)
 }
 
@@ -386,7 +387,7 @@ fn movd_movq<B: Builder>(b: &mut B) -> R<()> {
         // F3 0F 7E: low quadword, upper one zeroed.
         Code::Movq_xmm_xmmm64 => {
             let v = if insn.op1_kind() == OpKind::Memory {
-                let a = effective_address(b);
+                let a = access_address(b)?;
                 b.load(a, 8)?
             } else {
                 b.load_state(offsets::xmm(xreg(&insn, 1), 0))
@@ -399,7 +400,7 @@ fn movd_movq<B: Builder>(b: &mut B) -> R<()> {
         Code::Movq_xmmm64_xmm => {
             let v = b.load_state(offsets::xmm(xreg(&insn, 1), 0));
             if insn.op0_kind() == OpKind::Memory {
-                let a = effective_address(b);
+                let a = access_address(b)?;
                 b.store(a, v, 8)
             } else {
                 let z = b.c(0);
@@ -417,12 +418,12 @@ fn mov_scalar<B: Builder>(b: &mut B, size: u32) -> R<()> {
     if insn.op0_kind() == OpKind::Memory {
         let v = b.load_state(offsets::xmm(xreg(&insn, 1), 0));
         let v = b.zext(v, bits(size));
-        let a = effective_address(b);
+        let a = access_address(b)?;
         return b.store(a, v, size);
     }
     let d = xreg(&insn, 0);
     if insn.op1_kind() == OpKind::Memory {
-        let a = effective_address(b);
+        let a = access_address(b)?;
         let v = b.load(a, size)?;
         let z = b.c(0);
         put(b, d, v, z);
@@ -447,10 +448,10 @@ fn mov_half<B: Builder>(b: &mut B, half: usize) -> R<()> {
     let insn = *b.insn();
     if insn.op0_kind() == OpKind::Memory {
         let v = b.load_state(offsets::xmm(xreg(&insn, 1), half));
-        let a = effective_address(b);
+        let a = access_address(b)?;
         b.store(a, v, 8)
     } else if insn.op1_kind() == OpKind::Memory {
-        let a = effective_address(b);
+        let a = access_address(b)?;
         let v = b.load(a, 8)?;
         b.store_state(offsets::xmm(xreg(&insn, 0), half), v);
         Ok(())
@@ -851,7 +852,7 @@ impl SseOp {
 fn scalar_src<B: Builder>(b: &mut B, i: u32, size: u32) -> R<B::V> {
     let insn = *b.insn();
     if insn.op_kind(i) == OpKind::Memory {
-        let a = effective_address(b);
+        let a = access_address(b)?;
         let v = b.load(a, size)?;
         b.store_state(SCRATCH_OPERAND, v);
         Ok(b.c(SCRATCH_SRC))

@@ -164,7 +164,7 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
     // Operand values the generic helpers compute (addresses, register reads) come first: the
     // interpreter evaluates them on the spot.
     let addr = if (0..insn.op_count()).any(|i| insn.op_kind(i) == OpKind::Memory) {
-        let a = effective_address(b);
+        let a = access_address(b)?;
         b.const_of(a)
     } else {
         None
