@@ -183,12 +183,12 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
             Ok(())
         }
         Sys::Fault(e) => {
-            Err(b.raise(e.vector, e.has_error_code.then_some(e.error_code))).map_err(|a| {
-                if let Some(cpu) = b.cpu_mut() {
-                    cpu.exception = e;
-                }
-                a
-            })
+            let a = b.raise(e.vector, e.has_error_code.then_some(e.error_code));
+            // Keep the whole record (the software flag, a #PF address).
+            if let Some(cpu) = b.cpu_mut() {
+                cpu.exception = e;
+            }
+            Err(a)
         }
         Sys::Unbacked(p) => {
             let cpu = b.cpu_mut().expect("interpreter");
