@@ -183,7 +183,11 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
             Ok(())
         }
         Sys::Fault(e) => {
-            let a = b.raise(e.vector, e.has_error_code.then_some(e.error_code));
+            let a = if e.software {
+                b.raise_trap(e.vector)
+            } else {
+                b.raise(e.vector, e.has_error_code.then_some(e.error_code))
+            };
             // Keep the whole record (the software flag, a #PF address).
             if let Some(cpu) = b.cpu_mut() {
                 cpu.exception = e;
