@@ -271,6 +271,8 @@ struct InsnCtx {
     flags_dirty: bool,
     fault_exit: Option<cranelift_codegen::ir::Block>,
     written: u16,
+    /// The instruction wrote guest memory (it may have modified translated code).
+    stored: bool,
 }
 
 struct PendingExit {
@@ -301,6 +303,8 @@ struct Lower<'a, 'm> {
     flow: Option<(Flow<Value>, Option<Value>)>,
     terminated: bool,
     loop_header: Option<(cranelift_codegen::ir::Block, u64)>,
+    /// Some instruction of the block wrote memory.
+    block_stores: bool,
 }
 
 fn lower_block(
@@ -368,10 +372,12 @@ fn lower_block(
             flags_dirty: false,
             fault_exit: None,
             written: 0,
+            stored: false,
         },
         flow: None,
         terminated: false,
         loop_header: None,
+        block_stores: false,
     };
     if is_self_loop(block) {
         l.begin_self_loop(block.start);
@@ -386,6 +392,9 @@ fn lower_block(
             l.emit_flow(flow, cond, i as u32 + 1, slots);
             l.terminated = true;
             break;
+        }
+        if l.ctx.stored && i + 1 < block.insns.len() {
+            l.smc_check(insn.next_ip(), i as u32 + 1);
         }
     }
     if !l.terminated {
@@ -491,6 +500,7 @@ impl Lower<'_, '_> {
             flags_dirty: self.flags_dirty,
             fault_exit: None,
             written: 0,
+            stored: false,
         };
     }
 
@@ -705,6 +715,31 @@ impl Lower<'_, '_> {
         }
     }
 
+    /// After an instruction that wrote memory: if it wrote a page holding translated code,
+    /// leave (with that instruction retired) so the dispatcher invalidates stale blocks before
+    /// the next instruction runs.
+    fn smc_check(&mut self, next_rip: u64, retired: u32) {
+        let n = self.state_load(offsets::SMC_COUNT);
+        let out = self.fb.create_block();
+        let cont = self.fb.create_block();
+        self.fb.ins().brif(n, out, &[], cont, &[]);
+        self.fb.set_cold_block(out);
+        self.fb.switch_to_block(out);
+        let (dirty, loaded, flags, flags_dirty) =
+            (self.dirty, self.loaded, self.flags, self.flags_dirty);
+        self.flush();
+        let rip = self.fb.ins().iconst(types::I64, next_rip as i64);
+        self.state_store(offsets::RIP, rip);
+        self.store_icount(retired);
+        let z = self.fb.ins().iconst(types::I64, 0);
+        self.state_store(offsets::EXIT_SLOT, z);
+        let code = self.fb.ins().iconst(types::I64, EXIT_NORMAL as i64);
+        self.fb.ins().return_(&[code]);
+        (self.dirty, self.loaded, self.flags, self.flags_dirty) =
+            (dirty, loaded, flags, flags_dirty);
+        self.fb.switch_to_block(cont);
+    }
+
     /// Leave towards a constant target: tail-call it through its slot when linked, else
     /// return to the dispatcher with the slot's address so it can link it.
     fn chain_exit(&mut self, target: u64, retired: u32, slot: *const u64) {
@@ -713,7 +748,16 @@ impl Lower<'_, '_> {
         let f = self.fb.ins().load(types::I64, state_flags(), slot_addr, 0);
         let go = self.fb.create_block();
         let back = self.fb.create_block();
-        self.fb.ins().brif(f, go, &[], back, &[]);
+        let linked = self.fb.ins().icmp_imm_u(IntCC::NotEqual, f, 0);
+        let cond = if self.ctx.stored {
+            // Never chain past a write to translated code: the target may be stale.
+            let n = self.state_load(offsets::SMC_COUNT);
+            let clean = self.fb.ins().icmp_imm_u(IntCC::Equal, n, 0);
+            self.fb.ins().band(linked, clean)
+        } else {
+            linked
+        };
+        self.fb.ins().brif(cond, go, &[], back, &[]);
         self.fb.switch_to_block(go);
         let cpu = self.cpu;
         self.fb
@@ -1008,6 +1052,8 @@ impl Builder for Lower<'_, '_> {
         Ok(v)
     }
     fn store(&mut self, addr: Value, v: Value, size: u32) -> R<()> {
+        self.ctx.stored = true;
+        self.block_stores = true;
         let (hit, entry) = self.tlb_probe(addr, size, true);
         let fast = self.fb.create_block();
         let slow = self.fb.create_block();
@@ -1070,6 +1116,8 @@ impl Builder for Lower<'_, '_> {
         Ok((lo, hi))
     }
     fn store128(&mut self, addr: Value, lo: Value, hi: Value) -> R<()> {
+        self.ctx.stored = true;
+        self.block_stores = true;
         let (hit, entry) = self.tlb_probe(addr, 16, true);
         let fast = self.fb.create_block();
         let slow = self.fb.create_block();
@@ -1149,6 +1197,8 @@ impl Builder for Lower<'_, '_> {
         self.flush();
         let cpu = self.cpu;
         if h == Helper::Interpret {
+            self.ctx.stored = true;
+            self.block_stores = true;
             // The interpreter runs the whole instruction and updates RIP and the count itself.
             let rip = self.fb.ins().iconst(types::I64, self.insn.ip() as i64);
             self.state_store(offsets::RIP, rip);

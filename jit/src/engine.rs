@@ -79,12 +79,18 @@ pub struct EngineStats {
     pub code_bytes: u64,
     pub interpreted_insns: u64,
     pub unimplemented: u64,
+    /// Blocks discarded because the guest wrote their code.
+    pub blocks_invalidated: u64,
 }
 
 struct Entry {
     block: Block,
     compiled: Option<CompiledBlock>,
     queued: bool,
+    /// False once the guest overwrote the block's code.
+    valid: bool,
+    /// Exit slots of other blocks that jump straight to this one.
+    incoming: Vec<*mut u64>,
 }
 
 const JUMP_CACHE: usize = 4096;
@@ -99,6 +105,8 @@ pub struct Engine {
     pending: Vec<usize>,
     pub stats: EngineStats,
     logged_unimplemented: std::collections::HashSet<u64>,
+    /// Physical page number -> blocks with code on that page.
+    page_blocks: HashMap<u64, Vec<usize>>,
 }
 
 const NO_ENTRY: u32 = u32::MAX;
@@ -124,6 +132,7 @@ impl Engine {
             pending: Vec::new(),
             stats: EngineStats::default(),
             logged_unimplemented: Default::default(),
+            page_blocks: HashMap::new(),
         })
     }
 
@@ -155,7 +164,7 @@ impl Engine {
             }
         };
         let id = match self.by_phys.get(&(phys, mode)) {
-            Some(&id) if self.entries[id].block.start == rip => id,
+            Some(&id) if self.entries[id].valid && self.entries[id].block.start == rip => id,
             _ => {
                 let block = match block::decode(cpu, mode, self.config.max_block_insns) {
                     Ok(b) => b,
@@ -169,10 +178,28 @@ impl Engine {
                 };
                 self.stats.blocks_decoded += 1;
                 let id = self.entries.len();
+                // The pages the code lies on (the last instruction may straddle into the next).
+                let last = rip.wrapping_add(block.len as u64 - 1);
+                let last_phys = mmu::translate(cpu, last, mmu::Access::Execute, mode == 3)
+                    .map(|t| t.phys)
+                    .unwrap_or(phys);
+                for page in [phys >> 12, last_phys >> 12] {
+                    if !cpu.is_code_page(page) {
+                        cpu.set_code_page(page, true);
+                        // Writes to this page must now take the slow path.
+                        cpu.tlb.flush_writes();
+                    }
+                    let list = self.page_blocks.entry(page).or_default();
+                    if list.last() != Some(&id) {
+                        list.push(id);
+                    }
+                }
                 self.entries.push(Entry {
                     block,
                     compiled: None,
                     queued: false,
+                    valid: true,
+                    incoming: Vec::new(),
                 });
                 self.by_phys.insert((phys, mode), id);
                 id
@@ -285,6 +312,9 @@ impl Engine {
             } else {
                 self.interpret_block(cpu, id)
             };
+            if cpu.smc_count != 0 {
+                self.handle_code_writes(cpu);
+            }
             if let Some(exit) = exit {
                 return exit;
             }
@@ -316,6 +346,12 @@ impl Engine {
     }
 
     fn compile(&mut self, ids: &[usize]) {
+        let ids: Vec<usize> = ids
+            .iter()
+            .copied()
+            .filter(|&i| self.entries[i].valid)
+            .collect();
+        let ids = &ids[..];
         let Some(jit) = self.jit.as_mut() else { return };
         let t0 = std::time::Instant::now();
         let blocks: Vec<&Block> = ids.iter().map(|&i| &self.entries[i].block).collect();
@@ -385,10 +421,15 @@ impl Engine {
         if self.entries[target].compiled.is_none() {
             self.maybe_compile(target);
         }
+        if cpu.smc_count != 0 {
+            // Do not link while stale blocks may still be around.
+            return;
+        }
         if let Some(c) = &self.entries[target].compiled {
             // SAFETY: `slot` is the address of an exit slot owned by a CompiledBlock of this
             // engine (compiled code stores only such addresses); no compiled code runs now.
             unsafe { *slot = c.code as u64 };
+            self.entries[target].incoming.push(slot);
         }
     }
 
@@ -437,8 +478,9 @@ impl Engine {
                 }
             }
             // A taken branch can only be the block's last instruction, but a retired
-            // instruction may also have been interrupted mid-way (REP): follow RIP.
-            if it.cpu().rip != insn.next_ip() {
+            // instruction may also have been interrupted mid-way (REP): follow RIP. A write to
+            // translated code ends the block so the next instruction is decoded afresh.
+            if it.cpu().rip != insn.next_ip() || it.cpu().smc_count != 0 {
                 break;
             }
         }
@@ -459,6 +501,64 @@ impl Engine {
                 cpu.rip,
                 cpu.icount
             );
+        }
+    }
+
+    /// The guest (or a DMA write the driver reports through [`Engine::notify_write`]) wrote
+    /// pages holding translated code: discard those blocks and unlink every jump to them.
+    fn handle_code_writes(&mut self, cpu: &mut CpuState) {
+        let n = cpu.smc_count as usize;
+        let pages: Vec<u64> = if n <= cpu.smc_pages.len() {
+            cpu.smc_pages[..n].to_vec()
+        } else {
+            self.page_blocks.keys().copied().collect()
+        };
+        cpu.smc_count = 0;
+        for page in pages {
+            cpu.set_code_page(page, false);
+            for id in self.page_blocks.remove(&page).unwrap_or_default() {
+                self.invalidate(id);
+            }
+        }
+    }
+
+    fn invalidate(&mut self, id: usize) {
+        let e = &mut self.entries[id];
+        if !e.valid {
+            return;
+        }
+        e.valid = false;
+        e.queued = false;
+        for slot in e.incoming.drain(..) {
+            // SAFETY: `slot` was recorded by `link` and points into a CompiledBlock this engine
+            // keeps alive; no compiled code runs now.
+            unsafe { *slot = 0 };
+        }
+        let key = (e.block.phys, e.block.mode);
+        if self.by_phys.get(&key) == Some(&id) {
+            self.by_phys.remove(&key);
+        }
+        for c in self.jump_cache.iter_mut() {
+            if c.2 == id as u32 {
+                *c = (u64::MAX, 0, NO_ENTRY);
+            }
+        }
+        self.stats.blocks_invalidated += 1;
+    }
+
+    /// The driver wrote guest physical memory behind the CPU's back (DMA, loading an image):
+    /// drop translations of the pages it touched.
+    pub fn notify_write(&mut self, cpu: &mut CpuState, phys: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        for page in (phys >> 12)..=((phys + len - 1) >> 12) {
+            if cpu.is_code_page(page) {
+                mmu::note_code_write(cpu, page);
+            }
+        }
+        if cpu.smc_count != 0 {
+            self.handle_code_writes(cpu);
         }
     }
 

@@ -154,12 +154,36 @@ fn map_range(
     Ok(())
 }
 
+/// Less common ways to run a snippet.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SnippetOptions {
+    /// Map the code pages writable too (self-modifying code).
+    pub writable_code: bool,
+}
+
 /// Run `snippet` from `initial` in the engine with the given tier.
 pub fn run_snippet(
     snippet: &Snippet,
     initial: &ArchState,
     tier: Tier,
     max_instructions: u64,
+) -> Result<SnippetResult, String> {
+    run_snippet_with(
+        snippet,
+        initial,
+        tier,
+        max_instructions,
+        SnippetOptions::default(),
+    )
+}
+
+/// [`run_snippet`] with options.
+pub fn run_snippet_with(
+    snippet: &Snippet,
+    initial: &ArchState,
+    tier: Tier,
+    max_instructions: u64,
+    options: SnippetOptions,
 ) -> Result<SnippetResult, String> {
     let mut mem = GuestMemory::new(RAM).map_err(|e| e.to_string())?;
     let mut pt = PageTableBuilder::new(&mut mem, PT_POOL.0, PT_POOL.1);
@@ -174,7 +198,11 @@ pub fn run_snippet(
         &mut next_phys,
         snippet.code_addr,
         &code,
-        pte::US,
+        if options.writable_code {
+            pte::US | pte::RW
+        } else {
+            pte::US
+        },
     )?;
     for r in &snippet.regions {
         map_range(

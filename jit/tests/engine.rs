@@ -2,6 +2,7 @@
 //! every tier, REP counting, unimplemented instructions.
 
 use iced_x86::code_asm::*;
+use iced_x86::BlockEncoderOptions;
 use krr_jit::snippet::*;
 
 const CODE: u64 = 0x40_0000;
@@ -211,5 +212,115 @@ fn divide_error() {
         );
         assert_eq!(r.state.gpr[0], 7, "{tier:?}");
         assert_eq!(r.instructions, 3, "{tier:?}");
+    }
+}
+
+/// Assemble code that refers to the address of one of its own labels as an absolute
+/// constant: a first pass finds the label's address, the second uses it (same lengths).
+fn assemble_self_ref(
+    f: impl Fn(&mut CodeAssembler, u64, &mut CodeLabel) -> Result<(), IcedError>,
+) -> Vec<u8> {
+    let mut addr = 0x4000_0000u64;
+    for _ in 0..2 {
+        let mut a = CodeAssembler::new(64).unwrap();
+        let mut label = a.create_label();
+        f(&mut a, addr, &mut label).unwrap();
+        let r = a
+            .assemble_options(CODE, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)
+            .unwrap();
+        let found = r.label_ip(&label).unwrap();
+        if found == addr {
+            return r.inner.code_buffer;
+        }
+        addr = found;
+    }
+    panic!("label address did not converge");
+}
+
+fn run_smc(code: Vec<u8>, tier: Tier) -> SnippetResult {
+    let opts = SnippetOptions {
+        writable_code: true,
+    };
+    run_snippet_with(&snippet(code), &init(), tier, 100_000, opts).unwrap()
+}
+
+/// A store that patches the very next instruction of the same block: the next instruction
+/// must run with the new bytes in every tier.
+#[test]
+fn self_modifying_next_instruction() {
+    let code = assemble_self_ref(|a, target, label| {
+        // mov byte [target+1], 7 patches the imm32's low byte of `mov eax, 0x11111111`.
+        a.mov(byte_ptr(target + 1), 7)?;
+        a.set_label(label)?;
+        a.mov(eax, 0x1111_1111u32)?;
+        a.nop()?;
+        Ok(())
+    });
+    for tier in TIERS {
+        let r = run_smc(code.clone(), tier);
+        assert_eq!(r.outcome, Outcome::Completed, "{tier:?}");
+        assert_eq!(r.state.gpr[0], 0x1111_1107, "{tier:?}");
+    }
+}
+
+/// A hot loop that rewrites an immediate inside itself on every iteration: compiled
+/// translations must be discarded each time.
+#[test]
+fn self_modifying_loop() {
+    let code = assemble_self_ref(|a, patched, label| {
+        let mut top = a.create_label();
+        a.mov(ecx, 100)?;
+        a.xor(edx, edx)?;
+        a.set_label(&mut top)?;
+        // add edx, imm32 is 81 C2 imm32: the immediate starts 2 bytes in.
+        a.mov(dword_ptr(patched + 2), ecx)?;
+        a.set_label(label)?;
+        a.add(edx, 0x1234_5678)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        Ok(())
+    });
+    for tier in TIERS {
+        let r = run_smc(code.clone(), tier);
+        assert_eq!(r.outcome, Outcome::Completed, "{tier:?}");
+        assert_eq!(r.state.gpr[2], 5050, "{tier:?}");
+        if tier != Tier::Interpreter {
+            assert!(r.stats.blocks_invalidated >= 99, "{tier:?}: {:?}", r.stats);
+        }
+    }
+}
+
+/// Code patched from a different block than the one that runs it (the kernel's alternatives
+/// and static keys): the patched block was compiled and linked before the write.
+#[test]
+fn self_modifying_other_block() {
+    let code = assemble_self_ref(|a, func_addr, func| {
+        let mut top = a.create_label();
+        let mut after = a.create_label();
+        let mut done = a.create_label();
+        a.mov(ecx, 200)?;
+        a.xor(edx, edx)?;
+        a.set_label(&mut top)?;
+        a.call(*func)?;
+        a.cmp(ecx, 100)?;
+        a.jne(after)?;
+        // Halfway: turn `add edx, 1` (83 C2 01) into `add edx, 3`.
+        a.mov(byte_ptr(func_addr + 2), 3)?;
+        a.set_label(&mut after)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.jmp(done)?;
+        a.set_label(func)?;
+        a.add(edx, 1)?;
+        a.ret()?;
+        a.set_label(&mut done)?;
+        a.nop()?;
+        Ok(())
+    });
+    for tier in TIERS {
+        let r = run_smc(code.clone(), tier);
+        assert_eq!(r.outcome, Outcome::Completed, "{tier:?}");
+        // 101 calls before the patch (ecx = 200..=100), 99 after.
+        assert_eq!(r.state.gpr[2], 101 + 3 * 99, "{tier:?}");
     }
 }

@@ -226,6 +226,13 @@ pub struct CpuState {
     /// Interrupts are inhibited at the instruction boundary where `icount` equals this value
     /// (the STI / MOV SS shadow).
     pub irq_shadow_at: u64,
+    /// Pages holding translated code that were written since the engine last looked
+    /// (`smc_count` of them in `smc_pages`; more than fit means "assume any").
+    pub smc_count: u64,
+    pub smc_pages: [u64; 4],
+    /// The code-page bitmap of guest memory (one bit per 4 KiB page, see `GuestMemory`).
+    pub code_bitmap: *mut u64,
+    pub code_bitmap_words: u64,
     /// Guest physical memory, for helpers (compiled code reaches memory through the TLB).
     pub mem_base: *mut u8,
     pub mem_size: u64,
@@ -287,6 +294,10 @@ impl CpuState {
             tlb: crate::mmu::Tlb::new(),
             bus: None,
             irq_shadow_at: u64::MAX,
+            smc_count: 0,
+            smc_pages: [0; 4],
+            code_bitmap: mem.code_page_bitmap().0,
+            code_bitmap_words: mem.code_page_bitmap().1 as u64,
             mem_base: mem.as_mut_ptr(),
             mem_size: mem.size(),
         });
@@ -306,6 +317,34 @@ impl CpuState {
             };
         }
         cpu
+    }
+
+    /// Does physical page `page` (a page number) hold translated code?
+    pub fn is_code_page(&self, page: u64) -> bool {
+        let word = page / 64;
+        if word >= self.code_bitmap_words {
+            return false;
+        }
+        // SAFETY: `code_bitmap` points at `code_bitmap_words` words owned by the guest memory,
+        // which outlives the CPU state; the index is checked above.
+        unsafe { *self.code_bitmap.add(word as usize) & (1 << (page % 64)) != 0 }
+    }
+
+    /// Mark or unmark physical page `page` as holding translated code.
+    pub fn set_code_page(&mut self, page: u64, on: bool) {
+        let word = page / 64;
+        if word >= self.code_bitmap_words {
+            return;
+        }
+        // SAFETY: as in is_code_page; the CPU state is the only writer while the engine runs.
+        unsafe {
+            let w = &mut *self.code_bitmap.add(word as usize);
+            if on {
+                *w |= 1 << (page % 64);
+            } else {
+                *w &= !(1 << (page % 64));
+            }
+        }
     }
 
     /// Current privilege level (CS.DPL in long mode).
@@ -336,6 +375,7 @@ pub mod offsets {
     pub const TLB: i32 = offset_of!(CpuState, tlb) as i32;
     pub const HELPER_STATUS: i32 = offset_of!(CpuState, helper_status) as i32;
     pub const EXIT_SLOT: i32 = offset_of!(CpuState, exit_slot) as i32;
+    pub const SMC_COUNT: i32 = offset_of!(CpuState, smc_count) as i32;
 
     pub fn gpr(r: usize) -> i32 {
         GPR + 8 * r as i32

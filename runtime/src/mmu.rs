@@ -46,6 +46,14 @@ impl Tlb {
             e.tag = TLB_INVALID;
         }
     }
+    /// Drop every write entry (a page just started holding translated code).
+    pub fn flush_writes(&mut self) {
+        for idx in 0..2 {
+            for e in self.sets[idx][1].iter_mut() {
+                e.tag = TLB_INVALID;
+            }
+        }
+    }
     pub fn flush_page(&mut self, linear: u64) {
         let idx = tlb_index(linear);
         let page = linear & !0xfff;
@@ -281,7 +289,8 @@ fn translate_and_fill(
     let addend = (cpu.mem_base as u64)
         .wrapping_add(page_phys)
         .wrapping_sub(page);
-    if access != Access::Write || t.write_ok {
+    let code = access == Access::Write && cpu.is_code_page(page_phys >> 12);
+    if access != Access::Write || (t.write_ok && !code) {
         // Reads may always be cached after a successful walk; writes only once dirty.
         let entry = &mut cpu.tlb.sets[mmu_idx][(access == Access::Write) as usize][idx];
         *entry = TlbEntry { tag: page, addend };
@@ -357,8 +366,23 @@ pub fn store_bytes(
             )
         };
         done += len;
+        if cpu.is_code_page(phys >> 12) {
+            note_code_write(cpu, phys >> 12);
+        }
     }
     Ok(())
+}
+
+/// Remember that a page with translated code was written, for the engine to invalidate.
+pub fn note_code_write(cpu: &mut CpuState, page: u64) {
+    let n = cpu.smc_count as usize;
+    if cpu.smc_pages[..n.min(4)].contains(&page) {
+        return;
+    }
+    if n < 4 {
+        cpu.smc_pages[n] = page;
+    }
+    cpu.smc_count += 1;
 }
 
 /// Slow-path load of an integer of `size` bytes (1, 2, 4, 8), zero-extended.
