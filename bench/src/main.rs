@@ -173,11 +173,13 @@ fn bench_tier(tier: Tier, iterations: u64, runs: usize, chained: bool) -> TierRe
 
 fn main() {
     let mut runs = 5;
+    let mut interpreter_only = false;
     let mut iterations: u64 = 50_000_000;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "loop" => {}
+            "--interpreter-only" => interpreter_only = true,
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).unwrap_or(runs),
             "--iterations" => {
                 iterations = args
@@ -186,13 +188,17 @@ fn main() {
                     .unwrap_or(iterations)
             }
             other => {
-                eprintln!("krr-bench: unknown argument `{other}` (usage: krr-bench [loop] [--runs N] [--iterations N])");
+                eprintln!("krr-bench: unknown argument `{other}` (usage: krr-bench [loop] [--runs N] [--iterations N] [--interpreter-only])");
                 std::process::exit(2);
             }
         }
     }
     println!("guest loop: 9 instructions per iteration, {iterations} iterations (interpreter: 1/10), median of {runs} runs");
     let interp = bench_tier(Tier::Interpreter, iterations / 10, runs, true);
+    if interpreter_only {
+        println!("interpreter: {:.1} guest MIPS", interp.mips);
+        return;
+    }
     let jit_loop = bench_tier(Tier::Tiered, iterations, runs, false);
     let jit = bench_tier(Tier::Tiered, iterations, runs, true);
     let single = bench_tier(Tier::JitSingleStep, iterations / 10, runs, true);

@@ -107,6 +107,8 @@ pub struct Engine {
     logged_unimplemented: std::collections::HashSet<u64>,
     /// Physical page number -> blocks with code on that page.
     page_blocks: HashMap<u64, Vec<usize>>,
+    /// The interpreter's undo log, allocated once.
+    undo: Vec<(i32, u64)>,
 }
 
 const NO_ENTRY: u32 = u32::MAX;
@@ -133,6 +135,7 @@ impl Engine {
             stats: EngineStats::default(),
             logged_unimplemented: Default::default(),
             page_blocks: HashMap::new(),
+            undo: Vec::with_capacity(32),
         })
     }
 
@@ -435,7 +438,7 @@ impl Engine {
 
     fn interpret_block(&mut self, cpu: &mut CpuState, id: usize) -> Option<Exit> {
         let insns: &[Instruction] = &self.entries[id].block.insns;
-        let mut it = Interp::new(cpu);
+        let mut it = Interp::new(cpu, &mut self.undo);
         for insn in insns {
             if it.cpu().icount >= it.cpu().icount_limit {
                 return Some(Exit::Budget);

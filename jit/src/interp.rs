@@ -9,7 +9,6 @@ use crate::sem::{self, Abort, Builder, Cmp, FlagOp, FlagState, Flow, Helper, R};
 use iced_x86::Instruction;
 use krr_runtime::{mmu, offsets, CpuState, ExceptionRecord};
 
-const UNDO_CAP: usize = 32;
 
 /// An instruction with no operands, for helpers that use the interpreter without one.
 static NO_INSN: std::sync::LazyLock<Instruction> = std::sync::LazyLock::new(Instruction::default);
@@ -19,8 +18,8 @@ pub struct Interp<'a> {
     // A reference, not a copy: copying the 40-byte instruction on every step costs a
     // store-forwarding stall when semantics read it back.
     insn: &'a Instruction,
-    undo: [std::mem::MaybeUninit<(i32, u64)>; UNDO_CAP],
-    undo_len: usize,
+    /// (state offset, old value) of every write of the current instruction.
+    undo: &'a mut Vec<(i32, u64)>,
     saved_flags: Option<[u64; 5]>,
     next_rip: Option<u64>,
     trap: bool,
@@ -44,13 +43,15 @@ pub enum StepResult {
 
 /// Execute one instruction.
 pub fn step(cpu: &mut CpuState, insn: &Instruction) -> StepResult {
-    Interp::new(cpu).step(insn)
+    let mut undo = Vec::new();
+    Interp::new(cpu, &mut undo).step(insn)
 }
 
 /// Compute the arithmetic flags from the lazy state, store them back in concrete form and
 /// return them as RFLAGS bits.
 pub fn materialize_flags(cpu: &mut CpuState) -> u64 {
-    let mut it = Interp::new(cpu);
+    let mut undo = Vec::new();
+    let mut it = Interp::new(cpu, &mut undo);
     let f = it.flags();
     let bits = crate::sem::flags::materialize(&mut it, &f);
     let c = &mut *it.cpu;
@@ -60,12 +61,13 @@ pub fn materialize_flags(cpu: &mut CpuState) -> u64 {
 }
 
 impl<'a> Interp<'a> {
-    pub fn new(cpu: &'a mut CpuState) -> Interp<'a> {
+    /// An interpreter on `cpu`; `undo` is scratch space for the undo log, kept by the caller so
+    /// that it is allocated once.
+    pub fn new(cpu: &'a mut CpuState, undo: &'a mut Vec<(i32, u64)>) -> Interp<'a> {
         Interp {
             cpu,
             insn: &NO_INSN,
-            undo: [std::mem::MaybeUninit::uninit(); UNDO_CAP],
-            undo_len: 0,
+            undo,
             saved_flags: None,
             next_rip: None,
             trap: false,
@@ -81,7 +83,7 @@ impl<'a> Interp<'a> {
     /// Execute one instruction.
     pub fn step(&mut self, insn: &'a Instruction) -> StepResult {
         self.insn = insn;
-        self.undo_len = 0;
+        self.undo.clear();
         self.saved_flags = None;
         self.next_rip = None;
         self.trap = false;
@@ -123,10 +125,7 @@ impl<'a> Interp<'a> {
 
 impl Interp<'_> {
     fn rollback(&mut self) {
-        while self.undo_len > 0 {
-            self.undo_len -= 1;
-            // SAFETY: entries below undo_len were written by `log`.
-            let (off, old) = unsafe { self.undo[self.undo_len].assume_init() };
+        while let Some((off, old)) = self.undo.pop() {
             self.write_raw(off, old);
         }
         if let Some([op, res, a, b, aux]) = self.saved_flags.take() {
@@ -162,12 +161,7 @@ impl Interp<'_> {
 
     fn log(&mut self, off: i32) {
         let old = self.read_raw(off);
-        assert!(
-            self.undo_len < UNDO_CAP,
-            "instruction wrote more state than the undo log holds"
-        );
-        self.undo[self.undo_len] = std::mem::MaybeUninit::new((off, old));
-        self.undo_len += 1;
+        self.undo.push((off, old));
     }
 
     fn mmu_index(&self) -> usize {
@@ -447,7 +441,7 @@ impl Builder for Interp<'_> {
         Abort
     }
     fn commit(&mut self) {
-        self.undo_len = 0;
+        self.undo.clear();
         self.saved_flags = None;
     }
     fn flow(&mut self, f: Flow<u64>, cond: Option<bool>) {
