@@ -41,14 +41,14 @@ fn ends_block(insn: &Instruction) -> bool {
 }
 
 /// Decode a block at `cpu.rip`.
+///
+/// Only the block's own page is fetched, plus the next page's first bytes when an instruction
+/// straddles the boundary: fetching further ahead would set accessed bits the guest never
+/// caused, and differently for different block sizes.
 pub fn decode(cpu: &mut CpuState, mode: u32, max_insns: usize) -> Result<Block, FetchError> {
     let start = cpu.rip;
-    // Fetch to the end of the page, plus one instruction's worth so that an instruction
-    // straddling the boundary can be the block's last.
     let to_page_end = 4096 - (start & 0xfff) as usize;
-    let want = (to_page_end + MAX_INSN_LEN - 1)
-        .min(max_insns * MAX_INSN_LEN)
-        .max(1);
+    let want = to_page_end.min(max_insns * MAX_INSN_LEN);
     let mut bytes = vec![0u8; want];
     let got = match mmu::fetch_code(cpu, start, &mut bytes) {
         Ok(n) => n,
@@ -63,23 +63,40 @@ pub fn decode(cpu: &mut CpuState, mode: u32, max_insns: usize) -> Result<Block, 
             return Err(FetchError::Fault);
         }
     };
-    let mut decoder = Decoder::with_ip(64, &bytes, start, DecoderOptions::NONE);
     let mut insns = Vec::new();
     let mut len = 0usize;
-    while decoder.can_decode() && insns.len() < max_insns && len < to_page_end {
-        let insn = decoder.decode();
+    while insns.len() < max_insns && len < bytes.len() {
+        let ip = start.wrapping_add(len as u64);
+        let mut decoder = Decoder::with_ip(64, &bytes[len..], ip, DecoderOptions::NONE);
+        let mut insn = decoder.decode();
         if insn.is_invalid() && decoder.last_error() == iced_x86::DecoderError::NoMoreBytes {
-            // The rest of the instruction is on a page we could not fetch.
-            if insns.is_empty() {
-                // Fetching the missing bytes faults: report that fault.
-                let missing = start.wrapping_add(got as u64);
-                let mut one = [0u8; 1];
-                return match mmu::fetch_code(cpu, missing, &mut one) {
-                    Err(mmu::MemFault::Unbacked { phys }) => Err(FetchError::Unbacked { phys }),
-                    _ => Err(FetchError::Fault),
-                };
+            // The instruction continues on the next page: fetch it whole, which faults the way
+            // the CPU's fetch would if that page is not executable.
+            let mut buf = [0u8; MAX_INSN_LEN];
+            let n = match mmu::fetch_code(cpu, ip, &mut buf) {
+                Ok(n) => n,
+                Err(e) if insns.is_empty() => {
+                    return Err(match e {
+                        mmu::MemFault::Unbacked { phys } => FetchError::Unbacked { phys },
+                        mmu::MemFault::Exception => FetchError::Fault,
+                    })
+                }
+                Err(_) => break,
+            };
+            let mut d = Decoder::with_ip(64, &buf[..n], ip, DecoderOptions::NONE);
+            insn = d.decode();
+            if insn.is_invalid() && d.last_error() == iced_x86::DecoderError::NoMoreBytes {
+                if insns.is_empty() {
+                    // The rest of the instruction lies on a page that cannot be fetched.
+                    let missing = ip.wrapping_add(n as u64);
+                    let mut one = [0u8; 1];
+                    return match mmu::fetch_code(cpu, missing, &mut one) {
+                        Err(mmu::MemFault::Unbacked { phys }) => Err(FetchError::Unbacked { phys }),
+                        _ => Err(FetchError::Fault),
+                    };
+                }
+                break;
             }
-            break;
         }
         len += insn.len();
         insns.push(insn);
@@ -88,8 +105,6 @@ pub fn decode(cpu: &mut CpuState, mode: u32, max_insns: usize) -> Result<Block, 
         }
     }
     if insns.is_empty() {
-        // Nothing decodable (cannot happen with at least one fetched byte, but keep the
-        // invariant that a block has an instruction).
         cpu.exception = krr_runtime::ExceptionRecord {
             vector: krr_runtime::vector::UD,
             ..Default::default()

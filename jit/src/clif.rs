@@ -305,6 +305,7 @@ struct Lower<'a, 'm> {
     loop_header: Option<(cranelift_codegen::ir::Block, u64)>,
     /// Some instruction of the block wrote memory.
     block_stores: bool,
+    block_start: u64,
 }
 
 fn lower_block(
@@ -378,6 +379,7 @@ fn lower_block(
         terminated: false,
         loop_header: None,
         block_stores: false,
+        block_start: block.start,
     };
     if is_self_loop(block) {
         l.begin_self_loop(block.start);
@@ -768,6 +770,8 @@ impl Lower<'_, '_> {
         self.state_store(offsets::RIP, rip);
         self.state_store(offsets::ICOUNT, icount);
         self.state_store(offsets::EXIT_SLOT, slot_addr);
+        let from = self.fb.ins().iconst(types::I64, self.block_start as i64);
+        self.state_store(offsets::EXIT_FROM, from);
         let code = self.fb.ins().iconst(types::I64, EXIT_NORMAL as i64);
         self.fb.ins().return_(&[code]);
     }
@@ -1157,6 +1161,8 @@ impl Builder for Lower<'_, '_> {
     fn raise_trap(&mut self, vector: u8) -> Abort {
         // A trap retires the instruction: leave with the current state and the next RIP.
         self.store_exception(vector, None, true);
+        let here = self.fb.ins().iconst(types::I64, self.insn.ip() as i64);
+        self.state_store(offsets::TRAP_RIP, here);
         self.flush();
         let next = self.fb.ins().iconst(types::I64, self.insn.next_ip() as i64);
         self.state_store(offsets::RIP, next);

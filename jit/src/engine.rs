@@ -109,6 +109,8 @@ pub struct Engine {
     page_blocks: HashMap<u64, Vec<usize>>,
     /// The interpreter's undo log, allocated once.
     undo: Vec<(i32, u64)>,
+    /// `cpu.tlb.generation` when the jump cache was last valid.
+    tlb_generation: u64,
 }
 
 const NO_ENTRY: u32 = u32::MAX;
@@ -136,6 +138,7 @@ impl Engine {
             logged_unimplemented: Default::default(),
             page_blocks: HashMap::new(),
             undo: Vec::with_capacity(32),
+            tlb_generation: 0,
         })
     }
 
@@ -255,10 +258,19 @@ impl Engine {
         let arith = crate::interp::materialize_flags(cpu);
         let flags = (cpu.rflags & !krr_runtime::rflags::ARITH) | arith;
         let before = cpu.cpl();
-        match krr_runtime::interrupt::deliver(cpu, vector, kind, error_code, flags, return_rip) {
-            Ok(()) => {
-                if cpu.cpl() != before {
-                    // Different MMU index: cached linear lookups stay valid (keyed by mode).
+        let fault_rip = if kind == krr_runtime::interrupt::EventKind::Software {
+            cpu.trap_rip
+        } else {
+            return_rip
+        };
+        let _ = before;
+        match krr_runtime::interrupt::deliver(
+            cpu, vector, kind, error_code, flags, return_rip, fault_rip,
+        ) {
+            Ok(replaced) => {
+                if replaced {
+                    // The INT faulted during its delivery: it did not retire after all.
+                    cpu.icount -= 1;
                 }
                 Ok(())
             }
@@ -297,6 +309,11 @@ impl Engine {
         loop {
             if cpu.icount >= cpu.icount_limit {
                 return Exit::Budget;
+            }
+            if cpu.tlb.generation != self.tlb_generation {
+                // Linear addresses may map elsewhere now.
+                self.tlb_generation = cpu.tlb.generation;
+                self.flush_jump_cache();
             }
             if cpu.bus.is_some()
                 && krr_runtime::bus::with_bus(cpu, |bus, _| bus.wants_exit()).unwrap_or(false)
@@ -395,6 +412,10 @@ impl Engine {
                 self.interpret_block(cpu, id)
             }
             _ => {
+                if cpu.helper_status == crate::helpers::HALT {
+                    cpu.helper_status = crate::helpers::OK;
+                    return Some(Exit::Halt);
+                }
                 if cpu.helper_status == crate::helpers::UNBACKED {
                     cpu.helper_status = crate::helpers::OK;
                     return Some(Exit::Unbacked {
@@ -420,6 +441,13 @@ impl Engine {
     fn link(&mut self, cpu: &mut CpuState) {
         let slot = cpu.exit_slot as *mut u64;
         cpu.exit_slot = 0;
+        // Link only within a page, as QEMU does in system mode: the jump's linear target then
+        // lies on the source block's own page, whose mapping is the one the source was found
+        // through, so no address-space change can make the link stale. Cross-page jumps go
+        // through the jump cache, which is flushed with the TLB.
+        if cpu.exit_from & !0xfff != cpu.rip & !0xfff {
+            return;
+        }
         let Ok(target) = self.lookup(cpu) else { return };
         if self.entries[target].compiled.is_none() {
             self.maybe_compile(target);

@@ -9,7 +9,6 @@ use crate::sem::{self, Abort, Builder, Cmp, FlagOp, FlagState, Flow, Helper, R};
 use iced_x86::Instruction;
 use krr_runtime::{mmu, offsets, CpuState, ExceptionRecord};
 
-
 /// An instruction with no operands, for helpers that use the interpreter without one.
 static NO_INSN: std::sync::LazyLock<Instruction> = std::sync::LazyLock::new(Instruction::default);
 
@@ -96,6 +95,12 @@ impl<'a> Interp<'a> {
                 it.cpu.rip = it.next_rip.unwrap_or(insn.next_ip());
                 it.cpu.icount += 1;
                 StepResult::Retired
+            }
+            Err(Abort) if it.halted => {
+                // HLT retired; the engine returns to the driver.
+                it.cpu.rip = insn.next_ip();
+                it.cpu.icount += 1;
+                StepResult::Halt
             }
             Err(Abort) => {
                 it.rollback();
@@ -410,6 +415,7 @@ impl Builder for Interp<'_> {
         self.trap = true;
         let a = self.raise(vector, None);
         self.cpu.exception.software = true;
+        self.cpu.trap_rip = self.insn.ip();
         a
     }
     fn unimplemented(&mut self) -> Abort {

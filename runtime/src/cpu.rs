@@ -217,12 +217,17 @@ pub struct CpuState {
     pub unbacked_phys: u64,
     /// Address of the chaining slot of the exit compiled code last left through (0 = none).
     pub exit_slot: u64,
+    /// Linear start address of the block that left through `exit_slot`.
+    pub exit_from: u64,
     /// What CPUID reports.
     pub cpuid: crate::cpuid::CpuidTable,
     /// Software TLB (see [`crate::mmu`]).
     pub tlb: crate::mmu::Tlb,
     /// The driver's bus while the engine runs (see [`crate::bus`]).
     pub bus: crate::bus::BusPtr,
+    /// RIP of the last INT n / INT3 / INTO raised (faults during its delivery are reported
+    /// there).
+    pub trap_rip: u64,
     /// Interrupts are inhibited at the instruction boundary where `icount` equals this value
     /// (the STI / MOV SS shadow).
     pub irq_shadow_at: u64,
@@ -290,9 +295,11 @@ impl CpuState {
             helper_status: 0,
             unbacked_phys: 0,
             exit_slot: 0,
+            exit_from: 0,
             cpuid: crate::cpuid::CpuidTable::krr_default(),
             tlb: crate::mmu::Tlb::new(),
             bus: None,
+            trap_rip: 0,
             irq_shadow_at: u64::MAX,
             smc_count: 0,
             smc_pages: [0; 4],
@@ -376,6 +383,8 @@ pub mod offsets {
     pub const HELPER_STATUS: i32 = offset_of!(CpuState, helper_status) as i32;
     pub const EXIT_SLOT: i32 = offset_of!(CpuState, exit_slot) as i32;
     pub const SMC_COUNT: i32 = offset_of!(CpuState, smc_count) as i32;
+    pub const TRAP_RIP: i32 = offset_of!(CpuState, trap_rip) as i32;
+    pub const EXIT_FROM: i32 = offset_of!(CpuState, exit_from) as i32;
 
     pub fn gpr(r: usize) -> i32 {
         GPR + 8 * r as i32

@@ -37,6 +37,27 @@ fn makes_double_fault(first: u8, second: u8) -> bool {
         || (first == vector::PF && (second == vector::PF || is_contributory(second)))
 }
 
+/// Fault-class exceptions (SDM Table 6-1); #DB is a trap here (INT1; krr has no instruction
+/// breakpoints).
+fn is_fault(v: u8) -> bool {
+    matches!(
+        v,
+        vector::DE
+            | vector::BR
+            | vector::UD
+            | vector::NM
+            | vector::TS
+            | vector::NP
+            | vector::SS
+            | vector::GP
+            | vector::PF
+            | vector::MF
+            | vector::AC
+            | vector::XM
+    ) || v == 20 // #VE
+        || v == 21 // #CP
+}
+
 fn has_error_code(v: u8) -> bool {
     matches!(
         v,
@@ -48,6 +69,11 @@ fn has_error_code(v: u8) -> bool {
 /// lazy arithmetic flags); `return_rip` is what the frame gets as RIP. On success `cpu.rip`,
 /// CS, SS, RSP and the non-arithmetic RFLAGS bits describe the handler's entry. CR2 is written
 /// for page faults.
+///
+/// `fault_rip` is where a fault raised while delivering the event is reported: the INT n /
+/// INT3 / INTO instruction itself for software interrupts (`return_rip` is past it), the same
+/// as `return_rip` otherwise. Returns `Ok(true)` when such a fault replaced a software
+/// interrupt (so the INT instruction did not retire after all).
 pub fn deliver(
     cpu: &mut CpuState,
     vector: u8,
@@ -55,16 +81,18 @@ pub fn deliver(
     error_code: Option<u32>,
     rflags_value: u64,
     return_rip: u64,
-) -> Result<(), DeliveryError> {
+    fault_rip: u64,
+) -> Result<bool, DeliveryError> {
     let mut current = (vector, kind, error_code);
     let mut first: Option<u8> = None;
+    let mut rip = return_rip;
     loop {
         let (v, k, e) = current;
         if v == vector::PF && k == EventKind::Exception {
             cpu.cr2 = cpu.exception.address;
         }
-        match deliver_once(cpu, v, k, e, rflags_value, return_rip) {
-            Ok(()) => return Ok(()),
+        match deliver_once(cpu, v, k, e, rflags_value, rip) {
+            Ok(()) => return Ok(first.is_some() && kind == EventKind::Software),
             Err(DescFault::Unbacked(p)) => return Err(DeliveryError::Unbacked(p)),
             Err(DescFault::Exception(rec)) => {
                 let second = rec.vector;
@@ -76,6 +104,7 @@ pub fn deliver(
                 }
                 first.get_or_insert(v);
                 cpu.exception = rec;
+                rip = fault_rip;
                 current = if k == EventKind::Exception && makes_double_fault(v, second) {
                     (vector::DF, EventKind::Exception, Some(0))
                 } else {
@@ -95,7 +124,9 @@ fn deliver_once(
     rflags_value: u64,
     return_rip: u64,
 ) -> Result<(), DescFault> {
-    let ext = (kind == EventKind::External) as u32;
+    // EXT (error-code bit 0) is set for a fault during the delivery of anything but a
+    // software interrupt: an external interrupt or an earlier exception (SDM 6.13).
+    let ext = (kind != EventKind::Software) as u32;
     let idt_code = (v as u32) * 8 + 2 + ext;
     if (v as u64) * 16 + 15 > cpu.idtr.limit as u64 {
         return Err(DescFault::gp(idt_code));
@@ -156,21 +187,48 @@ fn deliver_once(
         return Err(DescFault::ss(ext));
     }
     rsp &= !0xf;
+    // A non-canonical handler address faults here, with the frame describing the
+    // interrupted code (SDM INT n, "64-Bit Mode Exceptions").
+    if !crate::mmu::is_canonical(target) {
+        return Err(DescFault::gp(ext));
+    }
     let cs_sel = (selector & !3) | new_cpl as u16;
     let ss_sel = if switch {
         new_cpl as u16
     } else {
         old_ss.selector
     };
+    // The RF image: 1 for fault-class exceptions (so that IRET back to the faulting
+    // instruction does not retrigger an instruction breakpoint), 0 for software interrupts and
+    // traps (RF is clear once an instruction completes), as it is for external interrupts and
+    // aborts (SDM 17.3.1.1).
+    let pushed_flags = match kind {
+        EventKind::Exception if is_fault(v) => rflags_value | rflags::RF,
+        EventKind::Exception | EventKind::Software => rflags_value & !rflags::RF,
+        EventKind::External => rflags_value,
+    };
     let mut frame: Vec<u64> = vec![
         old_ss.selector as u64,
         old_rsp,
-        rflags_value,
+        pushed_flags,
         cpu.seg[seg::CS].selector as u64,
         return_rip,
     ];
     if kind == EventKind::Exception && has_error_code(v) {
         frame.push(error_code.unwrap_or(0) as u64);
+    }
+    // The CPU pushes SS first, at the top: check the pages in that order so that a fault
+    // reports (in CR2) the first push that faults, before anything is written.
+    let mut checked_page = None;
+    for i in 1..=frame.len() as u64 {
+        let a = rsp.wrapping_sub(8 * i);
+        if checked_page != Some(a >> 12) {
+            checked_page = Some(a >> 12);
+            crate::mmu::translate(cpu, a, crate::mmu::Access::Write, false).map_err(|e| {
+                cpu.exception = e;
+                DescFault::Exception(e)
+            })?;
+        }
     }
     // Write the frame as the handler will see it (supervisor accesses at the new CPL).
     let bytes: Vec<u8> = frame.iter().rev().flat_map(|w| w.to_le_bytes()).collect();

@@ -28,6 +28,8 @@ pub struct TlbEntry {
 pub struct Tlb {
     /// `[mmu_idx][access]` where access 0 = read, 1 = write.
     pub sets: [[[TlbEntry; TLB_ENTRIES]; 2]; 2],
+    /// Bumped by every flush: the engine drops its linear-address lookups when it changes.
+    pub generation: u64,
 }
 
 pub const TLB_SET_BYTES: usize = TLB_ENTRIES * std::mem::size_of::<TlbEntry>();
@@ -39,9 +41,11 @@ impl Tlb {
                 tag: TLB_INVALID,
                 addend: 0,
             }; TLB_ENTRIES]; 2]; 2],
+            generation: 0,
         }
     }
     pub fn flush(&mut self) {
+        self.generation += 1;
         for e in self.sets.iter_mut().flatten().flatten() {
             e.tag = TLB_INVALID;
         }
@@ -55,6 +59,7 @@ impl Tlb {
         }
     }
     pub fn flush_page(&mut self, linear: u64) {
+        self.generation += 1;
         let idx = tlb_index(linear);
         let page = linear & !0xfff;
         for set in self.sets.iter_mut().flatten() {

@@ -9,13 +9,11 @@ use krr_runtime::{rflags, vector};
 pub fn execute<B: Builder>(b: &mut B) -> R<()> {
     let insn = *b.insn();
     use Mnemonic as M;
-    if super::system::handles(&insn) {
-        return super::system::execute(b);
-    }
     match insn.mnemonic() {
         M::Mov => {
             if !is_gpr_form(&insn) {
-                return Err(b.unimplemented());
+                // Control, debug and segment registers.
+                return super::system::execute(b);
             }
             let size = op_size(&insn, 0);
             let v = read_op(b, 1, size)?;
@@ -98,7 +96,7 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
                 8
             };
             if insn.op0_kind() == OpKind::Register && insn.op0_register().is_segment_register() {
-                return Err(b.unimplemented());
+                return super::system::execute(b);
             }
             let v = match insn.op0_kind() {
                 OpKind::Register | OpKind::Memory => read_op(b, 0, size)?,
@@ -108,7 +106,7 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
         }
         M::Pop => {
             if insn.op0_kind() == OpKind::Register && insn.op0_register().is_segment_register() {
-                return Err(b.unimplemented());
+                return super::system::execute(b);
             }
             let size = op_size(&insn, 0);
             let (v, nsp) = pop(b, size)?;
@@ -294,6 +292,8 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
             );
             Ok(())
         }
+        M::Retf => super::far::execute(b),
+        M::Jmp | M::Call if is_far_indirect(&insn) => super::far::execute(b),
         M::Jmp => {
             if is_near_branch(&insn) {
                 b.flow(Flow::Direct(insn.near_branch_target()), None);
@@ -530,6 +530,7 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
         }
         M::INVALID | M::Ud0 | M::Ud1 | M::Ud2 => Err(b.raise(vector::UD, None)),
         M::Int3 => Err(b.raise_trap(vector::BP)),
+        _ if super::system::handles(&insn) => super::system::execute(b),
         _ => super::sse::execute(b),
     }
 }
@@ -538,6 +539,17 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
 fn is_gpr_form(insn: &Instruction) -> bool {
     (0..insn.op_count())
         .all(|i| insn.op_kind(i) != OpKind::Register || insn.op_register(i).is_gpr())
+}
+
+/// JMP/CALL m16:16/32/64.
+fn is_far_indirect(insn: &Instruction) -> bool {
+    insn.op0_kind() == OpKind::Memory
+        && matches!(
+            insn.memory_size(),
+            iced_x86::MemorySize::SegPtr16
+                | iced_x86::MemorySize::SegPtr32
+                | iced_x86::MemorySize::SegPtr64
+        )
 }
 
 fn is_near_branch(insn: &Instruction) -> bool {

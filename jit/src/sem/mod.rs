@@ -14,6 +14,7 @@
 //! - arithmetic flags are lazy ([`FlagState`]): an instruction records the operation and its
 //!   operands, and flags are computed only when something reads them.
 
+mod far;
 pub mod flags;
 mod int;
 mod sse;

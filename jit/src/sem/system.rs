@@ -158,6 +158,11 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
     if !b.is_interpreter() {
         let z = b.c(0);
         b.call(Helper::Interpret, [z, z, z])?;
+        // The interpreter has set RIP: the next instruction (most), or a computed target
+        // (IRETQ, SYSCALL, SYSRET), possibly at another privilege level or with other paging
+        // controls. Leave through the dispatcher so that it looks the block up afresh.
+        let rip = b.load_state(krr_runtime::offsets::RIP);
+        b.flow(Flow::Jump(rip), None);
         return Ok(());
     }
     let insn = *b.insn();
@@ -215,6 +220,7 @@ const CR0_TS: u64 = 1 << 3;
 const CR0_PG: u64 = 1 << 31;
 const CR4_TSD: u64 = 1 << 2;
 const CR4_DE: u64 = 1 << 3;
+const CR4_PAE: u64 = 1 << 5;
 const CR4_PCE: u64 = 1 << 8;
 const CR4_FSGSBASE: u64 = 1 << 16;
 const CR4_PCIDE: u64 = 1 << 17;
@@ -277,6 +283,20 @@ fn read_mem(cpu: &mut CpuState, addr: u64, buf: &mut [u8]) -> Result<(), Sys> {
 fn write_mem(cpu: &mut CpuState, addr: u64, data: &[u8]) -> Result<(), Sys> {
     let idx = mmu::mmu_index(cpu);
     mmu::store_bytes(cpu, addr, data, idx).map_err(|f| mem_sys(cpu, f))
+}
+
+/// Translate `[addr, addr + len)` for a write at the current privilege, faulting as the store
+/// would, without storing (the caller stores once it has the value).
+fn probe_write(cpu: &mut CpuState, addr: u64, len: u64) -> Result<(), Sys> {
+    let user = mmu::mmu_index(cpu) == 1;
+    let last = addr.wrapping_add(len - 1);
+    for a in [addr, last] {
+        if let Err(e) = mmu::translate(cpu, a, mmu::Access::Write, user) {
+            cpu.exception = e;
+            return Err(Sys::Fault(e));
+        }
+    }
+    Ok(())
 }
 
 fn mem_sys(cpu: &CpuState, f: mmu::MemFault) -> Sys {
@@ -774,6 +794,8 @@ fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> Sys
             Register::CR4 => {
                 if v & !CR4_VALID != 0
                     || (v & CR4_PCIDE != 0 && cpu.cr3 & 0xfff != 0 && cpu.cr4 & CR4_PCIDE == 0)
+                    // IA-32e mode cannot run without PAE.
+                    || (cpu.efer & EFER_LMA != 0 && v & CR4_PAE == 0)
                 {
                     return gp0();
                 }
@@ -1011,9 +1033,13 @@ fn iret(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Sys {
         }
         d.to_segment(ss_sel)
     };
-    // Which flags the old privilege level may change.
+    // Which flags the old privilege level may change. RF is left clear: architecturally IRET
+    // loads it and the next instruction clears it when it completes, and its only effects
+    // are suppressing an instruction breakpoint (krr has none) and the RF image pushed by an
+    // event before that instruction completes (a fault pushes RF=1 anyway). Loading it here
+    // without anything clearing it would leave RF set in every later interrupt frame.
     let mut changeable =
-        rflags::ARITH | rflags::TF | rflags::DF | rflags::NT | rflags::RF | rflags::AC | rflags::ID;
+        rflags::ARITH | rflags::TF | rflags::DF | rflags::NT | rflags::AC | rflags::ID;
     if cpl == 0 {
         changeable |= rflags::IOPL | rflags::VIF | rflags::VIP;
     }
@@ -1021,7 +1047,7 @@ fn iret(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Sys {
     if cpl <= iopl {
         changeable |= rflags::IF;
     }
-    let merged = (flags & !changeable) | (new_flags & changeable);
+    let merged = ((flags & !changeable) | (new_flags & changeable)) & !rflags::RF;
     cpu.seg[seg::CS] = cs.to_segment(cs_sel);
     cpu.seg[seg::SS] = new_ss;
     cpu.gpr[RSP] = new_rsp;
@@ -1330,7 +1356,9 @@ fn xsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> Sys {
         if rfbm & 2 != 0 {
             area[160..416].copy_from_slice(&img[160..416]);
         }
-        if rfbm & 3 != 0 {
+        // MXCSR and MXCSR_MASK belong to SSE state: saved when RFBM[1] (or RFBM[2], AVX) is
+        // set (SDM Vol. 1 13.7).
+        if rfbm & 6 != 0 {
             area[24..32].copy_from_slice(&img[24..32]);
         }
         let mut bv = u64::from_le_bytes(area[512..520].try_into().expect("8 bytes"));
@@ -1347,7 +1375,9 @@ fn xsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> Sys {
             return gp0();
         }
         let mxcsr = u32::from_le_bytes(area[24..28].try_into().expect("4 bytes"));
-        if rfbm & 3 != 0 && mxcsr & !MXCSR_MASK != 0 {
+        // The standard form loads MXCSR whenever RFBM[1] or RFBM[2] is set, whatever
+        // XSTATE_BV says (SDM Vol. 1 13.8.1).
+        if rfbm & 6 != 0 && mxcsr & !MXCSR_MASK != 0 {
             return gp0();
         }
         if rfbm & 1 != 0 {
@@ -1364,7 +1394,7 @@ fn xsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> Sys {
                 cpu.xmm = [[0; 2]; 16];
             }
         }
-        if rfbm & 3 != 0 {
+        if rfbm & 6 != 0 {
             cpu.mxcsr = mxcsr;
         }
     }
@@ -1441,9 +1471,9 @@ fn string_io(cpu: &mut CpuState, insn: &Instruction, size: u8) -> Sys {
         let port = cpu.gpr[RDX] as u16;
         if input {
             let dst = cpu.gpr[RDI] & mask;
-            // Check the destination before reading the port: a port read has side effects.
-            let mut probe = [0u8; 4];
-            trym!(read_mem(cpu, dst, &mut probe[..size as usize]));
+            // Check that the destination is writable before reading the port: a port read has
+            // side effects, and a fault here is a write fault (#PF with W=1).
+            trym!(probe_write(cpu, dst, size as u64));
             let v =
                 bus::with_bus(cpu, |bus, cpu| bus.port_in(cpu, port, size)).expect("bus checked");
             trym!(write_mem(cpu, dst, &v.to_le_bytes()[..size as usize]));

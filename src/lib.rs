@@ -1,0 +1,2 @@
+//! krr as a library: the machine (devices, Linux boot) the `krr` binary drives.
+pub mod machine;

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Fetches Debian's 6.1 cloud kernel and busybox-static with apt-get download + dpkg-deb -x
+# (nothing is installed) into tests/guest/cache, and builds the test initramfs. Prints the
+# paths of the kernel and the initramfs. Re-running reuses the cache.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cache="$here/cache"
+mkdir -p "$cache/deb" "$cache/root"
+command -v cpio >/dev/null 2>&1 || apt-get install -y --no-install-recommends cpio >/dev/null 2>&1 || { echo "tests/guest/fetch.sh: cpio is missing and cannot be installed" >&2; exit 1; }
+cd "$cache/deb"
+kpkg=$(apt-cache depends linux-image-cloud-amd64 | sed -n 's/.*Depends: \(linux-image-6\.1\.[^ ]*-cloud-amd64\)$/\1/p' | head -n 1)
+if [ -z "$kpkg" ]; then
+  echo "tests/guest/fetch.sh: cannot find the linux-image-6.1 cloud package (apt-get update?)" >&2
+  exit 1
+fi
+if ! ls "$kpkg"_*.deb >/dev/null 2>&1; then
+  apt-get download "$kpkg" >/dev/null 2>&1 || { echo "tests/guest/fetch.sh: apt-get download $kpkg failed" >&2; exit 1; }
+fi
+if ! ls busybox-static_*.deb >/dev/null 2>&1; then
+  apt-get download busybox-static >/dev/null 2>&1 || { echo "tests/guest/fetch.sh: apt-get download busybox-static failed" >&2; exit 1; }
+fi
+kernel_deb=$(ls "$kpkg"_*.deb | head -n 1)
+busybox_deb=$(ls busybox-static_*.deb | head -n 1)
+if [ ! -d "$cache/root/kernel" ]; then
+  dpkg-deb -x "$kernel_deb" "$cache/root/kernel"
+fi
+if [ ! -d "$cache/root/busybox" ]; then
+  dpkg-deb -x "$busybox_deb" "$cache/root/busybox"
+fi
+kernel=$(ls "$cache"/root/kernel/boot/vmlinuz-* | head -n 1)
+initramfs="$cache/initramfs.cpio"
+if [ ! -f "$initramfs" ] || [ "$here/init" -nt "$initramfs" ]; then
+  stage=$(mktemp -d)
+  mkdir -p "$stage"/{bin,dev,proc,sys,tmp}
+  cp "$cache/root/busybox/bin/busybox" "$stage/bin/busybox"
+  cp "$here/init" "$stage/init"
+  chmod +x "$stage/init"
+  (cd "$stage" && find . | cpio -o -H newc --quiet) > "$initramfs"
+  rm -rf "$stage"
+fi
+echo "$kernel"
+echo "$initramfs"
