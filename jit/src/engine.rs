@@ -316,7 +316,7 @@ impl Engine {
                 self.flush_jump_cache();
             }
             if cpu.bus.is_some()
-                && krr_runtime::bus::with_bus(cpu, |bus, _| bus.wants_exit()).unwrap_or(false)
+                && krr_runtime::bus::with_bus(cpu, |bus, cpu| bus.wants_exit(cpu)).unwrap_or(false)
             {
                 return Exit::BusRequest;
             }

@@ -17,9 +17,9 @@ pub trait Bus {
     fn rdtsc(&mut self, cpu: &CpuState) -> u64;
     /// RDRAND (`seed` false) / RDSEED: `None` reports failure (CF=0).
     fn rdrand(&mut self, cpu: &CpuState, size: u8, seed: bool) -> Option<u64>;
-    /// Ask the engine to return to the driver at the next instruction boundary it checks
-    /// (a device raised an interrupt line, the guest asked to power off, ...).
-    fn wants_exit(&self) -> bool {
+    /// Ask the engine to return to the driver at the next block boundary (a device raised an
+    /// interrupt the CPU can take now, the guest asked to power off, ...).
+    fn wants_exit(&self, _cpu: &CpuState) -> bool {
         false
     }
 }

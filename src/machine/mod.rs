@@ -276,8 +276,8 @@ impl Bus for Board {
         None
     }
 
-    fn wants_exit(&self) -> bool {
-        !self.requests.is_empty() || self.pic.pending()
+    fn wants_exit(&self, cpu: &CpuState) -> bool {
+        !self.requests.is_empty() || (self.pic.pending() && Engine::interrupts_enabled(cpu))
     }
 }
 

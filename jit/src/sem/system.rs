@@ -711,8 +711,9 @@ fn run(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags: u64) ->
             }
         }
         M::Int1 => Sys::Fault(fault(vector::DB, None)),
+        M::Lsl | M::Lar => load_limit_or_rights(cpu, insn, addr),
+        M::Verr | M::Verw => verify_segment(cpu, insn, addr),
         _ => {
-            // LSL/LAR/VERR/VERW are not used by Linux in long mode.
             log::warn!(
                 "system instruction `{insn}` at RIP {:#x} is not implemented: raising #UD",
                 insn.ip()
@@ -721,6 +722,88 @@ fn run(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags: u64) ->
             ud()
         }
     }
+}
+
+/// LSL / LAR: the limit or access rights of the descriptor a selector names, with ZF saying
+/// whether the selector is valid and visible at this privilege (SDM LSL/LAR). The vDSO's
+/// `getcpu` reads the CPU number this way.
+fn load_limit_or_rights(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> Sys {
+    let sel = if insn.op1_kind() == OpKind::Memory {
+        let mut b = [0u8; 2];
+        trym!(read_mem(cpu, addr.expect("memory operand"), &mut b));
+        u16::from_le_bytes(b)
+    } else {
+        reg_value(cpu, insn.op1_register()) as u16
+    };
+    let lsl = insn.mnemonic() == M::Lsl;
+    let cpl = cpu.cpl();
+    let valid = match desc::read_descriptor(cpu, sel) {
+        Ok(Some(d)) => {
+            let conforming_code = d.is_code() && d.typ() & 4 != 0;
+            let visible = conforming_code || d.dpl() >= cpl.max((sel & 3) as u8);
+            // System descriptor types LSL accepts: LDT (2), available/busy TSS (9/11); LAR
+            // also accepts call gates (12).
+            let type_ok =
+                d.is_code_or_data() || matches!((d.typ(), lsl), (2 | 9 | 11, _) | (12, false));
+            (visible && type_ok).then_some(d)
+        }
+        Ok(None) => None,
+        // An index beyond the table limit just clears ZF.
+        Err(DescFault::Exception(e)) if e.vector == vector::GP => None,
+        Err(f) => return Sys::from(f),
+    };
+    let flags = crate::interp::materialize_flags(cpu);
+    match valid {
+        Some(d) => {
+            let v = if lsl {
+                d.limit() as u64
+            } else {
+                (d.0 >> 32) & 0x00ff_ff00
+            };
+            set_reg(cpu, insn.op0_register(), v);
+            set_arith(cpu, flags | rflags::ZF);
+        }
+        None => set_arith(cpu, flags & !rflags::ZF),
+    }
+    Sys::Done(None)
+}
+
+/// VERR / VERW: ZF says whether the selector names a segment readable / writable at this
+/// privilege. Linux executes VERW on every return to user mode (the MDS buffer-clearing idiom).
+fn verify_segment(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> Sys {
+    let sel = if insn.op0_kind() == OpKind::Memory {
+        let mut b = [0u8; 2];
+        trym!(read_mem(cpu, addr.expect("memory operand"), &mut b));
+        u16::from_le_bytes(b)
+    } else {
+        reg_value(cpu, insn.op0_register()) as u16
+    };
+    let cpl = cpu.cpl();
+    let ok = match desc::read_descriptor(cpu, sel) {
+        Ok(Some(d)) if d.is_code_or_data() => {
+            let conforming_code = d.is_code() && d.typ() & 4 != 0;
+            let visible = conforming_code || d.dpl() >= cpl.max((sel & 3) as u8);
+            let access = if insn.mnemonic() == M::Verr {
+                !d.is_code() || d.typ() & 2 != 0
+            } else {
+                !d.is_code() && d.typ() & 2 != 0
+            };
+            visible && access
+        }
+        Ok(_) => false,
+        Err(DescFault::Exception(e)) if e.vector == vector::GP => false,
+        Err(f) => return Sys::from(f),
+    };
+    let flags = crate::interp::materialize_flags(cpu);
+    set_arith(
+        cpu,
+        if ok {
+            flags | rflags::ZF
+        } else {
+            flags & !rflags::ZF
+        },
+    );
+    Sys::Done(None)
 }
 
 fn no_bus(insn: &Instruction) -> Sys {

@@ -438,7 +438,7 @@ impl Bus for TestBus {
     fn rdrand(&mut self, _cpu: &CpuState, _size: u8, _seed: bool) -> Option<u64> {
         Some(42)
     }
-    fn wants_exit(&self) -> bool {
+    fn wants_exit(&self, _cpu: &CpuState) -> bool {
         self.exit_requested
     }
 }
