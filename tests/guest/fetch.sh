@@ -8,7 +8,15 @@ cache="$here/cache"
 mkdir -p "$cache/deb" "$cache/root"
 command -v cpio >/dev/null 2>&1 || apt-get install -y --no-install-recommends cpio >/dev/null 2>&1 || { echo "tests/guest/fetch.sh: cpio is missing and cannot be installed" >&2; exit 1; }
 cd "$cache/deb"
-kpkg=$(apt-cache depends linux-image-cloud-amd64 | sed -n 's/.*Depends: \(linux-image-6\.1\.[^ ]*-cloud-amd64\)$/\1/p' | head -n 1)
+find_kernel_package() {
+  apt-cache depends linux-image-cloud-amd64 2>/dev/null \
+    | sed -n 's/.*Depends: \(linux-image-6\.1\.[^ ]*-cloud-amd64\)$/\1/p' | head -n 1
+}
+kpkg=$(find_kernel_package)
+if [ -z "$kpkg" ]; then
+  apt-get update >/dev/null 2>&1 || true
+  kpkg=$(find_kernel_package)
+fi
 if [ -z "$kpkg" ]; then
   echo "tests/guest/fetch.sh: cannot find the linux-image-6.1 cloud package (apt-get update?)" >&2
   exit 1
