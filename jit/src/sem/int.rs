@@ -612,6 +612,19 @@ pub fn current_flags<B: Builder>(b: &mut B) -> B::V {
     materialize(b, &f)
 }
 
+/// Replace one arithmetic flag (`mask` has one bit) with `value`, keeping the others.
+fn set_one_flag<B: Builder>(b: &mut B, mask: u64, value: B::B) {
+    let old = current_flags(b);
+    let keep = b.c(!mask);
+    let f = b.and(old, keep);
+    let v = b.b2v(value);
+    let k = b.c(mask.trailing_zeros() as u64);
+    let v = b.shl(v, k);
+    let f = b.or(f, v);
+    let st = concrete(b, f);
+    b.set_flags(st);
+}
+
 /// The whole RFLAGS value.
 pub fn read_rflags<B: Builder>(b: &mut B) -> B::V {
     let arith = current_flags(b);
@@ -1195,15 +1208,7 @@ fn cmpxchg_double<B: Builder>(b: &mut B) -> R<()> {
     let rdx = b.select(eq, old_rdx, hi);
     b.set_gpr(RAX, rax);
     b.set_gpr(RDX, rdx);
-    let old = current_flags(b);
-    let keep = b.c(!rflags::ZF);
-    let f = b.and(old, keep);
-    let z = b.b2v(eq);
-    let k6 = b.c(6);
-    let z = b.shl(z, k6);
-    let f = b.or(f, z);
-    let st = concrete(b, f);
-    b.set_flags(st);
+    set_one_flag(b, rflags::ZF, eq);
     Ok(())
 }
 
@@ -1250,13 +1255,7 @@ fn bit_test<B: Builder>(b: &mut B) -> R<()> {
             None => write_reg(b, insn.op0_register(), v),
         }
     }
-    let old = current_flags(b);
-    let keep = b.c(!rflags::CF);
-    let f = b.and(old, keep);
-    let cv = b.b2v(c);
-    let f = b.or(f, cv);
-    let st = concrete(b, f);
-    b.set_flags(st);
+    set_one_flag(b, rflags::CF, c);
     Ok(())
 }
 
@@ -1285,15 +1284,7 @@ fn bit_scan<B: Builder>(b: &mut B) -> R<()> {
     let merged = b.get_gpr(gi);
     let v = b.select(is_zero, old, merged);
     b.set_gpr(gi, v);
-    let old = current_flags(b);
-    let keep = b.c(!rflags::ZF);
-    let f = b.and(old, keep);
-    let z = b.b2v(is_zero);
-    let k6 = b.c(6);
-    let z = b.shl(z, k6);
-    let f = b.or(f, z);
-    let st = concrete(b, f);
-    b.set_flags(st);
+    set_one_flag(b, rflags::ZF, is_zero);
     Ok(())
 }
 

@@ -895,32 +895,25 @@ fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> Sys
         }
         return Sys::Done(None);
     }
-    // Debug registers.
-    let dr_index = |r: Register| r as usize - Register::DR0 as usize;
+    // Debug registers: DR4/DR5 alias DR6/DR7 unless CR4.DE makes them #UD.
+    let dr_number = |cpu: &CpuState, r: Register| -> Option<usize> {
+        match r as usize - Register::DR0 as usize {
+            4 | 5 if cpu.cr4 & CR4_DE != 0 => None,
+            i @ (4 | 5) => Some(i + 2),
+            i if i > 7 => None,
+            i => Some(i),
+        }
+    };
     if src.is_dr() {
-        let mut i = dr_index(src);
-        if i == 4 || i == 5 {
-            if cpu.cr4 & CR4_DE != 0 {
-                return ud();
-            }
-            i += 2;
-        }
-        if i > 7 {
+        let Some(i) = dr_number(cpu, src) else {
             return ud();
-        }
+        };
         cpu.gpr[gpr_of(dst).0] = cpu.dr[i];
         return Sys::Done(None);
     }
-    let mut i = dr_index(dst);
-    if i == 4 || i == 5 {
-        if cpu.cr4 & CR4_DE != 0 {
-            return ud();
-        }
-        i += 2;
-    }
-    if i > 7 {
+    let Some(i) = dr_number(cpu, dst) else {
         return ud();
-    }
+    };
     let v = cpu.gpr[gpr_of(src).0];
     if (i == 6 || i == 7) && v >> 32 != 0 {
         return gp0();
