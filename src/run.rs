@@ -83,8 +83,19 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     let icount = m.cpu.icount;
     let mips = icount as f64 / secs.max(1e-9) / 1e6;
     let stats = &m.engine.stats;
+    let state_hash = {
+        let arith = krr_jit::interp::materialize_flags(&mut m.cpu);
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let flags = (m.cpu.rflags & !krr_runtime::rflags::ARITH) | arith;
+        for v in m.cpu.gpr.iter().chain([m.cpu.rip, flags].iter()) {
+            for b in v.to_le_bytes() {
+                h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+            }
+        }
+        h
+    };
     let summary = format!(
-        "{icount} instructions in {secs:.2} s ({mips:.1} MIPS), RIP {:#x}; {} blocks decoded, {} compiled ({:.2} s compiling), {} interrupts",
+        "{icount} instructions in {secs:.2} s ({mips:.1} MIPS), RIP {:#x}, registers hash {state_hash:016x}; {} blocks decoded, {} compiled ({:.2} s compiling), {} interrupts",
         m.cpu.rip,
         stats.blocks_decoded,
         stats.blocks_compiled,
