@@ -94,6 +94,33 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         }
         h
     };
+    if log::log_enabled!(log::Level::Debug) {
+        let c = &m.cpu;
+        let regs: Vec<String> = (0..16)
+            .map(|i| format!("{}={:#x}", krr_runtime::gpr::NAMES[i], c.gpr[i]))
+            .collect();
+        log::debug!(
+            "final state: rip={:#x} rflags={:#x} cc_op={:#x} cc_res={:#x} cc_a={:#x} cc_b={:#x} cc_aux={:#x} {}",
+            c.rip, c.rflags, c.cc_op, c.cc_res, c.cc_a, c.cc_b, c.cc_aux, regs.join(" ")
+        );
+        let mut bytes = [0u8; 16];
+        let rip = m.cpu.rip;
+        let n = krr_runtime::mmu::fetch_code(&mut m.cpu, rip, &mut bytes).unwrap_or(0);
+        let mut d = iced_x86::Decoder::with_ip(64, &bytes[..n], m.cpu.rip, 0);
+        log::debug!("next instruction: {}", d.decode());
+        let ram = m.mem.slice(0, m.mem.size() as usize).unwrap_or(&[]);
+        let mut h: u64 = 0;
+        for chunk in ram.chunks_exact(8) {
+            let w = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+            h = (h.rotate_left(5) ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+        log::debug!("memory hash: {h:016x}");
+        if let Some(path) = std::env::var_os("KRR_DUMP_RAM") {
+            if let Err(e) = std::fs::write(&path, ram) {
+                log::warn!("cannot write the RAM dump: {e}");
+            }
+        }
+    }
     let summary = format!(
         "{icount} instructions in {secs:.2} s ({mips:.1} MIPS), RIP {:#x}, registers hash {state_hash:016x}; {} blocks decoded, {} compiled ({:.2} s compiling), {} interrupts",
         m.cpu.rip,

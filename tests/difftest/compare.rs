@@ -96,6 +96,15 @@ pub fn flag_effect(ins: &Instruction, state: Option<&ArchState>) -> FlagEffect {
         Mnemonic::Rol | Mnemonic::Ror | Mnemonic::Rcl | Mnemonic::Rcr
     );
     let is_double = matches!(mn, Mnemonic::Shld | Mnemonic::Shrd);
+    if (ins.has_rep_prefix() || ins.has_repne_prefix()) && ins.rflags_modified() != 0 {
+        // A REP CMPS/SCAS with RCX = 0 runs no iteration and leaves every flag as it was, so it
+        // certainly defines none (earlier undefined flags stay undefined).
+        return FlagEffect {
+            defined: 0,
+            undefined,
+            undefined_result: false,
+        };
+    }
     if !(is_shift || is_rotate || is_double) {
         return FlagEffect {
             defined,

@@ -686,6 +686,11 @@ fn popf<B: Builder>(b: &mut B) -> R<()> {
     let sysm = b.c(!rflags::ARITH);
     let sys = b.and(new, sysm);
     b.store_state(krr_runtime::offsets::RFLAGS, sys);
+    // POPF may set IF: leave through the dispatcher, which checks for a deliverable interrupt
+    // before the next block in every tier (compiled code would otherwise chain past it, and
+    // the interrupt would land at a tier-dependent instruction).
+    let next = b.c(insn.next_ip());
+    b.flow(Flow::Jump(next), None);
     Ok(())
 }
 
