@@ -1,7 +1,7 @@
 //! The real guest: Debian's 6.1 cloud kernel with a busybox initramfs (tests/guest/) boots
 //! under `krr run` to the workload's end marker, with the workload's results equal to the same
-//! commands run on the host; two runs are identical (deterministic machine), and so is a run
-//! with `--singlestep`.
+//! commands run on the host; two runs are identical (deterministic machine), and so are runs
+//! with `--singlestep` and with `--interpret` (no JIT).
 //!
 //! Needs `apt-get download` (tests/guest/fetch.sh); fails loudly when the packages cannot be
 //! fetched.

@@ -324,6 +324,22 @@ impl Engine {
                 Ok(id) => id,
                 Err(exit) => return exit,
             };
+            if cpu.irq_shadow_at == cpu.icount && cpu.icount + 1 < cpu.icount_limit {
+                // The instruction after STI / MOV SS: interrupts become deliverable right
+                // after it. Run exactly that one instruction, then come back here (where the
+                // bus is asked about pending interrupts), so every tier takes an interrupt at
+                // the same boundary as the hardware does.
+                let limit = std::mem::replace(&mut cpu.icount_limit, cpu.icount + 1);
+                let exit = self.interpret_block(cpu, id);
+                cpu.icount_limit = limit;
+                if cpu.smc_count != 0 {
+                    self.handle_code_writes(cpu);
+                }
+                match exit {
+                    None | Some(Exit::Budget) => continue,
+                    Some(other) => return other,
+                }
+            }
             if self.entries[id].compiled.is_none() {
                 self.maybe_compile(id);
             }

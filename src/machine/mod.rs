@@ -352,6 +352,11 @@ impl Machine {
             if self.board.pic.pending() && Engine::interrupts_enabled(&self.cpu) {
                 let vector = self.board.pic.acknowledge();
                 self.board.counters.interrupts += 1;
+                log::debug!(
+                    "interrupt {vector:#x} delivered at instruction {} (RIP {:#x})",
+                    self.cpu.icount,
+                    self.cpu.rip
+                );
                 if let Err(e) = self.engine.inject_interrupt(&mut self.cpu, vector) {
                     return Err(self.fatal(e));
                 }
