@@ -257,13 +257,11 @@ impl Engine {
     ) -> Result<(), Exit> {
         let arith = crate::interp::materialize_flags(cpu);
         let flags = (cpu.rflags & !krr_runtime::rflags::ARITH) | arith;
-        let before = cpu.cpl();
         let fault_rip = if kind == krr_runtime::interrupt::EventKind::Software {
             cpu.trap_rip
         } else {
             return_rip
         };
-        let _ = before;
         match krr_runtime::interrupt::deliver(
             cpu, vector, kind, error_code, flags, return_rip, fault_rip,
         ) {

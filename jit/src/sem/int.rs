@@ -38,7 +38,7 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
             write_op(b, 0, size, v)
         }
         M::Lea => {
-            let a = address_without_segment(b);
+            let a = offset_address(b);
             let size = op_size(&insn, 0);
             let a = b.zext(a, bits(size));
             write_op(b, 0, size, a)
@@ -575,34 +575,6 @@ fn byte_swap<B: Builder>(b: &mut B, v: B::V, size: u32) -> B::V {
     } else {
         let k = b.c(64 - bits(size) as u64);
         b.shr(s, k)
-    }
-}
-
-fn address_without_segment<B: Builder>(b: &mut B) -> B::V {
-    let insn = *b.insn();
-    let mut copy = insn;
-    copy.set_segment_prefix(Register::None);
-    // LEA ignores segments: compute base + index*scale + disp only.
-    let addr = if insn.is_ip_rel_memory_operand() {
-        b.c(insn.ip_rel_memory_address())
-    } else {
-        let mut a = b.c(insn.memory_displacement64());
-        if insn.memory_base() != Register::None {
-            let v = b.get_gpr(gpr_of(insn.memory_base()).0);
-            a = b.add(a, v);
-        }
-        if insn.memory_index() != Register::None {
-            let v = b.get_gpr(gpr_of(insn.memory_index()).0);
-            let sh = b.c(insn.memory_index_scale().trailing_zeros() as u64);
-            let v = b.shl(v, sh);
-            a = b.add(a, v);
-        }
-        a
-    };
-    if insn.memory_base().size() == 4 || insn.memory_index().size() == 4 {
-        b.zext(addr, 32)
-    } else {
-        addr
     }
 }
 
@@ -1267,9 +1239,7 @@ fn bit_test<B: Builder>(b: &mut B) -> R<()> {
 fn bit_scan<B: Builder>(b: &mut B) -> R<()> {
     let insn = *b.insn();
     let size = op_size(&insn, 0);
-    let w = bits(size);
     let src = read_op(b, 1, size)?;
-    let dst = read_op(b, 0, size)?;
     let zero = b.c(0);
     let is_zero = b.icmp(Cmp::Eq, src, zero);
     let idx = if insn.mnemonic() == Mnemonic::Bsf {
@@ -1281,7 +1251,6 @@ fn bit_scan<B: Builder>(b: &mut B) -> R<()> {
     };
     // A zero source leaves the destination unchanged, all 64 bits of it (as AMD documents
     // and this host does): no 32-bit zero extension either.
-    let _ = (w, dst);
     let r = insn.op0_register();
     let (gi, _) = gpr_of(r);
     let old = b.get_gpr(gi);

@@ -265,8 +265,16 @@ pub fn stack_check<B: Builder>(b: &mut B, addr: B::V) -> R<()> {
 
 /// The linear address of the instruction's memory operand (no access checks).
 pub fn effective_address<B: Builder>(b: &mut B) -> B::V {
+    let offset = offset_address(b);
+    let segment = b.insn().memory_segment();
+    segment_base(b, segment, offset)
+}
+
+/// base + index*scale + displacement (or the RIP-relative target), truncated to the address
+/// size, without any segment base: the effective address LEA computes.
+pub fn offset_address<B: Builder>(b: &mut B) -> B::V {
     let insn = *b.insn();
-    let mut addr = if insn.is_ip_rel_memory_operand() {
+    let addr = if insn.is_ip_rel_memory_operand() {
         b.c(insn.ip_rel_memory_address())
     } else {
         let mut a = b.c(insn.memory_displacement64());
@@ -278,21 +286,17 @@ pub fn effective_address<B: Builder>(b: &mut B) -> B::V {
         let index = insn.memory_index();
         if index != Register::None {
             let v = b.get_gpr(gpr_of(index).0);
-            let scale = insn.memory_index_scale();
-            let v = if scale > 1 {
-                let s = b.c(scale.trailing_zeros() as u64);
-                b.shl(v, s)
-            } else {
-                v
-            };
+            let s = b.c(insn.memory_index_scale().trailing_zeros() as u64);
+            let v = b.shl(v, s);
             a = b.add(a, v);
         }
         a
     };
     if insn.memory_base().size() == 4 || insn.memory_index().size() == 4 {
-        addr = b.zext(addr, 32);
+        b.zext(addr, 32)
+    } else {
+        addr
     }
-    segment_base(b, insn.memory_segment(), addr)
 }
 
 /// Raise #SS(0) unless `addr` is canonical (stack accesses).

@@ -863,14 +863,13 @@ fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> Sys
             }
             Register::CR2 => cpu.cr2 = v,
             Register::CR3 => {
-                let no_flush = cpu.cr4 & CR4_PCIDE != 0 && v >> 63 != 0;
+                // Bit 63 (PCID no-flush) is not stored.
                 let v = v & !(1 << 63);
                 if v >> 52 != 0 {
                     return gp0();
                 }
                 // The TLB is not tagged by PCID, so even a no-flush load must drop the old
                 // address space's entries; only the cost differs on real hardware.
-                let _ = no_flush;
                 cpu.tlb.flush();
                 cpu.cr3 = v;
             }
