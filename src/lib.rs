@@ -1,2 +1,7 @@
-//! krr as a library: the machine (devices, Linux boot) the `krr` binary drives.
+//! krr as a library: the machine (devices, Linux boot), the trace format, the recorder and
+//! the replayer that the `krr` binary drives.
 pub mod machine;
+pub mod record;
+pub mod replay;
+pub mod report;
+pub mod trace;

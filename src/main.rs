@@ -1,10 +1,12 @@
 //! krr: record and replay x86-64 Linux kernel executions.
 
 mod demo;
-
+mod info;
+mod replay_cmd;
 mod run;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -17,34 +19,69 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Args)]
+struct BootArgs {
+    /// The kernel image (bzImage).
+    #[arg(long)]
+    kernel: String,
+    /// An initramfs (cpio).
+    #[arg(long)]
+    initrd: Option<String>,
+    /// The kernel command line.
+    #[arg(long, default_value = run::DEFAULT_APPEND)]
+    append: String,
+    /// Guest RAM, e.g. 512M or 2G.
+    #[arg(long, default_value = "512M")]
+    mem: String,
+    /// One instruction per block (precise mode).
+    #[arg(long)]
+    singlestep: bool,
+    /// Interpreter only (no JIT).
+    #[arg(long)]
+    interpret: bool,
+    /// Stop after this many instructions.
+    #[arg(long)]
+    max_instructions: Option<u64>,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Run the built-in guest in every engine tier and compare the results.
+    /// Run the built-in guests: compare the engine tiers, record and replay.
     Demo,
     /// Boot a Linux kernel (bzImage) on krr's PC, console on stdout.
-    Run {
-        /// The kernel image (bzImage).
-        #[arg(long)]
-        kernel: String,
-        /// An initramfs (cpio).
-        #[arg(long)]
-        initrd: Option<String>,
-        /// The kernel command line.
-        #[arg(long, default_value = run::DEFAULT_APPEND)]
-        append: String,
-        /// Guest RAM, e.g. 512M or 2G.
-        #[arg(long, default_value = "512M")]
-        mem: String,
-        /// One instruction per block (precise mode).
-        #[arg(long)]
-        singlestep: bool,
-        /// Interpreter only (no JIT).
-        #[arg(long)]
-        interpret: bool,
-        /// Stop after this many instructions.
-        #[arg(long)]
-        max_instructions: Option<u64>,
+    Run(BootArgs),
+    /// Boot a Linux kernel as `run` does and write a trace of the run.
+    Record {
+        #[command(flatten)]
+        boot: BootArgs,
+        /// The trace file to write.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// Instructions between state checkpoints in the trace.
+        #[arg(long, default_value_t = krr::record::DEFAULT_CHECKPOINT_INTERVAL)]
+        checkpoint_interval: u64,
     },
+    /// Replay a trace: only the trace is needed.
+    Replay(replay_cmd::ReplayArgs),
+    /// Print a trace's header, machine configuration and event statistics.
+    Info {
+        /// The trace file.
+        trace: PathBuf,
+    },
+}
+
+fn boot(b: BootArgs, record: Option<(PathBuf, u64)>) -> Result<i32, String> {
+    let mem_bytes = run::parse_size(&b.mem)?;
+    run::run(run::RunArgs {
+        kernel: b.kernel,
+        initrd: b.initrd,
+        append: b.append,
+        mem_bytes,
+        singlestep: b.singlestep,
+        interpret: b.interpret,
+        max_instructions: b.max_instructions,
+        record,
+    })
 }
 
 fn main() {
@@ -52,25 +89,14 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo => demo::run().map(|()| 0),
-        Command::Run {
-            kernel,
-            initrd,
-            append,
-            mem,
-            singlestep,
-            interpret,
-            max_instructions,
-        } => run::parse_size(&mem).and_then(|mem_bytes| {
-            run::run(run::RunArgs {
-                kernel,
-                initrd,
-                append,
-                mem_bytes,
-                singlestep,
-                interpret,
-                max_instructions,
-            })
-        }),
+        Command::Run(b) => boot(b, None),
+        Command::Record {
+            boot: b,
+            output,
+            checkpoint_interval,
+        } => boot(b, Some((output, checkpoint_interval))),
+        Command::Replay(args) => replay_cmd::run(args),
+        Command::Info { trace } => info::run(&trace),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -1,7 +1,10 @@
-//! `krr run`: boot a Linux kernel on the machine, console on stdout.
+//! `krr run` and `krr record`: boot a Linux kernel on the machine, console on stdout, and
+//! (record) write the trace.
 
 use krr::machine::{linux, Machine, MachineConfig, RunEnd};
+use krr::record::{record, RecordOptions};
 use krr_jit::{EngineConfig, TierPolicy};
+use std::path::PathBuf;
 use std::time::Instant;
 
 pub struct RunArgs {
@@ -12,6 +15,8 @@ pub struct RunArgs {
     pub singlestep: bool,
     pub interpret: bool,
     pub max_instructions: Option<u64>,
+    /// `krr record`: the trace to write and the checkpoint spacing.
+    pub record: Option<(PathBuf, u64)>,
 }
 
 /// The kernel command line krr boots with unless told otherwise: serial console, no ACPI or
@@ -54,12 +59,13 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         },
         ..EngineConfig::default()
     };
+    let bar = krr::report::progress(None);
     let mut m = Machine::new(
         MachineConfig {
             mem_bytes: args.mem_bytes,
             engine,
         },
-        Box::new(std::io::stdout()),
+        Box::new(krr::report::Console::new(bar.clone())),
     )
     .map_err(|e| e.to_string())?;
     let info = linux::load(
@@ -78,44 +84,50 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         info.initrd
     );
     let t0 = Instant::now();
-    let end = m.run(args.max_instructions);
+    let mut recorded = None;
+    let end = match &args.record {
+        None => m.run(args.max_instructions),
+        Some((path, checkpoint_interval)) => {
+            let name = |p: &str| {
+                std::path::Path::new(p)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            };
+            let opts = RecordOptions {
+                path,
+                checkpoint_interval: *checkpoint_interval,
+                guest: format!(
+                    "Linux kernel {}{}",
+                    name(&args.kernel),
+                    args.initrd
+                        .as_deref()
+                        .map(|i| format!(", initrd {}", name(i)))
+                        .unwrap_or_default()
+                ),
+                cmdline: args.append.clone(),
+                max_instructions: args.max_instructions,
+            };
+            let r = record(&mut m, &opts, &bar)?;
+            let end = r.end.clone();
+            recorded = Some(r);
+            Ok(end)
+        }
+    };
+    bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     let icount = m.cpu.icount;
     let mips = icount as f64 / secs.max(1e-9) / 1e6;
     let stats = &m.engine.stats;
-    let state_hash = {
-        let arith = krr_jit::interp::materialize_flags(&mut m.cpu);
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let flags = (m.cpu.rflags & !krr_runtime::rflags::ARITH) | arith;
-        for v in m.cpu.gpr.iter().chain([m.cpu.rip, flags].iter()) {
-            for b in v.to_le_bytes() {
-                h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-            }
-        }
-        h
-    };
+    let state_hash = krr::trace::state::regs_hash(&mut m.cpu);
     if log::log_enabled!(log::Level::Debug) {
-        let c = &m.cpu;
-        let regs: Vec<String> = (0..16)
-            .map(|i| format!("{}={:#x}", krr_runtime::gpr::NAMES[i], c.gpr[i]))
-            .collect();
-        log::debug!(
-            "final state: rip={:#x} rflags={:#x} cc_op={:#x} cc_res={:#x} cc_a={:#x} cc_b={:#x} cc_aux={:#x} {}",
-            c.rip, c.rflags, c.cc_op, c.cc_res, c.cc_a, c.cc_b, c.cc_aux, regs.join(" ")
-        );
-        let mut bytes = [0u8; 16];
+        log::debug!("final registers: {}", krr::report::regs_line(&mut m.cpu));
         let rip = m.cpu.rip;
-        let n = krr_runtime::mmu::fetch_code(&mut m.cpu, rip, &mut bytes).unwrap_or(0);
-        let mut d = iced_x86::Decoder::with_ip(64, &bytes[..n], m.cpu.rip, 0);
-        log::debug!("next instruction: {}", d.decode());
-        let ram = m.mem.slice(0, m.mem.size() as usize).unwrap_or(&[]);
-        let mut h: u64 = 0;
-        for chunk in ram.chunks_exact(8) {
-            let w = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
-            h = (h.rotate_left(5) ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-        log::debug!("memory hash: {h:016x}");
+        let (bytes, text) = krr::report::describe_insn(&mut m.cpu, rip);
+        log::debug!("next instruction: [{bytes}] {text}");
+        log::debug!("RAM hash: {:016x}", krr::trace::state::ram_hash(&m.mem));
         if let Some(path) = std::env::var_os("KRR_DUMP_RAM") {
+            let ram = m.mem.slice(0, m.mem.size() as usize).unwrap_or(&[]);
             if let Err(e) = std::fs::write(&path, ram) {
                 log::warn!("cannot write the RAM dump: {e}");
             }
@@ -142,6 +154,21 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
                 RunEnd::InstructionLimit => ("instruction limit reached".to_string(), 3),
             };
             eprintln!("krr: {what}: {summary}");
+            if let (Some(r), Some((path, _))) = (&recorded, &args.record) {
+                eprintln!("=== Event Stats ===");
+                for l in r.counts.lines() {
+                    eprintln!("{l}");
+                }
+                eprintln!("Instructions: {icount}");
+                eprintln!("Time(s): {secs:.3}");
+                eprintln!(
+                    "Trace: {} ({} bytes, registers hash {:016x}, RAM hash {:016x})",
+                    path.display(),
+                    r.trace_bytes,
+                    r.end_info.regs_hash,
+                    r.end_info.ram_hash
+                );
+            }
             Ok(code)
         }
         Err(e) => Err(format!("{e} ({summary})")),

@@ -574,6 +574,14 @@ impl Lower<'_, '_> {
         }
     }
 
+    /// Write the current instruction's RIP and instruction count to the state before a slow
+    /// path that may reach the bus (MMIO): devices and the recorder see the exact position.
+    fn sync_position(&mut self) {
+        let rip = self.fb.ins().iconst(types::I64, self.insn.ip() as i64);
+        self.state_store(offsets::RIP, rip);
+        self.store_icount(self.ctx.index);
+    }
+
     fn store_icount(&mut self, retired: u32) {
         let v = self.fb.ins().iadd_imm_s(self.icount, retired as i64);
         self.state_store(offsets::ICOUNT, v);
@@ -1042,6 +1050,7 @@ impl Builder for Lower<'_, '_> {
         self.fb.ins().jump(join, &[BlockArg::Value(x)]);
         self.fb.set_cold_block(slow);
         self.fb.switch_to_block(slow);
+        self.sync_position();
         let sz = self.fb.ins().iconst(types::I64, size as i64);
         let mi = self.fb.ins().iconst(types::I64, self.mmu_idx as i64);
         let cpu = self.cpu;
@@ -1075,6 +1084,7 @@ impl Builder for Lower<'_, '_> {
         self.fb.ins().jump(join, &[]);
         self.fb.set_cold_block(slow);
         self.fb.switch_to_block(slow);
+        self.sync_position();
         let arg = self
             .fb
             .ins()
@@ -1104,6 +1114,7 @@ impl Builder for Lower<'_, '_> {
             .jump(join, &[BlockArg::Value(a), BlockArg::Value(b)]);
         self.fb.set_cold_block(slow);
         self.fb.switch_to_block(slow);
+        self.sync_position();
         let mi = self.fb.ins().iconst(types::I64, self.mmu_idx as i64);
         let cpu = self.cpu;
         let status = self.call_fn(self.refs.load128, &[cpu, addr, mi]);
@@ -1135,6 +1146,7 @@ impl Builder for Lower<'_, '_> {
         self.fb.ins().jump(join, &[]);
         self.fb.set_cold_block(slow);
         self.fb.switch_to_block(slow);
+        self.sync_position();
         self.state_store(offsets::SCRATCH, lo);
         self.state_store(offsets::SCRATCH + 8, hi);
         let mi = self.fb.ins().iconst(types::I64, self.mmu_idx as i64);

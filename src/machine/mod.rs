@@ -10,11 +10,15 @@
 pub mod devices;
 pub mod linux;
 
+use crate::trace::{Event, EventData};
 use devices::{DeviceCtx, IrqLines, MachineRequest, PortDevice};
 use krr_jit::{Engine, EngineConfig, Exit};
 use krr_runtime::{Bus, CpuState, GuestMemory};
 use std::collections::HashSet;
 use std::io::Write;
+
+/// Receives the recorder's events, in order, with the CPU state at the time of the call.
+pub type EventSink<'a> = dyn FnMut(&mut Vec<Event>, &CpuState) -> Result<(), String> + 'a;
 
 /// How a run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +50,8 @@ pub enum MachineError {
     Memory(#[from] krr_runtime::MemoryError),
     #[error("engine: {0}")]
     Engine(#[from] krr_jit::EngineError),
+    #[error("recording: {0}")]
+    Record(String),
 }
 
 /// Port ranges `(first port, count, device, base)`: the device sees `port - base`.
@@ -124,6 +130,8 @@ pub struct Board {
     unknown_ports: HashSet<u16>,
     unknown_mmio: HashSet<u64>,
     pub counters: BusCounters,
+    /// Inputs and outputs for the recorder, in order (`None`: not recording).
+    pub log: Option<Vec<Event>>,
 }
 
 /// What the guest did on the bus (for the run summary and the recorder's statistics).
@@ -140,6 +148,21 @@ pub struct BusCounters {
 impl Board {
     fn now(&self, cpu: &CpuState) -> u64 {
         cpu.icount + self.idle_ns
+    }
+
+    /// Virtual time in nanoseconds: instructions plus time spent halted.
+    pub fn guest_ns(&self, cpu: &CpuState) -> u64 {
+        self.now(cpu)
+    }
+
+    fn record(&mut self, cpu: &CpuState, data: EventData) {
+        if let Some(log) = &mut self.log {
+            log.push(Event {
+                icount: cpu.icount,
+                rip: cpu.rip,
+                data,
+            });
+        }
     }
 
     /// Run `f` on device `dev` (`None`: COM1) with a context at the current virtual time.
@@ -202,6 +225,59 @@ impl Board {
 
 impl Bus for Board {
     fn port_in(&mut self, cpu: &CpuState, port: u16, size: u8) -> u32 {
+        let value = self.port_in_value(cpu, port, size);
+        self.record(cpu, EventData::PortIn { port, size, value });
+        value
+    }
+
+    fn port_out(&mut self, cpu: &CpuState, port: u16, size: u8, value: u32) {
+        let sent = self.serial.output().len();
+        self.port_out_effect(cpu, port, size, value);
+        let console = self.serial.output().len() != sent;
+        self.record(
+            cpu,
+            EventData::PortOut {
+                port,
+                size,
+                value,
+                console,
+            },
+        );
+    }
+
+    fn mmio_read(&mut self, cpu: &CpuState, phys: u64, size: u8) -> u64 {
+        let value = self.mmio_read_value(cpu, phys, size);
+        self.record(cpu, EventData::MmioRead { phys, size, value });
+        value
+    }
+
+    fn mmio_write(&mut self, cpu: &CpuState, phys: u64, size: u8, value: u64) {
+        self.mmio_write_effect(cpu, phys, size, value);
+        self.record(cpu, EventData::MmioWrite { phys, size, value });
+    }
+
+    fn rdtsc(&mut self, cpu: &CpuState) -> u64 {
+        self.counters.rdtsc += 1;
+        let value = self.now(cpu);
+        self.record(cpu, EventData::Rdtsc { value });
+        value
+    }
+
+    fn rdrand(&mut self, cpu: &CpuState, size: u8, seed: bool) -> Option<u64> {
+        // The CPU model does not advertise RDRAND/RDSEED; report failure (CF=0) if used.
+        let value = None;
+        self.record(cpu, EventData::Rdrand { seed, size, value });
+        value
+    }
+
+    fn wants_exit(&self, cpu: &CpuState) -> bool {
+        !self.requests.is_empty() || (self.pic.pending() && Engine::interrupts_enabled(cpu))
+    }
+}
+
+/// The devices' side of each bus access (the `Bus` impl adds the recording).
+impl Board {
+    fn port_in_value(&mut self, cpu: &CpuState, port: u16, size: u8) -> u32 {
         self.counters.port_in += 1;
         if devices::pic::PicPair::PORTS.contains(&port) {
             return self.pic.read(port) as u32;
@@ -223,7 +299,7 @@ impl Bus for Board {
         }
     }
 
-    fn port_out(&mut self, cpu: &CpuState, port: u16, size: u8, value: u32) {
+    fn port_out_effect(&mut self, cpu: &CpuState, port: u16, size: u8, value: u32) {
         self.counters.port_out += 1;
         if devices::pic::PicPair::PORTS.contains(&port) {
             self.pic.write(port, value as u8);
@@ -241,7 +317,7 @@ impl Bus for Board {
         }
     }
 
-    fn mmio_read(&mut self, _cpu: &CpuState, phys: u64, size: u8) -> u64 {
+    fn mmio_read_value(&mut self, _cpu: &CpuState, phys: u64, size: u8) -> u64 {
         self.counters.mmio_read += 1;
         if self.unknown_mmio.insert(phys & !0xfff) {
             log::info!(
@@ -256,7 +332,7 @@ impl Bus for Board {
         }
     }
 
-    fn mmio_write(&mut self, _cpu: &CpuState, phys: u64, _size: u8, value: u64) {
+    fn mmio_write_effect(&mut self, _cpu: &CpuState, phys: u64, _size: u8, value: u64) {
         self.counters.mmio_write += 1;
         if self.unknown_mmio.insert(phys & !0xfff) {
             log::info!(
@@ -264,20 +340,6 @@ impl Bus for Board {
                 phys & !0xfff
             );
         }
-    }
-
-    fn rdtsc(&mut self, cpu: &CpuState) -> u64 {
-        self.counters.rdtsc += 1;
-        self.now(cpu)
-    }
-
-    fn rdrand(&mut self, _cpu: &CpuState, _size: u8, _seed: bool) -> Option<u64> {
-        // The CPU model does not advertise RDRAND/RDSEED; report failure (CF=0) if used.
-        None
-    }
-
-    fn wants_exit(&self, cpu: &CpuState) -> bool {
-        !self.requests.is_empty() || (self.pic.pending() && Engine::interrupts_enabled(cpu))
     }
 }
 
@@ -316,6 +378,7 @@ impl Machine {
             unknown_ports: HashSet::new(),
             unknown_mmio: HashSet::new(),
             counters: BusCounters::default(),
+            log: None,
         };
         Ok(Machine {
             mem,
@@ -337,12 +400,58 @@ impl Machine {
 
     /// Run until the guest ends the run or `max_instructions` retire.
     pub fn run(&mut self, max_instructions: Option<u64>) -> Result<RunEnd, MachineError> {
+        self.run_inner(max_instructions, None)
+    }
+
+    /// Run as [`Machine::run`] does, logging every input and output as trace events plus a
+    /// checkpoint (registers hash) each time the instruction count reaches a multiple of
+    /// `checkpoint_interval`. `sink` receives the events in order, each time the engine returns
+    /// to the run loop and at the end.
+    pub fn run_recorded(
+        &mut self,
+        max_instructions: Option<u64>,
+        checkpoint_interval: u64,
+        sink: &mut EventSink,
+    ) -> Result<RunEnd, MachineError> {
+        self.board.log = Some(Vec::new());
+        let r = self.run_inner(
+            Some(max_instructions.unwrap_or(u64::MAX)),
+            Some((checkpoint_interval.max(1), sink)),
+        );
+        self.board.log = None;
+        r
+    }
+
+    fn run_inner(
+        &mut self,
+        max_instructions: Option<u64>,
+        mut recording: Option<(u64, &mut EventSink)>,
+    ) -> Result<RunEnd, MachineError> {
+        let mut next_checkpoint = match &recording {
+            Some((every, _)) => (self.cpu.icount / every + 1) * every,
+            None => u64::MAX,
+        };
         loop {
+            if let Some((every, sink)) = &mut recording {
+                if self.cpu.icount >= next_checkpoint {
+                    let regs_hash = crate::trace::state::regs_hash(&mut self.cpu);
+                    self.board
+                        .record(&self.cpu, EventData::Checkpoint { regs_hash });
+                    next_checkpoint = (self.cpu.icount / *every + 1) * *every;
+                }
+                if let Some(log) = &mut self.board.log {
+                    if !log.is_empty() {
+                        sink(log, &self.cpu).map_err(MachineError::Record)?;
+                        log.clear();
+                    }
+                }
+            }
             let now = self.board.now(&self.cpu);
             self.board.advance_all(now);
             self.drain_console();
             if let Some(r) = self.board.requests.first().copied() {
                 self.board.requests.clear();
+                self.flush_log(&mut recording)?;
                 return Ok(match r {
                     MachineRequest::PowerOff => RunEnd::PowerOff,
                     MachineRequest::Reset => RunEnd::Reset,
@@ -357,6 +466,9 @@ impl Machine {
                     self.cpu.icount,
                     self.cpu.rip
                 );
+                let rcx = self.cpu.gpr[krr_runtime::gpr::RCX];
+                self.board
+                    .record(&self.cpu, EventData::Interrupt { vector, rcx });
                 if let Err(e) = self.engine.inject_interrupt(&mut self.cpu, vector) {
                     return Err(self.fatal(e));
                 }
@@ -364,19 +476,25 @@ impl Machine {
             // Run until the next device event (in virtual time = instructions).
             let limit = max_instructions.unwrap_or(u64::MAX);
             if self.cpu.icount >= limit {
+                self.flush_log(&mut recording)?;
                 return Ok(RunEnd::InstructionLimit);
             }
             let next = self
                 .board
                 .next_event()
                 .map(|t| t.saturating_sub(self.board.idle_ns));
-            self.cpu.icount_limit = next.unwrap_or(u64::MAX).max(self.cpu.icount + 1).min(limit);
+            self.cpu.icount_limit = next
+                .unwrap_or(u64::MAX)
+                .max(self.cpu.icount + 1)
+                .min(limit)
+                .min(next_checkpoint);
             let exit = self.engine.run_with_bus(&mut self.cpu, &mut self.board);
             match exit {
                 Exit::Budget | Exit::BusRequest => {}
                 Exit::Halt => {
                     if self.cpu.rflags & krr_runtime::rflags::IF == 0 {
                         self.drain_console();
+                        self.flush_log(&mut recording)?;
                         return Ok(RunEnd::HaltedForever);
                     }
                     // Idle until the next device event.
@@ -388,14 +506,32 @@ impl Machine {
                             Some(_) => {}
                             None => {
                                 self.drain_console();
+                                self.flush_log(&mut recording)?;
                                 return Ok(RunEnd::HaltedForever);
                             }
                         }
                     }
                 }
-                other => return Err(self.fatal(other)),
+                other => {
+                    self.flush_log(&mut recording)?;
+                    return Err(self.fatal(other));
+                }
             }
         }
+    }
+
+    /// Hand the last logged events to the recorder's sink.
+    fn flush_log(
+        &mut self,
+        recording: &mut Option<(u64, &mut EventSink)>,
+    ) -> Result<(), MachineError> {
+        if let (Some((_, sink)), Some(log)) = (recording, &mut self.board.log) {
+            if !log.is_empty() {
+                sink(log, &self.cpu).map_err(MachineError::Record)?;
+                log.clear();
+            }
+        }
+        Ok(())
     }
 
     fn fatal(&mut self, exit: Exit) -> MachineError {

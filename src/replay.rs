@@ -1,0 +1,628 @@
+//! The replayer: load a trace's snapshot and run the engine with every input taken from the
+//! trace. No device models: port and MMIO reads, RDTSC and RDRAND come from synchronous
+//! events (checked against the instruction asking for them), interrupts and checkpoints are
+//! asynchronous events the engine is stopped at with an instruction budget, so blocks stay
+//! multi-instruction and still end exactly where the next event is due.
+
+use crate::report;
+use crate::trace::{
+    state, Event, EventCounts, EventData, EventKind, EventStream, TraceError, TraceReader,
+};
+use indicatif::ProgressBar;
+use krr_jit::{Engine, EngineConfig, Exit};
+use krr_runtime::cpuid::CpuidTable;
+use krr_runtime::{Bus, CpuState, GuestMemory};
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+#[derive(Clone, Debug, Default)]
+pub struct ReplayOptions {
+    pub engine: EngineConfig,
+    /// Write the console bytes the guest sent to the serial port.
+    pub console: bool,
+    /// Log every instruction in `[start, end)` with its registers.
+    pub log_bound: Option<(u64, u64)>,
+    pub log_file: Option<std::path::PathBuf>,
+    /// End the replay before this instruction and report the state.
+    pub stop_at: Option<u64>,
+}
+
+/// Where replay left the recorded path.
+#[derive(Clone, Debug)]
+pub struct Divergence {
+    /// Index of the trace event that did not match (or that was due next).
+    pub event_index: u64,
+    pub icount: u64,
+    pub rip: u64,
+    pub what: String,
+    /// Registers at the divergent point, when known.
+    pub regs: Option<([u64; 16], u64)>,
+    /// The divergent instruction's bytes and disassembly.
+    pub insn: String,
+}
+
+#[derive(Debug)]
+pub enum Verdict {
+    Matched,
+    Diverged(Box<Divergence>),
+    /// `--stop-at` reached.
+    Stopped,
+}
+
+pub struct ReplayOutcome {
+    pub verdict: Verdict,
+    pub counts: EventCounts,
+    pub icount: u64,
+    pub rip: u64,
+    pub regs_hash: u64,
+    pub ram_hash: u64,
+    pub seconds: f64,
+    pub blocks_compiled: u64,
+    pub compile_seconds: f64,
+    /// Register line and next instruction at the end (for `--stop-at` and divergences).
+    pub state_dump: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    #[error("{0}")]
+    Setup(String),
+    #[error("{0}")]
+    Fatal(String),
+}
+
+struct ReplayBus {
+    stream: EventStream,
+    console: Option<Box<dyn Write>>,
+    counts: EventCounts,
+    divergence: Option<Divergence>,
+    error: Option<TraceError>,
+}
+
+impl ReplayBus {
+    /// Consume the next event, which must be a `kind` event at the instruction `cpu` is
+    /// executing; `check` takes the event's data apart.
+    fn take<T>(
+        &mut self,
+        cpu: &CpuState,
+        kind: EventKind,
+        asked: impl Fn() -> String,
+        check: impl FnOnce(&EventData) -> Option<T>,
+    ) -> Option<T> {
+        if self.divergence.is_some() || self.error.is_some() {
+            return None;
+        }
+        let index = self.stream.position;
+        let diverge = |what: String| Divergence {
+            event_index: index,
+            icount: cpu.icount,
+            rip: cpu.rip,
+            what,
+            regs: Some((cpu.gpr, cpu.rflags)),
+            insn: String::new(),
+        };
+        let e = match self.stream.next_event() {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                self.divergence = Some(diverge(format!(
+                    "the guest asked for {} ({}), but the trace has no more events",
+                    kind.name(),
+                    asked()
+                )));
+                return None;
+            }
+            Err(err) => {
+                self.error = Some(err);
+                return None;
+            }
+        };
+        if e.kind() != kind || e.icount != cpu.icount || e.rip != cpu.rip {
+            self.divergence = Some(diverge(format!(
+                "the guest asked for {} ({}) at instruction {} RIP {:#x}; the trace has {e}",
+                kind.name(),
+                asked(),
+                cpu.icount,
+                cpu.rip
+            )));
+            return None;
+        }
+        match check(&e.data) {
+            Some(v) => {
+                self.counts.add(kind);
+                Some(v)
+            }
+            None => {
+                self.divergence = Some(diverge(format!(
+                    "the guest asked for {} ({}); the trace has {e}",
+                    kind.name(),
+                    asked()
+                )));
+                None
+            }
+        }
+    }
+}
+
+fn all_ones(size: u8) -> u64 {
+    if size >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (size * 8)) - 1
+    }
+}
+
+impl Bus for ReplayBus {
+    fn port_in(&mut self, cpu: &CpuState, port: u16, size: u8) -> u32 {
+        self.take(
+            cpu,
+            EventKind::PortIn,
+            || format!("port {port:#x}, {size} bytes"),
+            |d| match *d {
+                EventData::PortIn {
+                    port: p,
+                    size: s,
+                    value,
+                } if p == port && s == size => Some(value),
+                _ => None,
+            },
+        )
+        .unwrap_or(all_ones(size) as u32)
+    }
+
+    fn port_out(&mut self, cpu: &CpuState, port: u16, size: u8, value: u32) {
+        let console = self.take(
+            cpu,
+            EventKind::PortOut,
+            || format!("port {port:#x}, {size} bytes, value {value:#x}"),
+            |d| match *d {
+                EventData::PortOut {
+                    port: p,
+                    size: s,
+                    value: v,
+                    console,
+                } if p == port && s == size && v == value => Some(console),
+                _ => None,
+            },
+        );
+        if console == Some(true) {
+            if let Some(out) = &mut self.console {
+                let _ = out.write_all(&[value as u8]);
+                if value as u8 == b'\n' {
+                    let _ = out.flush();
+                }
+            }
+        }
+    }
+
+    fn mmio_read(&mut self, cpu: &CpuState, phys: u64, size: u8) -> u64 {
+        self.take(
+            cpu,
+            EventKind::MmioRead,
+            || format!("address {phys:#x}, {size} bytes"),
+            |d| match *d {
+                EventData::MmioRead {
+                    phys: p,
+                    size: s,
+                    value,
+                } if p == phys && s == size => Some(value),
+                _ => None,
+            },
+        )
+        .unwrap_or(all_ones(size))
+    }
+
+    fn mmio_write(&mut self, cpu: &CpuState, phys: u64, size: u8, value: u64) {
+        self.take(
+            cpu,
+            EventKind::MmioWrite,
+            || format!("address {phys:#x}, {size} bytes, value {value:#x}"),
+            |d| match *d {
+                EventData::MmioWrite {
+                    phys: p,
+                    size: s,
+                    value: v,
+                } if p == phys && s == size && v == value => Some(()),
+                _ => None,
+            },
+        );
+    }
+
+    fn rdtsc(&mut self, cpu: &CpuState) -> u64 {
+        self.take(
+            cpu,
+            EventKind::Rdtsc,
+            || "RDTSC".to_string(),
+            |d| match *d {
+                EventData::Rdtsc { value } => Some(value),
+                _ => None,
+            },
+        )
+        .unwrap_or(0)
+    }
+
+    fn rdrand(&mut self, cpu: &CpuState, size: u8, seed: bool) -> Option<u64> {
+        self.take(
+            cpu,
+            EventKind::Rdrand,
+            || format!("{}, {size} bytes", if seed { "RDSEED" } else { "RDRAND" }),
+            |d| match *d {
+                EventData::Rdrand {
+                    seed: sd,
+                    size: s,
+                    value,
+                } if sd == seed && s == size => Some(value),
+                _ => None,
+            },
+        )
+        .flatten()
+    }
+
+    fn wants_exit(&self, _cpu: &CpuState) -> bool {
+        self.divergence.is_some() || self.error.is_some()
+    }
+}
+
+/// Everything replay needs, loaded from a trace.
+pub struct Replayer {
+    pub mem: GuestMemory,
+    pub cpu: Box<CpuState>,
+    pub engine: Engine,
+    bus: ReplayBus,
+    end_icount: u64,
+    end_regs_hash: u64,
+    end_ram_hash: u64,
+    options: ReplayOptions,
+}
+
+impl Replayer {
+    /// Open and check the whole trace (framing, checksums, index) and load its snapshot.
+    pub fn open(path: &Path, options: ReplayOptions) -> Result<Replayer, ReplayError> {
+        let mut reader = TraceReader::open(path)?;
+        let info = reader.info.clone();
+        let snapshot = reader.snapshot()?;
+        let setup =
+            |what: &str, e: String| ReplayError::Setup(format!("{}: {what}: {e}", reader.path()));
+        let mut mem =
+            GuestMemory::new(info.mem_bytes).map_err(|e| setup("guest RAM", e.to_string()))?;
+        let mut cpu = CpuState::new_flat64(&mut mem);
+        cpu.cpuid = CpuidTable::from_entries(&info.cpuid)
+            .ok_or_else(|| setup("CPU model", "too many CPUID entries".into()))?;
+        state::decode_ram(&mut mem, &snapshot.ram_image)
+            .map_err(|e| setup("snapshot RAM image", e))?;
+        state::decode_cpu(&mut cpu, &snapshot.cpu_image)
+            .map_err(|e| setup("snapshot CPU image", e))?;
+        cpu.icount_limit = u64::MAX;
+        let engine = Engine::new(EngineConfig {
+            deliver_exceptions: true,
+            ..options.engine
+        })
+        .map_err(|e| setup("engine", e.to_string()))?;
+        let end = reader.end.clone();
+        let console: Option<Box<dyn Write>> = if options.console {
+            Some(Box::new(std::io::stdout()))
+        } else {
+            None
+        };
+        Ok(Replayer {
+            mem,
+            cpu,
+            engine,
+            bus: ReplayBus {
+                stream: EventStream::new(reader),
+                console,
+                counts: EventCounts::default(),
+                divergence: None,
+                error: None,
+            },
+            end_icount: end.icount,
+            end_regs_hash: end.regs_hash,
+            end_ram_hash: end.ram_hash,
+            options,
+        })
+    }
+
+    pub fn set_console(&mut self, out: Option<Box<dyn Write>>) {
+        self.bus.console = out;
+    }
+
+    pub fn total_instructions(&self) -> u64 {
+        self.end_icount
+    }
+
+    pub fn total_events(&self) -> u64 {
+        self.bus.stream.reader().end.counts.total()
+    }
+
+    fn diverge_here(&mut self, what: String) -> Divergence {
+        Divergence {
+            event_index: self.bus.stream.position,
+            icount: self.cpu.icount,
+            rip: self.cpu.rip,
+            what,
+            regs: Some((self.cpu.gpr, state::full_rflags(&mut self.cpu))),
+            insn: String::new(),
+        }
+    }
+
+    /// The next asynchronous event's instruction count (sync events before it are left for
+    /// the bus).
+    fn next_async(&mut self) -> Result<Option<u64>, TraceError> {
+        let mut k = 0;
+        loop {
+            match self.bus.stream.peek(k)? {
+                None => return Ok(None),
+                Some(e) if e.kind().is_async() => return Ok(Some(e.icount)),
+                Some(_) => k += 1,
+            }
+        }
+    }
+
+    /// Handle the asynchronous events due at the current instruction count.
+    fn take_async_events(&mut self) -> Result<Option<Divergence>, ReplayError> {
+        loop {
+            let e: Event = match self.bus.stream.peek(0)? {
+                Some(e) if e.kind().is_async() && e.icount <= self.cpu.icount => *e,
+                _ => return Ok(None),
+            };
+            if e.icount < self.cpu.icount || e.rip != self.cpu.rip {
+                return Ok(Some(self.diverge_here(format!(
+                    "the trace has {e}, replay is at instruction {} RIP {:#x}",
+                    self.cpu.icount, self.cpu.rip
+                ))));
+            }
+            match e.data {
+                EventData::Checkpoint { regs_hash } => {
+                    let h = state::regs_hash(&mut self.cpu);
+                    if h != regs_hash {
+                        return Ok(Some(self.diverge_here(format!(
+                            "checkpoint at instruction {}: registers hash {h:016x}, recorded {regs_hash:016x}",
+                            e.icount
+                        ))));
+                    }
+                }
+                EventData::Interrupt { vector, rcx } => {
+                    let now_rcx = self.cpu.gpr[krr_runtime::gpr::RCX];
+                    if now_rcx != rcx {
+                        return Ok(Some(self.diverge_here(format!(
+                            "the trace has {e}, replay has RCX {now_rcx:#x} there"
+                        ))));
+                    }
+                    if let Err(exit) = self.engine.inject_interrupt(&mut self.cpu, vector) {
+                        return Err(self.fatal(exit));
+                    }
+                }
+                _ => unreachable!("only asynchronous events are taken here"),
+            }
+            self.bus.stream.next_event()?;
+            self.bus.counts.add(e.kind());
+        }
+    }
+
+    fn fatal(&mut self, exit: Exit) -> ReplayError {
+        let (icount, rip) = (self.cpu.icount, self.cpu.rip);
+        let (bytes, text) = report::describe_insn(&mut self.cpu, rip);
+        ReplayError::Fatal(match exit {
+            Exit::TripleFault { first, second } => format!(
+                "triple fault at instruction {icount} RIP {rip:#x} ({bytes}: {text}): #{first} then #{second} while delivering it"
+            ),
+            Exit::Unbacked { phys } => format!(
+                "access to physical address {phys:#x} with no RAM at instruction {icount} RIP {rip:#x} ({bytes}: {text})"
+            ),
+            other => format!("engine stopped with {other:?} at instruction {icount} RIP {rip:#x}"),
+        })
+    }
+
+    fn log_instruction(&mut self, log: &mut dyn Write) -> Result<(), ReplayError> {
+        let rip = self.cpu.rip;
+        let (bytes, text) = report::describe_insn(&mut self.cpu, rip);
+        let regs = report::regs_line(&mut self.cpu);
+        writeln!(
+            log,
+            "{} {rip:#018x} [{bytes}] {text} | {regs}",
+            self.cpu.icount
+        )
+        .map_err(|e| ReplayError::Setup(format!("cannot write the instruction log: {e}")))
+    }
+
+    /// Replay to the end of the trace (or `--stop-at`).
+    pub fn run(&mut self, bar: &ProgressBar) -> Result<ReplayOutcome, ReplayError> {
+        let t0 = Instant::now();
+        let mut log: Option<Box<dyn Write>> =
+            match (&self.options.log_bound, &self.options.log_file) {
+                (Some(_), Some(path)) => Some(Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path).map_err(|e| {
+                        ReplayError::Setup(format!("cannot create {}: {e}", path.display()))
+                    })?,
+                ))),
+                (Some(_), None) => Some(Box::new(std::io::stderr())),
+                _ => None,
+            };
+        let (log_start, log_end) = self.options.log_bound.unwrap_or((u64::MAX, u64::MAX));
+        let stop_at = self.options.stop_at.unwrap_or(u64::MAX);
+        let mut last_draw = Instant::now();
+        let verdict = loop {
+            if let Some(err) = self.bus.error.take() {
+                return Err(err.into());
+            }
+            if let Some(d) = self.bus.divergence.take() {
+                break Verdict::Diverged(Box::new(d));
+            }
+            if let Some(d) = self.take_async_events()? {
+                break Verdict::Diverged(Box::new(d));
+            }
+            let icount = self.cpu.icount;
+            if icount >= stop_at {
+                break Verdict::Stopped;
+            }
+            let next_async = self.next_async()?;
+            if icount >= self.end_icount {
+                if let Some(e) = self.bus.stream.peek(0)? {
+                    let e = *e;
+                    break Verdict::Diverged(Box::new(self.diverge_here(format!(
+                        "the recording ended at instruction {}, but the trace still has {e}",
+                        self.end_icount
+                    ))));
+                }
+                break Verdict::Matched;
+            }
+            let logging = log.is_some() && icount >= log_start && icount < log_end;
+            let mut limit = next_async
+                .unwrap_or(u64::MAX)
+                .min(self.end_icount)
+                .min(stop_at);
+            if logging {
+                limit = limit.min(icount + 1);
+                if let Some(l) = log.as_mut() {
+                    self.log_instruction(l.as_mut())?;
+                }
+            } else if log.is_some() && icount < log_start {
+                limit = limit.min(log_start);
+            }
+            self.cpu.icount_limit = limit;
+            let exit = self.engine.run_with_bus(&mut self.cpu, &mut self.bus);
+            match exit {
+                Exit::Budget | Exit::BusRequest => {}
+                Exit::Halt => {
+                    // A halted CPU waits for the next interrupt, which must be due now.
+                    if self.bus.divergence.is_none()
+                        && next_async != Some(self.cpu.icount)
+                        && self.cpu.icount < self.end_icount
+                    {
+                        let due = match next_async {
+                            Some(n) => format!("the next asynchronous event is at instruction {n}"),
+                            None => "the trace has no more interrupts".to_string(),
+                        };
+                        break Verdict::Diverged(Box::new(self.diverge_here(format!(
+                            "the guest halted at instruction {} RIP {:#x}; {due}",
+                            self.cpu.icount, self.cpu.rip
+                        ))));
+                    }
+                }
+                other => return Err(self.fatal(other)),
+            }
+            if last_draw.elapsed().as_millis() >= 200 {
+                last_draw = Instant::now();
+                bar.set_position(self.cpu.icount);
+                let secs = t0.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!(
+                    "{} events, {:.0} MIPS",
+                    self.bus.counts.total(),
+                    self.cpu.icount as f64 / secs / 1e6
+                ));
+            }
+        };
+        bar.set_position(self.cpu.icount);
+        if let Some(l) = log.as_mut() {
+            l.flush().map_err(|e| {
+                ReplayError::Setup(format!("cannot write the instruction log: {e}"))
+            })?;
+        }
+        if let Some(out) = &mut self.bus.console {
+            let _ = out.flush();
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        let regs_hash = state::regs_hash(&mut self.cpu);
+        let ram_hash = state::ram_hash(&self.mem);
+        let verdict = match verdict {
+            Verdict::Matched if regs_hash != self.end_regs_hash || ram_hash != self.end_ram_hash => {
+                Verdict::Diverged(Box::new(Divergence {
+                    event_index: self.bus.stream.position,
+                    icount: self.cpu.icount,
+                    rip: self.cpu.rip,
+                    what: format!(
+                        "final state: registers hash {regs_hash:016x} (recorded {:016x}), RAM hash {ram_hash:016x} (recorded {:016x})",
+                        self.end_regs_hash, self.end_ram_hash
+                    ),
+                    regs: Some((self.cpu.gpr, state::full_rflags(&mut self.cpu))),
+                    insn: String::new(),
+                }))
+            }
+            v => v,
+        };
+        let verdict = match verdict {
+            Verdict::Diverged(mut d) => {
+                let (bytes, text) = report::describe_insn(&mut self.cpu, d.rip);
+                d.insn = format!("[{bytes}] {text}");
+                Verdict::Diverged(d)
+            }
+            v => v,
+        };
+        let rip = self.cpu.rip;
+        let (bytes, text) = report::describe_insn(&mut self.cpu, rip);
+        let regs = report::regs_line(&mut self.cpu);
+        let state_dump = format!(
+            "next instruction {} RIP {rip:#x}: [{bytes}] {text}\n{regs}",
+            self.cpu.icount
+        );
+        let stats = &self.engine.stats;
+        Ok(ReplayOutcome {
+            verdict,
+            counts: self.bus.counts.clone(),
+            icount: self.cpu.icount,
+            rip,
+            regs_hash,
+            ram_hash,
+            seconds,
+            blocks_compiled: stats.blocks_compiled,
+            compile_seconds: stats.compile_time.as_secs_f64(),
+            state_dump,
+        })
+    }
+}
+
+impl ReplayOutcome {
+    /// The summary people read: time, one line per event kind, totals, hashes, verdict.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "Replay executed in {:.3} seconds\n=== Event Stats ===\n",
+            self.seconds
+        );
+        for l in self.counts.lines() {
+            s.push_str(&l);
+            s.push('\n');
+        }
+        s.push_str(&format!("Instructions: {}\n", self.icount));
+        s.push_str(&format!(
+            "Guest MIPS: {:.1}\n",
+            self.icount as f64 / self.seconds.max(1e-9) / 1e6
+        ));
+        s.push_str(&format!(
+            "Compiled blocks: {} ({:.2} s compiling)\n",
+            self.blocks_compiled, self.compile_seconds
+        ));
+        s.push_str(&format!(
+            "Final state hash: registers {:016x} RAM {:016x}\n",
+            self.regs_hash, self.ram_hash
+        ));
+        match &self.verdict {
+            Verdict::Matched => s.push_str("Verdict: matched\n"),
+            Verdict::Stopped => {
+                s.push_str(&format!(
+                    "Verdict: stopped before instruction {} as asked\n",
+                    self.icount
+                ));
+                s.push_str(&self.state_dump);
+                s.push('\n');
+            }
+            Verdict::Diverged(d) => {
+                s.push_str(&format!(
+                    "Verdict: diverged at event {} (instruction {}, RIP {:#x}): {}\n",
+                    d.event_index, d.icount, d.rip, d.what
+                ));
+                s.push_str(&format!("instruction there: {}\n", d.insn));
+                if let Some((regs, flags)) = &d.regs {
+                    s.push_str(&format!(
+                        "registers there: {}\n",
+                        report::regs_line_with(regs, *flags)
+                    ));
+                }
+                s.push_str(&self.state_dump);
+                s.push('\n');
+            }
+        }
+        s
+    }
+}

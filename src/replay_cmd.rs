@@ -1,0 +1,105 @@
+//! `krr replay`: the command-line face of the replayer.
+
+use clap::Args;
+use krr::replay::{ReplayOptions, Replayer, Verdict};
+use krr_jit::{EngineConfig, TierPolicy};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// The trace to replay.
+    trace: PathBuf,
+    /// One instruction per block (precise mode); results are identical to the default.
+    #[arg(long)]
+    singlestep: bool,
+    /// Interpreter only (no JIT).
+    #[arg(long)]
+    interpret: bool,
+    /// Do not print the guest's console output.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+    /// Log each instruction in [N1, N2) with its registers: `start=N1,end=N2` (end optional).
+    #[arg(long, value_parser = parse_log_bound)]
+    log_bound: Option<(u64, u64)>,
+    /// Where `--log-bound` writes (default: stderr).
+    #[arg(short = 'D')]
+    log_file: Option<PathBuf>,
+    /// Stop before instruction N and print the state there.
+    #[arg(long)]
+    stop_at: Option<u64>,
+}
+
+fn parse_log_bound(s: &str) -> Result<(u64, u64), String> {
+    let (mut start, mut end) = (None, u64::MAX);
+    for part in s.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("`{part}`: expected start=N or end=N"))?;
+        let n: u64 = v
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{v}` is not an instruction count"))?;
+        match k.trim() {
+            "start" => start = Some(n),
+            "end" => end = n,
+            other => return Err(format!("unknown key `{other}` (use start=N1,end=N2)")),
+        }
+    }
+    let start = start.ok_or("start=N is required")?;
+    if end <= start {
+        return Err(format!("end ({end}) must be after start ({start})"));
+    }
+    Ok((start, end))
+}
+
+pub fn run(a: ReplayArgs) -> Result<i32, String> {
+    let engine = EngineConfig {
+        policy: if a.interpret {
+            TierPolicy::Interpret
+        } else {
+            TierPolicy::Tiered
+        },
+        max_block_insns: if a.singlestep {
+            1
+        } else {
+            EngineConfig::default().max_block_insns
+        },
+        ..EngineConfig::default()
+    };
+    if a.log_file.is_some() && a.log_bound.is_none() {
+        return Err("-D FILE needs --log-bound start=N1,end=N2".into());
+    }
+    let options = ReplayOptions {
+        engine,
+        console: !a.quiet,
+        log_bound: a.log_bound,
+        log_file: a.log_file,
+        stop_at: a.stop_at,
+    };
+    let mut r = Replayer::open(&a.trace, options).map_err(|e| e.to_string())?;
+    let bar = krr::report::progress(Some(r.total_instructions()));
+    if !a.quiet {
+        r.set_console(Some(Box::new(krr::report::Console::new(bar.clone()))));
+    }
+    let outcome = r.run(&bar).map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    eprint!("{}", outcome.summary());
+    Ok(match outcome.verdict {
+        Verdict::Matched | Verdict::Stopped => 0,
+        Verdict::Diverged(_) => 2,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_log_bound;
+
+    #[test]
+    fn log_bounds_parse() {
+        assert_eq!(parse_log_bound("start=5,end=9"), Ok((5, 9)));
+        assert_eq!(parse_log_bound("start=5"), Ok((5, u64::MAX)));
+        assert!(parse_log_bound("end=9").is_err());
+        assert!(parse_log_bound("start=9,end=9").is_err());
+        assert!(parse_log_bound("start=x").is_err());
+    }
+}
