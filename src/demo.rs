@@ -2,11 +2,17 @@
 //! assembler, nothing downloaded), run by each execution tier of the engine. The tiers must
 //! agree on every register, flag and byte of memory; the demo prints what each did.
 //!
-//! The guest: a sieve of Eratosthenes over 2..N in a byte array, then an FNV-1a hash of the
+//! Then the system guest of [`krr::demo_guest`] runs on the whole machine (devices, interrupts,
+//! paging, CPL3) in the default and the single-step mode, which must agree exactly.
+//!
+//! The user-mode guest: a sieve of Eratosthenes over 2..N in a byte array, then an FNV-1a hash of the
 //! array, the prime count and the largest prime found, with the hash and count left in RAX/RBX.
 
 use iced_x86::code_asm::*;
+use krr::demo_guest::{run_demo_guest, DemoOutcome};
+use krr::machine::RunEnd;
 use krr_jit::snippet::{run_snippet, ArchState, Outcome, Region, Snippet, Tier};
+use krr_jit::EngineConfig;
 use std::time::Instant;
 
 const CODE: u64 = 0x40_0000;
@@ -139,5 +145,58 @@ pub fn run() -> Result<(), String> {
         "result: {} primes below {N}, largest {}, FNV-1a of the sieve {:#018x}; all tiers agree",
         r.state.gpr[3], r.state.gpr[8], r.state.gpr[0]
     );
+    println!();
+    system_guest()
+}
+
+/// The system guest (`krr::demo_guest`) on the whole machine, in the default tiered mode (its
+/// console shown as it runs) and in single-step mode; both must agree exactly.
+fn system_guest() -> Result<(), String> {
+    println!("krr demo: a tiny kernel and user program on krr's PC (GDT/IDT/TSS, paging, 8259 + 8254 timer interrupts, SYSCALL/SYSRET, COM1, ACPI power-off)");
+    println!("--- guest console (default mode) ---");
+    let modes = [
+        ("default (tiered JIT)", EngineConfig::default(), true),
+        (
+            "single-step",
+            EngineConfig {
+                max_block_insns: 1,
+                ..EngineConfig::default()
+            },
+            false,
+        ),
+    ];
+    let mut reference: Option<DemoOutcome> = None;
+    for (name, engine, echo) in modes {
+        let o = run_demo_guest(engine, echo)?;
+        if echo {
+            println!("--- end of guest console ---");
+        }
+        if o.end != RunEnd::PowerOff {
+            return Err(format!(
+                "the system guest ended with {:?} instead of powering off in {name} mode; its console:\n{}",
+                o.end, o.console
+            ));
+        }
+        println!("{name:<22} {}", o.summary());
+        match &reference {
+            None => reference = Some(o),
+            Some(first) => {
+                let c = (&first.counters, &o.counters);
+                if first.console != o.console
+                    || first.icount != o.icount
+                    || c.0.interrupts != c.1.interrupts
+                    || c.0.port_in != c.1.port_in
+                    || c.0.port_out != c.1.port_out
+                    || c.0.rdtsc != c.1.rdtsc
+                {
+                    return Err(format!(
+                        "the system guest differs between default and {name} mode: {} vs {} instructions, counters {:?} vs {:?}; {name} console:\n{}",
+                        first.icount, o.icount, c.0, c.1, o.console
+                    ));
+                }
+            }
+        }
+    }
+    println!("both modes agree: same console, instruction count, interrupts, port IO and RDTSC");
     Ok(())
 }
