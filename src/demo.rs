@@ -3,7 +3,8 @@
 //! agree on every register, flag and byte of memory; the demo prints what each did.
 //!
 //! Then the system guest of [`krr::demo_guest`] runs on the whole machine (devices, interrupts,
-//! paging, CPL3) in the default and the single-step mode, which must agree exactly.
+//! paging, CPL3) in the default and the single-step mode, which must agree exactly; then it is
+//! recorded to a trace and the trace replayed in both modes, which must match the recording.
 //!
 //! The user-mode guest: a sieve of Eratosthenes over 2..N in a byte array, then an FNV-1a hash of the
 //! array, the prime count and the largest prime found, with the hash and count left in RAX/RBX.
@@ -81,7 +82,7 @@ fn guest() -> Result<Vec<u8>, IcedError> {
     a.assemble(CODE)
 }
 
-pub fn run() -> Result<(), String> {
+pub fn run(keep_trace: Option<std::path::PathBuf>) -> Result<(), String> {
     let code = guest().map_err(|e| format!("assembling the demo guest: {e}"))?;
     let snippet = Snippet {
         code_addr: CODE,
@@ -146,12 +147,12 @@ pub fn run() -> Result<(), String> {
         r.state.gpr[3], r.state.gpr[8], r.state.gpr[0]
     );
     println!();
-    system_guest()
+    system_guest(keep_trace)
 }
 
 /// The system guest (`krr::demo_guest`) on the whole machine, in the default tiered mode (its
 /// console shown as it runs) and in single-step mode; both must agree exactly.
-fn system_guest() -> Result<(), String> {
+fn system_guest(keep_trace: Option<std::path::PathBuf>) -> Result<(), String> {
     println!("krr demo: a tiny kernel and user program on krr's PC (GDT/IDT/TSS, paging, 8259 + 8254 timer interrupts, SYSCALL/SYSRET, COM1, ACPI power-off)");
     println!("--- guest console (default mode) ---");
     let modes = [
@@ -198,5 +199,86 @@ fn system_guest() -> Result<(), String> {
         }
     }
     println!("both modes agree: same console, instruction count, interrupts, port IO and RDTSC");
+    println!();
+    match keep_trace {
+        Some(path) => record_and_replay(&path),
+        None => {
+            let path = std::env::temp_dir().join(format!("krr-demo-{}.trace", std::process::id()));
+            let result = record_and_replay(&path);
+            let _ = std::fs::remove_file(&path);
+            result
+        }
+    }
+}
+
+/// Console bytes collected from a replay.
+#[derive(Clone, Default)]
+struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Record the system guest, then replay the trace in the default and single-step modes.
+fn record_and_replay(path: &std::path::Path) -> Result<(), String> {
+    println!("krr demo: recording the system guest to {}", path.display());
+    let (o, rec) = krr::demo_guest::record_demo_guest(EngineConfig::default(), path, false)?;
+    println!("=== Record: Event Stats ===");
+    for l in rec.counts.lines() {
+        println!("{l}");
+    }
+    println!(
+        "Instructions: {}\nTime(s): {:.3}\nTrace: {} bytes, final registers hash {:016x}",
+        o.icount,
+        o.wall.as_secs_f64(),
+        rec.trace_bytes,
+        rec.end_info.regs_hash
+    );
+    for (name, engine) in [
+        ("default", EngineConfig::default()),
+        (
+            "single-step",
+            EngineConfig {
+                max_block_insns: 1,
+                ..EngineConfig::default()
+            },
+        ),
+    ] {
+        println!();
+        println!("krr demo: replaying the trace ({name} mode)");
+        let mut r = krr::replay::Replayer::open(
+            path,
+            krr::replay::ReplayOptions {
+                engine,
+                ..Default::default()
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let console = SharedBuf::default();
+        r.set_console(Some(Box::new(console.clone())));
+        let out = r
+            .run(&indicatif::ProgressBar::hidden())
+            .map_err(|e| e.to_string())?;
+        print!("{}", out.summary());
+        let replayed = console.0.lock().map(|v| v.clone()).unwrap_or_default();
+        if !matches!(out.verdict, krr::replay::Verdict::Matched) {
+            return Err(format!("the {name} replay did not match the recording"));
+        }
+        if out.icount != rec.end_info.icount || replayed != o.console.as_bytes() {
+            return Err(format!(
+                "the {name} replay matched its checkpoints but its console or instruction count differs ({} vs {} instructions)",
+                out.icount, rec.end_info.icount
+            ));
+        }
+        println!("replayed console output is identical to the recorded run's");
+    }
     Ok(())
 }

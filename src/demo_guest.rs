@@ -1350,6 +1350,42 @@ pub fn run_demo_guest(engine: EngineConfig, echo: bool) -> Result<DemoOutcome, S
     finish(m, console)
 }
 
+/// Record the demo guest into `path` (run with `engine`, console echoed with `echo`).
+pub fn record_demo_guest(
+    engine: EngineConfig,
+    path: &std::path::Path,
+    echo: bool,
+) -> Result<(DemoOutcome, crate::record::Recorded), String> {
+    let (mut m, console) = prepare(engine, echo)?;
+    let t0 = Instant::now();
+    let opts = crate::record::RecordOptions {
+        path,
+        checkpoint_interval: DEMO_CHECKPOINT_INTERVAL,
+        guest: "krr's built-in demo guest".to_string(),
+        cmdline: String::new(),
+        max_instructions: Some(MAX_INSTRUCTIONS),
+    };
+    let recorded = crate::record::record(&mut m, &opts, &indicatif::ProgressBar::hidden())
+        .map_err(|e| {
+            format!(
+                "recording the demo guest: {e}; console so far:\n{}",
+                console.text()
+            )
+        })?;
+    let outcome = DemoOutcome {
+        end: recorded.end.clone(),
+        console: console.text(),
+        icount: m.cpu.icount,
+        counters: m.board.counters.clone(),
+        stats: m.engine.stats.clone(),
+        wall: t0.elapsed(),
+    };
+    Ok((outcome, recorded))
+}
+
+/// Checkpoints in demo traces: often enough that a small guest has a few hundred.
+pub const DEMO_CHECKPOINT_INTERVAL: u64 = 10_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;

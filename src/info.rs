@@ -1,9 +1,26 @@
 //! `krr info`: describe a trace without replaying it (after checking all of it).
 
-use krr::trace::{TraceReader, VERSION};
+use krr::trace::{EventStream, TraceReader, VERSION};
 use std::path::Path;
 
-pub fn run(path: &Path) -> Result<i32, String> {
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s
+        .split_once("..")
+        .ok_or_else(|| format!("`{s}`: expected FIRST..LAST"))?;
+    let num = |x: &str, default: u64| -> Result<u64, String> {
+        if x.trim().is_empty() {
+            Ok(default)
+        } else {
+            x.trim()
+                .parse()
+                .map_err(|_| format!("`{x}` is not an event index"))
+        }
+    };
+    Ok((num(a, 0)?, num(b, u64::MAX)?))
+}
+
+pub fn run(path: &Path, events: Option<&str>) -> Result<i32, String> {
+    let range = events.map(parse_range).transpose()?;
     let r = TraceReader::open(path).map_err(|e| e.to_string())?;
     let i = &r.info;
     let e = &r.end;
@@ -42,5 +59,16 @@ pub fn run(path: &Path) -> Result<i32, String> {
         println!("{l}");
     }
     println!("Instructions: {}", e.icount);
+    if let Some((first, last)) = range {
+        let mut stream = EventStream::new(r);
+        while stream.position < last {
+            let index = stream.position;
+            match stream.next_event().map_err(|e| e.to_string())? {
+                Some(ev) if index >= first => println!("event {index}: {ev}"),
+                Some(_) => {}
+                None => break,
+            }
+        }
+    }
     Ok(0)
 }

@@ -47,7 +47,11 @@ struct BootArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Run the built-in guests: compare the engine tiers, record and replay.
-    Demo,
+    Demo {
+        /// Keep the demo's trace in this file (default: a temporary file, removed at the end).
+        #[arg(long)]
+        trace: Option<PathBuf>,
+    },
     /// Boot a Linux kernel (bzImage) on krr's PC, console on stdout.
     Run(BootArgs),
     /// Boot a Linux kernel as `run` does and write a trace of the run.
@@ -67,6 +71,9 @@ enum Command {
     Info {
         /// The trace file.
         trace: PathBuf,
+        /// Also list the events with index in [FIRST, LAST) (`FIRST..LAST`, `FIRST..` or `..`).
+        #[arg(long, value_name = "RANGE")]
+        events: Option<String>,
     },
 }
 
@@ -88,7 +95,7 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo => demo::run().map(|()| 0),
+        Command::Demo { trace } => demo::run(trace).map(|()| 0),
         Command::Run(b) => boot(b, None),
         Command::Record {
             boot: b,
@@ -96,7 +103,7 @@ fn main() {
             checkpoint_interval,
         } => boot(b, Some((output, checkpoint_interval))),
         Command::Replay(args) => replay_cmd::run(args),
-        Command::Info { trace } => info::run(&trace),
+        Command::Info { trace, events } => info::run(&trace, events.as_deref()),
     };
     match result {
         Ok(code) => std::process::exit(code),

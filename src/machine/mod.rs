@@ -497,15 +497,19 @@ impl Machine {
                         self.flush_log(&mut recording)?;
                         return Ok(RunEnd::HaltedForever);
                     }
-                    // Idle until the next device event.
-                    let now = self.board.now(&self.cpu);
-                    self.board.pic.update(self.board.irq);
-                    if !self.board.pic.pending() {
+                    // The CPU stays halted until an interrupt is pending (or the guest's
+                    // machine asks to stop): move virtual time from device event to device
+                    // event meanwhile. It never resumes without one, as on hardware.
+                    loop {
+                        let now = self.board.now(&self.cpu);
+                        self.board.advance_all(now);
+                        self.drain_console();
+                        if !self.board.requests.is_empty() || self.board.pic.pending() {
+                            break;
+                        }
                         match self.board.next_event() {
-                            Some(t) if t > now => self.board.idle_ns += t - now,
-                            Some(_) => {}
+                            Some(t) => self.board.idle_ns += t.saturating_sub(now).max(1),
                             None => {
-                                self.drain_console();
                                 self.flush_log(&mut recording)?;
                                 return Ok(RunEnd::HaltedForever);
                             }

@@ -493,6 +493,15 @@ impl TraceReader {
                 found: version,
             });
         }
+        let flags = u32::from_le_bytes(header[12..16].try_into().unwrap_or_default());
+        if flags != 0 {
+            return Err(TraceError::Malformed {
+                path: p,
+                section: "header",
+                offset: 12,
+                what: format!("unknown header flags {flags:#x}"),
+            });
+        }
         // Walk every section from the start: framing and checksums.
         let mut offset = HEADER_LEN;
         let mut sections: Vec<(Tag, u64, u64)> = Vec::new();
@@ -833,5 +842,153 @@ impl EventStream {
 
     pub fn reader(&self) -> &TraceReader {
         &self.reader
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> MachineInfo {
+        MachineInfo {
+            krr_version: "test".into(),
+            mem_bytes: 1 << 20,
+            ns_per_insn: 1,
+            cpu_model: "krr-default".into(),
+            cpuid: vec![CpuidEntry {
+                leaf: 0,
+                subleaf: u32::MAX,
+                eax: 1,
+                ebx: 2,
+                ecx: 3,
+                edx: 4,
+            }],
+            guest: "unit test".into(),
+            cmdline: "console=ttyS0".into(),
+            checkpoint_interval: 1000,
+        }
+    }
+
+    /// A finished trace with `n` events spread over several chunks.
+    fn write_trace(path: &Path, n: u64) -> (Vec<Event>, EndInfo) {
+        let mut w = TraceWriter::create(path, &info(), b"cpu image", b"ram image", 0).unwrap();
+        let mut events = Vec::new();
+        for i in 0..n {
+            let e = Event {
+                icount: i * 3,
+                rip: 0x1000 + (i % 7),
+                data: if i % 5 == 0 {
+                    EventData::Interrupt {
+                        vector: 0x20,
+                        rcx: i,
+                    }
+                } else {
+                    EventData::PortIn {
+                        port: 0x3fd,
+                        size: 1,
+                        value: (i * 2654435761) as u32,
+                    }
+                },
+            };
+            w.push(&e).unwrap();
+            events.push(e);
+        }
+        let end = EndInfo {
+            reason: EndReason::PowerOff,
+            icount: n * 3,
+            rip: 0x2000,
+            regs_hash: 1,
+            ram_hash: 2,
+            guest_ns: n * 4,
+            counts: EventCounts::default(),
+        };
+        w.finish(end.clone()).unwrap();
+        (events, end)
+    }
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("krr-unit-{}-{name}.trace", std::process::id()))
+    }
+
+    #[test]
+    fn a_written_trace_reads_back() {
+        let path = tmp("roundtrip");
+        // Enough events for several chunks.
+        let (events, end) = write_trace(&path, 40_000);
+        let mut r = TraceReader::open(&path).unwrap();
+        assert_eq!(r.info, info());
+        assert_eq!(r.end.icount, end.icount);
+        assert_eq!(r.end.counts.total(), 40_000);
+        assert_eq!(r.end.counts.get(EventKind::Interrupt), 8_000);
+        assert!(r.index.len() > 1, "{} chunks", r.index.len());
+        let snap = r.snapshot().unwrap();
+        assert_eq!(snap.cpu_image, b"cpu image");
+        assert_eq!(snap.ram_image, b"ram image");
+        let mut s = EventStream::new(r);
+        let mut got = Vec::new();
+        while let Some(e) = s.next_event().unwrap() {
+            got.push(e);
+        }
+        assert_eq!(got, events);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn every_truncation_is_rejected_as_truncated() {
+        let path = tmp("full");
+        write_trace(&path, 3000);
+        let bytes = std::fs::read(&path).unwrap();
+        let cut_path = tmp("cut");
+        // Every cut in the first and last 300 bytes and every 97th in between.
+        let cuts = (1..bytes.len()).filter(|&c| c < 300 || c > bytes.len() - 300 || c % 97 == 0);
+        for cut in cuts {
+            std::fs::write(&cut_path, &bytes[..cut]).unwrap();
+            match TraceReader::open(&cut_path) {
+                Err(TraceError::Truncated { offset, .. }) => assert_eq!(offset, cut as u64),
+                Err(e) => panic!("cut at {cut}: {e}"),
+                Ok(_) => panic!("cut at {cut} was accepted"),
+            }
+        }
+        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(&cut_path).unwrap();
+    }
+
+    #[test]
+    fn every_flipped_byte_is_rejected() {
+        let path = tmp("flip");
+        write_trace(&path, 200);
+        let bytes = std::fs::read(&path).unwrap();
+        let bad = tmp("flipped");
+        for at in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[at] ^= 0x10;
+            std::fs::write(&bad, &b).unwrap();
+            let err = match TraceReader::open(&bad) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("flipped byte at {at} was accepted"),
+            };
+            assert!(err.contains(&*bad.display().to_string()), "{err}");
+        }
+        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(&bad).unwrap();
+    }
+
+    #[test]
+    fn wrong_magic_and_version_are_named() {
+        let path = tmp("version");
+        write_trace(&path, 10);
+        let mut b = std::fs::read(&path).unwrap();
+        b[8] = 99;
+        std::fs::write(&path, &b).unwrap();
+        let e = TraceReader::open(&path).err().unwrap().to_string();
+        assert!(e.contains("version 99"), "{e}");
+        b[0] = b'X';
+        std::fs::write(&path, &b).unwrap();
+        let e = TraceReader::open(&path).err().unwrap().to_string();
+        assert!(e.contains("not a krr trace"), "{e}");
+        std::fs::write(&path, b"").unwrap();
+        let e = TraceReader::open(&path).err().unwrap().to_string();
+        assert!(e.contains("not a krr trace"), "{e}");
+        std::fs::remove_file(&path).unwrap();
     }
 }
