@@ -42,6 +42,10 @@ struct BootArgs {
     /// Stop after this many instructions.
     #[arg(long)]
     max_instructions: Option<u64>,
+    /// Use the host clock instead of virtual time (instruction count): a realistic run that
+    /// differs each time. Console input is taken from stdin when it is a terminal.
+    #[arg(long)]
+    host_time: bool,
 }
 
 #[derive(Subcommand)]
@@ -87,6 +91,7 @@ fn boot(b: BootArgs, record: Option<(PathBuf, u64)>) -> Result<i32, String> {
         singlestep: b.singlestep,
         interpret: b.interpret,
         max_instructions: b.max_instructions,
+        host_time: b.host_time,
         record,
     })
 }

@@ -15,6 +15,8 @@ pub struct RunArgs {
     pub singlestep: bool,
     pub interpret: bool,
     pub max_instructions: Option<u64>,
+    /// Host time instead of virtual time.
+    pub host_time: bool,
     /// `krr record`: the trace to write and the checkpoint spacing.
     pub record: Option<(PathBuf, u64)>,
 }
@@ -83,6 +85,12 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         info.entry,
         info.initrd
     );
+    if args.host_time {
+        m.use_host_time();
+    }
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        m.attach_console_input(stdin_bytes());
+    }
     let t0 = Instant::now();
     let mut recorded = None;
     let end = match &args.record {
@@ -173,4 +181,26 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         }
         Err(e) => Err(format!("{e} ({summary})")),
     }
+}
+
+/// Bytes typed on the terminal, read on a thread of their own (the terminal's line editing
+/// and echo stay on: the guest receives a line when Enter is pressed).
+fn stdin_bytes() -> std::sync::mpsc::Receiver<u8> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("krr-stdin".into())
+        .spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 || buf[..n].iter().any(|&b| tx.send(b).is_err()) {
+                    break;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("no console input: cannot start the stdin thread: {e}");
+    }
+    rx
 }

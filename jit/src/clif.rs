@@ -23,8 +23,11 @@ use cranelift_codegen::ir::{
 use cranelift_codegen::isa::CallConv;
 use cranelift_codegen::{settings, settings::Configurable, Context};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{FuncId, Linkage, Module};
+use cranelift_module::{FuncId, Linkage, Module, ModuleReloc};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 use iced_x86::Instruction;
 use krr_runtime::{mmu, offsets, CpuState, ExceptionRecord};
 use std::collections::HashMap;
@@ -46,6 +49,14 @@ type Trampoline = extern "C" fn(*mut CpuState, *const u8) -> u64;
 
 pub struct Jit {
     module: JITModule,
+    isa: OwnedTargetIsa,
+    worker: Option<Worker>,
+    /// Blocks compiled by the worker and defined in the module, not yet finalized.
+    defined: Vec<(u64, FuncId, usize, Box<[u64; 2]>)>,
+    /// When the oldest of `defined` arrived.
+    defined_since: Instant,
+    /// Exit slots of blocks being compiled (their code refers to them).
+    pending_slots: HashMap<FuncId, Box<[u64; 2]>>,
     ctx: Context,
     fctx: FunctionBuilderContext,
     trampoline: Trampoline,
@@ -83,7 +94,7 @@ impl Jit {
             .map_err(|e| format!("host ISA: {e}"))?
             .finish(settings::Flags::new(flags))
             .map_err(|e| format!("host ISA: {e}"))?;
-        let mut jb = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+        let mut jb = JITBuilder::with_isa(isa.clone(), cranelift_module::default_libcall_names());
         jb.symbol("krr_load_slow", helpers::krr_load_slow as *const u8);
         jb.symbol("krr_store_slow", helpers::krr_store_slow as *const u8);
         jb.symbol("krr_load128", helpers::krr_load128 as *const u8);
@@ -154,6 +165,11 @@ impl Jit {
             unsafe { std::mem::transmute::<*const u8, Trampoline>(tramp_ptr) };
         Ok(Jit {
             module,
+            isa,
+            worker: None,
+            defined: Vec::new(),
+            defined_since: Instant::now(),
+            pending_slots: HashMap::new(),
             ctx,
             fctx,
             trampoline,
@@ -231,6 +247,192 @@ impl Jit {
                 _slots: slots,
             })
             .collect()
+    }
+}
+
+/// A block handed to the compile worker: its IR and where its result goes.
+struct Job {
+    tag: u64,
+    id: FuncId,
+    func: cranelift_codegen::ir::Function,
+}
+
+/// The worker's answer: machine code and relocations, ready for `define_function_bytes`.
+struct Done {
+    tag: u64,
+    id: FuncId,
+    result: Result<(Vec<u8>, u64, Vec<ModuleReloc>), String>,
+    time: Duration,
+}
+
+/// A thread that runs Cranelift's code generation and register allocation (most of the
+/// compile cost) while the dispatcher goes on interpreting. The `JITModule` stays on the
+/// dispatcher's thread: IR is built there and the code installed there.
+struct Worker {
+    jobs: mpsc::Sender<Job>,
+    done: mpsc::Receiver<Done>,
+    in_flight: usize,
+}
+
+impl Worker {
+    fn spawn(isa: OwnedTargetIsa) -> Worker {
+        let (jobs, job_rx) = mpsc::channel::<Job>();
+        let (done_tx, done) = mpsc::channel::<Done>();
+        std::thread::Builder::new()
+            .name("krr-compile".into())
+            .spawn(move || {
+                let mut ctx = Context::new();
+                // Ends when the engine drops its sender.
+                while let Ok(job) = job_rx.recv() {
+                    let t0 = Instant::now();
+                    ctx.clear();
+                    ctx.func = job.func;
+                    let mut plane = cranelift_codegen::control::ControlPlane::default();
+                    let result = match ctx.compile(&*isa, &mut plane) {
+                        Ok(code) => Ok(code.buffer.alignment as u64),
+                        Err(e) => Err(format!("{:?}\n{}", e.inner, e.func.display())),
+                    };
+                    let result = result.map(|alignment| {
+                        let code = ctx.compiled_code().expect("just compiled");
+                        let align = alignment
+                            .max(isa.function_alignment().minimum as u64)
+                            .max(isa.symbol_alignment());
+                        let relocs = code
+                            .buffer
+                            .relocs()
+                            .iter()
+                            .map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, job.id))
+                            .collect();
+                        (code.code_buffer().to_vec(), align, relocs)
+                    });
+                    let done = Done {
+                        tag: job.tag,
+                        id: job.id,
+                        result,
+                        time: t0.elapsed(),
+                    };
+                    if done_tx.send(done).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawning the compile thread");
+        Worker {
+            jobs,
+            done,
+            in_flight: 0,
+        }
+    }
+}
+
+/// A block the background compiler finished, ready to run.
+pub struct Installed {
+    /// The caller's tag from [`Jit::submit`].
+    pub tag: u64,
+    pub block: CompiledBlock,
+}
+
+impl Jit {
+    /// Build `block`'s IR here and hand it to the compile thread; [`Jit::collect`] returns
+    /// it compiled, with `tag`.
+    pub fn submit(&mut self, tag: u64, block: &Block) {
+        let slots = Box::new([0u64; 2]);
+        self.ctx.func.signature = self.block_sig.clone();
+        let id = self
+            .module
+            .declare_anonymous_function(&self.block_sig)
+            .expect("anonymous function declaration cannot fail");
+        {
+            let fb = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+            let refs = HelperRefs {
+                load: self.f_load,
+                store: self.f_store,
+                load128: self.f_load128,
+                store128: self.f_store128,
+                helper: self.f_helper,
+                interpret: self.f_interpret,
+            };
+            lower_block(fb, &mut self.module, refs, &self.block_sig, block, &slots);
+        }
+        let func = std::mem::replace(
+            &mut self.ctx.func,
+            cranelift_codegen::ir::Function::new(),
+        );
+        self.module.clear_context(&mut self.ctx);
+        let isa = self.isa.clone();
+        let worker = self.worker.get_or_insert_with(|| Worker::spawn(isa));
+        worker
+            .jobs
+            .send(Job { tag, id, func })
+            .expect("the compile thread outlives the engine's sender");
+        worker.in_flight += 1;
+        self.pending_slots.insert(id, slots);
+    }
+
+    /// Blocks compiled in the background so far. Code is installed (finalized) in batches of
+    /// at least `batch`, or whatever is ready once nothing is left in flight; `wait` blocks
+    /// until everything submitted is installed. Returns the installed blocks and the compile
+    /// thread's time spent on them.
+    pub fn collect(&mut self, batch: usize, wait: bool) -> (Vec<Installed>, Duration) {
+        let mut time = Duration::ZERO;
+        let Some(worker) = self.worker.as_mut() else {
+            return (Vec::new(), time);
+        };
+        loop {
+            let next = if wait && worker.in_flight > 0 {
+                worker.done.recv().ok()
+            } else {
+                worker.done.try_recv().ok()
+            };
+            let Some(done) = next else { break };
+            worker.in_flight -= 1;
+            time += done.time;
+            let slots = self
+                .pending_slots
+                .remove(&done.id)
+                .expect("slots kept for every submitted block");
+            let (bytes, align, relocs) = match done.result {
+                Ok(r) => r,
+                // A lowering bug, not a guest condition: report the block and stop.
+                Err(e) => panic!("Cranelift rejected a block: {e}"),
+            };
+            self.module
+                .define_function_bytes(done.id, align, &bytes, &relocs)
+                .expect("defining a compiled block");
+            if self.defined.is_empty() {
+                self.defined_since = Instant::now();
+            }
+            self.defined.push((done.tag, done.id, bytes.len(), slots));
+        }
+        // Each finalize starts a fresh code page: wait for a batch, unless blocks have been
+        // ready for a while (a quiet phase) or the caller waits for everything.
+        let ready = !self.defined.is_empty()
+            && (self.defined.len() >= batch
+                || (wait && worker.in_flight == 0)
+                || self.defined_since.elapsed() >= Duration::from_millis(2));
+        if !ready {
+            return (Vec::new(), time);
+        }
+        self.module
+            .finalize_definitions()
+            .expect("finalizing compiled blocks");
+        let installed = std::mem::take(&mut self.defined)
+            .into_iter()
+            .map(|(tag, id, code_size, slots)| Installed {
+                tag,
+                block: CompiledBlock {
+                    code: self.module.get_finalized_function(id),
+                    code_size,
+                    _slots: slots,
+                },
+            })
+            .collect();
+        (installed, time)
+    }
+
+    /// Blocks submitted and not yet installed.
+    pub fn in_flight(&self) -> usize {
+        self.worker.as_ref().map_or(0, |w| w.in_flight) + self.defined.len()
     }
 }
 

@@ -40,6 +40,9 @@ pub struct EngineConfig {
     /// Deliver exceptions through the guest's IDT and keep running (a whole machine), instead
     /// of returning them to the caller (user-mode snippets).
     pub deliver_exceptions: bool,
+    /// Tiered: generate code on a second thread while the interpreter goes on (the result is
+    /// the same; only when a block starts running compiled code changes).
+    pub background_compile: bool,
 }
 
 impl Default for EngineConfig {
@@ -50,6 +53,7 @@ impl Default for EngineConfig {
             hot_threshold: 50,
             batch: 16,
             deliver_exceptions: false,
+            background_compile: std::env::var_os("KRR_NO_BG").is_none(),
         }
     }
 }
@@ -305,6 +309,9 @@ impl Engine {
 
     fn run_until_event(&mut self, cpu: &mut CpuState) -> Exit {
         loop {
+            if self.jit.as_ref().is_some_and(|j| j.in_flight() > 0) {
+                self.install_background(false);
+            }
             if cpu.icount >= cpu.icount_limit {
                 return Exit::Budget;
             }
@@ -361,6 +368,16 @@ impl Engine {
         match self.config.policy {
             TierPolicy::Interpret => {}
             TierPolicy::CompileAll => self.compile(&[id]),
+            TierPolicy::Tiered if self.config.background_compile => {
+                if e.block.exec_count >= self.config.hot_threshold && !e.queued {
+                    e.queued = true;
+                    if let Some(jit) = self.jit.as_mut() {
+                        let t0 = std::time::Instant::now();
+                        jit.submit(id as u64, &self.entries[id].block);
+                        self.stats.compile_time += t0.elapsed();
+                    }
+                }
+            }
             TierPolicy::Tiered => {
                 let n = e.block.exec_count;
                 if n >= self.config.hot_threshold && !e.queued {
@@ -377,6 +394,28 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Install the blocks the compile thread finished (`wait`: all of them, now).
+    fn install_background(&mut self, wait: bool) {
+        let Some(jit) = self.jit.as_mut() else { return };
+        let (done, time) = jit.collect(self.config.batch, wait);
+        self.stats.compile_time += time;
+        for d in done {
+            let e = &mut self.entries[d.tag as usize];
+            e.queued = false;
+            if e.valid {
+                self.stats.blocks_compiled += 1;
+                self.stats.code_bytes += d.block.code_size as u64;
+                e.compiled = Some(d.block);
+            }
+        }
+    }
+
+    /// Wait for the compile thread and install everything it was given (tests and
+    /// benchmarks that want a fully compiled steady state).
+    pub fn finish_compiling(&mut self) {
+        self.install_background(true);
     }
 
     fn compile(&mut self, ids: &[usize]) {

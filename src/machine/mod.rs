@@ -132,6 +132,10 @@ pub struct Board {
     pub counters: BusCounters,
     /// Inputs and outputs for the recorder, in order (`None`: not recording).
     pub log: Option<Vec<Event>>,
+    /// Host time instead of virtual time (a realistic, nondeterministic run).
+    host_clock: Option<std::time::Instant>,
+    /// Bytes typed on the host terminal, for COM1's receiver.
+    console_input: Option<std::sync::mpsc::Receiver<u8>>,
 }
 
 /// What the guest did on the bus (for the run summary and the recorder's statistics).
@@ -147,7 +151,10 @@ pub struct BusCounters {
 
 impl Board {
     fn now(&self, cpu: &CpuState) -> u64 {
-        cpu.icount + self.idle_ns
+        match self.host_clock {
+            None => cpu.icount + self.idle_ns,
+            Some(start) => start.elapsed().as_nanos() as u64,
+        }
     }
 
     /// Virtual time in nanoseconds: instructions plus time spent halted.
@@ -379,6 +386,8 @@ impl Machine {
             unknown_mmio: HashSet::new(),
             counters: BusCounters::default(),
             log: None,
+            host_clock: None,
+            console_input: None,
         };
         Ok(Machine {
             mem,
@@ -387,6 +396,43 @@ impl Machine {
             board,
             console,
         })
+    }
+
+    /// Take time from the host clock from now on: timers fire in real time, the TSC counts
+    /// host nanoseconds, and a halted CPU sleeps. Two runs then differ (a recording of such a
+    /// run still replays exactly: every input is in the trace).
+    pub fn use_host_time(&mut self) {
+        self.board.host_clock = Some(std::time::Instant::now());
+    }
+
+    /// Feed bytes from `input` to COM1's receiver as they arrive (typed on the terminal).
+    pub fn attach_console_input(&mut self, input: std::sync::mpsc::Receiver<u8>) {
+        self.board.console_input = Some(input);
+    }
+
+    fn take_console_input(&mut self) {
+        let Some(rx) = &self.board.console_input else {
+            return;
+        };
+        let bytes: Vec<u8> = rx.try_iter().collect();
+        if !bytes.is_empty() {
+            self.board.serial.push_input(&bytes);
+        }
+    }
+
+    /// Instructions to run before the device event due at `t` (device time), at most
+    /// `u64::MAX` when there is none.
+    fn instructions_until(&self, t: Option<u64>) -> u64 {
+        match (t, self.board.host_clock) {
+            (None, _) => u64::MAX,
+            // Virtual time: the event is due at an exact instruction count.
+            (Some(t), None) => t.saturating_sub(self.board.idle_ns),
+            // Host time: run a slice (about one instruction per nanosecond) and look again.
+            (Some(t), Some(_)) => {
+                let now = self.board.now(&self.cpu);
+                self.cpu.icount + t.saturating_sub(now).clamp(1_000, 10_000_000)
+            }
+        }
     }
 
     /// Forward what the UART transmitted to the console.
@@ -446,6 +492,7 @@ impl Machine {
                     }
                 }
             }
+            self.take_console_input();
             let now = self.board.now(&self.cpu);
             self.board.advance_all(now);
             self.drain_console();
@@ -479,12 +526,8 @@ impl Machine {
                 self.flush_log(&mut recording)?;
                 return Ok(RunEnd::InstructionLimit);
             }
-            let next = self
-                .board
-                .next_event()
-                .map(|t| t.saturating_sub(self.board.idle_ns));
+            let next = self.instructions_until(self.board.next_event());
             self.cpu.icount_limit = next
-                .unwrap_or(u64::MAX)
                 .max(self.cpu.icount + 1)
                 .min(limit)
                 .min(next_checkpoint);
@@ -501,6 +544,7 @@ impl Machine {
                     // machine asks to stop): move virtual time from device event to device
                     // event meanwhile. It never resumes without one, as on hardware.
                     loop {
+                        self.take_console_input();
                         let now = self.board.now(&self.cpu);
                         self.board.advance_all(now);
                         self.drain_console();
@@ -508,6 +552,12 @@ impl Machine {
                             break;
                         }
                         match self.board.next_event() {
+                            Some(t) if self.board.host_clock.is_some() => {
+                                // Sleep until the event (a little at a time: typed input
+                                // may arrive meanwhile).
+                                let ns = t.saturating_sub(now).min(5_000_000);
+                                std::thread::sleep(std::time::Duration::from_nanos(ns));
+                            }
                             Some(t) => self.board.idle_ns += t.saturating_sub(now).max(1),
                             None => {
                                 self.flush_log(&mut recording)?;
