@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetches Debian's 6.1 cloud kernel and busybox-static with apt-get download + dpkg-deb -x
-# (nothing is installed) into tests/guest/cache, and builds the test initramfs. Prints the
-# paths of the kernel and the initramfs. Re-running reuses the cache.
+# (nothing is installed) into tests/guest/cache, and builds the test initramfs; then Debian's
+# QEMU for comparison (fetch-qemu.sh). Prints the paths of the kernel, the initramfs and the
+# qemu-system-x86_64 wrapper, one a line. Re-running reuses the cache.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache="$here/cache"
@@ -46,5 +47,7 @@ if [ ! -f "$initramfs" ] || [ "$here/init" -nt "$initramfs" ]; then
   (cd "$stage" && find . | cpio -o -H newc --quiet) > "$initramfs"
   rm -rf "$stage"
 fi
+qemu=$(bash "$here/fetch-qemu.sh")
 echo "$kernel"
 echo "$initramfs"
+echo "$qemu"
