@@ -22,6 +22,13 @@ if [ -x "$wrapper" ] && [ "$wrapper" -nt "$0" ] && "$wrapper" --version >/dev/nu
 fi
 
 mkdir -p "$qcache/deb"
+# One fetch at a time (tests run in parallel); the others then find the wrapper.
+exec 9>"$qcache/.fetch.lock"
+flock 9
+if [ -x "$wrapper" ] && [ "$wrapper" -nt "$0" ] && "$wrapper" --version >/dev/null 2>&1; then
+  echo "$wrapper"
+  exit 0
+fi
 updated=no
 apt_update() {
   [ "$updated" = yes ] && return 0

@@ -7,6 +7,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache="$here/cache"
 mkdir -p "$cache/deb" "$cache/root"
+# Tests boot the guest in parallel: one fetch at a time (the others then find the cache).
+exec 9>"$cache/.fetch.lock"
+flock 9
 command -v cpio >/dev/null 2>&1 || apt-get install -y --no-install-recommends cpio >/dev/null 2>&1 || { echo "tests/guest/fetch.sh: cpio is missing and cannot be installed" >&2; exit 1; }
 cd "$cache/deb"
 find_kernel_package() {
