@@ -1,10 +1,11 @@
 //! The real guest: Debian's 6.1 cloud kernel with a busybox initramfs (tests/guest/) boots
 //! under `krr run` to the workload's end marker, with the workload's results equal to the same
 //! commands run on the host; two runs are identical (deterministic machine), and so are runs
-//! with `--singlestep` and with `--interpret` (no JIT).
+//! with `--singlestep` and with `--interpret` (no JIT). The same image booted under QEMU TCG
+//! (Debian's qemu-system-x86, tests/guest/qemu-boot.sh) gives the same workload results.
 //!
-//! Needs `apt-get download` (tests/guest/fetch.sh); fails loudly when the packages cannot be
-//! fetched.
+//! Needs `apt-get download` (tests/guest/fetch.sh, tests/guest/fetch-qemu.sh); fails loudly
+//! when the packages cannot be fetched.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -80,6 +81,18 @@ fn boot(kernel: &str, initrd: &str, extra: &[&str]) -> (String, String) {
     (console, log)
 }
 
+/// The workload between its markers, both markers included.
+fn workload_section(console: &str) -> Vec<String> {
+    let start = console.find("KRR-WORKLOAD-START").expect("start marker");
+    let end = console
+        .find("KRR-WORKLOAD-END")
+        .expect("end marker (the workload did not finish)");
+    console[start..end + "KRR-WORKLOAD-END".len()]
+        .lines()
+        .map(|l| l.trim_end().to_string())
+        .collect()
+}
+
 fn workload_lines(console: &str) -> Vec<String> {
     let start = console.find("KRR-WORKLOAD-START").expect("start marker");
     let end = console
@@ -129,4 +142,45 @@ fn debian_kernel_boots_and_runs_the_workload_deterministically() {
             "{mode} changed the instruction count:\n{log}\n{log_m}"
         );
     }
+}
+
+/// The same bzImage and initramfs under QEMU TCG (same memory and kernel command line, a CPU
+/// model made like krr's) print the same workload results as under `krr run`.
+#[test]
+fn debian_kernel_gives_the_same_results_under_qemu_tcg() {
+    let (kernel, initrd) = guest();
+    let out = Command::new("bash")
+        .arg(root().join("tests/guest/qemu-boot.sh"))
+        .args([&kernel, &initrd])
+        .env("QEMU_BOOT_TIMEOUT", "180")
+        .output()
+        .expect("running tests/guest/qemu-boot.sh");
+    let qemu_console = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "QEMU TCG boot failed ({}): {}\n{qemu_console}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let qemu = workload_section(&qemu_console);
+    // The four result lines, each with a 32-digit md5 or the file count.
+    let results: Vec<&String> = qemu[1..qemu.len() - 1].iter().collect();
+    let labels: Vec<&str> = results
+        .iter()
+        .map(|l| l.split(": ").next().unwrap_or(""))
+        .collect();
+    assert_eq!(labels, ["files", "dd", "seq", "count"], "{qemu_console}");
+    for l in &results[..3] {
+        let md5 = l.split_whitespace().nth(1).unwrap_or("");
+        assert!(
+            md5.len() == 32 && md5.bytes().all(|b| b.is_ascii_hexdigit()),
+            "not an md5 line: {l}"
+        );
+    }
+    let (krr_console, log) = boot(&kernel, &initrd, &[]);
+    assert_eq!(
+        workload_section(&krr_console),
+        qemu,
+        "krr run and QEMU TCG differ\nkrr: {log}\n{krr_console}\nQEMU:\n{qemu_console}"
+    );
 }

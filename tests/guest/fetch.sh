@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Fetches Debian's 6.1 cloud kernel and busybox-static with apt-get download + dpkg-deb -x
-# (nothing is installed) into tests/guest/cache, and builds the test initramfs. Prints the
-# paths of the kernel and the initramfs. Re-running reuses the cache.
+# (nothing is installed) into tests/guest/cache, and builds the test initramfs; then Debian's
+# QEMU for comparison (fetch-qemu.sh). Prints the paths of the kernel, the initramfs and the
+# qemu-system-x86_64 wrapper, one a line. Re-running reuses the cache.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache="$here/cache"
 mkdir -p "$cache/deb" "$cache/root"
+# Tests boot the guest in parallel: one fetch at a time (the others then find the cache).
+exec 9>"$cache/.fetch.lock"
+flock 9
 command -v cpio >/dev/null 2>&1 || apt-get install -y --no-install-recommends cpio >/dev/null 2>&1 || { echo "tests/guest/fetch.sh: cpio is missing and cannot be installed" >&2; exit 1; }
 cd "$cache/deb"
 find_kernel_package() {
@@ -46,5 +50,7 @@ if [ ! -f "$initramfs" ] || [ "$here/init" -nt "$initramfs" ]; then
   (cd "$stage" && find . | cpio -o -H newc --quiet) > "$initramfs"
   rm -rf "$stage"
 fi
+qemu=$(bash "$here/fetch-qemu.sh")
 echo "$kernel"
 echo "$initramfs"
+echo "$qemu"
