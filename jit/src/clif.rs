@@ -21,17 +21,17 @@ use cranelift_codegen::ir::{
     Signature, Type, Value,
 };
 use cranelift_codegen::isa::CallConv;
+use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::{settings, settings::Configurable, Context};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
-use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module, ModuleReloc};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 use iced_x86::Instruction;
 use krr_runtime::{mmu, offsets, CpuState, ExceptionRecord};
 use std::collections::HashMap;
 use std::mem::offset_of;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 pub const EXIT_NORMAL: u64 = 0;
 pub const EXIT_BUDGET: u64 = 1;
@@ -354,10 +354,7 @@ impl Jit {
             };
             lower_block(fb, &mut self.module, refs, &self.block_sig, block, &slots);
         }
-        let func = std::mem::replace(
-            &mut self.ctx.func,
-            cranelift_codegen::ir::Function::new(),
-        );
+        let func = std::mem::replace(&mut self.ctx.func, cranelift_codegen::ir::Function::new());
         self.module.clear_context(&mut self.ctx);
         let isa = self.isa.clone();
         let worker = self.worker.get_or_insert_with(|| Worker::spawn(isa));

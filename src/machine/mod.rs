@@ -202,8 +202,23 @@ impl Board {
         self.ports.find(port).map(|(d, off)| (Some(d), off))
     }
 
-    /// Bring every device up to the current virtual time.
+    /// Bring every device up to `now`. With the host clock the machine may look late: the
+    /// device events it missed are played in order first, so a timer pulse (the PIT's OUT is
+    /// low for one tick) still reaches the PIC as an edge.
     fn advance_all(&mut self, now: u64) {
+        if self.host_clock.is_some() {
+            // A bounded catch-up: ticks beyond it are lost, as on a late real machine.
+            for _ in 0..64 {
+                match self.next_event() {
+                    Some(t) if t < now => self.advance_devices(t),
+                    _ => break,
+                }
+            }
+        }
+        self.advance_devices(now);
+    }
+
+    fn advance_devices(&mut self, now: u64) {
         for d in self.devices.iter_mut() {
             let mut ctx = DeviceCtx {
                 now_ns: now,
