@@ -1,7 +1,8 @@
 //! The real guest: Debian's 6.1 cloud kernel with a busybox initramfs (tests/guest/) boots
-//! under `krr run` to the workload's end marker, with the workload's results equal to the same
-//! commands run on the host; two runs are identical (deterministic machine), and so are runs
-//! with `--singlestep` and with `--interpret` (no JIT). The same image booted under QEMU TCG
+//! under `krr record` to the workload's end marker, with the workload's results equal to the
+//! same commands run on the host and under QEMU TCG; recordings in the default and single-step
+//! modes are byte-identical, the interpreter gives the same run, and the trace replays to the
+//! recorded end state in both modes. The same image booted under QEMU TCG
 //! (Debian's qemu-system-x86, tests/guest/qemu-boot.sh) gives the same workload results.
 //!
 //! Needs `apt-get download` (tests/guest/fetch.sh, tests/guest/fetch-qemu.sh); fails loudly
@@ -105,43 +106,108 @@ fn workload_lines(console: &str) -> Vec<String> {
         .collect()
 }
 
+/// `krr` with `args`; returns (stdout, stderr) after checking it exited with 0 (or 2 for
+/// "halted with interrupts disabled", the end of a poweroff without ACPI).
+fn krr_ok(args: &[&str]) -> (String, String) {
+    let out = Command::new(krr())
+        .args(args)
+        .output()
+        .expect("running krr");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success() || out.status.code() == Some(2),
+        "krr {args:?} failed ({}): {stderr}\n{stdout}",
+        out.status
+    );
+    (stdout, stderr)
+}
+
+fn count(log: &str) -> Option<String> {
+    log.split(" instructions in ")
+        .next()
+        .and_then(|s| s.split_whitespace().last())
+        .map(str::to_string)
+}
+
+fn line_with<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{text}"))
+}
+
+/// Boot, record and replay the Debian guest: the workload's results equal the host's; the
+/// recording is byte-identical whether the engine runs blocks or single instructions (so the
+/// machine is deterministic and every tier takes each input at the same instruction); the
+/// interpreter alone gives the same console and instruction count; the trace replays to the
+/// recorded end state in the default and single-step modes, with the same console.
 #[test]
-fn debian_kernel_boots_and_runs_the_workload_deterministically() {
+fn debian_kernel_boots_records_and_replays_exactly() {
     let (kernel, initrd) = guest();
-    let (console, log) = boot(&kernel, &initrd, &[]);
+    let dir = std::env::temp_dir().join(format!("krr-boot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("boot.trace");
+    let trace_ss = dir.join("boot-singlestep.trace");
+    let (t, t_ss) = (trace.to_str().unwrap(), trace_ss.to_str().unwrap());
+    let boot_args = ["--kernel", &kernel, "--initrd", &initrd];
+
+    let rec = |out: &str, extra: &[&str]| {
+        let mut a = vec!["record"];
+        a.extend_from_slice(&boot_args);
+        a.extend_from_slice(&["-o", out]);
+        a.extend_from_slice(extra);
+        krr_ok(&a)
+    };
+    let (console, log) = rec(t, &[]);
     assert_eq!(workload_lines(&console), expected_results(), "{log}");
-    // The guest powers off (without ACPI the kernel halts with interrupts disabled).
     assert!(
         log.contains("guest halted with interrupts disabled") || log.contains("powered off"),
         "{log}"
     );
-    // A second run is identical: same console output, same instruction count.
-    let (console2, log2) = boot(&kernel, &initrd, &[]);
-    assert_eq!(console, console2, "two runs of the same guest differ");
-    let count = |l: &str| {
-        l.split(" instructions in ")
-            .next()
-            .and_then(|s| s.split_whitespace().last())
-            .map(str::to_string)
-    };
-    assert!(count(&log).is_some(), "no instruction count in: {log}");
-    assert_eq!(
-        count(&log),
-        count(&log2),
-        "instruction counts differ:\n{log}\n{log2}"
-    );
-    // One instruction per block, and the interpreter alone, run the same semantics through
-    // other block boundaries and take every interrupt at the same instruction: the console
-    // (kernel timestamps included) and the instruction count must not change.
-    for mode in ["--singlestep", "--interpret"] {
-        let (console_m, log_m) = boot(&kernel, &initrd, &[mode]);
-        assert_eq!(console, console_m, "{mode} changed the guest's output");
-        assert_eq!(
-            count(&log),
-            count(&log_m),
-            "{mode} changed the instruction count:\n{log}\n{log_m}"
-        );
+    for kind in ["Interrupt: ", "IO Input: ", "RDTSC: ", "Checkpoint: "] {
+        let n: u64 = line_with(&log, kind)[kind.len()..].parse().unwrap();
+        assert!(n > 0, "no {kind} events: {log}");
     }
+    let (console_ss, log_ss) = rec(t_ss, &["--singlestep"]);
+    assert_eq!(
+        console, console_ss,
+        "--singlestep changed the guest's output"
+    );
+    assert!(
+        std::fs::read(&trace).unwrap() == std::fs::read(&trace_ss).unwrap(),
+        "recording twice (default, then --singlestep) gave different traces:\n{log}\n{log_ss}"
+    );
+
+    // The interpreter alone: same semantics through other block boundaries.
+    let mut a = vec!["run", "--interpret"];
+    a.extend_from_slice(&boot_args);
+    let (console_i, log_i) = krr_ok(&a);
+    assert_eq!(console, console_i, "--interpret changed the guest's output");
+    assert!(count(&log).is_some(), "no instruction count in: {log}");
+    assert_eq!(count(&log), count(&log_i), "{log}\n{log_i}");
+
+    // Replay needs only the trace.
+    let mut finals = Vec::new();
+    for mode in [None, Some("--singlestep")] {
+        let mut a = vec!["replay", t];
+        a.extend(mode);
+        let (replayed, summary) = krr_ok(&a);
+        assert!(summary.contains("Verdict: matched"), "{mode:?}: {summary}");
+        assert_eq!(replayed, console, "{mode:?}: the replayed console differs");
+        assert_eq!(
+            line_with(&summary, "Instructions: "),
+            format!("Instructions: {}", count(&log).unwrap()),
+            "{summary}"
+        );
+        finals.push(line_with(&summary, "Final state hash: ").to_string());
+    }
+    assert_eq!(finals[0], finals[1]);
+    let trace_line = line_with(&log, "Trace: ");
+    assert!(
+        finals[0].contains(&trace_line[trace_line.find("registers hash ").unwrap() + 15..][..16]),
+        "{finals:?} vs {trace_line}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The same bzImage and initramfs under QEMU TCG (same memory and kernel command line, a CPU
