@@ -19,12 +19,18 @@ pub struct Interp<'a> {
     insn: &'a Instruction,
     /// (state offset, old value) of every write of the current instruction.
     undo: &'a mut Vec<(i32, u64)>,
-    saved_flags: Option<[u64; 5]>,
-    next_rip: Option<u64>,
-    trap: bool,
-    unimplemented: bool,
-    halted: bool,
+    /// The lazy-flags fields before the current instruction's first flag write.
+    saved_flags: [u64; 5],
+    flags_saved: bool,
+    /// Where the current instruction continues (its `next_ip` unless it branched).
+    next_rip: u64,
+    /// `TRAP`, `UNIMPLEMENTED`, `HALTED` bits of the current instruction.
+    status: u8,
 }
+
+const TRAP: u8 = 1;
+const UNIMPLEMENTED: u8 = 2;
+const HALTED: u8 = 4;
 
 /// How one interpreted instruction ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +48,7 @@ pub enum StepResult {
 
 /// Execute one instruction.
 pub fn step(cpu: &mut CpuState, insn: &Instruction) -> StepResult {
+    cpu.helper_status = helpers::OK;
     let mut undo = Vec::new();
     Interp::new(cpu, &mut undo).step(insn)
 }
@@ -63,15 +70,15 @@ impl<'a> Interp<'a> {
     /// An interpreter on `cpu`; `undo` is scratch space for the undo log, kept by the caller so
     /// that it is allocated once.
     pub fn new(cpu: &'a mut CpuState, undo: &'a mut Vec<(i32, u64)>) -> Interp<'a> {
+        undo.clear();
         Interp {
             cpu,
             insn: &NO_INSN,
             undo,
-            saved_flags: None,
-            next_rip: None,
-            trap: false,
-            unimplemented: false,
-            halted: false,
+            saved_flags: [0; 5],
+            flags_saved: false,
+            next_rip: 0,
+            status: 0,
         }
     }
 
@@ -79,51 +86,59 @@ impl<'a> Interp<'a> {
         self.cpu
     }
 
-    /// Execute one instruction.
+    /// Execute one instruction. `cpu.helper_status` must be `OK` (it stays so).
+    #[inline]
     pub fn step(&mut self, insn: &'a Instruction) -> StepResult {
         self.insn = insn;
-        self.undo.clear();
-        self.saved_flags = None;
-        self.next_rip = None;
-        self.trap = false;
-        self.unimplemented = false;
-        self.halted = false;
-        self.cpu.helper_status = helpers::OK;
-        let it = self;
-        match sem::instruction(it) {
+        self.next_rip = insn.next_ip();
+        match sem::instruction(self) {
             Ok(()) => {
-                it.cpu.rip = it.next_rip.unwrap_or(insn.next_ip());
-                it.cpu.icount += 1;
+                debug_assert_eq!(self.cpu.helper_status, helpers::OK);
+                self.cpu.rip = self.next_rip;
+                self.cpu.icount += 1;
+                self.undo.clear();
+                self.flags_saved = false;
                 StepResult::Retired
             }
-            Err(Abort) if it.halted => {
-                // HLT retired; the engine returns to the driver.
-                it.cpu.rip = insn.next_ip();
-                it.cpu.icount += 1;
-                StepResult::Halt
-            }
-            Err(Abort) => {
-                it.rollback();
-                let unbacked = it.cpu.helper_status == helpers::UNBACKED;
-                it.cpu.helper_status = helpers::OK;
-                if unbacked {
-                    it.cpu.rip = insn.ip();
-                    return StepResult::Unbacked;
-                }
-                if it.trap {
-                    it.cpu.rip = insn.next_ip();
-                    it.cpu.icount += 1;
-                } else {
-                    it.cpu.rip = insn.ip();
-                }
-                if it.unimplemented {
-                    it.cpu.unimplemented_count += 1;
-                }
-                StepResult::Exception {
-                    trap: it.trap,
-                    unimplemented: it.unimplemented,
-                }
-            }
+            Err(Abort) => self.aborted(insn),
+        }
+    }
+
+    /// The end of an instruction that left through `Err(Abort)`: roll back unless it retired
+    /// (HLT), and say how it ended. Leaves the interpreter ready for the next step.
+    #[cold]
+    #[inline(never)]
+    fn aborted(&mut self, insn: &Instruction) -> StepResult {
+        let status = std::mem::take(&mut self.status);
+        if status & HALTED != 0 {
+            // HLT retired; the engine returns to the driver.
+            self.undo.clear();
+            self.flags_saved = false;
+            self.cpu.rip = insn.next_ip();
+            self.cpu.icount += 1;
+            return StepResult::Halt;
+        }
+        self.rollback();
+        let unbacked = self.cpu.helper_status == helpers::UNBACKED;
+        self.cpu.helper_status = helpers::OK;
+        if unbacked {
+            self.cpu.rip = insn.ip();
+            return StepResult::Unbacked;
+        }
+        let trap = status & TRAP != 0;
+        let unimplemented = status & UNIMPLEMENTED != 0;
+        if trap {
+            self.cpu.rip = insn.next_ip();
+            self.cpu.icount += 1;
+        } else {
+            self.cpu.rip = insn.ip();
+        }
+        if unimplemented {
+            self.cpu.unimplemented_count += 1;
+        }
+        StepResult::Exception {
+            trap,
+            unimplemented,
         }
     }
 }
@@ -133,7 +148,8 @@ impl Interp<'_> {
         while let Some((off, old)) = self.undo.pop() {
             self.write_raw(off, old);
         }
-        if let Some([op, res, a, b, aux]) = self.saved_flags.take() {
+        if std::mem::take(&mut self.flags_saved) {
+            let [op, res, a, b, aux] = self.saved_flags;
             self.cpu.cc_op = op;
             self.cpu.cc_res = res;
             self.cpu.cc_a = a;
@@ -339,8 +355,9 @@ impl Builder for Interp<'_> {
     }
     fn set_flags(&mut self, f: FlagState<u64>) {
         let c = &mut *self.cpu;
-        if self.saved_flags.is_none() {
-            self.saved_flags = Some([c.cc_op, c.cc_res, c.cc_a, c.cc_b, c.cc_aux]);
+        if !self.flags_saved {
+            self.flags_saved = true;
+            self.saved_flags = [c.cc_op, c.cc_res, c.cc_a, c.cc_b, c.cc_aux];
         }
         c.cc_op = f.op.encode();
         c.cc_res = f.res;
@@ -412,14 +429,14 @@ impl Builder for Interp<'_> {
         Abort
     }
     fn raise_trap(&mut self, vector: u8) -> Abort {
-        self.trap = true;
+        self.status |= TRAP;
         let a = self.raise(vector, None);
         self.cpu.exception.software = true;
         self.cpu.trap_rip = self.insn.ip();
         a
     }
     fn unimplemented(&mut self) -> Abort {
-        self.unimplemented = true;
+        self.status |= UNIMPLEMENTED;
         self.raise(krr_runtime::vector::UD, None)
     }
     fn raise_if(&mut self, cond: bool, vector: u8, error_code: Option<u32>) -> R<()> {
@@ -443,15 +460,15 @@ impl Builder for Interp<'_> {
         Some(self.cpu)
     }
     fn halt(&mut self) -> Abort {
-        self.halted = true;
+        self.status |= HALTED;
         Abort
     }
     fn commit(&mut self) {
         self.undo.clear();
-        self.saved_flags = None;
+        self.flags_saved = false;
     }
     fn flow(&mut self, f: Flow<u64>, cond: Option<bool>) {
-        self.next_rip = Some(match f {
+        self.next_rip = match f {
             Flow::Jump(t) => t,
             Flow::Direct(t) => t,
             Flow::Branch { taken, not_taken } => {
@@ -461,6 +478,6 @@ impl Builder for Interp<'_> {
                     not_taken
                 }
             }
-        });
+        };
     }
 }
