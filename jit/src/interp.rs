@@ -17,8 +17,11 @@ pub struct Interp<'a> {
     // A reference, not a copy: copying the 40-byte instruction on every step costs a
     // store-forwarding stall when semantics read it back.
     insn: &'a Instruction,
-    /// (state offset, old value) of every write of the current instruction.
+    /// (state offset, old value) of every non-GPR state write of the current instruction.
     undo: &'a mut Vec<(i32, u64)>,
+    /// GPRs the current instruction wrote (bit r) and their values before its first write.
+    gprs_written: u16,
+    saved_gprs: [u64; 16],
     /// The lazy-flags fields before the current instruction's first flag write.
     saved_flags: [u64; 5],
     flags_saved: bool,
@@ -75,6 +78,8 @@ impl<'a> Interp<'a> {
             cpu,
             insn: &NO_INSN,
             undo,
+            gprs_written: 0,
+            saved_gprs: [0; 16],
             saved_flags: [0; 5],
             flags_saved: false,
             next_rip: 0,
@@ -96,8 +101,7 @@ impl<'a> Interp<'a> {
                 debug_assert_eq!(self.cpu.helper_status, helpers::OK);
                 self.cpu.rip = self.next_rip;
                 self.cpu.icount += 1;
-                self.undo.clear();
-                self.flags_saved = false;
+                self.forget_undo();
                 StepResult::Retired
             }
             Err(Abort) => self.aborted(insn),
@@ -112,8 +116,7 @@ impl<'a> Interp<'a> {
         let status = std::mem::take(&mut self.status);
         if status & HALTED != 0 {
             // HLT retired; the engine returns to the driver.
-            self.undo.clear();
-            self.flags_saved = false;
+            self.forget_undo();
             self.cpu.rip = insn.next_ip();
             self.cpu.icount += 1;
             return StepResult::Halt;
@@ -144,9 +147,25 @@ impl<'a> Interp<'a> {
 }
 
 impl Interp<'_> {
+    /// Make the current instruction's writes permanent.
+    #[inline]
+    fn forget_undo(&mut self) {
+        if !self.undo.is_empty() {
+            self.undo.clear();
+        }
+        self.gprs_written = 0;
+        self.flags_saved = false;
+    }
+
     fn rollback(&mut self) {
         while let Some((off, old)) = self.undo.pop() {
             self.write_raw(off, old);
+        }
+        let mut written = std::mem::take(&mut self.gprs_written);
+        while written != 0 {
+            let r = written.trailing_zeros() as usize;
+            self.cpu.gpr[r] = self.saved_gprs[r];
+            written &= written - 1;
         }
         if std::mem::take(&mut self.flags_saved) {
             let [op, res, a, b, aux] = self.saved_flags;
@@ -329,14 +348,29 @@ impl Builder for Interp<'_> {
     fn get_gpr(&mut self, r: usize) -> u64 {
         self.cpu.gpr[r]
     }
+    #[inline]
     fn set_gpr(&mut self, r: usize, v: u64) {
-        self.log(offsets::gpr(r));
+        let old = self.cpu.gpr[r];
+        let bit = 1u16 << (r & 15);
+        if self.gprs_written & bit == 0 {
+            self.gprs_written |= bit;
+            self.saved_gprs[r & 15] = old;
+        }
         self.cpu.gpr[r] = v;
     }
     fn load_state(&mut self, offset: i32) -> u64 {
         self.read_raw(offset)
     }
     fn store_state(&mut self, offset: i32, v: u64) {
+        let in_gprs = offset.wrapping_sub(offsets::GPR) as u32;
+        if in_gprs < 16 * 8 && in_gprs.is_multiple_of(8) {
+            // GPRs have their own undo record.
+            return self.set_gpr(in_gprs as usize / 8, v);
+        }
+        assert!(
+            !(offsets::GPR - 7..offsets::GPR + 16 * 8).contains(&offset),
+            "misaligned state write into the GPRs"
+        );
         self.log(offset);
         self.write_raw(offset, v);
     }
@@ -464,8 +498,7 @@ impl Builder for Interp<'_> {
         Abort
     }
     fn commit(&mut self) {
-        self.undo.clear();
-        self.flags_saved = false;
+        self.forget_undo();
     }
     fn flow(&mut self, f: Flow<u64>, cond: Option<bool>) {
         self.next_rip = match f {
