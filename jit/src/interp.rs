@@ -96,7 +96,7 @@ impl<'a> Interp<'a> {
     pub fn step(&mut self, insn: &'a Instruction) -> StepResult {
         self.insn = insn;
         self.next_rip = insn.next_ip();
-        match sem::instruction(self) {
+        match sem::instruction_of(self, insn) {
             Ok(()) => {
                 debug_assert_eq!(self.cpu.helper_status, helpers::OK);
                 self.cpu.rip = self.next_rip;

@@ -171,7 +171,16 @@ pub trait Builder {
 
 /// Executes or translates one instruction. `Err(Abort)` means it raised an exception.
 pub fn instruction<B: Builder>(b: &mut B) -> R<()> {
-    int::execute(b)
+    let insn = *b.insn();
+    instruction_of(b, &insn)
+}
+
+/// [`instruction`], given the builder's current instruction (`insn` is `b.insn()`): the
+/// semantics read it without copying it out of the builder first.
+#[inline]
+pub fn instruction_of<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    debug_assert!(insn.eq_all_bits(b.insn()));
+    int::execute(b, insn)
 }
 
 // ---- operand access, shared by all instruction families ----
