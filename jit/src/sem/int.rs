@@ -638,8 +638,10 @@ fn cpuid<B: Builder>(b: &mut B) -> R<()> {
 
 /// MOV between GPRs, memory and immediates (not segment, control or debug registers).
 fn is_gpr_form(insn: &Instruction) -> bool {
-    (0..insn.op_count())
-        .all(|i| insn.op_kind(i) != OpKind::Register || insn.op_register(i).is_gpr())
+    debug_assert_eq!(insn.op_count(), 2);
+    let gpr_or_not_reg = |k: OpKind, r: Register| k != OpKind::Register || is_gpr(r);
+    gpr_or_not_reg(insn.op0_kind(), insn.op0_register())
+        && gpr_or_not_reg(insn.op1_kind(), insn.op1_register())
 }
 
 /// JMP/CALL m16:16/32/64.

@@ -245,6 +245,12 @@ pub fn gpr_of(r: Register) -> (usize, RegPart) {
     ((e & 15) as usize, part)
 }
 
+/// Is `r` a general-purpose register (any width)?
+#[inline]
+pub fn is_gpr(r: Register) -> bool {
+    GPR_TABLE[r as usize] != NOT_GPR
+}
+
 /// The register's size in bytes (fast for general-purpose registers).
 #[inline]
 fn reg_size(r: Register) -> u32 {
@@ -560,6 +566,7 @@ mod tests {
                 assert_eq!(GPR_TABLE[r as usize], NOT_GPR, "{r:?}");
             }
             assert_eq!(reg_size(r), r.size() as u32, "{r:?}");
+            assert_eq!(is_gpr(r), r.is_gpr(), "{r:?}");
         }
     }
 }
