@@ -107,8 +107,8 @@ pub struct Engine {
     logged_unimplemented: std::collections::HashSet<u64>,
     /// Physical page number -> blocks with code on that page.
     page_blocks: HashMap<u64, Vec<usize>>,
-    /// The interpreter's undo log, allocated once.
-    undo: Vec<(i32, u64)>,
+    /// The interpreter's undo records, allocated once.
+    undo: crate::interp::Undo,
     /// `cpu.tlb.generation` when the jump cache was last valid.
     tlb_generation: u64,
 }
@@ -137,7 +137,7 @@ impl Engine {
             stats: EngineStats::default(),
             logged_unimplemented: Default::default(),
             page_blocks: HashMap::new(),
-            undo: Vec::with_capacity(32),
+            undo: crate::interp::Undo::new(),
             tlb_generation: 0,
         })
     }
@@ -498,7 +498,8 @@ impl Engine {
     }
 
     fn interpret_block(&mut self, cpu: &mut CpuState, id: usize) -> Option<Exit> {
-        let insns: &[Instruction] = &self.entries[id].block.insns;
+        let block = &self.entries[id].block;
+        let (insns, mems) = (&block.insns[..], &block.mem[..]);
         // The budget is known up front: run at most `n` instructions.
         let room = cpu.icount_limit.saturating_sub(cpu.icount);
         let n = if room < insns.len() as u64 {
@@ -510,8 +511,8 @@ impl Engine {
         cpu.helper_status = crate::helpers::OK;
         let mut it = Interp::new(cpu, &mut self.undo);
         let mut end = None;
-        for (i, insn) in insns[..n].iter().enumerate() {
-            match it.step(insn) {
+        for (i, (insn, mem)) in insns[..n].iter().zip(&mems[..n]).enumerate() {
+            match it.step(insn, mem) {
                 StepResult::Retired => {
                     // A taken branch can only be the block's last instruction, but a retired
                     // instruction may also have been interrupted mid-way (REP): follow RIP. A

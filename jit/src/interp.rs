@@ -5,7 +5,7 @@
 //! succeeded, and semantics order stores before register updates.
 
 use crate::helpers;
-use crate::sem::{self, Abort, Builder, Cmp, FlagOp, FlagState, Flow, Helper, R};
+use crate::sem::{self, Abort, Builder, Cmp, FlagOp, FlagState, Flow, Helper, MemOperand, R};
 use iced_x86::Instruction;
 use krr_runtime::{mmu, offsets, CpuState, ExceptionRecord};
 
@@ -17,18 +17,39 @@ pub struct Interp<'a> {
     // A reference, not a copy: copying the 40-byte instruction on every step costs a
     // store-forwarding stall when semantics read it back.
     insn: &'a Instruction,
-    /// (state offset, old value) of every non-GPR state write of the current instruction.
-    undo: &'a mut Vec<(i32, u64)>,
-    /// GPRs the current instruction wrote (bit r) and their values before its first write.
+    /// Its memory operand, decoded.
+    mem: &'a MemOperand,
+    /// What the current instruction's writes replaced.
+    undo: &'a mut Undo,
+    /// GPRs the current instruction wrote (bit r; their old values are in `undo.gprs`).
     gprs_written: u16,
-    saved_gprs: [u64; 16],
-    /// The lazy-flags fields before the current instruction's first flag write.
-    saved_flags: [u64; 5],
+    /// `undo.flags` holds the lazy flags from before the current instruction.
     flags_saved: bool,
     /// Where the current instruction continues (its `next_ip` unless it branched).
     next_rip: u64,
     /// `TRAP`, `UNIMPLEMENTED`, `HALTED` bits of the current instruction.
     status: u8,
+}
+
+/// The undo records of the instruction being interpreted, kept by the caller between
+/// instructions so that they are allocated and initialised once.
+#[derive(Default)]
+pub struct Undo {
+    /// (state offset, old value) of every non-GPR state write.
+    log: Vec<(i32, u64)>,
+    /// Values of the written GPRs before the instruction's first write to each.
+    gprs: [u64; 16],
+    /// The lazy-flags fields before the instruction's first flag write.
+    flags: [u64; 5],
+}
+
+impl Undo {
+    pub fn new() -> Undo {
+        Undo {
+            log: Vec::with_capacity(32),
+            ..Default::default()
+        }
+    }
 }
 
 const TRAP: u8 = 1;
@@ -52,14 +73,15 @@ pub enum StepResult {
 /// Execute one instruction.
 pub fn step(cpu: &mut CpuState, insn: &Instruction) -> StepResult {
     cpu.helper_status = helpers::OK;
-    let mut undo = Vec::new();
-    Interp::new(cpu, &mut undo).step(insn)
+    let mut undo = Undo::default();
+    let mem = MemOperand::new(insn);
+    Interp::new(cpu, &mut undo).step(insn, &mem)
 }
 
 /// Compute the arithmetic flags from the lazy state, store them back in concrete form and
 /// return them as RFLAGS bits.
 pub fn materialize_flags(cpu: &mut CpuState) -> u64 {
-    let mut undo = Vec::new();
+    let mut undo = Undo::default();
     let mut it = Interp::new(cpu, &mut undo);
     let f = it.flags();
     let bits = crate::sem::flags::materialize(&mut it, &f);
@@ -70,17 +92,16 @@ pub fn materialize_flags(cpu: &mut CpuState) -> u64 {
 }
 
 impl<'a> Interp<'a> {
-    /// An interpreter on `cpu`; `undo` is scratch space for the undo log, kept by the caller so
-    /// that it is allocated once.
-    pub fn new(cpu: &'a mut CpuState, undo: &'a mut Vec<(i32, u64)>) -> Interp<'a> {
-        undo.clear();
+    /// An interpreter on `cpu`; `undo` is scratch space for the undo records, kept by the
+    /// caller so that it is allocated once.
+    pub fn new(cpu: &'a mut CpuState, undo: &'a mut Undo) -> Interp<'a> {
+        undo.log.clear();
         Interp {
             cpu,
             insn: &NO_INSN,
+            mem: &MemOperand::NO_OPERAND,
             undo,
             gprs_written: 0,
-            saved_gprs: [0; 16],
-            saved_flags: [0; 5],
             flags_saved: false,
             next_rip: 0,
             status: 0,
@@ -91,10 +112,13 @@ impl<'a> Interp<'a> {
         self.cpu
     }
 
-    /// Execute one instruction. `cpu.helper_status` must be `OK` (it stays so).
+    /// Execute one instruction, whose memory operand is `mem` (`MemOperand::new(insn)`).
+    /// `cpu.helper_status` must be `OK` (it stays so).
     #[inline]
-    pub fn step(&mut self, insn: &'a Instruction) -> StepResult {
+    pub fn step(&mut self, insn: &'a Instruction, mem: &'a MemOperand) -> StepResult {
+        debug_assert_eq!(*mem, MemOperand::new(insn));
         self.insn = insn;
+        self.mem = mem;
         self.next_rip = insn.next_ip();
         match sem::instruction_of(self, insn) {
             Ok(()) => {
@@ -150,25 +174,25 @@ impl Interp<'_> {
     /// Make the current instruction's writes permanent.
     #[inline]
     fn forget_undo(&mut self) {
-        if !self.undo.is_empty() {
-            self.undo.clear();
+        if !self.undo.log.is_empty() {
+            self.undo.log.clear();
         }
         self.gprs_written = 0;
         self.flags_saved = false;
     }
 
     fn rollback(&mut self) {
-        while let Some((off, old)) = self.undo.pop() {
+        while let Some((off, old)) = self.undo.log.pop() {
             self.write_raw(off, old);
         }
         let mut written = std::mem::take(&mut self.gprs_written);
         while written != 0 {
             let r = written.trailing_zeros() as usize;
-            self.cpu.gpr[r] = self.saved_gprs[r];
+            self.cpu.gpr[r] = self.undo.gprs[r];
             written &= written - 1;
         }
         if std::mem::take(&mut self.flags_saved) {
-            let [op, res, a, b, aux] = self.saved_flags;
+            let [op, res, a, b, aux] = self.undo.flags;
             self.cpu.cc_op = op;
             self.cpu.cc_res = res;
             self.cpu.cc_a = a;
@@ -201,7 +225,7 @@ impl Interp<'_> {
 
     fn log(&mut self, off: i32) {
         let old = self.read_raw(off);
-        self.undo.push((off, old));
+        self.undo.log.push((off, old));
     }
 
     fn mmu_index(&self) -> usize {
@@ -233,6 +257,10 @@ impl Builder for Interp<'_> {
 
     fn insn(&self) -> &Instruction {
         self.insn
+    }
+    #[inline]
+    fn mem_operand(&self) -> MemOperand {
+        *self.mem
     }
     fn c(&mut self, v: u64) -> u64 {
         v
@@ -354,7 +382,7 @@ impl Builder for Interp<'_> {
         let bit = 1u16 << (r & 15);
         if self.gprs_written & bit == 0 {
             self.gprs_written |= bit;
-            self.saved_gprs[r & 15] = old;
+            self.undo.gprs[r & 15] = old;
         }
         self.cpu.gpr[r] = v;
     }
@@ -391,7 +419,7 @@ impl Builder for Interp<'_> {
         let c = &mut *self.cpu;
         if !self.flags_saved {
             self.flags_saved = true;
-            self.saved_flags = [c.cc_op, c.cc_res, c.cc_a, c.cc_b, c.cc_aux];
+            self.undo.flags = [c.cc_op, c.cc_res, c.cc_a, c.cc_b, c.cc_aux];
         }
         c.cc_op = f.op.encode();
         c.cc_res = f.res;

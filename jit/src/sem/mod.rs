@@ -86,6 +86,10 @@ pub trait Builder {
 
     /// The instruction being executed or translated.
     fn insn(&self) -> &Instruction;
+    /// Its memory operand, decoded (the interpreter has it cached).
+    fn mem_operand(&self) -> MemOperand {
+        MemOperand::new(self.insn())
+    }
 
     fn c(&mut self, v: u64) -> Self::V;
     fn add(&mut self, a: Self::V, b: Self::V) -> Self::V;
@@ -309,14 +313,80 @@ pub fn write_reg<B: Builder>(b: &mut B, r: Register, v: B::V) {
     b.set_gpr(idx, new);
 }
 
+/// The instruction's memory operand as the address computation needs it, decoded once from
+/// iced's fields: the interpreter keeps one with every cached instruction, the compiler
+/// decodes it when asked ([`Builder::mem_operand`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemOperand {
+    /// The displacement; for a RIP-relative operand the target itself.
+    pub disp: u64,
+    /// GPR numbers of the base and the index register, or [`MemOperand::NONE`].
+    pub base: u8,
+    pub index: u8,
+    /// log2 of the index scale.
+    pub shift: u8,
+    /// [`MemOperand::ADDR32`] and the segment bits [`MemOperand::SS`], [`MemOperand::FS`],
+    /// [`MemOperand::GS`] (other segments have no base and no check in 64-bit mode).
+    pub flags: u8,
+}
+
+impl MemOperand {
+    pub const NONE: u8 = 0xff;
+    /// 32-bit address size: the address is truncated to 32 bits.
+    pub const ADDR32: u8 = 1;
+    pub const SS: u8 = 2;
+    pub const FS: u8 = 4;
+    pub const GS: u8 = 8;
+
+    /// What an instruction without a memory operand gets.
+    pub const NO_OPERAND: MemOperand = MemOperand {
+        disp: 0,
+        base: MemOperand::NONE,
+        index: MemOperand::NONE,
+        shift: 0,
+        flags: 0,
+    };
+
+    pub fn new(insn: &Instruction) -> MemOperand {
+        let (base, index) = (insn.memory_base(), insn.memory_index());
+        let gpr = |r: Register| {
+            if r.is_gpr() {
+                gpr_of(r).0 as u8
+            } else {
+                MemOperand::NONE
+            }
+        };
+        let disp = match base {
+            // RIP-relative: iced keeps the target in the displacement.
+            Register::EIP => insn.memory_displacement64() as u32 as u64,
+            _ => insn.memory_displacement64(),
+        };
+        let mut flags = match memory_segment(insn) {
+            Register::SS => MemOperand::SS,
+            Register::FS => MemOperand::FS,
+            Register::GS => MemOperand::GS,
+            _ => 0,
+        };
+        if base.size() == 4 || index.size() == 4 {
+            flags |= MemOperand::ADDR32;
+        }
+        MemOperand {
+            disp,
+            base: gpr(base),
+            index: gpr(index),
+            shift: insn.memory_index_scale().trailing_zeros() as u8,
+            flags,
+        }
+    }
+}
+
 /// The linear address of the instruction's memory operand, checked as an access: a
 /// non-canonical stack-segment address raises #SS(0) (others fault in the MMU with #GP(0)).
 #[inline]
 pub fn access_address<B: Builder>(b: &mut B) -> R<B::V> {
-    let segment = memory_segment(b.insn());
-    let offset = offset_address(b);
-    let a = segment_base(b, segment, offset);
-    if segment == Register::SS {
+    let m = b.mem_operand();
+    let a = effective_address_of(b, m);
+    if m.flags & MemOperand::SS != 0 {
         stack_canonical(b, a)?;
     }
     Ok(a)
@@ -340,7 +410,7 @@ fn memory_segment(insn: &Instruction) -> Register {
 /// #SS(0) for a non-canonical address if the operand uses the stack segment. Instructions
 /// with an alignment requirement check alignment first (#GP(0) wins on this host).
 pub fn stack_check<B: Builder>(b: &mut B, addr: B::V) -> R<()> {
-    if memory_segment(b.insn()) == Register::SS {
+    if b.mem_operand().flags & MemOperand::SS != 0 {
         stack_canonical(b, addr)?;
     }
     Ok(())
@@ -348,49 +418,52 @@ pub fn stack_check<B: Builder>(b: &mut B, addr: B::V) -> R<()> {
 
 /// The linear address of the instruction's memory operand (no access checks).
 pub fn effective_address<B: Builder>(b: &mut B) -> B::V {
-    let segment = memory_segment(b.insn());
-    let offset = offset_address(b);
-    segment_base(b, segment, offset)
+    let m = b.mem_operand();
+    effective_address_of(b, m)
+}
+
+#[inline]
+fn effective_address_of<B: Builder>(b: &mut B, m: MemOperand) -> B::V {
+    let a = offset_address_of(b, m);
+    let s = if m.flags & MemOperand::FS != 0 {
+        seg::FS
+    } else if m.flags & MemOperand::GS != 0 {
+        seg::GS
+    } else {
+        return a;
+    };
+    let base = b.load_state(offsets::seg_base(s));
+    b.add(a, base)
 }
 
 /// base + index*scale + displacement (or the RIP-relative target), truncated to the address
 /// size, without any segment base: the effective address LEA computes.
-#[inline]
 pub fn offset_address<B: Builder>(b: &mut B) -> B::V {
-    let insn = b.insn();
-    let (base, index, disp) = (
-        insn.memory_base(),
-        insn.memory_index(),
-        insn.memory_displacement64(),
-    );
-    let shift = insn.memory_index_scale().trailing_zeros() as u64;
-    let addr = match base {
-        // RIP-relative: iced keeps the target in the displacement.
-        Register::RIP => b.c(disp),
-        Register::EIP => b.c(disp as u32 as u64),
-        _ => {
-            let mut a = b.c(disp);
-            if base != Register::None {
-                let v = b.get_gpr(gpr_of(base).0);
-                a = b.add(a, v);
-            }
-            if index != Register::None {
-                let v = b.get_gpr(gpr_of(index).0);
-                let v = if shift != 0 {
-                    let s = b.c(shift);
-                    b.shl(v, s)
-                } else {
-                    v
-                };
-                a = b.add(a, v);
-            }
-            a
-        }
-    };
-    if reg_size(base) == 4 || reg_size(index) == 4 {
-        b.zext(addr, 32)
+    let m = b.mem_operand();
+    offset_address_of(b, m)
+}
+
+#[inline]
+fn offset_address_of<B: Builder>(b: &mut B, m: MemOperand) -> B::V {
+    let mut a = b.c(m.disp);
+    if m.base != MemOperand::NONE {
+        let v = b.get_gpr(m.base as usize);
+        a = b.add(a, v);
+    }
+    if m.index != MemOperand::NONE {
+        let v = b.get_gpr(m.index as usize);
+        let v = if m.shift != 0 {
+            let s = b.c(m.shift as u64);
+            b.shl(v, s)
+        } else {
+            v
+        };
+        a = b.add(a, v);
+    }
+    if m.flags & MemOperand::ADDR32 != 0 {
+        b.zext(a, 32)
     } else {
-        addr
+        a
     }
 }
 
