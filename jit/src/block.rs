@@ -1,6 +1,7 @@
 //! Block formation: decode guest instructions with iced-x86 from a start address until a
 //! control transfer, a page boundary, the size cap, or (in single-step mode) one instruction.
 
+use crate::sem::MemOperand;
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
 use krr_runtime::{mmu, CpuState};
 
@@ -15,6 +16,8 @@ pub struct Block {
     pub phys: u64,
     pub mode: u32,
     pub insns: Vec<Instruction>,
+    /// Each instruction's memory operand, decoded for the interpreter.
+    pub mem: Vec<MemOperand>,
     /// Bytes covered, for invalidation.
     pub len: usize,
     /// Executions so far (tier-up counter).
@@ -111,11 +114,13 @@ pub fn decode(cpu: &mut CpuState, mode: u32, max_insns: usize) -> Result<Block, 
         };
         return Err(FetchError::Fault);
     }
+    let mem = insns.iter().map(MemOperand::new).collect();
     Ok(Block {
         start,
         phys,
         mode,
         insns,
+        mem,
         len,
         exec_count: 0,
     })

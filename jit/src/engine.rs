@@ -111,8 +111,8 @@ pub struct Engine {
     logged_unimplemented: std::collections::HashSet<u64>,
     /// Physical page number -> blocks with code on that page.
     page_blocks: HashMap<u64, Vec<usize>>,
-    /// The interpreter's undo log, allocated once.
-    undo: Vec<(i32, u64)>,
+    /// The interpreter's undo records, allocated once.
+    undo: crate::interp::Undo,
     /// `cpu.tlb.generation` when the jump cache was last valid.
     tlb_generation: u64,
 }
@@ -141,7 +141,7 @@ impl Engine {
             stats: EngineStats::default(),
             logged_unimplemented: Default::default(),
             page_blocks: HashMap::new(),
-            undo: Vec::with_capacity(32),
+            undo: crate::interp::Undo::new(),
             tlb_generation: 0,
         })
     }
@@ -155,6 +155,7 @@ impl Engine {
         self.jump_cache.fill((u64::MAX, 0, NO_ENTRY));
     }
 
+    #[inline]
     fn lookup(&mut self, cpu: &mut CpuState) -> Result<usize, Exit> {
         let rip = cpu.rip;
         let mode = Self::mode(cpu);
@@ -163,6 +164,14 @@ impl Engine {
         if tag == rip && m == mode && id != NO_ENTRY {
             return Ok(id as usize);
         }
+        self.lookup_slow(cpu, slot)
+    }
+
+    /// A jump-cache miss: translate RIP, find or decode the block, fill the jump cache.
+    #[inline(never)]
+    fn lookup_slow(&mut self, cpu: &mut CpuState, slot: usize) -> Result<usize, Exit> {
+        let rip = cpu.rip;
+        let mode = Self::mode(cpu);
         let phys = match mmu::translate(cpu, rip, mmu::Access::Execute, mode == 3) {
             Ok(t) => t.phys,
             Err(e) => {
@@ -362,6 +371,8 @@ impl Engine {
         }
     }
 
+    /// Count an execution of block `id` (not yet compiled) and compile it if the policy says so.
+    #[inline]
     fn maybe_compile(&mut self, id: usize) {
         let e = &mut self.entries[id];
         e.block.exec_count = e.block.exec_count.saturating_add(1);
@@ -379,18 +390,8 @@ impl Engine {
                 }
             }
             TierPolicy::Tiered => {
-                let n = e.block.exec_count;
-                if n >= self.config.hot_threshold && !e.queued {
-                    e.queued = true;
-                    self.pending.push(id);
-                }
-                // Compile a batch once it is full, or once a queued block is clearly hot.
-                if e.queued
-                    && (self.pending.len() >= self.config.batch
-                        || n >= self.config.hot_threshold.saturating_mul(4))
-                {
-                    let batch = std::mem::take(&mut self.pending);
-                    self.compile(&batch);
+                if e.block.exec_count >= self.config.hot_threshold {
+                    self.tier_up(id);
                 }
             }
         }
@@ -416,6 +417,24 @@ impl Engine {
     /// benchmarks that want a fully compiled steady state).
     pub fn finish_compiling(&mut self) {
         self.install_background(true);
+    }
+
+    /// A block reached the hot threshold: queue it, and compile the queue once it is full or
+    /// once a queued block is clearly hot.
+    #[inline(never)]
+    fn tier_up(&mut self, id: usize) {
+        let e = &mut self.entries[id];
+        let n = e.block.exec_count;
+        if !e.queued {
+            e.queued = true;
+            self.pending.push(id);
+        }
+        if self.pending.len() >= self.config.batch
+            || n >= self.config.hot_threshold.saturating_mul(4)
+        {
+            let batch = std::mem::take(&mut self.pending);
+            self.compile(&batch);
+        }
     }
 
     fn compile(&mut self, ids: &[usize]) {
@@ -518,57 +537,79 @@ impl Engine {
     }
 
     fn interpret_block(&mut self, cpu: &mut CpuState, id: usize) -> Option<Exit> {
-        let insns: &[Instruction] = &self.entries[id].block.insns;
+        let block = &self.entries[id].block;
+        let (insns, mems) = (&block.insns[..], &block.mem[..]);
+        // The budget is known up front: run at most `n` instructions.
+        let room = cpu.icount_limit.saturating_sub(cpu.icount);
+        let n = if room < insns.len() as u64 {
+            room as usize
+        } else {
+            insns.len()
+        };
+        let icount_before = cpu.icount;
+        cpu.helper_status = crate::helpers::OK;
         let mut it = Interp::new(cpu, &mut self.undo);
-        for insn in insns {
-            if it.cpu().icount >= it.cpu().icount_limit {
-                return Some(Exit::Budget);
-            }
-            match it.step(insn) {
-                StepResult::Retired => self.stats.interpreted_insns += 1,
-                StepResult::Exception {
-                    trap,
-                    unimplemented,
-                } => {
-                    if trap {
-                        self.stats.interpreted_insns += 1;
+        let mut end = None;
+        for (i, (insn, mem)) in insns[..n].iter().zip(&mems[..n]).enumerate() {
+            match it.step(insn, mem) {
+                StepResult::Retired => {
+                    // A taken branch can only be the block's last instruction, but a retired
+                    // instruction may also have been interrupted mid-way (REP): follow RIP. A
+                    // write to translated code ends the block so the next instruction is
+                    // decoded afresh.
+                    let cpu = it.cpu();
+                    if cpu.rip != insn.next_ip() || cpu.smc_count != 0 {
+                        end = Some((i, StepResult::Retired));
+                        break;
                     }
-                    if unimplemented {
-                        self.stats.unimplemented += 1;
-                        let cpu = it.cpu();
-                        if self.logged_unimplemented.insert(cpu.rip) {
-                            log::warn!(
-                                "unimplemented instruction `{}` ({}) at RIP {:#x}, instruction {}: raising #UD",
-                                insn,
-                                hex_bytes(cpu, insn),
-                                insn.ip(),
-                                cpu.icount
-                            );
-                        }
-                    }
-                    return Some(Exit::Exception {
-                        trap,
-                        unimplemented,
-                    });
                 }
-                StepResult::Unbacked => {
-                    return Some(Exit::Unbacked {
-                        phys: it.cpu().unbacked_phys,
-                    });
+                other => {
+                    end = Some((i, other));
+                    break;
                 }
-                StepResult::Halt => {
-                    self.stats.interpreted_insns += 1;
-                    return Some(Exit::Halt);
-                }
-            }
-            // A taken branch can only be the block's last instruction, but a retired
-            // instruction may also have been interrupted mid-way (REP): follow RIP. A write to
-            // translated code ends the block so the next instruction is decoded afresh.
-            if it.cpu().rip != insn.next_ip() || it.cpu().smc_count != 0 {
-                break;
             }
         }
-        None
+        // Every instruction that retired (traps and HLT included) counted in `cpu.icount`.
+        self.stats.interpreted_insns += cpu.icount - icount_before;
+        match end {
+            None if n < insns.len() => Some(Exit::Budget),
+            None | Some((_, StepResult::Retired)) => None,
+            Some((i, r)) => Some(self.step_exit(cpu, id, i, r)),
+        }
+    }
+
+    /// The exit for an interpreted instruction that did not simply retire.
+    #[cold]
+    fn step_exit(&mut self, cpu: &mut CpuState, id: usize, i: usize, r: StepResult) -> Exit {
+        match r {
+            StepResult::Retired => unreachable!("retired instructions do not exit"),
+            StepResult::Exception {
+                trap,
+                unimplemented,
+            } => {
+                if unimplemented {
+                    self.stats.unimplemented += 1;
+                    let insn = &self.entries[id].block.insns[i];
+                    if self.logged_unimplemented.insert(cpu.rip) {
+                        log::warn!(
+                            "unimplemented instruction `{}` ({}) at RIP {:#x}, instruction {}: raising #UD",
+                            insn,
+                            hex_bytes(cpu, insn),
+                            insn.ip(),
+                            cpu.icount
+                        );
+                    }
+                }
+                Exit::Exception {
+                    trap,
+                    unimplemented,
+                }
+            }
+            StepResult::Unbacked => Exit::Unbacked {
+                phys: cpu.unbacked_phys,
+            },
+            StepResult::Halt => Exit::Halt,
+        }
     }
 
     fn log_unimplemented(&mut self, cpu: &mut CpuState) {

@@ -5,7 +5,7 @@
 //! succeeded, and semantics order stores before register updates.
 
 use crate::helpers;
-use crate::sem::{self, Abort, Builder, Cmp, FlagOp, FlagState, Flow, Helper, R};
+use crate::sem::{self, Abort, Builder, Cmp, FlagOp, FlagState, Flow, Helper, MemOperand, R};
 use iced_x86::Instruction;
 use krr_runtime::{mmu, offsets, CpuState, ExceptionRecord};
 
@@ -17,14 +17,44 @@ pub struct Interp<'a> {
     // A reference, not a copy: copying the 40-byte instruction on every step costs a
     // store-forwarding stall when semantics read it back.
     insn: &'a Instruction,
-    /// (state offset, old value) of every write of the current instruction.
-    undo: &'a mut Vec<(i32, u64)>,
-    saved_flags: Option<[u64; 5]>,
-    next_rip: Option<u64>,
-    trap: bool,
-    unimplemented: bool,
-    halted: bool,
+    /// Its memory operand, decoded.
+    mem: &'a MemOperand,
+    /// What the current instruction's writes replaced.
+    undo: &'a mut Undo,
+    /// GPRs the current instruction wrote (bit r; their old values are in `undo.gprs`).
+    gprs_written: u16,
+    /// `undo.flags` holds the lazy flags from before the current instruction.
+    flags_saved: bool,
+    /// Where the current instruction continues (its `next_ip` unless it branched).
+    next_rip: u64,
+    /// `TRAP`, `UNIMPLEMENTED`, `HALTED` bits of the current instruction.
+    status: u8,
 }
+
+/// The undo records of the instruction being interpreted, kept by the caller between
+/// instructions so that they are allocated and initialised once.
+#[derive(Default)]
+pub struct Undo {
+    /// (state offset, old value) of every non-GPR state write.
+    log: Vec<(i32, u64)>,
+    /// Values of the written GPRs before the instruction's first write to each.
+    gprs: [u64; 16],
+    /// The lazy-flags fields before the instruction's first flag write.
+    flags: [u64; 5],
+}
+
+impl Undo {
+    pub fn new() -> Undo {
+        Undo {
+            log: Vec::with_capacity(32),
+            ..Default::default()
+        }
+    }
+}
+
+const TRAP: u8 = 1;
+const UNIMPLEMENTED: u8 = 2;
+const HALTED: u8 = 4;
 
 /// How one interpreted instruction ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,14 +72,16 @@ pub enum StepResult {
 
 /// Execute one instruction.
 pub fn step(cpu: &mut CpuState, insn: &Instruction) -> StepResult {
-    let mut undo = Vec::new();
-    Interp::new(cpu, &mut undo).step(insn)
+    cpu.helper_status = helpers::OK;
+    let mut undo = Undo::default();
+    let mem = MemOperand::new(insn);
+    Interp::new(cpu, &mut undo).step(insn, &mem)
 }
 
 /// Compute the arithmetic flags from the lazy state, store them back in concrete form and
 /// return them as RFLAGS bits.
 pub fn materialize_flags(cpu: &mut CpuState) -> u64 {
-    let mut undo = Vec::new();
+    let mut undo = Undo::default();
     let mut it = Interp::new(cpu, &mut undo);
     let f = it.flags();
     let bits = crate::sem::flags::materialize(&mut it, &f);
@@ -60,18 +92,19 @@ pub fn materialize_flags(cpu: &mut CpuState) -> u64 {
 }
 
 impl<'a> Interp<'a> {
-    /// An interpreter on `cpu`; `undo` is scratch space for the undo log, kept by the caller so
-    /// that it is allocated once.
-    pub fn new(cpu: &'a mut CpuState, undo: &'a mut Vec<(i32, u64)>) -> Interp<'a> {
+    /// An interpreter on `cpu`; `undo` is scratch space for the undo records, kept by the
+    /// caller so that it is allocated once.
+    pub fn new(cpu: &'a mut CpuState, undo: &'a mut Undo) -> Interp<'a> {
+        undo.log.clear();
         Interp {
             cpu,
             insn: &NO_INSN,
+            mem: &MemOperand::NO_OPERAND,
             undo,
-            saved_flags: None,
-            next_rip: None,
-            trap: false,
-            unimplemented: false,
-            halted: false,
+            gprs_written: 0,
+            flags_saved: false,
+            next_rip: 0,
+            status: 0,
         }
     }
 
@@ -79,61 +112,87 @@ impl<'a> Interp<'a> {
         self.cpu
     }
 
-    /// Execute one instruction.
-    pub fn step(&mut self, insn: &'a Instruction) -> StepResult {
+    /// Execute one instruction, whose memory operand is `mem` (`MemOperand::new(insn)`).
+    /// `cpu.helper_status` must be `OK` (it stays so).
+    #[inline]
+    pub fn step(&mut self, insn: &'a Instruction, mem: &'a MemOperand) -> StepResult {
+        debug_assert_eq!(*mem, MemOperand::new(insn));
         self.insn = insn;
-        self.undo.clear();
-        self.saved_flags = None;
-        self.next_rip = None;
-        self.trap = false;
-        self.unimplemented = false;
-        self.halted = false;
-        self.cpu.helper_status = helpers::OK;
-        let it = self;
-        match sem::instruction(it) {
+        self.mem = mem;
+        self.next_rip = insn.next_ip();
+        match sem::instruction_of(self, insn) {
             Ok(()) => {
-                it.cpu.rip = it.next_rip.unwrap_or(insn.next_ip());
-                it.cpu.icount += 1;
+                debug_assert_eq!(self.cpu.helper_status, helpers::OK);
+                self.cpu.rip = self.next_rip;
+                self.cpu.icount += 1;
+                self.forget_undo();
                 StepResult::Retired
             }
-            Err(Abort) if it.halted => {
-                // HLT retired; the engine returns to the driver.
-                it.cpu.rip = insn.next_ip();
-                it.cpu.icount += 1;
-                StepResult::Halt
-            }
-            Err(Abort) => {
-                it.rollback();
-                let unbacked = it.cpu.helper_status == helpers::UNBACKED;
-                it.cpu.helper_status = helpers::OK;
-                if unbacked {
-                    it.cpu.rip = insn.ip();
-                    return StepResult::Unbacked;
-                }
-                if it.trap {
-                    it.cpu.rip = insn.next_ip();
-                    it.cpu.icount += 1;
-                } else {
-                    it.cpu.rip = insn.ip();
-                }
-                if it.unimplemented {
-                    it.cpu.unimplemented_count += 1;
-                }
-                StepResult::Exception {
-                    trap: it.trap,
-                    unimplemented: it.unimplemented,
-                }
-            }
+            Err(Abort) => self.aborted(insn),
+        }
+    }
+
+    /// The end of an instruction that left through `Err(Abort)`: roll back unless it retired
+    /// (HLT), and say how it ended. Leaves the interpreter ready for the next step.
+    #[cold]
+    #[inline(never)]
+    fn aborted(&mut self, insn: &Instruction) -> StepResult {
+        let status = std::mem::take(&mut self.status);
+        if status & HALTED != 0 {
+            // HLT retired; the engine returns to the driver.
+            self.forget_undo();
+            self.cpu.rip = insn.next_ip();
+            self.cpu.icount += 1;
+            return StepResult::Halt;
+        }
+        self.rollback();
+        let unbacked = self.cpu.helper_status == helpers::UNBACKED;
+        self.cpu.helper_status = helpers::OK;
+        if unbacked {
+            self.cpu.rip = insn.ip();
+            return StepResult::Unbacked;
+        }
+        let trap = status & TRAP != 0;
+        let unimplemented = status & UNIMPLEMENTED != 0;
+        if trap {
+            self.cpu.rip = insn.next_ip();
+            self.cpu.icount += 1;
+        } else {
+            self.cpu.rip = insn.ip();
+        }
+        if unimplemented {
+            self.cpu.unimplemented_count += 1;
+        }
+        StepResult::Exception {
+            trap,
+            unimplemented,
         }
     }
 }
 
 impl Interp<'_> {
+    /// Make the current instruction's writes permanent.
+    #[inline]
+    fn forget_undo(&mut self) {
+        if !self.undo.log.is_empty() {
+            self.undo.log.clear();
+        }
+        self.gprs_written = 0;
+        self.flags_saved = false;
+    }
+
     fn rollback(&mut self) {
-        while let Some((off, old)) = self.undo.pop() {
+        while let Some((off, old)) = self.undo.log.pop() {
             self.write_raw(off, old);
         }
-        if let Some([op, res, a, b, aux]) = self.saved_flags.take() {
+        let mut written = std::mem::take(&mut self.gprs_written);
+        while written != 0 {
+            let r = written.trailing_zeros() as usize;
+            self.cpu.gpr[r] = self.undo.gprs[r];
+            written &= written - 1;
+        }
+        if std::mem::take(&mut self.flags_saved) {
+            let [op, res, a, b, aux] = self.undo.flags;
             self.cpu.cc_op = op;
             self.cpu.cc_res = res;
             self.cpu.cc_a = a;
@@ -166,7 +225,7 @@ impl Interp<'_> {
 
     fn log(&mut self, off: i32) {
         let old = self.read_raw(off);
-        self.undo.push((off, old));
+        self.undo.log.push((off, old));
     }
 
     fn mmu_index(&self) -> usize {
@@ -198,6 +257,10 @@ impl Builder for Interp<'_> {
 
     fn insn(&self) -> &Instruction {
         self.insn
+    }
+    #[inline]
+    fn mem_operand(&self) -> MemOperand {
+        *self.mem
     }
     fn c(&mut self, v: u64) -> u64 {
         v
@@ -313,14 +376,29 @@ impl Builder for Interp<'_> {
     fn get_gpr(&mut self, r: usize) -> u64 {
         self.cpu.gpr[r]
     }
+    #[inline]
     fn set_gpr(&mut self, r: usize, v: u64) {
-        self.log(offsets::gpr(r));
+        let old = self.cpu.gpr[r];
+        let bit = 1u16 << (r & 15);
+        if self.gprs_written & bit == 0 {
+            self.gprs_written |= bit;
+            self.undo.gprs[r & 15] = old;
+        }
         self.cpu.gpr[r] = v;
     }
     fn load_state(&mut self, offset: i32) -> u64 {
         self.read_raw(offset)
     }
     fn store_state(&mut self, offset: i32, v: u64) {
+        let in_gprs = offset.wrapping_sub(offsets::GPR) as u32;
+        if in_gprs < 16 * 8 && in_gprs.is_multiple_of(8) {
+            // GPRs have their own undo record.
+            return self.set_gpr(in_gprs as usize / 8, v);
+        }
+        assert!(
+            !(offsets::GPR - 7..offsets::GPR + 16 * 8).contains(&offset),
+            "misaligned state write into the GPRs"
+        );
         self.log(offset);
         self.write_raw(offset, v);
     }
@@ -339,8 +417,9 @@ impl Builder for Interp<'_> {
     }
     fn set_flags(&mut self, f: FlagState<u64>) {
         let c = &mut *self.cpu;
-        if self.saved_flags.is_none() {
-            self.saved_flags = Some([c.cc_op, c.cc_res, c.cc_a, c.cc_b, c.cc_aux]);
+        if !self.flags_saved {
+            self.flags_saved = true;
+            self.undo.flags = [c.cc_op, c.cc_res, c.cc_a, c.cc_b, c.cc_aux];
         }
         c.cc_op = f.op.encode();
         c.cc_res = f.res;
@@ -412,14 +491,14 @@ impl Builder for Interp<'_> {
         Abort
     }
     fn raise_trap(&mut self, vector: u8) -> Abort {
-        self.trap = true;
+        self.status |= TRAP;
         let a = self.raise(vector, None);
         self.cpu.exception.software = true;
         self.cpu.trap_rip = self.insn.ip();
         a
     }
     fn unimplemented(&mut self) -> Abort {
-        self.unimplemented = true;
+        self.status |= UNIMPLEMENTED;
         self.raise(krr_runtime::vector::UD, None)
     }
     fn raise_if(&mut self, cond: bool, vector: u8, error_code: Option<u32>) -> R<()> {
@@ -443,15 +522,14 @@ impl Builder for Interp<'_> {
         Some(self.cpu)
     }
     fn halt(&mut self) -> Abort {
-        self.halted = true;
+        self.status |= HALTED;
         Abort
     }
     fn commit(&mut self) {
-        self.undo.clear();
-        self.saved_flags = None;
+        self.forget_undo();
     }
     fn flow(&mut self, f: Flow<u64>, cond: Option<bool>) {
-        self.next_rip = Some(match f {
+        self.next_rip = match f {
             Flow::Jump(t) => t,
             Flow::Direct(t) => t,
             Flow::Branch { taken, not_taken } => {
@@ -461,6 +539,6 @@ impl Builder for Interp<'_> {
                     not_taken
                 }
             }
-        });
+        };
     }
 }

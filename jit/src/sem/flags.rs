@@ -49,27 +49,18 @@ impl FlagOp {
         ((self.kind as u64) << 4) | self.size as u64
     }
 
+    #[inline]
     pub fn decode(v: u64) -> Option<FlagOp> {
         use FlagKind::*;
-        let kind = match v >> 4 {
-            0 => Concrete,
-            1 => Add,
-            2 => Adc,
-            3 => Sub,
-            4 => Sbb,
-            5 => Logic,
-            6 => Inc,
-            7 => Dec,
-            8 => Shl,
-            9 => Shr,
-            10 => Sar,
-            _ => return None,
-        };
-        let size = (v & 15) as u32;
+        const KINDS: [FlagKind; 11] =
+            [Concrete, Add, Adc, Sub, Sbb, Logic, Inc, Dec, Shl, Shr, Sar];
+        let kind = *KINDS.get((v >> 4) as usize)?;
         if kind == Concrete {
             return Some(FlagOp::CONCRETE);
         }
-        matches!(size, 1 | 2 | 4 | 8).then_some(FlagOp { kind, size })
+        // Sizes 1, 2, 4 and 8.
+        let size = (v & 15) as u32;
+        (0x116u32 >> size & 1 != 0).then_some(FlagOp { kind, size })
     }
 }
 
@@ -397,5 +388,31 @@ pub fn cond<B: Builder>(b: &mut B, cc: ConditionCode) -> B::B {
             }
         }
         C::None => b.bconst(true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_op_encoding_round_trips() {
+        use FlagKind::*;
+        for kind in [Add, Adc, Sub, Sbb, Logic, Inc, Dec, Shl, Shr, Sar] {
+            for size in [1, 2, 4, 8] {
+                let op = FlagOp { kind, size };
+                assert_eq!(FlagOp::decode(op.encode()), Some(op));
+            }
+            for size in [0, 3, 5, 6, 7, 9, 15] {
+                assert_eq!(FlagOp::decode((kind as u64) << 4 | size), None);
+            }
+        }
+        assert_eq!(FlagOp::decode(0), Some(FlagOp::CONCRETE));
+        assert_eq!(
+            FlagOp::decode(FlagOp::CONCRETE.encode()),
+            Some(FlagOp::CONCRETE)
+        );
+        assert_eq!(FlagOp::decode(11 << 4 | 8), None);
+        assert_eq!(FlagOp::decode(u64::MAX), None);
     }
 }

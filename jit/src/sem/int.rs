@@ -6,179 +6,39 @@ use iced_x86::{Mnemonic, OpKind};
 use krr_runtime::gpr::{RAX, RBP, RCX, RDX, RSP};
 use krr_runtime::{rflags, vector};
 
-pub fn execute<B: Builder>(b: &mut B) -> R<()> {
-    let insn = *b.insn();
+pub fn execute<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     use Mnemonic as M;
     match insn.mnemonic() {
-        M::Mov => {
-            if !is_gpr_form(&insn) {
-                // Control, debug and segment registers.
-                return super::system::execute(b);
-            }
-            let size = op_size(&insn, 0);
-            let v = read_op(b, 1, size)?;
-            write_op(b, 0, size, v)
+        M::Mov => mov(b, insn),
+        M::Movzx => movzx(b, insn),
+        M::Movsx | M::Movsxd => movsx(b, insn),
+        M::Movbe => movbe(b, insn),
+        M::Lea => lea(b, insn),
+        M::Xchg => xchg(b, insn),
+        M::Cmpxchg => cmpxchg(b, insn),
+        M::Cmpxchg8b | M::Cmpxchg16b => cmpxchg_double(b, insn),
+        M::Xadd => xadd(b, insn),
+        M::Bswap => bswap(b, insn),
+        M::Push => push_insn(b, insn),
+        M::Pop => pop_insn(b, insn),
+        M::Pushf | M::Pushfq => pushf(b, insn),
+        M::Popf | M::Popfq => popf(b, insn),
+        M::Add | M::Adc | M::Sub | M::Sbb | M::And | M::Or | M::Xor | M::Cmp | M::Test => {
+            alu2(b, insn)
         }
-        M::Movzx => {
-            let v = read_op(b, 1, op_size(&insn, 1))?;
-            write_op(b, 0, op_size(&insn, 0), v)
-        }
-        M::Movsx | M::Movsxd => {
-            let src_size = op_size(&insn, 1);
-            let v = read_op(b, 1, src_size)?;
-            let v = b.sext(v, bits(src_size));
-            let size = op_size(&insn, 0);
-            let v = b.zext(v, bits(size));
-            write_op(b, 0, size, v)
-        }
-        M::Movbe => {
-            let size = op_size(&insn, 0);
-            let v = read_op(b, 1, size)?;
-            let v = byte_swap(b, v, size);
-            write_op(b, 0, size, v)
-        }
-        M::Lea => {
-            let a = offset_address(b);
-            let size = op_size(&insn, 0);
-            let a = b.zext(a, bits(size));
-            write_op(b, 0, size, a)
-        }
-        M::Xchg => {
-            let size = op_size(&insn, 0);
-            let x = read_op(b, 0, size)?;
-            let y = read_op(b, 1, size)?;
-            // Memory first so a fault leaves the registers untouched.
-            if insn.op0_kind() == OpKind::Memory {
-                write_op(b, 0, size, y)?;
-                write_op(b, 1, size, x)
-            } else {
-                write_op(b, 1, size, x)?;
-                write_op(b, 0, size, y)
-            }
-        }
-        M::Cmpxchg => cmpxchg(b),
-        M::Cmpxchg8b | M::Cmpxchg16b => cmpxchg_double(b),
-        M::Xadd => {
-            let size = op_size(&insn, 0);
-            let (addr, dst) = read_rmw(b, size)?;
-            let src = read_op(b, 1, size)?;
-            let sum = b.add(dst, src);
-            let sum = b.zext(sum, bits(size));
-            write_rmw(b, addr, size, sum)?;
-            write_op(b, 1, size, dst)?;
-            let z = b.c(0);
-            b.set_flags(FlagState::new(FlagKind::Add, size, sum, dst, src, z));
-            if addr.is_none() {
-                // xadd r, r with the same register: the sum wins.
-                write_op(b, 0, size, sum)?;
-            }
-            Ok(())
-        }
-        M::Bswap => {
-            let size = op_size(&insn, 0);
-            let v = read_op(b, 0, size)?;
-            let v = if size == 2 {
-                b.c(0)
-            } else {
-                byte_swap(b, v, size)
-            };
-            write_op(b, 0, size, v)
-        }
-        M::Push => {
-            let size = op_size(&insn, 0);
-            let size = if insn.op0_kind() == OpKind::Register || insn.op0_kind() == OpKind::Memory {
-                size
-            } else if insn.op0_kind() == OpKind::Immediate8to16
-                || insn.op0_kind() == OpKind::Immediate16
-            {
-                2
-            } else {
-                8
-            };
-            if insn.op0_kind() == OpKind::Register && insn.op0_register().is_segment_register() {
-                return super::system::execute(b);
-            }
-            let v = match insn.op0_kind() {
-                OpKind::Register | OpKind::Memory => read_op(b, 0, size)?,
-                _ => b.c(truncate(insn.immediate(0), size)),
-            };
-            push(b, v, size)
-        }
-        M::Pop => {
-            if insn.op0_kind() == OpKind::Register && insn.op0_register().is_segment_register() {
-                return super::system::execute(b);
-            }
-            let size = op_size(&insn, 0);
-            let (v, nsp) = pop(b, size)?;
-            // The destination address is computed with the incremented RSP.
-            b.set_gpr(RSP, nsp);
-            write_op(b, 0, size, v)
-        }
-        M::Pushf | M::Pushfq => {
-            let size = if insn.mnemonic() == M::Pushf { 2 } else { 8 };
-            let f = read_rflags(b);
-            let m = b.c(!(rflags::RF | rflags::VM));
-            let f = b.and(f, m);
-            push(b, f, size)
-        }
-        M::Popf | M::Popfq => popf(b),
-        M::Add | M::Adc | M::Sub | M::Sbb | M::And | M::Or | M::Xor | M::Cmp | M::Test => alu2(b),
-        M::Inc | M::Dec => {
-            let size = op_size(&insn, 0);
-            let (addr, x) = read_rmw(b, size)?;
-            let one = b.c(1);
-            let (res, kind) = if insn.mnemonic() == M::Inc {
-                (b.add(x, one), FlagKind::Inc)
-            } else {
-                (b.sub(x, one), FlagKind::Dec)
-            };
-            let res = b.zext(res, bits(size));
-            let f = b.flags();
-            let carry = cf(b, &f);
-            let carry = b.b2v(carry);
-            write_rmw(b, addr, size, res)?;
-            b.set_flags(FlagState::new(kind, size, res, x, one, carry));
-            Ok(())
-        }
-        M::Neg => {
-            let size = op_size(&insn, 0);
-            let (addr, x) = read_rmw(b, size)?;
-            let zero = b.c(0);
-            let res = b.sub(zero, x);
-            let res = b.zext(res, bits(size));
-            write_rmw(b, addr, size, res)?;
-            b.set_flags(FlagState::new(FlagKind::Sub, size, res, zero, x, zero));
-            Ok(())
-        }
-        M::Not => {
-            let size = op_size(&insn, 0);
-            let (addr, x) = read_rmw(b, size)?;
-            let res = b.not(x);
-            let res = b.zext(res, bits(size));
-            write_rmw(b, addr, size, res)
-        }
-        M::Shl | M::Sal | M::Shr | M::Sar => shift(b),
-        M::Rol | M::Ror => rotate(b),
-        M::Rcl | M::Rcr => rotate_through_carry(b),
-        M::Shld | M::Shrd => double_shift(b),
-        M::Mul | M::Imul if insn.op_count() == 1 => mul_wide(b),
-        M::Imul => imul_truncating(b),
-        M::Div | M::Idiv => {
-            let size = op_size(&insn, 0);
-            let src = read_op(b, 0, size)?;
-            let s = b.c(size as u64);
-            let z = b.c(0);
-            let h = if insn.mnemonic() == M::Div {
-                Helper::Div
-            } else {
-                Helper::Idiv
-            };
-            b.call(h, [s, src, z])?;
-            Ok(())
-        }
-        M::Bt | M::Bts | M::Btr | M::Btc => bit_test(b),
-        M::Bsf | M::Bsr => bit_scan(b),
-        M::Popcnt | M::Lzcnt | M::Tzcnt => bit_count(b),
+        M::Inc | M::Dec => inc_dec(b, insn),
+        M::Neg => neg(b, insn),
+        M::Not => not(b, insn),
+        M::Shl | M::Sal | M::Shr | M::Sar => shift(b, insn),
+        M::Rol | M::Ror => rotate(b, insn),
+        M::Rcl | M::Rcr => rotate_through_carry(b, insn),
+        M::Shld | M::Shrd => double_shift(b, insn),
+        M::Mul | M::Imul if insn.op_count() == 1 => mul_wide(b, insn),
+        M::Imul => imul_truncating(b, insn),
+        M::Div | M::Idiv => div(b, insn),
+        M::Bt | M::Bts | M::Btr | M::Btc => bit_test(b, insn),
+        M::Bsf | M::Bsr => bit_scan(b, insn),
+        M::Popcnt | M::Lzcnt | M::Tzcnt => bit_count(b, insn),
         M::Andn
         | M::Bextr
         | M::Blsi
@@ -191,38 +51,8 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
         | M::Sarx
         | M::Shlx
         | M::Shrx
-        | M::Mulx => bmi(b),
-        M::Adcx | M::Adox => {
-            let size = op_size(&insn, 0);
-            let dst = read_op(b, 0, size)?;
-            let src = read_op(b, 1, size)?;
-            let old = current_flags(b);
-            let bit = if insn.mnemonic() == M::Adcx {
-                rflags::CF
-            } else {
-                rflags::OF
-            };
-            let m = b.c(bit);
-            let cin = b.and(old, m);
-            let zero = b.c(0);
-            let cin = b.icmp(Cmp::Ne, cin, zero);
-            let cin = b.b2v(cin);
-            let s = b.add(dst, src);
-            let s = b.add(s, cin);
-            let res = b.zext(s, bits(size));
-            let tmp = FlagState::new(FlagKind::Adc, size, res, dst, src, cin);
-            let cout = cf(b, &tmp);
-            let cout = b.b2v(cout);
-            let k = b.c(bit.trailing_zeros() as u64);
-            let cout = b.shl(cout, k);
-            let keep = b.c(!bit);
-            let f = b.and(old, keep);
-            let f = b.or(f, cout);
-            let st = concrete(b, f);
-            write_op(b, 0, size, res)?;
-            b.set_flags(st);
-            Ok(())
-        }
+        | M::Mulx => bmi(b, insn),
+        M::Adcx | M::Adox => adcx_adox(b, insn),
         M::Seto
         | M::Setno
         | M::Setb
@@ -238,11 +68,7 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
         | M::Setl
         | M::Setge
         | M::Setle
-        | M::Setg => {
-            let c = cond(b, insn.condition_code());
-            let v = b.b2v(c);
-            write_op(b, 0, 1, v)
-        }
+        | M::Setg => setcc(b, insn),
         M::Cmovo
         | M::Cmovno
         | M::Cmovb
@@ -258,14 +84,7 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
         | M::Cmovl
         | M::Cmovge
         | M::Cmovle
-        | M::Cmovg => {
-            let size = op_size(&insn, 0);
-            let src = read_op(b, 1, size)?;
-            let dst = read_op(b, 0, size)?;
-            let c = cond(b, insn.condition_code());
-            let v = b.select(c, src, dst);
-            write_op(b, 0, size, v)
-        }
+        | M::Cmovg => cmovcc(b, insn),
         M::Jo
         | M::Jno
         | M::Jb
@@ -281,191 +100,19 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
         | M::Jl
         | M::Jge
         | M::Jle
-        | M::Jg => {
-            let c = cond(b, insn.condition_code());
-            b.flow(
-                Flow::Branch {
-                    taken: insn.near_branch_target(),
-                    not_taken: insn.next_ip(),
-                },
-                Some(c),
-            );
-            Ok(())
-        }
+        | M::Jg => jcc(b, insn),
         M::Retf => super::far::execute(b),
-        M::Jmp | M::Call if is_far_indirect(&insn) => super::far::execute(b),
-        M::Jmp => {
-            if is_near_branch(&insn) {
-                b.flow(Flow::Direct(insn.near_branch_target()), None);
-            } else if insn.op0_kind() == OpKind::Register || insn.op0_kind() == OpKind::Memory {
-                let t = read_op(b, 0, 8)?;
-                branch_target_canonical(b, t)?;
-                b.flow(Flow::Jump(t), None);
-            } else {
-                return Err(b.unimplemented());
-            }
-            Ok(())
-        }
-        M::Call => {
-            let ret = b.c(insn.next_ip());
-            if is_near_branch(&insn) {
-                push(b, ret, 8)?;
-                b.flow(Flow::Direct(insn.near_branch_target()), None);
-            } else if insn.op0_kind() == OpKind::Register || insn.op0_kind() == OpKind::Memory {
-                let t = read_op(b, 0, 8)?;
-                branch_target_canonical(b, t)?;
-                push(b, ret, 8)?;
-                b.flow(Flow::Jump(t), None);
-            } else {
-                return Err(b.unimplemented());
-            }
-            Ok(())
-        }
-        M::Ret => {
-            let (t, nsp) = pop(b, 8)?;
-            branch_target_canonical(b, t)?;
-            let extra = if insn.op_count() == 1 {
-                insn.immediate(0)
-            } else {
-                0
-            };
-            let nsp = if extra != 0 {
-                let k = b.c(extra);
-                b.add(nsp, k)
-            } else {
-                nsp
-            };
-            b.set_gpr(RSP, nsp);
-            b.flow(Flow::Jump(t), None);
-            Ok(())
-        }
-        M::Loop | M::Loope | M::Loopne | M::Jrcxz | M::Jecxz => {
-            // The 0x67 forms count in ECX (and the write zero-extends into RCX).
-            let wide = !matches!(
-                insn.code(),
-                iced_x86::Code::Loop_rel8_64_ECX
-                    | iced_x86::Code::Loope_rel8_64_ECX
-                    | iced_x86::Code::Loopne_rel8_64_ECX
-                    | iced_x86::Code::Jecxz_rel8_64
-            );
-            let width = if wide { 64 } else { 32 };
-            let rcx = b.get_gpr(RCX);
-            let zero = b.c(0);
-            let c = if matches!(insn.mnemonic(), M::Jrcxz | M::Jecxz) {
-                let v = b.zext(rcx, width);
-                b.icmp(Cmp::Eq, v, zero)
-            } else {
-                let one = b.c(1);
-                let n = b.sub(rcx, one);
-                let n = b.zext(n, width);
-                b.set_gpr(RCX, n);
-                let nz = b.icmp(Cmp::Ne, n, zero);
-                match insn.mnemonic() {
-                    M::Loope => {
-                        let f = b.flags();
-                        let z = flags::zf(b, &f);
-                        b.band(nz, z)
-                    }
-                    M::Loopne => {
-                        let f = b.flags();
-                        let z = flags::zf(b, &f);
-                        let nzf = b.bnot(z);
-                        b.band(nz, nzf)
-                    }
-                    _ => nz,
-                }
-            };
-            b.flow(
-                Flow::Branch {
-                    taken: insn.near_branch_target(),
-                    not_taken: insn.next_ip(),
-                },
-                Some(c),
-            );
-            Ok(())
-        }
-        M::Cbw | M::Cwde | M::Cdqe => {
-            let size = match insn.mnemonic() {
-                M::Cbw => 1,
-                M::Cwde => 2,
-                _ => 4,
-            };
-            let a = b.get_gpr(RAX);
-            let v = b.sext(a, bits(size));
-            let reg = match size {
-                1 => Register::AX,
-                2 => Register::EAX,
-                _ => Register::RAX,
-            };
-            write_reg(b, reg, v);
-            Ok(())
-        }
-        M::Cwd | M::Cdq | M::Cqo => {
-            let size = match insn.mnemonic() {
-                M::Cwd => 2,
-                M::Cdq => 4,
-                _ => 8,
-            };
-            let a = b.get_gpr(RAX);
-            let a = b.sext(a, bits(size));
-            let k = b.c(63);
-            let v = b.sar(a, k);
-            let reg = match size {
-                2 => Register::DX,
-                4 => Register::EDX,
-                _ => Register::RDX,
-            };
-            write_reg(b, reg, v);
-            Ok(())
-        }
-        M::Clc | M::Stc | M::Cmc => {
-            let f = current_flags(b);
-            let m = b.c(rflags::CF);
-            let f = match insn.mnemonic() {
-                M::Clc => {
-                    let nm = b.not(m);
-                    b.and(f, nm)
-                }
-                M::Stc => b.or(f, m),
-                _ => b.xor(f, m),
-            };
-            let st = concrete(b, f);
-            b.set_flags(st);
-            Ok(())
-        }
-        M::Cld | M::Std => {
-            let f = b.load_state(krr_runtime::offsets::RFLAGS);
-            let m = b.c(rflags::DF);
-            let f = if insn.mnemonic() == M::Std {
-                b.or(f, m)
-            } else {
-                let nm = b.not(m);
-                b.and(f, nm)
-            };
-            b.store_state(krr_runtime::offsets::RFLAGS, f);
-            Ok(())
-        }
-        M::Lahf => {
-            let f = current_flags(b);
-            let m = b.c(rflags::SF | rflags::ZF | rflags::AF | rflags::PF | rflags::CF);
-            let f = b.and(f, m);
-            let two = b.c(2);
-            let f = b.or(f, two);
-            write_reg(b, Register::AH, f);
-            Ok(())
-        }
-        M::Sahf => {
-            let ah = read_reg(b, Register::AH);
-            let m = b.c(rflags::SF | rflags::ZF | rflags::AF | rflags::PF | rflags::CF);
-            let ah = b.and(ah, m);
-            let f = current_flags(b);
-            let keep = b.c(rflags::OF);
-            let f = b.and(f, keep);
-            let f = b.or(f, ah);
-            let st = concrete(b, f);
-            b.set_flags(st);
-            Ok(())
-        }
+        M::Jmp | M::Call if is_far_indirect(insn) => super::far::execute(b),
+        M::Jmp => jmp(b, insn),
+        M::Call => call(b, insn),
+        M::Ret => ret(b, insn),
+        M::Loop | M::Loope | M::Loopne | M::Jrcxz | M::Jecxz => loop_jrcxz(b, insn),
+        M::Cbw | M::Cwde | M::Cdqe => sign_extend_rax(b, insn),
+        M::Cwd | M::Cdq | M::Cqo => sign_extend_into_rdx(b, insn),
+        M::Clc | M::Stc | M::Cmc => carry_flag(b, insn),
+        M::Cld | M::Std => direction_flag(b, insn),
+        M::Lahf => lahf(b),
+        M::Sahf => sahf(b),
         M::Movsb
         | M::Movsw
         | M::Movsd
@@ -486,31 +133,12 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
         | M::Scasw
         | M::Scasd
         | M::Scasq
-            if !is_sse_movsd(&insn) =>
+            if !is_sse_movsd(insn) =>
         {
             super::string::execute(b)
         }
-        M::Enter => enter(b),
-        M::Leave => {
-            // LEAVEW pops 2 bytes into BP only.
-            let size = if insn.code() == iced_x86::Code::Leavew {
-                2
-            } else {
-                8
-            };
-            let bp = b.get_gpr(RBP);
-            stack_canonical(b, bp)?;
-            let v = b.load(bp, size)?;
-            let k = b.c(size as u64);
-            let nsp = b.add(bp, k);
-            b.set_gpr(RSP, nsp);
-            if size == 2 {
-                write_reg(b, Register::BP, v);
-            } else {
-                b.set_gpr(RBP, v);
-            }
-            Ok(())
-        }
+        M::Enter => enter(b, insn),
+        M::Leave => leave(b, insn),
         M::Nop
         | M::Endbr64
         | M::Endbr32
@@ -523,22 +151,497 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
         | M::Prefetcht1
         | M::Prefetcht2
         | M::Prefetchw => Ok(()),
-        M::Cpuid => {
-            let z = b.c(0);
-            b.call(Helper::Cpuid, [z, z, z])?;
-            Ok(())
-        }
+        M::Cpuid => cpuid(b),
         M::INVALID | M::Ud0 | M::Ud1 | M::Ud2 => Err(b.raise(vector::UD, None)),
         M::Int3 => Err(b.raise_trap(vector::BP)),
-        _ if super::system::handles(&insn) => super::system::execute(b),
+        _ if super::system::handles(insn) => super::system::execute(b),
         _ => super::sse::execute(b),
     }
 }
 
+#[inline(never)]
+fn mov<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    if !is_gpr_form(insn) {
+        // Control, debug and segment registers.
+        return super::system::execute(b);
+    }
+    let size = op_size(insn, 0);
+    let v = read_op(b, 1, size)?;
+    write_op(b, 0, size, v)
+}
+
+#[inline(never)]
+fn movzx<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let v = read_op(b, 1, op_size(insn, 1))?;
+    write_op(b, 0, op_size(insn, 0), v)
+}
+
+#[inline(never)]
+fn movsx<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let src_size = op_size(insn, 1);
+    let v = read_op(b, 1, src_size)?;
+    let v = b.sext(v, bits(src_size));
+    let size = op_size(insn, 0);
+    let v = b.zext(v, bits(size));
+    write_op(b, 0, size, v)
+}
+
+#[inline(never)]
+fn movbe<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let size = op_size(insn, 0);
+    let v = read_op(b, 1, size)?;
+    let v = byte_swap(b, v, size);
+    write_op(b, 0, size, v)
+}
+
+#[inline(never)]
+fn lea<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let a = offset_address(b);
+    let size = op_size(insn, 0);
+    let a = b.zext(a, bits(size));
+    write_op(b, 0, size, a)
+}
+
+#[inline(never)]
+fn xchg<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let size = op_size(insn, 0);
+    let x = read_op(b, 0, size)?;
+    let y = read_op(b, 1, size)?;
+    // Memory first so a fault leaves the registers untouched.
+    if insn.op0_kind() == OpKind::Memory {
+        write_op(b, 0, size, y)?;
+        write_op(b, 1, size, x)
+    } else {
+        write_op(b, 1, size, x)?;
+        write_op(b, 0, size, y)
+    }
+}
+
+#[inline(never)]
+fn xadd<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let size = op_size(insn, 0);
+    let (addr, dst) = read_rmw(b, size)?;
+    let src = read_op(b, 1, size)?;
+    let sum = b.add(dst, src);
+    let sum = b.zext(sum, bits(size));
+    write_rmw(b, addr, size, sum)?;
+    write_op(b, 1, size, dst)?;
+    let z = b.c(0);
+    b.set_flags(FlagState::new(FlagKind::Add, size, sum, dst, src, z));
+    if addr.is_none() {
+        // xadd r, r with the same register: the sum wins.
+        write_op(b, 0, size, sum)?;
+    }
+    Ok(())
+}
+
+#[inline(never)]
+fn bswap<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let size = op_size(insn, 0);
+    let v = read_op(b, 0, size)?;
+    let v = if size == 2 {
+        b.c(0)
+    } else {
+        byte_swap(b, v, size)
+    };
+    write_op(b, 0, size, v)
+}
+
+#[inline(never)]
+fn push_insn<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let size = op_size(insn, 0);
+    let size = if insn.op0_kind() == OpKind::Register || insn.op0_kind() == OpKind::Memory {
+        size
+    } else if insn.op0_kind() == OpKind::Immediate8to16 || insn.op0_kind() == OpKind::Immediate16 {
+        2
+    } else {
+        8
+    };
+    if insn.op0_kind() == OpKind::Register && insn.op0_register().is_segment_register() {
+        return super::system::execute(b);
+    }
+    let v = match insn.op0_kind() {
+        OpKind::Register | OpKind::Memory => read_op(b, 0, size)?,
+        _ => b.c(truncate(insn.immediate(0), size)),
+    };
+    push(b, v, size)
+}
+
+#[inline(never)]
+fn pop_insn<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    if insn.op0_kind() == OpKind::Register && insn.op0_register().is_segment_register() {
+        return super::system::execute(b);
+    }
+    let size = op_size(insn, 0);
+    let (v, nsp) = pop(b, size)?;
+    // The destination address is computed with the incremented RSP.
+    b.set_gpr(RSP, nsp);
+    write_op(b, 0, size, v)
+}
+
+#[inline(never)]
+fn pushf<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    use Mnemonic as M;
+    let size = if insn.mnemonic() == M::Pushf { 2 } else { 8 };
+    let f = read_rflags(b);
+    let m = b.c(!(rflags::RF | rflags::VM));
+    let f = b.and(f, m);
+    push(b, f, size)
+}
+
+#[inline(never)]
+fn inc_dec<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    use Mnemonic as M;
+    let size = op_size(insn, 0);
+    let (addr, x) = read_rmw(b, size)?;
+    let one = b.c(1);
+    let (res, kind) = if insn.mnemonic() == M::Inc {
+        (b.add(x, one), FlagKind::Inc)
+    } else {
+        (b.sub(x, one), FlagKind::Dec)
+    };
+    let res = b.zext(res, bits(size));
+    let f = b.flags();
+    let carry = cf(b, &f);
+    let carry = b.b2v(carry);
+    write_rmw(b, addr, size, res)?;
+    b.set_flags(FlagState::new(kind, size, res, x, one, carry));
+    Ok(())
+}
+
+#[inline(never)]
+fn neg<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let size = op_size(insn, 0);
+    let (addr, x) = read_rmw(b, size)?;
+    let zero = b.c(0);
+    let res = b.sub(zero, x);
+    let res = b.zext(res, bits(size));
+    write_rmw(b, addr, size, res)?;
+    b.set_flags(FlagState::new(FlagKind::Sub, size, res, zero, x, zero));
+    Ok(())
+}
+
+#[inline(never)]
+fn not<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let size = op_size(insn, 0);
+    let (addr, x) = read_rmw(b, size)?;
+    let res = b.not(x);
+    let res = b.zext(res, bits(size));
+    write_rmw(b, addr, size, res)
+}
+
+#[inline(never)]
+fn div<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    use Mnemonic as M;
+    let size = op_size(insn, 0);
+    let src = read_op(b, 0, size)?;
+    let s = b.c(size as u64);
+    let z = b.c(0);
+    let h = if insn.mnemonic() == M::Div {
+        Helper::Div
+    } else {
+        Helper::Idiv
+    };
+    b.call(h, [s, src, z])?;
+    Ok(())
+}
+
+#[inline(never)]
+fn adcx_adox<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    use Mnemonic as M;
+    let size = op_size(insn, 0);
+    let dst = read_op(b, 0, size)?;
+    let src = read_op(b, 1, size)?;
+    let old = current_flags(b);
+    let bit = if insn.mnemonic() == M::Adcx {
+        rflags::CF
+    } else {
+        rflags::OF
+    };
+    let m = b.c(bit);
+    let cin = b.and(old, m);
+    let zero = b.c(0);
+    let cin = b.icmp(Cmp::Ne, cin, zero);
+    let cin = b.b2v(cin);
+    let s = b.add(dst, src);
+    let s = b.add(s, cin);
+    let res = b.zext(s, bits(size));
+    let tmp = FlagState::new(FlagKind::Adc, size, res, dst, src, cin);
+    let cout = cf(b, &tmp);
+    let cout = b.b2v(cout);
+    let k = b.c(bit.trailing_zeros() as u64);
+    let cout = b.shl(cout, k);
+    let keep = b.c(!bit);
+    let f = b.and(old, keep);
+    let f = b.or(f, cout);
+    let st = concrete(b, f);
+    write_op(b, 0, size, res)?;
+    b.set_flags(st);
+    Ok(())
+}
+
+#[inline(never)]
+fn setcc<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let c = cond(b, insn.condition_code());
+    let v = b.b2v(c);
+    write_op(b, 0, 1, v)
+}
+
+#[inline(never)]
+fn cmovcc<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let size = op_size(insn, 0);
+    let src = read_op(b, 1, size)?;
+    let dst = read_op(b, 0, size)?;
+    let c = cond(b, insn.condition_code());
+    let v = b.select(c, src, dst);
+    write_op(b, 0, size, v)
+}
+
+#[inline(never)]
+fn jcc<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let c = cond(b, insn.condition_code());
+    b.flow(
+        Flow::Branch {
+            taken: insn.near_branch_target(),
+            not_taken: insn.next_ip(),
+        },
+        Some(c),
+    );
+    Ok(())
+}
+
+#[inline(never)]
+fn jmp<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    if is_near_branch(insn) {
+        b.flow(Flow::Direct(insn.near_branch_target()), None);
+    } else if insn.op0_kind() == OpKind::Register || insn.op0_kind() == OpKind::Memory {
+        let t = read_op(b, 0, 8)?;
+        branch_target_canonical(b, t)?;
+        b.flow(Flow::Jump(t), None);
+    } else {
+        return Err(b.unimplemented());
+    }
+    Ok(())
+}
+
+#[inline(never)]
+fn call<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let ret = b.c(insn.next_ip());
+    if is_near_branch(insn) {
+        push(b, ret, 8)?;
+        b.flow(Flow::Direct(insn.near_branch_target()), None);
+    } else if insn.op0_kind() == OpKind::Register || insn.op0_kind() == OpKind::Memory {
+        let t = read_op(b, 0, 8)?;
+        branch_target_canonical(b, t)?;
+        push(b, ret, 8)?;
+        b.flow(Flow::Jump(t), None);
+    } else {
+        return Err(b.unimplemented());
+    }
+    Ok(())
+}
+
+#[inline(never)]
+fn ret<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let (t, nsp) = pop(b, 8)?;
+    branch_target_canonical(b, t)?;
+    let extra = if insn.op_count() == 1 {
+        insn.immediate(0)
+    } else {
+        0
+    };
+    let nsp = if extra != 0 {
+        let k = b.c(extra);
+        b.add(nsp, k)
+    } else {
+        nsp
+    };
+    b.set_gpr(RSP, nsp);
+    b.flow(Flow::Jump(t), None);
+    Ok(())
+}
+
+#[inline(never)]
+fn loop_jrcxz<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    use Mnemonic as M;
+    // The 0x67 forms count in ECX (and the write zero-extends into RCX).
+    let wide = !matches!(
+        insn.code(),
+        iced_x86::Code::Loop_rel8_64_ECX
+            | iced_x86::Code::Loope_rel8_64_ECX
+            | iced_x86::Code::Loopne_rel8_64_ECX
+            | iced_x86::Code::Jecxz_rel8_64
+    );
+    let width = if wide { 64 } else { 32 };
+    let rcx = b.get_gpr(RCX);
+    let zero = b.c(0);
+    let c = if matches!(insn.mnemonic(), M::Jrcxz | M::Jecxz) {
+        let v = b.zext(rcx, width);
+        b.icmp(Cmp::Eq, v, zero)
+    } else {
+        let one = b.c(1);
+        let n = b.sub(rcx, one);
+        let n = b.zext(n, width);
+        b.set_gpr(RCX, n);
+        let nz = b.icmp(Cmp::Ne, n, zero);
+        match insn.mnemonic() {
+            M::Loope => {
+                let f = b.flags();
+                let z = flags::zf(b, &f);
+                b.band(nz, z)
+            }
+            M::Loopne => {
+                let f = b.flags();
+                let z = flags::zf(b, &f);
+                let nzf = b.bnot(z);
+                b.band(nz, nzf)
+            }
+            _ => nz,
+        }
+    };
+    b.flow(
+        Flow::Branch {
+            taken: insn.near_branch_target(),
+            not_taken: insn.next_ip(),
+        },
+        Some(c),
+    );
+    Ok(())
+}
+
+#[inline(never)]
+fn sign_extend_rax<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    use Mnemonic as M;
+    let size = match insn.mnemonic() {
+        M::Cbw => 1,
+        M::Cwde => 2,
+        _ => 4,
+    };
+    let a = b.get_gpr(RAX);
+    let v = b.sext(a, bits(size));
+    let reg = match size {
+        1 => Register::AX,
+        2 => Register::EAX,
+        _ => Register::RAX,
+    };
+    write_reg(b, reg, v);
+    Ok(())
+}
+
+#[inline(never)]
+fn sign_extend_into_rdx<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    use Mnemonic as M;
+    let size = match insn.mnemonic() {
+        M::Cwd => 2,
+        M::Cdq => 4,
+        _ => 8,
+    };
+    let a = b.get_gpr(RAX);
+    let a = b.sext(a, bits(size));
+    let k = b.c(63);
+    let v = b.sar(a, k);
+    let reg = match size {
+        2 => Register::DX,
+        4 => Register::EDX,
+        _ => Register::RDX,
+    };
+    write_reg(b, reg, v);
+    Ok(())
+}
+
+#[inline(never)]
+fn carry_flag<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    use Mnemonic as M;
+    let f = current_flags(b);
+    let m = b.c(rflags::CF);
+    let f = match insn.mnemonic() {
+        M::Clc => {
+            let nm = b.not(m);
+            b.and(f, nm)
+        }
+        M::Stc => b.or(f, m),
+        _ => b.xor(f, m),
+    };
+    let st = concrete(b, f);
+    b.set_flags(st);
+    Ok(())
+}
+
+#[inline(never)]
+fn direction_flag<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    use Mnemonic as M;
+    let f = b.load_state(krr_runtime::offsets::RFLAGS);
+    let m = b.c(rflags::DF);
+    let f = if insn.mnemonic() == M::Std {
+        b.or(f, m)
+    } else {
+        let nm = b.not(m);
+        b.and(f, nm)
+    };
+    b.store_state(krr_runtime::offsets::RFLAGS, f);
+    Ok(())
+}
+
+#[inline(never)]
+fn lahf<B: Builder>(b: &mut B) -> R<()> {
+    let f = current_flags(b);
+    let m = b.c(rflags::SF | rflags::ZF | rflags::AF | rflags::PF | rflags::CF);
+    let f = b.and(f, m);
+    let two = b.c(2);
+    let f = b.or(f, two);
+    write_reg(b, Register::AH, f);
+    Ok(())
+}
+
+#[inline(never)]
+fn sahf<B: Builder>(b: &mut B) -> R<()> {
+    let ah = read_reg(b, Register::AH);
+    let m = b.c(rflags::SF | rflags::ZF | rflags::AF | rflags::PF | rflags::CF);
+    let ah = b.and(ah, m);
+    let f = current_flags(b);
+    let keep = b.c(rflags::OF);
+    let f = b.and(f, keep);
+    let f = b.or(f, ah);
+    let st = concrete(b, f);
+    b.set_flags(st);
+    Ok(())
+}
+
+#[inline(never)]
+fn leave<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    // LEAVEW pops 2 bytes into BP only.
+    let size = if insn.code() == iced_x86::Code::Leavew {
+        2
+    } else {
+        8
+    };
+    let bp = b.get_gpr(RBP);
+    stack_canonical(b, bp)?;
+    let v = b.load(bp, size)?;
+    let k = b.c(size as u64);
+    let nsp = b.add(bp, k);
+    b.set_gpr(RSP, nsp);
+    if size == 2 {
+        write_reg(b, Register::BP, v);
+    } else {
+        b.set_gpr(RBP, v);
+    }
+    Ok(())
+}
+
+#[inline(never)]
+fn cpuid<B: Builder>(b: &mut B) -> R<()> {
+    let z = b.c(0);
+    b.call(Helper::Cpuid, [z, z, z])?;
+    Ok(())
+}
+
 /// MOV between GPRs, memory and immediates (not segment, control or debug registers).
 fn is_gpr_form(insn: &Instruction) -> bool {
-    (0..insn.op_count())
-        .all(|i| insn.op_kind(i) != OpKind::Register || insn.op_register(i).is_gpr())
+    debug_assert_eq!(insn.op_count(), 2);
+    let gpr_or_not_reg = |k: OpKind, r: Register| k != OpKind::Register || is_gpr(r);
+    gpr_or_not_reg(insn.op0_kind(), insn.op0_register())
+        && gpr_or_not_reg(insn.op1_kind(), insn.op1_register())
 }
 
 /// JMP/CALL m16:16/32/64.
@@ -606,8 +709,8 @@ pub fn read_rflags<B: Builder>(b: &mut B) -> B::V {
     b.or(sys, arith)
 }
 
-fn popf<B: Builder>(b: &mut B) -> R<()> {
-    let insn = *b.insn();
+#[inline(never)]
+fn popf<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     let size = if insn.mnemonic() == Mnemonic::Popf {
         2
     } else {
@@ -666,10 +769,10 @@ fn popf<B: Builder>(b: &mut B) -> R<()> {
     Ok(())
 }
 
-fn alu2<B: Builder>(b: &mut B) -> R<()> {
-    let insn = *b.insn();
+#[inline(never)]
+fn alu2<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     use Mnemonic as M;
-    let size = op_size(&insn, 0);
+    let size = op_size(insn, 0);
     let writes = !matches!(insn.mnemonic(), M::Cmp | M::Test);
     let (addr, x) = if writes {
         read_rmw(b, size)?
@@ -762,9 +865,9 @@ fn set_flags_unless_zero_count<B: Builder>(b: &mut B, count: B::V, new: FlagStat
     }
 }
 
-fn shift<B: Builder>(b: &mut B) -> R<()> {
-    let insn = *b.insn();
-    let size = op_size(&insn, 0);
+#[inline(never)]
+fn shift<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let size = op_size(insn, 0);
     let (addr, x) = read_rmw(b, size)?;
     let n = shift_count(b, size)?;
     let w = bits(size);
@@ -805,9 +908,9 @@ fn bit_of<B: Builder>(b: &mut B, v: B::V, bit: u32) -> B::B {
     b.icmp(Cmp::Ne, s, zero)
 }
 
-fn rotate<B: Builder>(b: &mut B) -> R<()> {
-    let insn = *b.insn();
-    let size = op_size(&insn, 0);
+#[inline(never)]
+fn rotate<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let size = op_size(insn, 0);
     let w = bits(size);
     let (addr, x) = read_rmw(b, size)?;
     let n = shift_count(b, size)?;
@@ -840,9 +943,9 @@ fn rotate<B: Builder>(b: &mut B) -> R<()> {
     Ok(())
 }
 
-fn rotate_through_carry<B: Builder>(b: &mut B) -> R<()> {
-    let insn = *b.insn();
-    let size = op_size(&insn, 0);
+#[inline(never)]
+fn rotate_through_carry<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let size = op_size(insn, 0);
     let w = bits(size);
     let (addr, x) = read_rmw(b, size)?;
     let n = shift_count(b, size)?;
@@ -922,9 +1025,9 @@ fn result_flags<B: Builder>(b: &mut B, res: B::V, size: u32, c: B::B, o: B::B) -
     with_cf_of(b, base, c, o)
 }
 
-fn double_shift<B: Builder>(b: &mut B) -> R<()> {
-    let insn = *b.insn();
-    let size = op_size(&insn, 0);
+#[inline(never)]
+fn double_shift<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let size = op_size(insn, 0);
     let w = bits(size);
     let (addr, x) = read_rmw(b, size)?;
     let y = read_op(b, 1, size)?;
@@ -998,9 +1101,9 @@ fn double_shift<B: Builder>(b: &mut B) -> R<()> {
     Ok(())
 }
 
-fn mul_wide<B: Builder>(b: &mut B) -> R<()> {
-    let insn = *b.insn();
-    let size = op_size(&insn, 0);
+#[inline(never)]
+fn mul_wide<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let size = op_size(insn, 0);
     let w = bits(size);
     let src = read_op(b, 0, size)?;
     let a = b.get_gpr(RAX);
@@ -1062,9 +1165,9 @@ fn mul_wide<B: Builder>(b: &mut B) -> R<()> {
     Ok(())
 }
 
-fn imul_truncating<B: Builder>(b: &mut B) -> R<()> {
-    let insn = *b.insn();
-    let size = op_size(&insn, 0);
+#[inline(never)]
+fn imul_truncating<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let size = op_size(insn, 0);
     let w = bits(size);
     let (x, y) = if insn.op_count() == 3 {
         (read_op(b, 1, size)?, b.c(truncate(insn.immediate(2), size)))
@@ -1091,9 +1194,9 @@ fn imul_truncating<B: Builder>(b: &mut B) -> R<()> {
     Ok(())
 }
 
-fn cmpxchg<B: Builder>(b: &mut B) -> R<()> {
-    let insn = *b.insn();
-    let size = op_size(&insn, 0);
+#[inline(never)]
+fn cmpxchg<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let size = op_size(insn, 0);
     let w = bits(size);
     let (addr, dst) = read_rmw(b, size)?;
     let src = read_op(b, 1, size)?;
@@ -1135,8 +1238,8 @@ fn cmpxchg<B: Builder>(b: &mut B) -> R<()> {
     Ok(())
 }
 
-fn cmpxchg_double<B: Builder>(b: &mut B) -> R<()> {
-    let insn = *b.insn();
+#[inline(never)]
+fn cmpxchg_double<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     let wide = insn.mnemonic() == Mnemonic::Cmpxchg16b;
     let a = effective_address(b);
     let zero = b.c(0);
@@ -1189,9 +1292,9 @@ fn cmpxchg_double<B: Builder>(b: &mut B) -> R<()> {
     Ok(())
 }
 
-fn bit_test<B: Builder>(b: &mut B) -> R<()> {
-    let insn = *b.insn();
-    let size = op_size(&insn, 0);
+#[inline(never)]
+fn bit_test<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let size = op_size(insn, 0);
     let w = bits(size);
     let writes = insn.mnemonic() != Mnemonic::Bt;
     let offset_is_reg = insn.op1_kind() == OpKind::Register;
@@ -1236,9 +1339,9 @@ fn bit_test<B: Builder>(b: &mut B) -> R<()> {
     Ok(())
 }
 
-fn bit_scan<B: Builder>(b: &mut B) -> R<()> {
-    let insn = *b.insn();
-    let size = op_size(&insn, 0);
+#[inline(never)]
+fn bit_scan<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let size = op_size(insn, 0);
     let src = read_op(b, 1, size)?;
     let zero = b.c(0);
     let is_zero = b.icmp(Cmp::Eq, src, zero);
@@ -1262,9 +1365,9 @@ fn bit_scan<B: Builder>(b: &mut B) -> R<()> {
     Ok(())
 }
 
-fn bit_count<B: Builder>(b: &mut B) -> R<()> {
-    let insn = *b.insn();
-    let size = op_size(&insn, 0);
+#[inline(never)]
+fn bit_count<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let size = op_size(insn, 0);
     let w = bits(size);
     let src = read_op(b, 1, size)?;
     let zero = b.c(0);
@@ -1304,10 +1407,10 @@ fn bit_count<B: Builder>(b: &mut B) -> R<()> {
     Ok(())
 }
 
-fn bmi<B: Builder>(b: &mut B) -> R<()> {
-    let insn = *b.insn();
+#[inline(never)]
+fn bmi<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     use Mnemonic as M;
-    let size = op_size(&insn, 0);
+    let size = op_size(insn, 0);
     let w = bits(size);
     let zero = b.c(0);
     let one = b.c(1);
@@ -1511,8 +1614,8 @@ pub fn pext(x: u64, mut m: u64) -> u64 {
     r
 }
 
-fn enter<B: Builder>(b: &mut B) -> R<()> {
-    let insn = *b.insn();
+#[inline(never)]
+fn enter<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     let alloc = insn.immediate(0) & 0xffff;
     let level = insn.immediate(1) & 31;
     // ENTERW pushes 2-byte frame pointers and writes BP only.

@@ -86,6 +86,10 @@ pub trait Builder {
 
     /// The instruction being executed or translated.
     fn insn(&self) -> &Instruction;
+    /// Its memory operand, decoded (the interpreter has it cached).
+    fn mem_operand(&self) -> MemOperand {
+        MemOperand::new(self.insn())
+    }
 
     fn c(&mut self, v: u64) -> Self::V;
     fn add(&mut self, a: Self::V, b: Self::V) -> Self::V;
@@ -171,37 +175,100 @@ pub trait Builder {
 
 /// Executes or translates one instruction. `Err(Abort)` means it raised an exception.
 pub fn instruction<B: Builder>(b: &mut B) -> R<()> {
-    int::execute(b)
+    let insn = *b.insn();
+    instruction_of(b, &insn)
+}
+
+/// [`instruction`], given the builder's current instruction (`insn` is `b.insn()`): the
+/// semantics read it without copying it out of the builder first.
+#[inline]
+pub fn instruction_of<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    debug_assert!(insn.eq_all_bits(b.insn()));
+    int::execute(b, insn)
 }
 
 // ---- operand access, shared by all instruction families ----
 
 /// Register number and how the named part maps onto the 64-bit register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum RegPart {
-    Low8,
-    High8,
-    W16,
-    D32,
-    Q64,
+    Low8 = 0,
+    High8 = 1,
+    W16 = 2,
+    D32 = 3,
+    Q64 = 4,
 }
 
+const NOT_GPR: u8 = 0xff;
+
+/// For every iced `Register` value: `part << 4 | index` for general-purpose registers, else
+/// `NOT_GPR`. One load instead of iced's register-info lookups (checked against them in a
+/// test).
+static GPR_TABLE: [u8; 256] = {
+    let mut t = [NOT_GPR; 256];
+    let mut i = 0;
+    while i < 16 {
+        t[Register::AX as usize + i] = (RegPart::W16 as u8) << 4 | i as u8;
+        t[Register::EAX as usize + i] = (RegPart::D32 as u8) << 4 | i as u8;
+        t[Register::RAX as usize + i] = (RegPart::Q64 as u8) << 4 | i as u8;
+        i += 1;
+    }
+    // AL CL DL BL, AH CH DH BH, SPL BPL SIL DIL, R8L..R15L.
+    let mut i = 0;
+    while i < 20 {
+        t[Register::AL as usize + i] = match i {
+            0..=3 => i as u8,
+            4..=7 => (RegPart::High8 as u8) << 4 | (i - 4) as u8,
+            _ => (i - 4) as u8,
+        };
+        i += 1;
+    }
+    t
+};
+
+#[cold]
+#[inline(never)]
+fn not_a_gpr(r: Register) -> ! {
+    panic!("{r:?} is not a general-purpose register")
+}
+
+#[inline]
 pub fn gpr_of(r: Register) -> (usize, RegPart) {
-    let full = r.full_register();
-    let idx = full as usize - Register::RAX as usize;
-    let part = match r.size() {
-        1 if matches!(r, Register::AH | Register::CH | Register::DH | Register::BH) => {
-            RegPart::High8
-        }
-        1 => RegPart::Low8,
+    let e = GPR_TABLE[r as usize];
+    if e == NOT_GPR {
+        not_a_gpr(r);
+    }
+    let part = match e >> 4 {
+        0 => RegPart::Low8,
+        1 => RegPart::High8,
         2 => RegPart::W16,
-        4 => RegPart::D32,
+        3 => RegPart::D32,
         _ => RegPart::Q64,
     };
-    (idx, part)
+    ((e & 15) as usize, part)
+}
+
+/// Is `r` a general-purpose register (any width)?
+#[inline]
+pub fn is_gpr(r: Register) -> bool {
+    GPR_TABLE[r as usize] != NOT_GPR
+}
+
+/// The register's size in bytes (fast for general-purpose registers).
+#[inline]
+fn reg_size(r: Register) -> u32 {
+    match GPR_TABLE[r as usize] >> 4 {
+        0 | 1 => 1,
+        2 => 2,
+        3 => 4,
+        4 => 8,
+        _ => r.size() as u32,
+    }
 }
 
 /// Read a general-purpose register (any width), zero-extended.
+#[inline]
 pub fn read_reg<B: Builder>(b: &mut B, r: Register) -> B::V {
     let (idx, part) = gpr_of(r);
     let full = b.get_gpr(idx);
@@ -219,6 +286,7 @@ pub fn read_reg<B: Builder>(b: &mut B, r: Register) -> B::V {
 }
 
 /// Write a general-purpose register with x86-64 merge rules (32-bit writes zero the top).
+#[inline]
 pub fn write_reg<B: Builder>(b: &mut B, r: Register, v: B::V) {
     let (idx, part) = gpr_of(r);
     let new = match part {
@@ -245,19 +313,104 @@ pub fn write_reg<B: Builder>(b: &mut B, r: Register, v: B::V) {
     b.set_gpr(idx, new);
 }
 
-/// The linear address of the instruction's memory operand.
+/// The instruction's memory operand as the address computation needs it, decoded once from
+/// iced's fields: the interpreter keeps one with every cached instruction, the compiler
+/// decodes it when asked ([`Builder::mem_operand`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemOperand {
+    /// The displacement; for a RIP-relative operand the target itself.
+    pub disp: u64,
+    /// GPR numbers of the base and the index register, or [`MemOperand::NONE`].
+    pub base: u8,
+    pub index: u8,
+    /// log2 of the index scale.
+    pub shift: u8,
+    /// [`MemOperand::ADDR32`] and the segment bits [`MemOperand::SS`], [`MemOperand::FS`],
+    /// [`MemOperand::GS`] (other segments have no base and no check in 64-bit mode).
+    pub flags: u8,
+}
+
+impl MemOperand {
+    pub const NONE: u8 = 0xff;
+    /// 32-bit address size: the address is truncated to 32 bits.
+    pub const ADDR32: u8 = 1;
+    pub const SS: u8 = 2;
+    pub const FS: u8 = 4;
+    pub const GS: u8 = 8;
+
+    /// What an instruction without a memory operand gets.
+    pub const NO_OPERAND: MemOperand = MemOperand {
+        disp: 0,
+        base: MemOperand::NONE,
+        index: MemOperand::NONE,
+        shift: 0,
+        flags: 0,
+    };
+
+    pub fn new(insn: &Instruction) -> MemOperand {
+        let (base, index) = (insn.memory_base(), insn.memory_index());
+        let gpr = |r: Register| {
+            if r.is_gpr() {
+                gpr_of(r).0 as u8
+            } else {
+                MemOperand::NONE
+            }
+        };
+        let disp = match base {
+            // RIP-relative: iced keeps the target in the displacement.
+            Register::EIP => insn.memory_displacement64() as u32 as u64,
+            _ => insn.memory_displacement64(),
+        };
+        let mut flags = match memory_segment(insn) {
+            Register::SS => MemOperand::SS,
+            Register::FS => MemOperand::FS,
+            Register::GS => MemOperand::GS,
+            _ => 0,
+        };
+        if base.size() == 4 || index.size() == 4 {
+            flags |= MemOperand::ADDR32;
+        }
+        MemOperand {
+            disp,
+            base: gpr(base),
+            index: gpr(index),
+            shift: insn.memory_index_scale().trailing_zeros() as u8,
+            flags,
+        }
+    }
+}
+
 /// The linear address of the instruction's memory operand, checked as an access: a
 /// non-canonical stack-segment address raises #SS(0) (others fault in the MMU with #GP(0)).
+#[inline]
 pub fn access_address<B: Builder>(b: &mut B) -> R<B::V> {
-    let a = effective_address(b);
-    stack_check(b, a)?;
+    let m = b.mem_operand();
+    let a = effective_address_of(b, m);
+    if m.flags & MemOperand::SS != 0 {
+        stack_canonical(b, a)?;
+    }
     Ok(a)
+}
+
+/// The segment of the memory operand (`Instruction::memory_segment`, inlined: no prefix and a
+/// base other than RSP/RBP is DS).
+#[inline]
+fn memory_segment(insn: &Instruction) -> Register {
+    match insn.segment_prefix() {
+        Register::None => match insn.memory_base() {
+            Register::BP | Register::EBP | Register::ESP | Register::RBP | Register::RSP => {
+                Register::SS
+            }
+            _ => Register::DS,
+        },
+        s => s,
+    }
 }
 
 /// #SS(0) for a non-canonical address if the operand uses the stack segment. Instructions
 /// with an alignment requirement check alignment first (#GP(0) wins on this host).
 pub fn stack_check<B: Builder>(b: &mut B, addr: B::V) -> R<()> {
-    if b.insn().memory_segment() == Register::SS {
+    if b.mem_operand().flags & MemOperand::SS != 0 {
         stack_canonical(b, addr)?;
     }
     Ok(())
@@ -265,37 +418,52 @@ pub fn stack_check<B: Builder>(b: &mut B, addr: B::V) -> R<()> {
 
 /// The linear address of the instruction's memory operand (no access checks).
 pub fn effective_address<B: Builder>(b: &mut B) -> B::V {
-    let offset = offset_address(b);
-    let segment = b.insn().memory_segment();
-    segment_base(b, segment, offset)
+    let m = b.mem_operand();
+    effective_address_of(b, m)
+}
+
+#[inline]
+fn effective_address_of<B: Builder>(b: &mut B, m: MemOperand) -> B::V {
+    let a = offset_address_of(b, m);
+    let s = if m.flags & MemOperand::FS != 0 {
+        seg::FS
+    } else if m.flags & MemOperand::GS != 0 {
+        seg::GS
+    } else {
+        return a;
+    };
+    let base = b.load_state(offsets::seg_base(s));
+    b.add(a, base)
 }
 
 /// base + index*scale + displacement (or the RIP-relative target), truncated to the address
 /// size, without any segment base: the effective address LEA computes.
 pub fn offset_address<B: Builder>(b: &mut B) -> B::V {
-    let insn = *b.insn();
-    let addr = if insn.is_ip_rel_memory_operand() {
-        b.c(insn.ip_rel_memory_address())
+    let m = b.mem_operand();
+    offset_address_of(b, m)
+}
+
+#[inline]
+fn offset_address_of<B: Builder>(b: &mut B, m: MemOperand) -> B::V {
+    let mut a = b.c(m.disp);
+    if m.base != MemOperand::NONE {
+        let v = b.get_gpr(m.base as usize);
+        a = b.add(a, v);
+    }
+    if m.index != MemOperand::NONE {
+        let v = b.get_gpr(m.index as usize);
+        let v = if m.shift != 0 {
+            let s = b.c(m.shift as u64);
+            b.shl(v, s)
+        } else {
+            v
+        };
+        a = b.add(a, v);
+    }
+    if m.flags & MemOperand::ADDR32 != 0 {
+        b.zext(a, 32)
     } else {
-        let mut a = b.c(insn.memory_displacement64());
-        let base = insn.memory_base();
-        if base != Register::None {
-            let v = b.get_gpr(gpr_of(base).0);
-            a = b.add(a, v);
-        }
-        let index = insn.memory_index();
-        if index != Register::None {
-            let v = b.get_gpr(gpr_of(index).0);
-            let s = b.c(insn.memory_index_scale().trailing_zeros() as u64);
-            let v = b.shl(v, s);
-            a = b.add(a, v);
-        }
         a
-    };
-    if insn.memory_base().size() == 4 || insn.memory_index().size() == 4 {
-        b.zext(addr, 32)
-    } else {
-        addr
     }
 }
 
@@ -314,6 +482,7 @@ pub fn branch_target_canonical<B: Builder>(b: &mut B, target: B::V) -> R<()> {
 }
 
 /// Add the segment base where 64-bit mode still applies one (FS and GS).
+#[inline]
 pub fn segment_base<B: Builder>(b: &mut B, segment: Register, addr: B::V) -> B::V {
     let s = match segment {
         Register::FS => seg::FS,
@@ -325,9 +494,10 @@ pub fn segment_base<B: Builder>(b: &mut B, segment: Register, addr: B::V) -> B::
 }
 
 /// Operand size in bytes of operand `i` (register or memory).
+#[inline]
 pub fn op_size(insn: &Instruction, i: u32) -> u32 {
     match insn.op_kind(i) {
-        OpKind::Register => insn.op_register(i).size() as u32,
+        OpKind::Register => reg_size(insn.op_register(i)),
         OpKind::Memory => mem_size(insn.memory_size()),
         OpKind::Immediate8 => 1,
         OpKind::Immediate16 | OpKind::Immediate8to16 => 2,
@@ -341,27 +511,33 @@ pub fn mem_size(m: MemorySize) -> u32 {
 }
 
 /// Read operand `i` with `size` bytes, zero-extended (immediates are truncated to `size`).
+#[inline]
 pub fn read_op<B: Builder>(b: &mut B, i: u32, size: u32) -> R<B::V> {
-    let insn = *b.insn();
+    let insn = b.insn();
     match insn.op_kind(i) {
-        OpKind::Register => Ok(read_reg(b, insn.op_register(i))),
+        OpKind::Register => {
+            let r = insn.op_register(i);
+            Ok(read_reg(b, r))
+        }
         OpKind::Memory => {
             let a = access_address(b)?;
             b.load(a, size)
         }
         _ => {
-            let v = insn.immediate(i);
-            Ok(b.c(truncate(v, size)))
+            let v = truncate(insn.immediate(i), size);
+            Ok(b.c(v))
         }
     }
 }
 
 /// Write operand `i`.
+#[inline]
 pub fn write_op<B: Builder>(b: &mut B, i: u32, size: u32, v: B::V) -> R<()> {
-    let insn = *b.insn();
+    let insn = b.insn();
     match insn.op_kind(i) {
         OpKind::Register => {
-            write_reg(b, insn.op_register(i), v);
+            let r = insn.op_register(i);
+            write_reg(b, r, v);
             Ok(())
         }
         OpKind::Memory => {
@@ -372,6 +548,7 @@ pub fn write_op<B: Builder>(b: &mut B, i: u32, size: u32, v: B::V) -> R<()> {
     }
 }
 
+#[inline]
 pub fn truncate(v: u64, size: u32) -> u64 {
     if size >= 8 {
         v
@@ -380,22 +557,26 @@ pub fn truncate(v: u64, size: u32) -> u64 {
     }
 }
 
+#[inline]
 pub fn bits(size: u32) -> u32 {
     size * 8
 }
 
 /// Read-modify-write helper: returns (linear address if memory, current value).
+#[inline]
 pub fn read_rmw<B: Builder>(b: &mut B, size: u32) -> R<(Option<B::V>, B::V)> {
-    let insn = *b.insn();
+    let insn = b.insn();
     if insn.op0_kind() == OpKind::Memory {
         let a = access_address(b)?;
         let v = b.load(a, size)?;
         Ok((Some(a), v))
     } else {
-        Ok((None, read_reg(b, insn.op0_register())))
+        let r = insn.op0_register();
+        Ok((None, read_reg(b, r)))
     }
 }
 
+#[inline]
 pub fn write_rmw<B: Builder>(b: &mut B, addr: Option<B::V>, size: u32, v: B::V) -> R<()> {
     match addr {
         Some(a) => b.store(a, v, size),
@@ -427,4 +608,38 @@ pub fn pop<B: Builder>(b: &mut B, size: u32) -> R<(B::V, B::V)> {
     let k = b.c(size as u64);
     let nsp = b.add(sp, k);
     Ok((v, nsp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The register table agrees with iced's register information for every register.
+    #[test]
+    fn gpr_table_matches_iced() {
+        for r in Register::values() {
+            if r.is_gpr() {
+                let (idx, part) = gpr_of(r);
+                assert_eq!(
+                    idx,
+                    r.full_register() as usize - Register::RAX as usize,
+                    "{r:?}"
+                );
+                let want = match r.size() {
+                    1 if matches!(r, Register::AH | Register::CH | Register::DH | Register::BH) => {
+                        RegPart::High8
+                    }
+                    1 => RegPart::Low8,
+                    2 => RegPart::W16,
+                    4 => RegPart::D32,
+                    _ => RegPart::Q64,
+                };
+                assert_eq!(part, want, "{r:?}");
+            } else {
+                assert_eq!(GPR_TABLE[r as usize], NOT_GPR, "{r:?}");
+            }
+            assert_eq!(reg_size(r), r.size() as u32, "{r:?}");
+            assert_eq!(is_gpr(r), r.is_gpr(), "{r:?}");
+        }
+    }
 }
