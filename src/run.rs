@@ -21,10 +21,11 @@ pub struct RunArgs {
     pub record: Option<(PathBuf, u64)>,
 }
 
-/// The kernel command line krr boots with unless told otherwise: serial console, no ACPI or
-/// local APIC (the machine models neither yet), deterministic timing.
+/// The kernel command line krr boots with unless told otherwise: serial console, ACPI (for
+/// power-off) but no local APIC or IO-APIC (the machine models neither: the PIT and the 8259s
+/// deliver interrupts), deterministic timing.
 pub const DEFAULT_APPEND: &str =
-    "console=ttyS0 earlyprintk=serial acpi=off nolapic noapic nokaslr tsc=reliable no_timer_check panic=-1";
+    "console=ttyS0 earlyprintk=serial nolapic noapic nokaslr tsc=reliable no_timer_check panic=-1";
 
 /// Parse sizes like `512M`, `2G`, `1048576`.
 pub fn parse_size(s: &str) -> Result<u64, String> {

@@ -46,6 +46,7 @@ const CMDLINE_ADDR: u64 = 0x20000;
 const LOW_MEM_END: u64 = 0x9fc00;
 
 // Offsets inside struct boot_params.
+const BP_ACPI_RSDP_ADDR: usize = 0x70;
 const BP_EXT_RAMDISK_IMAGE: usize = 0xc0;
 const BP_EXT_RAMDISK_SIZE: usize = 0xc4;
 const BP_EXT_CMD_LINE_PTR: usize = 0xc8;
@@ -190,11 +191,19 @@ pub fn load(
         }
     }
 
-    // e820: low memory, the legacy hole, everything from 1 MiB up.
+    // The firmware's ACPI tables in the BIOS area, found through the zero page (or a scan).
+    let rsdp = super::acpi::write(mem)?;
+    bp[BP_ACPI_RSDP_ADDR..BP_ACPI_RSDP_ADDR + 8].copy_from_slice(&rsdp.to_le_bytes());
+
+    // e820: low memory, the legacy hole, the BIOS area (ACPI tables), everything from 1 MiB up.
     let e820 = [
         (0u64, LOW_MEM_END, E820_RAM),
         (LOW_MEM_END, 0xa0000 - LOW_MEM_END, E820_RESERVED),
-        (0xf0000, 0x10000, E820_RESERVED),
+        (
+            super::acpi::ACPI_BASE,
+            super::acpi::ACPI_END - super::acpi::ACPI_BASE,
+            E820_RESERVED,
+        ),
         (0x100000, mem_size - 0x100000, E820_RAM),
     ];
     bp[BP_E820_ENTRIES] = e820.len() as u8;

@@ -7,6 +7,7 @@
 //! event and the skipped span is added to an idle offset, so `now = icount + idle`. Two runs of
 //! the same guest therefore see exactly the same times.
 
+pub mod acpi;
 pub mod devices;
 pub mod linux;
 
@@ -126,6 +127,10 @@ pub struct Board {
     requests: Vec<MachineRequest>,
     /// Time spent halted, added to the instruction count to give virtual time.
     idle_ns: u64,
+    /// A device access moved a device's next event before the engine's budget
+    /// (`cpu.icount_limit`): the engine must return so the run loop sets a new one, or the
+    /// event (e.g. a one-shot timer armed during the run) would be skipped.
+    event_moved: bool,
     /// Ports nobody answers, logged once each.
     unknown_ports: HashSet<u16>,
     unknown_mmio: HashSet<u64>,
@@ -191,6 +196,11 @@ impl Board {
         };
         let r = f(d, &mut ctx);
         self.pic.update(self.irq);
+        if let Some(t) = self.next_event() {
+            if t.saturating_sub(self.idle_ns) < cpu.icount_limit {
+                self.event_moved = true;
+            }
+        }
         r
     }
 
@@ -293,7 +303,9 @@ impl Bus for Board {
     }
 
     fn wants_exit(&self, cpu: &CpuState) -> bool {
-        !self.requests.is_empty() || (self.pic.pending() && Engine::interrupts_enabled(cpu))
+        !self.requests.is_empty()
+            || self.event_moved
+            || (self.pic.pending() && Engine::interrupts_enabled(cpu))
     }
 }
 
@@ -397,6 +409,7 @@ impl Machine {
             irq: IrqLines::default(),
             requests: Vec::new(),
             idle_ns: 0,
+            event_moved: false,
             unknown_ports: HashSet::new(),
             unknown_mmio: HashSet::new(),
             counters: BusCounters::default(),
@@ -546,6 +559,7 @@ impl Machine {
                 .max(self.cpu.icount + 1)
                 .min(limit)
                 .min(next_checkpoint);
+            self.board.event_moved = false;
             let exit = self.engine.run_with_bus(&mut self.cpu, &mut self.board);
             match exit {
                 Exit::Budget | Exit::BusRequest => {}
@@ -616,5 +630,43 @@ impl Machine {
             Exit::Unbacked { phys } => MachineError::Unbacked { phys, rip, icount },
             other => unreachable!("the machine delivers exceptions itself, not {other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine() -> Machine {
+        Machine::new(
+            MachineConfig {
+                mem_bytes: 16 << 20,
+                engine: EngineConfig::default(),
+            },
+            Box::new(std::io::sink()),
+        )
+        .expect("machine")
+    }
+
+    /// A one-shot timer armed while the engine runs with a later (or no) budget must make the
+    /// engine return, so the run loop shortens the budget to the timer's expiry; otherwise
+    /// the PIT's one-clock pulse passes unsampled and the kernel's timer interrupt is lost.
+    #[test]
+    fn arming_a_timer_during_a_run_ends_the_run() {
+        let mut m = machine();
+        m.cpu.icount = 1_000;
+        m.cpu.icount_limit = u64::MAX;
+        assert!(!m.board.wants_exit(&m.cpu));
+        // Linux's "pit" clockevent: mode 4, then a 16-bit count (about 1 ms).
+        m.board.port_out(&m.cpu, 0x43, 1, 0x38);
+        m.board.port_out(&m.cpu, 0x40, 1, 0xa9);
+        m.board.port_out(&m.cpu, 0x40, 1, 0x04);
+        assert!(m.board.wants_exit(&m.cpu));
+        // The run loop's new budget stops at the expiry; a later budget is left alone.
+        m.board.event_moved = false;
+        let next = m.board.next_event().expect("armed");
+        m.cpu.icount_limit = next;
+        m.board.port_in(&m.cpu, 0x61, 1);
+        assert!(!m.board.wants_exit(&m.cpu));
     }
 }

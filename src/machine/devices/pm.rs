@@ -2,7 +2,8 @@
 //! and the PM timer, just enough for Linux's ACPI (poweroff through S5, the `acpi_pm`
 //! clocksource and TSC calibration against the PM timer).
 //!
-//! Port convention: base 0x600 ([`PM_BASE`]), 12 ports, to be declared in the FADT as
+//! Port convention: base 0x600 ([`PM_BASE`]), 12 ports, declared in the FADT
+//! (`machine/acpi.rs`) as
 //! * PM1a_EVT_BLK = 0x600, length 4: PM1_STS at offset 0 ([`OFFSET_PM1_STS`], 16-bit,
 //!   write-1-to-clear) and PM1_EN at offset 2 ([`OFFSET_PM1_EN`]);
 //! * PM1a_CNT_BLK = 0x604, length 2 ([`OFFSET_PM1_CNT`]);
@@ -362,6 +363,49 @@ mod tests {
             0x605,
             1,
             u32::from((CNT_SLP_EN | S5_SLP_TYP << CNT_SLP_TYP_SHIFT) >> 8),
+        );
+        assert_eq!(b.requests, vec![MachineRequest::PowerOff]);
+    }
+
+    /// What Linux 6.1's ACPI core does to the block from boot to `poweroff -f` (as traced on
+    /// the Debian guest): the global lock's GBL_EN must read back (else ACPICA disables the
+    /// lock), rtc-cmos toggles RTC_EN, no enable bit raises the SCI without a status, and
+    /// S5 is clear-WAK_STS, clear-all-status, read PM1_CNT, write SLP_TYP, write SLP_EN.
+    #[test]
+    fn linux_acpi_sequence() {
+        let mut b = Bus::new();
+        for _ in 0..5 {
+            // acpi_ev_init / acpi_hw_disable_all_gpes: read-modify-write PM1_EN.
+            let en = b.io_in(0x602, 2);
+            b.io_out(0x602, 2, en);
+        }
+        assert_eq!(b.io_in(0x602, 2), 0);
+        b.io_out(0x600, 2, u32::from(PM1_GBL));
+        let en = b.io_in(0x602, 2) as u16;
+        b.io_out(0x602, 2, u32::from(en | PM1_GBL));
+        assert_eq!(b.io_in(0x602, 2) as u16, PM1_GBL, "GBL_EN reads back");
+        b.io_out(0x600, 2, u32::from(PM1_RTC));
+        b.io_out(0x602, 2, u32::from(PM1_GBL | PM1_RTC));
+        assert_eq!(b.io_in(0x602, 2) as u16, PM1_GBL | PM1_RTC);
+        assert!(!b.irq.get(SCI_IRQ), "no status, no SCI");
+        b.io_out(0x602, 2, u32::from(PM1_GBL));
+        // The acpi_pm clocksource's monotonicity check: dword reads, the top byte 0.
+        b.now_ns = 1_234_567;
+        let t0 = b.io_in(0x608, 4);
+        b.now_ns += 1_000;
+        assert_eq!(b.io_in(0x608, 4), t0 + 3);
+        // acpi_hw_legacy_sleep(S5).
+        b.io_out(0x600, 2, u32::from(PM1_WAK_STS));
+        b.io_out(0x600, 2, 0xc731);
+        assert_eq!(b.io_in(0x600, 2), 0);
+        let cnt = b.io_in(0x604, 2);
+        assert_eq!(cnt, u32::from(CNT_SCI_EN));
+        b.io_out(0x604, 2, cnt | u32::from(S5_SLP_TYP << CNT_SLP_TYP_SHIFT));
+        assert!(b.requests.is_empty());
+        b.io_out(
+            0x604,
+            2,
+            cnt | u32::from(S5_SLP_TYP << CNT_SLP_TYP_SHIFT | CNT_SLP_EN),
         );
         assert_eq!(b.requests, vec![MachineRequest::PowerOff]);
     }

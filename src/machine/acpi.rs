@@ -1,0 +1,398 @@
+//! The ACPI tables krr's "firmware" leaves in guest RAM for the kernel: how Linux finds the
+//! machine's power-management hardware (the PM1a/PM-timer block of `devices/pm.rs`), the sleep
+//! types (`\_S5` for power-off), the reset register and the one CPU.
+//!
+//! Built with rust-vmm's `acpi_tables` crate and placed in the BIOS area at [`ACPI_BASE`]
+//! (0xE0000, reserved in the e820 map), so the kernel finds the RSDP both through
+//! `boot_params.acpi_rsdp_addr` and by the legacy scan of 0xE0000-0xFFFFF:
+//!
+//! * RSDP (revision 2) at [`ACPI_BASE`] -> XSDT -> FADT, MADT;
+//! * FADT (6.5, full hardware, not hardware-reduced): FACS and DSDT (64-bit `X_` fields only);
+//!   SCI_INT 9; SMI_CMD 0 (always in ACPI mode: PM1_CNT.SCI_EN reads 1); PM1a_EVT_BLK,
+//!   PM1a_CNT_BLK and PM_TMR_BLK at the PM block's ports, in both the 32-bit and the `X_` GAS
+//!   fields (24-bit timer); no PM1b, PM2 or GPE blocks; C2/C3 not supported (latencies 101 and
+//!   1001); the RTC's century byte; IA-PC boot flags: legacy devices, 8042, no VGA; the reset
+//!   register (port 0xCF9, value 6); flags WBINVD, PROC_C1, PWR_BUTTON and SLP_BUTTON (no
+//!   fixed-feature buttons), FIX_RTC (no RTC wake status), RESET_REG_SUP;
+//! * FACS (64 bytes, 64-byte aligned; holds the global lock);
+//! * DSDT: only `Name (_S5, Package () { S5_SLP_TYP, S5_SLP_TYP, 0, 0 })`. No `_S0`..`_S4`
+//!   (the PM block sleeps only into S5; Linux needs no `_S0`), no devices (no PCI root bridge:
+//!   with ACPI on, Linux then does not scan PCI, whose only device is the host bridge; COM1,
+//!   the RTC and the 8042 are found by their legacy probes);
+//! * MADT: local APIC address 0xFEE00000, PCAT_COMPAT (the 8259 pair is there), one processor
+//!   local APIC (UID 0, APIC ID 0, enabled) and no IO-APIC. Booted with `nolapic noapic`, Linux
+//!   skips the APIC entries and keeps PIC interrupt routing (SCI on IRQ 9, level-triggered
+//!   through the ELCR).
+
+use super::devices::{pci, pm, rtc};
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::madt::{EnabledStatus, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::{aml, facs::FACS, Aml};
+use krr_runtime::GuestMemory;
+
+/// Where the tables start (the RSDP's address): the BIOS area the kernel scans.
+pub const ACPI_BASE: u64 = 0xe0000;
+/// The end of the area reserved for the tables (the end of the BIOS area).
+pub const ACPI_END: u64 = 0x100000;
+
+/// Identification in every table header.
+pub const OEM_ID: [u8; 6] = *b"KRR   ";
+pub const OEM_TABLE_ID: [u8; 8] = *b"KRRPC   ";
+pub const OEM_REVISION: u32 = 1;
+/// DSDT revision 2: 64-bit AML integers.
+const DSDT_REVISION: u8 = 2;
+
+/// The local APIC's physical address, as the MADT declares it.
+pub const LAPIC_ADDR: u32 = 0xfee0_0000;
+/// MADT flags: a dual 8259 setup is present.
+pub const MADT_PCAT_COMPAT: u32 = 1;
+/// Offset of the MADT's flags field (after the header and the local APIC address).
+const MADT_FLAGS_OFFSET: usize = 40;
+
+/// FADT IAPC_BOOT_ARCH bits.
+pub const BOOT_ARCH_LEGACY_DEVICES: u16 = 1 << 0;
+pub const BOOT_ARCH_8042: u16 = 1 << 1;
+pub const BOOT_ARCH_NO_VGA: u16 = 1 << 2;
+/// P_LVL2_LAT / P_LVL3_LAT values meaning "C2 / C3 not supported".
+pub const C2_NOT_SUPPORTED: u16 = 101;
+pub const C3_NOT_SUPPORTED: u16 = 1001;
+/// The value written to the reset register (port 0xCF9): system reset + reset CPU.
+pub const RESET_VALUE: u8 = pci::RCR_SYS_RST | pci::RCR_RST_CPU;
+
+/// Offsets of the fields the tests check, in the FADT.
+#[cfg(test)]
+mod fadt_off {
+    pub const FIRMWARE_CTRL: usize = 36;
+    pub const DSDT: usize = 40;
+    pub const SCI_INT: usize = 46;
+    pub const SMI_CMD: usize = 48;
+    pub const PM1A_EVT_BLK: usize = 56;
+    pub const PM1A_CNT_BLK: usize = 64;
+    pub const PM_TMR_BLK: usize = 76;
+    pub const GPE0_BLK: usize = 80;
+    pub const PM1_EVT_LEN: usize = 88;
+    pub const PM1_CNT_LEN: usize = 89;
+    pub const PM_TMR_LEN: usize = 91;
+    pub const CENTURY: usize = 108;
+    pub const IAPC_BOOT_ARCH: usize = 109;
+    pub const FLAGS: usize = 112;
+    pub const RESET_REG: usize = 116;
+    pub const RESET_VALUE: usize = 128;
+    pub const X_FIRMWARE_CTRL: usize = 132;
+    pub const X_DSDT: usize = 140;
+    pub const X_PM1A_EVT_BLK: usize = 148;
+    pub const X_PM1A_CNT_BLK: usize = 172;
+    pub const X_PM_TMR_BLK: usize = 208;
+    pub const LENGTH: usize = 276;
+}
+
+/// The tables as one image to copy to [`AcpiTables::base`], and where each one is.
+#[derive(Debug, Clone)]
+pub struct AcpiTables {
+    pub base: u64,
+    pub image: Vec<u8>,
+    pub rsdp: u64,
+    pub xsdt: u64,
+    pub fadt: u64,
+    pub facs: u64,
+    pub dsdt: u64,
+    pub madt: u64,
+}
+
+/// Lays tables out one after another from [`ACPI_BASE`].
+struct Layout {
+    image: Vec<u8>,
+}
+
+impl Layout {
+    fn addr(&self) -> u64 {
+        ACPI_BASE + self.image.len() as u64
+    }
+    /// Pad to `align` and return the address the next table goes to.
+    fn align(&mut self, align: usize) -> u64 {
+        let len = self.image.len().next_multiple_of(align);
+        self.image.resize(len, 0);
+        self.addr()
+    }
+    fn put(&mut self, align: usize, table: &dyn Aml) -> u64 {
+        let at = self.align(align);
+        table.to_aml_bytes(&mut self.image);
+        at
+    }
+    fn put_bytes(&mut self, align: usize, table: &[u8]) -> u64 {
+        let at = self.align(align);
+        self.image.extend_from_slice(table);
+        at
+    }
+}
+
+/// A system-IO generic address of `bits` bits accessed `access` at a time.
+fn io_gas(port: u16, bits: u8, access: AccessSize) -> GAS {
+    GAS::new(AddressSpace::SystemIo, bits, 0, access, u64::from(port))
+}
+
+/// The 8-bit sum that makes `table` sum to zero, written at offset 9 (every SDT's checksum).
+fn fix_checksum(table: &mut [u8]) {
+    table[9] = 0;
+    let sum = table.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+    table[9] = sum.wrapping_neg();
+}
+
+fn dsdt() -> Sdt {
+    let mut dsdt = Sdt::new(
+        *b"DSDT",
+        36,
+        DSDT_REVISION,
+        OEM_ID,
+        OEM_TABLE_ID,
+        OEM_REVISION,
+    );
+    let s5 = pm::S5_SLP_TYP as u8;
+    // _S5: SLP_TYPa, SLP_TYPb, two reserved elements.
+    let package = aml::Package::new(vec![&s5, &s5, &0u8, &0u8]);
+    let mut body = Vec::new();
+    aml::Name::new("_S5_".into(), &package).to_aml_bytes(&mut body);
+    dsdt.append_slice(&body);
+    dsdt
+}
+
+fn fadt(facs: u64, dsdt: u64) -> Vec<u8> {
+    let port = |off: u16| pm::PM_BASE + off;
+    let mut f = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+        .firmware_ctrl_64(facs)
+        .dsdt_64(dsdt)
+        .flag(Flags::Wbinvd)
+        .flag(Flags::ProcC1)
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton)
+        .flag(Flags::FixRtc)
+        .flag(Flags::ResetRegSup);
+    f.sci_int = u16::from(pm::SCI_IRQ).into();
+    f.smi_cmd = 0.into();
+    f.pm1a_evt_blk = u32::from(port(pm::OFFSET_PM1_STS)).into();
+    f.pm1a_cnt_blk = u32::from(port(pm::OFFSET_PM1_CNT)).into();
+    f.pm_tmr_blk = u32::from(port(pm::OFFSET_PM_TMR)).into();
+    f.pm1_evt_len = pm::PM1_EVT_LEN as u8;
+    f.pm1_cnt_len = pm::PM1_CNT_LEN as u8;
+    f.pm_tmr_len = pm::PM_TMR_LEN as u8;
+    f.p_lvl2_lat = C2_NOT_SUPPORTED.into();
+    f.p_lvl3_lat = C3_NOT_SUPPORTED.into();
+    f.century = rtc::REG_CENTURY;
+    f.iapc_boot_arch = (BOOT_ARCH_LEGACY_DEVICES | BOOT_ARCH_8042 | BOOT_ARCH_NO_VGA).into();
+    f.reset_reg = io_gas(
+        pci::PCI_BASE + pci::OFFSET_RESET_CONTROL,
+        8,
+        AccessSize::ByteAccess,
+    );
+    f.reset_value = RESET_VALUE;
+    // The 16-bit PM1 registers are accessed a word at a time, the timer a dword.
+    f.x_pm1a_evt_blk = io_gas(
+        port(pm::OFFSET_PM1_STS),
+        (pm::PM1_EVT_LEN * 8) as u8,
+        AccessSize::WordAccess,
+    );
+    f.x_pm1a_cnt_blk = io_gas(
+        port(pm::OFFSET_PM1_CNT),
+        (pm::PM1_CNT_LEN * 8) as u8,
+        AccessSize::WordAccess,
+    );
+    f.x_pm_tmr_blk = io_gas(
+        port(pm::OFFSET_PM_TMR),
+        (pm::PM_TMR_LEN * 8) as u8,
+        AccessSize::DwordAccess,
+    );
+    let mut bytes = Vec::new();
+    f.finalize().to_aml_bytes(&mut bytes);
+    bytes
+}
+
+fn madt() -> Vec<u8> {
+    let mut madt = MADT::new(
+        OEM_ID,
+        OEM_TABLE_ID,
+        OEM_REVISION,
+        LocalInterruptController::Address(LAPIC_ADDR),
+    );
+    madt.add_structure(ProcessorLocalApic::new(0, 0, EnabledStatus::Enabled));
+    let mut bytes = Vec::new();
+    madt.to_aml_bytes(&mut bytes);
+    // The crate leaves the MADT flags 0 and offers no setter.
+    bytes[MADT_FLAGS_OFFSET..MADT_FLAGS_OFFSET + 4]
+        .copy_from_slice(&MADT_PCAT_COMPAT.to_le_bytes());
+    fix_checksum(&mut bytes);
+    bytes
+}
+
+/// Build the tables for krr's PC.
+pub fn build() -> AcpiTables {
+    let mut l = Layout { image: Vec::new() };
+    // The RSDP first (16-byte aligned, found first by the scan), filled in last.
+    let rsdp = l.addr();
+    l.image.resize(Rsdp::len(), 0);
+    let facs = l.put(64, &FACS::new());
+    let dsdt = l.put(16, &dsdt());
+    let fadt_addr = l.put_bytes(16, &fadt(facs, dsdt));
+    let madt_addr = l.put_bytes(16, &madt());
+    let mut xsdt_table = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    xsdt_table.add_entry(fadt_addr);
+    xsdt_table.add_entry(madt_addr);
+    let xsdt = l.put(16, &xsdt_table);
+    let mut rsdp_bytes = Vec::new();
+    Rsdp::new(OEM_ID, xsdt).to_aml_bytes(&mut rsdp_bytes);
+    l.image[..rsdp_bytes.len()].copy_from_slice(&rsdp_bytes);
+    assert!(ACPI_BASE + l.image.len() as u64 <= ACPI_END);
+    AcpiTables {
+        base: ACPI_BASE,
+        image: l.image,
+        rsdp,
+        xsdt,
+        fadt: fadt_addr,
+        facs,
+        dsdt,
+        madt: madt_addr,
+    }
+}
+
+/// Write the tables to guest memory; returns the RSDP's address.
+pub fn write(mem: &mut GuestMemory) -> Result<u64, krr_runtime::MemoryError> {
+    let t = build();
+    mem.write(t.base, &t.image)?;
+    Ok(t.rsdp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u16_at(b: &[u8], o: usize) -> u16 {
+        u16::from_le_bytes([b[o], b[o + 1]])
+    }
+    fn u32_at(b: &[u8], o: usize) -> u32 {
+        u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+    }
+    fn u64_at(b: &[u8], o: usize) -> u64 {
+        u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+    }
+    fn sum(b: &[u8]) -> u8 {
+        b.iter().fold(0u8, |a, x| a.wrapping_add(*x))
+    }
+
+    /// The table at `addr` with its header's length, after checking signature and checksum.
+    fn table<'a>(t: &'a AcpiTables, addr: u64, sig: &[u8; 4]) -> &'a [u8] {
+        let o = (addr - t.base) as usize;
+        assert_eq!(&t.image[o..o + 4], sig);
+        let len = u32_at(&t.image, o + 4) as usize;
+        let b = &t.image[o..o + len];
+        assert_eq!(sum(b), 0, "{} checksum", String::from_utf8_lossy(sig));
+        assert_eq!(&b[10..16], &OEM_ID);
+        b
+    }
+
+    #[test]
+    fn rsdp_is_findable_and_points_at_the_xsdt() {
+        let t = build();
+        assert_eq!(t.rsdp, ACPI_BASE);
+        assert_eq!(t.rsdp % 16, 0);
+        assert!((0xe0000..0x100000).contains(&t.rsdp));
+        let r = &t.image[..36];
+        assert_eq!(&r[..8], b"RSD PTR ");
+        assert_eq!(sum(&r[..20]), 0, "ACPI 1.0 checksum");
+        assert_eq!(sum(r), 0, "extended checksum");
+        assert_eq!(r[15], 2, "revision");
+        assert_eq!(u32_at(r, 20), 36, "length");
+        assert_eq!(u64_at(r, 24), t.xsdt);
+        assert!(ACPI_BASE + t.image.len() as u64 <= ACPI_END);
+    }
+
+    #[test]
+    fn xsdt_lists_fadt_and_madt() {
+        let t = build();
+        let x = table(&t, t.xsdt, b"XSDT");
+        assert_eq!(x.len(), 36 + 16);
+        assert_eq!(u64_at(x, 36), t.fadt);
+        assert_eq!(u64_at(x, 44), t.madt);
+    }
+
+    #[test]
+    fn fadt_describes_the_pm_block() {
+        use fadt_off::*;
+        let t = build();
+        let f = table(&t, t.fadt, b"FACP");
+        assert_eq!(f.len(), LENGTH);
+        assert_eq!(f[8], 6, "FADT major version");
+        assert_eq!(u32_at(f, FIRMWARE_CTRL), 0);
+        assert_eq!(u32_at(f, DSDT), 0);
+        assert_eq!(u64_at(f, X_FIRMWARE_CTRL), t.facs);
+        assert_eq!(u64_at(f, X_DSDT), t.dsdt);
+        assert_eq!(t.facs % 64, 0, "FACS alignment");
+        assert_eq!(u16_at(f, SCI_INT), 9);
+        assert_eq!(u32_at(f, SMI_CMD), 0);
+        assert_eq!(u32_at(f, PM1A_EVT_BLK), 0x600);
+        assert_eq!(u32_at(f, PM1A_CNT_BLK), 0x604);
+        assert_eq!(u32_at(f, PM_TMR_BLK), 0x608);
+        assert_eq!(u32_at(f, GPE0_BLK), 0);
+        assert_eq!((f[PM1_EVT_LEN], f[PM1_CNT_LEN], f[PM_TMR_LEN]), (4, 2, 4));
+        assert_eq!(f[CENTURY], 0x32);
+        assert_eq!(u16_at(f, IAPC_BOOT_ARCH), 0b111);
+        let flags = u32_at(f, FLAGS);
+        assert_eq!(
+            flags & Flags::HwReducedAcpi as u32,
+            0,
+            "not hardware-reduced"
+        );
+        assert_eq!(flags & Flags::TmrValExt as u32, 0, "24-bit PM timer");
+        assert_ne!(flags & Flags::ResetRegSup as u32, 0);
+        // Generic addresses: system IO, width, offset 0, access size, port.
+        let gas = |o: usize| (f[o], f[o + 1], f[o + 2], f[o + 3], u64_at(f, o + 4));
+        assert_eq!(gas(RESET_REG), (1, 8, 0, 1, 0xcf9));
+        assert_eq!(f[RESET_VALUE], 6);
+        assert_eq!(gas(X_PM1A_EVT_BLK), (1, 32, 0, 2, 0x600));
+        assert_eq!(gas(X_PM1A_CNT_BLK), (1, 16, 0, 2, 0x604));
+        assert_eq!(gas(X_PM_TMR_BLK), (1, 32, 0, 3, 0x608));
+    }
+
+    #[test]
+    fn facs_header() {
+        let t = build();
+        let o = (t.facs - t.base) as usize;
+        assert_eq!(&t.image[o..o + 4], b"FACS");
+        assert_eq!(u32_at(&t.image, o + 4), 64);
+    }
+
+    #[test]
+    fn dsdt_declares_s5() {
+        let t = build();
+        let d = table(&t, t.dsdt, b"DSDT");
+        assert_eq!(d[8], DSDT_REVISION);
+        // NameOp "_S5_" PackageOp PkgLength(6) NumElements(4) Zero Zero Zero Zero: the sleep
+        // type pm.rs powers off on (0 = ZeroOp).
+        assert_eq!(pm::S5_SLP_TYP, 0);
+        assert_eq!(
+            &d[36..],
+            &[0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x04, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn madt_has_one_enabled_local_apic_and_no_ioapic() {
+        let t = build();
+        let m = table(&t, t.madt, b"APIC");
+        assert_eq!(u32_at(m, 36), LAPIC_ADDR);
+        assert_eq!(u32_at(m, MADT_FLAGS_OFFSET), MADT_PCAT_COMPAT);
+        // Type 0 (processor local APIC), length 8, UID 0, APIC ID 0, flags: enabled.
+        assert_eq!(&m[44..], &[0, 8, 0, 0, 1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn write_puts_the_image_in_guest_memory() {
+        let mut mem = GuestMemory::new(2 << 20).unwrap();
+        let rsdp = write(&mut mem).unwrap();
+        let mut sig = [0u8; 8];
+        mem.read(rsdp, &mut sig).unwrap();
+        assert_eq!(&sig, b"RSD PTR ");
+    }
+}
