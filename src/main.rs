@@ -1,6 +1,7 @@
 //! krr: record and replay x86-64 Linux kernel executions.
 
 mod demo;
+mod engine_args;
 mod info;
 mod replay_cmd;
 mod run;
@@ -33,12 +34,8 @@ struct BootArgs {
     /// Guest RAM, e.g. 512M or 2G.
     #[arg(long, default_value = "512M")]
     mem: String,
-    /// One instruction per block (precise mode).
-    #[arg(long)]
-    singlestep: bool,
-    /// Interpreter only (no JIT).
-    #[arg(long)]
-    interpret: bool,
+    #[command(flatten)]
+    engine: engine_args::EngineArgs,
     /// Stop after this many instructions.
     #[arg(long)]
     max_instructions: Option<u64>,
@@ -88,8 +85,7 @@ fn boot(b: BootArgs, record: Option<(PathBuf, u64)>) -> Result<i32, String> {
         initrd: b.initrd,
         append: b.append,
         mem_bytes,
-        singlestep: b.singlestep,
-        interpret: b.interpret,
+        engine: b.engine.config(),
         max_instructions: b.max_instructions,
         host_time: b.host_time,
         record,

@@ -2,19 +2,14 @@
 
 use clap::Args;
 use krr::replay::{ReplayOptions, Replayer, Verdict};
-use krr_jit::{EngineConfig, TierPolicy};
 use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct ReplayArgs {
     /// The trace to replay.
     trace: PathBuf,
-    /// One instruction per block (precise mode); results are identical to the default.
-    #[arg(long)]
-    singlestep: bool,
-    /// Interpreter only (no JIT).
-    #[arg(long)]
-    interpret: bool,
+    #[command(flatten)]
+    engine: crate::engine_args::EngineArgs,
     /// Do not print the guest's console output.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -53,19 +48,7 @@ fn parse_log_bound(s: &str) -> Result<(u64, u64), String> {
 }
 
 pub fn run(a: ReplayArgs) -> Result<i32, String> {
-    let engine = EngineConfig {
-        policy: if a.interpret {
-            TierPolicy::Interpret
-        } else {
-            TierPolicy::Tiered
-        },
-        max_block_insns: if a.singlestep {
-            1
-        } else {
-            EngineConfig::default().max_block_insns
-        },
-        ..EngineConfig::default()
-    };
+    let engine = a.engine.config();
     if a.log_file.is_some() && a.log_bound.is_none() {
         return Err("-D FILE needs --log-bound start=N1,end=N2".into());
     }

@@ -3,7 +3,7 @@
 
 use krr::machine::{linux, Machine, MachineConfig, RunEnd};
 use krr::record::{record, RecordOptions};
-use krr_jit::{EngineConfig, TierPolicy};
+use krr_jit::EngineConfig;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -12,8 +12,7 @@ pub struct RunArgs {
     pub initrd: Option<String>,
     pub append: String,
     pub mem_bytes: u64,
-    pub singlestep: bool,
-    pub interpret: bool,
+    pub engine: EngineConfig,
     pub max_instructions: Option<u64>,
     /// Host time instead of virtual time.
     pub host_time: bool,
@@ -49,19 +48,7 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         Some(p) => Some(std::fs::read(p).map_err(|e| format!("cannot read initrd {p}: {e}"))?),
         None => None,
     };
-    let engine = EngineConfig {
-        policy: if args.interpret {
-            TierPolicy::Interpret
-        } else {
-            TierPolicy::Tiered
-        },
-        max_block_insns: if args.singlestep {
-            1
-        } else {
-            EngineConfig::default().max_block_insns
-        },
-        ..EngineConfig::default()
-    };
+    let engine = args.engine;
     let bar = krr::report::progress(None);
     let mut m = Machine::new(
         MachineConfig {

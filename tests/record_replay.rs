@@ -75,9 +75,24 @@ fn recording_is_deterministic_and_replays_exactly_in_every_mode() {
     let a = tmp("a");
     let b = tmp("b");
     let (outcome, rec) = record_demo_guest(EngineConfig::default(), &a, false).unwrap();
-    // Recording in single-step mode must give the very same trace: the trace does not
-    // depend on how the engine forms blocks.
+    // Recording in single-step mode, or with every block compiled at once, must give the very
+    // same trace: the trace does not depend on how the engine forms or compiles blocks.
     record_demo_guest(singlestep(), &b, false).unwrap();
+    let c = tmp("c");
+    record_demo_guest(
+        EngineConfig {
+            policy: TierPolicy::CompileAll,
+            ..EngineConfig::default()
+        },
+        &c,
+        false,
+    )
+    .unwrap();
+    assert!(
+        std::fs::read(&c).unwrap() == std::fs::read(&a).unwrap(),
+        "recording with every block compiled gave another trace"
+    );
+    std::fs::remove_file(&c).unwrap();
     let (ta, tb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     assert!(ta == tb, "two recordings of the same guest differ");
     let counts = &rec.counts;
@@ -97,6 +112,21 @@ fn recording_is_deterministic_and_replays_exactly_in_every_mode() {
         ("default again", EngineConfig::default()),
         ("single-step", singlestep()),
         ("interpreter", interpreter()),
+        (
+            "compiled early",
+            EngineConfig {
+                hot_threshold: 1,
+                ..EngineConfig::default()
+            },
+        ),
+        (
+            "compiled in the background",
+            EngineConfig {
+                hot_threshold: 2,
+                background_compile: true,
+                ..EngineConfig::default()
+            },
+        ),
     ] {
         let out = replay(&a, engine);
         assert!(

@@ -50,10 +50,10 @@ impl Default for EngineConfig {
         EngineConfig {
             policy: TierPolicy::Tiered,
             max_block_insns: 64,
-            hot_threshold: 50,
+            hot_threshold: 1000,
             batch: 16,
             deliver_exceptions: false,
-            background_compile: std::env::var_os("KRR_NO_BG").is_none(),
+            background_compile: false,
         }
     }
 }
