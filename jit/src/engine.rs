@@ -15,7 +15,7 @@ use crate::clif::{CompiledBlock, Jit};
 use crate::interp::{Interp, StepResult};
 use iced_x86::Instruction;
 use krr_runtime::{mmu, CpuState};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::time::Duration;
 
 /// When blocks get compiled.
@@ -134,13 +134,13 @@ impl Engine {
         Ok(Engine {
             config,
             entries: Vec::new(),
-            by_phys: HashMap::new(),
+            by_phys: HashMap::default(),
             jump_cache: vec![(u64::MAX, 0, NO_ENTRY); JUMP_CACHE],
             jit,
             pending: Vec::new(),
             stats: EngineStats::default(),
             logged_unimplemented: Default::default(),
-            page_blocks: HashMap::new(),
+            page_blocks: HashMap::default(),
             undo: crate::interp::Undo::new(),
             tlb_generation: 0,
         })
@@ -150,9 +150,27 @@ impl Engine {
         cpu.cpl() as u32
     }
 
-    /// Forget every linear-address lookup (after a TLB flush: CR3 write, INVLPG).
+    /// Forget every linear-address lookup (after a full TLB flush: CR3 write, ...).
     pub fn flush_jump_cache(&mut self) {
         self.jump_cache.fill((u64::MAX, 0, NO_ENTRY));
+    }
+
+    /// Forget the lookups on pages flushed one at a time (INVLPG). A block on the page before
+    /// may end with an instruction straddling into a flushed page: those go too.
+    #[inline(never)]
+    fn flush_jump_cache_pages(&mut self, cpu: &mut CpuState) {
+        let n = cpu.tlb.page_flush_count as usize;
+        cpu.tlb.page_flush_count = 0;
+        let pages = &cpu.tlb.page_flushes[..n];
+        for e in self.jump_cache.iter_mut() {
+            let page = e.0 & !0xfff;
+            if pages
+                .iter()
+                .any(|&p| page == p || page.wrapping_add(0x1000) == p)
+            {
+                *e = (u64::MAX, 0, NO_ENTRY);
+            }
+        }
     }
 
     #[inline]
@@ -327,7 +345,10 @@ impl Engine {
             if cpu.tlb.generation != self.tlb_generation {
                 // Linear addresses may map elsewhere now.
                 self.tlb_generation = cpu.tlb.generation;
+                cpu.tlb.page_flush_count = 0;
                 self.flush_jump_cache();
+            } else if cpu.tlb.page_flush_count != 0 {
+                self.flush_jump_cache_pages(cpu);
             }
             if cpu.bus.is_some()
                 && krr_runtime::bus::with_bus(cpu, |bus, cpu| bus.wants_exit(cpu)).unwrap_or(false)

@@ -28,9 +28,17 @@ pub struct TlbEntry {
 pub struct Tlb {
     /// `[mmu_idx][access]` where access 0 = read, 1 = write.
     pub sets: [[[TlbEntry; TLB_ENTRIES]; 2]; 2],
-    /// Bumped by every flush: the engine drops its linear-address lookups when it changes.
+    /// Bumped by every full flush: the engine drops its linear-address lookups when it
+    /// changes.
     pub generation: u64,
+    /// Pages flushed one at a time (INVLPG) since the engine last looked: it drops only the
+    /// lookups on those pages. More than fit count as a full flush.
+    pub page_flushes: [u64; PAGE_FLUSHES],
+    pub page_flush_count: u64,
 }
+
+/// Single-page flushes remembered before they turn into a full one.
+pub const PAGE_FLUSHES: usize = 8;
 
 pub const TLB_SET_BYTES: usize = TLB_ENTRIES * std::mem::size_of::<TlbEntry>();
 
@@ -42,10 +50,13 @@ impl Tlb {
                 addend: 0,
             }; TLB_ENTRIES]; 2]; 2],
             generation: 0,
+            page_flushes: [0; PAGE_FLUSHES],
+            page_flush_count: 0,
         }
     }
     pub fn flush(&mut self) {
         self.generation += 1;
+        self.page_flush_count = 0;
         for e in self.sets.iter_mut().flatten().flatten() {
             e.tag = TLB_INVALID;
         }
@@ -59,9 +70,18 @@ impl Tlb {
         }
     }
     pub fn flush_page(&mut self, linear: u64) {
-        self.generation += 1;
         let idx = tlb_index(linear);
         let page = linear & !0xfff;
+        match self.page_flushes.get_mut(self.page_flush_count as usize) {
+            Some(slot) => {
+                *slot = page;
+                self.page_flush_count += 1;
+            }
+            None => {
+                self.generation += 1;
+                self.page_flush_count = 0;
+            }
+        }
         for set in self.sets.iter_mut().flatten() {
             if set[idx].tag == page {
                 set[idx].tag = TLB_INVALID;
