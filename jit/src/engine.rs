@@ -87,6 +87,8 @@ pub struct EngineStats {
     pub unimplemented: u64,
     /// Blocks discarded because the guest wrote their code.
     pub blocks_invalidated: u64,
+    /// Dispatcher visits in the checked mode (single-step, breakpoints, RF; engine::debug).
+    pub checked_visits: u64,
 }
 
 struct Entry {

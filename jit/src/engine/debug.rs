@@ -65,6 +65,7 @@ impl Engine {
     /// One dispatcher visit in the checked mode: at most one instruction, and the #DB
     /// exceptions around it (see the module documentation). `None`: go on dispatching.
     pub(super) fn debug_visit(&mut self, cpu: &mut CpuState) -> Option<Exit> {
+        self.stats.checked_visits += 1;
         let inhibited = cpu.db_inhibit_at == cpu.icount;
         if cpu.pending_db != 0 && !inhibited {
             let bits = std::mem::take(&mut cpu.pending_db);
