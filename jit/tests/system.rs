@@ -3006,7 +3006,8 @@ fn data_breakpoints_trap_after_the_access() {
 
 /// A data breakpoint hit by MOV SS is held until the next instruction completes (6.8.3): after
 /// an ordinary instruction, the trap follows it; after INT3, #BP is delivered first and the
-/// #DB arrives at the #BP handler's first instruction (the behaviour behind CVE-2018-8897).
+/// #DB arrives at the #BP handler's first instruction (the behaviour behind CVE-2018-8897); a
+/// fault (#UD) likewise.
 #[test]
 fn data_breakpoint_on_mov_ss_is_delayed() {
     const W: u64 = KSCRATCH + 0x300;
@@ -3025,6 +3026,10 @@ fn data_breakpoint_on_mov_ss_is_delayed() {
             k.mov(ss, word_ptr(W))?;
             k.int3()?;
             k.def("m4")?;
+            k.mov(ss, word_ptr(W))?;
+            k.def("m5")?;
+            k.ud2()?;
+            k.def("m6")?;
             k.xor(eax, eax)?;
             k.mov(dr7, rax)?;
             report(k, rbx)?;
@@ -3036,15 +3041,17 @@ fn data_breakpoint_on_mov_ss_is_delayed() {
             m.mem.write(W, &KERNEL_SS.to_le_bytes()).unwrap();
             gate_to(m, DB, "dbh");
             m.action(BP, 1);
+            m.resume_at(UD, "m6");
         },
     );
-    let d = db_reports(&r, 0, 2);
+    let d = db_reports(&r, 0, 3);
     assert_eq!((d[0].0, d[0].2), (r.label("m2"), 0xffff_0ff1));
     assert_eq!((d[1].0, d[1].2), (r.label("stub3"), 0xffff_0ff1));
     assert_eq!(d[1].1 & IF, 0, "interrupted in the #BP handler (IF clear)");
-    let e = r.event();
-    assert_eq!((e.vector, e.rip), (BP, r.label("m4")));
-    assert_eq!(r.reports[6..], [1]);
+    assert_eq!((d[2].0, d[2].2), (r.label("stub6"), 0xffff_0ff1));
+    let got: Vec<(u8, u64)> = r.events.iter().map(|e| (e.vector, e.rip)).collect();
+    assert_eq!(got, vec![(BP, r.label("m4")), (UD, r.label("m5"))]);
+    assert_eq!(r.reports[9..], [1]);
 }
 
 /// DR7.GD: any debug-register access is a #DB fault with DR6.BD, and GD is cleared for the

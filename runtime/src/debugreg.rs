@@ -98,7 +98,8 @@ pub fn data_hits(cpu: &CpuState, linear: u64, size: u64, write: bool) -> u64 {
 /// Are data accesses alignment-checked now (CR0.AM, RFLAGS.AC, CPL3; SDM 6.15 Interrupt 17)?
 #[inline]
 pub fn alignment_checked(cpu: &CpuState) -> bool {
-    cpu.cr0 & CR0_AM != 0 && cpu.rflags & rflags::AC != 0 && cpu.cpl() == 3
+    // RFLAGS.AC first: it is the rarest at CPL3 (Linux keeps CR0.AM set).
+    cpu.rflags & rflags::AC != 0 && cpu.cpl() == 3 && cpu.cr0 & CR0_AM != 0
 }
 
 /// Does a `size`-byte access at `linear` raise #AC? Words, doublewords and quadwords must be

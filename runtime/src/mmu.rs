@@ -266,9 +266,9 @@ pub fn translate(
 #[inline]
 pub fn mmu_index(cpu: &CpuState) -> usize {
     let user = cpu.cpl() == 3;
-    let checked = (cpu.dr[7] & crate::debugreg::dr7::ENABLE_MASK != 0
-        && crate::debugreg::data_breakpoints(cpu.dr[7]) != 0)
-        || (user && crate::debugreg::alignment_checked(cpu));
+    let checked = crate::debugreg::alignment_checked(cpu)
+        || (cpu.dr[7] & crate::debugreg::dr7::ENABLE_MASK != 0
+            && crate::debugreg::data_breakpoints(cpu.dr[7]) != 0);
     user as usize | (checked as usize) << 1
 }
 

@@ -113,8 +113,13 @@ impl Engine {
                 cpu.rflags |= rf;
                 return exit;
             }
-            // An exception or software interrupt: no trap for this instruction.
-            Some(other) => return Some(other),
+            // An exception or software interrupt: no trap for this instruction. Its delivery
+            // starts a new context: a trap held by a MOV SS shadow comes before the handler's
+            // first instruction.
+            Some(other) => {
+                cpu.db_inhibit_at = u64::MAX;
+                return Some(other);
+            }
         }
         // SYSCALL and SYSRET trap by TF as they leave it (SYSRET setting TF also leaves a
         // pending trap, for when it ran outside this mode).
