@@ -59,7 +59,7 @@ pub fn decode(cpu: &mut CpuState, mode: u32, max_insns: usize) -> Result<Block, 
         Err(mmu::MemFault::Unbacked { phys }) => return Err(FetchError::Unbacked { phys }),
     };
     bytes.truncate(got);
-    let phys = match mmu::translate(cpu, start, mmu::Access::Execute, mmu::mmu_index(cpu) == 1) {
+    let phys = match mmu::translate(cpu, start, mmu::Access::Execute, mode & 3 == 3) {
         Ok(t) => t.phys,
         Err(e) => {
             cpu.exception = e;

@@ -548,7 +548,14 @@ fn lower_block(
     fb.ins().return_(&[code]);
     fb.switch_to_block(body);
     let regs = std::array::from_fn(|_| fb.declare_var(types::I64));
-    let mmu_idx = (block.mode == 3) as u64;
+    // User code uses MMU index 1, with alignment checking the checked index 3 (every access
+    // takes the slow path, which raises #AC).
+    let mmu_idx = ((block.mode & 3) == 3) as u64
+        | if block.mode & crate::engine::MODE_ALIGNMENT_CHECK != 0 {
+            2
+        } else {
+            0
+        };
     let mut l = Lower {
         pending_exits: Vec::new(),
         fb,

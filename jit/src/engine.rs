@@ -18,6 +18,8 @@ use krr_runtime::{mmu, CpuState};
 use rustc_hash::FxHashMap as HashMap;
 use std::time::Duration;
 
+mod debug;
+
 /// When blocks get compiled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TierPolicy {
@@ -85,6 +87,8 @@ pub struct EngineStats {
     pub unimplemented: u64,
     /// Blocks discarded because the guest wrote their code.
     pub blocks_invalidated: u64,
+    /// Dispatcher visits in the checked mode (single-step, breakpoints, RF; engine::debug).
+    pub checked_visits: u64,
 }
 
 struct Entry {
@@ -119,6 +123,9 @@ pub struct Engine {
 
 const NO_ENTRY: u32 = u32::MAX;
 
+/// Block mode bit: CPL3 code running with alignment checking (CR0.AM, RFLAGS.AC).
+pub const MODE_ALIGNMENT_CHECK: u32 = 4;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("cannot set up the Cranelift JIT: {0}")]
@@ -146,8 +153,15 @@ impl Engine {
         })
     }
 
+    /// The translation mode: the CPL, plus [`MODE_ALIGNMENT_CHECK`] while data accesses are
+    /// alignment-checked (their compiled code uses the checked MMU index).
     fn mode(cpu: &CpuState) -> u32 {
         cpu.cpl() as u32
+            | if krr_runtime::debugreg::alignment_checked(cpu) {
+                MODE_ALIGNMENT_CHECK
+            } else {
+                0
+            }
     }
 
     /// Forget every linear-address lookup (after a full TLB flush: CR3 write, ...).
@@ -190,7 +204,8 @@ impl Engine {
     fn lookup_slow(&mut self, cpu: &mut CpuState, slot: usize) -> Result<usize, Exit> {
         let rip = cpu.rip;
         let mode = Self::mode(cpu);
-        let phys = match mmu::translate(cpu, rip, mmu::Access::Execute, mode == 3) {
+        let user = mode & 3 == 3;
+        let phys = match mmu::translate(cpu, rip, mmu::Access::Execute, user) {
             Ok(t) => t.phys,
             Err(e) => {
                 cpu.exception = e;
@@ -217,7 +232,7 @@ impl Engine {
                 let id = self.entries.len();
                 // The pages the code lies on (the last instruction may straddle into the next).
                 let last = rip.wrapping_add(block.len as u64 - 1);
-                let last_phys = mmu::translate(cpu, last, mmu::Access::Execute, mode == 3)
+                let last_phys = mmu::translate(cpu, last, mmu::Access::Execute, user)
                     .map(|t| t.phys)
                     .unwrap_or(phys);
                 for page in [phys >> 12, last_phys >> 12] {
@@ -264,7 +279,10 @@ impl Engine {
 
     /// Can an external interrupt be taken at this instruction boundary?
     pub fn interrupts_enabled(cpu: &CpuState) -> bool {
-        cpu.rflags & krr_runtime::rflags::IF != 0 && cpu.irq_shadow_at != cpu.icount
+        cpu.rflags & krr_runtime::rflags::IF != 0
+            && cpu.irq_shadow_at != cpu.icount
+            // A debug trap due at this boundary comes first.
+            && cpu.pending_db == 0
     }
 
     /// Deliver external interrupt `vector` now (the caller checked `interrupts_enabled`).
@@ -338,6 +356,13 @@ impl Engine {
         loop {
             if self.jit.as_ref().is_some_and(|j| j.in_flight() > 0) {
                 self.install_background(false);
+            }
+            if debug::checked_mode(cpu) {
+                // Single-stepping, breakpoints or RF: one instruction at a time (engine::debug).
+                match self.debug_visit(cpu) {
+                    Some(exit) => return exit,
+                    None => continue,
+                }
             }
             if cpu.icount >= cpu.icount_limit {
                 return Exit::Budget;

@@ -46,7 +46,9 @@ pub fn run(cpu: &mut CpuState, h: Helper, args: [u64; 3]) -> u64 {
         Helper::Interpret => unreachable!("Interpret needs the instruction"),
         Helper::MaterializeFlags => interp::materialize_flags(cpu),
         Helper::Cpuid => {
-            let [a, b, c, d] = cpu.cpuid.lookup(cpu.gpr[RAX] as u32, cpu.gpr[RCX] as u32);
+            let [a, b, c, d] = cpu
+                .cpuid
+                .query(cpu.gpr[RAX] as u32, cpu.gpr[RCX] as u32, cpu.cr4);
             cpu.gpr[RAX] = a as u64;
             cpu.gpr[RBX] = b as u64;
             cpu.gpr[RCX] = c as u64;

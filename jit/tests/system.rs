@@ -1728,6 +1728,7 @@ fn fxsave_fxrstor_layout() {
         |m| {
             write_src(m);
             m.mem.write(BAD + 24, &0x1_0000u32.to_le_bytes()).unwrap();
+            m.mem.write(IMG + 416, &[0xa5; 96]).unwrap();
             m.resume_at(GP, "next");
         },
     );
@@ -1758,6 +1759,11 @@ fn fxsave_fxrstor_layout() {
         r.bytes(IMG + 8, 8),
         vec![0; 8],
         "the misaligned FXSAVE wrote nothing"
+    );
+    assert_eq!(
+        r.bytes(IMG + 416, 96),
+        vec![0xa5; 96],
+        "FXSAVE leaves the reserved and software-available bytes 416-511 alone"
     );
 }
 
@@ -2585,10 +2591,11 @@ fn upper_level_permissions_apply() {
     assert_eq!(r.cpu.gpr[RBX], 0x1234);
 }
 
-/// With CR0.AM=1 and RFLAGS.AC=1, a misaligned data access at CPL3 is #AC(0) (SDM 6.15
-/// "Interrupt 17"); at CPL0 it is not checked.
+/// With CR0.AM=1 and RFLAGS.AC=1, a misaligned data access at CPL3 is #AC(0), a fault (RF=1
+/// pushed) (SDM 6.15 "Interrupt 17", Table 6-7): loads, stores and the read of PUSH m64.
+/// Aligned accesses, CPL0, 16-byte SSE accesses (Intel: only references "of 8 bytes or less"
+/// are checked) and AC=0 are not checked.
 #[test]
-#[ignore = "not modelled yet: #AC (ARCHITECTURE.md)"]
 fn alignment_check_at_cpl3() {
     let r = run_all(
         |k| {
@@ -2600,14 +2607,29 @@ fn alignment_check_at_cpl3() {
         },
         |u| {
             u.mov(eax, dword_ptr(UDATA + 4))?;
-            u.def("mis")?;
-            u.mov(eax, dword_ptr(UDATA + 1))?;
+            cases(u, 3, |u, i| match i {
+                0 => u.mov(eax, dword_ptr(UDATA + 1)),
+                1 => u.mov(word_ptr(UDATA + 3), ax),
+                _ => u.push(qword_ptr(UDATA + 4)),
+            })?;
+            u.movups(xmm0, xmmword_ptr(UDATA + 1))?;
+            u.mov(al, byte_ptr(UDATA + 1))?;
+            u.pushfq()?;
+            u.btr(qword_ptr(rsp), 18)?;
+            u.popfq()?;
+            u.mov(rax, qword_ptr(UDATA + 3))?;
+            u.def("end")?;
             u.ud2()
         },
-        no_setup,
+        |m| m.resume_at(17, "next"),
     );
-    let e = r.event();
-    assert_eq!((e.vector, e.error_code, e.rip), (17, 0, r.label("mis")));
+    assert_eq!(r.events.len(), 4, "{:#x?}", r.events);
+    for (i, e) in r.events[..3].iter().enumerate() {
+        assert_eq!((e.vector, e.error_code), (17, 0), "case {i}");
+        assert_eq!(e.rip, r.label(&format!("t{i}")), "case {i}");
+        assert_eq!(e.rflags & (RF | (1 << 18)), RF | (1 << 18), "case {i}");
+    }
+    assert_eq!((r.events[3].vector, r.events[3].rip), (UD, r.label("end")));
 }
 
 /// A gate whose handler address is non-canonical: #GP during delivery, reported at the
@@ -2631,4 +2653,587 @@ fn gate_with_non_canonical_target() {
     assert_eq!(e.vector, GP);
     assert_eq!(e.error_code & !1, 0, "no selector in the error code");
     assert_eq!(e.rip, r.label("ud"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Debug exceptions: single-step, breakpoints, RF
+
+const DB: u8 = 1;
+const TF: u64 = 1 << 8;
+/// The six arithmetic flags.
+const ARITH: u64 = 0x8d5;
+
+/// Point IDT gate `v` at the kernel label `name` (64-bit interrupt gate, DPL0, no IST).
+fn gate_to(m: &mut Machine, v: u8, name: &str) {
+    let target = m.label(name);
+    let lo = (target & 0xffff)
+        | ((KERNEL_CS as u64) << 16)
+        | (0xeu64 << 40)
+        | (1 << 47)
+        | (((target >> 16) & 0xffff) << 48);
+    m.mem.write_u64(IDT + 16 * v as u64, lo).unwrap();
+    m.mem
+        .write_u64(IDT + 16 * v as u64 + 8, target >> 32)
+        .unwrap();
+}
+
+/// A #DB handler at label `dbh` (install it with `gate_to(m, DB, "dbh")`): reports the pushed
+/// RIP, the pushed RFLAGS and DR6, clears DR6, sets RF in the frame (as debuggers do, so that
+/// an instruction breakpoint does not fire again on return) and returns.
+fn db_handler(k: &mut Asm) -> AsmResult {
+    k.def("dbh")?;
+    k.push(rax)?;
+    k.mov(rax, qword_ptr(rsp + 8))?;
+    report(k, rax)?;
+    k.mov(rax, qword_ptr(rsp + 24))?;
+    report(k, rax)?;
+    k.mov(rax, dr6)?;
+    report(k, rax)?;
+    k.xor(eax, eax)?;
+    k.mov(dr6, rax)?;
+    k.bts(qword_ptr(rsp + 24), 16)?;
+    k.pop(rax)?;
+    k.iretq()
+}
+
+/// The (RIP, RFLAGS, DR6) triples `db_handler` reported, from `reports[from..]`.
+fn db_reports(r: &Outcome, from: usize, n: usize) -> Vec<(u64, u64, u64)> {
+    assert!(
+        r.reports.len() >= from + 3 * n,
+        "expected {n} #DB reports: {:#x?}",
+        r.reports
+    );
+    r.reports[from..from + 3 * n]
+        .chunks(3)
+        .map(|c| (c[0], c[1], c[2]))
+        .collect()
+}
+
+/// RFLAGS.TF: a #DB trap after every instruction that starts with TF=1, RIP past it, DR6.BS
+/// (SDM 17.3.1.4). The IRETQ that loads TF is not trapped itself ("the processor will not
+/// generate this exception after the instruction that sets the TF flag"); the handler runs
+/// with TF clear and its IRETQ resumes stepping; the pushed RF is 0 (a trap, 17.3.1.1). A
+/// faulting instruction gets its fault (RF=1 pushed) and no trap. PUSHFQ shows TF.
+#[test]
+fn single_step_traps_after_each_user_instruction() {
+    let r = run_all(
+        |k| iret_to_user(k, UCODE, USTACK_TOP, 0x302),
+        |u| {
+            u.mov(eax, 1)?;
+            u.def("u1")?;
+            u.add(eax, 2)?;
+            u.def("u2")?;
+            u.pushfq()?;
+            u.def("u3")?;
+            u.pop(rbx)?;
+            u.def("u4")?;
+            u.ud2()
+        },
+        |m| m.action(DB, 1),
+    );
+    assert_eq!(r.events.len(), 5, "{:#x?}", r.events);
+    for (e, (l, stack)) in r.events.iter().zip([
+        ("u1", USTACK_TOP),
+        ("u2", USTACK_TOP),
+        ("u3", USTACK_TOP - 8),
+        ("u4", USTACK_TOP),
+    ]) {
+        assert_eq!((e.vector, e.error_code, e.rip), (DB, 0, r.label(l)), "{l}");
+        assert_eq!((e.cs, e.ss, e.rsp), (USER_CS as u64, USER_SS as u64, stack));
+        assert_eq!(e.rflags & !ARITH, 0x302, "{l}: TF pushed, RF=0 for a trap");
+        assert_eq!(
+            e.hflags & (TF | IF),
+            0,
+            "the handler runs with TF and IF clear"
+        );
+    }
+    let e = r.events[4];
+    assert_eq!((e.vector, e.rip), (UD, r.label("u4")));
+    assert_eq!(e.rflags & !ARITH, 0x302 | RF);
+    assert_eq!(r.cpu.gpr[RBX] & (TF | RF | IF), TF | IF);
+}
+
+/// TF set by POPF takes effect after the next instruction; POPF clearing TF is still trapped
+/// (TF was set when it started); INT3 delivers #BP without a single-step trap (delivery clears
+/// TF; the handler's IRETQ restores it); a trap after MOV SS waits for the next instruction,
+/// which then traps once (SDM 17.3.1.4, 6.8.3). DR6.BS stays set; B0-B3 are clear.
+#[test]
+fn single_step_popf_int3_and_mov_ss() {
+    let r = run_all(
+        |k| {
+            k.xor(ebx, ebx)?;
+            k.pushfq()?;
+            k.bts(qword_ptr(rsp), 8)?;
+            k.popfq()?;
+            k.inc(ebx)?;
+            k.def("s1")?;
+            k.int3()?;
+            k.def("s2")?;
+            k.mov(ax, KERNEL_SS as u32)?;
+            k.def("s3")?;
+            k.mov(ss, ax)?;
+            k.inc(ebx)?;
+            k.def("s5")?;
+            k.pushfq()?;
+            k.def("s6")?;
+            k.btr(qword_ptr(rsp), 8)?;
+            k.def("s7")?;
+            k.popfq()?;
+            k.def("s8")?;
+            k.inc(ebx)?;
+            k.mov(rax, dr6)?;
+            report(k, rax)?;
+            report(k, rbx)?;
+            stop(k)
+        },
+        no_user,
+        |m| {
+            m.action(DB, 1);
+            m.action(BP, 1);
+        },
+    );
+    let got: Vec<(u8, u64)> = r.events.iter().map(|e| (e.vector, e.rip)).collect();
+    let want: Vec<(u8, u64)> = [
+        (DB, "s1"),
+        (BP, "s2"),
+        (DB, "s3"),
+        (DB, "s5"),
+        (DB, "s6"),
+        (DB, "s7"),
+        (DB, "s8"),
+    ]
+    .iter()
+    .map(|&(v, l)| (v, r.label(l)))
+    .collect();
+    assert_eq!(got, want);
+    let ev = r.events[1];
+    assert_eq!(ev.rflags & (TF | RF), TF, "#BP pushes TF, RF=0");
+    assert_eq!(ev.hflags & TF, 0);
+    assert_eq!(r.reports, vec![0xffff_4ff0, 3]);
+}
+
+/// SYSCALL and SYSRET single-step by TF as they leave it: SYSRET loading TF=1 from R11 traps
+/// right after itself (at the user RIP); SYSCALL with TF masked by SFMASK is not trapped, and
+/// without it traps at the entry point at CPL0 (kvm-unit-tests x86/syscall.c "syscall TF
+/// handling"; Xen XSA-204).
+fn syscall_sysret_single_step(sfmask: u64) -> Outcome {
+    run_all(
+        |k| {
+            let mut entry = k.create_label();
+            k.mov(rax, STAR)?;
+            wrmsr_rax(k, MSR_STAR)?;
+            k.lea(rax, ptr(entry))?;
+            wrmsr_rax(k, MSR_LSTAR)?;
+            k.mov(eax, sfmask as u32)?;
+            wrmsr_rax(k, MSR_SFMASK)?;
+            k.mov(rcx, UCODE)?;
+            k.mov(r11, 0x302u64)?;
+            k.mov(rsp, USTACK_TOP)?;
+            k.sysretq()?;
+            k.set_label(&mut entry)?;
+            k.name("entry", entry);
+            k.ud2()
+        },
+        |u| {
+            u.nop()?;
+            u.def("u1")?;
+            u.syscall()
+        },
+        |m| m.action(DB, 1),
+    )
+}
+
+#[test]
+fn syscall_and_sysret_single_step_by_tf_at_their_end() {
+    let r = syscall_sysret_single_step(SFMASK);
+    let got: Vec<(u8, u64, u64)> = r.events.iter().map(|e| (e.vector, e.rip, e.cs)).collect();
+    let user = USER_CS as u64;
+    let kernel = KERNEL_CS as u64;
+    let entry = r.label("entry");
+    assert_eq!(
+        got,
+        vec![
+            (DB, UCODE, user),
+            (DB, r.label("u1"), user),
+            (UD, entry, kernel)
+        ]
+    );
+    assert_eq!(r.cpu.gpr[11], 0x302, "R11 has TF, not RF");
+
+    let r = syscall_sysret_single_step(0x200);
+    let got: Vec<(u8, u64, u64)> = r.events.iter().map(|e| (e.vector, e.rip, e.cs)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (DB, UCODE, user),
+            (DB, r.label("u1"), user),
+            (DB, entry, kernel),
+            (UD, entry, kernel)
+        ]
+    );
+    assert_eq!(r.events[2].rflags & TF, TF);
+}
+
+/// A budget stop right after a single-stepped instruction: the #DB trap is delivered before
+/// the engine returns, so an external interrupt the driver injects next comes after it
+/// (SDM 6.9: traps on the previous instruction before external interrupts), and the count is
+/// exact.
+#[test]
+fn single_step_trap_is_delivered_before_the_budget_stop() {
+    all_tiers(|tier| {
+        let mut m = Machine::new(
+            |k| iret_to_user(k, UCODE, USTACK_TOP, 0x302),
+            |u| {
+                u.inc(rbx)?;
+                u.ud2()
+            },
+        );
+        m.action(DB, 1);
+        let stub = m.label("stub1");
+        let mut s = m.start(tier);
+        step_to(&mut s, UCODE, 100);
+        let n = s.cpu.icount;
+        s.cpu.icount_limit = n + 1;
+        assert_eq!(s.run(), Exit::Budget);
+        assert_eq!((s.cpu.icount, s.cpu.rip), (n + 1, stub), "{tier:?}");
+        assert_eq!(s.cpu.seg[1].selector, KERNEL_CS);
+        assert!(!Engine::interrupts_enabled(&s.cpu));
+        s.cpu.icount_limit = u64::MAX;
+        let exit = s.run();
+        s.finish(exit)
+    });
+}
+
+/// DR7 breakpoint 0 on execution (R/W=00, LEN=00): a #DB fault before the instruction, RIP
+/// at it, DR6.B0, RF pushed as it was (0) (SDM 17.3.1.1, 17.2.4). The handler sets RF in the
+/// frame, so the IRETQ back executes the instruction; RF then clears, and the next time round
+/// the breakpoint fires again.
+#[test]
+fn instruction_breakpoint_fault_and_resume_flag() {
+    let r = run_all(
+        |k| {
+            let mut brk = k.create_label();
+            k.lea(rax, ptr(brk))?;
+            k.mov(dr0, rax)?;
+            k.mov(eax, 1)?;
+            k.mov(dr7, rax)?;
+            k.xor(ebx, ebx)?;
+            k.mov(ecx, 2)?;
+            k.set_label(&mut brk)?;
+            k.name("bp", brk);
+            k.inc(ebx)?;
+            k.dec(ecx)?;
+            k.jnz(brk)?;
+            k.xor(eax, eax)?;
+            k.mov(dr7, rax)?;
+            k.mov(rax, dr7)?;
+            report(k, rax)?;
+            report(k, rbx)?;
+            stop(k)?;
+            db_handler(k)
+        },
+        no_user,
+        |m| gate_to(m, DB, "dbh"),
+    );
+    let at = r.label("bp");
+    for (rip, flags, status) in db_reports(&r, 0, 2) {
+        assert_eq!(rip, at);
+        assert_eq!(
+            flags & (RF | TF),
+            0,
+            "an instruction breakpoint pushes RF=0"
+        );
+        assert_eq!(status, 0xffff_0ff1);
+    }
+    assert_eq!(r.reports[6..], [0x400, 2]);
+}
+
+/// Data breakpoints (R/W=01 write, 11 read/write; LEN 8 and 4, the address aligned down to
+/// LEN): a #DB trap after the accessing instruction with DR6.Bn of every breakpoint it hit
+/// (SDM 17.2.4, 17.2.5, 17.3.1.2); reads do not hit a write breakpoint, adjacent bytes do
+/// not hit; a read-modify-write traps once; MOVS reading one and writing the other sets both.
+#[test]
+fn data_breakpoints_trap_after_the_access() {
+    const X: u64 = KSCRATCH + 0x100;
+    const Y: u64 = KSCRATCH + 0x200;
+    // L1 | L2, R/W1=01 LEN1=10 (8 bytes), R/W2=11 LEN2=11 (4 bytes).
+    const DR7: u64 = (1 << 2) | (1 << 4) | (1 << 20) | (2 << 22) | (3 << 24) | (3 << 26);
+    let r = run_all(
+        |k| {
+            k.mov(rax, X + 3)?;
+            k.mov(dr1, rax)?;
+            k.mov(rax, Y)?;
+            k.mov(dr2, rax)?;
+            k.mov(rax, DR7)?;
+            k.mov(dr7, rax)?;
+            k.mov(rax, qword_ptr(X))?;
+            k.mov(byte_ptr(X + 7), al)?;
+            k.def("w2")?;
+            k.mov(eax, dword_ptr(Y + 2))?;
+            k.def("w3")?;
+            k.mov(dword_ptr(Y - 4), eax)?;
+            k.mov(dword_ptr(Y + 4), eax)?;
+            k.mov(qword_ptr(X + 8), rax)?;
+            k.add(dword_ptr(Y), eax)?;
+            k.def("w6")?;
+            k.mov(esi, Y as u32)?;
+            k.mov(edi, X as u32)?;
+            k.movsq()?;
+            k.def("w7")?;
+            k.xor(eax, eax)?;
+            k.mov(dr7, rax)?;
+            stop(k)?;
+            db_handler(k)
+        },
+        no_user,
+        |m| gate_to(m, DB, "dbh"),
+    );
+    let got: Vec<(u64, u64)> = db_reports(&r, 0, 4)
+        .iter()
+        .map(|&(rip, _, status)| (rip, status))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (r.label("w2"), 0xffff_0ff2),
+            (r.label("w3"), 0xffff_0ff4),
+            (r.label("w6"), 0xffff_0ff4),
+            (r.label("w7"), 0xffff_0ff6),
+        ]
+    );
+    assert_eq!(r.reports.len(), 12);
+}
+
+/// A data breakpoint hit by MOV SS is held until the next instruction completes (6.8.3): after
+/// an ordinary instruction, the trap follows it; after INT3, #BP is delivered first and the
+/// #DB arrives at the #BP handler's first instruction (the behaviour behind CVE-2018-8897); a
+/// fault (#UD) likewise.
+#[test]
+fn data_breakpoint_on_mov_ss_is_delayed() {
+    const W: u64 = KSCRATCH + 0x300;
+    // L0, R/W0=11, LEN0=01 (2 bytes).
+    const DR7: u64 = 1 | (3 << 16) | (1 << 18);
+    let r = run_all(
+        |k| {
+            k.mov(rax, W)?;
+            k.mov(dr0, rax)?;
+            k.mov(eax, DR7 as u32)?;
+            k.mov(dr7, rax)?;
+            k.xor(ebx, ebx)?;
+            k.mov(ss, word_ptr(W))?;
+            k.inc(ebx)?;
+            k.def("m2")?;
+            k.mov(ss, word_ptr(W))?;
+            k.int3()?;
+            k.def("m4")?;
+            k.mov(ss, word_ptr(W))?;
+            k.def("m5")?;
+            k.ud2()?;
+            k.def("m6")?;
+            k.xor(eax, eax)?;
+            k.mov(dr7, rax)?;
+            report(k, rbx)?;
+            stop(k)?;
+            db_handler(k)
+        },
+        no_user,
+        |m| {
+            m.mem.write(W, &KERNEL_SS.to_le_bytes()).unwrap();
+            gate_to(m, DB, "dbh");
+            m.action(BP, 1);
+            m.resume_at(UD, "m6");
+        },
+    );
+    let d = db_reports(&r, 0, 3);
+    assert_eq!((d[0].0, d[0].2), (r.label("m2"), 0xffff_0ff1));
+    assert_eq!((d[1].0, d[1].2), (r.label("stub3"), 0xffff_0ff1));
+    assert_eq!(d[1].1 & IF, 0, "interrupted in the #BP handler (IF clear)");
+    assert_eq!((d[2].0, d[2].2), (r.label("stub6"), 0xffff_0ff1));
+    let got: Vec<(u8, u64)> = r.events.iter().map(|e| (e.vector, e.rip)).collect();
+    assert_eq!(got, vec![(BP, r.label("m4")), (UD, r.label("m5"))]);
+    assert_eq!(r.reports[9..], [1]);
+}
+
+/// DR7.GD: any debug-register access is a #DB fault with DR6.BD, and GD is cleared for the
+/// handler (SDM 17.2.4); the access then runs normally.
+#[test]
+fn general_detect_faults_debug_register_access() {
+    let r = run_all(
+        |k| {
+            k.mov(eax, 0x2400)?;
+            k.mov(dr7, rax)?;
+            k.def("g0")?;
+            k.mov(rax, dr0)?;
+            k.mov(rax, dr7)?;
+            report(k, rax)?;
+            stop(k)?;
+            db_handler(k)
+        },
+        no_user,
+        |m| gate_to(m, DB, "dbh"),
+    );
+    let d = db_reports(&r, 0, 1);
+    assert_eq!((d[0].0, d[0].2), (r.label("g0"), 0xffff_2ff0));
+    assert_eq!(r.reports[3..], [0x400]);
+}
+
+/// INT1 (ICEBP) is a #DB trap past the instruction, delivered without the gate DPL check that
+/// INT n has (SDM INT n/INTO/INT1/INT3), leaving DR6 alone.
+#[test]
+fn int1_is_a_debug_trap_without_dpl_check() {
+    let r = run_all(
+        enter_user,
+        |u| {
+            u.int1()?;
+            u.def("after")?;
+            u.ud2()
+        },
+        no_setup,
+    );
+    let e = r.event();
+    assert_eq!((e.vector, e.error_code, e.rip), (DB, 0, r.label("after")));
+    assert_eq!((e.cs, e.rflags), (USER_CS as u64, 0x202));
+}
+
+// ---------------------------------------------------------------------------------------
+// The TSS I/O permission bitmap, CPUID and CR4
+
+/// Outside IOPL (CPL3, IOPL0), IN/OUT/INS/OUTS consult the I/O permission bitmap at the offset
+/// the TSS holds at 0x66 (SDM Vol. 1 19.5.2): every bit of the accessed ports must be clear,
+/// and both bitmap bytes the CPU reads must lie within the TSS limit; otherwise #GP(0) before
+/// any port is touched.
+#[test]
+fn tss_io_permission_bitmap() {
+    const MAP: u64 = 0x68;
+    // Ports 0-0x3ff, plus the byte after the map that the CPU may read.
+    const LIMIT: u64 = MAP + 0x80;
+    let r = run_all(
+        enter_user,
+        |u| {
+            u.mov(edx, 0x400)?;
+            cases(u, 7, |u, i| match i {
+                0 => u.in_(al, 0x60),
+                1 => u.in_(ax, 0x66),
+                2 => u.in_(eax, 0x66),
+                3 => u.out(0x71, al),
+                4 => u.out(0x70, al),
+                5 => u.in_(al, dx),
+                _ => {
+                    u.mov(edx, 0x61)?;
+                    u.mov(esi, UDATA as u32)?;
+                    u.mov(ecx, 2)?;
+                    u.rep().outsb()?;
+                    u.mov(edx, 0x3ff)?;
+                    u.def("last")?;
+                    u.in_(al, dx)
+                }
+            })?;
+            u.def("end")?;
+            u.ud2()
+        },
+        |m| {
+            let tss_lo =
+                LIMIT | ((TSS & 0xff_ffff) << 16) | (0x89u64 << 40) | (((TSS >> 24) & 0xff) << 56);
+            m.mem.write_u64(GDT + 0x28, tss_lo).unwrap();
+            m.mem
+                .write(TSS + 0x66, &(MAP as u16).to_le_bytes())
+                .unwrap();
+            let mut map = [0xffu8; 0x81];
+            map[0x60 / 8] = 0; // 0x60-0x67 allowed
+            map[0x70 / 8] = 0xfe; // 0x70 allowed, 0x71-0x77 not
+            m.mem.write(TSS + MAP, &map).unwrap();
+            m.resume_at(GP, "next");
+        },
+    );
+    let got: Vec<(u8, u64, u64)> = r
+        .events
+        .iter()
+        .map(|e| (e.vector, e.error_code, e.rip))
+        .collect();
+    let gp = |l: &str| (GP, 0, r.label(l));
+    assert_eq!(
+        got,
+        vec![
+            gp("t2"),
+            gp("t3"),
+            gp("t5"),
+            gp("last"),
+            (UD, 0, r.label("end"))
+        ]
+    );
+    let ports: Vec<(bool, u16, u8)> =
+        r.io.iter()
+            .map(|io| match *io {
+                Io::In { port, size, .. } => (true, port, size),
+                Io::Out { port, size, .. } => (false, port, size),
+            })
+            .collect();
+    assert_eq!(
+        ports,
+        vec![
+            (true, 0x60, 1),
+            (true, 0x66, 2),
+            (false, 0x70, 1),
+            (false, 0x61, 1),
+            (false, 0x61, 1)
+        ]
+    );
+}
+
+/// CPUID reports XSAVE (leaf 1 ECX[26]) and OSXSAVE (ECX[27]) as CR4.OSXSAVE is; leaf 0xD
+/// subleaf 0 lists x87 and SSE with the 576-byte standard-format area (EBX for the current
+/// XCR0, ECX the maximum), subleaf 1 XSAVEOPT only (SDM CPUID, Vol. 1 13.2, 13.3). CR4 bits
+/// of features CPUID does not report are reserved: writing them is #GP(0) (SDM MOV CR): PCIDE
+/// without PCID, UMIP, PSE, MCE, VME. DE is reported and may be set.
+#[test]
+fn cpuid_xsave_leaves_and_cr4_reserved_bits() {
+    let bits = [17u8, 11, 4, 6, 0];
+    let r = run_all(
+        |k| {
+            let leaf = |k: &mut Asm, l: u32, sub: u32| -> AsmResult {
+                k.mov(eax, l)?;
+                k.mov(ecx, sub)?;
+                k.cpuid()?;
+                k.mov(r8, rax)?;
+                report(k, r8)?;
+                report(k, rbx)?;
+                report(k, rcx)?;
+                report(k, rdx)
+            };
+            leaf(k, 0, 0)?;
+            leaf(k, 1, 0)?;
+            set_cr(k, cr4, cr4::OSXSAVE, true)?;
+            leaf(k, 1, 0)?;
+            leaf(k, 0xd, 0)?;
+            leaf(k, 0xd, 1)?;
+            k.mov(rax, cr4)?;
+            for (i, b) in bits.iter().enumerate() {
+                let r = [r8, r9, r10, r11, r12][i];
+                k.mov(r, rax)?;
+                k.bts(r, *b as u32)?;
+            }
+            cases(k, bits.len(), |k, i| k.mov(cr4, [r8, r9, r10, r11, r12][i]))?;
+            set_cr(k, cr4, 1 << 3, true)?;
+            stop(k)
+        },
+        no_user,
+        |m| m.resume_at(GP, "next"),
+    );
+    let q = |i: usize| &r.reports[4 * i..4 * i + 4];
+    assert_eq!(q(0)[0], 0xd, "maximum basic leaf");
+    let (before, after) = (q(1)[2], q(2)[2]);
+    assert_eq!((before >> 26) & 3, 1, "XSAVE, no OSXSAVE yet");
+    assert_eq!((after >> 26) & 3, 3, "XSAVE and OSXSAVE");
+    assert_eq!(q(1)[3] & (1 << 2), 1 << 2, "DE");
+    assert_eq!(q(3), [3, 576, 576, 0]);
+    assert_eq!(q(4), [1, 0, 0, 0]);
+    assert_eq!(r.events.len(), bits.len(), "{:#x?}", r.events);
+    for (i, e) in r.events.iter().enumerate() {
+        assert_eq!((e.vector, e.error_code), (GP, 0), "CR4 bit {}", bits[i]);
+        assert_eq!(e.rip, r.label(&format!("t{i}")));
+    }
+    assert_eq!(
+        r.cpu.cr4 & ((1 << 3) | cr4::OSXSAVE),
+        (1 << 3) | cr4::OSXSAVE
+    );
 }

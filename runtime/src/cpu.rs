@@ -231,6 +231,14 @@ pub struct CpuState {
     /// Interrupts are inhibited at the instruction boundary where `icount` equals this value
     /// (the STI / MOV SS shadow).
     pub irq_shadow_at: u64,
+    /// Debug traps are inhibited at the instruction boundary where `icount` equals this value
+    /// (the MOV SS shadow: a #DB trap due there waits for the next boundary, SDM 6.8.3).
+    pub db_inhibit_at: u64,
+    /// DR6 bits (B0-B3, BS) of a #DB trap due at the next boundary where traps are not
+    /// inhibited (set while in the MOV SS shadow).
+    pub pending_db: u64,
+    /// B0-B3 bits of the data breakpoints the current instruction hit (MMU checked path).
+    pub db_hits: u64,
     /// Pages holding translated code that were written since the engine last looked
     /// (`smc_count` of them in `smc_pages`; more than fit means "assume any").
     pub smc_count: u64,
@@ -301,6 +309,9 @@ impl CpuState {
             bus: None,
             trap_rip: 0,
             irq_shadow_at: u64::MAX,
+            db_inhibit_at: u64::MAX,
+            pending_db: 0,
+            db_hits: 0,
             smc_count: 0,
             smc_pages: [0; 4],
             code_bitmap: mem.code_page_bitmap().0,

@@ -22,6 +22,17 @@ pub struct CpuidTable {
     pub entries: [CpuidEntry; CPUID_CAPACITY],
 }
 
+const L1_ECX_XSAVE: u32 = 1 << 26;
+const L1_ECX_OSXSAVE: u32 = 1 << 27;
+const CR4_OSXSAVE: u64 = 1 << 18;
+/// XCR0 components the engine implements (XSAVE/XRSTOR/XSETBV): x87 and SSE.
+pub const XCR0_SUPPORTED: u64 = 0x3;
+/// CR4 bits the engine implements whatever the table says: VME, PVI, TSD, DE, PSE, PAE, MCE,
+/// PGE, PCE, OSFXSR, OSXMMEXCPT, UMIP, FSGSBASE, PCIDE, OSXSAVE, SMEP, SMAP. (VME/PVI/PSE/MCE
+/// have no effect in 64-bit mode; a table may advertise them.)
+const CR4_IMPLEMENTED: u64 =
+    0x7ff | (1 << 11) | (1 << 16) | (1 << 17) | (1 << 18) | (1 << 20) | (1 << 21);
+
 fn regs_from_str(s: &[u8; 12]) -> (u32, u32, u32) {
     let w = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
     (w(0), w(4), w(8))
@@ -44,8 +55,9 @@ impl CpuidTable {
     pub fn krr_default() -> CpuidTable {
         let (b, d, c) = regs_from_str(b"KrrKrrKrrKrr");
         let any = u32::MAX;
-        // Leaf 1 EDX: FPU TSC MSR PAE CX8 APIC SEP MTRR PGE CMOV PAT CLFSH MMX FXSR SSE SSE2.
+        // Leaf 1 EDX: FPU DE TSC MSR PAE CX8 APIC SEP MTRR PGE CMOV PAT CLFSH MMX FXSR SSE SSE2.
         let l1_edx = (1 << 0)
+            | (1 << 2)
             | (1 << 4)
             | (1 << 5)
             | (1 << 6)
@@ -61,8 +73,9 @@ impl CpuidTable {
             | (1 << 24)
             | (1 << 25)
             | (1 << 26);
-        // Leaf 1 ECX: CX16 MOVBE POPCNT (bit 31 stays 0: no hypervisor).
-        let l1_ecx = (1 << 13) | (1 << 22) | (1 << 23);
+        // Leaf 1 ECX: CX16 MOVBE POPCNT XSAVE (bit 27, OSXSAVE, mirrors CR4.OSXSAVE, see
+        // `query`; bit 31 stays 0: no hypervisor).
+        let l1_ecx = (1 << 13) | (1 << 22) | (1 << 23) | L1_ECX_XSAVE;
         // Leaf 7.0 EBX: FSGSBASE BMI1 SMEP BMI2 ADX SMAP.
         let l7_ebx = (1 << 0) | (1 << 3) | (1 << 7) | (1 << 8) | (1 << 19) | (1 << 20);
         // Leaf 0x80000001 ECX: LAHF-SAHF, ABM (LZCNT). EDX: SYSCALL NX RDTSCP LM.
@@ -83,7 +96,7 @@ impl CpuidTable {
             CpuidEntry {
                 leaf: 0,
                 subleaf: any,
-                eax: 7,
+                eax: 0xd,
                 ebx: b,
                 ecx: c,
                 edx: d,
@@ -102,6 +115,26 @@ impl CpuidTable {
                 subleaf: 0,
                 eax: 0,
                 ebx: l7_ebx,
+                ecx: 0,
+                edx: 0,
+            },
+            // XSAVE: XCR0 may enable x87 and SSE (EDX:EAX); the standard-format area is 576
+            // bytes (legacy region + header) for every such XCR0 (EBX) and at most (ECX).
+            CpuidEntry {
+                leaf: 0xd,
+                subleaf: 0,
+                eax: XCR0_SUPPORTED as u32,
+                ebx: 576,
+                ecx: 576,
+                edx: 0,
+            },
+            // XSAVEOPT (it saves like XSAVE, which the architecture allows); no XSAVEC,
+            // XGETBV with ECX=1, XSAVES or IA32_XSS.
+            CpuidEntry {
+                leaf: 0xd,
+                subleaf: 1,
+                eax: 1,
+                ebx: 0,
                 ecx: 0,
                 edx: 0,
             },
@@ -135,6 +168,53 @@ impl CpuidTable {
             },
         ];
         CpuidTable::from_entries(&list).expect("default table fits")
+    }
+
+    /// What CPUID returns for `leaf`/`subleaf` with control register 4 `cr4`: the table entry,
+    /// with leaf 1 ECX.OSXSAVE (bit 27) mirroring CR4.OSXSAVE when the table advertises XSAVE.
+    pub fn query(&self, leaf: u32, subleaf: u32, cr4: u64) -> [u32; 4] {
+        let mut r = self.lookup(leaf, subleaf);
+        if leaf == 1 {
+            r[2] &= !L1_ECX_OSXSAVE;
+            if r[2] & L1_ECX_XSAVE != 0 && cr4 & CR4_OSXSAVE != 0 {
+                r[2] |= L1_ECX_OSXSAVE;
+            }
+        }
+        r
+    }
+
+    /// The CR4 bits this CPU model lets software set: each bit whose feature the table
+    /// advertises (SDM Vol. 3A 2.5 and the CPUID feature flags), limited to what the engine
+    /// implements. Setting any other bit is #GP(0).
+    pub fn cr4_supported(&self) -> u64 {
+        let [_, _, ecx1, edx1] = self.lookup(1, 0);
+        let [_, ebx7, ecx7, _] = self.lookup(7, 0);
+        let has = |reg: u32, bit: u32| reg & (1 << bit) != 0;
+        // (CR4 bit, advertised?) for the bits that depend on a feature flag.
+        let table = [
+            (0, has(edx1, 1)),   // VME (virtual-8086 mode extensions)
+            (1, has(edx1, 1)),   // PVI
+            (3, has(edx1, 2)),   // DE
+            (4, has(edx1, 3)),   // PSE
+            (5, has(edx1, 6)),   // PAE
+            (6, has(edx1, 7)),   // MCE
+            (7, has(edx1, 13)),  // PGE
+            (9, has(edx1, 24)),  // OSFXSR
+            (10, has(edx1, 25)), // OSXMMEXCPT
+            (11, has(ecx7, 2)),  // UMIP
+            (16, has(ebx7, 0)),  // FSGSBASE
+            (17, has(ecx1, 17)), // PCIDE
+            (18, has(ecx1, 26)), // OSXSAVE
+            (20, has(ebx7, 7)),  // SMEP
+            (21, has(ebx7, 20)), // SMAP
+        ];
+        // TSD and PCE need no feature flag.
+        let always = (1 << 2) | (1 << 8);
+        table
+            .iter()
+            .filter(|(_, on)| *on)
+            .fold(always, |m, (bit, _)| m | 1u64 << bit)
+            & CR4_IMPLEMENTED
     }
 
     pub fn lookup(&self, leaf: u32, subleaf: u32) -> [u32; 4] {

@@ -37,8 +37,9 @@ fn makes_double_fault(first: u8, second: u8) -> bool {
         || (first == vector::PF && (second == vector::PF || is_contributory(second)))
 }
 
-/// Fault-class exceptions (SDM Table 6-1); #DB is a trap here (INT1; krr has no instruction
-/// breakpoints).
+/// Fault-class exceptions (SDM Table 6-1). #DB is either (an instruction breakpoint or a
+/// general-detect fault, a single-step or data-breakpoint trap) and pushes RF as it is, see
+/// `deliver_once`.
 fn is_fault(v: u8) -> bool {
     matches!(
         v,
@@ -201,8 +202,11 @@ fn deliver_once(
     // The RF image: 1 for fault-class exceptions (so that IRET back to the faulting
     // instruction does not retrigger an instruction breakpoint), 0 for software interrupts and
     // traps (RF is clear once an instruction completes), as it is for external interrupts and
-    // aborts (SDM 17.3.1.1).
+    // aborts. #DB pushes RF as it is: 0 for an instruction breakpoint (which RF=1 would have
+    // suppressed), and for a trap the value the instruction left (IRETQ may have loaded 1)
+    // (SDM 17.3.1.1).
     let pushed_flags = match kind {
+        EventKind::Exception if v == vector::DB => rflags_value,
         EventKind::Exception if is_fault(v) => rflags_value | rflags::RF,
         EventKind::Exception | EventKind::Software => rflags_value & !rflags::RF,
         EventKind::External => rflags_value,

@@ -7,6 +7,7 @@
 pub mod bus;
 pub mod cpu;
 pub mod cpuid;
+pub mod debugreg;
 pub mod desc;
 pub mod interrupt;
 pub mod memory;

@@ -1,7 +1,8 @@
 //! Linear-to-physical translation (4-level paging) and the software TLB.
 //!
 //! The TLB is direct-mapped with [`TLB_ENTRIES`] entries per MMU index (0 = supervisor,
-//! 1 = user) and per access kind (read, write). An entry maps one 4 KiB linear page to host
+//! 1 = user; 2 and 3 are the same with checks, see [`mmu_index`]) and per access kind (read,
+//! write). An entry maps one 4 KiB linear page to host
 //! memory: `tag` is the page's linear address (or [`TLB_INVALID`]) and `addend` is what to add
 //! to a linear address to get the host address. Compiled code does the lookup inline; a miss
 //! calls [`load_slow`]/[`store_slow`], which walk the page tables, set accessed/dirty bits as the
@@ -26,8 +27,9 @@ pub struct TlbEntry {
 
 #[repr(C)]
 pub struct Tlb {
-    /// `[mmu_idx][access]` where access 0 = read, 1 = write.
-    pub sets: [[[TlbEntry; TLB_ENTRIES]; 2]; 2],
+    /// `[mmu_idx][access]` where access 0 = read, 1 = write. The checked indices 2 and 3 are
+    /// never filled: every access through them misses and takes the slow path.
+    pub sets: [[[TlbEntry; TLB_ENTRIES]; 2]; 4],
     /// Bumped by every full flush: the engine drops its linear-address lookups when it
     /// changes.
     pub generation: u64,
@@ -48,7 +50,7 @@ impl Tlb {
             sets: [[[TlbEntry {
                 tag: TLB_INVALID,
                 addend: 0,
-            }; TLB_ENTRIES]; 2]; 2],
+            }; TLB_ENTRIES]; 2]; 4],
             generation: 0,
             page_flushes: [0; PAGE_FLUSHES],
             page_flush_count: 0,
@@ -57,7 +59,7 @@ impl Tlb {
     pub fn flush(&mut self) {
         self.generation += 1;
         self.page_flush_count = 0;
-        for e in self.sets.iter_mut().flatten().flatten() {
+        for e in self.sets[..2].iter_mut().flatten().flatten() {
             e.tag = TLB_INVALID;
         }
     }
@@ -82,7 +84,7 @@ impl Tlb {
                 self.page_flush_count = 0;
             }
         }
-        for set in self.sets.iter_mut().flatten() {
+        for set in self.sets[..2].iter_mut().flatten() {
             if set[idx].tag == page {
                 set[idx].tag = TLB_INVALID;
             }
@@ -277,9 +279,56 @@ pub fn translate(
     Ok(Translation { phys, write_ok })
 }
 
-/// The MMU index compiled code and helpers use: 1 for CPL3, 0 otherwise.
+/// The MMU index compiled code and helpers use: bit 0 for CPL3 (user accesses), bit 1 when
+/// accesses must be checked: a data breakpoint is enabled in DR7, or alignment checking is on
+/// (CR0.AM, RFLAGS.AC at CPL3). The checked indices have no TLB entries, so every access takes
+/// the slow path, which raises #AC and records data-breakpoint hits.
+#[inline]
 pub fn mmu_index(cpu: &CpuState) -> usize {
-    (cpu.cpl() == 3) as usize
+    let user = cpu.cpl() == 3;
+    let checked = crate::debugreg::alignment_checked(cpu)
+        || (cpu.dr[7] & crate::debugreg::dr7::ENABLE_MASK != 0
+            && crate::debugreg::data_breakpoints(cpu.dr[7]) != 0);
+    user as usize | (checked as usize) << 1
+}
+
+/// Is `mmu_idx` a user (CPL3) index?
+pub fn is_user_index(mmu_idx: usize) -> bool {
+    mmu_idx & 1 != 0
+}
+
+/// The checks of the checked MMU indices, before translation: a non-canonical address faults
+/// first (#GP(0)), then a misaligned access with alignment checking on (#AC(0)); enabled data
+/// breakpoints the access hits are recorded in `cpu.db_hits`.
+fn checked_access(
+    cpu: &mut CpuState,
+    linear: u64,
+    size: usize,
+    access: Access,
+    mmu_idx: usize,
+) -> Result<(), MemFault> {
+    if !is_canonical(linear) {
+        cpu.exception = gp0();
+        return Err(MemFault::Exception);
+    }
+    if is_user_index(mmu_idx)
+        && crate::debugreg::alignment_checked(cpu)
+        && crate::debugreg::alignment_fault(linear, size)
+    {
+        cpu.exception = ExceptionRecord {
+            software: false,
+            vector: vector::AC,
+            has_error_code: true,
+            error_code: 0,
+            address: 0,
+        };
+        return Err(MemFault::Exception);
+    }
+    if cpu.dr[7] & crate::debugreg::dr7::ENABLE_MASK != 0 {
+        cpu.db_hits |=
+            crate::debugreg::data_hits(cpu, linear, size as u64, access == Access::Write);
+    }
+    Ok(())
 }
 
 /// Outcome of a slow-path memory access that could not complete.
@@ -298,7 +347,7 @@ fn translate_and_fill(
     access: Access,
     mmu_idx: usize,
 ) -> Result<u64, MemFault> {
-    let t = match translate(cpu, linear, access, mmu_idx == 1) {
+    let t = match translate(cpu, linear, access, is_user_index(mmu_idx)) {
         Ok(t) => t,
         Err(e) => {
             cpu.exception = e;
@@ -315,7 +364,7 @@ fn translate_and_fill(
         .wrapping_add(page_phys)
         .wrapping_sub(page);
     let code = access == Access::Write && cpu.is_code_page(page_phys >> 12);
-    if access != Access::Write || (t.write_ok && !code) {
+    if mmu_idx < 2 && (access != Access::Write || (t.write_ok && !code)) {
         // Reads may always be cached after a successful walk; writes only once dirty.
         let entry = &mut cpu.tlb.sets[mmu_idx][(access == Access::Write) as usize][idx];
         *entry = TlbEntry { tag: page, addend };
@@ -332,6 +381,9 @@ fn translate_access(
     access: Access,
     mmu_idx: usize,
 ) -> Result<[(u64, usize); 2], MemFault> {
+    if mmu_idx >= 2 {
+        checked_access(cpu, linear, size, access, mmu_idx)?;
+    }
     let first_len = (4096 - (linear & 0xfff) as usize).min(size);
     let p0 = translate_and_fill(cpu, linear, access, mmu_idx)?;
     if first_len == size {
@@ -453,7 +505,7 @@ pub fn store_slow(
 /// Fetch up to `out.len()` instruction bytes at `linear`, stopping early at a page that cannot
 /// be fetched. Returns how many bytes were read, or the fault if not even the first byte could be.
 pub fn fetch_code(cpu: &mut CpuState, linear: u64, out: &mut [u8]) -> Result<usize, MemFault> {
-    let user = mmu_index(cpu) == 1;
+    let user = cpu.cpl() == 3;
     let mut done = 0;
     while done < out.len() {
         let addr = linear.wrapping_add(done as u64);

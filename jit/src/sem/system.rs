@@ -10,6 +10,7 @@
 use super::int::read_rflags;
 use super::*;
 use iced_x86::{Mnemonic as M, OpKind};
+use krr_runtime::debugreg::{self, dr6, dr7};
 use krr_runtime::desc::{self, DescFault};
 use krr_runtime::gpr::{RAX, RCX, RDI, RDX, RSI, RSP};
 use krr_runtime::{bus, mmu, rflags, vector, CpuState, ExceptionRecord, Segment};
@@ -113,6 +114,9 @@ enum Sys {
     /// Retired; continue at `next` (or the next instruction).
     Done(Option<u64>),
     Fault(ExceptionRecord),
+    /// A trap that is not a software interrupt (INT1): reported past the instruction, which
+    /// retires, without the gate DPL check.
+    Trap(ExceptionRecord),
     Unbacked(u64),
     Halt,
 }
@@ -199,6 +203,13 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
             }
             Err(a)
         }
+        Sys::Trap(e) => {
+            let a = b.raise_trap(e.vector);
+            if let Some(cpu) = b.cpu_mut() {
+                cpu.exception = e;
+            }
+            Err(a)
+        }
         Sys::Unbacked(p) => {
             let cpu = b.cpu_mut().expect("interpreter");
             cpu.unbacked_phys = p;
@@ -222,34 +233,20 @@ const CR4_TSD: u64 = 1 << 2;
 const CR4_DE: u64 = 1 << 3;
 const CR4_PAE: u64 = 1 << 5;
 const CR4_PCE: u64 = 1 << 8;
+const CR4_OSFXSR: u64 = 1 << 9;
 const CR4_FSGSBASE: u64 = 1 << 16;
 const CR4_PCIDE: u64 = 1 << 17;
 const CR4_OSXSAVE: u64 = 1 << 18;
 const CR4_UMIP: u64 = 1 << 11;
-/// CR4 bits the CPU model supports.
-const CR4_VALID: u64 = 0x1
-    | 0x2
-    | CR4_TSD
-    | CR4_DE
-    | 0x10
-    | 0x20
-    | 0x40
-    | 0x80
-    | CR4_PCE
-    | 0x200
-    | 0x400
-    | CR4_UMIP
-    | CR4_FSGSBASE
-    | CR4_PCIDE
-    | CR4_OSXSAVE
-    | (1 << 20)
-    | (1 << 21);
 const EFER_SCE: u64 = 1;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 const EFER_NXE: u64 = 1 << 11;
-/// XCR0 components the model exposes: x87 and SSE.
-const XCR0_VALID: u64 = 0x3;
+/// XCR0 components the CPU model exposes (CPUID leaf 0xD, within what the engine implements).
+fn xcr0_supported(cpu: &CpuState) -> u64 {
+    let [eax, _, _, edx] = cpu.cpuid.lookup(0xd, 0);
+    (eax as u64 | (edx as u64) << 32) & krr_runtime::cpuid::XCR0_SUPPORTED
+}
 
 fn reg_value(cpu: &CpuState, r: Register) -> u64 {
     let (idx, part) = gpr_of(r);
@@ -288,7 +285,7 @@ fn write_mem(cpu: &mut CpuState, addr: u64, data: &[u8]) -> Result<(), Sys> {
 /// Translate `[addr, addr + len)` for a write at the current privilege, faulting as the store
 /// would, without storing (the caller stores once it has the value).
 fn probe_write(cpu: &mut CpuState, addr: u64, len: u64) -> Result<(), Sys> {
-    let user = mmu::mmu_index(cpu) == 1;
+    let user = mmu::is_user_index(mmu::mmu_index(cpu));
     let last = addr.wrapping_add(len - 1);
     for a in [addr, last] {
         if let Err(e) = mmu::translate(cpu, a, mmu::Access::Write, user) {
@@ -627,10 +624,14 @@ fn run(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags: u64) ->
                 limit: 0xffff_ffff,
                 base: 0,
             };
-            set_rflags(
-                cpu,
-                (cpu.gpr[11] & rflags::WRITABLE & !(rflags::RF | rflags::VM)) | rflags::FIXED1,
-            );
+            let new_flags =
+                (cpu.gpr[11] & rflags::WRITABLE & !(rflags::RF | rflags::VM)) | rflags::FIXED1;
+            set_rflags(cpu, new_flags);
+            if new_flags & rflags::TF != 0 {
+                // SYSRET single-steps by TF as it leaves it: the #DB trap comes right after
+                // it, at the user RIP (the engine's checked mode delivers it).
+                cpu.pending_db |= dr6::BS;
+            }
             Sys::Done(Some(target))
         }
         M::Iretq | M::Iretd | M::Iret => iret(cpu, insn, flags),
@@ -680,7 +681,7 @@ fn run(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags: u64) ->
                 return ud();
             }
             let v = (cpu.gpr[RAX] & 0xffff_ffff) | (cpu.gpr[RDX] << 32);
-            if !priv0 || cpu.gpr[RCX] as u32 != 0 || v & 1 == 0 || v & !XCR0_VALID != 0 {
+            if !priv0 || cpu.gpr[RCX] as u32 != 0 || v & 1 == 0 || v & !xcr0_supported(cpu) != 0 {
                 return gp0();
             }
             cpu.xcr0 = v;
@@ -710,7 +711,9 @@ fn run(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags: u64) ->
                 Sys::Done(None)
             }
         }
-        M::Int1 => Sys::Fault(fault(vector::DB, None)),
+        // INT1 (ICEBP): a #DB trap past the instruction, without the gate's DPL check and
+        // without DR6 bits (SDM INT n/INTO/INT1/INT3 "Description").
+        M::Int1 => Sys::Trap(fault(vector::DB, None)),
         M::Lsl | M::Lar => load_limit_or_rights(cpu, insn, addr),
         M::Verr | M::Verw => verify_segment(cpu, insn, addr),
         _ => {
@@ -830,6 +833,9 @@ fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> Sys
     if dst.is_segment_register() || src.is_segment_register() {
         return mov_segment(cpu, insn, addr);
     }
+    if src.is_dr() || dst.is_dr() {
+        return mov_debug(cpu, insn);
+    }
     if !priv0 {
         return gp0();
     }
@@ -874,7 +880,9 @@ fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> Sys
                 cpu.cr3 = v;
             }
             Register::CR4 => {
-                if v & !CR4_VALID != 0
+                // Bits for features CPUID does not report are reserved (SDM MOV CR "#GP(0) If
+                // an attempt is made to write a 1 to any reserved bit in CR4").
+                if v & !cpu.cpuid.cr4_supported() != 0
                     || (v & CR4_PCIDE != 0 && cpu.cr3 & 0xfff != 0 && cpu.cr4 & CR4_PCIDE == 0)
                     // IA-32e mode cannot run without PAE.
                     || (cpu.efer & EFER_LMA != 0 && v & CR4_PAE == 0)
@@ -894,39 +902,54 @@ fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> Sys
         }
         return Sys::Done(None);
     }
-    // Debug registers: DR4/DR5 alias DR6/DR7 unless CR4.DE makes them #UD.
-    let dr_number = |cpu: &CpuState, r: Register| -> Option<usize> {
-        match r as usize - Register::DR0 as usize {
-            4 | 5 if cpu.cr4 & CR4_DE != 0 => None,
-            i @ (4 | 5) => Some(i + 2),
-            i if i > 7 => None,
-            i => Some(i),
-        }
+    ud()
+}
+
+/// MOV to or from DR0-DR7. DR4/DR5 alias DR6/DR7 unless CR4.DE makes them #UD; with DR7.GD
+/// set any access is a #DB fault with DR6.BD set (GD is cleared for the handler); then the
+/// privilege check (the order of the SDM's MOV DR "Operation" and of Bochs).
+fn mov_debug(cpu: &mut CpuState, insn: &Instruction) -> Sys {
+    let (dst, src) = (insn.op0_register(), insn.op1_register());
+    let reg = if src.is_dr() { src } else { dst };
+    let i = match reg as usize - Register::DR0 as usize {
+        4 | 5 if cpu.cr4 & CR4_DE != 0 => return ud(),
+        i @ (4 | 5) => i + 2,
+        i if i > 7 => return ud(),
+        i => i,
     };
+    if cpu.dr[7] & dr7::GD != 0 {
+        cpu.dr[6] |= dr6::BD;
+        cpu.dr[7] &= !dr7::GD;
+        return Sys::Fault(fault(vector::DB, None));
+    }
+    if cpu.cpl() != 0 {
+        return gp0();
+    }
     if src.is_dr() {
-        let Some(i) = dr_number(cpu, src) else {
-            return ud();
-        };
         cpu.gpr[gpr_of(dst).0] = cpu.dr[i];
         return Sys::Done(None);
     }
-    let Some(i) = dr_number(cpu, dst) else {
-        return ud();
-    };
     let v = cpu.gpr[gpr_of(src).0];
     if (i == 6 || i == 7) && v >> 32 != 0 {
         return gp0();
     }
     cpu.dr[i] = match i {
-        6 => v | 0xffff_0ff0,
-        7 => (v | 0x400) & !0x2000,
+        // Only B0-B3, BD, BS and BT are writable.
+        6 => (v & (dr6::B_MASK | dr6::BD | dr6::BS | (1 << 15))) | dr6::FIXED1,
+        7 => (v & !dr7::RESERVED0) | dr7::FIXED1,
         _ => v,
     };
-    if i == 7 && v & 0xff != 0 {
-        log::warn!(
-            "guest enabled hardware breakpoints (DR7={v:#x}); krr does not raise #DB for them"
-        );
+    if i == 7 && cpu.cr4 & CR4_DE != 0 && (0..4).any(|b| debugreg::kind(v, b) == 2) {
+        static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            log::warn!(
+                "guest set an I/O breakpoint (DR7={v:#x}, CR4.DE=1); krr does not model I/O \
+                 breakpoints: they never trigger"
+            );
+        }
     }
+    // A breakpoint enabled now takes effect from the next instruction on: the instruction
+    // ends its block and the dispatcher switches to its checked mode (engine::debug).
     Sys::Done(None)
 }
 
@@ -1001,7 +1024,9 @@ fn mov_segment(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> Sys
         };
         trym!(load_segment(cpu, seg_index(r), sel));
         if r == Register::SS {
+            // Interrupts and debug traps wait until the next instruction has completed.
             cpu.irq_shadow_at = cpu.icount + 1;
+            cpu.db_inhibit_at = cpu.icount + 1;
         }
         Sys::Done(None)
     } else {
@@ -1108,13 +1133,11 @@ fn iret(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Sys {
         }
         d.to_segment(ss_sel)
     };
-    // Which flags the old privilege level may change. RF is left clear: architecturally IRET
-    // loads it and the next instruction clears it when it completes, and its only effects
-    // are suppressing an instruction breakpoint (krr has none) and the RF image pushed by an
-    // event before that instruction completes (a fault pushes RF=1 anyway). Loading it here
-    // without anything clearing it would leave RF set in every later interrupt frame.
+    // Which flags the old privilege level may change. RF is loaded from the frame: the next
+    // instruction then ignores instruction breakpoints and clears it when it completes (the
+    // engine runs an instruction with RF=1 in its checked mode, which does that).
     let mut changeable =
-        rflags::ARITH | rflags::TF | rflags::DF | rflags::NT | rflags::AC | rflags::ID;
+        rflags::ARITH | rflags::TF | rflags::DF | rflags::NT | rflags::RF | rflags::AC | rflags::ID;
     if cpl == 0 {
         changeable |= rflags::IOPL | rflags::VIF | rflags::VIP;
     }
@@ -1122,7 +1145,7 @@ fn iret(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Sys {
     if cpl <= iopl {
         changeable |= rflags::IF;
     }
-    let merged = ((flags & !changeable) | (new_flags & changeable)) & !rflags::RF;
+    let merged = (flags & !changeable) | (new_flags & changeable);
     cpu.seg[seg::CS] = cs.to_segment(cs_sel);
     cpu.seg[seg::SS] = new_ss;
     cpu.gpr[RSP] = new_rsp;
@@ -1390,8 +1413,11 @@ fn fxsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> Sys {
         return gp0();
     }
     if matches!(insn.mnemonic(), M::Fxsave | M::Fxsave64) {
+        // Bytes 416-511 (reserved, and available to software) are not written; the XMM
+        // registers only with CR4.OSFXSR (SDM FXSAVE "Description").
         let img = fxsave_image(cpu);
-        trym!(write_mem(cpu, addr, &img));
+        let len = if cpu.cr4 & CR4_OSFXSR != 0 { 416 } else { 160 };
+        trym!(write_mem(cpu, addr, &img[..len]));
     } else {
         let mut img = [0u8; 512];
         trym!(read_mem(cpu, addr, &mut img));
@@ -1446,7 +1472,9 @@ fn xsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> Sys {
         trym!(read_mem(cpu, addr, &mut area));
         let bv = u64::from_le_bytes(area[512..520].try_into().expect("8 bytes"));
         let comp = u64::from_le_bytes(area[520..528].try_into().expect("8 bytes"));
-        if comp != 0 || bv & !cpu.xcr0 != 0 || area[528..576].iter().any(|&b| b != 0) {
+        // The standard form: XCOMP_BV and the next 8 header bytes must be 0, XSTATE_BV only
+        // enabled components (SDM XRSTOR "Protected Mode Exceptions").
+        if comp != 0 || bv & !cpu.xcr0 != 0 || area[528..536].iter().any(|&b| b != 0) {
             return gp0();
         }
         let mxcsr = u32::from_le_bytes(area[24..28].try_into().expect("4 bytes"));
@@ -1476,13 +1504,30 @@ fn xsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> Sys {
     Sys::Done(None)
 }
 
-fn port_io(cpu: &mut CpuState, insn: &Instruction) -> Sys {
-    let cpl = cpu.cpl();
-    let flags_iopl = ((cpu.rflags >> 12) & 3) as u8;
-    if cpl > flags_iopl {
-        // No TSS I/O permission bitmap is modelled: outside IOPL every port faults.
-        return gp0();
+/// Outside IOPL, may the program access the `size` ports from `port`? The I/O permission
+/// bitmap of the 64-bit TSS decides: its offset is the word at TSS offset 0x66, and every
+/// port's bit must be clear, reading two bytes of the map, all within the TSS limit (SDM Vol. 1
+/// 19.5.2 "I/O Permission Bit Map"). These are supervisor reads, whatever the CPL.
+fn io_permitted(cpu: &mut CpuState, port: u16, size: u8) -> Result<(), Sys> {
+    let (base, limit) = (cpu.tr.base, cpu.tr.limit as u64);
+    if limit < 0x67 {
+        return Err(gp0());
     }
+    let mut b = [0u8; 2];
+    desc::system_read(cpu, base.wrapping_add(0x66), &mut b).map_err(Sys::from)?;
+    let byte = u16::from_le_bytes(b) as u64 + port as u64 / 8;
+    if byte + 1 > limit {
+        return Err(gp0());
+    }
+    desc::system_read(cpu, base.wrapping_add(byte), &mut b).map_err(Sys::from)?;
+    let bits = u16::from_le_bytes(b) >> (port & 7);
+    if bits & ((1u16 << size) - 1) != 0 {
+        return Err(gp0());
+    }
+    Ok(())
+}
+
+fn port_io(cpu: &mut CpuState, insn: &Instruction) -> Sys {
     let m = insn.mnemonic();
     let size: u8 = match m {
         M::Insb | M::Outsb => 1,
@@ -1503,6 +1548,14 @@ fn port_io(cpu: &mut CpuState, insn: &Instruction) -> Sys {
             cpu.gpr[RDX] as u16
         }
     };
+    let cpl = cpu.cpl();
+    let iopl = ((cpu.rflags >> 12) & 3) as u8;
+    if cpl > iopl {
+        // INS/OUTS use DX, which the REP loop does not change: one check covers every
+        // iteration.
+        let p = port(cpu);
+        trym!(io_permitted(cpu, p, size));
+    }
     if cpu.bus.is_none() {
         return no_bus(insn);
     }
