@@ -277,7 +277,9 @@ impl Bus for Board {
     }
 
     fn wants_exit(&self, cpu: &CpuState) -> bool {
-        !self.requests.is_empty() || (self.pic.pending() && Engine::interrupts_enabled(cpu))
+        // The engine asks at every block boundary: test the CPU's flag before the PIC's
+        // priority logic.
+        !self.requests.is_empty() || (Engine::interrupts_enabled(cpu) && self.pic.pending())
     }
 }
 
