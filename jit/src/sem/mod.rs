@@ -511,7 +511,7 @@ pub fn mem_size(m: MemorySize) -> u32 {
 }
 
 /// Read operand `i` with `size` bytes, zero-extended (immediates are truncated to `size`).
-#[inline]
+#[inline(always)]
 pub fn read_op<B: Builder>(b: &mut B, i: u32, size: u32) -> R<B::V> {
     let insn = b.insn();
     match insn.op_kind(i) {
@@ -542,7 +542,7 @@ fn store_mem_op<B: Builder>(b: &mut B, size: u32, v: B::V) -> R<()> {
 }
 
 /// Write operand `i`.
-#[inline]
+#[inline(always)]
 pub fn write_op<B: Builder>(b: &mut B, i: u32, size: u32, v: B::V) -> R<()> {
     let insn = b.insn();
     match insn.op_kind(i) {
