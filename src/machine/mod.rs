@@ -303,9 +303,11 @@ impl Bus for Board {
     }
 
     fn wants_exit(&self, cpu: &CpuState) -> bool {
+        // The engine asks at every block boundary: test the CPU's flag before the PIC's
+        // priority logic.
         !self.requests.is_empty()
             || self.event_moved
-            || (self.pic.pending() && Engine::interrupts_enabled(cpu))
+            || (Engine::interrupts_enabled(cpu) && self.pic.pending())
     }
 }
 

@@ -511,7 +511,7 @@ pub fn mem_size(m: MemorySize) -> u32 {
 }
 
 /// Read operand `i` with `size` bytes, zero-extended (immediates are truncated to `size`).
-#[inline]
+#[inline(always)]
 pub fn read_op<B: Builder>(b: &mut B, i: u32, size: u32) -> R<B::V> {
     let insn = b.insn();
     match insn.op_kind(i) {
@@ -519,10 +519,7 @@ pub fn read_op<B: Builder>(b: &mut B, i: u32, size: u32) -> R<B::V> {
             let r = insn.op_register(i);
             Ok(read_reg(b, r))
         }
-        OpKind::Memory => {
-            let a = access_address(b)?;
-            b.load(a, size)
-        }
+        OpKind::Memory => load_mem_op(b, size),
         _ => {
             let v = truncate(insn.immediate(i), size);
             Ok(b.c(v))
@@ -530,8 +527,22 @@ pub fn read_op<B: Builder>(b: &mut B, i: u32, size: u32) -> R<B::V> {
     }
 }
 
+/// Load the memory operand (out of line: register operands are the common case).
+#[inline(never)]
+fn load_mem_op<B: Builder>(b: &mut B, size: u32) -> R<B::V> {
+    let a = access_address(b)?;
+    b.load(a, size)
+}
+
+/// Store to the memory operand.
+#[inline(never)]
+fn store_mem_op<B: Builder>(b: &mut B, size: u32, v: B::V) -> R<()> {
+    let a = access_address(b)?;
+    b.store(a, v, size)
+}
+
 /// Write operand `i`.
-#[inline]
+#[inline(always)]
 pub fn write_op<B: Builder>(b: &mut B, i: u32, size: u32, v: B::V) -> R<()> {
     let insn = b.insn();
     match insn.op_kind(i) {
@@ -540,10 +551,7 @@ pub fn write_op<B: Builder>(b: &mut B, i: u32, size: u32, v: B::V) -> R<()> {
             write_reg(b, r, v);
             Ok(())
         }
-        OpKind::Memory => {
-            let a = access_address(b)?;
-            b.store(a, v, size)
-        }
+        OpKind::Memory => store_mem_op(b, size, v),
         k => panic!("write to non-writable operand kind {k:?}"),
     }
 }

@@ -30,6 +30,39 @@ fn addr32(insn: &Instruction) -> bool {
     })
 }
 
+/// What every iteration of the instruction needs, decoded once.
+#[derive(Clone, Copy)]
+struct StringOp<V> {
+    mnemonic: M,
+    size: u32,
+    a32: bool,
+    src_seg: Register,
+    /// +size or -size by RFLAGS.DF (which the iterations do not change).
+    delta: V,
+}
+
+impl<V: Copy> StringOp<V> {
+    fn new<B: Builder<V = V>>(b: &mut B, insn: &Instruction) -> Self {
+        let mnemonic = insn.mnemonic();
+        let size = element_size(mnemonic);
+        let df = b.load_state(krr_runtime::offsets::RFLAGS);
+        let m = b.c(krr_runtime::rflags::DF);
+        let df = b.and(df, m);
+        let zero = b.c(0);
+        let down = b.icmp(Cmp::Ne, df, zero);
+        let up_v = b.c(size as u64);
+        let down_v = b.c((size as u64).wrapping_neg());
+        let delta = b.select(down, down_v, up_v);
+        StringOp {
+            mnemonic,
+            size,
+            a32: addr32(insn),
+            src_seg: insn.memory_segment(),
+            delta,
+        }
+    }
+}
+
 fn index<B: Builder>(b: &mut B, r: usize, a32: bool) -> B::V {
     let v = b.get_gpr(r);
     if a32 {
@@ -39,43 +72,32 @@ fn index<B: Builder>(b: &mut B, r: usize, a32: bool) -> B::V {
     }
 }
 
-fn advance<B: Builder>(b: &mut B, r: usize, size: u32, a32: bool) {
+fn advance<B: Builder>(b: &mut B, r: usize, op: &StringOp<B::V>) {
     let v = b.get_gpr(r);
-    let df = b.load_state(krr_runtime::offsets::RFLAGS);
-    let m = b.c(krr_runtime::rflags::DF);
-    let df = b.and(df, m);
-    let zero = b.c(0);
-    let down = b.icmp(Cmp::Ne, df, zero);
-    let up_v = b.c(size as u64);
-    let down_v = b.c((size as u64).wrapping_neg());
-    let d = b.select(down, down_v, up_v);
-    let n = b.add(v, d);
-    let n = if a32 { b.zext(n, 32) } else { n };
+    let n = b.add(v, op.delta);
+    let n = if op.a32 { b.zext(n, 32) } else { n };
     b.set_gpr(r, n);
 }
 
 /// One iteration, without the REP loop.
-fn iteration<B: Builder>(b: &mut B) -> R<()> {
-    let insn = *b.insn();
-    let m = insn.mnemonic();
-    let size = element_size(m);
-    let a32 = addr32(&insn);
-    let src_seg = insn.memory_segment();
-    match m {
+#[inline(always)]
+fn iteration<B: Builder>(b: &mut B, op: &StringOp<B::V>) -> R<()> {
+    let (size, a32, src_seg) = (op.size, op.a32, op.src_seg);
+    match op.mnemonic {
         M::Movsb | M::Movsw | M::Movsd | M::Movsq => {
             let s = index(b, RSI, a32);
             let s = segment_base(b, src_seg, s);
             let v = b.load(s, size)?;
             let d = index(b, RDI, a32);
             b.store(d, v, size)?;
-            advance(b, RSI, size, a32);
-            advance(b, RDI, size, a32);
+            advance(b, RSI, op);
+            advance(b, RDI, op);
         }
         M::Stosb | M::Stosw | M::Stosd | M::Stosq => {
             let v = b.get_gpr(RAX);
             let d = index(b, RDI, a32);
             b.store(d, v, size)?;
-            advance(b, RDI, size, a32);
+            advance(b, RDI, op);
         }
         M::Lodsb | M::Lodsw | M::Lodsd | M::Lodsq => {
             let s = index(b, RSI, a32);
@@ -88,7 +110,7 @@ fn iteration<B: Builder>(b: &mut B) -> R<()> {
                 _ => Register::RAX,
             };
             write_reg(b, reg, v);
-            advance(b, RSI, size, a32);
+            advance(b, RSI, op);
         }
         M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq => {
             let s = index(b, RSI, a32);
@@ -97,8 +119,8 @@ fn iteration<B: Builder>(b: &mut B) -> R<()> {
             let d = index(b, RDI, a32);
             let y = b.load(d, size)?;
             set_sub_flags(b, x, y, size);
-            advance(b, RSI, size, a32);
-            advance(b, RDI, size, a32);
+            advance(b, RSI, op);
+            advance(b, RDI, op);
         }
         _ => {
             let a = b.get_gpr(RAX);
@@ -106,7 +128,7 @@ fn iteration<B: Builder>(b: &mut B) -> R<()> {
             let d = index(b, RDI, a32);
             let y = b.load(d, size)?;
             set_sub_flags(b, x, y, size);
-            advance(b, RDI, size, a32);
+            advance(b, RDI, op);
         }
     }
     Ok(())
@@ -122,15 +144,16 @@ fn set_sub_flags<B: Builder>(b: &mut B, x: B::V, y: B::V, size: u32) {
 pub fn execute<B: Builder>(b: &mut B) -> R<()> {
     let insn = *b.insn();
     let rep = insn.has_rep_prefix() || insn.has_repne_prefix();
-    if !rep {
-        return iteration(b);
-    }
-    if !b.is_interpreter() {
+    if rep && !b.is_interpreter() {
         let z = b.c(0);
         b.call(Helper::Interpret, [z, z, z])?;
         return Ok(());
     }
-    let a32 = addr32(&insn);
+    let op = StringOp::new(b, &insn);
+    if !rep {
+        return iteration(b, &op);
+    }
+    let a32 = op.a32;
     let compares = matches!(
         insn.mnemonic(),
         M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq | M::Scasb | M::Scasw | M::Scasd | M::Scasq
@@ -140,7 +163,7 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
         if b.const_of(count) == Some(0) {
             return Ok(());
         }
-        iteration(b)?;
+        iteration(b, &op)?;
         let one = b.c(1);
         let n = b.sub(count, one);
         let n = if a32 { b.zext(n, 32) } else { n };
