@@ -108,7 +108,11 @@ pub struct Engine {
     entries: Vec<Entry>,
     by_phys: HashMap<(u64, u32), usize>,
     /// Direct-mapped (linear RIP, mode) -> entry, so a hot dispatch needs no page walk.
+    /// Entries are (RIP, [`Engine::jump_key`] when filled, block id): an entry from before
+    /// the last full flush has another key and misses, so a flush is one increment.
     jump_cache: Vec<(u64, u32, u32)>,
+    /// Counts full jump-cache flushes (29 bits; the mode takes the low 3 of a key).
+    jump_generation: u32,
     jit: Option<Jit>,
     pending: Vec<usize>,
     pub stats: EngineStats,
@@ -122,6 +126,7 @@ pub struct Engine {
 }
 
 const NO_ENTRY: u32 = u32::MAX;
+const JUMP_GENERATION_MASK: u32 = (1 << 29) - 1;
 
 /// Block mode bit: CPL3 code running with alignment checking (CR0.AM, RFLAGS.AC).
 pub const MODE_ALIGNMENT_CHECK: u32 = 4;
@@ -143,6 +148,7 @@ impl Engine {
             entries: Vec::new(),
             by_phys: HashMap::default(),
             jump_cache: vec![(u64::MAX, 0, NO_ENTRY); JUMP_CACHE],
+            jump_generation: 0,
             jit,
             pending: Vec::new(),
             stats: EngineStats::default(),
@@ -166,7 +172,17 @@ impl Engine {
 
     /// Forget every linear-address lookup (after a full TLB flush: CR3 write, ...).
     pub fn flush_jump_cache(&mut self) {
-        self.jump_cache.fill((u64::MAX, 0, NO_ENTRY));
+        self.jump_generation = (self.jump_generation + 1) & JUMP_GENERATION_MASK;
+        if self.jump_generation == 0 {
+            // The counter wrapped: entries from 2^29 flushes ago would match again.
+            self.jump_cache.fill((u64::MAX, 0, NO_ENTRY));
+        }
+    }
+
+    /// The jump-cache key of `mode` now: the flush generation and the mode.
+    #[inline]
+    fn jump_key(&self, mode: u32) -> u32 {
+        (self.jump_generation << 3) | mode
     }
 
     /// Forget the lookups on pages flushed one at a time (INVLPG). A block on the page before
@@ -193,7 +209,7 @@ impl Engine {
         let mode = Self::mode(cpu);
         let slot = (rip as usize ^ (rip >> 12) as usize) & (JUMP_CACHE - 1);
         let (tag, m, id) = self.jump_cache[slot];
-        if tag == rip && m == mode && id != NO_ENTRY {
+        if tag == rip && m == self.jump_key(mode) && id != NO_ENTRY {
             return Ok(id as usize);
         }
         self.lookup_slow(cpu, slot)
@@ -257,7 +273,7 @@ impl Engine {
                 id
             }
         };
-        self.jump_cache[slot] = (rip, mode, id as u32);
+        self.jump_cache[slot] = (rip, self.jump_key(mode), id as u32);
         Ok(id)
     }
 
