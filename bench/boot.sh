@@ -96,7 +96,7 @@ boot_once() {
   n=${n:--}
   # Compiled blocks, code bytes, compile seconds (krr's "N blocks compiled, B code bytes, S s compiling").
   c=$(grep -o '[0-9]* blocks compiled, [0-9]* code bytes, [0-9.]* s compiling' "$err" | tail -n 1 \
-    | awk '{print $1 " " $4 " " $7}')
+    | awk '{print $1 " " $4 " " $7}' || true)
   c=${c:-"- - -"}
 }
 

@@ -13,7 +13,8 @@
 #
 # The CPU is qemu64 made into krr's model (runtime/src/cpuid.rs), so that the kernel takes the
 # same paths (unknown vendor: generic init, page-table isolation on; no huge pages): vendor
-# KrrKrrKrrKrr, family 6 model 0x55 stepping 4, SSE2 without SSE3, no DE PSE PSE36 MCE MCA SVM,
+# KrrKrrKrrKrr, family 6 model 0x55 stepping 4, SSE2 without SSE3, XSAVE and XSAVEOPT (x87 + SSE
+# state), DE, no PSE PSE36 MCE MCA SVM,
 # plus CX16 POPCNT MOVBE FSGSBASE BMI1 BMI2 ADX SMEP SMAP LZCNT RDTSCP.
 #
 # QEMU's clocks follow the host's, so the kernel's PIT calibration of the TSC sometimes fails
@@ -28,7 +29,7 @@ qemu=$(bash "$here/fetch-qemu.sh")
 # The same command line as `krr run` (src/run.rs DEFAULT_APPEND).
 append=$(sed -n 's/^ *"\(console=ttyS0 [^"]*\)";$/\1/p' "$here/../../src/run.rs")
 [ -n "$append" ] || { echo "$0: cannot read DEFAULT_APPEND from src/run.rs" >&2; exit 2; }
-cpu=qemu64,vendor=KrrKrrKrrKrr,family=6,model=85,stepping=4,-de,-pse,-pse36,-mce,-mca,-sse3,-svm,+cx16,+popcnt,+movbe,+fsgsbase,+bmi1,+bmi2,+adx,+smep,+smap,+abm,+rdtscp
+cpu=qemu64,vendor=KrrKrrKrrKrr,family=6,model=85,stepping=4,+xsave,+xsaveopt,-pse,-pse36,-mce,-mca,-sse3,-svm,+cx16,+popcnt,+movbe,+fsgsbase,+bmi1,+bmi2,+adx,+smep,+smap,+abm,+rdtscp
 
 coproc QEMU {
   exec timeout "${QEMU_BOOT_TIMEOUT:-600}" "$qemu" -accel "${QEMU_ACCEL:-tcg}" -cpu "$cpu" -m 512M \
