@@ -131,7 +131,10 @@ for row in "${ROWS[@]}"; do
   n=$(tr ' ' '\n' <<<"${insns[$name]}" | grep . | sort -u)
   [ "$(wc -l <<<"$n")" -eq 1 ] || n="varies"
   if [[ "$n" =~ ^[0-9]+$ ]]; then mips=$(awk -v n="$n" -v w="$w" 'BEGIN {printf "%.1f", n / w / 1e6}'); else mips=-; fi
-  med_or_dash() { local v; v=$(tr ' ' '\n' | grep -v '^-$' | grep . | median || true); echo "${v:--}"; }
+  med_or_dash() {
+    local xs; xs=$(tr ' ' '\n' | grep -v '^-$' | grep . || true)
+    if [ -n "$xs" ]; then median <<<"$xs"; else echo -; fi
+  }
   printf '%-26s %9.2f %15s %9.0f %14s %7s %8.2fx %9.2fx %8s %11s %10s\n' "${row#*|}" "$w" "$lo-$hi" \
     "$(awk -v m="$m" 'BEGIN {print m / 1024}')" "$n" "$mips" \
     "$(awk -v a="$w" -v b="$q" 'BEGIN {print a / b}')" "$(awk -v a="$w" -v b="$qs" 'BEGIN {print a / b}')" \

@@ -14,9 +14,9 @@ pub struct EngineArgs {
     /// Executions of a block before it is compiled.
     #[arg(long, default_value_t = EngineConfig::default().hot_threshold)]
     pub hot_threshold: u32,
-    /// Compile on a second thread while the interpreter goes on (experimental).
+    /// Compile on the dispatcher's thread instead of a second one (no second core free).
     #[arg(long)]
-    pub background_compile: bool,
+    pub no_background_compile: bool,
 }
 
 impl EngineArgs {
@@ -34,7 +34,7 @@ impl EngineArgs {
                 d.max_block_insns
             },
             hot_threshold: self.hot_threshold,
-            background_compile: self.background_compile,
+            background_compile: !self.no_background_compile,
             ..d
         }
     }

@@ -113,9 +113,10 @@ fn recording_is_deterministic_and_replays_exactly_in_every_mode() {
         ("single-step", singlestep()),
         ("interpreter", interpreter()),
         (
-            "compiled early",
+            "compiled early, on the dispatcher's thread",
             EngineConfig {
                 hot_threshold: 1,
+                background_compile: false,
                 ..EngineConfig::default()
             },
         ),

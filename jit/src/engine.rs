@@ -55,7 +55,7 @@ impl Default for EngineConfig {
             hot_threshold: 1000,
             batch: 16,
             deliver_exceptions: false,
-            background_compile: false,
+            background_compile: true,
         }
     }
 }
