@@ -365,7 +365,7 @@ impl Replayer {
     fn take_async_events(&mut self) -> Result<Option<Divergence>, ReplayError> {
         loop {
             let e: Event = match self.bus.stream.peek(0)? {
-                Some(e) if e.kind().is_async() && e.icount <= self.cpu.icount => *e,
+                Some(e) if e.kind().is_async() && e.icount <= self.cpu.icount => e.clone(),
                 _ => return Ok(None),
             };
             if e.icount < self.cpu.icount || e.rip != self.cpu.rip {
@@ -374,8 +374,8 @@ impl Replayer {
                     self.cpu.icount, self.cpu.rip
                 ))));
             }
-            match e.data {
-                EventData::Checkpoint { regs_hash } => {
+            match &e.data {
+                &EventData::Checkpoint { regs_hash } => {
                     let h = state::regs_hash(&mut self.cpu);
                     if h != regs_hash {
                         return Ok(Some(self.diverge_here(format!(
@@ -384,7 +384,7 @@ impl Replayer {
                         ))));
                     }
                 }
-                EventData::Interrupt { vector, rcx } => {
+                &EventData::Interrupt { vector, rcx } => {
                     let now_rcx = self.cpu.gpr[krr_runtime::gpr::RCX];
                     if now_rcx != rcx {
                         return Ok(Some(self.diverge_here(format!(
@@ -394,6 +394,22 @@ impl Replayer {
                     if let Err(exit) = self.engine.inject_interrupt(&mut self.cpu, vector) {
                         return Err(self.fatal(exit));
                     }
+                }
+                EventData::DmaWrite { phys, data } => {
+                    let end = phys.checked_add(data.len() as u64);
+                    if data.is_empty() || end.is_none_or(|end| end > self.mem.size()) {
+                        return Err(ReplayError::Fatal(format!(
+                            "event {}: {e} lies outside guest RAM ({:#x} bytes)",
+                            self.bus.stream.position,
+                            self.mem.size()
+                        )));
+                    }
+                    self.mem
+                        .write(*phys, data)
+                        .map_err(|err| ReplayError::Fatal(err.to_string()))?;
+                    // The device may have overwritten translated code.
+                    self.engine
+                        .notify_write(&mut self.cpu, *phys, data.len() as u64);
                 }
                 _ => unreachable!("only asynchronous events are taken here"),
             }
@@ -461,7 +477,7 @@ impl Replayer {
             let next_async = self.next_async()?;
             if icount >= self.end_icount {
                 if let Some(e) = self.bus.stream.peek(0)? {
-                    let e = *e;
+                    let e = e.clone();
                     break Verdict::Diverged(Box::new(self.diverge_here(format!(
                         "the recording ended at instruction {}, but the trace still has {e}",
                         self.end_icount

@@ -43,6 +43,11 @@ fn replay(path: &Path, engine: EngineConfig) -> krr::replay::ReplayOutcome {
 
 /// Copy a trace, changing its events with `edit` (event index, event) -> new event.
 fn rewrite(src: &Path, dst: &Path, edit: impl Fn(u64, Event) -> Event) {
+    rewrite_events(src, dst, |i, e| vec![edit(i, e)]);
+}
+
+/// Copy a trace, replacing each event with what `edit` (event index, event) returns.
+fn rewrite_events(src: &Path, dst: &Path, edit: impl Fn(u64, Event) -> Vec<Event>) {
     let mut reader = TraceReader::open(src).unwrap();
     let info = reader.info.clone();
     let end = reader.end.clone();
@@ -51,7 +56,9 @@ fn rewrite(src: &Path, dst: &Path, edit: impl Fn(u64, Event) -> Event) {
     let mut stream = EventStream::new(reader);
     let mut i = 0;
     while let Some(e) = stream.next_event().unwrap() {
-        w.push(&edit(i, e)).unwrap();
+        for e in edit(i, e) {
+            w.push(&e).unwrap();
+        }
         i += 1;
     }
     w.finish(end).unwrap();
@@ -311,6 +318,79 @@ fn log_bound_and_stop_at_are_exact() {
     let regs = &logged[logged.find("| ").unwrap() + 2..];
     assert!(stderr.contains(regs), "log: {logged}\nstop: {stderr}");
     for f in [&path, &log_a, &log_b] {
+        std::fs::remove_file(f).unwrap();
+    }
+}
+
+/// Replay `path` up to `stop_at` and return the replayer (its RAM) and the verdict.
+fn replay_until(path: &Path, stop_at: u64) -> (Replayer, krr::replay::ReplayOutcome) {
+    let mut r = Replayer::open(
+        path,
+        ReplayOptions {
+            stop_at: Some(stop_at),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let out = r.run(&indicatif::ProgressBar::hidden()).unwrap();
+    (r, out)
+}
+
+#[test]
+fn dma_writes_land_in_guest_ram_at_their_instruction() {
+    // The machine has no DMA device yet, so the event is added to a recording: right after a
+    // checkpoint, whose position (instruction count, RIP) replay stops at anyway.
+    let base = tmp("dma-base");
+    record_demo_guest(EngineConfig::default(), &base, false).unwrap();
+    let (index, at) = find_event(&base, |e| matches!(e.data, EventData::Checkpoint { .. }));
+    // 15 MiB: RAM the demo guest never touches.
+    let phys = 0xf0_0000u64;
+    let data: Box<[u8]> = b"written by a device".to_vec().into();
+    let with_dma = |dst: &Path, phys: u64| {
+        let dma = Event {
+            icount: at.icount,
+            rip: at.rip,
+            data: EventData::DmaWrite {
+                phys,
+                data: data.clone(),
+            },
+        };
+        rewrite_events(&base, dst, |i, e| {
+            if i == index {
+                vec![e, dma.clone()]
+            } else {
+                vec![e]
+            }
+        });
+    };
+    let good = tmp("dma");
+    with_dma(&good, phys);
+    let read = |r: &Replayer| {
+        let mut buf = vec![0u8; data.len()];
+        r.mem.read(phys, &mut buf).unwrap();
+        buf
+    };
+    let (r, out) = replay_until(&good, at.icount - 1);
+    assert!(matches!(out.verdict, Verdict::Stopped), "{}", out.summary());
+    assert!(
+        read(&r).iter().all(|&b| b == 0),
+        "written before its instruction"
+    );
+    let (r, out) = replay_until(&good, at.icount + 1000);
+    assert!(matches!(out.verdict, Verdict::Stopped), "{}", out.summary());
+    assert_eq!(read(&r), &data[..]);
+    assert_eq!(out.counts.get(krr::trace::EventKind::DmaWrite), 1);
+
+    // A DMA write beyond guest RAM is bad input: a clear error, not a silent skip.
+    let bad = tmp("dma-bad");
+    with_dma(&bad, krr::demo_guest::MEM_BYTES - 4);
+    let mut r = Replayer::open(&bad, ReplayOptions::default()).unwrap();
+    let err = match r.run(&indicatif::ProgressBar::hidden()) {
+        Err(e) => e.to_string(),
+        Ok(out) => panic!("replayed: {}", out.summary()),
+    };
+    assert!(err.contains("outside guest RAM"), "{err}");
+    for f in [&base, &good, &bad] {
         std::fs::remove_file(f).unwrap();
     }
 }

@@ -17,10 +17,11 @@ pub enum EventKind {
     Rdtsc = 6,
     Rdrand = 7,
     Checkpoint = 8,
+    DmaWrite = 9,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::Interrupt,
         EventKind::PortIn,
         EventKind::PortOut,
@@ -29,6 +30,7 @@ impl EventKind {
         EventKind::Rdtsc,
         EventKind::Rdrand,
         EventKind::Checkpoint,
+        EventKind::DmaWrite,
     ];
 
     pub fn from_tag(tag: u8) -> Option<EventKind> {
@@ -46,17 +48,21 @@ impl EventKind {
             EventKind::Rdtsc => "RDTSC",
             EventKind::Rdrand => "RDRAND/RDSEED",
             EventKind::Checkpoint => "Checkpoint",
+            EventKind::DmaWrite => "DMA Write",
         }
     }
 
     /// Asynchronous events are placed by instruction count; the rest happen when the guest
     /// executes the instruction that asks for them.
     pub fn is_async(self) -> bool {
-        matches!(self, EventKind::Interrupt | EventKind::Checkpoint)
+        matches!(
+            self,
+            EventKind::Interrupt | EventKind::Checkpoint | EventKind::DmaWrite
+        )
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventData {
     /// An external interrupt delivered through the IDT.
     Interrupt {
@@ -98,9 +104,14 @@ pub enum EventData {
     Checkpoint {
         regs_hash: u64,
     },
+    /// A device wrote guest RAM (DMA) at this instruction boundary.
+    DmaWrite {
+        phys: u64,
+        data: Box<[u8]>,
+    },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     pub icount: u64,
     pub rip: u64,
@@ -118,6 +129,7 @@ impl Event {
             EventData::Rdtsc { .. } => EventKind::Rdtsc,
             EventData::Rdrand { .. } => EventKind::Rdrand,
             EventData::Checkpoint { .. } => EventKind::Checkpoint,
+            EventData::DmaWrite { .. } => EventKind::DmaWrite,
         }
     }
 }
@@ -156,6 +168,9 @@ impl std::fmt::Display for Event {
                 }
             ),
             EventData::Checkpoint { regs_hash } => write!(f, " (registers hash {regs_hash:016x})"),
+            EventData::DmaWrite { phys, ref data } => {
+                write!(f, " (address {phys:#x}, {} bytes)", data.len())
+            }
         }
     }
 }
@@ -220,6 +235,11 @@ pub fn encode(out: &mut Vec<u8>, prev_icount: u64, e: &Event) {
             out.extend_from_slice(&value.unwrap_or(0).to_le_bytes());
         }
         EventData::Checkpoint { regs_hash } => out.extend_from_slice(&regs_hash.to_le_bytes()),
+        EventData::DmaWrite { phys, ref data } => {
+            out.extend_from_slice(&phys.to_le_bytes());
+            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            out.extend_from_slice(data);
+        }
     }
 }
 
@@ -280,6 +300,14 @@ pub fn decode(buf: &[u8], pos: &mut usize, prev_icount: u64) -> Result<Event, St
         EventKind::Checkpoint => EventData::Checkpoint {
             regs_hash: r.u64()?,
         },
+        EventKind::DmaWrite => {
+            let phys = r.u64()?;
+            let len = r.u32()? as usize;
+            EventData::DmaWrite {
+                phys,
+                data: r.bytes(len)?.into(),
+            }
+        }
     };
     *pos += r.consumed();
     Ok(Event { icount, rip, data })
@@ -344,14 +372,18 @@ mod tests {
             EventData::Checkpoint {
                 regs_hash: 0x1234_5678_9abc_def0,
             },
+            EventData::DmaWrite {
+                phys: 0x10_0000,
+                data: b"sector data".to_vec().into(),
+            },
         ];
         datas
             .iter()
             .enumerate()
-            .map(|(i, &data)| Event {
+            .map(|(i, data)| Event {
                 icount: (i as u64) * 1000 + (i as u64).pow(5),
                 rip: 0xffff_ffff_8100_0000 + i as u64,
-                data,
+                data: data.clone(),
             })
             .collect()
     }
@@ -397,6 +429,6 @@ mod tests {
         let lines = c.lines();
         assert_eq!(lines.len(), EventKind::ALL.len() + 1);
         assert!(lines.contains(&"IO Output: 2".to_string()));
-        assert_eq!(lines.last().unwrap(), "Total Events: 10");
+        assert_eq!(lines.last().unwrap(), "Total Events: 11");
     }
 }
