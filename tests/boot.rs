@@ -88,6 +88,15 @@ fn boot(kernel: &str, initrd: &str, extra: &[&str]) -> (String, String) {
 }
 
 /// The workload between its markers, both markers included.
+/// A kernel log line (`[    2.095723] clocksource: ...`): the kernel may print these in the
+/// middle of the workload's output (under QEMU, whose clocks follow the host's, the clocksource
+/// watchdog does when the host is loaded); they are not the workload's results.
+fn is_kernel_message(line: &str) -> bool {
+    line.strip_prefix('[')
+        .and_then(|rest| rest.split_once("] "))
+        .is_some_and(|(stamp, _)| stamp.trim().parse::<f64>().is_ok())
+}
+
 fn workload_section(console: &str) -> Vec<String> {
     let start = console.find("KRR-WORKLOAD-START").expect("start marker");
     let end = console
@@ -95,6 +104,7 @@ fn workload_section(console: &str) -> Vec<String> {
         .expect("end marker (the workload did not finish)");
     console[start..end + "KRR-WORKLOAD-END".len()]
         .lines()
+        .filter(|l| !is_kernel_message(l))
         .map(|l| l.trim_end().to_string())
         .collect()
 }
