@@ -232,7 +232,7 @@ fn record_and_replay(path: &std::path::Path) -> Result<(), String> {
     println!("krr demo: recording the system guest to {}", path.display());
     let (o, rec) = krr::demo_guest::record_demo_guest(EngineConfig::default(), path, false)?;
     println!("=== Record: Event Stats ===");
-    for l in rec.counts.lines() {
+    for l in rec.end_info.counts.lines() {
         println!("{l}");
     }
     println!(

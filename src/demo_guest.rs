@@ -44,7 +44,7 @@ use crate::machine::{BusCounters, Machine, MachineConfig, RunEnd};
 use iced_x86::code_asm::*;
 use iced_x86::{BlockEncoderOptions, Code, Instruction};
 use krr_jit::{EngineConfig, EngineStats};
-use krr_runtime::{rflags, seg, DescriptorTable, Segment};
+use krr_runtime::{rflags, DescriptorTable};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -1203,40 +1203,16 @@ pub fn load(m: &mut Machine) -> Result<(), String> {
             .map_err(mem_err)?;
     }
 
-    let cpu = &mut m.cpu;
-    cpu.gdtr = DescriptorTable {
-        base: BOOT_GDT,
-        limit: 23,
-    };
-    cpu.idtr = DescriptorTable { base: 0, limit: 0 };
-    cpu.seg[seg::CS] = Segment {
-        selector: KERNEL_CS,
-        attrs: 0xa09b,
-        limit: 0xffff_ffff,
-        base: 0,
-    };
-    for s in [seg::DS, seg::ES, seg::SS, seg::FS, seg::GS] {
-        cpu.seg[s] = Segment {
-            selector: KERNEL_DS,
-            attrs: 0xc093,
-            limit: 0xffff_ffff,
-            base: 0,
-        };
-    }
-    cpu.tr = Segment {
-        selector: 0,
-        attrs: 0x8b,
-        limit: 0xffff,
-        base: 0,
-    };
-    cpu.cr0 = 0x8000_0033; // PG NE ET MP PE
-    cpu.cr3 = BOOT_PML4;
-    cpu.cr4 = 0x20; // PAE
-    cpu.efer = 0x500; // LME LMA
-    cpu.rflags = rflags::FIXED1;
-    cpu.gpr = [0; 16];
-    cpu.rip = KCODE;
-    cpu.tlb.flush();
+    crate::machine::linux::enter_flat_long_mode(
+        &mut m.cpu,
+        DescriptorTable {
+            base: BOOT_GDT,
+            limit: 23,
+        },
+        (KERNEL_CS, KERNEL_DS),
+        BOOT_PML4,
+        KCODE,
+    );
     Ok(())
 }
 

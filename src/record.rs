@@ -1,7 +1,7 @@
 //! The recorder: run a loaded machine and stream its inputs to a trace file.
 
 use crate::machine::{Machine, MachineError, RunEnd};
-use crate::trace::{state, EndInfo, EndReason, EventCounts, MachineInfo, TraceWriter};
+use crate::trace::{state, EndInfo, EndReason, MachineInfo, TraceWriter};
 use indicatif::ProgressBar;
 use std::path::Path;
 use std::time::Instant;
@@ -20,8 +20,8 @@ pub struct RecordOptions<'a> {
 
 pub struct Recorded {
     pub end: RunEnd,
+    /// The end record as written, event counts included.
     pub end_info: EndInfo,
-    pub counts: EventCounts,
     pub trace_bytes: u64,
 }
 
@@ -94,17 +94,12 @@ pub fn record(
         regs_hash: state::regs_hash(&mut m.cpu),
         ram_hash: state::ram_hash(&m.mem),
         guest_ns: m.board.guest_ns(&m.cpu),
-        counts: EventCounts::default(),
+        counts: writer.counts().clone(),
     };
-    let counts = writer.counts().clone();
     let trace_bytes = writer.finish(end_info.clone()).map_err(|e| e.to_string())?;
     Ok(Recorded {
         end,
-        end_info: EndInfo {
-            counts: counts.clone(),
-            ..end_info
-        },
-        counts,
+        end_info,
         trace_bytes,
     })
 }

@@ -544,18 +544,14 @@ impl Replayer {
         let regs_hash = state::regs_hash(&mut self.cpu);
         let ram_hash = state::ram_hash(&self.mem);
         let verdict = match verdict {
-            Verdict::Matched if regs_hash != self.end_regs_hash || ram_hash != self.end_ram_hash => {
-                Verdict::Diverged(Box::new(Divergence {
-                    event_index: self.bus.stream.position,
-                    icount: self.cpu.icount,
-                    rip: self.cpu.rip,
-                    what: format!(
-                        "final state: registers hash {regs_hash:016x} (recorded {:016x}), RAM hash {ram_hash:016x} (recorded {:016x})",
-                        self.end_regs_hash, self.end_ram_hash
-                    ),
-                    regs: Some((self.cpu.gpr, state::full_rflags(&mut self.cpu))),
-                    insn: String::new(),
-                }))
+            Verdict::Matched
+                if regs_hash != self.end_regs_hash || ram_hash != self.end_ram_hash =>
+            {
+                let what = format!(
+                    "final state: registers hash {regs_hash:016x} (recorded {:016x}), RAM hash {ram_hash:016x} (recorded {:016x})",
+                    self.end_regs_hash, self.end_ram_hash
+                );
+                Verdict::Diverged(Box::new(self.diverge_here(what)))
             }
             v => v,
         };

@@ -153,7 +153,7 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
             eprintln!("krr: {what}: {summary}");
             if let (Some(r), Some((path, _))) = (&recorded, &args.record) {
                 eprintln!("=== Event Stats ===");
-                for l in r.counts.lines() {
+                for l in r.end_info.counts.lines() {
                     eprintln!("{l}");
                 }
                 eprintln!("Instructions: {icount}");

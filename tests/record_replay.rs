@@ -102,7 +102,7 @@ fn recording_is_deterministic_and_replays_exactly_in_every_mode() {
     std::fs::remove_file(&c).unwrap();
     let (ta, tb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     assert!(ta == tb, "two recordings of the same guest differ");
-    let counts = &rec.counts;
+    let counts = &rec.end_info.counts;
     assert!(
         counts.get(krr::trace::EventKind::Interrupt) > 10,
         "{counts:?}"
@@ -143,7 +143,10 @@ fn recording_is_deterministic_and_replays_exactly_in_every_mode() {
             out.summary()
         );
         assert_eq!(out.icount, outcome.icount, "{name}");
-        assert_eq!(out.counts, rec.counts, "{name}: every event consumed");
+        assert_eq!(
+            out.counts, rec.end_info.counts,
+            "{name}: every event consumed"
+        );
         hashes.push((out.regs_hash, out.ram_hash));
     }
     assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");

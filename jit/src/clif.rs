@@ -188,28 +188,33 @@ impl Jit {
         (self.trampoline)(cpu as *mut CpuState, code)
     }
 
+    /// Declare a function for `block` and lower the block into `self.ctx.func`; returns the
+    /// function and the exit slots its code will refer to.
+    fn build_ir(&mut self, block: &Block) -> (FuncId, Box<[u64; 2]>) {
+        let slots = Box::new([0u64; 2]);
+        self.ctx.func.signature = self.block_sig.clone();
+        let id = self
+            .module
+            .declare_anonymous_function(&self.block_sig)
+            .expect("anonymous function declaration cannot fail");
+        let fb = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+        let refs = HelperRefs {
+            load: self.f_load,
+            store: self.f_store,
+            load128: self.f_load128,
+            store128: self.f_store128,
+            helper: self.f_helper,
+            interpret: self.f_interpret,
+        };
+        lower_block(fb, &mut self.module, refs, &self.block_sig, block, &slots);
+        (id, slots)
+    }
+
     /// Compile a batch of blocks and finalize them together.
     pub fn compile(&mut self, blocks: &[&Block]) -> Vec<CompiledBlock> {
         let mut ids = Vec::with_capacity(blocks.len());
         for block in blocks {
-            let slots = Box::new([0u64; 2]);
-            self.ctx.func.signature = self.block_sig.clone();
-            let id = self
-                .module
-                .declare_anonymous_function(&self.block_sig)
-                .expect("anonymous function declaration cannot fail");
-            {
-                let fb = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
-                let refs = HelperRefs {
-                    load: self.f_load,
-                    store: self.f_store,
-                    load128: self.f_load128,
-                    store128: self.f_store128,
-                    helper: self.f_helper,
-                    interpret: self.f_interpret,
-                };
-                lower_block(fb, &mut self.module, refs, &self.block_sig, block, &slots);
-            }
+            let (id, slots) = self.build_ir(block);
             let dump = std::env::var_os("KRR_DUMP_CODE").is_some();
             self.ctx.set_disasm(dump);
             if let Err(e) = self.module.define_function(id, &mut self.ctx) {
@@ -336,24 +341,7 @@ impl Jit {
     /// Build `block`'s IR here and hand it to the compile thread; [`Jit::collect`] returns
     /// it compiled, with `tag`.
     pub fn submit(&mut self, tag: u64, block: &Block) {
-        let slots = Box::new([0u64; 2]);
-        self.ctx.func.signature = self.block_sig.clone();
-        let id = self
-            .module
-            .declare_anonymous_function(&self.block_sig)
-            .expect("anonymous function declaration cannot fail");
-        {
-            let fb = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
-            let refs = HelperRefs {
-                load: self.f_load,
-                store: self.f_store,
-                load128: self.f_load128,
-                store128: self.f_store128,
-                helper: self.f_helper,
-                interpret: self.f_interpret,
-            };
-            lower_block(fb, &mut self.module, refs, &self.block_sig, block, &slots);
-        }
+        let (id, slots) = self.build_ir(block);
         let func = std::mem::replace(&mut self.ctx.func, cranelift_codegen::ir::Function::new());
         self.module.clear_context(&mut self.ctx);
         let isa = self.isa.clone();

@@ -234,20 +234,46 @@ pub fn load(
         mem.write_u64(GDT_ADDR + 8 * i as u64, *d)?;
     }
 
-    cpu.gdtr = DescriptorTable {
-        base: GDT_ADDR,
-        limit: (gdt.len() * 8 - 1) as u16,
-    };
+    let entry = load_addr + 0x200;
+    enter_flat_long_mode(
+        cpu,
+        DescriptorTable {
+            base: GDT_ADDR,
+            limit: (gdt.len() * 8 - 1) as u16,
+        },
+        (0x10, 0x18),
+        PML4_ADDR,
+        entry,
+    );
+    cpu.gpr[krr_runtime::gpr::RSI] = BOOT_PARAMS_ADDR;
+    Ok(BootInfo {
+        kernel_addr: load_addr,
+        entry,
+        initrd: initrd_loc,
+    })
+}
+
+/// Put `cpu` in 64-bit mode at CPL0 as a boot loader leaves it: flat code and data segments
+/// (`selectors` = code, data) from the GDT `gdt`, no IDT, paging on with the tables at `pml4`,
+/// interrupts off, registers zero, at `rip`.
+pub fn enter_flat_long_mode(
+    cpu: &mut CpuState,
+    gdt: DescriptorTable,
+    selectors: (u16, u16),
+    pml4: u64,
+    rip: u64,
+) {
+    cpu.gdtr = gdt;
     cpu.idtr = DescriptorTable { base: 0, limit: 0 };
     cpu.seg[seg::CS] = Segment {
-        selector: 0x10,
+        selector: selectors.0,
         attrs: 0xa09b,
         limit: 0xffff_ffff,
         base: 0,
     };
     for s in [seg::DS, seg::ES, seg::SS, seg::FS, seg::GS] {
         cpu.seg[s] = Segment {
-            selector: 0x18,
+            selector: selectors.1,
             attrs: 0xc093,
             limit: 0xffff_ffff,
             base: 0,
@@ -260,18 +286,11 @@ pub fn load(
         base: 0,
     };
     cpu.cr0 = 0x8000_0033; // PG NE ET MP PE
-    cpu.cr3 = PML4_ADDR;
+    cpu.cr3 = pml4;
     cpu.cr4 = 0x20; // PAE
     cpu.efer = 0x500; // LME LMA
     cpu.rflags = krr_runtime::rflags::FIXED1;
     cpu.gpr = [0; 16];
-    cpu.gpr[krr_runtime::gpr::RSI] = BOOT_PARAMS_ADDR;
-    let entry = load_addr + 0x200;
-    cpu.rip = entry;
+    cpu.rip = rip;
     cpu.tlb.flush();
-    Ok(BootInfo {
-        kernel_addr: load_addr,
-        entry,
-        initrd: initrd_loc,
-    })
 }
