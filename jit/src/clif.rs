@@ -71,6 +71,23 @@ pub struct Jit {
 
 const PTR: Type = types::I64;
 
+/// Guest registers passed between chained blocks as arguments (in host registers) instead of
+/// through the CPU state: RAX, RCX, RDX and RSP, the ones most often written in one block and
+/// read in the next (results, counters, the stack pointer). The `tail` convention has six
+/// integer argument registers; the CPU pointer and the instruction count take two.
+const PASSED_GPRS: [usize; 3] = [0, 1, 4];
+
+/// Bit mask of [`PASSED_GPRS`].
+const PASSED_MASK: u16 = {
+    let mut m = 0u16;
+    let mut i = 0;
+    while i < PASSED_GPRS.len() {
+        m |= 1 << PASSED_GPRS[i];
+        i += 1;
+    }
+    m
+};
+
 impl Jit {
     pub fn new() -> Result<Jit, String> {
         let mut flags = settings::builder();
@@ -115,24 +132,68 @@ impl Jit {
             m.declare_function(name, Linkage::Import, &sig(n))
                 .map_err(|e| e.to_string())
         };
-        let f_load = declare(&mut module, "krr_load_slow", 4)?;
-        let f_store = declare(&mut module, "krr_store_slow", 4)?;
-        let f_load128 = declare(&mut module, "krr_load128", 3)?;
-        let f_store128 = declare(&mut module, "krr_store128", 3)?;
-        let f_helper = declare(&mut module, "krr_helper", 5)?;
-        let f_interpret = declare(&mut module, "krr_interpret", 2)?;
+        let mut ctx = module.make_context();
+        let mut fctx = FunctionBuilderContext::new();
+        // Compiled blocks reach the Rust helpers through shims that preserve every register
+        // (`preserve_all`): a slow path then clobbers nothing, so block code keeps its values
+        // in caller-saved registers and the fast path saves no callee-saved ones on entry and
+        // restores them before each tail call. A shim takes only the CPU pointer (already in
+        // the first argument register), reads the other arguments from `cpu.helper_args` and
+        // leaves the helper's result in `cpu.helper_value` (that convention has no return
+        // values).
+        let mut shim = |m: &mut JITModule, name: &str, n: usize| -> Result<FuncId, String> {
+            let target = declare(m, name, n)?;
+            let mut shim_sig = Signature::new(CallConv::PreserveAll);
+            shim_sig.params.push(AbiParam::new(PTR));
+            let id = m
+                .declare_anonymous_function(&shim_sig)
+                .map_err(|e| e.to_string())?;
+            ctx.func.signature = shim_sig;
+            {
+                let mut fb = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+                let target_ref = m.declare_func_in_func(target, fb.func);
+                let entry = fb.create_block();
+                fb.append_block_params_for_function_params(entry);
+                fb.switch_to_block(entry);
+                let cpu = fb.block_params(entry)[0];
+                let mut args = vec![cpu];
+                for i in 0..n as i32 - 1 {
+                    let a =
+                        fb.ins()
+                            .load(types::I64, state_flags(), cpu, offsets::HELPER_ARGS + 8 * i);
+                    args.push(a);
+                }
+                let call = fb.ins().call(target_ref, &args);
+                let r = fb.inst_results(call)[0];
+                fb.ins().store(state_flags(), r, cpu, offsets::HELPER_VALUE);
+                fb.ins().return_(&[]);
+                fb.seal_all_blocks();
+                fb.finalize(m.target_config());
+            }
+            m.define_function(id, &mut ctx)
+                .map_err(|e| format!("helper shim {name}: {e:?}"))?;
+            m.clear_context(&mut ctx);
+            Ok(id)
+        };
+        let f_load = shim(&mut module, "krr_load_slow", 4)?;
+        let f_store = shim(&mut module, "krr_store_slow", 4)?;
+        let f_load128 = shim(&mut module, "krr_load128", 3)?;
+        let f_store128 = shim(&mut module, "krr_store128", 3)?;
+        let f_helper = shim(&mut module, "krr_helper", 5)?;
+        let f_interpret = shim(&mut module, "krr_interpret", 2)?;
 
-        // Blocks take the CPU state and the instruction count, which thus stays in a host
-        // register along a chain of blocks.
+        // Blocks take the CPU state, the instruction count and the guest registers in
+        // `PASSED_GPRS`, which thus stay in host registers along a chain of blocks.
         let mut block_sig = Signature::new(CallConv::Tail);
         block_sig.params.push(AbiParam::new(PTR));
         block_sig.params.push(AbiParam::new(types::I64));
+        for _ in PASSED_GPRS {
+            block_sig.params.push(AbiParam::new(types::I64));
+        }
         block_sig.returns.push(AbiParam::new(PTR));
 
         // The trampoline: a host-convention function that enters the chain of tail-calling
         // blocks and returns the exit code of the last one.
-        let mut ctx = module.make_context();
-        let mut fctx = FunctionBuilderContext::new();
         ctx.func.signature = sig(2);
         let tramp_id = module
             .declare_anonymous_function(&ctx.func.signature)
@@ -148,7 +209,14 @@ impl Jit {
             let icount = fb
                 .ins()
                 .load(types::I64, state_flags(), cpu, offsets::ICOUNT);
-            let call = fb.ins().call_indirect(sref, code, &[cpu, icount]);
+            let mut args = vec![cpu, icount];
+            for r in PASSED_GPRS {
+                args.push(
+                    fb.ins()
+                        .load(types::I64, state_flags(), cpu, offsets::gpr(r)),
+                );
+            }
+            let call = fb.ins().call_indirect(sref, code, &args);
             let r = fb.inst_results(call)[0];
             fb.ins().return_(&[r]);
             fb.seal_all_blocks();
@@ -287,14 +355,24 @@ impl Worker {
             .name("krr-compile".into())
             .spawn(move || {
                 let mut ctx = Context::new();
+                let dump = std::env::var_os("KRR_DUMP_CODE").is_some();
                 // Ends when the engine drops its sender.
                 while let Ok(job) = job_rx.recv() {
                     let t0 = Instant::now();
                     ctx.clear();
                     ctx.func = job.func;
+                    ctx.set_disasm(dump);
+                    if dump {
+                        eprintln!("IR (tag {:#x}):\n{}", job.tag, ctx.func.display());
+                    }
                     let mut plane = cranelift_codegen::control::ControlPlane::default();
                     let result = match ctx.compile(&*isa, &mut plane) {
-                        Ok(code) => Ok(code.buffer.alignment as u64),
+                        Ok(code) => {
+                            if let Some(v) = code.vcode.as_ref() {
+                                eprintln!("block (tag {:#x}):\n{v}", job.tag);
+                            }
+                            Ok(code.buffer.alignment as u64)
+                        }
                         Err(e) => Err(format!("{:?}\n{}", e.inner, e.func.display())),
                     };
                     let result = result.map(|alignment| {
@@ -517,6 +595,7 @@ fn lower_block(
     fb.switch_to_block(entry);
     let cpu = fb.block_params(entry)[0];
     let icount = fb.block_params(entry)[1];
+    let passed: Vec<Value> = fb.block_params(entry)[2..].to_vec();
     let limit = fb
         .ins()
         .load(types::I64, state_flags(), cpu, offsets::ICOUNT_LIMIT);
@@ -532,10 +611,17 @@ fn lower_block(
     let start = fb.ins().iconst(types::I64, block.start as i64);
     fb.ins().store(state_flags(), start, cpu, offsets::RIP);
     fb.ins().store(state_flags(), icount, cpu, offsets::ICOUNT);
+    for (&r, &v) in PASSED_GPRS.iter().zip(&passed) {
+        fb.ins().store(state_flags(), v, cpu, offsets::gpr(r));
+    }
     let code = fb.ins().iconst(types::I64, EXIT_BUDGET as i64);
     fb.ins().return_(&[code]);
     fb.switch_to_block(body);
-    let regs = std::array::from_fn(|_| fb.declare_var(types::I64));
+    let regs: [Variable; 16] = std::array::from_fn(|_| fb.declare_var(types::I64));
+    // The passed registers arrive in host registers; the state's copies are stale.
+    for (&r, &v) in PASSED_GPRS.iter().zip(&passed) {
+        fb.def_var(regs[r], v);
+    }
     // User code uses MMU index 1, with alignment checking the checked index 3 (every access
     // takes the slow path, which raises #AC).
     let mmu_idx = ((block.mode & 3) == 3) as u64
@@ -554,8 +640,8 @@ fn lower_block(
         insn: Instruction::default(),
         insn_ptr: std::ptr::null(),
         regs,
-        loaded: 0,
-        dirty: 0,
+        loaded: PASSED_MASK,
+        dirty: PASSED_MASK,
         flags: None,
         flags_dirty: false,
         consts: HashMap::new(),
@@ -625,8 +711,10 @@ impl Lower<'_, '_> {
     /// registers across iterations and only the budget is checked on the back edge.
     fn begin_self_loop(&mut self, start: u64) {
         for r in 0..16 {
-            let v = self.state_load(offsets::gpr(r));
-            self.fb.def_var(self.regs[r], v);
+            if self.loaded & (1 << r) == 0 {
+                let v = self.state_load(offsets::gpr(r));
+                self.fb.def_var(self.regs[r], v);
+            }
         }
         let header = self.fb.create_block();
         let icount = self.fb.append_block_param(header, types::I64);
@@ -675,7 +763,7 @@ impl Lower<'_, '_> {
                 return;
             }
         }
-        self.flush();
+        self.flush_except(PASSED_MASK);
         self.chain_exit(target, retired, slot);
     }
 
@@ -733,8 +821,12 @@ impl Lower<'_, '_> {
     }
 
     fn flush_regs(&mut self) {
+        self.flush_regs_except(0);
+    }
+
+    fn flush_regs_except(&mut self, keep: u16) {
         for r in 0..16 {
-            if self.dirty & (1 << r) != 0 {
+            if self.dirty & !keep & (1 << r) != 0 {
                 let v = self.fb.use_var(self.regs[r]);
                 self.state_store(offsets::gpr(r), v);
             }
@@ -743,7 +835,12 @@ impl Lower<'_, '_> {
 
     /// Write back every dirty register and the flags (at an exit or before a helper call).
     fn flush(&mut self) {
-        self.flush_regs();
+        self.flush_except(0);
+    }
+
+    /// [`Lower::flush`] but for the registers in `keep` (passed to the next block instead).
+    fn flush_except(&mut self, keep: u16) {
+        self.flush_regs_except(keep);
         if self.flags_dirty {
             if let Some(f) = self.flags {
                 self.store_flags_state(&f);
@@ -948,6 +1045,11 @@ impl Lower<'_, '_> {
     /// return to the dispatcher with the slot's address so it can link it.
     fn chain_exit(&mut self, target: u64, retired: u32, slot: *const u64) {
         let icount = self.fb.ins().iadd_imm_s(self.icount, retired as i64);
+        let mut args = vec![self.cpu, icount];
+        for r in PASSED_GPRS {
+            let v = self.get_gpr(r);
+            args.push(v);
+        }
         let slot_addr = self.fb.ins().iconst(types::I64, slot as i64);
         let f = self.fb.ins().load(types::I64, state_flags(), slot_addr, 0);
         let go = self.fb.create_block();
@@ -963,11 +1065,15 @@ impl Lower<'_, '_> {
         };
         self.fb.ins().brif(cond, go, &[], back, &[]);
         self.fb.switch_to_block(go);
-        let cpu = self.cpu;
         self.fb
             .ins()
-            .return_call_indirect(self.refs.block_sig, f, &[cpu, icount]);
+            .return_call_indirect(self.refs.block_sig, f, &args);
         self.fb.switch_to_block(back);
+        for (&r, &v) in PASSED_GPRS.iter().zip(&args[2..]) {
+            if self.dirty & (1 << r) != 0 {
+                self.state_store(offsets::gpr(r), v);
+            }
+        }
         let rip = self.fb.ins().iconst(types::I64, target as i64);
         self.state_store(offsets::RIP, rip);
         self.state_store(offsets::ICOUNT, icount);
@@ -980,22 +1086,53 @@ impl Lower<'_, '_> {
 
     /// Inline TLB lookup: returns (hit condition, entry address).
     fn tlb_probe(&mut self, addr: Value, size: u32, write: bool) -> (Value, Value) {
-        let idx = self.fb.ins().ushr_imm_u(addr, 12);
-        let idx = self.fb.ins().band_imm_s(idx, (mmu::TLB_ENTRIES - 1) as i64);
-        let idx = self.fb.ins().ishl_imm_u(idx, 4);
-        let base = offsets::TLB as i64 + mmu::tlb_set_offset(self.mmu_idx as usize, write) as i64;
+        // Entries are 16 bytes: the entry's byte offset is ((addr >> 12) & (N - 1)) << 4.
+        const _: () = assert!(std::mem::size_of::<mmu::TlbEntry>() == 16);
+        let idx = self.fb.ins().ushr_imm_u(addr, 8);
+        let idx = self
+            .fb
+            .ins()
+            .band_imm_s(idx, ((mmu::TLB_ENTRIES - 1) << 4) as i64);
+        let base = offsets::TLB + mmu::tlb_set_offset(self.mmu_idx as usize, write) as i32;
         let entry = self.fb.ins().iadd(self.cpu, idx);
-        let entry = self.fb.ins().iadd_imm_s(entry, base);
+        let entry = self.fb.ins().iadd_imm_s(entry, base as i64);
         let tag = self.fb.ins().load(types::I64, state_flags(), entry, 0);
-        let last = self.fb.ins().iadd_imm_s(addr, size as i64 - 1);
+        let last = self.add_const(addr, size as i64 - 1);
         let page = self.fb.ins().band_imm_s(last, !0xfffi64);
         let hit = self.fb.ins().icmp(IntCC::Equal, tag, page);
         (hit, entry)
     }
 
+    /// `v + k`, folding into `v`'s own constant addend when `v` is `x + constant` (the
+    /// backend's address-mode matching folds only one constant).
+    fn add_const(&mut self, v: Value, k: i64) -> Value {
+        if k == 0 {
+            return v;
+        }
+        if let Some(inst) = self.fb.func.dfg.value_def(v).inst() {
+            if self.fb.func.dfg.insts[inst].opcode() == cranelift_codegen::ir::Opcode::Iadd {
+                let [x, y] = *self.fb.func.dfg.inst_args(inst) else {
+                    unreachable!("iadd has two arguments")
+                };
+                for (base, c) in [(x, y), (y, x)] {
+                    if let Some(&c) = self.consts.get(&c) {
+                        return self.fb.ins().iadd_imm_s(base, (c as i64).wrapping_add(k));
+                    }
+                }
+            }
+        }
+        self.fb.ins().iadd_imm_s(v, k)
+    }
+
+    /// Call a helper through its register-preserving shim; returns the helper's result.
     fn call_fn(&mut self, f: FuncRef, args: &[Value]) -> Value {
-        let call = self.fb.ins().call(f, args);
-        self.fb.inst_results(call)[0]
+        debug_assert!(args[0] == self.cpu && args.len() <= 5);
+        for (i, &a) in args[1..].iter().enumerate() {
+            self.state_store(offsets::HELPER_ARGS + 8 * i as i32, a);
+        }
+        let cpu = self.cpu;
+        self.fb.ins().call(f, &[cpu]);
+        self.state_load(offsets::HELPER_VALUE)
     }
 
     fn const2(&self, a: Value, b: Value) -> Option<(u64, u64)> {
@@ -1019,6 +1156,9 @@ impl Builder for Lower<'_, '_> {
         }
         if self.consts.get(&b) == Some(&0) {
             return a;
+        }
+        if self.consts.get(&a) == Some(&0) {
+            return b;
         }
         self.fb.ins().iadd(a, b)
     }

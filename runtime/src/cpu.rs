@@ -213,6 +213,12 @@ pub struct CpuState {
     pub unimplemented_count: u64,
     /// Status of the last helper call from compiled code (see the jit's `helpers` module).
     pub helper_status: u64,
+    /// Return value of the last helper call from compiled code (helpers are reached through
+    /// register-preserving shims, which cannot return values).
+    pub helper_value: u64,
+    /// Arguments of that helper call (after the CPU pointer), passed in memory so that the
+    /// call site needs no argument registers besides the CPU pointer.
+    pub helper_args: [u64; 4],
     /// Physical address of the last access that hit no RAM (for the driver).
     pub unbacked_phys: u64,
     /// Address of the chaining slot of the exit compiled code last left through (0 = none).
@@ -301,6 +307,8 @@ impl CpuState {
             scratch: [0; 4],
             unimplemented_count: 0,
             helper_status: 0,
+            helper_value: 0,
+            helper_args: [0; 4],
             unbacked_phys: 0,
             exit_slot: 0,
             exit_from: 0,
@@ -392,6 +400,8 @@ pub mod offsets {
     pub const SCRATCH: i32 = offset_of!(CpuState, scratch) as i32;
     pub const TLB: i32 = offset_of!(CpuState, tlb) as i32;
     pub const HELPER_STATUS: i32 = offset_of!(CpuState, helper_status) as i32;
+    pub const HELPER_VALUE: i32 = offset_of!(CpuState, helper_value) as i32;
+    pub const HELPER_ARGS: i32 = offset_of!(CpuState, helper_args) as i32;
     pub const EXIT_SLOT: i32 = offset_of!(CpuState, exit_slot) as i32;
     pub const SMC_COUNT: i32 = offset_of!(CpuState, smc_count) as i32;
     pub const TRAP_RIP: i32 = offset_of!(CpuState, trap_rip) as i32;
