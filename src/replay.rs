@@ -571,6 +571,7 @@ impl Replayer {
             self.cpu.icount
         );
         let stats = &self.engine.stats;
+        log::info!("engine: {}", stats.dispatch_summary());
         Ok(ReplayOutcome {
             verdict,
             counts: self.bus.counts.clone(),

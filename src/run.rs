@@ -115,6 +115,7 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     let icount = m.cpu.icount;
     let mips = icount as f64 / secs.max(1e-9) / 1e6;
     let stats = &m.engine.stats;
+    log::info!("engine: {}", stats.dispatch_summary());
     let state_hash = krr::trace::state::regs_hash(&mut m.cpu);
     if log::log_enabled!(log::Level::Debug) {
         log::debug!("final registers: {}", krr::report::regs_line(&mut m.cpu));

@@ -14,6 +14,7 @@
 //!   `cpu.exit_slot` pointing at the slot for the dispatcher to fill.
 
 use crate::block::Block;
+use crate::engine::{jump_slot, JumpEntry, JUMP_CACHE};
 use crate::helpers;
 use crate::sem::{self, flags::FlagOp, Abort, Builder, Cmp, FlagState, Flow, Helper, R};
 use cranelift_codegen::ir::{
@@ -67,6 +68,8 @@ pub struct Jit {
     f_store128: FuncId,
     f_helper: FuncId,
     f_interpret: FuncId,
+    /// The engine's jump cache (`JUMP_CACHE` entries), for lookups from compiled code.
+    jump_cache: u64,
 }
 
 const PTR: Type = types::I64;
@@ -89,7 +92,9 @@ const PASSED_MASK: u16 = {
 };
 
 impl Jit {
-    pub fn new() -> Result<Jit, String> {
+    /// A JIT whose code looks computed and cross-page targets up in `jump_cache`, the
+    /// engine's jump cache (`JUMP_CACHE` entries that stay at this address).
+    pub(crate) fn new(jump_cache: *const JumpEntry) -> Result<Jit, String> {
         let mut flags = settings::builder();
         let set = |f: &mut settings::Builder, k: &str, v: &str| {
             f.set(k, v).map_err(|e| format!("setting {k}={v}: {e}"))
@@ -248,6 +253,7 @@ impl Jit {
             f_store128,
             f_helper,
             f_interpret,
+            jump_cache: jump_cache as u64,
         })
     }
 
@@ -273,6 +279,7 @@ impl Jit {
             store128: self.f_store128,
             helper: self.f_helper,
             interpret: self.f_interpret,
+            jump_cache: self.jump_cache,
         };
         lower_block(fb, &mut self.module, refs, &self.block_sig, block, &slots);
         (id, slots)
@@ -507,6 +514,7 @@ struct HelperRefs {
     store128: FuncId,
     helper: FuncId,
     interpret: FuncId,
+    jump_cache: u64,
 }
 
 struct Refs {
@@ -517,6 +525,7 @@ struct Refs {
     helper: FuncRef,
     interpret: FuncRef,
     block_sig: SigRef,
+    jump_cache: u64,
 }
 
 fn state_flags() -> MemFlagsData {
@@ -571,6 +580,7 @@ struct Lower<'a, 'm> {
     /// Some instruction of the block wrote memory.
     block_stores: bool,
     block_start: u64,
+    block_mode: u32,
 }
 
 fn lower_block(
@@ -589,6 +599,7 @@ fn lower_block(
         helper: module.declare_func_in_func(ids.helper, fb.func),
         interpret: module.declare_func_in_func(ids.interpret, fb.func),
         block_sig: fb.import_signature(block_sig.clone()),
+        jump_cache: ids.jump_cache,
     };
     let entry = fb.create_block();
     fb.append_block_params_for_function_params(entry);
@@ -660,6 +671,7 @@ fn lower_block(
         loop_header: None,
         block_stores: false,
         block_start: block.start,
+        block_mode: block.mode,
     };
     if is_self_loop(block) {
         l.begin_self_loop(block.start);
@@ -997,6 +1009,10 @@ impl Lower<'_, '_> {
                 let code = self.fb.ins().iconst(types::I64, EXIT_NORMAL as i64);
                 self.fb.ins().return_(&[code]);
             }
+            Flow::Indirect(t) => {
+                self.flush_except(PASSED_MASK);
+                self.lookup_exit(t, retired);
+            }
             Flow::Direct(t) => self.exit_to(t, retired, &slots[0] as *const u64),
             Flow::Branch { taken, not_taken } => {
                 let c = cond.expect("a branch has a condition");
@@ -1044,6 +1060,12 @@ impl Lower<'_, '_> {
     /// Leave towards a constant target: tail-call it through its slot when linked, else
     /// return to the dispatcher with the slot's address so it can link it.
     fn chain_exit(&mut self, target: u64, retired: u32, slot: *const u64) {
+        if target & !0xfff != self.block_start & !0xfff {
+            // Links stay within a page (see the engine's `link`): look other pages up.
+            let t = self.iconst(target);
+            self.lookup_exit(t, retired);
+            return;
+        }
         let icount = self.fb.ins().iadd_imm_s(self.icount, retired as i64);
         let mut args = vec![self.cpu, icount];
         for r in PASSED_GPRS {
@@ -1080,6 +1102,77 @@ impl Lower<'_, '_> {
         self.state_store(offsets::EXIT_SLOT, slot_addr);
         let from = self.fb.ins().iconst(types::I64, self.block_start as i64);
         self.state_store(offsets::EXIT_FROM, from);
+        let code = self.fb.ins().iconst(types::I64, EXIT_NORMAL as i64);
+        self.fb.ins().return_(&[code]);
+    }
+
+    /// Leave towards `target` (registers but the passed ones already flushed): tail-call its
+    /// code when the jump cache has it for this mode and the current mapping, else return to
+    /// the dispatcher with RIP there.
+    fn lookup_exit(&mut self, target: Value, retired: u32) {
+        const _: () = assert!(std::mem::size_of::<JumpEntry>() == 32);
+        let icount = self.fb.ins().iadd_imm_s(self.icount, retired as i64);
+        let mut args = vec![self.cpu, icount];
+        for r in PASSED_GPRS {
+            let v = self.get_gpr(r);
+            args.push(v);
+        }
+        let base = self.refs.jump_cache;
+        let entry = match self.const_of(target) {
+            Some(t) => self
+                .fb
+                .ins()
+                .iconst(types::I64, (base + 32 * jump_slot(t) as u64) as i64),
+            None => {
+                let hi = self.fb.ins().ushr_imm_u(target, 12);
+                let h = self.fb.ins().bxor(target, hi);
+                let idx = self.fb.ins().band_imm_s(h, (JUMP_CACHE - 1) as i64);
+                let off = self.fb.ins().ishl_imm_u(idx, 5);
+                self.fb.ins().iadd_imm_s(off, base as i64)
+            }
+        };
+        let rip_off = offset_of!(JumpEntry, rip) as i32;
+        let key_off = offset_of!(JumpEntry, key) as i32;
+        let code_off = offset_of!(JumpEntry, code) as i32;
+        let rip = self
+            .fb
+            .ins()
+            .load(types::I64, state_flags(), entry, rip_off);
+        let key = self.fb.ins().uload32(state_flags(), entry, key_off);
+        let code = self
+            .fb
+            .ins()
+            .load(types::I64, state_flags(), entry, code_off);
+        let current = self.state_load(offsets::TLB_JUMP_KEY);
+        let expected = self.fb.ins().bor_imm_u(current, self.block_mode as i64);
+        let same_rip = self.fb.ins().icmp(IntCC::Equal, rip, target);
+        let same_key = self.fb.ins().icmp(IntCC::Equal, key, expected);
+        let compiled = self.fb.ins().icmp_imm_u(IntCC::NotEqual, code, 0);
+        let hit = self.fb.ins().band(same_rip, same_key);
+        let mut go_cond = self.fb.ins().band(hit, compiled);
+        if self.ctx.stored {
+            // Never run on past a write to translated code: the target may be stale.
+            let n = self.state_load(offsets::SMC_COUNT);
+            let clean = self.fb.ins().icmp_imm_u(IntCC::Equal, n, 0);
+            go_cond = self.fb.ins().band(go_cond, clean);
+        }
+        let go = self.fb.create_block();
+        let back = self.fb.create_block();
+        self.fb.ins().brif(go_cond, go, &[], back, &[]);
+        self.fb.switch_to_block(go);
+        self.fb
+            .ins()
+            .return_call_indirect(self.refs.block_sig, code, &args);
+        self.fb.switch_to_block(back);
+        for (&r, &v) in PASSED_GPRS.iter().zip(&args[2..]) {
+            if self.dirty & (1 << r) != 0 {
+                self.state_store(offsets::gpr(r), v);
+            }
+        }
+        self.state_store(offsets::RIP, target);
+        self.state_store(offsets::ICOUNT, icount);
+        let z = self.fb.ins().iconst(types::I64, 0);
+        self.state_store(offsets::EXIT_SLOT, z);
         let code = self.fb.ins().iconst(types::I64, EXIT_NORMAL as i64);
         self.fb.ins().return_(&[code]);
     }

@@ -89,6 +89,30 @@ pub struct EngineStats {
     pub blocks_invalidated: u64,
     /// Dispatcher visits in the checked mode (single-step, breakpoints, RF; engine::debug).
     pub checked_visits: u64,
+    /// Returns from compiled code or the interpreter to the dispatcher.
+    pub dispatches: u64,
+    /// Dispatches whose jump-cache lookup missed (a page walk and a block-map lookup).
+    pub jump_cache_misses: u64,
+    /// Full jump-cache flushes (after full TLB flushes: CR3 writes and the like).
+    pub jump_cache_flushes: u64,
+    /// Misses resolved by finding the entry's RIP still mapped to its block's address.
+    pub jump_cache_revalidations: u64,
+}
+
+impl EngineStats {
+    /// One line on where dispatch time goes, for `RUST_LOG=info`.
+    pub fn dispatch_summary(&self) -> String {
+        format!(
+            "{} dispatches, {} jump-cache misses ({} revalidated), {} full flushes, {} blocks decoded, {} invalidated, {} instructions interpreted",
+            self.dispatches,
+            self.jump_cache_misses,
+            self.jump_cache_revalidations,
+            self.jump_cache_flushes,
+            self.blocks_decoded,
+            self.blocks_invalidated,
+            self.interpreted_insns
+        )
+    }
 }
 
 struct Entry {
@@ -101,17 +125,51 @@ struct Entry {
     incoming: Vec<*mut u64>,
 }
 
-const JUMP_CACHE: usize = 4096;
+pub(crate) const JUMP_CACHE: usize = 16384;
+
+/// A jump-cache entry. Compiled code reads these too (clif's inline lookups), hence the
+/// fixed layout and size (a power of two).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct JumpEntry {
+    /// Linear RIP of the block's first instruction.
+    pub rip: u64,
+    /// [`Engine::jump_key`] when filled: entries from before a full flush miss.
+    pub key: u32,
+    pub id: u32,
+    /// The block's compiled code, 0 while it is interpreted.
+    pub code: u64,
+    /// Physical address of `rip` when filled: after a full flush, an entry whose RIP still
+    /// translates there is the same block again.
+    phys: u64,
+}
+
+impl JumpEntry {
+    const EMPTY: JumpEntry = JumpEntry {
+        rip: u64::MAX,
+        key: 0,
+        id: NO_ENTRY,
+        code: 0,
+        phys: u64::MAX,
+    };
+}
+
+/// The jump-cache slot of a linear RIP.
+#[inline]
+pub(crate) fn jump_slot(rip: u64) -> usize {
+    (rip as usize ^ (rip >> 12) as usize) & (JUMP_CACHE - 1)
+}
 
 pub struct Engine {
     pub config: EngineConfig,
     entries: Vec<Entry>,
     by_phys: HashMap<(u64, u32), usize>,
-    /// Direct-mapped (linear RIP, mode) -> entry, so a hot dispatch needs no page walk.
-    /// Entries are (RIP, [`Engine::jump_key`] when filled, block id): an entry from before
-    /// the last full flush has another key and misses, so a flush is one increment.
-    jump_cache: Vec<(u64, u32, u32)>,
-    /// Counts full jump-cache flushes (29 bits; the mode takes the low 3 of a key).
+    /// Direct-mapped (linear RIP, mode) -> block, so a hot dispatch needs no page walk. An
+    /// entry from before the last full flush has another key and misses, so a flush is one
+    /// increment. Never reallocated: compiled code holds its address.
+    jump_cache: Box<[JumpEntry]>,
+    /// Counts full jump-cache flushes (28 bits: the mode takes the low 3 of a key and
+    /// [`JUMP_KEY_VALID`] the top one).
     jump_generation: u32,
     jit: Option<Jit>,
     pending: Vec<usize>,
@@ -126,7 +184,12 @@ pub struct Engine {
 }
 
 const NO_ENTRY: u32 = u32::MAX;
-const JUMP_GENERATION_MASK: u32 = (1 << 29) - 1;
+const JUMP_GENERATION_MASK: u32 = (1 << 28) - 1;
+/// Set in every key, so that `cpu.tlb.jump_key == 0` (a flush the dispatcher has not seen
+/// yet) matches no entry.
+const JUMP_KEY_VALID: u32 = 1 << 31;
+/// The mode's bits in a key.
+const JUMP_MODE_MASK: u32 = 7;
 
 /// Block mode bit: CPL3 code running with alignment checking (CR0.AM, RFLAGS.AC).
 pub const MODE_ALIGNMENT_CHECK: u32 = 4;
@@ -139,15 +202,16 @@ pub enum EngineError {
 
 impl Engine {
     pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
+        let jump_cache = vec![JumpEntry::EMPTY; JUMP_CACHE].into_boxed_slice();
         let jit = match config.policy {
             TierPolicy::Interpret => None,
-            _ => Some(Jit::new().map_err(EngineError::Jit)?),
+            _ => Some(Jit::new(jump_cache.as_ptr()).map_err(EngineError::Jit)?),
         };
         Ok(Engine {
             config,
             entries: Vec::new(),
             by_phys: HashMap::default(),
-            jump_cache: vec![(u64::MAX, 0, NO_ENTRY); JUMP_CACHE],
+            jump_cache,
             jump_generation: 0,
             jit,
             pending: Vec::new(),
@@ -172,17 +236,18 @@ impl Engine {
 
     /// Forget every linear-address lookup (after a full TLB flush: CR3 write, ...).
     pub fn flush_jump_cache(&mut self) {
+        self.stats.jump_cache_flushes += 1;
         self.jump_generation = (self.jump_generation + 1) & JUMP_GENERATION_MASK;
         if self.jump_generation == 0 {
             // The counter wrapped: entries from 2^29 flushes ago would match again.
-            self.jump_cache.fill((u64::MAX, 0, NO_ENTRY));
+            self.jump_cache.fill(JumpEntry::EMPTY);
         }
     }
 
     /// The jump-cache key of `mode` now: the flush generation and the mode.
     #[inline]
     fn jump_key(&self, mode: u32) -> u32 {
-        (self.jump_generation << 3) | mode
+        JUMP_KEY_VALID | (self.jump_generation << 3) | mode
     }
 
     /// Forget the lookups on pages flushed one at a time (INVLPG). A block on the page before
@@ -193,12 +258,12 @@ impl Engine {
         cpu.tlb.page_flush_count = 0;
         let pages = &cpu.tlb.page_flushes[..n];
         for e in self.jump_cache.iter_mut() {
-            let page = e.0 & !0xfff;
+            let page = e.rip & !0xfff;
             if pages
                 .iter()
                 .any(|&p| page == p || page.wrapping_add(0x1000) == p)
             {
-                *e = (u64::MAX, 0, NO_ENTRY);
+                *e = JumpEntry::EMPTY;
             }
         }
     }
@@ -207,10 +272,10 @@ impl Engine {
     fn lookup(&mut self, cpu: &mut CpuState) -> Result<usize, Exit> {
         let rip = cpu.rip;
         let mode = Self::mode(cpu);
-        let slot = (rip as usize ^ (rip >> 12) as usize) & (JUMP_CACHE - 1);
-        let (tag, m, id) = self.jump_cache[slot];
-        if tag == rip && m == self.jump_key(mode) && id != NO_ENTRY {
-            return Ok(id as usize);
+        let slot = jump_slot(rip);
+        let e = &self.jump_cache[slot];
+        if e.rip == rip && e.key == self.jump_key(mode) && e.id != NO_ENTRY {
+            return Ok(e.id as usize);
         }
         self.lookup_slow(cpu, slot)
     }
@@ -218,6 +283,7 @@ impl Engine {
     /// A jump-cache miss: translate RIP, find or decode the block, fill the jump cache.
     #[inline(never)]
     fn lookup_slow(&mut self, cpu: &mut CpuState, slot: usize) -> Result<usize, Exit> {
+        self.stats.jump_cache_misses += 1;
         let rip = cpu.rip;
         let mode = Self::mode(cpu);
         let user = mode & 3 == 3;
@@ -231,6 +297,14 @@ impl Engine {
                 });
             }
         };
+        let e = &mut self.jump_cache[slot];
+        if e.rip == rip && e.id != NO_ENTRY && e.key & JUMP_MODE_MASK == mode && e.phys == phys {
+            // Filled before a flush and still mapped the same way: the same block. (Entries
+            // of discarded blocks are cleared, so the block is still valid.)
+            e.key = JUMP_KEY_VALID | (self.jump_generation << 3) | mode;
+            self.stats.jump_cache_revalidations += 1;
+            return Ok(e.id as usize);
+        }
         let id = match self.by_phys.get(&(phys, mode)) {
             Some(&id) if self.entries[id].valid && self.entries[id].block.start == rip => id,
             _ => {
@@ -273,7 +347,16 @@ impl Engine {
                 id
             }
         };
-        self.jump_cache[slot] = (rip, self.jump_key(mode), id as u32);
+        self.jump_cache[slot] = JumpEntry {
+            rip,
+            key: self.jump_key(mode),
+            id: id as u32,
+            code: self.entries[id]
+                .compiled
+                .as_ref()
+                .map_or(0, |c| c.code as u64),
+            phys,
+        };
         Ok(id)
     }
 
@@ -370,7 +453,11 @@ impl Engine {
 
     fn run_until_event(&mut self, cpu: &mut CpuState) -> Exit {
         loop {
-            if self.jit.as_ref().is_some_and(|j| j.in_flight() > 0) {
+            self.stats.dispatches += 1;
+            // Looking for finished compilations costs a channel poll: not at every dispatch.
+            if self.stats.dispatches.is_multiple_of(64)
+                && self.jit.as_ref().is_some_and(|j| j.in_flight() > 0)
+            {
                 self.install_background(false);
             }
             if debug::checked_mode(cpu) {
@@ -391,6 +478,8 @@ impl Engine {
             } else if cpu.tlb.page_flush_count != 0 {
                 self.flush_jump_cache_pages(cpu);
             }
+            // The jump cache agrees with the TLB again: compiled code may use it.
+            cpu.tlb.jump_key = self.jump_key(0) as u64;
             if cpu.bus.is_some()
                 && krr_runtime::bus::with_bus(cpu, |bus, cpu| bus.wants_exit(cpu)).unwrap_or(false)
             {
@@ -470,7 +559,9 @@ impl Engine {
             if e.valid {
                 self.stats.blocks_compiled += 1;
                 self.stats.code_bytes += d.block.code_size as u64;
+                let code = d.block.code as u64;
                 e.compiled = Some(d.block);
+                self.publish_code(d.tag as usize, code);
             }
         }
     }
@@ -514,8 +605,18 @@ impl Engine {
         for (&i, c) in ids.iter().zip(compiled) {
             self.stats.blocks_compiled += 1;
             self.stats.code_bytes += c.code_size as u64;
+            let code = c.code as u64;
             self.entries[i].compiled = Some(c);
             self.entries[i].queued = false;
+            self.publish_code(i, code);
+        }
+    }
+
+    /// Block `id` was just compiled: its jump-cache entry, if any, now leads to the code.
+    fn publish_code(&mut self, id: usize, code: u64) {
+        let e = &mut self.jump_cache[jump_slot(self.entries[id].block.start)];
+        if e.id == id as u32 {
+            e.code = code;
         }
     }
 
@@ -725,10 +826,10 @@ impl Engine {
         if self.by_phys.get(&key) == Some(&id) {
             self.by_phys.remove(&key);
         }
-        for c in self.jump_cache.iter_mut() {
-            if c.2 == id as u32 {
-                *c = (u64::MAX, 0, NO_ENTRY);
-            }
+        // A block is only ever entered in the jump cache at its start's slot.
+        let c = &mut self.jump_cache[jump_slot(e.block.start)];
+        if c.id == id as u32 {
+            *c = JumpEntry::EMPTY;
         }
         self.stats.blocks_invalidated += 1;
     }

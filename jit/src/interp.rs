@@ -530,7 +530,7 @@ impl Builder for Interp<'_> {
     }
     fn flow(&mut self, f: Flow<u64>, cond: Option<bool>) {
         self.next_rip = match f {
-            Flow::Jump(t) => t,
+            Flow::Jump(t) | Flow::Indirect(t) => t,
             Flow::Direct(t) => t,
             Flow::Branch { taken, not_taken } => {
                 if cond.unwrap_or(true) {

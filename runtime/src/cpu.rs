@@ -401,6 +401,8 @@ pub mod offsets {
     pub const TLB: i32 = offset_of!(CpuState, tlb) as i32;
     pub const HELPER_STATUS: i32 = offset_of!(CpuState, helper_status) as i32;
     pub const HELPER_VALUE: i32 = offset_of!(CpuState, helper_value) as i32;
+    pub const TLB_JUMP_KEY: i32 =
+        (offset_of!(CpuState, tlb) + offset_of!(crate::mmu::Tlb, jump_key)) as i32;
     pub const HELPER_ARGS: i32 = offset_of!(CpuState, helper_args) as i32;
     pub const EXIT_SLOT: i32 = offset_of!(CpuState, exit_slot) as i32;
     pub const SMC_COUNT: i32 = offset_of!(CpuState, smc_count) as i32;

@@ -37,6 +37,10 @@ pub struct Tlb {
     /// lookups on those pages. More than fit count as a full flush.
     pub page_flushes: [u64; PAGE_FLUSHES],
     pub page_flush_count: u64,
+    /// The key compiled code expects in the engine's jump cache (its mode bits added), set
+    /// by the engine's dispatcher once its lookups agree with this TLB; 0 after any flush
+    /// until then, so compiled code never follows a lookup made under an older mapping.
+    pub jump_key: u64,
 }
 
 /// Single-page flushes remembered before they turn into a full one.
@@ -54,10 +58,12 @@ impl Tlb {
             generation: 0,
             page_flushes: [0; PAGE_FLUSHES],
             page_flush_count: 0,
+            jump_key: 0,
         }
     }
     pub fn flush(&mut self) {
         self.generation += 1;
+        self.jump_key = 0;
         self.page_flush_count = 0;
         for e in self.sets[..2].iter_mut().flatten().flatten() {
             e.tag = TLB_INVALID;
@@ -74,6 +80,7 @@ impl Tlb {
     pub fn flush_page(&mut self, linear: u64) {
         let idx = tlb_index(linear);
         let page = linear & !0xfff;
+        self.jump_key = 0;
         match self.page_flushes.get_mut(self.page_flush_count as usize) {
             Some(slot) => {
                 *slot = page;

@@ -417,7 +417,7 @@ fn jmp<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     } else if insn.op0_kind() == OpKind::Register || insn.op0_kind() == OpKind::Memory {
         let t = read_op(b, 0, 8)?;
         branch_target_canonical(b, t)?;
-        b.flow(Flow::Jump(t), None);
+        b.flow(Flow::Indirect(t), None);
     } else {
         return Err(b.unimplemented());
     }
@@ -434,7 +434,7 @@ fn call<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
         let t = read_op(b, 0, 8)?;
         branch_target_canonical(b, t)?;
         push(b, ret, 8)?;
-        b.flow(Flow::Jump(t), None);
+        b.flow(Flow::Indirect(t), None);
     } else {
         return Err(b.unimplemented());
     }
@@ -457,7 +457,7 @@ fn ret<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
         nsp
     };
     b.set_gpr(RSP, nsp);
-    b.flow(Flow::Jump(t), None);
+    b.flow(Flow::Indirect(t), None);
     Ok(())
 }
 

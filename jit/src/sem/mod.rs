@@ -71,8 +71,12 @@ pub enum Helper {
 /// Where execution goes after an instruction whose next RIP is not simply the next one.
 #[derive(Clone, Copy, Debug)]
 pub enum Flow<V> {
-    /// An indirect jump (computed target).
+    /// A computed target after an instruction that may have changed the mode, paging,
+    /// interrupt or debug state: compiled code leaves through the dispatcher.
     Jump(V),
+    /// A near indirect JMP, CALL or RET: nothing but RIP changed, so compiled code may find
+    /// the target in the jump cache itself.
+    Indirect(V),
     /// A direct jump to a constant target.
     Direct(u64),
     /// A two-way conditional branch between constant targets.
