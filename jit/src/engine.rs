@@ -93,8 +93,8 @@ pub struct EngineStats {
     pub dispatches: u64,
     /// Dispatches whose jump-cache lookup missed (a page walk and a block-map lookup).
     pub jump_cache_misses: u64,
-    /// Full jump-cache flushes (after full TLB flushes: CR3 writes and the like).
-    pub jump_cache_flushes: u64,
+    /// Changes of the address-space key (TLB flushes, CR3 loads).
+    pub space_switches: u64,
     /// Misses resolved by finding the entry's RIP still mapped to its block's address.
     pub jump_cache_revalidations: u64,
 }
@@ -103,11 +103,11 @@ impl EngineStats {
     /// One line on where dispatch time goes, for `RUST_LOG=info`.
     pub fn dispatch_summary(&self) -> String {
         format!(
-            "{} dispatches, {} jump-cache misses ({} revalidated), {} full flushes, {} blocks decoded, {} invalidated, {} instructions interpreted",
+            "{} dispatches, {} jump-cache misses ({} revalidated), {} address-space switches, {} blocks decoded, {} invalidated, {} instructions interpreted",
             self.dispatches,
             self.jump_cache_misses,
             self.jump_cache_revalidations,
-            self.jump_cache_flushes,
+            self.space_switches,
             self.blocks_decoded,
             self.blocks_invalidated,
             self.interpreted_insns
@@ -164,13 +164,16 @@ pub struct Engine {
     pub config: EngineConfig,
     entries: Vec<Entry>,
     by_phys: HashMap<(u64, u32), usize>,
-    /// Direct-mapped (linear RIP, mode) -> block, so a hot dispatch needs no page walk. An
-    /// entry from before the last full flush has another key and misses, so a flush is one
-    /// increment. Never reallocated: compiled code holds its address.
+    /// Direct-mapped (linear RIP, mode) -> block, so a hot dispatch needs no page walk.
+    /// Entries are tagged with the address-space key they were made under
+    /// (`cpu.tlb.space`): after a flush or a switch, the others miss. Never reallocated:
+    /// compiled code holds its address.
     jump_cache: Box<[JumpEntry]>,
-    /// Counts full jump-cache flushes (28 bits: the mode takes the low 3 of a key and
-    /// [`JUMP_KEY_VALID`] the top one).
-    jump_generation: u32,
+    /// `cpu.tlb.space` as of the last dispatch (below 2^28: the mode takes the low 3 bits of
+    /// a key and [`JUMP_KEY_VALID`] the top one).
+    jump_space: u32,
+    /// `cpu.tlb.space_wraps` as of the last dispatch.
+    space_wraps: u64,
     jit: Option<Jit>,
     pending: Vec<usize>,
     pub stats: EngineStats,
@@ -179,12 +182,10 @@ pub struct Engine {
     page_blocks: HashMap<u64, Vec<usize>>,
     /// The interpreter's undo records, allocated once.
     undo: crate::interp::Undo,
-    /// `cpu.tlb.generation` when the jump cache was last valid.
-    tlb_generation: u64,
 }
 
 const NO_ENTRY: u32 = u32::MAX;
-const JUMP_GENERATION_MASK: u32 = (1 << 28) - 1;
+const _: () = assert!(krr_runtime::mmu::SPACE_KEY_LIMIT <= 1 << 28);
 /// Set in every key, so that `cpu.tlb.jump_key == 0` (a flush the dispatcher has not seen
 /// yet) matches no entry.
 const JUMP_KEY_VALID: u32 = 1 << 31;
@@ -212,14 +213,14 @@ impl Engine {
             entries: Vec::new(),
             by_phys: HashMap::default(),
             jump_cache,
-            jump_generation: 0,
+            jump_space: 0,
+            space_wraps: 0,
             jit,
             pending: Vec::new(),
             stats: EngineStats::default(),
             logged_unimplemented: Default::default(),
             page_blocks: HashMap::default(),
             undo: crate::interp::Undo::new(),
-            tlb_generation: 0,
         })
     }
 
@@ -234,20 +235,29 @@ impl Engine {
             }
     }
 
-    /// Forget every linear-address lookup (after a full TLB flush: CR3 write, ...).
-    pub fn flush_jump_cache(&mut self) {
-        self.stats.jump_cache_flushes += 1;
-        self.jump_generation = (self.jump_generation + 1) & JUMP_GENERATION_MASK;
-        if self.jump_generation == 0 {
-            // The counter wrapped: entries from 2^29 flushes ago would match again.
+    /// Bring the jump cache in line with the TLB (flushes, address-space switches, INVLPG)
+    /// before a lookup; compiled code may then use it again.
+    #[inline]
+    fn sync_translations(&mut self, cpu: &mut CpuState) {
+        if cpu.tlb.space_wraps != self.space_wraps {
+            // The key counter wrapped: old entries could match new keys.
+            self.space_wraps = cpu.tlb.space_wraps;
             self.jump_cache.fill(JumpEntry::EMPTY);
         }
+        if cpu.tlb.space as u32 != self.jump_space {
+            self.jump_space = cpu.tlb.space as u32;
+            self.stats.space_switches += 1;
+        }
+        if cpu.tlb.page_flush_count != 0 {
+            self.flush_jump_cache_pages(cpu);
+        }
+        cpu.tlb.jump_key = self.jump_key(0) as u64;
     }
 
-    /// The jump-cache key of `mode` now: the flush generation and the mode.
+    /// The jump-cache key of `mode` now: the address space and the mode.
     #[inline]
     fn jump_key(&self, mode: u32) -> u32 {
-        JUMP_KEY_VALID | (self.jump_generation << 3) | mode
+        JUMP_KEY_VALID | (self.jump_space << 3) | mode
     }
 
     /// Forget the lookups on pages flushed one at a time (INVLPG). A block on the page before
@@ -297,11 +307,12 @@ impl Engine {
                 });
             }
         };
+        let key = self.jump_key(mode);
         let e = &mut self.jump_cache[slot];
         if e.rip == rip && e.id != NO_ENTRY && e.key & JUMP_MODE_MASK == mode && e.phys == phys {
             // Filled before a flush and still mapped the same way: the same block. (Entries
             // of discarded blocks are cleared, so the block is still valid.)
-            e.key = JUMP_KEY_VALID | (self.jump_generation << 3) | mode;
+            e.key = key;
             self.stats.jump_cache_revalidations += 1;
             return Ok(e.id as usize);
         }
@@ -470,16 +481,7 @@ impl Engine {
             if cpu.icount >= cpu.icount_limit {
                 return Exit::Budget;
             }
-            if cpu.tlb.generation != self.tlb_generation {
-                // Linear addresses may map elsewhere now.
-                self.tlb_generation = cpu.tlb.generation;
-                cpu.tlb.page_flush_count = 0;
-                self.flush_jump_cache();
-            } else if cpu.tlb.page_flush_count != 0 {
-                self.flush_jump_cache_pages(cpu);
-            }
-            // The jump cache agrees with the TLB again: compiled code may use it.
-            cpu.tlb.jump_key = self.jump_key(0) as u64;
+            self.sync_translations(cpu);
             if cpu.bus.is_some()
                 && krr_runtime::bus::with_bus(cpu, |bus, cpu| bus.wants_exit(cpu)).unwrap_or(false)
             {

@@ -2444,6 +2444,76 @@ fn tlb_remapped_code_page() {
     assert_eq!(r.reports, vec![200, 200 << 8, 200]);
 }
 
+/// Load CR3 with the current root and `pcid`, keeping that PCID's translations when `keep`
+/// (bit 63) (clobbers RAX, RCX).
+fn load_cr3_pcid(k: &mut Asm, pcid: u64, keep: bool) -> AsmResult {
+    k.mov(rax, cr3)?;
+    k.and(rax, -0x1000)?;
+    k.mov(rcx, pcid | if keep { 1 << 63 } else { 0 })?;
+    k.or(rax, rcx)?;
+    k.mov(cr3, rax)
+}
+
+/// PCIDs (CPUID.01H:ECX[17], CR4.PCIDE): a CR3 load with bit 63 clear invalidates that
+/// PCID's translations, and translations made under one PCID are never used under another
+/// (SDM 4.10.1, 4.10.4.1). The code page of a hot function is remapped after PCID 1 ran it;
+/// PCID 2, never used before, must run the new page's code even after a non-flushing load,
+/// again after PCID 1 was current (without running it), and so must PCID 1 after a flushing
+/// load. (Whether PCID 1 after a non-flushing load still runs the old code is up to the
+/// implementation.)
+#[test]
+fn pcid_tagged_translations() {
+    let r = run_all(
+        |k| {
+            let mut hot = k.create_label();
+            k.mov(rsi, TLB_X)?;
+            set_cr(k, cr4, cr4::PCIDE, true)?;
+            load_cr3_pcid(k, 1, false)?;
+            k.call(hot)?;
+            set_pte(k, 2)?;
+            load_cr3_pcid(k, 2, true)?;
+            k.call(hot)?;
+            load_cr3_pcid(k, 1, true)?;
+            load_cr3_pcid(k, 2, true)?;
+            k.call(hot)?;
+            load_cr3_pcid(k, 1, false)?;
+            k.call(hot)?;
+            k.mov(rax, cr3)?;
+            k.mov(r8, rax)?;
+            report(k, r8)?;
+            stop(k)?;
+            // 100 indirect and 100 direct calls.
+            let mut l = k.create_label();
+            k.set_label(&mut hot)?;
+            k.xor(ebx, ebx)?;
+            k.mov(r12d, 100)?;
+            k.set_label(&mut l)?;
+            k.call(rsi)?;
+            k.call(TLB_X)?;
+            k.dec(r12d)?;
+            k.jnz(l)?;
+            report(k, rbx)?;
+            k.ret()
+        },
+        no_user,
+        |m| {
+            tlb_setup(m, 0);
+            // add ebx, imm32; ret
+            m.mem
+                .write(PHYS_A, &[0x81, 0xc3, 1, 0, 0, 0, 0xc3])
+                .unwrap();
+            m.mem
+                .write(PHYS_B, &[0x81, 0xc3, 0, 1, 0, 0, 0xc3])
+                .unwrap();
+        },
+    );
+    assert!(r.events.is_empty(), "{:#x?}", r.events);
+    assert_eq!(r.reports[..4], [200, 200 << 8, 200 << 8, 200 << 8]);
+    // Bit 63 is not stored; the PCID is CR3[11:0].
+    assert_eq!(r.reports[4] & 0xfff, 1);
+    assert_eq!(r.reports[4] >> 63, 0);
+}
+
 // ---------------------------------------------------------------------------------------
 // More delivery and IRETQ rules
 
@@ -3183,11 +3253,11 @@ fn tss_io_permission_bitmap() {
 /// CPUID reports XSAVE (leaf 1 ECX[26]) and OSXSAVE (ECX[27]) as CR4.OSXSAVE is; leaf 0xD
 /// subleaf 0 lists x87 and SSE with the 576-byte standard-format area (EBX for the current
 /// XCR0, ECX the maximum), subleaf 1 XSAVEOPT only (SDM CPUID, Vol. 1 13.2, 13.3). CR4 bits
-/// of features CPUID does not report are reserved: writing them is #GP(0) (SDM MOV CR): PCIDE
-/// without PCID, UMIP, PSE, MCE, VME. DE is reported and may be set.
+/// of features CPUID does not report are reserved: writing them is #GP(0) (SDM MOV CR): PKE,
+/// UMIP, PSE, MCE, VME. DE is reported and may be set.
 #[test]
 fn cpuid_xsave_leaves_and_cr4_reserved_bits() {
-    let bits = [17u8, 11, 4, 6, 0];
+    let bits = [22u8, 11, 4, 6, 0];
     let r = run_all(
         |k| {
             let leaf = |k: &mut Asm, l: u32, sub: u32| -> AsmResult {

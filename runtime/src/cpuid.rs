@@ -73,9 +73,9 @@ impl CpuidTable {
             | (1 << 24)
             | (1 << 25)
             | (1 << 26);
-        // Leaf 1 ECX: CX16 MOVBE POPCNT XSAVE (bit 27, OSXSAVE, mirrors CR4.OSXSAVE, see
+        // Leaf 1 ECX: CX16 PCID MOVBE POPCNT XSAVE (bit 27, OSXSAVE, mirrors CR4.OSXSAVE, see
         // `query`; bit 31 stays 0: no hypervisor).
-        let l1_ecx = (1 << 13) | (1 << 22) | (1 << 23) | L1_ECX_XSAVE;
+        let l1_ecx = (1 << 13) | (1 << 17) | (1 << 22) | (1 << 23) | L1_ECX_XSAVE;
         // Leaf 7.0 EBX: FSGSBASE BMI1 SMEP BMI2 ADX SMAP.
         let l7_ebx = (1 << 0) | (1 << 3) | (1 << 7) | (1 << 8) | (1 << 19) | (1 << 20);
         // Leaf 0x80000001 ECX: LAHF-SAHF, ABM (LZCNT). EDX: SYSCALL NX RDTSCP LM.

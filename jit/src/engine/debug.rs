@@ -74,10 +74,7 @@ impl Engine {
         if cpu.icount >= cpu.icount_limit {
             return Some(Exit::Budget);
         }
-        if cpu.tlb.generation != self.tlb_generation {
-            self.tlb_generation = cpu.tlb.generation;
-            self.flush_jump_cache();
-        }
+        self.sync_translations(cpu);
         if cpu.bus.is_some()
             && krr_runtime::bus::with_bus(cpu, |bus, cpu| bus.wants_exit(cpu)).unwrap_or(false)
         {

@@ -484,8 +484,12 @@ fn run(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags: u64) ->
                     if !mmu::is_canonical(linear) {
                         return gp0();
                     }
-                    // The TLB is not tagged by PCID: drop the page for every PCID.
+                    // Drops the page for every PCID (more than required).
                     cpu.tlb.flush_page(linear);
+                }
+                1 => {
+                    let current = cpu.cr4 & CR4_PCIDE != 0 && cpu.cr3 & 0xfff == pcid;
+                    cpu.tlb.flush_pcid(pcid as u16, current);
                 }
                 _ => cpu.tlb.flush(),
             }
@@ -870,13 +874,19 @@ fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> Sys
             Register::CR2 => cpu.cr2 = v,
             Register::CR3 => {
                 // Bit 63 (PCID no-flush) is not stored.
+                let keep = v >> 63 != 0;
                 let v = v & !(1 << 63);
                 if v >> 52 != 0 {
                     return gp0();
                 }
-                // The TLB is not tagged by PCID, so even a no-flush load must drop the old
-                // address space's entries; only the cost differs on real hardware.
-                cpu.tlb.flush();
+                // With PCIDs, a load with bit 63 set keeps that PCID's translations (SDM
+                // 4.10.4.1); without, every load invalidates the non-global ones (all of them
+                // here: more than required).
+                if cpu.cr4 & CR4_PCIDE != 0 {
+                    cpu.tlb.load_cr3(Some((v & 0xfff) as u16), !keep);
+                } else {
+                    cpu.tlb.load_cr3(None, true);
+                }
                 cpu.cr3 = v;
             }
             Register::CR4 => {
