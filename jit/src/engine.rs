@@ -123,6 +123,19 @@ struct Entry {
     valid: bool,
     /// Exit slots of other blocks that jump straight to this one.
     incoming: Vec<*mut u64>,
+    /// The physical bytes of the block's code: [start, end) on its first page and, when its
+    /// last instruction straddles into the next page, on that one (else empty).
+    code_bytes: [[u64; 2]; 2],
+}
+
+impl Entry {
+    fn straddles(&self) -> bool {
+        self.code_bytes[1][1] != 0
+    }
+
+    fn overlaps(&self, start: u64, end: u64) -> bool {
+        self.code_bytes.iter().any(|&[s, e]| s < end && start < e)
+    }
 }
 
 pub(crate) const JUMP_CACHE: usize = 16384;
@@ -140,9 +153,13 @@ pub(crate) struct JumpEntry {
     /// The block's compiled code, 0 while it is interpreted.
     pub code: u64,
     /// Physical address of `rip` when filled: after a full flush, an entry whose RIP still
-    /// translates there is the same block again.
+    /// translates there is the same block again. [`STRADDLES`] is added for a block whose
+    /// last instruction straddles into the next page (that page's mapping must be checked
+    /// too, so such an entry is never taken again this way).
     phys: u64,
 }
+
+const STRADDLES: u64 = 1 << 63;
 
 impl JumpEntry {
     const EMPTY: JumpEntry = JumpEntry {
@@ -310,14 +327,20 @@ impl Engine {
         let key = self.jump_key(mode);
         let e = &mut self.jump_cache[slot];
         if e.rip == rip && e.id != NO_ENTRY && e.key & JUMP_MODE_MASK == mode && e.phys == phys {
-            // Filled before a flush and still mapped the same way: the same block. (Entries
-            // of discarded blocks are cleared, so the block is still valid.)
+            // Filled before a flush and still mapped the same way, on one page: the same
+            // block. (Entries of discarded blocks are cleared, so the block is still valid.)
             e.key = key;
             self.stats.jump_cache_revalidations += 1;
             return Ok(e.id as usize);
         }
         let id = match self.by_phys.get(&(phys, mode)) {
-            Some(&id) if self.entries[id].valid && self.entries[id].block.start == rip => id,
+            Some(&id)
+                if self.entries[id].valid
+                    && self.entries[id].block.start == rip
+                    && self.second_page_unchanged(cpu, id, user) =>
+            {
+                id
+            }
             _ => {
                 let block = match block::decode(cpu, mode, self.config.max_block_insns) {
                     Ok(b) => b,
@@ -336,6 +359,12 @@ impl Engine {
                 let last_phys = mmu::translate(cpu, last, mmu::Access::Execute, user)
                     .map(|t| t.phys)
                     .unwrap_or(phys);
+                let first_end = (phys + block.len as u64).min((phys | 0xfff) + 1);
+                let code_bytes = if last_phys >> 12 == phys >> 12 {
+                    [[phys, first_end], [0, 0]]
+                } else {
+                    [[phys, first_end], [last_phys & !0xfff, last_phys + 1]]
+                };
                 for page in [phys >> 12, last_phys >> 12] {
                     if !cpu.is_code_page(page) {
                         cpu.set_code_page(page, true);
@@ -353,22 +382,33 @@ impl Engine {
                     queued: false,
                     valid: true,
                     incoming: Vec::new(),
+                    code_bytes,
                 });
                 self.by_phys.insert((phys, mode), id);
                 id
             }
         };
+        let e = &self.entries[id];
         self.jump_cache[slot] = JumpEntry {
             rip,
             key: self.jump_key(mode),
             id: id as u32,
-            code: self.entries[id]
-                .compiled
-                .as_ref()
-                .map_or(0, |c| c.code as u64),
-            phys,
+            code: e.compiled.as_ref().map_or(0, |c| c.code as u64),
+            phys: phys | if e.straddles() { STRADDLES } else { 0 },
         };
         Ok(id)
+    }
+
+    /// For a block whose last instruction straddles into the next page: does that page still
+    /// map to where the block's bytes were read from?
+    fn second_page_unchanged(&self, cpu: &mut CpuState, id: usize, user: bool) -> bool {
+        let e = &self.entries[id];
+        if !e.straddles() {
+            return true;
+        }
+        let last = e.block.start.wrapping_add(e.block.len as u64 - 1);
+        mmu::translate(cpu, last, mmu::Access::Execute, user)
+            .is_ok_and(|t| t.phys & !0xfff == e.code_bytes[1][0])
     }
 
     /// Run with `bus` serving port IO, MMIO and the nondeterministic inputs.
@@ -795,19 +835,42 @@ impl Engine {
     }
 
     /// The guest (or a DMA write the driver reports through [`Engine::notify_write`]) wrote
-    /// pages holding translated code: discard those blocks and unlink every jump to them.
+    /// pages holding translated code: discard the blocks whose bytes were written and unlink
+    /// every jump to them. Other blocks on those pages stay (the kernel patches single
+    /// instructions in pages full of hot code; data may share a page with code). A page with
+    /// no block left stops being a code page, so its writes take the fast path again.
     fn handle_code_writes(&mut self, cpu: &mut CpuState) {
         let n = cpu.smc_count as usize;
-        let pages: Vec<u64> = if n <= cpu.smc_pages.len() {
-            cpu.smc_pages[..n].to_vec()
-        } else {
-            self.page_blocks.keys().copied().collect()
-        };
         cpu.smc_count = 0;
-        for page in pages {
-            cpu.set_code_page(page, false);
-            for id in self.page_blocks.remove(&page).unwrap_or_default() {
-                self.invalidate(id);
+        if n > cpu.smc_writes.len() {
+            // Too many to tell apart: every block goes.
+            let pages: Vec<u64> = self.page_blocks.keys().copied().collect();
+            for page in pages {
+                cpu.set_code_page(page, false);
+                for id in self.page_blocks.remove(&page).unwrap_or_default() {
+                    self.invalidate(id);
+                }
+            }
+            return;
+        }
+        let writes = cpu.smc_writes;
+        for &[start, end] in &writes[..n] {
+            for page in (start >> 12)..=((end - 1) >> 12) {
+                let Some(list) = self.page_blocks.remove(&page) else {
+                    continue;
+                };
+                let (doomed, kept): (Vec<usize>, Vec<usize>) = list
+                    .into_iter()
+                    .filter(|&id| self.entries[id].valid)
+                    .partition(|&id| self.entries[id].overlaps(start, end));
+                for id in doomed {
+                    self.invalidate(id);
+                }
+                if kept.is_empty() {
+                    cpu.set_code_page(page, false);
+                } else {
+                    self.page_blocks.insert(page, kept);
+                }
             }
         }
     }
@@ -844,7 +907,9 @@ impl Engine {
         }
         for page in (phys >> 12)..=((phys + len - 1) >> 12) {
             if cpu.is_code_page(page) {
-                mmu::note_code_write(cpu, page);
+                let start = phys.max(page << 12);
+                let end = (phys + len).min((page + 1) << 12);
+                mmu::note_code_write(cpu, start, end - start);
             }
         }
         if cpu.smc_count != 0 {

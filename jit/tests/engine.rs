@@ -324,3 +324,63 @@ fn self_modifying_other_block() {
         assert_eq!(r.state.gpr[2], 101 + 3 * 99, "{tier:?}");
     }
 }
+
+/// A hot loop that writes data on its own code page, beside its code: the blocks stay (only
+/// blocks whose bytes are written are discarded), and the data is right in every tier.
+#[test]
+fn writes_beside_code_keep_its_blocks() {
+    let code = assemble_self_ref(|a, data, label| {
+        let mut top = a.create_label();
+        let mut done = a.create_label();
+        a.mov(ecx, 300)?;
+        a.set_label(&mut top)?;
+        a.add(dword_ptr(data), ecx)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.mov(eax, dword_ptr(data))?;
+        a.jmp(done)?;
+        a.set_label(label)?;
+        a.dd(&[0])?;
+        a.set_label(&mut done)?;
+        a.nop()?;
+        Ok(())
+    });
+    for tier in TIERS {
+        let r = run_smc(code.clone(), tier);
+        assert_eq!(r.outcome, Outcome::Completed, "{tier:?}");
+        assert_eq!(r.state.gpr[0], 300 * 301 / 2, "{tier:?}");
+        assert_eq!(r.stats.blocks_invalidated, 0, "{tier:?}: {:?}", r.stats);
+    }
+}
+
+/// A write to the part of an instruction that straddles into the next page (the immediate
+/// of `add edx, imm32` at the end of the first code page) discards the block holding it.
+#[test]
+fn write_to_the_straddling_part_of_a_block() {
+    let func = CODE + 0xffe;
+    let mut a = CodeAssembler::new(64).unwrap();
+    let mut top = a.create_label();
+    let mut after = a.create_label();
+    a.mov(ecx, 100).unwrap();
+    a.xor(edx, edx).unwrap();
+    a.set_label(&mut top).unwrap();
+    a.call(func).unwrap();
+    a.cmp(ecx, 50).unwrap();
+    a.jne(after).unwrap();
+    // The immediate's low byte, on the second page.
+    a.mov(byte_ptr(func + 2), 3).unwrap();
+    a.set_label(&mut after).unwrap();
+    a.dec(ecx).unwrap();
+    a.jnz(top).unwrap();
+    a.jmp(func + 7).unwrap();
+    let mut code = a.assemble(CODE).unwrap();
+    code.resize(0xffe, 0x90);
+    // add edx, 1; ret; nop (the end)
+    code.extend_from_slice(&[0x81, 0xc2, 1, 0, 0, 0, 0xc3, 0x90]);
+    for tier in TIERS {
+        let r = run_smc(code.clone(), tier);
+        assert_eq!(r.outcome, Outcome::Completed, "{tier:?}");
+        // 51 calls before the patch (ecx = 100..=50), 49 after.
+        assert_eq!(r.state.gpr[2], 51 + 3 * 49, "{tier:?}");
+    }
+}

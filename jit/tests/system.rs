@@ -2514,6 +2514,53 @@ fn pcid_tagged_translations() {
     assert_eq!(r.reports[4] >> 63, 0);
 }
 
+/// A function whose first instruction straddles two pages (`add ebx, imm32` with its
+/// immediate on the second page): remapping only the second page (INVLPG of it, then a CR3
+/// load) makes the next calls use the new page's bytes.
+#[test]
+fn tlb_remapped_second_page_of_a_straddling_instruction() {
+    const PHYS_C: u64 = TEST_AREA + 0x4_0000;
+    let func = TLB_X - 2;
+    let r = run_all(
+        |k| {
+            let mut hot = k.create_label();
+            k.mov(rsi, func)?;
+            k.call(hot)?;
+            set_pte(k, 2)?;
+            k.mov(rdi, TLB_X)?;
+            k.invlpg(ptr(rdi))?;
+            k.call(hot)?;
+            set_pte(k, 1)?;
+            k.mov(rax, cr3)?;
+            k.mov(cr3, rax)?;
+            k.call(hot)?;
+            stop(k)?;
+            let mut l = k.create_label();
+            k.set_label(&mut hot)?;
+            k.xor(ebx, ebx)?;
+            k.mov(r12d, 100)?;
+            k.set_label(&mut l)?;
+            k.call(rsi)?;
+            k.call(func)?;
+            k.dec(r12d)?;
+            k.jnz(l)?;
+            report(k, rbx)?;
+            k.ret()
+        },
+        no_user,
+        |m| {
+            tlb_setup(m, 0);
+            m.pt.map(&mut m.mem, TLB_X - 0x1000, PHYS_C, PageSize::K4, 0);
+            // add ebx, imm32 from PHYS_C + 0xffe into the next page; then ret.
+            m.mem.write(PHYS_C + 0xffe, &[0x81, 0xc3]).unwrap();
+            m.mem.write(PHYS_A, &[1, 0, 0, 0, 0xc3]).unwrap();
+            m.mem.write(PHYS_B, &[0, 1, 0, 0, 0xc3]).unwrap();
+        },
+    );
+    assert!(r.events.is_empty(), "{:#x?}", r.events);
+    assert_eq!(r.reports, vec![200, 200 << 8, 200]);
+}
+
 // ---------------------------------------------------------------------------------------
 // More delivery and IRETQ rules
 

@@ -245,10 +245,11 @@ pub struct CpuState {
     pub pending_db: u64,
     /// B0-B3 bits of the data breakpoints the current instruction hit (MMU checked path).
     pub db_hits: u64,
-    /// Pages holding translated code that were written since the engine last looked
-    /// (`smc_count` of them in `smc_pages`; more than fit means "assume any").
+    /// Writes to pages holding translated code since the engine last looked: `smc_count` of
+    /// them as [start, end) physical ranges in `smc_writes` (touching writes merge); more than
+    /// fit means "assume any".
     pub smc_count: u64,
-    pub smc_pages: [u64; 4],
+    pub smc_writes: [[u64; 2]; 4],
     /// The code-page bitmap of guest memory (one bit per 4 KiB page, see `GuestMemory`).
     pub code_bitmap: *mut u64,
     pub code_bitmap_words: u64,
@@ -321,7 +322,7 @@ impl CpuState {
             pending_db: 0,
             db_hits: 0,
             smc_count: 0,
-            smc_pages: [0; 4],
+            smc_writes: [[0; 2]; 4],
             code_bitmap: mem.code_page_bitmap().0,
             code_bitmap_words: mem.code_page_bitmap().1 as u64,
             mem_base: mem.as_mut_ptr(),

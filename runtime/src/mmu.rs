@@ -520,20 +520,27 @@ pub fn store_bytes(
         };
         done += len;
         if cpu.is_code_page(phys >> 12) {
-            note_code_write(cpu, phys >> 12);
+            note_code_write(cpu, phys, len as u64);
         }
     }
     Ok(())
 }
 
-/// Remember that a page with translated code was written, for the engine to invalidate.
-pub fn note_code_write(cpu: &mut CpuState, page: u64) {
+/// Remember that `len` bytes at `phys`, on a page with translated code, were written, for
+/// the engine to invalidate the blocks there. A write touching a range already noted extends
+/// it (a REP STOS stays one range).
+pub fn note_code_write(cpu: &mut CpuState, phys: u64, len: u64) {
+    let (start, end) = (phys, phys + len);
     let n = cpu.smc_count as usize;
-    if cpu.smc_pages[..n.min(4)].contains(&page) {
-        return;
+    for r in cpu.smc_writes[..n.min(4)].iter_mut() {
+        if start <= r[1] && r[0] <= end {
+            r[0] = r[0].min(start);
+            r[1] = r[1].max(end);
+            return;
+        }
     }
     if n < 4 {
-        cpu.smc_pages[n] = page;
+        cpu.smc_writes[n] = [start, end];
     }
     cpu.smc_count += 1;
 }
