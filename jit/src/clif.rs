@@ -1018,6 +1018,16 @@ impl Lower<'_, '_> {
             Flow::Direct(t) => self.exit_to(t, retired, &slots[0] as *const u64),
             Flow::Branch { taken, not_taken } => {
                 let c = cond.expect("a branch has a condition");
+                let loops_back = self
+                    .loop_header
+                    .is_some_and(|(_, start)| taken == start || not_taken == start);
+                if !loops_back {
+                    // Both sides leave the block: write the registers and flags back once,
+                    // before branching, instead of on each side.
+                    self.flush_except(PASSED_MASK);
+                    self.dirty &= PASSED_MASK;
+                    self.flags_dirty = false;
+                }
                 let tb = self.fb.create_block();
                 let nb = self.fb.create_block();
                 self.fb.ins().brif(c, tb, &[], nb, &[]);
