@@ -579,6 +579,8 @@ struct Lower<'a, 'm> {
     flow: Option<(Flow<Value>, Option<Value>)>,
     terminated: bool,
     loop_header: Option<(cranelift_codegen::ir::Block, u64)>,
+    /// In a self-loop: the registers its instructions use, kept in variables around the loop.
+    loop_regs: u16,
     /// Some instruction of the block wrote memory.
     block_stores: bool,
     block_start: u64,
@@ -671,12 +673,13 @@ fn lower_block(
         flow: None,
         terminated: false,
         loop_header: None,
+        loop_regs: 0,
         block_stores: false,
         block_start: block.start,
         block_mode: block.mode,
     };
     if is_self_loop(block) {
-        l.begin_self_loop(block.start);
+        l.begin_self_loop(block.start, gprs_used(block) | PASSED_MASK);
     }
     for (i, insn) in block.insns.iter().enumerate() {
         l.begin_insn(i as u32, insn);
@@ -708,6 +711,22 @@ fn lower_block(
     l.fb.finalize(cfg);
 }
 
+/// The general-purpose registers the block's instructions read or write (as iced reports
+/// them: explicit, implicit and address registers), one bit per register number.
+fn gprs_used(block: &Block) -> u16 {
+    let mut info = iced_x86::InstructionInfoFactory::new();
+    let mut mask = 0u16;
+    for insn in &block.insns {
+        for r in info.info(insn).used_registers() {
+            let reg = r.register();
+            if reg.is_gpr() {
+                mask |= 1 << reg.full_register().number();
+            }
+        }
+    }
+    mask
+}
+
 /// Does the block end with a direct branch back to its own start (a tight loop)?
 fn is_self_loop(block: &Block) -> bool {
     let last = block.insns.last().expect("blocks are never empty");
@@ -721,11 +740,12 @@ fn is_self_loop(block: &Block) -> bool {
 }
 
 impl Lower<'_, '_> {
-    /// Compile a block that branches to itself as a real loop: registers stay in host
-    /// registers across iterations and only the budget is checked on the back edge.
-    fn begin_self_loop(&mut self, start: u64) {
+    /// Compile a block that branches to itself as a real loop: the registers in `regs` (the
+    /// ones it uses) stay in host registers across iterations and only the budget is checked
+    /// on the back edge. Any other register it writes after all is stored on the back edge.
+    fn begin_self_loop(&mut self, start: u64, regs: u16) {
         for r in 0..16 {
-            if self.loaded & (1 << r) == 0 {
+            if regs & (1 << r) != 0 && self.loaded & (1 << r) == 0 {
                 let v = self.state_load(offsets::gpr(r));
                 self.fb.def_var(self.regs[r], v);
             }
@@ -736,9 +756,10 @@ impl Lower<'_, '_> {
         self.fb.ins().jump(header, &[BlockArg::Value(entry_icount)]);
         self.fb.switch_to_block(header);
         self.icount = icount;
-        // Every register may differ from the state after an iteration: treat all as dirty.
-        self.loaded = 0xffff;
-        self.dirty = 0xffff;
+        // Every kept register may differ from the state after an iteration: all are dirty.
+        self.loaded = regs;
+        self.dirty = regs;
+        self.loop_regs = regs;
         self.flags = None;
         self.flags_dirty = false;
         self.loop_header = Some((header, start));
@@ -749,6 +770,8 @@ impl Lower<'_, '_> {
         if let Some((header, start)) = self.loop_header {
             if target == start {
                 let next = self.fb.ins().iadd_imm_s(self.icount, retired as i64);
+                // The header starts with the registers it does not keep in the state.
+                self.flush_regs_except(self.loop_regs);
                 // The header starts with flags in the state.
                 if self.flags_dirty {
                     if let Some(f) = self.flags {
@@ -869,13 +892,15 @@ impl Lower<'_, '_> {
         self.flags = None;
         self.flags_dirty = false;
         if self.loop_header.is_some() {
-            // Inside a loop every variable must be defined on the back edge: reload them all.
+            // Inside a loop the kept variables must be defined on the back edge: reload them.
             for r in 0..16 {
-                let v = self.state_load(offsets::gpr(r));
-                self.fb.def_var(self.regs[r], v);
+                if self.loop_regs & (1 << r) != 0 {
+                    let v = self.state_load(offsets::gpr(r));
+                    self.fb.def_var(self.regs[r], v);
+                }
             }
-            self.loaded = 0xffff;
-            self.dirty = 0xffff;
+            self.loaded = self.loop_regs;
+            self.dirty = self.loop_regs;
         }
     }
 
