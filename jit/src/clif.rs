@@ -64,6 +64,7 @@ pub struct Jit {
     block_sig: Signature,
     f_load: FuncId,
     f_store: FuncId,
+    f_probe_write: FuncId,
     f_load128: FuncId,
     f_store128: FuncId,
     f_helper: FuncId,
@@ -121,6 +122,7 @@ impl Jit {
         let mut jb = JITBuilder::with_isa(isa.clone(), cranelift_module::default_libcall_names());
         jb.symbol("krr_load_slow", helpers::krr_load_slow as *const u8);
         jb.symbol("krr_store_slow", helpers::krr_store_slow as *const u8);
+        jb.symbol("krr_probe_write", helpers::krr_probe_write as *const u8);
         jb.symbol("krr_load128", helpers::krr_load128 as *const u8);
         jb.symbol("krr_store128", helpers::krr_store128 as *const u8);
         jb.symbol("krr_helper", helpers::krr_helper as *const u8);
@@ -184,6 +186,7 @@ impl Jit {
         };
         let f_load = shim(&mut module, "krr_load_slow", 4)?;
         let f_store = shim(&mut module, "krr_store_slow", 4)?;
+        let f_probe_write = shim(&mut module, "krr_probe_write", 3)?;
         let f_load128 = shim(&mut module, "krr_load128", 3)?;
         let f_store128 = shim(&mut module, "krr_store128", 3)?;
         let f_helper = shim(&mut module, "krr_helper", 5)?;
@@ -251,6 +254,7 @@ impl Jit {
             block_sig,
             f_load,
             f_store,
+            f_probe_write,
             f_load128,
             f_store128,
             f_helper,
@@ -277,6 +281,7 @@ impl Jit {
         let refs = HelperRefs {
             load: self.f_load,
             store: self.f_store,
+            probe_write: self.f_probe_write,
             load128: self.f_load128,
             store128: self.f_store128,
             helper: self.f_helper,
@@ -512,6 +517,7 @@ impl Jit {
 struct HelperRefs {
     load: FuncId,
     store: FuncId,
+    probe_write: FuncId,
     load128: FuncId,
     store128: FuncId,
     helper: FuncId,
@@ -522,6 +528,7 @@ struct HelperRefs {
 struct Refs {
     load: FuncRef,
     store: FuncRef,
+    probe_write: FuncRef,
     load128: FuncRef,
     store128: FuncRef,
     helper: FuncRef,
@@ -598,6 +605,7 @@ fn lower_block(
     let refs = Refs {
         load: module.declare_func_in_func(ids.load, fb.func),
         store: module.declare_func_in_func(ids.store, fb.func),
+        probe_write: module.declare_func_in_func(ids.probe_write, fb.func),
         load128: module.declare_func_in_func(ids.load128, fb.func),
         store128: module.declare_func_in_func(ids.store128, fb.func),
         helper: module.declare_func_in_func(ids.helper, fb.func),
@@ -1564,6 +1572,25 @@ impl Builder for Lower<'_, '_> {
             .iconst(types::I64, (size as u64 | (self.mmu_idx << 8)) as i64);
         let cpu = self.cpu;
         let status = self.call_fn(self.refs.store, &[cpu, addr, v, arg]);
+        let exit = self.fault_exit();
+        self.fb.ins().brif(status, exit, &[], join, &[]);
+        self.fb.switch_to_block(join);
+        Ok(())
+    }
+    fn probe_write(&mut self, addr: Value, size: u32) -> R<()> {
+        let (hit, _) = self.tlb_probe(addr, size, true);
+        let slow = self.fb.create_block();
+        let join = self.fb.create_block();
+        self.fb.ins().brif(hit, join, &[], slow, &[]);
+        self.fb.set_cold_block(slow);
+        self.fb.switch_to_block(slow);
+        self.sync_position();
+        let arg = self
+            .fb
+            .ins()
+            .iconst(types::I64, (size as u64 | (self.mmu_idx << 8)) as i64);
+        let cpu = self.cpu;
+        let status = self.call_fn(self.refs.probe_write, &[cpu, addr, arg]);
         let exit = self.fault_exit();
         self.fb.ins().brif(status, exit, &[], join, &[]);
         self.fb.switch_to_block(join);

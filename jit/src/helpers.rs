@@ -153,6 +153,20 @@ pub unsafe extern "C" fn krr_store_slow(
     }
 }
 
+/// The fault a store would raise, without storing: OK or the fault status.
+/// # Safety
+/// `cpu` must be the live CPU state compiled code was entered with.
+pub unsafe extern "C" fn krr_probe_write(cpu: *mut CpuState, addr: u64, size_and_mmu: u64) -> u64 {
+    // SAFETY: see the section comment.
+    let cpu = unsafe { &mut *cpu };
+    let size = (size_and_mmu & 0xff) as usize;
+    let mmu_idx = (size_and_mmu >> 8) as usize;
+    match mmu::probe_write(cpu, addr, size, mmu_idx) {
+        Ok(()) => OK,
+        Err(f) => fault_status(cpu, f),
+    }
+}
+
 /// 16-byte load into `cpu.scratch[0..2]`.
 /// # Safety
 /// `cpu` must be the live CPU state compiled code was entered with.

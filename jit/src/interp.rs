@@ -459,6 +459,13 @@ impl Builder for Interp<'_> {
         let idx = self.mmu_index();
         mmu::store_slow(self.cpu, addr, v, size as usize, idx).map_err(|f| self.fault(f))
     }
+    fn probe_write(&mut self, addr: u64, size: u32) -> R<()> {
+        if self.tlb_host(addr, size as u64, true).is_some() {
+            return Ok(());
+        }
+        let idx = self.mmu_index();
+        mmu::probe_write(self.cpu, addr, size as usize, idx).map_err(|f| self.fault(f))
+    }
     fn load128(&mut self, addr: u64) -> R<(u64, u64)> {
         let mut buf = [0u8; 16];
         let idx = self.mmu_index();

@@ -470,6 +470,17 @@ fn translate_access(
     Ok([(p0, first_len), (p1, size - first_len)])
 }
 
+/// Raise the fault a write of `size` bytes at `linear` would raise, without writing (ENTER
+/// checks its final stack pointer this way). The translation is cached as a write's would be.
+pub fn probe_write(
+    cpu: &mut CpuState,
+    linear: u64,
+    size: usize,
+    mmu_idx: usize,
+) -> Result<(), MemFault> {
+    translate_access(cpu, linear, size, Access::Write, mmu_idx).map(|_| ())
+}
+
 /// Load `size` (1, 2, 4, 8 or 16) bytes at `linear` into `out`.
 pub fn load_bytes(
     cpu: &mut CpuState,

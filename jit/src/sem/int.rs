@@ -1648,6 +1648,10 @@ fn enter<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     }
     let a = b.c(alloc);
     let sp = b.sub(sp, a);
+    // A write at the final stack pointer must be possible too (SDM ENTER: "#PF ... if a write
+    // using the final value of the stack pointer ... would cause a page fault").
+    stack_canonical(b, sp)?;
+    b.probe_write(sp, size)?;
     if size == 2 {
         write_reg(b, Register::BP, frame);
     } else {

@@ -145,6 +145,8 @@ pub trait Builder {
     /// Load `size` bytes (1, 2, 4, 8) at a linear address, zero-extended.
     fn load(&mut self, addr: Self::V, size: u32) -> R<Self::V>;
     fn store(&mut self, addr: Self::V, v: Self::V, size: u32) -> R<()>;
+    /// Fault as a store of `size` bytes at `addr` would, without storing.
+    fn probe_write(&mut self, addr: Self::V, size: u32) -> R<()>;
     /// 16-byte accesses as (low, high) halves, all-or-nothing.
     fn load128(&mut self, addr: Self::V) -> R<(Self::V, Self::V)>;
     fn store128(&mut self, addr: Self::V, lo: Self::V, hi: Self::V) -> R<()>;
