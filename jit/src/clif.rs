@@ -1111,39 +1111,14 @@ impl Lower<'_, '_> {
             self.lookup_exit(t, retired);
             return;
         }
-        let icount = self.fb.ins().iadd_imm_s(self.icount, retired as i64);
-        let mut args = vec![self.cpu, icount];
-        for r in PASSED_GPRS {
-            let v = self.get_gpr(r);
-            args.push(v);
-        }
+        let args = self.next_block_args(retired);
         let slot_addr = self.fb.ins().iconst(types::I64, slot as i64);
         let f = self.fb.ins().load(types::I64, state_flags(), slot_addr, 0);
-        let go = self.fb.create_block();
-        let back = self.fb.create_block();
         let linked = self.fb.ins().icmp_imm_u(IntCC::NotEqual, f, 0);
-        let cond = if self.ctx.stored {
-            // Never chain past a write to translated code: the target may be stale.
-            let n = self.state_load(offsets::SMC_COUNT);
-            let clean = self.fb.ins().icmp_imm_u(IntCC::Equal, n, 0);
-            self.fb.ins().band(linked, clean)
-        } else {
-            linked
-        };
-        self.fb.ins().brif(cond, go, &[], back, &[]);
-        self.fb.switch_to_block(go);
-        self.fb
-            .ins()
-            .return_call_indirect(self.refs.block_sig, f, &args);
-        self.fb.switch_to_block(back);
-        for (&r, &v) in PASSED_GPRS.iter().zip(&args[2..]) {
-            if self.dirty & (1 << r) != 0 {
-                self.state_store(offsets::gpr(r), v);
-            }
-        }
+        self.tail_call_if(linked, f, &args);
         let rip = self.fb.ins().iconst(types::I64, target as i64);
         self.state_store(offsets::RIP, rip);
-        self.state_store(offsets::ICOUNT, icount);
+        self.state_store(offsets::ICOUNT, args[1]);
         self.state_store(offsets::EXIT_SLOT, slot_addr);
         let from = self.fb.ins().iconst(types::I64, self.block_start as i64);
         self.state_store(offsets::EXIT_FROM, from);
@@ -1151,17 +1126,50 @@ impl Lower<'_, '_> {
         self.fb.ins().return_(&[code]);
     }
 
-    /// Leave towards `target` (registers but the passed ones already flushed): tail-call its
-    /// code when the jump cache has it for this mode and the current mapping, else return to
-    /// the dispatcher with RIP there.
-    fn lookup_exit(&mut self, target: Value, retired: u32) {
-        const _: () = assert!(std::mem::size_of::<JumpEntry>() == 32);
+    /// The arguments of a tail call to the next block: the CPU, the instruction count after
+    /// `retired` instructions of this block, the passed registers.
+    fn next_block_args(&mut self, retired: u32) -> Vec<Value> {
         let icount = self.fb.ins().iadd_imm_s(self.icount, retired as i64);
         let mut args = vec![self.cpu, icount];
         for r in PASSED_GPRS {
             let v = self.get_gpr(r);
             args.push(v);
         }
+        args
+    }
+
+    /// Tail-call `code` with `args` if `cond` holds (and, after a store, no translated code
+    /// was written: the target may be stale); otherwise go on, in a new block, with the
+    /// passed registers written back for a return to the dispatcher.
+    fn tail_call_if(&mut self, cond: Value, code: Value, args: &[Value]) {
+        let cond = if self.ctx.stored {
+            let n = self.state_load(offsets::SMC_COUNT);
+            let clean = self.fb.ins().icmp_imm_u(IntCC::Equal, n, 0);
+            self.fb.ins().band(cond, clean)
+        } else {
+            cond
+        };
+        let go = self.fb.create_block();
+        let back = self.fb.create_block();
+        self.fb.ins().brif(cond, go, &[], back, &[]);
+        self.fb.switch_to_block(go);
+        self.fb
+            .ins()
+            .return_call_indirect(self.refs.block_sig, code, args);
+        self.fb.switch_to_block(back);
+        for (&r, &v) in PASSED_GPRS.iter().zip(&args[2..]) {
+            if self.dirty & (1 << r) != 0 {
+                self.state_store(offsets::gpr(r), v);
+            }
+        }
+    }
+
+    /// Leave towards `target` (registers but the passed ones already flushed): tail-call its
+    /// code when the jump cache has it for this mode and the current mapping, else return to
+    /// the dispatcher with RIP there.
+    fn lookup_exit(&mut self, target: Value, retired: u32) {
+        const _: () = assert!(std::mem::size_of::<JumpEntry>() == 32);
+        let args = self.next_block_args(retired);
         let base = self.refs.jump_cache;
         let entry = match self.const_of(target) {
             Some(t) => self
@@ -1194,28 +1202,10 @@ impl Lower<'_, '_> {
         let same_key = self.fb.ins().icmp(IntCC::Equal, key, expected);
         let compiled = self.fb.ins().icmp_imm_u(IntCC::NotEqual, code, 0);
         let hit = self.fb.ins().band(same_rip, same_key);
-        let mut go_cond = self.fb.ins().band(hit, compiled);
-        if self.ctx.stored {
-            // Never run on past a write to translated code: the target may be stale.
-            let n = self.state_load(offsets::SMC_COUNT);
-            let clean = self.fb.ins().icmp_imm_u(IntCC::Equal, n, 0);
-            go_cond = self.fb.ins().band(go_cond, clean);
-        }
-        let go = self.fb.create_block();
-        let back = self.fb.create_block();
-        self.fb.ins().brif(go_cond, go, &[], back, &[]);
-        self.fb.switch_to_block(go);
-        self.fb
-            .ins()
-            .return_call_indirect(self.refs.block_sig, code, &args);
-        self.fb.switch_to_block(back);
-        for (&r, &v) in PASSED_GPRS.iter().zip(&args[2..]) {
-            if self.dirty & (1 << r) != 0 {
-                self.state_store(offsets::gpr(r), v);
-            }
-        }
+        let go_cond = self.fb.ins().band(hit, compiled);
+        self.tail_call_if(go_cond, code, &args);
         self.state_store(offsets::RIP, target);
-        self.state_store(offsets::ICOUNT, icount);
+        self.state_store(offsets::ICOUNT, args[1]);
         let z = self.fb.ins().iconst(types::I64, 0);
         self.state_store(offsets::EXIT_SLOT, z);
         let code = self.fb.ins().iconst(types::I64, EXIT_NORMAL as i64);
@@ -1260,6 +1250,34 @@ impl Lower<'_, '_> {
             }
         }
         self.fb.ins().iadd_imm_s(v, k)
+    }
+
+    /// Fill `slow`, the cold path of a store-like access that missed the TLB: the position
+    /// synced, `f` called with (CPU, address, [value,] size | MMU index << 8), a fault leaving
+    /// through the instruction's fault exit, else on to `join`, where code generation goes on.
+    fn store_slow_path(
+        &mut self,
+        slow: cranelift_codegen::ir::Block,
+        f: FuncRef,
+        addr: Value,
+        value: Option<Value>,
+        size: u32,
+        join: cranelift_codegen::ir::Block,
+    ) {
+        self.fb.set_cold_block(slow);
+        self.fb.switch_to_block(slow);
+        self.sync_position();
+        let arg = self
+            .fb
+            .ins()
+            .iconst(types::I64, (size as u64 | (self.mmu_idx << 8)) as i64);
+        let mut args = vec![self.cpu, addr];
+        args.extend(value);
+        args.push(arg);
+        let status = self.call_fn(f, &args);
+        let exit = self.fault_exit();
+        self.fb.ins().brif(status, exit, &[], join, &[]);
+        self.fb.switch_to_block(join);
     }
 
     /// Call a helper through its register-preserving shim; returns the helper's result.
@@ -1563,18 +1581,8 @@ impl Builder for Lower<'_, '_> {
             _ => self.fb.ins().store(guest_flags(), v, host, 0),
         };
         self.fb.ins().jump(join, &[]);
-        self.fb.set_cold_block(slow);
-        self.fb.switch_to_block(slow);
-        self.sync_position();
-        let arg = self
-            .fb
-            .ins()
-            .iconst(types::I64, (size as u64 | (self.mmu_idx << 8)) as i64);
-        let cpu = self.cpu;
-        let status = self.call_fn(self.refs.store, &[cpu, addr, v, arg]);
-        let exit = self.fault_exit();
-        self.fb.ins().brif(status, exit, &[], join, &[]);
-        self.fb.switch_to_block(join);
+        let f = self.refs.store;
+        self.store_slow_path(slow, f, addr, Some(v), size, join);
         Ok(())
     }
     fn probe_write(&mut self, addr: Value, size: u32) -> R<()> {
@@ -1582,18 +1590,8 @@ impl Builder for Lower<'_, '_> {
         let slow = self.fb.create_block();
         let join = self.fb.create_block();
         self.fb.ins().brif(hit, join, &[], slow, &[]);
-        self.fb.set_cold_block(slow);
-        self.fb.switch_to_block(slow);
-        self.sync_position();
-        let arg = self
-            .fb
-            .ins()
-            .iconst(types::I64, (size as u64 | (self.mmu_idx << 8)) as i64);
-        let cpu = self.cpu;
-        let status = self.call_fn(self.refs.probe_write, &[cpu, addr, arg]);
-        let exit = self.fault_exit();
-        self.fb.ins().brif(status, exit, &[], join, &[]);
-        self.fb.switch_to_block(join);
+        let f = self.refs.probe_write;
+        self.store_slow_path(slow, f, addr, None, size, join);
         Ok(())
     }
     fn load128(&mut self, addr: Value) -> R<(Value, Value)> {

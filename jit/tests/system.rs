@@ -2396,6 +2396,34 @@ fn tlb_not_present_then_present_and_write_upgrade() {
     assert_eq!(pte & (pte::A | pte::D), pte::A | pte::D);
 }
 
+/// TLB_X maps PHYS_A, which holds `add ebx, 1; ret`; PHYS_B holds `add ebx, 0x100; ret`.
+fn code_pages_setup(m: &mut Machine) {
+    tlb_setup(m, 0);
+    m.mem
+        .write(PHYS_A, &[0x81, 0xc3, 1, 0, 0, 0, 0xc3])
+        .unwrap();
+    m.mem
+        .write(PHYS_B, &[0x81, 0xc3, 0, 1, 0, 0, 0xc3])
+        .unwrap();
+}
+
+/// At `hot`: a function that clears EBX, calls the function at RSI and the one at `func` (the
+/// same one, indirectly and directly) 100 times each, often enough for every tier to compile
+/// and link the loop, and reports EBX.
+fn hot_calls(k: &mut Asm, hot: &mut CodeLabel, func: u64) -> AsmResult {
+    let mut l = k.create_label();
+    k.set_label(hot)?;
+    k.xor(ebx, ebx)?;
+    k.mov(r12d, 100)?;
+    k.set_label(&mut l)?;
+    k.call(rsi)?;
+    k.call(func)?;
+    k.dec(r12d)?;
+    k.jnz(l)?;
+    report(k, rbx)?;
+    k.ret()
+}
+
 /// Code: after remapping the page of a function that has run often enough to be compiled
 /// (called both indirectly and directly from one loop, so that the compiled loop may be
 /// linked to it), INVLPG or a CR3 load makes the next call run the new page's code.
@@ -2415,30 +2443,11 @@ fn tlb_remapped_code_page() {
             k.mov(cr3, rax)?;
             k.call(hot)?;
             stop(k)?;
-            // The same loop every time: 100 indirect and 100 direct calls.
-            let mut l = k.create_label();
-            k.set_label(&mut hot)?;
-            k.xor(ebx, ebx)?;
-            k.mov(r12d, 100)?;
-            k.set_label(&mut l)?;
-            k.call(rsi)?;
-            k.call(TLB_X)?;
-            k.dec(r12d)?;
-            k.jnz(l)?;
-            report(k, rbx)?;
-            k.ret()
+            // The same loop every time.
+            hot_calls(k, &mut hot, TLB_X)
         },
         no_user,
-        |m| {
-            tlb_setup(m, 0);
-            // add ebx, imm32; ret
-            m.mem
-                .write(PHYS_A, &[0x81, 0xc3, 1, 0, 0, 0, 0xc3])
-                .unwrap();
-            m.mem
-                .write(PHYS_B, &[0x81, 0xc3, 0, 1, 0, 0, 0xc3])
-                .unwrap();
-        },
+        code_pages_setup,
     );
     assert!(r.events.is_empty(), "{:#x?}", r.events);
     assert_eq!(r.reports, vec![200, 200 << 8, 200]);
@@ -2482,30 +2491,10 @@ fn pcid_tagged_translations() {
             k.mov(r8, rax)?;
             report(k, r8)?;
             stop(k)?;
-            // 100 indirect and 100 direct calls.
-            let mut l = k.create_label();
-            k.set_label(&mut hot)?;
-            k.xor(ebx, ebx)?;
-            k.mov(r12d, 100)?;
-            k.set_label(&mut l)?;
-            k.call(rsi)?;
-            k.call(TLB_X)?;
-            k.dec(r12d)?;
-            k.jnz(l)?;
-            report(k, rbx)?;
-            k.ret()
+            hot_calls(k, &mut hot, TLB_X)
         },
         no_user,
-        |m| {
-            tlb_setup(m, 0);
-            // add ebx, imm32; ret
-            m.mem
-                .write(PHYS_A, &[0x81, 0xc3, 1, 0, 0, 0, 0xc3])
-                .unwrap();
-            m.mem
-                .write(PHYS_B, &[0x81, 0xc3, 0, 1, 0, 0, 0xc3])
-                .unwrap();
-        },
+        code_pages_setup,
     );
     assert!(r.events.is_empty(), "{:#x?}", r.events);
     assert_eq!(r.reports[..4], [200, 200 << 8, 200 << 8, 200 << 8]);
@@ -2535,17 +2524,7 @@ fn tlb_remapped_second_page_of_a_straddling_instruction() {
             k.mov(cr3, rax)?;
             k.call(hot)?;
             stop(k)?;
-            let mut l = k.create_label();
-            k.set_label(&mut hot)?;
-            k.xor(ebx, ebx)?;
-            k.mov(r12d, 100)?;
-            k.set_label(&mut l)?;
-            k.call(rsi)?;
-            k.call(func)?;
-            k.dec(r12d)?;
-            k.jnz(l)?;
-            report(k, rbx)?;
-            k.ret()
+            hot_calls(k, &mut hot, func)
         },
         no_user,
         |m| {
