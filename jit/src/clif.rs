@@ -19,7 +19,7 @@ use crate::helpers;
 use crate::sem::{self, flags::FlagOp, Abort, Builder, Cmp, FlagState, Flow, Helper, R};
 use cranelift_codegen::ir::{
     condcodes::{CondCode, IntCC},
-    types, AbiParam, BlockArg, FuncRef, InstBuilder, MemFlagsData, SigRef, Signature, Type, Value,
+    types, AbiParam, BlockArg, InstBuilder, MemFlagsData, SigRef, Signature, Type, Value,
 };
 use cranelift_codegen::isa::CallConv;
 use cranelift_codegen::isa::OwnedTargetIsa;
@@ -62,15 +62,8 @@ pub struct Jit {
     fctx: FunctionBuilderContext,
     trampoline: Trampoline,
     block_sig: Signature,
-    f_load: FuncId,
-    f_store: FuncId,
-    f_probe_write: FuncId,
-    f_load128: FuncId,
-    f_store128: FuncId,
-    f_helper: FuncId,
-    f_interpret: FuncId,
-    /// The engine's jump cache (`JUMP_CACHE` entries), for lookups from compiled code.
-    jump_cache: u64,
+    /// What block code refers to: the helper shims' addresses and the jump cache's.
+    refs: HelperRefs,
 }
 
 const PTR: Type = types::I64;
@@ -184,13 +177,15 @@ impl Jit {
             m.clear_context(&mut ctx);
             Ok(id)
         };
-        let f_load = shim(&mut module, "krr_load_slow", 4)?;
-        let f_store = shim(&mut module, "krr_store_slow", 4)?;
-        let f_probe_write = shim(&mut module, "krr_probe_write", 3)?;
-        let f_load128 = shim(&mut module, "krr_load128", 3)?;
-        let f_store128 = shim(&mut module, "krr_store128", 3)?;
-        let f_helper = shim(&mut module, "krr_helper", 5)?;
-        let f_interpret = shim(&mut module, "krr_interpret", 2)?;
+        let shims = [
+            shim(&mut module, "krr_load_slow", 4)?,
+            shim(&mut module, "krr_store_slow", 4)?,
+            shim(&mut module, "krr_probe_write", 3)?,
+            shim(&mut module, "krr_load128", 3)?,
+            shim(&mut module, "krr_store128", 3)?,
+            shim(&mut module, "krr_helper", 5)?,
+            shim(&mut module, "krr_interpret", 2)?,
+        ];
 
         // Blocks take the CPU state, the instruction count and the guest registers in
         // `PASSED_GPRS`, which thus stay in host registers along a chain of blocks.
@@ -238,6 +233,20 @@ impl Jit {
         module.clear_context(&mut ctx);
         module.finalize_definitions().map_err(|e| e.to_string())?;
         let tramp_ptr = module.get_finalized_function(tramp_id);
+        // Blocks call the shims by absolute address: code finalized later may lie more than
+        // 2 GiB away from them, out of reach of a relative call.
+        let [load, store, probe_write, load128, store128, helper, interpret] =
+            shims.map(|id| module.get_finalized_function(id) as u64);
+        let refs = HelperRefs {
+            load,
+            store,
+            probe_write,
+            load128,
+            store128,
+            helper,
+            interpret,
+            jump_cache: jump_cache as u64,
+        };
         // SAFETY: the trampoline was just compiled with exactly this host signature.
         let trampoline: Trampoline =
             unsafe { std::mem::transmute::<*const u8, Trampoline>(tramp_ptr) };
@@ -252,14 +261,7 @@ impl Jit {
             fctx,
             trampoline,
             block_sig,
-            f_load,
-            f_store,
-            f_probe_write,
-            f_load128,
-            f_store128,
-            f_helper,
-            f_interpret,
-            jump_cache: jump_cache as u64,
+            refs,
         })
     }
 
@@ -278,17 +280,8 @@ impl Jit {
             .declare_anonymous_function(&self.block_sig)
             .expect("anonymous function declaration cannot fail");
         let fb = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
-        let refs = HelperRefs {
-            load: self.f_load,
-            store: self.f_store,
-            probe_write: self.f_probe_write,
-            load128: self.f_load128,
-            store128: self.f_store128,
-            helper: self.f_helper,
-            interpret: self.f_interpret,
-            jump_cache: self.jump_cache,
-        };
-        lower_block(fb, &mut self.module, refs, &self.block_sig, block, &slots);
+        let target = self.module.target_config();
+        lower_block(fb, self.refs, &self.block_sig, block, &slots, target);
         (id, slots)
     }
 
@@ -513,28 +506,24 @@ impl Jit {
     }
 }
 
+/// Addresses block code refers to: each helper's `preserve_all` shim, and the jump cache.
 #[derive(Clone, Copy)]
 struct HelperRefs {
-    load: FuncId,
-    store: FuncId,
-    probe_write: FuncId,
-    load128: FuncId,
-    store128: FuncId,
-    helper: FuncId,
-    interpret: FuncId,
+    load: u64,
+    store: u64,
+    probe_write: u64,
+    load128: u64,
+    store128: u64,
+    helper: u64,
+    interpret: u64,
     jump_cache: u64,
 }
 
 struct Refs {
-    load: FuncRef,
-    store: FuncRef,
-    probe_write: FuncRef,
-    load128: FuncRef,
-    store128: FuncRef,
-    helper: FuncRef,
-    interpret: FuncRef,
+    helpers: HelperRefs,
+    /// The shims' signature (`preserve_all`, the CPU pointer only).
+    shim_sig: SigRef,
     block_sig: SigRef,
-    jump_cache: u64,
 }
 
 fn state_flags() -> MemFlagsData {
@@ -566,10 +555,9 @@ struct PendingExit {
     index: u32,
 }
 
-struct Lower<'a, 'm> {
+struct Lower<'a> {
     pending_exits: Vec<PendingExit>,
     fb: FunctionBuilder<'a>,
-    module: &'m mut JITModule,
     refs: Refs,
     cpu: Value,
     icount: Value,
@@ -596,22 +584,18 @@ struct Lower<'a, 'm> {
 
 fn lower_block(
     mut fb: FunctionBuilder<'_>,
-    module: &mut JITModule,
-    ids: HelperRefs,
+    helpers: HelperRefs,
     block_sig: &Signature,
     block: &Block,
     slots: &[u64; 2],
+    target: cranelift_codegen::isa::TargetFrontendConfig,
 ) {
+    let mut shim_sig = Signature::new(CallConv::PreserveAll);
+    shim_sig.params.push(AbiParam::new(PTR));
     let refs = Refs {
-        load: module.declare_func_in_func(ids.load, fb.func),
-        store: module.declare_func_in_func(ids.store, fb.func),
-        probe_write: module.declare_func_in_func(ids.probe_write, fb.func),
-        load128: module.declare_func_in_func(ids.load128, fb.func),
-        store128: module.declare_func_in_func(ids.store128, fb.func),
-        helper: module.declare_func_in_func(ids.helper, fb.func),
-        interpret: module.declare_func_in_func(ids.interpret, fb.func),
+        helpers,
+        shim_sig: fb.import_signature(shim_sig),
         block_sig: fb.import_signature(block_sig.clone()),
-        jump_cache: ids.jump_cache,
     };
     let entry = fb.create_block();
     fb.append_block_params_for_function_params(entry);
@@ -656,7 +640,6 @@ fn lower_block(
     let mut l = Lower {
         pending_exits: Vec::new(),
         fb,
-        module,
         refs,
         cpu,
         icount,
@@ -715,8 +698,7 @@ fn lower_block(
     }
     l.emit_pending_exits();
     l.fb.seal_all_blocks();
-    let cfg = l.module.target_config();
-    l.fb.finalize(cfg);
+    l.fb.finalize(target);
 }
 
 /// The general-purpose registers the block's instructions read or write (as iced reports
@@ -747,7 +729,7 @@ fn is_self_loop(block: &Block) -> bool {
         && !matches!(last.mnemonic(), iced_x86::Mnemonic::Call)
 }
 
-impl Lower<'_, '_> {
+impl Lower<'_> {
     /// Compile a block that branches to itself as a real loop: the registers in `regs` (the
     /// ones it uses) stay in host registers across iterations and only the budget is checked
     /// on the back edge. Any other register it writes after all is stored on the back edge.
@@ -1170,7 +1152,7 @@ impl Lower<'_, '_> {
     fn lookup_exit(&mut self, target: Value, retired: u32) {
         const _: () = assert!(std::mem::size_of::<JumpEntry>() == 32);
         let args = self.next_block_args(retired);
-        let base = self.refs.jump_cache;
+        let base = self.refs.helpers.jump_cache;
         let entry = match self.const_of(target) {
             Some(t) => self
                 .fb
@@ -1258,7 +1240,7 @@ impl Lower<'_, '_> {
     fn store_slow_path(
         &mut self,
         slow: cranelift_codegen::ir::Block,
-        f: FuncRef,
+        f: u64,
         addr: Value,
         value: Option<Value>,
         size: u32,
@@ -1280,14 +1262,18 @@ impl Lower<'_, '_> {
         self.fb.switch_to_block(join);
     }
 
-    /// Call a helper through its register-preserving shim; returns the helper's result.
-    fn call_fn(&mut self, f: FuncRef, args: &[Value]) -> Value {
+    /// Call a helper through its register-preserving shim at `shim`; returns the helper's
+    /// result.
+    fn call_fn(&mut self, shim: u64, args: &[Value]) -> Value {
         debug_assert!(args[0] == self.cpu && args.len() <= 5);
         for (i, &a) in args[1..].iter().enumerate() {
             self.state_store(offsets::HELPER_ARGS + 8 * i as i32, a);
         }
         let cpu = self.cpu;
-        self.fb.ins().call(f, &[cpu]);
+        let callee = self.fb.ins().iconst(types::I64, shim as i64);
+        self.fb
+            .ins()
+            .call_indirect(self.refs.shim_sig, callee, &[cpu]);
         self.state_load(offsets::HELPER_VALUE)
     }
 
@@ -1296,7 +1282,7 @@ impl Lower<'_, '_> {
     }
 }
 
-impl Builder for Lower<'_, '_> {
+impl Builder for Lower<'_> {
     type V = Value;
     type B = Value;
 
@@ -1510,7 +1496,7 @@ impl Builder for Lower<'_, '_> {
         let id = self.iconst(helpers::helper_id(Helper::MaterializeFlags));
         let z = self.iconst(0);
         let cpu = self.cpu;
-        let bits = self.call_fn(self.refs.helper, &[cpu, id, z, z, z]);
+        let bits = self.call_fn(self.refs.helpers.helper, &[cpu, id, z, z, z]);
         let f = FlagState {
             op: FlagOp::CONCRETE,
             res: bits,
@@ -1553,7 +1539,7 @@ impl Builder for Lower<'_, '_> {
         let sz = self.fb.ins().iconst(types::I64, size as i64);
         let mi = self.fb.ins().iconst(types::I64, self.mmu_idx as i64);
         let cpu = self.cpu;
-        let y = self.call_fn(self.refs.load, &[cpu, addr, sz, mi]);
+        let y = self.call_fn(self.refs.helpers.load, &[cpu, addr, sz, mi]);
         let status = self.state_load(offsets::HELPER_STATUS);
         let exit = self.fault_exit();
         let ok = self.fb.create_block();
@@ -1581,7 +1567,7 @@ impl Builder for Lower<'_, '_> {
             _ => self.fb.ins().store(guest_flags(), v, host, 0),
         };
         self.fb.ins().jump(join, &[]);
-        let f = self.refs.store;
+        let f = self.refs.helpers.store;
         self.store_slow_path(slow, f, addr, Some(v), size, join);
         Ok(())
     }
@@ -1590,7 +1576,7 @@ impl Builder for Lower<'_, '_> {
         let slow = self.fb.create_block();
         let join = self.fb.create_block();
         self.fb.ins().brif(hit, join, &[], slow, &[]);
-        let f = self.refs.probe_write;
+        let f = self.refs.helpers.probe_write;
         self.store_slow_path(slow, f, addr, None, size, join);
         Ok(())
     }
@@ -1615,7 +1601,7 @@ impl Builder for Lower<'_, '_> {
         self.sync_position();
         let mi = self.fb.ins().iconst(types::I64, self.mmu_idx as i64);
         let cpu = self.cpu;
-        let status = self.call_fn(self.refs.load128, &[cpu, addr, mi]);
+        let status = self.call_fn(self.refs.helpers.load128, &[cpu, addr, mi]);
         let exit = self.fault_exit();
         let ok = self.fb.create_block();
         self.fb.ins().brif(status, exit, &[], ok, &[]);
@@ -1649,7 +1635,7 @@ impl Builder for Lower<'_, '_> {
         self.state_store(offsets::SCRATCH + 8, hi);
         let mi = self.fb.ins().iconst(types::I64, self.mmu_idx as i64);
         let cpu = self.cpu;
-        let status = self.call_fn(self.refs.store128, &[cpu, addr, mi]);
+        let status = self.call_fn(self.refs.helpers.store128, &[cpu, addr, mi]);
         let exit = self.fault_exit();
         self.fb.ins().brif(status, exit, &[], join, &[]);
         self.fb.switch_to_block(join);
@@ -1720,7 +1706,7 @@ impl Builder for Lower<'_, '_> {
             self.state_store(offsets::RIP, rip);
             self.store_icount(self.ctx.index);
             let p = self.fb.ins().iconst(types::I64, self.insn_ptr as i64);
-            let status = self.call_fn(self.refs.interpret, &[cpu, p]);
+            let status = self.call_fn(self.refs.helpers.interpret, &[cpu, p]);
             let exit = self.fb.create_block();
             let cont = self.fb.create_block();
             self.fb.ins().brif(status, exit, &[], cont, &[]);
@@ -1736,7 +1722,10 @@ impl Builder for Lower<'_, '_> {
             return Ok(self.iconst(0));
         }
         let id = self.iconst(helpers::helper_id(h));
-        let r = self.call_fn(self.refs.helper, &[cpu, id, args[0], args[1], args[2]]);
+        let r = self.call_fn(
+            self.refs.helpers.helper,
+            &[cpu, id, args[0], args[1], args[2]],
+        );
         let status = self.state_load(offsets::HELPER_STATUS);
         // The helper saw the flushed state, which equals the instruction-start state (no
         // register was written before the call), so the fault exit needs nothing extra.
