@@ -1702,9 +1702,7 @@ impl Builder for Lower<'_> {
             self.ctx.stored = true;
             self.block_stores = true;
             // The interpreter runs the whole instruction and updates RIP and the count itself.
-            let rip = self.fb.ins().iconst(types::I64, self.insn.ip() as i64);
-            self.state_store(offsets::RIP, rip);
-            self.store_icount(self.ctx.index);
+            self.sync_position();
             let p = self.fb.ins().iconst(types::I64, self.insn_ptr as i64);
             let status = self.call_fn(self.refs.helpers.interpret, &[cpu, p]);
             let exit = self.fb.create_block();

@@ -837,17 +837,8 @@ impl Engine {
                 unimplemented,
             } => {
                 if unimplemented {
-                    self.stats.unimplemented += 1;
-                    let insn = &self.entries[id].block.insns[i];
-                    if self.logged_unimplemented.insert(cpu.rip) {
-                        log::warn!(
-                            "unimplemented instruction `{}` ({}) at RIP {:#x}, instruction {}: raising #UD",
-                            insn,
-                            hex_bytes(cpu, insn),
-                            insn.ip(),
-                            cpu.icount
-                        );
-                    }
+                    let insn = self.entries[id].block.insns[i];
+                    self.note_unimplemented(cpu, &insn);
                 }
                 Exit::Exception {
                     trap,
@@ -861,17 +852,27 @@ impl Engine {
         }
     }
 
+    /// Compiled code hit an unimplemented instruction at RIP: decode it for the log.
     fn log_unimplemented(&mut self, cpu: &mut CpuState) {
+        if self.logged_unimplemented.contains(&cpu.rip) {
+            self.stats.unimplemented += 1;
+            return;
+        }
+        let mut bytes = [0u8; block::MAX_INSN_LEN];
+        let n = mmu::fetch_code(cpu, cpu.rip, &mut bytes).unwrap_or(0);
+        let mut d = iced_x86::Decoder::with_ip(64, &bytes[..n], cpu.rip, 0);
+        let insn = d.decode();
+        self.note_unimplemented(cpu, &insn);
+    }
+
+    /// Count an unimplemented instruction (at RIP) and log it the first time.
+    fn note_unimplemented(&mut self, cpu: &mut CpuState, insn: &Instruction) {
         self.stats.unimplemented += 1;
         if self.logged_unimplemented.insert(cpu.rip) {
-            let mut bytes = [0u8; block::MAX_INSN_LEN];
-            let n = mmu::fetch_code(cpu, cpu.rip, &mut bytes).unwrap_or(0);
-            let mut d = iced_x86::Decoder::with_ip(64, &bytes[..n], cpu.rip, 0);
-            let insn = d.decode();
             log::warn!(
                 "unimplemented instruction `{}` ({}) at RIP {:#x}, instruction {}: raising #UD",
                 insn,
-                hex_bytes(cpu, &insn),
+                hex_bytes(cpu, insn),
                 cpu.rip,
                 cpu.icount
             );

@@ -101,6 +101,12 @@ impl Tlb {
     /// Invalidate every translation of every address space (CR0, CR4, EFER changes).
     pub fn flush(&mut self) {
         self.clear_entries();
+        self.every_space_afresh();
+    }
+
+    /// Make every address space's key stale (pending single-page flushes included) and start
+    /// the current one with a fresh key.
+    fn every_space_afresh(&mut self) {
         self.page_flush_count = 0;
         self.space = self.fresh_space();
         self.stale_below = self.space;
@@ -153,12 +159,8 @@ impl Tlb {
                 *slot = page;
                 self.page_flush_count += 1;
             }
-            None => {
-                // Too many to track one by one: every address space starts afresh.
-                self.page_flush_count = 0;
-                self.space = self.fresh_space();
-                self.stale_below = self.space;
-            }
+            // Too many to track one by one.
+            None => self.every_space_afresh(),
         }
         for set in self.sets[..2].iter_mut().flatten() {
             if set[idx].tag == page {
@@ -543,14 +545,15 @@ pub fn store_bytes(
 pub fn note_code_write(cpu: &mut CpuState, phys: u64, len: u64) {
     let (start, end) = (phys, phys + len);
     let n = cpu.smc_count as usize;
-    for r in cpu.smc_writes[..n.min(4)].iter_mut() {
+    let kept = cpu.smc_writes.len();
+    for r in cpu.smc_writes[..n.min(kept)].iter_mut() {
         if start <= r[1] && r[0] <= end {
             r[0] = r[0].min(start);
             r[1] = r[1].max(end);
             return;
         }
     }
-    if n < 4 {
+    if n < kept {
         cpu.smc_writes[n] = [start, end];
     }
     cpu.smc_count += 1;

@@ -519,12 +519,7 @@ fn sign_extend_rax<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     };
     let a = b.get_gpr(RAX);
     let v = b.sext(a, bits(size));
-    let reg = match size {
-        1 => Register::AX,
-        2 => Register::EAX,
-        _ => Register::RAX,
-    };
-    write_reg(b, reg, v);
+    write_gpr(b, RAX, 2 * size, v);
     Ok(())
 }
 
@@ -540,12 +535,7 @@ fn sign_extend_into_rdx<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     let a = b.sext(a, bits(size));
     let k = b.c(63);
     let v = b.sar(a, k);
-    let reg = match size {
-        2 => Register::DX,
-        4 => Register::EDX,
-        _ => Register::RDX,
-    };
-    write_reg(b, reg, v);
+    write_gpr(b, RDX, size, v);
     Ok(())
 }
 
@@ -1151,13 +1141,8 @@ fn mul_wide<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
         let ax = b.or(h, lo);
         write_reg(b, Register::AX, ax);
     } else {
-        let (rl, rh) = match size {
-            2 => (Register::AX, Register::DX),
-            4 => (Register::EAX, Register::EDX),
-            _ => (Register::RAX, Register::RDX),
-        };
-        write_reg(b, rl, lo);
-        write_reg(b, rh, hi);
+        write_gpr(b, RAX, size, lo);
+        write_gpr(b, RDX, size, hi);
     }
     let new = result_flags(b, lo, size, overflow, overflow);
     let st = concrete(b, new);
@@ -1221,14 +1206,8 @@ fn cmpxchg<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
         }
     }
     // The accumulator is written only when unequal.
-    let reg = match size {
-        1 => Register::AL,
-        2 => Register::AX,
-        4 => Register::EAX,
-        _ => Register::RAX,
-    };
     let old_rax = b.get_gpr(RAX);
-    write_reg(b, reg, dst);
+    write_gpr(b, RAX, size, dst);
     let merged = b.get_gpr(RAX);
     let v = b.select(eq, old_rax, merged);
     b.set_gpr(RAX, v);

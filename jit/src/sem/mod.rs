@@ -295,6 +295,24 @@ pub fn read_reg<B: Builder>(b: &mut B, r: Register) -> B::V {
 #[inline]
 pub fn write_reg<B: Builder>(b: &mut B, r: Register, v: B::V) {
     let (idx, part) = gpr_of(r);
+    write_part(b, idx, part, v);
+}
+
+/// Write the low `size` bytes (1, 2, 4 or 8) of GPR `idx` as [`write_reg`] does (for RAX: AL,
+/// AX, EAX, RAX).
+#[inline]
+pub fn write_gpr<B: Builder>(b: &mut B, idx: usize, size: u32, v: B::V) {
+    let part = match size {
+        1 => RegPart::Low8,
+        2 => RegPart::W16,
+        4 => RegPart::D32,
+        _ => RegPart::Q64,
+    };
+    write_part(b, idx, part, v);
+}
+
+#[inline]
+fn write_part<B: Builder>(b: &mut B, idx: usize, part: RegPart, v: B::V) {
     let new = match part {
         RegPart::Q64 => v,
         RegPart::D32 => b.zext(v, 32),

@@ -103,13 +103,7 @@ fn iteration<B: Builder>(b: &mut B, op: &StringOp<B::V>) -> R<()> {
             let s = index(b, RSI, a32);
             let s = segment_base(b, src_seg, s);
             let v = b.load(s, size)?;
-            let reg = match size {
-                1 => Register::AL,
-                2 => Register::AX,
-                4 => Register::EAX,
-                _ => Register::RAX,
-            };
-            write_reg(b, reg, v);
+            write_gpr(b, RAX, size, v);
             advance(b, RSI, op);
         }
         M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq => {
