@@ -5,6 +5,9 @@ use iced_x86::code_asm::*;
 use iced_x86::BlockEncoderOptions;
 use krr_jit::snippet::*;
 
+mod common;
+use common::assemble;
+
 const CODE: u64 = 0x40_0000;
 const DATA: u64 = 0x60_0000;
 const TIERS: [Tier; 4] = [
@@ -13,12 +16,6 @@ const TIERS: [Tier; 4] = [
     Tier::JitSingleStep,
     Tier::Tiered,
 ];
-
-fn assemble(f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
-    let mut a = CodeAssembler::new(64).unwrap();
-    f(&mut a).unwrap();
-    a.assemble(CODE).unwrap()
-}
 
 fn init() -> ArchState {
     let mut s = ArchState {
@@ -46,18 +43,21 @@ fn snippet(code: Vec<u8>) -> Snippet {
 /// N-th instruction boundary in every tier, whatever the block boundaries.
 #[test]
 fn budget_stops_exactly() {
-    let code = assemble(|a| {
-        let mut l = a.create_label();
-        a.xor(eax, eax)?;
-        a.mov(ecx, 1000)?;
-        a.set_label(&mut l)?;
-        a.add(rax, 3)?;
-        a.mov(qword_ptr(DATA), rax)?;
-        a.xor(rax, 1)?;
-        a.dec(ecx)?;
-        a.jnz(l)?;
-        Ok(())
-    });
+    let code = assemble(
+        |a| {
+            let mut l = a.create_label();
+            a.xor(eax, eax)?;
+            a.mov(ecx, 1000)?;
+            a.set_label(&mut l)?;
+            a.add(rax, 3)?;
+            a.mov(qword_ptr(DATA), rax)?;
+            a.xor(rax, 1)?;
+            a.dec(ecx)?;
+            a.jnz(l)?;
+            Ok(())
+        },
+        CODE,
+    );
     let s = snippet(code);
     for n in [0u64, 1, 2, 3, 7, 100, 101, 102, 103, 104, 2001, 4001] {
         let reference = run_snippet(&s, &init(), Tier::Interpreter, n).unwrap();
@@ -77,16 +77,19 @@ fn budget_stops_exactly() {
 /// registers as they were before that instruction, RIP on it, and the count of retired ones.
 #[test]
 fn faults_are_precise() {
-    let code = assemble(|a| {
-        a.mov(rax, 0x1234u64)?;
-        a.add(rbx, rax)?;
-        a.push(rax)?;
-        a.mov(rcx, 0x7000_0000u64)?;
-        a.inc(rdx)?;
-        a.mov(qword_ptr(rcx + 8), rax)?; // unmapped: #PF
-        a.mov(rax, 0u64)?;
-        Ok(())
-    });
+    let code = assemble(
+        |a| {
+            a.mov(rax, 0x1234u64)?;
+            a.add(rbx, rax)?;
+            a.push(rax)?;
+            a.mov(rcx, 0x7000_0000u64)?;
+            a.inc(rdx)?;
+            a.mov(qword_ptr(rcx + 8), rax)?; // unmapped: #PF
+            a.mov(rax, 0u64)?;
+            Ok(())
+        },
+        CODE,
+    );
     let s = snippet(code);
     for tier in TIERS {
         let r = run_snippet(&s, &init(), tier, 1000).unwrap();
@@ -123,14 +126,17 @@ fn faults_are_precise() {
 /// RCX/RDI at the faulting iteration and the instruction not retired.
 #[test]
 fn rep_counts_once_and_faults_mid_way() {
-    let code = assemble(|a| {
-        a.mov(rdi, DATA + 4000)?;
-        a.mov(ecx, 200)?;
-        a.mov(al, 0xab)?;
-        a.rep().stosb()?;
-        a.nop()?;
-        Ok(())
-    });
+    let code = assemble(
+        |a| {
+            a.mov(rdi, DATA + 4000)?;
+            a.mov(ecx, 200)?;
+            a.mov(al, 0xab)?;
+            a.rep().stosb()?;
+            a.nop()?;
+            Ok(())
+        },
+        CODE,
+    );
     let s = snippet(code);
     for tier in TIERS {
         let r = run_snippet(&s, &init(), tier, 1000).unwrap();
@@ -154,13 +160,16 @@ fn rep_counts_once_and_faults_mid_way() {
             "{tier:?}"
         );
     }
-    let code = assemble(|a| {
-        a.mov(rdi, DATA)?;
-        a.mov(ecx, 100)?;
-        a.rep().stosb()?;
-        a.nop()?;
-        Ok(())
-    });
+    let code = assemble(
+        |a| {
+            a.mov(rdi, DATA)?;
+            a.mov(ecx, 100)?;
+            a.rep().stosb()?;
+            a.nop()?;
+            Ok(())
+        },
+        CODE,
+    );
     for tier in TIERS {
         let r = run_snippet(&snippet(code.clone()), &init(), tier, 1000).unwrap();
         assert_eq!(r.outcome, Outcome::Completed, "{tier:?}");
@@ -173,7 +182,7 @@ fn rep_counts_once_and_faults_mid_way() {
 #[test]
 fn unimplemented_raises_ud() {
     // FSIN (x87 arithmetic is not part of the engine).
-    let mut code = assemble(|a| a.nop());
+    let mut code = assemble(|a| a.nop(), CODE);
     code.extend_from_slice(&[0xd9, 0xfe]);
     let s = snippet(code);
     for tier in TIERS {
@@ -196,13 +205,16 @@ fn unimplemented_raises_ud() {
 /// #DE from DIV in every tier, registers untouched.
 #[test]
 fn divide_error() {
-    let code = assemble(|a| {
-        a.mov(eax, 7)?;
-        a.xor(edx, edx)?;
-        a.xor(ecx, ecx)?;
-        a.div(rcx)?;
-        Ok(())
-    });
+    let code = assemble(
+        |a| {
+            a.mov(eax, 7)?;
+            a.xor(edx, edx)?;
+            a.xor(ecx, ecx)?;
+            a.div(rcx)?;
+            Ok(())
+        },
+        CODE,
+    );
     for tier in TIERS {
         let r = run_snippet(&snippet(code.clone()), &init(), tier, 1000).unwrap();
         assert!(

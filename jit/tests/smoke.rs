@@ -1,11 +1,8 @@
 use iced_x86::code_asm::*;
 use krr_jit::snippet::*;
 
-fn assemble(f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>, addr: u64) -> Vec<u8> {
-    let mut a = CodeAssembler::new(64).unwrap();
-    f(&mut a).unwrap();
-    a.assemble(addr).unwrap()
-}
+mod common;
+use common::assemble;
 
 #[test]
 fn loop_in_all_tiers() {

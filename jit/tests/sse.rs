@@ -14,6 +14,9 @@ use iced_x86::{Decoder, DecoderOptions, Formatter, NasmFormatter};
 use krr_jit::snippet::*;
 use std::arch::asm;
 
+mod common;
+use common::assemble;
+
 const TIERS: [Tier; 4] = [
     Tier::Interpreter,
     Tier::Jit,
@@ -104,12 +107,6 @@ struct Variant {
     name: String,
     insn: Vec<u8>,
     mem_off: usize,
-}
-
-fn assemble(f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>, addr: u64) -> Vec<u8> {
-    let mut a = CodeAssembler::new(64).unwrap();
-    f(&mut a).unwrap();
-    a.assemble(addr).unwrap()
 }
 
 fn disasm(bytes: &[u8]) -> String {

@@ -162,34 +162,10 @@ pub fn load(
     bp[BP_CMD_LINE_PTR..BP_CMD_LINE_PTR + 4].copy_from_slice(&(CMDLINE_ADDR as u32).to_le_bytes());
     bp[BP_EXT_CMD_LINE_PTR..BP_EXT_CMD_LINE_PTR + 4].copy_from_slice(&0u32.to_le_bytes());
 
-    // The initrd goes as high as allowed, page-aligned.
-    let mut initrd_loc = None;
-    if let Some(rd) = initrd {
-        let limit = (u32_at(kernel, HDR_INITRD_ADDR_MAX) as u64 + 1)
-            .min(mem_size)
-            .min(1 << 32);
-        let addr = limit.checked_sub(rd.len() as u64).map(|a| a & !0xfff);
-        match addr {
-            Some(a) if a >= need => {
-                mem.write(a, rd)?;
-                bp[BP_RAMDISK_IMAGE..BP_RAMDISK_IMAGE + 4]
-                    .copy_from_slice(&(a as u32).to_le_bytes());
-                bp[BP_RAMDISK_SIZE..BP_RAMDISK_SIZE + 4]
-                    .copy_from_slice(&(rd.len() as u32).to_le_bytes());
-                bp[BP_EXT_RAMDISK_IMAGE..BP_EXT_RAMDISK_IMAGE + 4]
-                    .copy_from_slice(&((a >> 32) as u32).to_le_bytes());
-                bp[BP_EXT_RAMDISK_SIZE..BP_EXT_RAMDISK_SIZE + 4]
-                    .copy_from_slice(&(((rd.len() as u64) >> 32) as u32).to_le_bytes());
-                initrd_loc = Some((a, rd.len()));
-            }
-            _ => {
-                return Err(BootError::InitrdTooLarge {
-                    size: rd.len(),
-                    limit,
-                })
-            }
-        }
-    }
+    let initrd_loc = match initrd {
+        Some(rd) => Some(place_initrd(mem, &mut bp, kernel, rd, need)?),
+        None => None,
+    };
 
     // The firmware's ACPI tables in the BIOS area, found through the zero page (or a scan).
     let rsdp = super::acpi::write(mem)?;
@@ -215,7 +191,62 @@ pub fn load(
     }
     mem.write(BOOT_PARAMS_ADDR, &bp)?;
 
-    // Identity map of the first 4 GiB with 2 MiB pages.
+    let gdt_limit = write_page_tables_and_gdt(mem)?;
+
+    let entry = load_addr + 0x200;
+    enter_flat_long_mode(
+        cpu,
+        DescriptorTable {
+            base: GDT_ADDR,
+            limit: gdt_limit,
+        },
+        (0x10, 0x18),
+        PML4_ADDR,
+        entry,
+    );
+    cpu.gpr[krr_runtime::gpr::RSI] = BOOT_PARAMS_ADDR;
+    Ok(BootInfo {
+        kernel_addr: load_addr,
+        entry,
+        initrd: initrd_loc,
+    })
+}
+
+/// The initrd goes as high as the kernel allows, page-aligned, above everything the kernel
+/// needs (`kernel_end`); its place and size go into the zero page `bp`.
+fn place_initrd(
+    mem: &mut GuestMemory,
+    bp: &mut [u8],
+    kernel: &[u8],
+    rd: &[u8],
+    kernel_end: u64,
+) -> Result<(u64, usize), BootError> {
+    let limit = (u32_at(kernel, HDR_INITRD_ADDR_MAX) as u64 + 1)
+        .min(mem.size())
+        .min(1 << 32);
+    let addr = limit.checked_sub(rd.len() as u64).map(|a| a & !0xfff);
+    match addr {
+        Some(a) if a >= kernel_end => {
+            mem.write(a, rd)?;
+            bp[BP_RAMDISK_IMAGE..BP_RAMDISK_IMAGE + 4].copy_from_slice(&(a as u32).to_le_bytes());
+            bp[BP_RAMDISK_SIZE..BP_RAMDISK_SIZE + 4]
+                .copy_from_slice(&(rd.len() as u32).to_le_bytes());
+            bp[BP_EXT_RAMDISK_IMAGE..BP_EXT_RAMDISK_IMAGE + 4]
+                .copy_from_slice(&((a >> 32) as u32).to_le_bytes());
+            bp[BP_EXT_RAMDISK_SIZE..BP_EXT_RAMDISK_SIZE + 4]
+                .copy_from_slice(&(((rd.len() as u64) >> 32) as u32).to_le_bytes());
+            Ok((a, rd.len()))
+        }
+        _ => Err(BootError::InitrdTooLarge {
+            size: rd.len(),
+            limit,
+        }),
+    }
+}
+
+/// The identity map of the first 4 GiB with 2 MiB pages at [`PML4_ADDR`], and the boot GDT
+/// at [`GDT_ADDR`]; returns the GDT's limit.
+fn write_page_tables_and_gdt(mem: &mut GuestMemory) -> Result<u16, BootError> {
     mem.write(PML4_ADDR, &[0u8; 4096])?;
     mem.write(PDPT_ADDR, &[0u8; 4096])?;
     mem.write_u64(PML4_ADDR, PDPT_ADDR | 0x3)?;
@@ -233,24 +264,7 @@ pub fn load(
     for (i, d) in gdt.iter().enumerate() {
         mem.write_u64(GDT_ADDR + 8 * i as u64, *d)?;
     }
-
-    let entry = load_addr + 0x200;
-    enter_flat_long_mode(
-        cpu,
-        DescriptorTable {
-            base: GDT_ADDR,
-            limit: (gdt.len() * 8 - 1) as u16,
-        },
-        (0x10, 0x18),
-        PML4_ADDR,
-        entry,
-    );
-    cpu.gpr[krr_runtime::gpr::RSI] = BOOT_PARAMS_ADDR;
-    Ok(BootInfo {
-        kernel_addr: load_addr,
-        entry,
-        initrd: initrd_loc,
-    })
+    Ok((gdt.len() * 8 - 1) as u16)
 }
 
 /// Put `cpu` in 64-bit mode at CPL0 as a boot loader leaves it: flat code and data segments

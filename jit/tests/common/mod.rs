@@ -214,6 +214,13 @@ impl Pt {
     }
 }
 
+/// The code `f` emits, assembled at `ip` (for tests that need only the bytes).
+pub fn assemble(f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>, ip: u64) -> Vec<u8> {
+    let mut a = CodeAssembler::new(64).unwrap();
+    f(&mut a).unwrap();
+    a.assemble(ip).unwrap()
+}
+
 /// An assembler that also records named labels, so tests can find addresses after assembly.
 pub struct Asm {
     pub a: CodeAssembler,
