@@ -89,7 +89,7 @@ pub fn arith_flags(cc_op: u64, res: u64, a: u64, b: u64, aux: u64) -> u64 {
     let cf = l.cf();
     let bit = |on: bool, flag: u64| if on { flag } else { 0 };
     bit(cf, rflags::CF)
-        | bit((res & 0xff).count_ones() % 2 == 0, rflags::PF)
+        | bit((res & 0xff).count_ones().is_multiple_of(2), rflags::PF)
         | bit(l.af(), rflags::AF)
         | bit(res == 0, rflags::ZF)
         | bit(msb(res, l.bits), rflags::SF)
