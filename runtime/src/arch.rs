@@ -129,8 +129,8 @@ pub mod vector {
 }
 
 /// Does delivering exception `vector` push an error code (SDM Table 6-1)? #DF, #TS, #NP, #SS,
-/// #GP, #PF and #AC do; #CP does too but is not raised by this model (see
-/// [`crate::interrupt`], which also pushes one for it).
+/// #GP, #PF and #AC do. #CP does too; the engine never raises it, and [`crate::interrupt`]
+/// adds it when delivering.
 pub fn pushes_error_code(vector: u8) -> bool {
     matches!(
         vector,

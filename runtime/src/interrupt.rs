@@ -65,10 +65,10 @@ fn has_error_code(v: u8) -> bool {
     crate::arch::pushes_error_code(v) || v == vector::CP
 }
 
-/// Deliver an event. `rflags_value` is the full current RFLAGS (the caller materialises the
-/// lazy arithmetic flags); `return_rip` is what the frame gets as RIP. On success `cpu.rip`,
-/// CS, SS, RSP and the non-arithmetic RFLAGS bits describe the handler's entry. CR2 is written
-/// for page faults.
+/// Deliver an event. `rflags_value` is the full current RFLAGS (with the lazy arithmetic flags
+/// read, as [`CpuState::rflags_value`] does); `return_rip` is what the frame gets as RIP. On
+/// success `cpu.rip`, CS, SS, RSP and the non-arithmetic RFLAGS bits describe the handler's
+/// entry. CR2 is written for page faults.
 ///
 /// `fault_rip` is where a fault raised while delivering the event is reported: the INT n /
 /// INT3 / INTO instruction itself for software interrupts (`return_rip` is past it), the same

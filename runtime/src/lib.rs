@@ -3,6 +3,11 @@
 //!
 //! Nothing here knows about Cranelift or iced-x86: the jit crate drives this state, the
 //! drivers (run, record, replay) own it.
+//!
+//! Modules, leaves first: [`arch`] (architectural constants), [`lazy_flags`], [`exception`],
+//! [`outcome`], [`tlb`], [`memory`], [`cpuid`] import nothing from the CPU; [`cpu`] is the
+//! state; [`debugreg`], [`mmu`] (page walker, TLB slow paths), [`desc`] and [`interrupt`]
+//! work on it; [`bus`] is the driver's side.
 
 pub mod arch;
 pub mod bus;
