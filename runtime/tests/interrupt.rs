@@ -26,7 +26,8 @@ const RIP: u64 = 0x40_1234;
 const INTERRUPT_GATE: u64 = 0xe;
 const TRAP_GATE: u64 = 0xf;
 
-/// A machine with a GDT (null, 64-bit kernel code 0x08 and data 0x10, user code 0x20), an
+/// A machine with a GDT (null, 64-bit kernel code 0x08 and data 0x10, user code 0x20, a
+/// non-present code segment 0x28), an
 /// empty IDT and a TSS, running user code at CPL3 (`new_flat64`'s CS 0x33, SS 0x2b).
 fn machine() -> Machine {
     let mut m = Machine::new();
@@ -34,12 +35,14 @@ fn machine() -> Machine {
         m.map(page, page, RW | A | D);
     }
     m.map(0x1_0000, 0x1_0000, RW | US | A | D);
-    let gdt: [u64; 5] = [
+    let gdt: [u64; 6] = [
         0,
         0x0020_9a00_0000_0000,
         0x0000_9200_0000_0000,
         0x0000_f200_0000_0000,
         0x0020_fa00_0000_0000,
+        // 0x28: 64-bit kernel code, not present.
+        0x0020_1a00_0000_0000,
     ];
     for (i, d) in gdt.iter().enumerate() {
         m.mem.write_u64(GDT + 8 * i as u64, *d).unwrap();
@@ -59,9 +62,13 @@ fn machine() -> Machine {
 
 /// An IDT gate: 64-bit `typ` gate to HANDLER + `v` in the kernel code segment.
 fn gate(m: &mut Machine, v: u8, typ: u64, dpl: u64, ist: u64, present: bool) {
+    gate_to(m, v, KERNEL_CS, typ, dpl, ist, present);
+}
+
+fn gate_to(m: &mut Machine, v: u8, cs: u16, typ: u64, dpl: u64, ist: u64, present: bool) {
     let target = HANDLER + v as u64;
     let lo = (target & 0xffff)
-        | (KERNEL_CS as u64) << 16
+        | (cs as u64) << 16
         | ist << 32
         | typ << 40
         | dpl << 45
@@ -358,4 +365,78 @@ fn gate_outside_the_idt_limit_is_gp() {
         m.cpu.exception,
         ExceptionRecord::fault(vector::GP, Some(0x30 * 8 + 3))
     );
+}
+
+#[test]
+fn handler_segment_checks() {
+    // A non-present handler CS: #NP(selector + EXT) (SDM INT n, 64-bit mode).
+    let mut m = machine();
+    gate_to(&mut m, 0x23, 0x28, INTERRUPT_GATE, 0, 0, true);
+    gate(&mut m, vector::NP, INTERRUPT_GATE, 0, 0, true);
+    let r = deliver(
+        &mut m.cpu,
+        0x23,
+        EventKind::External,
+        None,
+        USER_FLAGS,
+        RIP,
+        RIP,
+    );
+    assert_eq!(r, Ok(false));
+    assert_eq!(
+        m.cpu.exception,
+        ExceptionRecord::fault(vector::NP, Some(0x29))
+    );
+    assert_eq!(m.cpu.rip, HANDLER + vector::NP as u64);
+    // A data segment as handler CS: #GP(selector + EXT).
+    let mut m = machine();
+    gate_to(&mut m, 0x24, KERNEL_SS, INTERRUPT_GATE, 0, 0, true);
+    gate(&mut m, vector::GP, INTERRUPT_GATE, 0, 0, true);
+    let r = deliver(
+        &mut m.cpu,
+        0x24,
+        EventKind::External,
+        None,
+        USER_FLAGS,
+        RIP,
+        RIP,
+    );
+    assert_eq!(r, Ok(false));
+    assert_eq!(
+        m.cpu.exception,
+        ExceptionRecord::fault(vector::GP, Some(0x11))
+    );
+    // A null selector: #GP(EXT).
+    let mut m = machine();
+    gate_to(&mut m, 0x25, 0, INTERRUPT_GATE, 0, 0, true);
+    gate(&mut m, vector::GP, INTERRUPT_GATE, 0, 0, true);
+    let r = deliver(
+        &mut m.cpu,
+        0x25,
+        EventKind::External,
+        None,
+        USER_FLAGS,
+        RIP,
+        RIP,
+    );
+    assert_eq!(r, Ok(false));
+    assert_eq!(m.cpu.exception, ExceptionRecord::fault(vector::GP, Some(1)));
+}
+
+#[test]
+fn trap_gate_from_user_keeps_if() {
+    let mut m = machine();
+    gate(&mut m, 0x26, TRAP_GATE, 0, 0, true);
+    let r = deliver(
+        &mut m.cpu,
+        0x26,
+        EventKind::External,
+        None,
+        USER_FLAGS,
+        RIP,
+        RIP,
+    );
+    assert_eq!(r, Ok(false));
+    assert_eq!(m.cpu.rflags, rflags::FIXED1 | rflags::IF | rflags::DF);
+    assert_eq!(m.cpu.gpr[gpr::RSP], RSP0 - 40);
 }
