@@ -3,6 +3,12 @@
 
 use std::mem::offset_of;
 
+use crate::arch::{cr0, cr4, efer};
+// Kept importable as `cpu::rflags`, `cpu::vector` and `cpu::ExceptionRecord` (and through the
+// crate root) for the engine and the drivers.
+pub use crate::arch::{rflags, vector};
+pub use crate::exception::ExceptionRecord;
+
 /// General-purpose register numbers in x86 encoding order.
 pub mod gpr {
     pub const RAX: usize = 0;
@@ -17,32 +23,6 @@ pub mod gpr {
         "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12",
         "r13", "r14", "r15",
     ];
-}
-
-/// RFLAGS bits.
-pub mod rflags {
-    pub const CF: u64 = 1 << 0;
-    pub const FIXED1: u64 = 1 << 1;
-    pub const PF: u64 = 1 << 2;
-    pub const AF: u64 = 1 << 4;
-    pub const ZF: u64 = 1 << 6;
-    pub const SF: u64 = 1 << 7;
-    pub const TF: u64 = 1 << 8;
-    pub const IF: u64 = 1 << 9;
-    pub const DF: u64 = 1 << 10;
-    pub const OF: u64 = 1 << 11;
-    pub const IOPL: u64 = 3 << 12;
-    pub const NT: u64 = 1 << 14;
-    pub const RF: u64 = 1 << 16;
-    pub const VM: u64 = 1 << 17;
-    pub const AC: u64 = 1 << 18;
-    pub const VIF: u64 = 1 << 19;
-    pub const VIP: u64 = 1 << 20;
-    pub const ID: u64 = 1 << 21;
-    /// The six arithmetic status flags, kept in lazy form (see [`super::CpuState::cc_op`]).
-    pub const ARITH: u64 = CF | PF | AF | ZF | SF | OF;
-    /// Bits software may change with POPF at CPL0 (others are reserved or read-only).
-    pub const WRITABLE: u64 = ARITH | TF | IF | DF | IOPL | NT | RF | AC | ID | VIF | VIP;
 }
 
 /// Segment register numbers in x86 encoding order.
@@ -105,57 +85,6 @@ impl Default for X87State {
     }
 }
 
-/// Why compiled code or the interpreter returned to the dispatcher.
-#[repr(u64)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExitReason {
-    /// Control left the block normally; `rip` holds the next instruction.
-    Normal = 0,
-    /// The instruction budget (`icount_limit`) would be exceeded by the next block.
-    Budget = 1,
-    /// An exception was raised; `exception` describes it and `rip` is the faulting instruction.
-    Exception = 2,
-    /// The instruction needs the driver (port IO, HLT, RDTSC, ...). `rip` is the instruction.
-    Driver = 3,
-    /// The engine hit an instruction it does not implement (#UD was raised and logged).
-    Unimplemented = 4,
-}
-
-/// A raised exception.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ExceptionRecord {
-    pub vector: u8,
-    pub has_error_code: bool,
-    /// Raised by INT n / INT3 / INTO: a trap (RIP past the instruction) subject to the gate's
-    /// DPL check.
-    pub software: bool,
-    pub error_code: u32,
-    /// The faulting linear address for #PF (also written to CR2 on delivery).
-    pub address: u64,
-}
-
-/// Architectural exception vectors.
-pub mod vector {
-    pub const DE: u8 = 0;
-    pub const DB: u8 = 1;
-    pub const NMI: u8 = 2;
-    pub const BP: u8 = 3;
-    pub const OF: u8 = 4;
-    pub const BR: u8 = 5;
-    pub const UD: u8 = 6;
-    pub const NM: u8 = 7;
-    pub const DF: u8 = 8;
-    pub const TS: u8 = 10;
-    pub const NP: u8 = 11;
-    pub const SS: u8 = 12;
-    pub const GP: u8 = 13;
-    pub const PF: u8 = 14;
-    pub const MF: u8 = 16;
-    pub const AC: u8 = 17;
-    pub const XM: u8 = 19;
-}
-
 /// The whole CPU. Compiled code receives a `*mut CpuState`.
 #[repr(C)]
 pub struct CpuState {
@@ -163,8 +92,8 @@ pub struct CpuState {
     pub rip: u64,
     /// RFLAGS without the six arithmetic flags, which live in the lazy-flags fields below.
     pub rflags: u64,
-    /// Lazy arithmetic flags: the last flag-setting operation (kind and size, see the jit's
-    /// `FlagOp`) and its operands. `cc_op == 0` means `cc_res` holds the flag bits themselves.
+    /// Lazy arithmetic flags: the last flag-setting operation (kind and size, see
+    /// [`crate::lazy_flags::FlagOp`]) and its operands. `cc_op == 0` means `cc_res` holds the flag bits themselves.
     pub cc_op: u64,
     pub cc_res: u64,
     pub cc_a: u64,
@@ -227,8 +156,8 @@ pub struct CpuState {
     pub exit_from: u64,
     /// What CPUID reports.
     pub cpuid: crate::cpuid::CpuidTable,
-    /// Software TLB (see [`crate::mmu`]).
-    pub tlb: crate::mmu::Tlb,
+    /// Software TLB (see [`crate::tlb`]).
+    pub tlb: crate::tlb::Tlb,
     /// The driver's bus while the engine runs (see [`crate::bus`]).
     pub bus: crate::bus::BusPtr,
     /// RIP of the last INT n / INT3 / INTO raised (faults during its delivery are reported
@@ -279,12 +208,13 @@ impl CpuState {
             tr: Segment::default(),
             gdtr: DescriptorTable::default(),
             idtr: DescriptorTable::default(),
-            cr0: 0x8000_0031, // PG PE ET NE: the mode flags; paging itself is inert until the MMU walker exists
+            // The mode flags; CR3 is 0, so a test that runs with them maps its pages first.
+            cr0: cr0::PG | cr0::PE | cr0::ET | cr0::NE,
             cr2: 0,
             cr3: 0,
-            cr4: 0x620, // OSFXSR OSXMMEXCPT PAE
+            cr4: cr4::OSFXSR | cr4::OSXMMEXCPT | cr4::PAE,
             cr8: 0,
-            efer: 0xd01, // SCE LME LMA NXE
+            efer: efer::SCE | efer::LME | efer::LMA | efer::NXE,
             xcr0: 1,
             dr: [0, 0, 0, 0, 0, 0, 0xffff_0ff0, 0x400],
             kernel_gs_base: 0,
@@ -314,7 +244,7 @@ impl CpuState {
             exit_slot: 0,
             exit_from: 0,
             cpuid: crate::cpuid::CpuidTable::krr_default(),
-            tlb: crate::mmu::Tlb::new(),
+            tlb: crate::tlb::Tlb::new(),
             bus: None,
             trap_rip: 0,
             irq_shadow_at: u64::MAX,
@@ -378,6 +308,19 @@ impl CpuState {
     pub fn cpl(&self) -> u8 {
         ((self.seg[seg::CS].attrs >> 5) & 3) as u8
     }
+
+    /// CF, PF, AF, ZF, SF and OF as RFLAGS bits, computed from the lazy flags without
+    /// changing them (the jit's `interp::materialize_flags` returns the same bits and stores
+    /// them back in concrete form).
+    pub fn arith_flags(&self) -> u64 {
+        crate::lazy_flags::arith_flags(self.cc_op, self.cc_res, self.cc_a, self.cc_b, self.cc_aux)
+    }
+
+    /// The architectural RFLAGS: the stored bits with the arithmetic flags read from the lazy
+    /// state.
+    pub fn rflags_value(&self) -> u64 {
+        (self.rflags & !rflags::ARITH) | self.arith_flags()
+    }
 }
 
 /// Byte offsets of the fields compiled code touches.
@@ -403,7 +346,7 @@ pub mod offsets {
     pub const HELPER_STATUS: i32 = offset_of!(CpuState, helper_status) as i32;
     pub const HELPER_VALUE: i32 = offset_of!(CpuState, helper_value) as i32;
     pub const TLB_JUMP_KEY: i32 =
-        (offset_of!(CpuState, tlb) + offset_of!(crate::mmu::Tlb, jump_key)) as i32;
+        (offset_of!(CpuState, tlb) + offset_of!(crate::tlb::Tlb, jump_key)) as i32;
     pub const HELPER_ARGS: i32 = offset_of!(CpuState, helper_args) as i32;
     pub const EXIT_SLOT: i32 = offset_of!(CpuState, exit_slot) as i32;
     pub const SMC_COUNT: i32 = offset_of!(CpuState, smc_count) as i32;

@@ -1,6 +1,8 @@
 //! The CPUID table the guest sees: a fixed list of (leaf, subleaf) entries, documented in
 //! ARCHITECTURE.md. Leaves not listed return zeros, as for a leaf above the maximum.
 
+use crate::arch::cr4;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuidEntry {
@@ -24,14 +26,28 @@ pub struct CpuidTable {
 
 const L1_ECX_XSAVE: u32 = 1 << 26;
 const L1_ECX_OSXSAVE: u32 = 1 << 27;
-const CR4_OSXSAVE: u64 = 1 << 18;
 /// XCR0 components the engine implements (XSAVE/XRSTOR/XSETBV): x87 and SSE.
 pub const XCR0_SUPPORTED: u64 = 0x3;
 /// CR4 bits the engine implements whatever the table says: VME, PVI, TSD, DE, PSE, PAE, MCE,
 /// PGE, PCE, OSFXSR, OSXMMEXCPT, UMIP, FSGSBASE, PCIDE, OSXSAVE, SMEP, SMAP. (VME/PVI/PSE/MCE
 /// have no effect in 64-bit mode; a table may advertise them.)
-const CR4_IMPLEMENTED: u64 =
-    0x7ff | (1 << 11) | (1 << 16) | (1 << 17) | (1 << 18) | (1 << 20) | (1 << 21);
+const CR4_IMPLEMENTED: u64 = cr4::VME
+    | cr4::PVI
+    | cr4::TSD
+    | cr4::DE
+    | cr4::PSE
+    | cr4::PAE
+    | cr4::MCE
+    | cr4::PGE
+    | cr4::PCE
+    | cr4::OSFXSR
+    | cr4::OSXMMEXCPT
+    | cr4::UMIP
+    | cr4::FSGSBASE
+    | cr4::PCIDE
+    | cr4::OSXSAVE
+    | cr4::SMEP
+    | cr4::SMAP;
 
 fn regs_from_str(s: &[u8; 12]) -> (u32, u32, u32) {
     let w = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
@@ -176,7 +192,7 @@ impl CpuidTable {
         let mut r = self.lookup(leaf, subleaf);
         if leaf == 1 {
             r[2] &= !L1_ECX_OSXSAVE;
-            if r[2] & L1_ECX_XSAVE != 0 && cr4 & CR4_OSXSAVE != 0 {
+            if r[2] & L1_ECX_XSAVE != 0 && cr4 & cr4::OSXSAVE != 0 {
                 r[2] |= L1_ECX_OSXSAVE;
             }
         }
@@ -209,7 +225,7 @@ impl CpuidTable {
             (21, has(ebx7, 20)), // SMAP
         ];
         // TSD and PCE need no feature flag.
-        let always = (1 << 2) | (1 << 8);
+        let always = cr4::TSD | cr4::PCE;
         table
             .iter()
             .filter(|(_, on)| *on)

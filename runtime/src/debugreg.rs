@@ -5,7 +5,8 @@
 //! (MMU indices 2 and 3, see [`crate::mmu::mmu_index`]) calls [`data_hits`] and
 //! [`alignment_fault`].
 
-use crate::cpu::{rflags, CpuState};
+use crate::arch::{cr0, rflags};
+use crate::cpu::CpuState;
 
 /// DR6 bits (SDM 17.2.3).
 pub mod dr6 {
@@ -30,8 +31,6 @@ pub mod dr7 {
     /// Bits that must be 0 (11, 12, 14, 15; 32-63 fault on a write).
     pub const RESERVED0: u64 = (1 << 11) | (1 << 12) | (1 << 14) | (1 << 15);
 }
-
-const CR0_AM: u64 = 1 << 18;
 
 /// The R/W field of breakpoint `i`: 0 execute, 1 write, 2 I/O (CR4.DE), 3 read or write.
 pub fn kind(dr7: u64, i: usize) -> u64 {
@@ -99,7 +98,7 @@ pub fn data_hits(cpu: &CpuState, linear: u64, size: u64, write: bool) -> u64 {
 #[inline]
 pub fn alignment_checked(cpu: &CpuState) -> bool {
     // RFLAGS.AC first: it is the rarest at CPL3 (Linux keeps CR0.AM set).
-    cpu.rflags & rflags::AC != 0 && cpu.cpl() == 3 && cpu.cr0 & CR0_AM != 0
+    cpu.rflags & rflags::AC != 0 && cpu.cpl() == 3 && cpu.cr0 & cr0::AM != 0
 }
 
 /// Does a `size`-byte access at `linear` raise #AC? Words, doublewords and quadwords must be

@@ -1,7 +1,8 @@
 //! Segment descriptors: reading them from the GDT/LDT and turning them into the hidden part of
 //! a segment register.
 
-use crate::cpu::{vector, CpuState, ExceptionRecord, Segment};
+use crate::arch::vector;
+use crate::cpu::{CpuState, ExceptionRecord, Segment};
 use crate::mmu::{self, MemFault};
 
 /// Why a descriptor-table access failed.
@@ -15,40 +16,16 @@ pub enum DescFault {
 
 impl DescFault {
     pub fn gp(code: u32) -> DescFault {
-        DescFault::Exception(ExceptionRecord {
-            software: false,
-            vector: vector::GP,
-            has_error_code: true,
-            error_code: code,
-            address: 0,
-        })
+        DescFault::Exception(ExceptionRecord::fault(vector::GP, Some(code)))
     }
     pub fn np(code: u32) -> DescFault {
-        DescFault::Exception(ExceptionRecord {
-            software: false,
-            vector: vector::NP,
-            has_error_code: true,
-            error_code: code,
-            address: 0,
-        })
+        DescFault::Exception(ExceptionRecord::fault(vector::NP, Some(code)))
     }
     pub fn ss(code: u32) -> DescFault {
-        DescFault::Exception(ExceptionRecord {
-            software: false,
-            vector: vector::SS,
-            has_error_code: true,
-            error_code: code,
-            address: 0,
-        })
+        DescFault::Exception(ExceptionRecord::fault(vector::SS, Some(code)))
     }
     pub fn ts(code: u32) -> DescFault {
-        DescFault::Exception(ExceptionRecord {
-            software: false,
-            vector: vector::TS,
-            has_error_code: true,
-            error_code: code,
-            address: 0,
-        })
+        DescFault::Exception(ExceptionRecord::fault(vector::TS, Some(code)))
     }
 }
 

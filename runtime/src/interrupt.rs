@@ -1,7 +1,8 @@
 //! Exception and interrupt delivery through the 64-bit IDT: gate checks, privilege-change and
 //! IST stack switches, the pushed frame, and the double/triple fault rules.
 
-use crate::cpu::{rflags, seg, vector, CpuState, ExceptionRecord, Segment};
+use crate::arch::{rflags, vector};
+use crate::cpu::{seg, CpuState, ExceptionRecord, Segment};
 use crate::desc::{self, DescFault};
 
 /// What is being delivered.
@@ -55,21 +56,19 @@ fn is_fault(v: u8) -> bool {
             | vector::MF
             | vector::AC
             | vector::XM
-    ) || v == 20 // #VE
-        || v == 21 // #CP
+            | vector::VE
+            | vector::CP
+    )
 }
 
 fn has_error_code(v: u8) -> bool {
-    matches!(
-        v,
-        vector::DF | vector::TS | vector::NP | vector::SS | vector::GP | vector::PF | vector::AC
-    ) || v == 21 // #CP
+    crate::arch::pushes_error_code(v) || v == vector::CP
 }
 
-/// Deliver an event. `rflags_value` is the full current RFLAGS (the caller materialises the
-/// lazy arithmetic flags); `return_rip` is what the frame gets as RIP. On success `cpu.rip`,
-/// CS, SS, RSP and the non-arithmetic RFLAGS bits describe the handler's entry. CR2 is written
-/// for page faults.
+/// Deliver an event. `rflags_value` is the full current RFLAGS (with the lazy arithmetic flags
+/// read, as [`CpuState::rflags_value`] does); `return_rip` is what the frame gets as RIP. On
+/// success `cpu.rip`, CS, SS, RSP and the non-arithmetic RFLAGS bits describe the handler's
+/// entry. CR2 is written for page faults.
 ///
 /// `fault_rip` is where a fault raised while delivering the event is reported: the INT n /
 /// INT3 / INTO instruction itself for software interrupts (`return_rip` is past it), the same
@@ -260,11 +259,5 @@ fn deliver_once(
 
 /// Exception record for a fault raised by delivery code that is not a memory fault.
 pub fn record(v: u8, code: Option<u32>) -> ExceptionRecord {
-    ExceptionRecord {
-        software: false,
-        vector: v,
-        has_error_code: code.is_some(),
-        error_code: code.unwrap_or(0),
-        address: 0,
-    }
+    ExceptionRecord::fault(v, code)
 }

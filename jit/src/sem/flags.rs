@@ -8,61 +8,8 @@ use super::{bits, Builder, Cmp};
 use iced_x86::ConditionCode;
 use krr_runtime::rflags;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum FlagKind {
-    /// `res` holds the six flag bits themselves.
-    Concrete = 0,
-    /// res = a + b
-    Add,
-    /// res = a + b + aux (aux = carry in, 0/1)
-    Adc,
-    /// res = a - b (also CMP, NEG with a = 0)
-    Sub,
-    /// res = a - b - aux
-    Sbb,
-    /// AND/OR/XOR/TEST: CF = OF = 0.
-    Logic,
-    /// INC/DEC: aux = the preserved CF.
-    Inc,
-    Dec,
-    /// Shifts by a non-zero count b of the value a.
-    Shl,
-    Shr,
-    Sar,
-}
-
-/// A flag-setting operation and its operand size in bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FlagOp {
-    pub kind: FlagKind,
-    pub size: u32,
-}
-
-impl FlagOp {
-    pub const CONCRETE: FlagOp = FlagOp {
-        kind: FlagKind::Concrete,
-        size: 8,
-    };
-
-    pub fn encode(self) -> u64 {
-        ((self.kind as u64) << 4) | self.size as u64
-    }
-
-    #[inline]
-    pub fn decode(v: u64) -> Option<FlagOp> {
-        use FlagKind::*;
-        const KINDS: [FlagKind; 11] =
-            [Concrete, Add, Adc, Sub, Sbb, Logic, Inc, Dec, Shl, Shr, Sar];
-        let kind = *KINDS.get((v >> 4) as usize)?;
-        if kind == Concrete {
-            return Some(FlagOp::CONCRETE);
-        }
-        // Sizes 1, 2, 4 and 8.
-        let size = (v & 15) as u32;
-        (0x116u32 >> size & 1 != 0).then_some(FlagOp { kind, size })
-    }
-}
+// The encoding is the runtime's, which reads the flags without an interpreter.
+pub use krr_runtime::lazy_flags::{FlagKind, FlagOp};
 
 /// The lazy flags: an operation and its (zero-extended) operands.
 #[derive(Clone, Copy, Debug)]

@@ -1,0 +1,155 @@
+//! Architectural constants of x86-64 in one place: RFLAGS, CR0, CR4 and EFER bits, MSR
+//! numbers and exception vectors (Intel SDM volume 3). Only facts the manual defines live
+//! here; what the engine implements of them is decided elsewhere.
+
+/// RFLAGS bits (SDM 3.4.3).
+pub mod rflags {
+    pub const CF: u64 = 1 << 0;
+    pub const FIXED1: u64 = 1 << 1;
+    pub const PF: u64 = 1 << 2;
+    pub const AF: u64 = 1 << 4;
+    pub const ZF: u64 = 1 << 6;
+    pub const SF: u64 = 1 << 7;
+    pub const TF: u64 = 1 << 8;
+    pub const IF: u64 = 1 << 9;
+    pub const DF: u64 = 1 << 10;
+    pub const OF: u64 = 1 << 11;
+    pub const IOPL: u64 = 3 << 12;
+    pub const NT: u64 = 1 << 14;
+    pub const RF: u64 = 1 << 16;
+    pub const VM: u64 = 1 << 17;
+    pub const AC: u64 = 1 << 18;
+    pub const VIF: u64 = 1 << 19;
+    pub const VIP: u64 = 1 << 20;
+    pub const ID: u64 = 1 << 21;
+    /// The six arithmetic status flags, kept in lazy form (see [`crate::CpuState::cc_op`]).
+    pub const ARITH: u64 = CF | PF | AF | ZF | SF | OF;
+    /// Bits software may change with POPF at CPL0 (others are reserved or read-only).
+    pub const WRITABLE: u64 = ARITH | TF | IF | DF | IOPL | NT | RF | AC | ID | VIF | VIP;
+}
+
+/// CR0 bits (SDM 2.5).
+pub mod cr0 {
+    pub const PE: u64 = 1 << 0;
+    pub const MP: u64 = 1 << 1;
+    pub const EM: u64 = 1 << 2;
+    pub const TS: u64 = 1 << 3;
+    pub const ET: u64 = 1 << 4;
+    pub const NE: u64 = 1 << 5;
+    pub const WP: u64 = 1 << 16;
+    pub const AM: u64 = 1 << 18;
+    pub const NW: u64 = 1 << 29;
+    pub const CD: u64 = 1 << 30;
+    pub const PG: u64 = 1 << 31;
+}
+
+/// CR4 bits (SDM 2.5).
+pub mod cr4 {
+    pub const VME: u64 = 1 << 0;
+    pub const PVI: u64 = 1 << 1;
+    pub const TSD: u64 = 1 << 2;
+    pub const DE: u64 = 1 << 3;
+    pub const PSE: u64 = 1 << 4;
+    pub const PAE: u64 = 1 << 5;
+    pub const MCE: u64 = 1 << 6;
+    pub const PGE: u64 = 1 << 7;
+    pub const PCE: u64 = 1 << 8;
+    pub const OSFXSR: u64 = 1 << 9;
+    pub const OSXMMEXCPT: u64 = 1 << 10;
+    pub const UMIP: u64 = 1 << 11;
+    pub const LA57: u64 = 1 << 12;
+    pub const VMXE: u64 = 1 << 13;
+    pub const SMXE: u64 = 1 << 14;
+    pub const FSGSBASE: u64 = 1 << 16;
+    pub const PCIDE: u64 = 1 << 17;
+    pub const OSXSAVE: u64 = 1 << 18;
+    pub const SMEP: u64 = 1 << 20;
+    pub const SMAP: u64 = 1 << 21;
+    pub const PKE: u64 = 1 << 22;
+}
+
+/// IA32_EFER bits (SDM 2.2.1).
+pub mod efer {
+    pub const SCE: u64 = 1 << 0;
+    pub const LME: u64 = 1 << 8;
+    pub const LMA: u64 = 1 << 10;
+    pub const NXE: u64 = 1 << 11;
+}
+
+/// Model-specific register numbers (SDM volume 4).
+pub mod msr {
+    pub const TSC: u32 = 0x10;
+    pub const PLATFORM_ID: u32 = 0x17;
+    pub const APIC_BASE: u32 = 0x1b;
+    pub const SPEC_CTRL: u32 = 0x48;
+    pub const PRED_CMD: u32 = 0x49;
+    pub const UCODE_REV: u32 = 0x8b;
+    pub const MTRRCAP: u32 = 0xfe;
+    pub const SYSENTER_CS: u32 = 0x174;
+    pub const SYSENTER_ESP: u32 = 0x175;
+    pub const SYSENTER_EIP: u32 = 0x176;
+    pub const MCG_CAP: u32 = 0x179;
+    pub const MCG_STATUS: u32 = 0x17a;
+    pub const MISC_ENABLE: u32 = 0x1a0;
+    pub const PAT: u32 = 0x277;
+    pub const MTRR_DEF_TYPE: u32 = 0x2ff;
+    pub const EFER: u32 = 0xc000_0080;
+    pub const STAR: u32 = 0xc000_0081;
+    pub const LSTAR: u32 = 0xc000_0082;
+    pub const CSTAR: u32 = 0xc000_0083;
+    pub const SFMASK: u32 = 0xc000_0084;
+    pub const FS_BASE: u32 = 0xc000_0100;
+    pub const GS_BASE: u32 = 0xc000_0101;
+    pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
+    pub const TSC_AUX: u32 = 0xc000_0103;
+}
+
+/// Architectural exception vectors (SDM Table 6-1).
+pub mod vector {
+    pub const DE: u8 = 0;
+    pub const DB: u8 = 1;
+    pub const NMI: u8 = 2;
+    pub const BP: u8 = 3;
+    pub const OF: u8 = 4;
+    pub const BR: u8 = 5;
+    pub const UD: u8 = 6;
+    pub const NM: u8 = 7;
+    pub const DF: u8 = 8;
+    pub const TS: u8 = 10;
+    pub const NP: u8 = 11;
+    pub const SS: u8 = 12;
+    pub const GP: u8 = 13;
+    pub const PF: u8 = 14;
+    pub const MF: u8 = 16;
+    pub const AC: u8 = 17;
+    pub const MC: u8 = 18;
+    pub const XM: u8 = 19;
+    pub const VE: u8 = 20;
+    pub const CP: u8 = 21;
+}
+
+/// Does delivering exception `vector` push an error code (SDM Table 6-1)? #DF, #TS, #NP, #SS,
+/// #GP, #PF and #AC do. #CP does too; the engine never raises it, and [`crate::interrupt`]
+/// adds it when delivering.
+pub fn pushes_error_code(vector: u8) -> bool {
+    matches!(
+        vector,
+        vector::DF | vector::TS | vector::NP | vector::SS | vector::GP | vector::PF | vector::AC
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_code_vectors() {
+        let with: Vec<u8> = (0..=255).filter(|&v| pushes_error_code(v)).collect();
+        assert_eq!(with, [8, 10, 11, 12, 13, 14, 17]);
+    }
+
+    #[test]
+    fn arith_flags_mask() {
+        assert_eq!(rflags::ARITH, 0x8d5);
+    }
+}

@@ -1,0 +1,78 @@
+//! A CPU in 64-bit mode with 4-level paging over a small guest RAM, as the engine's snippet
+//! runner builds it: `CpuState::new_flat64` + `GuestMemory::new` + `PageTableBuilder`.
+#![allow(dead_code)]
+
+use krr_runtime::{CpuState, GuestMemory, PageTableBuilder};
+
+pub const RAM: u64 = 4 << 20;
+/// Page tables are allocated from here.
+pub const PT_POOL: (u64, u64) = (0x30_0000, 0x38_0000);
+
+/// Page-table entry bits (SDM Table 4-19 and following).
+pub const P: u64 = 1 << 0;
+pub const RW: u64 = 1 << 1;
+pub const US: u64 = 1 << 2;
+pub const A: u64 = 1 << 5;
+pub const D: u64 = 1 << 6;
+pub const PS: u64 = 1 << 7;
+pub const NX: u64 = 1 << 63;
+
+/// #PF error-code bits (SDM 4.7).
+pub const PF_P: u32 = 1 << 0;
+pub const PF_W: u32 = 1 << 1;
+pub const PF_U: u32 = 1 << 2;
+pub const PF_RSVD: u32 = 1 << 3;
+pub const PF_I: u32 = 1 << 4;
+
+pub struct Machine {
+    // The CPU points into `mem`: it is declared first so that it is dropped first.
+    pub cpu: Box<CpuState>,
+    pub mem: GuestMemory,
+    pub pt: PageTableBuilder,
+}
+
+impl Machine {
+    pub fn new() -> Machine {
+        let mut mem = GuestMemory::new(RAM).expect("guest RAM");
+        let pt = PageTableBuilder::new(&mut mem, PT_POOL.0, PT_POOL.1);
+        let mut cpu = CpuState::new_flat64(&mut mem);
+        cpu.cr3 = pt.cr3;
+        Machine { cpu, mem, pt }
+    }
+
+    pub fn map(&mut self, linear: u64, phys: u64, flags: u64) {
+        self.pt.map_4k(&mut self.mem, linear, phys, flags);
+    }
+
+    /// Physical address of the entry at `level` (3 = PML4 ... 0 = PT) that translates
+    /// `linear`, following present entries.
+    pub fn entry_addr(&self, linear: u64, level: u32) -> u64 {
+        let mut table = self.cpu.cr3 & 0x000f_ffff_ffff_f000;
+        for l in (level..4).rev() {
+            let addr = table + ((linear >> (12 + 9 * l)) & 0x1ff) * 8;
+            if l == level {
+                return addr;
+            }
+            table = self.mem.read_u64(addr).unwrap() & 0x000f_ffff_ffff_f000;
+        }
+        unreachable!()
+    }
+
+    pub fn entry(&self, linear: u64, level: u32) -> u64 {
+        self.mem.read_u64(self.entry_addr(linear, level)).unwrap()
+    }
+
+    pub fn set_entry(&mut self, linear: u64, level: u32, v: u64) {
+        let a = self.entry_addr(linear, level);
+        self.mem.write_u64(a, v).unwrap();
+    }
+
+    /// Run at CPL0 (64-bit kernel code and data segments).
+    pub fn kernel_mode(&mut self) {
+        use krr_runtime::seg;
+        self.cpu.seg[seg::CS].selector = 0x08;
+        self.cpu.seg[seg::CS].attrs = 0x209b;
+        self.cpu.seg[seg::SS].selector = 0x10;
+        self.cpu.seg[seg::SS].attrs = 0xc093;
+    }
+}
