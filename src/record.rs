@@ -54,7 +54,7 @@ pub fn record(
         cmdline: opts.cmdline.clone(),
         checkpoint_interval: opts.checkpoint_interval,
     };
-    let cpu_image = state::encode_cpu(&mut m.cpu);
+    let cpu_image = state::encode_cpu(&m.cpu);
     let ram_image = state::encode_ram(&m.mem)?;
     let mut writer = TraceWriter::create(opts.path, &info, &cpu_image, &ram_image, m.cpu.icount)
         .map_err(|e| e.to_string())?;
@@ -91,7 +91,7 @@ pub fn record(
         reason: end_reason(&end),
         icount: m.cpu.icount,
         rip: m.cpu.rip,
-        regs_hash: state::regs_hash(&mut m.cpu),
+        regs_hash: state::regs_hash(&m.cpu),
         ram_hash: state::ram_hash(&m.mem),
         guest_ns: m.board.guest_ns(&m.cpu),
         counts: writer.counts().clone(),

@@ -343,7 +343,7 @@ impl Replayer {
             icount: self.cpu.icount,
             rip: self.cpu.rip,
             what,
-            regs: Some((self.cpu.gpr, state::full_rflags(&mut self.cpu))),
+            regs: Some((self.cpu.gpr, self.cpu.rflags_value())),
             insn: String::new(),
         }
     }
@@ -376,7 +376,7 @@ impl Replayer {
             }
             match &e.data {
                 &EventData::Checkpoint { regs_hash } => {
-                    let h = state::regs_hash(&mut self.cpu);
+                    let h = state::regs_hash(&self.cpu);
                     if h != regs_hash {
                         return Ok(Some(self.diverge_here(format!(
                             "checkpoint at instruction {}: registers hash {h:016x}, recorded {regs_hash:016x}",
@@ -435,7 +435,7 @@ impl Replayer {
     fn log_instruction(&mut self, log: &mut dyn Write) -> Result<(), ReplayError> {
         let rip = self.cpu.rip;
         let (bytes, text) = report::describe_insn(&mut self.cpu, rip);
-        let regs = report::regs_line(&mut self.cpu);
+        let regs = report::regs_line(&self.cpu);
         writeln!(
             log,
             "{} {rip:#018x} [{bytes}] {text} | {regs}",
@@ -541,7 +541,7 @@ impl Replayer {
             let _ = out.flush();
         }
         let seconds = t0.elapsed().as_secs_f64();
-        let regs_hash = state::regs_hash(&mut self.cpu);
+        let regs_hash = state::regs_hash(&self.cpu);
         let ram_hash = state::ram_hash(&self.mem);
         let verdict = match verdict {
             Verdict::Matched
@@ -565,7 +565,7 @@ impl Replayer {
         };
         let rip = self.cpu.rip;
         let (bytes, text) = report::describe_insn(&mut self.cpu, rip);
-        let regs = report::regs_line(&mut self.cpu);
+        let regs = report::regs_line(&self.cpu);
         let state_dump = format!(
             "next instruction {} RIP {rip:#x}: [{bytes}] {text}\n{regs}",
             self.cpu.icount

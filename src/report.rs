@@ -7,8 +7,8 @@ use krr_runtime::{gpr, rflags, CpuState};
 use std::io::{IsTerminal, Write};
 
 /// `rax=... rbx=... ... r15=... rflags=...` with RFLAGS made concrete.
-pub fn regs_line(cpu: &mut CpuState) -> String {
-    let flags = crate::trace::state::full_rflags(cpu);
+pub fn regs_line(cpu: &CpuState) -> String {
+    let flags = cpu.rflags_value();
     regs_line_with(&cpu.gpr, flags)
 }
 

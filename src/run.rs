@@ -116,9 +116,9 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     let mips = icount as f64 / secs.max(1e-9) / 1e6;
     let stats = &m.engine.stats;
     log::info!("engine: {}", stats.dispatch_summary());
-    let state_hash = krr::trace::state::regs_hash(&mut m.cpu);
+    let state_hash = krr::trace::state::regs_hash(&m.cpu);
     if log::log_enabled!(log::Level::Debug) {
-        log::debug!("final registers: {}", krr::report::regs_line(&mut m.cpu));
+        log::debug!("final registers: {}", krr::report::regs_line(&m.cpu));
         let rip = m.cpu.rip;
         let (bytes, text) = krr::report::describe_insn(&mut m.cpu, rip);
         log::debug!("next instruction: [{bytes}] {text}");

@@ -167,10 +167,6 @@ const PM1_CNT_S5: u16 = (crate::machine::devices::pm::S5_SLP_TYP
     | crate::machine::devices::pm::CNT_SLP_EN;
 const DEBUG_EXIT: u16 = crate::machine::devices::debug_exit::DEBUG_EXIT_PORT;
 
-const MSR_EFER: u32 = 0xc000_0080;
-const MSR_STAR: u32 = 0xc000_0081;
-const MSR_LSTAR: u32 = 0xc000_0082;
-const MSR_SFMASK: u32 = 0xc000_0084;
 /// SYSCALL clears TF, DF, IF, IOPL, NT and AC (as Linux does).
 const SFMASK: u32 = 0x4_7700;
 

@@ -510,7 +510,7 @@ impl Machine {
         loop {
             if let Some((every, sink)) = &mut recording {
                 if self.cpu.icount >= next_checkpoint {
-                    let regs_hash = crate::trace::state::regs_hash(&mut self.cpu);
+                    let regs_hash = crate::trace::state::regs_hash(&self.cpu);
                     self.board
                         .record(&self.cpu, EventData::Checkpoint { regs_hash });
                     next_checkpoint = (self.cpu.icount / *every + 1) * *every;

@@ -4,16 +4,10 @@ use super::bytes::{Put, Reader};
 use krr_runtime::cpu::{DescriptorTable, Segment};
 use krr_runtime::{rflags, CpuState, GuestMemory};
 
-/// RFLAGS with the arithmetic flags made concrete (the CPU keeps them lazily).
-pub fn full_rflags(cpu: &mut CpuState) -> u64 {
-    let arith = krr_jit::interp::materialize_flags(cpu);
-    (cpu.rflags & !rflags::ARITH) | arith
-}
-
 /// The hash checkpoints and the final state compare: general registers, RIP, RFLAGS, the
 /// control registers, segment selectors and bases, and the XMM registers.
-pub fn regs_hash(cpu: &mut CpuState) -> u64 {
-    let flags = full_rflags(cpu);
+pub fn regs_hash(cpu: &CpuState) -> u64 {
+    let flags = cpu.rflags_value();
     let mut v: Vec<u8> = Vec::with_capacity(512);
     for r in cpu.gpr {
         v.put_u64(r);
@@ -70,8 +64,8 @@ fn get_table(r: &mut Reader) -> Result<DescriptorTable, String> {
 }
 
 /// The architectural CPU state, field by field (the layout is in docs/TRACE-FORMAT.md).
-pub fn encode_cpu(cpu: &mut CpuState) -> Vec<u8> {
-    let flags = full_rflags(cpu);
+pub fn encode_cpu(cpu: &CpuState) -> Vec<u8> {
+    let flags = cpu.rflags_value();
     let mut v = Vec::with_capacity(1024);
     for r in cpu.gpr {
         v.put_u64(r);
@@ -278,18 +272,18 @@ mod tests {
         cpu.xmm[3] = [1, 2];
         cpu.x87.st[2][9] = 0x40;
         cpu.icount = 12345;
-        let h = regs_hash(&mut cpu);
-        let image = encode_cpu(&mut cpu);
+        let h = regs_hash(&cpu);
+        let image = encode_cpu(&cpu);
         let mut mem2 = GuestMemory::new(1 << 20).unwrap();
         let mut cpu2 = CpuState::new_flat64(&mut mem2);
         decode_cpu(&mut cpu2, &image).unwrap();
-        assert_eq!(regs_hash(&mut cpu2), h);
+        assert_eq!(regs_hash(&cpu2), h);
         assert_eq!(cpu2.icount, 12345);
         assert_eq!(cpu2.x87.st[2][9], 0x40);
-        assert_eq!(encode_cpu(&mut cpu2), image);
+        assert_eq!(encode_cpu(&cpu2), image);
         assert!(decode_cpu(&mut cpu2, &image[..image.len() - 1]).is_err());
         cpu2.gpr[5] ^= 1;
-        assert_ne!(regs_hash(&mut cpu2), h);
+        assert_ne!(regs_hash(&cpu2), h);
     }
 
     #[test]

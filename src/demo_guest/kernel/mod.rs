@@ -7,6 +7,7 @@ use super::asm::{Asm, Part, Src, R};
 use super::*;
 use iced_x86::code_asm::*;
 use iced_x86::{Code, Instruction};
+use krr_runtime::arch::msr;
 use krr_runtime::rflags;
 use Part::{Dec, Hex, Text};
 use Src::{Abs, Reg};
@@ -244,7 +245,7 @@ fn page_tables_and_protection(k: &mut Asm, l: &KernelLabels) -> R {
         k.call(l.map_pages)?;
     }
     // EFER.NXE (the tables use NX) and SCE, then CR3, CR0.WP, CR4.SMEP/SMAP as CPUID allows.
-    k.mov(ecx, MSR_EFER)?;
+    k.mov(ecx, msr::EFER)?;
     k.rdmsr()?;
     k.or(eax, 0x801)?;
     k.wrmsr()?;
@@ -270,7 +271,7 @@ fn page_tables_and_protection(k: &mut Asm, l: &KernelLabels) -> R {
     k.mov(rbx, cr0)?;
     k.mov(rbp, cr3)?;
     k.mov(r12, cr4)?;
-    k.mov(ecx, MSR_EFER)?;
+    k.mov(ecx, msr::EFER)?;
     k.rdmsr()?;
     k.mov(r13d, eax)?;
     k.kprint(
@@ -294,14 +295,14 @@ fn page_tables_and_protection(k: &mut Asm, l: &KernelLabels) -> R {
 fn syscall_msrs(k: &mut Asm, l: &KernelLabels) -> R {
     k.xor(eax, eax)?;
     k.mov(edx, (u32::from(KERNEL_DS) << 16) | u32::from(KERNEL_CS))?;
-    k.wrmsr_ecx(MSR_STAR)?;
+    k.wrmsr_ecx(msr::STAR)?;
     k.lea(rax, ptr(l.syscall_entry))?;
     k.mov(rdx, rax)?;
     k.shr(rdx, 32)?;
-    k.wrmsr_ecx(MSR_LSTAR)?;
+    k.wrmsr_ecx(msr::LSTAR)?;
     k.mov(eax, SFMASK)?;
     k.xor(edx, edx)?;
-    k.wrmsr_ecx(MSR_SFMASK)?;
+    k.wrmsr_ecx(msr::SFMASK)?;
     Ok(())
 }
 
