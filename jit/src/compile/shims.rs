@@ -14,9 +14,12 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module};
 use krr_runtime::offsets;
 
+/// How many helpers compiled code calls (one shim each).
+const HELPER_COUNT: usize = 7;
+
 /// The helpers compiled code calls: symbol, function and argument count (the CPU pointer
 /// included), in the order of [`HelperRefs`]' fields.
-fn helper_table() -> [(&'static str, *const u8, usize); 7] {
+fn helper_table() -> [(&'static str, *const u8, usize); HELPER_COUNT] {
     [
         ("krr_load_slow", helpers::krr_load_slow as *const u8, 4),
         ("krr_store_slow", helpers::krr_store_slow as *const u8, 4),
@@ -31,14 +34,14 @@ fn helper_table() -> [(&'static str, *const u8, usize); 7] {
 /// Addresses block code refers to: each helper's `preserve_all` shim, and the jump cache.
 #[derive(Clone, Copy)]
 pub(super) struct HelperRefs {
-    pub load: u64,
-    pub store: u64,
-    pub probe_write: u64,
-    pub load128: u64,
-    pub store128: u64,
-    pub helper: u64,
-    pub interpret: u64,
-    pub jump_cache: u64,
+    pub(super) load: u64,
+    pub(super) store: u64,
+    pub(super) probe_write: u64,
+    pub(super) load128: u64,
+    pub(super) store128: u64,
+    pub(super) helper: u64,
+    pub(super) interpret: u64,
+    pub(super) jump_cache: u64,
 }
 
 impl HelperRefs {
@@ -46,7 +49,7 @@ impl HelperRefs {
     /// jump cache's.
     pub(super) fn new(
         module: &JITModule,
-        shims: [FuncId; 7],
+        shims: [FuncId; HELPER_COUNT],
         jump_cache: *const JumpEntry,
     ) -> HelperRefs {
         // Blocks call the shims by absolute address: code finalized later may lie more than
@@ -142,8 +145,8 @@ pub(super) fn define_shims(
     module: &mut JITModule,
     ctx: &mut Context,
     fctx: &mut FunctionBuilderContext,
-) -> Result<[FuncId; 7], String> {
-    let mut ids = Vec::with_capacity(7);
+) -> Result<[FuncId; HELPER_COUNT], String> {
+    let mut ids = Vec::with_capacity(HELPER_COUNT);
     for (name, _, params) in helper_table() {
         ids.push(define_shim(module, ctx, fctx, name, params)?);
     }
