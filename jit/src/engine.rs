@@ -11,11 +11,15 @@
 //! `cpu.icount == cpu.icount_limit` and RIP at the next instruction.
 
 use crate::block::{self, Block, FetchError};
-use crate::clif::{CompiledBlock, Jit};
+use crate::block_id::BlockId;
+use crate::compile::{CompiledBlock, Jit, EXIT_BUDGET, EXIT_NORMAL};
 use crate::interp::{Interp, StepResult};
+use crate::jump_cache::{jump_slot, JumpCache};
+use crate::mode;
 use iced_x86::Instruction;
 use krr_runtime::{mmu, CpuState};
 use rustc_hash::FxHashMap as HashMap;
+use std::ops::{Index, IndexMut};
 use std::time::Duration;
 
 mod debug;
@@ -138,112 +142,57 @@ impl Entry {
     }
 }
 
-pub(crate) const JUMP_CACHE: usize = 16384;
+/// The decoded blocks, indexed by [`BlockId`]. Blocks are never removed (a discarded one
+/// stays, marked invalid), so an id stays valid for the engine's lifetime.
+#[derive(Default)]
+struct BlockTable(Vec<Entry>);
 
-/// A jump-cache entry. Compiled code reads these too (clif's inline lookups), hence the
-/// fixed layout and size (a power of two).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct JumpEntry {
-    /// Linear RIP of the block's first instruction.
-    pub rip: u64,
-    /// [`Engine::jump_key`] when filled: entries from before a full flush miss.
-    pub key: u32,
-    pub id: u32,
-    /// The block's compiled code, 0 while it is interpreted.
-    pub code: u64,
-    /// Physical address of `rip` when filled: after a full flush, an entry whose RIP still
-    /// translates there is the same block again. [`STRADDLES`] is added for a block whose
-    /// last instruction straddles into the next page (that page's mapping must be checked
-    /// too, so such an entry is never taken again this way).
-    phys: u64,
+impl BlockTable {
+    /// The id the next block pushed gets.
+    fn next_id(&self) -> BlockId {
+        BlockId::from_index(self.0.len())
+    }
+
+    fn push(&mut self, entry: Entry) {
+        self.0.push(entry);
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
-const STRADDLES: u64 = 1 << 63;
+impl Index<BlockId> for BlockTable {
+    type Output = Entry;
 
-impl JumpEntry {
-    const EMPTY: JumpEntry = JumpEntry {
-        rip: u64::MAX,
-        key: 0,
-        id: NO_ENTRY,
-        code: 0,
-        phys: u64::MAX,
-    };
+    #[inline]
+    fn index(&self, id: BlockId) -> &Entry {
+        &self.0[id.index()]
+    }
 }
 
-/// The jump-cache slot of a linear RIP.
-#[inline]
-pub(crate) fn jump_slot(rip: u64) -> usize {
-    (rip as usize ^ (rip >> 12) as usize) & (JUMP_CACHE - 1)
-}
-
-/// The 4096-entry segment of the jump cache that holds every slot of the linear page at
-/// `page`: the slot's low 12 bits are the page offset XOR the page number's, which cover all
-/// values, and the bits above depend on the page number only.
-fn jump_segment(page: u64) -> usize {
-    jump_slot(page & !0xfff) / 4096
-}
-
-const _: () = assert!(JUMP_CACHE.is_multiple_of(4096) && JUMP_CACHE / 4096 <= 32);
-
-#[cfg(test)]
-mod jump_cache_tests {
-    use super::*;
-
-    #[test]
-    fn every_slot_of_a_page_is_in_its_segment() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        for _ in 0..2000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let page = x & 0x0000_ffff_ffff_f000;
-            let segment = jump_segment(page);
-            for offset in [0u64, 1, 0x7ff, 0x800, 0xfff, x & 0xfff] {
-                assert_eq!(
-                    jump_slot(page + offset) / 4096,
-                    segment,
-                    "{page:#x}+{offset:#x}"
-                );
-            }
-        }
+impl IndexMut<BlockId> for BlockTable {
+    #[inline]
+    fn index_mut(&mut self, id: BlockId) -> &mut Entry {
+        &mut self.0[id.index()]
     }
 }
 
 pub struct Engine {
     pub config: EngineConfig,
-    entries: Vec<Entry>,
-    by_phys: HashMap<(u64, u32), usize>,
-    /// Direct-mapped (linear RIP, mode) -> block, so a hot dispatch needs no page walk.
-    /// Entries are tagged with the address-space key they were made under
-    /// (`cpu.tlb.space`): after a flush or a switch, the others miss. Never reallocated:
-    /// compiled code holds its address.
-    jump_cache: Box<[JumpEntry]>,
-    /// `cpu.tlb.space` as of the last dispatch (below 2^28: the mode takes the low 3 bits of
-    /// a key and [`JUMP_KEY_VALID`] the top one).
-    jump_space: u32,
-    /// `cpu.tlb.space_wraps` as of the last dispatch.
-    space_wraps: u64,
+    entries: BlockTable,
+    by_phys: HashMap<(u64, u32), BlockId>,
+    /// (linear RIP, mode) -> block, so a hot dispatch needs no page walk.
+    jump_cache: JumpCache,
     jit: Option<Jit>,
-    pending: Vec<usize>,
+    pending: Vec<BlockId>,
     pub stats: EngineStats,
     logged_unimplemented: std::collections::HashSet<u64>,
     /// Physical page number -> blocks with code on that page.
-    page_blocks: HashMap<u64, Vec<usize>>,
+    page_blocks: HashMap<u64, Vec<BlockId>>,
     /// The interpreter's undo records, allocated once.
     undo: crate::interp::Undo,
 }
-
-const NO_ENTRY: u32 = u32::MAX;
-const _: () = assert!(krr_runtime::mmu::SPACE_KEY_LIMIT <= 1 << 28);
-/// Set in every key, so that `cpu.tlb.jump_key == 0` (a flush the dispatcher has not seen
-/// yet) matches no entry.
-const JUMP_KEY_VALID: u32 = 1 << 31;
-/// The mode's bits in a key.
-const JUMP_MODE_MASK: u32 = 7;
-
-/// Block mode bit: CPL3 code running with alignment checking (CR0.AM, RFLAGS.AC).
-pub const MODE_ALIGNMENT_CHECK: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -253,18 +202,16 @@ pub enum EngineError {
 
 impl Engine {
     pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
-        let jump_cache = vec![JumpEntry::EMPTY; JUMP_CACHE].into_boxed_slice();
+        let jump_cache = JumpCache::new();
         let jit = match config.policy {
             TierPolicy::Interpret => None,
             _ => Some(Jit::new(jump_cache.as_ptr()).map_err(EngineError::Jit)?),
         };
         Ok(Engine {
             config,
-            entries: Vec::new(),
+            entries: BlockTable::default(),
             by_phys: HashMap::default(),
             jump_cache,
-            jump_space: 0,
-            space_wraps: 0,
             jit,
             pending: Vec::new(),
             stats: EngineStats::default(),
@@ -274,89 +221,32 @@ impl Engine {
         })
     }
 
-    /// The translation mode: the CPL, plus [`MODE_ALIGNMENT_CHECK`] while data accesses are
-    /// alignment-checked (their compiled code uses the checked MMU index).
-    fn mode(cpu: &CpuState) -> u32 {
-        cpu.cpl() as u32
-            | if krr_runtime::debugreg::alignment_checked(cpu) {
-                MODE_ALIGNMENT_CHECK
-            } else {
-                0
-            }
-    }
-
     /// Bring the jump cache in line with the TLB (flushes, address-space switches, INVLPG)
     /// before a lookup; compiled code may then use it again.
     #[inline]
     fn sync_translations(&mut self, cpu: &mut CpuState) {
-        if cpu.tlb.space_wraps != self.space_wraps {
-            // The key counter wrapped: old entries could match new keys.
-            self.space_wraps = cpu.tlb.space_wraps;
-            self.jump_cache.fill(JumpEntry::EMPTY);
-        }
-        if cpu.tlb.space as u32 != self.jump_space {
-            self.jump_space = cpu.tlb.space as u32;
+        if self.jump_cache.sync(cpu) {
             self.stats.space_switches += 1;
         }
-        if cpu.tlb.page_flush_count != 0 {
-            self.flush_jump_cache_pages(cpu);
-        }
-        cpu.tlb.jump_key = self.jump_key(0) as u64;
-    }
-
-    /// The jump-cache key of `mode` now: the address space and the mode.
-    #[inline]
-    fn jump_key(&self, mode: u32) -> u32 {
-        JUMP_KEY_VALID | (self.jump_space << 3) | mode
-    }
-
-    /// Forget the lookups on pages flushed one at a time (INVLPG). A block on the page before
-    /// may end with an instruction straddling into a flushed page: those go too.
-    #[inline(never)]
-    fn flush_jump_cache_pages(&mut self, cpu: &mut CpuState) {
-        let n = cpu.tlb.page_flush_count as usize;
-        cpu.tlb.page_flush_count = 0;
-        let pages = &cpu.tlb.page_flushes[..n];
-        // Only the segments where entries of those pages (or of the pages before) can be.
-        let mut segments = 0u32;
-        for &p in pages {
-            segments |= 1 << jump_segment(p);
-            segments |= 1 << jump_segment(p.wrapping_sub(0x1000));
-        }
-        for (i, segment) in self.jump_cache.chunks_mut(4096).enumerate() {
-            if segments & (1 << i) == 0 {
-                continue;
-            }
-            for e in segment {
-                let page = e.rip & !0xfff;
-                if pages
-                    .iter()
-                    .any(|&p| page == p || page.wrapping_add(0x1000) == p)
-                {
-                    *e = JumpEntry::EMPTY;
-                }
-            }
-        }
     }
 
     #[inline]
-    fn lookup(&mut self, cpu: &mut CpuState) -> Result<usize, Exit> {
+    fn lookup(&mut self, cpu: &mut CpuState) -> Result<BlockId, Exit> {
         let rip = cpu.rip;
-        let mode = Self::mode(cpu);
+        let mode = mode::current(cpu);
         let slot = jump_slot(rip);
-        let e = &self.jump_cache[slot];
-        if e.rip == rip && e.key == self.jump_key(mode) && e.id != NO_ENTRY {
-            return Ok(e.id as usize);
+        if let Some(id) = self.jump_cache.get(slot, rip, mode) {
+            return Ok(id);
         }
         self.lookup_slow(cpu, slot)
     }
 
     /// A jump-cache miss: translate RIP, find or decode the block, fill the jump cache.
     #[inline(never)]
-    fn lookup_slow(&mut self, cpu: &mut CpuState, slot: usize) -> Result<usize, Exit> {
+    fn lookup_slow(&mut self, cpu: &mut CpuState, slot: usize) -> Result<BlockId, Exit> {
         self.stats.jump_cache_misses += 1;
         let rip = cpu.rip;
-        let mode = Self::mode(cpu);
+        let mode = mode::current(cpu);
         let user = mode & 3 == 3;
         let phys = match mmu::translate(cpu, rip, mmu::Access::Execute, user) {
             Ok(t) => t.phys,
@@ -368,14 +258,9 @@ impl Engine {
                 });
             }
         };
-        let key = self.jump_key(mode);
-        let e = &mut self.jump_cache[slot];
-        if e.rip == rip && e.id != NO_ENTRY && e.key & JUMP_MODE_MASK == mode && e.phys == phys {
-            // Filled before a flush and still mapped the same way, on one page: the same
-            // block. (Entries of discarded blocks are cleared, so the block is still valid.)
-            e.key = key;
+        if let Some(id) = self.jump_cache.revalidate(slot, rip, mode, phys) {
             self.stats.jump_cache_revalidations += 1;
-            return Ok(e.id as usize);
+            return Ok(id);
         }
         let id = match self.by_phys.get(&(phys, mode)) {
             Some(&id)
@@ -397,7 +282,7 @@ impl Engine {
                     Err(FetchError::Unbacked { phys }) => return Err(Exit::Unbacked { phys }),
                 };
                 self.stats.blocks_decoded += 1;
-                let id = self.entries.len();
+                let id = self.entries.next_id();
                 // The pages the code lies on (the last instruction may straddle into the next).
                 let last = rip.wrapping_add(block.len as u64 - 1);
                 let last_phys = mmu::translate(cpu, last, mmu::Access::Execute, user)
@@ -433,19 +318,15 @@ impl Engine {
             }
         };
         let e = &self.entries[id];
-        self.jump_cache[slot] = JumpEntry {
-            rip,
-            key: self.jump_key(mode),
-            id: id as u32,
-            code: e.compiled.as_ref().map_or(0, |c| c.code as u64),
-            phys: phys | if e.straddles() { STRADDLES } else { 0 },
-        };
+        let code = e.compiled.as_ref().map_or(0, |c| c.code as u64);
+        self.jump_cache
+            .fill(rip, mode, phys, e.straddles(), id, code);
         Ok(id)
     }
 
     /// For a block whose last instruction straddles into the next page: does that page still
     /// map to where the block's bytes were read from?
-    fn second_page_unchanged(&self, cpu: &mut CpuState, id: usize, user: bool) -> bool {
+    fn second_page_unchanged(&self, cpu: &mut CpuState, id: BlockId, user: bool) -> bool {
         let e = &self.entries[id];
         if !e.straddles() {
             return true;
@@ -610,7 +491,7 @@ impl Engine {
 
     /// Count an execution of block `id` (not yet compiled) and compile it if the policy says so.
     #[inline]
-    fn maybe_compile(&mut self, id: usize) {
+    fn maybe_compile(&mut self, id: BlockId) {
         let e = &mut self.entries[id];
         e.block.exec_count = e.block.exec_count.saturating_add(1);
         match self.config.policy {
@@ -621,7 +502,7 @@ impl Engine {
                     e.queued = true;
                     if let Some(jit) = self.jit.as_mut() {
                         let t0 = std::time::Instant::now();
-                        jit.submit(id as u64, &self.entries[id].block);
+                        jit.submit(id, &self.entries[id].block);
                         self.stats.compile_time += t0.elapsed();
                     }
                 }
@@ -640,14 +521,14 @@ impl Engine {
         let (done, time) = jit.collect(self.config.batch, wait);
         self.stats.compile_time += time;
         for d in done {
-            let e = &mut self.entries[d.tag as usize];
+            let e = &mut self.entries[d.block_id];
             e.queued = false;
             if e.valid {
                 self.stats.blocks_compiled += 1;
                 self.stats.code_bytes += d.block.code_size as u64;
                 let code = d.block.code as u64;
                 e.compiled = Some(d.block);
-                self.publish_code(d.tag as usize, code);
+                self.publish_code(d.block_id, code);
             }
         }
     }
@@ -661,7 +542,7 @@ impl Engine {
     /// A block reached the hot threshold: queue it, and compile the queue once it is full or
     /// once a queued block is clearly hot.
     #[inline(never)]
-    fn tier_up(&mut self, id: usize) {
+    fn tier_up(&mut self, id: BlockId) {
         let e = &mut self.entries[id];
         let n = e.block.exec_count;
         if !e.queued {
@@ -676,8 +557,8 @@ impl Engine {
         }
     }
 
-    fn compile(&mut self, ids: &[usize]) {
-        let ids: Vec<usize> = ids
+    fn compile(&mut self, ids: &[BlockId]) {
+        let ids: Vec<BlockId> = ids
             .iter()
             .copied()
             .filter(|&i| self.entries[i].valid)
@@ -699,14 +580,12 @@ impl Engine {
     }
 
     /// Block `id` was just compiled: its jump-cache entry, if any, now leads to the code.
-    fn publish_code(&mut self, id: usize, code: u64) {
-        let e = &mut self.jump_cache[jump_slot(self.entries[id].block.start)];
-        if e.id == id as u32 {
-            e.code = code;
-        }
+    fn publish_code(&mut self, id: BlockId, code: u64) {
+        let start = self.entries[id].block.start;
+        self.jump_cache.publish_code(start, id, code);
     }
 
-    fn run_compiled(&mut self, cpu: &mut CpuState, id: usize) -> Option<Exit> {
+    fn run_compiled(&mut self, cpu: &mut CpuState, id: BlockId) -> Option<Exit> {
         let jit = self.jit.as_ref().expect("compiled blocks imply a JIT");
         let code = self.entries[id]
             .compiled
@@ -718,13 +597,13 @@ impl Engine {
         let unimpl_before = cpu.unimplemented_count;
         let reason = jit.enter(cpu, code);
         match reason {
-            crate::clif::EXIT_NORMAL => {
+            EXIT_NORMAL => {
                 if cpu.exit_slot != 0 {
                     self.link(cpu);
                 }
                 None
             }
-            crate::clif::EXIT_BUDGET => {
+            EXIT_BUDGET => {
                 // Not enough budget for the whole block: finish instruction by instruction.
                 let id = match self.lookup(cpu) {
                     Ok(id) => id,
@@ -785,7 +664,7 @@ impl Engine {
         }
     }
 
-    fn interpret_block(&mut self, cpu: &mut CpuState, id: usize) -> Option<Exit> {
+    fn interpret_block(&mut self, cpu: &mut CpuState, id: BlockId) -> Option<Exit> {
         let block = &self.entries[id].block;
         let (insns, mems) = (&block.insns[..], &block.mem[..]);
         // The budget is known up front: run at most `n` instructions.
@@ -829,7 +708,7 @@ impl Engine {
 
     /// The exit for an interpreted instruction that did not simply retire.
     #[cold]
-    fn step_exit(&mut self, cpu: &mut CpuState, id: usize, i: usize, r: StepResult) -> Exit {
+    fn step_exit(&mut self, cpu: &mut CpuState, id: BlockId, i: usize, r: StepResult) -> Exit {
         match r {
             StepResult::Retired => unreachable!("retired instructions do not exit"),
             StepResult::Exception {
@@ -904,7 +783,7 @@ impl Engine {
                 let Some(list) = self.page_blocks.remove(&page) else {
                     continue;
                 };
-                let (doomed, kept): (Vec<usize>, Vec<usize>) = list
+                let (doomed, kept): (Vec<BlockId>, Vec<BlockId>) = list
                     .into_iter()
                     .filter(|&id| self.entries[id].valid)
                     .partition(|&id| self.entries[id].overlaps(start, end));
@@ -920,7 +799,7 @@ impl Engine {
         }
     }
 
-    fn invalidate(&mut self, id: usize) {
+    fn invalidate(&mut self, id: BlockId) {
         let e = &mut self.entries[id];
         if !e.valid {
             return;
@@ -936,11 +815,7 @@ impl Engine {
         if self.by_phys.get(&key) == Some(&id) {
             self.by_phys.remove(&key);
         }
-        // A block is only ever entered in the jump cache at its start's slot.
-        let c = &mut self.jump_cache[jump_slot(e.block.start)];
-        if c.id == id as u32 {
-            *c = JumpEntry::EMPTY;
-        }
+        self.jump_cache.remove(e.block.start, id);
         self.stats.blocks_invalidated += 1;
     }
 

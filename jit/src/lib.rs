@@ -2,10 +2,13 @@
 //! a precise interpreter and a Cranelift JIT that both run those semantics, the block cache
 //! and the dispatcher.
 pub mod block;
-pub mod clif;
+mod block_id;
+mod compile;
 pub mod engine;
 pub mod helpers;
 pub mod interp;
+mod jump_cache;
+mod mode;
 pub mod sem;
 pub mod snippet;
 
