@@ -27,11 +27,27 @@ pub trait Bus {
 /// The bus pointer kept in [`CpuState::bus`] while the engine runs.
 pub type BusPtr = Option<std::ptr::NonNull<dyn Bus>>;
 
+/// Run `f` with `bus` attached to `cpu` (port IO, MMIO and the nondeterministic inputs reach
+/// it through [`with_bus`]); it is detached again before this returns.
+pub fn attached<R>(cpu: &mut CpuState, bus: &mut dyn Bus, f: impl FnOnce(&mut CpuState) -> R) -> R {
+    // SAFETY: the pointer is used only while `f` runs (through `with_bus`) and is cleared
+    // before this returns, so extending its lifetime to 'static is never observable.
+    let ptr: std::ptr::NonNull<dyn Bus> = unsafe {
+        std::mem::transmute::<std::ptr::NonNull<dyn Bus + '_>, std::ptr::NonNull<dyn Bus>>(
+            std::ptr::NonNull::from(bus),
+        )
+    };
+    let outer = cpu.exec.bus.replace(ptr);
+    let r = f(cpu);
+    cpu.exec.bus = outer;
+    r
+}
+
 /// Borrow the bus the engine is running with, if any.
 pub fn with_bus<R>(cpu: &mut CpuState, f: impl FnOnce(&mut dyn Bus, &CpuState) -> R) -> Option<R> {
-    let mut p = cpu.bus?;
-    // SAFETY: `cpu.bus` is set by the engine from a `&mut dyn Bus` that outlives the run and
-    // cleared before the run returns; nothing else holds that borrow meanwhile.
+    let mut p = cpu.exec.bus?;
+    // SAFETY: `cpu.exec.bus` is set by `attached` from a `&mut dyn Bus` that outlives the call
+    // and cleared before it returns; nothing else holds that borrow meanwhile.
     let bus = unsafe { p.as_mut() };
     Some(f(bus, cpu))
 }

@@ -85,9 +85,11 @@ impl Default for X87State {
     }
 }
 
-/// The whole CPU. Compiled code receives a `*mut CpuState`.
+/// The architectural CPU state: what a trace's CPU image stores and a state hash covers
+/// (with the lazy arithmetic flags, which only the representation of RFLAGS).
 #[repr(C)]
-pub struct CpuState {
+#[derive(Clone)]
+pub struct ArchState {
     pub gpr: [u64; 16],
     pub rip: u64,
     /// RFLAGS without the six arithmetic flags, which live in the lazy-flags fields below.
@@ -101,9 +103,6 @@ pub struct CpuState {
     pub cc_aux: u64,
     /// Instructions retired so far.
     pub icount: u64,
-    /// The engine stops before retiring instruction number `icount_limit`.
-    pub icount_limit: u64,
-    pub exception: ExceptionRecord,
     pub seg: [Segment; 6],
     pub ldtr: Segment,
     pub tr: Segment,
@@ -136,6 +135,25 @@ pub struct CpuState {
     pub _pad0: u32,
     pub xmm: [[u64; 2]; 16],
     pub x87: X87State,
+    /// Interrupts are inhibited at the instruction boundary where `icount` equals this value
+    /// (the STI / MOV SS shadow).
+    pub irq_shadow_at: u64,
+    /// Debug traps are inhibited at the instruction boundary where `icount` equals this value
+    /// (the MOV SS shadow: a #DB trap due there waits for the next boundary, SDM 6.8.3).
+    pub db_inhibit_at: u64,
+    /// DR6 bits (B0-B3, BS) of a #DB trap due at the next boundary where traps are not
+    /// inhibited (set while in the MOV SS shadow).
+    pub pending_db: u64,
+}
+
+/// The engine's execution context: the budget, the mailboxes between compiled code, helpers
+/// and the dispatcher, the software TLB and the pointers into guest memory and the driver's
+/// bus. None of it is architectural; the pointers are set only by [`crate::Core`].
+#[repr(C)]
+pub struct ExecContext {
+    /// The engine stops before retiring instruction number `icount_limit`.
+    pub icount_limit: u64,
+    pub exception: ExceptionRecord,
     /// Scratch space helpers use to pass 128-bit operands between compiled code and Rust.
     pub scratch: [u64; 4],
     /// Instructions that raised #UD because the engine does not implement them.
@@ -154,24 +172,13 @@ pub struct CpuState {
     pub exit_slot: u64,
     /// Linear start address of the block that left through `exit_slot`.
     pub exit_from: u64,
-    /// What CPUID reports.
-    pub cpuid: crate::cpuid::CpuidTable,
     /// Software TLB (see [`crate::tlb`]).
     pub tlb: crate::tlb::Tlb,
     /// The driver's bus while the engine runs (see [`crate::bus`]).
-    pub bus: crate::bus::BusPtr,
+    pub(crate) bus: crate::bus::BusPtr,
     /// RIP of the last INT n / INT3 / INTO raised (faults during its delivery are reported
     /// there).
     pub trap_rip: u64,
-    /// Interrupts are inhibited at the instruction boundary where `icount` equals this value
-    /// (the STI / MOV SS shadow).
-    pub irq_shadow_at: u64,
-    /// Debug traps are inhibited at the instruction boundary where `icount` equals this value
-    /// (the MOV SS shadow: a #DB trap due there waits for the next boundary, SDM 6.8.3).
-    pub db_inhibit_at: u64,
-    /// DR6 bits (B0-B3, BS) of a #DB trap due at the next boundary where traps are not
-    /// inhibited (set while in the MOV SS shadow).
-    pub pending_db: u64,
     /// B0-B3 bits of the data breakpoints the current instruction hit (MMU checked path).
     pub db_hits: u64,
     /// Writes to pages holding translated code since the engine last looked: `smc_count` of
@@ -180,18 +187,61 @@ pub struct CpuState {
     pub smc_count: u64,
     pub smc_writes: [[u64; 2]; 4],
     /// The code-page bitmap of guest memory (one bit per 4 KiB page, see `GuestMemory`).
-    pub code_bitmap: *mut u64,
-    pub code_bitmap_words: u64,
+    pub(crate) code_bitmap: *mut u64,
+    pub(crate) code_bitmap_words: u64,
     /// Guest physical memory, for helpers (compiled code reaches memory through the TLB).
-    pub mem_base: *mut u8,
-    pub mem_size: u64,
+    pub(crate) mem_base: *mut u8,
+    pub(crate) mem_size: u64,
 }
 
-impl CpuState {
-    /// A CPU in 64-bit mode at CPL3 with flat segments, paging off, as the engine-core tests
-    /// and benchmarks use it. `mem` must outlive the returned state.
-    pub fn new_flat64(mem: &mut crate::GuestMemory) -> Box<CpuState> {
-        let mut cpu = Box::new(CpuState {
+/// The whole CPU as compiled code sees it (it receives a `*mut CpuState` and addresses fields
+/// by the constant offsets in [`offsets`]): the architectural state, the CPU model, and the
+/// engine's context. It derefs to [`ArchState`], so `cpu.rip` is the architectural RIP.
+///
+/// Only [`crate::Core`] makes one, pinned beside the guest memory its pointers lead into:
+/// safe code gets `&CpuState` or [`ArchState`] access, never a movable `&mut CpuState`, so it
+/// cannot swap a state into a place where its pointers would outlive their memory.
+#[repr(C)]
+pub struct CpuState {
+    pub arch: ArchState,
+    /// What CPUID reports.
+    pub cpuid: crate::cpuid::CpuidTable,
+    pub exec: ExecContext,
+    _pinned: std::marker::PhantomPinned,
+}
+
+impl std::ops::Deref for CpuState {
+    type Target = ArchState;
+    fn deref(&self) -> &ArchState {
+        &self.arch
+    }
+}
+
+impl std::ops::DerefMut for CpuState {
+    fn deref_mut(&mut self) -> &mut ArchState {
+        &mut self.arch
+    }
+}
+
+impl ArchState {
+    /// A CPU in 64-bit mode at CPL3 with flat segments, as the engine-core tests and
+    /// benchmarks use it (CR3 is 0: a test that runs with paging maps its pages first).
+    pub fn flat64() -> ArchState {
+        let user_data = Segment {
+            selector: 0x2b,
+            attrs: 0xc0f3,
+            limit: 0xffff_ffff,
+            base: 0,
+        };
+        let mut seg = [user_data; 6];
+        // 64-bit code segment, DPL3 (attrs: type=0xb, S, DPL=3, P, L).
+        seg[seg::CS] = Segment {
+            selector: 0x33,
+            attrs: 0x20fb,
+            limit: 0xffff_ffff,
+            base: 0,
+        };
+        ArchState {
             gpr: [0; 16],
             rip: 0,
             rflags: rflags::FIXED1,
@@ -201,14 +251,11 @@ impl CpuState {
             cc_b: 0,
             cc_aux: 0,
             icount: 0,
-            icount_limit: u64::MAX,
-            exception: ExceptionRecord::default(),
-            seg: [Segment::default(); 6],
+            seg,
             ldtr: Segment::default(),
             tr: Segment::default(),
             gdtr: DescriptorTable::default(),
             idtr: DescriptorTable::default(),
-            // The mode flags; CR3 is 0, so a test that runs with them maps its pages first.
             cr0: cr0::PG | cr0::PE | cr0::ET | cr0::NE,
             cr2: 0,
             cr3: 0,
@@ -235,72 +282,9 @@ impl CpuState {
             _pad0: 0,
             xmm: [[0; 2]; 16],
             x87: X87State::default(),
-            scratch: [0; 4],
-            unimplemented_count: 0,
-            helper_status: 0,
-            helper_value: 0,
-            helper_args: [0; 4],
-            unbacked_phys: 0,
-            exit_slot: 0,
-            exit_from: 0,
-            cpuid: crate::cpuid::CpuidTable::krr_default(),
-            tlb: crate::tlb::Tlb::new(),
-            bus: None,
-            trap_rip: 0,
             irq_shadow_at: u64::MAX,
             db_inhibit_at: u64::MAX,
             pending_db: 0,
-            db_hits: 0,
-            smc_count: 0,
-            smc_writes: [[0; 2]; 4],
-            code_bitmap: mem.code_page_bitmap().0,
-            code_bitmap_words: mem.code_page_bitmap().1 as u64,
-            mem_base: mem.as_mut_ptr(),
-            mem_size: mem.size(),
-        });
-        // 64-bit code segment, DPL3 (attrs: type=0xb, S, DPL=3, P, L).
-        cpu.seg[seg::CS] = Segment {
-            selector: 0x33,
-            attrs: 0x20fb,
-            limit: 0xffff_ffff,
-            base: 0,
-        };
-        for s in [seg::ES, seg::SS, seg::DS, seg::FS, seg::GS] {
-            cpu.seg[s] = Segment {
-                selector: 0x2b,
-                attrs: 0xc0f3,
-                limit: 0xffff_ffff,
-                base: 0,
-            };
-        }
-        cpu
-    }
-
-    /// Does physical page `page` (a page number) hold translated code?
-    pub fn is_code_page(&self, page: u64) -> bool {
-        let word = page / 64;
-        if word >= self.code_bitmap_words {
-            return false;
-        }
-        // SAFETY: `code_bitmap` points at `code_bitmap_words` words owned by the guest memory,
-        // which outlives the CPU state; the index is checked above.
-        unsafe { *self.code_bitmap.add(word as usize) & (1 << (page % 64)) != 0 }
-    }
-
-    /// Mark or unmark physical page `page` as holding translated code.
-    pub fn set_code_page(&mut self, page: u64, on: bool) {
-        let word = page / 64;
-        if word >= self.code_bitmap_words {
-            return;
-        }
-        // SAFETY: as in is_code_page; the CPU state is the only writer while the engine runs.
-        unsafe {
-            let w = &mut *self.code_bitmap.add(word as usize);
-            if on {
-                *w |= 1 << (page % 64);
-            } else {
-                *w &= !(1 << (page % 64));
-            }
         }
     }
 
@@ -310,8 +294,8 @@ impl CpuState {
     }
 
     /// CF, PF, AF, ZF, SF and OF as RFLAGS bits, computed from the lazy flags without
-    /// changing them (the jit's `interp::materialize_flags` returns the same bits and stores
-    /// them back in concrete form).
+    /// changing them (the jit's `materialize_flags` returns the same bits and stores them
+    /// back in concrete form).
     pub fn arith_flags(&self) -> u64 {
         crate::lazy_flags::arith_flags(self.cc_op, self.cc_res, self.cc_a, self.cc_b, self.cc_aux)
     }
@@ -323,35 +307,129 @@ impl CpuState {
     }
 }
 
+impl ExecContext {
+    /// A fresh context over `mem` (no budget, empty TLB, no bus).
+    fn new(mem: &mut crate::GuestMemory) -> ExecContext {
+        let (code_bitmap, words) = mem.code_page_bitmap();
+        ExecContext {
+            icount_limit: u64::MAX,
+            exception: ExceptionRecord::default(),
+            scratch: [0; 4],
+            unimplemented_count: 0,
+            helper_status: 0,
+            helper_value: 0,
+            helper_args: [0; 4],
+            unbacked_phys: 0,
+            exit_slot: 0,
+            exit_from: 0,
+            tlb: crate::tlb::Tlb::new(),
+            bus: None,
+            trap_rip: 0,
+            db_hits: 0,
+            smc_count: 0,
+            smc_writes: [[0; 2]; 4],
+            code_bitmap,
+            code_bitmap_words: words as u64,
+            mem_base: mem.as_mut_ptr(),
+            mem_size: mem.size(),
+        }
+    }
+
+    /// Guest RAM's size in bytes (what `mem_base` spans).
+    pub fn mem_size(&self) -> u64 {
+        self.mem_size
+    }
+
+    /// Is the driver's bus attached (the engine is inside `run_with_bus`)?
+    pub fn has_bus(&self) -> bool {
+        self.bus.is_some()
+    }
+}
+
+impl CpuState {
+    /// A state over `mem` (which must outlive it and not move its mapping; [`crate::Core`]
+    /// guarantees that by owning both).
+    pub(crate) fn new(arch: ArchState, mem: &mut crate::GuestMemory) -> CpuState {
+        CpuState {
+            arch,
+            cpuid: crate::cpuid::CpuidTable::krr_default(),
+            exec: ExecContext::new(mem),
+            _pinned: std::marker::PhantomPinned,
+        }
+    }
+
+    /// Point the context at `mem` again (after the memory may have been swapped for another
+    /// core's): a different mapping also drops every cached translation.
+    pub(crate) fn attach(&mut self, mem: &mut crate::GuestMemory) {
+        let base = mem.as_mut_ptr();
+        if base != self.exec.mem_base {
+            self.exec = ExecContext {
+                icount_limit: self.exec.icount_limit,
+                exception: self.exec.exception,
+                unimplemented_count: self.exec.unimplemented_count,
+                ..ExecContext::new(mem)
+            };
+        }
+    }
+
+    /// Does physical page `page` (a page number) hold translated code?
+    pub fn is_code_page(&self, page: u64) -> bool {
+        let word = page / 64;
+        if word >= self.exec.code_bitmap_words {
+            return false;
+        }
+        // SAFETY: `code_bitmap` points at `code_bitmap_words` words owned by the guest memory
+        // that the owning `Core` keeps beside this state; the index is checked above.
+        unsafe { *self.exec.code_bitmap.add(word as usize) & (1 << (page % 64)) != 0 }
+    }
+
+    /// Mark or unmark physical page `page` as holding translated code.
+    pub fn set_code_page(&mut self, page: u64, on: bool) {
+        let word = page / 64;
+        if word >= self.exec.code_bitmap_words {
+            return;
+        }
+        // SAFETY: as in is_code_page; the CPU state is the only writer while the engine runs.
+        unsafe {
+            let w = &mut *self.exec.code_bitmap.add(word as usize);
+            if on {
+                *w |= 1 << (page % 64);
+            } else {
+                *w &= !(1 << (page % 64));
+            }
+        }
+    }
+}
+
 /// Byte offsets of the fields compiled code touches.
 pub mod offsets {
     use super::*;
-    pub const GPR: i32 = offset_of!(CpuState, gpr) as i32;
-    pub const RIP: i32 = offset_of!(CpuState, rip) as i32;
-    pub const RFLAGS: i32 = offset_of!(CpuState, rflags) as i32;
-    pub const CC_OP: i32 = offset_of!(CpuState, cc_op) as i32;
-    pub const CC_RES: i32 = offset_of!(CpuState, cc_res) as i32;
-    pub const CC_A: i32 = offset_of!(CpuState, cc_a) as i32;
-    pub const CC_B: i32 = offset_of!(CpuState, cc_b) as i32;
-    pub const CC_AUX: i32 = offset_of!(CpuState, cc_aux) as i32;
-    pub const ICOUNT: i32 = offset_of!(CpuState, icount) as i32;
-    pub const ICOUNT_LIMIT: i32 = offset_of!(CpuState, icount_limit) as i32;
-    pub const SEG: i32 = offset_of!(CpuState, seg) as i32;
+    pub const GPR: i32 = offset_of!(CpuState, arch.gpr) as i32;
+    pub const RIP: i32 = offset_of!(CpuState, arch.rip) as i32;
+    pub const RFLAGS: i32 = offset_of!(CpuState, arch.rflags) as i32;
+    pub const CC_OP: i32 = offset_of!(CpuState, arch.cc_op) as i32;
+    pub const CC_RES: i32 = offset_of!(CpuState, arch.cc_res) as i32;
+    pub const CC_A: i32 = offset_of!(CpuState, arch.cc_a) as i32;
+    pub const CC_B: i32 = offset_of!(CpuState, arch.cc_b) as i32;
+    pub const CC_AUX: i32 = offset_of!(CpuState, arch.cc_aux) as i32;
+    pub const ICOUNT: i32 = offset_of!(CpuState, arch.icount) as i32;
+    pub const ICOUNT_LIMIT: i32 = offset_of!(CpuState, exec.icount_limit) as i32;
+    pub const SEG: i32 = offset_of!(CpuState, arch.seg) as i32;
     pub const SEG_SIZE: i32 = std::mem::size_of::<Segment>() as i32;
     pub const SEG_BASE: i32 = offset_of!(Segment, base) as i32;
-    pub const XMM: i32 = offset_of!(CpuState, xmm) as i32;
-    pub const MXCSR: i32 = offset_of!(CpuState, mxcsr) as i32;
-    pub const SCRATCH: i32 = offset_of!(CpuState, scratch) as i32;
-    pub const TLB: i32 = offset_of!(CpuState, tlb) as i32;
-    pub const HELPER_STATUS: i32 = offset_of!(CpuState, helper_status) as i32;
-    pub const HELPER_VALUE: i32 = offset_of!(CpuState, helper_value) as i32;
+    pub const XMM: i32 = offset_of!(CpuState, arch.xmm) as i32;
+    pub const MXCSR: i32 = offset_of!(CpuState, arch.mxcsr) as i32;
+    pub const SCRATCH: i32 = offset_of!(CpuState, exec.scratch) as i32;
+    pub const TLB: i32 = offset_of!(CpuState, exec.tlb) as i32;
+    pub const HELPER_STATUS: i32 = offset_of!(CpuState, exec.helper_status) as i32;
+    pub const HELPER_VALUE: i32 = offset_of!(CpuState, exec.helper_value) as i32;
     pub const TLB_JUMP_KEY: i32 =
-        (offset_of!(CpuState, tlb) + offset_of!(crate::tlb::Tlb, jump_key)) as i32;
-    pub const HELPER_ARGS: i32 = offset_of!(CpuState, helper_args) as i32;
-    pub const EXIT_SLOT: i32 = offset_of!(CpuState, exit_slot) as i32;
-    pub const SMC_COUNT: i32 = offset_of!(CpuState, smc_count) as i32;
-    pub const TRAP_RIP: i32 = offset_of!(CpuState, trap_rip) as i32;
-    pub const EXIT_FROM: i32 = offset_of!(CpuState, exit_from) as i32;
+        (offset_of!(CpuState, exec.tlb) + offset_of!(crate::tlb::Tlb, jump_key)) as i32;
+    pub const HELPER_ARGS: i32 = offset_of!(CpuState, exec.helper_args) as i32;
+    pub const EXIT_SLOT: i32 = offset_of!(CpuState, exec.exit_slot) as i32;
+    pub const SMC_COUNT: i32 = offset_of!(CpuState, exec.smc_count) as i32;
+    pub const TRAP_RIP: i32 = offset_of!(CpuState, exec.trap_rip) as i32;
+    pub const EXIT_FROM: i32 = offset_of!(CpuState, exec.exit_from) as i32;
 
     pub fn gpr(r: usize) -> i32 {
         GPR + 8 * r as i32

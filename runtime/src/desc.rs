@@ -40,7 +40,7 @@ pub fn system_write(cpu: &mut CpuState, linear: u64, data: &[u8]) -> Result<(), 
 
 pub fn mem_fault(cpu: &CpuState, f: MemFault) -> DescFault {
     match f {
-        MemFault::Exception => DescFault::Exception(cpu.exception),
+        MemFault::Exception => DescFault::Exception(cpu.exec.exception),
         MemFault::Unbacked { phys } => DescFault::Unbacked(phys),
     }
 }

@@ -89,7 +89,7 @@ pub fn deliver(
     loop {
         let (v, k, e) = current;
         if v == vector::PF && k == EventKind::Exception {
-            cpu.cr2 = cpu.exception.address;
+            cpu.cr2 = cpu.exec.exception.address;
         }
         match deliver_once(cpu, v, k, e, rflags_value, rip) {
             Ok(()) => return Ok(first.is_some() && kind == EventKind::Software),
@@ -103,7 +103,7 @@ pub fn deliver(
                     });
                 }
                 first.get_or_insert(v);
-                cpu.exception = rec;
+                cpu.exec.exception = rec;
                 rip = fault_rip;
                 current = if k == EventKind::Exception && makes_double_fault(v, second) {
                     (vector::DF, EventKind::Exception, Some(0))
@@ -228,7 +228,7 @@ fn deliver_once(
         if checked_page != Some(a >> 12) {
             checked_page = Some(a >> 12);
             crate::mmu::translate(cpu, a, crate::mmu::Access::Write, false).map_err(|e| {
-                cpu.exception = e;
+                cpu.exec.exception = e;
                 DescFault::Exception(e)
             })?;
         }

@@ -12,6 +12,7 @@
 pub mod arch;
 pub mod bus;
 pub mod cpu;
+pub mod core;
 pub mod cpuid;
 pub mod debugreg;
 pub mod desc;
@@ -23,6 +24,7 @@ pub mod mmu;
 pub mod outcome;
 pub mod tlb;
 
+pub use crate::core::Core;
 pub use bus::Bus;
 pub use cpu::*;
 pub use memory::{GuestMemory, MemoryError};

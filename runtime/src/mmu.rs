@@ -55,18 +55,18 @@ fn page_fault(linear: u64, code: u32) -> ExceptionRecord {
 }
 
 fn phys_read_u64(cpu: &CpuState, phys: u64) -> Option<u64> {
-    if phys.checked_add(8)? > cpu.mem_size {
+    if phys.checked_add(8)? > cpu.exec.mem_size {
         return None;
     }
     // SAFETY: bounds checked against the guest RAM mapping that `mem_base` points to, which
-    // outlives the CPU state (see CpuState::new_flat64); unaligned read allowed.
-    Some(unsafe { std::ptr::read_unaligned(cpu.mem_base.add(phys as usize) as *const u64) })
+    // the owning `Core` keeps beside the CPU state (see `Core::state_mut`); unaligned read allowed.
+    Some(unsafe { std::ptr::read_unaligned(cpu.exec.mem_base.add(phys as usize) as *const u64) })
 }
 
 fn phys_write_u64(cpu: &mut CpuState, phys: u64, v: u64) {
-    if phys + 8 <= cpu.mem_size {
+    if phys + 8 <= cpu.exec.mem_size {
         // SAFETY: as in phys_read_u64.
-        unsafe { std::ptr::write_unaligned(cpu.mem_base.add(phys as usize) as *mut u64, v) }
+        unsafe { std::ptr::write_unaligned(cpu.exec.mem_base.add(phys as usize) as *mut u64, v) }
     }
 }
 
@@ -195,18 +195,18 @@ fn checked_access(
     mmu_idx: usize,
 ) -> Result<(), MemFault> {
     if !is_canonical(linear) {
-        cpu.exception = gp0();
+        cpu.exec.exception = gp0();
         return Err(MemFault::Exception);
     }
     if is_user_index(mmu_idx)
         && crate::debugreg::alignment_checked(cpu)
         && crate::debugreg::alignment_fault(linear, size)
     {
-        cpu.exception = ExceptionRecord::fault(vector::AC, Some(0));
+        cpu.exec.exception = ExceptionRecord::fault(vector::AC, Some(0));
         return Err(MemFault::Exception);
     }
     if cpu.dr[7] & crate::debugreg::dr7::ENABLE_MASK != 0 {
-        cpu.db_hits |=
+        cpu.exec.db_hits |=
             crate::debugreg::data_hits(cpu, linear, size as u64, access == Access::Write);
     }
     Ok(())
@@ -231,23 +231,23 @@ fn translate_and_fill(
     let t = match translate(cpu, linear, access, is_user_index(mmu_idx)) {
         Ok(t) => t,
         Err(e) => {
-            cpu.exception = e;
+            cpu.exec.exception = e;
             return Err(MemFault::Exception);
         }
     };
     let page_phys = t.phys & !0xfff;
-    if page_phys + 4096 > cpu.mem_size {
+    if page_phys + 4096 > cpu.exec.mem_size {
         return Err(MemFault::Unbacked { phys: t.phys });
     }
     let idx = tlb_index(linear);
     let page = linear & !0xfff;
-    let addend = (cpu.mem_base as u64)
+    let addend = (cpu.exec.mem_base as u64)
         .wrapping_add(page_phys)
         .wrapping_sub(page);
     let code = access == Access::Write && cpu.is_code_page(page_phys >> 12);
     if mmu_idx < 2 && (access != Access::Write || (t.write_ok && !code)) {
         // Reads may always be cached after a successful walk; writes only once dirty.
-        let entry = &mut cpu.tlb.sets[mmu_idx][(access == Access::Write) as usize][idx];
+        let entry = &mut cpu.exec.tlb.sets[mmu_idx][(access == Access::Write) as usize][idx];
         *entry = TlbEntry { tag: page, addend };
     }
     Ok(t.phys)
@@ -303,7 +303,7 @@ pub fn load_bytes(
         // guest RAM, and `len` stays inside that page.
         unsafe {
             std::ptr::copy_nonoverlapping(
-                cpu.mem_base.add(phys as usize),
+                cpu.exec.mem_base.add(phys as usize),
                 out[done..].as_mut_ptr(),
                 len,
             )
@@ -330,7 +330,7 @@ pub fn store_bytes(
         unsafe {
             std::ptr::copy_nonoverlapping(
                 data[done..].as_ptr(),
-                cpu.mem_base.add(phys as usize),
+                cpu.exec.mem_base.add(phys as usize),
                 len,
             )
         };
@@ -347,9 +347,9 @@ pub fn store_bytes(
 /// it (a REP STOS stays one range).
 pub fn note_code_write(cpu: &mut CpuState, phys: u64, len: u64) {
     let (start, end) = (phys, phys + len);
-    let n = cpu.smc_count as usize;
-    let kept = cpu.smc_writes.len();
-    for r in cpu.smc_writes[..n.min(kept)].iter_mut() {
+    let n = cpu.exec.smc_count as usize;
+    let kept = cpu.exec.smc_writes.len();
+    for r in cpu.exec.smc_writes[..n.min(kept)].iter_mut() {
         if start <= r[1] && r[0] <= end {
             r[0] = r[0].min(start);
             r[1] = r[1].max(end);
@@ -357,9 +357,9 @@ pub fn note_code_write(cpu: &mut CpuState, phys: u64, len: u64) {
         }
     }
     if n < kept {
-        cpu.smc_writes[n] = [start, end];
+        cpu.exec.smc_writes[n] = [start, end];
     }
-    cpu.smc_count += 1;
+    cpu.exec.smc_count += 1;
 }
 
 /// Slow-path load of an integer of `size` bytes (1, 2, 4, 8), zero-extended.
@@ -372,7 +372,7 @@ pub fn load_slow(
     let mut buf = [0u8; 8];
     match load_bytes(cpu, linear, &mut buf[..size], mmu_idx) {
         Ok(()) => Ok(u64::from_le_bytes(buf)),
-        Err(MemFault::Unbacked { phys }) if cpu.bus.is_some() && same_page(linear, size) => {
+        Err(MemFault::Unbacked { phys }) if cpu.exec.bus.is_some() && same_page(linear, size) => {
             crate::bus::with_bus(cpu, |bus, cpu| bus.mmio_read(cpu, phys, size as u8))
                 .ok_or(MemFault::Unbacked { phys })
         }
@@ -394,7 +394,7 @@ pub fn store_slow(
     mmu_idx: usize,
 ) -> Result<(), MemFault> {
     match store_bytes(cpu, linear, &value.to_le_bytes()[..size], mmu_idx) {
-        Err(MemFault::Unbacked { phys }) if cpu.bus.is_some() && same_page(linear, size) => {
+        Err(MemFault::Unbacked { phys }) if cpu.exec.bus.is_some() && same_page(linear, size) => {
             crate::bus::with_bus(cpu, |bus, cpu| bus.mmio_write(cpu, phys, size as u8, value))
                 .ok_or(MemFault::Unbacked { phys })
         }
@@ -415,12 +415,12 @@ pub fn fetch_code(cpu: &mut CpuState, linear: u64, out: &mut [u8]) -> Result<usi
                 if done > 0 {
                     break;
                 }
-                cpu.exception = e;
+                cpu.exec.exception = e;
                 return Err(MemFault::Exception);
             }
         };
         let len = (4096 - (addr & 0xfff) as usize).min(out.len() - done);
-        if t.phys + len as u64 > cpu.mem_size {
+        if t.phys + len as u64 > cpu.exec.mem_size {
             if done > 0 {
                 break;
             }
@@ -429,7 +429,7 @@ pub fn fetch_code(cpu: &mut CpuState, linear: u64, out: &mut [u8]) -> Result<usi
         // SAFETY: range checked against guest RAM just above.
         unsafe {
             std::ptr::copy_nonoverlapping(
-                cpu.mem_base.add(t.phys as usize),
+                cpu.exec.mem_base.add(t.phys as usize),
                 out[done..].as_mut_ptr(),
                 len,
             )

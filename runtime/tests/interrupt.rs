@@ -45,18 +45,18 @@ fn machine() -> Machine {
         0x0020_1a00_0000_0000,
     ];
     for (i, d) in gdt.iter().enumerate() {
-        m.mem.write_u64(GDT + 8 * i as u64, *d).unwrap();
+        m.mem().write_u64(GDT + 8 * i as u64, *d).unwrap();
     }
-    m.mem.write_u64(TSS + 4, RSP0).unwrap();
-    m.mem.write_u64(TSS + 0x24, IST1).unwrap();
-    m.cpu.gdtr.base = GDT;
-    m.cpu.gdtr.limit = 8 * gdt.len() as u16 - 1;
-    m.cpu.idtr.base = IDT;
-    m.cpu.idtr.limit = 0xfff;
-    m.cpu.tr.selector = 0x40;
-    m.cpu.tr.base = TSS;
-    m.cpu.tr.limit = 0x67;
-    m.cpu.gpr[gpr::RSP] = USER_RSP;
+    m.mem().write_u64(TSS + 4, RSP0).unwrap();
+    m.mem().write_u64(TSS + 0x24, IST1).unwrap();
+    m.cpu().gdtr.base = GDT;
+    m.cpu().gdtr.limit = 8 * gdt.len() as u16 - 1;
+    m.cpu().idtr.base = IDT;
+    m.cpu().idtr.limit = 0xfff;
+    m.cpu().tr.selector = 0x40;
+    m.cpu().tr.base = TSS;
+    m.cpu().tr.limit = 0x67;
+    m.cpu().gpr[gpr::RSP] = USER_RSP;
     m
 }
 
@@ -75,15 +75,15 @@ fn gate_to(m: &mut Machine, v: u8, cs: u16, typ: u64, dpl: u64, ist: u64, presen
         | (present as u64) << 47
         | (target >> 16 & 0xffff) << 48;
     let a = IDT + 16 * v as u64;
-    m.mem.write_u64(a, lo).unwrap();
-    m.mem.write_u64(a + 8, target >> 32).unwrap();
+    m.mem().write_u64(a, lo).unwrap();
+    m.mem().write_u64(a + 8, target >> 32).unwrap();
 }
 
 /// The frame at RSP: `n` quadwords, lowest address first.
 fn frame(m: &Machine, n: usize) -> Vec<u64> {
-    let rsp = m.cpu.gpr[gpr::RSP];
+    let rsp = m.core.cpu().gpr[gpr::RSP];
     (0..n)
-        .map(|i| m.mem.read_u64(rsp + 8 * i as u64).unwrap())
+        .map(|i| m.core.mem().read_u64(rsp + 8 * i as u64).unwrap())
         .collect()
 }
 
@@ -94,7 +94,7 @@ fn user_interrupt_switches_to_rsp0() {
     let mut m = machine();
     gate(&mut m, 0x20, INTERRUPT_GATE, 0, 0, true);
     let r = deliver(
-        &mut m.cpu,
+        m.cpu(),
         0x20,
         EventKind::External,
         None,
@@ -104,46 +104,46 @@ fn user_interrupt_switches_to_rsp0() {
     );
     assert_eq!(r, Ok(false));
     // SS, RSP, RFLAGS, CS, RIP pushed on the 16-byte aligned RSP0.
-    assert_eq!(m.cpu.gpr[gpr::RSP], RSP0 - 40);
+    assert_eq!(m.cpu().gpr[gpr::RSP], RSP0 - 40);
     assert_eq!(frame(&m, 5), [RIP, 0x33, USER_FLAGS, USER_RSP, 0x2b]);
-    assert_eq!(m.cpu.rip, HANDLER + 0x20);
-    assert_eq!(m.cpu.seg[seg::CS].selector, KERNEL_CS);
-    assert_eq!(m.cpu.cpl(), 0);
+    assert_eq!(m.cpu().rip, HANDLER + 0x20);
+    assert_eq!(m.cpu().seg[seg::CS].selector, KERNEL_CS);
+    assert_eq!(m.cpu().cpl(), 0);
     // A privilege change loads a null SS with RPL = new CPL.
-    assert_eq!(m.cpu.seg[seg::SS].selector, 0);
+    assert_eq!(m.cpu().seg[seg::SS].selector, 0);
     // TF, NT, RF, VM and (interrupt gate) IF cleared; the arithmetic flags live in the lazy
     // state and are not stored here.
-    assert_eq!(m.cpu.rflags, rflags::FIXED1 | rflags::DF);
+    assert_eq!(m.cpu().rflags, rflags::FIXED1 | rflags::DF);
 }
 
 #[test]
 fn same_privilege_trap_gate_keeps_stack_and_if() {
     let mut m = machine();
     m.kernel_mode();
-    m.cpu.gpr[gpr::RSP] = 0x7008;
+    m.cpu().gpr[gpr::RSP] = 0x7008;
     gate(&mut m, 0x21, TRAP_GATE, 0, 0, true);
     let flags = rflags::FIXED1 | rflags::IF | rflags::RF;
-    let r = deliver(&mut m.cpu, 0x21, EventKind::External, None, flags, RIP, RIP);
+    let r = deliver(m.cpu(), 0x21, EventKind::External, None, flags, RIP, RIP);
     assert_eq!(r, Ok(false));
     // 64-bit mode pushes SS:RSP even without a stack switch, after aligning RSP.
-    assert_eq!(m.cpu.gpr[gpr::RSP], 0x7000 - 40);
+    assert_eq!(m.cpu().gpr[gpr::RSP], 0x7000 - 40);
     assert_eq!(
         frame(&m, 5),
         [RIP, KERNEL_CS as u64, flags, 0x7008, KERNEL_SS as u64]
     );
-    assert_eq!(m.cpu.seg[seg::SS].selector, KERNEL_SS);
-    assert_eq!(m.cpu.rflags, rflags::FIXED1 | rflags::IF);
+    assert_eq!(m.cpu().seg[seg::SS].selector, KERNEL_SS);
+    assert_eq!(m.cpu().rflags, rflags::FIXED1 | rflags::IF);
 }
 
 #[test]
 fn ist_stack_and_error_code() {
     let mut m = machine();
     m.kernel_mode();
-    m.cpu.gpr[gpr::RSP] = 0x7008;
+    m.cpu().gpr[gpr::RSP] = 0x7008;
     gate(&mut m, vector::GP, INTERRUPT_GATE, 0, 1, true);
     let flags = rflags::FIXED1 | rflags::IF;
     let r = deliver(
-        &mut m.cpu,
+        m.cpu(),
         vector::GP,
         EventKind::Exception,
         Some(0x1234),
@@ -153,7 +153,7 @@ fn ist_stack_and_error_code() {
     );
     assert_eq!(r, Ok(false));
     // The IST pointer is used even without a privilege change, aligned down to 16.
-    assert_eq!(m.cpu.gpr[gpr::RSP], 0xa000 - 48);
+    assert_eq!(m.cpu().gpr[gpr::RSP], 0xa000 - 48);
     // A fault pushes RF = 1 (SDM 17.3.1.1).
     assert_eq!(
         frame(&m, 6),
@@ -172,9 +172,9 @@ fn ist_stack_and_error_code() {
 fn page_fault_writes_cr2() {
     let mut m = machine();
     gate(&mut m, vector::PF, INTERRUPT_GATE, 0, 0, true);
-    m.cpu.exception = ExceptionRecord::page_fault(PF_U | PF_W, 0xdead_0008);
+    m.cpu().exec.exception = ExceptionRecord::page_fault(PF_U | PF_W, 0xdead_0008);
     let r = deliver(
-        &mut m.cpu,
+        m.cpu(),
         vector::PF,
         EventKind::Exception,
         Some(6),
@@ -183,8 +183,8 @@ fn page_fault_writes_cr2() {
         RIP,
     );
     assert_eq!(r, Ok(false));
-    assert_eq!(m.cpu.cr2, 0xdead_0008);
-    assert_eq!(m.cpu.gpr[gpr::RSP], RSP0 - 48);
+    assert_eq!(m.cpu().cr2, 0xdead_0008);
+    assert_eq!(m.cpu().gpr[gpr::RSP], RSP0 - 48);
     assert_eq!(frame(&m, 2), [6, RIP]);
 }
 
@@ -193,7 +193,7 @@ fn exceptions_without_error_code_push_none() {
     let mut m = machine();
     gate(&mut m, vector::UD, INTERRUPT_GATE, 0, 0, true);
     let r = deliver(
-        &mut m.cpu,
+        m.cpu(),
         vector::UD,
         EventKind::Exception,
         None,
@@ -202,7 +202,7 @@ fn exceptions_without_error_code_push_none() {
         RIP,
     );
     assert_eq!(r, Ok(false));
-    assert_eq!(m.cpu.gpr[gpr::RSP], RSP0 - 40);
+    assert_eq!(m.cpu().gpr[gpr::RSP], RSP0 - 40);
     assert_eq!(frame(&m, 2), [RIP, 0x33]);
 }
 
@@ -216,7 +216,7 @@ fn software_interrupts_check_the_gate_dpl() {
     let flags = rflags::FIXED1 | rflags::IF | rflags::RF;
     // DPL 3: delivered, returning past the INT, RF clear in the image (a trap).
     let r = deliver(
-        &mut m.cpu,
+        m.cpu(),
         0x80,
         EventKind::Software,
         None,
@@ -225,14 +225,14 @@ fn software_interrupts_check_the_gate_dpl() {
         RIP,
     );
     assert_eq!(r, Ok(false));
-    assert_eq!(m.cpu.rip, HANDLER + 0x80);
+    assert_eq!(m.cpu().rip, HANDLER + 0x80);
     assert_eq!(frame(&m, 3), [next, 0x33, flags & !rflags::RF]);
     // DPL 0 from CPL3: #GP(vector * 8 + 2), EXT clear, reported at the INT itself.
     let mut m = machine();
     gate(&mut m, 0x81, INTERRUPT_GATE, 0, 0, true);
     gate(&mut m, vector::GP, INTERRUPT_GATE, 0, 0, true);
     let r = deliver(
-        &mut m.cpu,
+        m.cpu(),
         0x81,
         EventKind::Software,
         None,
@@ -242,10 +242,10 @@ fn software_interrupts_check_the_gate_dpl() {
     );
     assert_eq!(r, Ok(true));
     assert_eq!(
-        m.cpu.exception,
+        m.cpu().exec.exception,
         ExceptionRecord::fault(vector::GP, Some(0x81 * 8 + 2))
     );
-    assert_eq!(m.cpu.rip, HANDLER + vector::GP as u64);
+    assert_eq!(m.cpu().rip, HANDLER + vector::GP as u64);
     assert_eq!(frame(&m, 2), [0x81 * 8 + 2, RIP]);
 }
 
@@ -255,7 +255,7 @@ fn not_present_gate_raises_np_with_idt_error_code() {
     gate(&mut m, 0x22, INTERRUPT_GATE, 0, 0, false);
     gate(&mut m, vector::NP, INTERRUPT_GATE, 0, 0, true);
     let r = deliver(
-        &mut m.cpu,
+        m.cpu(),
         0x22,
         EventKind::External,
         None,
@@ -267,10 +267,10 @@ fn not_present_gate_raises_np_with_idt_error_code() {
     // IDT bit (1) and EXT (0: an external event) set.
     let code = 0x22 * 8 + 2 + 1;
     assert_eq!(
-        m.cpu.exception,
+        m.cpu().exec.exception,
         ExceptionRecord::fault(vector::NP, Some(code))
     );
-    assert_eq!(m.cpu.rip, HANDLER + vector::NP as u64);
+    assert_eq!(m.cpu().rip, HANDLER + vector::NP as u64);
     assert_eq!(frame(&m, 2), [code as u64, RIP]);
 }
 
@@ -280,7 +280,7 @@ fn contributory_during_contributory_is_a_double_fault() {
     gate(&mut m, vector::GP, INTERRUPT_GATE, 0, 0, false);
     gate(&mut m, vector::DF, INTERRUPT_GATE, 0, 0, true);
     let r = deliver(
-        &mut m.cpu,
+        m.cpu(),
         vector::GP,
         EventKind::Exception,
         Some(0),
@@ -289,9 +289,9 @@ fn contributory_during_contributory_is_a_double_fault() {
         RIP,
     );
     assert_eq!(r, Ok(false));
-    assert_eq!(m.cpu.rip, HANDLER + vector::DF as u64);
+    assert_eq!(m.cpu().rip, HANDLER + vector::DF as u64);
     // #DF pushes an error code of 0.
-    assert_eq!(m.cpu.gpr[gpr::RSP], RSP0 - 48);
+    assert_eq!(m.cpu().gpr[gpr::RSP], RSP0 - 48);
     assert_eq!(frame(&m, 6), [0, RIP, 0x33, USER_FLAGS, USER_RSP, 0x2b]);
 }
 
@@ -299,12 +299,12 @@ fn contributory_during_contributory_is_a_double_fault() {
 fn page_fault_during_page_fault_is_a_double_fault() {
     let mut m = machine();
     // RSP0 points at an unmapped page: pushing the #GP frame faults, then the #PF frame.
-    m.mem.write_u64(TSS + 4, 0x2_0000).unwrap();
+    m.mem().write_u64(TSS + 4, 0x2_0000).unwrap();
     gate(&mut m, vector::GP, INTERRUPT_GATE, 0, 0, true);
     gate(&mut m, vector::PF, INTERRUPT_GATE, 0, 0, true);
     gate(&mut m, vector::DF, INTERRUPT_GATE, 0, 1, true);
     let r = deliver(
-        &mut m.cpu,
+        m.cpu(),
         vector::GP,
         EventKind::Exception,
         Some(0),
@@ -314,11 +314,11 @@ fn page_fault_during_page_fault_is_a_double_fault() {
     );
     assert_eq!(r, Ok(false));
     // #GP then #PF is handled serially; #PF then #PF is a double fault.
-    assert_eq!(m.cpu.rip, HANDLER + vector::DF as u64);
+    assert_eq!(m.cpu().rip, HANDLER + vector::DF as u64);
     // CR2: the first push (SS) at RSP0 - 8, a supervisor write to a non-present page.
-    assert_eq!(m.cpu.cr2, 0x1_fff8);
-    assert_eq!(m.cpu.exception, ExceptionRecord::page_fault(PF_W, 0x1_fff8));
-    assert_eq!(m.cpu.gpr[gpr::RSP], 0xa000 - 48);
+    assert_eq!(m.cpu().cr2, 0x1_fff8);
+    assert_eq!(m.cpu().exec.exception, ExceptionRecord::page_fault(PF_W, 0x1_fff8));
+    assert_eq!(m.cpu().gpr[gpr::RSP], 0xa000 - 48);
     assert_eq!(frame(&m, 6), [0, RIP, 0x33, USER_FLAGS, USER_RSP, 0x2b]);
 }
 
@@ -329,7 +329,7 @@ fn fault_during_double_fault_is_a_triple_fault() {
     gate(&mut m, vector::DF, INTERRUPT_GATE, 0, 0, false);
     gate(&mut m, vector::NP, INTERRUPT_GATE, 0, 0, true);
     let r = deliver(
-        &mut m.cpu,
+        m.cpu(),
         vector::GP,
         EventKind::Exception,
         Some(0),
@@ -349,10 +349,10 @@ fn fault_during_double_fault_is_a_triple_fault() {
 #[test]
 fn gate_outside_the_idt_limit_is_gp() {
     let mut m = machine();
-    m.cpu.idtr.limit = 16 * 0x30 - 1;
+    m.cpu().idtr.limit = 16 * 0x30 - 1;
     gate(&mut m, vector::GP, INTERRUPT_GATE, 0, 0, true);
     let r = deliver(
-        &mut m.cpu,
+        m.cpu(),
         0x30,
         EventKind::External,
         None,
@@ -362,7 +362,7 @@ fn gate_outside_the_idt_limit_is_gp() {
     );
     assert_eq!(r, Ok(false));
     assert_eq!(
-        m.cpu.exception,
+        m.cpu().exec.exception,
         ExceptionRecord::fault(vector::GP, Some(0x30 * 8 + 3))
     );
 }
@@ -374,7 +374,7 @@ fn handler_segment_checks() {
     gate_to(&mut m, 0x23, 0x28, INTERRUPT_GATE, 0, 0, true);
     gate(&mut m, vector::NP, INTERRUPT_GATE, 0, 0, true);
     let r = deliver(
-        &mut m.cpu,
+        m.cpu(),
         0x23,
         EventKind::External,
         None,
@@ -384,16 +384,16 @@ fn handler_segment_checks() {
     );
     assert_eq!(r, Ok(false));
     assert_eq!(
-        m.cpu.exception,
+        m.cpu().exec.exception,
         ExceptionRecord::fault(vector::NP, Some(0x29))
     );
-    assert_eq!(m.cpu.rip, HANDLER + vector::NP as u64);
+    assert_eq!(m.cpu().rip, HANDLER + vector::NP as u64);
     // A data segment as handler CS: #GP(selector + EXT).
     let mut m = machine();
     gate_to(&mut m, 0x24, KERNEL_SS, INTERRUPT_GATE, 0, 0, true);
     gate(&mut m, vector::GP, INTERRUPT_GATE, 0, 0, true);
     let r = deliver(
-        &mut m.cpu,
+        m.cpu(),
         0x24,
         EventKind::External,
         None,
@@ -403,7 +403,7 @@ fn handler_segment_checks() {
     );
     assert_eq!(r, Ok(false));
     assert_eq!(
-        m.cpu.exception,
+        m.cpu().exec.exception,
         ExceptionRecord::fault(vector::GP, Some(0x11))
     );
     // A null selector: #GP(EXT).
@@ -411,7 +411,7 @@ fn handler_segment_checks() {
     gate_to(&mut m, 0x25, 0, INTERRUPT_GATE, 0, 0, true);
     gate(&mut m, vector::GP, INTERRUPT_GATE, 0, 0, true);
     let r = deliver(
-        &mut m.cpu,
+        m.cpu(),
         0x25,
         EventKind::External,
         None,
@@ -420,7 +420,7 @@ fn handler_segment_checks() {
         RIP,
     );
     assert_eq!(r, Ok(false));
-    assert_eq!(m.cpu.exception, ExceptionRecord::fault(vector::GP, Some(1)));
+    assert_eq!(m.cpu().exec.exception, ExceptionRecord::fault(vector::GP, Some(1)));
 }
 
 #[test]
@@ -428,7 +428,7 @@ fn trap_gate_from_user_keeps_if() {
     let mut m = machine();
     gate(&mut m, 0x26, TRAP_GATE, 0, 0, true);
     let r = deliver(
-        &mut m.cpu,
+        m.cpu(),
         0x26,
         EventKind::External,
         None,
@@ -437,6 +437,6 @@ fn trap_gate_from_user_keeps_if() {
         RIP,
     );
     assert_eq!(r, Ok(false));
-    assert_eq!(m.cpu.rflags, rflags::FIXED1 | rflags::IF | rflags::DF);
-    assert_eq!(m.cpu.gpr[gpr::RSP], RSP0 - 40);
+    assert_eq!(m.cpu().rflags, rflags::FIXED1 | rflags::IF | rflags::DF);
+    assert_eq!(m.cpu().gpr[gpr::RSP], RSP0 - 40);
 }

@@ -13,7 +13,7 @@ const PAGE: u64 = 0x40_0000_0000; // PML4 slot 0, PDPT slot 256: its own tables
 const PHYS: u64 = 0x12_3000;
 
 fn pf(m: &mut Machine, linear: u64, access: Access, user: bool) -> u32 {
-    match translate(&mut m.cpu, linear, access, user) {
+    match translate(m.cpu(), linear, access, user) {
         Err(e) => {
             assert_eq!(
                 (e.vector, e.has_error_code, e.address),
@@ -29,7 +29,7 @@ fn pf(m: &mut Machine, linear: u64, access: Access, user: bool) -> u32 {
 }
 
 fn phys(m: &mut Machine, linear: u64, access: Access, user: bool) -> u64 {
-    match translate(&mut m.cpu, linear, access, user) {
+    match translate(m.cpu(), linear, access, user) {
         Ok(t) => t.phys,
         Err(e) => panic!("{linear:#x} {access:?} user={user}: {e:?}"),
     }
@@ -59,9 +59,9 @@ fn not_present_error_codes() {
     assert_eq!(pf(&mut m, unmapped, Access::Write, true), PF_W | PF_U);
     assert_eq!(pf(&mut m, unmapped, Access::Execute, true), PF_U | PF_I);
     // Without NXE and SMEP, fetches do not set I (SDM 4.7).
-    m.cpu.efer &= !efer::NXE;
+    m.cpu().efer &= !efer::NXE;
     assert_eq!(pf(&mut m, unmapped, Access::Execute, true), PF_U);
-    m.cpu.cr4 |= cr4::SMEP;
+    m.cpu().cr4 |= cr4::SMEP;
     assert_eq!(pf(&mut m, unmapped, Access::Execute, false), PF_I);
     // A non-present upper level (nothing mapped in this PML4 slot).
     assert_eq!(pf(&mut m, 0x7f00_0000_0000, Access::Read, true), PF_U);
@@ -71,7 +71,7 @@ fn not_present_error_codes() {
 fn non_canonical_is_gp0() {
     let mut m = Machine::new();
     for a in [0x8000_0000_0000u64, 0xffff_7fff_ffff_f000, 1 << 63] {
-        let e = translate(&mut m.cpu, a, Access::Read, false).unwrap_err();
+        let e = translate(m.cpu(), a, Access::Read, false).unwrap_err();
         assert_eq!(e, ExceptionRecord::fault(vector::GP, Some(0)));
     }
 }
@@ -83,10 +83,10 @@ fn read_only_pages_and_cr0_wp() {
     assert_eq!(phys(&mut m, PAGE, Access::Read, true), PHYS);
     assert_eq!(pf(&mut m, PAGE, Access::Write, true), PF_P | PF_W | PF_U);
     // Supervisor writes to read-only pages fault only with CR0.WP (SDM 4.6.1).
-    m.cpu.cr0 |= cr0::WP;
+    m.cpu().cr0 |= cr0::WP;
     assert_eq!(pf(&mut m, PAGE, Access::Write, false), PF_P | PF_W);
-    m.cpu.cr0 &= !cr0::WP;
-    let t = translate(&mut m.cpu, PAGE + 8, Access::Write, false).unwrap();
+    m.cpu().cr0 &= !cr0::WP;
+    let t = translate(m.cpu(), PAGE + 8, Access::Write, false).unwrap();
     assert_eq!(t.phys, PHYS + 8);
     assert!(t.write_ok);
     // CR0.WP does not let user code write.
@@ -120,13 +120,13 @@ fn user_and_supervisor_pages() {
     let user = PAGE + 0x1000;
     assert_eq!(phys(&mut m, user, Access::Read, false), PHYS + 0x1000);
     assert_eq!(phys(&mut m, user, Access::Execute, false), PHYS + 0x1000);
-    m.cpu.cr4 |= cr4::SMEP;
+    m.cpu().cr4 |= cr4::SMEP;
     assert_eq!(pf(&mut m, user, Access::Execute, false), PF_P | PF_I);
     assert_eq!(phys(&mut m, user, Access::Read, false), PHYS + 0x1000);
-    m.cpu.cr4 |= cr4::SMAP;
+    m.cpu().cr4 |= cr4::SMAP;
     assert_eq!(pf(&mut m, user, Access::Read, false), PF_P);
     assert_eq!(pf(&mut m, user, Access::Write, false), PF_P | PF_W);
-    m.cpu.rflags |= rflags::AC;
+    m.cpu().rflags |= rflags::AC;
     assert_eq!(phys(&mut m, user, Access::Write, false), PHYS + 0x1000);
     // SMAP and SMEP leave supervisor pages and user accesses alone.
     assert_eq!(phys(&mut m, PAGE, Access::Execute, false), PHYS);
@@ -150,7 +150,7 @@ fn no_execute() {
     );
     // With EFER.NXE clear, bit 63 is reserved: a reserved-bit fault for any access (SDM 4.7),
     // without I (neither NXE nor SMEP).
-    m.cpu.efer &= !efer::NXE;
+    m.cpu().efer &= !efer::NXE;
     assert_eq!(
         pf(&mut m, PAGE + 0x1000, Access::Read, true),
         PF_P | PF_U | PF_RSVD
@@ -165,13 +165,13 @@ fn accessed_and_dirty_flags() {
     for level in 0..4 {
         assert_eq!(m.entry(PAGE, level) & (A | D), 0, "level {level}");
     }
-    let t = translate(&mut m.cpu, PAGE, Access::Read, true).unwrap();
+    let t = translate(m.cpu(), PAGE, Access::Read, true).unwrap();
     // A read sets A on every level used, D on none; the page cannot be cached for writes yet.
     for level in 0..4 {
         assert_eq!(m.entry(PAGE, level) & (A | D), A, "level {level}");
     }
     assert!(!t.write_ok);
-    let t = translate(&mut m.cpu, PAGE, Access::Write, true).unwrap();
+    let t = translate(m.cpu(), PAGE, Access::Write, true).unwrap();
     assert_eq!(m.entry(PAGE, 0) & (A | D), A | D);
     for level in 1..4 {
         assert_eq!(
@@ -183,7 +183,7 @@ fn accessed_and_dirty_flags() {
     assert!(t.write_ok);
     // Once dirty, a read reports the page cacheable for writes.
     assert!(
-        translate(&mut m.cpu, PAGE, Access::Read, true)
+        translate(m.cpu(), PAGE, Access::Read, true)
             .unwrap()
             .write_ok
     );

@@ -13,7 +13,7 @@ const PAGE: u64 = 0x7000_0000;
 const PHYS: u64 = 0x20_0000;
 
 fn entry(m: &Machine, mmu_idx: usize, write: bool, linear: u64) -> (u64, u64) {
-    let e = m.cpu.tlb.sets[mmu_idx][write as usize][tlb_index(linear)];
+    let e = m.core.cpu().exec.tlb.sets[mmu_idx][write as usize][tlb_index(linear)];
     (e.tag, e.addend)
 }
 
@@ -33,9 +33,9 @@ fn all_invalid(t: &Tlb) -> bool {
 fn a_read_miss_fills_the_read_entry() {
     let mut m = Machine::new();
     m.map(PAGE, PHYS, RW | US);
-    m.mem.write_u64(PHYS + 0x10, 0x1122_3344_5566_7788).unwrap();
+    m.mem().write_u64(PHYS + 0x10, 0x1122_3344_5566_7788).unwrap();
     assert_eq!(
-        load_slow(&mut m.cpu, PAGE + 0x10, 8, USER),
+        load_slow(m.cpu(), PAGE + 0x10, 8, USER),
         Ok(0x1122_3344_5566_7788)
     );
     let (tag, addend) = entry(&m, USER, false, PAGE);
@@ -43,7 +43,7 @@ fn a_read_miss_fills_the_read_entry() {
     // The addend turns the linear address into the host address of the guest byte.
     assert_eq!(
         addend.wrapping_add(PAGE + 0x10),
-        m.cpu.mem_base as u64 + PHYS + 0x10
+        m.core.mem_mut().as_mut_ptr() as u64 + PHYS + 0x10
     );
     // Nothing else: not the write entry (the page is clean), not the other privilege.
     assert!(!cached(&m, USER, true, PAGE));
@@ -54,24 +54,24 @@ fn a_read_miss_fills_the_read_entry() {
 fn writes_are_cached_only_once_dirty() {
     let mut m = Machine::new();
     m.map(PAGE, PHYS, RW | US);
-    load_slow(&mut m.cpu, PAGE, 8, USER).unwrap();
+    load_slow(m.cpu(), PAGE, 8, USER).unwrap();
     assert!(
         !cached(&m, USER, true, PAGE),
         "a clean page's write entry stays empty"
     );
     assert_eq!(m.entry(PAGE, 0) & D, 0);
-    store_slow(&mut m.cpu, PAGE + 8, 0xabcd, 2, USER).unwrap();
+    store_slow(m.cpu(), PAGE + 8, 0xabcd, 2, USER).unwrap();
     // The walk set D, so later writes may skip it.
     assert_eq!(m.entry(PAGE, 0) & D, D);
     assert!(cached(&m, USER, true, PAGE));
-    assert_eq!(m.mem.read_u64(PHYS + 8).unwrap(), 0xabcd);
+    assert_eq!(m.mem().read_u64(PHYS + 8).unwrap(), 0xabcd);
 }
 
 #[test]
 fn read_only_pages_get_no_write_entry() {
     let mut m = Machine::new();
     m.map(PAGE, PHYS, US | A | D);
-    load_slow(&mut m.cpu, PAGE, 8, USER).unwrap();
+    load_slow(m.cpu(), PAGE, 8, USER).unwrap();
     assert!(cached(&m, USER, false, PAGE));
     assert!(!cached(&m, USER, true, PAGE));
 }
@@ -80,15 +80,15 @@ fn read_only_pages_get_no_write_entry() {
 fn writes_to_code_pages_are_not_cached_and_are_noted() {
     let mut m = Machine::new();
     m.map(PAGE, PHYS, RW | US | A | D);
-    m.cpu.set_code_page(PHYS >> 12, true);
-    store_slow(&mut m.cpu, PAGE + 0x20, 0x90, 1, USER).unwrap();
+    m.cpu().set_code_page(PHYS >> 12, true);
+    store_slow(m.cpu(), PAGE + 0x20, 0x90, 1, USER).unwrap();
     assert!(!cached(&m, USER, true, PAGE));
-    store_slow(&mut m.cpu, PAGE + 0x21, 0x9090, 2, USER).unwrap();
+    store_slow(m.cpu(), PAGE + 0x21, 0x9090, 2, USER).unwrap();
     // Touching writes merge into one range.
-    assert_eq!(m.cpu.smc_count, 1);
-    assert_eq!(m.cpu.smc_writes[0], [PHYS + 0x20, PHYS + 0x23]);
+    assert_eq!(m.cpu().exec.smc_count, 1);
+    assert_eq!(m.cpu().exec.smc_writes[0], [PHYS + 0x20, PHYS + 0x23]);
     // Reads of code pages are cached as usual.
-    load_slow(&mut m.cpu, PAGE, 8, USER).unwrap();
+    load_slow(m.cpu(), PAGE, 8, USER).unwrap();
     assert!(cached(&m, USER, false, PAGE));
 }
 
@@ -97,9 +97,9 @@ fn checked_indices_are_never_filled() {
     let mut m = Machine::new();
     m.map(PAGE, PHYS, RW | US | A | D);
     for idx in [2, 3] {
-        load_slow(&mut m.cpu, PAGE, 8, idx).unwrap();
-        store_slow(&mut m.cpu, PAGE, 1, 8, idx).unwrap();
-        assert!(m.cpu.tlb.sets[idx]
+        load_slow(m.cpu(), PAGE, 8, idx).unwrap();
+        store_slow(m.cpu(), PAGE, 1, 8, idx).unwrap();
+        assert!(m.cpu().exec.tlb.sets[idx]
             .iter()
             .flatten()
             .all(|e| e.tag == TLB_INVALID));
@@ -107,9 +107,9 @@ fn checked_indices_are_never_filled() {
 }
 
 fn fill_both(m: &mut Machine, linear: u64) {
-    load_slow(&mut m.cpu, linear, 8, USER).unwrap();
-    store_slow(&mut m.cpu, linear, 0, 8, USER).unwrap();
-    load_slow(&mut m.cpu, linear, 8, SUPERVISOR).unwrap();
+    load_slow(m.cpu(), linear, 8, USER).unwrap();
+    store_slow(m.cpu(), linear, 0, 8, USER).unwrap();
+    load_slow(m.cpu(), linear, 8, SUPERVISOR).unwrap();
     assert!(cached(m, USER, false, linear) && cached(m, USER, true, linear));
 }
 
@@ -118,13 +118,13 @@ fn flush_drops_everything_and_starts_a_fresh_space() {
     let mut m = Machine::new();
     m.map(PAGE, PHYS, RW | US | A | D);
     fill_both(&mut m, PAGE);
-    m.cpu.tlb.jump_key = 77;
-    let before = m.cpu.tlb.space;
-    m.cpu.tlb.flush();
-    assert!(all_invalid(&m.cpu.tlb));
-    assert_eq!(m.cpu.tlb.jump_key, 0);
-    assert_ne!(m.cpu.tlb.space, before);
-    assert_eq!(m.cpu.tlb.page_flush_count, 0);
+    m.cpu().exec.tlb.jump_key = 77;
+    let before = m.cpu().exec.tlb.space;
+    m.cpu().exec.tlb.flush();
+    assert!(all_invalid(&m.cpu().exec.tlb));
+    assert_eq!(m.cpu().exec.tlb.jump_key, 0);
+    assert_ne!(m.cpu().exec.tlb.space, before);
+    assert_eq!(m.cpu().exec.tlb.page_flush_count, 0);
 }
 
 #[test]
@@ -135,27 +135,27 @@ fn flush_page_drops_one_page() {
     m.map(other, PHYS + 0x1000, RW | US | A | D);
     fill_both(&mut m, PAGE);
     fill_both(&mut m, other);
-    m.cpu.tlb.jump_key = 77;
-    let space = m.cpu.tlb.space;
-    m.cpu.tlb.flush_page(PAGE + 0x123);
+    m.cpu().exec.tlb.jump_key = 77;
+    let space = m.cpu().exec.tlb.space;
+    m.cpu().exec.tlb.flush_page(PAGE + 0x123);
     for (idx, write) in [(USER, false), (USER, true), (SUPERVISOR, false)] {
         assert!(!cached(&m, idx, write, PAGE));
         assert!(cached(&m, idx, write, other));
     }
     // The engine learns which page went, and keeps the address-space key.
-    assert_eq!(m.cpu.tlb.page_flush_count, 1);
-    assert_eq!(m.cpu.tlb.page_flushes[0], PAGE);
-    assert_eq!(m.cpu.tlb.space, space);
-    assert_eq!(m.cpu.tlb.jump_key, 0);
+    assert_eq!(m.cpu().exec.tlb.page_flush_count, 1);
+    assert_eq!(m.cpu().exec.tlb.page_flushes[0], PAGE);
+    assert_eq!(m.cpu().exec.tlb.space, space);
+    assert_eq!(m.cpu().exec.tlb.jump_key, 0);
     // More single-page flushes than fit become a full one for the engine's lookups.
     for i in 1..PAGE_FLUSHES as u64 {
-        m.cpu.tlb.flush_page(PAGE + i * 0x1000);
+        m.cpu().exec.tlb.flush_page(PAGE + i * 0x1000);
     }
-    assert_eq!(m.cpu.tlb.page_flush_count, PAGE_FLUSHES as u64);
-    assert_eq!(m.cpu.tlb.space, space);
-    m.cpu.tlb.flush_page(PAGE + 0x10_0000);
-    assert_eq!(m.cpu.tlb.page_flush_count, 0);
-    assert_ne!(m.cpu.tlb.space, space);
+    assert_eq!(m.cpu().exec.tlb.page_flush_count, PAGE_FLUSHES as u64);
+    assert_eq!(m.cpu().exec.tlb.space, space);
+    m.cpu().exec.tlb.flush_page(PAGE + 0x10_0000);
+    assert_eq!(m.cpu().exec.tlb.page_flush_count, 0);
+    assert_ne!(m.cpu().exec.tlb.space, space);
 }
 
 #[test]
@@ -163,7 +163,7 @@ fn flush_writes_keeps_reads() {
     let mut m = Machine::new();
     m.map(PAGE, PHYS, RW | US | A | D);
     fill_both(&mut m, PAGE);
-    m.cpu.tlb.flush_writes();
+    m.cpu().exec.tlb.flush_writes();
     assert!(cached(&m, USER, false, PAGE));
     assert!(!cached(&m, USER, true, PAGE));
 }
@@ -173,14 +173,14 @@ fn cr3_load_without_pcid_always_gets_a_new_space() {
     let mut m = Machine::new();
     m.map(PAGE, PHYS, RW | US | A | D);
     fill_both(&mut m, PAGE);
-    let mut seen = vec![m.cpu.tlb.space];
+    let mut seen = vec![m.cpu().exec.tlb.space];
     for flush in [false, true, false] {
-        m.cpu.tlb.jump_key = 77;
-        m.cpu.tlb.load_cr3(None, flush);
-        assert!(all_invalid(&m.cpu.tlb));
-        assert_eq!(m.cpu.tlb.jump_key, 0);
-        assert!(!seen.contains(&m.cpu.tlb.space));
-        seen.push(m.cpu.tlb.space);
+        m.cpu().exec.tlb.jump_key = 77;
+        m.cpu().exec.tlb.load_cr3(None, flush);
+        assert!(all_invalid(&m.cpu().exec.tlb));
+        assert_eq!(m.cpu().exec.tlb.jump_key, 0);
+        assert!(!seen.contains(&m.cpu().exec.tlb.space));
+        seen.push(m.cpu().exec.tlb.space);
     }
 }
 
