@@ -43,10 +43,10 @@ pub fn record(
     opts: &RecordOptions,
     bar: &ProgressBar,
 ) -> Result<Recorded, String> {
-    let cpuid = m.cpu.cpuid.entries[..m.cpu.cpuid.len as usize].to_vec();
+    let cpuid = m.core.cpu().cpuid.entries[..m.core.cpu().cpuid.len as usize].to_vec();
     let info = MachineInfo {
         krr_version: env!("CARGO_PKG_VERSION").to_string(),
-        mem_bytes: m.mem.size(),
+        mem_bytes: m.core.mem().size(),
         ns_per_insn: 1,
         cpu_model: "krr-default".to_string(),
         cpuid,
@@ -54,9 +54,9 @@ pub fn record(
         cmdline: opts.cmdline.clone(),
         checkpoint_interval: opts.checkpoint_interval,
     };
-    let cpu_image = state::encode_cpu(&m.cpu);
-    let ram_image = state::encode_ram(&m.mem)?;
-    let mut writer = TraceWriter::create(opts.path, &info, &cpu_image, &ram_image, m.cpu.icount)
+    let cpu_image = state::encode_cpu(m.core.cpu());
+    let ram_image = state::encode_ram(m.core.mem())?;
+    let mut writer = TraceWriter::create(opts.path, &info, &cpu_image, &ram_image, m.core.cpu().icount)
         .map_err(|e| e.to_string())?;
     let t0 = Instant::now();
     let mut last_draw = Instant::now();
@@ -89,11 +89,11 @@ pub fn record(
     };
     let end_info = EndInfo {
         reason: end_reason(&end),
-        icount: m.cpu.icount,
-        rip: m.cpu.rip,
-        regs_hash: state::regs_hash(&m.cpu),
-        ram_hash: state::ram_hash(&m.mem),
-        guest_ns: m.board.guest_ns(&m.cpu),
+        icount: m.core.cpu().icount,
+        rip: m.core.cpu().rip,
+        regs_hash: state::regs_hash(m.core.cpu()),
+        ram_hash: state::ram_hash(m.core.mem()),
+        guest_ns: m.board.guest_ns(m.core.cpu()),
         counts: writer.counts().clone(),
     };
     let trace_bytes = writer.finish(end_info.clone()).map_err(|e| e.to_string())?;

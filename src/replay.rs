@@ -340,10 +340,10 @@ impl Replayer {
     fn diverge_here(&mut self, what: String) -> Divergence {
         Divergence {
             event_index: self.bus.stream.position,
-            icount: self.cpu.icount,
-            rip: self.cpu.rip,
+            icount: self.core.cpu().icount,
+            rip: self.core.cpu().rip,
             what,
-            regs: Some((self.cpu.gpr, self.cpu.rflags_value())),
+            regs: Some((self.core.cpu().gpr, self.core.cpu().rflags_value())),
             insn: String::new(),
         }
     }
@@ -365,18 +365,18 @@ impl Replayer {
     fn take_async_events(&mut self) -> Result<Option<Divergence>, ReplayError> {
         loop {
             let e: Event = match self.bus.stream.peek(0)? {
-                Some(e) if e.kind().is_async() && e.icount <= self.cpu.icount => e.clone(),
+                Some(e) if e.kind().is_async() && e.icount <= self.core.arch_mut().icount => e.clone(),
                 _ => return Ok(None),
             };
-            if e.icount < self.cpu.icount || e.rip != self.cpu.rip {
+            if e.icount < self.core.cpu().icount || e.rip != self.core.cpu().rip {
                 return Ok(Some(self.diverge_here(format!(
                     "the trace has {e}, replay is at instruction {} RIP {:#x}",
-                    self.cpu.icount, self.cpu.rip
+                    self.core.cpu().icount, self.core.cpu().rip
                 ))));
             }
             match &e.data {
                 &EventData::Checkpoint { regs_hash } => {
-                    let h = state::regs_hash(&self.cpu);
+                    let h = state::regs_hash(self.core.cpu());
                     if h != regs_hash {
                         return Ok(Some(self.diverge_here(format!(
                             "checkpoint at instruction {}: registers hash {h:016x}, recorded {regs_hash:016x}",
@@ -385,23 +385,23 @@ impl Replayer {
                     }
                 }
                 &EventData::Interrupt { vector, rcx } => {
-                    let now_rcx = self.cpu.gpr[krr_runtime::gpr::RCX];
+                    let now_rcx = self.core.cpu().gpr[krr_runtime::gpr::RCX];
                     if now_rcx != rcx {
                         return Ok(Some(self.diverge_here(format!(
                             "the trace has {e}, replay has RCX {now_rcx:#x} there"
                         ))));
                     }
-                    if let Err(exit) = self.engine.inject_interrupt(&mut self.cpu, vector) {
+                    if let Err(exit) = self.engine.inject_interrupt(&mut self.core, vector) {
                         return Err(self.fatal(exit));
                     }
                 }
                 EventData::DmaWrite { phys, data } => {
                     let end = phys.checked_add(data.len() as u64);
-                    if data.is_empty() || end.is_none_or(|end| end > self.mem.size()) {
+                    if data.is_empty() || end.is_none_or(|end| end > self.core.mem().size()) {
                         return Err(ReplayError::Fatal(format!(
                             "event {}: {e} lies outside guest RAM ({:#x} bytes)",
                             self.bus.stream.position,
-                            self.mem.size()
+                            self.core.mem().size()
                         )));
                     }
                     self.mem
@@ -409,7 +409,7 @@ impl Replayer {
                         .map_err(|err| ReplayError::Fatal(err.to_string()))?;
                     // The device may have overwritten translated code.
                     self.engine
-                        .notify_write(&mut self.cpu, *phys, data.len() as u64);
+                        .notify_write(&mut self.core, *phys, data.len() as u64);
                 }
                 _ => unreachable!("only asynchronous events are taken here"),
             }
@@ -419,8 +419,8 @@ impl Replayer {
     }
 
     fn fatal(&mut self, exit: Exit) -> ReplayError {
-        let (icount, rip) = (self.cpu.icount, self.cpu.rip);
-        let (bytes, text) = report::describe_insn(&mut self.cpu, rip);
+        let (icount, rip) = (self.core.cpu().icount, self.core.cpu().rip);
+        let (bytes, text) = report::describe_insn(&mut self.core, rip);
         ReplayError::Fatal(match exit {
             Exit::TripleFault { first, second } => format!(
                 "triple fault at instruction {icount} RIP {rip:#x} ({bytes}: {text}): #{first} then #{second} while delivering it"
@@ -433,13 +433,13 @@ impl Replayer {
     }
 
     fn log_instruction(&mut self, log: &mut dyn Write) -> Result<(), ReplayError> {
-        let rip = self.cpu.rip;
-        let (bytes, text) = report::describe_insn(&mut self.cpu, rip);
-        let regs = report::regs_line(&self.cpu);
+        let rip = self.core.cpu().rip;
+        let (bytes, text) = report::describe_insn(&mut self.core, rip);
+        let regs = report::regs_line(self.core.cpu());
         writeln!(
             log,
             "{} {rip:#018x} [{bytes}] {text} | {regs}",
-            self.cpu.icount
+            self.core.cpu().icount
         )
         .map_err(|e| ReplayError::Setup(format!("cannot write the instruction log: {e}")))
     }
@@ -470,7 +470,7 @@ impl Replayer {
             if let Some(d) = self.take_async_events()? {
                 break Verdict::Diverged(Box::new(d));
             }
-            let icount = self.cpu.icount;
+            let icount = self.core.cpu().icount;
             if icount >= stop_at {
                 break Verdict::Stopped;
             }
@@ -498,15 +498,15 @@ impl Replayer {
             } else if log.is_some() && icount < log_start {
                 limit = limit.min(log_start);
             }
-            self.cpu.icount_limit = limit;
-            let exit = self.engine.run_with_bus(&mut self.cpu, &mut self.bus);
+            self.core.set_icount_limit(limit);
+            let exit = self.engine.run_with_bus(&mut self.core, &mut self.bus);
             match exit {
                 Exit::Budget | Exit::BusRequest => {}
                 Exit::Halt => {
                     // A halted CPU waits for the next interrupt, which must be due now.
                     if self.bus.divergence.is_none()
-                        && next_async != Some(self.cpu.icount)
-                        && self.cpu.icount < self.end_icount
+                        && next_async != Some(self.core.cpu().icount)
+                        && self.core.cpu().icount < self.end_icount
                     {
                         let due = match next_async {
                             Some(n) => format!("the next asynchronous event is at instruction {n}"),
@@ -514,7 +514,7 @@ impl Replayer {
                         };
                         break Verdict::Diverged(Box::new(self.diverge_here(format!(
                             "the guest halted at instruction {} RIP {:#x}; {due}",
-                            self.cpu.icount, self.cpu.rip
+                            self.core.cpu().icount, self.core.cpu().rip
                         ))));
                     }
                 }
@@ -522,16 +522,16 @@ impl Replayer {
             }
             if last_draw.elapsed().as_millis() >= 200 {
                 last_draw = Instant::now();
-                bar.set_position(self.cpu.icount);
+                bar.set_position(self.core.cpu().icount);
                 let secs = t0.elapsed().as_secs_f64().max(1e-9);
                 bar.set_message(format!(
                     "{} events, {:.0} MIPS",
                     self.bus.counts.total(),
-                    self.cpu.icount as f64 / secs / 1e6
+                    self.core.cpu().icount as f64 / secs / 1e6
                 ));
             }
         };
-        bar.set_position(self.cpu.icount);
+        bar.set_position(self.core.cpu().icount);
         if let Some(l) = log.as_mut() {
             l.flush().map_err(|e| {
                 ReplayError::Setup(format!("cannot write the instruction log: {e}"))
@@ -541,8 +541,8 @@ impl Replayer {
             let _ = out.flush();
         }
         let seconds = t0.elapsed().as_secs_f64();
-        let regs_hash = state::regs_hash(&self.cpu);
-        let ram_hash = state::ram_hash(&self.mem);
+        let regs_hash = state::regs_hash(self.core.cpu());
+        let ram_hash = state::ram_hash(self.core.mem());
         let verdict = match verdict {
             Verdict::Matched
                 if regs_hash != self.end_regs_hash || ram_hash != self.end_ram_hash =>
@@ -557,25 +557,25 @@ impl Replayer {
         };
         let verdict = match verdict {
             Verdict::Diverged(mut d) => {
-                let (bytes, text) = report::describe_insn(&mut self.cpu, d.rip);
+                let (bytes, text) = report::describe_insn(&mut self.core, d.rip);
                 d.insn = format!("[{bytes}] {text}");
                 Verdict::Diverged(d)
             }
             v => v,
         };
-        let rip = self.cpu.rip;
-        let (bytes, text) = report::describe_insn(&mut self.cpu, rip);
-        let regs = report::regs_line(&self.cpu);
+        let rip = self.core.cpu().rip;
+        let (bytes, text) = report::describe_insn(&mut self.core, rip);
+        let regs = report::regs_line(self.core.cpu());
         let state_dump = format!(
             "next instruction {} RIP {rip:#x}: [{bytes}] {text}\n{regs}",
-            self.cpu.icount
+            self.core.cpu().icount
         );
         let stats = &self.engine.stats;
         log::info!("engine: {}", stats.dispatch_summary());
         Ok(ReplayOutcome {
             verdict,
             counts: self.bus.counts.clone(),
-            icount: self.cpu.icount,
+            icount: self.core.cpu().icount,
             rip,
             regs_hash,
             ram_hash,

@@ -59,8 +59,8 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     )
     .map_err(|e| e.to_string())?;
     let info = linux::load(
-        &mut m.mem,
-        &mut m.cpu,
+        m.core.mem_mut(),
+        &mut m.core,
         &args.kernel,
         &kernel,
         initrd.as_deref(),
@@ -112,19 +112,19 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     };
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
-    let icount = m.cpu.icount;
+    let icount = m.core.cpu().icount;
     let mips = icount as f64 / secs.max(1e-9) / 1e6;
     let stats = &m.engine.stats;
     log::info!("engine: {}", stats.dispatch_summary());
-    let state_hash = krr::trace::state::regs_hash(&m.cpu);
+    let state_hash = krr::trace::state::regs_hash(m.core.cpu());
     if log::log_enabled!(log::Level::Debug) {
-        log::debug!("final registers: {}", krr::report::regs_line(&m.cpu));
-        let rip = m.cpu.rip;
-        let (bytes, text) = krr::report::describe_insn(&mut m.cpu, rip);
+        log::debug!("final registers: {}", krr::report::regs_line(m.core.cpu()));
+        let rip = m.core.cpu().rip;
+        let (bytes, text) = krr::report::describe_insn(&mut m.core, rip);
         log::debug!("next instruction: [{bytes}] {text}");
-        log::debug!("RAM hash: {:016x}", krr::trace::state::ram_hash(&m.mem));
+        log::debug!("RAM hash: {:016x}", krr::trace::state::ram_hash(m.core.mem()));
         if let Some(path) = std::env::var_os("KRR_DUMP_RAM") {
-            let ram = m.mem.slice(0, m.mem.size() as usize).unwrap_or(&[]);
+            let ram = m.core.mem().slice(0, m.core.mem().size() as usize).unwrap_or(&[]);
             if let Err(e) = std::fs::write(&path, ram) {
                 log::warn!("cannot write the RAM dump: {e}");
             }
@@ -132,7 +132,7 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     }
     let summary = format!(
         "{icount} instructions in {secs:.2} s ({mips:.1} MIPS), RIP {:#x}, registers hash {state_hash:016x}; {} blocks decoded, {} blocks compiled, {} code bytes, {:.2} s compiling, {} interrupts",
-        m.cpu.rip,
+        m.core.cpu().rip,
         stats.blocks_decoded,
         stats.blocks_compiled,
         stats.code_bytes,

@@ -370,7 +370,7 @@ fn dma_writes_land_in_guest_ram_at_their_instruction() {
     with_dma(&good, phys);
     let read = |r: &Replayer| {
         let mut buf = vec![0u8; data.len()];
-        r.mem.read(phys, &mut buf).unwrap();
+        r.core.mem().read(phys, &mut buf).unwrap();
         buf
     };
     let (r, out) = replay_until(&good, at.icount - 1);

@@ -62,7 +62,7 @@ pub fn decode(cpu: &mut CpuState, mode: u32, max_insns: usize) -> Result<Block, 
     let phys = match mmu::translate(cpu, start, mmu::Access::Execute, mode & 3 == 3) {
         Ok(t) => t.phys,
         Err(e) => {
-            cpu.exception = e;
+            cpu.exec.exception = e;
             return Err(FetchError::Fault);
         }
     };
@@ -108,7 +108,7 @@ pub fn decode(cpu: &mut CpuState, mode: u32, max_insns: usize) -> Result<Block, 
         }
     }
     if insns.is_empty() {
-        cpu.exception = krr_runtime::ExceptionRecord {
+        cpu.exec.exception = krr_runtime::ExceptionRecord {
             vector: krr_runtime::vector::UD,
             ..Default::default()
         };

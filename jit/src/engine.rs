@@ -17,7 +17,7 @@ use crate::interp::{Interp, StepResult};
 use crate::jump_cache::{jump_slot, JumpCache};
 use crate::mode;
 use iced_x86::Instruction;
-use krr_runtime::{mmu, CpuState};
+use krr_runtime::{mmu, Core, CpuState};
 use rustc_hash::FxHashMap as HashMap;
 use std::ops::{Index, IndexMut};
 use std::time::Duration;
@@ -251,7 +251,7 @@ impl Engine {
         let phys = match mmu::translate(cpu, rip, mmu::Access::Execute, user) {
             Ok(t) => t.phys,
             Err(e) => {
-                cpu.exception = e;
+                cpu.exec.exception = e;
                 return Err(Exit::Exception {
                     trap: false,
                     unimplemented: false,
@@ -298,7 +298,7 @@ impl Engine {
                     if !cpu.is_code_page(page) {
                         cpu.set_code_page(page, true);
                         // Writes to this page must now take the slow path.
-                        cpu.tlb.flush_writes();
+                        cpu.exec.tlb.flush_writes();
                     }
                     let list = self.page_blocks.entry(page).or_default();
                     if list.last() != Some(&id) {
@@ -337,19 +337,10 @@ impl Engine {
     }
 
     /// Run with `bus` serving port IO, MMIO and the nondeterministic inputs.
-    pub fn run_with_bus(&mut self, cpu: &mut CpuState, bus: &mut dyn krr_runtime::Bus) -> Exit {
-        // SAFETY: the pointer is only used while this call runs (through `bus::with_bus`) and is
-        // cleared before it returns, so extending its lifetime to 'static is never observable.
-        let ptr: std::ptr::NonNull<dyn krr_runtime::Bus> = unsafe {
-            std::mem::transmute::<
-                std::ptr::NonNull<dyn krr_runtime::Bus + '_>,
-                std::ptr::NonNull<dyn krr_runtime::Bus>,
-            >(std::ptr::NonNull::from(bus))
-        };
-        cpu.bus = Some(ptr);
-        let exit = self.run(cpu);
-        cpu.bus = None;
-        exit
+    pub fn run_with_bus(&mut self, core: &mut Core, bus: &mut dyn krr_runtime::Bus) -> Exit {
+        // SAFETY: the engine reads and writes the state's fields; it never moves or replaces it.
+        let cpu = unsafe { core.state_mut() };
+        krr_runtime::bus::attached(cpu, bus, |cpu| self.run_state(cpu))
     }
 
     /// Can an external interrupt be taken at this instruction boundary?
@@ -361,7 +352,9 @@ impl Engine {
     }
 
     /// Deliver external interrupt `vector` now (the caller checked `interrupts_enabled`).
-    pub fn inject_interrupt(&mut self, cpu: &mut CpuState, vector: u8) -> Result<(), Exit> {
+    pub fn inject_interrupt(&mut self, core: &mut Core, vector: u8) -> Result<(), Exit> {
+        // SAFETY: as in `run_with_bus`.
+        let cpu = unsafe { core.state_mut() };
         self.deliver(
             cpu,
             vector,
@@ -382,7 +375,7 @@ impl Engine {
         let arith = crate::interp::materialize_flags(cpu);
         let flags = (cpu.rflags & !krr_runtime::rflags::ARITH) | arith;
         let fault_rip = if kind == krr_runtime::interrupt::EventKind::Software {
-            cpu.trap_rip
+            cpu.exec.trap_rip
         } else {
             return_rip
         };
@@ -406,12 +399,17 @@ impl Engine {
     }
 
     /// Run until the instruction budget, an exception or an access the driver must handle.
-    pub fn run(&mut self, cpu: &mut CpuState) -> Exit {
+    pub fn run(&mut self, core: &mut Core) -> Exit {
+        // SAFETY: as in `run_with_bus`.
+        self.run_state(unsafe { core.state_mut() })
+    }
+
+    fn run_state(&mut self, cpu: &mut CpuState) -> Exit {
         loop {
             let exit = self.run_until_event(cpu);
             match exit {
                 Exit::Exception { .. } if self.config.deliver_exceptions => {
-                    let e = cpu.exception;
+                    let e = cpu.exec.exception;
                     let kind = if e.software {
                         krr_runtime::interrupt::EventKind::Software
                     } else {
@@ -443,11 +441,11 @@ impl Engine {
                     None => continue,
                 }
             }
-            if cpu.icount >= cpu.icount_limit {
+            if cpu.icount >= cpu.exec.icount_limit {
                 return Exit::Budget;
             }
             self.sync_translations(cpu);
-            if cpu.bus.is_some()
+            if cpu.exec.has_bus()
                 && krr_runtime::bus::with_bus(cpu, |bus, cpu| bus.wants_exit(cpu)).unwrap_or(false)
             {
                 return Exit::BusRequest;
@@ -456,15 +454,16 @@ impl Engine {
                 Ok(id) => id,
                 Err(exit) => return exit,
             };
-            if cpu.irq_shadow_at == cpu.icount && cpu.icount + 1 < cpu.icount_limit {
+            if cpu.irq_shadow_at == cpu.icount && cpu.icount + 1 < cpu.exec.icount_limit {
                 // The instruction after STI / MOV SS: interrupts become deliverable right
                 // after it. Run exactly that one instruction, then come back here (where the
                 // bus is asked about pending interrupts), so every tier takes an interrupt at
                 // the same boundary as the hardware does.
-                let limit = std::mem::replace(&mut cpu.icount_limit, cpu.icount + 1);
+                let next = cpu.icount + 1;
+                let limit = std::mem::replace(&mut cpu.exec.icount_limit, next);
                 let exit = self.interpret_block(cpu, id);
-                cpu.icount_limit = limit;
-                if cpu.smc_count != 0 {
+                cpu.exec.icount_limit = limit;
+                if cpu.exec.smc_count != 0 {
                     self.handle_code_writes(cpu);
                 }
                 match exit {
@@ -480,7 +479,7 @@ impl Engine {
             } else {
                 self.interpret_block(cpu, id)
             };
-            if cpu.smc_count != 0 {
+            if cpu.exec.smc_count != 0 {
                 self.handle_code_writes(cpu);
             }
             if let Some(exit) = exit {
@@ -592,13 +591,13 @@ impl Engine {
             .as_ref()
             .expect("checked by caller")
             .code;
-        cpu.exit_slot = 0;
-        cpu.helper_status = crate::helpers::OK;
-        let unimpl_before = cpu.unimplemented_count;
+        cpu.exec.exit_slot = 0;
+        cpu.exec.helper_status = crate::helpers::OK;
+        let unimpl_before = cpu.exec.unimplemented_count;
         let reason = jit.enter(cpu, code);
         match reason {
             EXIT_NORMAL => {
-                if cpu.exit_slot != 0 {
+                if cpu.exec.exit_slot != 0 {
                     self.link(cpu);
                 }
                 None
@@ -612,21 +611,21 @@ impl Engine {
                 self.interpret_block(cpu, id)
             }
             _ => {
-                if cpu.helper_status == crate::helpers::HALT {
-                    cpu.helper_status = crate::helpers::OK;
+                if cpu.exec.helper_status == crate::helpers::HALT {
+                    cpu.exec.helper_status = crate::helpers::OK;
                     return Some(Exit::Halt);
                 }
-                if cpu.helper_status == crate::helpers::UNBACKED {
-                    cpu.helper_status = crate::helpers::OK;
+                if cpu.exec.helper_status == crate::helpers::UNBACKED {
+                    cpu.exec.helper_status = crate::helpers::OK;
                     return Some(Exit::Unbacked {
-                        phys: cpu.unbacked_phys,
+                        phys: cpu.exec.unbacked_phys,
                     });
                 }
-                let unimplemented = cpu.unimplemented_count != unimpl_before;
+                let unimplemented = cpu.exec.unimplemented_count != unimpl_before;
                 if unimplemented {
                     self.log_unimplemented(cpu);
                 }
-                let v = cpu.exception.vector;
+                let v = cpu.exec.exception.vector;
                 let trap = v == krr_runtime::vector::BP || v == krr_runtime::vector::OF;
                 Some(Exit::Exception {
                     trap,
@@ -639,20 +638,20 @@ impl Engine {
     /// Point the exit slot compiled code just left through at the block for the new RIP, so the
     /// next time that exit jumps straight there.
     fn link(&mut self, cpu: &mut CpuState) {
-        let slot = cpu.exit_slot as *mut u64;
-        cpu.exit_slot = 0;
+        let slot = cpu.exec.exit_slot as *mut u64;
+        cpu.exec.exit_slot = 0;
         // Link only within a page, as QEMU does in system mode: the jump's linear target then
         // lies on the source block's own page, whose mapping is the one the source was found
         // through, so no address-space change can make the link stale. Cross-page jumps go
         // through the jump cache, which is flushed with the TLB.
-        if cpu.exit_from & !0xfff != cpu.rip & !0xfff {
+        if cpu.exec.exit_from & !0xfff != cpu.rip & !0xfff {
             return;
         }
         let Ok(target) = self.lookup(cpu) else { return };
         if self.entries[target].compiled.is_none() {
             self.maybe_compile(target);
         }
-        if cpu.smc_count != 0 {
+        if cpu.exec.smc_count != 0 {
             // Do not link while stale blocks may still be around.
             return;
         }
@@ -668,14 +667,14 @@ impl Engine {
         let block = &self.entries[id].block;
         let (insns, mems) = (&block.insns[..], &block.mem[..]);
         // The budget is known up front: run at most `n` instructions.
-        let room = cpu.icount_limit.saturating_sub(cpu.icount);
+        let room = cpu.exec.icount_limit.saturating_sub(cpu.icount);
         let n = if room < insns.len() as u64 {
             room as usize
         } else {
             insns.len()
         };
         let icount_before = cpu.icount;
-        cpu.helper_status = crate::helpers::OK;
+        cpu.exec.helper_status = crate::helpers::OK;
         let mut it = Interp::new(cpu, &mut self.undo);
         let mut end = None;
         for (i, (insn, mem)) in insns[..n].iter().zip(&mems[..n]).enumerate() {
@@ -686,7 +685,7 @@ impl Engine {
                     // write to translated code ends the block so the next instruction is
                     // decoded afresh.
                     let cpu = it.cpu();
-                    if cpu.rip != insn.next_ip() || cpu.smc_count != 0 {
+                    if cpu.rip != insn.next_ip() || cpu.exec.smc_count != 0 {
                         end = Some((i, StepResult::Retired));
                         break;
                     }
@@ -725,7 +724,7 @@ impl Engine {
                 }
             }
             StepResult::Unbacked => Exit::Unbacked {
-                phys: cpu.unbacked_phys,
+                phys: cpu.exec.unbacked_phys,
             },
             StepResult::Halt => Exit::Halt,
         }
@@ -764,9 +763,9 @@ impl Engine {
     /// instructions in pages full of hot code; data may share a page with code). A page with
     /// no block left stops being a code page, so its writes take the fast path again.
     fn handle_code_writes(&mut self, cpu: &mut CpuState) {
-        let n = cpu.smc_count as usize;
-        cpu.smc_count = 0;
-        if n > cpu.smc_writes.len() {
+        let n = cpu.exec.smc_count as usize;
+        cpu.exec.smc_count = 0;
+        if n > cpu.exec.smc_writes.len() {
             // Too many to tell apart: every block goes.
             let pages: Vec<u64> = self.page_blocks.keys().copied().collect();
             for page in pages {
@@ -777,7 +776,7 @@ impl Engine {
             }
             return;
         }
-        let writes = cpu.smc_writes;
+        let writes = cpu.exec.smc_writes;
         for &[start, end] in &writes[..n] {
             for page in (start >> 12)..=((end - 1) >> 12) {
                 let Some(list) = self.page_blocks.remove(&page) else {
@@ -821,10 +820,12 @@ impl Engine {
 
     /// The driver wrote guest physical memory behind the CPU's back (DMA, loading an image):
     /// drop translations of the pages it touched.
-    pub fn notify_write(&mut self, cpu: &mut CpuState, phys: u64, len: u64) {
+    pub fn notify_write(&mut self, core: &mut Core, phys: u64, len: u64) {
         if len == 0 {
             return;
         }
+        // SAFETY: as in `run_with_bus`.
+        let cpu = unsafe { core.state_mut() };
         for page in (phys >> 12)..=((phys + len - 1) >> 12) {
             if cpu.is_code_page(page) {
                 let start = phys.max(page << 12);
@@ -832,7 +833,7 @@ impl Engine {
                 mmu::note_code_write(cpu, start, end - start);
             }
         }
-        if cpu.smc_count != 0 {
+        if cpu.exec.smc_count != 0 {
             self.handle_code_writes(cpu);
         }
     }

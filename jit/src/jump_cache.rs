@@ -95,19 +95,19 @@ impl JumpCache {
     /// space changed since the last call.
     #[inline]
     pub(crate) fn sync(&mut self, cpu: &mut CpuState) -> bool {
-        if cpu.tlb.space_wraps != self.space_wraps {
+        if cpu.exec.tlb.space_wraps != self.space_wraps {
             // The key counter wrapped: old entries could match new keys.
-            self.space_wraps = cpu.tlb.space_wraps;
+            self.space_wraps = cpu.exec.tlb.space_wraps;
             self.entries.fill(JumpEntry::EMPTY);
         }
-        let switched = cpu.tlb.space as u32 != self.space;
+        let switched = cpu.exec.tlb.space as u32 != self.space;
         if switched {
-            self.space = cpu.tlb.space as u32;
+            self.space = cpu.exec.tlb.space as u32;
         }
-        if cpu.tlb.page_flush_count != 0 {
+        if cpu.exec.tlb.page_flush_count != 0 {
             self.flush_pages(cpu);
         }
-        cpu.tlb.jump_key = self.key(0) as u64;
+        cpu.exec.tlb.jump_key = self.key(0) as u64;
         switched
     }
 
@@ -121,9 +121,9 @@ impl JumpCache {
     /// may end with an instruction straddling into a flushed page: those go too.
     #[inline(never)]
     fn flush_pages(&mut self, cpu: &mut CpuState) {
-        let n = cpu.tlb.page_flush_count as usize;
-        cpu.tlb.page_flush_count = 0;
-        let pages = &cpu.tlb.page_flushes[..n];
+        let n = cpu.exec.tlb.page_flush_count as usize;
+        cpu.exec.tlb.page_flush_count = 0;
+        let pages = &cpu.exec.tlb.page_flushes[..n];
         // Only the segments where entries of those pages (or of the pages before) can be.
         let mut segments = 0u32;
         for &p in pages {

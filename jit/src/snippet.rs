@@ -74,7 +74,7 @@ pub struct SnippetResult {
 }
 
 use crate::engine::{Engine, EngineConfig, Exit, TierPolicy};
-use krr_runtime::{mmu::pte, rflags, seg, CpuState, GuestMemory, PageTableBuilder};
+use krr_runtime::{mmu::pte, rflags, seg, Core, GuestMemory, PageTableBuilder};
 
 const RAM: u64 = 64 << 20;
 const PT_POOL: (u64, u64) = (0x10_0000, 0x20_0000);
@@ -215,7 +215,8 @@ pub fn run_snippet_with(
             pte::US | pte::RW | pte::NX,
         )?;
     }
-    let mut cpu = CpuState::new_flat64(&mut mem);
+    let mut core = Core::with_memory(mem);
+    let cpu = core.arch_mut();
     cpu.cr3 = pt.cr3;
     cpu.gpr = initial.gpr;
     cpu.rip = initial.rip;
@@ -228,19 +229,20 @@ pub fn run_snippet_with(
     cpu.mxcsr = initial.mxcsr;
     cpu.seg[seg::FS].base = initial.fs_base;
     cpu.seg[seg::GS].base = initial.gs_base;
-    cpu.icount_limit = max_instructions;
+    core.set_icount_limit(max_instructions);
     let mut engine = Engine::new(tier.engine_config()).map_err(|e| e.to_string())?;
     let end = snippet.code_addr + snippet.code.len() as u64;
-    let exit = engine.run(&mut cpu);
+    let exit = engine.run(&mut core);
+    let cpu = core.cpu();
     let (outcome, instructions) = match exit {
         Exit::Budget => (Outcome::OutOfBudget, cpu.icount),
         Exit::Exception { trap: true, .. }
-            if cpu.exception.vector == krr_runtime::vector::BP && cpu.rip == end + 1 =>
+            if cpu.exec.exception.vector == krr_runtime::vector::BP && cpu.rip == end + 1 =>
         {
             (Outcome::Completed, cpu.icount - 1)
         }
         Exit::Exception { .. } => {
-            let e = cpu.exception;
+            let e = cpu.exec.exception;
             (
                 Outcome::Exception {
                     vector: e.vector,
@@ -256,7 +258,7 @@ pub fn run_snippet_with(
         }
         other => return Err(format!("a user-mode snippet cannot end with {other:?}")),
     };
-    let arith = crate::interp::materialize_flags(&mut cpu);
+    let arith = cpu.arith_flags();
     let mut state = ArchState {
         gpr: cpu.gpr,
         rip: cpu.rip,
@@ -277,7 +279,8 @@ pub fn run_snippet_with(
             let linear = r.addr + done as u64;
             let len = (4096 - (linear & 0xfff) as usize).min(data.len() - done);
             let phys = layout.phys_of(linear).expect("mapped");
-            mem.read(phys, &mut data[done..done + len])
+            core.mem()
+                .read(phys, &mut data[done..done + len])
                 .map_err(|e| e.to_string())?;
             done += len;
         }

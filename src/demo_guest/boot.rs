@@ -10,11 +10,11 @@ use krr_runtime::DescriptorTable;
 /// interrupts off, a flat boot GDT and boot page tables identity-mapping the first 8 MiB
 /// (supervisor, 2 MiB pages), RIP at the kernel's entry.
 pub fn load(m: &mut Machine) -> Result<(), String> {
-    if m.mem.size() < MEM_BYTES {
+    if m.core.mem().size() < MEM_BYTES {
         return Err(format!(
             "the demo guest needs {} MiB of RAM, the machine has {}",
             MEM_BYTES >> 20,
-            m.mem.size() >> 20
+            m.core.mem().size() >> 20
         ));
     }
     let kcode = kernel().map_err(|e| format!("assembling the demo kernel: {e}"))?;
@@ -27,8 +27,8 @@ pub fn load(m: &mut Machine) -> Result<(), String> {
         ));
     }
     let mem_err = |e: krr_runtime::MemoryError| format!("writing the demo guest: {e}");
-    m.mem.write(KCODE, &kcode).map_err(mem_err)?;
-    m.mem.write(UCODE, &ucode).map_err(mem_err)?;
+    m.core.mem().write(KCODE, &kcode).map_err(mem_err)?;
+    m.core.mem().write(UCODE, &ucode).map_err(mem_err)?;
     // The boot loader's part: flat GDT (0x08 code, 0x10 data), identity map of 8 MiB.
     for (i, d) in [0u64, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff]
         .iter()
@@ -39,7 +39,7 @@ pub fn load(m: &mut Machine) -> Result<(), String> {
             .map_err(mem_err)?;
     }
     for t in [BOOT_PML4, BOOT_PDPT, BOOT_PD] {
-        m.mem.write(t, &[0u8; 4096]).map_err(mem_err)?;
+        m.core.mem().write(t, &[0u8; 4096]).map_err(mem_err)?;
     }
     m.mem
         .write_u64(BOOT_PML4, BOOT_PDPT | P | RW)
@@ -54,7 +54,7 @@ pub fn load(m: &mut Machine) -> Result<(), String> {
     }
 
     crate::machine::linux::enter_flat_long_mode(
-        &mut m.cpu,
+        &mut m.core,
         DescriptorTable {
             base: BOOT_GDT,
             limit: 23,

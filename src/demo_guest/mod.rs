@@ -266,7 +266,7 @@ fn finish(mut m: Machine, console: Capture) -> Result<DemoOutcome, String> {
     Ok(DemoOutcome {
         end,
         console: console.text(),
-        icount: m.cpu.icount,
+        icount: m.core.cpu().icount,
         counters: m.board.counters.clone(),
         stats: m.engine.stats.clone(),
         wall,
@@ -305,7 +305,7 @@ pub fn record_demo_guest(
     let outcome = DemoOutcome {
         end: recorded.end.clone(),
         console: console.text(),
-        icount: m.cpu.icount,
+        icount: m.core.cpu().icount,
         counters: m.board.counters.clone(),
         stats: m.engine.stats.clone(),
         wall: t0.elapsed(),
@@ -458,7 +458,7 @@ mod tests {
     fn user_fault(code: &[u8], vector: u8, what: &str) {
         for (name, cfg) in configs() {
             let (mut m, console) = prepare(cfg, false).unwrap();
-            m.mem.write(UCODE, code).unwrap();
+            m.core.mem().write(UCODE, code).unwrap();
             let o = finish(m, console).unwrap();
             let c = &o.console;
             assert_eq!(

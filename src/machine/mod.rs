@@ -459,8 +459,8 @@ impl Machine {
             (Some(t), None) => t.saturating_sub(self.board.idle_ns),
             // Host time: run a slice (about one instruction per nanosecond) and look again.
             (Some(t), Some(_)) => {
-                let now = self.board.now(&self.cpu);
-                self.cpu.icount + t.saturating_sub(now).clamp(1_000, 10_000_000)
+                let now = self.board.now(self.core.cpu());
+                self.core.cpu().icount + t.saturating_sub(now).clamp(1_000, 10_000_000)
             }
         }
     }
@@ -504,26 +504,26 @@ impl Machine {
         mut recording: Option<(u64, &mut EventSink)>,
     ) -> Result<RunEnd, MachineError> {
         let mut next_checkpoint = match &recording {
-            Some((every, _)) => (self.cpu.icount / every + 1) * every,
+            Some((every, _)) => (self.core.cpu().icount / every + 1) * every,
             None => u64::MAX,
         };
         loop {
             if let Some((every, sink)) = &mut recording {
-                if self.cpu.icount >= next_checkpoint {
-                    let regs_hash = crate::trace::state::regs_hash(&self.cpu);
+                if self.core.cpu().icount >= next_checkpoint {
+                    let regs_hash = crate::trace::state::regs_hash(self.core.cpu());
                     self.board
-                        .record(&self.cpu, EventData::Checkpoint { regs_hash });
-                    next_checkpoint = (self.cpu.icount / *every + 1) * *every;
+                        .record(self.core.cpu(), EventData::Checkpoint { regs_hash });
+                    next_checkpoint = (self.core.cpu().icount / *every + 1) * *every;
                 }
                 if let Some(log) = &mut self.board.log {
                     if !log.is_empty() {
-                        sink(log, &self.cpu).map_err(MachineError::Record)?;
+                        sink(log, self.core.cpu()).map_err(MachineError::Record)?;
                         log.clear();
                     }
                 }
             }
             self.take_console_input();
-            let now = self.board.now(&self.cpu);
+            let now = self.board.now(self.core.cpu());
             self.board.advance_all(now);
             self.drain_console();
             if let Some(r) = self.board.requests.first().copied() {
@@ -535,38 +535,38 @@ impl Machine {
                     MachineRequest::Exit(code) => RunEnd::DebugExit(code),
                 });
             }
-            if self.board.pic.pending() && Engine::interrupts_enabled(&self.cpu) {
+            if self.board.pic.pending() && Engine::interrupts_enabled(self.core.cpu()) {
                 let vector = self.board.pic.acknowledge();
                 self.board.counters.interrupts += 1;
                 log::debug!(
                     "interrupt {vector:#x} delivered at instruction {} (RIP {:#x})",
-                    self.cpu.icount,
-                    self.cpu.rip
+                    self.core.cpu().icount,
+                    self.core.cpu().rip
                 );
-                let rcx = self.cpu.gpr[krr_runtime::gpr::RCX];
+                let rcx = self.core.cpu().gpr[krr_runtime::gpr::RCX];
                 self.board
-                    .record(&self.cpu, EventData::Interrupt { vector, rcx });
-                if let Err(e) = self.engine.inject_interrupt(&mut self.cpu, vector) {
+                    .record(self.core.cpu(), EventData::Interrupt { vector, rcx });
+                if let Err(e) = self.engine.inject_interrupt(&mut self.core, vector) {
                     return Err(self.fatal(e));
                 }
             }
             // Run until the next device event (in virtual time = instructions).
             let limit = max_instructions.unwrap_or(u64::MAX);
-            if self.cpu.icount >= limit {
+            if self.core.cpu().icount >= limit {
                 self.flush_log(&mut recording)?;
                 return Ok(RunEnd::InstructionLimit);
             }
             let next = self.instructions_until(self.board.next_event());
-            self.cpu.icount_limit = next
-                .max(self.cpu.icount + 1)
+            self.core.set_icount_limit(next
+                .max(self.core.cpu().icount + 1)
                 .min(limit)
-                .min(next_checkpoint);
+                .min(next_checkpoint));
             self.board.event_moved = false;
-            let exit = self.engine.run_with_bus(&mut self.cpu, &mut self.board);
+            let exit = self.engine.run_with_bus(&mut self.core, &mut self.board);
             match exit {
                 Exit::Budget | Exit::BusRequest => {}
                 Exit::Halt => {
-                    if self.cpu.rflags & krr_runtime::rflags::IF == 0 {
+                    if self.core.cpu().rflags & krr_runtime::rflags::IF == 0 {
                         self.drain_console();
                         self.flush_log(&mut recording)?;
                         return Ok(RunEnd::HaltedForever);
@@ -576,7 +576,7 @@ impl Machine {
                     // event meanwhile. It never resumes without one, as on hardware.
                     loop {
                         self.take_console_input();
-                        let now = self.board.now(&self.cpu);
+                        let now = self.board.now(self.core.cpu());
                         self.board.advance_all(now);
                         self.drain_console();
                         if !self.board.requests.is_empty() || self.board.pic.pending() {
@@ -612,7 +612,7 @@ impl Machine {
     ) -> Result<(), MachineError> {
         if let (Some((_, sink)), Some(log)) = (recording, &mut self.board.log) {
             if !log.is_empty() {
-                sink(log, &self.cpu).map_err(MachineError::Record)?;
+                sink(log, self.core.cpu()).map_err(MachineError::Record)?;
                 log.clear();
             }
         }
@@ -621,7 +621,7 @@ impl Machine {
 
     fn fatal(&mut self, exit: Exit) -> MachineError {
         self.drain_console();
-        let (rip, icount) = (self.cpu.rip, self.cpu.icount);
+        let (rip, icount) = (self.core.cpu().rip, self.core.cpu().icount);
         match exit {
             Exit::TripleFault { first, second } => MachineError::TripleFault {
                 rip,
@@ -656,19 +656,19 @@ mod tests {
     #[test]
     fn arming_a_timer_during_a_run_ends_the_run() {
         let mut m = machine();
-        m.cpu.icount = 1_000;
-        m.cpu.icount_limit = u64::MAX;
-        assert!(!m.board.wants_exit(&m.cpu));
+        m.core.arch_mut().icount = 1_000;
+        m.core.set_icount_limit(u64::MAX);
+        assert!(!m.board.wants_exit(m.core.cpu()));
         // Linux's "pit" clockevent: mode 4, then a 16-bit count (about 1 ms).
-        m.board.port_out(&m.cpu, 0x43, 1, 0x38);
-        m.board.port_out(&m.cpu, 0x40, 1, 0xa9);
-        m.board.port_out(&m.cpu, 0x40, 1, 0x04);
-        assert!(m.board.wants_exit(&m.cpu));
+        m.board.port_out(m.core.cpu(), 0x43, 1, 0x38);
+        m.board.port_out(m.core.cpu(), 0x40, 1, 0xa9);
+        m.board.port_out(m.core.cpu(), 0x40, 1, 0x04);
+        assert!(m.board.wants_exit(m.core.cpu()));
         // The run loop's new budget stops at the expiry; a later budget is left alone.
         m.board.event_moved = false;
         let next = m.board.next_event().expect("armed");
-        m.cpu.icount_limit = next;
-        m.board.port_in(&m.cpu, 0x61, 1);
-        assert!(!m.board.wants_exit(&m.cpu));
+        m.core.set_icount_limit(next);
+        m.board.port_in(m.core.cpu(), 0x61, 1);
+        assert!(!m.board.wants_exit(m.core.cpu()));
     }
 }

@@ -51,7 +51,7 @@ pub(super) fn checked_mode(cpu: &CpuState) -> bool {
 fn raise_db(cpu: &mut CpuState, bits: u64, trap: bool) -> Exit {
     cpu.dr[6] = (cpu.dr[6] & !dr6::B_MASK) | bits | dr6::FIXED1;
     cpu.dr[7] &= !dr7::GD;
-    cpu.exception = ExceptionRecord {
+    cpu.exec.exception = ExceptionRecord {
         vector: vector::DB,
         ..Default::default()
     };
@@ -71,11 +71,11 @@ impl Engine {
             let bits = std::mem::take(&mut cpu.pending_db);
             return Some(raise_db(cpu, bits, true));
         }
-        if cpu.icount >= cpu.icount_limit {
+        if cpu.icount >= cpu.exec.icount_limit {
             return Some(Exit::Budget);
         }
         self.sync_translations(cpu);
-        if cpu.bus.is_some()
+        if cpu.exec.has_bus()
             && krr_runtime::bus::with_bus(cpu, |bus, cpu| bus.wants_exit(cpu)).unwrap_or(false)
         {
             return Some(Exit::BusRequest);
@@ -94,14 +94,15 @@ impl Engine {
         let tf_before = cpu.rflags & rflags::TF != 0;
         let rf = cpu.rflags & rflags::RF;
         cpu.rflags &= !rflags::RF;
-        cpu.db_hits = 0;
-        let limit = std::mem::replace(&mut cpu.icount_limit, cpu.icount + 1);
+        cpu.exec.db_hits = 0;
+        let next = cpu.icount + 1;
+        let limit = std::mem::replace(&mut cpu.exec.icount_limit, next);
         let exit = self.interpret_block(cpu, id);
-        cpu.icount_limit = limit;
-        if cpu.smc_count != 0 {
+        cpu.exec.icount_limit = limit;
+        if cpu.exec.smc_count != 0 {
             self.handle_code_writes(cpu);
         }
-        let hits = std::mem::take(&mut cpu.db_hits);
+        let hits = std::mem::take(&mut cpu.exec.db_hits);
         match exit {
             // Retired (`Budget`: the block has more instructions than the one allowed).
             None | Some(Exit::Budget) | Some(Exit::Halt) => {}

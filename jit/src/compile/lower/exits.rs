@@ -127,7 +127,7 @@ impl Lower<'_> {
     }
 
     pub(super) fn store_exception(&mut self, vector: u8, error_code: Option<u32>, software: bool) {
-        let base = offset_of!(CpuState, exception) as i32;
+        let base = offset_of!(CpuState, exec.exception) as i32;
         let rec = ExceptionRecord {
             vector,
             has_error_code: error_code.is_some(),
