@@ -8,5 +8,6 @@ pub mod helpers;
 pub mod interp;
 pub mod sem;
 pub mod snippet;
+pub mod system;
 
 pub use engine::{Engine, EngineConfig, EngineError, EngineStats, Exit, TierPolicy};
