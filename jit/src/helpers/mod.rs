@@ -191,7 +191,6 @@ fn divide(cpu: &mut CpuState, size: u32, src: u64, signed: bool) -> u64 {
     0
 }
 
-
 pub fn helper_id(h: Helper) -> u64 {
     match h {
         // Not called through `krr_helper`: compiled code hands the whole instruction to
@@ -206,4 +205,3 @@ pub fn helper_id(h: Helper) -> u64 {
         Helper::Pext => 7,
     }
 }
-

@@ -1,11 +1,11 @@
 //! Integer arithmetic: ADD/SUB/logic ALU forms, INC/DEC/NEG, MUL/IMUL/DIV/IDIV, ADCX/ADOX,
 //! XADD and the compare-exchanges.
 
-use super::flags::{self, cf, concrete, cond, materialize, FlagKind, FlagState};
+use super::flags::{cf, concrete, FlagKind, FlagState};
 use super::*;
-use super::{data::*, shift::*, bitops::*, control::*, flagops::*};
-use iced_x86::{Mnemonic, OpKind};
-use krr_runtime::gpr::{RAX, RBP, RCX, RDX, RSP};
+use super::{flagops::*, shift::*};
+use iced_x86::Mnemonic;
+use krr_runtime::gpr::{RAX, RCX, RDX};
 use krr_runtime::{rflags, vector};
 
 #[inline(never)]

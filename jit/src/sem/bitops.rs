@@ -1,12 +1,12 @@
 //! Bit instructions: BT/BTS/BTR/BTC, BSF/BSR, POPCNT/LZCNT/TZCNT and the BMI1/BMI2 group
 //! (ANDN, BEXTR, BLS*, BZHI, PDEP/PEXT, RORX, SARX/SHLX/SHRX, MULX).
 
-use super::flags::{self, cf, concrete, cond, materialize, FlagKind, FlagState};
+use super::flags::{concrete, FlagKind, FlagState};
 use super::*;
-use super::{data::*, arith::*, shift::*, control::*, flagops::*};
+use super::{flagops::*, shift::*};
 use iced_x86::{Mnemonic, OpKind};
-use krr_runtime::gpr::{RAX, RBP, RCX, RDX, RSP};
-use krr_runtime::{rflags, vector};
+use krr_runtime::gpr::RDX;
+use krr_runtime::rflags;
 
 #[inline(never)]
 pub(super) fn bit_test<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {

@@ -1,11 +1,9 @@
 //! Near control transfers: Jcc, JMP, CALL, RET, LOOP/LOOPcc and JRCXZ.
 
-use super::flags::{self, cf, concrete, cond, materialize, FlagKind, FlagState};
+use super::flags::{self, cond};
 use super::*;
-use super::{data::*, arith::*, shift::*, bitops::*, flagops::*};
 use iced_x86::{Mnemonic, OpKind};
-use krr_runtime::gpr::{RAX, RBP, RCX, RDX, RSP};
-use krr_runtime::{rflags, vector};
+use krr_runtime::gpr::{RCX, RSP};
 
 #[inline(never)]
 pub(super) fn jcc<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {

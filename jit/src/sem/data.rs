@@ -1,12 +1,11 @@
 //! Data movement: MOV/MOVZX/MOVSX/MOVBE/LEA, XCHG, BSWAP, CMOVcc, PUSH/POP, ENTER/LEAVE, the
 //! RAX/RDX sign extensions, and CPUID.
 
-use super::flags::{self, cf, concrete, cond, materialize, FlagKind, FlagState};
+use super::dispatch::is_gpr_form;
+use super::flags::cond;
 use super::*;
-use super::{arith::*, shift::*, bitops::*, control::*, flagops::*};
 use iced_x86::{Mnemonic, OpKind};
-use krr_runtime::gpr::{RAX, RBP, RCX, RDX, RSP};
-use krr_runtime::{rflags, vector};
+use krr_runtime::gpr::{RAX, RBP, RDX, RSP};
 
 #[inline(never)]
 pub(super) fn mov<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {

@@ -2,12 +2,10 @@
 //! instruction has its own out-of-line function, so [`execute`] stays a thin dispatcher whose
 //! arms are tail calls; system instructions leave through one [`Helper::System`] call.
 
-use super::flags::{self, cf, concrete, cond, materialize, FlagKind, FlagState};
 use super::*;
-use super::{data::*, arith::*, shift::*, bitops::*, control::*, flagops::*};
+use super::{arith::*, bitops::*, control::*, data::*, flagops::*, shift::*};
 use iced_x86::{Mnemonic, OpKind};
-use krr_runtime::gpr::{RAX, RBP, RCX, RDX, RSP};
-use krr_runtime::{rflags, vector};
+use krr_runtime::vector;
 
 pub fn execute<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     use Mnemonic as M;
@@ -295,9 +293,6 @@ fn is_system_only(insn: &Instruction) -> bool {
         ),
     }
 }
-
-/// The outcome of a system instruction run on the CPU state.
-enum Sys {
 
 /// A system instruction: its memory operand's address and RFLAGS are computed here, the rest
 /// is [`Helper::System`]'s, which returns where execution continues.

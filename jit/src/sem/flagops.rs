@@ -1,12 +1,11 @@
 //! Instructions on RFLAGS itself: PUSHF/POPF, LAHF/SAHF, CLC/STC/CMC, CLD/STD, SETcc, and the
 //! RFLAGS read other instructions share.
 
-use super::flags::{self, cf, concrete, cond, materialize, FlagKind, FlagState};
+use super::flags::{concrete, cond, materialize};
 use super::*;
-use super::{data::*, arith::*, shift::*, bitops::*, control::*};
-use iced_x86::{Mnemonic, OpKind};
-use krr_runtime::gpr::{RAX, RBP, RCX, RDX, RSP};
-use krr_runtime::{rflags, vector};
+use iced_x86::Mnemonic;
+use krr_runtime::gpr::RSP;
+use krr_runtime::rflags;
 
 #[inline(never)]
 pub(super) fn pushf<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {

@@ -1,12 +1,11 @@
 //! NOT, shifts and rotates: SHL/SHR/SAR, ROL/ROR, RCL/RCR, SHLD/SHRD, with the x86 rules for
 //! a zero count (flags unchanged) and a count of one (OF defined).
 
-use super::flags::{self, cf, concrete, cond, materialize, FlagKind, FlagState};
+use super::flagops::*;
+use super::flags::{concrete, materialize, FlagKind, FlagState};
 use super::*;
-use super::{data::*, arith::*, bitops::*, control::*, flagops::*};
-use iced_x86::{Mnemonic, OpKind};
-use krr_runtime::gpr::{RAX, RBP, RCX, RDX, RSP};
-use krr_runtime::{rflags, vector};
+use iced_x86::Mnemonic;
+use krr_runtime::rflags;
 
 #[inline(never)]
 pub(super) fn not<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
@@ -30,7 +29,11 @@ pub(super) fn shift_count<B: Builder>(b: &mut B, size: u32) -> R<B::V> {
 }
 
 /// Replace the flags with `new` unless `count` is zero (x86 shifts by 0 leave flags alone).
-pub(super) fn set_flags_unless_zero_count<B: Builder>(b: &mut B, count: B::V, new: FlagState<B::V>) {
+pub(super) fn set_flags_unless_zero_count<B: Builder>(
+    b: &mut B,
+    count: B::V,
+    new: FlagState<B::V>,
+) {
     match b.const_of(count) {
         Some(0) => {}
         Some(_) => b.set_flags(new),

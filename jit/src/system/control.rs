@@ -1,10 +1,16 @@
 //! Privileged control: HLT, CLI/STI, CLAC/STAC, MOV to and from control and debug registers,
 //! LMSW/CLTS, and TLB and cache maintenance (INVLPG, INVPCID, WBINVD, CLFLUSH).
 
+use super::segments::{mov_segment, read_u16_operand};
 use super::*;
 
 /// The control instructions.
-pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags: u64) -> Outcome {
+pub(super) fn execute(
+    cpu: &mut CpuState,
+    insn: &Instruction,
+    addr: Option<u64>,
+    flags: u64,
+) -> Outcome {
     let cpl = cpu.cpl();
     let priv0 = cpl == 0;
     let iopl = ((flags >> 12) & 3) as u8;

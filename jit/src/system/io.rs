@@ -1,20 +1,7 @@
 //! Port IO: IN/OUT and INS/OUTS (with REP), with the IOPL and TSS permission-bitmap checks.
 
+use super::inputs::no_bus;
 use super::*;
-
-/// The io instructions.
-pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags: u64) -> Outcome {
-    let cpl = cpu.cpl();
-    let priv0 = cpl == 0;
-    let iopl = ((flags >> 12) & 3) as u8;
-    let mem_addr = || addr.expect("memory operand present");
-    match insn.mnemonic() {
-        M::In | M::Out | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => {
-            port_io(cpu, insn)
-        }
-        _ => unreachable!("routed here by system::execute"),
-    }
-}
 
 /// Outside IOPL, may the program access the `size` ports from `port`? The I/O permission
 /// bitmap of the 64-bit TSS decides: its offset is the word at TSS offset 0x66, and every

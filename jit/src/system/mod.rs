@@ -10,15 +10,7 @@
 //! hands the whole instruction to the interpreter, which then takes the same path. The code here
 //! performs every check before its first write, so a faulting instruction changes nothing.
 
-mod control;
-mod far;
-mod inputs;
-mod io;
-mod msr;
-mod segments;
-mod xsave;
-
-use crate::sem::{read_reg_value, write_reg_value, FlagOp};
+use crate::sem::{gpr_of, read_reg_value, write_reg_value, FlagOp};
 use iced_x86::{Instruction, Mnemonic as M, OpKind, Register};
 use krr_runtime::debugreg::{self, dr6, dr7};
 use krr_runtime::desc::{self, DescFault};
@@ -66,10 +58,10 @@ pub fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags:
         | M::Verr
         | M::Verw => segments::execute(cpu, insn, addr, flags),
         M::Rdmsr | M::Wrmsr | M::Rdfsbase | M::Rdgsbase | M::Wrfsbase | M::Wrgsbase => {
-            msr::execute(cpu, insn, addr, flags)
+            msr::execute(cpu, insn)
         }
         M::Rdtsc | M::Rdtscp | M::Rdpmc | M::Rdrand | M::Rdseed | M::Rdpid => {
-            inputs::execute(cpu, insn, addr, flags)
+            inputs::execute(cpu, insn)
         }
         M::Syscall
         | M::Sysret
@@ -80,7 +72,7 @@ pub fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags:
         | M::Swapgs
         | M::Int
         | M::Into
-        | M::Int1 => far::execute(cpu, insn, addr, flags),
+        | M::Int1 => far::execute(cpu, insn, flags),
         M::Retf | M::Jmp | M::Call => far::far_transfer(cpu, insn, addr),
         M::Xgetbv
         | M::Xsetbv
@@ -99,7 +91,7 @@ pub fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags:
         | M::Fldcw
         | M::Fnstsw
         | M::Fnclex
-        | M::Wait => xsave::execute(cpu, insn, addr, flags),
+        | M::Wait => xsave::execute(cpu, insn, addr),
         M::In | M::Out | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => {
             io::port_io(cpu, insn)
         }
@@ -112,17 +104,20 @@ pub fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags:
             ud()
         }
     }
+}
 
 /// The outcome of a system instruction run on the CPU state.
 pub enum Outcome {
     /// Retired; continue at the given RIP (or the next instruction).
-
     Done(Option<u64>),
+    /// A fault (or, with `software` set, the trap of INT n / INTO): nothing changed.
     Fault(ExceptionRecord),
     /// A trap that is not a software interrupt (INT1): reported past the instruction, which
     /// retires, without the gate DPL check.
     Trap(ExceptionRecord),
+    /// An access hit a physical address with no RAM: nothing changed.
     Unbacked(u64),
+    /// HLT retired.
     Halt,
 }
 
@@ -156,6 +151,12 @@ impl From<DescFault> for Outcome {
 /// `?` for descriptor-table results inside functions returning `Outcome`.
 macro_rules! tryd {
     ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(f) => return Outcome::from(f),
+        }
+    };
+}
 
 fn cr0(cpu: &CpuState) -> u64 {
     cpu.cr0
@@ -242,3 +243,11 @@ fn set_rflags(cpu: &mut CpuState, v: u64) {
     cpu.rflags = (v & !rflags::ARITH) | rflags::FIXED1;
 }
 
+// The families come after the macros above, which they use.
+mod control;
+mod far;
+mod inputs;
+mod io;
+mod msr;
+mod segments;
+mod xsave;

@@ -4,11 +4,9 @@
 use super::*;
 
 /// The msr instructions.
-pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags: u64) -> Outcome {
+pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction) -> Outcome {
     let cpl = cpu.cpl();
     let priv0 = cpl == 0;
-    let iopl = ((flags >> 12) & 3) as u8;
-    let mem_addr = || addr.expect("memory operand present");
     match insn.mnemonic() {
         M::Rdmsr | M::Wrmsr => {
             if !priv0 {

@@ -4,10 +4,14 @@
 use super::*;
 
 /// The segments instructions.
-pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags: u64) -> Outcome {
+pub(super) fn execute(
+    cpu: &mut CpuState,
+    insn: &Instruction,
+    addr: Option<u64>,
+    flags: u64,
+) -> Outcome {
     let cpl = cpu.cpl();
     let priv0 = cpl == 0;
-    let iopl = ((flags >> 12) & 3) as u8;
     let mem_addr = || addr.expect("memory operand present");
     match insn.mnemonic() {
         M::Push | M::Pop => push_pop_segment(cpu, insn),
@@ -149,7 +153,12 @@ pub(super) fn load_limit_or_rights(
 
 /// VERR / VERW: ZF says whether the selector names a segment readable / writable at this
 /// privilege. Linux executes VERW on every return to user mode (the MDS buffer-clearing idiom).
-pub(super) fn verify_segment(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags: u64) -> Outcome {
+pub(super) fn verify_segment(
+    cpu: &mut CpuState,
+    insn: &Instruction,
+    addr: Option<u64>,
+    flags: u64,
+) -> Outcome {
     let sel = if insn.op0_kind() == OpKind::Memory {
         let mut b = [0u8; 2];
         trym!(read_mem(cpu, addr.expect("memory operand"), &mut b));
@@ -186,7 +195,11 @@ pub(super) fn verify_segment(cpu: &mut CpuState, insn: &Instruction, addr: Optio
     Outcome::Done(None)
 }
 
-pub(super) fn read_u16_operand(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> Result<u16, Outcome> {
+pub(super) fn read_u16_operand(
+    cpu: &mut CpuState,
+    insn: &Instruction,
+    addr: Option<u64>,
+) -> Result<u16, Outcome> {
     if insn.op0_kind() == OpKind::Memory {
         let mut b = [0u8; 2];
         read_mem(cpu, addr.expect("memory operand"), &mut b)?;

@@ -331,7 +331,7 @@ pub(super) fn unpack<B: Builder>(b: &mut B, a: B::V, x: B::V, w: u32) -> [B::V; 
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Shift {
+pub(super) enum Shift {
     Left,
     Right,
     Arith,
@@ -353,7 +353,13 @@ pub(super) fn shift<B: Builder>(b: &mut B, w: u32, kind: Shift) -> R<()> {
     Ok(())
 }
 
-pub(super) fn shift_lanes<B: Builder>(b: &mut B, v: B::V, count: B::V, w: u32, kind: Shift) -> B::V {
+pub(super) fn shift_lanes<B: Builder>(
+    b: &mut B,
+    v: B::V,
+    count: B::V,
+    w: u32,
+    kind: Shift,
+) -> B::V {
     let all = if w == 64 { u64::MAX } else { (1u64 << w) - 1 };
     let rep = lane_lsb(w);
     if let Some(n) = b.const_of(count) {
@@ -463,4 +469,3 @@ pub(super) fn byte_shift<B: Builder>(b: &mut B, left: bool) -> R<()> {
     put(b, d, lo, hi);
     Ok(())
 }
-

@@ -28,7 +28,7 @@ use super::*;
 use lanes::lane_handler;
 
 use iced_x86::{Code, Mnemonic};
-use krr_runtime::{vector, CpuState, ExceptionRecord};
+use krr_runtime::{vector, CpuState};
 use std::mem::offset_of;
 
 const CR0_EM: u64 = 1 << 2;
@@ -129,7 +129,6 @@ fn handler<B: Builder>(insn: &Instruction) -> Option<Handler<B>> {
     };
     Some(h)
 }
-
 
 /// #UD if CR0.EM is set or CR4.OSFXSR clear, #NM if CR0.TS is set.
 pub(super) fn check_available<B: Builder>(b: &mut B) -> R<()> {
@@ -337,4 +336,3 @@ pub(super) fn mov_half<B: Builder>(b: &mut B, half: usize) -> R<()> {
         Err(b.unimplemented())
     }
 }
-

@@ -132,4 +132,3 @@ pub(super) fn float_to_int<B: Builder>(b: &mut B, op32: SseOp, op64: SseOp) -> R
     write_reg(b, insn.op0_register(), v);
     Ok(())
 }
-
