@@ -4,11 +4,10 @@
 
 use super::*;
 use super::{arith::*, bitops::*, control::*, data::*, flagops::*, shift::*};
-use iced_x86::{Mnemonic, OpKind};
+use iced_x86::{Mnemonic, Mnemonic as M, OpKind};
 use krr_runtime::vector;
 
 pub fn execute<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
-    use Mnemonic as M;
     match insn.mnemonic() {
         M::Mov => mov(b, insn),
         M::Movzx => movzx(b, insn),
@@ -155,8 +154,17 @@ pub fn execute<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
         M::Cpuid => cpuid(b),
         M::INVALID | M::Ud0 | M::Ud1 | M::Ud2 => Err(b.raise(vector::UD, None)),
         M::Int3 => Err(b.raise_trap(vector::BP)),
-        _ if is_system_only(insn) => system(b, insn),
-        _ => super::sse::execute(b),
+        _ => system_or_sse(b, insn),
+    }
+}
+
+/// The rest: the system instructions named by mnemonic, and SSE.
+#[inline(always)]
+fn system_or_sse<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    if is_system_only(insn) {
+        system(b, insn)
+    } else {
+        super::sse::execute(b)
     }
 }
 
