@@ -1,5 +1,5 @@
 //! Scalar floating point: the semantics store the operands where [`Helper::Sse`] finds them and
-//! call it; the helper runs the host instruction (see `crate::helpers`).
+//! call it; the helper runs the host instruction.
 
 use super::*;
 use crate::sem::flags::concrete;
