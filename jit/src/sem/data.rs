@@ -1,7 +1,7 @@
 //! Data movement: MOV/MOVZX/MOVSX/MOVBE/LEA, XCHG, BSWAP, CMOVcc, PUSH/POP, ENTER/LEAVE, the
 //! RAX/RDX sign extensions, and CPUID.
 
-use super::dispatch::is_gpr_form;
+use super::classify::is_gpr_form;
 use super::flags::cond;
 use super::*;
 use iced_x86::{Mnemonic, OpKind};
@@ -11,7 +11,7 @@ use krr_runtime::gpr::{RAX, RBP, RDX, RSP};
 pub(super) fn mov<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     if !is_gpr_form(insn) {
         // Control, debug and segment registers.
-        return super::dispatch::system(b, insn);
+        return super::system::system(b, insn);
     }
     let size = op_size(insn, 0);
     let v = read_op(b, 1, size)?;
@@ -88,7 +88,7 @@ pub(super) fn push_insn<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
         8
     };
     if insn.op0_kind() == OpKind::Register && insn.op0_register().is_segment_register() {
-        return super::dispatch::system(b, insn);
+        return super::system::system(b, insn);
     }
     let v = match insn.op0_kind() {
         OpKind::Register | OpKind::Memory => read_op(b, 0, size)?,
@@ -100,7 +100,7 @@ pub(super) fn push_insn<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
 #[inline(never)]
 pub(super) fn pop_insn<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     if insn.op0_kind() == OpKind::Register && insn.op0_register().is_segment_register() {
-        return super::dispatch::system(b, insn);
+        return super::system::system(b, insn);
     }
     let size = op_size(insn, 0);
     let (v, nsp) = pop(b, size)?;

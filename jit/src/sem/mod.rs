@@ -18,6 +18,7 @@
 
 mod arith;
 mod bitops;
+mod classify;
 mod control;
 mod data;
 mod dispatch;
@@ -26,8 +27,9 @@ pub mod flags;
 mod shift;
 pub mod sse;
 pub mod string;
+mod system;
 
-pub use dispatch::{is_rep_string, is_system_instruction};
+pub use classify::{is_rep_string, is_system_instruction};
 pub use flags::{FlagKind, FlagOp, FlagState};
 
 use iced_x86::{Instruction, MemorySize, OpKind, Register};

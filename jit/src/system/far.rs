@@ -220,15 +220,10 @@ pub(super) fn far_transfer(cpu: &mut CpuState, insn: &Instruction, addr: Option<
 /// A fault of a far transfer: the vector and error code only (no page-fault address), with
 /// the error code where the vector has one.
 pub(super) fn far_fault(vector: u8, code: u32) -> Outcome {
-    Outcome::Fault(fault(vector, pushes_error_code(vector).then_some(code)))
-}
-
-/// Does exception `vector` push an error code? (The same list as the runtime's delivery.)
-pub(super) fn pushes_error_code(v: u8) -> bool {
-    matches!(
-        v,
-        vector::DF | vector::TS | vector::NP | vector::SS | vector::GP | vector::PF | vector::AC
-    ) || v == 21 // #CP
+    Outcome::Fault(fault(
+        vector,
+        krr_runtime::arch::pushes_error_code(vector).then_some(code),
+    ))
 }
 
 /// A memory or descriptor-table failure as a far transfer reports it.
