@@ -36,7 +36,7 @@ pub enum FetchError {
 /// Does this instruction end a block (control transfer or a state change later code depends on)?
 fn ends_block(insn: &Instruction) -> bool {
     insn.flow_control() != FlowControl::Next
-        || crate::sem::system::handles(insn)
+        || crate::system::handles(insn)
         || matches!(
             insn.mnemonic(),
             Mnemonic::Popf | Mnemonic::Popfq | Mnemonic::Cpuid | Mnemonic::INVALID

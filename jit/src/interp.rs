@@ -228,6 +228,26 @@ impl Interp<'_> {
         self.undo.log.push((off, old));
     }
 
+    /// A helper reported failure in `cpu.helper_status`: a fault or unbacked access (left for
+    /// [`Interp::aborted`]), or a trap or HLT of a system instruction, which retire it.
+    #[cold]
+    #[inline(never)]
+    fn helper_failed(&mut self) -> Abort {
+        match self.cpu.helper_status {
+            helpers::TRAP => {
+                self.cpu.helper_status = helpers::OK;
+                self.status |= TRAP;
+                self.cpu.trap_rip = self.insn.ip();
+                Abort
+            }
+            helpers::HALT => {
+                self.cpu.helper_status = helpers::OK;
+                self.halt()
+            }
+            _ => Abort,
+        }
+    }
+
     fn mmu_index(&self) -> usize {
         mmu::mmu_index(self.cpu)
     }
@@ -484,8 +504,18 @@ impl Builder for Interp<'_> {
     fn const_of(&self, v: u64) -> Option<u64> {
         Some(v)
     }
-    fn is_interpreter(&self) -> bool {
-        true
+    #[inline]
+    fn repeat_while<T, F>(&mut self, mut test: T, mut body: F) -> R<()>
+    where
+        T: FnMut(&mut Self) -> bool,
+        F: FnMut(&mut Self) -> R<bool>,
+    {
+        while test(self) {
+            if !body(self)? {
+                break;
+            }
+        }
+        Ok(())
     }
     fn raise(&mut self, vector: u8, error_code: Option<u32>) -> Abort {
         self.cpu.exception = ExceptionRecord {
@@ -518,15 +548,13 @@ impl Builder for Interp<'_> {
     fn call(&mut self, h: Helper, args: [u64; 3]) -> R<u64> {
         let r = match h {
             Helper::Interpret => unreachable!("the interpreter never calls itself"),
+            Helper::System => helpers::system(self.cpu, self.insn, args),
             _ => helpers::run(self.cpu, h, args),
         };
         if self.cpu.helper_status != helpers::OK {
-            return Err(Abort);
+            return Err(self.helper_failed());
         }
         Ok(r)
-    }
-    fn cpu_mut(&mut self) -> Option<&mut CpuState> {
-        Some(self.cpu)
     }
     fn halt(&mut self) -> Abort {
         self.status |= HALTED;

@@ -11,5 +11,6 @@ mod jump_cache;
 mod mode;
 pub mod sem;
 pub mod snippet;
+pub mod system;
 
 pub use engine::{Engine, EngineConfig, EngineError, EngineStats, Exit, TierPolicy};

@@ -129,12 +129,18 @@ pub mod vector {
 }
 
 /// Does delivering exception `vector` push an error code (SDM Table 6-1)? #DF, #TS, #NP, #SS,
-/// #GP, #PF and #AC do. #CP does too; the engine never raises it, and [`crate::interrupt`]
-/// adds it when delivering.
+/// #GP, #PF, #AC and #CP do (the engine never raises #CP).
 pub fn pushes_error_code(vector: u8) -> bool {
     matches!(
         vector,
-        vector::DF | vector::TS | vector::NP | vector::SS | vector::GP | vector::PF | vector::AC
+        vector::DF
+            | vector::TS
+            | vector::NP
+            | vector::SS
+            | vector::GP
+            | vector::PF
+            | vector::AC
+            | vector::CP
     )
 }
 
@@ -145,7 +151,7 @@ mod tests {
     #[test]
     fn error_code_vectors() {
         let with: Vec<u8> = (0..=255).filter(|&v| pushes_error_code(v)).collect();
-        assert_eq!(with, [8, 10, 11, 12, 13, 14, 17]);
+        assert_eq!(with, [8, 10, 11, 12, 13, 14, 17, 21]);
     }
 
     #[test]

@@ -61,10 +61,6 @@ fn is_fault(v: u8) -> bool {
     )
 }
 
-fn has_error_code(v: u8) -> bool {
-    crate::arch::pushes_error_code(v) || v == vector::CP
-}
-
 /// Deliver an event. `rflags_value` is the full current RFLAGS (with the lazy arithmetic flags
 /// read, as [`CpuState::rflags_value`] does); `return_rip` is what the frame gets as RIP. On
 /// success `cpu.rip`, CS, SS, RSP and the non-arithmetic RFLAGS bits describe the handler's
@@ -217,7 +213,7 @@ fn deliver_once(
         cpu.seg[seg::CS].selector as u64,
         return_rip,
     ];
-    if kind == EventKind::Exception && has_error_code(v) {
+    if kind == EventKind::Exception && crate::arch::pushes_error_code(v) {
         frame.push(error_code.unwrap_or(0) as u64);
     }
     // The CPU pushes SS first, at the top: check the pages in that order so that a fault

@@ -1,8 +1,10 @@
 //! x86-64 instruction semantics, written once and generic over a [`Builder`].
 //!
-//! Two builders implement the trait: the interpreter (`crate::interp`), whose values are plain
-//! `u64`s computed on the spot, and the Cranelift lowering (`crate::clif`), whose values are SSA
-//! values in the function being built. Each instruction's behaviour exists only here.
+//! Two builders implement the trait: an interpreter, whose values are plain `u64`s computed on
+//! the spot, and a compiler, whose values are SSA values in the function being built. Each
+//! instruction's behaviour exists only here; nothing here depends on which builder runs it.
+//! Instructions that work on the CPU state as a whole (the system instructions) are not
+//! expressed here: the router hands them to [`Helper::System`].
 //!
 //! Conventions:
 //! - every [`Builder::V`] is a 64-bit integer; narrower operands are kept zero-extended;
@@ -14,15 +16,21 @@
 //! - arithmetic flags are lazy ([`FlagState`]): an instruction records the operation and its
 //!   operands, and flags are computed only when something reads them.
 
-mod far;
+mod arith;
+mod bitops;
+mod classify;
+mod control;
+mod data;
+mod dispatch;
+mod flagops;
 pub mod flags;
-mod int;
-mod sse;
+mod shift;
+pub mod sse;
 pub mod string;
-pub mod system;
+mod system;
 
+pub use classify::{is_rep_string, is_system_instruction};
 pub use flags::{FlagKind, FlagOp, FlagState};
-pub use sse::sse_helper;
 
 use iced_x86::{Instruction, MemorySize, OpKind, Register};
 use krr_runtime::{offsets, seg};
@@ -51,12 +59,17 @@ pub enum Cmp {
 /// Rust helpers callable from semantics: `extern "C" fn(cpu, a, b, c) -> u64`. They read and
 /// write the CPU state directly, so the builder writes cached registers back before the call
 /// and reloads them after. A helper reports an exception by returning with
-/// `cpu.exception` set and [`crate::helpers::FAULT`] in `cpu.scratch[3]`.
+/// `cpu.exception` set and a non-zero `cpu.helper_status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Helper {
-    /// Runs the whole current instruction in the interpreter (used for REP string loops and
-    /// other instructions the compiler does not lower inline). Argument: the instruction pointer.
+    /// Runs the whole current instruction in the interpreter: what a compiler emits for an
+    /// instruction it does not lower inline (the semantics never call it).
     Interpret,
+    /// A system instruction (see [`is_system_instruction`]), run on the CPU state: `a` = the
+    /// linear address of its memory operand, `b` = RFLAGS before it, `c` = 1 if it has a memory
+    /// operand. Returns the RIP execution continues at. Besides faults it may end in a trap
+    /// (INT n, INTO, INT1) or HLT, which retire the instruction.
+    System,
     /// Fill the lazy-flags fields with concrete flags; returns the arithmetic flag bits.
     MaterializeFlags,
     Cpuid,
@@ -66,6 +79,9 @@ pub enum Helper {
     /// SSE operation: `a` = op code (see `sse::SseOp`), `b` = destination XMM index, `c` =
     /// source XMM index or 16 for the scratch slot holding a memory operand.
     Sse,
+    /// PDEP / PEXT of `a` with the mask `b` (operands zero-extended).
+    Pdep,
+    Pext,
 }
 
 /// Where execution goes after an instruction whose next RIP is not simply the next one.
@@ -151,10 +167,18 @@ pub trait Builder {
     fn load128(&mut self, addr: Self::V) -> R<(Self::V, Self::V)>;
     fn store128(&mut self, addr: Self::V, lo: Self::V, hi: Self::V) -> R<()>;
 
-    /// The value if it is known now (always in the interpreter; for constants in the compiler).
+    /// The value if it is known at translation time (every value in an interpreter, constants
+    /// in a compiler). Only for choosing cheaper code: semantics must be correct whatever this
+    /// returns.
     fn const_of(&self, v: Self::V) -> Option<u64>;
-    /// Whether values are computed on the spot (the interpreter), so semantics may loop.
-    fn is_interpreter(&self) -> bool;
+    /// A loop whose trip count is known only at run time (a REP prefix): while `test` holds,
+    /// run `body`; stop early when `body` returns false. A builder that cannot express it never
+    /// gets such an instruction (see [`is_rep_string`]).
+    fn repeat_while<T, F>(&mut self, test: T, body: F) -> R<()>
+    where
+        Self: Sized,
+        T: FnMut(&mut Self) -> Self::B,
+        F: FnMut(&mut Self) -> R<Self::B>;
 
     /// Raise a fault unconditionally (RIP of the instruction is reported); the rest of the
     /// instruction is not executed.
@@ -167,9 +191,6 @@ pub trait Builder {
     fn raise_if(&mut self, cond: Self::B, vector: u8, error_code: Option<u32>) -> R<()>;
     /// Call a Rust helper (see [`Helper`]).
     fn call(&mut self, h: Helper, args: [Self::V; 3]) -> R<Self::V>;
-    /// The CPU state itself, for system instructions, which only the interpreter executes
-    /// (compiled code hands them to it). `None` in the compiler.
-    fn cpu_mut(&mut self) -> Option<&mut krr_runtime::CpuState>;
     /// HLT: the instruction retires and the engine returns to the driver.
     fn halt(&mut self) -> Abort;
     /// Make everything done so far permanent even if the instruction faults later (used between
@@ -190,7 +211,7 @@ pub fn instruction<B: Builder>(b: &mut B) -> R<()> {
 #[inline]
 pub fn instruction_of<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     debug_assert!(insn.eq_all_bits(b.insn()));
-    int::execute(b, insn)
+    dispatch::execute(b, insn)
 }
 
 // ---- operand access, shared by all instruction families ----
@@ -289,6 +310,34 @@ pub fn read_reg<B: Builder>(b: &mut B, r: Register) -> B::V {
             b.zext(s, 8)
         }
     }
+}
+
+/// [`read_reg`] on register values at hand (`gprs` = the 16 GPRs).
+#[inline]
+pub fn read_reg_value(gprs: &[u64; 16], r: Register) -> u64 {
+    let (idx, part) = gpr_of(r);
+    let full = gprs[idx];
+    match part {
+        RegPart::Q64 => full,
+        RegPart::D32 => full & 0xffff_ffff,
+        RegPart::W16 => full & 0xffff,
+        RegPart::Low8 => full & 0xff,
+        RegPart::High8 => (full >> 8) & 0xff,
+    }
+}
+
+/// [`write_reg`] on register values at hand (`gprs` = the 16 GPRs).
+#[inline]
+pub fn write_reg_value(gprs: &mut [u64; 16], r: Register, v: u64) {
+    let (idx, part) = gpr_of(r);
+    let old = gprs[idx];
+    gprs[idx] = match part {
+        RegPart::Q64 => v,
+        RegPart::D32 => v & 0xffff_ffff,
+        RegPart::W16 => (old & !0xffff) | (v & 0xffff),
+        RegPart::Low8 => (old & !0xff) | (v & 0xff),
+        RegPart::High8 => (old & !0xff00) | ((v & 0xff) << 8),
+    };
 }
 
 /// Write a general-purpose register with x86-64 merge rules (32-bit writes zero the top).

@@ -1,8 +1,9 @@
 //! String instructions (MOVS, STOS, LODS, CMPS, SCAS) and their REP forms.
 //!
 //! One iteration is ordinary semantics. A REP-prefixed instruction counts as one instruction
-//! however many iterations it runs (KRR's definition). The interpreter runs the loop here;
-//! compiled code calls the interpreter for the whole instruction ([`Helper::Interpret`]). A
+//! however many iterations it runs (KRR's definition); its loop is the builder's
+//! [`Builder::repeat_while`] (a compiler may instead hand the whole instruction over, see
+//! [`super::is_rep_string`]). A
 //! fault in iteration k leaves RCX/RSI/RDI as they were at the start of that iteration, as
 //! hardware does, because each completed iteration is committed.
 
@@ -137,14 +138,8 @@ fn set_sub_flags<B: Builder>(b: &mut B, x: B::V, y: B::V, size: u32) {
 
 pub fn execute<B: Builder>(b: &mut B) -> R<()> {
     let insn = *b.insn();
-    let rep = insn.has_rep_prefix() || insn.has_repne_prefix();
-    if rep && !b.is_interpreter() {
-        let z = b.c(0);
-        b.call(Helper::Interpret, [z, z, z])?;
-        return Ok(());
-    }
     let op = StringOp::new(b, &insn);
-    if !rep {
+    if !(insn.has_rep_prefix() || insn.has_repne_prefix()) {
         return iteration(b, &op);
     }
     let a32 = op.a32;
@@ -152,29 +147,31 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
         insn.mnemonic(),
         M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq | M::Scasb | M::Scasw | M::Scasd | M::Scasq
     );
-    loop {
-        let count = index(b, RCX, a32);
-        if b.const_of(count) == Some(0) {
-            return Ok(());
-        }
-        iteration(b, &op)?;
-        let one = b.c(1);
-        let n = b.sub(count, one);
-        let n = if a32 { b.zext(n, 32) } else { n };
-        b.set_gpr(RCX, n);
-        b.commit();
-        if compares {
-            // REPE continues while equal, REPNE while not equal.
-            let want = if insn.has_repe_prefix() {
-                ConditionCode::e
+    // REPE continues while equal, REPNE while not equal.
+    let want = if insn.has_repe_prefix() {
+        ConditionCode::e
+    } else {
+        ConditionCode::ne
+    };
+    b.repeat_while(
+        |b| {
+            let count = index(b, RCX, a32);
+            let zero = b.c(0);
+            b.icmp(Cmp::Ne, count, zero)
+        },
+        |b| {
+            iteration(b, &op)?;
+            let count = index(b, RCX, a32);
+            let one = b.c(1);
+            let n = b.sub(count, one);
+            let n = if a32 { b.zext(n, 32) } else { n };
+            b.set_gpr(RCX, n);
+            b.commit();
+            Ok(if compares {
+                cond(b, want)
             } else {
-                ConditionCode::ne
-            };
-            let c = cond(b, want);
-            let v = b.b2v(c);
-            if b.const_of(v) == Some(0) {
-                return Ok(());
-            }
-        }
-    }
+                b.bconst(true)
+            })
+        },
+    )
 }

@@ -21,7 +21,7 @@ use cranelift_codegen::ir::{
 use cranelift_frontend::{FunctionBuilder, Variable};
 use exits::PendingExit;
 use iced_x86::Instruction;
-use krr_runtime::{offsets, CpuState};
+use krr_runtime::offsets;
 use std::collections::HashMap;
 
 struct Refs {
@@ -144,7 +144,13 @@ pub(super) fn lower_block(
     }
     for (i, insn) in block.insns.iter().enumerate() {
         l.begin_insn(i as u32, insn);
-        let r = sem::instruction(&mut l);
+        let r = if sem::is_rep_string(insn) {
+            // A REP loop runs in the interpreter, which counts it as one instruction.
+            let z = l.iconst(0);
+            l.call(Helper::Interpret, [z, z, z]).map(|_| ())
+        } else {
+            sem::instruction(&mut l)
+        };
         if r.is_err() && l.terminated {
             break;
         }
@@ -618,8 +624,12 @@ impl Builder for Lower<'_> {
     fn const_of(&self, v: Value) -> Option<u64> {
         self.consts.get(&v).copied()
     }
-    fn is_interpreter(&self) -> bool {
-        false
+    fn repeat_while<T, F>(&mut self, _test: T, _body: F) -> R<()>
+    where
+        T: FnMut(&mut Self) -> Value,
+        F: FnMut(&mut Self) -> R<Value>,
+    {
+        unreachable!("REP string instructions are handed to the interpreter (sem::is_rep_string)")
     }
     fn raise(&mut self, vector: u8, error_code: Option<u32>) -> Abort {
         self.store_exception(vector, error_code, false);
@@ -672,7 +682,7 @@ impl Builder for Lower<'_> {
         );
         self.flush();
         let cpu = self.cpu;
-        if h == Helper::Interpret {
+        if matches!(h, Helper::Interpret | Helper::System) {
             self.ctx.stored = true;
             self.block_stores = true;
             // The interpreter runs the whole instruction and updates RIP and the count itself.
@@ -691,6 +701,10 @@ impl Builder for Lower<'_> {
             // What the fault exit of this instruction must restore is now in the state.
             self.ctx.snapshot.clear();
             self.ctx.flags_dirty = false;
+            if h == Helper::System {
+                // The interpreter has set RIP: the next instruction or a computed target.
+                return Ok(self.state_load(offsets::RIP));
+            }
             return Ok(self.iconst(0));
         }
         let id = self.iconst(helpers::helper_id(h));
@@ -706,9 +720,6 @@ impl Builder for Lower<'_> {
         self.check_status_after_call(status);
         self.forget();
         Ok(r)
-    }
-    fn cpu_mut(&mut self) -> Option<&mut CpuState> {
-        None
     }
     fn halt(&mut self) -> Abort {
         unreachable!("system instructions are handed to the interpreter before they halt")

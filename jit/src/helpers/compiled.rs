@@ -1,115 +1,12 @@
-//! Rust functions called by both tiers: the interpreter calls them directly, compiled code
-//! through `extern "C"` entry points taking the `*mut CpuState` first. They report failure
-//! through `cpu.helper_status` (or their return value for the store helpers).
+//! The `extern "C"` entry points compiled code calls: memory slow paths, the helper call and
+//! whole-instruction interpretation. They take the `*mut CpuState` compiled code was entered
+//! with first and report failure through `cpu.helper_status` (or their return value).
 
+use super::{fault_status, run, FAULT, HALT, OK, UNBACKED};
 use crate::interp;
 use crate::sem::Helper;
 use iced_x86::Instruction;
-use krr_runtime::gpr::{RAX, RBX, RCX, RDX};
-use krr_runtime::{mmu, vector, CpuState, ExceptionRecord};
-
-pub const OK: u64 = 0;
-/// An exception was raised (`cpu.exception`).
-pub const FAULT: u64 = 1;
-/// An access hit no RAM (`cpu.unbacked_phys`).
-pub const UNBACKED: u64 = 2;
-/// HLT retired (only from `krr_interpret`).
-pub const HALT: u64 = 3;
-
-fn fault_status(cpu: &mut CpuState, f: mmu::MemFault) -> u64 {
-    let s = match f {
-        mmu::MemFault::Exception => FAULT,
-        mmu::MemFault::Unbacked { phys } => {
-            cpu.unbacked_phys = phys;
-            UNBACKED
-        }
-    };
-    cpu.helper_status = s;
-    s
-}
-
-fn raise(cpu: &mut CpuState, vector: u8, error_code: Option<u32>) -> u64 {
-    cpu.exception = ExceptionRecord {
-        vector,
-        has_error_code: error_code.is_some(),
-        software: false,
-        error_code: error_code.unwrap_or(0),
-        address: 0,
-    };
-    cpu.helper_status = FAULT;
-    0
-}
-
-/// Run a [`Helper`] other than [`Helper::Interpret`].
-pub fn run(cpu: &mut CpuState, h: Helper, args: [u64; 3]) -> u64 {
-    match h {
-        Helper::Interpret => unreachable!("Interpret needs the instruction"),
-        Helper::MaterializeFlags => interp::materialize_flags(cpu),
-        Helper::Cpuid => {
-            let [a, b, c, d] = cpu
-                .cpuid
-                .query(cpu.gpr[RAX] as u32, cpu.gpr[RCX] as u32, cpu.cr4);
-            cpu.gpr[RAX] = a as u64;
-            cpu.gpr[RBX] = b as u64;
-            cpu.gpr[RCX] = c as u64;
-            cpu.gpr[RDX] = d as u64;
-            0
-        }
-        Helper::Div => divide(cpu, args[0] as u32, args[1], false),
-        Helper::Idiv => divide(cpu, args[0] as u32, args[1], true),
-        Helper::Sse => crate::sem::sse_helper(cpu, args),
-    }
-}
-
-/// DIV/IDIV of RDX:RAX (or the narrower pair) by `src`; #DE on zero or overflow.
-fn divide(cpu: &mut CpuState, size: u32, src: u64, signed: bool) -> u64 {
-    let bits = size * 8;
-    let mask = if bits == 64 {
-        u64::MAX
-    } else {
-        (1u64 << bits) - 1
-    };
-    let (lo, hi) = if size == 1 {
-        (cpu.gpr[RAX] & 0xff, (cpu.gpr[RAX] >> 8) & 0xff)
-    } else {
-        (cpu.gpr[RAX] & mask, cpu.gpr[RDX] & mask)
-    };
-    let dividend = ((hi as u128) << bits) | lo as u128;
-    let divisor = src & mask;
-    if divisor == 0 {
-        return raise(cpu, vector::DE, None);
-    }
-    let (q, r) = if signed {
-        let sh = 128 - 2 * bits;
-        let n = ((dividend << sh) as i128) >> sh;
-        let d = ((divisor as i128) << (128 - bits)) >> (128 - bits);
-        let q = n.wrapping_div(d);
-        let r = n.wrapping_rem(d);
-        let lim = 1i128 << (bits - 1);
-        if q >= lim || q < -lim || (n == i128::MIN && d == -1) {
-            return raise(cpu, vector::DE, None);
-        }
-        (q as u64 & mask, r as u64 & mask)
-    } else {
-        let q = dividend / divisor as u128;
-        if q > mask as u128 {
-            return raise(cpu, vector::DE, None);
-        }
-        (q as u64, (dividend % divisor as u128) as u64)
-    };
-    match size {
-        1 => cpu.gpr[RAX] = (cpu.gpr[RAX] & !0xffff) | (r << 8) | q,
-        2 => {
-            cpu.gpr[RAX] = (cpu.gpr[RAX] & !0xffff) | q;
-            cpu.gpr[RDX] = (cpu.gpr[RDX] & !0xffff) | r;
-        }
-        _ => {
-            cpu.gpr[RAX] = q;
-            cpu.gpr[RDX] = r;
-        }
-    }
-    0
-}
+use krr_runtime::{mmu, CpuState};
 
 // ---- entry points for compiled code ----
 //
@@ -216,20 +113,15 @@ pub unsafe extern "C" fn krr_helper(
         3 => Helper::Div,
         4 => Helper::Idiv,
         5 => Helper::Sse,
+        6 => Helper::Pdep,
+        7 => Helper::Pext,
         _ => unreachable!("compiled code passes only helper ids it got from helper_id"),
     };
-    run(cpu, h, [a, b, c])
-}
-
-pub fn helper_id(h: Helper) -> u64 {
-    match h {
-        Helper::Interpret => 0,
-        Helper::MaterializeFlags => 1,
-        Helper::Cpuid => 2,
-        Helper::Div => 3,
-        Helper::Idiv => 4,
-        Helper::Sse => 5,
+    if h == Helper::MaterializeFlags {
+        // Only compiled code asks: the interpreter's flags are already values.
+        return interp::materialize_flags(cpu);
     }
+    run(cpu, h, [a, b, c])
 }
 
 /// Interpret one whole instruction for compiled code. The state is written back before the

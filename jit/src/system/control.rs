@@ -1,0 +1,250 @@
+//! Privileged control: HLT, CLI/STI, CLAC/STAC, MOV to and from control and debug registers,
+//! LMSW/CLTS, and TLB and cache maintenance (INVLPG, INVPCID, WBINVD, CLFLUSH).
+
+use super::segments::{mov_segment, read_u16_operand};
+use super::*;
+
+/// The control instructions.
+pub(super) fn execute(
+    cpu: &mut CpuState,
+    insn: &Instruction,
+    addr: Option<u64>,
+    flags: u64,
+) -> Outcome {
+    let cpl = cpu.cpl();
+    let priv0 = cpl == 0;
+    let iopl = ((flags >> 12) & 3) as u8;
+    let mem_addr = || addr.expect("memory operand present");
+    match insn.mnemonic() {
+        M::Hlt => {
+            if !priv0 {
+                return gp0();
+            }
+            Outcome::Halt
+        }
+        M::Cli | M::Sti => {
+            if cpl > iopl {
+                return gp0();
+            }
+            if insn.mnemonic() == M::Sti {
+                if flags & rflags::IF == 0 {
+                    // Interrupts stay blocked until the instruction after STI has retired.
+                    cpu.irq_shadow_at = cpu.icount + 1;
+                }
+                cpu.rflags |= rflags::IF;
+            } else {
+                cpu.rflags &= !rflags::IF;
+            }
+            Outcome::Done(None)
+        }
+        M::Clac | M::Stac => {
+            if !priv0 {
+                return ud();
+            }
+            if insn.mnemonic() == M::Stac {
+                cpu.rflags |= rflags::AC;
+            } else {
+                cpu.rflags &= !rflags::AC;
+            }
+            Outcome::Done(None)
+        }
+        M::Mov => mov_special(cpu, insn, addr),
+        M::Lmsw => {
+            if !priv0 {
+                return gp0();
+            }
+            let v = trym!(read_u16_operand(cpu, insn, addr)) as u64;
+            // LMSW sets PE but never clears it, and only touches the low four bits.
+            cpu.cr0 = (cpu.cr0 & !0xe) | (v & 0xf) | (cpu.cr0 & CR0_PE);
+            Outcome::Done(None)
+        }
+        M::Clts => {
+            if !priv0 {
+                return gp0();
+            }
+            cpu.cr0 &= !CR0_TS;
+            Outcome::Done(None)
+        }
+        M::Invlpg => {
+            if !priv0 {
+                return gp0();
+            }
+            cpu.tlb.flush_page(mem_addr());
+            Outcome::Done(None)
+        }
+        M::Invpcid => {
+            if !priv0 {
+                return gp0();
+            }
+            let kind = reg_value(cpu, insn.op0_register());
+            let mut d = [0u8; 16];
+            trym!(read_mem(cpu, mem_addr(), &mut d));
+            let pcid = u64::from_le_bytes(d[..8].try_into().expect("8 bytes"));
+            let linear = u64::from_le_bytes(d[8..].try_into().expect("8 bytes"));
+            if kind > 3 || pcid > 0xfff {
+                return gp0();
+            }
+            match kind {
+                0 => {
+                    if !mmu::is_canonical(linear) {
+                        return gp0();
+                    }
+                    // Drops the page for every PCID (more than required).
+                    cpu.tlb.flush_page(linear);
+                }
+                1 => {
+                    let current = cpu.cr4 & CR4_PCIDE != 0 && cpu.cr3 & 0xfff == pcid;
+                    cpu.tlb.flush_pcid(pcid as u16, current);
+                }
+                _ => cpu.tlb.flush(),
+            }
+            Outcome::Done(None)
+        }
+        M::Wbinvd | M::Invd | M::Wbnoinvd => {
+            // Memory is coherent and uncached in this model: nothing to write back.
+            if !priv0 {
+                return gp0();
+            }
+            Outcome::Done(None)
+        }
+        M::Clflush | M::Clflushopt | M::Clwb => {
+            // Faults like a byte read of the line; there is no cache to flush.
+            let mut b = [0u8; 1];
+            trym!(read_mem(cpu, mem_addr(), &mut b));
+            Outcome::Done(None)
+        }
+        _ => unreachable!("routed here by system::execute"),
+    }
+}
+
+pub(super) fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> Outcome {
+    let priv0 = cpu.cpl() == 0;
+    let (dst, src) = (insn.op0_register(), insn.op1_register());
+    if dst.is_segment_register() || src.is_segment_register() {
+        return mov_segment(cpu, insn, addr);
+    }
+    if src.is_dr() || dst.is_dr() {
+        return mov_debug(cpu, insn);
+    }
+    if !priv0 {
+        return gp0();
+    }
+    if src.is_cr() {
+        let v = match src {
+            Register::CR0 => cpu.cr0,
+            Register::CR2 => cpu.cr2,
+            Register::CR3 => cpu.cr3,
+            Register::CR4 => cpu.cr4,
+            Register::CR8 => cpu.cr8,
+            _ => return ud(),
+        };
+        cpu.gpr[gpr_of(dst).0] = v;
+        return Outcome::Done(None);
+    }
+    if dst.is_cr() {
+        let v = cpu.gpr[gpr_of(src).0];
+        match dst {
+            Register::CR0 => {
+                if v >> 32 != 0 || (v & CR0_PG != 0 && v & CR0_PE == 0) {
+                    return gp0();
+                }
+                // Long mode cannot turn paging off without leaving long mode first.
+                if cpu.efer & EFER_LMA != 0 && v & CR0_PG == 0 {
+                    return gp0();
+                }
+                if (v ^ cpu.cr0) & (CR0_PG | CR0_PE | (1 << 16)) != 0 {
+                    cpu.tlb.flush();
+                }
+                cpu.cr0 = v | 0x10; // ET is hardwired to 1
+            }
+            Register::CR2 => cpu.cr2 = v,
+            Register::CR3 => {
+                // Bit 63 (PCID no-flush) is not stored.
+                let keep = v >> 63 != 0;
+                let v = v & !(1 << 63);
+                if v >> 52 != 0 {
+                    return gp0();
+                }
+                // With PCIDs, a load with bit 63 set keeps that PCID's translations (SDM
+                // 4.10.4.1); without, every load invalidates the non-global ones (all of them
+                // here: more than required).
+                if cpu.cr4 & CR4_PCIDE != 0 {
+                    cpu.tlb.load_cr3(Some((v & 0xfff) as u16), !keep);
+                } else {
+                    cpu.tlb.load_cr3(None, true);
+                }
+                cpu.cr3 = v;
+            }
+            Register::CR4 => {
+                // Bits for features CPUID does not report are reserved (SDM MOV CR "#GP(0) If
+                // an attempt is made to write a 1 to any reserved bit in CR4").
+                if v & !cpu.cpuid.cr4_supported() != 0
+                    || (v & CR4_PCIDE != 0 && cpu.cr3 & 0xfff != 0 && cpu.cr4 & CR4_PCIDE == 0)
+                    // IA-32e mode cannot run without PAE.
+                    || (cpu.efer & EFER_LMA != 0 && v & CR4_PAE == 0)
+                {
+                    return gp0();
+                }
+                cpu.tlb.flush();
+                cpu.cr4 = v;
+            }
+            Register::CR8 => {
+                if v >> 4 != 0 {
+                    return gp0();
+                }
+                cpu.cr8 = v;
+            }
+            _ => return ud(),
+        }
+        return Outcome::Done(None);
+    }
+    ud()
+}
+
+/// MOV to or from DR0-DR7. DR4/DR5 alias DR6/DR7 unless CR4.DE makes them #UD; with DR7.GD
+/// set any access is a #DB fault with DR6.BD set (GD is cleared for the handler); then the
+/// privilege check (the order of the SDM's MOV DR "Operation" and of Bochs).
+pub(super) fn mov_debug(cpu: &mut CpuState, insn: &Instruction) -> Outcome {
+    let (dst, src) = (insn.op0_register(), insn.op1_register());
+    let reg = if src.is_dr() { src } else { dst };
+    let i = match reg as usize - Register::DR0 as usize {
+        4 | 5 if cpu.cr4 & CR4_DE != 0 => return ud(),
+        i @ (4 | 5) => i + 2,
+        i if i > 7 => return ud(),
+        i => i,
+    };
+    if cpu.dr[7] & dr7::GD != 0 {
+        cpu.dr[6] |= dr6::BD;
+        cpu.dr[7] &= !dr7::GD;
+        return Outcome::Fault(fault(vector::DB, None));
+    }
+    if cpu.cpl() != 0 {
+        return gp0();
+    }
+    if src.is_dr() {
+        cpu.gpr[gpr_of(dst).0] = cpu.dr[i];
+        return Outcome::Done(None);
+    }
+    let v = cpu.gpr[gpr_of(src).0];
+    if (i == 6 || i == 7) && v >> 32 != 0 {
+        return gp0();
+    }
+    cpu.dr[i] = match i {
+        // Only B0-B3, BD, BS and BT are writable.
+        6 => (v & (dr6::B_MASK | dr6::BD | dr6::BS | (1 << 15))) | dr6::FIXED1,
+        7 => (v & !dr7::RESERVED0) | dr7::FIXED1,
+        _ => v,
+    };
+    if i == 7 && cpu.cr4 & CR4_DE != 0 && (0..4).any(|b| debugreg::kind(v, b) == 2) {
+        static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            log::warn!(
+                "guest set an I/O breakpoint (DR7={v:#x}, CR4.DE=1); krr does not model I/O \
+                 breakpoints: they never trigger"
+            );
+        }
+    }
+    // A breakpoint enabled now takes effect from the next instruction on: the instruction
+    // ends its block and the dispatcher switches to its checked mode (engine::debug).
+    Outcome::Done(None)
+}

@@ -1,0 +1,352 @@
+//! Transfers between privilege levels and code segments: SYSCALL/SYSRET, IRETQ, SWAPGS,
+//! INT n/INTO/INT1, and the far RET/JMP/CALL.
+
+use super::*;
+
+/// The far instructions.
+pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Outcome {
+    let cpl = cpu.cpl();
+    let priv0 = cpl == 0;
+    match insn.mnemonic() {
+        M::Syscall => {
+            if cpu.efer & EFER_SCE == 0 {
+                return ud();
+            }
+            let next = insn.next_ip();
+            cpu.gpr[RCX] = next;
+            cpu.gpr[11] = flags & !rflags::RF;
+            let sel = ((cpu.star >> 32) & 0xfffc) as u16;
+            cpu.seg[seg::CS] = Segment {
+                selector: sel,
+                attrs: 0xa09b,
+                limit: 0xffff_ffff,
+                base: 0,
+            };
+            cpu.seg[seg::SS] = Segment {
+                selector: sel + 8,
+                attrs: 0xc093,
+                limit: 0xffff_ffff,
+                base: 0,
+            };
+            set_rflags(cpu, flags & !cpu.sfmask & !rflags::RF);
+            Outcome::Done(Some(cpu.lstar))
+        }
+        M::Sysret | M::Sysretq => {
+            if cpu.efer & EFER_SCE == 0 {
+                return ud();
+            }
+            if !priv0 {
+                return gp0();
+            }
+            let wide = insn.mnemonic() == M::Sysretq;
+            let target = if wide {
+                cpu.gpr[RCX]
+            } else {
+                cpu.gpr[RCX] & 0xffff_ffff
+            };
+            if !mmu::is_canonical(target) {
+                return gp0();
+            }
+            let base = ((cpu.star >> 48) & 0xffff) as u16;
+            let (cs_sel, cs_attrs) = if wide {
+                (base + 16, 0xa0fb)
+            } else {
+                (base, 0xc0fb)
+            };
+            cpu.seg[seg::CS] = Segment {
+                selector: cs_sel | 3,
+                attrs: cs_attrs,
+                limit: 0xffff_ffff,
+                base: 0,
+            };
+            cpu.seg[seg::SS] = Segment {
+                selector: (base + 8) | 3,
+                attrs: 0xc0f3,
+                limit: 0xffff_ffff,
+                base: 0,
+            };
+            let new_flags =
+                (cpu.gpr[11] & rflags::WRITABLE & !(rflags::RF | rflags::VM)) | rflags::FIXED1;
+            set_rflags(cpu, new_flags);
+            if new_flags & rflags::TF != 0 {
+                // SYSRET single-steps by TF as it leaves it: the #DB trap comes right after
+                // it, at the user RIP (the engine's checked mode delivers it).
+                cpu.pending_db |= dr6::BS;
+            }
+            Outcome::Done(Some(target))
+        }
+        M::Iretq | M::Iretd | M::Iret => iret(cpu, insn, flags),
+        M::Swapgs => {
+            if !priv0 {
+                return gp0();
+            }
+            std::mem::swap(&mut cpu.seg[seg::GS].base, &mut cpu.kernel_gs_base);
+            Outcome::Done(None)
+        }
+        M::Int => Outcome::Fault(ExceptionRecord {
+            software: true,
+            ..fault(insn.immediate(0) as u8, None)
+        }),
+        M::Into => {
+            if flags & rflags::OF != 0 {
+                Outcome::Fault(ExceptionRecord {
+                    software: true,
+                    ..fault(vector::OF, None)
+                })
+            } else {
+                Outcome::Done(None)
+            }
+        }
+        // INT1 (ICEBP): a #DB trap past the instruction, without the gate's DPL check and
+        // without DR6 bits (SDM INT n/INTO/INT1/INT3 "Description").
+        M::Int1 => Outcome::Trap(fault(vector::DB, None)),
+        _ => unreachable!("routed here by system::execute"),
+    }
+}
+
+pub(super) fn iret(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Outcome {
+    if insn.mnemonic() != M::Iretq {
+        // 16/32-bit IRET returns only to compatibility/legacy modes, which krr does not run.
+        return ud();
+    }
+    let cpl = cpu.cpl();
+    let rsp = cpu.gpr[RSP];
+    let mut frame = [0u8; 40];
+    trym!(read_mem(cpu, rsp, &mut frame));
+    let word = |i: usize| u64::from_le_bytes(frame[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    let (rip, cs_sel, new_flags, new_rsp, ss_sel) =
+        (word(0), word(1) as u16, word(2), word(3), word(4) as u16);
+    let rpl = (cs_sel & 3) as u8;
+    if rpl < cpl {
+        return Outcome::Fault(fault(vector::GP, Some(cs_sel as u32 & !3)));
+    }
+    let Some(cs) = tryd!(desc::read_descriptor(cpu, cs_sel)) else {
+        return gp0();
+    };
+    if !cs.is_code()
+        || (cs.typ() & 4 == 0 && cs.dpl() != rpl)
+        || (cs.typ() & 4 != 0 && cs.dpl() > rpl)
+    {
+        return Outcome::Fault(fault(vector::GP, Some(cs_sel as u32 & !3)));
+    }
+    if !cs.present() {
+        return Outcome::Fault(fault(vector::NP, Some(cs_sel as u32 & !3)));
+    }
+    if !cs.long() {
+        log::warn!(
+            "IRETQ to a non-64-bit code segment at RIP {:#x}: compatibility mode is not supported",
+            insn.ip()
+        );
+        return gp0();
+    }
+    if !mmu::is_canonical(rip) {
+        return gp0();
+    }
+    // Validate SS before changing anything.
+    let new_ss = if ss_sel & !3 == 0 {
+        if rpl == 3 {
+            return gp0();
+        }
+        Segment {
+            selector: ss_sel,
+            attrs: 0,
+            limit: 0,
+            base: 0,
+        }
+    } else {
+        let Some(d) = tryd!(desc::read_descriptor(cpu, ss_sel)) else {
+            return gp0();
+        };
+        let writable_data = d.is_code_or_data() && !d.is_code() && d.typ() & 2 != 0;
+        if (ss_sel & 3) as u8 != rpl || d.dpl() != rpl || !writable_data {
+            return Outcome::Fault(fault(vector::GP, Some(ss_sel as u32 & !3)));
+        }
+        if !d.present() {
+            return Outcome::Fault(fault(vector::SS, Some(ss_sel as u32 & !3)));
+        }
+        d.to_segment(ss_sel)
+    };
+    // Which flags the old privilege level may change. RF is loaded from the frame: the next
+    // instruction then ignores instruction breakpoints and clears it when it completes (the
+    // engine runs an instruction with RF=1 in its checked mode, which does that).
+    let mut changeable =
+        rflags::ARITH | rflags::TF | rflags::DF | rflags::NT | rflags::RF | rflags::AC | rflags::ID;
+    if cpl == 0 {
+        changeable |= rflags::IOPL | rflags::VIF | rflags::VIP;
+    }
+    let iopl = ((flags >> 12) & 3) as u8;
+    if cpl <= iopl {
+        changeable |= rflags::IF;
+    }
+    let merged = (flags & !changeable) | (new_flags & changeable);
+    cpu.seg[seg::CS] = cs.to_segment(cs_sel);
+    cpu.seg[seg::SS] = new_ss;
+    cpu.gpr[RSP] = new_rsp;
+    set_rflags(cpu, merged);
+    if rpl > cpl {
+        // Returning outward: data segments the new level may not use become null.
+        for s in [seg::ES, seg::DS, seg::FS, seg::GS] {
+            let a = cpu.seg[s].attrs;
+            let dpl = ((a >> 5) & 3) as u8;
+            let conforming_code = a & 0x1c == 0x1c;
+            if a & 0x80 != 0 && !conforming_code && dpl < rpl {
+                let base = cpu.seg[s].base;
+                cpu.seg[s] = Segment {
+                    selector: 0,
+                    attrs: 0,
+                    limit: 0,
+                    base: if s >= seg::FS { base } else { 0 },
+                };
+            }
+        }
+    }
+    Outcome::Done(Some(rip))
+}
+/// RETF (the kernel reloads CS with `lretq`) and far JMP/CALL through a memory operand
+/// (m16:64/m16:32). Transfers to compatibility-mode code and through call gates are not
+/// supported (#GP, logged).
+pub(super) fn far_transfer(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> Outcome {
+    let done = if insn.mnemonic() == M::Retf {
+        far_return(cpu, insn)
+    } else {
+        far_jump_or_call(cpu, insn, addr)
+    };
+    match done {
+        Ok(rip) => Outcome::Done(Some(rip)),
+        Err(o) => o,
+    }
+}
+
+/// A fault of a far transfer: the vector and error code only (no page-fault address), with
+/// the error code where the vector has one.
+pub(super) fn far_fault(vector: u8, code: u32) -> Outcome {
+    Outcome::Fault(fault(
+        vector,
+        krr_runtime::arch::pushes_error_code(vector).then_some(code),
+    ))
+}
+
+/// A memory or descriptor-table failure as a far transfer reports it.
+pub(super) fn far_outcome(o: Outcome) -> Outcome {
+    match o {
+        Outcome::Fault(e) => far_fault(e.vector, e.error_code),
+        other => other,
+    }
+}
+
+pub(super) fn far_read(cpu: &mut CpuState, addr: u64, buf: &mut [u8]) -> Result<(), Outcome> {
+    read_mem(cpu, addr, buf).map_err(far_outcome)
+}
+
+pub(super) fn far_write(cpu: &mut CpuState, addr: u64, data: &[u8]) -> Result<(), Outcome> {
+    write_mem(cpu, addr, data).map_err(far_outcome)
+}
+
+/// Check a code-segment selector for a far transfer at the same privilege level.
+pub(super) fn code_segment(cpu: &mut CpuState, sel: u16) -> Result<Segment, Outcome> {
+    let cpl = cpu.cpl();
+    let code = sel as u32 & !3;
+    let d = match desc::read_descriptor(cpu, sel) {
+        Ok(Some(d)) => d,
+        Ok(None) => return Err(far_fault(vector::GP, 0)),
+        Err(f) => return Err(far_outcome(Outcome::from(f))),
+    };
+    let rpl = (sel & 3) as u8;
+    let conforming = d.typ() & 4 != 0;
+    let dpl_ok = if conforming {
+        d.dpl() <= cpl
+    } else {
+        d.dpl() == cpl
+    };
+    if !d.is_code() || !dpl_ok || rpl < cpl {
+        return Err(far_fault(vector::GP, code));
+    }
+    if !d.present() {
+        return Err(far_fault(vector::NP, code));
+    }
+    if !d.long() {
+        log::warn!(
+            "far transfer to non-64-bit code segment {sel:#x}: compatibility mode is not supported"
+        );
+        return Err(far_fault(vector::GP, code));
+    }
+    // The loaded selector carries the CPL as RPL.
+    Ok(d.to_segment((sel & !3) | cpl as u16))
+}
+
+pub(super) fn far_return(cpu: &mut CpuState, insn: &Instruction) -> Result<u64, Outcome> {
+    let size: u64 = match insn.code() {
+        iced_x86::Code::Retfq | iced_x86::Code::Retfq_imm16 => 8,
+        iced_x86::Code::Retfd | iced_x86::Code::Retfd_imm16 => 4,
+        _ => 2,
+    };
+    let extra = if insn.op_count() == 1 {
+        insn.immediate(0)
+    } else {
+        0
+    };
+    let rsp = cpu.gpr[RSP];
+    let mut b = [0u8; 16];
+    far_read(cpu, rsp, &mut b[..2 * size as usize])?;
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w[..size as usize].copy_from_slice(&b[i * size as usize..(i + 1) * size as usize]);
+        u64::from_le_bytes(w)
+    };
+    let (rip, sel) = (word(0), word(1) as u16);
+    let cpl = cpu.cpl();
+    if ((sel & 3) as u8) > cpl {
+        log::warn!(
+            "RETF to an outer privilege level at RIP {:#x} is not supported",
+            insn.ip()
+        );
+        return Err(far_fault(vector::GP, sel as u32 & !3));
+    }
+    let cs = code_segment(cpu, sel)?;
+    if !mmu::is_canonical(rip) {
+        return Err(far_fault(vector::GP, 0));
+    }
+    cpu.seg[seg::CS] = cs;
+    cpu.gpr[RSP] = rsp.wrapping_add(2 * size + extra);
+    Ok(rip)
+}
+
+pub(super) fn far_jump_or_call(
+    cpu: &mut CpuState,
+    insn: &Instruction,
+    addr: Option<u64>,
+) -> Result<u64, Outcome> {
+    let Some(a) = addr else {
+        // Direct far JMP/CALL (ptr16:32) does not exist in 64-bit mode.
+        return Err(far_fault(vector::UD, 0));
+    };
+    let off_size = match insn.memory_size() {
+        iced_x86::MemorySize::SegPtr64 => 8,
+        iced_x86::MemorySize::SegPtr32 => 4,
+        _ => 2,
+    };
+    let mut b = [0u8; 10];
+    far_read(cpu, a, &mut b[..off_size + 2])?;
+    let mut o = [0u8; 8];
+    o[..off_size].copy_from_slice(&b[..off_size]);
+    let rip = u64::from_le_bytes(o);
+    let sel = u16::from_le_bytes([b[off_size], b[off_size + 1]]);
+    let cs = code_segment(cpu, sel)?;
+    if !mmu::is_canonical(rip) {
+        return Err(far_fault(vector::GP, 0));
+    }
+    if insn.mnemonic() == M::Call {
+        // Push CS then the return RIP, operand-size wide.
+        let size = off_size.max(2) as u64;
+        let rsp = cpu.gpr[RSP];
+        let new = rsp.wrapping_sub(2 * size);
+        let mut frame = [0u8; 16];
+        frame[..size as usize].copy_from_slice(&insn.next_ip().to_le_bytes()[..size as usize]);
+        frame[size as usize..2 * size as usize]
+            .copy_from_slice(&(cpu.seg[seg::CS].selector as u64).to_le_bytes()[..size as usize]);
+        far_write(cpu, new, &frame[..2 * size as usize])?;
+        cpu.gpr[RSP] = new;
+    }
+    cpu.seg[seg::CS] = cs;
+    Ok(rip)
+}

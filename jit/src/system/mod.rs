@@ -1,0 +1,253 @@
+//! System instructions: everything that works directly on the [`CpuState`] rather than through
+//! the semantics' [`Builder`](crate::sem::Builder): control and debug registers, MSRs,
+//! descriptor tables and segment loads, XSAVE/FXSAVE and x87 control, far transfers and
+//! privilege changes, port IO and the nondeterministic inputs.
+//!
+//! They are rare and change how later code must be translated, so they always end a block.
+//! Both tiers reach them through one path: the semantics' router emits a call of
+//! [`Helper::System`](crate::sem::Helper::System) with the memory operand's address and RFLAGS;
+//! the interpreter's `call` passes it to `helpers::system`, which runs [`execute`]. Compiled code
+//! hands the whole instruction to the interpreter, which then takes the same path. The code here
+//! performs every check before its first write, so a faulting instruction changes nothing.
+
+use crate::sem::{gpr_of, read_reg_value, write_reg_value, FlagOp};
+use iced_x86::{Instruction, Mnemonic as M, OpKind, Register};
+use krr_runtime::debugreg::{self, dr6, dr7};
+use krr_runtime::desc::{self, DescFault};
+use krr_runtime::gpr::{RAX, RCX, RDI, RDX, RSI, RSP};
+use krr_runtime::{bus, mmu, rflags, seg, vector, CpuState, ExceptionRecord, Segment};
+
+/// Does the engine run `insn` here (and so end blocks after it)?
+pub fn handles(insn: &Instruction) -> bool {
+    crate::sem::is_system_instruction(insn)
+}
+
+/// Run a system instruction on the CPU state. `addr` is the linear address of its memory
+/// operand (if it has one), `flags` RFLAGS before it, with the arithmetic flags materialised.
+pub fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags: u64) -> Outcome {
+    match insn.mnemonic() {
+        M::Hlt
+        | M::Cli
+        | M::Sti
+        | M::Clac
+        | M::Stac
+        | M::Lmsw
+        | M::Clts
+        | M::Invlpg
+        | M::Invpcid
+        | M::Wbinvd
+        | M::Invd
+        | M::Wbnoinvd
+        | M::Clflush
+        | M::Clflushopt
+        | M::Clwb
+        | M::Mov => control::execute(cpu, insn, addr, flags),
+        M::Push
+        | M::Pop
+        | M::Lgdt
+        | M::Lidt
+        | M::Sgdt
+        | M::Sidt
+        | M::Sldt
+        | M::Str
+        | M::Smsw
+        | M::Lldt
+        | M::Ltr
+        | M::Lsl
+        | M::Lar
+        | M::Verr
+        | M::Verw => segments::execute(cpu, insn, addr, flags),
+        M::Rdmsr | M::Wrmsr | M::Rdfsbase | M::Rdgsbase | M::Wrfsbase | M::Wrgsbase => {
+            msr::execute(cpu, insn)
+        }
+        M::Rdtsc | M::Rdtscp | M::Rdpmc | M::Rdrand | M::Rdseed | M::Rdpid => {
+            inputs::execute(cpu, insn)
+        }
+        M::Syscall
+        | M::Sysret
+        | M::Sysretq
+        | M::Iretq
+        | M::Iretd
+        | M::Iret
+        | M::Swapgs
+        | M::Int
+        | M::Into
+        | M::Int1 => far::execute(cpu, insn, flags),
+        M::Retf | M::Jmp | M::Call => far::far_transfer(cpu, insn, addr),
+        M::Xgetbv
+        | M::Xsetbv
+        | M::Fxsave
+        | M::Fxsave64
+        | M::Fxrstor
+        | M::Fxrstor64
+        | M::Xsave
+        | M::Xsave64
+        | M::Xsaveopt
+        | M::Xsaveopt64
+        | M::Xrstor
+        | M::Xrstor64
+        | M::Fninit
+        | M::Fnstcw
+        | M::Fldcw
+        | M::Fnstsw
+        | M::Fnclex
+        | M::Wait => xsave::execute(cpu, insn, addr),
+        M::In | M::Out | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => {
+            io::port_io(cpu, insn)
+        }
+        _ => {
+            log::warn!(
+                "system instruction `{insn}` at RIP {:#x} is not implemented: raising #UD",
+                insn.ip()
+            );
+            cpu.unimplemented_count += 1;
+            ud()
+        }
+    }
+}
+
+/// The outcome of a system instruction run on the CPU state.
+pub enum Outcome {
+    /// Retired; continue at the given RIP (or the next instruction).
+    Done(Option<u64>),
+    /// A fault (or, with `software` set, the trap of INT n / INTO): nothing changed.
+    Fault(ExceptionRecord),
+    /// A trap that is not a software interrupt (INT1): reported past the instruction, which
+    /// retires, without the gate DPL check.
+    Trap(ExceptionRecord),
+    /// An access hit a physical address with no RAM: nothing changed.
+    Unbacked(u64),
+    /// HLT retired.
+    Halt,
+}
+
+fn gp0() -> Outcome {
+    Outcome::Fault(fault(vector::GP, Some(0)))
+}
+
+fn ud() -> Outcome {
+    Outcome::Fault(fault(vector::UD, None))
+}
+
+fn fault(v: u8, code: Option<u32>) -> ExceptionRecord {
+    ExceptionRecord {
+        vector: v,
+        has_error_code: code.is_some(),
+        software: false,
+        error_code: code.unwrap_or(0),
+        address: 0,
+    }
+}
+
+impl From<DescFault> for Outcome {
+    fn from(f: DescFault) -> Outcome {
+        match f {
+            DescFault::Exception(e) => Outcome::Fault(e),
+            DescFault::Unbacked(p) => Outcome::Unbacked(p),
+        }
+    }
+}
+
+/// `?` for descriptor-table results inside functions returning `Outcome`.
+macro_rules! tryd {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(f) => return Outcome::from(f),
+        }
+    };
+}
+
+fn cr0(cpu: &CpuState) -> u64 {
+    cpu.cr0
+}
+
+const CR0_PE: u64 = 1;
+const CR0_MP: u64 = 1 << 1;
+const CR0_EM: u64 = 1 << 2;
+const CR0_TS: u64 = 1 << 3;
+const CR0_PG: u64 = 1 << 31;
+const CR4_TSD: u64 = 1 << 2;
+const CR4_DE: u64 = 1 << 3;
+const CR4_PAE: u64 = 1 << 5;
+const CR4_PCE: u64 = 1 << 8;
+const CR4_OSFXSR: u64 = 1 << 9;
+const CR4_FSGSBASE: u64 = 1 << 16;
+const CR4_PCIDE: u64 = 1 << 17;
+const CR4_OSXSAVE: u64 = 1 << 18;
+const CR4_UMIP: u64 = 1 << 11;
+const EFER_SCE: u64 = 1;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const EFER_NXE: u64 = 1 << 11;
+
+/// A general-purpose register (any width), zero-extended.
+fn reg_value(cpu: &CpuState, r: Register) -> u64 {
+    read_reg_value(&cpu.gpr, r)
+}
+
+/// Write a general-purpose register with the x86-64 merge rules.
+fn set_reg(cpu: &mut CpuState, r: Register, v: u64) {
+    write_reg_value(&mut cpu.gpr, r, v);
+}
+
+fn read_mem(cpu: &mut CpuState, addr: u64, buf: &mut [u8]) -> Result<(), Outcome> {
+    let idx = mmu::mmu_index(cpu);
+    mmu::load_bytes(cpu, addr, buf, idx).map_err(|f| mem_sys(cpu, f))
+}
+
+fn write_mem(cpu: &mut CpuState, addr: u64, data: &[u8]) -> Result<(), Outcome> {
+    let idx = mmu::mmu_index(cpu);
+    mmu::store_bytes(cpu, addr, data, idx).map_err(|f| mem_sys(cpu, f))
+}
+
+/// Translate `[addr, addr + len)` for a write at the current privilege, faulting as the store
+/// would, without storing (the caller stores once it has the value).
+fn probe_write(cpu: &mut CpuState, addr: u64, len: u64) -> Result<(), Outcome> {
+    let user = mmu::is_user_index(mmu::mmu_index(cpu));
+    let last = addr.wrapping_add(len - 1);
+    for a in [addr, last] {
+        if let Err(e) = mmu::translate(cpu, a, mmu::Access::Write, user) {
+            cpu.exception = e;
+            return Err(Outcome::Fault(e));
+        }
+    }
+    Ok(())
+}
+
+fn mem_sys(cpu: &CpuState, f: mmu::MemFault) -> Outcome {
+    match f {
+        mmu::MemFault::Exception => Outcome::Fault(cpu.exception),
+        mmu::MemFault::Unbacked { phys } => Outcome::Unbacked(phys),
+    }
+}
+
+macro_rules! trym {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(s) => return s,
+        }
+    };
+}
+
+/// Set the six arithmetic flags to concrete bits.
+fn set_arith(cpu: &mut CpuState, bits: u64) {
+    cpu.cc_op = FlagOp::CONCRETE.encode();
+    cpu.cc_res = bits & rflags::ARITH;
+}
+
+/// Write a whole RFLAGS value (arithmetic bits into the lazy state).
+fn set_rflags(cpu: &mut CpuState, v: u64) {
+    set_arith(cpu, v);
+    cpu.rflags = (v & !rflags::ARITH) | rflags::FIXED1;
+}
+
+// The families come after the macros above, which they use.
+mod control;
+mod far;
+mod inputs;
+mod io;
+mod msr;
+mod segments;
+mod xsave;

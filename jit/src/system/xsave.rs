@@ -1,0 +1,247 @@
+//! Extended state: XGETBV/XSETBV, FXSAVE/FXRSTOR, XSAVE/XSAVEOPT/XRSTOR, and the x87 control
+//! instructions (FNINIT, FNSTCW, FLDCW, FNSTSW, FNCLEX, WAIT).
+
+use super::*;
+
+/// The xsave instructions.
+pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> Outcome {
+    let cpl = cpu.cpl();
+    let priv0 = cpl == 0;
+    let mem_addr = || addr.expect("memory operand present");
+    match insn.mnemonic() {
+        M::Xgetbv => {
+            if cpu.cr4 & CR4_OSXSAVE == 0 {
+                return ud();
+            }
+            let v = match cpu.gpr[RCX] as u32 {
+                0 => cpu.xcr0,
+                _ => return gp0(),
+            };
+            cpu.gpr[RAX] = v & 0xffff_ffff;
+            cpu.gpr[RDX] = v >> 32;
+            Outcome::Done(None)
+        }
+        M::Xsetbv => {
+            if cpu.cr4 & CR4_OSXSAVE == 0 {
+                return ud();
+            }
+            let v = (cpu.gpr[RAX] & 0xffff_ffff) | (cpu.gpr[RDX] << 32);
+            if !priv0 || cpu.gpr[RCX] as u32 != 0 || v & 1 == 0 || v & !xcr0_supported(cpu) != 0 {
+                return gp0();
+            }
+            cpu.xcr0 = v;
+            Outcome::Done(None)
+        }
+        M::Fxsave | M::Fxsave64 | M::Fxrstor | M::Fxrstor64 => fxsave(cpu, insn, mem_addr()),
+        M::Xsave | M::Xsave64 | M::Xsaveopt | M::Xsaveopt64 | M::Xrstor | M::Xrstor64 => {
+            xsave(cpu, insn, mem_addr())
+        }
+        M::Fninit | M::Fnstcw | M::Fldcw | M::Fnstsw | M::Fnclex | M::Wait => {
+            x87_control(cpu, insn, addr)
+        }
+        _ => unreachable!("routed here by system::execute"),
+    }
+}
+
+/// XCR0 components the CPU model exposes (CPUID leaf 0xD, within what the engine implements).
+pub(super) fn xcr0_supported(cpu: &CpuState) -> u64 {
+    let [eax, _, _, edx] = cpu.cpuid.lookup(0xd, 0);
+    (eax as u64 | (edx as u64) << 32) & krr_runtime::cpuid::XCR0_SUPPORTED
+}
+
+pub(super) fn fpu_check(cpu: &CpuState, wait: bool) -> Option<Outcome> {
+    if wait {
+        // FWAIT faults only when both MP and TS are set.
+        if cpu.cr0 & CR0_MP != 0 && cpu.cr0 & CR0_TS != 0 {
+            return Some(Outcome::Fault(fault(vector::NM, None)));
+        }
+        return None;
+    }
+    if cpu.cr0 & (CR0_EM | CR0_TS) != 0 {
+        return Some(Outcome::Fault(fault(vector::NM, None)));
+    }
+    None
+}
+
+pub(super) fn x87_control(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> Outcome {
+    if let Some(f) = fpu_check(cpu, insn.mnemonic() == M::Wait) {
+        return f;
+    }
+    match insn.mnemonic() {
+        M::Fninit => {
+            let st = cpu.x87.st;
+            cpu.x87 = krr_runtime::X87State {
+                st,
+                ..Default::default()
+            };
+        }
+        M::Fnstcw => trym!(write_mem(
+            cpu,
+            addr.expect("m16"),
+            &cpu.x87.fcw.to_le_bytes()
+        )),
+        M::Fldcw => {
+            let mut b = [0u8; 2];
+            trym!(read_mem(cpu, addr.expect("m16"), &mut b));
+            cpu.x87.fcw = u16::from_le_bytes(b) | 0x40;
+        }
+        M::Fnstsw => {
+            let v = cpu.x87.fsw;
+            if insn.op0_kind() == OpKind::Memory {
+                trym!(write_mem(cpu, addr.expect("m16"), &v.to_le_bytes()));
+            } else {
+                cpu.gpr[RAX] = (cpu.gpr[RAX] & !0xffff) | v as u64;
+            }
+        }
+        M::Fnclex => cpu.x87.fsw &= 0x7f00,
+        _ => {}
+    }
+    Outcome::Done(None)
+}
+
+/// The 512-byte FXSAVE image of the x87/SSE state.
+pub(super) fn fxsave_image(cpu: &CpuState) -> [u8; 512] {
+    let mut b = [0u8; 512];
+    let x = &cpu.x87;
+    b[0..2].copy_from_slice(&x.fcw.to_le_bytes());
+    b[2..4].copy_from_slice(&x.fsw.to_le_bytes());
+    b[4] = x.ftw;
+    b[6..8].copy_from_slice(&x.fop.to_le_bytes());
+    b[8..16].copy_from_slice(&x.fip.to_le_bytes());
+    b[16..24].copy_from_slice(&x.fdp.to_le_bytes());
+    b[24..28].copy_from_slice(&cpu.mxcsr.to_le_bytes());
+    b[28..32].copy_from_slice(&MXCSR_MASK.to_le_bytes());
+    for (i, st) in x.st.iter().enumerate() {
+        b[32 + 16 * i..32 + 16 * i + 10].copy_from_slice(&st[..10]);
+    }
+    for (i, r) in cpu.xmm.iter().enumerate() {
+        b[160 + 16 * i..168 + 16 * i].copy_from_slice(&r[0].to_le_bytes());
+        b[168 + 16 * i..176 + 16 * i].copy_from_slice(&r[1].to_le_bytes());
+    }
+    b
+}
+
+/// MXCSR bits the model supports (DAZ included).
+pub(super) const MXCSR_MASK: u32 = 0xffff;
+
+pub(super) fn load_x87(cpu: &mut CpuState, b: &[u8]) {
+    let x = &mut cpu.x87;
+    x.fcw = u16::from_le_bytes([b[0], b[1]]);
+    x.fsw = u16::from_le_bytes([b[2], b[3]]);
+    x.ftw = b[4];
+    x.fop = u16::from_le_bytes([b[6], b[7]]) & 0x7ff;
+    x.fip = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
+    x.fdp = u64::from_le_bytes(b[16..24].try_into().expect("8 bytes"));
+    for i in 0..8 {
+        x.st[i] = [0; 16];
+        x.st[i][..10].copy_from_slice(&b[32 + 16 * i..42 + 16 * i]);
+    }
+}
+
+pub(super) fn load_xmm(cpu: &mut CpuState, b: &[u8]) {
+    for i in 0..16 {
+        cpu.xmm[i][0] =
+            u64::from_le_bytes(b[160 + 16 * i..168 + 16 * i].try_into().expect("8 bytes"));
+        cpu.xmm[i][1] =
+            u64::from_le_bytes(b[168 + 16 * i..176 + 16 * i].try_into().expect("8 bytes"));
+    }
+}
+
+pub(super) fn fxsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> Outcome {
+    if cpu.cr0 & (CR0_EM | CR0_TS) != 0 {
+        return Outcome::Fault(fault(vector::NM, None));
+    }
+    if addr & 15 != 0 {
+        return gp0();
+    }
+    if matches!(insn.mnemonic(), M::Fxsave | M::Fxsave64) {
+        // Bytes 416-511 (reserved, and available to software) are not written; the XMM
+        // registers only with CR4.OSFXSR (SDM FXSAVE "Description").
+        let img = fxsave_image(cpu);
+        let len = if cpu.cr4 & CR4_OSFXSR != 0 { 416 } else { 160 };
+        trym!(write_mem(cpu, addr, &img[..len]));
+    } else {
+        let mut img = [0u8; 512];
+        trym!(read_mem(cpu, addr, &mut img));
+        let mxcsr = u32::from_le_bytes(img[24..28].try_into().expect("4 bytes"));
+        if mxcsr & !MXCSR_MASK != 0 {
+            return gp0();
+        }
+        load_x87(cpu, &img);
+        cpu.mxcsr = mxcsr;
+        load_xmm(cpu, &img);
+    }
+    Outcome::Done(None)
+}
+
+pub(super) fn xsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> Outcome {
+    if cpu.cr4 & CR4_OSXSAVE == 0 {
+        return ud();
+    }
+    if cpu.cr0 & CR0_TS != 0 {
+        return Outcome::Fault(fault(vector::NM, None));
+    }
+    if addr & 63 != 0 {
+        return gp0();
+    }
+    let rfbm = ((cpu.gpr[RDX] << 32) | (cpu.gpr[RAX] & 0xffff_ffff)) & cpu.xcr0;
+    let restore = matches!(insn.mnemonic(), M::Xrstor | M::Xrstor64);
+    if !restore {
+        // Legacy area (the parts RFBM selects) and the header's XSTATE_BV; the rest of the
+        // legacy area is left as it was in memory, as hardware does.
+        let mut area = [0u8; 576];
+        trym!(read_mem(cpu, addr, &mut area));
+        let img = fxsave_image(cpu);
+        if rfbm & 1 != 0 {
+            area[0..24].copy_from_slice(&img[0..24]);
+            area[32..160].copy_from_slice(&img[32..160]);
+        }
+        if rfbm & 2 != 0 {
+            area[160..416].copy_from_slice(&img[160..416]);
+        }
+        // MXCSR and MXCSR_MASK belong to SSE state: saved when RFBM[1] (or RFBM[2], AVX) is
+        // set (SDM Vol. 1 13.7).
+        if rfbm & 6 != 0 {
+            area[24..32].copy_from_slice(&img[24..32]);
+        }
+        let mut bv = u64::from_le_bytes(area[512..520].try_into().expect("8 bytes"));
+        // Components in use are reported as 1 (hardware may report 1 for initial state too).
+        bv = (bv & !rfbm) | rfbm;
+        area[512..520].copy_from_slice(&bv.to_le_bytes());
+        trym!(write_mem(cpu, addr, &area));
+    } else {
+        let mut area = [0u8; 576];
+        trym!(read_mem(cpu, addr, &mut area));
+        let bv = u64::from_le_bytes(area[512..520].try_into().expect("8 bytes"));
+        let comp = u64::from_le_bytes(area[520..528].try_into().expect("8 bytes"));
+        // The standard form: XCOMP_BV and the next 8 header bytes must be 0, XSTATE_BV only
+        // enabled components (SDM XRSTOR "Protected Mode Exceptions").
+        if comp != 0 || bv & !cpu.xcr0 != 0 || area[528..536].iter().any(|&b| b != 0) {
+            return gp0();
+        }
+        let mxcsr = u32::from_le_bytes(area[24..28].try_into().expect("4 bytes"));
+        // The standard form loads MXCSR whenever RFBM[1] or RFBM[2] is set, whatever
+        // XSTATE_BV says (SDM Vol. 1 13.8.1).
+        if rfbm & 6 != 0 && mxcsr & !MXCSR_MASK != 0 {
+            return gp0();
+        }
+        if rfbm & 1 != 0 {
+            if bv & 1 != 0 {
+                load_x87(cpu, &area);
+            } else {
+                cpu.x87 = krr_runtime::X87State::default();
+            }
+        }
+        if rfbm & 2 != 0 {
+            if bv & 2 != 0 {
+                load_xmm(cpu, &area);
+            } else {
+                cpu.xmm = [[0; 2]; 16];
+            }
+        }
+        if rfbm & 6 != 0 {
+            cpu.mxcsr = mxcsr;
+        }
+    }
+    Outcome::Done(None)
+}
