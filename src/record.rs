@@ -56,8 +56,14 @@ pub fn record(
     };
     let cpu_image = state::encode_cpu(m.core.cpu());
     let ram_image = state::encode_ram(m.core.mem())?;
-    let mut writer = TraceWriter::create(opts.path, &info, &cpu_image, &ram_image, m.core.cpu().icount)
-        .map_err(|e| e.to_string())?;
+    let mut writer = TraceWriter::create(
+        opts.path,
+        &info,
+        &cpu_image,
+        &ram_image,
+        m.core.cpu().icount,
+    )
+    .map_err(|e| e.to_string())?;
     let t0 = Instant::now();
     let mut last_draw = Instant::now();
     let mut sink = |events: &mut Vec<crate::trace::Event>, cpu: &krr_runtime::CpuState| {

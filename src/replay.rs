@@ -11,7 +11,7 @@ use crate::trace::{
 use indicatif::ProgressBar;
 use krr_jit::{Engine, EngineConfig, Exit};
 use krr_runtime::cpuid::CpuidTable;
-use krr_runtime::{Bus, CpuState, GuestMemory};
+use krr_runtime::{Bus, Core, CpuState};
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
@@ -268,8 +268,8 @@ impl Bus for ReplayBus {
 
 /// Everything replay needs, loaded from a trace.
 pub struct Replayer {
-    pub mem: GuestMemory,
-    pub cpu: Box<CpuState>,
+    /// The CPU and guest RAM being replayed.
+    pub core: Core,
     pub engine: Engine,
     bus: ReplayBus,
     end_icount: u64,
@@ -286,16 +286,14 @@ impl Replayer {
         let snapshot = reader.snapshot()?;
         let setup =
             |what: &str, e: String| ReplayError::Setup(format!("{}: {what}: {e}", reader.path()));
-        let mut mem =
-            GuestMemory::new(info.mem_bytes).map_err(|e| setup("guest RAM", e.to_string()))?;
-        let mut cpu = CpuState::new_flat64(&mut mem);
-        cpu.cpuid = CpuidTable::from_entries(&info.cpuid)
+        let mut core = Core::new(info.mem_bytes).map_err(|e| setup("guest RAM", e.to_string()))?;
+        *core.cpuid_mut() = CpuidTable::from_entries(&info.cpuid)
             .ok_or_else(|| setup("CPU model", "too many CPUID entries".into()))?;
-        state::decode_ram(&mut mem, &snapshot.ram_image)
+        state::decode_ram(core.mem_mut(), &snapshot.ram_image)
             .map_err(|e| setup("snapshot RAM image", e))?;
-        state::decode_cpu(&mut cpu, &snapshot.cpu_image)
+        state::decode_cpu(core.arch_mut(), &snapshot.cpu_image)
             .map_err(|e| setup("snapshot CPU image", e))?;
-        cpu.icount_limit = u64::MAX;
+        core.flush_tlb();
         let engine = Engine::new(EngineConfig {
             deliver_exceptions: true,
             ..options.engine
@@ -308,8 +306,7 @@ impl Replayer {
             None
         };
         Ok(Replayer {
-            mem,
-            cpu,
+            core,
             engine,
             bus: ReplayBus {
                 stream: EventStream::new(reader),
@@ -365,13 +362,16 @@ impl Replayer {
     fn take_async_events(&mut self) -> Result<Option<Divergence>, ReplayError> {
         loop {
             let e: Event = match self.bus.stream.peek(0)? {
-                Some(e) if e.kind().is_async() && e.icount <= self.core.arch_mut().icount => e.clone(),
+                Some(e) if e.kind().is_async() && e.icount <= self.core.arch_mut().icount => {
+                    e.clone()
+                }
                 _ => return Ok(None),
             };
             if e.icount < self.core.cpu().icount || e.rip != self.core.cpu().rip {
                 return Ok(Some(self.diverge_here(format!(
                     "the trace has {e}, replay is at instruction {} RIP {:#x}",
-                    self.core.cpu().icount, self.core.cpu().rip
+                    self.core.cpu().icount,
+                    self.core.cpu().rip
                 ))));
             }
             match &e.data {
@@ -404,7 +404,8 @@ impl Replayer {
                             self.core.mem().size()
                         )));
                     }
-                    self.mem
+                    self.core
+                        .mem_mut()
                         .write(*phys, data)
                         .map_err(|err| ReplayError::Fatal(err.to_string()))?;
                     // The device may have overwritten translated code.
@@ -514,7 +515,8 @@ impl Replayer {
                         };
                         break Verdict::Diverged(Box::new(self.diverge_here(format!(
                             "the guest halted at instruction {} RIP {:#x}; {due}",
-                            self.core.cpu().icount, self.core.cpu().rip
+                            self.core.cpu().icount,
+                            self.core.cpu().rip
                         ))));
                     }
                 }

@@ -3,7 +3,7 @@
 
 use iced_x86::{Decoder, DecoderOptions, Formatter, GasFormatter};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use krr_runtime::{gpr, rflags, CpuState};
+use krr_runtime::{gpr, rflags, Core, CpuState};
 use std::io::{IsTerminal, Write};
 
 /// `rax=... rbx=... ... r15=... rflags=...` with RFLAGS made concrete.
@@ -23,15 +23,15 @@ pub fn regs_line_with(regs: &[u64; 16], flags: u64) -> String {
 
 /// The instruction at `rip`: its bytes in hex and its AT&T disassembly (as objdump prints
 /// it), or a note saying why it cannot be fetched.
-pub fn describe_insn(cpu: &mut CpuState, rip: u64) -> (String, String) {
+pub fn describe_insn(core: &mut Core, rip: u64) -> (String, String) {
     let mut bytes = [0u8; 15];
-    let n = match krr_runtime::mmu::fetch_code(cpu, rip, &mut bytes) {
+    let n = match core.fetch_code(rip, &mut bytes) {
         Ok(n) => n,
         Err(_) => {
             // Try a shorter fetch: the instruction may end before an unmapped page.
             let room = (0x1000 - (rip & 0xfff)) as usize;
             let mut short = [0u8; 15];
-            match krr_runtime::mmu::fetch_code(cpu, rip, &mut short[..room.min(15)]) {
+            match core.fetch_code(rip, &mut short[..room.min(15)]) {
                 Ok(n) => {
                     bytes = short;
                     n

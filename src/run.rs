@@ -58,15 +58,17 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         Box::new(krr::report::Console::new(bar.clone())),
     )
     .map_err(|e| e.to_string())?;
+    let (arch, mem) = m.core.arch_and_mem();
     let info = linux::load(
-        m.core.mem_mut(),
-        &mut m.core,
+        mem,
+        arch,
         &args.kernel,
         &kernel,
         initrd.as_deref(),
         &args.append,
     )
     .map_err(|e| e.to_string())?;
+    m.core.flush_tlb();
     log::info!(
         "kernel loaded at {:#x}, entry {:#x}, initrd {:?}",
         info.kernel_addr,
@@ -122,9 +124,16 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         let rip = m.core.cpu().rip;
         let (bytes, text) = krr::report::describe_insn(&mut m.core, rip);
         log::debug!("next instruction: [{bytes}] {text}");
-        log::debug!("RAM hash: {:016x}", krr::trace::state::ram_hash(m.core.mem()));
+        log::debug!(
+            "RAM hash: {:016x}",
+            krr::trace::state::ram_hash(m.core.mem())
+        );
         if let Some(path) = std::env::var_os("KRR_DUMP_RAM") {
-            let ram = m.core.mem().slice(0, m.core.mem().size() as usize).unwrap_or(&[]);
+            let ram = m
+                .core
+                .mem()
+                .slice(0, m.core.mem().size() as usize)
+                .unwrap_or(&[]);
             if let Err(e) = std::fs::write(&path, ram) {
                 log::warn!("cannot write the RAM dump: {e}");
             }

@@ -72,7 +72,7 @@ pub enum StepResult {
 
 /// Execute one instruction.
 pub fn step(cpu: &mut CpuState, insn: &Instruction) -> StepResult {
-    cpu.helper_status = helpers::OK;
+    cpu.exec.helper_status = helpers::OK;
     let mut undo = Undo::default();
     let mem = MemOperand::new(insn);
     Interp::new(cpu, &mut undo).step(insn, &mem)
@@ -122,7 +122,7 @@ impl<'a> Interp<'a> {
         self.next_rip = insn.next_ip();
         match sem::instruction_of(self, insn) {
             Ok(()) => {
-                debug_assert_eq!(self.cpu.helper_status, helpers::OK);
+                debug_assert_eq!(self.cpu.exec.helper_status, helpers::OK);
                 self.cpu.rip = self.next_rip;
                 self.cpu.icount += 1;
                 self.forget_undo();
@@ -146,8 +146,8 @@ impl<'a> Interp<'a> {
             return StepResult::Halt;
         }
         self.rollback();
-        let unbacked = self.cpu.helper_status == helpers::UNBACKED;
-        self.cpu.helper_status = helpers::OK;
+        let unbacked = self.cpu.exec.helper_status == helpers::UNBACKED;
+        self.cpu.exec.helper_status = helpers::OK;
         if unbacked {
             self.cpu.rip = insn.ip();
             return StepResult::Unbacked;
@@ -161,7 +161,7 @@ impl<'a> Interp<'a> {
             self.cpu.rip = insn.ip();
         }
         if unimplemented {
-            self.cpu.unimplemented_count += 1;
+            self.cpu.exec.unimplemented_count += 1;
         }
         StepResult::Exception {
             trap,
@@ -233,15 +233,15 @@ impl Interp<'_> {
     #[cold]
     #[inline(never)]
     fn helper_failed(&mut self) -> Abort {
-        match self.cpu.helper_status {
+        match self.cpu.exec.helper_status {
             helpers::TRAP => {
-                self.cpu.helper_status = helpers::OK;
+                self.cpu.exec.helper_status = helpers::OK;
                 self.status |= TRAP;
-                self.cpu.trap_rip = self.insn.ip();
+                self.cpu.exec.trap_rip = self.insn.ip();
                 Abort
             }
             helpers::HALT => {
-                self.cpu.helper_status = helpers::OK;
+                self.cpu.exec.helper_status = helpers::OK;
                 self.halt()
             }
             _ => Abort,
@@ -254,15 +254,15 @@ impl Interp<'_> {
 
     fn fault(&mut self, f: mmu::MemFault) -> Abort {
         if let mmu::MemFault::Unbacked { phys } = f {
-            self.cpu.unbacked_phys = phys;
-            self.cpu.helper_status = helpers::UNBACKED;
+            self.cpu.exec.unbacked_phys = phys;
+            self.cpu.exec.helper_status = helpers::UNBACKED;
         }
         Abort
     }
 
     /// TLB fast path, as compiled code does it inline.
     fn tlb_host(&self, addr: u64, size: u64, write: bool) -> Option<*mut u8> {
-        let e = &self.cpu.tlb.sets[self.mmu_index()][write as usize][mmu::tlb_index(addr)];
+        let e = &self.cpu.exec.tlb.sets[self.mmu_index()][write as usize][mmu::tlb_index(addr)];
         if e.tag == (addr.wrapping_add(size - 1)) & !0xfff {
             Some(addr.wrapping_add(e.addend) as *mut u8)
         } else {
@@ -518,7 +518,7 @@ impl Builder for Interp<'_> {
         Ok(())
     }
     fn raise(&mut self, vector: u8, error_code: Option<u32>) -> Abort {
-        self.cpu.exception = ExceptionRecord {
+        self.cpu.exec.exception = ExceptionRecord {
             vector,
             has_error_code: error_code.is_some(),
             software: false,
@@ -530,8 +530,8 @@ impl Builder for Interp<'_> {
     fn raise_trap(&mut self, vector: u8) -> Abort {
         self.status |= TRAP;
         let a = self.raise(vector, None);
-        self.cpu.exception.software = true;
-        self.cpu.trap_rip = self.insn.ip();
+        self.cpu.exec.exception.software = true;
+        self.cpu.exec.trap_rip = self.insn.ip();
         a
     }
     fn unimplemented(&mut self) -> Abort {
@@ -551,7 +551,7 @@ impl Builder for Interp<'_> {
             Helper::System => helpers::system(self.cpu, self.insn, args),
             _ => helpers::run(self.cpu, h, args),
         };
-        if self.cpu.helper_status != helpers::OK {
+        if self.cpu.exec.helper_status != helpers::OK {
             return Err(self.helper_failed());
         }
         Ok(r)

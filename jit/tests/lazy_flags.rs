@@ -3,7 +3,7 @@
 //! for every operation kind, size and operand, or trace hashes would depend on which one ran.
 
 use krr_runtime::lazy_flags::{FlagKind, FlagOp};
-use krr_runtime::{CpuState, GuestMemory};
+use krr_runtime::{Core, CpuState};
 
 /// splitmix64: deterministic operands without a dependency.
 struct Rng(u64);
@@ -57,8 +57,9 @@ fn check(cpu: &mut CpuState, cc_op: u64, v: [u64; 4]) {
 
 #[test]
 fn runtime_and_jit_read_the_same_flags() {
-    let mut mem = GuestMemory::new(1 << 16).unwrap();
-    let mut cpu = CpuState::new_flat64(&mut mem);
+    let mut core = Core::new(1 << 16).unwrap();
+    // SAFETY: the test writes and reads fields of the state; it never moves or replaces it.
+    let cpu = unsafe { core.state_mut() };
     let mut rng = Rng(0x5eed);
     for kind in FlagKind::ALL {
         for size in [1u32, 2, 4, 8] {
@@ -71,18 +72,14 @@ fn runtime_and_jit_read_the_same_flags() {
                     rng.operand(bits),
                     rng.operand(bits),
                 ];
-                check(&mut cpu, cc_op, v);
+                check(cpu, cc_op, v);
             }
         }
     }
     // Concrete state and undecodable encodings (a corrupt snapshot) read `res` as stored.
     for cc_op in [0, 3, 11 << 4 | 8, 0x15, u64::MAX] {
         for _ in 0..100 {
-            check(
-                &mut cpu,
-                cc_op,
-                [rng.next(), rng.next(), rng.next(), rng.next()],
-            );
+            check(cpu, cc_op, [rng.next(), rng.next(), rng.next(), rng.next()]);
         }
     }
 }

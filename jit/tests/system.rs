@@ -236,7 +236,7 @@ fn hlt_exits_with_rip_after_it() {
         let mut s = m.start(tier);
         let exit = s.run();
         assert_eq!(exit, Exit::Halt, "{tier:?}");
-        assert_eq!(s.cpu.rip, after, "{tier:?}");
+        assert_eq!(s.cpu().rip, after, "{tier:?}");
         let exit = s.run();
         s.finish(exit)
     });
@@ -1973,19 +1973,19 @@ fn clearing_cr4_pae_in_long_mode_is_gp() {
 /// Step `s` one instruction at a time until RIP is `rip` (at most `max` steps).
 fn step_to(s: &mut Session, rip: u64, max: u32) {
     for _ in 0..max {
-        if s.cpu.rip == rip {
+        if s.cpu().rip == rip {
             return;
         }
-        s.cpu.icount_limit = s.cpu.icount + 1;
+        s.core.set_icount_limit(s.cpu().icount + 1);
         assert_eq!(s.run(), Exit::Budget, "{:?}", s.tier);
     }
-    if s.cpu.rip == rip {
+    if s.cpu().rip == rip {
         return;
     }
     panic!(
         "{:?}: never reached {rip:#x}; at {:#x}, events {:#x?}",
         s.tier,
-        s.cpu.rip,
+        s.cpu().rip,
         s.bus.clone_events()
     );
 }
@@ -2021,30 +2021,30 @@ fn sti_and_mov_ss_interrupt_shadows() {
         let l = |n: &str| labels[n];
         let mut s = m.start(tier);
         step_to(&mut s, l("sti"), 100);
-        assert!(!Engine::interrupts_enabled(&s.cpu), "IF=0 before STI");
+        assert!(!Engine::interrupts_enabled(s.cpu()), "IF=0 before STI");
         step_to(&mut s, l("shadow"), 1);
-        assert_ne!(s.cpu.rflags & IF, 0);
+        assert_ne!(s.cpu().rflags & IF, 0);
         assert!(
-            !Engine::interrupts_enabled(&s.cpu),
+            !Engine::interrupts_enabled(s.cpu()),
             "{tier:?}: blocked right after STI"
         );
         step_to(&mut s, l("open"), 1);
         assert!(
-            Engine::interrupts_enabled(&s.cpu),
+            Engine::interrupts_enabled(s.cpu()),
             "{tier:?}: open one instruction later"
         );
-        s.engine.inject_interrupt(&mut s.cpu, 0x30).unwrap();
+        s.engine.inject_interrupt(&mut s.core, 0x30).unwrap();
         step_to(&mut s, l("movss"), 1000);
-        assert!(Engine::interrupts_enabled(&s.cpu));
+        assert!(Engine::interrupts_enabled(s.cpu()));
         step_to(&mut s, l("ss_shadow"), 1);
         assert!(
-            !Engine::interrupts_enabled(&s.cpu),
+            !Engine::interrupts_enabled(s.cpu()),
             "{tier:?}: blocked after MOV SS"
         );
         step_to(&mut s, l("ss_open"), 1);
-        assert!(Engine::interrupts_enabled(&s.cpu));
-        s.engine.inject_interrupt(&mut s.cpu, 0x30).unwrap();
-        s.cpu.icount_limit = u64::MAX;
+        assert!(Engine::interrupts_enabled(s.cpu()));
+        s.engine.inject_interrupt(&mut s.core, 0x30).unwrap();
+        s.core.set_icount_limit(u64::MAX);
         let exit = s.run();
         s.finish(exit)
     });
@@ -2081,13 +2081,13 @@ fn external_interrupts_at_cpl3() {
         );
         let mut s = m.start(tier);
         for (limit, v) in [(300u64, 0x31u8), (600, 0x32)] {
-            s.cpu.icount_limit = limit;
+            s.core.set_icount_limit(limit);
             assert_eq!(s.run(), Exit::Budget);
-            assert_eq!(s.cpu.seg[1].selector, USER_CS, "{tier:?}");
-            assert!(Engine::interrupts_enabled(&s.cpu));
-            s.engine.inject_interrupt(&mut s.cpu, v).unwrap();
+            assert_eq!(s.cpu().seg[1].selector, USER_CS, "{tier:?}");
+            assert!(Engine::interrupts_enabled(s.cpu()));
+            s.engine.inject_interrupt(&mut s.core, v).unwrap();
         }
-        s.cpu.icount_limit = u64::MAX;
+        s.core.set_icount_limit(u64::MAX);
         let exit = s.run();
         s.finish(exit)
     });
@@ -2988,13 +2988,13 @@ fn single_step_trap_is_delivered_before_the_budget_stop() {
         let stub = m.label("stub1");
         let mut s = m.start(tier);
         step_to(&mut s, UCODE, 100);
-        let n = s.cpu.icount;
-        s.cpu.icount_limit = n + 1;
+        let n = s.cpu().icount;
+        s.core.set_icount_limit(n + 1);
         assert_eq!(s.run(), Exit::Budget);
-        assert_eq!((s.cpu.icount, s.cpu.rip), (n + 1, stub), "{tier:?}");
-        assert_eq!(s.cpu.seg[1].selector, KERNEL_CS);
-        assert!(!Engine::interrupts_enabled(&s.cpu));
-        s.cpu.icount_limit = u64::MAX;
+        assert_eq!((s.cpu().icount, s.cpu().rip), (n + 1, stub), "{tier:?}");
+        assert_eq!(s.cpu().seg[1].selector, KERNEL_CS);
+        assert!(!Engine::interrupts_enabled(s.cpu()));
+        s.core.set_icount_limit(u64::MAX);
         let exit = s.run();
         s.finish(exit)
     });

@@ -82,7 +82,11 @@ impl Core {
 
     /// Read instruction bytes at linear address `linear` as the CPU fetches them (for reports
     /// on the instruction at RIP): `Ok(n)` bytes read, or why not.
-    pub fn fetch_code(&mut self, linear: u64, out: &mut [u8]) -> Result<usize, crate::mmu::MemFault> {
+    pub fn fetch_code(
+        &mut self,
+        linear: u64,
+        out: &mut [u8],
+    ) -> Result<usize, crate::mmu::MemFault> {
         // SAFETY: the state is used for this one call and not moved.
         let cpu = unsafe { self.state_mut() };
         crate::mmu::fetch_code(cpu, linear, out)

@@ -418,6 +418,8 @@ pub mod offsets {
     pub const SEG_SIZE: i32 = std::mem::size_of::<Segment>() as i32;
     pub const SEG_BASE: i32 = offset_of!(Segment, base) as i32;
     pub const XMM: i32 = offset_of!(CpuState, arch.xmm) as i32;
+    pub const CR0: i32 = offset_of!(CpuState, arch.cr0) as i32;
+    pub const CR4: i32 = offset_of!(CpuState, arch.cr4) as i32;
     pub const MXCSR: i32 = offset_of!(CpuState, arch.mxcsr) as i32;
     pub const SCRATCH: i32 = offset_of!(CpuState, exec.scratch) as i32;
     pub const TLB: i32 = offset_of!(CpuState, exec.tlb) as i32;

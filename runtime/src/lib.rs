@@ -11,8 +11,8 @@
 
 pub mod arch;
 pub mod bus;
-pub mod cpu;
 pub mod core;
+pub mod cpu;
 pub mod cpuid;
 pub mod debugreg;
 pub mod desc;

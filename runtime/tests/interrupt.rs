@@ -215,15 +215,7 @@ fn software_interrupts_check_the_gate_dpl() {
     let next = RIP + 2;
     let flags = rflags::FIXED1 | rflags::IF | rflags::RF;
     // DPL 3: delivered, returning past the INT, RF clear in the image (a trap).
-    let r = deliver(
-        m.cpu(),
-        0x80,
-        EventKind::Software,
-        None,
-        flags,
-        next,
-        RIP,
-    );
+    let r = deliver(m.cpu(), 0x80, EventKind::Software, None, flags, next, RIP);
     assert_eq!(r, Ok(false));
     assert_eq!(m.cpu().rip, HANDLER + 0x80);
     assert_eq!(frame(&m, 3), [next, 0x33, flags & !rflags::RF]);
@@ -231,15 +223,7 @@ fn software_interrupts_check_the_gate_dpl() {
     let mut m = machine();
     gate(&mut m, 0x81, INTERRUPT_GATE, 0, 0, true);
     gate(&mut m, vector::GP, INTERRUPT_GATE, 0, 0, true);
-    let r = deliver(
-        m.cpu(),
-        0x81,
-        EventKind::Software,
-        None,
-        flags,
-        next,
-        RIP,
-    );
+    let r = deliver(m.cpu(), 0x81, EventKind::Software, None, flags, next, RIP);
     assert_eq!(r, Ok(true));
     assert_eq!(
         m.cpu().exec.exception,
@@ -317,7 +301,10 @@ fn page_fault_during_page_fault_is_a_double_fault() {
     assert_eq!(m.cpu().rip, HANDLER + vector::DF as u64);
     // CR2: the first push (SS) at RSP0 - 8, a supervisor write to a non-present page.
     assert_eq!(m.cpu().cr2, 0x1_fff8);
-    assert_eq!(m.cpu().exec.exception, ExceptionRecord::page_fault(PF_W, 0x1_fff8));
+    assert_eq!(
+        m.cpu().exec.exception,
+        ExceptionRecord::page_fault(PF_W, 0x1_fff8)
+    );
     assert_eq!(m.cpu().gpr[gpr::RSP], 0xa000 - 48);
     assert_eq!(frame(&m, 6), [0, RIP, 0x33, USER_FLAGS, USER_RSP, 0x2b]);
 }
@@ -420,7 +407,10 @@ fn handler_segment_checks() {
         RIP,
     );
     assert_eq!(r, Ok(false));
-    assert_eq!(m.cpu().exec.exception, ExceptionRecord::fault(vector::GP, Some(1)));
+    assert_eq!(
+        m.cpu().exec.exception,
+        ExceptionRecord::fault(vector::GP, Some(1))
+    );
 }
 
 #[test]

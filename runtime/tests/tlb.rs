@@ -33,7 +33,9 @@ fn all_invalid(t: &Tlb) -> bool {
 fn a_read_miss_fills_the_read_entry() {
     let mut m = Machine::new();
     m.map(PAGE, PHYS, RW | US);
-    m.mem().write_u64(PHYS + 0x10, 0x1122_3344_5566_7788).unwrap();
+    m.mem()
+        .write_u64(PHYS + 0x10, 0x1122_3344_5566_7788)
+        .unwrap();
     assert_eq!(
         load_slow(m.cpu(), PAGE + 0x10, 8, USER),
         Ok(0x1122_3344_5566_7788)

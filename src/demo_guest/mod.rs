@@ -458,7 +458,7 @@ mod tests {
     fn user_fault(code: &[u8], vector: u8, what: &str) {
         for (name, cfg) in configs() {
             let (mut m, console) = prepare(cfg, false).unwrap();
-            m.core.mem().write(UCODE, code).unwrap();
+            m.core.mem_mut().write(UCODE, code).unwrap();
             let o = finish(m, console).unwrap();
             let c = &o.console;
             assert_eq!(

@@ -8,7 +8,7 @@
 //! `GuestMemory` trait, while krr's guest memory is its own mapping, and the part of the
 //! protocol needed here is a few dozen field writes.
 
-use krr_runtime::{seg, CpuState, DescriptorTable, GuestMemory, Segment};
+use krr_runtime::{seg, ArchState, DescriptorTable, GuestMemory, Segment};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
@@ -98,7 +98,7 @@ pub struct BootInfo {
 /// Load `kernel` (bzImage bytes) and `initrd` into `mem` and set `cpu` up for the 64-bit entry.
 pub fn load(
     mem: &mut GuestMemory,
-    cpu: &mut CpuState,
+    cpu: &mut ArchState,
     kernel_path: &str,
     kernel: &[u8],
     initrd: Option<&[u8]>,
@@ -269,9 +269,9 @@ fn write_page_tables_and_gdt(mem: &mut GuestMemory) -> Result<u16, BootError> {
 
 /// Put `cpu` in 64-bit mode at CPL0 as a boot loader leaves it: flat code and data segments
 /// (`selectors` = code, data) from the GDT `gdt`, no IDT, paging on with the tables at `pml4`,
-/// interrupts off, registers zero, at `rip`.
+/// interrupts off, registers zero, at `rip`. The caller flushes the TLB (`Core::flush_tlb`).
 pub fn enter_flat_long_mode(
-    cpu: &mut CpuState,
+    cpu: &mut ArchState,
     gdt: DescriptorTable,
     selectors: (u16, u16),
     pml4: u64,
@@ -306,5 +306,4 @@ pub fn enter_flat_long_mode(
     cpu.rflags = krr_runtime::rflags::FIXED1;
     cpu.gpr = [0; 16];
     cpu.rip = rip;
-    cpu.tlb.flush();
 }

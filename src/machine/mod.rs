@@ -14,7 +14,7 @@ pub mod linux;
 use crate::trace::{Event, EventData};
 use devices::{DeviceCtx, IrqLines, MachineRequest, PortDevice};
 use krr_jit::{Engine, EngineConfig, Exit};
-use krr_runtime::{Bus, CpuState, GuestMemory};
+use krr_runtime::{Bus, Core, CpuState};
 use std::collections::HashSet;
 use std::io::Write;
 
@@ -197,7 +197,7 @@ impl Board {
         let r = f(d, &mut ctx);
         self.pic.update(self.irq);
         if let Some(t) = self.next_event() {
-            if t.saturating_sub(self.idle_ns) < cpu.icount_limit {
+            if t.saturating_sub(self.idle_ns) < cpu.exec.icount_limit {
                 self.event_moved = true;
             }
         }
@@ -386,8 +386,8 @@ pub struct MachineConfig {
 }
 
 pub struct Machine {
-    pub mem: GuestMemory,
-    pub cpu: Box<CpuState>,
+    /// The CPU and guest RAM.
+    pub core: Core,
     pub engine: Engine,
     pub board: Board,
     console: Box<dyn Write>,
@@ -395,9 +395,7 @@ pub struct Machine {
 
 impl Machine {
     pub fn new(config: MachineConfig, console: Box<dyn Write>) -> Result<Machine, MachineError> {
-        let mut mem = GuestMemory::new(config.mem_bytes)?;
-        let mut cpu = CpuState::new_flat64(&mut mem);
-        cpu.icount_limit = u64::MAX;
+        let core = Core::new(config.mem_bytes)?;
         let engine = Engine::new(EngineConfig {
             deliver_exceptions: true,
             ..config.engine
@@ -420,8 +418,7 @@ impl Machine {
             console_input: None,
         };
         Ok(Machine {
-            mem,
-            cpu,
+            core,
             engine,
             board,
             console,
@@ -557,10 +554,11 @@ impl Machine {
                 return Ok(RunEnd::InstructionLimit);
             }
             let next = self.instructions_until(self.board.next_event());
-            self.core.set_icount_limit(next
-                .max(self.core.cpu().icount + 1)
-                .min(limit)
-                .min(next_checkpoint));
+            self.core.set_icount_limit(
+                next.max(self.core.cpu().icount + 1)
+                    .min(limit)
+                    .min(next_checkpoint),
+            );
             self.board.event_moved = false;
             let exit = self.engine.run_with_bus(&mut self.core, &mut self.board);
             match exit {

@@ -2,11 +2,11 @@
 
 use super::bytes::{Put, Reader};
 use krr_runtime::cpu::{DescriptorTable, Segment};
-use krr_runtime::{rflags, CpuState, GuestMemory};
+use krr_runtime::{rflags, ArchState, GuestMemory};
 
 /// The hash checkpoints and the final state compare: general registers, RIP, RFLAGS, the
 /// control registers, segment selectors and bases, and the XMM registers.
-pub fn regs_hash(cpu: &CpuState) -> u64 {
+pub fn regs_hash(cpu: &ArchState) -> u64 {
     let flags = cpu.rflags_value();
     let mut v: Vec<u8> = Vec::with_capacity(512);
     for r in cpu.gpr {
@@ -64,7 +64,7 @@ fn get_table(r: &mut Reader) -> Result<DescriptorTable, String> {
 }
 
 /// The architectural CPU state, field by field (the layout is in docs/TRACE-FORMAT.md).
-pub fn encode_cpu(cpu: &CpuState) -> Vec<u8> {
+pub fn encode_cpu(cpu: &ArchState) -> Vec<u8> {
     let flags = cpu.rflags_value();
     let mut v = Vec::with_capacity(1024);
     for r in cpu.gpr {
@@ -125,9 +125,9 @@ pub fn encode_cpu(cpu: &CpuState) -> Vec<u8> {
     v
 }
 
-/// Load a CPU image written by [`encode_cpu`] into `cpu` (which keeps its memory, bus and
-/// CPUID table). The TLB is flushed.
-pub fn decode_cpu(cpu: &mut CpuState, data: &[u8]) -> Result<(), String> {
+/// Load a CPU image written by [`encode_cpu`] into `cpu` (the caller flushes the TLB:
+/// `Core::flush_tlb`).
+pub fn decode_cpu(cpu: &mut ArchState, data: &[u8]) -> Result<(), String> {
     let mut r = Reader::new(data);
     for g in cpu.gpr.iter_mut() {
         *g = r.u64()?;
@@ -200,7 +200,6 @@ pub fn decode_cpu(cpu: &mut CpuState, data: &[u8]) -> Result<(), String> {
         st.copy_from_slice(r.bytes(16)?);
     }
     r.finish()?;
-    cpu.tlb.flush();
     Ok(())
 }
 
@@ -259,8 +258,7 @@ mod tests {
 
     #[test]
     fn cpu_image_round_trips_and_keeps_the_hash() {
-        let mut mem = GuestMemory::new(1 << 20).unwrap();
-        let mut cpu = CpuState::new_flat64(&mut mem);
+        let mut cpu = ArchState::flat64();
         for (i, g) in cpu.gpr.iter_mut().enumerate() {
             *g = 0x1111_1111_1111_1111u64.wrapping_mul(i as u64 + 1);
         }
@@ -274,8 +272,7 @@ mod tests {
         cpu.icount = 12345;
         let h = regs_hash(&cpu);
         let image = encode_cpu(&cpu);
-        let mut mem2 = GuestMemory::new(1 << 20).unwrap();
-        let mut cpu2 = CpuState::new_flat64(&mut mem2);
+        let mut cpu2 = ArchState::flat64();
         decode_cpu(&mut cpu2, &image).unwrap();
         assert_eq!(regs_hash(&cpu2), h);
         assert_eq!(cpu2.icount, 12345);

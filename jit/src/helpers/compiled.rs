@@ -73,8 +73,8 @@ pub unsafe extern "C" fn krr_load128(cpu: *mut CpuState, addr: u64, mmu_idx: u64
     let mut buf = [0u8; 16];
     match mmu::load_bytes(cpu, addr, &mut buf, mmu_idx as usize) {
         Ok(()) => {
-            cpu.scratch[0] = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
-            cpu.scratch[1] = u64::from_le_bytes(buf[8..].try_into().expect("8 bytes"));
+            cpu.exec.scratch[0] = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+            cpu.exec.scratch[1] = u64::from_le_bytes(buf[8..].try_into().expect("8 bytes"));
             OK
         }
         Err(f) => fault_status(cpu, f),
@@ -88,8 +88,8 @@ pub unsafe extern "C" fn krr_store128(cpu: *mut CpuState, addr: u64, mmu_idx: u6
     // SAFETY: see the section comment.
     let cpu = unsafe { &mut *cpu };
     let mut buf = [0u8; 16];
-    buf[..8].copy_from_slice(&cpu.scratch[0].to_le_bytes());
-    buf[8..].copy_from_slice(&cpu.scratch[1].to_le_bytes());
+    buf[..8].copy_from_slice(&cpu.exec.scratch[0].to_le_bytes());
+    buf[8..].copy_from_slice(&cpu.exec.scratch[1].to_le_bytes());
     match mmu::store_bytes(cpu, addr, &buf, mmu_idx as usize) {
         Ok(()) => OK,
         Err(f) => fault_status(cpu, f),
@@ -136,15 +136,15 @@ pub unsafe extern "C" fn krr_interpret(cpu: *mut CpuState, insn: *const Instruct
     match interp::step(cpu, insn) {
         interp::StepResult::Retired => OK,
         interp::StepResult::Exception { .. } => {
-            cpu.helper_status = FAULT;
+            cpu.exec.helper_status = FAULT;
             FAULT
         }
         interp::StepResult::Unbacked => {
-            cpu.helper_status = UNBACKED;
+            cpu.exec.helper_status = UNBACKED;
             UNBACKED
         }
         interp::StepResult::Halt => {
-            cpu.helper_status = HALT;
+            cpu.exec.helper_status = HALT;
             HALT
         }
     }

@@ -32,23 +32,23 @@ pub(crate) fn fault_status(cpu: &mut CpuState, f: mmu::MemFault) -> u64 {
     let s = match f {
         mmu::MemFault::Exception => FAULT,
         mmu::MemFault::Unbacked { phys } => {
-            cpu.unbacked_phys = phys;
+            cpu.exec.unbacked_phys = phys;
             UNBACKED
         }
     };
-    cpu.helper_status = s;
+    cpu.exec.helper_status = s;
     s
 }
 
 fn raise(cpu: &mut CpuState, vector: u8, error_code: Option<u32>) -> u64 {
-    cpu.exception = ExceptionRecord {
+    cpu.exec.exception = ExceptionRecord {
         vector,
         has_error_code: error_code.is_some(),
         software: false,
         error_code: error_code.unwrap_or(0),
         address: 0,
     };
-    cpu.helper_status = FAULT;
+    cpu.exec.helper_status = FAULT;
     0
 }
 
@@ -90,24 +90,24 @@ pub fn system(cpu: &mut CpuState, insn: &Instruction, args: [u64; 3]) -> u64 {
         Outcome::Done(next) => (OK, next.unwrap_or(insn.next_ip())),
         // INT n and INTO: software interrupts, reported as traps past the instruction.
         Outcome::Fault(e) if e.software => {
-            cpu.exception = e;
+            cpu.exec.exception = e;
             (TRAP, 0)
         }
         Outcome::Fault(e) => {
-            cpu.exception = e;
+            cpu.exec.exception = e;
             (FAULT, 0)
         }
         Outcome::Trap(e) => {
-            cpu.exception = e;
+            cpu.exec.exception = e;
             (TRAP, 0)
         }
         Outcome::Unbacked(phys) => {
-            cpu.unbacked_phys = phys;
+            cpu.exec.unbacked_phys = phys;
             (UNBACKED, 0)
         }
         Outcome::Halt => (HALT, 0),
     };
-    cpu.helper_status = status;
+    cpu.exec.helper_status = status;
     next
 }
 

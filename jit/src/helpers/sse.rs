@@ -20,7 +20,7 @@ pub fn sse_helper(cpu: &mut CpuState, args: [u64; 3]) -> u64 {
     let dst = (dst & 15) as usize;
     let source = |cpu: &CpuState| {
         if src == SCRATCH_SRC {
-            [cpu.scratch[2], cpu.scratch[3]]
+            [cpu.exec.scratch[2], cpu.exec.scratch[3]]
         } else {
             cpu.xmm[(src & 15) as usize]
         }
@@ -60,14 +60,14 @@ pub fn sse_helper(cpu: &mut CpuState, args: [u64; 3]) -> u64 {
         } else {
             vector::UD
         };
-        cpu.exception = ExceptionRecord {
+        cpu.exec.exception = ExceptionRecord {
             software: false,
             vector,
             has_error_code: false,
             error_code: 0,
             address: 0,
         };
-        cpu.helper_status = FAULT;
+        cpu.exec.helper_status = FAULT;
         return 0;
     }
     cpu.mxcsr |= flags;

@@ -69,7 +69,7 @@ pub(super) fn execute(
             if !priv0 {
                 return gp0();
             }
-            cpu.tlb.flush_page(mem_addr());
+            cpu.exec.tlb.flush_page(mem_addr());
             Outcome::Done(None)
         }
         M::Invpcid => {
@@ -90,13 +90,13 @@ pub(super) fn execute(
                         return gp0();
                     }
                     // Drops the page for every PCID (more than required).
-                    cpu.tlb.flush_page(linear);
+                    cpu.exec.tlb.flush_page(linear);
                 }
                 1 => {
                     let current = cpu.cr4 & CR4_PCIDE != 0 && cpu.cr3 & 0xfff == pcid;
-                    cpu.tlb.flush_pcid(pcid as u16, current);
+                    cpu.exec.tlb.flush_pcid(pcid as u16, current);
                 }
-                _ => cpu.tlb.flush(),
+                _ => cpu.exec.tlb.flush(),
             }
             Outcome::Done(None)
         }
@@ -153,7 +153,7 @@ pub(super) fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u
                     return gp0();
                 }
                 if (v ^ cpu.cr0) & (CR0_PG | CR0_PE | (1 << 16)) != 0 {
-                    cpu.tlb.flush();
+                    cpu.exec.tlb.flush();
                 }
                 cpu.cr0 = v | 0x10; // ET is hardwired to 1
             }
@@ -169,9 +169,9 @@ pub(super) fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u
                 // 4.10.4.1); without, every load invalidates the non-global ones (all of them
                 // here: more than required).
                 if cpu.cr4 & CR4_PCIDE != 0 {
-                    cpu.tlb.load_cr3(Some((v & 0xfff) as u16), !keep);
+                    cpu.exec.tlb.load_cr3(Some((v & 0xfff) as u16), !keep);
                 } else {
-                    cpu.tlb.load_cr3(None, true);
+                    cpu.exec.tlb.load_cr3(None, true);
                 }
                 cpu.cr3 = v;
             }
@@ -185,7 +185,7 @@ pub(super) fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u
                 {
                     return gp0();
                 }
-                cpu.tlb.flush();
+                cpu.exec.tlb.flush();
                 cpu.cr4 = v;
             }
             Register::CR8 => {

@@ -80,7 +80,8 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Out
             if !priv0 {
                 return gp0();
             }
-            std::mem::swap(&mut cpu.seg[seg::GS].base, &mut cpu.kernel_gs_base);
+            let arch = &mut cpu.arch;
+            std::mem::swap(&mut arch.seg[seg::GS].base, &mut arch.kernel_gs_base);
             Outcome::Done(None)
         }
         M::Int => Outcome::Fault(ExceptionRecord {

@@ -55,7 +55,7 @@ pub(super) fn port_io(cpu: &mut CpuState, insn: &Instruction) -> Outcome {
         let p = port(cpu);
         trym!(io_permitted(cpu, p, size));
     }
-    if cpu.bus.is_none() {
+    if !cpu.exec.has_bus() {
         return no_bus(insn);
     }
     match m {

@@ -100,7 +100,7 @@ pub fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags:
                 "system instruction `{insn}` at RIP {:#x} is not implemented: raising #UD",
                 insn.ip()
             );
-            cpu.unimplemented_count += 1;
+            cpu.exec.unimplemented_count += 1;
             ud()
         }
     }
@@ -208,7 +208,7 @@ fn probe_write(cpu: &mut CpuState, addr: u64, len: u64) -> Result<(), Outcome> {
     let last = addr.wrapping_add(len - 1);
     for a in [addr, last] {
         if let Err(e) = mmu::translate(cpu, a, mmu::Access::Write, user) {
-            cpu.exception = e;
+            cpu.exec.exception = e;
             return Err(Outcome::Fault(e));
         }
     }
@@ -217,7 +217,7 @@ fn probe_write(cpu: &mut CpuState, addr: u64, len: u64) -> Result<(), Outcome> {
 
 fn mem_sys(cpu: &CpuState, f: mmu::MemFault) -> Outcome {
     match f {
-        mmu::MemFault::Exception => Outcome::Fault(cpu.exception),
+        mmu::MemFault::Exception => Outcome::Fault(cpu.exec.exception),
         mmu::MemFault::Unbacked { phys } => Outcome::Unbacked(phys),
     }
 }

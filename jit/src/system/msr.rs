@@ -173,7 +173,7 @@ pub(super) fn write_msr(cpu: &mut CpuState, index: u32, v: u64) -> bool {
                 return false;
             }
             if (v ^ cpu.efer) & EFER_NXE != 0 {
-                cpu.tlb.flush();
+                cpu.exec.tlb.flush();
             }
             cpu.efer = (v & !EFER_LMA) | (cpu.efer & EFER_LMA);
         }

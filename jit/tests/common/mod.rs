@@ -37,7 +37,7 @@
 use iced_x86::code_asm::*;
 use krr_jit::engine::{Engine, EngineConfig, Exit};
 use krr_jit::snippet::Tier;
-use krr_runtime::{rflags, seg, Bus, CpuState, GuestMemory, Segment};
+use krr_runtime::{rflags, seg, Bus, Core, CpuState, GuestMemory, Segment};
 use std::collections::HashMap;
 
 pub const RAM: u64 = 8 << 20;
@@ -480,8 +480,8 @@ pub struct Snap {
     pub ftw: u8,
 }
 
-fn snap(cpu: &mut CpuState) -> Snap {
-    let arith = krr_jit::interp::materialize_flags(cpu);
+fn snap(cpu: &CpuState) -> Snap {
+    let arith = cpu.arith_flags();
     Snap {
         gpr: cpu.gpr,
         rip: cpu.rip,
@@ -673,8 +673,9 @@ impl Machine {
     }
 
     /// Set up the CPU and an engine for `tier`.
-    pub fn start(mut self, tier: Tier) -> Session {
-        let mut cpu = CpuState::new_flat64(&mut self.mem);
+    pub fn start(self, tier: Tier) -> Session {
+        let mut core = Core::with_memory(self.mem);
+        let cpu = core.arch_mut();
         cpu.seg[seg::CS] = Segment {
             selector: KERNEL_CS,
             attrs: 0xa09b,
@@ -697,7 +698,7 @@ impl Machine {
         cpu.rflags = self.rflags;
         cpu.gpr = self.gpr;
         cpu.rip = KCODE;
-        cpu.icount_limit = self.budget;
+        core.set_icount_limit(self.budget);
         let engine = Engine::new(EngineConfig {
             deliver_exceptions: true,
             ..tier.engine_config()
@@ -706,9 +707,9 @@ impl Machine {
         Session {
             tier,
             engine,
-            cpu,
+            core,
             bus: TestBus::default(),
-            m: self,
+            labels: self.labels,
         }
     }
 
@@ -792,15 +793,20 @@ fn build_kernel(k: &mut Asm, body: impl FnOnce(&mut Asm) -> AsmResult) -> AsmRes
 pub struct Session {
     pub tier: Tier,
     pub engine: Engine,
-    pub cpu: Box<CpuState>,
+    /// The CPU and the machine's memory.
+    pub core: Core,
     pub bus: TestBus,
-    pub m: Machine,
+    pub labels: HashMap<String, u64>,
 }
 
 impl Session {
+    pub fn cpu(&self) -> &CpuState {
+        self.core.cpu()
+    }
+
     pub fn run(&mut self) -> Exit {
         self.bus.exit_requested = false;
-        self.engine.run_with_bus(&mut self.cpu, &mut self.bus)
+        self.engine.run_with_bus(&mut self.core, &mut self.bus)
     }
 
     pub fn finish(mut self, exit: Exit) -> Outcome {
@@ -830,9 +836,9 @@ impl Session {
             reports: self.bus.qwords(REPORT_PORT),
             events,
             io: std::mem::take(&mut self.bus.io),
-            cpu: snap(&mut self.cpu),
-            labels: self.m.labels.clone(),
-            mem: self.m.mem,
+            cpu: snap(self.core.cpu()),
+            labels: self.labels.clone(),
+            core: self.core,
         }
     }
 }
@@ -846,7 +852,8 @@ pub struct Outcome {
     pub io: Vec<Io>,
     pub cpu: Snap,
     pub labels: HashMap<String, u64>,
-    pub mem: GuestMemory,
+    /// The CPU and memory at the end.
+    pub core: Core,
 }
 
 impl Outcome {
@@ -857,10 +864,10 @@ impl Outcome {
             .unwrap_or_else(|| panic!("no label {name}"))
     }
     pub fn u64_at(&self, phys: u64) -> u64 {
-        self.mem.read_u64(phys).unwrap()
+        self.core.mem().read_u64(phys).unwrap()
     }
     pub fn bytes(&self, phys: u64, len: usize) -> Vec<u8> {
-        self.mem.slice(phys, len).unwrap().to_vec()
+        self.core.mem().slice(phys, len).unwrap().to_vec()
     }
     /// The only event (panics unless exactly one).
     pub fn event(&self) -> Event {
@@ -882,8 +889,8 @@ impl Outcome {
         assert_eq!(self.reports, other.reports, "reports differ {t:?}");
         assert_eq!(self.io, other.io, "port IO differs {t:?}");
         assert_eq!(self.cpu, other.cpu, "CPU state differs {t:?}");
-        let a = self.mem.slice(0, RAM as usize).unwrap();
-        let b = other.mem.slice(0, RAM as usize).unwrap();
+        let a = self.core.mem().slice(0, RAM as usize).unwrap();
+        let b = other.core.mem().slice(0, RAM as usize).unwrap();
         if a != b {
             let first = a.iter().zip(b).position(|(x, y)| x != y).unwrap() & !7;
             panic!(

@@ -66,7 +66,10 @@ impl Machine {
     }
 
     pub fn entry(&self, linear: u64, level: u32) -> u64 {
-        self.core.mem().read_u64(self.entry_addr(linear, level)).unwrap()
+        self.core
+            .mem()
+            .read_u64(self.entry_addr(linear, level))
+            .unwrap()
     }
 
     pub fn set_entry(&mut self, linear: u64, level: u32, v: u64) {

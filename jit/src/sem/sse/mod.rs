@@ -28,12 +28,9 @@ use super::*;
 use lanes::lane_handler;
 
 use iced_x86::{Code, Mnemonic};
-use krr_runtime::{vector, CpuState};
-use std::mem::offset_of;
+use krr_runtime::arch::{cr0, cr4};
+use krr_runtime::vector;
 
-const CR0_EM: u64 = 1 << 2;
-const CR0_TS: u64 = 1 << 3;
-const CR4_OSFXSR: u64 = 1 << 9;
 /// CR4.OSXMMEXCPT: unmasked SIMD floating-point exceptions raise #XM rather than #UD.
 pub const CR4_OSXMMEXCPT: u64 = 1 << 10;
 
@@ -132,18 +129,18 @@ fn handler<B: Builder>(insn: &Instruction) -> Option<Handler<B>> {
 
 /// #UD if CR0.EM is set or CR4.OSFXSR clear, #NM if CR0.TS is set.
 pub(super) fn check_available<B: Builder>(b: &mut B) -> R<()> {
-    let cr0 = b.load_state(offset_of!(CpuState, cr0) as i32);
-    let cr4 = b.load_state(offset_of!(CpuState, cr4) as i32);
-    let em = b.c(CR0_EM);
+    let cr0 = b.load_state(offsets::CR0);
+    let cr4 = b.load_state(offsets::CR4);
+    let em = b.c(cr0::EM);
     let em = b.and(cr0, em);
-    let fx = b.c(CR4_OSFXSR);
+    let fx = b.c(cr4::OSFXSR);
     let on = b.and(cr4, fx);
     let off = b.xor(on, fx);
     let u = b.or(em, off);
     let z = b.c(0);
     let ud = b.icmp(Cmp::Ne, u, z);
     b.raise_if(ud, vector::UD, None)?;
-    let ts = b.c(CR0_TS);
+    let ts = b.c(cr0::TS);
     let ts = b.and(cr0, ts);
     let nm = b.icmp(Cmp::Ne, ts, z);
     b.raise_if(nm, vector::NM, None)
