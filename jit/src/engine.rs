@@ -12,12 +12,12 @@
 
 use crate::block::{self, Block, FetchError};
 use crate::block_id::BlockId;
-use crate::compile::{CompiledBlock, Jit, EXIT_BUDGET, EXIT_NORMAL};
-use crate::interp::{Interp, StepResult};
+use crate::compile::{CompiledBlock, Jit};
+use crate::interp::Interp;
 use crate::jump_cache::{jump_slot, JumpCache};
 use crate::mode;
 use iced_x86::Instruction;
-use krr_runtime::{mmu, Core, CpuState};
+use krr_runtime::{mmu, Core, CpuState, Outcome};
 use rustc_hash::FxHashMap as HashMap;
 use std::ops::{Index, IndexMut};
 use std::time::Duration;
@@ -592,17 +592,25 @@ impl Engine {
             .expect("checked by caller")
             .code;
         cpu.exec.exit_slot = 0;
-        cpu.exec.helper_status = crate::helpers::OK;
+        cpu.exec.helper_status = Outcome::Continue;
         let unimpl_before = cpu.exec.unimplemented_count;
-        let reason = jit.enter(cpu, code);
-        match reason {
-            EXIT_NORMAL => {
+        let returned = jit.enter(cpu, code);
+        let returned = Outcome::from_u64(returned)
+            .unwrap_or_else(|| unreachable!("compiled code returned {returned}, not an Outcome"));
+        // A block leaves through its fault exit when a helper failed; the helper's status word
+        // then says how (it may also be `Unbacked`, `Halt` or `Trap`).
+        let outcome = match std::mem::take(&mut cpu.exec.helper_status) {
+            Outcome::Continue => returned,
+            status => status,
+        };
+        match outcome {
+            Outcome::Continue => {
                 if cpu.exec.exit_slot != 0 {
                     self.link(cpu);
                 }
                 None
             }
-            EXIT_BUDGET => {
+            Outcome::Budget => {
                 // Not enough budget for the whole block: finish instruction by instruction.
                 let id = match self.lookup(cpu) {
                     Ok(id) => id,
@@ -610,28 +618,7 @@ impl Engine {
                 };
                 self.interpret_block(cpu, id)
             }
-            _ => {
-                if cpu.exec.helper_status == crate::helpers::HALT {
-                    cpu.exec.helper_status = crate::helpers::OK;
-                    return Some(Exit::Halt);
-                }
-                if cpu.exec.helper_status == crate::helpers::UNBACKED {
-                    cpu.exec.helper_status = crate::helpers::OK;
-                    return Some(Exit::Unbacked {
-                        phys: cpu.exec.unbacked_phys,
-                    });
-                }
-                let unimplemented = cpu.exec.unimplemented_count != unimpl_before;
-                if unimplemented {
-                    self.log_unimplemented(cpu);
-                }
-                let v = cpu.exec.exception.vector;
-                let trap = v == krr_runtime::vector::BP || v == krr_runtime::vector::OF;
-                Some(Exit::Exception {
-                    trap,
-                    unimplemented,
-                })
-            }
+            other => self.outcome_exit(cpu, other, unimpl_before, None),
         }
     }
 
@@ -674,19 +661,20 @@ impl Engine {
             insns.len()
         };
         let icount_before = cpu.icount;
-        cpu.exec.helper_status = crate::helpers::OK;
+        let unimpl_before = cpu.exec.unimplemented_count;
+        cpu.exec.helper_status = Outcome::Continue;
         let mut it = Interp::new(cpu, &mut self.undo);
         let mut end = None;
         for (i, (insn, mem)) in insns[..n].iter().zip(&mems[..n]).enumerate() {
             match it.step(insn, mem) {
-                StepResult::Retired => {
+                Outcome::Continue => {
                     // A taken branch can only be the block's last instruction, but a retired
                     // instruction may also have been interrupted mid-way (REP): follow RIP. A
                     // write to translated code ends the block so the next instruction is
                     // decoded afresh.
                     let cpu = it.cpu();
                     if cpu.rip != insn.next_ip() || cpu.exec.smc_count != 0 {
-                        end = Some((i, StepResult::Retired));
+                        end = Some((i, Outcome::Continue));
                         break;
                     }
                 }
@@ -700,33 +688,47 @@ impl Engine {
         self.stats.interpreted_insns += cpu.icount - icount_before;
         match end {
             None if n < insns.len() => Some(Exit::Budget),
-            None | Some((_, StepResult::Retired)) => None,
-            Some((i, r)) => Some(self.step_exit(cpu, id, i, r)),
+            None | Some((_, Outcome::Continue)) => None,
+            Some((i, outcome)) => {
+                let insn = self.entries[id].block.insns[i];
+                self.outcome_exit(cpu, outcome, unimpl_before, Some(insn))
+            }
         }
     }
 
-    /// The exit for an interpreted instruction that did not simply retire.
+    /// What [`Engine::run`] reports for how an interpreted instruction or a compiled block
+    /// ended (`None`: go on dispatching), the same for both tiers: a trap is
+    /// [`Outcome::Trap`], and an exception is of an unimplemented instruction when
+    /// `cpu.exec.unimplemented_count` moved past `unimpl_before`. `insn` is the instruction
+    /// when the interpreter ran it (compiled code's is decoded again at RIP for the log).
     #[cold]
-    fn step_exit(&mut self, cpu: &mut CpuState, id: BlockId, i: usize, r: StepResult) -> Exit {
-        match r {
-            StepResult::Retired => unreachable!("retired instructions do not exit"),
-            StepResult::Exception {
-                trap,
-                unimplemented,
-            } => {
-                if unimplemented {
-                    let insn = self.entries[id].block.insns[i];
-                    self.note_unimplemented(cpu, &insn);
-                }
-                Exit::Exception {
-                    trap,
-                    unimplemented,
-                }
-            }
-            StepResult::Unbacked => Exit::Unbacked {
+    fn outcome_exit(
+        &mut self,
+        cpu: &mut CpuState,
+        outcome: Outcome,
+        unimpl_before: u64,
+        insn: Option<Instruction>,
+    ) -> Option<Exit> {
+        match outcome {
+            Outcome::Continue => None,
+            Outcome::Budget => Some(Exit::Budget),
+            Outcome::Halt => Some(Exit::Halt),
+            Outcome::Unbacked => Some(Exit::Unbacked {
                 phys: cpu.exec.unbacked_phys,
-            },
-            StepResult::Halt => Exit::Halt,
+            }),
+            Outcome::Fault | Outcome::Trap => {
+                let unimplemented = cpu.exec.unimplemented_count != unimpl_before;
+                if unimplemented {
+                    match insn {
+                        Some(insn) => self.note_unimplemented(cpu, &insn),
+                        None => self.log_unimplemented(cpu),
+                    }
+                }
+                Some(Exit::Exception {
+                    trap: outcome == Outcome::Trap,
+                    unimplemented,
+                })
+            }
         }
     }
 

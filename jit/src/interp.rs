@@ -7,7 +7,7 @@
 use crate::helpers;
 use crate::sem::{self, Abort, Builder, Cmp, FlagOp, FlagState, Flow, Helper, MemOperand, R};
 use iced_x86::Instruction;
-use krr_runtime::{mmu, offsets, CpuState, ExceptionRecord};
+use krr_runtime::{mmu, offsets, CpuState, ExceptionRecord, Outcome};
 
 /// An instruction with no operands, for helpers that use the interpreter without one.
 static NO_INSN: std::sync::LazyLock<Instruction> = std::sync::LazyLock::new(Instruction::default);
@@ -56,23 +56,9 @@ const TRAP: u8 = 1;
 const UNIMPLEMENTED: u8 = 2;
 const HALTED: u8 = 4;
 
-/// How one interpreted instruction ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StepResult {
-    /// Retired; `cpu.rip` is the next instruction.
-    Retired,
-    /// Raised the exception in `cpu.exception`; `cpu.rip` is the faulting instruction (or, for a
-    /// trap, the next one). `unimplemented` says the engine lacks the instruction.
-    Exception { trap: bool, unimplemented: bool },
-    /// An access hit a physical address with no RAM (`cpu.unbacked_phys`); nothing retired.
-    Unbacked,
-    /// HLT retired: `cpu.rip` is past it.
-    Halt,
-}
-
-/// Execute one instruction.
-pub fn step(cpu: &mut CpuState, insn: &Instruction) -> StepResult {
-    cpu.exec.helper_status = helpers::OK;
+/// Execute one instruction (see [`Interp::step`]).
+pub fn step(cpu: &mut CpuState, insn: &Instruction) -> Outcome {
+    cpu.exec.helper_status = Outcome::Continue;
     let mut undo = Undo::default();
     let mem = MemOperand::new(insn);
     Interp::new(cpu, &mut undo).step(insn, &mem)
@@ -112,21 +98,25 @@ impl<'a> Interp<'a> {
         self.cpu
     }
 
-    /// Execute one instruction, whose memory operand is `mem` (`MemOperand::new(insn)`).
-    /// `cpu.helper_status` must be `OK` (it stays so).
+    /// Execute one instruction, whose memory operand is `mem` (`MemOperand::new(insn)`), and
+    /// say how it ended: [`Outcome::Continue`] (retired; `cpu.rip` is the next instruction),
+    /// `Fault` (RIP at it), `Trap` (retired, RIP past it), `Unbacked` (nothing retired) or
+    /// `Halt` (retired); the payload is where [`Outcome`] says. An instruction the engine lacks
+    /// raises #UD and counts in `cpu.exec.unimplemented_count`.
+    /// `cpu.helper_status` must be `Continue` (it stays so).
     #[inline]
-    pub fn step(&mut self, insn: &'a Instruction, mem: &'a MemOperand) -> StepResult {
+    pub fn step(&mut self, insn: &'a Instruction, mem: &'a MemOperand) -> Outcome {
         debug_assert_eq!(*mem, MemOperand::new(insn));
         self.insn = insn;
         self.mem = mem;
         self.next_rip = insn.next_ip();
         match sem::instruction_of(self, insn) {
             Ok(()) => {
-                debug_assert_eq!(self.cpu.exec.helper_status, helpers::OK);
+                debug_assert_eq!(self.cpu.exec.helper_status, Outcome::Continue);
                 self.cpu.rip = self.next_rip;
                 self.cpu.icount += 1;
                 self.forget_undo();
-                StepResult::Retired
+                Outcome::Continue
             }
             Err(Abort) => self.aborted(insn),
         }
@@ -136,36 +126,32 @@ impl<'a> Interp<'a> {
     /// (HLT), and say how it ended. Leaves the interpreter ready for the next step.
     #[cold]
     #[inline(never)]
-    fn aborted(&mut self, insn: &Instruction) -> StepResult {
+    fn aborted(&mut self, insn: &Instruction) -> Outcome {
         let status = std::mem::take(&mut self.status);
         if status & HALTED != 0 {
             // HLT retired; the engine returns to the driver.
             self.forget_undo();
             self.cpu.rip = insn.next_ip();
             self.cpu.icount += 1;
-            return StepResult::Halt;
+            return Outcome::Halt;
         }
         self.rollback();
-        let unbacked = self.cpu.exec.helper_status == helpers::UNBACKED;
-        self.cpu.exec.helper_status = helpers::OK;
+        let unbacked = self.cpu.exec.helper_status == Outcome::Unbacked;
+        self.cpu.exec.helper_status = Outcome::Continue;
         if unbacked {
             self.cpu.rip = insn.ip();
-            return StepResult::Unbacked;
+            return Outcome::Unbacked;
         }
-        let trap = status & TRAP != 0;
-        let unimplemented = status & UNIMPLEMENTED != 0;
-        if trap {
-            self.cpu.rip = insn.next_ip();
-            self.cpu.icount += 1;
-        } else {
-            self.cpu.rip = insn.ip();
-        }
-        if unimplemented {
+        if status & UNIMPLEMENTED != 0 {
             self.cpu.exec.unimplemented_count += 1;
         }
-        StepResult::Exception {
-            trap,
-            unimplemented,
+        if status & TRAP != 0 {
+            self.cpu.rip = insn.next_ip();
+            self.cpu.icount += 1;
+            Outcome::Trap
+        } else {
+            self.cpu.rip = insn.ip();
+            Outcome::Fault
         }
     }
 }
@@ -234,14 +220,14 @@ impl Interp<'_> {
     #[inline(never)]
     fn helper_failed(&mut self) -> Abort {
         match self.cpu.exec.helper_status {
-            helpers::TRAP => {
-                self.cpu.exec.helper_status = helpers::OK;
+            Outcome::Trap => {
+                self.cpu.exec.helper_status = Outcome::Continue;
                 self.status |= TRAP;
                 self.cpu.exec.trap_rip = self.insn.ip();
                 Abort
             }
-            helpers::HALT => {
-                self.cpu.exec.helper_status = helpers::OK;
+            Outcome::Halt => {
+                self.cpu.exec.helper_status = Outcome::Continue;
                 self.halt()
             }
             _ => Abort,
@@ -255,7 +241,7 @@ impl Interp<'_> {
     fn fault(&mut self, f: mmu::MemFault) -> Abort {
         if let mmu::MemFault::Unbacked { phys } = f {
             self.cpu.exec.unbacked_phys = phys;
-            self.cpu.exec.helper_status = helpers::UNBACKED;
+            self.cpu.exec.helper_status = Outcome::Unbacked;
         }
         Abort
     }
@@ -551,7 +537,7 @@ impl Builder for Interp<'_> {
             Helper::System => helpers::system(self.cpu, self.insn, args),
             _ => helpers::run(self.cpu, h, args),
         };
-        if self.cpu.exec.helper_status != helpers::OK {
+        if self.cpu.exec.helper_status != Outcome::Continue {
             return Err(self.helper_failed());
         }
         Ok(r)

@@ -158,8 +158,9 @@ pub struct ExecContext {
     pub scratch: [u64; 4],
     /// Instructions that raised #UD because the engine does not implement them.
     pub unimplemented_count: u64,
-    /// Status of the last helper call from compiled code (see the jit's `helpers` module).
-    pub helper_status: u64,
+    /// How the last helper call ended (see the jit's `helpers` module); anything but
+    /// [`crate::Outcome::Continue`] makes compiled code leave the block.
+    pub helper_status: crate::Outcome,
     /// Return value of the last helper call from compiled code (helpers are reached through
     /// register-preserving shims, which cannot return values).
     pub helper_value: u64,
@@ -316,7 +317,7 @@ impl ExecContext {
             exception: ExceptionRecord::default(),
             scratch: [0; 4],
             unimplemented_count: 0,
-            helper_status: 0,
+            helper_status: crate::Outcome::Continue,
             helper_value: 0,
             helper_args: [0; 4],
             unbacked_phys: 0,

@@ -1,21 +1,34 @@
 //! One vocabulary for how an instruction, a helper call or a compiled block ended, shared by
-//! compiled code (as the `u64` in `CpuState::helper_status`), the helpers and the interpreter.
-//! The values are today's helper status codes (the jit's `helpers::OK`, `FAULT`, `UNBACKED`,
-//! `HALT`), so existing compiled code and this type agree.
+//! compiled code (the `u64` a compiled block returns), the helpers (the status word
+//! `CpuState::exec.helper_status`), the interpreter (the result of a step) and the dispatcher,
+//! which turns it into the engine's public exit.
+//!
+//! The outcome itself carries no payload; what goes with it is in the CPU state: the exception
+//! record of [`Outcome::Fault`] and [`Outcome::Trap`] in `cpu.exec.exception`, the physical
+//! address of [`Outcome::Unbacked`] in `cpu.exec.unbacked_phys`.
 
 /// How an operation ended.
 #[repr(u64)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Outcome {
-    /// Completed normally; execution continues.
+    /// Completed normally; execution continues (RIP at the next instruction). Zero, so
+    /// compiled code tests a status word for "anything else" with a branch on non-zero.
+    #[default]
     Continue = 0,
-    /// An architectural exception was raised; `CpuState::exception` describes it.
+    /// An architectural exception was raised before the instruction retired;
+    /// `cpu.exec.exception` describes it and RIP is at the instruction.
     Fault = 1,
-    /// An access hit a physical address with no RAM behind it; `CpuState::unbacked_phys`
-    /// holds it and nothing was changed.
+    /// An access hit a physical address with no RAM behind it; `cpu.exec.unbacked_phys`
+    /// holds it and nothing was changed (RIP at the instruction).
     Unbacked = 2,
-    /// HLT retired: the CPU waits for an interrupt.
+    /// HLT retired: the CPU waits for an interrupt (RIP past it).
     Halt = 3,
+    /// The instruction retired and raised an exception reported after it (INT n, INT3, INTO,
+    /// INT1): `cpu.exec.exception` describes it and RIP is past the instruction.
+    Trap = 4,
+    /// A compiled block did not fit in the instruction budget: nothing of it ran (only ever
+    /// returned by compiled code, never a helper status).
+    Budget = 5,
 }
 
 impl Outcome {
@@ -31,6 +44,8 @@ impl Outcome {
             1 => Outcome::Fault,
             2 => Outcome::Unbacked,
             3 => Outcome::Halt,
+            4 => Outcome::Trap,
+            5 => Outcome::Budget,
             _ => return None,
         })
     }
@@ -47,11 +62,14 @@ mod tests {
             (1, Outcome::Fault),
             (2, Outcome::Unbacked),
             (3, Outcome::Halt),
+            (4, Outcome::Trap),
+            (5, Outcome::Budget),
         ] {
             assert_eq!(o.as_u64(), v);
             assert_eq!(Outcome::from_u64(v), Some(o));
         }
-        assert_eq!(Outcome::from_u64(4), None);
+        assert_eq!(Outcome::from_u64(6), None);
         assert_eq!(Outcome::from_u64(u64::MAX), None);
+        assert_eq!(Outcome::default(), Outcome::Continue);
     }
 }

@@ -7,16 +7,21 @@
 //! - `lower`: the [`crate::sem::Builder`] that lowers the shared semantics to Cranelift IR,
 //!   with its exits (`lower::exits`) and inline TLB paths (`lower::memory`).
 //!
-//! Shape of a compiled block (`tail` calling convention, `fn(cpu) -> exit`):
+//! Shape of a compiled block (`tail` calling convention, `fn(cpu) -> u64`, the `u64` an
+//! [`Outcome`]):
 //! - entry: load `icount`; if the whole block does not fit in the budget, return
-//!   [`EXIT_BUDGET`] before executing anything (the dispatcher then interprets up to the limit);
+//!   [`Outcome::Budget`] before executing anything (the dispatcher then interprets up to the
+//!   limit);
 //! - body: guest GPRs live in Cranelift variables, loaded on first use and written back at
 //!   exits; flags stay lazy with the producing operation known at compile time;
 //! - memory: an inline TLB lookup (index, tag compare, add) with a cold helper call on a miss;
 //! - faults: a cold exit per instruction stores the registers as they were when that
-//!   instruction started, its RIP and the instruction count, and returns [`EXIT_EXCEPTION`];
+//!   instruction started, its RIP and the instruction count, and returns [`Outcome::Fault`]
+//!   (when a helper failed, `cpu.helper_status` says how: it may also be `Unbacked`, `Halt`
+//!   or `Trap`); an inline trap (INT3, INTO) retires the instruction and returns
+//!   [`Outcome::Trap`];
 //! - exits: to a constant target through a per-exit slot: if the slot holds the target's code
-//!   the block tail-calls it (`return_call_indirect`), else it returns [`EXIT_NORMAL`] with
+//!   the block tail-calls it (`return_call_indirect`), else it returns [`Outcome::Continue`] with
 //!   `cpu.exit_slot` pointing at the slot for the dispatcher to fill.
 
 mod lower;
@@ -32,18 +37,14 @@ use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::JITModule;
 use cranelift_module::{FuncId, Module};
-use krr_runtime::CpuState;
+use krr_runtime::{CpuState, Outcome};
 use shims::HelperRefs;
 use std::collections::HashMap;
 use std::time::Instant;
 use worker::Worker;
 
-/// A block left towards its next block (`cpu.rip`), through `cpu.exit_slot` when non-zero.
-pub(crate) const EXIT_NORMAL: u64 = 0;
-/// The block does not fit in the instruction budget: nothing of it ran.
-pub(crate) const EXIT_BUDGET: u64 = 1;
-/// An exception (in `cpu.exception`) or a helper status the dispatcher must look at.
-pub(crate) const EXIT_EXCEPTION: u64 = 2;
+// Compiled code tests a helper's status word with a branch on non-zero.
+const _: () = assert!(Outcome::Continue.as_u64() == 0);
 
 /// A compiled block: its code and the chaining slots its exits jump through.
 pub(crate) struct CompiledBlock {

@@ -1,12 +1,13 @@
 //! The `extern "C"` entry points compiled code calls: memory slow paths, the helper call and
 //! whole-instruction interpretation. They take the `*mut CpuState` compiled code was entered
-//! with first and report failure through `cpu.helper_status` (or their return value).
+//! with first and report failure as an [`Outcome`] in `cpu.helper_status` (and as their
+//! return value where they have no other).
 
-use super::{fault_status, run, FAULT, HALT, OK, UNBACKED};
+use super::{fault_status, run};
 use crate::interp;
 use crate::sem::Helper;
 use iced_x86::Instruction;
-use krr_runtime::{mmu, CpuState};
+use krr_runtime::{mmu, CpuState, Outcome};
 
 // ---- entry points for compiled code ----
 //
@@ -45,12 +46,12 @@ pub unsafe extern "C" fn krr_store_slow(
     let size = (size_and_mmu & 0xff) as usize;
     let mmu_idx = (size_and_mmu >> 8) as usize;
     match mmu::store_slow(cpu, addr, value, size, mmu_idx) {
-        Ok(()) => OK,
-        Err(f) => fault_status(cpu, f),
+        Ok(()) => Outcome::Continue.as_u64(),
+        Err(f) => fault_status(cpu, f).as_u64(),
     }
 }
 
-/// The fault a store would raise, without storing: OK or the fault status.
+/// The fault a store would raise, without storing: `Continue` or the failure's outcome.
 /// # Safety
 /// `cpu` must be the live CPU state compiled code was entered with.
 pub unsafe extern "C" fn krr_probe_write(cpu: *mut CpuState, addr: u64, size_and_mmu: u64) -> u64 {
@@ -59,8 +60,8 @@ pub unsafe extern "C" fn krr_probe_write(cpu: *mut CpuState, addr: u64, size_and
     let size = (size_and_mmu & 0xff) as usize;
     let mmu_idx = (size_and_mmu >> 8) as usize;
     match mmu::probe_write(cpu, addr, size, mmu_idx) {
-        Ok(()) => OK,
-        Err(f) => fault_status(cpu, f),
+        Ok(()) => Outcome::Continue.as_u64(),
+        Err(f) => fault_status(cpu, f).as_u64(),
     }
 }
 
@@ -75,9 +76,9 @@ pub unsafe extern "C" fn krr_load128(cpu: *mut CpuState, addr: u64, mmu_idx: u64
         Ok(()) => {
             cpu.exec.scratch[0] = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
             cpu.exec.scratch[1] = u64::from_le_bytes(buf[8..].try_into().expect("8 bytes"));
-            OK
+            Outcome::Continue.as_u64()
         }
-        Err(f) => fault_status(cpu, f),
+        Err(f) => fault_status(cpu, f).as_u64(),
     }
 }
 
@@ -91,8 +92,8 @@ pub unsafe extern "C" fn krr_store128(cpu: *mut CpuState, addr: u64, mmu_idx: u6
     buf[..8].copy_from_slice(&cpu.exec.scratch[0].to_le_bytes());
     buf[8..].copy_from_slice(&cpu.exec.scratch[1].to_le_bytes());
     match mmu::store_bytes(cpu, addr, &buf, mmu_idx as usize) {
-        Ok(()) => OK,
-        Err(f) => fault_status(cpu, f),
+        Ok(()) => Outcome::Continue.as_u64(),
+        Err(f) => fault_status(cpu, f).as_u64(),
     }
 }
 
@@ -107,16 +108,8 @@ pub unsafe extern "C" fn krr_helper(
 ) -> u64 {
     // SAFETY: see the section comment.
     let cpu = unsafe { &mut *cpu };
-    let h = match helper {
-        1 => Helper::MaterializeFlags,
-        2 => Helper::Cpuid,
-        3 => Helper::Div,
-        4 => Helper::Idiv,
-        5 => Helper::Sse,
-        6 => Helper::Pdep,
-        7 => Helper::Pext,
-        _ => unreachable!("compiled code passes only helper ids it got from helper_id"),
-    };
+    let h = Helper::from_id(helper)
+        .unwrap_or_else(|| unreachable!("compiled code passes only ids from Helper::id"));
     if h == Helper::MaterializeFlags {
         // Only compiled code asks: the interpreter's flags are already values.
         return interp::materialize_flags(cpu);
@@ -125,27 +118,16 @@ pub unsafe extern "C" fn krr_helper(
 }
 
 /// Interpret one whole instruction for compiled code. The state is written back before the
-/// call; on return `cpu.rip`/`cpu.icount` are updated as the interpreter does. Returns
-/// [`OK`] when it retired, else the status (the exception is in `cpu.exception`).
+/// call; on return `cpu.rip`/`cpu.icount` are updated as the interpreter does. Returns how it
+/// ended, also left in `cpu.helper_status` ([`Outcome::Continue`] when it retired; the
+/// payload of any other outcome is in the CPU state).
 /// # Safety
 /// `cpu` must be the live CPU state compiled code was entered with.
 pub unsafe extern "C" fn krr_interpret(cpu: *mut CpuState, insn: *const Instruction) -> u64 {
     // SAFETY: see the section comment; `insn` points into the block's decoded instructions,
     // which live as long as the compiled code that references them.
     let (cpu, insn) = unsafe { (&mut *cpu, &*insn) };
-    match interp::step(cpu, insn) {
-        interp::StepResult::Retired => OK,
-        interp::StepResult::Exception { .. } => {
-            cpu.exec.helper_status = FAULT;
-            FAULT
-        }
-        interp::StepResult::Unbacked => {
-            cpu.exec.helper_status = UNBACKED;
-            UNBACKED
-        }
-        interp::StepResult::Halt => {
-            cpu.exec.helper_status = HALT;
-            HALT
-        }
-    }
+    let outcome = interp::step(cpu, insn);
+    cpu.exec.helper_status = outcome;
+    outcome.as_u64()
 }

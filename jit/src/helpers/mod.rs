@@ -1,6 +1,7 @@
 //! Rust functions called by both tiers: the interpreter calls them directly, compiled code
 //! through the `extern "C"` entry points in [`compiled`] taking the `*mut CpuState` first. They
-//! report failure through `cpu.helper_status` (or their return value for the store helpers).
+//! report failure as an [`Outcome`] in `cpu.helper_status` (and, for the store helpers, as
+//! their return value).
 //!
 //! This module does not depend on the interpreter (the interpreter calls it); only the entry
 //! points for compiled code do.
@@ -12,28 +13,48 @@ pub use compiled::*;
 pub use sse::sse_helper;
 
 use crate::sem::Helper;
-use crate::system::{self, Outcome};
+use crate::system::{self, SysResult};
 use iced_x86::Instruction;
 use krr_runtime::gpr::{RAX, RBX, RCX, RDX};
-use krr_runtime::{mmu, vector, CpuState, ExceptionRecord};
+use krr_runtime::{mmu, vector, CpuState, ExceptionRecord, Outcome};
 
-pub const OK: u64 = 0;
-/// An exception was raised (`cpu.exception`).
-pub const FAULT: u64 = 1;
-/// An access hit no RAM (`cpu.unbacked_phys`).
-pub const UNBACKED: u64 = 2;
-/// HLT retired (from `krr_interpret`, or from [`system`] for HLT itself).
-pub const HALT: u64 = 3;
-/// A trap was raised (`cpu.exception`): the instruction retires and the exception is reported
-/// with the next RIP (only from [`system`]: INT n, INTO, INT1).
-pub const TRAP: u64 = 4;
+/// The helpers compiled code calls through `krr_helper`, in the order of their ids: the one
+/// table both directions ([`Helper::id`], [`Helper::from_id`]) are derived from.
+/// [`Helper::Interpret`] and [`Helper::System`] are not in it: compiled code hands the whole
+/// instruction to `krr_interpret` for those.
+const HELPERS: [Helper; 7] = [
+    Helper::MaterializeFlags,
+    Helper::Cpuid,
+    Helper::Div,
+    Helper::Idiv,
+    Helper::Sse,
+    Helper::Pdep,
+    Helper::Pext,
+];
 
-pub(crate) fn fault_status(cpu: &mut CpuState, f: mmu::MemFault) -> u64 {
+impl Helper {
+    /// The id compiled code passes to `krr_helper` for this helper: its index in [`HELPERS`].
+    pub fn id(self) -> u64 {
+        HELPERS
+            .iter()
+            .position(|&h| h == self)
+            .unwrap_or_else(|| unreachable!("{self:?} is not called through krr_helper"))
+            as u64
+    }
+
+    /// The helper with id `id` (see [`Helper::id`]).
+    pub fn from_id(id: u64) -> Option<Helper> {
+        HELPERS.get(usize::try_from(id).ok()?).copied()
+    }
+}
+
+/// Report a failed memory access in the status word (and the unbacked address in the state).
+pub(crate) fn fault_status(cpu: &mut CpuState, f: mmu::MemFault) -> Outcome {
     let s = match f {
-        mmu::MemFault::Exception => FAULT,
+        mmu::MemFault::Exception => Outcome::Fault,
         mmu::MemFault::Unbacked { phys } => {
             cpu.exec.unbacked_phys = phys;
-            UNBACKED
+            Outcome::Unbacked
         }
     };
     cpu.exec.helper_status = s;
@@ -48,7 +69,7 @@ fn raise(cpu: &mut CpuState, vector: u8, error_code: Option<u32>) -> u64 {
         error_code: error_code.unwrap_or(0),
         address: 0,
     };
-    cpu.exec.helper_status = FAULT;
+    cpu.exec.helper_status = Outcome::Fault;
     0
 }
 
@@ -80,32 +101,32 @@ pub fn run(cpu: &mut CpuState, h: Helper, args: [u64; 3]) -> u64 {
 
 /// [`Helper::System`]: run the system instruction `insn` on the CPU state. `args` = [linear
 /// address of the memory operand, RFLAGS before the instruction, 1 if it has a memory operand].
-/// Returns the RIP execution continues at; a fault, trap, HLT or an access to unbacked memory
-/// is reported in `cpu.helper_status` ([`FAULT`], [`TRAP`], [`HALT`], [`UNBACKED`]), the
-/// exception in `cpu.exception`.
+/// Returns the RIP execution continues at. This is the one place a [`SysResult`] becomes an
+/// [`Outcome`]: a fault, trap (INT n, INTO, INT1), HLT or an access to unbacked memory is
+/// reported in `cpu.helper_status`, its payload written where [`Outcome`] says.
 pub fn system(cpu: &mut CpuState, insn: &Instruction, args: [u64; 3]) -> u64 {
     let [addr, flags, has_memory] = args;
     let addr = (has_memory != 0).then_some(addr);
     let (status, next) = match system::execute(cpu, insn, addr, flags) {
-        Outcome::Done(next) => (OK, next.unwrap_or(insn.next_ip())),
+        SysResult::Done(next) => (Outcome::Continue, next.unwrap_or(insn.next_ip())),
         // INT n and INTO: software interrupts, reported as traps past the instruction.
-        Outcome::Fault(e) if e.software => {
+        SysResult::Fault(e) if e.software => {
             cpu.exec.exception = e;
-            (TRAP, 0)
+            (Outcome::Trap, 0)
         }
-        Outcome::Fault(e) => {
+        SysResult::Fault(e) => {
             cpu.exec.exception = e;
-            (FAULT, 0)
+            (Outcome::Fault, 0)
         }
-        Outcome::Trap(e) => {
+        SysResult::Trap(e) => {
             cpu.exec.exception = e;
-            (TRAP, 0)
+            (Outcome::Trap, 0)
         }
-        Outcome::Unbacked(phys) => {
+        SysResult::Unbacked(phys) => {
             cpu.exec.unbacked_phys = phys;
-            (UNBACKED, 0)
+            (Outcome::Unbacked, 0)
         }
-        Outcome::Halt => (HALT, 0),
+        SysResult::Halt => (Outcome::Halt, 0),
     };
     cpu.exec.helper_status = status;
     next
@@ -189,19 +210,4 @@ fn divide(cpu: &mut CpuState, size: u32, src: u64, signed: bool) -> u64 {
         }
     }
     0
-}
-
-pub fn helper_id(h: Helper) -> u64 {
-    match h {
-        // Not called through `krr_helper`: compiled code hands the whole instruction to
-        // `krr_interpret` for these.
-        Helper::Interpret | Helper::System => 0,
-        Helper::MaterializeFlags => 1,
-        Helper::Cpuid => 2,
-        Helper::Div => 3,
-        Helper::Idiv => 4,
-        Helper::Sse => 5,
-        Helper::Pdep => 6,
-        Helper::Pext => 7,
-    }
 }

@@ -2,9 +2,8 @@
 //! instruction (the host is x86-64) under the guest's rounding control, DAZ and FTZ and all
 //! exceptions masked; the exception flags raised are folded into the guest MXCSR.
 
-use super::FAULT;
 use crate::sem::sse::{SseOp, CR4_OSXMMEXCPT, SCRATCH_SRC};
-use krr_runtime::{vector, CpuState, ExceptionRecord};
+use krr_runtime::{vector, CpuState, ExceptionRecord, Outcome};
 
 /// The [`Helper::Sse`] entry: `args` = [operation ([`SseOp`]), destination XMM number, source
 /// (XMM number, [`SCRATCH_SRC`], or the integer for CVTSI2S*)]. Writes the destination XMM
@@ -67,7 +66,7 @@ pub fn sse_helper(cpu: &mut CpuState, args: [u64; 3]) -> u64 {
             error_code: 0,
             address: 0,
         };
-        cpu.exec.helper_status = FAULT;
+        cpu.exec.helper_status = Outcome::Fault;
         return 0;
     }
     cpu.mxcsr |= flags;

@@ -10,7 +10,7 @@ pub(super) fn execute(
     insn: &Instruction,
     addr: Option<u64>,
     flags: u64,
-) -> Outcome {
+) -> SysResult {
     let cpl = cpu.cpl();
     let priv0 = cpl == 0;
     let iopl = ((flags >> 12) & 3) as u8;
@@ -20,7 +20,7 @@ pub(super) fn execute(
             if !priv0 {
                 return gp0();
             }
-            Outcome::Halt
+            SysResult::Halt
         }
         M::Cli | M::Sti => {
             if cpl > iopl {
@@ -35,7 +35,7 @@ pub(super) fn execute(
             } else {
                 cpu.rflags &= !rflags::IF;
             }
-            Outcome::Done(None)
+            SysResult::Done(None)
         }
         M::Clac | M::Stac => {
             if !priv0 {
@@ -46,7 +46,7 @@ pub(super) fn execute(
             } else {
                 cpu.rflags &= !rflags::AC;
             }
-            Outcome::Done(None)
+            SysResult::Done(None)
         }
         M::Mov => mov_special(cpu, insn, addr),
         M::Lmsw => {
@@ -56,21 +56,21 @@ pub(super) fn execute(
             let v = trym!(read_u16_operand(cpu, insn, addr)) as u64;
             // LMSW sets PE but never clears it, and only touches the low four bits.
             cpu.cr0 = (cpu.cr0 & !0xe) | (v & 0xf) | (cpu.cr0 & CR0_PE);
-            Outcome::Done(None)
+            SysResult::Done(None)
         }
         M::Clts => {
             if !priv0 {
                 return gp0();
             }
             cpu.cr0 &= !CR0_TS;
-            Outcome::Done(None)
+            SysResult::Done(None)
         }
         M::Invlpg => {
             if !priv0 {
                 return gp0();
             }
             cpu.exec.tlb.flush_page(mem_addr());
-            Outcome::Done(None)
+            SysResult::Done(None)
         }
         M::Invpcid => {
             if !priv0 {
@@ -98,26 +98,26 @@ pub(super) fn execute(
                 }
                 _ => cpu.exec.tlb.flush(),
             }
-            Outcome::Done(None)
+            SysResult::Done(None)
         }
         M::Wbinvd | M::Invd | M::Wbnoinvd => {
             // Memory is coherent and uncached in this model: nothing to write back.
             if !priv0 {
                 return gp0();
             }
-            Outcome::Done(None)
+            SysResult::Done(None)
         }
         M::Clflush | M::Clflushopt | M::Clwb => {
             // Faults like a byte read of the line; there is no cache to flush.
             let mut b = [0u8; 1];
             trym!(read_mem(cpu, mem_addr(), &mut b));
-            Outcome::Done(None)
+            SysResult::Done(None)
         }
         _ => unreachable!("routed here by system::execute"),
     }
 }
 
-pub(super) fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> Outcome {
+pub(super) fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> SysResult {
     let priv0 = cpu.cpl() == 0;
     let (dst, src) = (insn.op0_register(), insn.op1_register());
     if dst.is_segment_register() || src.is_segment_register() {
@@ -139,7 +139,7 @@ pub(super) fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u
             _ => return ud(),
         };
         cpu.gpr[gpr_of(dst).0] = v;
-        return Outcome::Done(None);
+        return SysResult::Done(None);
     }
     if dst.is_cr() {
         let v = cpu.gpr[gpr_of(src).0];
@@ -196,7 +196,7 @@ pub(super) fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u
             }
             _ => return ud(),
         }
-        return Outcome::Done(None);
+        return SysResult::Done(None);
     }
     ud()
 }
@@ -204,7 +204,7 @@ pub(super) fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u
 /// MOV to or from DR0-DR7. DR4/DR5 alias DR6/DR7 unless CR4.DE makes them #UD; with DR7.GD
 /// set any access is a #DB fault with DR6.BD set (GD is cleared for the handler); then the
 /// privilege check (the order of the SDM's MOV DR "Operation" and of Bochs).
-pub(super) fn mov_debug(cpu: &mut CpuState, insn: &Instruction) -> Outcome {
+pub(super) fn mov_debug(cpu: &mut CpuState, insn: &Instruction) -> SysResult {
     let (dst, src) = (insn.op0_register(), insn.op1_register());
     let reg = if src.is_dr() { src } else { dst };
     let i = match reg as usize - Register::DR0 as usize {
@@ -216,14 +216,14 @@ pub(super) fn mov_debug(cpu: &mut CpuState, insn: &Instruction) -> Outcome {
     if cpu.dr[7] & dr7::GD != 0 {
         cpu.dr[6] |= dr6::BD;
         cpu.dr[7] &= !dr7::GD;
-        return Outcome::Fault(fault(vector::DB, None));
+        return SysResult::Fault(fault(vector::DB, None));
     }
     if cpu.cpl() != 0 {
         return gp0();
     }
     if src.is_dr() {
         cpu.gpr[gpr_of(dst).0] = cpu.dr[i];
-        return Outcome::Done(None);
+        return SysResult::Done(None);
     }
     let v = cpu.gpr[gpr_of(src).0];
     if (i == 6 || i == 7) && v >> 32 != 0 {
@@ -246,5 +246,5 @@ pub(super) fn mov_debug(cpu: &mut CpuState, insn: &Instruction) -> Outcome {
     }
     // A breakpoint enabled now takes effect from the next instruction on: the instruction
     // ends its block and the dispatcher switches to its checked mode (engine::debug).
-    Outcome::Done(None)
+    SysResult::Done(None)
 }

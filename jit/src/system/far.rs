@@ -4,7 +4,7 @@
 use super::*;
 
 /// The far instructions.
-pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Outcome {
+pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> SysResult {
     let cpl = cpu.cpl();
     let priv0 = cpl == 0;
     match insn.mnemonic() {
@@ -29,7 +29,7 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Out
                 base: 0,
             };
             set_rflags(cpu, flags & !cpu.sfmask & !rflags::RF);
-            Outcome::Done(Some(cpu.lstar))
+            SysResult::Done(Some(cpu.lstar))
         }
         M::Sysret | M::Sysretq => {
             if cpu.efer & EFER_SCE == 0 {
@@ -73,7 +73,7 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Out
                 // it, at the user RIP (the engine's checked mode delivers it).
                 cpu.pending_db |= dr6::BS;
             }
-            Outcome::Done(Some(target))
+            SysResult::Done(Some(target))
         }
         M::Iretq | M::Iretd | M::Iret => iret(cpu, insn, flags),
         M::Swapgs => {
@@ -82,30 +82,30 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Out
             }
             let arch = &mut cpu.arch;
             std::mem::swap(&mut arch.seg[seg::GS].base, &mut arch.kernel_gs_base);
-            Outcome::Done(None)
+            SysResult::Done(None)
         }
-        M::Int => Outcome::Fault(ExceptionRecord {
+        M::Int => SysResult::Fault(ExceptionRecord {
             software: true,
             ..fault(insn.immediate(0) as u8, None)
         }),
         M::Into => {
             if flags & rflags::OF != 0 {
-                Outcome::Fault(ExceptionRecord {
+                SysResult::Fault(ExceptionRecord {
                     software: true,
                     ..fault(vector::OF, None)
                 })
             } else {
-                Outcome::Done(None)
+                SysResult::Done(None)
             }
         }
         // INT1 (ICEBP): a #DB trap past the instruction, without the gate's DPL check and
         // without DR6 bits (SDM INT n/INTO/INT1/INT3 "Description").
-        M::Int1 => Outcome::Trap(fault(vector::DB, None)),
+        M::Int1 => SysResult::Trap(fault(vector::DB, None)),
         _ => unreachable!("routed here by system::execute"),
     }
 }
 
-pub(super) fn iret(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Outcome {
+pub(super) fn iret(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> SysResult {
     if insn.mnemonic() != M::Iretq {
         // 16/32-bit IRET returns only to compatibility/legacy modes, which krr does not run.
         return ud();
@@ -119,7 +119,7 @@ pub(super) fn iret(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Outcom
         (word(0), word(1) as u16, word(2), word(3), word(4) as u16);
     let rpl = (cs_sel & 3) as u8;
     if rpl < cpl {
-        return Outcome::Fault(fault(vector::GP, Some(cs_sel as u32 & !3)));
+        return SysResult::Fault(fault(vector::GP, Some(cs_sel as u32 & !3)));
     }
     let Some(cs) = tryd!(desc::read_descriptor(cpu, cs_sel)) else {
         return gp0();
@@ -128,10 +128,10 @@ pub(super) fn iret(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Outcom
         || (cs.typ() & 4 == 0 && cs.dpl() != rpl)
         || (cs.typ() & 4 != 0 && cs.dpl() > rpl)
     {
-        return Outcome::Fault(fault(vector::GP, Some(cs_sel as u32 & !3)));
+        return SysResult::Fault(fault(vector::GP, Some(cs_sel as u32 & !3)));
     }
     if !cs.present() {
-        return Outcome::Fault(fault(vector::NP, Some(cs_sel as u32 & !3)));
+        return SysResult::Fault(fault(vector::NP, Some(cs_sel as u32 & !3)));
     }
     if !cs.long() {
         log::warn!(
@@ -160,10 +160,10 @@ pub(super) fn iret(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Outcom
         };
         let writable_data = d.is_code_or_data() && !d.is_code() && d.typ() & 2 != 0;
         if (ss_sel & 3) as u8 != rpl || d.dpl() != rpl || !writable_data {
-            return Outcome::Fault(fault(vector::GP, Some(ss_sel as u32 & !3)));
+            return SysResult::Fault(fault(vector::GP, Some(ss_sel as u32 & !3)));
         }
         if !d.present() {
-            return Outcome::Fault(fault(vector::SS, Some(ss_sel as u32 & !3)));
+            return SysResult::Fault(fault(vector::SS, Some(ss_sel as u32 & !3)));
         }
         d.to_segment(ss_sel)
     };
@@ -201,56 +201,56 @@ pub(super) fn iret(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Outcom
             }
         }
     }
-    Outcome::Done(Some(rip))
+    SysResult::Done(Some(rip))
 }
 /// RETF (the kernel reloads CS with `lretq`) and far JMP/CALL through a memory operand
 /// (m16:64/m16:32). Transfers to compatibility-mode code and through call gates are not
 /// supported (#GP, logged).
-pub(super) fn far_transfer(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> Outcome {
+pub(super) fn far_transfer(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> SysResult {
     let done = if insn.mnemonic() == M::Retf {
         far_return(cpu, insn)
     } else {
         far_jump_or_call(cpu, insn, addr)
     };
     match done {
-        Ok(rip) => Outcome::Done(Some(rip)),
+        Ok(rip) => SysResult::Done(Some(rip)),
         Err(o) => o,
     }
 }
 
 /// A fault of a far transfer: the vector and error code only (no page-fault address), with
 /// the error code where the vector has one.
-pub(super) fn far_fault(vector: u8, code: u32) -> Outcome {
-    Outcome::Fault(fault(
+pub(super) fn far_fault(vector: u8, code: u32) -> SysResult {
+    SysResult::Fault(fault(
         vector,
         krr_runtime::arch::pushes_error_code(vector).then_some(code),
     ))
 }
 
 /// A memory or descriptor-table failure as a far transfer reports it.
-pub(super) fn far_outcome(o: Outcome) -> Outcome {
+pub(super) fn far_outcome(o: SysResult) -> SysResult {
     match o {
-        Outcome::Fault(e) => far_fault(e.vector, e.error_code),
+        SysResult::Fault(e) => far_fault(e.vector, e.error_code),
         other => other,
     }
 }
 
-pub(super) fn far_read(cpu: &mut CpuState, addr: u64, buf: &mut [u8]) -> Result<(), Outcome> {
+pub(super) fn far_read(cpu: &mut CpuState, addr: u64, buf: &mut [u8]) -> Result<(), SysResult> {
     read_mem(cpu, addr, buf).map_err(far_outcome)
 }
 
-pub(super) fn far_write(cpu: &mut CpuState, addr: u64, data: &[u8]) -> Result<(), Outcome> {
+pub(super) fn far_write(cpu: &mut CpuState, addr: u64, data: &[u8]) -> Result<(), SysResult> {
     write_mem(cpu, addr, data).map_err(far_outcome)
 }
 
 /// Check a code-segment selector for a far transfer at the same privilege level.
-pub(super) fn code_segment(cpu: &mut CpuState, sel: u16) -> Result<Segment, Outcome> {
+pub(super) fn code_segment(cpu: &mut CpuState, sel: u16) -> Result<Segment, SysResult> {
     let cpl = cpu.cpl();
     let code = sel as u32 & !3;
     let d = match desc::read_descriptor(cpu, sel) {
         Ok(Some(d)) => d,
         Ok(None) => return Err(far_fault(vector::GP, 0)),
-        Err(f) => return Err(far_outcome(Outcome::from(f))),
+        Err(f) => return Err(far_outcome(SysResult::from(f))),
     };
     let rpl = (sel & 3) as u8;
     let conforming = d.typ() & 4 != 0;
@@ -275,7 +275,7 @@ pub(super) fn code_segment(cpu: &mut CpuState, sel: u16) -> Result<Segment, Outc
     Ok(d.to_segment((sel & !3) | cpl as u16))
 }
 
-pub(super) fn far_return(cpu: &mut CpuState, insn: &Instruction) -> Result<u64, Outcome> {
+pub(super) fn far_return(cpu: &mut CpuState, insn: &Instruction) -> Result<u64, SysResult> {
     let size: u64 = match insn.code() {
         iced_x86::Code::Retfq | iced_x86::Code::Retfq_imm16 => 8,
         iced_x86::Code::Retfd | iced_x86::Code::Retfd_imm16 => 4,
@@ -316,7 +316,7 @@ pub(super) fn far_jump_or_call(
     cpu: &mut CpuState,
     insn: &Instruction,
     addr: Option<u64>,
-) -> Result<u64, Outcome> {
+) -> Result<u64, SysResult> {
     let Some(a) = addr else {
         // Direct far JMP/CALL (ptr16:32) does not exist in 64-bit mode.
         return Err(far_fault(vector::UD, 0));

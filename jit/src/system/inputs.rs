@@ -4,7 +4,7 @@
 use super::*;
 
 /// The inputs instructions.
-pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction) -> Outcome {
+pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction) -> SysResult {
     let cpl = cpu.cpl();
     match insn.mnemonic() {
         M::Rdtsc | M::Rdtscp => {
@@ -19,7 +19,7 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction) -> Outcome {
             if insn.mnemonic() == M::Rdtscp {
                 cpu.gpr[RCX] = cpu.tsc_aux & 0xffff_ffff;
             }
-            Outcome::Done(None)
+            SysResult::Done(None)
         }
         M::Rdpmc => {
             if cpl > 0 && cpu.cr4 & CR4_PCE == 0 {
@@ -36,18 +36,18 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction) -> Outcome {
             };
             set_reg(cpu, insn.op0_register(), r.unwrap_or(0));
             set_arith(cpu, r.is_some() as u64);
-            Outcome::Done(None)
+            SysResult::Done(None)
         }
         M::Rdpid => {
             let v = cpu.tsc_aux;
             set_reg(cpu, insn.op0_register(), v);
-            Outcome::Done(None)
+            SysResult::Done(None)
         }
         _ => unreachable!("routed here by system::execute"),
     }
 }
 
-pub(super) fn no_bus(insn: &Instruction) -> Outcome {
+pub(super) fn no_bus(insn: &Instruction) -> SysResult {
     log::warn!(
         "`{insn}` at RIP {:#x} needs a device bus and none is attached: raising #UD",
         insn.ip()

@@ -7,18 +7,18 @@ use super::*;
 /// bitmap of the 64-bit TSS decides: its offset is the word at TSS offset 0x66, and every
 /// port's bit must be clear, reading two bytes of the map, all within the TSS limit (SDM Vol. 1
 /// 19.5.2 "I/O Permission Bit Map"). These are supervisor reads, whatever the CPL.
-pub(super) fn io_permitted(cpu: &mut CpuState, port: u16, size: u8) -> Result<(), Outcome> {
+pub(super) fn io_permitted(cpu: &mut CpuState, port: u16, size: u8) -> Result<(), SysResult> {
     let (base, limit) = (cpu.tr.base, cpu.tr.limit as u64);
     if limit < 0x67 {
         return Err(gp0());
     }
     let mut b = [0u8; 2];
-    desc::system_read(cpu, base.wrapping_add(0x66), &mut b).map_err(Outcome::from)?;
+    desc::system_read(cpu, base.wrapping_add(0x66), &mut b).map_err(SysResult::from)?;
     let byte = u16::from_le_bytes(b) as u64 + port as u64 / 8;
     if byte + 1 > limit {
         return Err(gp0());
     }
-    desc::system_read(cpu, base.wrapping_add(byte), &mut b).map_err(Outcome::from)?;
+    desc::system_read(cpu, base.wrapping_add(byte), &mut b).map_err(SysResult::from)?;
     let bits = u16::from_le_bytes(b) >> (port & 7);
     if bits & ((1u16 << size) - 1) != 0 {
         return Err(gp0());
@@ -26,7 +26,7 @@ pub(super) fn io_permitted(cpu: &mut CpuState, port: u16, size: u8) -> Result<()
     Ok(())
 }
 
-pub(super) fn port_io(cpu: &mut CpuState, insn: &Instruction) -> Outcome {
+pub(super) fn port_io(cpu: &mut CpuState, insn: &Instruction) -> SysResult {
     let m = insn.mnemonic();
     let size: u8 = match m {
         M::Insb | M::Outsb => 1,
@@ -63,20 +63,20 @@ pub(super) fn port_io(cpu: &mut CpuState, insn: &Instruction) -> Outcome {
             let p = port(cpu);
             let v = bus::with_bus(cpu, |bus, cpu| bus.port_in(cpu, p, size)).expect("bus checked");
             set_reg(cpu, insn.op0_register(), v as u64);
-            Outcome::Done(None)
+            SysResult::Done(None)
         }
         M::Out => {
             let p = port(cpu);
             let v = reg_value(cpu, insn.op1_register()) as u32;
             bus::with_bus(cpu, |bus, cpu| bus.port_out(cpu, p, size, v));
-            Outcome::Done(None)
+            SysResult::Done(None)
         }
         _ => string_io(cpu, insn, size),
     }
 }
 
 /// INS/OUTS, with REP: each iteration is committed as it completes.
-pub(super) fn string_io(cpu: &mut CpuState, insn: &Instruction, size: u8) -> Outcome {
+pub(super) fn string_io(cpu: &mut CpuState, insn: &Instruction, size: u8) -> SysResult {
     let rep = insn.has_rep_prefix() || insn.has_repne_prefix();
     let input = matches!(insn.mnemonic(), M::Insb | M::Insw | M::Insd);
     let a32 = insn.memory_base().size() == 4 || matches!(insn.op0_kind(), OpKind::MemoryESEDI);
@@ -122,5 +122,5 @@ pub(super) fn string_io(cpu: &mut CpuState, insn: &Instruction, size: u8) -> Out
         }
         cpu.gpr[RCX] = (cpu.gpr[RCX] & !mask) | (cpu.gpr[RCX].wrapping_sub(1) & mask);
     }
-    Outcome::Done(None)
+    SysResult::Done(None)
 }

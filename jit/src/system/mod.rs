@@ -24,7 +24,7 @@ pub fn handles(insn: &Instruction) -> bool {
 
 /// Run a system instruction on the CPU state. `addr` is the linear address of its memory
 /// operand (if it has one), `flags` RFLAGS before it, with the arithmetic flags materialised.
-pub fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags: u64) -> Outcome {
+pub fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags: u64) -> SysResult {
     match insn.mnemonic() {
         M::Hlt
         | M::Cli
@@ -106,8 +106,10 @@ pub fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags:
     }
 }
 
-/// The outcome of a system instruction run on the CPU state.
-pub enum Outcome {
+/// How a system instruction run on the CPU state ended, with its payload. Only
+/// `helpers::system` turns it into the runtime's [`krr_runtime::Outcome`] (writing the payload
+/// into the CPU state).
+pub enum SysResult {
     /// Retired; continue at the given RIP (or the next instruction).
     Done(Option<u64>),
     /// A fault (or, with `software` set, the trap of INT n / INTO): nothing changed.
@@ -121,12 +123,12 @@ pub enum Outcome {
     Halt,
 }
 
-fn gp0() -> Outcome {
-    Outcome::Fault(fault(vector::GP, Some(0)))
+fn gp0() -> SysResult {
+    SysResult::Fault(fault(vector::GP, Some(0)))
 }
 
-fn ud() -> Outcome {
-    Outcome::Fault(fault(vector::UD, None))
+fn ud() -> SysResult {
+    SysResult::Fault(fault(vector::UD, None))
 }
 
 fn fault(v: u8, code: Option<u32>) -> ExceptionRecord {
@@ -139,21 +141,21 @@ fn fault(v: u8, code: Option<u32>) -> ExceptionRecord {
     }
 }
 
-impl From<DescFault> for Outcome {
-    fn from(f: DescFault) -> Outcome {
+impl From<DescFault> for SysResult {
+    fn from(f: DescFault) -> SysResult {
         match f {
-            DescFault::Exception(e) => Outcome::Fault(e),
-            DescFault::Unbacked(p) => Outcome::Unbacked(p),
+            DescFault::Exception(e) => SysResult::Fault(e),
+            DescFault::Unbacked(p) => SysResult::Unbacked(p),
         }
     }
 }
 
-/// `?` for descriptor-table results inside functions returning `Outcome`.
+/// `?` for descriptor-table results inside functions returning `SysResult`.
 macro_rules! tryd {
     ($e:expr) => {
         match $e {
             Ok(v) => v,
-            Err(f) => return Outcome::from(f),
+            Err(f) => return SysResult::from(f),
         }
     };
 }
@@ -191,34 +193,34 @@ fn set_reg(cpu: &mut CpuState, r: Register, v: u64) {
     write_reg_value(&mut cpu.gpr, r, v);
 }
 
-fn read_mem(cpu: &mut CpuState, addr: u64, buf: &mut [u8]) -> Result<(), Outcome> {
+fn read_mem(cpu: &mut CpuState, addr: u64, buf: &mut [u8]) -> Result<(), SysResult> {
     let idx = mmu::mmu_index(cpu);
     mmu::load_bytes(cpu, addr, buf, idx).map_err(|f| mem_sys(cpu, f))
 }
 
-fn write_mem(cpu: &mut CpuState, addr: u64, data: &[u8]) -> Result<(), Outcome> {
+fn write_mem(cpu: &mut CpuState, addr: u64, data: &[u8]) -> Result<(), SysResult> {
     let idx = mmu::mmu_index(cpu);
     mmu::store_bytes(cpu, addr, data, idx).map_err(|f| mem_sys(cpu, f))
 }
 
 /// Translate `[addr, addr + len)` for a write at the current privilege, faulting as the store
 /// would, without storing (the caller stores once it has the value).
-fn probe_write(cpu: &mut CpuState, addr: u64, len: u64) -> Result<(), Outcome> {
+fn probe_write(cpu: &mut CpuState, addr: u64, len: u64) -> Result<(), SysResult> {
     let user = mmu::is_user_index(mmu::mmu_index(cpu));
     let last = addr.wrapping_add(len - 1);
     for a in [addr, last] {
         if let Err(e) = mmu::translate(cpu, a, mmu::Access::Write, user) {
             cpu.exec.exception = e;
-            return Err(Outcome::Fault(e));
+            return Err(SysResult::Fault(e));
         }
     }
     Ok(())
 }
 
-fn mem_sys(cpu: &CpuState, f: mmu::MemFault) -> Outcome {
+fn mem_sys(cpu: &CpuState, f: mmu::MemFault) -> SysResult {
     match f {
-        mmu::MemFault::Exception => Outcome::Fault(cpu.exec.exception),
-        mmu::MemFault::Unbacked { phys } => Outcome::Unbacked(phys),
+        mmu::MemFault::Exception => SysResult::Fault(cpu.exec.exception),
+        mmu::MemFault::Unbacked { phys } => SysResult::Unbacked(phys),
     }
 }
 

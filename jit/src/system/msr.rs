@@ -4,7 +4,7 @@
 use super::*;
 
 /// The msr instructions.
-pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction) -> Outcome {
+pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction) -> SysResult {
     let cpl = cpu.cpl();
     let priv0 = cpl == 0;
     match insn.mnemonic() {
@@ -33,7 +33,7 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction) -> Outcome {
                     return gp0();
                 }
             }
-            Outcome::Done(None)
+            SysResult::Done(None)
         }
         M::Rdfsbase | M::Rdgsbase | M::Wrfsbase | M::Wrgsbase => {
             if cpu.cr4 & CR4_FSGSBASE == 0 {
@@ -55,7 +55,7 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction) -> Outcome {
                 }
                 cpu.seg[s].base = v;
             }
-            Outcome::Done(None)
+            SysResult::Done(None)
         }
         _ => unreachable!("routed here by system::execute"),
     }

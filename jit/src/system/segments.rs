@@ -9,7 +9,7 @@ pub(super) fn execute(
     insn: &Instruction,
     addr: Option<u64>,
     flags: u64,
-) -> Outcome {
+) -> SysResult {
     let cpl = cpu.cpl();
     let priv0 = cpl == 0;
     let mem_addr = || addr.expect("memory operand present");
@@ -30,7 +30,7 @@ pub(super) fn execute(
             } else {
                 cpu.idtr = t;
             }
-            Outcome::Done(None)
+            SysResult::Done(None)
         }
         M::Sgdt | M::Sidt => {
             if cpl > 0 && cpu.cr4 & CR4_UMIP != 0 {
@@ -45,7 +45,7 @@ pub(super) fn execute(
             b[..2].copy_from_slice(&t.limit.to_le_bytes());
             b[2..].copy_from_slice(&t.base.to_le_bytes());
             trym!(write_mem(cpu, mem_addr(), &b));
-            Outcome::Done(None)
+            SysResult::Done(None)
         }
         M::Sldt | M::Str | M::Smsw => {
             if cpl > 0 && cpu.cr4 & CR4_UMIP != 0 {
@@ -61,7 +61,7 @@ pub(super) fn execute(
             } else {
                 set_reg(cpu, insn.op0_register(), v);
             }
-            Outcome::Done(None)
+            SysResult::Done(None)
         }
         M::Lldt | M::Ltr => {
             if !priv0 {
@@ -74,15 +74,15 @@ pub(super) fn execute(
                     return gp0();
                 }
                 cpu.ldtr = Segment::default();
-                return Outcome::Done(None);
+                return SysResult::Done(None);
             }
             let (d, hi) = tryd!(desc::read_system_descriptor(cpu, sel));
             let want = if is_tr { 9 } else { 2 };
             if d.is_code_or_data() || d.typ() != want {
-                return Outcome::Fault(fault(vector::GP, Some(sel as u32 & !3)));
+                return SysResult::Fault(fault(vector::GP, Some(sel as u32 & !3)));
             }
             if !d.present() {
-                return Outcome::Fault(fault(vector::NP, Some(sel as u32 & !3)));
+                return SysResult::Fault(fault(vector::NP, Some(sel as u32 & !3)));
             }
             let mut s = d.to_segment(sel);
             s.base |= hi << 32;
@@ -93,7 +93,7 @@ pub(super) fn execute(
             } else {
                 cpu.ldtr = s;
             }
-            Outcome::Done(None)
+            SysResult::Done(None)
         }
         M::Lsl | M::Lar => load_limit_or_rights(cpu, insn, addr, flags),
         M::Verr | M::Verw => verify_segment(cpu, insn, addr, flags),
@@ -109,7 +109,7 @@ pub(super) fn load_limit_or_rights(
     insn: &Instruction,
     addr: Option<u64>,
     flags: u64,
-) -> Outcome {
+) -> SysResult {
     let sel = if insn.op1_kind() == OpKind::Memory {
         let mut b = [0u8; 2];
         trym!(read_mem(cpu, addr.expect("memory operand"), &mut b));
@@ -132,7 +132,7 @@ pub(super) fn load_limit_or_rights(
         Ok(None) => None,
         // An index beyond the table limit just clears ZF.
         Err(DescFault::Exception(e)) if e.vector == vector::GP => None,
-        Err(f) => return Outcome::from(f),
+        Err(f) => return SysResult::from(f),
     };
     // The arithmetic flags from before the instruction (nothing above changes them).
     let flags = flags & rflags::ARITH;
@@ -148,7 +148,7 @@ pub(super) fn load_limit_or_rights(
         }
         None => set_arith(cpu, flags & !rflags::ZF),
     }
-    Outcome::Done(None)
+    SysResult::Done(None)
 }
 
 /// VERR / VERW: ZF says whether the selector names a segment readable / writable at this
@@ -158,7 +158,7 @@ pub(super) fn verify_segment(
     insn: &Instruction,
     addr: Option<u64>,
     flags: u64,
-) -> Outcome {
+) -> SysResult {
     let sel = if insn.op0_kind() == OpKind::Memory {
         let mut b = [0u8; 2];
         trym!(read_mem(cpu, addr.expect("memory operand"), &mut b));
@@ -180,7 +180,7 @@ pub(super) fn verify_segment(
         }
         Ok(_) => false,
         Err(DescFault::Exception(e)) if e.vector == vector::GP => false,
-        Err(f) => return Outcome::from(f),
+        Err(f) => return SysResult::from(f),
     };
     // The arithmetic flags from before the instruction (nothing above changes them).
     let flags = flags & rflags::ARITH;
@@ -192,14 +192,14 @@ pub(super) fn verify_segment(
             flags & !rflags::ZF
         },
     );
-    Outcome::Done(None)
+    SysResult::Done(None)
 }
 
 pub(super) fn read_u16_operand(
     cpu: &mut CpuState,
     insn: &Instruction,
     addr: Option<u64>,
-) -> Result<u16, Outcome> {
+) -> Result<u16, SysResult> {
     if insn.op0_kind() == OpKind::Memory {
         let mut b = [0u8; 2];
         read_mem(cpu, addr.expect("memory operand"), &mut b)?;
@@ -221,10 +221,10 @@ pub(super) fn seg_index(r: Register) -> usize {
 }
 
 /// Load a data segment register (or SS) in 64-bit mode.
-pub(super) fn load_segment(cpu: &mut CpuState, s: usize, sel: u16) -> Result<(), Outcome> {
+pub(super) fn load_segment(cpu: &mut CpuState, s: usize, sel: u16) -> Result<(), SysResult> {
     let cpl = cpu.cpl();
     let rpl = (sel & 3) as u8;
-    let Some(d) = desc::read_descriptor(cpu, sel).map_err(Outcome::from)? else {
+    let Some(d) = desc::read_descriptor(cpu, sel).map_err(SysResult::from)? else {
         // Null selector: allowed for data segments, and for SS at CPL < 3 in 64-bit mode.
         if s == seg::SS && (cpl == 3 || rpl != cpl) {
             return Err(gp0());
@@ -246,26 +246,26 @@ pub(super) fn load_segment(cpu: &mut CpuState, s: usize, sel: u16) -> Result<(),
     if s == seg::SS {
         let writable_data = d.is_code_or_data() && !d.is_code() && d.typ() & 2 != 0;
         if rpl != cpl || d.dpl() != cpl || !writable_data {
-            return Err(Outcome::Fault(fault(vector::GP, Some(code))));
+            return Err(SysResult::Fault(fault(vector::GP, Some(code))));
         }
         if !d.present() {
-            return Err(Outcome::Fault(fault(vector::SS, Some(code))));
+            return Err(SysResult::Fault(fault(vector::SS, Some(code))));
         }
     } else {
         let readable = d.is_code_or_data() && (!d.is_code() || d.typ() & 2 != 0);
         let conforming = d.is_code() && d.typ() & 4 != 0;
         if !readable || (!conforming && (rpl.max(cpl) > d.dpl())) {
-            return Err(Outcome::Fault(fault(vector::GP, Some(code))));
+            return Err(SysResult::Fault(fault(vector::GP, Some(code))));
         }
         if !d.present() {
-            return Err(Outcome::Fault(fault(vector::NP, Some(code))));
+            return Err(SysResult::Fault(fault(vector::NP, Some(code))));
         }
     }
     cpu.seg[s] = d.to_segment(sel);
     Ok(())
 }
 
-pub(super) fn mov_segment(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> Outcome {
+pub(super) fn mov_segment(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> SysResult {
     if insn.op0_register().is_segment_register() {
         let r = insn.op0_register();
         if r == Register::CS {
@@ -284,7 +284,7 @@ pub(super) fn mov_segment(cpu: &mut CpuState, insn: &Instruction, addr: Option<u
             cpu.irq_shadow_at = cpu.icount + 1;
             cpu.db_inhibit_at = cpu.icount + 1;
         }
-        Outcome::Done(None)
+        SysResult::Done(None)
     } else {
         let sel = cpu.seg[seg_index(insn.op1_register())].selector as u64;
         if insn.op0_kind() == OpKind::Memory {
@@ -299,11 +299,11 @@ pub(super) fn mov_segment(cpu: &mut CpuState, insn: &Instruction, addr: Option<u
             let v = if r.size() == 2 { sel } else { sel & 0xffff };
             set_reg(cpu, r, v);
         }
-        Outcome::Done(None)
+        SysResult::Done(None)
     }
 }
 
-pub(super) fn push_pop_segment(cpu: &mut CpuState, insn: &Instruction) -> Outcome {
+pub(super) fn push_pop_segment(cpu: &mut CpuState, insn: &Instruction) -> SysResult {
     let r = insn.op0_register();
     let size = if insn.code().op_code().operand_size() == 16 {
         2
@@ -324,5 +324,5 @@ pub(super) fn push_pop_segment(cpu: &mut CpuState, insn: &Instruction) -> Outcom
         trym!(load_segment(cpu, seg_index(r), sel));
         cpu.gpr[RSP] = rsp.wrapping_add(size);
     }
-    Outcome::Done(None)
+    SysResult::Done(None)
 }

@@ -4,7 +4,7 @@
 use super::*;
 
 /// The xsave instructions.
-pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> Outcome {
+pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> SysResult {
     let cpl = cpu.cpl();
     let priv0 = cpl == 0;
     let mem_addr = || addr.expect("memory operand present");
@@ -19,7 +19,7 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>)
             };
             cpu.gpr[RAX] = v & 0xffff_ffff;
             cpu.gpr[RDX] = v >> 32;
-            Outcome::Done(None)
+            SysResult::Done(None)
         }
         M::Xsetbv => {
             if cpu.cr4 & CR4_OSXSAVE == 0 {
@@ -30,7 +30,7 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>)
                 return gp0();
             }
             cpu.xcr0 = v;
-            Outcome::Done(None)
+            SysResult::Done(None)
         }
         M::Fxsave | M::Fxsave64 | M::Fxrstor | M::Fxrstor64 => fxsave(cpu, insn, mem_addr()),
         M::Xsave | M::Xsave64 | M::Xsaveopt | M::Xsaveopt64 | M::Xrstor | M::Xrstor64 => {
@@ -49,21 +49,21 @@ pub(super) fn xcr0_supported(cpu: &CpuState) -> u64 {
     (eax as u64 | (edx as u64) << 32) & krr_runtime::cpuid::XCR0_SUPPORTED
 }
 
-pub(super) fn fpu_check(cpu: &CpuState, wait: bool) -> Option<Outcome> {
+pub(super) fn fpu_check(cpu: &CpuState, wait: bool) -> Option<SysResult> {
     if wait {
         // FWAIT faults only when both MP and TS are set.
         if cpu.cr0 & CR0_MP != 0 && cpu.cr0 & CR0_TS != 0 {
-            return Some(Outcome::Fault(fault(vector::NM, None)));
+            return Some(SysResult::Fault(fault(vector::NM, None)));
         }
         return None;
     }
     if cpu.cr0 & (CR0_EM | CR0_TS) != 0 {
-        return Some(Outcome::Fault(fault(vector::NM, None)));
+        return Some(SysResult::Fault(fault(vector::NM, None)));
     }
     None
 }
 
-pub(super) fn x87_control(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> Outcome {
+pub(super) fn x87_control(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> SysResult {
     if let Some(f) = fpu_check(cpu, insn.mnemonic() == M::Wait) {
         return f;
     }
@@ -96,7 +96,7 @@ pub(super) fn x87_control(cpu: &mut CpuState, insn: &Instruction, addr: Option<u
         M::Fnclex => cpu.x87.fsw &= 0x7f00,
         _ => {}
     }
-    Outcome::Done(None)
+    SysResult::Done(None)
 }
 
 /// The 512-byte FXSAVE image of the x87/SSE state.
@@ -147,9 +147,9 @@ pub(super) fn load_xmm(cpu: &mut CpuState, b: &[u8]) {
     }
 }
 
-pub(super) fn fxsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> Outcome {
+pub(super) fn fxsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> SysResult {
     if cpu.cr0 & (CR0_EM | CR0_TS) != 0 {
-        return Outcome::Fault(fault(vector::NM, None));
+        return SysResult::Fault(fault(vector::NM, None));
     }
     if addr & 15 != 0 {
         return gp0();
@@ -171,15 +171,15 @@ pub(super) fn fxsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> Outco
         cpu.mxcsr = mxcsr;
         load_xmm(cpu, &img);
     }
-    Outcome::Done(None)
+    SysResult::Done(None)
 }
 
-pub(super) fn xsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> Outcome {
+pub(super) fn xsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> SysResult {
     if cpu.cr4 & CR4_OSXSAVE == 0 {
         return ud();
     }
     if cpu.cr0 & CR0_TS != 0 {
-        return Outcome::Fault(fault(vector::NM, None));
+        return SysResult::Fault(fault(vector::NM, None));
     }
     if addr & 63 != 0 {
         return gp0();
@@ -243,5 +243,5 @@ pub(super) fn xsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> Outcom
             cpu.mxcsr = mxcsr;
         }
     }
-    Outcome::Done(None)
+    SysResult::Done(None)
 }

@@ -3,11 +3,11 @@
 //! restore the state as of an instruction's start, and the self-loop back edge.
 
 use super::Lower;
-use crate::compile::{state_flags, EXIT_EXCEPTION, EXIT_NORMAL, PASSED_GPRS, PASSED_MASK};
+use crate::compile::{state_flags, PASSED_GPRS, PASSED_MASK};
 use crate::jump_cache::{jump_slot, JumpEntry, JUMP_CACHE};
 use crate::sem::{Builder, FlagState, Flow};
 use cranelift_codegen::ir::{condcodes::IntCC, types, BlockArg, InstBuilder, Value};
-use krr_runtime::{offsets, CpuState, ExceptionRecord};
+use krr_runtime::{offsets, CpuState, ExceptionRecord, Outcome};
 use std::mem::offset_of;
 
 /// A fault exit whose body is still to be emitted (at the end of the function): the state
@@ -76,7 +76,10 @@ impl Lower<'_> {
                 self.state_store(offsets::ICOUNT, next);
                 let z = self.fb.ins().iconst(types::I64, 0);
                 self.state_store(offsets::EXIT_SLOT, z);
-                let code = self.fb.ins().iconst(types::I64, EXIT_NORMAL as i64);
+                let code = self
+                    .fb
+                    .ins()
+                    .iconst(types::I64, Outcome::Continue.as_u64() as i64);
                 self.fb.ins().return_(&[code]);
                 return;
             }
@@ -121,7 +124,10 @@ impl Lower<'_> {
             let rip = self.fb.ins().iconst(types::I64, e.rip as i64);
             self.state_store(offsets::RIP, rip);
             self.store_icount(e.index);
-            let code = self.fb.ins().iconst(types::I64, EXIT_EXCEPTION as i64);
+            let code = self
+                .fb
+                .ins()
+                .iconst(types::I64, Outcome::Fault.as_u64() as i64);
             self.fb.ins().return_(&[code]);
         }
     }
@@ -201,7 +207,10 @@ impl Lower<'_> {
                 self.store_icount(retired);
                 let z = self.fb.ins().iconst(types::I64, 0);
                 self.state_store(offsets::EXIT_SLOT, z);
-                let code = self.fb.ins().iconst(types::I64, EXIT_NORMAL as i64);
+                let code = self
+                    .fb
+                    .ins()
+                    .iconst(types::I64, Outcome::Continue.as_u64() as i64);
                 self.fb.ins().return_(&[code]);
             }
             Flow::Indirect(t) => {
@@ -255,7 +264,10 @@ impl Lower<'_> {
         self.store_icount(retired);
         let z = self.fb.ins().iconst(types::I64, 0);
         self.state_store(offsets::EXIT_SLOT, z);
-        let code = self.fb.ins().iconst(types::I64, EXIT_NORMAL as i64);
+        let code = self
+            .fb
+            .ins()
+            .iconst(types::I64, Outcome::Continue.as_u64() as i64);
         self.fb.ins().return_(&[code]);
         (self.dirty, self.loaded, self.flags, self.flags_dirty) =
             (dirty, loaded, flags, flags_dirty);
@@ -282,7 +294,10 @@ impl Lower<'_> {
         self.state_store(offsets::EXIT_SLOT, slot_addr);
         let from = self.fb.ins().iconst(types::I64, self.block_start as i64);
         self.state_store(offsets::EXIT_FROM, from);
-        let code = self.fb.ins().iconst(types::I64, EXIT_NORMAL as i64);
+        let code = self
+            .fb
+            .ins()
+            .iconst(types::I64, Outcome::Continue.as_u64() as i64);
         self.fb.ins().return_(&[code]);
     }
 
@@ -368,7 +383,10 @@ impl Lower<'_> {
         self.state_store(offsets::ICOUNT, args[1]);
         let z = self.fb.ins().iconst(types::I64, 0);
         self.state_store(offsets::EXIT_SLOT, z);
-        let code = self.fb.ins().iconst(types::I64, EXIT_NORMAL as i64);
+        let code = self
+            .fb
+            .ins()
+            .iconst(types::I64, Outcome::Continue.as_u64() as i64);
         self.fb.ins().return_(&[code]);
     }
 }

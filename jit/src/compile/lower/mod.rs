@@ -9,9 +9,9 @@ mod exits;
 mod memory;
 
 use super::shims::{shim_signature, HelperRefs};
-use super::{state_flags, EXIT_BUDGET, EXIT_EXCEPTION, PASSED_GPRS, PASSED_MASK};
+use super::{state_flags, PASSED_GPRS, PASSED_MASK};
 use crate::block::Block;
-use crate::helpers;
+
 use crate::mode::MODE_ALIGNMENT_CHECK;
 use crate::sem::{self, flags::FlagOp, Abort, Builder, Cmp, FlagState, Flow, Helper, R};
 use cranelift_codegen::ir::{
@@ -21,7 +21,7 @@ use cranelift_codegen::ir::{
 use cranelift_frontend::{FunctionBuilder, Variable};
 use exits::PendingExit;
 use iced_x86::Instruction;
-use krr_runtime::offsets;
+use krr_runtime::{offsets, Outcome};
 use std::collections::HashMap;
 
 struct Refs {
@@ -178,7 +178,7 @@ pub(super) fn lower_block(
 }
 
 /// The block prologue: if the whole block does not fit in the instruction budget, return
-/// [`EXIT_BUDGET`] before executing anything (the dispatcher then interprets up to the
+/// [`Outcome::Budget`] before executing anything (the dispatcher then interprets up to the
 /// limit); code generation goes on in the block's body.
 fn budget_check(
     fb: &mut FunctionBuilder<'_>,
@@ -205,7 +205,7 @@ fn budget_check(
     for (&r, &v) in PASSED_GPRS.iter().zip(passed) {
         fb.ins().store(state_flags(), v, cpu, offsets::gpr(r));
     }
-    let code = fb.ins().iconst(types::I64, EXIT_BUDGET as i64);
+    let code = fb.ins().iconst(types::I64, Outcome::Budget.as_u64() as i64);
     fb.ins().return_(&[code]);
     fb.switch_to_block(body);
 }
@@ -583,7 +583,7 @@ impl Builder for Lower<'_> {
         if let Some(f) = self.flags {
             return f;
         }
-        let id = self.iconst(helpers::helper_id(Helper::MaterializeFlags));
+        let id = self.iconst(Helper::MaterializeFlags.id());
         let z = self.iconst(0);
         let cpu = self.cpu;
         let bits = self.call_fn(self.refs.helpers.helper, &[cpu, id, z, z, z]);
@@ -647,7 +647,10 @@ impl Builder for Lower<'_> {
         let next = self.fb.ins().iconst(types::I64, self.insn.next_ip() as i64);
         self.state_store(offsets::RIP, next);
         self.store_icount(self.ctx.index + 1);
-        let code = self.fb.ins().iconst(types::I64, EXIT_EXCEPTION as i64);
+        let code = self
+            .fb
+            .ins()
+            .iconst(types::I64, Outcome::Trap.as_u64() as i64);
         self.fb.ins().return_(&[code]);
         self.dead_end();
         Abort
@@ -657,7 +660,10 @@ impl Builder for Lower<'_> {
         let z = self.iconst(0);
         let _ = self.call(Helper::Interpret, [z, z, z]);
         // The interpreter cannot retire an unimplemented instruction, so this is unreachable.
-        let code = self.fb.ins().iconst(types::I64, EXIT_EXCEPTION as i64);
+        let code = self
+            .fb
+            .ins()
+            .iconst(types::I64, Outcome::Fault.as_u64() as i64);
         self.fb.ins().return_(&[code]);
         self.dead_end();
         Abort
@@ -694,7 +700,10 @@ impl Builder for Lower<'_> {
             self.fb.ins().brif(status, exit, &[], cont, &[]);
             self.fb.set_cold_block(exit);
             self.fb.switch_to_block(exit);
-            let code = self.fb.ins().iconst(types::I64, EXIT_EXCEPTION as i64);
+            let code = self
+                .fb
+                .ins()
+                .iconst(types::I64, Outcome::Fault.as_u64() as i64);
             self.fb.ins().return_(&[code]);
             self.fb.switch_to_block(cont);
             self.forget();
@@ -707,7 +716,7 @@ impl Builder for Lower<'_> {
             }
             return Ok(self.iconst(0));
         }
-        let id = self.iconst(helpers::helper_id(h));
+        let id = self.iconst(h.id());
         let r = self.call_fn(
             self.refs.helpers.helper,
             &[cpu, id, args[0], args[1], args[2]],
