@@ -76,16 +76,18 @@ impl Lower<'_> {
                 self.state_store(offsets::ICOUNT, next);
                 let z = self.fb.ins().iconst(types::I64, 0);
                 self.state_store(offsets::EXIT_SLOT, z);
-                let code = self
-                    .fb
-                    .ins()
-                    .iconst(types::I64, Outcome::Continue.as_u64() as i64);
-                self.fb.ins().return_(&[code]);
+                self.return_outcome(Outcome::Continue);
                 return;
             }
         }
         self.flush_except(PASSED_MASK);
         self.chain_exit(target, retired, slot);
+    }
+
+    /// Leave compiled code, returning `outcome` to the dispatcher.
+    pub(super) fn return_outcome(&mut self, outcome: Outcome) {
+        let code = self.fb.ins().iconst(types::I64, outcome.as_u64() as i64);
+        self.fb.ins().return_(&[code]);
     }
 
     /// The cold block that leaves with the state as of the current instruction's start. Its
@@ -124,11 +126,7 @@ impl Lower<'_> {
             let rip = self.fb.ins().iconst(types::I64, e.rip as i64);
             self.state_store(offsets::RIP, rip);
             self.store_icount(e.index);
-            let code = self
-                .fb
-                .ins()
-                .iconst(types::I64, Outcome::Fault.as_u64() as i64);
-            self.fb.ins().return_(&[code]);
+            self.return_outcome(Outcome::Fault);
         }
     }
 
@@ -207,11 +205,7 @@ impl Lower<'_> {
                 self.store_icount(retired);
                 let z = self.fb.ins().iconst(types::I64, 0);
                 self.state_store(offsets::EXIT_SLOT, z);
-                let code = self
-                    .fb
-                    .ins()
-                    .iconst(types::I64, Outcome::Continue.as_u64() as i64);
-                self.fb.ins().return_(&[code]);
+                self.return_outcome(Outcome::Continue);
             }
             Flow::Indirect(t) => {
                 self.flush_except(PASSED_MASK);
@@ -264,11 +258,7 @@ impl Lower<'_> {
         self.store_icount(retired);
         let z = self.fb.ins().iconst(types::I64, 0);
         self.state_store(offsets::EXIT_SLOT, z);
-        let code = self
-            .fb
-            .ins()
-            .iconst(types::I64, Outcome::Continue.as_u64() as i64);
-        self.fb.ins().return_(&[code]);
+        self.return_outcome(Outcome::Continue);
         (self.dirty, self.loaded, self.flags, self.flags_dirty) =
             (dirty, loaded, flags, flags_dirty);
         self.fb.switch_to_block(cont);
@@ -294,11 +284,7 @@ impl Lower<'_> {
         self.state_store(offsets::EXIT_SLOT, slot_addr);
         let from = self.fb.ins().iconst(types::I64, self.block_start as i64);
         self.state_store(offsets::EXIT_FROM, from);
-        let code = self
-            .fb
-            .ins()
-            .iconst(types::I64, Outcome::Continue.as_u64() as i64);
-        self.fb.ins().return_(&[code]);
+        self.return_outcome(Outcome::Continue);
     }
 
     /// The arguments of a tail call to the next block: the CPU, the instruction count after
@@ -383,10 +369,6 @@ impl Lower<'_> {
         self.state_store(offsets::ICOUNT, args[1]);
         let z = self.fb.ins().iconst(types::I64, 0);
         self.state_store(offsets::EXIT_SLOT, z);
-        let code = self
-            .fb
-            .ins()
-            .iconst(types::I64, Outcome::Continue.as_u64() as i64);
-        self.fb.ins().return_(&[code]);
+        self.return_outcome(Outcome::Continue);
     }
 }

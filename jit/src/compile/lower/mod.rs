@@ -647,11 +647,7 @@ impl Builder for Lower<'_> {
         let next = self.fb.ins().iconst(types::I64, self.insn.next_ip() as i64);
         self.state_store(offsets::RIP, next);
         self.store_icount(self.ctx.index + 1);
-        let code = self
-            .fb
-            .ins()
-            .iconst(types::I64, Outcome::Trap.as_u64() as i64);
-        self.fb.ins().return_(&[code]);
+        self.return_outcome(Outcome::Trap);
         self.dead_end();
         Abort
     }
@@ -660,11 +656,7 @@ impl Builder for Lower<'_> {
         let z = self.iconst(0);
         let _ = self.call(Helper::Interpret, [z, z, z]);
         // The interpreter cannot retire an unimplemented instruction, so this is unreachable.
-        let code = self
-            .fb
-            .ins()
-            .iconst(types::I64, Outcome::Fault.as_u64() as i64);
-        self.fb.ins().return_(&[code]);
+        self.return_outcome(Outcome::Fault);
         self.dead_end();
         Abort
     }
@@ -700,11 +692,7 @@ impl Builder for Lower<'_> {
             self.fb.ins().brif(status, exit, &[], cont, &[]);
             self.fb.set_cold_block(exit);
             self.fb.switch_to_block(exit);
-            let code = self
-                .fb
-                .ins()
-                .iconst(types::I64, Outcome::Fault.as_u64() as i64);
-            self.fb.ins().return_(&[code]);
+            self.return_outcome(Outcome::Fault);
             self.fb.switch_to_block(cont);
             self.forget();
             // What the fault exit of this instruction must restore is now in the state.
