@@ -211,3 +211,18 @@ fn divide(cpu: &mut CpuState, size: u32, src: u64, signed: bool) -> u64 {
     }
     0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helper_ids_round_trip() {
+        for (i, &h) in HELPERS.iter().enumerate() {
+            assert_eq!(h.id(), i as u64);
+            assert_eq!(Helper::from_id(h.id()), Some(h));
+        }
+        assert_eq!(Helper::from_id(HELPERS.len() as u64), None);
+        assert_eq!(Helper::from_id(u64::MAX), None);
+    }
+}
