@@ -3,7 +3,7 @@
 
 use std::mem::offset_of;
 
-use crate::arch::{cr0, cr4, efer};
+use crate::arch::{cr0, cr4, dr6, dr7, efer, xcr0};
 // Kept importable as `cpu::rflags`, `cpu::vector` and `cpu::ExceptionRecord` (and through the
 // crate root) for the engine and the drivers.
 pub use crate::arch::{rflags, vector};
@@ -262,8 +262,8 @@ impl ArchState {
             cr4: cr4::OSFXSR | cr4::OSXMMEXCPT | cr4::PAE,
             cr8: 0,
             efer: efer::SCE | efer::LME | efer::LMA | efer::NXE,
-            xcr0: 1,
-            dr: [0, 0, 0, 0, 0, 0, 0xffff_0ff0, 0x400],
+            xcr0: xcr0::X87,
+            dr: [0, 0, 0, 0, 0, 0, dr6::FIXED1, dr7::FIXED1],
             kernel_gs_base: 0,
             star: 0,
             lstar: 0,

@@ -3,8 +3,8 @@
 //! exceptions masked; the exception flags raised are folded into the guest MXCSR.
 
 use super::FAULT;
-use crate::sem::sse::{SseOp, CR4_OSXMMEXCPT, SCRATCH_SRC};
-use krr_runtime::{vector, CpuState, ExceptionRecord};
+use crate::sem::sse::{SseOp, SCRATCH_SRC};
+use krr_runtime::{arch::cr4::OSXMMEXCPT as CR4_OSXMMEXCPT, vector, CpuState, ExceptionRecord};
 
 /// The [`Helper::Sse`] entry: `args` = [operation ([`SseOp`]), destination XMM number, source
 /// (XMM number, [`SCRATCH_SRC`], or the integer for CVTSI2S*)]. Writes the destination XMM

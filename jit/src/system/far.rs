@@ -84,16 +84,10 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Out
             std::mem::swap(&mut arch.seg[seg::GS].base, &mut arch.kernel_gs_base);
             Outcome::Done(None)
         }
-        M::Int => Outcome::Fault(ExceptionRecord {
-            software: true,
-            ..fault(insn.immediate(0) as u8, None)
-        }),
+        M::Int => Outcome::Fault(ExceptionRecord::software(insn.immediate(0) as u8)),
         M::Into => {
             if flags & rflags::OF != 0 {
-                Outcome::Fault(ExceptionRecord {
-                    software: true,
-                    ..fault(vector::OF, None)
-                })
+                Outcome::Fault(ExceptionRecord::software(vector::OF))
             } else {
                 Outcome::Done(None)
             }

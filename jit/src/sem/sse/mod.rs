@@ -31,9 +31,6 @@ use iced_x86::{Code, Mnemonic};
 use krr_runtime::arch::{cr0, cr4};
 use krr_runtime::vector;
 
-/// CR4.OSXMMEXCPT: unmasked SIMD floating-point exceptions raise #XM rather than #UD.
-pub const CR4_OSXMMEXCPT: u64 = 1 << 10;
-
 /// MXCSR bits LDMXCSR accepts (the guest CPUID does not offer AMD's misaligned-SSE mode bit).
 const MXCSR_VALID: u64 = 0xffff;
 
