@@ -47,6 +47,28 @@ pub struct Segment {
     pub base: u64,
 }
 
+impl Segment {
+    /// `attrs` of a 64-bit code segment at DPL0 (type 0xb execute/read accessed, S, P, L, G),
+    /// as SYSCALL loads it.
+    pub const CODE64_DPL0: u16 = 0xa09b;
+    /// `attrs` of a read/write data segment at DPL0 (type 3, S, P, D/B, G), as SYSCALL loads
+    /// SS.
+    pub const DATA_DPL0: u16 = 0xc093;
+    /// `attrs` of a read/write data segment at DPL3 (type 3, S, DPL3, P, D/B, G), as SYSRET
+    /// loads SS.
+    pub const DATA_DPL3: u16 = 0xc0f3;
+
+    /// A flat segment (base 0, limit 4 GiB - 1) with `selector` and `attrs`.
+    pub const fn flat(selector: u16, attrs: u16) -> Segment {
+        Segment {
+            selector,
+            attrs,
+            limit: 0xffff_ffff,
+            base: 0,
+        }
+    }
+}
+
 /// A descriptor-table register (GDTR, IDTR).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -227,20 +249,10 @@ impl ArchState {
     /// A CPU in 64-bit mode at CPL3 with flat segments, as the engine-core tests and
     /// benchmarks use it (CR3 is 0: a test that runs with paging maps its pages first).
     pub fn flat64() -> ArchState {
-        let user_data = Segment {
-            selector: 0x2b,
-            attrs: 0xc0f3,
-            limit: 0xffff_ffff,
-            base: 0,
-        };
+        let user_data = Segment::flat(0x2b, Segment::DATA_DPL3);
         let mut seg = [user_data; 6];
         // 64-bit code segment, DPL3 (attrs: type=0xb, S, DPL=3, P, L).
-        seg[seg::CS] = Segment {
-            selector: 0x33,
-            attrs: 0x20fb,
-            limit: 0xffff_ffff,
-            base: 0,
-        };
+        seg[seg::CS] = Segment::flat(0x33, 0x20fb);
         ArchState {
             gpr: [0; 16],
             rip: 0,

@@ -279,19 +279,9 @@ pub fn enter_flat_long_mode(
 ) {
     cpu.gdtr = gdt;
     cpu.idtr = DescriptorTable { base: 0, limit: 0 };
-    cpu.seg[seg::CS] = Segment {
-        selector: selectors.0,
-        attrs: 0xa09b,
-        limit: 0xffff_ffff,
-        base: 0,
-    };
+    cpu.seg[seg::CS] = Segment::flat(selectors.0, Segment::CODE64_DPL0);
     for s in [seg::DS, seg::ES, seg::SS, seg::FS, seg::GS] {
-        cpu.seg[s] = Segment {
-            selector: selectors.1,
-            attrs: 0xc093,
-            limit: 0xffff_ffff,
-            base: 0,
-        };
+        cpu.seg[s] = Segment::flat(selectors.1, Segment::DATA_DPL0);
     }
     cpu.tr = Segment {
         selector: 0,

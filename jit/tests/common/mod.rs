@@ -676,18 +676,8 @@ impl Machine {
     pub fn start(self, tier: Tier) -> Session {
         let mut core = Core::with_memory(self.mem);
         let cpu = core.arch_mut();
-        cpu.seg[seg::CS] = Segment {
-            selector: KERNEL_CS,
-            attrs: 0xa09b,
-            limit: 0xffff_ffff,
-            base: 0,
-        };
-        cpu.seg[seg::SS] = Segment {
-            selector: KERNEL_SS,
-            attrs: 0xc093,
-            limit: 0xffff_ffff,
-            base: 0,
-        };
+        cpu.seg[seg::CS] = Segment::flat(KERNEL_CS, Segment::CODE64_DPL0);
+        cpu.seg[seg::SS] = Segment::flat(KERNEL_SS, Segment::DATA_DPL0);
         for s in [seg::DS, seg::ES, seg::FS, seg::GS] {
             cpu.seg[s] = Segment::default();
         }
