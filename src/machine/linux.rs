@@ -8,6 +8,7 @@
 //! `GuestMemory` trait, while krr's guest memory is its own mapping, and the part of the
 //! protocol needed here is a few dozen field writes.
 
+use krr_runtime::arch::pte;
 use krr_runtime::{seg, ArchState, DescriptorTable, GuestMemory, Segment};
 
 #[derive(Debug, thiserror::Error)]
@@ -249,13 +250,13 @@ fn place_initrd(
 fn write_page_tables_and_gdt(mem: &mut GuestMemory) -> Result<u16, BootError> {
     mem.write(PML4_ADDR, &[0u8; 4096])?;
     mem.write(PDPT_ADDR, &[0u8; 4096])?;
-    mem.write_u64(PML4_ADDR, PDPT_ADDR | 0x3)?;
+    mem.write_u64(PML4_ADDR, PDPT_ADDR | pte::P | pte::RW)?;
     for i in 0..4u64 {
         let pd = PD_ADDR + i * 4096;
-        mem.write_u64(PDPT_ADDR + i * 8, pd | 0x3)?;
+        mem.write_u64(PDPT_ADDR + i * 8, pd | pte::P | pte::RW)?;
         for j in 0..512u64 {
             let phys = (i << 30) | (j << 21);
-            mem.write_u64(pd + j * 8, phys | 0x83)?; // P, RW, PS
+            mem.write_u64(pd + j * 8, phys | pte::P | pte::RW | pte::PS)?;
         }
     }
 

@@ -77,41 +77,8 @@ pub const EVENT_PORT: u8 = 0xea;
 /// A write here ends the run: the bus asks the engine to return (`Exit::BusRequest`).
 pub const EXIT_PORT: u8 = 0xf4;
 
-/// Page-table entry bits.
-pub mod pte {
-    pub const P: u64 = 1;
-    pub const RW: u64 = 1 << 1;
-    pub const US: u64 = 1 << 2;
-    pub const A: u64 = 1 << 5;
-    pub const D: u64 = 1 << 6;
-    pub const PS: u64 = 1 << 7;
-    pub const G: u64 = 1 << 8;
-    pub const NX: u64 = 1 << 63;
-    pub const ADDR: u64 = 0x000f_ffff_ffff_f000;
-}
-
-pub mod cr0 {
-    pub const PE: u64 = 1;
-    pub const MP: u64 = 1 << 1;
-    pub const EM: u64 = 1 << 2;
-    pub const TS: u64 = 1 << 3;
-    pub const ET: u64 = 1 << 4;
-    pub const NE: u64 = 1 << 5;
-    pub const WP: u64 = 1 << 16;
-    pub const PG: u64 = 1 << 31;
-}
-
-pub mod cr4 {
-    pub const PAE: u64 = 1 << 5;
-    pub const PGE: u64 = 1 << 7;
-    pub const OSFXSR: u64 = 1 << 9;
-    pub const OSXMMEXCPT: u64 = 1 << 10;
-    pub const FSGSBASE: u64 = 1 << 16;
-    pub const PCIDE: u64 = 1 << 17;
-    pub const OSXSAVE: u64 = 1 << 18;
-    pub const SMEP: u64 = 1 << 20;
-    pub const SMAP: u64 = 1 << 21;
-}
+/// Page-table entry, CR0 and CR4 bits.
+pub use krr_runtime::arch::{cr0, cr4, pte};
 
 pub const TIERS: [Tier; 4] = [
     Tier::Interpreter,
