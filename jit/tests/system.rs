@@ -15,8 +15,8 @@ mod common;
 use common::*;
 use iced_x86::code_asm::*;
 use krr_jit::engine::{Engine, Exit};
-use krr_runtime::arch::rflags::{IF, RF};
-use krr_runtime::arch::vector::{BP, DE, DF, GP, NM, NP, PF, SS, UD};
+use krr_runtime::arch::rflags::{ARITH, IF, RF, TF};
+use krr_runtime::arch::vector::{BP, DB, DE, DF, GP, NM, NP, PF, SS, UD};
 use krr_runtime::arch::{msr, pf_error};
 use krr_runtime::gpr::RBX;
 
@@ -2736,11 +2736,6 @@ fn gate_with_non_canonical_target() {
 
 // ---------------------------------------------------------------------------------------
 // Debug exceptions: single-step, breakpoints, RF
-
-const DB: u8 = 1;
-const TF: u64 = 1 << 8;
-/// The six arithmetic flags.
-const ARITH: u64 = 0x8d5;
 
 /// Point IDT gate `v` at the kernel label `name` (64-bit interrupt gate, DPL0, no IST).
 fn gate_to(m: &mut Machine, v: u8, name: &str) {

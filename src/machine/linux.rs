@@ -8,7 +8,7 @@
 //! `GuestMemory` trait, while krr's guest memory is its own mapping, and the part of the
 //! protocol needed here is a few dozen field writes.
 
-use krr_runtime::arch::pte;
+use krr_runtime::arch::{cr0, cr4, efer, pte};
 use krr_runtime::{seg, ArchState, DescriptorTable, GuestMemory, Segment};
 
 #[derive(Debug, thiserror::Error)]
@@ -290,10 +290,10 @@ pub fn enter_flat_long_mode(
         limit: 0xffff,
         base: 0,
     };
-    cpu.cr0 = 0x8000_0033; // PG NE ET MP PE
+    cpu.cr0 = cr0::PG | cr0::NE | cr0::ET | cr0::MP | cr0::PE;
     cpu.cr3 = pml4;
-    cpu.cr4 = 0x20; // PAE
-    cpu.efer = 0x500; // LME LMA
+    cpu.cr4 = cr4::PAE;
+    cpu.efer = efer::LME | efer::LMA;
     cpu.rflags = krr_runtime::rflags::FIXED1;
     cpu.gpr = [0; 16];
     cpu.rip = rip;

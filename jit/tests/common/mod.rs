@@ -77,8 +77,8 @@ pub const EVENT_PORT: u8 = 0xea;
 /// A write here ends the run: the bus asks the engine to return (`Exit::BusRequest`).
 pub const EXIT_PORT: u8 = 0xf4;
 
-/// Page-table entry, CR0 and CR4 bits.
-pub use krr_runtime::arch::{cr0, cr4, pte};
+/// Page-table entry, CR0, CR4 and EFER bits.
+pub use krr_runtime::arch::{cr0, cr4, efer, pte};
 
 pub const TIERS: [Tier; 4] = [
     Tier::Interpreter,
@@ -582,7 +582,7 @@ impl Machine {
             labels,
             cr0: cr0::PE | cr0::MP | cr0::ET | cr0::NE | cr0::WP | cr0::PG,
             cr4: cr4::PAE | cr4::PGE | cr4::OSFXSR | cr4::OSXMMEXCPT,
-            efer: 0xd01, // SCE LME LMA NXE
+            efer: efer::SCE | efer::LME | efer::LMA | efer::NXE,
             rflags: rflags::FIXED1,
             gpr,
             budget: 1_000_000,
