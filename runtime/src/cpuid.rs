@@ -26,6 +26,10 @@ pub struct CpuidTable {
 
 const L1_ECX_XSAVE: u32 = 1 << 26;
 const L1_ECX_OSXSAVE: u32 = 1 << 27;
+/// MXCSR bits the model supports (DAZ included; the guest CPUID does not offer AMD's
+/// misaligned-SSE mode bit): the MXCSR_MASK FXSAVE stores. LDMXCSR, FXRSTOR and XRSTOR raise
+/// #GP for any other bit.
+pub const MXCSR_MASK: u32 = 0xffff;
 /// XCR0 components the engine implements (XSAVE/XRSTOR/XSETBV): x87 and SSE.
 pub const XCR0_SUPPORTED: u64 = xcr0::X87 | xcr0::SSE;
 /// CR4 bits the engine implements whatever the table says: VME, PVI, TSD, DE, PSE, PAE, MCE,

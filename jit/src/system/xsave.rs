@@ -3,6 +3,7 @@
 
 use super::*;
 use krr_runtime::arch::xcr0;
+use krr_runtime::cpuid::MXCSR_MASK;
 
 /// The xsave instructions.
 pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> Outcome {
@@ -125,9 +126,6 @@ pub(super) fn fxsave_image(cpu: &CpuState) -> [u8; 512] {
     }
     b
 }
-
-/// MXCSR bits the model supports (DAZ included).
-pub(super) const MXCSR_MASK: u32 = 0xffff;
 
 pub(super) fn load_x87(cpu: &mut CpuState, b: &[u8]) {
     let x = &mut cpu.x87;
