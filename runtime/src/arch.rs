@@ -109,6 +109,13 @@ pub mod dr7 {
     pub const RESERVED0: u64 = (1 << 11) | (1 << 12) | (1 << 14) | (1 << 15);
 }
 
+/// MXCSR (SDM Vol. 1 10.2.3).
+pub mod mxcsr {
+    /// The power-up and reset value: all SIMD floating-point exceptions masked, round to
+    /// nearest.
+    pub const INIT: u32 = 0x1f80;
+}
+
 /// Page-table entry bits of 4-level paging (SDM Tables 4-15 to 4-20).
 pub mod pte {
     pub const P: u64 = 1 << 0;

@@ -3,7 +3,7 @@
 
 use std::mem::offset_of;
 
-use crate::arch::{cr0, cr4, dr6, dr7, efer, xcr0};
+use crate::arch::{cr0, cr4, dr6, dr7, efer, mxcsr, xcr0};
 // Kept importable as `cpu::rflags`, `cpu::vector` and `cpu::ExceptionRecord` (and through the
 // crate root) for the engine and the drivers.
 pub use crate::arch::{rflags, vector};
@@ -290,7 +290,7 @@ impl ArchState {
             sysenter_esp: 0,
             sysenter_eip: 0,
             mtrr: [0; 28],
-            mxcsr: 0x1f80,
+            mxcsr: mxcsr::INIT,
             _pad0: 0,
             xmm: [[0; 2]; 16],
             x87: X87State::default(),
