@@ -14,6 +14,7 @@ use krr::demo_guest::{run_demo_guest, DemoOutcome};
 use krr::machine::RunEnd;
 use krr_jit::snippet::{run_snippet, ArchState, Outcome, Region, Snippet, Tier};
 use krr_jit::EngineConfig;
+use krr_runtime::arch::{mxcsr, rflags};
 use std::time::Instant;
 
 const CODE: u64 = 0x40_0000;
@@ -94,8 +95,8 @@ pub fn run(keep_trace: Option<std::path::PathBuf>) -> Result<(), String> {
     };
     let init = ArchState {
         rip: CODE,
-        rflags: 0x202,
-        mxcsr: 0x1f80,
+        rflags: rflags::IF | rflags::FIXED1,
+        mxcsr: mxcsr::INIT,
         ..Default::default()
     };
     println!("krr demo: a sieve of Eratosthenes over {N} bytes and an FNV-1a hash, run by each engine tier");

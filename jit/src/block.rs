@@ -108,10 +108,7 @@ pub fn decode(cpu: &mut CpuState, mode: u32, max_insns: usize) -> Result<Block, 
         }
     }
     if insns.is_empty() {
-        cpu.exec.exception = krr_runtime::ExceptionRecord {
-            vector: krr_runtime::vector::UD,
-            ..Default::default()
-        };
+        cpu.exec.exception = krr_runtime::ExceptionRecord::fault(krr_runtime::vector::UD, None);
         return Err(FetchError::Fault);
     }
     let mem = insns.iter().map(MemOperand::new).collect();

@@ -4,6 +4,7 @@
 use iced_x86::code_asm::*;
 use iced_x86::BlockEncoderOptions;
 use krr_jit::snippet::*;
+use krr_runtime::arch::{mxcsr, rflags};
 
 mod common;
 use common::assemble;
@@ -20,8 +21,8 @@ const TIERS: [Tier; 4] = [
 fn init() -> ArchState {
     let mut s = ArchState {
         rip: CODE,
-        rflags: 0x202,
-        mxcsr: 0x1f80,
+        rflags: rflags::IF | rflags::FIXED1,
+        mxcsr: mxcsr::INIT,
         ..Default::default()
     };
     s.gpr[4] = DATA + 0x800;

@@ -1,5 +1,6 @@
 use iced_x86::code_asm::*;
 use krr_jit::snippet::*;
+use krr_runtime::arch::rflags;
 
 mod common;
 use common::assemble;
@@ -35,7 +36,7 @@ fn loop_in_all_tiers() {
     };
     let mut init = ArchState {
         rip: addr,
-        rflags: 0x202,
+        rflags: rflags::IF | rflags::FIXED1,
         ..Default::default()
     };
     init.gpr[3] = 0x2000_0000;

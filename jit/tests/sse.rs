@@ -12,6 +12,7 @@
 use iced_x86::code_asm::*;
 use iced_x86::{Decoder, DecoderOptions, Formatter, NasmFormatter};
 use krr_jit::snippet::*;
+use krr_runtime::arch::{mxcsr, rflags};
 use std::arch::asm;
 
 mod common;
@@ -259,8 +260,8 @@ fn check(variants: &[Variant], cases: &[Case]) {
     };
     let init = ArchState {
         rip: CODE_ADDR,
-        rflags: 0x202,
-        mxcsr: 0x1f80,
+        rflags: rflags::IF | rflags::FIXED1,
+        mxcsr: mxcsr::INIT,
         gpr: {
             let mut g = [0; 16];
             g[4] = STACK + 0x800;
@@ -870,8 +871,8 @@ fn run_one(
 fn fault_init() -> ArchState {
     let mut init = ArchState {
         rip: CODE_ADDR,
-        rflags: 0x202,
-        mxcsr: 0x1f80,
+        rflags: rflags::IF | rflags::FIXED1,
+        mxcsr: mxcsr::INIT,
         ..Default::default()
     };
     init.gpr[6] = TABLE + 0x100; // rsi

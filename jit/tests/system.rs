@@ -15,8 +15,11 @@ mod common;
 use common::*;
 use iced_x86::code_asm::*;
 use krr_jit::engine::{Engine, Exit};
+use krr_runtime::arch::rflags::{ARITH, IF, RF, TF};
+use krr_runtime::arch::vector::{BP, DB, DE, DF, GP, NM, NP, PF, SS, UD};
+use krr_runtime::arch::{msr, pf_error};
+use krr_runtime::gpr::RBX;
 
-const RBX: usize = 3;
 const R8: usize = 8;
 const R9: usize = 9;
 const R10: usize = 10;
@@ -24,34 +27,14 @@ const R12: usize = 12;
 const R13: usize = 13;
 const R14: usize = 14;
 
-const DE: u8 = 0;
-const BP: u8 = 3;
-const UD: u8 = 6;
-const NM: u8 = 7;
-const DF: u8 = 8;
-const NP: u8 = 11;
-const SS: u8 = 12;
-const GP: u8 = 13;
-const PF: u8 = 14;
-
 /// #PF error-code bits (SDM 4.7, "Page-Fault Exceptions").
-const PF_P: u64 = 1;
-const PF_W: u64 = 2;
-const PF_U: u64 = 4;
-const PF_RSVD: u64 = 8;
-const PF_I: u64 = 16;
+const PF_P: u64 = pf_error::P as u64;
+const PF_W: u64 = pf_error::W as u64;
+const PF_U: u64 = pf_error::U as u64;
+const PF_RSVD: u64 = pf_error::RSVD as u64;
+const PF_I: u64 = pf_error::I as u64;
 
-const IF: u64 = 1 << 9;
-const RF: u64 = 1 << 16;
 const USER_FLAGS: u32 = 0x202;
-
-const MSR_EFER: u32 = 0xc000_0080;
-const MSR_STAR: u32 = 0xc000_0081;
-const MSR_LSTAR: u32 = 0xc000_0082;
-const MSR_SFMASK: u32 = 0xc000_0084;
-const MSR_FS_BASE: u32 = 0xc000_0100;
-const MSR_GS_BASE: u32 = 0xc000_0101;
-const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 
 fn no_user(_: &mut Asm) -> AsmResult {
     Ok(())
@@ -1243,11 +1226,11 @@ fn sysret_to_cpl3_and_syscall_back() {
         |k| {
             let mut entry = k.create_label();
             k.mov(rax, STAR)?;
-            wrmsr_rax(k, MSR_STAR)?;
+            wrmsr_rax(k, msr::STAR)?;
             k.lea(rax, ptr(entry))?;
-            wrmsr_rax(k, MSR_LSTAR)?;
+            wrmsr_rax(k, msr::LSTAR)?;
             k.mov(eax, SFMASK as u32)?;
-            wrmsr_rax(k, MSR_SFMASK)?;
+            wrmsr_rax(k, msr::SFMASK)?;
             k.mov(rcx, UCODE)?;
             k.mov(r11, R11_IN)?;
             k.mov(rsp, USTACK_TOP)?;
@@ -1316,7 +1299,7 @@ fn sysret_to_non_canonical_rip_faults_in_kernel() {
     let r = run_all(
         |k| {
             k.mov(rax, STAR)?;
-            wrmsr_rax(k, MSR_STAR)?;
+            wrmsr_rax(k, msr::STAR)?;
             k.mov(rcx, 0x8000_0000_0000u64)?;
             k.mov(r11, 0x202u64)?;
             k.def("sysret")?;
@@ -1336,7 +1319,7 @@ fn syscall_without_sce_is_ud() {
     let r = run_all(
         |k| {
             k.mov(eax, 0xd00)?;
-            wrmsr_rax(k, MSR_EFER)?;
+            wrmsr_rax(k, msr::EFER)?;
             k.def("sysret")?;
             k.sysretq()?;
             k.def("k2")?;
@@ -1367,31 +1350,31 @@ fn syscall_without_sce_is_ud() {
 #[test]
 fn msr_round_trip_and_faults() {
     const MSRS: [(u32, u64); 25] = [
-        (0x1b, 0xfee0_0900),                    // APIC_BASE (as reset)
-        (0x48, 1),                              // SPEC_CTRL
-        (0x174, 0x10),                          // SYSENTER_CS
-        (0x175, 0xffff_ffff_8200_0000),         // SYSENTER_ESP
-        (0x176, 0xffff_ffff_8200_1000),         // SYSENTER_EIP
-        (0x1a0, 1),                             // MISC_ENABLE
-        (0x200, 0x8000_0006),                   // MTRR_PHYSBASE0
-        (0x201, 0xff_8000_0800),                // MTRR_PHYSMASK0
-        (0x20f, 0xff_c000_0800),                // MTRR_PHYSMASK7
-        (0x250, 0x0606_0606_0606_0606),         // MTRR_FIX64K_00000
-        (0x258, 0x0606_0606_0606_0606),         // MTRR_FIX16K_80000
-        (0x259, 0x0101_0101_0101_0101),         // MTRR_FIX16K_A0000
-        (0x268, 0x0505_0505_0505_0505),         // MTRR_FIX4K_C0000
-        (0x26f, 0x0505_0505_0505_0505),         // MTRR_FIX4K_F8000
-        (0x277, 0x0007_0406_0007_0106),         // PAT
-        (0x2ff, 0xc06),                         // MTRR_DEF_TYPE
-        (MSR_EFER, 0xd01),                      // EFER (unchanged)
-        (MSR_STAR, 0x0013_0008_1234_5678),      // STAR
-        (MSR_LSTAR, 0xffff_ffff_8100_0000),     // LSTAR
-        (0xc000_0083, 0xffff_ffff_8100_1000),   // CSTAR
-        (MSR_SFMASK, SFMASK),                   // SFMASK
-        (MSR_FS_BASE, 0x7fff_1234_5000),        // FS_BASE
-        (MSR_GS_BASE, 0xffff_8880_0000_0000),   // GS_BASE
-        (MSR_KERNEL_GS_BASE, 0x1234_5678_9000), // KERNEL_GS_BASE
-        (0xc000_0103, 7),                       // TSC_AUX
+        (0x1b, 0xfee0_0900),                     // APIC_BASE (as reset)
+        (0x48, 1),                               // SPEC_CTRL
+        (0x174, 0x10),                           // SYSENTER_CS
+        (0x175, 0xffff_ffff_8200_0000),          // SYSENTER_ESP
+        (0x176, 0xffff_ffff_8200_1000),          // SYSENTER_EIP
+        (0x1a0, 1),                              // MISC_ENABLE
+        (0x200, 0x8000_0006),                    // MTRR_PHYSBASE0
+        (0x201, 0xff_8000_0800),                 // MTRR_PHYSMASK0
+        (0x20f, 0xff_c000_0800),                 // MTRR_PHYSMASK7
+        (0x250, 0x0606_0606_0606_0606),          // MTRR_FIX64K_00000
+        (0x258, 0x0606_0606_0606_0606),          // MTRR_FIX16K_80000
+        (0x259, 0x0101_0101_0101_0101),          // MTRR_FIX16K_A0000
+        (0x268, 0x0505_0505_0505_0505),          // MTRR_FIX4K_C0000
+        (0x26f, 0x0505_0505_0505_0505),          // MTRR_FIX4K_F8000
+        (0x277, 0x0007_0406_0007_0106),          // PAT
+        (0x2ff, 0xc06),                          // MTRR_DEF_TYPE
+        (msr::EFER, 0xd01),                      // EFER (unchanged)
+        (msr::STAR, 0x0013_0008_1234_5678),      // STAR
+        (msr::LSTAR, 0xffff_ffff_8100_0000),     // LSTAR
+        (0xc000_0083, 0xffff_ffff_8100_1000),    // CSTAR
+        (msr::SFMASK, SFMASK),                   // SFMASK
+        (msr::FS_BASE, 0x7fff_1234_5000),        // FS_BASE
+        (msr::GS_BASE, 0xffff_8880_0000_0000),   // GS_BASE
+        (msr::KERNEL_GS_BASE, 0x1234_5678_9000), // KERNEL_GS_BASE
+        (0xc000_0103, 7),                        // TSC_AUX
     ];
     /// Read-only (or reset-value) MSRs: TSC from the bus, PLATFORM_ID, UCODE_REV, MTRRcap
     /// (8 variable ranges, fixed ranges, WC), MCG_CAP (no banks), MCG_STATUS.
@@ -1430,12 +1413,12 @@ fn msr_round_trip_and_faults() {
                 2 => {
                     // Non-canonical LSTAR.
                     k.mov(rax, 0x8000_0000_0000u64)?;
-                    wrmsr_rax(k, MSR_LSTAR)
+                    wrmsr_rax(k, msr::LSTAR)
                 }
                 3 => {
                     // EFER bit 1 is reserved.
                     k.mov(eax, 0xd03)?;
-                    wrmsr_rax(k, MSR_EFER)
+                    wrmsr_rax(k, msr::EFER)
                 }
                 4 => {
                     // PAT memory type 2 is reserved.
@@ -1472,17 +1455,17 @@ fn swapgs_exchanges_gs_bases() {
     let r = run_all(
         |k| {
             k.mov(eax, KSCRATCH as u32)?;
-            wrmsr_rax(k, MSR_GS_BASE)?;
+            wrmsr_rax(k, msr::GS_BASE)?;
             k.mov(eax, (KSCRATCH + 0x100) as u32)?;
-            wrmsr_rax(k, MSR_KERNEL_GS_BASE)?;
+            wrmsr_rax(k, msr::KERNEL_GS_BASE)?;
             k.mov(rbx, qword_ptr(0u64).gs())?;
             report(k, rbx)?;
             k.swapgs()?;
             k.mov(rbx, qword_ptr(0u64).gs())?;
             report(k, rbx)?;
-            rdmsr_rax(k, MSR_GS_BASE)?;
+            rdmsr_rax(k, msr::GS_BASE)?;
             report(k, rax)?;
-            rdmsr_rax(k, MSR_KERNEL_GS_BASE)?;
+            rdmsr_rax(k, msr::KERNEL_GS_BASE)?;
             report(k, rax)?;
             stop(k)
         },
@@ -1510,7 +1493,7 @@ fn fsgsbase_instructions() {
             k.wrfsbase(rax)?;
             k.rdfsbase(rbx)?;
             report(k, rbx)?;
-            rdmsr_rax(k, MSR_FS_BASE)?;
+            rdmsr_rax(k, msr::FS_BASE)?;
             report(k, rax)?;
             k.mov(rbx, qword_ptr(0x10u64).fs())?;
             report(k, rbx)?;
@@ -2754,11 +2737,6 @@ fn gate_with_non_canonical_target() {
 // ---------------------------------------------------------------------------------------
 // Debug exceptions: single-step, breakpoints, RF
 
-const DB: u8 = 1;
-const TF: u64 = 1 << 8;
-/// The six arithmetic flags.
-const ARITH: u64 = 0x8d5;
-
 /// Point IDT gate `v` at the kernel label `name` (64-bit interrupt gate, DPL0, no IST).
 fn gate_to(m: &mut Machine, v: u8, name: &str) {
     let target = m.label(name);
@@ -2917,11 +2895,11 @@ fn syscall_sysret_single_step(sfmask: u64) -> Outcome {
         |k| {
             let mut entry = k.create_label();
             k.mov(rax, STAR)?;
-            wrmsr_rax(k, MSR_STAR)?;
+            wrmsr_rax(k, msr::STAR)?;
             k.lea(rax, ptr(entry))?;
-            wrmsr_rax(k, MSR_LSTAR)?;
+            wrmsr_rax(k, msr::LSTAR)?;
             k.mov(eax, sfmask as u32)?;
-            wrmsr_rax(k, MSR_SFMASK)?;
+            wrmsr_rax(k, msr::SFMASK)?;
             k.mov(rcx, UCODE)?;
             k.mov(r11, 0x302u64)?;
             k.mov(rsp, USTACK_TOP)?;

@@ -1,5 +1,5 @@
-//! Architectural constants of x86-64 in one place: RFLAGS, CR0, CR4 and EFER bits, MSR
-//! numbers and exception vectors (Intel SDM volume 3). Only facts the manual defines live
+//! Architectural constants of x86-64 in one place: RFLAGS, CR0, CR4, EFER, XCR0, DR6 and DR7
+//! bits, page-table entry and #PF error-code bits, MSR numbers and exception vectors (Intel SDM volume 3). Only facts the manual defines live
 //! here; what the engine implements of them is decided elsewhere.
 
 /// RFLAGS bits (SDM 3.4.3).
@@ -74,6 +74,70 @@ pub mod efer {
     pub const LME: u64 = 1 << 8;
     pub const LMA: u64 = 1 << 10;
     pub const NXE: u64 = 1 << 11;
+}
+
+/// XCR0 (XFEATURE_ENABLED_MASK) state-component bits (SDM Vol. 1 13.3).
+pub mod xcr0 {
+    pub const X87: u64 = 1 << 0;
+    pub const SSE: u64 = 1 << 1;
+    pub const AVX: u64 = 1 << 2;
+}
+
+/// DR6 bits (SDM 17.2.3).
+pub mod dr6 {
+    /// B0-B3: breakpoint n was hit.
+    pub const B_MASK: u64 = 0xf;
+    /// BD: a debug-register access with DR7.GD set.
+    pub const BD: u64 = 1 << 13;
+    /// BS: single step (RFLAGS.TF).
+    pub const BS: u64 = 1 << 14;
+    /// BT: task switch (never set by this model).
+    pub const BT: u64 = 1 << 15;
+    /// The bits that read as 1 (reserved, and BLD/RTM, which this model does not support).
+    pub const FIXED1: u64 = 0xffff_0ff0;
+}
+
+/// DR7 bits (SDM 17.2.4).
+pub mod dr7 {
+    /// L0/G0 ... L3/G3.
+    pub const ENABLE_MASK: u64 = 0xff;
+    /// GD: general detect (MOV DR faults with #DB).
+    pub const GD: u64 = 1 << 13;
+    /// Bit 10 reads as 1.
+    pub const FIXED1: u64 = 1 << 10;
+    /// Bits that must be 0 (11, 12, 14, 15; 32-63 fault on a write).
+    pub const RESERVED0: u64 = (1 << 11) | (1 << 12) | (1 << 14) | (1 << 15);
+}
+
+/// MXCSR (SDM Vol. 1 10.2.3).
+pub mod mxcsr {
+    /// The power-up and reset value: all SIMD floating-point exceptions masked, round to
+    /// nearest.
+    pub const INIT: u32 = 0x1f80;
+}
+
+/// Page-table entry bits of 4-level paging (SDM Tables 4-15 to 4-20).
+pub mod pte {
+    pub const P: u64 = 1 << 0;
+    pub const RW: u64 = 1 << 1;
+    pub const US: u64 = 1 << 2;
+    pub const A: u64 = 1 << 5;
+    pub const D: u64 = 1 << 6;
+    /// PS: the entry maps a large page (1 GiB in a PDPTE, 2 MiB in a PDE).
+    pub const PS: u64 = 1 << 7;
+    pub const G: u64 = 1 << 8;
+    pub const NX: u64 = 1 << 63;
+    /// The physical-address field (MAXPHYADDR 52).
+    pub const ADDR: u64 = 0x000f_ffff_ffff_f000;
+}
+
+/// #PF error-code bits (SDM 4.7).
+pub mod pf_error {
+    pub const P: u32 = 1 << 0;
+    pub const W: u32 = 1 << 1;
+    pub const U: u32 = 1 << 2;
+    pub const RSVD: u32 = 1 << 3;
+    pub const I: u32 = 1 << 4;
 }
 
 /// Model-specific register numbers (SDM volume 4).

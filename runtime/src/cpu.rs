@@ -3,7 +3,7 @@
 
 use std::mem::offset_of;
 
-use crate::arch::{cr0, cr4, efer};
+use crate::arch::{cr0, cr4, dr6, dr7, efer, mxcsr, xcr0};
 // Kept importable as `cpu::rflags`, `cpu::vector` and `cpu::ExceptionRecord` (and through the
 // crate root) for the engine and the drivers.
 pub use crate::arch::{rflags, vector};
@@ -45,6 +45,28 @@ pub struct Segment {
     pub attrs: u16,
     pub limit: u32,
     pub base: u64,
+}
+
+impl Segment {
+    /// `attrs` of a 64-bit code segment at DPL0 (type 0xb execute/read accessed, S, P, L, G),
+    /// as SYSCALL loads it.
+    pub const CODE64_DPL0: u16 = 0xa09b;
+    /// `attrs` of a read/write data segment at DPL0 (type 3, S, P, D/B, G), as SYSCALL loads
+    /// SS.
+    pub const DATA_DPL0: u16 = 0xc093;
+    /// `attrs` of a read/write data segment at DPL3 (type 3, S, DPL3, P, D/B, G), as SYSRET
+    /// loads SS.
+    pub const DATA_DPL3: u16 = 0xc0f3;
+
+    /// A flat segment (base 0, limit 4 GiB - 1) with `selector` and `attrs`.
+    pub const fn flat(selector: u16, attrs: u16) -> Segment {
+        Segment {
+            selector,
+            attrs,
+            limit: 0xffff_ffff,
+            base: 0,
+        }
+    }
 }
 
 /// A descriptor-table register (GDTR, IDTR).
@@ -228,20 +250,10 @@ impl ArchState {
     /// A CPU in 64-bit mode at CPL3 with flat segments, as the engine-core tests and
     /// benchmarks use it (CR3 is 0: a test that runs with paging maps its pages first).
     pub fn flat64() -> ArchState {
-        let user_data = Segment {
-            selector: 0x2b,
-            attrs: 0xc0f3,
-            limit: 0xffff_ffff,
-            base: 0,
-        };
+        let user_data = Segment::flat(0x2b, Segment::DATA_DPL3);
         let mut seg = [user_data; 6];
         // 64-bit code segment, DPL3 (attrs: type=0xb, S, DPL=3, P, L).
-        seg[seg::CS] = Segment {
-            selector: 0x33,
-            attrs: 0x20fb,
-            limit: 0xffff_ffff,
-            base: 0,
-        };
+        seg[seg::CS] = Segment::flat(0x33, 0x20fb);
         ArchState {
             gpr: [0; 16],
             rip: 0,
@@ -263,8 +275,8 @@ impl ArchState {
             cr4: cr4::OSFXSR | cr4::OSXMMEXCPT | cr4::PAE,
             cr8: 0,
             efer: efer::SCE | efer::LME | efer::LMA | efer::NXE,
-            xcr0: 1,
-            dr: [0, 0, 0, 0, 0, 0, 0xffff_0ff0, 0x400],
+            xcr0: xcr0::X87,
+            dr: [0, 0, 0, 0, 0, 0, dr6::FIXED1, dr7::FIXED1],
             kernel_gs_base: 0,
             star: 0,
             lstar: 0,
@@ -279,7 +291,7 @@ impl ArchState {
             sysenter_esp: 0,
             sysenter_eip: 0,
             mtrr: [0; 28],
-            mxcsr: 0x1f80,
+            mxcsr: mxcsr::INIT,
             _pad0: 0,
             xmm: [[0; 2]; 16],
             x87: X87State::default(),

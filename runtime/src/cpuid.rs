@@ -1,7 +1,7 @@
 //! The CPUID table the guest sees: a fixed list of (leaf, subleaf) entries, documented in
 //! ARCHITECTURE.md. Leaves not listed return zeros, as for a leaf above the maximum.
 
-use crate::arch::cr4;
+use crate::arch::{cr4, xcr0};
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,8 +26,12 @@ pub struct CpuidTable {
 
 const L1_ECX_XSAVE: u32 = 1 << 26;
 const L1_ECX_OSXSAVE: u32 = 1 << 27;
+/// MXCSR bits the model supports (DAZ included; the guest CPUID does not offer AMD's
+/// misaligned-SSE mode bit): the MXCSR_MASK FXSAVE stores. LDMXCSR, FXRSTOR and XRSTOR raise
+/// #GP for any other bit.
+pub const MXCSR_MASK: u32 = 0xffff;
 /// XCR0 components the engine implements (XSAVE/XRSTOR/XSETBV): x87 and SSE.
-pub const XCR0_SUPPORTED: u64 = 0x3;
+pub const XCR0_SUPPORTED: u64 = xcr0::X87 | xcr0::SSE;
 /// CR4 bits the engine implements whatever the table says: VME, PVI, TSD, DE, PSE, PAE, MCE,
 /// PGE, PCE, OSFXSR, OSXMMEXCPT, UMIP, FSGSBASE, PCIDE, OSXSAVE, SMEP, SMAP. (VME/PVI/PSE/MCE
 /// have no effect in 64-bit mode; a table may advertise them.)

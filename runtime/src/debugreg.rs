@@ -6,31 +6,8 @@
 //! [`alignment_fault`].
 
 use crate::arch::{cr0, rflags};
+pub use crate::arch::{dr6, dr7};
 use crate::cpu::CpuState;
-
-/// DR6 bits (SDM 17.2.3).
-pub mod dr6 {
-    /// B0-B3: breakpoint n was hit.
-    pub const B_MASK: u64 = 0xf;
-    /// BD: a debug-register access with DR7.GD set.
-    pub const BD: u64 = 1 << 13;
-    /// BS: single step (RFLAGS.TF).
-    pub const BS: u64 = 1 << 14;
-    /// The bits that read as 1 (reserved, and BLD/RTM, which this model does not support).
-    pub const FIXED1: u64 = 0xffff_0ff0;
-}
-
-/// DR7 bits.
-pub mod dr7 {
-    /// L0/G0 ... L3/G3.
-    pub const ENABLE_MASK: u64 = 0xff;
-    /// GD: general detect (MOV DR faults with #DB).
-    pub const GD: u64 = 1 << 13;
-    /// Bit 10 reads as 1.
-    pub const FIXED1: u64 = 1 << 10;
-    /// Bits that must be 0 (11, 12, 14, 15; 32-63 fault on a write).
-    pub const RESERVED0: u64 = (1 << 11) | (1 << 12) | (1 << 14) | (1 << 15);
-}
 
 /// The R/W field of breakpoint `i`: 0 execute, 1 write, 2 I/O (CR4.DE), 3 read or write.
 pub fn kind(dr7: u64, i: usize) -> u64 {

@@ -2,7 +2,7 @@
 //! IST stack switches, the pushed frame, and the double/triple fault rules.
 
 use crate::arch::{rflags, vector};
-use crate::cpu::{seg, CpuState, ExceptionRecord, Segment};
+use crate::cpu::{seg, CpuState, Segment};
 use crate::desc::{self, DescFault};
 
 /// What is being delivered.
@@ -251,9 +251,4 @@ fn deliver_once(
     }
     cpu.rflags = (f & !rflags::ARITH) | rflags::FIXED1;
     Ok(())
-}
-
-/// Exception record for a fault raised by delivery code that is not a memory fault.
-pub fn record(v: u8, code: Option<u32>) -> ExceptionRecord {
-    ExceptionRecord::fault(v, code)
 }

@@ -7,7 +7,9 @@
 //! no translated code, so the first write to a clean page and every write to a code page take
 //! the slow path.
 
-use crate::arch::{cr0, cr4, efer, rflags, vector};
+/// Page-table entry bits (also the leaf flags for [`PageTableBuilder::map_4k`]).
+pub use crate::arch::pte;
+use crate::arch::{cr0, cr4, efer, pf_error, rflags, vector};
 use crate::cpu::{CpuState, ExceptionRecord};
 // The TLB's names stay reachable as `mmu::X` for the engine.
 pub use crate::tlb::*;
@@ -26,21 +28,6 @@ pub struct Translation {
     /// The page may be cached for writes (writable, already dirty).
     pub write_ok: bool,
 }
-
-const PTE_P: u64 = 1 << 0;
-const PTE_RW: u64 = 1 << 1;
-const PTE_US: u64 = 1 << 2;
-const PTE_A: u64 = 1 << 5;
-const PTE_D: u64 = 1 << 6;
-const PTE_PS: u64 = 1 << 7;
-const PTE_NX: u64 = 1 << 63;
-const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
-
-const PF_P: u32 = 1 << 0;
-const PF_W: u32 = 1 << 1;
-const PF_U: u32 = 1 << 2;
-const PF_RSVD: u32 = 1 << 3;
-const PF_I: u32 = 1 << 4;
 
 pub fn is_canonical(linear: u64) -> bool {
     ((linear as i64) << 16 >> 16) as u64 == linear
@@ -92,15 +79,15 @@ pub fn translate(
     let fetch = access == Access::Execute;
     let mut err = 0u32;
     if write {
-        err |= PF_W;
+        err |= pf_error::W;
     }
     if user {
-        err |= PF_U;
+        err |= pf_error::U;
     }
     if fetch && (nxe || cpu.cr4 & cr4::SMEP != 0) {
-        err |= PF_I;
+        err |= pf_error::I;
     }
-    let mut table = cpu.cr3 & PTE_ADDR;
+    let mut table = cpu.cr3 & pte::ADDR;
     let mut writable = true;
     let mut user_ok = true;
     let mut no_exec = false;
@@ -111,30 +98,30 @@ pub fn translate(
         let shift = 12 + 9 * level;
         let entry_addr = table + ((linear >> shift) & 0x1ff) * 8;
         let Some(entry) = phys_read_u64(cpu, entry_addr) else {
-            return Err(page_fault(linear, err | PF_RSVD));
+            return Err(page_fault(linear, err | pf_error::RSVD));
         };
-        if entry & PTE_P == 0 {
+        if entry & pte::P == 0 {
             return Err(page_fault(linear, err));
         }
-        if (entry & PTE_NX != 0 && !nxe) || (level == 3 && entry & PTE_PS != 0) {
-            return Err(page_fault(linear, err | PF_P | PF_RSVD));
+        if (entry & pte::NX != 0 && !nxe) || (level == 3 && entry & pte::PS != 0) {
+            return Err(page_fault(linear, err | pf_error::P | pf_error::RSVD));
         }
-        writable &= entry & PTE_RW != 0;
-        user_ok &= entry & PTE_US != 0;
-        no_exec |= nxe && entry & PTE_NX != 0;
+        writable &= entry & pte::RW != 0;
+        user_ok &= entry & pte::US != 0;
+        no_exec |= nxe && entry & pte::NX != 0;
         entries[levels] = (entry_addr, entry);
         levels += 1;
-        if level > 0 && entry & PTE_PS != 0 {
+        if level > 0 && entry & pte::PS != 0 {
             let mask = (1u64 << shift) - 1;
             // Reserved bits 13..shift of a large-page entry must be zero.
-            if (entry & PTE_ADDR & mask) >> 13 != 0 {
-                return Err(page_fault(linear, err | PF_P | PF_RSVD));
+            if (entry & pte::ADDR & mask) >> 13 != 0 {
+                return Err(page_fault(linear, err | pf_error::P | pf_error::RSVD));
             }
-            table = entry & PTE_ADDR & !mask;
+            table = entry & pte::ADDR & !mask;
             page_size_shift = shift;
             break;
         }
-        table = entry & PTE_ADDR;
+        table = entry & pte::ADDR;
     }
     let violation = if user {
         !user_ok || (write && !writable) || (fetch && no_exec)
@@ -145,14 +132,14 @@ pub fn translate(
             || (!fetch && user_ok && cpu.cr4 & cr4::SMAP != 0 && cpu.rflags & rflags::AC == 0)
     };
     if violation {
-        return Err(page_fault(linear, err | PF_P));
+        return Err(page_fault(linear, err | pf_error::P));
     }
     // Accessed on every level, dirty on the leaf for writes: only written when they change.
     for (i, &(addr, entry)) in entries[..levels].iter().enumerate() {
         let leaf = i == levels - 1;
-        let mut new = entry | PTE_A;
+        let mut new = entry | pte::A;
         if leaf && write {
-            new |= PTE_D;
+            new |= pte::D;
         }
         if new != entry {
             phys_write_u64(cpu, addr, new);
@@ -161,7 +148,7 @@ pub fn translate(
     let (_, leaf) = entries[levels - 1];
     let offset_mask = (1u64 << page_size_shift) - 1;
     let phys = table | (linear & offset_mask);
-    let dirty = write || leaf & PTE_D != 0;
+    let dirty = write || leaf & pte::D != 0;
     let write_ok = dirty && (writable || (!user && cpu.cr0 & cr0::WP == 0));
     Ok(Translation { phys, write_ok })
 }
@@ -475,27 +462,17 @@ impl PageTableBuilder {
             let idx = (linear >> (12 + 9 * level)) & 0x1ff;
             let entry_addr = table + idx * 8;
             let entry = mem.read_u64(entry_addr).expect("page table in RAM");
-            table = if entry & PTE_P == 0 {
+            table = if entry & pte::P == 0 {
                 let t = self.alloc(mem);
-                mem.write_u64(entry_addr, t | PTE_P | PTE_RW | PTE_US)
+                mem.write_u64(entry_addr, t | pte::P | pte::RW | pte::US)
                     .expect("page table in RAM");
                 t
             } else {
-                entry & PTE_ADDR
+                entry & pte::ADDR
             };
         }
         let idx = (linear >> 12) & 0x1ff;
-        mem.write_u64(table + idx * 8, (phys & PTE_ADDR) | flags | PTE_P)
+        mem.write_u64(table + idx * 8, (phys & pte::ADDR) | flags | pte::P)
             .expect("page table in RAM");
     }
-}
-
-/// Leaf flags for [`PageTableBuilder::map_4k`].
-pub mod pte {
-    pub const RW: u64 = super::PTE_RW;
-    pub const US: u64 = super::PTE_US;
-    pub const A: u64 = super::PTE_A;
-    pub const D: u64 = super::PTE_D;
-    pub const NX: u64 = super::PTE_NX;
-    pub const G: u64 = 1 << 8;
 }

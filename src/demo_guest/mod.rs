@@ -128,11 +128,7 @@ const USER_CS: u16 = 0x23;
 const TSS_SEL: u16 = 0x28;
 
 // Page-table entry bits.
-const P: u64 = 1;
-const RW: u64 = 1 << 1;
-const US: u64 = 1 << 2;
-const PS: u64 = 1 << 7;
-const NX: u64 = 1 << 63;
+use krr_runtime::arch::pte::{NX, P, PS, RW, US};
 
 /// The user program's work: rounds of sieving below `SIEVE_BASE << round`.
 pub const ROUNDS: u64 = 4;

@@ -8,6 +8,7 @@
 //! `GuestMemory` trait, while krr's guest memory is its own mapping, and the part of the
 //! protocol needed here is a few dozen field writes.
 
+use krr_runtime::arch::{cr0, cr4, efer, pte};
 use krr_runtime::{seg, ArchState, DescriptorTable, GuestMemory, Segment};
 
 #[derive(Debug, thiserror::Error)]
@@ -249,13 +250,13 @@ fn place_initrd(
 fn write_page_tables_and_gdt(mem: &mut GuestMemory) -> Result<u16, BootError> {
     mem.write(PML4_ADDR, &[0u8; 4096])?;
     mem.write(PDPT_ADDR, &[0u8; 4096])?;
-    mem.write_u64(PML4_ADDR, PDPT_ADDR | 0x3)?;
+    mem.write_u64(PML4_ADDR, PDPT_ADDR | pte::P | pte::RW)?;
     for i in 0..4u64 {
         let pd = PD_ADDR + i * 4096;
-        mem.write_u64(PDPT_ADDR + i * 8, pd | 0x3)?;
+        mem.write_u64(PDPT_ADDR + i * 8, pd | pte::P | pte::RW)?;
         for j in 0..512u64 {
             let phys = (i << 30) | (j << 21);
-            mem.write_u64(pd + j * 8, phys | 0x83)?; // P, RW, PS
+            mem.write_u64(pd + j * 8, phys | pte::P | pte::RW | pte::PS)?;
         }
     }
 
@@ -279,19 +280,9 @@ pub fn enter_flat_long_mode(
 ) {
     cpu.gdtr = gdt;
     cpu.idtr = DescriptorTable { base: 0, limit: 0 };
-    cpu.seg[seg::CS] = Segment {
-        selector: selectors.0,
-        attrs: 0xa09b,
-        limit: 0xffff_ffff,
-        base: 0,
-    };
+    cpu.seg[seg::CS] = Segment::flat(selectors.0, Segment::CODE64_DPL0);
     for s in [seg::DS, seg::ES, seg::SS, seg::FS, seg::GS] {
-        cpu.seg[s] = Segment {
-            selector: selectors.1,
-            attrs: 0xc093,
-            limit: 0xffff_ffff,
-            base: 0,
-        };
+        cpu.seg[s] = Segment::flat(selectors.1, Segment::DATA_DPL0);
     }
     cpu.tr = Segment {
         selector: 0,
@@ -299,10 +290,10 @@ pub fn enter_flat_long_mode(
         limit: 0xffff,
         base: 0,
     };
-    cpu.cr0 = 0x8000_0033; // PG NE ET MP PE
+    cpu.cr0 = cr0::PG | cr0::NE | cr0::ET | cr0::MP | cr0::PE;
     cpu.cr3 = pml4;
-    cpu.cr4 = 0x20; // PAE
-    cpu.efer = 0x500; // LME LMA
+    cpu.cr4 = cr4::PAE;
+    cpu.efer = efer::LME | efer::LMA;
     cpu.rflags = krr_runtime::rflags::FIXED1;
     cpu.gpr = [0; 16];
     cpu.rip = rip;

@@ -51,10 +51,7 @@ pub(super) fn checked_mode(cpu: &CpuState) -> bool {
 fn raise_db(cpu: &mut CpuState, bits: u64, trap: bool) -> Exit {
     cpu.dr[6] = (cpu.dr[6] & !dr6::B_MASK) | bits | dr6::FIXED1;
     cpu.dr[7] &= !dr7::GD;
-    cpu.exec.exception = ExceptionRecord {
-        vector: vector::DB,
-        ..Default::default()
-    };
+    cpu.exec.exception = ExceptionRecord::fault(vector::DB, None);
     Exit::Exception {
         trap,
         unimplemented: false,

@@ -2,8 +2,10 @@
 //! instruction (the host is x86-64) under the guest's rounding control, DAZ and FTZ and all
 //! exceptions masked; the exception flags raised are folded into the guest MXCSR.
 
-use crate::sem::sse::{SseOp, CR4_OSXMMEXCPT, SCRATCH_SRC};
-use krr_runtime::{vector, CpuState, ExceptionRecord, Outcome};
+use crate::sem::sse::{SseOp, SCRATCH_SRC};
+use krr_runtime::{
+    arch::cr4::OSXMMEXCPT as CR4_OSXMMEXCPT, vector, CpuState, ExceptionRecord, Outcome,
+};
 
 /// The [`Helper::Sse`] entry: `args` = [operation ([`SseOp`]), destination XMM number, source
 /// (XMM number, [`SCRATCH_SRC`], or the integer for CVTSI2S*)]. Writes the destination XMM

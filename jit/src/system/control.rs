@@ -3,6 +3,7 @@
 
 use super::segments::{mov_segment, read_u16_operand};
 use super::*;
+use krr_runtime::arch::cr0;
 
 /// The control instructions.
 pub(super) fn execute(
@@ -55,7 +56,9 @@ pub(super) fn execute(
             }
             let v = trym!(read_u16_operand(cpu, insn, addr)) as u64;
             // LMSW sets PE but never clears it, and only touches the low four bits.
-            cpu.cr0 = (cpu.cr0 & !0xe) | (v & 0xf) | (cpu.cr0 & CR0_PE);
+            cpu.cr0 = (cpu.cr0 & !(cr0::MP | cr0::EM | cr0::TS))
+                | (v & (cr0::PE | cr0::MP | cr0::EM | cr0::TS))
+                | (cpu.cr0 & CR0_PE);
             SysResult::Done(None)
         }
         M::Clts => {
@@ -152,10 +155,10 @@ pub(super) fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u
                 if cpu.efer & EFER_LMA != 0 && v & CR0_PG == 0 {
                     return gp0();
                 }
-                if (v ^ cpu.cr0) & (CR0_PG | CR0_PE | (1 << 16)) != 0 {
+                if (v ^ cpu.cr0) & (CR0_PG | CR0_PE | cr0::WP) != 0 {
                     cpu.exec.tlb.flush();
                 }
-                cpu.cr0 = v | 0x10; // ET is hardwired to 1
+                cpu.cr0 = v | cr0::ET; // ET is hardwired to 1
             }
             Register::CR2 => cpu.cr2 = v,
             Register::CR3 => {
@@ -231,7 +234,7 @@ pub(super) fn mov_debug(cpu: &mut CpuState, insn: &Instruction) -> SysResult {
     }
     cpu.dr[i] = match i {
         // Only B0-B3, BD, BS and BT are writable.
-        6 => (v & (dr6::B_MASK | dr6::BD | dr6::BS | (1 << 15))) | dr6::FIXED1,
+        6 => (v & (dr6::B_MASK | dr6::BD | dr6::BS | dr6::BT)) | dr6::FIXED1,
         7 => (v & !dr7::RESERVED0) | dr7::FIXED1,
         _ => v,
     };

@@ -16,18 +16,8 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Sys
             cpu.gpr[RCX] = next;
             cpu.gpr[11] = flags & !rflags::RF;
             let sel = ((cpu.star >> 32) & 0xfffc) as u16;
-            cpu.seg[seg::CS] = Segment {
-                selector: sel,
-                attrs: 0xa09b,
-                limit: 0xffff_ffff,
-                base: 0,
-            };
-            cpu.seg[seg::SS] = Segment {
-                selector: sel + 8,
-                attrs: 0xc093,
-                limit: 0xffff_ffff,
-                base: 0,
-            };
+            cpu.seg[seg::CS] = Segment::flat(sel, Segment::CODE64_DPL0);
+            cpu.seg[seg::SS] = Segment::flat(sel + 8, Segment::DATA_DPL0);
             set_rflags(cpu, flags & !cpu.sfmask & !rflags::RF);
             SysResult::Done(Some(cpu.lstar))
         }
@@ -53,18 +43,8 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Sys
             } else {
                 (base, 0xc0fb)
             };
-            cpu.seg[seg::CS] = Segment {
-                selector: cs_sel | 3,
-                attrs: cs_attrs,
-                limit: 0xffff_ffff,
-                base: 0,
-            };
-            cpu.seg[seg::SS] = Segment {
-                selector: (base + 8) | 3,
-                attrs: 0xc0f3,
-                limit: 0xffff_ffff,
-                base: 0,
-            };
+            cpu.seg[seg::CS] = Segment::flat(cs_sel | 3, cs_attrs);
+            cpu.seg[seg::SS] = Segment::flat((base + 8) | 3, Segment::DATA_DPL3);
             let new_flags =
                 (cpu.gpr[11] & rflags::WRITABLE & !(rflags::RF | rflags::VM)) | rflags::FIXED1;
             set_rflags(cpu, new_flags);
@@ -84,16 +64,10 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Sys
             std::mem::swap(&mut arch.seg[seg::GS].base, &mut arch.kernel_gs_base);
             SysResult::Done(None)
         }
-        M::Int => SysResult::Fault(ExceptionRecord {
-            software: true,
-            ..fault(insn.immediate(0) as u8, None)
-        }),
+        M::Int => SysResult::Fault(ExceptionRecord::software(insn.immediate(0) as u8)),
         M::Into => {
             if flags & rflags::OF != 0 {
-                SysResult::Fault(ExceptionRecord {
-                    software: true,
-                    ..fault(vector::OF, None)
-                })
+                SysResult::Fault(ExceptionRecord::software(vector::OF))
             } else {
                 SysResult::Done(None)
             }

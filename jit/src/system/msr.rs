@@ -2,6 +2,7 @@
 //! instructions (RDFSBASE and friends).
 
 use super::*;
+use krr_runtime::arch::msr;
 
 /// The msr instructions.
 pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction) -> SysResult {
@@ -61,31 +62,6 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction) -> SysResult {
     }
 }
 
-pub(super) const MSR_TSC: u32 = 0x10;
-pub(super) const MSR_PLATFORM_ID: u32 = 0x17;
-pub(super) const MSR_APIC_BASE: u32 = 0x1b;
-pub(super) const MSR_SPEC_CTRL: u32 = 0x48;
-pub(super) const MSR_PRED_CMD: u32 = 0x49;
-pub(super) const MSR_UCODE_REV: u32 = 0x8b;
-pub(super) const MSR_MTRRCAP: u32 = 0xfe;
-pub(super) const MSR_SYSENTER_CS: u32 = 0x174;
-pub(super) const MSR_SYSENTER_ESP: u32 = 0x175;
-pub(super) const MSR_SYSENTER_EIP: u32 = 0x176;
-pub(super) const MSR_MCG_CAP: u32 = 0x179;
-pub(super) const MSR_MCG_STATUS: u32 = 0x17a;
-pub(super) const MSR_MISC_ENABLE: u32 = 0x1a0;
-pub(super) const MSR_PAT: u32 = 0x277;
-pub(super) const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
-pub(super) const MSR_EFER: u32 = 0xc000_0080;
-pub(super) const MSR_STAR: u32 = 0xc000_0081;
-pub(super) const MSR_LSTAR: u32 = 0xc000_0082;
-pub(super) const MSR_CSTAR: u32 = 0xc000_0083;
-pub(super) const MSR_SFMASK: u32 = 0xc000_0084;
-pub(super) const MSR_FS_BASE: u32 = 0xc000_0100;
-pub(super) const MSR_GS_BASE: u32 = 0xc000_0101;
-pub(super) const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
-pub(super) const MSR_TSC_AUX: u32 = 0xc000_0103;
-
 /// Index into `cpu.mtrr` for the MTRR MSRs: 8 variable pairs (0x200-0x20f), 11 fixed, default.
 pub(super) fn mtrr_slot(index: u32) -> Option<usize> {
     match index {
@@ -94,7 +70,7 @@ pub(super) fn mtrr_slot(index: u32) -> Option<usize> {
         0x258 => Some(17),
         0x259 => Some(18),
         0x268..=0x26f => Some(19 + (index - 0x268) as usize),
-        MSR_MTRR_DEF_TYPE => Some(27),
+        msr::MTRR_DEF_TYPE => Some(27),
         _ => None,
     }
 }
@@ -102,26 +78,26 @@ pub(super) fn mtrr_slot(index: u32) -> Option<usize> {
 /// The MSRs the CPU model has (documented in ARCHITECTURE.md). `None`: #GP.
 pub(super) fn read_msr(cpu: &mut CpuState, index: u32) -> Option<u64> {
     Some(match index {
-        MSR_TSC => bus::with_bus(cpu, |bus, cpu| bus.rdtsc(cpu))?,
-        MSR_PLATFORM_ID | MSR_UCODE_REV | MSR_MCG_CAP | MSR_MCG_STATUS => 0,
-        MSR_APIC_BASE => cpu.apic_base,
-        MSR_SPEC_CTRL => cpu.spec_ctrl,
+        msr::TSC => bus::with_bus(cpu, |bus, cpu| bus.rdtsc(cpu))?,
+        msr::PLATFORM_ID | msr::UCODE_REV | msr::MCG_CAP | msr::MCG_STATUS => 0,
+        msr::APIC_BASE => cpu.apic_base,
+        msr::SPEC_CTRL => cpu.spec_ctrl,
         // 8 variable ranges, fixed ranges, write-combining.
-        MSR_MTRRCAP => 0x508,
-        MSR_SYSENTER_CS => cpu.sysenter_cs,
-        MSR_SYSENTER_ESP => cpu.sysenter_esp,
-        MSR_SYSENTER_EIP => cpu.sysenter_eip,
-        MSR_MISC_ENABLE => cpu.misc_enable,
-        MSR_PAT => cpu.pat,
-        MSR_EFER => cpu.efer,
-        MSR_STAR => cpu.star,
-        MSR_LSTAR => cpu.lstar,
-        MSR_CSTAR => cpu.cstar,
-        MSR_SFMASK => cpu.sfmask,
-        MSR_FS_BASE => cpu.seg[seg::FS].base,
-        MSR_GS_BASE => cpu.seg[seg::GS].base,
-        MSR_KERNEL_GS_BASE => cpu.kernel_gs_base,
-        MSR_TSC_AUX => cpu.tsc_aux,
+        msr::MTRRCAP => 0x508,
+        msr::SYSENTER_CS => cpu.sysenter_cs,
+        msr::SYSENTER_ESP => cpu.sysenter_esp,
+        msr::SYSENTER_EIP => cpu.sysenter_eip,
+        msr::MISC_ENABLE => cpu.misc_enable,
+        msr::PAT => cpu.pat,
+        msr::EFER => cpu.efer,
+        msr::STAR => cpu.star,
+        msr::LSTAR => cpu.lstar,
+        msr::CSTAR => cpu.cstar,
+        msr::SFMASK => cpu.sfmask,
+        msr::FS_BASE => cpu.seg[seg::FS].base,
+        msr::GS_BASE => cpu.seg[seg::GS].base,
+        msr::KERNEL_GS_BASE => cpu.kernel_gs_base,
+        msr::TSC_AUX => cpu.tsc_aux,
         i => cpu.mtrr[mtrr_slot(i)?],
     })
 }
@@ -130,41 +106,41 @@ pub(super) fn read_msr(cpu: &mut CpuState, index: u32) -> Option<u64> {
 pub(super) fn write_msr(cpu: &mut CpuState, index: u32, v: u64) -> bool {
     let canonical = mmu::is_canonical(v);
     match index {
-        MSR_APIC_BASE => {
+        msr::APIC_BASE => {
             // Only the xAPIC at its default address is modelled.
             if v & !0xffff_f900 != 0 {
                 return false;
             }
             cpu.apic_base = v;
         }
-        MSR_SPEC_CTRL => {
+        msr::SPEC_CTRL => {
             if v & !0x7 != 0 {
                 return false;
             }
             cpu.spec_ctrl = v;
         }
-        MSR_PRED_CMD => {
+        msr::PRED_CMD => {
             if v & !1 != 0 {
                 return false;
             }
         }
-        MSR_SYSENTER_CS => cpu.sysenter_cs = v & 0xffff,
-        MSR_SYSENTER_ESP if canonical => cpu.sysenter_esp = v,
-        MSR_SYSENTER_EIP if canonical => cpu.sysenter_eip = v,
-        MSR_MCG_STATUS => {
+        msr::SYSENTER_CS => cpu.sysenter_cs = v & 0xffff,
+        msr::SYSENTER_ESP if canonical => cpu.sysenter_esp = v,
+        msr::SYSENTER_EIP if canonical => cpu.sysenter_eip = v,
+        msr::MCG_STATUS => {
             if v != 0 {
                 return false;
             }
         }
-        MSR_MISC_ENABLE => cpu.misc_enable = v,
-        MSR_PAT => {
+        msr::MISC_ENABLE => cpu.misc_enable = v,
+        msr::PAT => {
             // Each byte must be a valid memory type (0, 1, 4, 5, 6, 7).
             if (0..8).any(|i| matches!((v >> (i * 8)) & 0xff, 2 | 3 | 8..=255)) {
                 return false;
             }
             cpu.pat = v;
         }
-        MSR_EFER => {
+        msr::EFER => {
             if v & !(EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE) != 0 {
                 return false;
             }
@@ -177,14 +153,14 @@ pub(super) fn write_msr(cpu: &mut CpuState, index: u32, v: u64) -> bool {
             }
             cpu.efer = (v & !EFER_LMA) | (cpu.efer & EFER_LMA);
         }
-        MSR_STAR => cpu.star = v,
-        MSR_LSTAR if canonical => cpu.lstar = v,
-        MSR_CSTAR if canonical => cpu.cstar = v,
-        MSR_SFMASK => cpu.sfmask = v & 0xffff_ffff,
-        MSR_FS_BASE if canonical => cpu.seg[seg::FS].base = v,
-        MSR_GS_BASE if canonical => cpu.seg[seg::GS].base = v,
-        MSR_KERNEL_GS_BASE if canonical => cpu.kernel_gs_base = v,
-        MSR_TSC_AUX => {
+        msr::STAR => cpu.star = v,
+        msr::LSTAR if canonical => cpu.lstar = v,
+        msr::CSTAR if canonical => cpu.cstar = v,
+        msr::SFMASK => cpu.sfmask = v & 0xffff_ffff,
+        msr::FS_BASE if canonical => cpu.seg[seg::FS].base = v,
+        msr::GS_BASE if canonical => cpu.seg[seg::GS].base = v,
+        msr::KERNEL_GS_BASE if canonical => cpu.kernel_gs_base = v,
+        msr::TSC_AUX => {
             if v >> 32 != 0 {
                 return false;
             }

@@ -2,6 +2,8 @@
 //! instructions (FNINIT, FNSTCW, FLDCW, FNSTSW, FNCLEX, WAIT).
 
 use super::*;
+use krr_runtime::arch::xcr0;
+use krr_runtime::cpuid::MXCSR_MASK;
 
 /// The xsave instructions.
 pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> SysResult {
@@ -26,7 +28,11 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>)
                 return ud();
             }
             let v = (cpu.gpr[RAX] & 0xffff_ffff) | (cpu.gpr[RDX] << 32);
-            if !priv0 || cpu.gpr[RCX] as u32 != 0 || v & 1 == 0 || v & !xcr0_supported(cpu) != 0 {
+            if !priv0
+                || cpu.gpr[RCX] as u32 != 0
+                || v & xcr0::X87 == 0
+                || v & !xcr0_supported(cpu) != 0
+            {
                 return gp0();
             }
             cpu.xcr0 = v;
@@ -121,9 +127,6 @@ pub(super) fn fxsave_image(cpu: &CpuState) -> [u8; 512] {
     b
 }
 
-/// MXCSR bits the model supports (DAZ included).
-pub(super) const MXCSR_MASK: u32 = 0xffff;
-
 pub(super) fn load_x87(cpu: &mut CpuState, b: &[u8]) {
     let x = &mut cpu.x87;
     x.fcw = u16::from_le_bytes([b[0], b[1]]);
@@ -192,16 +195,16 @@ pub(super) fn xsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> SysRes
         let mut area = [0u8; 576];
         trym!(read_mem(cpu, addr, &mut area));
         let img = fxsave_image(cpu);
-        if rfbm & 1 != 0 {
+        if rfbm & xcr0::X87 != 0 {
             area[0..24].copy_from_slice(&img[0..24]);
             area[32..160].copy_from_slice(&img[32..160]);
         }
-        if rfbm & 2 != 0 {
+        if rfbm & xcr0::SSE != 0 {
             area[160..416].copy_from_slice(&img[160..416]);
         }
         // MXCSR and MXCSR_MASK belong to SSE state: saved when RFBM[1] (or RFBM[2], AVX) is
         // set (SDM Vol. 1 13.7).
-        if rfbm & 6 != 0 {
+        if rfbm & (xcr0::SSE | xcr0::AVX) != 0 {
             area[24..32].copy_from_slice(&img[24..32]);
         }
         let mut bv = u64::from_le_bytes(area[512..520].try_into().expect("8 bytes"));
@@ -222,24 +225,24 @@ pub(super) fn xsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> SysRes
         let mxcsr = u32::from_le_bytes(area[24..28].try_into().expect("4 bytes"));
         // The standard form loads MXCSR whenever RFBM[1] or RFBM[2] is set, whatever
         // XSTATE_BV says (SDM Vol. 1 13.8.1).
-        if rfbm & 6 != 0 && mxcsr & !MXCSR_MASK != 0 {
+        if rfbm & (xcr0::SSE | xcr0::AVX) != 0 && mxcsr & !MXCSR_MASK != 0 {
             return gp0();
         }
-        if rfbm & 1 != 0 {
-            if bv & 1 != 0 {
+        if rfbm & xcr0::X87 != 0 {
+            if bv & xcr0::X87 != 0 {
                 load_x87(cpu, &area);
             } else {
                 cpu.x87 = krr_runtime::X87State::default();
             }
         }
-        if rfbm & 2 != 0 {
-            if bv & 2 != 0 {
+        if rfbm & xcr0::SSE != 0 {
+            if bv & xcr0::SSE != 0 {
                 load_xmm(cpu, &area);
             } else {
                 cpu.xmm = [[0; 2]; 16];
             }
         }
-        if rfbm & 6 != 0 {
+        if rfbm & (xcr0::SSE | xcr0::AVX) != 0 {
             cpu.mxcsr = mxcsr;
         }
     }

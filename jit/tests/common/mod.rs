@@ -77,41 +77,8 @@ pub const EVENT_PORT: u8 = 0xea;
 /// A write here ends the run: the bus asks the engine to return (`Exit::BusRequest`).
 pub const EXIT_PORT: u8 = 0xf4;
 
-/// Page-table entry bits.
-pub mod pte {
-    pub const P: u64 = 1;
-    pub const RW: u64 = 1 << 1;
-    pub const US: u64 = 1 << 2;
-    pub const A: u64 = 1 << 5;
-    pub const D: u64 = 1 << 6;
-    pub const PS: u64 = 1 << 7;
-    pub const G: u64 = 1 << 8;
-    pub const NX: u64 = 1 << 63;
-    pub const ADDR: u64 = 0x000f_ffff_ffff_f000;
-}
-
-pub mod cr0 {
-    pub const PE: u64 = 1;
-    pub const MP: u64 = 1 << 1;
-    pub const EM: u64 = 1 << 2;
-    pub const TS: u64 = 1 << 3;
-    pub const ET: u64 = 1 << 4;
-    pub const NE: u64 = 1 << 5;
-    pub const WP: u64 = 1 << 16;
-    pub const PG: u64 = 1 << 31;
-}
-
-pub mod cr4 {
-    pub const PAE: u64 = 1 << 5;
-    pub const PGE: u64 = 1 << 7;
-    pub const OSFXSR: u64 = 1 << 9;
-    pub const OSXMMEXCPT: u64 = 1 << 10;
-    pub const FSGSBASE: u64 = 1 << 16;
-    pub const PCIDE: u64 = 1 << 17;
-    pub const OSXSAVE: u64 = 1 << 18;
-    pub const SMEP: u64 = 1 << 20;
-    pub const SMAP: u64 = 1 << 21;
-}
+/// Page-table entry, CR0, CR4 and EFER bits.
+pub use krr_runtime::arch::{cr0, cr4, efer, pte};
 
 pub const TIERS: [Tier; 4] = [
     Tier::Interpreter,
@@ -615,7 +582,7 @@ impl Machine {
             labels,
             cr0: cr0::PE | cr0::MP | cr0::ET | cr0::NE | cr0::WP | cr0::PG,
             cr4: cr4::PAE | cr4::PGE | cr4::OSFXSR | cr4::OSXMMEXCPT,
-            efer: 0xd01, // SCE LME LMA NXE
+            efer: efer::SCE | efer::LME | efer::LMA | efer::NXE,
             rflags: rflags::FIXED1,
             gpr,
             budget: 1_000_000,
@@ -676,18 +643,8 @@ impl Machine {
     pub fn start(self, tier: Tier) -> Session {
         let mut core = Core::with_memory(self.mem);
         let cpu = core.arch_mut();
-        cpu.seg[seg::CS] = Segment {
-            selector: KERNEL_CS,
-            attrs: 0xa09b,
-            limit: 0xffff_ffff,
-            base: 0,
-        };
-        cpu.seg[seg::SS] = Segment {
-            selector: KERNEL_SS,
-            attrs: 0xc093,
-            limit: 0xffff_ffff,
-            base: 0,
-        };
+        cpu.seg[seg::CS] = Segment::flat(KERNEL_CS, Segment::CODE64_DPL0);
+        cpu.seg[seg::SS] = Segment::flat(KERNEL_SS, Segment::DATA_DPL0);
         for s in [seg::DS, seg::ES, seg::FS, seg::GS] {
             cpu.seg[s] = Segment::default();
         }

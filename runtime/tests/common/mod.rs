@@ -8,21 +8,15 @@ pub const RAM: u64 = 4 << 20;
 /// Page tables are allocated from here.
 pub const PT_POOL: (u64, u64) = (0x30_0000, 0x38_0000);
 
-/// Page-table entry bits (SDM Table 4-19 and following).
-pub const P: u64 = 1 << 0;
-pub const RW: u64 = 1 << 1;
-pub const US: u64 = 1 << 2;
-pub const A: u64 = 1 << 5;
-pub const D: u64 = 1 << 6;
-pub const PS: u64 = 1 << 7;
-pub const NX: u64 = 1 << 63;
+/// Page-table entry bits (not every test binary uses each).
+#[allow(unused_imports)]
+pub use krr_runtime::arch::pte::{A, D, NX, P, PS, RW, US};
 
-/// #PF error-code bits (SDM 4.7).
-pub const PF_P: u32 = 1 << 0;
-pub const PF_W: u32 = 1 << 1;
-pub const PF_U: u32 = 1 << 2;
-pub const PF_RSVD: u32 = 1 << 3;
-pub const PF_I: u32 = 1 << 4;
+/// #PF error-code bits.
+#[allow(unused_imports)]
+pub use krr_runtime::arch::pf_error::{
+    I as PF_I, P as PF_P, RSVD as PF_RSVD, U as PF_U, W as PF_W,
+};
 
 pub struct Machine {
     pub core: Core,

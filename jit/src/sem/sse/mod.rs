@@ -31,11 +31,8 @@ use iced_x86::{Code, Mnemonic};
 use krr_runtime::arch::{cr0, cr4};
 use krr_runtime::vector;
 
-/// CR4.OSXMMEXCPT: unmasked SIMD floating-point exceptions raise #XM rather than #UD.
-pub const CR4_OSXMMEXCPT: u64 = 1 << 10;
-
-/// MXCSR bits LDMXCSR accepts (the guest CPUID does not offer AMD's misaligned-SSE mode bit).
-const MXCSR_VALID: u64 = 0xffff;
+/// MXCSR bits LDMXCSR accepts.
+const MXCSR_VALID: u64 = krr_runtime::cpuid::MXCSR_MASK as u64;
 
 /// [`Helper::Sse`] source operand meaning "the operand the semantics stored in
 /// `cpu.scratch[2..4]`" (a memory operand).
