@@ -504,13 +504,7 @@ impl Builder for Interp<'_> {
         Ok(())
     }
     fn raise(&mut self, vector: u8, error_code: Option<u32>) -> Abort {
-        self.cpu.exec.exception = ExceptionRecord {
-            vector,
-            has_error_code: error_code.is_some(),
-            software: false,
-            error_code: error_code.unwrap_or(0),
-            address: 0,
-        };
+        self.cpu.exec.exception = ExceptionRecord::fault(vector, error_code);
         Abort
     }
     fn raise_trap(&mut self, vector: u8) -> Abort {

@@ -62,13 +62,7 @@ pub(crate) fn fault_status(cpu: &mut CpuState, f: mmu::MemFault) -> Outcome {
 }
 
 fn raise(cpu: &mut CpuState, vector: u8, error_code: Option<u32>) -> u64 {
-    cpu.exec.exception = ExceptionRecord {
-        vector,
-        has_error_code: error_code.is_some(),
-        software: false,
-        error_code: error_code.unwrap_or(0),
-        address: 0,
-    };
+    cpu.exec.exception = ExceptionRecord::fault(vector, error_code);
     cpu.exec.helper_status = Outcome::Fault;
     0
 }

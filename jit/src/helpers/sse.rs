@@ -61,13 +61,7 @@ pub fn sse_helper(cpu: &mut CpuState, args: [u64; 3]) -> u64 {
         } else {
             vector::UD
         };
-        cpu.exec.exception = ExceptionRecord {
-            software: false,
-            vector,
-            has_error_code: false,
-            error_code: 0,
-            address: 0,
-        };
+        cpu.exec.exception = ExceptionRecord::fault(vector, None);
         cpu.exec.helper_status = Outcome::Fault;
         return 0;
     }

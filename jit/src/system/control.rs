@@ -58,14 +58,14 @@ pub(super) fn execute(
             // LMSW sets PE but never clears it, and only touches the low four bits.
             cpu.cr0 = (cpu.cr0 & !(cr0::MP | cr0::EM | cr0::TS))
                 | (v & (cr0::PE | cr0::MP | cr0::EM | cr0::TS))
-                | (cpu.cr0 & CR0_PE);
+                | (cpu.cr0 & cr0::PE);
             SysResult::Done(None)
         }
         M::Clts => {
             if !priv0 {
                 return gp0();
             }
-            cpu.cr0 &= !CR0_TS;
+            cpu.cr0 &= !cr0::TS;
             SysResult::Done(None)
         }
         M::Invlpg => {
@@ -96,7 +96,7 @@ pub(super) fn execute(
                     cpu.exec.tlb.flush_page(linear);
                 }
                 1 => {
-                    let current = cpu.cr4 & CR4_PCIDE != 0 && cpu.cr3 & 0xfff == pcid;
+                    let current = cpu.cr4 & cr4::PCIDE != 0 && cpu.cr3 & 0xfff == pcid;
                     cpu.exec.tlb.flush_pcid(pcid as u16, current);
                 }
                 _ => cpu.exec.tlb.flush(),
@@ -148,14 +148,14 @@ pub(super) fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u
         let v = cpu.gpr[gpr_of(src).0];
         match dst {
             Register::CR0 => {
-                if v >> 32 != 0 || (v & CR0_PG != 0 && v & CR0_PE == 0) {
+                if v >> 32 != 0 || (v & cr0::PG != 0 && v & cr0::PE == 0) {
                     return gp0();
                 }
                 // Long mode cannot turn paging off without leaving long mode first.
-                if cpu.efer & EFER_LMA != 0 && v & CR0_PG == 0 {
+                if cpu.efer & efer::LMA != 0 && v & cr0::PG == 0 {
                     return gp0();
                 }
-                if (v ^ cpu.cr0) & (CR0_PG | CR0_PE | cr0::WP) != 0 {
+                if (v ^ cpu.cr0) & (cr0::PG | cr0::PE | cr0::WP) != 0 {
                     cpu.exec.tlb.flush();
                 }
                 cpu.cr0 = v | cr0::ET; // ET is hardwired to 1
@@ -171,7 +171,7 @@ pub(super) fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u
                 // With PCIDs, a load with bit 63 set keeps that PCID's translations (SDM
                 // 4.10.4.1); without, every load invalidates the non-global ones (all of them
                 // here: more than required).
-                if cpu.cr4 & CR4_PCIDE != 0 {
+                if cpu.cr4 & cr4::PCIDE != 0 {
                     cpu.exec.tlb.load_cr3(Some((v & 0xfff) as u16), !keep);
                 } else {
                     cpu.exec.tlb.load_cr3(None, true);
@@ -182,9 +182,9 @@ pub(super) fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u
                 // Bits for features CPUID does not report are reserved (SDM MOV CR "#GP(0) If
                 // an attempt is made to write a 1 to any reserved bit in CR4").
                 if v & !cpu.cpuid.cr4_supported() != 0
-                    || (v & CR4_PCIDE != 0 && cpu.cr3 & 0xfff != 0 && cpu.cr4 & CR4_PCIDE == 0)
+                    || (v & cr4::PCIDE != 0 && cpu.cr3 & 0xfff != 0 && cpu.cr4 & cr4::PCIDE == 0)
                     // IA-32e mode cannot run without PAE.
-                    || (cpu.efer & EFER_LMA != 0 && v & CR4_PAE == 0)
+                    || (cpu.efer & efer::LMA != 0 && v & cr4::PAE == 0)
                 {
                     return gp0();
                 }
@@ -211,7 +211,7 @@ pub(super) fn mov_debug(cpu: &mut CpuState, insn: &Instruction) -> SysResult {
     let (dst, src) = (insn.op0_register(), insn.op1_register());
     let reg = if src.is_dr() { src } else { dst };
     let i = match reg as usize - Register::DR0 as usize {
-        4 | 5 if cpu.cr4 & CR4_DE != 0 => return ud(),
+        4 | 5 if cpu.cr4 & cr4::DE != 0 => return ud(),
         i @ (4 | 5) => i + 2,
         i if i > 7 => return ud(),
         i => i,
@@ -238,7 +238,7 @@ pub(super) fn mov_debug(cpu: &mut CpuState, insn: &Instruction) -> SysResult {
         7 => (v & !dr7::RESERVED0) | dr7::FIXED1,
         _ => v,
     };
-    if i == 7 && cpu.cr4 & CR4_DE != 0 && (0..4).any(|b| debugreg::kind(v, b) == 2) {
+    if i == 7 && cpu.cr4 & cr4::DE != 0 && (0..4).any(|b| debugreg::kind(v, b) == 2) {
         static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
             log::warn!(

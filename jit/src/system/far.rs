@@ -9,7 +9,7 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Sys
     let priv0 = cpl == 0;
     match insn.mnemonic() {
         M::Syscall => {
-            if cpu.efer & EFER_SCE == 0 {
+            if cpu.efer & efer::SCE == 0 {
                 return ud();
             }
             let next = insn.next_ip();
@@ -22,7 +22,7 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Sys
             SysResult::Done(Some(cpu.lstar))
         }
         M::Sysret | M::Sysretq => {
-            if cpu.efer & EFER_SCE == 0 {
+            if cpu.efer & efer::SCE == 0 {
                 return ud();
             }
             if !priv0 {

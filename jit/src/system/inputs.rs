@@ -8,7 +8,7 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction) -> SysResult {
     let cpl = cpu.cpl();
     match insn.mnemonic() {
         M::Rdtsc | M::Rdtscp => {
-            if cpl > 0 && cpu.cr4 & CR4_TSD != 0 {
+            if cpl > 0 && cpu.cr4 & cr4::TSD != 0 {
                 return gp0();
             }
             let Some(t) = bus::with_bus(cpu, |bus, cpu| bus.rdtsc(cpu)) else {
@@ -22,7 +22,7 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction) -> SysResult {
             SysResult::Done(None)
         }
         M::Rdpmc => {
-            if cpl > 0 && cpu.cr4 & CR4_PCE == 0 {
+            if cpl > 0 && cpu.cr4 & cr4::PCE == 0 {
                 return gp0();
             }
             // The model has no performance counters (CPUID leaf 0xA is absent).

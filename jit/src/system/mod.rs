@@ -12,6 +12,7 @@
 
 use crate::sem::{gpr_of, read_reg_value, write_reg_value, FlagOp};
 use iced_x86::{Instruction, Mnemonic as M, OpKind, Register};
+use krr_runtime::arch::{cr0, cr4, efer};
 use krr_runtime::debugreg::{self, dr6, dr7};
 use krr_runtime::desc::{self, DescFault};
 use krr_runtime::gpr::{RAX, RCX, RDI, RDX, RSI, RSP};
@@ -132,13 +133,7 @@ fn ud() -> SysResult {
 }
 
 fn fault(v: u8, code: Option<u32>) -> ExceptionRecord {
-    ExceptionRecord {
-        vector: v,
-        has_error_code: code.is_some(),
-        software: false,
-        error_code: code.unwrap_or(0),
-        address: 0,
-    }
+    ExceptionRecord::fault(v, code)
 }
 
 impl From<DescFault> for SysResult {
@@ -163,25 +158,6 @@ macro_rules! tryd {
 fn cr0(cpu: &CpuState) -> u64 {
     cpu.cr0
 }
-
-const CR0_PE: u64 = 1;
-const CR0_MP: u64 = 1 << 1;
-const CR0_EM: u64 = 1 << 2;
-const CR0_TS: u64 = 1 << 3;
-const CR0_PG: u64 = 1 << 31;
-const CR4_TSD: u64 = 1 << 2;
-const CR4_DE: u64 = 1 << 3;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_PCE: u64 = 1 << 8;
-const CR4_OSFXSR: u64 = 1 << 9;
-const CR4_FSGSBASE: u64 = 1 << 16;
-const CR4_PCIDE: u64 = 1 << 17;
-const CR4_OSXSAVE: u64 = 1 << 18;
-const CR4_UMIP: u64 = 1 << 11;
-const EFER_SCE: u64 = 1;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const EFER_NXE: u64 = 1 << 11;
 
 /// A general-purpose register (any width), zero-extended.
 fn reg_value(cpu: &CpuState, r: Register) -> u64 {

@@ -37,7 +37,7 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction) -> SysResult {
             SysResult::Done(None)
         }
         M::Rdfsbase | M::Rdgsbase | M::Wrfsbase | M::Wrgsbase => {
-            if cpu.cr4 & CR4_FSGSBASE == 0 {
+            if cpu.cr4 & cr4::FSGSBASE == 0 {
                 return ud();
             }
             let s = if matches!(insn.mnemonic(), M::Rdfsbase | M::Wrfsbase) {
@@ -141,17 +141,17 @@ pub(super) fn write_msr(cpu: &mut CpuState, index: u32, v: u64) -> bool {
             cpu.pat = v;
         }
         msr::EFER => {
-            if v & !(EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE) != 0 {
+            if v & !(efer::SCE | efer::LME | efer::LMA | efer::NXE) != 0 {
                 return false;
             }
             // LMA is read-only; LME cannot change while paging is on.
-            if (v ^ cpu.efer) & EFER_LME != 0 && cr0(cpu) & CR0_PG != 0 {
+            if (v ^ cpu.efer) & efer::LME != 0 && cr0(cpu) & cr0::PG != 0 {
                 return false;
             }
-            if (v ^ cpu.efer) & EFER_NXE != 0 {
+            if (v ^ cpu.efer) & efer::NXE != 0 {
                 cpu.exec.tlb.flush();
             }
-            cpu.efer = (v & !EFER_LMA) | (cpu.efer & EFER_LMA);
+            cpu.efer = (v & !efer::LMA) | (cpu.efer & efer::LMA);
         }
         msr::STAR => cpu.star = v,
         msr::LSTAR if canonical => cpu.lstar = v,

@@ -33,7 +33,7 @@ pub(super) fn execute(
             SysResult::Done(None)
         }
         M::Sgdt | M::Sidt => {
-            if cpl > 0 && cpu.cr4 & CR4_UMIP != 0 {
+            if cpl > 0 && cpu.cr4 & cr4::UMIP != 0 {
                 return gp0();
             }
             let t = if insn.mnemonic() == M::Sgdt {
@@ -48,7 +48,7 @@ pub(super) fn execute(
             SysResult::Done(None)
         }
         M::Sldt | M::Str | M::Smsw => {
-            if cpl > 0 && cpu.cr4 & CR4_UMIP != 0 {
+            if cpl > 0 && cpu.cr4 & cr4::UMIP != 0 {
                 return gp0();
             }
             let v = match insn.mnemonic() {

@@ -12,7 +12,7 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>)
     let mem_addr = || addr.expect("memory operand present");
     match insn.mnemonic() {
         M::Xgetbv => {
-            if cpu.cr4 & CR4_OSXSAVE == 0 {
+            if cpu.cr4 & cr4::OSXSAVE == 0 {
                 return ud();
             }
             let v = match cpu.gpr[RCX] as u32 {
@@ -24,7 +24,7 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>)
             SysResult::Done(None)
         }
         M::Xsetbv => {
-            if cpu.cr4 & CR4_OSXSAVE == 0 {
+            if cpu.cr4 & cr4::OSXSAVE == 0 {
                 return ud();
             }
             let v = (cpu.gpr[RAX] & 0xffff_ffff) | (cpu.gpr[RDX] << 32);
@@ -58,12 +58,12 @@ pub(super) fn xcr0_supported(cpu: &CpuState) -> u64 {
 pub(super) fn fpu_check(cpu: &CpuState, wait: bool) -> Option<SysResult> {
     if wait {
         // FWAIT faults only when both MP and TS are set.
-        if cpu.cr0 & CR0_MP != 0 && cpu.cr0 & CR0_TS != 0 {
+        if cpu.cr0 & cr0::MP != 0 && cpu.cr0 & cr0::TS != 0 {
             return Some(SysResult::Fault(fault(vector::NM, None)));
         }
         return None;
     }
-    if cpu.cr0 & (CR0_EM | CR0_TS) != 0 {
+    if cpu.cr0 & (cr0::EM | cr0::TS) != 0 {
         return Some(SysResult::Fault(fault(vector::NM, None)));
     }
     None
@@ -151,7 +151,7 @@ pub(super) fn load_xmm(cpu: &mut CpuState, b: &[u8]) {
 }
 
 pub(super) fn fxsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> SysResult {
-    if cpu.cr0 & (CR0_EM | CR0_TS) != 0 {
+    if cpu.cr0 & (cr0::EM | cr0::TS) != 0 {
         return SysResult::Fault(fault(vector::NM, None));
     }
     if addr & 15 != 0 {
@@ -161,7 +161,7 @@ pub(super) fn fxsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> SysRe
         // Bytes 416-511 (reserved, and available to software) are not written; the XMM
         // registers only with CR4.OSFXSR (SDM FXSAVE "Description").
         let img = fxsave_image(cpu);
-        let len = if cpu.cr4 & CR4_OSFXSR != 0 { 416 } else { 160 };
+        let len = if cpu.cr4 & cr4::OSFXSR != 0 { 416 } else { 160 };
         trym!(write_mem(cpu, addr, &img[..len]));
     } else {
         let mut img = [0u8; 512];
@@ -178,10 +178,10 @@ pub(super) fn fxsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> SysRe
 }
 
 pub(super) fn xsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> SysResult {
-    if cpu.cr4 & CR4_OSXSAVE == 0 {
+    if cpu.cr4 & cr4::OSXSAVE == 0 {
         return ud();
     }
-    if cpu.cr0 & CR0_TS != 0 {
+    if cpu.cr0 & cr0::TS != 0 {
         return SysResult::Fault(fault(vector::NM, None));
     }
     if addr & 63 != 0 {

@@ -132,13 +132,8 @@ impl Lower<'_> {
 
     pub(super) fn store_exception(&mut self, vector: u8, error_code: Option<u32>, software: bool) {
         let base = offset_of!(CpuState, exec.exception) as i32;
-        let rec = ExceptionRecord {
-            vector,
-            has_error_code: error_code.is_some(),
-            software: false,
-            error_code: error_code.unwrap_or(0),
-            address: 0,
-        };
+        // `software` is stored separately below.
+        let rec = ExceptionRecord::fault(vector, error_code);
         let v = self.fb.ins().iconst(types::I8, rec.vector as i64);
         self.fb.ins().store(
             state_flags(),
