@@ -89,19 +89,29 @@ fn frame(m: &Machine, n: usize) -> Vec<u64> {
 
 const USER_FLAGS: u64 = rflags::FIXED1 | rflags::IF | rflags::TF | rflags::DF | rflags::ZF;
 
+/// Deliver #GP(0) raised by user code at `RIP` with `USER_FLAGS`.
+fn user_gp0(m: &mut Machine) -> Result<bool, DeliveryError> {
+    deliver(
+        m.cpu(),
+        vector::GP,
+        EventKind::Exception,
+        Some(0),
+        USER_FLAGS,
+        RIP,
+        RIP,
+    )
+}
+
+/// Deliver external interrupt `v` from user code at `RIP` with `USER_FLAGS`.
+fn external(m: &mut Machine, v: u8) -> Result<bool, DeliveryError> {
+    deliver(m.cpu(), v, EventKind::External, None, USER_FLAGS, RIP, RIP)
+}
+
 #[test]
 fn user_interrupt_switches_to_rsp0() {
     let mut m = machine();
     gate(&mut m, 0x20, INTERRUPT_GATE, 0, 0, true);
-    let r = deliver(
-        m.cpu(),
-        0x20,
-        EventKind::External,
-        None,
-        USER_FLAGS,
-        RIP,
-        RIP,
-    );
+    let r = external(&mut m, 0x20);
     assert_eq!(r, Ok(false));
     // SS, RSP, RFLAGS, CS, RIP pushed on the 16-byte aligned RSP0.
     assert_eq!(m.cpu().gpr[gpr::RSP], RSP0 - 40);
@@ -238,15 +248,7 @@ fn not_present_gate_raises_np_with_idt_error_code() {
     let mut m = machine();
     gate(&mut m, 0x22, INTERRUPT_GATE, 0, 0, false);
     gate(&mut m, vector::NP, INTERRUPT_GATE, 0, 0, true);
-    let r = deliver(
-        m.cpu(),
-        0x22,
-        EventKind::External,
-        None,
-        USER_FLAGS,
-        RIP,
-        RIP,
-    );
+    let r = external(&mut m, 0x22);
     assert_eq!(r, Ok(false));
     // IDT bit (1) and EXT (0: an external event) set.
     let code = 0x22 * 8 + 2 + 1;
@@ -263,15 +265,7 @@ fn contributory_during_contributory_is_a_double_fault() {
     let mut m = machine();
     gate(&mut m, vector::GP, INTERRUPT_GATE, 0, 0, false);
     gate(&mut m, vector::DF, INTERRUPT_GATE, 0, 0, true);
-    let r = deliver(
-        m.cpu(),
-        vector::GP,
-        EventKind::Exception,
-        Some(0),
-        USER_FLAGS,
-        RIP,
-        RIP,
-    );
+    let r = user_gp0(&mut m);
     assert_eq!(r, Ok(false));
     assert_eq!(m.cpu().rip, HANDLER + vector::DF as u64);
     // #DF pushes an error code of 0.
@@ -287,15 +281,7 @@ fn page_fault_during_page_fault_is_a_double_fault() {
     gate(&mut m, vector::GP, INTERRUPT_GATE, 0, 0, true);
     gate(&mut m, vector::PF, INTERRUPT_GATE, 0, 0, true);
     gate(&mut m, vector::DF, INTERRUPT_GATE, 0, 1, true);
-    let r = deliver(
-        m.cpu(),
-        vector::GP,
-        EventKind::Exception,
-        Some(0),
-        USER_FLAGS,
-        RIP,
-        RIP,
-    );
+    let r = user_gp0(&mut m);
     assert_eq!(r, Ok(false));
     // #GP then #PF is handled serially; #PF then #PF is a double fault.
     assert_eq!(m.cpu().rip, HANDLER + vector::DF as u64);
@@ -315,15 +301,7 @@ fn fault_during_double_fault_is_a_triple_fault() {
     gate(&mut m, vector::GP, INTERRUPT_GATE, 0, 0, false);
     gate(&mut m, vector::DF, INTERRUPT_GATE, 0, 0, false);
     gate(&mut m, vector::NP, INTERRUPT_GATE, 0, 0, true);
-    let r = deliver(
-        m.cpu(),
-        vector::GP,
-        EventKind::Exception,
-        Some(0),
-        USER_FLAGS,
-        RIP,
-        RIP,
-    );
+    let r = user_gp0(&mut m);
     assert_eq!(
         r,
         Err(DeliveryError::TripleFault {
@@ -338,15 +316,7 @@ fn gate_outside_the_idt_limit_is_gp() {
     let mut m = machine();
     m.cpu().idtr.limit = 16 * 0x30 - 1;
     gate(&mut m, vector::GP, INTERRUPT_GATE, 0, 0, true);
-    let r = deliver(
-        m.cpu(),
-        0x30,
-        EventKind::External,
-        None,
-        USER_FLAGS,
-        RIP,
-        RIP,
-    );
+    let r = external(&mut m, 0x30);
     assert_eq!(r, Ok(false));
     assert_eq!(
         m.cpu().exec.exception,
@@ -360,15 +330,7 @@ fn handler_segment_checks() {
     let mut m = machine();
     gate_to(&mut m, 0x23, 0x28, INTERRUPT_GATE, 0, 0, true);
     gate(&mut m, vector::NP, INTERRUPT_GATE, 0, 0, true);
-    let r = deliver(
-        m.cpu(),
-        0x23,
-        EventKind::External,
-        None,
-        USER_FLAGS,
-        RIP,
-        RIP,
-    );
+    let r = external(&mut m, 0x23);
     assert_eq!(r, Ok(false));
     assert_eq!(
         m.cpu().exec.exception,
@@ -379,15 +341,7 @@ fn handler_segment_checks() {
     let mut m = machine();
     gate_to(&mut m, 0x24, KERNEL_SS, INTERRUPT_GATE, 0, 0, true);
     gate(&mut m, vector::GP, INTERRUPT_GATE, 0, 0, true);
-    let r = deliver(
-        m.cpu(),
-        0x24,
-        EventKind::External,
-        None,
-        USER_FLAGS,
-        RIP,
-        RIP,
-    );
+    let r = external(&mut m, 0x24);
     assert_eq!(r, Ok(false));
     assert_eq!(
         m.cpu().exec.exception,
@@ -397,15 +351,7 @@ fn handler_segment_checks() {
     let mut m = machine();
     gate_to(&mut m, 0x25, 0, INTERRUPT_GATE, 0, 0, true);
     gate(&mut m, vector::GP, INTERRUPT_GATE, 0, 0, true);
-    let r = deliver(
-        m.cpu(),
-        0x25,
-        EventKind::External,
-        None,
-        USER_FLAGS,
-        RIP,
-        RIP,
-    );
+    let r = external(&mut m, 0x25);
     assert_eq!(r, Ok(false));
     assert_eq!(
         m.cpu().exec.exception,
@@ -417,15 +363,7 @@ fn handler_segment_checks() {
 fn trap_gate_from_user_keeps_if() {
     let mut m = machine();
     gate(&mut m, 0x26, TRAP_GATE, 0, 0, true);
-    let r = deliver(
-        m.cpu(),
-        0x26,
-        EventKind::External,
-        None,
-        USER_FLAGS,
-        RIP,
-        RIP,
-    );
+    let r = external(&mut m, 0x26);
     assert_eq!(r, Ok(false));
     assert_eq!(m.cpu().rflags, rflags::FIXED1 | rflags::IF | rflags::DF);
     assert_eq!(m.cpu().gpr[gpr::RSP], RSP0 - 40);

@@ -25,7 +25,7 @@ pub(super) fn is_far_indirect(insn: &Instruction) -> bool {
 }
 
 /// MOVSD/CMPSD, the SSE2 scalar instructions, share their mnemonics with the string ones.
-pub(super) fn is_sse_movsd(insn: &Instruction) -> bool {
+fn is_sse_movsd(insn: &Instruction) -> bool {
     matches!(insn.mnemonic(), Mnemonic::Movsd | Mnemonic::Cmpsd)
         && !matches!(
             insn.code(),
@@ -33,139 +33,152 @@ pub(super) fn is_sse_movsd(insn: &Instruction) -> bool {
         )
 }
 
+/// Which part of `crate::system` runs a system instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SystemFamily {
+    /// HLT, CLI/STI, CLAC/STAC, LMSW/CLTS, MOV to and from CR/DR and segment registers, TLB and
+    /// cache maintenance.
+    Control,
+    /// Descriptor tables, PUSH/POP of segment registers, LSL/LAR/VERR/VERW.
+    Segments,
+    /// RDMSR/WRMSR and the FS/GS base instructions.
+    Msr,
+    /// RDTSC/RDTSCP, RDPMC, RDRAND/RDSEED, RDPID.
+    Inputs,
+    /// SYSCALL/SYSRET, IRET, SWAPGS, INT n/INTO/INT1.
+    Privilege,
+    /// Far RET, and far JMP/CALL through memory.
+    FarTransfer,
+    /// XGETBV/XSETBV, FXSAVE/FXRSTOR, XSAVE*/XRSTOR, x87 control.
+    ExtendedState,
+    /// IN/OUT/INS/OUTS.
+    PortIo,
+}
+
 /// Is `insn` a system instruction, run on the CPU state by `crate::system` rather than
 /// expressed in these semantics (control and segment registers, MSRs, far transfers, ...)?
 pub fn is_system_instruction(insn: &Instruction) -> bool {
-    use Mnemonic as M;
-    match insn.mnemonic() {
-        M::Retf => true,
-        M::Jmp | M::Call => is_far_indirect(insn),
-        _ => is_system_only(insn),
-    }
+    system_family(insn).is_some()
 }
 
 /// The system instructions other than the far transfers (see [`is_system_instruction`]).
 pub(super) fn is_system_only(insn: &Instruction) -> bool {
+    system_family(insn).is_some_and(|f| f != SystemFamily::FarTransfer)
+}
+
+/// The family of a system instruction, `None` for any other (the one list of them).
+pub fn system_family(insn: &Instruction) -> Option<SystemFamily> {
     use Mnemonic as M;
-    match insn.mnemonic() {
-        M::Mov => (0..insn.op_count()).any(|i| {
-            insn.op_kind(i) == OpKind::Register && {
-                let r = insn.op_register(i);
-                r.is_cr() || r.is_dr() || r.is_segment_register()
-            }
-        }),
-        M::Push | M::Pop => {
-            insn.op0_kind() == OpKind::Register && insn.op0_register().is_segment_register()
+    use SystemFamily as F;
+    let segment_reg =
+        |i: u32| insn.op_kind(i) == OpKind::Register && insn.op_register(i).is_segment_register();
+    Some(match insn.mnemonic() {
+        M::Mov => {
+            let system_reg = (0..insn.op_count()).any(|i| {
+                insn.op_kind(i) == OpKind::Register && {
+                    let r = insn.op_register(i);
+                    r.is_cr() || r.is_dr() || r.is_segment_register()
+                }
+            });
+            return system_reg.then_some(F::Control);
         }
-        m => matches!(
-            m,
-            M::Hlt
-                | M::Cli
-                | M::Sti
-                | M::Lgdt
-                | M::Lidt
-                | M::Sgdt
-                | M::Sidt
-                | M::Lldt
-                | M::Sldt
-                | M::Ltr
-                | M::Str
-                | M::Lmsw
-                | M::Smsw
-                | M::Clts
-                | M::Invlpg
-                | M::Invpcid
-                | M::Wbinvd
-                | M::Invd
-                | M::Wbnoinvd
-                | M::Clflush
-                | M::Clflushopt
-                | M::Clwb
-                | M::Rdmsr
-                | M::Wrmsr
-                | M::Rdtsc
-                | M::Rdtscp
-                | M::Rdpmc
-                | M::Rdrand
-                | M::Rdseed
-                | M::Rdpid
-                | M::Syscall
-                | M::Sysret
-                | M::Sysretq
-                | M::Iretq
-                | M::Iretd
-                | M::Iret
-                | M::Swapgs
-                | M::Rdfsbase
-                | M::Rdgsbase
-                | M::Wrfsbase
-                | M::Wrgsbase
-                | M::Xgetbv
-                | M::Xsetbv
-                | M::Fxsave
-                | M::Fxsave64
-                | M::Fxrstor
-                | M::Fxrstor64
-                | M::Xsave
-                | M::Xsave64
-                | M::Xsaveopt
-                | M::Xsaveopt64
-                | M::Xrstor
-                | M::Xrstor64
-                | M::Fninit
-                | M::Fnstcw
-                | M::Fldcw
-                | M::Fnstsw
-                | M::Fnclex
-                | M::Wait
-                | M::Clac
-                | M::Stac
-                | M::In
-                | M::Out
-                | M::Insb
-                | M::Insw
-                | M::Insd
-                | M::Outsb
-                | M::Outsw
-                | M::Outsd
-                | M::Int
-                | M::Int1
-                | M::Into
-                | M::Lsl
-                | M::Lar
-                | M::Verr
-                | M::Verw
-        ),
-    }
+        M::Push | M::Pop => return segment_reg(0).then_some(F::Segments),
+        M::Retf => F::FarTransfer,
+        M::Jmp | M::Call => return is_far_indirect(insn).then_some(F::FarTransfer),
+        M::Hlt
+        | M::Cli
+        | M::Sti
+        | M::Clac
+        | M::Stac
+        | M::Lmsw
+        | M::Clts
+        | M::Invlpg
+        | M::Invpcid
+        | M::Wbinvd
+        | M::Invd
+        | M::Wbnoinvd
+        | M::Clflush
+        | M::Clflushopt
+        | M::Clwb => F::Control,
+        M::Lgdt
+        | M::Lidt
+        | M::Sgdt
+        | M::Sidt
+        | M::Sldt
+        | M::Str
+        | M::Smsw
+        | M::Lldt
+        | M::Ltr
+        | M::Lsl
+        | M::Lar
+        | M::Verr
+        | M::Verw => F::Segments,
+        M::Rdmsr | M::Wrmsr | M::Rdfsbase | M::Rdgsbase | M::Wrfsbase | M::Wrgsbase => F::Msr,
+        M::Rdtsc | M::Rdtscp | M::Rdpmc | M::Rdrand | M::Rdseed | M::Rdpid => F::Inputs,
+        M::Syscall
+        | M::Sysret
+        | M::Sysretq
+        | M::Iretq
+        | M::Iretd
+        | M::Iret
+        | M::Swapgs
+        | M::Int
+        | M::Into
+        | M::Int1 => F::Privilege,
+        M::Xgetbv
+        | M::Xsetbv
+        | M::Fxsave
+        | M::Fxsave64
+        | M::Fxrstor
+        | M::Fxrstor64
+        | M::Xsave
+        | M::Xsave64
+        | M::Xsaveopt
+        | M::Xsaveopt64
+        | M::Xrstor
+        | M::Xrstor64
+        | M::Fninit
+        | M::Fnstcw
+        | M::Fldcw
+        | M::Fnstsw
+        | M::Fnclex
+        | M::Wait => F::ExtendedState,
+        M::In | M::Out | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => F::PortIo,
+        _ => return None,
+    })
 }
 
 /// A REP/REPNE-prefixed string instruction (MOVS, STOS, LODS, CMPS, SCAS): one instruction
 /// however many iterations it runs. A backend may prefer to hand these over whole.
 pub fn is_rep_string(insn: &Instruction) -> bool {
+    (insn.has_rep_prefix() || insn.has_repne_prefix()) && is_string(insn)
+}
+
+/// A string instruction (MOVS, STOS, LODS, CMPS, SCAS), with or without a REP prefix (not
+/// the SSE2 MOVSD/CMPSD that share two of the mnemonics).
+pub(super) fn is_string(insn: &Instruction) -> bool {
     use Mnemonic as M;
-    (insn.has_rep_prefix() || insn.has_repne_prefix())
-        && matches!(
-            insn.mnemonic(),
-            M::Movsb
-                | M::Movsw
-                | M::Movsd
-                | M::Movsq
-                | M::Stosb
-                | M::Stosw
-                | M::Stosd
-                | M::Stosq
-                | M::Lodsb
-                | M::Lodsw
-                | M::Lodsd
-                | M::Lodsq
-                | M::Cmpsb
-                | M::Cmpsw
-                | M::Cmpsd
-                | M::Cmpsq
-                | M::Scasb
-                | M::Scasw
-                | M::Scasd
-                | M::Scasq
-        )
-        && !is_sse_movsd(insn)
+    matches!(
+        insn.mnemonic(),
+        M::Movsb
+            | M::Movsw
+            | M::Movsd
+            | M::Movsq
+            | M::Stosb
+            | M::Stosw
+            | M::Stosd
+            | M::Stosq
+            | M::Lodsb
+            | M::Lodsw
+            | M::Lodsd
+            | M::Lodsq
+            | M::Cmpsb
+            | M::Cmpsw
+            | M::Cmpsd
+            | M::Cmpsq
+            | M::Scasb
+            | M::Scasw
+            | M::Scasd
+            | M::Scasq
+    ) && !is_sse_movsd(insn)
 }

@@ -2,7 +2,7 @@
 //! instruction has its own out-of-line function, so [`execute`] stays a thin dispatcher whose
 //! arms are tail calls; system instructions leave through one [`Helper::System`] call.
 
-use super::classify::{is_far_indirect, is_sse_movsd, is_system_only};
+use super::classify::{is_far_indirect, is_string, is_system_only};
 use super::system::system;
 use super::*;
 use super::{arith::*, bitops::*, control::*, data::*, flagops::*, shift::*};
@@ -115,30 +115,6 @@ pub fn execute<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
         M::Cld | M::Std => direction_flag(b, insn),
         M::Lahf => lahf(b),
         M::Sahf => sahf(b),
-        M::Movsb
-        | M::Movsw
-        | M::Movsd
-        | M::Movsq
-        | M::Stosb
-        | M::Stosw
-        | M::Stosd
-        | M::Stosq
-        | M::Lodsb
-        | M::Lodsw
-        | M::Lodsd
-        | M::Lodsq
-        | M::Cmpsb
-        | M::Cmpsw
-        | M::Cmpsd
-        | M::Cmpsq
-        | M::Scasb
-        | M::Scasw
-        | M::Scasd
-        | M::Scasq
-            if !is_sse_movsd(insn) =>
-        {
-            super::string::execute(b)
-        }
         M::Enter => enter(b, insn),
         M::Leave => leave(b, insn),
         M::Nop
@@ -160,10 +136,12 @@ pub fn execute<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     }
 }
 
-/// The rest: the system instructions named by mnemonic, and SSE.
+/// The rest: string instructions, the system instructions named by mnemonic, and SSE.
 #[inline(always)]
 fn system_or_sse<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
-    if is_system_only(insn) {
+    if is_string(insn) {
+        super::string::execute(b)
+    } else if is_system_only(insn) {
         system(b, insn)
     } else {
         super::sse::execute(b)

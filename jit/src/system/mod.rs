@@ -10,7 +10,7 @@
 //! hands the whole instruction to the interpreter, which then takes the same path. The code here
 //! performs every check before its first write, so a faulting instruction changes nothing.
 
-use crate::sem::{gpr_of, read_reg_value, write_reg_value, FlagOp};
+use crate::sem::{gpr_of, read_reg_value, system_family, write_reg_value, FlagOp, SystemFamily};
 use iced_x86::{Instruction, Mnemonic as M, OpKind, Register};
 use krr_runtime::arch::{cr0, cr4, efer};
 use krr_runtime::debugreg::{self, dr6, dr7};
@@ -26,77 +26,16 @@ pub fn handles(insn: &Instruction) -> bool {
 /// Run a system instruction on the CPU state. `addr` is the linear address of its memory
 /// operand (if it has one), `flags` RFLAGS before it, with the arithmetic flags materialised.
 pub fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags: u64) -> SysResult {
-    match insn.mnemonic() {
-        M::Hlt
-        | M::Cli
-        | M::Sti
-        | M::Clac
-        | M::Stac
-        | M::Lmsw
-        | M::Clts
-        | M::Invlpg
-        | M::Invpcid
-        | M::Wbinvd
-        | M::Invd
-        | M::Wbnoinvd
-        | M::Clflush
-        | M::Clflushopt
-        | M::Clwb
-        | M::Mov => control::execute(cpu, insn, addr, flags),
-        M::Push
-        | M::Pop
-        | M::Lgdt
-        | M::Lidt
-        | M::Sgdt
-        | M::Sidt
-        | M::Sldt
-        | M::Str
-        | M::Smsw
-        | M::Lldt
-        | M::Ltr
-        | M::Lsl
-        | M::Lar
-        | M::Verr
-        | M::Verw => segments::execute(cpu, insn, addr, flags),
-        M::Rdmsr | M::Wrmsr | M::Rdfsbase | M::Rdgsbase | M::Wrfsbase | M::Wrgsbase => {
-            msr::execute(cpu, insn)
-        }
-        M::Rdtsc | M::Rdtscp | M::Rdpmc | M::Rdrand | M::Rdseed | M::Rdpid => {
-            inputs::execute(cpu, insn)
-        }
-        M::Syscall
-        | M::Sysret
-        | M::Sysretq
-        | M::Iretq
-        | M::Iretd
-        | M::Iret
-        | M::Swapgs
-        | M::Int
-        | M::Into
-        | M::Int1 => far::execute(cpu, insn, flags),
-        M::Retf | M::Jmp | M::Call => far::far_transfer(cpu, insn, addr),
-        M::Xgetbv
-        | M::Xsetbv
-        | M::Fxsave
-        | M::Fxsave64
-        | M::Fxrstor
-        | M::Fxrstor64
-        | M::Xsave
-        | M::Xsave64
-        | M::Xsaveopt
-        | M::Xsaveopt64
-        | M::Xrstor
-        | M::Xrstor64
-        | M::Fninit
-        | M::Fnstcw
-        | M::Fldcw
-        | M::Fnstsw
-        | M::Fnclex
-        | M::Wait => xsave::execute(cpu, insn, addr),
-        M::In | M::Out | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => {
-            io::port_io(cpu, insn)
-        }
-        _ => {
+    match system_family(insn) {
+        Some(SystemFamily::Control) => control::execute(cpu, insn, addr, flags),
+        Some(SystemFamily::Segments) => segments::execute(cpu, insn, addr, flags),
+        Some(SystemFamily::Msr) => msr::execute(cpu, insn),
+        Some(SystemFamily::Inputs) => inputs::execute(cpu, insn),
+        Some(SystemFamily::Privilege) => far::execute(cpu, insn, flags),
+        Some(SystemFamily::FarTransfer) => far::far_transfer(cpu, insn, addr),
+        Some(SystemFamily::ExtendedState) => xsave::execute(cpu, insn, addr),
+        Some(SystemFamily::PortIo) => io::port_io(cpu, insn),
+        None => {
             log::warn!(
                 "system instruction `{insn}` at RIP {:#x} is not implemented: raising #UD",
                 insn.ip()

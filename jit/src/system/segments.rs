@@ -110,13 +110,7 @@ pub(super) fn load_limit_or_rights(
     addr: Option<u64>,
     flags: u64,
 ) -> SysResult {
-    let sel = if insn.op1_kind() == OpKind::Memory {
-        let mut b = [0u8; 2];
-        trym!(read_mem(cpu, addr.expect("memory operand"), &mut b));
-        u16::from_le_bytes(b)
-    } else {
-        reg_value(cpu, insn.op1_register()) as u16
-    };
+    let sel = trym!(selector_operand(cpu, insn, 1, addr));
     let lsl = insn.mnemonic() == M::Lsl;
     let cpl = cpu.cpl();
     let valid = match desc::read_descriptor(cpu, sel) {
@@ -159,13 +153,7 @@ pub(super) fn verify_segment(
     addr: Option<u64>,
     flags: u64,
 ) -> SysResult {
-    let sel = if insn.op0_kind() == OpKind::Memory {
-        let mut b = [0u8; 2];
-        trym!(read_mem(cpu, addr.expect("memory operand"), &mut b));
-        u16::from_le_bytes(b)
-    } else {
-        reg_value(cpu, insn.op0_register()) as u16
-    };
+    let sel = trym!(selector_operand(cpu, insn, 0, addr));
     let cpl = cpu.cpl();
     let ok = match desc::read_descriptor(cpu, sel) {
         Ok(Some(d)) if d.is_code_or_data() => {
@@ -325,4 +313,20 @@ pub(super) fn push_pop_segment(cpu: &mut CpuState, insn: &Instruction) -> SysRes
         cpu.gpr[RSP] = rsp.wrapping_add(size);
     }
     SysResult::Done(None)
+}
+
+/// The 16-bit selector operand `i` of LSL/LAR/VERR/VERW: from memory at `addr` or a register.
+fn selector_operand(
+    cpu: &mut CpuState,
+    insn: &Instruction,
+    i: u32,
+    addr: Option<u64>,
+) -> Result<u16, SysResult> {
+    if insn.op_kind(i) == OpKind::Memory {
+        let mut b = [0u8; 2];
+        read_mem(cpu, addr.expect("memory operand"), &mut b)?;
+        Ok(u16::from_le_bytes(b))
+    } else {
+        Ok(reg_value(cpu, insn.op_register(i)) as u16)
+    }
 }
