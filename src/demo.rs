@@ -12,7 +12,7 @@
 use iced_x86::code_asm::*;
 use krr::demo_guest::{run_demo_guest, DemoOutcome};
 use krr::machine::RunEnd;
-use krr_jit::snippet::{run_snippet, ArchState, Outcome, Region, Snippet, Tier};
+use krr_jit::snippet::{run_snippet, Region, Snippet, SnippetEnd, Tier, UserState};
 use krr_jit::EngineConfig;
 use krr_runtime::arch::{mxcsr, rflags};
 use std::time::Instant;
@@ -93,7 +93,7 @@ pub fn run(keep_trace: Option<std::path::PathBuf>) -> Result<(), String> {
             data: vec![0; N as usize],
         }],
     };
-    let init = ArchState {
+    let init = UserState {
         rip: CODE,
         rflags: rflags::IF | rflags::FIXED1,
         mxcsr: mxcsr::INIT,
@@ -113,7 +113,7 @@ pub fn run(keep_trace: Option<std::path::PathBuf>) -> Result<(), String> {
         let t0 = Instant::now();
         let r = run_snippet(&snippet, &init, tier, u64::MAX - 1)?;
         let dt = t0.elapsed().as_secs_f64();
-        if r.outcome != Outcome::Completed {
+        if r.outcome != SnippetEnd::Completed {
             return Err(format!(
                 "the demo guest did not complete under the {name}: {:?}",
                 r.outcome

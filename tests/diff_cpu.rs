@@ -21,7 +21,7 @@ use difftest::gen::{self, GenOptions, CODE_PAGE, DATA0, STACK};
 use difftest::native::NativeRunner;
 use difftest::rng::Rng;
 use iced_x86::Code;
-use krr_jit::snippet::{ArchState, Outcome, Region, Snippet, SnippetResult, Tier};
+use krr_jit::snippet::{Region, Snippet, SnippetEnd, SnippetResult, Tier, UserState};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -156,7 +156,7 @@ fn run_native(
     report: &mut Report,
     group: &str,
     snippet: &Snippet,
-    init: &ArchState,
+    init: &UserState,
 ) -> Option<SnippetResult> {
     match native.run(snippet, init) {
         Ok(r) => Some(r),
@@ -181,7 +181,7 @@ fn check_engine(
     group: &str,
     tier: Tier,
     snippet: &Snippet,
-    init: &ArchState,
+    init: &UserState,
     n: &SnippetResult,
 ) {
     report.case(group);
@@ -287,12 +287,12 @@ fn snippet(code: &[u8], regions: Vec<Region>) -> Snippet {
     }
 }
 
-fn state() -> ArchState {
-    ArchState {
+fn state() -> UserState {
+    UserState {
         rip: CODE_PAGE + 0x100,
         rflags: 0x202,
         mxcsr: gen::MXCSR_DEFAULT,
-        ..ArchState::default()
+        ..UserState::default()
     }
 }
 
@@ -317,7 +317,7 @@ fn native_runner_works() {
     let r = native
         .run(&snippet(&[0x48, 0x01, 0xd8], vec![]), &st)
         .unwrap();
-    assert_eq!(r.outcome, Outcome::Completed);
+    assert_eq!(r.outcome, SnippetEnd::Completed);
     assert_eq!(r.state.gpr[0], 12);
     assert_eq!(r.state.gpr[3], 7);
     assert_eq!(
@@ -336,7 +336,7 @@ fn native_runner_works() {
         .run(&snippet(&[0x48, 0xf7, 0xf1], vec![]), &st)
         .unwrap();
     assert!(
-        matches!(r.outcome, Outcome::Exception { vector: 0, rip, .. } if rip == code_end),
+        matches!(r.outcome, SnippetEnd::Exception { vector: 0, rip, .. } if rip == code_end),
         "{:?}",
         r.outcome
     );
@@ -348,7 +348,7 @@ fn native_runner_works() {
     let r = native
         .run(&snippet(&[0x48, 0xf7, 0xf1], vec![]), &st)
         .unwrap();
-    assert_eq!(r.outcome, Outcome::Completed);
+    assert_eq!(r.outcome, SnippetEnd::Completed);
     assert_eq!((r.state.gpr[0], r.state.gpr[2]), (14, 2));
 
     // mov rax, [rbx] with rbx unmapped: #PF with the address.
@@ -359,7 +359,7 @@ fn native_runner_works() {
         .unwrap();
     assert_eq!(
         r.outcome,
-        Outcome::Exception {
+        SnippetEnd::Exception {
             vector: 14,
             error_code: None,
             address: 0x2800_0010,
@@ -372,7 +372,7 @@ fn native_runner_works() {
     let r = native
         .run(&snippet(&[0x48, 0x8b, 0x03], vec![data_region()]), &st)
         .unwrap();
-    assert_eq!(r.outcome, Outcome::Completed);
+    assert_eq!(r.outcome, SnippetEnd::Completed);
     assert_eq!(r.state.gpr[0], 0x1716_1514_1312_1110);
     st.gpr[0] = 0xdead_beef;
     let r = native
@@ -395,7 +395,7 @@ fn native_runner_works() {
     assert!(
         matches!(
             r.outcome,
-            Outcome::Exception {
+            SnippetEnd::Exception {
                 vector: 14,
                 address: 0x2000_1000,
                 ..
@@ -411,7 +411,7 @@ fn native_runner_works() {
         .run(&snippet(&[0x0f, 0x28, 0x03], vec![data_region()]), &st)
         .unwrap();
     assert!(
-        matches!(r.outcome, Outcome::Exception { vector: 13, rip, .. } if rip == code_end),
+        matches!(r.outcome, SnippetEnd::Exception { vector: 13, rip, .. } if rip == code_end),
         "{:?}",
         r.outcome
     );
@@ -423,7 +423,7 @@ fn native_runner_works() {
     let r = native
         .run(&snippet(&[0x66, 0x0f, 0xef, 0xc1], vec![]), &st)
         .unwrap();
-    assert_eq!(r.outcome, Outcome::Completed);
+    assert_eq!(r.outcome, SnippetEnd::Completed);
     assert_eq!(r.state.xmm[0], st.xmm[0] ^ st.xmm[1]);
     assert_eq!(r.state.xmm[1], st.xmm[1]);
     assert_eq!(r.state.mxcsr, gen::MXCSR_DEFAULT);
@@ -446,7 +446,7 @@ fn native_runner_works() {
     let r = native
         .run(&snippet(&[0xe8, 0, 0, 0, 0], vec![stack]), &st)
         .unwrap();
-    assert_eq!(r.outcome, Outcome::Completed);
+    assert_eq!(r.outcome, SnippetEnd::Completed);
     assert_eq!(r.state.gpr[4], STACK + 0x7f8);
     assert_eq!(
         &r.regions[0].data[0x7f8..0x800],
@@ -459,7 +459,7 @@ fn native_runner_works() {
         .unwrap();
     assert_eq!(
         r.outcome,
-        Outcome::Exception {
+        SnippetEnd::Exception {
             vector: 3,
             error_code: None,
             address: 0,
@@ -471,7 +471,7 @@ fn native_runner_works() {
     let r = native
         .run(&snippet(&[0x0f, 0x0b], vec![]), &state())
         .unwrap();
-    assert!(matches!(r.outcome, Outcome::Exception { vector: 6, .. }));
+    assert!(matches!(r.outcome, SnippetEnd::Exception { vector: 6, .. }));
 
     // Code straddling a page boundary, and a different layout (mappings are changed in the
     // child as needed).
@@ -488,7 +488,7 @@ fn native_runner_works() {
     st.gpr[0] = 1;
     st.gpr[3] = 2;
     let r = native.run(&s, &st).unwrap();
-    assert_eq!(r.outcome, Outcome::Completed);
+    assert_eq!(r.outcome, SnippetEnd::Completed);
     assert_eq!(r.state.gpr[0], 5);
     // The old data region is gone now.
     let mut st = state();
@@ -499,7 +499,7 @@ fn native_runner_works() {
     assert!(
         matches!(
             r.outcome,
-            Outcome::Exception {
+            SnippetEnd::Exception {
                 vector: 14,
                 address: DATA0,
                 ..
@@ -528,7 +528,7 @@ fn native_runner_works() {
     let r = native
         .run(&snippet(&[0xeb, 0xfe], vec![]), &state())
         .unwrap();
-    assert_eq!(r.outcome, Outcome::OutOfBudget);
+    assert_eq!(r.outcome, SnippetEnd::OutOfBudget);
     let mut st = state();
     st.gpr[0] = 1;
     st.gpr[3] = 2;
@@ -565,7 +565,7 @@ fn compare_self_check() {
         "{msg}"
     );
     let mut e = n.clone();
-    e.outcome = Outcome::Exception {
+    e.outcome = SnippetEnd::Exception {
         vector: 13,
         error_code: Some(0),
         address: 0,
@@ -576,7 +576,7 @@ fn compare_self_check() {
         .contains("outcome"));
 }
 
-/// Outcome statistics of a natively run batch.
+/// SnippetEnd statistics of a natively run batch.
 #[derive(Default)]
 struct Stats {
     completed: usize,
@@ -607,15 +607,15 @@ fn native_generator_sanity() {
             }
             match native.run(&snippet, &init) {
                 Ok(SnippetResult {
-                    outcome: Outcome::Completed,
+                    outcome: SnippetEnd::Completed,
                     ..
                 }) => stats.completed += 1,
                 Ok(SnippetResult {
-                    outcome: Outcome::Exception { vector, .. },
+                    outcome: SnippetEnd::Exception { vector, .. },
                     ..
                 }) => *stats.exceptions.entry(vector).or_default() += 1,
                 Ok(SnippetResult {
-                    outcome: Outcome::OutOfBudget,
+                    outcome: SnippetEnd::OutOfBudget,
                     ..
                 }) => stats.timeouts += 1,
                 Err(e) => problems.push(format!("{code:?}: native run failed: {e}")),
@@ -638,11 +638,11 @@ fn native_generator_sanity() {
             let (snippet, init) = gen::block_case(&pool, &mut rng, len, &GenOptions::default());
             match native.run(&snippet, &init) {
                 Ok(SnippetResult {
-                    outcome: Outcome::Completed,
+                    outcome: SnippetEnd::Completed,
                     ..
                 }) => blocks.completed += 1,
                 Ok(SnippetResult {
-                    outcome: Outcome::Exception { vector, .. },
+                    outcome: SnippetEnd::Exception { vector, .. },
                     ..
                 }) => *blocks.exceptions.entry(vector).or_default() += 1,
                 Ok(_) => blocks.timeouts += 1,

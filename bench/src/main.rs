@@ -6,7 +6,7 @@
 //! Usage: krr-bench [loop] [--runs N] [--iterations N]
 
 use iced_x86::code_asm::*;
-use krr_jit::snippet::{run_snippet, ArchState, Outcome, Region, Snippet, Tier};
+use krr_jit::snippet::{run_snippet, Region, Snippet, SnippetEnd, Tier, UserState};
 use std::time::Instant;
 
 const CODE: u64 = 0x40_0000;
@@ -140,7 +140,7 @@ struct TierResult {
 
 fn bench_tier(tier: Tier, iterations: u64, runs: usize, chained: bool) -> TierResult {
     let s = loop_snippet(iterations, chained);
-    let mut init = ArchState {
+    let mut init = UserState {
         rip: CODE,
         rflags: 0x202,
         mxcsr: 0x1f80,
@@ -155,7 +155,7 @@ fn bench_tier(tier: Tier, iterations: u64, runs: usize, chained: bool) -> TierRe
         let dt = t0.elapsed().as_secs_f64();
         assert_eq!(
             r.outcome,
-            Outcome::Completed,
+            SnippetEnd::Completed,
             "benchmark loop did not complete under {tier:?}"
         );
         mips.push(r.instructions as f64 / dt / 1e6);

@@ -3,7 +3,7 @@
 //!
 //! The snippet's code is mapped read+execute at `code_addr` and followed by an INT3; each
 //! region is mapped read+write(+no-execute) at its page-aligned address, everything else is
-//! unmapped. The run ends at the INT3 after the code (reported as [`Outcome::Completed`]), at
+//! unmapped. The run ends at the INT3 after the code (reported as [`SnippetEnd::Completed`]), at
 //! the first exception (reported with its vector, error code and faulting RIP), or after
 //! `max_instructions` (the final INT3 counts against that budget too).
 
@@ -22,7 +22,7 @@ pub enum Tier {
 
 /// User-visible architectural state compared between the engine and the host CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct ArchState {
+pub struct UserState {
     pub gpr: [u64; 16],
     pub rip: u64,
     pub rflags: u64,
@@ -46,8 +46,9 @@ pub struct Snippet {
     pub regions: Vec<Region>,
 }
 
+/// How a snippet run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum SnippetEnd {
     /// Reached the INT3 placed after the code; `rip` is just past that INT3, as natively.
     Completed,
     /// An exception was raised at `rip` (the faulting instruction).
@@ -63,10 +64,10 @@ pub enum Outcome {
 
 #[derive(Clone, Debug)]
 pub struct SnippetResult {
-    pub state: ArchState,
+    pub state: UserState,
     /// Final contents of each region, in the order given.
     pub regions: Vec<Region>,
-    pub outcome: Outcome,
+    pub outcome: SnippetEnd,
     /// Instructions retired (the INT3 not included).
     pub instructions: u64,
     /// What the engine did (blocks, compile time, code size).
@@ -164,7 +165,7 @@ pub struct SnippetOptions {
 /// Run `snippet` from `initial` in the engine with the given tier.
 pub fn run_snippet(
     snippet: &Snippet,
-    initial: &ArchState,
+    initial: &UserState,
     tier: Tier,
     max_instructions: u64,
 ) -> Result<SnippetResult, String> {
@@ -180,7 +181,7 @@ pub fn run_snippet(
 /// [`run_snippet`] with options.
 pub fn run_snippet_with(
     snippet: &Snippet,
-    initial: &ArchState,
+    initial: &UserState,
     tier: Tier,
     max_instructions: u64,
     options: SnippetOptions,
@@ -235,16 +236,16 @@ pub fn run_snippet_with(
     let exit = engine.run(&mut core);
     let cpu = core.cpu();
     let (outcome, instructions) = match exit {
-        Exit::Budget => (Outcome::OutOfBudget, cpu.icount),
+        Exit::Budget => (SnippetEnd::OutOfBudget, cpu.icount),
         Exit::Exception { trap: true, .. }
             if cpu.exec.exception.vector == krr_runtime::vector::BP && cpu.rip == end + 1 =>
         {
-            (Outcome::Completed, cpu.icount - 1)
+            (SnippetEnd::Completed, cpu.icount - 1)
         }
         Exit::Exception { .. } => {
             let e = cpu.exec.exception;
             (
-                Outcome::Exception {
+                SnippetEnd::Exception {
                     vector: e.vector,
                     error_code: e.has_error_code.then_some(e.error_code),
                     address: e.address,
@@ -259,7 +260,7 @@ pub fn run_snippet_with(
         other => return Err(format!("a user-mode snippet cannot end with {other:?}")),
     };
     let arith = cpu.arith_flags();
-    let mut state = ArchState {
+    let mut state = UserState {
         gpr: cpu.gpr,
         rip: cpu.rip,
         rflags: (cpu.rflags & !rflags::ARITH) | arith,

@@ -18,8 +18,8 @@ const TIERS: [Tier; 4] = [
     Tier::Tiered,
 ];
 
-fn init() -> ArchState {
-    let mut s = ArchState {
+fn init() -> UserState {
+    let mut s = UserState {
         rip: CODE,
         rflags: rflags::IF | rflags::FIXED1,
         mxcsr: mxcsr::INIT,
@@ -62,11 +62,11 @@ fn budget_stops_exactly() {
     let s = snippet(code);
     for n in [0u64, 1, 2, 3, 7, 100, 101, 102, 103, 104, 2001, 4001] {
         let reference = run_snippet(&s, &init(), Tier::Interpreter, n).unwrap();
-        assert_eq!(reference.outcome, Outcome::OutOfBudget);
+        assert_eq!(reference.outcome, SnippetEnd::OutOfBudget);
         assert_eq!(reference.instructions, n);
         for tier in TIERS {
             let r = run_snippet(&s, &init(), tier, n).unwrap();
-            assert_eq!(r.outcome, Outcome::OutOfBudget, "{tier:?} n={n}");
+            assert_eq!(r.outcome, SnippetEnd::OutOfBudget, "{tier:?} n={n}");
             assert_eq!(r.instructions, n, "{tier:?} n={n}");
             assert_eq!(r.state, reference.state, "{tier:?} n={n}");
             assert_eq!(r.regions, reference.regions, "{tier:?} n={n}");
@@ -95,7 +95,7 @@ fn faults_are_precise() {
     for tier in TIERS {
         let r = run_snippet(&s, &init(), tier, 1000).unwrap();
         match r.outcome {
-            Outcome::Exception {
+            SnippetEnd::Exception {
                 vector,
                 error_code,
                 address,
@@ -142,7 +142,7 @@ fn rep_counts_once_and_faults_mid_way() {
     for tier in TIERS {
         let r = run_snippet(&s, &init(), tier, 1000).unwrap();
         match r.outcome {
-            Outcome::Exception {
+            SnippetEnd::Exception {
                 vector: 14,
                 address,
                 ..
@@ -173,7 +173,7 @@ fn rep_counts_once_and_faults_mid_way() {
     );
     for tier in TIERS {
         let r = run_snippet(&snippet(code.clone()), &init(), tier, 1000).unwrap();
-        assert_eq!(r.outcome, Outcome::Completed, "{tier:?}");
+        assert_eq!(r.outcome, SnippetEnd::Completed, "{tier:?}");
         assert_eq!(r.instructions, 4, "{tier:?}");
         assert_eq!(r.state.gpr[1], 0, "{tier:?}");
     }
@@ -190,7 +190,7 @@ fn unimplemented_raises_ud() {
         let r = run_snippet(&s, &init(), tier, 1000).unwrap();
         assert_eq!(
             r.outcome,
-            Outcome::Exception {
+            SnippetEnd::Exception {
                 vector: 6,
                 error_code: None,
                 address: 0,
@@ -219,7 +219,7 @@ fn divide_error() {
     for tier in TIERS {
         let r = run_snippet(&snippet(code.clone()), &init(), tier, 1000).unwrap();
         assert!(
-            matches!(r.outcome, Outcome::Exception { vector: 0, rip, .. } if rip == CODE + 9),
+            matches!(r.outcome, SnippetEnd::Exception { vector: 0, rip, .. } if rip == CODE + 9),
             "{tier:?}: {:?}",
             r.outcome
         );
@@ -271,7 +271,7 @@ fn self_modifying_next_instruction() {
     });
     for tier in TIERS {
         let r = run_smc(code.clone(), tier);
-        assert_eq!(r.outcome, Outcome::Completed, "{tier:?}");
+        assert_eq!(r.outcome, SnippetEnd::Completed, "{tier:?}");
         assert_eq!(r.state.gpr[0], 0x1111_1107, "{tier:?}");
     }
 }
@@ -295,7 +295,7 @@ fn self_modifying_loop() {
     });
     for tier in TIERS {
         let r = run_smc(code.clone(), tier);
-        assert_eq!(r.outcome, Outcome::Completed, "{tier:?}");
+        assert_eq!(r.outcome, SnippetEnd::Completed, "{tier:?}");
         assert_eq!(r.state.gpr[2], 5050, "{tier:?}");
         if tier != Tier::Interpreter {
             assert!(r.stats.blocks_invalidated >= 99, "{tier:?}: {:?}", r.stats);
@@ -332,7 +332,7 @@ fn self_modifying_other_block() {
     });
     for tier in TIERS {
         let r = run_smc(code.clone(), tier);
-        assert_eq!(r.outcome, Outcome::Completed, "{tier:?}");
+        assert_eq!(r.outcome, SnippetEnd::Completed, "{tier:?}");
         // 101 calls before the patch (ecx = 200..=100), 99 after.
         assert_eq!(r.state.gpr[2], 101 + 3 * 99, "{tier:?}");
     }
@@ -360,7 +360,7 @@ fn writes_beside_code_keep_its_blocks() {
     });
     for tier in TIERS {
         let r = run_smc(code.clone(), tier);
-        assert_eq!(r.outcome, Outcome::Completed, "{tier:?}");
+        assert_eq!(r.outcome, SnippetEnd::Completed, "{tier:?}");
         assert_eq!(r.state.gpr[0], 300 * 301 / 2, "{tier:?}");
         assert_eq!(r.stats.blocks_invalidated, 0, "{tier:?}: {:?}", r.stats);
     }
@@ -392,7 +392,7 @@ fn write_to_the_straddling_part_of_a_block() {
     code.extend_from_slice(&[0x81, 0xc2, 1, 0, 0, 0, 0xc3, 0x90]);
     for tier in TIERS {
         let r = run_smc(code.clone(), tier);
-        assert_eq!(r.outcome, Outcome::Completed, "{tier:?}");
+        assert_eq!(r.outcome, SnippetEnd::Completed, "{tier:?}");
         // 51 calls before the patch (ecx = 100..=50), 49 after.
         assert_eq!(r.state.gpr[2], 51 + 3 * 49, "{tier:?}");
     }

@@ -34,7 +34,7 @@ fn loop_in_all_tiers() {
             data: vec![0; 4096],
         }],
     };
-    let mut init = ArchState {
+    let mut init = UserState {
         rip: addr,
         rflags: rflags::IF | rflags::FIXED1,
         ..Default::default()
@@ -49,7 +49,7 @@ fn loop_in_all_tiers() {
         Tier::Tiered,
     ] {
         let r = run_snippet(&snippet, &init, tier, 1_000_000).unwrap();
-        assert_eq!(r.outcome, Outcome::Completed, "{tier:?}");
+        assert_eq!(r.outcome, SnippetEnd::Completed, "{tier:?}");
         assert_eq!(r.state.gpr[0], 5 + 1000 * 1001 / 2, "{tier:?}");
         assert_eq!(r.state.gpr[2], r.state.gpr[0], "{tier:?}");
         assert_eq!(r.instructions, 2 + 6 * 1000 + 2, "{tier:?}");

@@ -258,7 +258,7 @@ fn check(variants: &[Variant], cases: &[Case]) {
             },
         ],
     };
-    let init = ArchState {
+    let init = UserState {
         rip: CODE_ADDR,
         rflags: rflags::IF | rflags::FIXED1,
         mxcsr: mxcsr::INIT,
@@ -272,7 +272,7 @@ fn check(variants: &[Variant], cases: &[Case]) {
     let mut results: Vec<SnippetResult> = Vec::new();
     for tier in TIERS {
         let r = run_snippet(&snippet, &init, tier, 10_000_000).unwrap();
-        assert_eq!(r.outcome, Outcome::Completed, "{tier:?}");
+        assert_eq!(r.outcome, SnippetEnd::Completed, "{tier:?}");
         if let Some(first) = results.first() {
             assert_eq!(r.state, first.state, "{tier:?} vs Interpreter: state");
             assert_eq!(
@@ -842,7 +842,7 @@ fn conversions() {
 
 fn run_one(
     f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
-    init: &ArchState,
+    init: &UserState,
 ) -> SnippetResult {
     let code = assemble(f, CODE_ADDR);
     let snippet = Snippet {
@@ -868,8 +868,8 @@ fn run_one(
     first.unwrap()
 }
 
-fn fault_init() -> ArchState {
-    let mut init = ArchState {
+fn fault_init() -> UserState {
+    let mut init = UserState {
         rip: CODE_ADDR,
         rflags: rflags::IF | rflags::FIXED1,
         mxcsr: mxcsr::INIT,
@@ -885,7 +885,7 @@ fn fault_init() -> ArchState {
 #[track_caller]
 fn assert_fault(r: &SnippetResult, vector: u8, error_code: Option<u32>, insn_index: u64) {
     match r.outcome {
-        Outcome::Exception {
+        SnippetEnd::Exception {
             vector: v,
             error_code: e,
             rip,
@@ -945,7 +945,7 @@ fn misaligned_m128_faults() {
         },
         &init,
     );
-    assert_eq!(r.outcome, Outcome::Completed);
+    assert_eq!(r.outcome, SnippetEnd::Completed);
 }
 
 #[test]
@@ -993,13 +993,13 @@ fn unmasked_exceptions_raise_xm() {
     let r = run_one(|a| a.comisd(xmm0, xmm2), &init);
     assert_fault(&r, 19, None, 0);
     let r = run_one(|a| a.ucomisd(xmm0, xmm2), &init);
-    assert_eq!(r.outcome, Outcome::Completed);
+    assert_eq!(r.outcome, SnippetEnd::Completed);
     assert_eq!(r.state.mxcsr, init.mxcsr);
     assert_eq!(r.state.rflags & ARITH_FLAGS, 0x45);
     // Masked: no exception, flags recorded.
     init.mxcsr = 0x1f80;
     let r = run_one(|a| a.divsd(xmm0, xmm1), &init);
-    assert_eq!(r.outcome, Outcome::Completed);
+    assert_eq!(r.outcome, SnippetEnd::Completed);
     assert_eq!(r.state.mxcsr, 0x1f84);
     assert_eq!(
         r.state.xmm[0],
@@ -1024,7 +1024,7 @@ fn string_movsd_cmpsd() {
         },
         &init,
     );
-    assert_eq!(r.outcome, Outcome::Completed);
+    assert_eq!(r.outcome, SnippetEnd::Completed);
     let d = &r.regions[0].data;
     assert_eq!(d[0x800..0x810], d[0..16]);
     assert_eq!(r.state.gpr[6], TABLE + 4);

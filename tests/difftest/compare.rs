@@ -6,7 +6,7 @@ use iced_x86::{
     Code, Decoder, DecoderOptions, Formatter, Instruction, InstructionInfoFactory, IntelFormatter,
     Mnemonic, OpAccess, OpKind, Register, RflagsBits,
 };
-use krr_jit::snippet::{ArchState, Outcome, Snippet, SnippetResult};
+use krr_jit::snippet::{Snippet, SnippetEnd, SnippetResult, UserState};
 use std::fmt::Write;
 
 pub const CF: u64 = 1 << 0;
@@ -83,7 +83,7 @@ pub struct FlagEffect {
 /// The effect of `ins` on the flags. `state` is the register state just before it executes,
 /// when known (the first instruction of a snippet); it makes count-dependent shift and rotate
 /// effects exact, otherwise they are approximated conservatively.
-pub fn flag_effect(ins: &Instruction, state: Option<&ArchState>) -> FlagEffect {
+pub fn flag_effect(ins: &Instruction, state: Option<&UserState>) -> FlagEffect {
     let defined = x86_flags(ins.rflags_written() | ins.rflags_cleared() | ins.rflags_set());
     let undefined = x86_flags(ins.rflags_undefined());
     let mn = ins.mnemonic();
@@ -188,9 +188,9 @@ pub struct Masks {
 
 /// Computes what is architecturally undefined after running `snippet` from `init` up to the
 /// native outcome (instructions from the faulting one on are not considered).
-pub fn undefined_masks(snippet: &Snippet, init: &ArchState, native: &Outcome) -> Masks {
+pub fn undefined_masks(snippet: &Snippet, init: &UserState, native: &SnippetEnd) -> Masks {
     let stop_at = match native {
-        Outcome::Exception { rip, .. } => Some(*rip),
+        SnippetEnd::Exception { rip, .. } => Some(*rip),
         _ => None,
     };
     let mut masks = Masks {
@@ -242,7 +242,7 @@ fn gpr_index(reg: Register) -> usize {
 /// Compares the native result with the engine's. Returns a full report on mismatch.
 pub fn compare(
     snippet: &Snippet,
-    init: &ArchState,
+    init: &UserState,
     native: &SnippetResult,
     engine: &SnippetResult,
 ) -> Result<(), String> {
@@ -267,22 +267,22 @@ pub fn compare(
 /// The list of differences (empty when the runs agree).
 pub fn differences(
     snippet: &Snippet,
-    init: &ArchState,
+    init: &UserState,
     native: &SnippetResult,
     engine: &SnippetResult,
 ) -> Vec<String> {
     let mut d = Vec::new();
     match (&native.outcome, &engine.outcome) {
-        (Outcome::OutOfBudget, Outcome::OutOfBudget) => return d,
-        (Outcome::Completed, Outcome::Completed) => {}
+        (SnippetEnd::OutOfBudget, SnippetEnd::OutOfBudget) => return d,
+        (SnippetEnd::Completed, SnippetEnd::Completed) => {}
         (
-            Outcome::Exception {
+            SnippetEnd::Exception {
                 vector: nv,
                 address: na,
                 rip: nr,
                 ..
             },
-            Outcome::Exception {
+            SnippetEnd::Exception {
                 vector: ev,
                 address: ea,
                 rip: er,
@@ -418,11 +418,11 @@ pub fn hex(bytes: &[u8]) -> String {
     v.join(" ")
 }
 
-pub fn outcome_str(o: &Outcome) -> String {
+pub fn outcome_str(o: &SnippetEnd) -> String {
     match o {
-        Outcome::Completed => "Completed".into(),
-        Outcome::OutOfBudget => "OutOfBudget (native: timed out)".into(),
-        Outcome::Exception {
+        SnippetEnd::Completed => "Completed".into(),
+        SnippetEnd::OutOfBudget => "OutOfBudget (native: timed out)".into(),
+        SnippetEnd::Exception {
             vector,
             error_code,
             address,
@@ -453,7 +453,7 @@ pub fn outcome_str(o: &Outcome) -> String {
 }
 
 /// Disassembly of the snippet (with bytes) plus the initial state, for reports.
-pub fn describe_case(snippet: &Snippet, init: &ArchState) -> String {
+pub fn describe_case(snippet: &Snippet, init: &UserState) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -521,7 +521,7 @@ fn region_bytes(snippet: &Snippet, addr: u64, len: usize) -> Option<Vec<u8>> {
     })
 }
 
-pub fn state_str(st: &ArchState, indent: &str) -> String {
+pub fn state_str(st: &UserState, indent: &str) -> String {
     let mut s = String::new();
     for row in 0..4 {
         let _ = write!(s, "{indent}");

@@ -26,7 +26,7 @@ use iced_x86::{
     InstructionInfoFactory, Mnemonic, OpAccess, OpCodeOperandKind as K, OpKind, Register,
     RepPrefixKind,
 };
-use krr_jit::snippet::{ArchState, Region, Snippet};
+use krr_jit::snippet::{Region, Snippet, UserState};
 
 /// The code page (code may straddle into the following page).
 pub const CODE_PAGE: u64 = 0x1000_0000;
@@ -615,7 +615,7 @@ fn xmm(i: usize) -> Register {
 
 /// Value of a register (or of a segment base, as iced-x86's address calculation wants it)
 /// in `st`.
-pub fn read_reg(st: &ArchState, reg: Register) -> u64 {
+pub fn read_reg(st: &UserState, reg: Register) -> u64 {
     match reg {
         Register::ES | Register::CS | Register::SS | Register::DS => return 0,
         Register::FS => return st.fs_base,
@@ -640,7 +640,7 @@ pub fn read_reg(st: &ArchState, reg: Register) -> u64 {
 }
 
 /// Writes `value` into the bits of `reg` (a GPR of any size), leaving the other bits alone.
-fn write_reg_bits(st: &mut ArchState, reg: Register, value: u64) {
+fn write_reg_bits(st: &mut UserState, reg: Register, value: u64) {
     let Some(i) = gpr_index(reg) else { return };
     let (mask, shift) = if matches!(
         reg,
@@ -882,7 +882,7 @@ impl Default for GenOptions {
 #[derive(Clone)]
 pub struct Ctx {
     /// The initial state being built.
-    pub st: ArchState,
+    pub st: UserState,
     /// The regions, in [`layout`] order.
     pub regions: Vec<Region>,
     /// GPRs (bit per x86 register number) whose values are pinned: address registers, string
@@ -908,7 +908,7 @@ pub struct Ctx {
 
 impl Ctx {
     fn new(rng: &mut Rng, block: bool) -> Ctx {
-        let mut st = ArchState::default();
+        let mut st = UserState::default();
         for g in st.gpr.iter_mut() {
             *g = random_gpr(rng);
         }
@@ -1065,7 +1065,7 @@ impl Ctx {
         v
     }
 
-    fn into_snippet(self, code_addr: u64, code: Vec<u8>) -> (Snippet, ArchState) {
+    fn into_snippet(self, code_addr: u64, code: Vec<u8>) -> (Snippet, UserState) {
         let mut st = self.st;
         st.rip = code_addr;
         (
@@ -1084,7 +1084,7 @@ impl Ctx {
 
 /// `n` random cases for `code`: snippets of this one instruction (control transfers get a
 /// small fixed sequence around them) with their initial states.
-pub fn cases_for(code: Code, rng: &mut Rng, n: usize) -> Vec<(Snippet, ArchState)> {
+pub fn cases_for(code: Code, rng: &mut Rng, n: usize) -> Vec<(Snippet, UserState)> {
     cases_for_with(code, rng, n, &GenOptions::default())
 }
 
@@ -1093,13 +1093,13 @@ pub fn cases_for_with(
     rng: &mut Rng,
     n: usize,
     opts: &GenOptions,
-) -> Vec<(Snippet, ArchState)> {
+) -> Vec<(Snippet, UserState)> {
     (0..n).map(|_| single_case(code, rng, opts)).collect()
 }
 
 const MAX_ATTEMPTS: usize = 500;
 
-fn single_case(code: Code, rng: &mut Rng, opts: &GenOptions) -> (Snippet, ArchState) {
+fn single_case(code: Code, rng: &mut Rng, opts: &GenOptions) -> (Snippet, UserState) {
     for _ in 0..MAX_ATTEMPTS {
         let mut ctx = Ctx::new(rng, false);
         ctx.fault_pending = rng.below(opts.fault_one_in.max(1)) == 0;
@@ -1125,7 +1125,7 @@ pub fn block_case(
     rng: &mut Rng,
     len: usize,
     opts: &GenOptions,
-) -> (Snippet, ArchState) {
+) -> (Snippet, UserState) {
     let eligible: Vec<Code> = pool
         .iter()
         .copied()

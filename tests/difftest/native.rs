@@ -23,7 +23,7 @@
 //! Run-away snippets are stopped by an `ITIMER_PROF` interval timer armed in the child: every
 //! tick of consumed CPU time produces a SIGPROF stop, which is suppressed (this is transparent
 //! to the interrupted code, even mid `REP MOVS`); after `timeout_ticks` of them the case is
-//! reported as [`Outcome::OutOfBudget`].
+//! reported as [`SnippetEnd::OutOfBudget`].
 //!
 //! Outside the snippet's pages the child has the mappings of the test process (binary, heap,
 //! libraries, stacks, ...), all far above [`GUARD_LO`]..[`GUARD_HI`]; within that window only
@@ -33,7 +33,7 @@
 //! The native error code of a page fault is not observable through ptrace, so exceptions are
 //! reported with `error_code: None`; the instruction count is not known either (reported as 0).
 
-use krr_jit::snippet::{ArchState, Outcome, Region, Snippet, SnippetResult};
+use krr_jit::snippet::{Region, Snippet, SnippetEnd, SnippetResult, UserState};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::marker::PhantomData;
@@ -142,7 +142,7 @@ impl NativeRunner {
     /// SIGFPE → #XM (19); SIGILL → #UD (6); SIGSEGV with SEGV_MAPERR/SEGV_ACCERR/SEGV_PKUERR →
     /// #PF (14, `address` = `si_addr`), other SIGSEGV (SI_KERNEL) → #GP (13); SIGBUS with
     /// BUS_ADRALN → #AC (17), other SIGBUS (SI_KERNEL) → #SS (12).
-    pub fn run(&mut self, snippet: &Snippet, state: &ArchState) -> Result<SnippetResult, String> {
+    pub fn run(&mut self, snippet: &Snippet, state: &UserState) -> Result<SnippetResult, String> {
         if self.child.is_none() {
             self.child = Some(Child::spawn()?);
         }
@@ -570,7 +570,7 @@ impl Child {
     fn run(
         &mut self,
         snippet: &Snippet,
-        state: &ArchState,
+        state: &UserState,
         timeout_ticks: u32,
     ) -> Result<SnippetResult, String> {
         let want = wanted_pages(snippet)?;
@@ -636,7 +636,7 @@ impl Child {
         let regs = self.get_regs()?;
         self.flags = regs.eflags;
         let fp = self.get_fpregs()?;
-        let mut out = ArchState {
+        let mut out = UserState {
             gpr: [
                 regs.rax, regs.rcx, regs.rdx, regs.rbx, regs.rsp, regs.rbp, regs.rsi, regs.rdi,
                 regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
@@ -654,7 +654,7 @@ impl Child {
             }
         }
         let outcome = match stop {
-            Stop::Timeout => Outcome::OutOfBudget,
+            Stop::Timeout => SnippetEnd::OutOfBudget,
             Stop::Signal(sig) => {
                 let info = self.get_siginfo()?;
                 // SAFETY: si_addr is valid for the fault signals it is used with below.
@@ -690,7 +690,7 @@ impl Child {
 }
 
 /// Maps a signal stop to an outcome (see [`NativeRunner::run`]).
-fn classify(sig: i32, si_code: i32, si_addr: u64, rip: u64, code_end: u64) -> Outcome {
+fn classify(sig: i32, si_code: i32, si_addr: u64, rip: u64, code_end: u64) -> SnippetEnd {
     // si_code values (include/uapi/asm-generic/siginfo.h).
     const SI_KERNEL: i32 = 0x80;
     const FPE_INTDIV: i32 = 1;
@@ -699,14 +699,14 @@ fn classify(sig: i32, si_code: i32, si_addr: u64, rip: u64, code_end: u64) -> Ou
     const SEGV_ACCERR: i32 = 2;
     const SEGV_PKUERR: i32 = 4;
     const BUS_ADRALN: i32 = 1;
-    let exception = |vector: u8, address: u64, rip: u64| Outcome::Exception {
+    let exception = |vector: u8, address: u64, rip: u64| SnippetEnd::Exception {
         vector,
         error_code: None,
         address,
         rip,
     };
     match sig {
-        libc::SIGTRAP if rip == code_end + 1 => Outcome::Completed,
+        libc::SIGTRAP if rip == code_end + 1 => SnippetEnd::Completed,
         libc::SIGTRAP if si_code == SI_KERNEL => exception(3, 0, rip),
         libc::SIGTRAP => exception(1, 0, rip),
         libc::SIGFPE if si_code == FPE_INTDIV || si_code == FPE_INTOVF => exception(0, 0, rip),
