@@ -196,6 +196,7 @@ mod tests {
         }
         assert_eq!(FlagOp::decode(0), Some(FlagOp::CONCRETE));
         assert_eq!(FlagOp::decode(11 << 4 | 8), None);
+        assert_eq!(FlagOp::decode(u64::MAX), None);
     }
 
     #[test]

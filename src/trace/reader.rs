@@ -61,12 +61,7 @@ impl TraceReader {
     }
 
     fn malformed(&self, section: &'static str, offset: u64, what: String) -> TraceError {
-        TraceError::Malformed {
-            path: self.path.clone(),
-            section,
-            offset,
-            what,
-        }
+        malformed(&self.path, section, offset, what)
     }
 
     fn read_payload(&mut self, at: u64) -> Result<Vec<u8>, TraceError> {
@@ -205,12 +200,7 @@ impl Opening {
     }
 
     fn malformed(&self, section: &'static str, offset: u64, what: String) -> TraceError {
-        TraceError::Malformed {
-            path: self.path.clone(),
-            section,
-            offset,
-            what,
-        }
+        malformed(&self.path, section, offset, what)
     }
 
     /// The 16-byte header: magic, version, flags (which must be 0).
@@ -502,5 +492,15 @@ impl EventStream {
 
     pub fn reader(&self) -> &TraceReader {
         &self.reader
+    }
+}
+
+/// A well-framed section of the trace at `path` whose contents are wrong.
+fn malformed(path: &str, section: &'static str, offset: u64, what: String) -> TraceError {
+    TraceError::Malformed {
+        path: path.to_string(),
+        section,
+        offset,
+        what,
     }
 }

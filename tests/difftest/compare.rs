@@ -9,17 +9,7 @@ use iced_x86::{
 use krr_jit::snippet::{Snippet, SnippetEnd, SnippetResult, UserState};
 use std::fmt::Write;
 
-pub const CF: u64 = 1 << 0;
-pub const PF: u64 = 1 << 2;
-pub const AF: u64 = 1 << 4;
-pub const ZF: u64 = 1 << 6;
-pub const SF: u64 = 1 << 7;
-pub const TF: u64 = 1 << 8;
-pub const IF: u64 = 1 << 9;
-pub const DF: u64 = 1 << 10;
-pub const OF: u64 = 1 << 11;
-pub const RF: u64 = 1 << 16;
-pub const AC: u64 = 1 << 18;
+pub use krr_runtime::arch::rflags::{AC, AF, CF, DF, IF, OF, PF, RF, SF, TF, ZF};
 pub const STATUS: u64 = CF | PF | AF | ZF | SF | OF;
 
 /// Converts iced-x86 [`RflagsBits`] to RFLAGS bit positions.

@@ -337,29 +337,3 @@ pub fn cond<B: Builder>(b: &mut B, cc: ConditionCode) -> B::B {
         C::None => b.bconst(true),
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flag_op_encoding_round_trips() {
-        use FlagKind::*;
-        for kind in [Add, Adc, Sub, Sbb, Logic, Inc, Dec, Shl, Shr, Sar] {
-            for size in [1, 2, 4, 8] {
-                let op = FlagOp { kind, size };
-                assert_eq!(FlagOp::decode(op.encode()), Some(op));
-            }
-            for size in [0, 3, 5, 6, 7, 9, 15] {
-                assert_eq!(FlagOp::decode((kind as u64) << 4 | size), None);
-            }
-        }
-        assert_eq!(FlagOp::decode(0), Some(FlagOp::CONCRETE));
-        assert_eq!(
-            FlagOp::decode(FlagOp::CONCRETE.encode()),
-            Some(FlagOp::CONCRETE)
-        );
-        assert_eq!(FlagOp::decode(11 << 4 | 8), None);
-        assert_eq!(FlagOp::decode(u64::MAX), None);
-    }
-}
