@@ -51,7 +51,9 @@ fi
 # The trace the replay rows replay (recorded once, not timed).
 trace="$logs/boot.trace"
 "$krr" record --kernel "$kernel" --initrd "$initrd" -o "$trace" >"$logs/record.console" 2>"$logs/record.stderr" \
-  || [ $? -eq 2 ] || { echo "bench/boot.sh: krr record failed (see $logs/record.stderr)" >&2; exit 1; }
+  || { echo "bench/boot.sh: krr record failed (see $logs/record.stderr)" >&2; exit 1; }
+grep -q '^krr: guest powered off: ' "$logs/record.stderr" || {
+  echo "bench/boot.sh: the recorded guest did not power off (see $logs/record.stderr)" >&2; exit 1; }
 
 # Each row boots once, under "${measure[@]}" (the timer), console to stdout, log to stderr.
 row_krr_replay() { "${measure[@]}" "$krr" replay "$trace"; }
@@ -79,16 +81,21 @@ boot_once() {
   out="$logs/$name.$i.console" err="$logs/$name.$i.stderr" t="$logs/$name.$i.time"
   measure=("$timer" -f '%e %M' -o "$t")
   "row_$name" >"$out" 2>"$err" || code=$?
-  # krr exits 2 when the guest halts with interrupts off (its way of powering off here).
-  if [ "$code" -ne 0 ] && [ "$code" -ne 2 ]; then
+  # Status 0 only: krr exits 2 when the guest halts with interrupts off, a hung guest.
+  if [ "$code" -ne 0 ]; then
     echo "bench/boot.sh: $name run $i failed with status $code (see $err)" >&2; exit 1
   fi
+  # krr run must end with the guest's power-off (not a halt, reset or instruction limit).
+  case $name in krr|krr_singlestep)
+    grep -q '^krr: guest powered off: ' "$err" || {
+      echo "bench/boot.sh: $name run $i: the guest did not power off (see $err)" >&2; exit 1; }
+  esac
   grep -q KRR-WORKLOAD-END "$out" || {
     echo "bench/boot.sh: $name run $i did not reach the end marker (see $out)" >&2; exit 1; }
   read -r w m < <(tail -n 1 "$t")
   n=$(tail -n 1 "$err" | sed -n 's/.* \([0-9][0-9]*\) instructions in .*/\1/p')
   # krr replay: the summary's lines.
-  if grep -q '^Replay executed' "$err"; then
+  if [[ $name == krr_replay* ]]; then
     grep -q '^Verdict: matched' "$err" || {
       echo "bench/boot.sh: $name run $i did not match the recording (see $err)" >&2; exit 1; }
     n=$(sed -n 's/^Instructions: \([0-9]*\)$/\1/p' "$err")

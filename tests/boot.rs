@@ -80,11 +80,23 @@ fn boot(kernel: &str, initrd: &str, extra: &[&str]) -> (String, String) {
         .expect("running krr");
     let console = String::from_utf8_lossy(&out.stdout).into_owned();
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    // Exit status 2 is "guest halted with interrupts disabled": a hung guest, not a boot.
     assert!(
-        out.status.success() || out.status.code() == Some(2),
-        "krr run failed: {log}\n{console}"
+        out.status.success(),
+        "krr run failed ({}): {log}\n{console}",
+        out.status
     );
+    assert_powered_off(&log);
     (console, log)
+}
+
+/// The run ended with the guest's ACPI power-off (`poweroff -f`), not with a halt, a reset or
+/// the instruction limit.
+fn assert_powered_off(log: &str) {
+    assert!(
+        log.lines().any(|l| l.starts_with("krr: guest powered off: ")),
+        "the guest did not power off: {log}"
+    );
 }
 
 /// The workload between its markers, both markers included.
@@ -140,11 +152,13 @@ fn krr_ok(args: &[&str]) -> (String, String) {
     (stdout, stderr)
 }
 
-fn count(log: &str) -> Option<String> {
-    log.split(" instructions in ")
-        .next()
-        .and_then(|s| s.split_whitespace().last())
-        .map(str::to_string)
+/// The instruction count of krr's end-of-run line (`krr: <end>: N instructions in ...`), if
+/// there is one.
+fn count(log: &str) -> Option<u64> {
+    log.lines()
+        .filter(|l| l.starts_with("krr: "))
+        .find_map(|l| l.split_once(" instructions in "))
+        .and_then(|(head, _)| head.split_whitespace().last()?.parse().ok())
 }
 
 fn line_with<'a>(text: &'a str, prefix: &str) -> &'a str {
@@ -178,12 +192,13 @@ fn debian_kernel_boots_records_and_replays_exactly() {
     let (console, log) = rec(t, &[]);
     assert_eq!(workload_lines(&console), expected_results(), "{log}");
     // `poweroff -f` ends the run through ACPI S5.
-    assert!(log.contains("krr: guest powered off"), "{log}");
+    assert_powered_off(&log);
     for kind in ["Interrupt: ", "IO Input: ", "RDTSC: ", "Checkpoint: "] {
         let n: u64 = line_with(&log, kind)[kind.len()..].parse().unwrap();
         assert!(n > 0, "no {kind} events: {log}");
     }
     let (console_ss, log_ss) = rec(t_ss, &["--singlestep"]);
+    assert_powered_off(&log_ss);
     assert_eq!(
         console, console_ss,
         "--singlestep changed the guest's output"
@@ -198,8 +213,10 @@ fn debian_kernel_boots_records_and_replays_exactly() {
     a.extend_from_slice(&boot_args);
     let (console_i, log_i) = krr_ok(&a);
     assert_eq!(console, console_i, "--interpret changed the guest's output");
-    assert!(count(&log).is_some(), "no instruction count in: {log}");
-    assert_eq!(count(&log), count(&log_i), "{log}\n{log_i}");
+    assert_powered_off(&log_i);
+    let icount = count(&log).unwrap_or_else(|| panic!("no instruction count in: {log}"));
+    assert!(icount > 0, "{log}");
+    assert_eq!(count(&log_i), Some(icount), "{log}\n{log_i}");
 
     // Replay needs only the trace.
     let mut finals = Vec::new();
@@ -211,7 +228,7 @@ fn debian_kernel_boots_records_and_replays_exactly() {
         assert_eq!(replayed, console, "{mode:?}: the replayed console differs");
         assert_eq!(
             line_with(&summary, "Instructions: "),
-            format!("Instructions: {}", count(&log).unwrap()),
+            format!("Instructions: {icount}"),
             "{summary}"
         );
         finals.push(line_with(&summary, "Final state hash: ").to_string());

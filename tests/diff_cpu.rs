@@ -4,11 +4,24 @@
 //! multi-instruction blocks do the same for code the JIT compiles as one block.
 //!
 //! Environment:
-//! - `KRR_DIFF_CASES`: cases per form (default 40);
-//! - `KRR_DIFF_BLOCKS`: number of multi-instruction blocks (default 300);
-//! - `KRR_DIFF_SEED`: seed (decimal or 0x-hex; default: from the clock, always printed);
+//! - `KRR_DIFF_CASES`: cases per form (default 40, at least [`MIN_CASES_PER_FORM`]);
+//! - `KRR_DIFF_BLOCKS`: number of multi-instruction blocks (default 300, at least
+//!   [`MIN_BLOCKS`]);
+//! - `KRR_DIFF_SEED`: seed (decimal or 0x-hex). Unset or `random`: sweep mode, a fresh seed
+//!   from the clock. The seed and the exact environment to rerun are always printed (CI pins
+//!   one in tests/run.sh);
 //! - `KRR_DIFF_ONLY`: comma-separated substrings of `Code` names to restrict the forms
-//!   (e.g. `Div_rm64,Shl_`), also used as the block pool;
+//!   (e.g. `Div_rm64,Shl_`), also used as the block pool. Cases are derived from the seed and
+//!   the form, so a failing form's cases are reproduced with `KRR_DIFF_ONLY=<form>`;
+//! - `KRR_DIFF_MIN_FORMS`: required with `KRR_DIFF_ONLY`: how many forms the filter must
+//!   select (the only way to lower the form minimum below the whole covered list);
+//!
+//! Minimums (a run below them fails, so a typo in a filter or `KRR_DIFF_CASES=0` cannot pass
+//! as "all 0 cases agree"): every tier must compare `forms × KRR_DIFF_CASES` cases, where
+//! `forms` is every form of [`gen::covered_codes`] on this host (and at least
+//! [`MIN_COVERED_FORMS`]) or, with `KRR_DIFF_ONLY`, `KRR_DIFF_MIN_FORMS`; every one of those
+//! forms must have had all its cases compared; `diff_blocks` must compare `KRR_DIFF_BLOCKS`
+//! blocks per tier.
 //! - `KRR_DIFF_SHOW`: failing cases printed in full per form (default 3);
 //! - `KRR_DIFF_VERBOSE`: `native_generator_sanity` prints per-form outcome statistics and the
 //!   forms of covered mnemonics that are excluded, with the reason.
@@ -32,6 +45,45 @@ struct Config {
     seed: u64,
     only: Vec<String>,
     show: usize,
+    /// Forms that must be covered (see the module documentation).
+    min_forms: usize,
+}
+
+/// Least `KRR_DIFF_CASES`.
+const MIN_CASES_PER_FORM: usize = 1;
+/// Least `KRR_DIFF_BLOCKS`.
+const MIN_BLOCKS: usize = 1;
+/// Least number of covered forms without a filter (the development host covers 734; a smaller
+/// list means the generator's exclusions or the host-feature check went wrong).
+const MIN_COVERED_FORMS: usize = 700;
+
+/// Every tier compared; the multi-instruction blocks run in each.
+const TIERS: [Tier; 4] = [
+    Tier::Interpreter,
+    Tier::Jit,
+    Tier::JitSingleStep,
+    Tier::Tiered,
+];
+
+/// The environment that reruns exactly this configuration.
+fn rerun_env(only: Option<&str>) -> String {
+    let cfg = config();
+    let mut s = format!(
+        "KRR_DIFF_SEED={:#x} KRR_DIFF_CASES={} KRR_DIFF_BLOCKS={}",
+        cfg.seed, cfg.cases, cfg.blocks
+    );
+    match only {
+        Some(only) => s += &format!(" KRR_DIFF_ONLY='{only}' KRR_DIFF_MIN_FORMS=1"),
+        None if !cfg.only.is_empty() => {
+            s += &format!(
+                " KRR_DIFF_ONLY='{}' KRR_DIFF_MIN_FORMS={}",
+                cfg.only.join(","),
+                cfg.min_forms
+            )
+        }
+        None => {}
+    }
+    s
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -47,12 +99,18 @@ fn env_u64(name: &str) -> Option<u64> {
 fn config() -> &'static Config {
     static CONFIG: OnceLock<Config> = OnceLock::new();
     CONFIG.get_or_init(|| {
-        let seed = env_u64("KRR_DIFF_SEED").unwrap_or_else(|| {
+        let sweep = match std::env::var("KRR_DIFF_SEED") {
+            Err(_) => true,
+            Ok(v) => v.trim().is_empty() || v.trim().eq_ignore_ascii_case("random"),
+        };
+        let seed = if sweep {
             let t = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
             t.as_nanos() as u64 ^ (std::process::id() as u64) << 32
-        });
+        } else {
+            env_u64("KRR_DIFF_SEED").expect("set")
+        };
         let only = std::env::var("KRR_DIFF_ONLY")
             .map(|v| {
                 v.split(',')
@@ -67,10 +125,40 @@ fn config() -> &'static Config {
             seed,
             only,
             show: env_u64("KRR_DIFF_SHOW").unwrap_or(3) as usize,
+            min_forms: 0,
         };
+        let min_forms = if cfg.only.is_empty() {
+            gen::covered_codes().len().max(MIN_COVERED_FORMS)
+        } else {
+            env_u64("KRR_DIFF_MIN_FORMS").unwrap_or_else(|| {
+                panic!(
+                    "KRR_DIFF_ONLY restricts the forms: state how many it must select with \
+                     KRR_DIFF_MIN_FORMS (at least 1)"
+                )
+            }) as usize
+        };
+        assert!(
+            min_forms >= 1,
+            "KRR_DIFF_MIN_FORMS=0: at least one form must be covered"
+        );
+        let cfg = Config { min_forms, ..cfg };
         eprintln!(
-            "diff_cpu: KRR_DIFF_SEED={:#x} (rerun with this to reproduce)",
-            cfg.seed
+            "diff_cpu: {}KRR_DIFF_SEED={:#x}; minimum {} forms x {} cases per tier; rerun with: {}",
+            if sweep { "sweep mode, fresh seed " } else { "" },
+            cfg.seed,
+            cfg.min_forms,
+            cfg.cases,
+            {
+                let only = (!cfg.only.is_empty()).then(|| cfg.only.join(","));
+                let mut s = format!(
+                    "KRR_DIFF_SEED={:#x} KRR_DIFF_CASES={} KRR_DIFF_BLOCKS={}",
+                    cfg.seed, cfg.cases, cfg.blocks
+                );
+                if let Some(only) = only {
+                    s += &format!(" KRR_DIFF_ONLY='{only}' KRR_DIFF_MIN_FORMS={min_forms}");
+                }
+                s
+            }
         );
         cfg
     })
@@ -93,6 +181,15 @@ struct Report {
     title: String,
     total: usize,
     groups: BTreeMap<String, (usize, usize, Vec<String>)>,
+    /// Cases whose engine result was compared with the native one, per group.
+    compared: BTreeMap<String, usize>,
+}
+
+/// What a report must have covered to pass.
+struct Minimum {
+    /// Groups (forms) with at least `per_group` compared cases.
+    groups: usize,
+    per_group: usize,
 }
 
 impl Report {
@@ -101,7 +198,12 @@ impl Report {
             title: title.to_string(),
             total: 0,
             groups: BTreeMap::new(),
+            compared: BTreeMap::new(),
         }
+    }
+
+    fn compared(&mut self, group: &str) {
+        *self.compared.entry(group.to_string()).or_default() += 1;
     }
 
     fn case(&mut self, group: &str) {
@@ -120,11 +222,29 @@ impl Report {
 
     /// Prints the failures (the first few per group in full, then a summary) and panics if
     /// there were any.
-    fn finish(self) {
+    /// Also fails when less than `min` was compared.
+    fn finish(self, min: Minimum) {
         let failing: Vec<_> = self.groups.iter().filter(|(_, g)| g.0 > 0).collect();
         let failed: usize = failing.iter().map(|(_, g)| g.0).sum();
+        let compared: usize = self.compared.values().sum();
+        let full_groups = self
+            .compared
+            .values()
+            .filter(|&&n| n >= min.per_group)
+            .count();
+        let required = min.groups * min.per_group;
+        let coverage = format!(
+            "{compared} cases compared in {full_groups} groups with >= {} each (minimum: {} groups x {} = {required} cases)",
+            min.per_group, min.groups, min.per_group
+        );
         if failing.is_empty() {
-            println!("{}: all {} cases agree", self.title, self.total);
+            println!("{}: all {} cases agree; {coverage}", self.title, self.total);
+            assert!(
+                min.per_group >= 1 && compared >= required && full_groups >= min.groups,
+                "{}: too little was compared: {coverage} (rerun: {})",
+                self.title,
+                rerun_env(None)
+            );
             return;
         }
         for (name, (_, _, messages)) in failing.iter().take(60) {
@@ -138,14 +258,22 @@ impl Report {
             config().seed
         );
         for (name, (bad, n, _)) in &failing {
-            println!("  {name:<40} {bad:>4}/{n} cases differ");
+            let form = name.split('/').next().unwrap_or(name);
+            println!(
+                "  {name:<40} {bad:>4}/{n} cases differ; rerun: {}",
+                if form == "block" {
+                    rerun_env(None)
+                } else {
+                    rerun_env(Some(form))
+                }
+            );
         }
         panic!(
-            "{}: {failed} of {} cases differ, in {} forms (KRR_DIFF_SEED={:#x})",
+            "{}: {failed} of {} cases differ, in {} forms; {coverage}; rerun: {} cargo test --release --test diff_cpu -- --nocapture",
             self.title,
             self.total,
             failing.len(),
-            config().seed
+            rerun_env(None)
         );
     }
 }
@@ -175,7 +303,7 @@ fn run_native(
 }
 
 /// Runs a case in `tier` and compares with the native result `n`, recording the outcome in
-/// `report` under `group`.
+/// `report` under `group`. Returns whether the engine compiled any block.
 fn check_engine(
     report: &mut Report,
     group: &str,
@@ -183,7 +311,7 @@ fn check_engine(
     snippet: &Snippet,
     init: &UserState,
     n: &SnippetResult,
-) {
+) -> bool {
     report.case(group);
     let e = match engine::run(snippet, init, tier) {
         Ok(r) => r,
@@ -196,12 +324,14 @@ fn check_engine(
                     outcome_str(&n.outcome)
                 ),
             );
-            return;
+            return false;
         }
     };
+    report.compared(group);
     if let Err(msg) = compare::compare(snippet, init, n, &e) {
         report.fail(group, format!("tier {tier:?}\n{msg}"));
     }
+    e.stats.blocks_compiled > 0
 }
 
 fn run_forms(tier: Tier) {
@@ -210,22 +340,35 @@ fn run_forms(tier: Tier) {
     let codes = selected_codes();
     let mut native = NativeRunner::new().expect("start the native runner");
     let mut report = Report::new(&format!("forms/{tier:?}"));
+    let mut compiled = 0usize;
     for &code in &codes {
         let mut rng = Rng::derive(cfg.seed, code as u64);
         let name = format!("{code:?}");
         for (snippet, init) in gen::cases_for(code, &mut rng, cfg.cases) {
             if let Some(n) = run_native(&mut native, &mut report, &name, &snippet, &init) {
-                check_engine(&mut report, &name, tier, &snippet, &init, &n);
+                compiled += check_engine(&mut report, &name, tier, &snippet, &init, &n) as usize;
             }
         }
     }
     println!(
-        "covered {} encoding forms (iced Code values), {} cases each, tier {tier:?}, {:.1}s",
+        "covered {} encoding forms (iced Code values), {} cases each, tier {tier:?}, {} cases ran compiled blocks, {:.1}s",
         codes.len(),
         cfg.cases,
+        compiled,
         start.elapsed().as_secs_f64()
     );
-    report.finish();
+    // A compiling tier that compiles (almost) nothing tests the interpreter twice.
+    if tier != Tier::Interpreter {
+        assert!(
+            compiled * 10 >= report.total * 9,
+            "tier {tier:?} compiled blocks in only {compiled} of {} cases",
+            report.total
+        );
+    }
+    report.finish(Minimum {
+        groups: cfg.min_forms,
+        per_group: cfg.cases.max(MIN_CASES_PER_FORM),
+    });
 }
 
 #[test]
@@ -243,6 +386,12 @@ fn diff_jit_single_step() {
     run_forms(Tier::JitSingleStep);
 }
 
+/// The default tiered engine, with its blocks made hot (see [`Tier::Tiered`]).
+#[test]
+fn diff_tiered() {
+    run_forms(Tier::Tiered);
+}
+
 /// Random straight-line blocks of 3-6 covered instructions, in every tier.
 #[test]
 fn diff_blocks() {
@@ -250,7 +399,11 @@ fn diff_blocks() {
     let start = Instant::now();
     let pool = selected_codes();
     if !pool.iter().any(|c| gen::block_eligible(*c)) {
-        println!("no block-eligible forms selected");
+        assert!(
+            !cfg.only.is_empty(),
+            "no block-eligible forms among all covered forms"
+        );
+        println!("no block-eligible forms selected by KRR_DIFF_ONLY");
         return;
     }
     let mut rng = Rng::derive(cfg.seed, 0xb10c);
@@ -263,7 +416,7 @@ fn diff_blocks() {
         let Some(n) = run_native(&mut native, &mut report, "block/native", &snippet, &init) else {
             continue;
         };
-        for tier in [Tier::Interpreter, Tier::Jit, Tier::JitSingleStep] {
+        for tier in TIERS {
             let group = format!("block/{tier:?}");
             check_engine(&mut report, &group, tier, &snippet, &init, &n);
         }
@@ -273,7 +426,10 @@ fn diff_blocks() {
         cfg.blocks,
         start.elapsed().as_secs_f64()
     );
-    report.finish();
+    report.finish(Minimum {
+        groups: TIERS.len(),
+        per_group: cfg.blocks.max(MIN_BLOCKS),
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -361,7 +517,7 @@ fn native_runner_works() {
         r.outcome,
         SnippetEnd::Exception {
             vector: 14,
-            error_code: None,
+            error_code: Some(difftest::native::PF_U),
             address: 0x2800_0010,
             rip: code_end
         }
@@ -574,6 +730,52 @@ fn compare_self_check() {
     assert!(compare::compare(&s, &st, &n, &e)
         .unwrap_err()
         .contains("outcome"));
+
+    // Exceptions: vector, #PF address and the observable error-code bits are compared.
+    let mut st = state();
+    st.gpr[3] = 0x2800_0010;
+    let s = snippet(&[0x48, 0x8b, 0x03], vec![data_region()]); // mov rax, [rbx]
+    let n = native.run(&s, &st).unwrap();
+    let pf = |error_code, address| SnippetEnd::Exception {
+        vector: 14,
+        error_code,
+        address,
+        rip: st.rip,
+    };
+    assert_eq!(n.outcome, pf(Some(difftest::native::PF_U), 0x2800_0010));
+    let mut e = n.clone();
+    e.outcome = pf(Some(difftest::native::PF_U), 0x2800_0010);
+    compare::compare(&s, &st, &n, &e).expect("same #PF");
+    e.outcome = pf(Some(difftest::native::PF_U | 2), 0x2800_0010);
+    compare::compare(&s, &st, &n, &e).expect("W is not observable natively");
+    e.outcome = pf(
+        Some(difftest::native::PF_U | difftest::native::PF_P),
+        0x2800_0010,
+    );
+    let msg = compare::compare(&s, &st, &n, &e).unwrap_err();
+    assert!(msg.contains("#PF error code"), "{msg}");
+    e.outcome = pf(None, 0x2800_0010);
+    let msg = compare::compare(&s, &st, &n, &e).unwrap_err();
+    assert!(msg.contains("error code"), "{msg}");
+    e.outcome = pf(Some(difftest::native::PF_U), 0x2800_0018);
+    let msg = compare::compare(&s, &st, &n, &e).unwrap_err();
+    assert!(msg.contains("#PF address"), "{msg}");
+    // A write to the read-only code page: P is set natively.
+    let mut st = state();
+    st.gpr[3] = CODE_PAGE;
+    let w = snippet(&[0x48, 0x89, 0x03], vec![]); // mov [rbx], rax
+    let n = native.run(&w, &st).unwrap();
+    assert!(
+        matches!(n.outcome, SnippetEnd::Exception { vector: 14, error_code: Some(c), .. }
+            if c == difftest::native::PF_OBSERVABLE),
+        "{:?}",
+        n.outcome
+    );
+    // #UD pushes no error code; #GP does (its value is not observable natively).
+    assert!(compare::error_code_difference(6, None, Some(0)).is_some());
+    assert!(compare::error_code_difference(6, None, None).is_none());
+    assert!(compare::error_code_difference(13, None, None).is_some());
+    assert!(compare::error_code_difference(13, None, Some(0)).is_none());
 }
 
 /// SnippetEnd statistics of a natively run batch.
@@ -664,6 +866,14 @@ fn native_generator_sanity() {
                 }
             }
         }
+    }
+    if codes.len() < cfg.min_forms || cfg.cases < MIN_CASES_PER_FORM {
+        problems.push(format!(
+            "too little covered: {} forms x {} cases (minimum {} forms x {MIN_CASES_PER_FORM})",
+            codes.len(),
+            cfg.cases,
+            cfg.min_forms
+        ));
     }
     let faulting: usize = per_form
         .iter()

@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export KRR_DIFF_CASES="${KRR_DIFF_CASES:-40}"
-# A fixed seed keeps CI reproducible; run with another (or unset it) to explore new cases.
+# A fixed seed keeps CI reproducible; KRR_DIFF_SEED=random sweeps with a fresh seed (printed,
+# with the exact environment that reproduces a failure), e.g.
+#   KRR_DIFF_SEED=random KRR_DIFF_CASES=2000 cargo test --release --test diff_cpu -- --nocapture
 export KRR_DIFF_SEED="${KRR_DIFF_SEED:-0x18ec49bc1bd6f318}"
 cargo build --release --workspace
 mkdir -p target

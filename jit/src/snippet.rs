@@ -16,9 +16,19 @@ pub enum Tier {
     Jit,
     /// Cranelift-compiled blocks of one instruction each.
     JitSingleStep,
-    /// The default tiered engine: interpreter first, compiled after the hot threshold.
+    /// The default tiered engine (interpreter first, background compilation after the hot
+    /// threshold) with a hot threshold of [`TIERED_HOT_THRESHOLD`] and batches of one block, so
+    /// that a snippet's blocks do get compiled: the snippet is run [`TIERED_RUNS`] times in one
+    /// engine from the same initial state (run 1 interpreted, run 2 makes the blocks hot and
+    /// queues them, the compile thread is then drained, and the last run executes the compiled,
+    /// chained blocks). The result is the last run's; the runs must end the same way.
     Tiered,
 }
+
+/// [`Tier::Tiered`]'s hot threshold.
+pub const TIERED_HOT_THRESHOLD: u32 = 2;
+/// How often [`Tier::Tiered`] runs a snippet.
+pub const TIERED_RUNS: usize = 3;
 
 /// User-visible architectural state compared between the engine and the host CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -98,7 +108,21 @@ impl Tier {
                 max_block_insns: 1,
                 ..d
             },
-            Tier::Tiered => d,
+            Tier::Tiered => EngineConfig {
+                policy: TierPolicy::Tiered,
+                hot_threshold: TIERED_HOT_THRESHOLD,
+                batch: 1,
+                background_compile: true,
+                ..d
+            },
+        }
+    }
+
+    /// Runs of a snippet in one engine (see [`Tier::Tiered`]).
+    pub fn runs(self) -> usize {
+        match self {
+            Tier::Tiered => TIERED_RUNS,
+            _ => 1,
         }
     }
 }
@@ -233,7 +257,64 @@ pub fn run_snippet_with(
     core.set_icount_limit(max_instructions);
     let mut engine = Engine::new(tier.engine_config()).map_err(|e| e.to_string())?;
     let end = snippet.code_addr + snippet.code.len() as u64;
-    let exit = engine.run(&mut core);
+    // Self-modifying snippets change their code, so they cannot be rerun from the same state.
+    let runs = if options.writable_code {
+        1
+    } else {
+        tier.runs()
+    };
+    let initial_arch = core.arch().clone();
+    let mut first_outcome = None;
+    for run in 0..runs {
+        if run > 0 {
+            engine.finish_compiling();
+            *core.arch_mut() = initial_arch.clone();
+            core.flush_tlb();
+            for r in &snippet.regions {
+                write_linear(&mut core, &layout, r.addr, &r.data)?;
+            }
+        }
+        let exit = engine.run(&mut core);
+        let result = snippet_result(&core, &layout, snippet, exit, end, &engine)?;
+        if run + 1 == runs {
+            if let Some(first) = first_outcome {
+                if first != result.outcome {
+                    return Err(format!(
+                        "{tier:?}: run 1 ended with {first:?}, run {runs} with {:?}",
+                        result.outcome
+                    ));
+                }
+            }
+            return Ok(result);
+        }
+        first_outcome.get_or_insert(result.outcome);
+    }
+    unreachable!("at least one run")
+}
+
+fn write_linear(core: &mut Core, layout: &Layout, addr: u64, data: &[u8]) -> Result<(), String> {
+    let mut done = 0;
+    while done < data.len() {
+        let linear = addr + done as u64;
+        let len = (4096 - (linear & 0xfff) as usize).min(data.len() - done);
+        let phys = layout.phys_of(linear).expect("mapped");
+        core.mem_mut()
+            .write(phys, &data[done..done + len])
+            .map_err(|e| e.to_string())?;
+        done += len;
+    }
+    Ok(())
+}
+
+/// The result of one run that ended with `exit`.
+fn snippet_result(
+    core: &Core,
+    layout: &Layout,
+    snippet: &Snippet,
+    exit: Exit,
+    end: u64,
+    engine: &Engine,
+) -> Result<SnippetResult, String> {
     let cpu = core.cpu();
     let (outcome, instructions) = match exit {
         Exit::Budget => (SnippetEnd::OutOfBudget, cpu.icount),

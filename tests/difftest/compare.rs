@@ -268,21 +268,24 @@ pub fn differences(
         (
             SnippetEnd::Exception {
                 vector: nv,
+                error_code: nc,
                 address: na,
                 rip: nr,
-                ..
             },
             SnippetEnd::Exception {
                 vector: ev,
+                error_code: ec,
                 address: ea,
                 rip: er,
-                ..
             },
         ) => {
             if nv != ev {
                 d.push(format!("exception vector: native={nv} engine={ev}"));
-            } else if *nv == 14 && na != ea {
-                d.push(format!("#PF address: native={na:#x} engine={ea:#x}"));
+            } else {
+                if *nv == 14 && na != ea {
+                    d.push(format!("#PF address: native={na:#x} engine={ea:#x}"));
+                }
+                d.extend(error_code_difference(*ev, *nc, *ec));
             }
             if nr != er {
                 d.push(format!("exception rip: native={nr:#x} engine={er:#x}"));
@@ -396,6 +399,40 @@ pub fn differences(
         }
     }
     d
+}
+
+/// Whether exception `vector` pushes an error code (#DF, #TS, #NP, #SS, #GP, #PF, #AC, #CP).
+pub fn pushes_error_code(vector: u8) -> bool {
+    matches!(vector, 8 | 10..=14 | 17 | 21)
+}
+
+/// Compares the error codes of one exception `vector` (equal in both runs): the engine must
+/// report one exactly when the vector pushes one, and where the native run observed bits of it
+/// (#PF: P and U, see [`super::native::PF_OBSERVABLE`]) they must agree. The native side does
+/// not observe #GP/#SS/#AC error codes (`None`), so those are checked for presence only.
+pub fn error_code_difference(
+    vector: u8,
+    native: Option<u32>,
+    engine: Option<u32>,
+) -> Option<String> {
+    if engine.is_some() != pushes_error_code(vector) {
+        return Some(format!(
+            "error code: vector {vector} {} one, engine reports {engine:?}",
+            if pushes_error_code(vector) {
+                "pushes"
+            } else {
+                "pushes no"
+            }
+        ));
+    }
+    match (vector, native, engine) {
+        (14, Some(n), Some(e)) if (n ^ e) & super::native::PF_OBSERVABLE != 0 => Some(format!(
+            "#PF error code: native={n:#x} engine={e:#x} (compared bits {:#x}: P, U)",
+            super::native::PF_OBSERVABLE
+        )),
+        (14, None, _) => Some("#PF error code: the native run reported none".into()),
+        _ => None,
+    }
 }
 
 pub const GPR_NAMES: [&str; 16] = [

@@ -30,8 +30,15 @@
 //! the snippet's pages are mapped (checked when the child starts), so generated accesses aimed
 //! at that window but outside the regions do fault as they do in the engine.
 //!
-//! The native error code of a page fault is not observable through ptrace, so exceptions are
-//! reported with `error_code: None`; the instruction count is not known either (reported as 0).
+//! Error codes: the CPU's error code reaches the kernel (`thread.error_code`) but not the
+//! tracer: `PTRACE_GETSIGINFO` has no field for it and `user_regs_struct` none either (only a
+//! signal frame's `sigcontext.err` would show it, and the signal is never delivered here). What
+//! is observable is reported: for #PF the P bit (SEGV_ACCERR / SEGV_PKUERR: a protection
+//! violation on a present page; SEGV_MAPERR: not present) and the U bit (always set: the
+//! snippet runs at CPL3), i.e. `error_code: Some(P | U)` with W, RSVD and I unknown (see
+//! [`PF_OBSERVABLE`]); every other exception is reported with `error_code: None` (the kernel
+//! does not expose #GP/#SS/#AC error codes). The instruction count is not known either
+//! (reported as 0).
 
 use krr_jit::snippet::{Region, Snippet, SnippetEnd, SnippetResult, UserState};
 use std::collections::BTreeMap;
@@ -40,6 +47,13 @@ use std::marker::PhantomData;
 use std::os::unix::fs::FileExt;
 
 pub const PAGE: u64 = 4096;
+
+/// #PF error code bit: the page was present (a protection violation).
+pub const PF_P: u32 = 1;
+/// #PF error code bit: the access was made at CPL3.
+pub const PF_U: u32 = 4;
+/// The #PF error-code bits the native run can observe (see the module documentation).
+pub const PF_OBSERVABLE: u32 = PF_P | PF_U;
 
 /// Start of the address window in which the native child maps nothing but snippet pages.
 pub const GUARD_LO: u64 = 0x0800_0000;
@@ -713,7 +727,13 @@ fn classify(sig: i32, si_code: i32, si_addr: u64, rip: u64, code_end: u64) -> Sn
         libc::SIGFPE => exception(19, 0, rip),
         libc::SIGILL => exception(6, 0, rip),
         libc::SIGSEGV if matches!(si_code, SEGV_MAPERR | SEGV_ACCERR | SEGV_PKUERR) => {
-            exception(14, si_addr, rip)
+            let p = if si_code == SEGV_MAPERR { 0 } else { PF_P };
+            SnippetEnd::Exception {
+                vector: 14,
+                error_code: Some(p | PF_U),
+                address: si_addr,
+                rip,
+            }
         }
         libc::SIGSEGV => exception(13, 0, rip),
         libc::SIGBUS if si_code == BUS_ADRALN => exception(17, 0, rip),
