@@ -94,7 +94,8 @@ fn boot(kernel: &str, initrd: &str, extra: &[&str]) -> (String, String) {
 /// the instruction limit.
 fn assert_powered_off(log: &str) {
     assert!(
-        log.lines().any(|l| l.starts_with("krr: guest powered off: ")),
+        log.lines()
+            .any(|l| l.starts_with("krr: guest powered off: ")),
         "the guest did not power off: {log}"
     );
 }
