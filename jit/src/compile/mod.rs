@@ -36,6 +36,7 @@ use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::JITModule;
+use std::mem::ManuallyDrop;
 use cranelift_module::{FuncId, Module};
 use krr_runtime::{CpuState, Outcome};
 use shims::HelperRefs;
@@ -60,7 +61,10 @@ type Trampoline = extern "C" fn(*mut CpuState, *const u8) -> u64;
 /// The Cranelift JIT: the module compiled code lives in, the shims and trampoline made at
 /// start-up, and the background compile thread once it is needed.
 pub(crate) struct Jit {
-    module: JITModule,
+    /// Freed explicitly when the `Jit` is dropped (a dropped `JITModule` keeps its code
+    /// mappings, so every engine made and dropped, e.g. one per differential test case,
+    /// would leak them).
+    module: ManuallyDrop<JITModule>,
     isa: OwnedTargetIsa,
     worker: Option<Worker>,
     /// Blocks compiled by the worker and defined in the module, not yet finalized.
@@ -121,7 +125,7 @@ impl Jit {
         let trampoline: Trampoline =
             unsafe { std::mem::transmute::<*const u8, Trampoline>(tramp_ptr) };
         Ok(Jit {
-            module,
+            module: ManuallyDrop::new(module),
             isa,
             worker: None,
             defined: Vec::new(),
@@ -197,5 +201,16 @@ impl Jit {
                 _slots: slots,
             })
             .collect()
+    }
+}
+
+impl Drop for Jit {
+    fn drop(&mut self) {
+        // SAFETY: the module is taken once, here, and never used again. Its code is
+        // unreachable once the `Jit` goes: only the engine that owns this `Jit` enters
+        // compiled code (through `enter`), and its block table and jump cache, which hold
+        // the code pointers, are dropped with it; the compile worker never points into
+        // the module's memory.
+        unsafe { ManuallyDrop::take(&mut self.module).free_memory() }
     }
 }
