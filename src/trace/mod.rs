@@ -311,9 +311,18 @@ mod tests {
         }
     }
 
+    /// A RAM image for `info()`'s 1 MiB: page 3 holds `fill`, the others are zero.
+    fn ram_image(fill: u8) -> Vec<u8> {
+        let mut raw = vec![0u8; 256 / 8];
+        raw[0] = 1 << 3;
+        raw.extend(std::iter::repeat_n(fill, 4096));
+        zstd::bulk::compress(&raw, 3).unwrap()
+    }
+
     /// A finished trace with `n` events spread over several chunks.
     fn write_trace(path: &Path, n: u64) -> (Vec<Event>, EndInfo) {
-        let mut w = TraceWriter::create(path, &info(), b"cpu image", b"ram image", 0).unwrap();
+        let mut w =
+            TraceWriter::create(path, &info(), b"cpu image", &ram_image(7), 0).unwrap();
         let mut events = Vec::new();
         for i in 0..n {
             let e = Event {
@@ -365,7 +374,7 @@ mod tests {
         assert!(r.index.len() > 1, "{} chunks", r.index.len());
         let snap = r.snapshot().unwrap();
         assert_eq!(snap.cpu_image, b"cpu image");
-        assert_eq!(snap.ram_image, b"ram image");
+        assert_eq!(snap.ram_image, ram_image(7));
         let mut s = EventStream::new(r);
         let mut got = Vec::new();
         while let Some(e) = s.next_event().unwrap() {
