@@ -75,7 +75,9 @@ impl TraceReader {
         dec.read_exact(&mut bitmap)
             .map_err(|e| bad(format!("RAM image page bitmap: {e}")))?;
         if pages % 8 != 0 && bitmap[pages / 8] >> (pages % 8) != 0 {
-            return Err(bad("RAM image bitmap marks pages past the end of RAM".into()));
+            return Err(bad(
+                "RAM image bitmap marks pages past the end of RAM".into()
+            ));
         }
         let mut page = [0u8; PAGE];
         for i in 0..pages {
