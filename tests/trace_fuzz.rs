@@ -608,7 +608,7 @@ fn mutated_traces_never_crash_the_reader() {
         let (src, base) = &bases[rng.below(bases.len())];
         let (bytes, what) = mutate(&mut rng, base);
         std::fs::write(&case_path, &bytes).unwrap();
-        let replay = case % 16 == 0;
+        let replay = case.is_multiple_of(16);
         job_tx
             .send((case, what.clone(), case_path.clone(), replay))
             .unwrap();

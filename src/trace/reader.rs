@@ -74,7 +74,7 @@ impl TraceReader {
         let mut bitmap = vec![0u8; pages.div_ceil(8)];
         dec.read_exact(&mut bitmap)
             .map_err(|e| bad(format!("RAM image page bitmap: {e}")))?;
-        if pages % 8 != 0 && bitmap[pages / 8] >> (pages % 8) != 0 {
+        if !pages.is_multiple_of(8) && bitmap[pages / 8] >> (pages % 8) != 0 {
             return Err(bad(
                 "RAM image bitmap marks pages past the end of RAM".into()
             ));
