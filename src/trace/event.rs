@@ -186,8 +186,9 @@ impl EventCounts {
     pub fn get(&self, kind: EventKind) -> u64 {
         self.0[kind as usize - 1]
     }
+    /// The sum (saturating: a damaged trace's counts may add up past `u64::MAX`).
     pub fn total(&self) -> u64 {
-        self.0.iter().sum()
+        self.0.iter().fold(0u64, |a, &c| a.saturating_add(c))
     }
     /// `Name: count` lines in the on-disk kind order, then the total.
     pub fn lines(&self) -> Vec<String> {
