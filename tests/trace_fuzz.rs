@@ -8,7 +8,7 @@
 //! snapshot and decodes every event; a sample also replays a bounded number of instructions.
 //! A case must give Ok or a clean Err: no panic, no abort, no hang.
 //!
-//! Cases: `KRR_FUZZ_CASES` (default 200) or, when set, `KRR_FUZZ_SECONDS` of fuzzing;
+//! Cases: `KRR_FUZZ_CASES` (default 1000) or, when set, `KRR_FUZZ_SECONDS` of fuzzing;
 //! `KRR_FUZZ_SEED` picks the random sequence (default: fixed, so CI is reproducible).
 //! A failing input is kept in the temporary directory and named in the failure.
 
@@ -576,7 +576,7 @@ fn mutated_traces_never_crash_the_reader() {
 
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
     let seconds = env("KRR_FUZZ_SECONDS");
-    let cases = env("KRR_FUZZ_CASES").unwrap_or(if seconds.is_some() { u64::MAX } else { 200 });
+    let cases = env("KRR_FUZZ_CASES").unwrap_or(if seconds.is_some() { u64::MAX } else { 1000 });
     let seed = env("KRR_FUZZ_SEED").unwrap_or(0x6b72_7266_757a_7a31);
     let deadline = seconds.map(|s| Instant::now() + Duration::from_secs(s));
 
