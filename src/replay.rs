@@ -516,26 +516,7 @@ impl Replayer {
             let before = self.progress_mark();
             let exit = self.engine.run_with_bus(&mut self.core, &mut self.bus);
             match exit {
-                Exit::Budget | Exit::BusRequest => {
-                    // No instruction, no event and no REP iteration: the next event can never
-                    // be reached (a trace that is well-formed but inconsistent).
-                    stalls = if self.progress_mark() == before {
-                        stalls + 1
-                    } else {
-                        0
-                    };
-                    if stalls >= 3 && self.bus.divergence.is_none() {
-                        let next = match self.bus.stream.peek(0)? {
-                            Some(e) => format!("the next event is {e}"),
-                            None => "the trace has no more events".to_string(),
-                        };
-                        break Verdict::Diverged(Box::new(self.diverge_here(format!(
-                            "replay cannot advance at instruction {} RIP {:#x}: {next}",
-                            self.core.cpu().icount,
-                            self.core.cpu().rip
-                        ))));
-                    }
-                }
+                Exit::Budget | Exit::BusRequest => {}
                 Exit::Halt => {
                     // A halted CPU waits for the next interrupt, which must be due now.
                     if self.bus.divergence.is_none()
@@ -554,6 +535,24 @@ impl Replayer {
                     }
                 }
                 other => return Err(self.fatal(other)),
+            }
+            // No instruction, no event and no REP iteration: the next event can never be
+            // reached (a trace that is well-formed but inconsistent).
+            stalls = if self.progress_mark() == before {
+                stalls + 1
+            } else {
+                0
+            };
+            if stalls >= 3 && self.bus.divergence.is_none() {
+                let next = match self.bus.stream.peek(0)? {
+                    Some(e) => format!("the next event is {e}"),
+                    None => "the trace has no more events".to_string(),
+                };
+                break Verdict::Diverged(Box::new(self.diverge_here(format!(
+                    "replay cannot advance at instruction {} RIP {:#x}: {next}",
+                    self.core.cpu().icount,
+                    self.core.cpu().rip
+                ))));
             }
             if last_draw.elapsed().as_millis() >= 200 {
                 last_draw = Instant::now();
