@@ -347,6 +347,18 @@ impl Replayer {
 
     /// The next asynchronous event's instruction count (sync events before it are left for
     /// the bus).
+    /// What changes when replay advances: instruction count, RIP, RCX (REP iterations) and
+    /// the trace position.
+    fn progress_mark(&self) -> (u64, u64, u64, u64) {
+        let cpu = self.core.cpu();
+        (
+            cpu.icount,
+            cpu.rip,
+            cpu.gpr[krr_runtime::gpr::RCX],
+            self.bus.stream.position,
+        )
+    }
+
     fn next_async(&mut self) -> Result<Option<u64>, TraceError> {
         let mut k = 0;
         loop {
@@ -461,6 +473,7 @@ impl Replayer {
         let (log_start, log_end) = self.options.log_bound.unwrap_or((u64::MAX, u64::MAX));
         let stop_at = self.options.stop_at.unwrap_or(u64::MAX);
         let mut last_draw = Instant::now();
+        let mut stalls = 0u32;
         let verdict = loop {
             if let Some(err) = self.bus.error.take() {
                 return Err(err.into());
@@ -500,6 +513,7 @@ impl Replayer {
                 limit = limit.min(log_start);
             }
             self.core.set_icount_limit(limit);
+            let before = self.progress_mark();
             let exit = self.engine.run_with_bus(&mut self.core, &mut self.bus);
             match exit {
                 Exit::Budget | Exit::BusRequest => {}
@@ -521,6 +535,24 @@ impl Replayer {
                     }
                 }
                 other => return Err(self.fatal(other)),
+            }
+            // No instruction, no event and no REP iteration: the next event can never be
+            // reached (a trace that is well-formed but inconsistent).
+            stalls = if self.progress_mark() == before {
+                stalls + 1
+            } else {
+                0
+            };
+            if stalls >= 3 && self.bus.divergence.is_none() {
+                let next = match self.bus.stream.peek(0)? {
+                    Some(e) => format!("the next event is {e}"),
+                    None => "the trace has no more events".to_string(),
+                };
+                break Verdict::Diverged(Box::new(self.diverge_here(format!(
+                    "replay cannot advance at instruction {} RIP {:#x}: {next}",
+                    self.core.cpu().icount,
+                    self.core.cpu().rip
+                ))));
             }
             if last_draw.elapsed().as_millis() >= 200 {
                 last_draw = Instant::now();

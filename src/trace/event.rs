@@ -186,8 +186,9 @@ impl EventCounts {
     pub fn get(&self, kind: EventKind) -> u64 {
         self.0[kind as usize - 1]
     }
+    /// The sum (saturating: a damaged trace's counts may add up past `u64::MAX`).
     pub fn total(&self) -> u64 {
-        self.0.iter().sum()
+        self.0.iter().fold(0u64, |a, &c| a.saturating_add(c))
     }
     /// `Name: count` lines in the on-disk kind order, then the total.
     pub fn lines(&self) -> Vec<String> {
@@ -245,12 +246,19 @@ pub fn encode(out: &mut Vec<u8>, prev_icount: u64, e: &Event) {
 
 const CONSOLE_FLAG: u8 = 0x80;
 
+/// The shortest encoded event (an IO event with a one-byte delta): tag, delta, RIP, port,
+/// size, value.
+pub const MIN_EVENT_LEN: usize = 1 + 1 + 8 + 2 + 1 + 4;
+
 /// Decode one event from `buf` at `*pos`; `Err` says what is wrong, the caller adds where.
 pub fn decode(buf: &[u8], pos: &mut usize, prev_icount: u64) -> Result<Event, String> {
     let mut r = crate::trace::bytes::Reader::new(&buf[*pos..]);
     let tag = r.u8()?;
     let kind = EventKind::from_tag(tag & !CONSOLE_FLAG)
         .ok_or_else(|| format!("unknown event tag {tag:#x}"))?;
+    if tag & CONSOLE_FLAG != 0 && kind != EventKind::PortOut {
+        return Err(format!("unknown event tag {tag:#x}"));
+    }
     let delta = r.varint()?;
     let icount = prev_icount
         .checked_add(delta)

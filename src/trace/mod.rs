@@ -311,9 +311,17 @@ mod tests {
         }
     }
 
+    /// A RAM image for `info()`'s 1 MiB: page 3 holds `fill`, the others are zero.
+    fn ram_image(fill: u8) -> Vec<u8> {
+        let mut raw = vec![0u8; 256 / 8];
+        raw[0] = 1 << 3;
+        raw.extend(std::iter::repeat_n(fill, 4096));
+        zstd::bulk::compress(&raw, 3).unwrap()
+    }
+
     /// A finished trace with `n` events spread over several chunks.
     fn write_trace(path: &Path, n: u64) -> (Vec<Event>, EndInfo) {
-        let mut w = TraceWriter::create(path, &info(), b"cpu image", b"ram image", 0).unwrap();
+        let mut w = TraceWriter::create(path, &info(), b"cpu image", &ram_image(7), 0).unwrap();
         let mut events = Vec::new();
         for i in 0..n {
             let e = Event {
@@ -365,7 +373,7 @@ mod tests {
         assert!(r.index.len() > 1, "{} chunks", r.index.len());
         let snap = r.snapshot().unwrap();
         assert_eq!(snap.cpu_image, b"cpu image");
-        assert_eq!(snap.ram_image, b"ram image");
+        assert_eq!(snap.ram_image, ram_image(7));
         let mut s = EventStream::new(r);
         let mut got = Vec::new();
         while let Some(e) = s.next_event().unwrap() {
@@ -431,6 +439,126 @@ mod tests {
         std::fs::write(&path, b"").unwrap();
         let e = TraceReader::open(&path).err().unwrap().to_string();
         assert!(e.contains("not a krr trace"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// The sections of a trace file: tag and payload (header and trailer dropped).
+    fn sections(bytes: &[u8]) -> Vec<([u8; 4], Vec<u8>)> {
+        let mut v = Vec::new();
+        let mut at = HEADER_LEN as usize;
+        while at + (SECTION_HEADER_LEN as usize) < bytes.len() - TRAILER_LEN as usize {
+            let tag: [u8; 4] = bytes[at..at + 4].try_into().unwrap();
+            let len = u64::from_le_bytes(bytes[at + 4..at + 12].try_into().unwrap()) as usize;
+            let body = at + SECTION_HEADER_LEN as usize;
+            v.push((tag, bytes[body..body + len].to_vec()));
+            at = body + len;
+        }
+        v
+    }
+
+    /// A trace file from sections: lengths, checksums, index offsets and trailer recomputed.
+    fn assemble(bytes: &[u8], sections: &[([u8; 4], Vec<u8>)]) -> (Vec<u8>, Vec<u64>) {
+        let mut out = bytes[..HEADER_LEN as usize].to_vec();
+        let mut offsets = Vec::new();
+        for (tag, payload) in sections {
+            offsets.push(out.len() as u64);
+            let mut payload = payload.clone();
+            if tag == b"INDX" {
+                let chunks: Vec<u64> = offsets
+                    .iter()
+                    .zip(sections)
+                    .filter(|(_, s)| &s.0 == b"EVTS")
+                    .map(|(o, _)| *o)
+                    .collect();
+                for (i, o) in chunks.iter().enumerate() {
+                    let at = 4 + i * 36;
+                    if at + 8 <= payload.len() {
+                        payload[at..at + 8].copy_from_slice(&o.to_le_bytes());
+                    }
+                }
+            }
+            out.extend_from_slice(tag);
+            out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+            out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            out.extend_from_slice(&payload);
+        }
+        let n = offsets.len();
+        out.extend_from_slice(&offsets[n - 1].to_le_bytes());
+        out.extend_from_slice(&offsets[n - 2].to_le_bytes());
+        out.extend_from_slice(TRAILER_MAGIC);
+        (out, offsets)
+    }
+
+    #[test]
+    fn a_huge_event_count_with_valid_checksums_is_a_located_error() {
+        let path = tmp("hugecount");
+        write_trace(&path, 100);
+        let bytes = std::fs::read(&path).unwrap();
+        let mut secs = sections(&bytes);
+        secs[2].1[8..12].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        let (bad, offsets) = assemble(&bytes, &secs);
+        std::fs::write(&path, &bad).unwrap();
+        let e = TraceReader::open(&path).err().unwrap().to_string();
+        assert!(
+            e.contains(&format!("event chunk at offset {}", offsets[2]))
+                && e.contains("header claims 4294967280 events"),
+            "{e}"
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_truncated_ram_image_is_rejected_at_open() {
+        let path = tmp("shortram");
+        let full = zstd::bulk::decompress(&ram_image(7), 1 << 20).unwrap();
+        for cut in [0, 10, 32, 33, 32 + 4095] {
+            let image = zstd::bulk::compress(&full[..cut], 3).unwrap();
+            let w = TraceWriter::create(&path, &info(), b"cpu", &image, 0).unwrap();
+            w.finish(EndInfo {
+                reason: EndReason::PowerOff,
+                icount: 0,
+                rip: 0,
+                regs_hash: 0,
+                ram_hash: 0,
+                guest_ns: 0,
+                counts: EventCounts::default(),
+            })
+            .unwrap();
+            let e = TraceReader::open(&path).err().unwrap().to_string();
+            assert!(
+                e.contains("malformed snapshot at offset") && e.contains("RAM image"),
+                "{e}"
+            );
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn an_out_of_range_event_kind_is_a_located_error() {
+        let path = tmp("badkind");
+        write_trace(&path, 100);
+        let bytes = std::fs::read(&path).unwrap();
+        let mut secs = sections(&bytes);
+        let mut chunk = secs[2].1.clone();
+        let raw_len = u32::from_le_bytes(chunk[36..40].try_into().unwrap()) as usize;
+        let mut raw = zstd::bulk::decompress(&chunk[CHUNK_HEADER_LEN..], raw_len).unwrap();
+        // Event 0 is an interrupt: its tag becomes 12, then the console bit on an interrupt.
+        for tag in [12u8, 0x81] {
+            raw[0] = tag;
+            chunk.truncate(CHUNK_HEADER_LEN);
+            chunk.extend(zstd::bulk::compress(&raw, 3).unwrap());
+            secs[2].1 = chunk.clone();
+            let (bad, offsets) = assemble(&bytes, &secs);
+            std::fs::write(&path, &bad).unwrap();
+            let e = TraceReader::open(&path).err().unwrap().to_string();
+            assert!(
+                e.contains(&format!("event chunk at offset {}", offsets[2]))
+                    && e.contains(&format!(
+                        "event 0 (byte 0 of the chunk's events): unknown event tag {tag:#x}"
+                    )),
+                "{e}"
+            );
+        }
         std::fs::remove_file(&path).unwrap();
     }
 }

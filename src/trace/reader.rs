@@ -23,6 +23,7 @@ pub struct TraceReader {
     pub index: Vec<ChunkEntry>,
     pub file_len: u64,
     snapshot_offset: u64,
+    end_offset: u64,
 }
 
 /// The initial state a trace starts from.
@@ -45,7 +46,7 @@ impl TraceReader {
         opening.check_trailer(&mut file, offset, &sections)?;
         let (info, end, index) = opening.read_metadata(&mut file, &sections)?;
         opening.check_index(&sections, &index, &end)?;
-        Ok(TraceReader {
+        let mut reader = TraceReader {
             path: opening.path,
             file,
             info,
@@ -53,7 +54,92 @@ impl TraceReader {
             index,
             file_len: opening.file_len,
             snapshot_offset: sections[1].1,
-        })
+            end_offset: sections[sections.len() - 2].1,
+        };
+        reader.check_snapshot()?;
+        reader.check_events()?;
+        Ok(reader)
+    }
+
+    /// The snapshot's RAM image decompresses to a page bitmap for the config's RAM size and
+    /// exactly the pages it marks (streamed: nothing larger than a page is allocated).
+    fn check_snapshot(&mut self) -> Result<(), TraceError> {
+        use std::io::Read;
+        let at = self.snapshot_offset;
+        let snap = self.snapshot()?;
+        let bad = |w: String| malformed(&self.path, "snapshot", at, w);
+        let pages = (self.info.mem_bytes / PAGE as u64) as usize;
+        let mut dec = zstd::stream::Decoder::new(&snap.ram_image[..])
+            .map_err(|e| bad(format!("RAM image: {e}")))?;
+        let mut bitmap = vec![0u8; pages.div_ceil(8)];
+        dec.read_exact(&mut bitmap)
+            .map_err(|e| bad(format!("RAM image page bitmap: {e}")))?;
+        if !pages.is_multiple_of(8) && bitmap[pages / 8] >> (pages % 8) != 0 {
+            return Err(bad(
+                "RAM image bitmap marks pages past the end of RAM".into()
+            ));
+        }
+        let mut page = [0u8; PAGE];
+        for i in 0..pages {
+            if bitmap[i / 8] & (1 << (i % 8)) != 0 {
+                dec.read_exact(&mut page)
+                    .map_err(|e| bad(format!("RAM image page {i}: {e}")))?;
+            }
+        }
+        let mut rest = [0u8; 1];
+        match dec.read(&mut rest) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(bad("RAM image has data past its last page".into())),
+            Err(e) => Err(bad(format!("RAM image: {e}"))),
+        }
+    }
+
+    /// Decode every event chunk once: each event's kind and fields (see [`check_event`]),
+    /// instruction counts non-decreasing across chunks and within the end record's count,
+    /// the index's instruction counts, and the per-kind counts of the end record.
+    fn check_events(&mut self) -> Result<(), TraceError> {
+        let mut counts = super::EventCounts::default();
+        let mut prev_icount = 0u64;
+        for i in 0..self.index.len() {
+            let c = self.index[i];
+            let events = self.chunk(i)?;
+            let bad = |w: String| malformed(&self.path, "event chunk", c.offset, w);
+            if events.first().map(|e| e.icount) != Some(c.first_icount)
+                || events.last().map(|e| e.icount) != Some(c.last_icount)
+            {
+                return Err(malformed(
+                    &self.path,
+                    "index",
+                    c.offset,
+                    "instruction counts disagree with the chunk's".into(),
+                ));
+            }
+            if c.first_icount < prev_icount {
+                return Err(bad(format!(
+                    "event {}: instruction count {} is before the previous chunk's last, {prev_icount}",
+                    c.first_event, c.first_icount
+                )));
+            }
+            if c.last_icount > self.end.icount {
+                return Err(bad(format!(
+                    "instruction count {} is past the end record's, {}",
+                    c.last_icount, self.end.icount
+                )));
+            }
+            prev_icount = c.last_icount;
+            for e in &events {
+                counts.add(e.kind());
+            }
+        }
+        if counts != self.end.counts {
+            return Err(malformed(
+                &self.path,
+                "end record",
+                self.end_offset,
+                "its per-kind event counts disagree with the chunks".into(),
+            ));
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &str {
@@ -74,6 +160,14 @@ impl TraceReader {
         let mut h = [0u8; SECTION_HEADER_LEN as usize];
         self.file.read_exact(&mut h).map_err(&io)?;
         let len = u64::from_le_bytes(h[4..12].try_into().unwrap_or_default());
+        let left = self.file_len.saturating_sub(at + SECTION_HEADER_LEN);
+        if len > left {
+            return Err(TraceError::Truncated {
+                path,
+                offset: self.file_len,
+                what: format!("the section at offset {at} says it holds {len} bytes, the file has {left} left"),
+            });
+        }
         let mut b = vec![0u8; len as usize];
         self.file.read_exact(&mut b).map_err(&io)?;
         Ok(b)
@@ -98,6 +192,7 @@ impl TraceReader {
     /// Decode event chunk `i` of the index.
     pub fn chunk(&mut self, i: usize) -> Result<Vec<Event>, TraceError> {
         let c = self.index[i];
+        let mem_bytes = self.info.mem_bytes;
         let p = self.read_payload(c.offset)?;
         let bad = |w: String| TraceError::Malformed {
             path: self.path.clone(),
@@ -109,11 +204,32 @@ impl TraceReader {
         let mut hdr = || -> Result<(u64, u32, u64, u64, u64, u32), String> {
             Ok((r.u64()?, r.u32()?, r.u64()?, r.u64()?, r.u64()?, r.u32()?))
         };
-        let (first_event, count, base, first_icount, last_icount, raw_len) = hdr().map_err(bad)?;
+        let (first_event, count, base, first_icount, last_icount, raw_len) = hdr().map_err(&bad)?;
+        if raw_len as usize > MAX_CHUNK_RAW {
+            return Err(bad(format!(
+                "raw length {raw_len} is over the limit of {MAX_CHUNK_RAW} bytes"
+            )));
+        }
+        if count as usize > raw_len as usize / event::MIN_EVENT_LEN {
+            return Err(bad(format!(
+                "header claims {count} events, its {raw_len} raw bytes hold at most {}",
+                raw_len as usize / event::MIN_EVENT_LEN
+            )));
+        }
         if first_event != c.first_event || count != c.events {
             return Err(bad("chunk header disagrees with the index".into()));
         }
-        let raw = zstd::bulk::decompress(&p[CHUNK_HEADER_LEN..], raw_len as usize)
+        let compressed = &p[CHUNK_HEADER_LEN..];
+        match zstd::zstd_safe::get_frame_content_size(compressed) {
+            Ok(Some(n)) if n == raw_len as u64 => {}
+            Ok(Some(n)) => {
+                return Err(bad(format!(
+                    "compressed frame holds {n} bytes, the header says {raw_len}"
+                )))
+            }
+            _ => return Err(bad("cannot decompress: no valid zstd frame header".into())),
+        }
+        let raw = zstd::bulk::decompress(compressed, raw_len as usize)
             .map_err(|e| bad(format!("cannot decompress: {e}")))?;
         if raw.len() != raw_len as usize {
             return Err(bad(format!(
@@ -126,7 +242,13 @@ impl TraceReader {
         let mut prev = base;
         for k in 0..count {
             let e = event::decode(&raw, &mut pos, prev)
-                .map_err(|w| bad(format!("event {}: {w}", first_event + k as u64)))?;
+                .and_then(|e| check_event(&e, mem_bytes).map(|()| e))
+                .map_err(|w| {
+                    bad(format!(
+                        "event {} (byte {pos} of the chunk's events): {w}",
+                        first_event.wrapping_add(k as u64)
+                    ))
+                })?;
             prev = e.icount;
             events.push(e);
         }
@@ -144,6 +266,43 @@ impl TraceReader {
             ));
         }
         Ok(events)
+    }
+}
+
+/// Largest raw (uncompressed) event chunk a reader accepts: the writer flushes at
+/// `CHUNK_BYTES`, so a chunk exceeds it only by its last event.
+const MAX_CHUNK_RAW: usize = 16 << 20;
+const PAGE: usize = 4096;
+
+/// Field values an event may hold: port sizes 1, 2, 4 (value within the size), MMIO sizes 1,
+/// 2, 4, 8, RDRAND sizes 2, 4, 8, interrupt vectors 32-255 (0-31 are exceptions), DMA writes
+/// inside guest RAM.
+fn check_event(e: &Event, mem_bytes: u64) -> Result<(), String> {
+    use super::EventData as D;
+    match e.data {
+        D::Interrupt { vector, .. } if vector < 32 => {
+            Err(format!("interrupt vector {vector} is an exception vector"))
+        }
+        D::PortIn { size, .. } | D::PortOut { size, .. } if !matches!(size, 1 | 2 | 4) => {
+            Err(format!("port access size {size}"))
+        }
+        D::MmioRead { size, .. } | D::MmioWrite { size, .. } if !matches!(size, 1 | 2 | 4 | 8) => {
+            Err(format!("MMIO access size {size}"))
+        }
+        D::Rdrand { size, .. } if !matches!(size, 2 | 4 | 8) => {
+            Err(format!("RDRAND/RDSEED size {size}"))
+        }
+        D::DmaWrite { phys, ref data }
+            if phys
+                .checked_add(data.len() as u64)
+                .is_none_or(|end| end > mem_bytes) =>
+        {
+            Err(format!(
+                "DMA write of {} bytes at {phys:#x} is outside guest RAM",
+                data.len()
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
