@@ -444,6 +444,15 @@ fn replay_altered(bad: &Path, name: &str, expect: &Expect, needle: &str) {
     }
 }
 
+/// A tampering case: name, how to alter the event, where replay must diverge, text the report
+/// holds.
+type Case = (
+    &'static str,
+    Box<dyn Fn(&mut EventData)>,
+    Expect,
+    &'static str,
+);
+
 /// For each event kind the demo trace holds and each hash a trace stores, one altered value
 /// (the trace rewritten through `TraceWriter`, so its section checksums are recomputed) is
 /// reported as a divergence where it must be.
@@ -486,7 +495,7 @@ fn every_event_kind_and_every_stored_hash_is_checked() {
             checkpoint: next_checkpoint(&base, index, visible_at),
         };
         // (name, how to alter the event, where it must diverge, text the report holds)
-        let mut cases: Vec<(&str, Box<dyn Fn(&mut EventData)>, Expect, &str)> = vec![];
+        let mut cases: Vec<Case> = vec![];
         match e.data {
             EventData::Interrupt { .. } => {
                 cases.push((
@@ -680,7 +689,7 @@ fn a_hundred_replays_end_in_the_same_state() {
         ("single-step", singlestep()),
     ] {
         for run in 0..100 {
-            let out = replay(&path, engine.clone());
+            let out = replay(&path, engine);
             assert!(
                 matches!(out.verdict, Verdict::Matched),
                 "{mode} run {run}: {}",

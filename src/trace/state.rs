@@ -382,7 +382,8 @@ mod tests {
             ("x87.fdp", |c| c.x87.fdp ^= 1),
         ];
         // Array fields: every element.
-        let mut arrays: Vec<(String, Box<dyn Fn(&mut ArchState)>)> = Vec::new();
+        type Boxed = Box<dyn Fn(&mut ArchState)>;
+        let mut arrays: Vec<(String, Boxed)> = Vec::new();
         for i in 0..16 {
             arrays.push((format!("gpr[{i}]"), Box::new(move |c| c.gpr[i] ^= 1)));
             for h in 0..2 {
