@@ -26,6 +26,8 @@ pub struct ReplayOptions {
     pub log_file: Option<std::path::PathBuf>,
     /// End the replay before this instruction and report the state.
     pub stop_at: Option<u64>,
+    /// Do not compare the checkpoints' RAM hashes (for measuring their cost).
+    pub skip_ram_check: bool,
 }
 
 /// Where replay left the recorded path.
@@ -387,13 +389,25 @@ impl Replayer {
                 ))));
             }
             match &e.data {
-                &EventData::Checkpoint { regs_hash } => {
+                &EventData::Checkpoint {
+                    regs_hash,
+                    ram_hash,
+                } => {
                     let h = state::regs_hash(self.core.cpu());
                     if h != regs_hash {
                         return Ok(Some(self.diverge_here(format!(
-                            "checkpoint at instruction {}: registers hash {h:016x}, recorded {regs_hash:016x}",
+                            "checkpoint at instruction {}: CPU state hash {h:016x}, recorded {regs_hash:016x}",
                             e.icount
                         ))));
+                    }
+                    if !self.options.skip_ram_check {
+                        let h = state::ram_hash(self.core.mem());
+                        if h != ram_hash {
+                            return Ok(Some(self.diverge_here(format!(
+                                "checkpoint at instruction {}: RAM hash {h:016x}, recorded {ram_hash:016x} (guest RAM differs; the previous checkpoint's matched)",
+                                e.icount
+                            ))));
+                        }
                     }
                 }
                 &EventData::Interrupt { vector, rcx } => {

@@ -22,6 +22,10 @@ pub struct ReplayArgs {
     /// Stop before instruction N and print the state there.
     #[arg(long)]
     stop_at: Option<u64>,
+    /// Do not hash guest RAM at checkpoints (only the CPU state hash is checked there; the
+    /// final RAM hash still is).
+    #[arg(long)]
+    no_ram_check: bool,
 }
 
 fn parse_log_bound(s: &str) -> Result<(u64, u64), String> {
@@ -58,6 +62,7 @@ pub fn run(a: ReplayArgs) -> Result<i32, String> {
         log_bound: a.log_bound,
         log_file: a.log_file,
         stop_at: a.stop_at,
+        skip_ram_check: a.no_ram_check,
     };
     let mut r = Replayer::open(&a.trace, options).map_err(|e| e.to_string())?;
     let bar = krr::report::progress(Some(r.total_instructions()));

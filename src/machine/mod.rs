@@ -477,7 +477,7 @@ impl Machine {
     }
 
     /// Run as [`Machine::run`] does, logging every input and output as trace events plus a
-    /// checkpoint (registers hash) each time the instruction count reaches a multiple of
+    /// checkpoint (CPU state hash and RAM hash) each time the instruction count reaches a multiple of
     /// `checkpoint_interval`. `sink` receives the events in order, each time the engine returns
     /// to the run loop and at the end.
     pub fn run_recorded(
@@ -508,8 +508,14 @@ impl Machine {
             if let Some((every, sink)) = &mut recording {
                 if self.core.cpu().icount >= next_checkpoint {
                     let regs_hash = crate::trace::state::regs_hash(self.core.cpu());
-                    self.board
-                        .record(self.core.cpu(), EventData::Checkpoint { regs_hash });
+                    let ram_hash = crate::trace::state::ram_hash(self.core.mem());
+                    self.board.record(
+                        self.core.cpu(),
+                        EventData::Checkpoint {
+                            regs_hash,
+                            ram_hash,
+                        },
+                    );
                     next_checkpoint = (self.core.cpu().icount / *every + 1) * *every;
                 }
                 if let Some(log) = &mut self.board.log {

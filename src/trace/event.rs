@@ -100,9 +100,11 @@ pub enum EventData {
         size: u8,
         value: Option<u64>,
     },
-    /// The recorder's state check: a hash of the registers (see `state::regs_hash`).
+    /// The recorder's state check: a hash of the architectural CPU state (`state::regs_hash`)
+    /// and of all guest RAM (`state::ram_hash`).
     Checkpoint {
         regs_hash: u64,
+        ram_hash: u64,
     },
     /// A device wrote guest RAM (DMA) at this instruction boundary.
     DmaWrite {
@@ -167,7 +169,13 @@ impl std::fmt::Display for Event {
                     None => "failed".to_string(),
                 }
             ),
-            EventData::Checkpoint { regs_hash } => write!(f, " (registers hash {regs_hash:016x})"),
+            EventData::Checkpoint {
+                regs_hash,
+                ram_hash,
+            } => write!(
+                f,
+                " (CPU state hash {regs_hash:016x}, RAM hash {ram_hash:016x})"
+            ),
             EventData::DmaWrite { phys, ref data } => {
                 write!(f, " (address {phys:#x}, {} bytes)", data.len())
             }
@@ -235,7 +243,13 @@ pub fn encode(out: &mut Vec<u8>, prev_icount: u64, e: &Event) {
             out.push(size);
             out.extend_from_slice(&value.unwrap_or(0).to_le_bytes());
         }
-        EventData::Checkpoint { regs_hash } => out.extend_from_slice(&regs_hash.to_le_bytes()),
+        EventData::Checkpoint {
+            regs_hash,
+            ram_hash,
+        } => {
+            out.extend_from_slice(&regs_hash.to_le_bytes());
+            out.extend_from_slice(&ram_hash.to_le_bytes());
+        }
         EventData::DmaWrite { phys, ref data } => {
             out.extend_from_slice(&phys.to_le_bytes());
             out.extend_from_slice(&(data.len() as u32).to_le_bytes());
@@ -307,6 +321,7 @@ pub fn decode(buf: &[u8], pos: &mut usize, prev_icount: u64) -> Result<Event, St
         }
         EventKind::Checkpoint => EventData::Checkpoint {
             regs_hash: r.u64()?,
+            ram_hash: r.u64()?,
         },
         EventKind::DmaWrite => {
             let phys = r.u64()?;
@@ -379,6 +394,7 @@ mod tests {
             },
             EventData::Checkpoint {
                 regs_hash: 0x1234_5678_9abc_def0,
+                ram_hash: 0x0fed_cba9_8765_4321,
             },
             EventData::DmaWrite {
                 phys: 0x10_0000,

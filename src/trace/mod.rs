@@ -15,7 +15,7 @@ pub use reader::{EventStream, Snapshot, TraceReader};
 pub use writer::TraceWriter;
 
 pub const MAGIC: &[u8; 8] = b"KRRTRACE";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 const HEADER_LEN: u64 = 16;
 const TRAILER_MAGIC: &[u8; 8] = b"KRRTRAIL";
 const TRAILER_LEN: u64 = 24;
@@ -69,7 +69,7 @@ impl Tag {
 pub enum TraceError {
     #[error("{path}: not a krr trace (bad magic)")]
     NotATrace { path: String },
-    #[error("{path}: trace format version {found}, this krr reads version {VERSION}")]
+    #[error("{path}: trace format version {found}, this krr reads only version {VERSION} (re-record the trace with this krr)")]
     Version { path: String, found: u32 },
     #[error("{path}: truncated at offset {offset}: {what}")]
     Truncated {

@@ -4,27 +4,14 @@ use super::bytes::{Put, Reader};
 use krr_runtime::cpu::{DescriptorTable, Segment};
 use krr_runtime::{rflags, ArchState, GuestMemory};
 
-/// The hash checkpoints and the final state compare: general registers, RIP, RFLAGS, the
-/// control registers, segment selectors and bases, and the XMM registers.
+/// The hash checkpoints and the final state compare: xxh3 of the CPU image [`encode_cpu`]
+/// writes, i.e. every architectural field a snapshot restores (GPRs, RIP, RFLAGS, instruction
+/// count, interrupt and MOV SS shadows, pending #DB, all segment registers with their hidden
+/// parts, GDTR/IDTR/LDTR/TR, CR0/2/3/4/8, EFER, XCR0, DR0-7, the MSRs, MTRRs, MXCSR, XMM, x87).
+/// The test `state_hash_covers_every_field` fails to compile when `ArchState` gains a field
+/// it does not perturb.
 pub fn regs_hash(cpu: &ArchState) -> u64 {
-    let flags = cpu.rflags_value();
-    let mut v: Vec<u8> = Vec::with_capacity(512);
-    for r in cpu.gpr {
-        v.put_u64(r);
-    }
-    for x in [cpu.rip, flags, cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer] {
-        v.put_u64(x);
-    }
-    for s in cpu.seg {
-        v.put_u16(s.selector);
-        v.put_u64(s.base);
-    }
-    v.put_u64(cpu.kernel_gs_base);
-    for x in cpu.xmm {
-        v.put_u64(x[0]);
-        v.put_u64(x[1]);
-    }
-    xxhash_rust::xxh3::xxh3_64(&v)
+    xxhash_rust::xxh3::xxh3_64(&encode_cpu(cpu))
 }
 
 /// A hash of all guest RAM.
@@ -122,6 +109,8 @@ pub fn encode_cpu(cpu: &ArchState) -> Vec<u8> {
     for st in x.st {
         v.extend_from_slice(&st);
     }
+    v.put_u64(cpu.db_inhibit_at);
+    v.put_u64(cpu.pending_db);
     v
 }
 
@@ -199,6 +188,8 @@ pub fn decode_cpu(cpu: &mut ArchState, data: &[u8]) -> Result<(), String> {
     for st in x.st.iter_mut() {
         st.copy_from_slice(r.bytes(16)?);
     }
+    cpu.db_inhibit_at = r.u64()?;
+    cpu.pending_db = r.u64()?;
     r.finish()?;
     Ok(())
 }
@@ -281,6 +272,182 @@ mod tests {
         assert!(decode_cpu(&mut cpu2, &image[..image.len() - 1]).is_err());
         cpu2.gpr[5] ^= 1;
         assert_ne!(regs_hash(&cpu2), h);
+    }
+
+    /// Every `ArchState` field, perturbed in turn, changes the state hash. The destructuring has
+    /// no `..`: a new field breaks compilation until it is listed here (and, for the hash to
+    /// change, written by `encode_cpu`). The lazy-flags fields are one field, RFLAGS, in the
+    /// image; `_pad0` is padding.
+    #[test]
+    fn state_hash_covers_every_field() {
+        let base = {
+            let mut c = ArchState::flat64();
+            c.cc_op = 0;
+            c.cc_res = 0;
+            c
+        };
+        let h0 = regs_hash(&base);
+        type Perturb = fn(&mut ArchState);
+        let ArchState {
+            gpr: _,
+            rip: _,
+            rflags: _,
+            cc_op: _,
+            cc_res: _,
+            cc_a: _,
+            cc_b: _,
+            cc_aux: _,
+            icount: _,
+            seg: _,
+            ldtr: _,
+            tr: _,
+            gdtr: _,
+            idtr: _,
+            cr0: _,
+            cr2: _,
+            cr3: _,
+            cr4: _,
+            cr8: _,
+            efer: _,
+            xcr0: _,
+            dr: _,
+            kernel_gs_base: _,
+            star: _,
+            lstar: _,
+            cstar: _,
+            sfmask: _,
+            tsc_aux: _,
+            pat: _,
+            apic_base: _,
+            misc_enable: _,
+            spec_ctrl: _,
+            sysenter_cs: _,
+            sysenter_esp: _,
+            sysenter_eip: _,
+            mtrr: _,
+            mxcsr: _,
+            _pad0: _,
+            xmm: _,
+            x87: _,
+            irq_shadow_at: _,
+            db_inhibit_at: _,
+            pending_db: _,
+        } = base.clone();
+        let mut cases: Vec<(&str, Perturb)> = vec![
+            ("rip", |c| c.rip ^= 1),
+            ("rflags", |c| c.rflags ^= rflags::DF),
+            ("cc_res (arith flags)", |c| c.cc_res ^= rflags::CF),
+            ("icount", |c| c.icount ^= 1),
+            ("cr0", |c| c.cr0 ^= 1 << 16),
+            ("cr2", |c| c.cr2 ^= 1),
+            ("cr3", |c| c.cr3 ^= 0x1000),
+            ("cr4", |c| c.cr4 ^= 1 << 9),
+            ("cr8", |c| c.cr8 ^= 1),
+            ("efer", |c| c.efer ^= 1),
+            ("xcr0", |c| c.xcr0 ^= 2),
+            ("kernel_gs_base", |c| c.kernel_gs_base ^= 1),
+            ("star", |c| c.star ^= 1),
+            ("lstar", |c| c.lstar ^= 1),
+            ("cstar", |c| c.cstar ^= 1),
+            ("sfmask", |c| c.sfmask ^= 1),
+            ("tsc_aux", |c| c.tsc_aux ^= 1),
+            ("pat", |c| c.pat ^= 1),
+            ("apic_base", |c| c.apic_base ^= 1 << 12),
+            ("misc_enable", |c| c.misc_enable ^= 1),
+            ("spec_ctrl", |c| c.spec_ctrl ^= 1),
+            ("sysenter_cs", |c| c.sysenter_cs ^= 1),
+            ("sysenter_esp", |c| c.sysenter_esp ^= 1),
+            ("sysenter_eip", |c| c.sysenter_eip ^= 1),
+            ("mxcsr", |c| c.mxcsr ^= 1),
+            ("irq_shadow_at", |c| c.irq_shadow_at ^= 1),
+            ("db_inhibit_at", |c| c.db_inhibit_at ^= 1),
+            ("pending_db", |c| c.pending_db ^= 1),
+            ("ldtr.selector", |c| c.ldtr.selector ^= 8),
+            ("ldtr.attrs", |c| c.ldtr.attrs ^= 1),
+            ("ldtr.limit", |c| c.ldtr.limit ^= 1),
+            ("ldtr.base", |c| c.ldtr.base ^= 1),
+            ("tr.selector", |c| c.tr.selector ^= 8),
+            ("tr.attrs", |c| c.tr.attrs ^= 1),
+            ("tr.limit", |c| c.tr.limit ^= 1),
+            ("tr.base", |c| c.tr.base ^= 1),
+            ("gdtr.base", |c| c.gdtr.base ^= 1),
+            ("gdtr.limit", |c| c.gdtr.limit ^= 1),
+            ("idtr.base", |c| c.idtr.base ^= 1),
+            ("idtr.limit", |c| c.idtr.limit ^= 1),
+            ("x87.fcw", |c| c.x87.fcw ^= 1),
+            ("x87.fsw", |c| c.x87.fsw ^= 1),
+            ("x87.ftw", |c| c.x87.ftw ^= 1),
+            ("x87.fop", |c| c.x87.fop ^= 1),
+            ("x87.fip", |c| c.x87.fip ^= 1),
+            ("x87.fdp", |c| c.x87.fdp ^= 1),
+        ];
+        // Array fields: every element.
+        type Boxed = Box<dyn Fn(&mut ArchState)>;
+        let mut arrays: Vec<(String, Boxed)> = Vec::new();
+        for i in 0..16 {
+            arrays.push((format!("gpr[{i}]"), Box::new(move |c| c.gpr[i] ^= 1)));
+            for h in 0..2 {
+                arrays.push((
+                    format!("xmm[{i}][{h}]"),
+                    Box::new(move |c| c.xmm[i][h] ^= 1),
+                ));
+            }
+        }
+        for i in 0..6 {
+            arrays.push((
+                format!("seg[{i}].selector"),
+                Box::new(move |c| c.seg[i].selector ^= 8),
+            ));
+            arrays.push((
+                format!("seg[{i}].attrs"),
+                Box::new(move |c| c.seg[i].attrs ^= 1),
+            ));
+            arrays.push((
+                format!("seg[{i}].limit"),
+                Box::new(move |c| c.seg[i].limit ^= 1),
+            ));
+            arrays.push((
+                format!("seg[{i}].base"),
+                Box::new(move |c| c.seg[i].base ^= 1),
+            ));
+        }
+        for i in 0..8 {
+            arrays.push((format!("dr[{i}]"), Box::new(move |c| c.dr[i] ^= 1)));
+            for b in 0..10 {
+                arrays.push((
+                    format!("x87.st[{i}][{b}]"),
+                    Box::new(move |c| c.x87.st[i][b] ^= 1),
+                ));
+            }
+        }
+        for i in 0..28 {
+            arrays.push((format!("mtrr[{i}]"), Box::new(move |c| c.mtrr[i] ^= 1)));
+        }
+        let mut seen = std::collections::HashSet::new();
+        seen.insert(h0);
+        for (name, f) in cases.drain(..) {
+            let mut c = base.clone();
+            f(&mut c);
+            assert!(
+                seen.insert(regs_hash(&c)),
+                "perturbing {name} leaves the hash"
+            );
+        }
+        for (name, f) in arrays {
+            let mut c = base.clone();
+            f(&mut c);
+            assert!(
+                seen.insert(regs_hash(&c)),
+                "perturbing {name} leaves the hash"
+            );
+        }
+        // The image holds the state a snapshot restores: decoding it gives the same image.
+        let mut c = base.clone();
+        c.pending_db = 0x4000;
+        c.db_inhibit_at = 77;
+        let mut d = ArchState::flat64();
+        decode_cpu(&mut d, &encode_cpu(&c)).unwrap();
+        assert_eq!(encode_cpu(&d), encode_cpu(&c));
     }
 
     #[test]
