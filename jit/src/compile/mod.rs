@@ -36,11 +36,11 @@ use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::JITModule;
-use std::mem::ManuallyDrop;
 use cranelift_module::{FuncId, Module};
 use krr_runtime::{CpuState, Outcome};
 use shims::HelperRefs;
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::time::Instant;
 use worker::Worker;
 
