@@ -16,12 +16,6 @@
 //! - `KRR_DIFF_MIN_FORMS`: required with `KRR_DIFF_ONLY`: how many forms the filter must
 //!   select (the only way to lower the form minimum below the whole covered list);
 //!
-//! Known limit (an engine bug, open): every `Tier::Tiered` case leaves about 0.5-0.75 memory
-//! mappings behind (the background-compile path; the other tiers stay at a constant count), so
-//! one process running more than about 85,000 Tiered cases (`KRR_DIFF_CASES` above ~110)
-//! exhausts `vm.max_map_count` (65530) and aborts creating a thread. Large sweeps run
-//! `diff_tiered` in a process of its own, or in several with different seeds.
-//!
 //! Minimums (a run below them fails, so a typo in a filter or `KRR_DIFF_CASES=0` cannot pass
 //! as "all 0 cases agree"): every tier must compare `forms × KRR_DIFF_CASES` cases, where
 //! `forms` is every form of [`gen::covered_codes`] on this host (and at least
