@@ -472,18 +472,32 @@ impl Replayer {
     }
 
     /// Replay to the end of the trace (or `--stop-at`).
+    /// Where `--log-bound` writes: the `-D` file, or stderr.
+    fn open_log(&self) -> Result<Option<Box<dyn Write>>, ReplayError> {
+        Ok(match (&self.options.log_bound, &self.options.log_file) {
+            (Some(_), Some(path)) => Some(Box::new(std::io::BufWriter::new(
+                std::fs::File::create(path).map_err(|e| {
+                    ReplayError::Setup(format!("cannot create {}: {e}", path.display()))
+                })?,
+            ))),
+            (Some(_), None) => Some(Box::new(std::io::stderr())),
+            _ => None,
+        })
+    }
+
+    fn draw_progress(&self, bar: &ProgressBar, t0: Instant) {
+        bar.set_position(self.core.cpu().icount);
+        let secs = t0.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!(
+            "{} events, {:.0} MIPS",
+            self.bus.counts.total(),
+            self.core.cpu().icount as f64 / secs / 1e6
+        ));
+    }
+
     pub fn run(&mut self, bar: &ProgressBar) -> Result<ReplayOutcome, ReplayError> {
         let t0 = Instant::now();
-        let mut log: Option<Box<dyn Write>> =
-            match (&self.options.log_bound, &self.options.log_file) {
-                (Some(_), Some(path)) => Some(Box::new(std::io::BufWriter::new(
-                    std::fs::File::create(path).map_err(|e| {
-                        ReplayError::Setup(format!("cannot create {}: {e}", path.display()))
-                    })?,
-                ))),
-                (Some(_), None) => Some(Box::new(std::io::stderr())),
-                _ => None,
-            };
+        let mut log = self.open_log()?;
         let (log_start, log_end) = self.options.log_bound.unwrap_or((u64::MAX, u64::MAX));
         let stop_at = self.options.stop_at.unwrap_or(u64::MAX);
         let mut last_draw = Instant::now();
@@ -570,13 +584,7 @@ impl Replayer {
             }
             if last_draw.elapsed().as_millis() >= 200 {
                 last_draw = Instant::now();
-                bar.set_position(self.core.cpu().icount);
-                let secs = t0.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!(
-                    "{} events, {:.0} MIPS",
-                    self.bus.counts.total(),
-                    self.core.cpu().icount as f64 / secs / 1e6
-                ));
+                self.draw_progress(bar, t0);
             }
         };
         bar.set_position(self.core.cpu().icount);

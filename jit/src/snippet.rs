@@ -80,7 +80,7 @@ pub struct SnippetResult {
     pub outcome: SnippetEnd,
     /// Instructions retired (the INT3 not included).
     pub instructions: u64,
-    /// What the engine did (blocks, compile time, code size).
+    /// What the engine did (blocks, compile time, code size), over all [`Tier::runs`] runs.
     pub stats: crate::engine::EngineStats,
 }
 
