@@ -98,7 +98,7 @@ pub fn record(
         icount: m.core.cpu().icount,
         rip: m.core.cpu().rip,
         regs_hash: state::regs_hash(m.core.cpu()),
-        ram_hash: state::ram_hash(m.core.mem()),
+        ram_hash: m.core.ram_hash(),
         guest_ns: m.board.guest_ns(m.core.cpu()),
         counts: writer.counts().clone(),
     };

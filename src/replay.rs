@@ -28,6 +28,9 @@ pub struct ReplayOptions {
     pub stop_at: Option<u64>,
     /// Do not compare the checkpoints' RAM hashes (for measuring their cost).
     pub skip_ram_check: bool,
+    /// Check the incremental RAM digest against one computed from scratch at every
+    /// checkpoint (`KRR_VERIFY_RAM_DIGEST=1`; slow, for tests of the dirty-page tracking).
+    pub verify_ram_digest: bool,
 }
 
 /// Where replay left the recorded path.
@@ -401,7 +404,16 @@ impl Replayer {
                         ))));
                     }
                     if !self.options.skip_ram_check {
-                        let h = state::ram_hash(self.core.mem());
+                        let h = self.core.ram_hash();
+                        if self.options.verify_ram_digest {
+                            let full = self.core.mem().full_digest();
+                            if full != h {
+                                return Err(ReplayError::Fatal(format!(
+                                    "internal error: at the checkpoint at instruction {}, the incremental RAM digest is {h:016x} but RAM hashes to {full:016x} (a write did not mark its page)",
+                                    e.icount
+                                )));
+                            }
+                        }
                         if h != ram_hash {
                             return Ok(Some(self.diverge_here(format!(
                                 "checkpoint at instruction {}: RAM hash {h:016x}, recorded {ram_hash:016x} (guest RAM differs; the previous checkpoint's matched)",
@@ -598,7 +610,7 @@ impl Replayer {
         }
         let seconds = t0.elapsed().as_secs_f64();
         let regs_hash = state::regs_hash(self.core.cpu());
-        let ram_hash = state::ram_hash(self.core.mem());
+        let ram_hash = self.core.ram_hash();
         let verdict = match verdict {
             Verdict::Matched
                 if regs_hash != self.end_regs_hash || ram_hash != self.end_ram_hash =>

@@ -63,6 +63,7 @@ pub fn run(a: ReplayArgs) -> Result<i32, String> {
         log_file: a.log_file,
         stop_at: a.stop_at,
         skip_ram_check: a.no_ram_check,
+        verify_ram_digest: std::env::var_os("KRR_VERIFY_RAM_DIGEST").is_some_and(|v| v == "1"),
     };
     let mut r = Replayer::open(&a.trace, options).map_err(|e| e.to_string())?;
     let bar = krr::report::progress(Some(r.total_instructions()));

@@ -124,10 +124,7 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         let rip = m.core.cpu().rip;
         let (bytes, text) = krr::report::describe_insn(&mut m.core, rip);
         log::debug!("next instruction: [{bytes}] {text}");
-        log::debug!(
-            "RAM hash: {:016x}",
-            krr::trace::state::ram_hash(m.core.mem())
-        );
+        log::debug!("RAM hash: {:016x}", m.core.ram_hash());
         if let Some(path) = std::env::var_os("KRR_DUMP_RAM") {
             let ram = m
                 .core

@@ -141,6 +141,10 @@ fn krr_ok(args: &[&str]) -> (String, String) {
     c.args(args);
     if args[0] != "replay" {
         c.args(["--max-instructions", MAX_INSTRUCTIONS]);
+    } else if args.len() == 2 {
+        // The default replay also checks the dirty-page RAM digest against a full one at
+        // every checkpoint.
+        c.env("KRR_VERIFY_RAM_DIGEST", "1");
     }
     let out = c.output().expect("running krr");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

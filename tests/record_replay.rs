@@ -33,6 +33,8 @@ fn replay(path: &Path, engine: EngineConfig) -> krr::replay::ReplayOutcome {
         path,
         ReplayOptions {
             engine,
+            // Every checkpoint also checks the dirty-page RAM digest against a full one.
+            verify_ram_digest: true,
             ..Default::default()
         },
     )

@@ -80,6 +80,22 @@ impl Core {
         unsafe { self.cpu.as_mut().get_unchecked_mut().exec.tlb.flush() }
     }
 
+    /// The RAM digest checkpoints compare (see [`GuestMemory::digest`]): it rehashes only
+    /// the pages written since the previous one. The TLB's write entries go first, so that a
+    /// write after it marks its page again.
+    pub fn ram_hash(&mut self) -> u64 {
+        // SAFETY: flushing only invalidates entries; nothing is moved.
+        unsafe {
+            self.cpu
+                .as_mut()
+                .get_unchecked_mut()
+                .exec
+                .tlb
+                .flush_writes()
+        }
+        self.mem.digest()
+    }
+
     /// Read instruction bytes at linear address `linear` as the CPU fetches them (for reports
     /// on the instruction at RIP): `Ok(n)` bytes read, or why not.
     pub fn fetch_code(

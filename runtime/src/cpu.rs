@@ -212,6 +212,8 @@ pub struct ExecContext {
     /// The code-page bitmap of guest memory (one bit per 4 KiB page, see `GuestMemory`).
     pub(crate) code_bitmap: *mut u64,
     pub(crate) code_bitmap_words: u64,
+    /// The dirty-page bitmap of guest memory (same shape; see `GuestMemory::digest`).
+    pub(crate) dirty_bitmap: *mut u64,
     /// Guest physical memory, for helpers (compiled code reaches memory through the TLB).
     pub(crate) mem_base: *mut u8,
     pub(crate) mem_size: u64,
@@ -343,6 +345,7 @@ impl ExecContext {
             smc_writes: [[0; 2]; 4],
             code_bitmap,
             code_bitmap_words: words as u64,
+            dirty_bitmap: mem.dirty_page_bitmap(),
             mem_base: mem.as_mut_ptr(),
             mem_size: mem.size(),
         }
@@ -394,6 +397,19 @@ impl CpuState {
         // SAFETY: `code_bitmap` points at `code_bitmap_words` words owned by the guest memory
         // that the owning `Core` keeps beside this state; the index is checked above.
         unsafe { *self.exec.code_bitmap.add(word as usize) & (1 << (page % 64)) != 0 }
+    }
+
+    /// Note that physical page `page` (a page number) was written, or may be written through
+    /// a TLB entry, for the RAM digest.
+    pub fn mark_dirty_page(&mut self, page: u64) {
+        let word = page / 64;
+        if word >= self.exec.code_bitmap_words {
+            return;
+        }
+        // SAFETY: `dirty_bitmap` has `code_bitmap_words` words (both bitmaps have one bit per
+        // page of the same memory), owned by the guest memory the owning `Core` keeps beside
+        // this state; the index is checked above.
+        unsafe { *self.exec.dirty_bitmap.add(word as usize) |= 1 << (page % 64) }
     }
 
     /// Mark or unmark physical page `page` as holding translated code.

@@ -1,5 +1,12 @@
 //! Guest physical memory: one anonymous mapping, committed lazily by the host kernel as the
 //! guest touches it, so a large guest costs only what it uses.
+//!
+//! It also keeps the RAM digest that checkpoints compare ([`GuestMemory::digest`]) current
+//! cheaply: a bitmap of the pages written since the last digest and each page's hash as of
+//! then, so a digest rehashes only what changed. Every writer marks the pages it writes:
+//! [`GuestMemory::write`] here, the MMU's slow-path stores and page-table A/D updates, and a
+//! TLB write entry marks its page when it is filled (compiled code writes through it without
+//! a call); [`crate::Core::ram_hash`] drops those entries when it takes a digest.
 
 use memmap2::{MmapMut, MmapOptions};
 
@@ -15,6 +22,29 @@ pub struct GuestMemory {
     map: MmapMut,
     /// One bit per 4 KiB page: the page holds translated code (writes must invalidate it).
     code_pages: Vec<u64>,
+    /// One bit per page: written (or writable through a TLB entry) since the last digest.
+    dirty_pages: Vec<u64>,
+    /// Each page's [`page_hash`] as of the last digest; current wherever its dirty bit is clear.
+    page_hashes: Vec<u64>,
+}
+
+/// The hash of one 4 KiB page that the RAM digest combines.
+pub fn page_hash(page: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(page)
+}
+
+/// The RAM digest from each page's hash: xxh3 of the page hashes as little-endian u64s, in
+/// page order.
+fn combine(page_hashes: &[u64]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for chunk in page_hashes.chunks(512) {
+        let mut bytes = [0u8; 512 * 8];
+        for (b, v) in bytes.chunks_exact_mut(8).zip(chunk) {
+            b.copy_from_slice(&v.to_le_bytes());
+        }
+        h.update(&bytes[..chunk.len() * 8]);
+    }
+    h.digest()
 }
 
 pub const PAGE_SIZE: u64 = 4096;
@@ -27,9 +57,13 @@ impl GuestMemory {
             .map_anon()
             .map_err(|source| MemoryError::Map { size, source })?;
         let pages = size / PAGE_SIZE;
+        // A fresh anonymous mapping is all zeros: every page's hash is the zero page's.
+        let zero_hash = page_hash(&[0; PAGE_SIZE as usize]);
         Ok(GuestMemory {
             map,
             code_pages: vec![0; pages.div_ceil(64) as usize],
+            dirty_pages: vec![0; pages.div_ceil(64) as usize],
+            page_hashes: vec![zero_hash; pages as usize],
         })
     }
 
@@ -37,7 +71,14 @@ impl GuestMemory {
         self.map.len() as u64
     }
 
-    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+    /// Where the mapping starts in the host's address space (what TLB addends are built from).
+    pub fn host_address(&self) -> u64 {
+        self.map.as_ptr() as u64
+    }
+
+    /// The mapping's base, for the CPU context: writes through it must mark their pages
+    /// ([`crate::CpuState::mark_dirty_page`]).
+    pub(crate) fn as_mut_ptr(&mut self) -> *mut u8 {
         self.map.as_mut_ptr()
     }
 
@@ -61,6 +102,7 @@ impl GuestMemory {
 
     pub fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), MemoryError> {
         let r = self.range(addr, data.len())?;
+        self.mark_dirty(addr, data.len() as u64);
         self.map[r].copy_from_slice(data);
         Ok(())
     }
@@ -99,5 +141,53 @@ impl GuestMemory {
     /// Raw view of the code-page bitmap for helpers that only hold a `*mut CpuState`.
     pub fn code_page_bitmap(&mut self) -> (*mut u64, usize) {
         (self.code_pages.as_mut_ptr(), self.code_pages.len())
+    }
+
+    /// Raw view of the dirty-page bitmap (same shape as the code-page bitmap), for the MMU.
+    pub(crate) fn dirty_page_bitmap(&mut self) -> *mut u64 {
+        self.dirty_pages.as_mut_ptr()
+    }
+
+    /// Note that `len` bytes at physical `addr` were written (the part inside RAM).
+    pub fn mark_dirty(&mut self, addr: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let last = addr
+            .saturating_add(len - 1)
+            .min(self.size().saturating_sub(1));
+        for page in addr / PAGE_SIZE..=last / PAGE_SIZE {
+            if let Some(w) = self.dirty_pages.get_mut((page / 64) as usize) {
+                *w |= 1 << (page % 64);
+            }
+        }
+    }
+
+    /// Pages written since the last digest.
+    pub fn dirty_page_count(&self) -> u64 {
+        self.dirty_pages.iter().map(|w| w.count_ones() as u64).sum()
+    }
+
+    /// The RAM digest: rehash the pages written since the last one, then combine every page's
+    /// hash. Only sound while no TLB write entry lets a page be written unmarked, which is why
+    /// the public way in is [`crate::Core::ram_hash`].
+    pub(crate) fn digest(&mut self) -> u64 {
+        for (word_index, word) in self.dirty_pages.iter_mut().enumerate() {
+            let mut bits = std::mem::take(word);
+            while bits != 0 {
+                let page = word_index * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let start = page * PAGE_SIZE as usize;
+                self.page_hashes[page] = page_hash(&self.map[start..start + PAGE_SIZE as usize]);
+            }
+        }
+        combine(&self.page_hashes)
+    }
+
+    /// The RAM digest computed from scratch (every page hashed again), to check the
+    /// incremental one against.
+    pub fn full_digest(&self) -> u64 {
+        let hashes: Vec<u64> = self.map.chunks(PAGE_SIZE as usize).map(page_hash).collect();
+        combine(&hashes)
     }
 }

@@ -52,6 +52,7 @@ fn phys_read_u64(cpu: &CpuState, phys: u64) -> Option<u64> {
 
 fn phys_write_u64(cpu: &mut CpuState, phys: u64, v: u64) {
     if phys + 8 <= cpu.exec.mem_size {
+        cpu.mark_dirty_page(phys >> 12);
         // SAFETY: as in phys_read_u64.
         unsafe { std::ptr::write_unaligned(cpu.exec.mem_base.add(phys as usize) as *mut u64, v) }
     }
@@ -233,7 +234,11 @@ fn translate_and_fill(
         .wrapping_sub(page);
     let code = access == Access::Write && cpu.is_code_page(page_phys >> 12);
     if mmu_idx < 2 && (access != Access::Write || (t.write_ok && !code)) {
-        // Reads may always be cached after a successful walk; writes only once dirty.
+        // Reads may always be cached after a successful walk; writes only once dirty. Writes
+        // through the entry will not call back, so the page counts as written from now on.
+        if access == Access::Write {
+            cpu.mark_dirty_page(page_phys >> 12);
+        }
         let entry = &mut cpu.exec.tlb.sets[mmu_idx][(access == Access::Write) as usize][idx];
         *entry = TlbEntry { tag: page, addend };
     }
@@ -322,6 +327,7 @@ pub fn store_bytes(
             )
         };
         done += len;
+        cpu.mark_dirty_page(phys >> 12);
         if cpu.is_code_page(phys >> 12) {
             note_code_write(cpu, phys, len as u64);
         }

@@ -45,7 +45,7 @@ fn a_read_miss_fills_the_read_entry() {
     // The addend turns the linear address into the host address of the guest byte.
     assert_eq!(
         addend.wrapping_add(PAGE + 0x10),
-        m.core.mem_mut().as_mut_ptr() as u64 + PHYS + 0x10
+        m.core.mem().host_address() + PHYS + 0x10
     );
     // Nothing else: not the write entry (the page is clean), not the other privilege.
     assert!(!cached(&m, USER, true, PAGE));

@@ -508,7 +508,7 @@ impl Machine {
             if let Some((every, sink)) = &mut recording {
                 if self.core.cpu().icount >= next_checkpoint {
                     let regs_hash = crate::trace::state::regs_hash(self.core.cpu());
-                    let ram_hash = crate::trace::state::ram_hash(self.core.mem());
+                    let ram_hash = self.core.ram_hash();
                     self.board.record(
                         self.core.cpu(),
                         EventData::Checkpoint {

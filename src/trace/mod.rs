@@ -15,7 +15,7 @@ pub use reader::{EventStream, Snapshot, TraceReader};
 pub use writer::TraceWriter;
 
 pub const MAGIC: &[u8; 8] = b"KRRTRACE";
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 const HEADER_LEN: u64 = 16;
 const TRAILER_MAGIC: &[u8; 8] = b"KRRTRAIL";
 const TRAILER_LEN: u64 = 24;
