@@ -57,6 +57,7 @@ pub trait PortDevice {
     fn advance(&mut self, _ctx: &mut DeviceCtx) {}
 }
 
+pub mod apic_bus;
 pub mod debug_exit;
 pub mod i8042;
 pub mod pci;
