@@ -266,6 +266,36 @@ impl Bus for ReplayBus {
         .flatten()
     }
 
+    fn msr_read(&mut self, cpu: &CpuState, index: u32) -> Option<u64> {
+        self.take(
+            cpu,
+            EventKind::MsrRead,
+            || format!("MSR {index:#x}"),
+            |d| match *d {
+                EventData::MsrRead { index: i, value } if i == index => Some(value),
+                _ => None,
+            },
+        )
+        .flatten()
+    }
+
+    fn msr_write(&mut self, cpu: &CpuState, index: u32, value: u64) -> bool {
+        self.take(
+            cpu,
+            EventKind::MsrWrite,
+            || format!("MSR {index:#x}, value {value:#x}"),
+            |d| match *d {
+                EventData::MsrWrite {
+                    index: i,
+                    value: v,
+                    accepted,
+                } if i == index && v == value => Some(accepted),
+                _ => None,
+            },
+        )
+        .unwrap_or(false)
+    }
+
     fn wants_exit(&self, _cpu: &CpuState) -> bool {
         self.divergence.is_some() || self.error.is_some()
     }

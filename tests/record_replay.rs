@@ -628,6 +628,38 @@ fn every_event_kind_and_every_stored_hash_is_checked() {
                     "RAM hash",
                 ));
             }
+            EventData::MsrRead { .. } => {
+                cases.push((
+                    "MSR read value",
+                    Box::new(|d| {
+                        if let EventData::MsrRead { value, .. } = d {
+                            *value = Some(value.unwrap_or(0) ^ 1)
+                        }
+                    }),
+                    by,
+                    "diverged",
+                ));
+                cases.push((
+                    "MSR read index",
+                    Box::new(|d| {
+                        if let EventData::MsrRead { index, .. } = d {
+                            *index ^= 1
+                        }
+                    }),
+                    Expect::At(index),
+                    "diverged",
+                ));
+            }
+            EventData::MsrWrite { .. } => cases.push((
+                "MSR write value",
+                Box::new(|d| {
+                    if let EventData::MsrWrite { value, .. } = d {
+                        *value ^= 1
+                    }
+                }),
+                Expect::At(index),
+                "diverged",
+            )),
             EventData::DmaWrite { .. } => cases.push((
                 "DMA data",
                 Box::new(|d| {

@@ -160,7 +160,7 @@ fn fields(tag: &[u8; 4], payload: &[u8]) -> Vec<(usize, usize)> {
                 (37, 8),
                 (45, 4),
             ];
-            v.extend((0..9).map(|i| (49 + 8 * i, 8)));
+            v.extend((0..krr::trace::EventKind::ALL.len()).map(|i| (49 + 8 * i, 8)));
             v
         }
         b"INDX" => {
@@ -317,6 +317,8 @@ fn mutate_events(rng: &mut Rng, chunk: &mut Vec<u8>) -> &'static str {
                     0,
                     10,
                     11,
+                    12,
+                    13,
                     0x7f,
                     0x81,
                     0x82,
@@ -324,7 +326,7 @@ fn mutate_events(rng: &mut Rng, chunk: &mut Vec<u8>) -> &'static str {
                     0x89,
                     0xff,
                     rng.next() as u8,
-                ][rng.below(10)];
+                ][rng.below(12)];
                 "event tag"
             }
             1 => {
@@ -471,7 +473,7 @@ fn mutate(rng: &mut Rng, base: &Parts) -> (Vec<u8>, String) {
                 write_field(&mut p.sections[n - 1].1, 4 + 36 * j + 8, 8, f);
             }
             let ends = &mut p.sections[n - 2].1;
-            let kind = rng.below(9);
+            let kind = rng.below(krr::trace::EventKind::ALL.len());
             let v = read_field(ends, 49 + 8 * kind, 8).wrapping_add(new.wrapping_sub(old));
             write_field(ends, 49 + 8 * kind, 8, v);
             format!("chunk {k}: event count {old} -> {new} everywhere")

@@ -166,6 +166,18 @@ pub mod msr {
     pub const GS_BASE: u32 = 0xc000_0101;
     pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
     pub const TSC_AUX: u32 = 0xc000_0103;
+    /// IA32_TSC_DEADLINE: the local APIC timer's deadline.
+    pub const TSC_DEADLINE: u32 = 0x6e0;
+    /// The x2APIC registers (local APIC register offset / 16, plus 0x800).
+    pub const X2APIC_FIRST: u32 = 0x800;
+    pub const X2APIC_LAST: u32 = 0x8ff;
+
+    /// MSRs that belong to a device outside the CPU core (the local APIC): the engine hands
+    /// their reads and writes to the bus, where a recorder logs them and a replayer answers
+    /// from the trace.
+    pub fn is_device_msr(index: u32) -> bool {
+        index == TSC_DEADLINE || (X2APIC_FIRST..=X2APIC_LAST).contains(&index)
+    }
 }
 
 /// Architectural exception vectors (SDM Table 6-1).

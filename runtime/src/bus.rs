@@ -17,6 +17,15 @@ pub trait Bus {
     fn rdtsc(&mut self, cpu: &CpuState) -> u64;
     /// RDRAND (`seed` false) / RDSEED: `None` reports failure (CF=0).
     fn rdrand(&mut self, cpu: &CpuState, size: u8, seed: bool) -> Option<u64>;
+    /// RDMSR of a device's MSR ([`crate::arch::msr::is_device_msr`]): `None` refuses it
+    /// (#GP). Without a device that owns it, every access is refused.
+    fn msr_read(&mut self, _cpu: &CpuState, _index: u32) -> Option<u64> {
+        None
+    }
+    /// WRMSR of a device's MSR: `false` refuses it (#GP).
+    fn msr_write(&mut self, _cpu: &CpuState, _index: u32, _value: u64) -> bool {
+        false
+    }
     /// Ask the engine to return to the driver at the next block boundary (a device raised an
     /// interrupt the CPU can take now, the guest asked to power off, ...).
     fn wants_exit(&self, _cpu: &CpuState) -> bool {

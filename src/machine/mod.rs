@@ -302,6 +302,25 @@ impl Bus for Board {
         value
     }
 
+    fn msr_read(&mut self, cpu: &CpuState, index: u32) -> Option<u64> {
+        let value = self.msr_read_value(cpu, index);
+        self.record(cpu, EventData::MsrRead { index, value });
+        value
+    }
+
+    fn msr_write(&mut self, cpu: &CpuState, index: u32, value: u64) -> bool {
+        let accepted = self.msr_write_effect(cpu, index, value);
+        self.record(
+            cpu,
+            EventData::MsrWrite {
+                index,
+                value,
+                accepted,
+            },
+        );
+        accepted
+    }
+
     fn wants_exit(&self, cpu: &CpuState) -> bool {
         // The engine asks at every block boundary: test the CPU's flag before the PIC's
         // priority logic.
@@ -376,6 +395,20 @@ impl Board {
                 phys & !0xfff
             );
         }
+    }
+}
+
+/// The devices' side of device-MSR accesses.
+impl Board {
+    /// No device owns an MSR yet (the local APIC will): every access is refused (#GP).
+    fn msr_read_value(&mut self, _cpu: &CpuState, index: u32) -> Option<u64> {
+        log::debug!("RDMSR {index:#x}: no device owns it (#GP)");
+        None
+    }
+
+    fn msr_write_effect(&mut self, _cpu: &CpuState, index: u32, value: u64) -> bool {
+        log::debug!("WRMSR {index:#x} <- {value:#x}: no device owns it (#GP)");
+        false
     }
 }
 

@@ -3,7 +3,8 @@
 //! A position is the instruction count before the instruction (`icount`) and its RIP. For an
 //! interrupt the position is the boundary it was taken at, plus RCX (as in KRR: that tells an
 //! interrupted REP string instruction's iterations apart). Synchronous events (port and MMIO
-//! reads and writes, RDTSC, RDRAND) are consumed when the guest asks; asynchronous ones
+//! reads and writes, RDTSC, RDRAND, device MSR reads and writes) are consumed when the guest
+//! asks; asynchronous ones
 //! (interrupts, checkpoints) are where replay stops the engine with an instruction budget.
 
 /// What happened. The discriminants are the on-disk tags.
@@ -18,10 +19,12 @@ pub enum EventKind {
     Rdrand = 7,
     Checkpoint = 8,
     DmaWrite = 9,
+    MsrRead = 10,
+    MsrWrite = 11,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::Interrupt,
         EventKind::PortIn,
         EventKind::PortOut,
@@ -31,6 +34,8 @@ impl EventKind {
         EventKind::Rdrand,
         EventKind::Checkpoint,
         EventKind::DmaWrite,
+        EventKind::MsrRead,
+        EventKind::MsrWrite,
     ];
 
     pub fn from_tag(tag: u8) -> Option<EventKind> {
@@ -49,6 +54,8 @@ impl EventKind {
             EventKind::Rdrand => "RDRAND/RDSEED",
             EventKind::Checkpoint => "Checkpoint",
             EventKind::DmaWrite => "DMA Write",
+            EventKind::MsrRead => "MSR Read",
+            EventKind::MsrWrite => "MSR Write",
         }
     }
 
@@ -100,8 +107,20 @@ pub enum EventData {
         size: u8,
         value: Option<u64>,
     },
+    /// RDMSR of an MSR a device owns (the local APIC's); `value: None` is a refused read
+    /// (#GP).
+    MsrRead {
+        index: u32,
+        value: Option<u64>,
+    },
+    /// WRMSR of an MSR a device owns; `accepted: false` is a refused write (#GP).
+    MsrWrite {
+        index: u32,
+        value: u64,
+        accepted: bool,
+    },
     /// The recorder's state check: a hash of the architectural CPU state (`state::regs_hash`)
-    /// and of all guest RAM (`state::ram_hash`).
+    /// and the RAM digest (`Core::ram_hash`).
     Checkpoint {
         regs_hash: u64,
         ram_hash: u64,
@@ -132,6 +151,8 @@ impl Event {
             EventData::Rdrand { .. } => EventKind::Rdrand,
             EventData::Checkpoint { .. } => EventKind::Checkpoint,
             EventData::DmaWrite { .. } => EventKind::DmaWrite,
+            EventData::MsrRead { .. } => EventKind::MsrRead,
+            EventData::MsrWrite { .. } => EventKind::MsrWrite,
         }
     }
 }
@@ -179,6 +200,19 @@ impl std::fmt::Display for Event {
             EventData::DmaWrite { phys, ref data } => {
                 write!(f, " (address {phys:#x}, {} bytes)", data.len())
             }
+            EventData::MsrRead { index, value } => match value {
+                Some(v) => write!(f, " (MSR {index:#x}, value {v:#x})"),
+                None => write!(f, " (MSR {index:#x}, #GP)"),
+            },
+            EventData::MsrWrite {
+                index,
+                value,
+                accepted,
+            } => write!(
+                f,
+                " (MSR {index:#x}, value {value:#x}{})",
+                if accepted { "" } else { ", #GP" }
+            ),
         }
     }
 }
@@ -254,6 +288,20 @@ pub fn encode(out: &mut Vec<u8>, prev_icount: u64, e: &Event) {
             out.extend_from_slice(&phys.to_le_bytes());
             out.extend_from_slice(&(data.len() as u32).to_le_bytes());
             out.extend_from_slice(data);
+        }
+        EventData::MsrRead { index, value } => {
+            out.extend_from_slice(&index.to_le_bytes());
+            out.push(value.is_some() as u8);
+            out.extend_from_slice(&value.unwrap_or(0).to_le_bytes());
+        }
+        EventData::MsrWrite {
+            index,
+            value,
+            accepted,
+        } => {
+            out.extend_from_slice(&index.to_le_bytes());
+            out.push(accepted as u8);
+            out.extend_from_slice(&value.to_le_bytes());
         }
     }
 }
@@ -331,6 +379,26 @@ pub fn decode(buf: &[u8], pos: &mut usize, prev_icount: u64) -> Result<Event, St
                 data: r.bytes(len)?.into(),
             }
         }
+        EventKind::MsrRead | EventKind::MsrWrite => {
+            let index = r.u32()?;
+            let flag = match r.u8()? {
+                f @ (0 | 1) => f == 1,
+                f => return Err(format!("MSR event flag {f:#x} (0 or 1)")),
+            };
+            let value = r.u64()?;
+            if kind == EventKind::MsrRead {
+                EventData::MsrRead {
+                    index,
+                    value: flag.then_some(value),
+                }
+            } else {
+                EventData::MsrWrite {
+                    index,
+                    value,
+                    accepted: flag,
+                }
+            }
+        }
     };
     *pos += r.consumed();
     Ok(Event { icount, rip, data })
@@ -400,6 +468,24 @@ mod tests {
                 phys: 0x10_0000,
                 data: b"sector data".to_vec().into(),
             },
+            EventData::MsrRead {
+                index: 0x6e0,
+                value: Some(123_456_789),
+            },
+            EventData::MsrRead {
+                index: 0x830,
+                value: None,
+            },
+            EventData::MsrWrite {
+                index: 0x6e0,
+                value: 987_654_321,
+                accepted: true,
+            },
+            EventData::MsrWrite {
+                index: 0x80b,
+                value: 1,
+                accepted: false,
+            },
         ];
         datas
             .iter()
@@ -445,6 +531,25 @@ mod tests {
     }
 
     #[test]
+    fn an_msr_event_flag_other_than_0_or_1_is_an_error() {
+        let e = Event {
+            icount: 5,
+            rip: 0x1000,
+            data: EventData::MsrWrite {
+                index: 0x6e0,
+                value: 9,
+                accepted: true,
+            },
+        };
+        let mut buf = Vec::new();
+        encode(&mut buf, 0, &e);
+        // tag, one-byte delta, RIP, index, then the flag.
+        buf[1 + 1 + 8 + 4] = 2;
+        let err = decode(&buf, &mut 0, 0).unwrap_err();
+        assert!(err.contains("MSR event flag"), "{err}");
+    }
+
+    #[test]
     fn counts_print_every_kind_and_the_total() {
         let mut c = EventCounts::default();
         for e in samples() {
@@ -453,6 +558,7 @@ mod tests {
         let lines = c.lines();
         assert_eq!(lines.len(), EventKind::ALL.len() + 1);
         assert!(lines.contains(&"IO Output: 2".to_string()));
-        assert_eq!(lines.last().unwrap(), "Total Events: 11");
+        assert!(lines.contains(&"MSR Write: 2".to_string()));
+        assert_eq!(lines.last().unwrap(), "Total Events: 15");
     }
 }

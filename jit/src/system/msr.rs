@@ -77,6 +77,10 @@ pub(super) fn mtrr_slot(index: u32) -> Option<usize> {
 
 /// The MSRs the CPU model has (documented in ARCHITECTURE.md). `None`: #GP.
 pub(super) fn read_msr(cpu: &mut CpuState, index: u32) -> Option<u64> {
+    if msr::is_device_msr(index) {
+        // No bus (a snippet run): no device, #GP.
+        return bus::with_bus(cpu, |bus, cpu| bus.msr_read(cpu, index)).flatten();
+    }
     Some(match index {
         msr::TSC => bus::with_bus(cpu, |bus, cpu| bus.rdtsc(cpu))?,
         msr::PLATFORM_ID | msr::UCODE_REV | msr::MCG_CAP | msr::MCG_STATUS => 0,
@@ -104,6 +108,9 @@ pub(super) fn read_msr(cpu: &mut CpuState, index: u32) -> Option<u64> {
 
 /// Write an MSR; `false` means #GP (unknown MSR or a reserved bit set).
 pub(super) fn write_msr(cpu: &mut CpuState, index: u32, v: u64) -> bool {
+    if msr::is_device_msr(index) {
+        return bus::with_bus(cpu, |bus, cpu| bus.msr_write(cpu, index, v)).unwrap_or(false);
+    }
     let canonical = mmu::is_canonical(v);
     match index {
         msr::APIC_BASE => {
