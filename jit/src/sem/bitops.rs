@@ -18,16 +18,17 @@ pub(super) fn bit_test<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     let wm = b.c(w as u64 - 1);
     let bit = b.and(raw, wm);
     let (addr, x) = if insn.op0_kind() == OpKind::Memory {
-        let mut a = access_address(b)?;
-        if offset_is_reg {
+        let a = if offset_is_reg {
             // A register offset addresses a bit string: move by whole operands.
             let s = b.sext(raw, w);
             let k = b.c(w.trailing_zeros() as u64);
             let q = b.sar(s, k);
             let ks = b.c(size.trailing_zeros() as u64);
             let d = b.shl(q, ks);
-            a = b.add(a, d);
-        }
+            access_address_moved(b, d)?
+        } else {
+            access_address(b)?
+        };
         (Some(a), b.load(a, size)?)
     } else {
         (None, read_reg(b, insn.op0_register()))

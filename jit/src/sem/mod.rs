@@ -465,6 +465,25 @@ pub fn access_address<B: Builder>(b: &mut B) -> R<B::V> {
     Ok(a)
 }
 
+/// [`access_address`] of the operand moved by `delta` bytes (BT/BTS/BTR/BTC with a register
+/// bit offset): the move is part of the effective address, so it wraps with the address size
+/// before the segment base is added.
+pub fn access_address_moved<B: Builder>(b: &mut B, delta: B::V) -> R<B::V> {
+    let m = b.mem_operand();
+    let a = offset_address_of(b, m);
+    let a = b.add(a, delta);
+    let a = if m.flags & MemOperand::ADDR32 != 0 {
+        b.zext(a, 32)
+    } else {
+        a
+    };
+    let a = add_segment_base(b, m, a);
+    if m.flags & MemOperand::SS != 0 {
+        stack_canonical(b, a)?;
+    }
+    Ok(a)
+}
+
 /// The segment of the memory operand (`Instruction::memory_segment`, inlined: no prefix and a
 /// base other than RSP/RBP is DS).
 #[inline]
@@ -498,6 +517,12 @@ pub fn effective_address<B: Builder>(b: &mut B) -> B::V {
 #[inline]
 fn effective_address_of<B: Builder>(b: &mut B, m: MemOperand) -> B::V {
     let a = offset_address_of(b, m);
+    add_segment_base(b, m, a)
+}
+
+/// `a` plus the FS or GS base when the operand names that segment (the others are flat).
+#[inline]
+fn add_segment_base<B: Builder>(b: &mut B, m: MemOperand, a: B::V) -> B::V {
     let s = if m.flags & MemOperand::FS != 0 {
         seg::FS
     } else if m.flags & MemOperand::GS != 0 {
