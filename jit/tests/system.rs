@@ -1449,6 +1449,50 @@ fn msr_round_trip_and_faults() {
     assert_eq!(r.cpu.seg[5].base, 0xffff_8880_0000_0000);
 }
 
+/// IA32_APIC_BASE (SDM 11.4.4, 11.12.5): the page moves and the APIC disables and enables;
+/// reserved bits (bit 9, above MAXPHYADDR 40, EXTD without x2APIC in CPUID) and the invalid
+/// mode "EXTD without EN" are #GP(0) and change nothing.
+#[test]
+fn apic_base_moves_and_refuses_reserved_bits_and_bad_modes() {
+    const VALUES: [u64; 3] = [
+        0xfed0_0900, // moved, enabled
+        0xfed0_0100, // disabled
+        0xfee0_0900, // back at reset
+    ];
+    let r = run_all(
+        |k| {
+            for v in VALUES {
+                k.mov(rax, v)?;
+                wrmsr_rax(k, msr::APIC_BASE)?;
+                rdmsr_rax(k, msr::APIC_BASE)?;
+                report(k, rax)?;
+            }
+            cases(k, 4, |k, i| {
+                let v: u64 = match i {
+                    0 => 0xfee0_0b00,     // bit 9
+                    1 => 0x100_fee0_0900, // bit 40 (MAXPHYADDR 40)
+                    2 => 0xfee0_0d00,     // EXTD: no x2APIC in this CPU's CPUID
+                    _ => 0xfee0_0500,     // EXTD without EN
+                };
+                k.mov(rax, v)?;
+                wrmsr_rax(k, msr::APIC_BASE)
+            })?;
+            rdmsr_rax(k, msr::APIC_BASE)?;
+            report(k, rax)?;
+            stop(k)
+        },
+        no_user,
+        |m| m.resume_at(GP, "next"),
+    );
+    let mut want = VALUES.to_vec();
+    want.push(0xfee0_0900);
+    assert_eq!(r.reports, want);
+    assert_eq!(r.events.len(), 4, "{:#x?}", r.events);
+    for e in &r.events {
+        assert_eq!((e.vector, e.error_code), (GP, 0), "{e:#x?}");
+    }
+}
+
 /// SWAPGS exchanges GS.base with IA32_KERNEL_GS_BASE (SDM SWAPGS).
 #[test]
 fn swapgs_exchanges_gs_bases() {

@@ -180,6 +180,18 @@ pub mod msr {
     }
 }
 
+/// IA32_APIC_BASE bits (SDM 11.4.4, 11.12.1).
+pub mod apic_base {
+    /// This is the bootstrap processor.
+    pub const BSP: u64 = 1 << 8;
+    /// x2APIC mode (with EN).
+    pub const EXTD: u64 = 1 << 10;
+    /// The local APIC is enabled.
+    pub const EN: u64 = 1 << 11;
+    /// The xAPIC page's physical address (bits 12 up to MAXPHYADDR).
+    pub const BASE: u64 = !0xfff;
+}
+
 /// Architectural exception vectors (SDM Table 6-1).
 pub mod vector {
     pub const DE: u8 = 0;

@@ -106,6 +106,29 @@ pub(super) fn read_msr(cpu: &mut CpuState, index: u32) -> Option<u64> {
     })
 }
 
+/// May IA32_APIC_BASE become `v` (SDM 11.12.5)? Reserved bits are the low byte, bit 9, the
+/// bits at and above MAXPHYADDR and EXTD on a CPU without x2APIC; of the modes (EN, EXTD),
+/// "EXTD without EN" is invalid, x2APIC cannot return to xAPIC without passing through
+/// disabled, and a disabled APIC cannot enter x2APIC directly.
+fn apic_base_allowed(cpu: &CpuState, v: u64) -> bool {
+    use krr_runtime::arch::apic_base::{BASE, BSP, EN, EXTD};
+    let max_phys = cpu.cpuid.query(0x8000_0008, 0, cpu.cr4)[0] & 0xff;
+    let x2apic = cpu.cpuid.query(1, 0, cpu.cr4)[2] & (1 << 21) != 0;
+    let phys_mask = 1u64.checked_shl(max_phys).map_or(u64::MAX, |m| m - 1);
+    let mut writable = (BASE & phys_mask) | BSP | EN;
+    if x2apic {
+        writable |= EXTD;
+    }
+    if v & !writable != 0 {
+        return false;
+    }
+    let mode = |b: u64| (b & EN != 0, b & EXTD != 0);
+    !matches!(
+        (mode(cpu.apic_base), mode(v)),
+        (_, (false, true)) | ((true, true), (true, false)) | ((false, false), (true, true))
+    )
+}
+
 /// Write an MSR; `false` means #GP (unknown MSR or a reserved bit set).
 pub(super) fn write_msr(cpu: &mut CpuState, index: u32, v: u64) -> bool {
     if msr::is_device_msr(index) {
@@ -114,8 +137,7 @@ pub(super) fn write_msr(cpu: &mut CpuState, index: u32, v: u64) -> bool {
     let canonical = mmu::is_canonical(v);
     match index {
         msr::APIC_BASE => {
-            // Only the xAPIC at its default address is modelled.
-            if v & !0xffff_f900 != 0 {
+            if !apic_base_allowed(cpu, v) {
                 return false;
             }
             cpu.apic_base = v;
