@@ -20,14 +20,29 @@
 //!   with ACPI on, Linux then does not scan PCI, whose only device is the host bridge; COM1,
 //!   the RTC and the 8042 are found by their legacy probes);
 //! * MADT: local APIC address 0xFEE00000, PCAT_COMPAT (the 8259 pair is there), one processor
-//!   local APIC (UID 0, APIC ID 0, enabled) and no IO-APIC. Booted with `nolapic noapic`, Linux
-//!   skips the APIC entries and keeps PIC interrupt routing (SCI on IRQ 9, level-triggered
-//!   through the ELCR).
+//!   local APIC (UID 0, APIC ID 0, enabled). Without [`AcpiConfig::with_ioapic`] (the default)
+//!   that is all: booted with `nolapic noapic`, Linux skips the APIC entries and keeps PIC
+//!   interrupt routing (SCI on IRQ 9, level-triggered through the ELCR). With it, as QEMU's
+//!   PIIX board declares them:
+//!   - the IO-APIC of `devices/ioapic.rs`: ID [`IOAPIC_ID`] 0, address 0xFEC00000, GSI base 0.
+//!     ID 0 is also the local APIC's ID, as on QEMU: IO-APIC and local APIC IDs only had to
+//!     differ on the serial APIC bus of P6-era xAPICs; x86-64 Linux (`io_apic_unique_id`)
+//!     checks only that IO-APIC IDs differ from each other, and reprograms none with ACPI;
+//!   - interrupt source overrides: ISA IRQ0 -> GSI 2 (the PIT, flags 0: conforming to the ISA
+//!     bus, i.e. edge, active high), and IRQ9 -> GSI 9 level-triggered, active high (the SCI;
+//!     without it Linux would take the SCI as active low, and the IO-APIC model applies
+//!     polarity to the line). ISA IRQs without an override are identity-mapped, edge, active
+//!     high; IRQ2 has no GSI (GSI 2 is IRQ0's). [`super::devices::ioapic::gsi_for_isa_irq`] is
+//!     the same mapping. (QEMU's PIIX board also declares IRQ5, 10 and 11 level, its PCI
+//!     interrupt lines; krr has no PCI device interrupts, so those keep the ISA default);
+//!   - a local APIC NMI structure: all processors (UID 0xFF), flags 0, LINT1.
 
-use super::devices::{pci, pm, rtc};
+use super::devices::{ioapic, pci, pm, rtc};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
-use acpi_tables::madt::{EnabledStatus, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -52,6 +67,30 @@ pub const LAPIC_ADDR: u32 = 0xfee0_0000;
 pub const MADT_PCAT_COMPAT: u32 = 1;
 /// Offset of the MADT's flags field (after the header and the local APIC address).
 const MADT_FLAGS_OFFSET: usize = 40;
+/// Offset of every SDT's length field.
+const SDT_LENGTH_OFFSET: usize = 4;
+
+/// The IO-APIC's ID in the MADT (its ID register's value after reset).
+pub const IOAPIC_ID: u8 = 0;
+/// MADT structure types the crate does not build.
+const MADT_INTERRUPT_SOURCE_OVERRIDE: u8 = 2;
+const MADT_LOCAL_APIC_NMI: u8 = 4;
+/// Their lengths.
+const INTERRUPT_SOURCE_OVERRIDE_LEN: u8 = 10;
+const LOCAL_APIC_NMI_LEN: u8 = 6;
+/// Interrupt source override: the bus of the source (0 = ISA).
+const BUS_ISA: u8 = 0;
+/// MPS INTI flags (interrupt source overrides, NMI structures): polarity in bits 1:0, trigger
+/// mode in bits 3:2; 0 in either field means "conforms to the bus".
+pub const INTI_CONFORMING: u16 = 0;
+pub const INTI_ACTIVE_HIGH: u16 = 0b01;
+pub const INTI_ACTIVE_LOW: u16 = 0b11;
+pub const INTI_EDGE: u16 = 0b01 << 2;
+pub const INTI_LEVEL: u16 = 0b11 << 2;
+/// Local APIC NMI: the processor UID meaning "all processors".
+pub const ALL_PROCESSORS: u8 = 0xff;
+/// Local APIC NMI: the LINT input NMI arrives on.
+pub const NMI_LINT: u8 = 1;
 
 /// FADT IAPC_BOOT_ARCH bits.
 pub const BOOT_ARCH_LEGACY_DEVICES: u16 = 1 << 0;
@@ -88,6 +127,14 @@ mod fadt_off {
     pub const X_PM1A_CNT_BLK: usize = 172;
     pub const X_PM_TMR_BLK: usize = 208;
     pub const LENGTH: usize = 276;
+}
+
+/// What the tables describe beyond the fixed PC.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AcpiConfig {
+    /// Declare the IO-APIC in the MADT, with the ISA interrupt source overrides and the local
+    /// APIC NMI. Off (the default) for the machine without an IO-APIC.
+    pub with_ioapic: bool,
 }
 
 /// The tables as one image to copy to [`AcpiTables::base`], and where each one is.
@@ -210,7 +257,32 @@ fn fadt(facs: u64, dsdt: u64) -> Vec<u8> {
     bytes
 }
 
-fn madt() -> Vec<u8> {
+/// An interrupt source override: ISA `irq` is GSI `gsi` with the MPS INTI `flags`.
+fn source_override(irq: u8, gsi: u8, flags: u16) -> Vec<u8> {
+    let mut s = vec![
+        MADT_INTERRUPT_SOURCE_OVERRIDE,
+        INTERRUPT_SOURCE_OVERRIDE_LEN,
+    ];
+    s.extend_from_slice(&[BUS_ISA, irq]);
+    s.extend_from_slice(&u32::from(gsi).to_le_bytes());
+    s.extend_from_slice(&flags.to_le_bytes());
+    s
+}
+
+/// A local APIC NMI structure.
+fn local_apic_nmi(processor_uid: u8, flags: u16, lint: u8) -> Vec<u8> {
+    let mut s = vec![MADT_LOCAL_APIC_NMI, LOCAL_APIC_NMI_LEN, processor_uid];
+    s.extend_from_slice(&flags.to_le_bytes());
+    s.push(lint);
+    s
+}
+
+/// The GSI of an ISA IRQ that has one.
+fn isa_gsi(irq: u8) -> u8 {
+    ioapic::gsi_for_isa_irq(irq).expect("ISA IRQ with a GSI")
+}
+
+fn madt(config: AcpiConfig) -> Vec<u8> {
     let mut madt = MADT::new(
         OEM_ID,
         OEM_TABLE_ID,
@@ -218,8 +290,24 @@ fn madt() -> Vec<u8> {
         LocalInterruptController::Address(LAPIC_ADDR),
     );
     madt.add_structure(ProcessorLocalApic::new(0, 0, EnabledStatus::Enabled));
+    if config.with_ioapic {
+        madt.add_structure(IoApic::new(IOAPIC_ID, ioapic::IOAPIC_BASE as u32, 0));
+    }
     let mut bytes = Vec::new();
     madt.to_aml_bytes(&mut bytes);
+    if config.with_ioapic {
+        // The crate has no interrupt source override or local APIC NMI structure.
+        bytes.extend(source_override(0, isa_gsi(0), INTI_CONFORMING));
+        let sci = pm::SCI_IRQ;
+        bytes.extend(source_override(
+            sci,
+            isa_gsi(sci),
+            INTI_ACTIVE_HIGH | INTI_LEVEL,
+        ));
+        bytes.extend(local_apic_nmi(ALL_PROCESSORS, INTI_CONFORMING, NMI_LINT));
+        let len = bytes.len() as u32;
+        bytes[SDT_LENGTH_OFFSET..SDT_LENGTH_OFFSET + 4].copy_from_slice(&len.to_le_bytes());
+    }
     // The crate leaves the MADT flags 0 and offers no setter.
     bytes[MADT_FLAGS_OFFSET..MADT_FLAGS_OFFSET + 4]
         .copy_from_slice(&MADT_PCAT_COMPAT.to_le_bytes());
@@ -228,7 +316,7 @@ fn madt() -> Vec<u8> {
 }
 
 /// Build the tables for krr's PC.
-pub fn build() -> AcpiTables {
+pub fn build(config: AcpiConfig) -> AcpiTables {
     let mut l = Layout { image: Vec::new() };
     // The RSDP first (16-byte aligned, found first by the scan), filled in last.
     let rsdp = l.addr();
@@ -236,7 +324,7 @@ pub fn build() -> AcpiTables {
     let facs = l.put(64, &FACS::new());
     let dsdt = l.put(16, &dsdt());
     let fadt_addr = l.put_bytes(16, &fadt(facs, dsdt));
-    let madt_addr = l.put_bytes(16, &madt());
+    let madt_addr = l.put_bytes(16, &madt(config));
     let mut xsdt_table = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt_table.add_entry(fadt_addr);
     xsdt_table.add_entry(madt_addr);
@@ -257,9 +345,18 @@ pub fn build() -> AcpiTables {
     }
 }
 
-/// Write the tables to guest memory; returns the RSDP's address.
+/// Write the tables for the default configuration (no IO-APIC) to guest memory; returns the
+/// RSDP's address.
 pub fn write(mem: &mut GuestMemory) -> Result<u64, krr_runtime::MemoryError> {
-    let t = build();
+    write_with(mem, AcpiConfig::default())
+}
+
+/// Write the tables for `config` to guest memory; returns the RSDP's address.
+pub fn write_with(
+    mem: &mut GuestMemory,
+    config: AcpiConfig,
+) -> Result<u64, krr_runtime::MemoryError> {
+    let t = build(config);
     mem.write(t.base, &t.image)?;
     Ok(t.rsdp)
 }
@@ -294,7 +391,7 @@ mod tests {
 
     #[test]
     fn rsdp_is_findable_and_points_at_the_xsdt() {
-        let t = build();
+        let t = build(AcpiConfig::default());
         assert_eq!(t.rsdp, ACPI_BASE);
         assert_eq!(t.rsdp % 16, 0);
         assert!((0xe0000..0x100000).contains(&t.rsdp));
@@ -310,7 +407,7 @@ mod tests {
 
     #[test]
     fn xsdt_lists_fadt_and_madt() {
-        let t = build();
+        let t = build(AcpiConfig::default());
         let x = table(&t, t.xsdt, b"XSDT");
         assert_eq!(x.len(), 36 + 16);
         assert_eq!(u64_at(x, 36), t.fadt);
@@ -320,7 +417,7 @@ mod tests {
     #[test]
     fn fadt_describes_the_pm_block() {
         use fadt_off::*;
-        let t = build();
+        let t = build(AcpiConfig::default());
         let f = table(&t, t.fadt, b"FACP");
         assert_eq!(f.len(), LENGTH);
         assert_eq!(f[8], 6, "FADT major version");
@@ -357,7 +454,7 @@ mod tests {
 
     #[test]
     fn facs_header() {
-        let t = build();
+        let t = build(AcpiConfig::default());
         let o = (t.facs - t.base) as usize;
         assert_eq!(&t.image[o..o + 4], b"FACS");
         assert_eq!(u32_at(&t.image, o + 4), 64);
@@ -365,7 +462,7 @@ mod tests {
 
     #[test]
     fn dsdt_declares_s5() {
-        let t = build();
+        let t = build(AcpiConfig::default());
         let d = table(&t, t.dsdt, b"DSDT");
         assert_eq!(d[8], DSDT_REVISION);
         // NameOp "_S5_" PackageOp PkgLength(6) NumElements(4) Zero Zero Zero Zero: the sleep
@@ -379,12 +476,87 @@ mod tests {
 
     #[test]
     fn madt_has_one_enabled_local_apic_and_no_ioapic() {
-        let t = build();
+        let t = build(AcpiConfig::default());
         let m = table(&t, t.madt, b"APIC");
         assert_eq!(u32_at(m, 36), LAPIC_ADDR);
         assert_eq!(u32_at(m, MADT_FLAGS_OFFSET), MADT_PCAT_COMPAT);
         // Type 0 (processor local APIC), length 8, UID 0, APIC ID 0, flags: enabled.
         assert_eq!(&m[44..], &[0, 8, 0, 0, 1, 0, 0, 0]);
+    }
+
+    /// The MADT's interrupt controller structures, split by their length bytes.
+    fn madt_structures(m: &[u8]) -> Vec<&[u8]> {
+        let mut structures = Vec::new();
+        let mut o = 44;
+        while o < m.len() {
+            let len = usize::from(m[o + 1]);
+            assert!(
+                len >= 2 && o + len <= m.len(),
+                "structure at {o} overruns the table"
+            );
+            structures.push(&m[o..o + len]);
+            o += len;
+        }
+        structures
+    }
+
+    #[test]
+    fn madt_with_ioapic_declares_overrides_and_nmi() {
+        let t = build(AcpiConfig { with_ioapic: true });
+        let m = table(&t, t.madt, b"APIC");
+        assert_eq!(m[8], 1, "MADT revision");
+        assert_eq!(u32_at(m, 36), LAPIC_ADDR);
+        assert_eq!(u32_at(m, MADT_FLAGS_OFFSET), MADT_PCAT_COMPAT);
+        assert_eq!(m.len(), 44 + 8 + 12 + 10 + 10 + 6);
+        let s = madt_structures(m);
+        assert_eq!(s.len(), 5);
+        // Processor local APIC: UID 0, APIC ID 0, enabled.
+        assert_eq!(s[0], &[0, 8, 0, 0, 1, 0, 0, 0]);
+        // IO-APIC: ID 0, reserved, address 0xFEC00000, GSI base 0.
+        assert_eq!(s[1], &[1, 12, 0, 0, 0x00, 0x00, 0xc0, 0xfe, 0, 0, 0, 0]);
+        assert_eq!(u64::from(u32_at(s[1], 4)), ioapic::IOAPIC_BASE);
+        // Interrupt source override: bus ISA, IRQ0 -> GSI 2, flags 0 (conforming).
+        assert_eq!(s[2], &[2, 10, 0, 0, 2, 0, 0, 0, 0, 0]);
+        // IRQ9 (the SCI) -> GSI 9, flags 0x000d: active high (01), level (11).
+        assert_eq!(s[3], &[2, 10, 0, 9, 9, 0, 0, 0, 0x0d, 0]);
+        // Local APIC NMI: all processors, flags 0, LINT1.
+        assert_eq!(s[4], &[4, 6, 0xff, 0, 0, 1]);
+        // The overrides agree with the IO-APIC model's wiring and the FADT's SCI.
+        assert_eq!(ioapic::gsi_for_isa_irq(0), Some(s[2][4]));
+        let f = table(&t, t.fadt, b"FACP");
+        assert_eq!(u16_at(f, fadt_off::SCI_INT), u16::from(s[3][3]));
+        assert_eq!(ioapic::gsi_for_isa_irq(pm::SCI_IRQ), Some(s[3][4]));
+        assert_eq!(
+            ioapic::IoApic::new().id(),
+            IOAPIC_ID,
+            "the ID register agrees"
+        );
+    }
+
+    #[test]
+    fn ioapic_option_changes_only_the_madt() {
+        let plain = build(AcpiConfig::default());
+        let with = build(AcpiConfig { with_ioapic: true });
+        assert_eq!(AcpiConfig::default(), AcpiConfig { with_ioapic: false });
+        for (addr, sig) in [(plain.fadt, b"FACP"), (plain.dsdt, b"DSDT")] {
+            assert_eq!(table(&plain, addr, sig), table(&with, addr, sig));
+        }
+        assert_eq!((plain.facs, plain.madt), (with.facs, with.madt));
+        let x = table(&with, with.xsdt, b"XSDT");
+        assert_eq!((u64_at(x, 36), u64_at(x, 44)), (with.fadt, with.madt));
+        assert_eq!(madt_structures(table(&plain, plain.madt, b"APIC")).len(), 1);
+        assert!(ACPI_BASE + with.image.len() as u64 <= ACPI_END);
+    }
+
+    #[test]
+    fn write_with_ioapic_puts_that_madt_in_guest_memory() {
+        let mut mem = GuestMemory::new(2 << 20).unwrap();
+        let config = AcpiConfig { with_ioapic: true };
+        assert_eq!(write_with(&mut mem, config).unwrap(), ACPI_BASE);
+        let t = build(config);
+        let mut image = vec![0; t.image.len()];
+        mem.read(t.base, &mut image).unwrap();
+        assert_eq!(image, t.image);
     }
 
     #[test]

@@ -60,6 +60,7 @@ pub trait PortDevice {
 pub mod apic_bus;
 pub mod debug_exit;
 pub mod i8042;
+pub mod ioapic;
 pub mod pci;
 pub mod pic;
 pub mod pit;
