@@ -264,24 +264,33 @@ fn print_rows(rows: &[Row]) {
     }
 }
 
-/// Speed ratios (MIPS of the first row / MIPS of the second) by wall and by CPU time.
+/// Speed ratios (MIPS of the first row / MIPS of the second) by wall and by CPU time, for the
+/// pairs whose rows ran.
 fn print_ratios(rows: &[Row], pairs: &[(&str, &str)]) {
+    let find = |n: &str| rows.iter().find(|r| r.name == n);
+    let per = |r: &Row, t: f64| r.instructions as f64 / t;
+    let lines: Vec<String> = pairs
+        .iter()
+        .filter_map(|(a, b)| Some((find(a)?, find(b)?)))
+        .map(|(a, b)| {
+            format!(
+                "{:<62} {:>6.2}x {:>6.2}x",
+                format!("{} / {}", a.name, b.name),
+                per(a, a.wall) / per(b, b.wall),
+                per(a, a.cpu) / per(b, b.cpu)
+            )
+        })
+        .collect();
+    if lines.is_empty() {
+        return;
+    }
     println!();
     println!(
         "{:<62} {:>7} {:>7}",
         "speed ratio, MIPS / MIPS (above 1: the first is faster)", "wall", "CPU"
     );
-    let find = |n: &str| rows.iter().find(|r| r.name == n);
-    for (a, b) in pairs {
-        if let (Some(a), Some(b)) = (find(a), find(b)) {
-            let per = |r: &Row, t: f64| r.instructions as f64 / t;
-            println!(
-                "{:<62} {:>6.2}x {:>6.2}x",
-                format!("{} / {}", a.name, b.name),
-                per(a, a.wall) / per(b, b.wall),
-                per(a, a.cpu) / per(b, b.cpu)
-            );
-        }
+    for l in lines {
+        println!("{l}");
     }
 }
 
