@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
 # Boot-to-poweroff of the test guest (tests/guest: Debian's 6.1 cloud kernel + the busybox
 # initramfs and its workload), side by side: `krr replay` of a recording of it (default and
-# --singlestep), `krr run`, `krr run --singlestep`, QEMU TCG and
-# QEMU TCG one instruction per block (Debian's qemu-system-x86, tests/guest/qemu-boot.sh: same
-# kernel, initramfs, memory and command line, a CPU model made like krr's). The rows take turns,
-# RUNS times (default 3), and every run must reach the workload's end marker.
+# --singlestep), `krr run`, `krr run --singlestep`, QEMU TCG, QEMU TCG with
+# `-icount shift=0,sleep=off` (QEMU's deterministic mode: one instruction is one virtual
+# nanosecond and idle time is skipped, as krr's virtual clock does) and QEMU TCG one
+# instruction per block (Debian's qemu-system-x86, tests/guest/qemu-boot.sh: same kernel,
+# initramfs, memory and command line, a CPU model made like krr's). The rows take turns, RUNS
+# times (default 3), and every run must reach the workload's end marker.
 #
-# Prints, per row: median (and min-max) wall time, median max RSS, the guest instruction count
-# (krr's last stderr line; QEMU does not count), MIPS (instructions / median wall time), and
-# the wall-time ratio against both QEMU rows, and for krr the blocks compiled, their code
-# bytes and the time spent compiling (median).
+# Same CPU on both sides: QEMU 7.2's TCG has no PCID, so every krr row that is compared with
+# QEMU runs `--cpu max,-pcid` (the replay rows replay a recording made with it); one extra
+# row, `krr run, PCID on`, shows krr's default model.
+#
+# Every row is one whole process measured by GNU time: wall time, and CPU time = user +
+# system of all its threads and waited-for children (krr's compile thread, QEMU's I/O and RCU
+# threads, and qemu-boot.sh's console reader). Prints, per row: median (and min-max) wall
+# time, median CPU time, median max RSS, the guest instruction count (krr's last stderr line;
+# QEMU does not count), MIPS (instructions / median wall time), and for krr the blocks
+# compiled, their code bytes and the time spent compiling (median); then the like-for-like
+# ratios (krr's time / QEMU's, wall and CPU): the default rows against QEMU TCG and QEMU
+# -icount, the --singlestep rows against QEMU -singlestep.
 #
 # Usage: bash bench/boot.sh [RUNS]. Logs go to bench/.cache/boot/.
 #
-# Each row is a function row_NAME OUT ERR that boots once with the console in OUT and stderr in
-# ERR; it is listed in ROWS with its label.
+# Each row is a function row_NAME that boots once with the console on stdout and krr's log on
+# stderr, under "${measure[@]}" (the timer); it is listed in ROWS with its label.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -48,51 +58,69 @@ else
   qemu_ss_args=() qemu_ss_accel=tcg,one-insn-per-tb=on
 fi
 
+# krr's CPU as QEMU's where QEMU can: QEMU 7.2 TCG implements no PCID.
+cpu_like_qemu=(--cpu max,-pcid)
+
 # The trace the replay rows replay (recorded once, not timed).
 trace="$logs/boot.trace"
-"$krr" record --kernel "$kernel" --initrd "$initrd" -o "$trace" >"$logs/record.console" 2>"$logs/record.stderr" \
+"$krr" record --kernel "$kernel" --initrd "$initrd" "${cpu_like_qemu[@]}" -o "$trace" \
+  >"$logs/record.console" 2>"$logs/record.stderr" \
   || { echo "bench/boot.sh: krr record failed (see $logs/record.stderr)" >&2; exit 1; }
 grep -q '^krr: guest powered off: ' "$logs/record.stderr" || {
   echo "bench/boot.sh: the recorded guest did not power off (see $logs/record.stderr)" >&2; exit 1; }
 
-# Each row boots once, under "${measure[@]}" (the timer), console to stdout, log to stderr.
+boot=(--kernel "$kernel" --initrd "$initrd")
 row_krr_replay() { "${measure[@]}" "$krr" replay "$trace"; }
 row_krr_replay_singlestep() { "${measure[@]}" "$krr" replay "$trace" --singlestep; }
-row_krr() { "${measure[@]}" "$krr" run --kernel "$kernel" --initrd "$initrd"; }
-row_krr_singlestep() { "${measure[@]}" "$krr" run --kernel "$kernel" --initrd "$initrd" --singlestep; }
+row_krr() { "${measure[@]}" "$krr" run "${boot[@]}" "${cpu_like_qemu[@]}"; }
+row_krr_singlestep() { "${measure[@]}" "$krr" run "${boot[@]}" "${cpu_like_qemu[@]}" --singlestep; }
+row_krr_pcid() { "${measure[@]}" "$krr" run "${boot[@]}" --cpu max; }
 row_qemu() { "${measure[@]}" bash "$repo/tests/guest/qemu-boot.sh" "$kernel" "$initrd"; }
+row_qemu_icount() {
+  "${measure[@]}" bash "$repo/tests/guest/qemu-boot.sh" "$kernel" "$initrd" -icount shift=0,sleep=off
+}
 row_qemu_singlestep() {
   QEMU_ACCEL=$qemu_ss_accel "${measure[@]}" bash "$repo/tests/guest/qemu-boot.sh" "$kernel" "$initrd" \
     "${qemu_ss_args[@]}"
 }
-# name|label; the ratio columns divide by the rows named qemu and qemu_singlestep.
+# name|label
 ROWS=(
   "krr_replay|krr replay"
   "krr_replay_singlestep|krr replay --singlestep"
   "krr|krr run"
   "krr_singlestep|krr run --singlestep"
+  "krr_pcid|krr run, PCID on"
   "qemu|QEMU TCG"
+  "qemu_icount|QEMU TCG -icount shift=0"
   "qemu_singlestep|QEMU TCG ${qemu_ss_args[*]:-one-insn-per-tb}"
 )
+# Like with like: krr row|QEMU row (the last pair is krr against itself: what PCID changes).
+PAIRS=(
+  "krr_replay|qemu" "krr_replay|qemu_icount" "krr|qemu" "krr|qemu_icount"
+  "krr_replay_singlestep|qemu_singlestep" "krr_singlestep|qemu_singlestep"
+  "krr_pcid|krr"
+)
 
-# One boot of one row; sets w (wall seconds), m (max RSS KiB), n (instructions or -).
+# One boot of one row; sets w (wall seconds), u (CPU seconds: user + system), m (max RSS KiB),
+# n (instructions or -) and c (compiled blocks, code bytes, compile seconds, or "- - -").
 boot_once() {
-  local name=$1 i=$2 out err t code=0
+  local name=$1 i=$2 out err t code=0 us sy
   out="$logs/$name.$i.console" err="$logs/$name.$i.stderr" t="$logs/$name.$i.time"
-  measure=("$timer" -f '%e %M' -o "$t")
+  measure=("$timer" -f '%e %M %U %S' -o "$t")
   "row_$name" >"$out" 2>"$err" || code=$?
   # Status 0 only: krr exits 2 when the guest halts with interrupts off, a hung guest.
   if [ "$code" -ne 0 ]; then
     echo "bench/boot.sh: $name run $i failed with status $code (see $err)" >&2; exit 1
   fi
   # krr run must end with the guest's power-off (not a halt, reset or instruction limit).
-  case $name in krr|krr_singlestep)
+  case $name in krr|krr_singlestep|krr_pcid)
     grep -q '^krr: guest powered off: ' "$err" || {
       echo "bench/boot.sh: $name run $i: the guest did not power off (see $err)" >&2; exit 1; }
   esac
   grep -q KRR-WORKLOAD-END "$out" || {
     echo "bench/boot.sh: $name run $i did not reach the end marker (see $out)" >&2; exit 1; }
-  read -r w m < <(tail -n 1 "$t")
+  read -r w m us sy < <(tail -n 1 "$t")
+  u=$(awk -v a="$us" -v b="$sy" 'BEGIN {printf "%.2f", a + b}')
   n=$(tail -n 1 "$err" | sed -n 's/.* \([0-9][0-9]*\) instructions in .*/\1/p')
   # krr replay: the summary's lines.
   if [[ $name == krr_replay* ]]; then
@@ -108,43 +136,49 @@ boot_once() {
 }
 
 median() { sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+# The median of a space-separated list, "-" entries left out ("-" if nothing is left).
+med() {
+  local xs; xs=$(tr ' ' '\n' <<<"$1" | grep -v '^-$' | grep . || true)
+  if [ -n "$xs" ]; then median <<<"$xs"; else echo -; fi
+}
 
-declare -A walls=() rss=() insns=() blocks=() bytes=() csecs=()
+declare -A walls=() cpus=() rss=() insns=() blocks=() bytes=() csecs=()
 for i in $(seq 1 "$runs"); do
   for row in "${ROWS[@]}"; do
     name=${row%%|*}
     boot_once "$name" "$i"
-    echo "run $i ${row#*|}: ${w} s, ${m} KiB, ${n} instructions" >&2
-    walls[$name]+="$w "
-    rss[$name]+="$m "
-    insns[$name]+="$n "
+    echo "run $i ${row#*|}: ${w} s wall, ${u} s CPU, ${m} KiB, ${n} instructions" >&2
+    walls[$name]+="$w " cpus[$name]+="$u " rss[$name]+="$m " insns[$name]+="$n "
     read -r cb cy cs <<<"$c"
     blocks[$name]+="$cb " bytes[$name]+="$cy " csecs[$name]+="$cs "
   done
 done
 
-q=$(tr ' ' '\n' <<<"${walls[qemu]}" | grep . | median)
-qs=$(tr ' ' '\n' <<<"${walls[qemu_singlestep]}" | grep . | median)
+declare -A label=()
+for row in "${ROWS[@]}"; do label[${row%%|*}]=${row#*|}; done
 echo
 echo "Boot to poweroff, $runs runs per row, taking turns ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
-echo "$("$qemu" --version | head -n 1); krr $(git -C "$repo" rev-parse --short HEAD)"
-printf '%-26s %9s %15s %9s %14s %7s %9s %10s %8s %11s %10s\n' row "wall (s)" "min-max (s)" "RSS (MiB)" instructions MIPS "vs QEMU" "vs QEMU 1" blocks "code bytes" "compile s"
+echo "$("$qemu" --version | head -n 1); krr $(git -C "$repo" rev-parse --short HEAD); krr rows --cpu max,-pcid unless PCID on"
+printf '%-26s %9s %13s %8s %9s %12s %7s %7s %10s %9s\n' row "wall (s)" "min-max (s)" "CPU (s)" "RSS (MiB)" \
+  instructions MIPS blocks "code bytes" "compile s"
 for row in "${ROWS[@]}"; do
   name=${row%%|*}
-  ws=$(tr ' ' '\n' <<<"${walls[$name]}" | grep .)
-  w=$(median <<<"$ws")
-  lo=$(sort -g <<<"$ws" | head -n 1) hi=$(sort -g <<<"$ws" | tail -n 1)
-  m=$(tr ' ' '\n' <<<"${rss[$name]}" | grep . | median)
+  w=$(med "${walls[$name]}")
+  ws=$(tr ' ' '\n' <<<"${walls[$name]}" | grep . | sort -g)
+  lo=$(head -n 1 <<<"$ws") hi=$(tail -n 1 <<<"$ws")
   n=$(tr ' ' '\n' <<<"${insns[$name]}" | grep . | sort -u)
   [ "$(wc -l <<<"$n")" -eq 1 ] || n="varies"
   if [[ "$n" =~ ^[0-9]+$ ]]; then mips=$(awk -v n="$n" -v w="$w" 'BEGIN {printf "%.1f", n / w / 1e6}'); else mips=-; fi
-  med_or_dash() {
-    local xs; xs=$(tr ' ' '\n' | grep -v '^-$' | grep . || true)
-    if [ -n "$xs" ]; then median <<<"$xs"; else echo -; fi
-  }
-  printf '%-26s %9.2f %15s %9.0f %14s %7s %8.2fx %9.2fx %8s %11s %10s\n' "${row#*|}" "$w" "$lo-$hi" \
-    "$(awk -v m="$m" 'BEGIN {print m / 1024}')" "$n" "$mips" \
-    "$(awk -v a="$w" -v b="$q" 'BEGIN {print a / b}')" "$(awk -v a="$w" -v b="$qs" 'BEGIN {print a / b}')" \
-    "$(med_or_dash <<<"${blocks[$name]}")" "$(med_or_dash <<<"${bytes[$name]}")" "$(med_or_dash <<<"${csecs[$name]}")"
+  printf '%-26s %9.2f %13s %8.2f %9.0f %12s %7s %7s %10s %9s\n' "${label[$name]}" "$w" "$lo-$hi" \
+    "$(med "${cpus[$name]}")" "$(awk -v m="$(med "${rss[$name]}")" 'BEGIN {print m / 1024}')" "$n" "$mips" \
+    "$(med "${blocks[$name]}")" "$(med "${bytes[$name]}")" "$(med "${csecs[$name]}")"
 done
-echo "(vs QEMU: wall time / QEMU TCG's; vs QEMU 1: / QEMU TCG one instruction per block's. MIPS: guest instructions / median wall time, startup included.)"
+echo "(CPU: user + system of all threads. MIPS: guest instructions / median wall time, start-up included.)"
+echo
+printf '%-52s %8s %8s\n' "like with like: time ratio (below 1: krr faster)" wall CPU
+for pair in "${PAIRS[@]}"; do
+  a=${pair%%|*} b=${pair#*|}
+  printf '%-52s %7.2fx %7.2fx\n' "${label[$a]} / ${label[$b]}" \
+    "$(awk -v a="$(med "${walls[$a]}")" -v b="$(med "${walls[$b]}")" 'BEGIN {print a / b}')" \
+    "$(awk -v a="$(med "${cpus[$a]}")" -v b="$(med "${cpus[$b]}")" 'BEGIN {print a / b}')"
+done

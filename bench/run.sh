@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Runs the engine benchmarks side by side with QEMU TCG (user mode, Debian's 7.2 build,
-# fetched with apt-get download + dpkg-deb -x into bench/.cache, nothing installed).
+# Runs the guest-loop benchmark (bench/src/main.rs): krr's interpreter, tiered JIT and JIT
+# single-step side by side with the same loop natively and under QEMU TCG user mode (Debian's
+# 7.2 qemu-user-static, fetched with apt-get download + dpkg-deb -x into bench/.cache, nothing
+# installed). Every row is a whole process timed the same way (wall and CPU time, see main.rs).
+# Usage: bash bench/run.sh [--runs N] [--iterations N] [--interpreter-only]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache="$here/.cache"

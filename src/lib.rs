@@ -1,5 +1,6 @@
 //! krr as a library: the machine (devices, Linux boot), the built-in demo guest, the trace
 //! format, the recorder and the replayer that the `krr` binary drives.
+pub mod cpu_model;
 pub mod demo_guest;
 pub mod machine;
 pub mod record;

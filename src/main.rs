@@ -36,6 +36,10 @@ struct BootArgs {
     mem: String,
     #[command(flatten)]
     engine: engine_args::EngineArgs,
+    /// The CPU model, as QEMU's -cpu: NAME[,+FEATURE|,-FEATURE]... Models: max (everything
+    /// krr implements). Features: pcid.
+    #[arg(long, value_name = "SPEC", default_value = krr::cpu_model::DEFAULT_SPEC)]
+    cpu: String,
     /// Stop after this many instructions.
     #[arg(long)]
     max_instructions: Option<u64>,
@@ -80,12 +84,15 @@ enum Command {
 
 fn boot(b: BootArgs, record: Option<(PathBuf, u64)>) -> Result<i32, String> {
     let mem_bytes = run::parse_size(&b.mem)?;
+    let cpu =
+        krr::cpu_model::CpuModel::parse(&b.cpu).map_err(|e| format!("--cpu {}: {e}", b.cpu))?;
     run::run(run::RunArgs {
         kernel: b.kernel,
         initrd: b.initrd,
         append: b.append,
         mem_bytes,
         engine: b.engine.config(),
+        cpu,
         max_instructions: b.max_instructions,
         host_time: b.host_time,
         record,

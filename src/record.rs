@@ -15,6 +15,8 @@ pub struct RecordOptions<'a> {
     /// What was booted, for `krr info`.
     pub guest: String,
     pub cmdline: String,
+    /// The CPU model's name (`--cpu` spec); the table itself is read from the CPU.
+    pub cpu_model: String,
     pub max_instructions: Option<u64>,
 }
 
@@ -48,7 +50,7 @@ pub fn record(
         krr_version: env!("CARGO_PKG_VERSION").to_string(),
         mem_bytes: m.core.mem().size(),
         ns_per_insn: 1,
-        cpu_model: "krr-default".to_string(),
+        cpu_model: opts.cpu_model.clone(),
         cpuid,
         guest: opts.guest.clone(),
         cmdline: opts.cmdline.clone(),

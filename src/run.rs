@@ -1,6 +1,7 @@
 //! `krr run` and `krr record`: boot a Linux kernel on the machine, console on stdout, and
 //! (record) write the trace.
 
+use krr::cpu_model::CpuModel;
 use krr::machine::{linux, Machine, MachineConfig, RunEnd};
 use krr::record::{record, RecordOptions};
 use krr_jit::EngineConfig;
@@ -13,6 +14,7 @@ pub struct RunArgs {
     pub append: String,
     pub mem_bytes: u64,
     pub engine: EngineConfig,
+    pub cpu: CpuModel,
     pub max_instructions: Option<u64>,
     /// Host time instead of virtual time.
     pub host_time: bool,
@@ -58,6 +60,7 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         Box::new(krr::report::Console::new(bar.clone())),
     )
     .map_err(|e| e.to_string())?;
+    *m.core.cpuid_mut() = args.cpu.cpuid;
     let (arch, mem) = m.core.arch_and_mem();
     let info = linux::load(
         mem,
@@ -104,6 +107,7 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
                         .unwrap_or_default()
                 ),
                 cmdline: args.append.clone(),
+                cpu_model: args.cpu.spec.clone(),
                 max_instructions: args.max_instructions,
             };
             let r = record(&mut m, &opts, &bar)?;

@@ -1,10 +1,10 @@
 //! The real guest: Debian's 6.1 cloud kernel with a busybox initramfs (tests/guest/) boots
-//! under `krr record` to the workload's end marker, with the workload's results equal to the
-//! same commands run on the host and under QEMU TCG; recordings in the default and single-step
-//! modes are byte-identical, the interpreter gives the same run, and the trace replays to the
-//! recorded end state in both modes; the guest powers off (ACPI S5). The same image booted
-//! under QEMU TCG (Debian's qemu-system-x86, tests/guest/qemu-boot.sh) gives the same
-//! workload results.
+//! under `krr record` to the workload's end marker (also with `--cpu max,-pcid`), with the
+//! workload's results equal to the same commands run on the host and under QEMU TCG;
+//! recordings in the default and single-step modes are byte-identical, the interpreter gives
+//! the same run, and the trace replays to the recorded end state in both modes; the guest
+//! powers off (ACPI S5). The same image booted under QEMU TCG (Debian's qemu-system-x86,
+//! tests/guest/qemu-boot.sh) gives the same workload results.
 //!
 //! Needs `apt-get download` (tests/guest/fetch.sh, tests/guest/fetch-qemu.sh); fails loudly
 //! when the packages cannot be fetched.
@@ -255,6 +255,47 @@ fn debian_kernel_boots_records_and_replays_exactly() {
         finals[0].contains(&trace_line[trace_line.find("registers hash ").unwrap() + 15..][..16]),
         "{finals:?} vs {trace_line}"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--cpu max,-pcid` (the CPU bench/boot.sh gives krr beside QEMU TCG, which has no PCID):
+/// the trace stores the model's name and a CPUID that differs from `max` only in lacking PCID
+/// (CPUID.01H:ECX[17]); the kernel boots without it to the same results and power-off, and
+/// the trace replays to the recorded end.
+#[test]
+fn debian_kernel_records_and_replays_without_pcid() {
+    use krr::cpu_model::CpuModel;
+    let (kernel, initrd) = guest();
+    let dir = std::env::temp_dir().join(format!("krr-boot-nopcid-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("nopcid.trace");
+    let t = trace.to_str().unwrap();
+    let (console, log) = krr_ok(&[
+        "record",
+        "--kernel",
+        &kernel,
+        "--initrd",
+        &initrd,
+        "--cpu",
+        "max,-pcid",
+        "-o",
+        t,
+    ]);
+    assert_powered_off(&log);
+    assert_eq!(workload_lines(&console), expected_results(), "{log}");
+
+    let info = krr::trace::TraceReader::open(&trace).unwrap().info;
+    assert_eq!(info.cpu_model, "max,-pcid");
+    let mut want = CpuModel::parse("max").unwrap().cpuid;
+    want.entries[..want.len as usize]
+        .iter_mut()
+        .filter(|e| e.leaf == 1)
+        .for_each(|e| e.ecx &= !(1 << 17));
+    assert_eq!(info.cpuid, want.entries[..want.len as usize]);
+
+    let (replayed, summary) = krr_ok(&["replay", t]);
+    assert!(summary.contains("Verdict: matched"), "{summary}");
+    assert_eq!(replayed, console, "the replayed console differs");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -1,12 +1,20 @@
 //! Guest-loop micro-benchmark: the same 8-instruction loop body (2 loads, 1 store, 3 ALU,
-//! dec, jnz, plus a JMP or NOP in the middle) run by the interpreter, the tiered JIT and the JIT in single-step mode. Prints
-//! guest MIPS (median of several runs), the ratios between tiers, and Cranelift's compile time
-//! and code size per block.
+//! dec, jnz, plus a JMP or NOP in the middle) run by krr's interpreter, the tiered JIT and the
+//! JIT in single-step mode, and natively and under QEMU TCG user mode. Prints per row the
+//! guest instructions, median wall and CPU time, MIPS by both, Cranelift's compile time and
+//! code size per block, then speed ratios by wall and by CPU time.
 //!
-//! Usage: krr-bench [loop] [--runs N] [--iterations N]
+//! Every row is one whole process, timed the same way by this parent: wall clock from spawn
+//! to exit, and CPU time = user + system of all its threads (getrusage(RUSAGE_CHILDREN) around
+//! the wait). Processes because the native and QEMU rows can only be timed that way; so krr's
+//! tiers run as processes too (this binary again, with `--child`), each paying its own
+//! start-up as QEMU does, with its compile thread's CPU time counted.
+//!
+//! Usage: krr-bench [loop] [--runs N] [--iterations N] [--interpreter-only]
 
 use iced_x86::code_asm::*;
 use krr_jit::snippet::{run_snippet, Region, Snippet, SnippetEnd, Tier, UserState};
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 const CODE: u64 = 0x40_0000;
@@ -101,45 +109,35 @@ fn loop_elf(iterations: u64, chained: bool) -> Vec<u8> {
     f
 }
 
-/// Wall-clock MIPS of running `cmd` on the loop ELF (median of `runs`).
-fn bench_command(
-    cmd: &[&str],
-    elf: &std::path::Path,
-    instructions: u64,
-    runs: usize,
-) -> Option<f64> {
-    let mut mips = Vec::new();
-    for _ in 0..runs {
-        let t0 = Instant::now();
-        let status = std::process::Command::new(cmd[0])
-            .args(&cmd[1..])
-            .arg(elf)
-            .status()
-            .ok()?;
-        let dt = t0.elapsed().as_secs_f64();
-        if !status.success() {
-            eprintln!("krr-bench: `{}` failed: {status}", cmd.join(" "));
-            return None;
-        }
-        mips.push(instructions as f64 / dt / 1e6);
-    }
-    Some(median(&mut mips))
-}
+/// krr's rows: (name, `--child` tier, tier, one-block loop?, iterations divisor).
+const KRR_ROWS: [(&str, &str, Tier, bool, u64); 4] = [
+    (
+        "krr interpreter",
+        "interpreter",
+        Tier::Interpreter,
+        false,
+        10,
+    ),
+    ("krr jit, one-block loop", "jit-loop", Tier::Tiered, true, 1),
+    ("krr jit, two chained blocks", "jit", Tier::Tiered, false, 1),
+    (
+        "krr jit single-step",
+        "single-step",
+        Tier::JitSingleStep,
+        false,
+        10,
+    ),
+];
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    v[v.len() / 2]
-}
-
-struct TierResult {
-    mips: f64,
-    blocks_compiled: u64,
-    compile_us_per_block: f64,
-    code_bytes_per_block: f64,
-}
-
-fn bench_tier(tier: Tier, iterations: u64, runs: usize, chained: bool) -> TierResult {
-    let s = loop_snippet(iterations, chained);
+/// `--child TIER ITERATIONS`: run the loop once in that tier and print `instructions blocks
+/// compile-seconds code-bytes`. The tiered engine runs a snippet `Tier::runs()` times in one
+/// process (so its blocks get compiled): all of them are counted.
+fn child(tier: &str, iterations: u64) {
+    let (_, _, tier, one_block, _) = KRR_ROWS
+        .iter()
+        .find(|r| r.1 == tier)
+        .unwrap_or_else(|| panic!("krr-bench: unknown tier `{tier}`"));
+    let s = loop_snippet(iterations, !one_block);
     let mut init = UserState {
         rip: CODE,
         rflags: 0x202,
@@ -147,28 +145,174 @@ fn bench_tier(tier: Tier, iterations: u64, runs: usize, chained: bool) -> TierRe
         ..Default::default()
     };
     init.gpr[4] = DATA + 0x800;
-    let mut mips = Vec::new();
-    let mut last = None;
+    let r = run_snippet(&s, &init, *tier, u64::MAX - 1).expect("benchmark snippet runs");
+    assert_eq!(
+        r.outcome,
+        SnippetEnd::Completed,
+        "benchmark loop did not complete under {tier:?}"
+    );
+    println!(
+        "{} {} {} {}",
+        r.instructions * tier.runs() as u64,
+        r.stats.blocks_compiled,
+        r.stats.compile_time.as_secs_f64(),
+        r.stats.code_bytes
+    );
+}
+
+/// CPU time (user + system) of this process's terminated and waited-for children so far.
+fn children_cpu() -> f64 {
+    // SAFETY: an all-zero rusage is a valid value, and getrusage only writes the struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_CHILDREN is a valid `who`.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    v[v.len() / 2]
+}
+
+struct Row {
+    name: String,
+    instructions: u64,
+    /// Medians over the runs, seconds.
+    wall: f64,
+    cpu: f64,
+    /// Blocks compiled, compile microseconds per block, code bytes per block.
+    compile: Option<(u64, f64, f64)>,
+}
+
+/// Run `cmd` `runs` times, each a whole process timed by wall clock and CPU time. Its stdout
+/// is krr's child line, or empty (then the row has `instructions`). `None` if it cannot run.
+fn bench_process(name: &str, cmd: &[String], instructions: u64, runs: usize) -> Option<Row> {
+    let (mut walls, mut cpus) = (Vec::new(), Vec::new());
+    let mut last = String::new();
     for _ in 0..runs {
+        let cpu0 = children_cpu();
         let t0 = Instant::now();
-        let r = run_snippet(&s, &init, tier, u64::MAX - 1).expect("benchmark snippet runs");
-        let dt = t0.elapsed().as_secs_f64();
-        assert_eq!(
-            r.outcome,
-            SnippetEnd::Completed,
-            "benchmark loop did not complete under {tier:?}"
+        let out = Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .stderr(Stdio::inherit())
+            .output();
+        let wall = t0.elapsed().as_secs_f64();
+        let cpu = children_cpu() - cpu0;
+        match out {
+            Ok(o) if o.status.success() => last = String::from_utf8_lossy(&o.stdout).into(),
+            Ok(o) => {
+                eprintln!("krr-bench: `{}` failed: {}", cmd.join(" "), o.status);
+                return None;
+            }
+            Err(e) => {
+                eprintln!("krr-bench: cannot run `{}`: {e}", cmd.join(" "));
+                return None;
+            }
+        }
+        walls.push(wall);
+        cpus.push(cpu);
+    }
+    let mut row = Row {
+        name: name.to_string(),
+        instructions,
+        wall: median(&mut walls),
+        cpu: median(&mut cpus),
+        compile: None,
+    };
+    let f: Vec<f64> = last
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    if let [n, blocks, secs, bytes] = f[..] {
+        row.instructions = n as u64;
+        if blocks > 0.0 {
+            row.compile = Some((blocks as u64, secs * 1e6 / blocks, bytes / blocks));
+        }
+    }
+    Some(row)
+}
+
+fn print_rows(rows: &[Row]) {
+    println!(
+        "{:<28} {:>12} {:>9} {:>9} {:>10} {:>10} {:>15} {:>11}",
+        "row",
+        "instructions",
+        "wall (s)",
+        "CPU (s)",
+        "MIPS wall",
+        "MIPS CPU",
+        "compile us/blk",
+        "code B/blk"
+    );
+    for r in rows {
+        let (c, b) = match r.compile {
+            Some((_, us, bytes)) => (format!("{us:.1}"), format!("{bytes:.0}")),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "{:<28} {:>12} {:>9.3} {:>9.3} {:>10.1} {:>10.1} {:>15} {:>11}",
+            r.name,
+            r.instructions,
+            r.wall,
+            r.cpu,
+            r.instructions as f64 / r.wall / 1e6,
+            r.instructions as f64 / r.cpu.max(1e-9) / 1e6,
+            c,
+            b
         );
-        mips.push(r.instructions as f64 / dt / 1e6);
-        last = Some(r);
     }
-    let r = last.expect("at least one run");
-    let n = r.stats.blocks_compiled.max(1) as f64;
-    TierResult {
-        mips: median(&mut mips),
-        blocks_compiled: r.stats.blocks_compiled,
-        compile_us_per_block: r.stats.compile_time.as_secs_f64() * 1e6 / n,
-        code_bytes_per_block: r.stats.code_bytes as f64 / n,
+}
+
+/// Speed ratios (MIPS of the first row / MIPS of the second) by wall and by CPU time, for the
+/// pairs whose rows ran.
+fn print_ratios(rows: &[Row], pairs: &[(&str, &str)]) {
+    let find = |n: &str| rows.iter().find(|r| r.name == n);
+    let per = |r: &Row, t: f64| r.instructions as f64 / t;
+    let lines: Vec<String> = pairs
+        .iter()
+        .filter_map(|(a, b)| Some((find(a)?, find(b)?)))
+        .map(|(a, b)| {
+            format!(
+                "{:<62} {:>6.2}x {:>6.2}x",
+                format!("{} / {}", a.name, b.name),
+                per(a, a.wall) / per(b, b.wall),
+                per(a, a.cpu) / per(b, b.cpu)
+            )
+        })
+        .collect();
+    if lines.is_empty() {
+        return;
     }
+    println!();
+    println!(
+        "{:<62} {:>7} {:>7}",
+        "speed ratio, MIPS / MIPS (above 1: the first is faster)", "wall", "CPU"
+    );
+    for l in lines {
+        println!("{l}");
+    }
+}
+
+/// The loop ELFs (full and a tenth of the iterations) in a fresh directory.
+fn write_elfs(iterations: u64) -> std::io::Result<(std::path::PathBuf, [String; 2])> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("krr-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut paths = [String::new(), String::new()];
+    for (i, (file, n)) in [
+        ("loop.elf", iterations),
+        ("loop-small.elf", iterations / 10),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = dir.join(file);
+        std::fs::write(&path, loop_elf(n, true))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        paths[i] = path.to_string_lossy().into_owned();
+    }
+    Ok((dir, paths))
 }
 
 fn main() {
@@ -179,6 +323,14 @@ fn main() {
     while let Some(a) = args.next() {
         match a.as_str() {
             "loop" => {}
+            "--child" => {
+                let tier = args.next().unwrap_or_default();
+                let n = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(iterations);
+                return child(&tier, n);
+            }
             "--interpreter-only" => interpreter_only = true,
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).unwrap_or(runs),
             "--iterations" => {
@@ -193,93 +345,73 @@ fn main() {
             }
         }
     }
-    println!("guest loop: 9 instructions per iteration, {iterations} iterations (interpreter: 1/10), median of {runs} runs");
-    let interp = bench_tier(Tier::Interpreter, iterations / 10, runs, true);
-    if interpreter_only {
-        println!("interpreter: {:.1} guest MIPS", interp.mips);
-        return;
+    println!("guest loop: 9 instructions per iteration, {iterations} iterations (interpreter and single-step rows: 1/10), median of {runs} runs");
+    println!("every row is one whole process (start-up included); CPU = user + system, all threads; the tiered jit rows run the loop {} times in one process", Tier::Tiered.runs());
+    let me = std::env::current_exe()
+        .expect("the benchmark's own path")
+        .to_string_lossy()
+        .into_owned();
+    let mut rows = Vec::new();
+    for (name, tier, _, _, div) in KRR_ROWS {
+        if interpreter_only && tier != "interpreter" {
+            continue;
+        }
+        let cmd = [&me, "--child", tier, &(iterations / div).to_string()].map(String::from);
+        rows.extend(bench_process(name, &cmd, 0, runs));
     }
-    let jit_loop = bench_tier(Tier::Tiered, iterations, runs, false);
-    let jit = bench_tier(Tier::Tiered, iterations, runs, true);
-    let single = bench_tier(Tier::JitSingleStep, iterations / 10, runs, true);
-    println!(
-        "{:<22} {:>10} {:>12} {:>16} {:>16}",
-        "tier", "guest MIPS", "vs interp", "compile us/blk", "code B/blk"
+    if !interpreter_only {
+        rows.extend(other_rows(iterations, runs));
+    }
+    print_rows(&rows);
+    print_ratios(
+        &rows,
+        &[
+            ("krr jit, two chained blocks", "krr interpreter"),
+            ("krr jit, two chained blocks", "QEMU TCG user"),
+            ("krr jit single-step", "QEMU TCG user -singlestep"),
+            ("krr jit, two chained blocks", "native (host CPU)"),
+        ],
     );
-    let rows = [
-        ("interpreter", &interp),
-        ("jit, one-block loop", &jit_loop),
-        ("jit, two chained blocks", &jit),
-        ("jit single-step", &single),
-    ];
-    for (name, r) in rows {
-        let (c, b) = if r.blocks_compiled > 0 {
-            (
-                format!("{:.1}", r.compile_us_per_block),
-                format!("{:.0}", r.code_bytes_per_block),
-            )
-        } else {
-            ("-".into(), "-".into())
-        };
-        println!(
-            "{:<22} {:>10.1} {:>11.1}x {:>16} {:>16}",
-            name,
-            r.mips,
-            r.mips / interp.mips,
-            c,
-            b
-        );
-    }
-
-    // The same loop (two-block variant), natively and under QEMU user-mode TCG.
-    let dir = std::env::temp_dir().join(format!("krr-bench-{}", std::process::id()));
-    if std::fs::create_dir_all(&dir).is_err() {
-        return;
-    }
-    let write = |path: &std::path::Path, n: u64| -> bool {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::write(path, loop_elf(n, true)).is_ok()
-            && std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).is_ok()
-    };
-    let elf = dir.join("loop.elf");
-    let small = dir.join("loop-small.elf");
-    if !write(&elf, iterations) || !write(&small, iterations / 10) {
-        return;
-    }
-    let insns = 3 + 9 * iterations;
-    let small_insns = 3 + 9 * (iterations / 10);
-    let native = bench_command(&["env"], &elf, insns, runs);
-    let qemu = std::env::var("KRR_QEMU_USER").ok();
-    let (tcg, tcg_single) = match &qemu {
-        Some(q) => (
-            bench_command(&[q.as_str()], &elf, insns, runs),
-            bench_command(&[q.as_str(), "-singlestep"], &small, small_insns, runs),
-        ),
-        None => (None, None),
-    };
-    let _ = std::fs::remove_dir_all(&dir);
-    println!();
-    println!("the two-block loop side by side (wall time incl. process start-up):");
-    println!(
-        "{:<24} {:>10}   {:>22}   {:>22}",
-        "runner", "guest MIPS", "krr jit (chained) / it", "krr single-step / it"
-    );
-    let show = |name: &str, v: Option<f64>| match v {
-        Some(m) => println!(
-            "{:<24} {:>10.1}   {:>21.2}x   {:>21.2}x",
-            name,
-            m,
-            jit.mips / m,
-            single.mips / m
-        ),
-        None => println!("{name:<24} {:>10}", "n/a"),
-    };
-    show("native (host CPU)", native);
-    show("QEMU TCG user", tcg);
-    show("QEMU TCG -singlestep", tcg_single);
-    if qemu.is_none() {
+    if std::env::var_os("KRR_QEMU_USER").is_none() && !interpreter_only {
         println!(
             "(QEMU: set KRR_QEMU_USER to a qemu-x86_64 binary; bench/run.sh fetches Debian's)"
         );
     }
+}
+
+/// The two-block loop as a Linux ELF, natively and under QEMU TCG user mode (`KRR_QEMU_USER`).
+fn other_rows(iterations: u64, runs: usize) -> Vec<Row> {
+    let (dir, [elf, small]) = match write_elfs(iterations) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("krr-bench: cannot write the loop ELF: {e}");
+            return Vec::new();
+        }
+    };
+    let insns = 3 + 9 * iterations;
+    let small_insns = 3 + 9 * (iterations / 10);
+    let mut rows = Vec::new();
+    rows.extend(bench_process(
+        "native (host CPU)",
+        std::slice::from_ref(&elf),
+        insns,
+        runs,
+    ));
+    if let Ok(q) = std::env::var("KRR_QEMU_USER") {
+        rows.extend(bench_process(
+            "QEMU TCG user",
+            &[q.clone(), elf],
+            insns,
+            runs,
+        ));
+        let single = [q, "-singlestep".into(), small];
+        rows.extend(bench_process(
+            "QEMU TCG user -singlestep",
+            &single,
+            small_insns,
+            runs,
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    rows
 }

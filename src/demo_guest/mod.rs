@@ -289,6 +289,7 @@ pub fn record_demo_guest(
         checkpoint_interval: DEMO_CHECKPOINT_INTERVAL,
         guest: "krr's built-in demo guest".to_string(),
         cmdline: String::new(),
+        cpu_model: crate::cpu_model::DEFAULT_SPEC.to_string(),
         max_instructions: Some(MAX_INSTRUCTIONS),
     };
     let recorded = crate::record::record(&mut m, &opts, &indicatif::ProgressBar::hidden())

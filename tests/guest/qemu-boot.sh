@@ -29,7 +29,8 @@ qemu=$(bash "$here/fetch-qemu.sh")
 # The same command line as `krr run` (src/run.rs DEFAULT_APPEND).
 append=$(sed -n 's/^ *"\(console=ttyS0 [^"]*\)";$/\1/p' "$here/../../src/run.rs")
 [ -n "$append" ] || { echo "$0: cannot read DEFAULT_APPEND from src/run.rs" >&2; exit 2; }
-# krr's CPU also reports PCID, which QEMU 7.2 TCG does not implement (it warns and drops it).
+# krr's default model (--cpu max) also reports PCID, which QEMU 7.2 TCG does not implement;
+# `krr --cpu max,-pcid` leaves it out (bench/boot.sh compares krr with QEMU that way).
 cpu=qemu64,vendor=KrrKrrKrrKrr,family=6,model=85,stepping=4,+xsave,+xsaveopt,-pse,-pse36,-mce,-mca,-sse3,-svm,+cx16,+popcnt,+movbe,+fsgsbase,+bmi1,+bmi2,+adx,+smep,+smap,+abm,+rdtscp
 
 coproc QEMU {
