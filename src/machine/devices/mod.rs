@@ -59,6 +59,7 @@ pub trait PortDevice {
 
 pub mod apic_bus;
 pub mod debug_exit;
+pub mod dma;
 pub mod i8042;
 pub mod pci;
 pub mod pic;
