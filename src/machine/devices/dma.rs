@@ -4,7 +4,7 @@
 //! through [`DmaMemory`], which the machine implements over its RAM. Only writes change the
 //! guest's state, so the machine logs each [`DmaMemory::write`] as one DMA Write trace event
 //! (address and bytes) and replay needs nothing else; reads are not logged (replay has the same
-//! RAM). The machine also tells the engine about each write (`Engine::notify_write`), since
+//! RAM). The machine must also report each write to the engine (`Engine::notify_write`):
 //! the bytes may overwrite translated code.
 //!
 //! Accesses never wrap and never reach MMIO: a range that is not wholly guest RAM fails with

@@ -30,9 +30,9 @@
 //!
 //! krr boots Linux without a BIOS, so [`PciHost::add`] leaves each function as SeaBIOS would:
 //! its memory BARs assigned in the PCI memory window [`PCI_MMIO_START`]..[`PCI_MMIO_END`]
-//! (0xC000_0000-0xFEBF_FFFF, the hole between the top of low RAM, which the machine caps at
-//! 3 GiB, and the IO-APIC), bottom-up in slot order, each aligned to its size and to at least
-//! a page; memory decoding enabled in the command register (bus mastering left to the
+//! (0xC000_0000-0xFEBF_FFFF, between the top of low RAM, which must stay at or below 3 GiB,
+//! and the IO-APIC), bottom-up in slot order, each aligned to its size and to at least a
+//! page; memory decoding enabled in the command register (bus mastering left to the
 //! driver); and the interrupt line register set to the ISA IRQ the machine wired its INTA#
 //! to. Linux keeps these assignments (it reads them back with `pci_read_bases`) unless it
 //! chooses to move them.
@@ -306,7 +306,10 @@ impl PciHost {
             let Some(b) = config.bar(bar) else { continue };
             let align = b.size.max(BAR_MIN_ALIGN);
             let base = next.next_multiple_of(align);
-            if base + b.size > PCI_MMIO_END {
+            if base
+                .checked_add(b.size)
+                .is_none_or(|end| end > PCI_MMIO_END)
+            {
                 let name = function.name().to_string();
                 return Err(PciError::WindowFull {
                     name,
