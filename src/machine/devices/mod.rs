@@ -67,3 +67,4 @@ pub mod pit;
 pub mod pm;
 pub mod rtc;
 pub mod serial;
+pub mod virtio;
