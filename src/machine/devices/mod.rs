@@ -59,6 +59,7 @@ pub trait PortDevice {
 
 pub mod apic_bus;
 pub mod debug_exit;
+pub mod dma;
 pub mod i8042;
 pub mod ioapic;
 pub mod pci;
@@ -67,3 +68,4 @@ pub mod pit;
 pub mod pm;
 pub mod rtc;
 pub mod serial;
+pub mod virtio;
