@@ -62,6 +62,7 @@ pub mod debug_exit;
 pub mod dma;
 pub mod i8042;
 pub mod ioapic;
+pub mod lapic;
 pub mod pci;
 pub mod pic;
 pub mod pit;
