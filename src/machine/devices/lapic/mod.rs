@@ -97,6 +97,8 @@ pub mod regs;
 mod timer;
 mod vectors;
 
+#[cfg(test)]
+mod tests;
 
 pub use timer::TimerMode;
 
