@@ -41,6 +41,30 @@ pub const FEATURES: &[Feature] = &[
         reg: Reg::Ecx,
         bit: 17,
     },
+    // The local APIC's x2APIC (MSR) interface.
+    Feature {
+        name: "x2apic",
+        leaf: 1,
+        subleaf: 0,
+        reg: Reg::Ecx,
+        bit: 21,
+    },
+    // The local APIC timer's TSC-deadline mode (IA32_TSC_DEADLINE).
+    Feature {
+        name: "tsc-deadline",
+        leaf: 1,
+        subleaf: 0,
+        reg: Reg::Ecx,
+        bit: 24,
+    },
+    // Always-running APIC timer.
+    Feature {
+        name: "arat",
+        leaf: 6,
+        subleaf: 0,
+        reg: Reg::Eax,
+        bit: 2,
+    },
 ];
 
 /// A model a spec may start with: a name and its CPUID table.
@@ -210,9 +234,12 @@ mod tests {
             ("qemu64", "unknown CPU model `qemu64` (known models: max)"),
             (
                 "max,+avx512f",
-                "unknown CPU feature `avx512f` (known features: pcid)",
+                "unknown CPU feature `avx512f` (known features: pcid, x2apic, tsc-deadline, arat)",
             ),
-            ("max,-", "unknown CPU feature `` (known features: pcid)"),
+            (
+                "max,-",
+                "unknown CPU feature `` (known features: pcid, x2apic, tsc-deadline, arat)",
+            ),
             ("max,pcid", "`pcid`: write +FEATURE or -FEATURE"),
             ("max,", "``: write +FEATURE or -FEATURE"),
             ("max,pcid=off", "`pcid=off`: write +FEATURE"),

@@ -1,6 +1,6 @@
 //! The real guest: Debian's 6.1 cloud kernel with a busybox initramfs (tests/guest/) boots
-//! under `krr record` to the workload's end marker (also with `--cpu max,-pcid`), with the
-//! workload's results equal to the same commands run on the host and under QEMU TCG;
+//! under `krr record` to the workload's end marker (also with the CPU QEMU 7.2 TCG has), with
+//! the workload's results equal to the same commands run on the host and under QEMU TCG;
 //! recordings in the default and single-step modes are byte-identical, the interpreter gives
 //! the same run, and the trace replays to the recorded end state in both modes; the guest
 //! powers off (ACPI S5). The same image booted under QEMU TCG (Debian's qemu-system-x86,
@@ -258,12 +258,14 @@ fn debian_kernel_boots_records_and_replays_exactly() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// `--cpu max,-pcid` (the CPU bench/boot.sh gives krr beside QEMU TCG, which has no PCID):
-/// the trace stores the model's name and a CPUID that differs from `max` only in lacking PCID
-/// (CPUID.01H:ECX[17]); the kernel boots without it to the same results and power-off, and
-/// the trace replays to the recorded end.
+/// `--cpu max,-pcid,-x2apic,-tsc-deadline` (the CPU bench/boot.sh gives krr beside QEMU 7.2
+/// TCG, which has none of the three): the trace stores the model's name and a CPUID that
+/// differs from `max` only in those bits (CPUID.01H:ECX[17, 21, 24]); the kernel boots to the
+/// same results and power-off with the local APIC timer in one-shot mode instead of
+/// TSC-deadline, and the trace replays to the recorded end.
 #[test]
-fn debian_kernel_records_and_replays_without_pcid() {
+fn debian_kernel_records_and_replays_with_the_cpu_qemu_has() {
+    const LIKE_QEMU: &str = "max,-pcid,-x2apic,-tsc-deadline";
     use krr::cpu_model::CpuModel;
     let (kernel, initrd) = guest();
     let dir = std::env::temp_dir().join(format!("krr-boot-nopcid-{}", std::process::id()));
@@ -271,28 +273,24 @@ fn debian_kernel_records_and_replays_without_pcid() {
     let trace = dir.join("nopcid.trace");
     let t = trace.to_str().unwrap();
     let (console, log) = krr_ok(&[
-        "record",
-        "--kernel",
-        &kernel,
-        "--initrd",
-        &initrd,
-        "--cpu",
-        "max,-pcid",
-        "-o",
-        t,
+        "record", "--kernel", &kernel, "--initrd", &initrd, "--cpu", LIKE_QEMU, "-o", t,
     ]);
     assert_powered_off(&log);
     assert_eq!(workload_lines(&console), expected_results(), "{log}");
 
     let info = krr::trace::TraceReader::open(&trace).unwrap().info;
-    assert_eq!(info.cpu_model, "max,-pcid");
+    assert_eq!(info.cpu_model, LIKE_QEMU);
     let mut want = CpuModel::parse("max").unwrap().cpuid;
     want.entries[..want.len as usize]
         .iter_mut()
         .filter(|e| e.leaf == 1)
-        .for_each(|e| e.ecx &= !(1 << 17));
+        .for_each(|e| e.ecx &= !(1 << 17 | 1 << 21 | 1 << 24));
     assert_eq!(info.cpuid, want.entries[..want.len as usize]);
 
+    assert!(
+        !console.contains("TSC deadline timer available"),
+        "{console}"
+    );
     let (replayed, summary) = krr_ok(&["replay", t]);
     assert!(summary.contains("Verdict: matched"), "{summary}");
     assert_eq!(replayed, console, "the replayed console differs");

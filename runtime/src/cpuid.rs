@@ -75,27 +75,36 @@ impl CpuidTable {
     pub fn krr_default() -> CpuidTable {
         let (b, d, c) = regs_from_str(b"KrrKrrKrrKrr");
         let any = u32::MAX;
-        // Leaf 1 EDX: FPU DE TSC MSR PAE CX8 APIC SEP MTRR PGE CMOV PAT CLFSH MMX FXSR SSE SSE2.
+        // Leaf 1 EDX: FPU DE PSE TSC MSR PAE MCE CX8 APIC SEP MTRR PGE MCA CMOV PAT PSE36
+        // CLFSH MMX FXSR SSE SSE2. PSE and PSE36 change only non-PAE paging, which a 64-bit
+        // CPU never uses (CR4.PSE is accepted and has no effect, as on hardware); MCE and MCA
+        // with no banks (MCG_CAP 0): no machine check ever happens.
         let l1_edx = (1 << 0)
             | (1 << 2)
+            | (1 << 3)
             | (1 << 4)
             | (1 << 5)
             | (1 << 6)
+            | (1 << 7)
             | (1 << 8)
             | (1 << 9)
             | (1 << 11)
             | (1 << 12)
             | (1 << 13)
+            | (1 << 14)
             | (1 << 15)
             | (1 << 16)
+            | (1 << 17)
             | (1 << 19)
             | (1 << 23)
             | (1 << 24)
             | (1 << 25)
             | (1 << 26);
-        // Leaf 1 ECX: CX16 PCID MOVBE POPCNT XSAVE (bit 27, OSXSAVE, mirrors CR4.OSXSAVE, see
-        // `query`; bit 31 stays 0: no hypervisor).
-        let l1_ecx = (1 << 13) | (1 << 17) | (1 << 22) | (1 << 23) | L1_ECX_XSAVE;
+        // Leaf 1 ECX: CX16 PCID x2APIC MOVBE POPCNT TSC-deadline XSAVE (bit 27, OSXSAVE,
+        // mirrors CR4.OSXSAVE, see `query`; bit 31 stays 0: no hypervisor). x2APIC and the
+        // TSC-deadline timer are the machine's local APIC's.
+        let l1_ecx =
+            (1 << 13) | (1 << 17) | (1 << 21) | (1 << 22) | (1 << 23) | (1 << 24) | L1_ECX_XSAVE;
         // Leaf 7.0 EBX: FSGSBASE BMI1 SMEP BMI2 ADX SMAP.
         let l7_ebx = (1 << 0) | (1 << 3) | (1 << 7) | (1 << 8) | (1 << 19) | (1 << 20);
         // Leaf 0x80000001 ECX: LAHF-SAHF, ABM (LZCNT). EDX: SYSCALL NX RDTSCP LM.
@@ -129,6 +138,15 @@ impl CpuidTable {
                 ebx: 0x0001_0800,
                 ecx: l1_ecx,
                 edx: l1_edx,
+            },
+            // Leaf 6 EAX: ARAT (the local APIC timer runs in every C-state; krr has none).
+            CpuidEntry {
+                leaf: 6,
+                subleaf: any,
+                eax: 1 << 2,
+                ebx: 0,
+                ecx: 0,
+                edx: 0,
             },
             CpuidEntry {
                 leaf: 7,

@@ -20,10 +20,10 @@
 //!   with ACPI on, Linux then does not scan PCI, whose only device is the host bridge; COM1,
 //!   the RTC and the 8042 are found by their legacy probes);
 //! * MADT: local APIC address 0xFEE00000, PCAT_COMPAT (the 8259 pair is there), one processor
-//!   local APIC (UID 0, APIC ID 0, enabled). Without [`AcpiConfig::with_ioapic`] (the default)
-//!   that is all: booted with `nolapic noapic`, Linux skips the APIC entries and keeps PIC
-//!   interrupt routing (SCI on IRQ 9, level-triggered through the ELCR). With it, as QEMU's
-//!   PIIX board declares them:
+//!   local APIC (UID 0, APIC ID 0, enabled). Without [`AcpiConfig::with_ioapic`] that is all.
+//!   With it (the machine's choice: it models the IO-APIC), as QEMU's PIIX board declares
+//!   them (booted with `nolapic noapic`, Linux skips the APIC entries and keeps PIC routing,
+//!   SCI on IRQ 9 level-triggered through the ELCR):
 //!   - the IO-APIC of `devices/ioapic.rs`: ID [`IOAPIC_ID`] 0, address 0xFEC00000, GSI base 0.
 //!     ID 0 is also the local APIC's ID, as on QEMU: IO-APIC and local APIC IDs only had to
 //!     differ on the serial APIC bus of P6-era xAPICs; x86-64 Linux (`io_apic_unique_id`)

@@ -169,7 +169,7 @@ pub fn load(
     };
 
     // The firmware's ACPI tables in the BIOS area, found through the zero page (or a scan).
-    let rsdp = super::acpi::write(mem)?;
+    let rsdp = super::acpi::write_with(mem, super::acpi::AcpiConfig { with_ioapic: true })?;
     bp[BP_ACPI_RSDP_ADDR..BP_ACPI_RSDP_ADDR + 8].copy_from_slice(&rsdp.to_le_bytes());
 
     // e820: low memory, the legacy hole, the BIOS area (ACPI tables), everything from 1 MiB up.

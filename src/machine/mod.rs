@@ -9,6 +9,7 @@
 
 pub mod acpi;
 pub mod devices;
+pub mod interrupts;
 pub mod linux;
 
 use crate::trace::{Event, EventData};
@@ -122,7 +123,8 @@ pub struct Board {
     serial: devices::serial::Serial16550,
     devices: Vec<Box<dyn PortDevice>>,
     ports: PortMap,
-    pic: devices::pic::PicPair,
+    /// The 8259s, the IO-APIC and the local APIC.
+    intc: interrupts::Interrupts,
     irq: IrqLines,
     requests: Vec<MachineRequest>,
     /// Time spent halted, added to the instruction count to give virtual time.
@@ -195,12 +197,8 @@ impl Board {
             None => &mut self.serial,
         };
         let r = f(d, &mut ctx);
-        self.pic.update(self.irq);
-        if let Some(t) = self.next_event() {
-            if t.saturating_sub(self.idle_ns) < cpu.exec.icount_limit {
-                self.event_moved = true;
-            }
-        }
+        self.intc.update(self.irq);
+        self.note_event_moved(cpu);
         r
     }
 
@@ -243,7 +241,8 @@ impl Board {
             requests: &mut self.requests,
         };
         self.serial.advance(&mut ctx);
-        self.pic.update(self.irq);
+        self.intc.advance(now);
+        self.intc.update(self.irq);
     }
 
     fn next_event(&self) -> Option<u64> {
@@ -251,7 +250,18 @@ impl Board {
             .iter()
             .filter_map(|d| d.next_event_ns())
             .chain(self.serial.next_event_ns())
+            .chain(self.intc.next_event_ns())
             .min()
+    }
+
+    /// A device access moved the next device event before the engine's budget: make the
+    /// engine return so the run loop sets a new one.
+    fn note_event_moved(&mut self, cpu: &CpuState) {
+        if let Some(t) = self.next_event() {
+            if t.saturating_sub(self.idle_ns) < cpu.exec.icount_limit {
+                self.event_moved = true;
+            }
+        }
     }
 }
 
@@ -326,7 +336,7 @@ impl Bus for Board {
         // priority logic.
         !self.requests.is_empty()
             || self.event_moved
-            || (Engine::interrupts_enabled(cpu) && self.pic.pending())
+            || (Engine::interrupts_enabled(cpu) && self.intc.pending())
     }
 }
 
@@ -335,7 +345,10 @@ impl Board {
     fn port_in_value(&mut self, cpu: &CpuState, port: u16, size: u8) -> u32 {
         self.counters.port_in += 1;
         if devices::pic::PicPair::PORTS.contains(&port) {
-            return self.pic.read(port) as u32;
+            // A poll command's read acknowledges.
+            let v = self.intc.pic.read(port) as u32;
+            self.intc.route_pic_output();
+            return v;
         }
         match self.route(port) {
             Some((dev, off)) => self.with_device(cpu, dev, |d, ctx| d.read(off, size, ctx)),
@@ -357,7 +370,8 @@ impl Board {
     fn port_out_effect(&mut self, cpu: &CpuState, port: u16, size: u8, value: u32) {
         self.counters.port_out += 1;
         if devices::pic::PicPair::PORTS.contains(&port) {
-            self.pic.write(port, value as u8);
+            self.intc.pic.write(port, value as u8);
+            self.intc.route_pic_output();
             return;
         }
         match self.route(port) {
@@ -372,8 +386,13 @@ impl Board {
         }
     }
 
-    fn mmio_read_value(&mut self, _cpu: &CpuState, phys: u64, size: u8) -> u64 {
+    fn mmio_read_value(&mut self, cpu: &CpuState, phys: u64, size: u8) -> u64 {
         self.counters.mmio_read += 1;
+        self.intc.sync_apic_base(cpu.apic_base);
+        let now = self.now(cpu);
+        if let Some(v) = self.intc.mmio_read(phys, size, now) {
+            return v;
+        }
         if self.unknown_mmio.insert(phys & !0xfff) {
             log::info!(
                 "read of unmodelled MMIO page {:#x} (reads as all-ones; logged once)",
@@ -387,8 +406,14 @@ impl Board {
         }
     }
 
-    fn mmio_write_effect(&mut self, _cpu: &CpuState, phys: u64, _size: u8, value: u64) {
+    fn mmio_write_effect(&mut self, cpu: &CpuState, phys: u64, size: u8, value: u64) {
         self.counters.mmio_write += 1;
+        self.intc.sync_apic_base(cpu.apic_base);
+        let now = self.now(cpu);
+        if self.intc.mmio_write(phys, size, value, now) {
+            self.note_event_moved(cpu);
+            return;
+        }
         if self.unknown_mmio.insert(phys & !0xfff) {
             log::info!(
                 "write of {value:#x} to unmodelled MMIO page {:#x} (ignored; logged once)",
@@ -400,15 +425,32 @@ impl Board {
 
 /// The devices' side of device-MSR accesses.
 impl Board {
-    /// No device owns an MSR yet (the local APIC will): every access is refused (#GP).
-    fn msr_read_value(&mut self, _cpu: &CpuState, index: u32) -> Option<u64> {
-        log::debug!("RDMSR {index:#x}: no device owns it (#GP)");
-        None
+    /// The local APIC owns the device MSRs (x2APIC registers, IA32_TSC_DEADLINE).
+    fn msr_read_value(&mut self, cpu: &CpuState, index: u32) -> Option<u64> {
+        self.intc.sync_apic_base(cpu.apic_base);
+        let now = self.now(cpu);
+        self.intc.msr_read(index, now)
     }
 
-    fn msr_write_effect(&mut self, _cpu: &CpuState, index: u32, value: u64) -> bool {
-        log::debug!("WRMSR {index:#x} <- {value:#x}: no device owns it (#GP)");
-        false
+    fn msr_write_effect(&mut self, cpu: &CpuState, index: u32, value: u64) -> bool {
+        self.intc.sync_apic_base(cpu.apic_base);
+        let now = self.now(cpu);
+        let ok = self.intc.msr_write(index, value, now);
+        self.note_event_moved(cpu);
+        ok
+    }
+}
+
+/// The local APIC as the CPU model describes it: APIC ID 0 (the only CPU, so the BSP),
+/// MAXPHYADDR, x2APIC and the TSC-deadline timer as CPUID reports them.
+fn lapic_config(cpuid: &krr_runtime::cpuid::CpuidTable) -> devices::lapic::LocalApicConfig {
+    let ecx1 = cpuid.query(1, 0, 0)[2];
+    devices::lapic::LocalApicConfig {
+        apic_id: 0,
+        bsp: true,
+        max_phys_addr: (cpuid.query(0x8000_0008, 0, 0)[0] & 0xff) as u8,
+        x2apic: ecx1 & (1 << 21) != 0,
+        tsc_deadline: ecx1 & (1 << 24) != 0,
     }
 }
 
@@ -438,7 +480,10 @@ impl Machine {
             serial: devices::serial::Serial16550::new(SERIAL_IRQ),
             devices,
             ports,
-            pic: devices::pic::PicPair::new(),
+            intc: interrupts::Interrupts::new(
+                lapic_config(&core.cpu().cpuid),
+                core.cpu().apic_base,
+            ),
             irq: IrqLines::default(),
             requests: Vec::new(),
             idle_ns: 0,
@@ -456,6 +501,14 @@ impl Machine {
             board,
             console,
         })
+    }
+
+    /// Install the CPU model (its CPUID table) before the run starts; the local APIC takes
+    /// what the model reports about it.
+    pub fn set_cpuid(&mut self, cpuid: krr_runtime::cpuid::CpuidTable) {
+        *self.core.cpuid_mut() = cpuid;
+        self.board.intc =
+            interrupts::Interrupts::new(lapic_config(&cpuid), self.core.cpu().apic_base);
     }
 
     /// Take time from the host clock from now on: timers fire in real time, the TSC counts
@@ -571,8 +624,12 @@ impl Machine {
                     MachineRequest::Exit(code) => RunEnd::DebugExit(code),
                 });
             }
-            if self.board.pic.pending() && Engine::interrupts_enabled(self.core.cpu()) {
-                let vector = self.board.pic.acknowledge();
+            self.board.intc.sync_apic_base(self.core.cpu().apic_base);
+            let vector = match Engine::interrupts_enabled(self.core.cpu()) {
+                true if self.board.intc.pending() => self.board.intc.acknowledge(),
+                _ => None,
+            };
+            if let Some(vector) = vector {
                 self.board.counters.interrupts += 1;
                 log::debug!(
                     "interrupt {vector:#x} delivered at instruction {} (RIP {:#x})",
@@ -616,7 +673,7 @@ impl Machine {
                         let now = self.board.now(self.core.cpu());
                         self.board.advance_all(now);
                         self.drain_console();
-                        if !self.board.requests.is_empty() || self.board.pic.pending() {
+                        if !self.board.requests.is_empty() || self.board.intc.pending() {
                             break;
                         }
                         match self.board.next_event() {

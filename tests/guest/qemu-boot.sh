@@ -27,11 +27,12 @@ kernel=$1 initrd=$2
 shift 2
 qemu=$(bash "$here/fetch-qemu.sh")
 # The same command line as `krr run` (src/run.rs DEFAULT_APPEND).
-append=$(sed -n 's/^ *"\(console=ttyS0 [^"]*\)";$/\1/p' "$here/../../src/run.rs")
+append=$(sed -n 's/.*"\(console=ttyS0[^"]*\)".*/\1/p' "$here/../../src/run.rs" | head -n 1)
 [ -n "$append" ] || { echo "$0: cannot read DEFAULT_APPEND from src/run.rs" >&2; exit 2; }
-# krr's default model (--cpu max) also reports PCID, which QEMU 7.2 TCG does not implement;
-# `krr --cpu max,-pcid` leaves it out (bench/boot.sh compares krr with QEMU that way).
-cpu=qemu64,vendor=KrrKrrKrrKrr,family=6,model=85,stepping=4,+xsave,+xsaveopt,-pse,-pse36,-mce,-mca,-sse3,-svm,+cx16,+popcnt,+movbe,+fsgsbase,+bmi1,+bmi2,+adx,+smep,+smap,+abm,+rdtscp
+# krr's default model (--cpu max) also reports PCID, x2APIC and the TSC-deadline timer, which
+# QEMU 7.2's TCG does not implement; `krr --cpu max,-pcid,-x2apic,-tsc-deadline` leaves them
+# out (bench/boot.sh compares krr with QEMU that way).
+cpu=qemu64,vendor=KrrKrrKrrKrr,family=6,model=85,stepping=4,+xsave,+xsaveopt,-sse3,-svm,+cx16,+popcnt,+movbe,+fsgsbase,+bmi1,+bmi2,+adx,+smep,+smap,+abm,+rdtscp,+arat
 
 coproc QEMU {
   exec timeout "${QEMU_BOOT_TIMEOUT:-600}" "$qemu" -accel "${QEMU_ACCEL:-tcg}" -cpu "$cpu" -m 512M \

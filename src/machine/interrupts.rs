@@ -1,0 +1,233 @@
+//! The PC's interrupt wiring: the 8259 pair, the IO-APIC and the CPU's local APIC, and the
+//! paths between them.
+//!
+//! * The 16 ISA lines go to the 8259 pair and to IO-APIC pins (IRQ0 on pin 2); the 8259's
+//!   INTR output goes to the local APIC's LINT0 and to IO-APIC pin 0.
+//! * IO-APIC messages go to the local APIC when it is addressed; the local APIC's EOI of a
+//!   level-triggered vector goes back to the IO-APIC (remote IRR).
+//! * The CPU takes what the local APIC presents: a fixed vector, or an ExtINT whose vector the
+//!   8259 gives (virtual-wire mode, and `nolapic` kernels); a hardware-disabled local APIC
+//!   passes the 8259's INTR straight through.
+//!
+//! IA32_APIC_BASE is CPU state (the engine validates its writes, a trace's CPU image holds
+//! it); the local APIC model follows it through [`Interrupts::sync_apic_base`] before it is
+//! used. Nothing here runs on replay: what the guest reads from these chips and the vectors
+//! the CPU takes are trace events.
+
+use super::devices::apic_bus::InterruptMessage;
+use super::devices::ioapic::{IoApic, IOAPIC_BASE, IOAPIC_SIZE};
+use super::devices::lapic::regs::{
+    APIC_LVT_LINT0, APIC_LVT_LINT1, APIC_SVR, DEFAULT_BASE, MMIO_SIZE,
+};
+use super::devices::lapic::{ApicOutput, LocalApic, LocalApicConfig, PendingInterrupt};
+use super::devices::pic::PicPair;
+use super::devices::IrqLines;
+use krr_runtime::arch::msr;
+
+/// The interrupt controllers of a one-CPU PC.
+pub struct Interrupts {
+    pub pic: PicPair,
+    pub ioapic: IoApic,
+    pub lapic: LocalApic,
+    /// The IA32_APIC_BASE value the local APIC model last took.
+    apic_base: u64,
+}
+
+/// LVT delivery mode ExtINT, unmasked (virtual wire through LINT0).
+const LVT_EXTINT: u32 = 0x700;
+/// LVT delivery mode NMI, unmasked.
+const LVT_NMI: u32 = 0x400;
+/// SVR: software-enabled, spurious vector 0xff.
+const SVR_ENABLED: u32 = 0x1ff;
+
+impl Interrupts {
+    /// The controllers as firmware leaves them before the OS runs: the 8259s and the IO-APIC
+    /// at reset (every entry masked), the local APIC in virtual-wire mode (software-enabled,
+    /// LINT0 ExtINT, LINT1 NMI), so the 8259's interrupts reach the CPU before, and without,
+    /// the kernel's own APIC set-up, as the MP specification's BIOS leaves it.
+    pub fn new(config: LocalApicConfig, apic_base: u64) -> Interrupts {
+        let mut lapic = LocalApic::new(config);
+        for (offset, value) in [
+            (APIC_SVR, SVR_ENABLED),
+            (APIC_LVT_LINT0, LVT_EXTINT),
+            (APIC_LVT_LINT1, LVT_NMI),
+        ] {
+            lapic.mmio_write(offset, value, 0);
+        }
+        let mut i = Interrupts {
+            pic: PicPair::new(),
+            ioapic: IoApic::new(),
+            lapic,
+            apic_base: DEFAULT_BASE,
+        };
+        i.apic_base = i.lapic.apic_base();
+        i.sync_apic_base(apic_base);
+        i
+    }
+
+    /// Follow the CPU's IA32_APIC_BASE (moved page, enable and disable, x2APIC mode).
+    pub fn sync_apic_base(&mut self, apic_base: u64) {
+        if apic_base == self.apic_base {
+            return;
+        }
+        if let Err(e) = self.lapic.set_apic_base(apic_base) {
+            // The engine checked the write with the same rules; a mismatch is a model bug.
+            log::warn!("local APIC refused IA32_APIC_BASE {apic_base:#x} the CPU took: {e:?}");
+        }
+        self.apic_base = apic_base;
+        self.route_pic_output();
+    }
+
+    /// The ISA lines changed (or may have): sample them into the 8259s and the IO-APIC.
+    pub fn update(&mut self, lines: IrqLines) {
+        self.pic.update(lines);
+        let msgs = self.ioapic.update_isa(lines);
+        self.deliver(msgs);
+        self.route_pic_output();
+    }
+
+    /// The 8259's INTR output to LINT0 and IO-APIC pin 0 (after any 8259 state change).
+    pub fn route_pic_output(&mut self) {
+        let intr = self.pic.pending();
+        self.lapic.set_lint0(intr);
+        let msgs = self.ioapic.set_pic_intr(intr);
+        self.deliver(msgs);
+    }
+
+    /// Messages to the one local APIC, when addressed to it.
+    fn deliver(&mut self, msgs: Vec<InterruptMessage>) {
+        for m in msgs {
+            if self
+                .lapic
+                .matches_destination(m.destination_mode, m.destination)
+            {
+                self.lapic.accept(&m);
+            } else {
+                log::debug!("interrupt message {m:?} addresses no CPU");
+            }
+        }
+        self.take_lapic_outputs();
+    }
+
+    /// EOI broadcasts to the IO-APIC; IPIs to other CPUs (there are none: the sender took
+    /// its own share already).
+    fn take_lapic_outputs(&mut self) {
+        for out in self.lapic.take_outputs() {
+            match out {
+                ApicOutput::EoiBroadcast(vector) => {
+                    let msgs = self.ioapic.eoi(vector);
+                    self.deliver(msgs);
+                }
+                ApicOutput::Ipi(ipi) => {
+                    log::debug!("IPI {ipi:?}: no other CPU");
+                }
+            }
+        }
+    }
+
+    /// A maskable interrupt waits for the CPU (taken when RFLAGS.IF = 1).
+    pub fn pending(&self) -> bool {
+        if self.lapic.passes_pic_through() {
+            return self.pic.pending();
+        }
+        match self.lapic.pending_maskable() {
+            Some(PendingInterrupt::ExtInt) => self.pic.pending(),
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// The CPU's interrupt-acknowledge cycle: the vector to deliver, if one is still there.
+    pub fn acknowledge(&mut self) -> Option<u8> {
+        if self.lapic.passes_pic_through() {
+            return self.pic.pending().then(|| self.pic.acknowledge());
+        }
+        let vector = match self.lapic.acknowledge() {
+            Some(v) => Some(v),
+            None => self.pic.pending().then(|| self.pic.acknowledge()),
+        };
+        self.route_pic_output();
+        vector
+    }
+
+    /// A physical address one of the controllers decodes, read with `size` bytes.
+    pub fn mmio_read(&mut self, phys: u64, size: u8, now_ns: u64) -> Option<u64> {
+        if let Some(offset) = self.lapic_offset(phys) {
+            self.lapic.advance(now_ns);
+            return Some(match size {
+                4 => self.lapic.mmio_read(offset, now_ns) as u64,
+                // The SDM leaves other sizes undefined; they read 0 (as in QEMU).
+                _ => 0,
+            });
+        }
+        let offset = self.ioapic_offset(phys)?;
+        Some(self.ioapic.mmio_read(offset, size) as u64)
+    }
+
+    /// A write to a physical address the controllers decode: `false` if none does.
+    pub fn mmio_write(&mut self, phys: u64, size: u8, value: u64, now_ns: u64) -> bool {
+        if let Some(offset) = self.lapic_offset(phys) {
+            if size == 4 {
+                self.lapic.mmio_write(offset, value as u32, now_ns);
+                self.take_lapic_outputs();
+            } else {
+                log::debug!("local APIC: {size}-byte write at {offset:#x} ignored");
+            }
+            return true;
+        }
+        let Some(offset) = self.ioapic_offset(phys) else {
+            return false;
+        };
+        let msgs = self.ioapic.mmio_write(offset, size, value as u32);
+        self.deliver(msgs);
+        true
+    }
+
+    fn lapic_offset(&self, phys: u64) -> Option<u32> {
+        let base = self.lapic.mmio_base()?;
+        (phys >= base && phys < base + MMIO_SIZE).then(|| (phys - base) as u32)
+    }
+
+    fn ioapic_offset(&self, phys: u64) -> Option<u64> {
+        (IOAPIC_BASE..IOAPIC_BASE + IOAPIC_SIZE)
+            .contains(&phys)
+            .then(|| phys - IOAPIC_BASE)
+    }
+
+    /// RDMSR of a device MSR (x2APIC registers, IA32_TSC_DEADLINE): `None` is #GP.
+    pub fn msr_read(&mut self, index: u32, now_ns: u64) -> Option<u64> {
+        self.lapic.advance(now_ns);
+        if index == msr::TSC_DEADLINE {
+            return Some(self.lapic.tsc_deadline_read());
+        }
+        self.lapic.msr_read(index, now_ns).ok()
+    }
+
+    /// WRMSR of a device MSR: `false` is #GP.
+    pub fn msr_write(&mut self, index: u32, value: u64, now_ns: u64) -> bool {
+        let ok = if index == msr::TSC_DEADLINE {
+            self.lapic.tsc_deadline_write(value, now_ns);
+            true
+        } else {
+            self.lapic.msr_write(index, value, now_ns).is_ok()
+        };
+        self.take_lapic_outputs();
+        ok
+    }
+
+    /// When the local APIC timer fires next.
+    pub fn next_event_ns(&self) -> Option<u64> {
+        self.lapic.next_event_ns()
+    }
+
+    /// Fire what is due by `now_ns`.
+    pub fn advance(&mut self, now_ns: u64) {
+        self.lapic.advance(now_ns);
+    }
+
+    /// An NMI waits (the CPU takes it regardless of RFLAGS.IF). Not delivered yet: nothing
+    /// on this PC drives LINT1 or sends NMI messages.
+    pub fn nmi_pending(&self) -> bool {
+        matches!(self.lapic.pending(), Some(PendingInterrupt::Nmi))
+    }
+}
