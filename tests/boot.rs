@@ -337,3 +337,34 @@ fn debian_kernel_gives_the_same_results_under_qemu_tcg() {
         "krr run and QEMU TCG differ\nkrr: {log}\n{krr_console}\nQEMU:\n{qemu_console}"
     );
 }
+
+/// The interrupt paths a kernel may choose: with `noapic` the local APIC timer and 8259
+/// routing through LINT0 (virtual wire), with `nolapic noapic` the PIT and the 8259 alone;
+/// the default command line uses the IO-APIC and the TSC-deadline timer. Every one boots to
+/// the same results and power-off, and the console says which path the kernel took.
+#[test]
+fn debian_kernel_boots_with_and_without_the_apics() {
+    let (kernel, initrd) = guest();
+    for (append, says) in [
+        (
+            "console=ttyS0 nokaslr panic=-1 noapic",
+            "Skipping IOAPIC probe due to 'noapic' option.",
+        ),
+        (
+            "console=ttyS0 nokaslr panic=-1 nolapic noapic",
+            "APIC: disable apic facility",
+        ),
+    ] {
+        let (console, log) = boot(&kernel, &initrd, &["--append", append]);
+        assert_powered_off(&log);
+        assert_eq!(
+            workload_lines(&console),
+            expected_results(),
+            "{append}: {log}"
+        );
+        assert!(
+            console.contains(says),
+            "{append}: no `{says}` in\n{console}"
+        );
+    }
+}
