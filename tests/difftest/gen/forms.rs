@@ -1,0 +1,523 @@
+//! The covered forms: the mnemonic tables, which forms are excluded and why (encoding,
+//! operand kinds, host CPU features), which may appear in blocks, and predicates on forms
+//! (control transfers, string operations, BT with a register bit offset into memory).
+
+use iced_x86::{
+    Code, CpuidFeature, EncodingKind, Instruction, Mnemonic, OpCodeOperandKind as K, OpKind,
+};
+
+use Mnemonic as M;
+
+/// Mnemonics whose 64-bit-mode forms are covered.
+const MNEMONICS: &[Mnemonic] = &[
+    // Data movement.
+    M::Mov,
+    M::Movzx,
+    M::Movsx,
+    M::Movsxd,
+    M::Movbe,
+    M::Lea,
+    M::Xchg,
+    M::Cmpxchg,
+    M::Cmpxchg8b,
+    M::Cmpxchg16b,
+    M::Xadd,
+    M::Bswap,
+    M::Push,
+    M::Pop,
+    M::Pushf,
+    M::Pushfq,
+    M::Popf,
+    M::Popfq,
+    // Arithmetic and logic.
+    M::Add,
+    M::Adc,
+    M::Sub,
+    M::Sbb,
+    M::And,
+    M::Or,
+    M::Xor,
+    M::Cmp,
+    M::Test,
+    M::Inc,
+    M::Dec,
+    M::Neg,
+    M::Not,
+    M::Shl,
+    M::Sal,
+    M::Shr,
+    M::Sar,
+    M::Rol,
+    M::Ror,
+    M::Rcl,
+    M::Rcr,
+    M::Shld,
+    M::Shrd,
+    M::Mul,
+    M::Imul,
+    M::Div,
+    M::Idiv,
+    M::Bt,
+    M::Bts,
+    M::Btr,
+    M::Btc,
+    M::Bsf,
+    M::Bsr,
+    M::Popcnt,
+    M::Lzcnt,
+    M::Tzcnt,
+    M::Andn,
+    M::Bextr,
+    M::Blsi,
+    M::Blsmsk,
+    M::Blsr,
+    M::Bzhi,
+    M::Pdep,
+    M::Pext,
+    M::Rorx,
+    M::Sarx,
+    M::Shlx,
+    M::Shrx,
+    M::Mulx,
+    M::Adcx,
+    M::Adox,
+    // Condition codes.
+    M::Seto,
+    M::Setno,
+    M::Setb,
+    M::Setae,
+    M::Sete,
+    M::Setne,
+    M::Setbe,
+    M::Seta,
+    M::Sets,
+    M::Setns,
+    M::Setp,
+    M::Setnp,
+    M::Setl,
+    M::Setge,
+    M::Setle,
+    M::Setg,
+    M::Cmovo,
+    M::Cmovno,
+    M::Cmovb,
+    M::Cmovae,
+    M::Cmove,
+    M::Cmovne,
+    M::Cmovbe,
+    M::Cmova,
+    M::Cmovs,
+    M::Cmovns,
+    M::Cmovp,
+    M::Cmovnp,
+    M::Cmovl,
+    M::Cmovge,
+    M::Cmovle,
+    M::Cmovg,
+    // Control transfer.
+    M::Jo,
+    M::Jno,
+    M::Jb,
+    M::Jae,
+    M::Je,
+    M::Jne,
+    M::Jbe,
+    M::Ja,
+    M::Js,
+    M::Jns,
+    M::Jp,
+    M::Jnp,
+    M::Jl,
+    M::Jge,
+    M::Jle,
+    M::Jg,
+    M::Jmp,
+    M::Call,
+    M::Ret,
+    M::Loop,
+    M::Loope,
+    M::Loopne,
+    M::Jrcxz,
+    M::Jecxz,
+    // Conversions and flag operations.
+    M::Cbw,
+    M::Cwde,
+    M::Cdqe,
+    M::Cwd,
+    M::Cdq,
+    M::Cqo,
+    M::Clc,
+    M::Stc,
+    M::Cmc,
+    M::Cld,
+    M::Std,
+    M::Lahf,
+    M::Sahf,
+    // Strings.
+    M::Movsb,
+    M::Movsw,
+    M::Movsd,
+    M::Movsq,
+    M::Stosb,
+    M::Stosw,
+    M::Stosd,
+    M::Stosq,
+    M::Lodsb,
+    M::Lodsw,
+    M::Lodsd,
+    M::Lodsq,
+    M::Cmpsb,
+    M::Cmpsw,
+    M::Cmpsd,
+    M::Cmpsq,
+    M::Scasb,
+    M::Scasw,
+    M::Scasd,
+    M::Scasq,
+    // Misc.
+    M::Enter,
+    M::Leave,
+    M::Nop,
+    M::Endbr64,
+    M::Pause,
+    M::Lfence,
+    M::Mfence,
+    M::Sfence,
+    // SSE/SSE2.
+    M::Movd,
+    M::Movq,
+    M::Movdqa,
+    M::Movdqu,
+    M::Movaps,
+    M::Movups,
+    M::Movss,
+    M::Pxor,
+    M::Por,
+    M::Pand,
+    M::Pandn,
+    M::Pcmpeqb,
+    M::Pcmpeqw,
+    M::Pcmpeqd,
+    M::Pcmpeqq,
+    M::Pcmpgtb,
+    M::Pcmpgtw,
+    M::Pcmpgtd,
+    M::Pmovmskb,
+    M::Paddb,
+    M::Paddw,
+    M::Paddd,
+    M::Paddq,
+    M::Psubb,
+    M::Psubw,
+    M::Psubd,
+    M::Psubq,
+    M::Pshufd,
+    M::Pshuflw,
+    M::Pshufhw,
+    M::Punpcklbw,
+    M::Punpcklwd,
+    M::Punpckldq,
+    M::Punpcklqdq,
+    M::Punpckhbw,
+    M::Punpckhwd,
+    M::Punpckhdq,
+    M::Punpckhqdq,
+    M::Psllw,
+    M::Pslld,
+    M::Psllq,
+    M::Psrlw,
+    M::Psrld,
+    M::Psrlq,
+    M::Psraw,
+    M::Psrad,
+    M::Pslldq,
+    M::Psrldq,
+    M::Pminub,
+    M::Pmaxub,
+    M::Xorps,
+    M::Andps,
+    M::Ucomiss,
+    M::Comiss,
+    M::Ucomisd,
+    M::Comisd,
+    M::Cvtsi2sd,
+    M::Cvttsd2si,
+    M::Addsd,
+    M::Subsd,
+    M::Mulsd,
+    M::Divsd,
+];
+
+/// The BMI1/BMI2 forms, the only VEX-encoded ones covered.
+const BMI_VEX: &[Mnemonic] = &[
+    M::Andn,
+    M::Bextr,
+    M::Blsi,
+    M::Blsmsk,
+    M::Blsr,
+    M::Bzhi,
+    M::Pdep,
+    M::Pext,
+    M::Rorx,
+    M::Sarx,
+    M::Shlx,
+    M::Shrx,
+    M::Mulx,
+];
+
+/// Mnemonics that may take a LOCK prefix with a memory destination.
+pub(super) const LOCKABLE: &[Mnemonic] = &[
+    M::Add,
+    M::Adc,
+    M::Sub,
+    M::Sbb,
+    M::And,
+    M::Or,
+    M::Xor,
+    M::Inc,
+    M::Dec,
+    M::Neg,
+    M::Not,
+    M::Xchg,
+    M::Cmpxchg,
+    M::Xadd,
+    M::Bts,
+    M::Btr,
+    M::Btc,
+    M::Cmpxchg8b,
+    M::Cmpxchg16b,
+];
+
+/// Mnemonics whose forms push or pop: RSP must point into the stack region.
+pub(super) const STACK_USERS: &[Mnemonic] = &[
+    M::Push,
+    M::Pop,
+    M::Pushf,
+    M::Pushfq,
+    M::Popf,
+    M::Popfq,
+    M::Call,
+    M::Ret,
+    M::Enter,
+    M::Leave,
+];
+
+pub fn is_control(mn: Mnemonic) -> bool {
+    matches!(
+        mn,
+        M::Jo
+            | M::Jno
+            | M::Jb
+            | M::Jae
+            | M::Je
+            | M::Jne
+            | M::Jbe
+            | M::Ja
+            | M::Js
+            | M::Jns
+            | M::Jp
+            | M::Jnp
+            | M::Jl
+            | M::Jge
+            | M::Jle
+            | M::Jg
+            | M::Jmp
+            | M::Call
+            | M::Ret
+            | M::Loop
+            | M::Loope
+            | M::Loopne
+            | M::Jrcxz
+            | M::Jecxz
+    )
+}
+
+pub(super) fn is_string(code: Code) -> bool {
+    string_info(code).is_some()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum StrOp {
+    Movs,
+    Stos,
+    Lods,
+    Cmps,
+    Scas,
+}
+
+/// The string operation and element size of a string-instruction form.
+pub(super) fn string_info(code: Code) -> Option<(StrOp, u64)> {
+    use Code as C;
+    Some(match code {
+        C::Movsb_m8_m8 => (StrOp::Movs, 1),
+        C::Movsw_m16_m16 => (StrOp::Movs, 2),
+        C::Movsd_m32_m32 => (StrOp::Movs, 4),
+        C::Movsq_m64_m64 => (StrOp::Movs, 8),
+        C::Stosb_m8_AL => (StrOp::Stos, 1),
+        C::Stosw_m16_AX => (StrOp::Stos, 2),
+        C::Stosd_m32_EAX => (StrOp::Stos, 4),
+        C::Stosq_m64_RAX => (StrOp::Stos, 8),
+        C::Lodsb_AL_m8 => (StrOp::Lods, 1),
+        C::Lodsw_AX_m16 => (StrOp::Lods, 2),
+        C::Lodsd_EAX_m32 => (StrOp::Lods, 4),
+        C::Lodsq_RAX_m64 => (StrOp::Lods, 8),
+        C::Cmpsb_m8_m8 => (StrOp::Cmps, 1),
+        C::Cmpsw_m16_m16 => (StrOp::Cmps, 2),
+        C::Cmpsd_m32_m32 => (StrOp::Cmps, 4),
+        C::Cmpsq_m64_m64 => (StrOp::Cmps, 8),
+        C::Scasb_AL_m8 => (StrOp::Scas, 1),
+        C::Scasw_AX_m16 => (StrOp::Scas, 2),
+        C::Scasd_EAX_m32 => (StrOp::Scas, 4),
+        C::Scasq_RAX_m64 => (StrOp::Scas, 8),
+        _ => return None,
+    })
+}
+
+/// Operand kinds the generator knows how to fill.
+fn supported_kind(k: K) -> bool {
+    matches!(
+        k,
+        K::mem_offs
+            | K::mem
+            | K::r8_or_mem
+            | K::r16_or_mem
+            | K::r32_or_mem
+            | K::r64_or_mem
+            | K::xmm_or_mem
+            | K::r8_reg
+            | K::r8_opcode
+            | K::r16_reg
+            | K::r16_rm
+            | K::r16_opcode
+            | K::r32_reg
+            | K::r32_rm
+            | K::r32_opcode
+            | K::r32_vvvv
+            | K::r64_reg
+            | K::r64_rm
+            | K::r64_opcode
+            | K::r64_vvvv
+            | K::xmm_reg
+            | K::xmm_rm
+            | K::al
+            | K::cl
+            | K::ax
+            | K::eax
+            | K::rax
+            | K::imm8
+            | K::imm8_const_1
+            | K::imm8sex16
+            | K::imm8sex32
+            | K::imm8sex64
+            | K::imm16
+            | K::imm32
+            | K::imm32sex64
+            | K::imm64
+            | K::seg_rSI
+            | K::es_rDI
+            | K::br64_1
+            | K::br64_4
+    )
+}
+
+/// Why `code` is not covered, or `None` if it is.
+pub fn exclusion_reason(code: Code) -> Option<&'static str> {
+    let mn = code.mnemonic();
+    if !MNEMONICS.contains(&mn) {
+        return Some("mnemonic not in the covered set");
+    }
+    let info = code.op_code();
+    if !info.is_instruction() || !info.mode64() {
+        return Some("not valid in 64-bit mode");
+    }
+    match info.encoding() {
+        EncodingKind::Legacy => {}
+        EncodingKind::VEX if BMI_VEX.contains(&mn) => {}
+        _ => return Some("VEX/EVEX/XOP/3DNow! encoding"),
+    }
+    if !info.op_kinds().iter().all(|k| supported_kind(*k)) {
+        return Some("operand kind not generated (MMX, segment/control/debug register, far or 16/32-bit branch)");
+    }
+    if matches!(mn, M::Jmp | M::Call) && info.op_kind(0) == K::mem {
+        return Some("far indirect transfer");
+    }
+    if is_control(mn) && info.operand_size() == 16 {
+        return Some("16-bit operand-size control transfer (Intel and AMD differ)");
+    }
+    if code == Code::Cmpsd_xmm_xmmm64_imm8 {
+        return Some("SSE CMPSD not in the covered set");
+    }
+    if !host_supports(code) {
+        return Some("not supported by this CPU");
+    }
+    None
+}
+
+/// All covered forms, in `Code` order.
+pub fn covered_codes() -> Vec<Code> {
+    Code::values()
+        .filter(|c| exclusion_reason(*c).is_none())
+        .collect()
+}
+
+fn host_supports(code: Code) -> bool {
+    let mut ins = Instruction::default();
+    ins.set_code(code);
+    ins.cpuid_features().iter().all(|f| {
+        // ENDBR64 sits in the hint-NOP space: a NOP on CPUs without CET-IBT.
+        feature_ok(*f) || (*f == CpuidFeature::CET_IBT && code == Code::Endbr64)
+    })
+}
+
+fn feature_ok(f: CpuidFeature) -> bool {
+    use CpuidFeature as F;
+    let leaf1 = std::arch::x86_64::__cpuid(1);
+    match f {
+        F::INTEL8086
+        | F::INTEL186
+        | F::INTEL286
+        | F::INTEL386
+        | F::INTEL486
+        | F::X64
+        | F::CPUID
+        | F::MULTIBYTENOP
+        | F::PAUSE => true,
+        F::CMOV => leaf1.edx & (1 << 15) != 0,
+        F::CX8 => leaf1.edx & (1 << 8) != 0,
+        F::CMPXCHG16B => is_x86_feature_detected!("cmpxchg16b"),
+        F::SSE => is_x86_feature_detected!("sse"),
+        F::SSE2 => is_x86_feature_detected!("sse2"),
+        F::SSE3 => is_x86_feature_detected!("sse3"),
+        F::SSSE3 => is_x86_feature_detected!("ssse3"),
+        F::SSE4_1 => is_x86_feature_detected!("sse4.1"),
+        F::SSE4_2 => is_x86_feature_detected!("sse4.2"),
+        F::POPCNT => is_x86_feature_detected!("popcnt"),
+        F::LZCNT => is_x86_feature_detected!("lzcnt"),
+        F::BMI1 => is_x86_feature_detected!("bmi1"),
+        F::BMI2 => is_x86_feature_detected!("bmi2"),
+        F::ADX => is_x86_feature_detected!("adx"),
+        F::MOVBE => is_x86_feature_detected!("movbe"),
+        _ => false,
+    }
+}
+
+/// Forms that may appear inside multi-instruction blocks: no control transfers, nothing that
+/// can set TF (POPF), nothing whose result is architecturally undefined.
+pub fn block_eligible(code: Code) -> bool {
+    let mn = code.mnemonic();
+    if is_control(mn)
+        || matches!(mn, M::Enter | M::Leave | M::Popf | M::Popfq)
+        || code == Code::Bswap_r16
+    {
+        return false;
+    }
+    !(matches!(mn, M::Shld | M::Shrd) && code.op_code().operand_size() == 16)
+}
+
+/// BT/BTS/BTR/BTC with a memory destination and a register bit offset (the offset moves the
+/// accessed element).
+pub(super) fn is_bt_mem_reg(ins: &Instruction) -> bool {
+    matches!(ins.mnemonic(), M::Bt | M::Bts | M::Btr | M::Btc)
+        && ins.op_kind(0) == OpKind::Memory
+        && ins.op_kind(1) == OpKind::Register
+}
