@@ -296,6 +296,14 @@ impl Bus for ReplayBus {
         .unwrap_or(false)
     }
 
+    fn cr8_read(&mut self, cpu: &CpuState) -> Option<u64> {
+        self.msr_read(cpu, krr_runtime::arch::msr::CR8_EVENT)
+    }
+
+    fn cr8_write(&mut self, cpu: &CpuState, value: u64) {
+        self.msr_write(cpu, krr_runtime::arch::msr::CR8_EVENT, value);
+    }
+
     fn wants_exit(&self, _cpu: &CpuState) -> bool {
         self.divergence.is_some() || self.error.is_some()
     }

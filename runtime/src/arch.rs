@@ -172,6 +172,10 @@ pub mod msr {
     pub const X2APIC_FIRST: u32 = 0x800;
     pub const X2APIC_LAST: u32 = 0x8ff;
 
+    /// Not an MSR: the index under which MSR Read / MSR Write trace events record MOV from /
+    /// to CR8, the local APIC's TPR[7:4] (no architectural MSR has it).
+    pub const CR8_EVENT: u32 = 0x4b52_0008;
+
     /// MSRs that belong to a device outside the CPU core (the local APIC): the engine hands
     /// their reads and writes to the bus, where a recorder logs them and a replayer answers
     /// from the trace.

@@ -26,6 +26,13 @@ pub trait Bus {
     fn msr_write(&mut self, _cpu: &CpuState, _index: u32, _value: u64) -> bool {
         false
     }
+    /// MOV from CR8 on a machine whose local APIC holds the TPR: its bits 7:4. `None`: no
+    /// APIC, CR8 is the CPU's own register.
+    fn cr8_read(&mut self, _cpu: &CpuState) -> Option<u64> {
+        None
+    }
+    /// MOV to CR8 (already checked: bits 3:0 only), for the local APIC's TPR.
+    fn cr8_write(&mut self, _cpu: &CpuState, _value: u64) {}
     /// Ask the engine to return to the driver at the next block boundary (a device raised an
     /// interrupt the CPU can take now, the guest asked to power off, ...).
     fn wants_exit(&self, _cpu: &CpuState) -> bool {

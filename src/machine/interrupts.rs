@@ -215,6 +215,22 @@ impl Interrupts {
         ok
     }
 
+    /// MOV from CR8: the TPR's bits 7:4 (`None` while the APIC is hardware-disabled: CR8 is
+    /// then the CPU's own register).
+    pub fn cr8_read(&mut self, apic_base: u64) -> Option<u64> {
+        self.sync_apic_base(apic_base);
+        (!self.lapic.passes_pic_through()).then(|| self.lapic.cr8())
+    }
+
+    /// MOV to CR8: the TPR's bits 7:4 (a hardware-disabled APIC ignores it).
+    pub fn cr8_write(&mut self, apic_base: u64, value: u64) -> bool {
+        self.sync_apic_base(apic_base);
+        if self.lapic.passes_pic_through() {
+            return false;
+        }
+        self.lapic.set_cr8(value).is_ok()
+    }
+
     /// When the local APIC timer fires next.
     pub fn next_event_ns(&self) -> Option<u64> {
         self.lapic.next_event_ns()
@@ -229,5 +245,164 @@ impl Interrupts {
     /// on this PC drives LINT1 or sends NMI messages.
     pub fn nmi_pending(&self) -> bool {
         matches!(self.lapic.pending(), Some(PendingInterrupt::Nmi))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::devices::ioapic::{
+        OFFSET_IOREGSEL, OFFSET_IOWIN, REG_REDTBL, RTE_LEVEL, RTE_REMOTE_IRR,
+    };
+    use crate::machine::devices::lapic::regs::{APIC_EOI, APIC_TPR, BASE_BSP, BASE_EN};
+    use crate::machine::devices::pic::{MASTER_CMD, MASTER_DATA, SLAVE_CMD, SLAVE_DATA};
+
+    const BASE: u64 = DEFAULT_BASE | BASE_EN | BASE_BSP;
+
+    fn machine() -> Interrupts {
+        Interrupts::new(
+            LocalApicConfig {
+                apic_id: 0,
+                bsp: true,
+                max_phys_addr: 40,
+                x2apic: true,
+                tsc_deadline: true,
+            },
+            BASE,
+        )
+    }
+
+    /// Linux's 8259 set-up: vectors 0x30-0x3f, all unmasked.
+    fn init_pic(i: &mut Interrupts) {
+        for (port, v) in [
+            (MASTER_CMD, 0x11),
+            (MASTER_DATA, 0x30),
+            (MASTER_DATA, 4),
+            (MASTER_DATA, 1),
+            (SLAVE_CMD, 0x11),
+            (SLAVE_DATA, 0x38),
+            (SLAVE_DATA, 2),
+            (SLAVE_DATA, 1),
+            (MASTER_DATA, 0),
+            (SLAVE_DATA, 0),
+        ] {
+            i.pic.write(port, v);
+        }
+        i.route_pic_output();
+    }
+
+    fn lines(irqs: &[u8]) -> IrqLines {
+        let mut l = IrqLines::default();
+        for &irq in irqs {
+            l.set(irq, true);
+        }
+        l
+    }
+
+    fn program_pin(i: &mut Interrupts, pin: u8, low: u32) {
+        let io = |off: u64| IOAPIC_BASE + off;
+        i.mmio_write(io(OFFSET_IOREGSEL), 4, (REG_REDTBL + 2 * pin + 1) as u64, 0);
+        i.mmio_write(io(OFFSET_IOWIN), 4, 0, 0); // destination APIC 0
+        i.mmio_write(io(OFFSET_IOREGSEL), 4, (REG_REDTBL + 2 * pin) as u64, 0);
+        i.mmio_write(io(OFFSET_IOWIN), 4, low as u64, 0);
+    }
+
+    fn entry_low(i: &mut Interrupts, pin: u8) -> u64 {
+        i.mmio_write(
+            IOAPIC_BASE + OFFSET_IOREGSEL,
+            4,
+            (REG_REDTBL + 2 * pin) as u64,
+            0,
+        );
+        i.mmio_read(IOAPIC_BASE + OFFSET_IOWIN, 4, 0).unwrap()
+    }
+
+    fn eoi(i: &mut Interrupts) {
+        assert!(i.mmio_write(DEFAULT_BASE + APIC_EOI as u64, 4, 0, 0));
+    }
+
+    /// Before the kernel touches the APIC (and with `nolapic`), the 8259's interrupts reach
+    /// the CPU through LINT0 in ExtINT mode, the vector coming from the 8259.
+    #[test]
+    fn virtual_wire_delivers_the_8259s_vector() {
+        let mut i = machine();
+        init_pic(&mut i);
+        assert!(!i.pending());
+        i.update(lines(&[0]));
+        assert!(i.pending());
+        assert_eq!(i.acknowledge(), Some(0x30));
+        assert!(!i.pending(), "in service at the 8259");
+    }
+
+    /// A hardware-disabled local APIC passes the 8259's INTR straight to the CPU.
+    #[test]
+    fn a_disabled_local_apic_passes_the_8259_through() {
+        let mut i = machine();
+        init_pic(&mut i);
+        i.sync_apic_base(BASE & !BASE_EN);
+        assert!(i.lapic.passes_pic_through());
+        i.update(lines(&[4]));
+        assert_eq!(i.acknowledge(), Some(0x34));
+        assert_eq!(i.mmio_read(DEFAULT_BASE + APIC_TPR as u64, 4, 0), None);
+    }
+
+    /// An ISA line routed through the IO-APIC (IRQ0 on pin 2) arrives as its programmed vector
+    /// and is retired by the local APIC's EOI.
+    #[test]
+    fn ioapic_routes_an_isa_irq_to_its_vector() {
+        let mut i = machine();
+        init_pic(&mut i);
+        // Linux masks the 8259 once it uses the IO-APIC.
+        i.pic.write(MASTER_DATA, 0xff);
+        i.pic.write(SLAVE_DATA, 0xff);
+        program_pin(&mut i, 2, 0xec);
+        i.update(lines(&[0]));
+        assert!(i.pending());
+        assert_eq!(i.acknowledge(), Some(0xec));
+        assert!(!i.pending());
+        eoi(&mut i);
+        // A new edge, a new interrupt.
+        i.update(lines(&[]));
+        i.update(lines(&[0]));
+        assert_eq!(i.acknowledge(), Some(0xec));
+    }
+
+    /// A level-triggered pin: remote IRR holds it until the local APIC's EOI of its vector
+    /// reaches the IO-APIC, which then sends again while the line is still asserted.
+    #[test]
+    fn level_triggered_eoi_reaches_the_ioapic() {
+        let mut i = machine();
+        program_pin(&mut i, 9, 0x41 | RTE_LEVEL as u32);
+        i.update(lines(&[9]));
+        assert_eq!(i.acknowledge(), Some(0x41));
+        assert_ne!(entry_low(&mut i, 9) & RTE_REMOTE_IRR, 0);
+        eoi(&mut i);
+        // Still asserted: delivered again, remote IRR set again.
+        assert!(i.pending());
+        assert_eq!(i.acknowledge(), Some(0x41));
+        i.update(lines(&[]));
+        eoi(&mut i);
+        assert_eq!(entry_low(&mut i, 9) & RTE_REMOTE_IRR, 0);
+        assert!(!i.pending());
+    }
+
+    /// CR8 and the xAPIC TPR register are one register; a raised TPR holds back lower
+    /// priority classes.
+    #[test]
+    fn cr8_is_the_tpr() {
+        let mut i = machine();
+        let tpr = DEFAULT_BASE + APIC_TPR as u64;
+        i.mmio_write(tpr, 4, 0x5a, 0);
+        assert_eq!(i.cr8_read(BASE), Some(5));
+        assert!(i.cr8_write(BASE, 9));
+        assert_eq!(i.mmio_read(tpr, 4, 0), Some(0x90));
+        program_pin(&mut i, 4, 0x81);
+        i.update(lines(&[4]));
+        assert!(!i.pending(), "class 8 is below TPR class 9");
+        assert!(i.cr8_write(BASE, 0));
+        assert_eq!(i.acknowledge(), Some(0x81));
+        // Hardware-disabled: CR8 is the CPU's own.
+        i.sync_apic_base(BASE & !BASE_EN);
+        assert_eq!(i.cr8_read(BASE & !BASE_EN), None);
     }
 }

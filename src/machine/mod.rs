@@ -331,6 +331,26 @@ impl Bus for Board {
         accepted
     }
 
+    fn cr8_read(&mut self, cpu: &CpuState) -> Option<u64> {
+        let value = self.intc.cr8_read(cpu.apic_base);
+        let index = krr_runtime::arch::msr::CR8_EVENT;
+        self.record(cpu, EventData::MsrRead { index, value });
+        value
+    }
+
+    fn cr8_write(&mut self, cpu: &CpuState, value: u64) {
+        let accepted = self.intc.cr8_write(cpu.apic_base, value);
+        let index = krr_runtime::arch::msr::CR8_EVENT;
+        self.record(
+            cpu,
+            EventData::MsrWrite {
+                index,
+                value,
+                accepted,
+            },
+        );
+    }
+
     fn wants_exit(&self, cpu: &CpuState) -> bool {
         // The engine asks at every block boundary: test the CPU's flag before the PIC's
         // priority logic.

@@ -138,7 +138,14 @@ pub(super) fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u
             Register::CR2 => cpu.cr2,
             Register::CR3 => cpu.cr3,
             Register::CR4 => cpu.cr4,
-            Register::CR8 => cpu.cr8,
+            Register::CR8 => {
+                // CR8 is the local APIC's TPR[7:4]: a machine with an APIC answers (the guest
+                // may have changed the TPR through the xAPIC page); CR8 follows.
+                if let Some(v) = bus::with_bus(cpu, |bus, cpu| bus.cr8_read(cpu)).flatten() {
+                    cpu.cr8 = v & 0xf;
+                }
+                cpu.cr8
+            }
             _ => return ud(),
         };
         cpu.gpr[gpr_of(dst).0] = v;
@@ -196,6 +203,7 @@ pub(super) fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u
                     return gp0();
                 }
                 cpu.cr8 = v;
+                bus::with_bus(cpu, |bus, cpu| bus.cr8_write(cpu, v));
             }
             _ => return ud(),
         }
