@@ -19,7 +19,7 @@ fn vector_reg(offset: u32) -> Option<VectorReg> {
     let word = |base: u32| {
         (base..base + VECTOR_REGS * REG_STRIDE)
             .contains(&offset)
-            .then_some(((offset - base) / REG_STRIDE) as usize)
+            .then(|| ((offset - base) / REG_STRIDE) as usize)
     };
     word(APIC_ISR)
         .map(VectorReg::Isr)
