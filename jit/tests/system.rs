@@ -1449,15 +1449,16 @@ fn msr_round_trip_and_faults() {
     assert_eq!(r.cpu.seg[5].base, 0xffff_8880_0000_0000);
 }
 
-/// IA32_APIC_BASE (SDM 11.4.4, 11.12.5): the page moves and the APIC disables and enables;
-/// reserved bits (bit 9, above MAXPHYADDR 40, EXTD without x2APIC in CPUID) and the invalid
-/// mode "EXTD without EN" are #GP(0) and change nothing.
+/// IA32_APIC_BASE (SDM 11.4.4, 11.12.5): the page moves, the APIC disables and enables and
+/// enters x2APIC mode (CPUID reports x2APIC); reserved bits (bit 9, above MAXPHYADDR 40),
+/// "EXTD without EN", x2APIC -> xAPIC and disabled -> x2APIC are #GP(0) and change nothing.
 #[test]
 fn apic_base_moves_and_refuses_reserved_bits_and_bad_modes() {
-    const VALUES: [u64; 3] = [
+    const VALUES: [u64; 4] = [
         0xfed0_0900, // moved, enabled
         0xfed0_0100, // disabled
         0xfee0_0900, // back at reset
+        0xfee0_0d00, // x2APIC
     ];
     let r = run_all(
         |k| {
@@ -1467,12 +1468,21 @@ fn apic_base_moves_and_refuses_reserved_bits_and_bad_modes() {
                 rdmsr_rax(k, msr::APIC_BASE)?;
                 report(k, rax)?;
             }
-            cases(k, 4, |k, i| {
+            cases(k, 5, |k, i| {
                 let v: u64 = match i {
-                    0 => 0xfee0_0b00,     // bit 9
-                    1 => 0x100_fee0_0900, // bit 40 (MAXPHYADDR 40)
-                    2 => 0xfee0_0d00,     // EXTD: no x2APIC in this CPU's CPUID
-                    _ => 0xfee0_0500,     // EXTD without EN
+                    0 => 0xfee0_0f00,     // bit 9
+                    1 => 0x100_fee0_0d00, // bit 40 (MAXPHYADDR 40)
+                    2 => 0xfee0_0900,     // x2APIC -> xAPIC
+                    3 => 0xfee0_0500,     // EXTD without EN
+                    _ => {
+                        // Still x2APIC; x2APIC -> disabled is allowed, disabled -> x2APIC
+                        // is not.
+                        rdmsr_rax(k, msr::APIC_BASE)?;
+                        report(k, rax)?;
+                        k.mov(rax, 0xfee0_0100u64)?;
+                        wrmsr_rax(k, msr::APIC_BASE)?;
+                        0xfee0_0d00
+                    }
                 };
                 k.mov(rax, v)?;
                 wrmsr_rax(k, msr::APIC_BASE)
@@ -1485,9 +1495,9 @@ fn apic_base_moves_and_refuses_reserved_bits_and_bad_modes() {
         |m| m.resume_at(GP, "next"),
     );
     let mut want = VALUES.to_vec();
-    want.push(0xfee0_0900);
+    want.extend([0xfee0_0d00, 0xfee0_0100]);
     assert_eq!(r.reports, want);
-    assert_eq!(r.events.len(), 4, "{:#x?}", r.events);
+    assert_eq!(r.events.len(), 5, "{:#x?}", r.events);
     for e in &r.events {
         assert_eq!((e.vector, e.error_code), (GP, 0), "{e:#x?}");
     }
@@ -3302,10 +3312,10 @@ fn tss_io_permission_bitmap() {
 /// subleaf 0 lists x87 and SSE with the 576-byte standard-format area (EBX for the current
 /// XCR0, ECX the maximum), subleaf 1 XSAVEOPT only (SDM CPUID, Vol. 1 13.2, 13.3). CR4 bits
 /// of features CPUID does not report are reserved: writing them is #GP(0) (SDM MOV CR): PKE,
-/// UMIP, PSE, MCE, VME. DE is reported and may be set.
+/// UMIP, VME, PVI. DE, PSE and MCE are reported and may be set.
 #[test]
 fn cpuid_xsave_leaves_and_cr4_reserved_bits() {
-    let bits = [22u8, 11, 4, 6, 0];
+    let bits = [22u8, 11, 0, 1];
     let r = run_all(
         |k| {
             let leaf = |k: &mut Asm, l: u32, sub: u32| -> AsmResult {
@@ -3326,12 +3336,12 @@ fn cpuid_xsave_leaves_and_cr4_reserved_bits() {
             leaf(k, 0xd, 1)?;
             k.mov(rax, cr4)?;
             for (i, b) in bits.iter().enumerate() {
-                let r = [r8, r9, r10, r11, r12][i];
+                let r = [r8, r9, r10, r11][i];
                 k.mov(r, rax)?;
                 k.bts(r, *b as u32)?;
             }
-            cases(k, bits.len(), |k, i| k.mov(cr4, [r8, r9, r10, r11, r12][i]))?;
-            set_cr(k, cr4, 1 << 3, true)?;
+            cases(k, bits.len(), |k, i| k.mov(cr4, [r8, r9, r10, r11][i]))?;
+            set_cr(k, cr4, cr4::DE | cr4::PSE | cr4::MCE, true)?;
             stop(k)
         },
         no_user,
@@ -3350,8 +3360,6 @@ fn cpuid_xsave_leaves_and_cr4_reserved_bits() {
         assert_eq!((e.vector, e.error_code), (GP, 0), "CR4 bit {}", bits[i]);
         assert_eq!(e.rip, r.label(&format!("t{i}")));
     }
-    assert_eq!(
-        r.cpu.cr4 & ((1 << 3) | cr4::OSXSAVE),
-        (1 << 3) | cr4::OSXSAVE
-    );
+    let set = cr4::DE | cr4::PSE | cr4::MCE | cr4::OSXSAVE;
+    assert_eq!(r.cpu.cr4 & set, set);
 }
