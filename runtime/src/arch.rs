@@ -194,6 +194,41 @@ pub mod apic_base {
     pub const EN: u64 = 1 << 11;
     /// The xAPIC page's physical address (bits 12 up to MAXPHYADDR).
     pub const BASE: u64 = !0xfff;
+
+    /// Why a write of IA32_APIC_BASE is refused (#GP(0) either way).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum WriteFault {
+        /// The low byte, bit 9, bits at and above MAXPHYADDR, or EXTD without x2APIC.
+        ReservedBits,
+        /// "EXTD without EN", x2APIC -> xAPIC, or disabled -> x2APIC.
+        IllegalTransition,
+    }
+
+    /// The SDM's rules (11.12.5) for replacing IA32_APIC_BASE `current` by `new` on a CPU
+    /// with `max_phys_addr` physical-address bits that does (`x2apic`) or does not report
+    /// x2APIC: the one check the CPU and the local APIC model both apply.
+    pub fn check_write(
+        current: u64,
+        new: u64,
+        max_phys_addr: u32,
+        x2apic: bool,
+    ) -> Result<(), WriteFault> {
+        let phys_mask = 1u64.checked_shl(max_phys_addr).map_or(u64::MAX, |m| m - 1);
+        let mut writable = (BASE & phys_mask) | BSP | EN;
+        if x2apic {
+            writable |= EXTD;
+        }
+        if new & !writable != 0 {
+            return Err(WriteFault::ReservedBits);
+        }
+        let mode = |b: u64| (b & EN != 0, b & EXTD != 0);
+        match (mode(current), mode(new)) {
+            (_, (false, true)) | ((true, true), (true, false)) | ((false, false), (true, true)) => {
+                Err(WriteFault::IllegalTransition)
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Architectural exception vectors (SDM Table 6-1).

@@ -16,9 +16,7 @@
 
 use super::devices::apic_bus::InterruptMessage;
 use super::devices::ioapic::{IoApic, IOAPIC_BASE, IOAPIC_SIZE};
-use super::devices::lapic::regs::{
-    APIC_LVT_LINT0, APIC_LVT_LINT1, APIC_SVR, DEFAULT_BASE, MMIO_SIZE,
-};
+use super::devices::lapic::regs::{APIC_LVT_LINT0, APIC_LVT_LINT1, APIC_SVR, MMIO_SIZE};
 use super::devices::lapic::{ApicOutput, LocalApic, LocalApicConfig, PendingInterrupt};
 use super::devices::pic::PicPair;
 use super::devices::IrqLines;
@@ -57,10 +55,9 @@ impl Interrupts {
         let mut i = Interrupts {
             pic: PicPair::new(),
             ioapic: IoApic::new(),
+            apic_base: lapic.apic_base(),
             lapic,
-            apic_base: DEFAULT_BASE,
         };
-        i.apic_base = i.lapic.apic_base();
         i.sync_apic_base(apic_base);
         i
     }
@@ -110,8 +107,12 @@ impl Interrupts {
     }
 
     /// EOI broadcasts to the IO-APIC; IPIs to other CPUs (there are none: the sender took
-    /// its own share already).
+    /// its own share already). An NMI (a guest-programmed NMI message or self-IPI; nothing on
+    /// this PC drives LINT1) is not delivered to the CPU yet: said loudly, not dropped silently.
     fn take_lapic_outputs(&mut self) {
+        if self.lapic.take_nmi() {
+            log::warn!("the guest sent an NMI: krr does not deliver NMIs yet (dropped)");
+        }
         for out in self.lapic.take_outputs() {
             match out {
                 ApicOutput::EoiBroadcast(vector) => {
@@ -153,7 +154,6 @@ impl Interrupts {
     /// A physical address one of the controllers decodes, read with `size` bytes.
     pub fn mmio_read(&mut self, phys: u64, size: u8, now_ns: u64) -> Option<u64> {
         if let Some(offset) = self.lapic_offset(phys) {
-            self.lapic.advance(now_ns);
             return Some(match size {
                 4 => self.lapic.mmio_read(offset, now_ns) as u64,
                 // The SDM leaves other sizes undefined; they read 0 (as in QEMU).
@@ -196,8 +196,9 @@ impl Interrupts {
 
     /// RDMSR of a device MSR (x2APIC registers, IA32_TSC_DEADLINE): `None` is #GP.
     pub fn msr_read(&mut self, index: u32, now_ns: u64) -> Option<u64> {
-        self.lapic.advance(now_ns);
         if index == msr::TSC_DEADLINE {
+            // A deadline that has passed reads 0: fire it first.
+            self.lapic.advance(now_ns);
             return Some(self.lapic.tsc_deadline_read());
         }
         self.lapic.msr_read(index, now_ns).ok()
@@ -217,14 +218,12 @@ impl Interrupts {
 
     /// MOV from CR8: the TPR's bits 7:4 (`None` while the APIC is hardware-disabled: CR8 is
     /// then the CPU's own register).
-    pub fn cr8_read(&mut self, apic_base: u64) -> Option<u64> {
-        self.sync_apic_base(apic_base);
+    pub fn cr8_read(&self) -> Option<u64> {
         (!self.lapic.passes_pic_through()).then(|| self.lapic.cr8())
     }
 
     /// MOV to CR8: the TPR's bits 7:4 (a hardware-disabled APIC ignores it).
-    pub fn cr8_write(&mut self, apic_base: u64, value: u64) -> bool {
-        self.sync_apic_base(apic_base);
+    pub fn cr8_write(&mut self, value: u64) -> bool {
         if self.lapic.passes_pic_through() {
             return false;
         }
@@ -240,12 +239,6 @@ impl Interrupts {
     pub fn advance(&mut self, now_ns: u64) {
         self.lapic.advance(now_ns);
     }
-
-    /// An NMI waits (the CPU takes it regardless of RFLAGS.IF). Not delivered yet: nothing
-    /// on this PC drives LINT1 or sends NMI messages.
-    pub fn nmi_pending(&self) -> bool {
-        matches!(self.lapic.pending(), Some(PendingInterrupt::Nmi))
-    }
 }
 
 #[cfg(test)]
@@ -254,7 +247,9 @@ mod tests {
     use crate::machine::devices::ioapic::{
         OFFSET_IOREGSEL, OFFSET_IOWIN, REG_REDTBL, RTE_LEVEL, RTE_REMOTE_IRR,
     };
-    use crate::machine::devices::lapic::regs::{APIC_EOI, APIC_TPR, BASE_BSP, BASE_EN};
+    use crate::machine::devices::lapic::regs::{
+        APIC_EOI, APIC_TPR, BASE_BSP, BASE_EN, DEFAULT_BASE,
+    };
     use crate::machine::devices::pic::{MASTER_CMD, MASTER_DATA, SLAVE_CMD, SLAVE_DATA};
 
     const BASE: u64 = DEFAULT_BASE | BASE_EN | BASE_BSP;
@@ -393,16 +388,16 @@ mod tests {
         let mut i = machine();
         let tpr = DEFAULT_BASE + APIC_TPR as u64;
         i.mmio_write(tpr, 4, 0x5a, 0);
-        assert_eq!(i.cr8_read(BASE), Some(5));
-        assert!(i.cr8_write(BASE, 9));
+        assert_eq!(i.cr8_read(), Some(5));
+        assert!(i.cr8_write(9));
         assert_eq!(i.mmio_read(tpr, 4, 0), Some(0x90));
         program_pin(&mut i, 4, 0x81);
         i.update(lines(&[4]));
         assert!(!i.pending(), "class 8 is below TPR class 9");
-        assert!(i.cr8_write(BASE, 0));
+        assert!(i.cr8_write(0));
         assert_eq!(i.acknowledge(), Some(0x81));
         // Hardware-disabled: CR8 is the CPU's own.
         i.sync_apic_base(BASE & !BASE_EN);
-        assert_eq!(i.cr8_read(BASE & !BASE_EN), None);
+        assert_eq!(i.cr8_read(), None);
     }
 }

@@ -245,6 +245,13 @@ impl Board {
         self.intc.update(self.irq);
     }
 
+    /// Bring the interrupt controllers' view of the CPU up to date (IA32_APIC_BASE) before
+    /// an access reaches them; returns the current virtual time.
+    fn sync_interrupts(&mut self, cpu: &CpuState) -> u64 {
+        self.intc.sync_apic_base(cpu.apic_base);
+        self.now(cpu)
+    }
+
     fn next_event(&self) -> Option<u64> {
         self.devices
             .iter()
@@ -332,14 +339,16 @@ impl Bus for Board {
     }
 
     fn cr8_read(&mut self, cpu: &CpuState) -> Option<u64> {
-        let value = self.intc.cr8_read(cpu.apic_base);
+        self.sync_interrupts(cpu);
+        let value = self.intc.cr8_read();
         let index = krr_runtime::arch::msr::CR8_EVENT;
         self.record(cpu, EventData::MsrRead { index, value });
         value
     }
 
     fn cr8_write(&mut self, cpu: &CpuState, value: u64) {
-        let accepted = self.intc.cr8_write(cpu.apic_base, value);
+        self.sync_interrupts(cpu);
+        let accepted = self.intc.cr8_write(value);
         let index = krr_runtime::arch::msr::CR8_EVENT;
         self.record(
             cpu,
@@ -408,8 +417,7 @@ impl Board {
 
     fn mmio_read_value(&mut self, cpu: &CpuState, phys: u64, size: u8) -> u64 {
         self.counters.mmio_read += 1;
-        self.intc.sync_apic_base(cpu.apic_base);
-        let now = self.now(cpu);
+        let now = self.sync_interrupts(cpu);
         if let Some(v) = self.intc.mmio_read(phys, size, now) {
             return v;
         }
@@ -428,8 +436,7 @@ impl Board {
 
     fn mmio_write_effect(&mut self, cpu: &CpuState, phys: u64, size: u8, value: u64) {
         self.counters.mmio_write += 1;
-        self.intc.sync_apic_base(cpu.apic_base);
-        let now = self.now(cpu);
+        let now = self.sync_interrupts(cpu);
         if self.intc.mmio_write(phys, size, value, now) {
             self.note_event_moved(cpu);
             return;
@@ -447,14 +454,12 @@ impl Board {
 impl Board {
     /// The local APIC owns the device MSRs (x2APIC registers, IA32_TSC_DEADLINE).
     fn msr_read_value(&mut self, cpu: &CpuState, index: u32) -> Option<u64> {
-        self.intc.sync_apic_base(cpu.apic_base);
-        let now = self.now(cpu);
+        let now = self.sync_interrupts(cpu);
         self.intc.msr_read(index, now)
     }
 
     fn msr_write_effect(&mut self, cpu: &CpuState, index: u32, value: u64) -> bool {
-        self.intc.sync_apic_base(cpu.apic_base);
-        let now = self.now(cpu);
+        let now = self.sync_interrupts(cpu);
         let ok = self.intc.msr_write(index, value, now);
         self.note_event_moved(cpu);
         ok

@@ -111,22 +111,9 @@ pub(super) fn read_msr(cpu: &mut CpuState, index: u32) -> Option<u64> {
 /// "EXTD without EN" is invalid, x2APIC cannot return to xAPIC without passing through
 /// disabled, and a disabled APIC cannot enter x2APIC directly.
 fn apic_base_allowed(cpu: &CpuState, v: u64) -> bool {
-    use krr_runtime::arch::apic_base::{BASE, BSP, EN, EXTD};
     let max_phys = cpu.cpuid.query(0x8000_0008, 0, cpu.cr4)[0] & 0xff;
     let x2apic = cpu.cpuid.query(1, 0, cpu.cr4)[2] & (1 << 21) != 0;
-    let phys_mask = 1u64.checked_shl(max_phys).map_or(u64::MAX, |m| m - 1);
-    let mut writable = (BASE & phys_mask) | BSP | EN;
-    if x2apic {
-        writable |= EXTD;
-    }
-    if v & !writable != 0 {
-        return false;
-    }
-    let mode = |b: u64| (b & EN != 0, b & EXTD != 0);
-    !matches!(
-        (mode(cpu.apic_base), mode(v)),
-        (_, (false, true)) | ((true, true), (true, false)) | ((false, false), (true, true))
-    )
+    krr_runtime::arch::apic_base::check_write(cpu.apic_base, v, max_phys, x2apic).is_ok()
 }
 
 /// Write an MSR; `false` means #GP (unknown MSR or a reserved bit set).

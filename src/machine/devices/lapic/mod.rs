@@ -420,27 +420,20 @@ impl LocalApic {
 
     /// WRMSR IA32_APIC_BASE. The BSP bit is read-only (a written value is ignored).
     pub fn set_apic_base(&mut self, value: u64) -> Result<(), ApicFault> {
-        let mut allowed = self.base_address_mask() | BASE_EN | BASE_BSP;
-        if self.config.x2apic {
-            allowed |= BASE_EXTD;
-        }
-        if value & !allowed != 0 {
-            return Err(ApicFault::ReservedBits);
-        }
-        let new = match (value & BASE_EN != 0, value & BASE_EXTD != 0) {
-            (false, false) => ApicMode::Disabled,
-            (true, false) => ApicMode::XApic,
-            (true, true) => ApicMode::X2Apic,
-            (false, true) => return Err(ApicFault::IllegalTransition),
-        };
+        use krr_runtime::arch::apic_base::{check_write, WriteFault};
+        check_write(
+            self.base,
+            value,
+            u32::from(self.config.max_phys_addr),
+            self.config.x2apic,
+        )
+        .map_err(|e| match e {
+            WriteFault::ReservedBits => ApicFault::ReservedBits,
+            WriteFault::IllegalTransition => ApicFault::IllegalTransition,
+        })?;
         let old = self.mode();
-        if matches!(
-            (old, new),
-            (ApicMode::X2Apic, ApicMode::XApic) | (ApicMode::Disabled, ApicMode::X2Apic)
-        ) {
-            return Err(ApicFault::IllegalTransition);
-        }
         self.base = (value & !BASE_BSP) | (self.base & BASE_BSP);
+        let new = self.mode();
         match (old, new) {
             (ApicMode::XApic | ApicMode::X2Apic, ApicMode::Disabled) => self.reset_registers(),
             // The x2APIC ID and LDR come from the ID; the 32-bit destination starts at 0.
