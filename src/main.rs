@@ -31,9 +31,21 @@ struct BootArgs {
     /// The kernel command line.
     #[arg(long, default_value = run::DEFAULT_APPEND)]
     append: String,
-    /// Guest RAM, e.g. 512M or 2G.
+    /// Guest RAM, e.g. 512M or 2G (at most 3G: the PCI window and the APICs sit above).
     #[arg(long, default_value = "512M")]
     mem: String,
+    /// A raw disk image, attached as a virtio-blk disk (PCI 00:01.0, /dev/vda in the guest).
+    /// krr never modifies it: the guest's writes stay in memory unless --disk-overlay names
+    /// a file to keep them in.
+    #[arg(long, value_name = "IMAGE")]
+    disk: Option<PathBuf>,
+    /// Keep the disk's written sectors in this file (created if missing; a later run with
+    /// the same image and overlay sees them).
+    #[arg(long, value_name = "FILE", requires = "disk")]
+    disk_overlay: Option<PathBuf>,
+    /// Offer the disk read-only (the guest's writes fail).
+    #[arg(long, requires = "disk")]
+    disk_read_only: bool,
     #[command(flatten)]
     engine: engine_args::EngineArgs,
     /// The CPU model, as QEMU's -cpu: NAME[,+FEATURE|,-FEATURE]... Models: max (everything
@@ -95,6 +107,11 @@ fn boot(b: BootArgs, record: Option<(PathBuf, u64)>) -> Result<i32, String> {
         cpu,
         max_instructions: b.max_instructions,
         host_time: b.host_time,
+        disk: b.disk.map(|image| run::DiskArgs {
+            image,
+            overlay: b.disk_overlay,
+            read_only: b.disk_read_only,
+        }),
         record,
     })
 }

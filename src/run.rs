@@ -18,9 +18,21 @@ pub struct RunArgs {
     pub max_instructions: Option<u64>,
     /// Host time instead of virtual time.
     pub host_time: bool,
+    pub disk: Option<DiskArgs>,
     /// `krr record`: the trace to write and the checkpoint spacing.
     pub record: Option<(PathBuf, u64)>,
 }
+
+/// `--disk IMAGE [--disk-overlay FILE] [--disk-read-only]`.
+pub struct DiskArgs {
+    pub image: PathBuf,
+    pub overlay: Option<PathBuf>,
+    pub read_only: bool,
+}
+
+/// The most RAM krr's PC holds: everything from 3 GiB up to 4 GiB is the PCI window, the
+/// IO-APIC and the local APIC, and RAM is one block from address 0.
+pub const MAX_MEM_BYTES: u64 = 3 << 30;
 
 /// The kernel command line krr boots with unless told otherwise: what a user types (the
 /// serial console), plus fixed kernel addresses for debugging and a reboot (the end of the
@@ -49,6 +61,13 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         Some(p) => Some(std::fs::read(p).map_err(|e| format!("cannot read initrd {p}: {e}"))?),
         None => None,
     };
+    if args.mem_bytes > MAX_MEM_BYTES {
+        return Err(format!(
+            "--mem: {} MiB is more than krr's PC holds ({} MiB, below the PCI window)",
+            args.mem_bytes >> 20,
+            MAX_MEM_BYTES >> 20
+        ));
+    }
     let engine = args.engine;
     let bar = krr::report::progress(None);
     let mut m = Machine::new(
@@ -60,6 +79,9 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     )
     .map_err(|e| e.to_string())?;
     m.set_cpuid(args.cpu.cpuid);
+    if let Some(d) = &args.disk {
+        m.attach_disk(&d.image, d.overlay.as_deref(), d.read_only)?;
+    }
     let (arch, mem) = m.core.arch_and_mem();
     let info = linux::load(
         mem,

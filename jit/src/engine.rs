@@ -765,7 +765,7 @@ impl Engine {
     /// instructions in pages full of hot code; data may share a page with code). A page with
     /// no block left stops being a code page, so its writes take the fast path again.
     fn handle_code_writes(&mut self, cpu: &mut CpuState) {
-        let n = cpu.exec.smc_count as usize;
+        let n = cpu.exec.smc_ranges();
         cpu.exec.smc_count = 0;
         if n > cpu.exec.smc_writes.len() {
             // Too many to tell apart: every block goes.

@@ -205,8 +205,10 @@ pub struct ExecContext {
     /// B0-B3 bits of the data breakpoints the current instruction hit (MMU checked path).
     pub db_hits: u64,
     /// Writes to pages holding translated code since the engine last looked: `smc_count` of
-    /// them as [start, end) physical ranges in `smc_writes` (touching writes merge); more than
-    /// fit means "assume any".
+    /// them (without [`STORE_EXIT_REQUEST`]) as [start, end) physical ranges in `smc_writes`
+    /// (touching writes merge); more than fit means "assume any". Both tiers leave for the
+    /// dispatcher right after an instruction that stored while this is non-zero, which is
+    /// also how an MMIO store asks for an exit ([`STORE_EXIT_REQUEST`]).
     pub smc_count: u64,
     pub smc_writes: [[u64; 2]; 4],
     /// The code-page bitmap of guest memory (one bit per 4 KiB page, see `GuestMemory`).
@@ -322,7 +324,19 @@ impl ArchState {
     }
 }
 
+/// Set in `smc_count` by an MMIO store after which the bus wants the engine back (a device
+/// was left work for the next instruction boundary, e.g. a virtio queue notification, or an
+/// interrupt became deliverable): the after-store check that catches code writes then
+/// returns to the dispatcher right after that instruction, in every tier, and the dispatcher
+/// asks the bus before running on.
+pub const STORE_EXIT_REQUEST: u64 = 1 << 63;
+
 impl ExecContext {
+    /// How many code-write ranges `smc_count` notes (see [`STORE_EXIT_REQUEST`]).
+    pub fn smc_ranges(&self) -> usize {
+        (self.smc_count & !STORE_EXIT_REQUEST) as usize
+    }
+
     /// A fresh context over `mem` (no budget, empty TLB, no bus).
     fn new(mem: &mut crate::GuestMemory) -> ExecContext {
         let (code_bitmap, words) = mem.code_page_bitmap();

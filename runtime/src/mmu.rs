@@ -340,7 +340,7 @@ pub fn store_bytes(
 /// it (a REP STOS stays one range).
 pub fn note_code_write(cpu: &mut CpuState, phys: u64, len: u64) {
     let (start, end) = (phys, phys + len);
-    let n = cpu.exec.smc_count as usize;
+    let n = cpu.exec.smc_ranges();
     let kept = cpu.exec.smc_writes.len();
     for r in cpu.exec.smc_writes[..n.min(kept)].iter_mut() {
         if start <= r[1] && r[0] <= end {
@@ -388,8 +388,15 @@ pub fn store_slow(
 ) -> Result<(), MemFault> {
     match store_bytes(cpu, linear, &value.to_le_bytes()[..size], mmu_idx) {
         Err(MemFault::Unbacked { phys }) if cpu.exec.bus.is_some() && same_page(linear, size) => {
-            crate::bus::with_bus(cpu, |bus, cpu| bus.mmio_write(cpu, phys, size as u8, value))
-                .ok_or(MemFault::Unbacked { phys })
+            let wants_exit = crate::bus::with_bus(cpu, |bus, cpu| {
+                bus.mmio_write(cpu, phys, size as u8, value);
+                bus.wants_exit(cpu)
+            })
+            .ok_or(MemFault::Unbacked { phys })?;
+            if wants_exit {
+                cpu.exec.smc_count |= crate::cpu::STORE_EXIT_REQUEST;
+            }
+            Ok(())
         }
         r => r,
     }

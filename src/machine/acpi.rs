@@ -1,6 +1,7 @@
 //! The ACPI tables krr's "firmware" leaves in guest RAM for the kernel: how Linux finds the
 //! machine's power-management hardware (the PM1a/PM-timer block of `devices/pm.rs`), the sleep
-//! types (`\_S5` for power-off), the reset register and the one CPU.
+//! types (`\_S5` for power-off), the reset register, the interrupt controllers, the PCI bus
+//! and its interrupt routing, and the one CPU.
 //!
 //! Built with rust-vmm's `acpi_tables` crate and placed in the BIOS area at [`ACPI_BASE`]
 //! (0xE0000, reserved in the e820 map), so the kernel finds the RSDP both through
@@ -15,10 +16,13 @@
 //!   register (port 0xCF9, value 6); flags WBINVD, PROC_C1, PWR_BUTTON and SLP_BUTTON (no
 //!   fixed-feature buttons), FIX_RTC (no RTC wake status), RESET_REG_SUP;
 //! * FACS (64 bytes, 64-byte aligned; holds the global lock);
-//! * DSDT: only `Name (_S5, Package () { S5_SLP_TYP, S5_SLP_TYP, 0, 0 })`. No `_S0`..`_S4`
-//!   (the PM block sleeps only into S5; Linux needs no `_S0`), no devices (no PCI root bridge:
-//!   with ACPI on, Linux then does not scan PCI, whose only device is the host bridge; COM1,
-//!   the RTC and the 8042 are found by their legacy probes);
+//! * DSDT: `Name (_S5, Package () { S5_SLP_TYP, S5_SLP_TYP, 0, 0 })` (no `_S0`..`_S4`: the
+//!   PM block sleeps only into S5; Linux needs no `_S0`), and in `\_SB` the PCI root bridge
+//!   `PCI0` (PNP0A03: bus 0-255, the configuration ports, I/O windows around them, the PCI
+//!   memory window 0xC0000000-0xFEBFFFFF of `devices/pci.rs`; `_PRT` sends every slot's INTA#
+//!   to the link `LNKA`) and `LNKA` (PNP0C0F: ISA IRQ [`PCI_IRQ`] 11, level, active high,
+//!   shared, fixed), as QEMU's PIIX board routes PCI interrupts. COM1, the RTC and the 8042
+//!   have no ACPI devices: Linux finds them by their legacy probes;
 //! * MADT: local APIC address 0xFEE00000, PCAT_COMPAT (the 8259 pair is there), one processor
 //!   local APIC (UID 0, APIC ID 0, enabled). Without [`AcpiConfig::with_ioapic`] that is all.
 //!   With it (the machine's choice: it models the IO-APIC), as QEMU's PIIX board declares
@@ -33,8 +37,8 @@
 //!     without it Linux would take the SCI as active low, and the IO-APIC model applies
 //!     polarity to the line). ISA IRQs without an override are identity-mapped, edge, active
 //!     high; IRQ2 has no GSI (GSI 2 is IRQ0's). [`super::devices::ioapic::gsi_for_isa_irq`] is
-//!     the same mapping. (QEMU's PIIX board also declares IRQ5, 10 and 11 level, its PCI
-//!     interrupt lines; krr has no PCI device interrupts, so those keep the ISA default);
+//!     the same mapping. IRQ11 -> GSI 11 level, active high: the PCI interrupt line (QEMU's
+//!     PIIX board declares 5, 10 and 11 so, its PCI lines; krr routes every slot to 11);
 //!   - a local APIC NMI structure: all processors (UID 0xFF), flags 0, LINT1.
 
 use super::devices::{ioapic, pci, pm, rtc};
@@ -53,6 +57,11 @@ use krr_runtime::GuestMemory;
 pub const ACPI_BASE: u64 = 0xe0000;
 /// The end of the area reserved for the tables (the end of the BIOS area).
 pub const ACPI_END: u64 = 0x100000;
+
+/// The ISA IRQ every PCI slot's INTA# is routed to (through `LNKA`).
+pub const PCI_IRQ: u8 = 11;
+/// The interrupt link device of the PCI slots.
+const PCI_LINK: &str = "\\_SB_.LNKA";
 
 /// Identification in every table header.
 pub const OEM_ID: [u8; 6] = *b"KRR   ";
@@ -203,8 +212,77 @@ fn dsdt() -> Sdt {
     let package = aml::Package::new(vec![&s5, &s5, &0u8, &0u8]);
     let mut body = Vec::new();
     aml::Name::new("_S5_".into(), &package).to_aml_bytes(&mut body);
+    system_bus(&mut body);
     dsdt.append_slice(&body);
     dsdt
+}
+
+fn as_aml<T: Aml>(items: &[T]) -> Vec<&dyn Aml> {
+    items.iter().map(|i| i as &dyn Aml).collect()
+}
+
+/// `\_SB`: the PCI root bridge `PCI0` (bus 0, configuration mechanism #1 at 0xCF8, the I/O
+/// ports around it and the PCI memory window as its windows) and the interrupt link `LNKA`
+/// every slot's INTA# goes through: ISA IRQ [`PCI_IRQ`], level-triggered, active high, shared,
+/// as QEMU's PIIX board routes its PCI interrupts. The routing is fixed (`_SRS` accepts only
+/// what `_CRS` says, by doing nothing), and the same in PIC and APIC mode: the IO-APIC sees
+/// IRQ 11 on pin 11, which the MADT declares level, active high.
+fn system_bus(body: &mut Vec<u8>) {
+    use aml::{AddressSpace as Space, AddressSpaceCacheable, Device, Method, Name, Package};
+    let bus_numbers = Space::<u16>::new_bus_number(0, 0xff);
+    let config_ports = aml::IO::new(pci::PCI_BASE, pci::PCI_BASE, 1, pci::NUM_PORTS as u8);
+    let io_below = Space::<u16>::new_io(0, pci::PCI_BASE - 1, None);
+    let io_above = Space::<u16>::new_io(0x0d00, 0xffff, None);
+    let mmio = Space::<u32>::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        pci::PCI_MMIO_START as u32,
+        (pci::PCI_MMIO_END - 1) as u32,
+        None,
+    );
+    let crs = aml::ResourceTemplate::new(vec![
+        &bus_numbers,
+        &config_ports,
+        &io_below,
+        &io_above,
+        &mmio,
+    ]);
+    // _PRT: (slot << 16 | 0xFFFF, pin, source, source index); pin 0 = INTA#.
+    let link = aml::Path::new(PCI_LINK);
+    let addresses: Vec<u32> = (1..u32::from(pci::NUM_SLOTS))
+        .map(|slot| (slot << 16) | 0xffff)
+        .collect();
+    let entries: Vec<Package> = addresses
+        .iter()
+        .map(|address| Package::new(vec![address, &0u8, &link, &0u8]))
+        .collect();
+    let prt = Package::new(entries.iter().map(|e| e as &dyn Aml).collect());
+    let pci_hid = aml::EISAName::new("PNP0A03");
+    let pci0_names = [
+        Name::new("_HID".into(), &pci_hid),
+        Name::new("_UID".into(), &0u8),
+        Name::new("_ADR".into(), &0u8),
+        Name::new("_BBN".into(), &0u8),
+        Name::new("_CRS".into(), &crs),
+        Name::new("_PRT".into(), &prt),
+    ];
+    let pci0 = Device::new("PCI0".into(), as_aml(&pci0_names));
+    let irq = aml::Interrupt::new(true, false, false, true, u32::from(PCI_IRQ));
+    let irq_resources = aml::ResourceTemplate::new(vec![&irq]);
+    let link_hid = aml::EISAName::new("PNP0C0F");
+    let present_enabled_functioning = 0x0bu8;
+    let lnka_names = [
+        Name::new("_HID".into(), &link_hid),
+        Name::new("_UID".into(), &1u8),
+        Name::new("_STA".into(), &present_enabled_functioning),
+        Name::new("_PRS".into(), &irq_resources),
+        Name::new("_CRS".into(), &irq_resources),
+    ];
+    let set_resources = Method::new("_SRS".into(), 1, false, vec![]);
+    let mut lnka_children = as_aml(&lnka_names);
+    lnka_children.push(&set_resources);
+    let lnka = Device::new("LNKA".into(), lnka_children);
+    aml::Scope::new("\\_SB_".into(), vec![&pci0, &lnka]).to_aml_bytes(body);
 }
 
 fn fadt(facs: u64, dsdt: u64) -> Vec<u8> {
@@ -302,6 +380,11 @@ fn madt(config: AcpiConfig) -> Vec<u8> {
         bytes.extend(source_override(
             sci,
             isa_gsi(sci),
+            INTI_ACTIVE_HIGH | INTI_LEVEL,
+        ));
+        bytes.extend(source_override(
+            PCI_IRQ,
+            isa_gsi(PCI_IRQ),
             INTI_ACTIVE_HIGH | INTI_LEVEL,
         ));
         bytes.extend(local_apic_nmi(ALL_PROCESSORS, INTI_CONFORMING, NMI_LINT));
@@ -469,9 +552,57 @@ mod tests {
         // type pm.rs powers off on (0 = ZeroOp).
         assert_eq!(pm::S5_SLP_TYP, 0);
         assert_eq!(
-            &d[36..],
+            &d[36..48],
             &[0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x04, 0, 0, 0, 0]
         );
+    }
+
+    fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+        haystack.windows(needle.len()).position(|w| w == needle)
+    }
+
+    #[test]
+    fn dsdt_declares_the_pci_root_bridge_and_its_interrupt_link() {
+        let t = build(AcpiConfig::default());
+        let d = table(&t, t.dsdt, b"DSDT");
+        // Scope (\_SB_) holding Device (PCI0) and Device (LNKA).
+        let scope = find(d, b"\\_SB_").expect("\\_SB_ scope");
+        // ScopeOp, then a PkgLength of one to four bytes.
+        assert!(d[scope - 5..scope - 1].contains(&0x10), "ScopeOp");
+        assert!(find(d, b"PCI0").is_some_and(|i| i > scope));
+        assert!(find(d, b"LNKA").is_some_and(|i| i > scope));
+        // _HIDs as EISA IDs: PNP0A03 (PCI root bridge), PNP0C0F (PCI interrupt link).
+        let eisa = |id: &str| aml_bytes(&aml::EISAName::new(id));
+        assert!(find(d, &eisa("PNP0A03")).is_some());
+        assert!(find(d, &eisa("PNP0C0F")).is_some());
+        // The memory window is the PCI host's: DWord memory descriptor, min and max.
+        let mut window = Vec::new();
+        window.extend_from_slice(&(pci::PCI_MMIO_START as u32).to_le_bytes());
+        window.extend_from_slice(&((pci::PCI_MMIO_END - 1) as u32).to_le_bytes());
+        assert!(find(d, &window).is_some(), "memory window");
+        // The configuration ports: IO descriptor (16-bit decode) 0xCF8, length 8.
+        assert!(find(d, &[0x47, 0x01, 0xf8, 0x0c, 0xf8, 0x0c, 0x01, 0x08]).is_some());
+        // The link's interrupt: extended IRQ descriptor, consumer, level, active high,
+        // shared (flags 0b1001), one interrupt: PCI_IRQ. In _PRS and _CRS.
+        let irq = [0x89, 0x06, 0x00, 0x09, 0x01, PCI_IRQ, 0, 0, 0];
+        let first = find(d, &irq).expect("extended IRQ descriptor");
+        assert!(find(&d[first + 1..], &irq).is_some(), "_PRS and _CRS");
+        // _PRT: one entry per slot 1-31, each (slot << 16 | 0xFFFF, INTA#, \_SB_.LNKA, 0).
+        for slot in 1u32..32 {
+            // PackageOp, PkgLength 19, four elements, DWordPrefix.
+            let mut entry = vec![0x12, 0x13, 0x04, 0x0c];
+            entry.extend_from_slice(&((slot << 16) | 0xffff).to_le_bytes());
+            entry.extend_from_slice(&[0x00, b'\\', 0x2e]);
+            entry.extend_from_slice(b"_SB_LNKA");
+            entry.push(0x00);
+            assert!(find(d, &entry).is_some(), "_PRT entry for slot {slot}");
+        }
+    }
+
+    fn aml_bytes(a: &dyn Aml) -> Vec<u8> {
+        let mut v = Vec::new();
+        a.to_aml_bytes(&mut v);
+        v
     }
 
     #[test]
@@ -507,9 +638,9 @@ mod tests {
         assert_eq!(m[8], 1, "MADT revision");
         assert_eq!(u32_at(m, 36), LAPIC_ADDR);
         assert_eq!(u32_at(m, MADT_FLAGS_OFFSET), MADT_PCAT_COMPAT);
-        assert_eq!(m.len(), 44 + 8 + 12 + 10 + 10 + 6);
+        assert_eq!(m.len(), 44 + 8 + 12 + 10 + 10 + 10 + 6);
         let s = madt_structures(m);
-        assert_eq!(s.len(), 5);
+        assert_eq!(s.len(), 6);
         // Processor local APIC: UID 0, APIC ID 0, enabled.
         assert_eq!(s[0], &[0, 8, 0, 0, 1, 0, 0, 0]);
         // IO-APIC: ID 0, reserved, address 0xFEC00000, GSI base 0.
@@ -519,8 +650,11 @@ mod tests {
         assert_eq!(s[2], &[2, 10, 0, 0, 2, 0, 0, 0, 0, 0]);
         // IRQ9 (the SCI) -> GSI 9, flags 0x000d: active high (01), level (11).
         assert_eq!(s[3], &[2, 10, 0, 9, 9, 0, 0, 0, 0x0d, 0]);
+        // IRQ11 (PCI INTA# through LNKA) -> GSI 11, level, active high, as LNKA's _CRS.
+        assert_eq!(s[4], &[2, 10, 0, 11, 11, 0, 0, 0, 0x0d, 0]);
+        assert_eq!(PCI_IRQ, 11);
         // Local APIC NMI: all processors, flags 0, LINT1.
-        assert_eq!(s[4], &[4, 6, 0xff, 0, 0, 1]);
+        assert_eq!(s[5], &[4, 6, 0xff, 0, 0, 1]);
         // The overrides agree with the IO-APIC model's wiring and the FADT's SCI.
         assert_eq!(ioapic::gsi_for_isa_irq(0), Some(s[2][4]));
         let f = table(&t, t.fadt, b"FACP");

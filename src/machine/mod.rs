@@ -11,6 +11,7 @@ pub mod acpi;
 pub mod devices;
 pub mod interrupts;
 pub mod linux;
+mod ram_dma;
 
 use crate::trace::{Event, EventData};
 use devices::{DeviceCtx, IrqLines, MachineRequest, PortDevice};
@@ -73,6 +74,9 @@ impl PortMap {
 /// COM1.
 const SERIAL_BASE: u16 = 0x3f8;
 const SERIAL_IRQ: u8 = 4;
+/// The disk (virtio-blk) sits at PCI 00:01.0 with its INTA# on ISA IRQ 11
+/// ([`acpi::PCI_IRQ`], the line the ACPI tables route every slot to).
+pub const DISK_PCI_SLOT: u8 = 1;
 /// The RTC's clock starts at 2024-01-01 00:00:00 UTC in every run.
 const RTC_EPOCH: i64 = 1_704_067_200;
 
@@ -93,10 +97,6 @@ fn standard_pc(mem_bytes: u64) -> (Vec<Box<dyn PortDevice>>, PortMap) {
         (
             Box::new(rtc::Rtc::new(RTC_EPOCH, below_4g, above_4g)),
             vec![(0x70, 2, 0x70)],
-        ),
-        (
-            Box::new(pci::PciHost::new()),
-            vec![(pci::PCI_BASE, pci::NUM_PORTS, pci::PCI_BASE)],
         ),
         (
             Box::new(debug_exit::DebugExit::new()),
@@ -121,6 +121,8 @@ fn standard_pc(mem_bytes: u64) -> (Vec<Box<dyn PortDevice>>, PortMap) {
 /// The devices and everything the bus needs while the engine runs.
 pub struct Board {
     serial: devices::serial::Serial16550,
+    /// PCI configuration ports, the host bridge and the PCI functions (their BARs are MMIO).
+    pci: devices::pci::PciHost,
     devices: Vec<Box<dyn PortDevice>>,
     ports: PortMap,
     /// The 8259s, the IO-APIC and the local APIC.
@@ -154,6 +156,17 @@ pub struct BusCounters {
     pub mmio_write: u64,
     pub rdtsc: u64,
     pub interrupts: u64,
+    /// Device writes into guest RAM (DMA), and their bytes.
+    pub dma_writes: u64,
+    pub dma_bytes: u64,
+}
+
+/// Which device a port belongs to.
+#[derive(Clone, Copy)]
+enum PortOwner {
+    Serial,
+    Pci,
+    Device(usize),
 }
 
 impl Board {
@@ -179,11 +192,11 @@ impl Board {
         }
     }
 
-    /// Run `f` on device `dev` (`None`: COM1) with a context at the current virtual time.
+    /// Run `f` on the device owning a port with a context at the current virtual time.
     fn with_device<R>(
         &mut self,
         cpu: &CpuState,
-        dev: Option<usize>,
+        dev: PortOwner,
         f: impl FnOnce(&mut dyn PortDevice, &mut DeviceCtx) -> R,
     ) -> R {
         let now = self.now(cpu);
@@ -193,8 +206,9 @@ impl Board {
             requests: &mut self.requests,
         };
         let d: &mut dyn PortDevice = match dev {
-            Some(i) => self.devices[i].as_mut(),
-            None => &mut self.serial,
+            PortOwner::Device(i) => self.devices[i].as_mut(),
+            PortOwner::Serial => &mut self.serial,
+            PortOwner::Pci => &mut self.pci,
         };
         let r = f(d, &mut ctx);
         self.intc.update(self.irq);
@@ -202,12 +216,18 @@ impl Board {
         r
     }
 
-    /// Which device answers `port`: `Some(None)` is COM1.
-    fn route(&self, port: u16) -> Option<(Option<usize>, u16)> {
+    /// Which device answers `port`, and the offset it sees.
+    fn route(&self, port: u16) -> Option<(PortOwner, u16)> {
+        use devices::pci::{NUM_PORTS, PCI_BASE};
         if (SERIAL_BASE..SERIAL_BASE + 8).contains(&port) {
-            return Some((None, port - SERIAL_BASE));
+            return Some((PortOwner::Serial, port - SERIAL_BASE));
         }
-        self.ports.find(port).map(|(d, off)| (Some(d), off))
+        if (PCI_BASE..PCI_BASE + NUM_PORTS).contains(&port) {
+            return Some((PortOwner::Pci, port - PCI_BASE));
+        }
+        self.ports
+            .find(port)
+            .map(|(d, off)| (PortOwner::Device(d), off))
     }
 
     /// Bring every device up to `now`. With the host clock the machine may look late: the
@@ -365,6 +385,7 @@ impl Bus for Board {
         // priority logic.
         !self.requests.is_empty()
             || self.event_moved
+            || self.pci.has_pending_work()
             || (Engine::interrupts_enabled(cpu) && self.intc.pending())
     }
 }
@@ -421,6 +442,10 @@ impl Board {
         if let Some(v) = self.intc.mmio_read(phys, size, now) {
             return v;
         }
+        if let Some(v) = self.pci.mmio_read(phys, size, &mut self.irq) {
+            self.intc.update(self.irq);
+            return v;
+        }
         if self.unknown_mmio.insert(phys & !0xfff) {
             log::info!(
                 "read of unmodelled MMIO page {:#x} (reads as all-ones; logged once)",
@@ -439,6 +464,10 @@ impl Board {
         let now = self.sync_interrupts(cpu);
         if self.intc.mmio_write(phys, size, value, now) {
             self.note_event_moved(cpu);
+            return;
+        }
+        if self.pci.mmio_write(phys, size, value, &mut self.irq) {
+            self.intc.update(self.irq);
             return;
         }
         if self.unknown_mmio.insert(phys & !0xfff) {
@@ -503,6 +532,7 @@ impl Machine {
         let (devices, ports) = standard_pc(config.mem_bytes);
         let board = Board {
             serial: devices::serial::Serial16550::new(SERIAL_IRQ),
+            pci: devices::pci::PciHost::new(),
             devices,
             ports,
             intc: interrupts::Interrupts::new(
@@ -534,6 +564,48 @@ impl Machine {
         *self.core.cpuid_mut() = cpuid;
         self.board.intc =
             interrupts::Interrupts::new(lapic_config(&cpuid), self.core.cpu().apic_base);
+    }
+
+    /// Plug in a virtio-blk disk backed by `image` (never modified; the guest's writes go to
+    /// `overlay` when given, else stay in memory).
+    pub fn attach_disk(
+        &mut self,
+        image: &std::path::Path,
+        overlay: Option<&std::path::Path>,
+        read_only: bool,
+    ) -> Result<(), String> {
+        use devices::virtio::{blk::VirtioBlk, VirtioPci};
+        let blk = VirtioBlk::open(image, overlay, read_only).map_err(|e| e.to_string())?;
+        self.board
+            .pci
+            .add(
+                DISK_PCI_SLOT,
+                Box::new(VirtioPci::new(blk)),
+                Some(acpi::PCI_IRQ),
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Let the PCI functions do the work their last MMIO access left (a virtio queue
+    /// notification), at this instruction boundary. Their writes into RAM are logged as DMA
+    /// Write events and reported to the engine (they may overwrite translated code).
+    fn process_dma(&mut self) {
+        let mut dma = ram_dma::RamDma::new(self.core.mem_mut());
+        self.board.pci.process(&mut dma, &mut self.board.irq);
+        let writes = std::mem::take(&mut dma.writes);
+        self.board.intc.update(self.board.irq);
+        for (phys, data) in writes {
+            self.board.counters.dma_writes += 1;
+            self.board.counters.dma_bytes += data.len() as u64;
+            self.engine
+                .notify_write(&mut self.core, phys, data.len() as u64);
+            self.board
+                .record(self.core.cpu(), EventData::DmaWrite {
+                    phys,
+                    data: data.into_boxed_slice(),
+                });
+        }
     }
 
     /// Take time from the host clock from now on: timers fire in real time, the TSC counts
@@ -639,6 +711,9 @@ impl Machine {
             self.take_console_input();
             let now = self.board.now(self.core.cpu());
             self.board.advance_all(now);
+            if self.board.pci.has_pending_work() {
+                self.process_dma();
+            }
             self.drain_console();
             if let Some(r) = self.board.requests.first().copied() {
                 self.board.requests.clear();

@@ -41,11 +41,19 @@ if [ ! -d "$cache/root/busybox" ]; then
 fi
 kernel=$(ls "$cache"/root/kernel/boot/vmlinuz-* | head -n 1)
 initramfs="$cache/initramfs.cpio"
-if [ ! -f "$initramfs" ] || [ "$here/init" -nt "$initramfs" ]; then
+if [ ! -f "$initramfs" ] || [ "$here/init" -nt "$initramfs" ] || [ "$here/fetch.sh" -nt "$initramfs" ]; then
   stage=$(mktemp -d)
   mkdir -p "$stage"/{bin,dev,proc,sys,tmp}
   cp "$cache/root/busybox/bin/busybox" "$stage/bin/busybox"
   cp "$here/init" "$stage/init"
+  # The virtio modules the init loads when krr has a disk (the cloud kernel builds them as modules).
+  kver=$(basename "$(ls -d "$cache"/root/kernel/lib/modules/*/ | head -n 1)")
+  mods="$cache/root/kernel/lib/modules/$kver/kernel"
+  mkdir -p "$stage/lib/modules/$kver"
+  for m in drivers/virtio/virtio drivers/virtio/virtio_ring drivers/virtio/virtio_pci_modern_dev \
+           drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci drivers/block/virtio_blk; do
+    cp "$mods/$m.ko" "$stage/lib/modules/$kver/"
+  done
   chmod +x "$stage/init"
   (cd "$stage" && find . | cpio -o -H newc --quiet) > "$initramfs"
   rm -rf "$stage"
