@@ -200,6 +200,53 @@ fn boot_loads_descriptor_tables() {
     assert_eq!(r.cpu.seg[2].selector, KERNEL_SS);
 }
 
+/// An MMIO store after which the bus wants the engine back (a device doorbell: the machine
+/// must act at that instruction boundary) ends the run right after the store, in every tier,
+/// even inside a compiled block; running again continues with the next instruction.
+#[test]
+fn mmio_store_that_asks_for_an_exit_returns_right_after_it() {
+    let r = all_tiers(|tier| {
+        let mut m = Machine::new(
+            |k| {
+                k.mov(ebx, 0)?;
+                k.mov(rax, DOORBELL)?;
+                k.mov(dword_ptr(rax), 0x55)?;
+                k.def("after")?;
+                k.inc(ebx)?;
+                k.inc(ebx)?;
+                report(k, rbx)?;
+                stop(k)
+            },
+            no_user,
+        );
+        m.pt.map(
+            &mut m.mem,
+            DOORBELL,
+            DOORBELL,
+            PageSize::K4,
+            pte::RW | pte::NX,
+        );
+        let after = m.label("after");
+        let mut s = m.start(tier);
+        let exit = s.run();
+        assert_eq!(exit, Exit::BusRequest, "{tier:?}");
+        assert_eq!(s.cpu().rip, after, "{tier:?}");
+        assert_eq!(s.cpu().gpr[krr_runtime::gpr::RBX], 0, "{tier:?}");
+        assert_eq!(
+            s.bus.io,
+            vec![Io::Out {
+                port: 0,
+                size: 4,
+                value: 0x55
+            }]
+        );
+        let exit = s.run();
+        s.finish(exit)
+    });
+    assert_eq!(r.exit, Exit::BusRequest);
+    assert_eq!(r.reports, vec![2]);
+}
+
 /// HLT ends `Engine::run` with `Exit::Halt` and RIP past the HLT; running again continues there.
 #[test]
 

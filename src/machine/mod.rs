@@ -600,11 +600,13 @@ impl Machine {
             self.board.counters.dma_bytes += data.len() as u64;
             self.engine
                 .notify_write(&mut self.core, phys, data.len() as u64);
-            self.board
-                .record(self.core.cpu(), EventData::DmaWrite {
+            self.board.record(
+                self.core.cpu(),
+                EventData::DmaWrite {
                     phys,
                     data: data.into_boxed_slice(),
-                });
+                },
+            );
         }
     }
 

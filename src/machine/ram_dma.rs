@@ -29,7 +29,10 @@ impl<'a> RamDma<'a> {
 
 impl DmaMemory for RamDma<'_> {
     fn contains(&self, phys: u64, len: u64) -> bool {
-        len == 0 || phys.checked_add(len).is_some_and(|end| end <= self.mem.size())
+        len == 0
+            || phys
+                .checked_add(len)
+                .is_some_and(|end| end <= self.mem.size())
     }
 
     fn read(&self, phys: u64, buf: &mut [u8]) -> Result<(), DmaError> {

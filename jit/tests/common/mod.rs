@@ -76,6 +76,9 @@ pub const REPORT_PORT: u8 = 0xe9;
 pub const EVENT_PORT: u8 = 0xea;
 /// A write here ends the run: the bus asks the engine to return (`Exit::BusRequest`).
 pub const EXIT_PORT: u8 = 0xf4;
+/// A device register above RAM: a store here is an MMIO write after which the bus asks the
+/// engine to return (a doorbell); tests map it where they want it. Other MMIO panics.
+pub const DOORBELL: u64 = RAM + 0x10_0000;
 
 /// Page-table entry, CR0, CR4 and EFER bits.
 pub use krr_runtime::arch::{cr0, cr4, efer, pte};
@@ -404,8 +407,14 @@ impl Bus for TestBus {
     fn mmio_read(&mut self, _cpu: &CpuState, phys: u64, _size: u8) -> u64 {
         panic!("unexpected MMIO read at {phys:#x}")
     }
-    fn mmio_write(&mut self, _cpu: &CpuState, phys: u64, _size: u8, _value: u64) {
-        panic!("unexpected MMIO write at {phys:#x}")
+    fn mmio_write(&mut self, _cpu: &CpuState, phys: u64, size: u8, value: u64) {
+        assert_eq!(phys, DOORBELL, "unexpected MMIO write at {phys:#x}");
+        self.io.push(Io::Out {
+            port: 0,
+            size,
+            value: value as u32,
+        });
+        self.exit_requested = true;
     }
     fn rdtsc(&mut self, _cpu: &CpuState) -> u64 {
         1000
