@@ -471,6 +471,22 @@ impl Replayer {
                         return Err(self.fatal(exit));
                     }
                 }
+                &EventData::Nmi { rcx } => {
+                    let now_rcx = self.core.cpu().gpr[krr_runtime::gpr::RCX];
+                    if now_rcx != rcx {
+                        return Ok(Some(self.diverge_here(format!(
+                            "the trace has {e}, replay has RCX {now_rcx:#x} there"
+                        ))));
+                    }
+                    if !Engine::nmi_deliverable(self.core.cpu()) {
+                        return Ok(Some(self.diverge_here(format!(
+                            "the trace has {e}, but NMIs are blocked there"
+                        ))));
+                    }
+                    if let Err(exit) = self.engine.inject_nmi(&mut self.core) {
+                        return Err(self.fatal(exit));
+                    }
+                }
                 EventData::DmaWrite { phys, data } => {
                     let end = phys.checked_add(data.len() as u64);
                     if data.is_empty() || end.is_none_or(|end| end > self.core.mem().size()) {

@@ -341,6 +341,63 @@ fn replay_until(path: &Path, stop_at: u64) -> (Replayer, krr::replay::ReplayOutc
     (r, out)
 }
 
+/// An NMI event is delivered at its instruction through IDT vector 2 and leaves NMIs blocked
+/// (the demo guest sends none, so the event is added to a recording after a checkpoint); an
+/// NMI whose RCX differs from the CPU's there is a divergence at that event.
+#[test]
+fn nmi_events_are_delivered_at_their_instruction() {
+    let base = tmp("nmi-base");
+    record_demo_guest(EngineConfig::default(), &base, false).unwrap();
+    // A checkpoint after the first timer interrupt: the guest's IDT is loaded by then.
+    let (_, irq) = find_event(&base, |e| matches!(e.data, EventData::Interrupt { .. }));
+    let (index, at) = find_event(&base, |e| {
+        matches!(e.data, EventData::Checkpoint { .. }) && e.icount > irq.icount
+    });
+    let (r, _) = replay_until(&base, at.icount);
+    let rcx = r.core.cpu().gpr[krr_runtime::gpr::RCX];
+    drop(r);
+    let with_nmi = |dst: &Path, rcx: u64| {
+        let nmi = Event {
+            icount: at.icount,
+            rip: at.rip,
+            data: EventData::Nmi { rcx },
+        };
+        rewrite_events(&base, dst, |i, e| {
+            if i == index {
+                vec![e, nmi.clone()]
+            } else {
+                vec![e]
+            }
+        });
+    };
+    let good = tmp("nmi");
+    with_nmi(&good, rcx);
+    let (r, out) = replay_until(&good, at.icount - 1);
+    assert!(matches!(out.verdict, Verdict::Stopped), "{}", out.summary());
+    assert_eq!(
+        r.core.cpu().nmi_blocked,
+        0,
+        "delivered before its instruction"
+    );
+    let (r, out) = replay_until(&good, at.icount + 1);
+    assert!(matches!(out.verdict, Verdict::Stopped), "{}", out.summary());
+    assert_eq!(out.counts.get(krr::trace::EventKind::Nmi), 1);
+    assert_eq!(r.core.cpu().nmi_blocked, 1, "the NMI handler runs");
+    let bad = tmp("nmi-bad");
+    with_nmi(&bad, rcx ^ 1);
+    let out = replay(&bad, EngineConfig::default());
+    match &out.verdict {
+        Verdict::Diverged(d) => {
+            assert_eq!(d.event_index, index as u64 + 1, "{}", out.summary());
+            assert!(d.what.contains("RCX"), "{}", out.summary());
+        }
+        _ => panic!("an NMI at the wrong RCX was accepted: {}", out.summary()),
+    }
+    for f in [&base, &good, &bad] {
+        std::fs::remove_file(f).unwrap();
+    }
+}
+
 #[test]
 fn dma_writes_land_in_guest_ram_at_their_instruction() {
     // The machine has no DMA device yet, so the event is added to a recording: right after a
@@ -535,6 +592,16 @@ fn every_event_kind_and_every_stored_hash_is_checked() {
         let mut cases: Vec<Case> = vec![];
         eprintln!("altering event {index} ({})", kind.name());
         match e.data {
+            EventData::Nmi { .. } => cases.push((
+                "NMI RCX",
+                Box::new(|d| {
+                    if let EventData::Nmi { rcx } = d {
+                        *rcx ^= 1
+                    }
+                }),
+                Expect::At(index),
+                "RCX",
+            )),
             EventData::Interrupt { .. } => {
                 cases.push((
                     "interrupt RCX",

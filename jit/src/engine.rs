@@ -351,6 +351,29 @@ impl Engine {
             && cpu.pending_db == 0
     }
 
+    /// Whether an NMI can be delivered at this boundary: not while an earlier NMI's handler
+    /// runs (until IRET), nor in the STI / MOV SS shadow (SDM 6.8.3: MOV SS blocks NMIs too;
+    /// whether STI does is model-specific, and treating both alike keeps one rule), nor
+    /// before a debug trap due here.
+    pub fn nmi_deliverable(cpu: &CpuState) -> bool {
+        cpu.nmi_blocked == 0 && cpu.irq_shadow_at != cpu.icount && cpu.pending_db == 0
+    }
+
+    /// Deliver an NMI now through IDT vector 2 (the caller checked `nmi_deliverable`); NMIs
+    /// stay blocked until the next IRET.
+    pub fn inject_nmi(&mut self, core: &mut Core) -> Result<(), Exit> {
+        // SAFETY: as in `run_with_bus`.
+        let cpu = unsafe { core.state_mut() };
+        cpu.nmi_blocked = 1;
+        self.deliver(
+            cpu,
+            krr_runtime::arch::vector::NMI,
+            krr_runtime::interrupt::EventKind::External,
+            None,
+            cpu.rip,
+        )
+    }
+
     /// Deliver external interrupt `vector` now (the caller checked `interrupts_enabled`).
     pub fn inject_interrupt(&mut self, core: &mut Core, vector: u8) -> Result<(), Exit> {
         // SAFETY: as in `run_with_bus`.

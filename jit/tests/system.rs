@@ -247,6 +247,45 @@ fn mmio_store_that_asks_for_an_exit_returns_right_after_it() {
     assert_eq!(r.reports, vec![2]);
 }
 
+/// An NMI goes through IDT vector 2 whatever RFLAGS.IF says, and blocks further NMIs until
+/// the next IRETQ (SDM 6.7.1), in every tier.
+#[test]
+fn nmi_is_delivered_and_blocked_until_iret() {
+    let r = all_tiers(|tier| {
+        let mut m = Machine::new(
+            |k| {
+                k.cli()?;
+                // Port IO returns to the dispatcher right after itself: the run ends here.
+                k.out(EXIT_PORT as u32, al)?;
+                k.mov(ebx, 5)?;
+                report(k, rbx)?;
+                stop(k)
+            },
+            no_user,
+        );
+        m.action(2, 1);
+        let mut s = m.start(tier);
+        assert_eq!(s.run(), Exit::BusRequest, "{tier:?}");
+        assert!(Engine::nmi_deliverable(s.cpu()), "{tier:?}");
+        s.engine.inject_nmi(&mut s.core).expect("delivered");
+        assert!(
+            !Engine::nmi_deliverable(s.cpu()),
+            "{tier:?}: blocked in the handler"
+        );
+        let exit = s.run();
+        assert!(
+            Engine::nmi_deliverable(s.cpu()),
+            "{tier:?}: IRETQ unblocks NMIs"
+        );
+        s.finish(exit)
+    });
+    assert_eq!(r.exit, Exit::BusRequest);
+    assert_eq!(r.events.len(), 1, "{:#x?}", r.events);
+    assert_eq!(r.events[0].vector, 2);
+    assert_eq!(r.events[0].rflags & IF, 0, "IF was clear when the NMI came");
+    assert_eq!(r.reports, vec![5]);
+}
+
 /// HLT ends `Engine::run` with `Exit::Halt` and RIP past the HLT; running again continues there.
 #[test]
 

@@ -166,6 +166,8 @@ pub struct ArchState {
     /// DR6 bits (B0-B3, BS) of a #DB trap due at the next boundary where traps are not
     /// inhibited (set while in the MOV SS shadow).
     pub pending_db: u64,
+    /// 1 while NMIs are blocked: from the delivery of an NMI until the next IRET (SDM 6.7.1).
+    pub nmi_blocked: u64,
 }
 
 /// The engine's execution context: the budget, the mailboxes between compiled code, helpers
@@ -302,6 +304,7 @@ impl ArchState {
             irq_shadow_at: u64::MAX,
             db_inhibit_at: u64::MAX,
             pending_db: 0,
+            nmi_blocked: 0,
         }
     }
 

@@ -107,12 +107,8 @@ impl Interrupts {
     }
 
     /// EOI broadcasts to the IO-APIC; IPIs to other CPUs (there are none: the sender took
-    /// its own share already). An NMI (a guest-programmed NMI message or self-IPI; nothing on
-    /// this PC drives LINT1) is not delivered to the CPU yet: said loudly, not dropped silently.
+    /// its own share already).
     fn take_lapic_outputs(&mut self) {
-        if self.lapic.take_nmi() {
-            log::warn!("the guest sent an NMI: krr does not deliver NMIs yet (dropped)");
-        }
         for out in self.lapic.take_outputs() {
             match out {
                 ApicOutput::EoiBroadcast(vector) => {
@@ -124,6 +120,18 @@ impl Interrupts {
                 }
             }
         }
+    }
+
+    /// An NMI waits for the CPU (an NMI message or self-IPI the guest sent, an IO-APIC entry
+    /// or LVT entry with NMI delivery; nothing on this PC drives LINT1): taken whatever
+    /// RFLAGS.IF says, when NMIs are not blocked.
+    pub fn nmi_pending(&self) -> bool {
+        self.lapic.pending() == Some(PendingInterrupt::Nmi)
+    }
+
+    /// The CPU takes the pending NMI.
+    pub fn take_nmi(&mut self) -> bool {
+        self.lapic.take_nmi()
     }
 
     /// A maskable interrupt waits for the CPU (taken when RFLAGS.IF = 1).
@@ -399,5 +407,29 @@ mod tests {
         // Hardware-disabled: CR8 is the CPU's own.
         i.sync_apic_base(BASE & !BASE_EN);
         assert_eq!(i.cr8_read(), None);
+    }
+
+    /// An NMI the guest sends itself (ICR, shorthand self, NMI delivery) and one an IO-APIC
+    /// entry with NMI delivery sends are pending for the CPU apart from maskable interrupts,
+    /// once each.
+    #[test]
+    fn nmis_reach_the_cpu() {
+        use crate::machine::devices::ioapic::RTE_DM_NMI;
+        use crate::machine::devices::lapic::regs::{
+            APIC_ICR_LOW, DM_NMI, ICR_SHORTHAND_SELF, ICR_SHORTHAND_SHIFT,
+        };
+        let mut i = machine();
+        assert!(!i.nmi_pending());
+        let icr = ICR_SHORTHAND_SELF << ICR_SHORTHAND_SHIFT | DM_NMI << 8;
+        assert!(i.mmio_write(DEFAULT_BASE + APIC_ICR_LOW as u64, 4, icr as u64, 0));
+        assert!(i.nmi_pending());
+        assert!(!i.pending(), "an NMI is not a maskable interrupt");
+        assert!(i.take_nmi());
+        assert!(!i.nmi_pending());
+        program_pin(&mut i, 5, RTE_DM_NMI as u32);
+        i.update(lines(&[5]));
+        assert!(i.nmi_pending());
+        assert!(i.take_nmi());
+        assert!(!i.take_nmi());
     }
 }

@@ -156,6 +156,7 @@ pub struct BusCounters {
     pub mmio_write: u64,
     pub rdtsc: u64,
     pub interrupts: u64,
+    pub nmis: u64,
     /// Device writes into guest RAM (DMA), and their bytes.
     pub dma_writes: u64,
     pub dma_bytes: u64,
@@ -386,6 +387,7 @@ impl Bus for Board {
         !self.requests.is_empty()
             || self.event_moved
             || self.pci.has_pending_work()
+            || (Engine::nmi_deliverable(cpu) && self.intc.nmi_pending())
             || (Engine::interrupts_enabled(cpu) && self.intc.pending())
     }
 }
@@ -727,6 +729,19 @@ impl Machine {
                 });
             }
             self.board.intc.sync_apic_base(self.core.cpu().apic_base);
+            if Engine::nmi_deliverable(self.core.cpu()) && self.board.intc.take_nmi() {
+                self.board.counters.nmis += 1;
+                log::debug!(
+                    "NMI delivered at instruction {} (RIP {:#x})",
+                    self.core.cpu().icount,
+                    self.core.cpu().rip
+                );
+                let rcx = self.core.cpu().gpr[krr_runtime::gpr::RCX];
+                self.board.record(self.core.cpu(), EventData::Nmi { rcx });
+                if let Err(e) = self.engine.inject_nmi(&mut self.core) {
+                    return Err(self.fatal(e));
+                }
+            }
             let vector = match Engine::interrupts_enabled(self.core.cpu()) {
                 true if self.board.intc.pending() => self.board.intc.acknowledge(),
                 _ => None,
@@ -762,7 +777,12 @@ impl Machine {
             match exit {
                 Exit::Budget | Exit::BusRequest => {}
                 Exit::Halt => {
-                    if self.core.cpu().rflags & krr_runtime::rflags::IF == 0 {
+                    // With IF = 0 only an NMI wakes the CPU: one pending now is taken at the
+                    // top of the loop. One a device would raise later (an IO-APIC entry the
+                    // guest programmed for NMI delivery) is not waited for: the run ends.
+                    if self.core.cpu().rflags & krr_runtime::rflags::IF == 0
+                        && !self.board.intc.nmi_pending()
+                    {
                         self.drain_console();
                         self.flush_log(&mut recording)?;
                         return Ok(RunEnd::HaltedForever);
@@ -775,7 +795,10 @@ impl Machine {
                         let now = self.board.now(self.core.cpu());
                         self.board.advance_all(now);
                         self.drain_console();
-                        if !self.board.requests.is_empty() || self.board.intc.pending() {
+                        if !self.board.requests.is_empty()
+                            || self.board.intc.pending()
+                            || self.board.intc.nmi_pending()
+                        {
                             break;
                         }
                         match self.board.next_event() {

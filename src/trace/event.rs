@@ -21,10 +21,11 @@ pub enum EventKind {
     DmaWrite = 9,
     MsrRead = 10,
     MsrWrite = 11,
+    Nmi = 12,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::Interrupt,
         EventKind::PortIn,
         EventKind::PortOut,
@@ -36,6 +37,7 @@ impl EventKind {
         EventKind::DmaWrite,
         EventKind::MsrRead,
         EventKind::MsrWrite,
+        EventKind::Nmi,
     ];
 
     pub fn from_tag(tag: u8) -> Option<EventKind> {
@@ -56,6 +58,7 @@ impl EventKind {
             EventKind::DmaWrite => "DMA Write",
             EventKind::MsrRead => "MSR Read",
             EventKind::MsrWrite => "MSR Write",
+            EventKind::Nmi => "NMI",
         }
     }
 
@@ -64,7 +67,7 @@ impl EventKind {
     pub fn is_async(self) -> bool {
         matches!(
             self,
-            EventKind::Interrupt | EventKind::Checkpoint | EventKind::DmaWrite
+            EventKind::Interrupt | EventKind::Checkpoint | EventKind::DmaWrite | EventKind::Nmi
         )
     }
 }
@@ -130,6 +133,10 @@ pub enum EventData {
         phys: u64,
         data: Box<[u8]>,
     },
+    /// A non-maskable interrupt delivered through IDT vector 2 (RCX as for interrupts).
+    Nmi {
+        rcx: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +160,7 @@ impl Event {
             EventData::DmaWrite { .. } => EventKind::DmaWrite,
             EventData::MsrRead { .. } => EventKind::MsrRead,
             EventData::MsrWrite { .. } => EventKind::MsrWrite,
+            EventData::Nmi { .. } => EventKind::Nmi,
         }
     }
 }
@@ -170,6 +178,7 @@ impl std::fmt::Display for Event {
             EventData::Interrupt { vector, rcx } => {
                 write!(f, " (vector {vector:#x}, RCX {rcx:#x})")
             }
+            EventData::Nmi { rcx } => write!(f, " (RCX {rcx:#x})"),
             EventData::PortIn { port, size, value } => {
                 write!(f, " (port {port:#x}, {size} bytes, value {value:#x})")
             }
@@ -258,6 +267,7 @@ pub fn encode(out: &mut Vec<u8>, prev_icount: u64, e: &Event) {
             out.push(vector);
             out.extend_from_slice(&rcx.to_le_bytes());
         }
+        EventData::Nmi { rcx } => out.extend_from_slice(&rcx.to_le_bytes()),
         EventData::PortIn { port, size, value }
         | EventData::PortOut {
             port, size, value, ..
@@ -331,6 +341,7 @@ pub fn decode(buf: &[u8], pos: &mut usize, prev_icount: u64) -> Result<Event, St
             vector: r.u8()?,
             rcx: r.u64()?,
         },
+        EventKind::Nmi => EventData::Nmi { rcx: r.u64()? },
         EventKind::PortIn | EventKind::PortOut => {
             let port = r.u16()?;
             let size = r.u8()?;
@@ -486,6 +497,7 @@ mod tests {
                 value: 1,
                 accepted: false,
             },
+            EventData::Nmi { rcx: 3 },
         ];
         datas
             .iter()
@@ -559,6 +571,7 @@ mod tests {
         assert_eq!(lines.len(), EventKind::ALL.len() + 1);
         assert!(lines.contains(&"IO Output: 2".to_string()));
         assert!(lines.contains(&"MSR Write: 2".to_string()));
-        assert_eq!(lines.last().unwrap(), "Total Events: 15");
+        assert!(lines.contains(&"NMI: 1".to_string()));
+        assert_eq!(lines.last().unwrap(), "Total Events: 16");
     }
 }

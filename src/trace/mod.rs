@@ -15,7 +15,7 @@ pub use reader::{EventStream, Snapshot, TraceReader};
 pub use writer::TraceWriter;
 
 pub const MAGIC: &[u8; 8] = b"KRRTRACE";
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 const HEADER_LEN: u64 = 16;
 const TRAILER_MAGIC: &[u8; 8] = b"KRRTRAIL";
 const TRAILER_LEN: u64 = 24;
@@ -542,8 +542,9 @@ mod tests {
         let mut chunk = secs[2].1.clone();
         let raw_len = u32::from_le_bytes(chunk[36..40].try_into().unwrap()) as usize;
         let mut raw = zstd::bulk::decompress(&chunk[CHUNK_HEADER_LEN..], raw_len).unwrap();
-        // Event 0 is an interrupt: its tag becomes 12, then the console bit on an interrupt.
-        for tag in [12u8, 0x81] {
+        // Event 0 is an interrupt: its tag becomes 13 (past the last kind), then 0, then the
+        // console bit on an interrupt.
+        for tag in [13u8, 0, 0x81] {
             raw[0] = tag;
             chunk.truncate(CHUNK_HEADER_LEN);
             chunk.extend(zstd::bulk::compress(&raw, 3).unwrap());

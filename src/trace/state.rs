@@ -103,6 +103,7 @@ pub fn encode_cpu(cpu: &ArchState) -> Vec<u8> {
     }
     v.put_u64(cpu.db_inhibit_at);
     v.put_u64(cpu.pending_db);
+    v.put_u64(cpu.nmi_blocked);
     v
 }
 
@@ -182,6 +183,10 @@ pub fn decode_cpu(cpu: &mut ArchState, data: &[u8]) -> Result<(), String> {
     }
     cpu.db_inhibit_at = r.u64()?;
     cpu.pending_db = r.u64()?;
+    cpu.nmi_blocked = match r.u64()? {
+        b @ (0 | 1) => b,
+        b => return Err(format!("NMI blocking {b:#x} (0 or 1)")),
+    };
     r.finish()?;
     Ok(())
 }
@@ -324,6 +329,7 @@ mod tests {
             irq_shadow_at: _,
             db_inhibit_at: _,
             pending_db: _,
+            nmi_blocked: _,
         } = base.clone();
         let mut cases: Vec<(&str, Perturb)> = vec![
             ("rip", |c| c.rip ^= 1),
@@ -354,6 +360,7 @@ mod tests {
             ("irq_shadow_at", |c| c.irq_shadow_at ^= 1),
             ("db_inhibit_at", |c| c.db_inhibit_at ^= 1),
             ("pending_db", |c| c.pending_db ^= 1),
+            ("nmi_blocked", |c| c.nmi_blocked ^= 1),
             ("ldtr.selector", |c| c.ldtr.selector ^= 8),
             ("ldtr.attrs", |c| c.ldtr.attrs ^= 1),
             ("ldtr.limit", |c| c.ldtr.limit ^= 1),

@@ -154,6 +154,8 @@ pub(super) fn iret(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> SysRes
         changeable |= rflags::IF;
     }
     let merged = (flags & !changeable) | (new_flags & changeable);
+    // IRET ends an NMI handler: NMIs are deliverable again (SDM 6.7.1).
+    cpu.nmi_blocked = 0;
     cpu.seg[seg::CS] = cs.to_segment(cs_sel);
     cpu.seg[seg::SS] = new_ss;
     cpu.gpr[RSP] = new_rsp;
