@@ -1,7 +1,71 @@
 //! `krr info`: describe a trace without replaying it (after checking all of it).
 
-use krr::trace::{EventStream, TraceReader, VERSION};
+use krr::trace::{EventData, EventStream, TraceReader, VERSION};
+use std::collections::BTreeMap;
 use std::path::Path;
+
+/// What the guest's devices did, by source: interrupts by vector, and the MMIO, device
+/// MSR and DMA traffic by the device krr's PC has there.
+#[derive(Default)]
+struct Breakdown {
+    vectors: BTreeMap<u8, u64>,
+    /// (device, "reads"/"writes") -> count.
+    accesses: BTreeMap<(&'static str, &'static str), u64>,
+    dma_bytes: u64,
+}
+
+/// The device of krr's PC behind a physical address (the local APIC at its default base).
+fn mmio_device(phys: u64) -> &'static str {
+    match phys {
+        0xfee0_0000..=0xfee0_0fff => "local APIC (xAPIC page)",
+        0xfec0_0000..=0xfec0_0fff => "IO-APIC",
+        0xc000_0000..=0xfebf_ffff => "PCI BARs",
+        _ => "other MMIO",
+    }
+}
+
+/// The device owning a device MSR event's index.
+fn msr_device(index: u32) -> &'static str {
+    use krr_runtime::arch::msr;
+    match index {
+        msr::CR8_EVENT => "CR8 (local APIC TPR)",
+        0x6e0 => "IA32_TSC_DEADLINE",
+        0x800..=0x8ff => "x2APIC MSRs",
+        _ => "other MSRs",
+    }
+}
+
+impl Breakdown {
+    fn add(&mut self, data: &EventData) {
+        let mut count = |device, what| *self.accesses.entry((device, what)).or_default() += 1;
+        match *data {
+            EventData::Interrupt { vector, .. } => *self.vectors.entry(vector).or_default() += 1,
+            EventData::MmioRead { phys, .. } => count(mmio_device(phys), "reads"),
+            EventData::MmioWrite { phys, .. } => count(mmio_device(phys), "writes"),
+            EventData::MsrRead { index, .. } => count(msr_device(index), "reads"),
+            EventData::MsrWrite { index, .. } => count(msr_device(index), "writes"),
+            EventData::DmaWrite { ref data, .. } => {
+                count("DMA", "writes");
+                self.dma_bytes += data.len() as u64;
+            }
+            _ => {}
+        }
+    }
+
+    fn print(&self) {
+        println!("=== Interrupts by vector ===");
+        for (v, n) in &self.vectors {
+            println!("{v:#04x}: {n}");
+        }
+        println!("=== Device accesses ===");
+        for ((device, what), n) in &self.accesses {
+            println!("{device} {what}: {n}");
+        }
+        if self.dma_bytes > 0 {
+            println!("DMA bytes: {}", self.dma_bytes);
+        }
+    }
+}
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
     let (a, b) = s
@@ -59,16 +123,21 @@ pub fn run(path: &Path, events: Option<&str>) -> Result<i32, String> {
         println!("{l}");
     }
     println!("Instructions: {}", e.icount);
-    if let Some((first, last)) = range {
-        let mut stream = EventStream::new(r);
-        while stream.position < last {
-            let index = stream.position;
-            match stream.next_event().map_err(|e| e.to_string())? {
-                Some(ev) if index >= first => println!("event {index}: {ev}"),
-                Some(_) => {}
-                None => break,
+    let (first, last) = range.unwrap_or((u64::MAX, u64::MAX));
+    let mut breakdown = Breakdown::default();
+    let mut stream = EventStream::new(r);
+    loop {
+        let index = stream.position;
+        match stream.next_event().map_err(|e| e.to_string())? {
+            Some(ev) => {
+                breakdown.add(&ev.data);
+                if (first..last).contains(&index) {
+                    println!("event {index}: {ev}");
+                }
             }
+            None => break,
         }
     }
+    breakdown.print();
     Ok(0)
 }

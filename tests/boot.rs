@@ -147,7 +147,7 @@ fn krr_ok_with(args: &[&str], env: &[(&str, &str)]) -> (String, String) {
     let mut c = Command::new(krr());
     c.args(args);
     c.envs(env.iter().copied());
-    if args[0] != "replay" {
+    if !matches!(args[0], "replay" | "info") {
         c.args(["--max-instructions", MAX_INSTRUCTIONS]);
     }
     let out = c.output().expect("running krr");
@@ -485,6 +485,23 @@ fn debian_kernel_reads_and_writes_a_virtio_disk_under_record_and_replay() {
         std::fs::read(&image).unwrap() == image_bytes,
         "krr modified the disk image"
     );
+    // `krr info` breaks the events down by source: interrupts by vector (adding up to the
+    // interrupt events), the disk's BAR accesses and DMA bytes.
+    let (info, _) = krr_ok(&["info", t]);
+    let irqs: u64 = line_with(&info, "Interrupt: ")["Interrupt: ".len()..]
+        .parse()
+        .unwrap();
+    let by_vector = &info[info.find("=== Interrupts by vector ===").expect(&info)..];
+    let by_vector = &by_vector[..by_vector.find("=== Device accesses ===").expect(&info)];
+    let sum: u64 = by_vector
+        .lines()
+        .skip(1)
+        .map(|l| l.split_once(": ").unwrap().1.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(sum, irqs, "{info}");
+    for line in ["PCI BARs writes: ", "DMA bytes: "] {
+        assert!(info.contains(line), "{info}");
+    }
     // The guest's file is on the disk: image + overlay hold written.txt.
     let disk = apply_overlay(&image_bytes, &std::fs::read(&overlay).unwrap());
     let merged = dir.join("merged.img");
