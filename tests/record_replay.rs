@@ -388,7 +388,7 @@ fn nmi_events_are_delivered_at_their_instruction() {
     let out = replay(&bad, EngineConfig::default());
     match &out.verdict {
         Verdict::Diverged(d) => {
-            assert_eq!(d.event_index, index as u64 + 1, "{}", out.summary());
+            assert_eq!(d.event_index, index + 1, "{}", out.summary());
             assert!(d.what.contains("RCX"), "{}", out.summary());
         }
         _ => panic!("an NMI at the wrong RCX was accepted: {}", out.summary()),
