@@ -420,6 +420,43 @@ const MAX_INSTRUCTIONS_OTHER_KERNELS: &str = "10000000000";
 const LINUX_LOCAL_TIMER_VECTOR: u8 = 0xec;
 /// IA32_TSC_DEADLINE, the local APIC timer's deadline in TSC-deadline mode.
 const IA32_TSC_DEADLINE: u32 = 0x6e0;
+/// The local APIC timer's initial count register (one-shot and periodic modes): xAPIC MMIO at
+/// the default base, x2APIC MSR.
+const LAPIC_TMICT_MMIO: u64 = 0xfee0_0380;
+const X2APIC_TMICT_MSR: u32 = 0x838;
+
+/// What the local APIC timer did in a trace: (interrupts with Linux's timer vector, accepted
+/// IA32_TSC_DEADLINE writes, initial-count writes).
+fn local_apic_timer_use(trace: &std::path::Path) -> (u64, u64, u64) {
+    use krr::trace::{EventData, EventStream, TraceReader};
+    let mut events = EventStream::new(TraceReader::open(trace).unwrap());
+    let (mut ticks, mut deadlines, mut counts) = (0, 0, 0);
+    while let Some(e) = events.next_event().unwrap() {
+        match e.data {
+            EventData::Interrupt { vector, .. } if vector == LINUX_LOCAL_TIMER_VECTOR => ticks += 1,
+            EventData::MsrWrite {
+                index,
+                accepted: true,
+                ..
+            } if index == IA32_TSC_DEADLINE => deadlines += 1,
+            EventData::MsrWrite {
+                index,
+                accepted: true,
+                ..
+            } if index == X2APIC_TMICT_MSR => counts += 1,
+            EventData::MmioWrite { phys, .. } if phys == LAPIC_TMICT_MMIO => counts += 1,
+            _ => {}
+        }
+    }
+    (ticks, deadlines, counts)
+}
+
+/// The local APIC timer neither failed its calibration nor was turned off.
+fn assert_local_apic_timer_not_disabled(console: &str, package: &str) {
+    for bad in ["APIC timer disabled", "Disabling APIC timer"] {
+        assert!(!console.contains(bad), "{package}: `{bad}` in\n{console}");
+    }
+}
 
 /// A Debian kernel other than the 6.1 cloud one, with krr's default command line: `krr record`
 /// boots it to the workload's results (equal to the host's) and power-off, with the local APIC
@@ -450,28 +487,8 @@ fn other_kernel_boots_records_and_replays(suite: &str, flavour: &str) {
         console.contains("TSC deadline timer available"),
         "{package}:\n{console}"
     );
-    for bad in [
-        "APIC timer disabled",
-        "Disabling APIC timer",
-        "Kernel panic",
-    ] {
-        assert!(!console.contains(bad), "{package}: `{bad}` in\n{console}");
-    }
-    let mut events = krr::trace::EventStream::new(krr::trace::TraceReader::open(&trace).unwrap());
-    let (mut ticks, mut deadlines) = (0u64, 0u64);
-    while let Some(e) = events.next_event().unwrap() {
-        match e.data {
-            krr::trace::EventData::Interrupt { vector, .. }
-                if vector == LINUX_LOCAL_TIMER_VECTOR =>
-            {
-                ticks += 1
-            }
-            krr::trace::EventData::MsrWrite {
-                index, accepted, ..
-            } if index == IA32_TSC_DEADLINE && accepted => deadlines += 1,
-            _ => {}
-        }
-    }
+    assert_local_apic_timer_not_disabled(&console, &package);
+    let (ticks, deadlines, _) = local_apic_timer_use(&trace);
     assert!(
         ticks >= 100 && deadlines >= 100,
         "{package}: {ticks} local APIC timer interrupts, {deadlines} IA32_TSC_DEADLINE writes"
@@ -517,4 +534,50 @@ fn debian_trixie_cloud_kernel_boots_records_and_replays() {
 #[test]
 fn debian_trixie_generic_kernel_boots_records_and_replays() {
     other_kernel_boots_records_and_replays("trixie", "generic");
+}
+
+/// Without TSC-deadline (`--cpu max,-tsc-deadline`) the newest kernel calibrates the local
+/// APIC timer (against the PM timer) and ticks with it in one-shot mode: the same results and
+/// power-off, the timer's initial count written and its interrupts taken.
+#[test]
+fn debian_trixie_generic_kernel_calibrates_the_local_apic_timer() {
+    let (kernel, package) = debian_kernel("trixie", "generic");
+    let (_, initrd) = guest();
+    let dir = std::env::temp_dir().join(format!("krr-kernel-tmict-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("boot.trace");
+    let t = trace.to_str().unwrap();
+    let (console, log) = krr_ok_limited(
+        &[
+            "record",
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--cpu",
+            "max,-tsc-deadline",
+            "-o",
+            t,
+        ],
+        &[],
+        MAX_INSTRUCTIONS_OTHER_KERNELS,
+    );
+    assert_powered_off(&log);
+    assert_eq!(
+        workload_lines(&console),
+        expected_results(),
+        "{package}: {log}\n{console}"
+    );
+    assert!(
+        !console.contains("TSC deadline timer available"),
+        "{package}:\n{console}"
+    );
+    assert_local_apic_timer_not_disabled(&console, &package);
+    let (ticks, deadlines, counts) = local_apic_timer_use(&trace);
+    assert!(
+        ticks >= 100 && counts >= 100 && deadlines == 0,
+        "{package}: {ticks} local APIC timer interrupts, {counts} initial-count writes, \
+         {deadlines} IA32_TSC_DEADLINE writes"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
