@@ -4,10 +4,14 @@
 //! recordings in the default and single-step modes are byte-identical, the interpreter gives
 //! the same run, and the trace replays to the recorded end state in both modes; the guest
 //! powers off (ACPI S5). The same image booted under QEMU TCG (Debian's qemu-system-x86,
-//! tests/guest/qemu-boot.sh) gives the same workload results.
+//! tests/guest/qemu-boot.sh) gives the same workload results. Debian's other current kernels
+//! (bookworm generic 6.1; bookworm-backports and trixie, cloud and generic, 6.12) boot with the
+//! default command line to the same results and power-off with the local APIC timer ticking,
+//! and their traces replay.
 //!
-//! Needs `apt-get download` (tests/guest/fetch.sh, tests/guest/fetch-qemu.sh); fails loudly
-//! when the packages cannot be fetched.
+//! Needs `apt-get download` (tests/guest/fetch.sh, tests/guest/fetch-qemu.sh) and HTTPS access
+//! to deb.debian.org (tests/guest/fetch-kernel.sh); fails loudly when the packages cannot be
+//! fetched.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -102,7 +106,6 @@ fn assert_powered_off(log: &str) {
     );
 }
 
-/// The workload between its markers, both markers included.
 /// A kernel log line (`[    2.095723] clocksource: ...`): the kernel may print these in the
 /// middle of the workload's output (under QEMU, whose clocks follow the host's, the clocksource
 /// watchdog does when the host is loaded); they are not the workload's results.
@@ -112,6 +115,7 @@ fn is_kernel_message(line: &str) -> bool {
         .is_some_and(|(stamp, _)| stamp.trim().parse::<f64>().is_ok())
 }
 
+/// The workload between its markers, both markers included.
 fn workload_section(console: &str) -> Vec<String> {
     let start = console.find("KRR-WORKLOAD-START").expect("start marker");
     let end = console
@@ -124,6 +128,7 @@ fn workload_section(console: &str) -> Vec<String> {
         .collect()
 }
 
+/// The workload's result lines (between the markers, without the kernel's log lines).
 fn workload_lines(console: &str) -> Vec<String> {
     let start = console.find("KRR-WORKLOAD-START").expect("start marker");
     let end = console
@@ -132,6 +137,7 @@ fn workload_lines(console: &str) -> Vec<String> {
     console[start..end]
         .lines()
         .skip(1)
+        .filter(|l| !is_kernel_message(l))
         .map(|l| l.trim_end().to_string())
         .collect()
 }
@@ -144,11 +150,16 @@ fn krr_ok(args: &[&str]) -> (String, String) {
 
 /// [`krr_ok`] with environment variables set.
 fn krr_ok_with(args: &[&str], env: &[(&str, &str)]) -> (String, String) {
+    krr_ok_limited(args, env, MAX_INSTRUCTIONS)
+}
+
+/// [`krr_ok_with`] with another instruction limit (`run` and `record`).
+fn krr_ok_limited(args: &[&str], env: &[(&str, &str)], limit: &str) -> (String, String) {
     let mut c = Command::new(krr());
     c.args(args);
     c.envs(env.iter().copied());
     if !matches!(args[0], "replay" | "info") {
-        c.args(["--max-instructions", MAX_INSTRUCTIONS]);
+        c.args(["--max-instructions", limit]);
     }
     let out = c.output().expect("running krr");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -549,5 +560,207 @@ fn debian_kernel_reads_and_writes_a_virtio_disk_under_record_and_replay() {
     let (console, log) = krr_ok(&a);
     assert_powered_off(&log);
     assert_eq!(disk_lines(&console), expected, "{console}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The current kernel of a Debian suite and flavour (`cloud`: linux-image-cloud-amd64,
+/// `generic`: linux-image-amd64), fetched by tests/guest/fetch-kernel.sh into
+/// tests/guest/cache/kernels; returns (vmlinuz path, `package_version`). Fails the test when
+/// the package cannot be fetched.
+fn debian_kernel(suite: &str, flavour: &str) -> (String, String) {
+    let out = Command::new("bash")
+        .arg(root().join("tests/guest/fetch-kernel.sh"))
+        .args([suite, flavour])
+        .output()
+        .expect("running tests/guest/fetch-kernel.sh");
+    assert!(
+        out.status.success(),
+        "tests/guest/fetch-kernel.sh {suite} {flavour} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kernel = String::from_utf8(out.stdout)
+        .expect("path is UTF-8")
+        .trim()
+        .to_string();
+    // .../kernels/SUITE-FLAVOUR/root/boot/vmlinuz-*: the package name is in .../package.
+    let package = std::path::Path::new(&kernel)
+        .ancestors()
+        .nth(3)
+        .map(|d| d.join("package"))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    (kernel, package)
+}
+
+/// Bound on the other kernels' boots: bookworm's generic 6.1 kernel is XZ-compressed and its
+/// decompressor alone runs about 4.6e9 instructions (the whole boot about 6.3e9).
+const MAX_INSTRUCTIONS_OTHER_KERNELS: &str = "10000000000";
+
+/// Linux's LOCAL_TIMER_VECTOR (arch/x86/include/asm/irq_vectors.h): the local APIC timer's
+/// interrupt.
+const LINUX_LOCAL_TIMER_VECTOR: u8 = 0xec;
+/// IA32_TSC_DEADLINE, the local APIC timer's deadline in TSC-deadline mode.
+const IA32_TSC_DEADLINE: u32 = 0x6e0;
+/// The local APIC timer's initial count register (one-shot and periodic modes): xAPIC MMIO at
+/// the default base, x2APIC MSR.
+const LAPIC_TMICT_MMIO: u64 = 0xfee0_0380;
+const X2APIC_TMICT_MSR: u32 = 0x838;
+
+/// What the local APIC timer did in a trace: (interrupts with Linux's timer vector, accepted
+/// IA32_TSC_DEADLINE writes, initial-count writes).
+fn local_apic_timer_use(trace: &std::path::Path) -> (u64, u64, u64) {
+    use krr::trace::{EventData, EventStream, TraceReader};
+    let mut events = EventStream::new(TraceReader::open(trace).unwrap());
+    let (mut ticks, mut deadlines, mut counts) = (0, 0, 0);
+    while let Some(e) = events.next_event().unwrap() {
+        match e.data {
+            EventData::Interrupt { vector, .. } if vector == LINUX_LOCAL_TIMER_VECTOR => ticks += 1,
+            EventData::MsrWrite {
+                index,
+                accepted: true,
+                ..
+            } if index == IA32_TSC_DEADLINE => deadlines += 1,
+            EventData::MsrWrite {
+                index,
+                accepted: true,
+                ..
+            } if index == X2APIC_TMICT_MSR => counts += 1,
+            EventData::MmioWrite { phys, .. } if phys == LAPIC_TMICT_MMIO => counts += 1,
+            _ => {}
+        }
+    }
+    (ticks, deadlines, counts)
+}
+
+/// The local APIC timer neither failed its calibration nor was turned off.
+fn assert_local_apic_timer_not_disabled(console: &str, package: &str) {
+    for bad in ["APIC timer disabled", "Disabling APIC timer"] {
+        assert!(!console.contains(bad), "{package}: `{bad}` in\n{console}");
+    }
+}
+
+/// A Debian kernel other than the 6.1 cloud one, with krr's default command line: `krr record`
+/// boots it to the workload's results (equal to the host's) and power-off, with the local APIC
+/// timer in TSC-deadline mode driving the tick (the guest arms IA32_TSC_DEADLINE and takes the
+/// timer vector), and the trace replays to the recorded end with the same console.
+fn other_kernel_boots_records_and_replays(suite: &str, flavour: &str) {
+    let (kernel, package) = debian_kernel(suite, flavour);
+    let (_, initrd) = guest();
+    let dir = std::env::temp_dir().join(format!(
+        "krr-kernel-{suite}-{flavour}-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("boot.trace");
+    let t = trace.to_str().unwrap();
+    let (console, log) = krr_ok_limited(
+        &["record", "--kernel", &kernel, "--initrd", &initrd, "-o", t],
+        &[],
+        MAX_INSTRUCTIONS_OTHER_KERNELS,
+    );
+    assert_powered_off(&log);
+    assert_eq!(
+        workload_lines(&console),
+        expected_results(),
+        "{package}: {log}\n{console}"
+    );
+    assert!(
+        console.contains("TSC deadline timer available"),
+        "{package}:\n{console}"
+    );
+    assert_local_apic_timer_not_disabled(&console, &package);
+    let (ticks, deadlines, _) = local_apic_timer_use(&trace);
+    assert!(
+        ticks >= 100 && deadlines >= 100,
+        "{package}: {ticks} local APIC timer interrupts, {deadlines} IA32_TSC_DEADLINE writes"
+    );
+
+    let (replayed, summary) = krr_ok(&["replay", t]);
+    assert!(summary.contains("Verdict: matched"), "{package}: {summary}");
+    assert_eq!(replayed, console, "{package}: the replayed console differs");
+    let icount = count(&log).unwrap_or_else(|| panic!("no instruction count in: {log}"));
+    assert_eq!(
+        line_with(&summary, "Instructions: "),
+        format!("Instructions: {icount}"),
+        "{package}: {summary}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// bookworm's linux-image-amd64 (6.1, generic).
+#[test]
+fn debian_bookworm_generic_kernel_boots_records_and_replays() {
+    other_kernel_boots_records_and_replays("bookworm", "generic");
+}
+
+/// bookworm-backports' linux-image-cloud-amd64 (6.12).
+#[test]
+fn debian_bookworm_backports_cloud_kernel_boots_records_and_replays() {
+    other_kernel_boots_records_and_replays("bookworm-backports", "cloud");
+}
+
+/// bookworm-backports' linux-image-amd64 (6.12).
+#[test]
+fn debian_bookworm_backports_generic_kernel_boots_records_and_replays() {
+    other_kernel_boots_records_and_replays("bookworm-backports", "generic");
+}
+
+/// trixie's linux-image-cloud-amd64 (6.12).
+#[test]
+fn debian_trixie_cloud_kernel_boots_records_and_replays() {
+    other_kernel_boots_records_and_replays("trixie", "cloud");
+}
+
+/// trixie's linux-image-amd64 (6.12).
+#[test]
+fn debian_trixie_generic_kernel_boots_records_and_replays() {
+    other_kernel_boots_records_and_replays("trixie", "generic");
+}
+
+/// Without TSC-deadline (`--cpu max,-tsc-deadline`) the newest kernel calibrates the local
+/// APIC timer (against the PM timer) and ticks with it in one-shot mode: the same results and
+/// power-off, the timer's initial count written and its interrupts taken.
+#[test]
+fn debian_trixie_generic_kernel_calibrates_the_local_apic_timer() {
+    let (kernel, package) = debian_kernel("trixie", "generic");
+    let (_, initrd) = guest();
+    let dir = std::env::temp_dir().join(format!("krr-kernel-tmict-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("boot.trace");
+    let t = trace.to_str().unwrap();
+    let (console, log) = krr_ok_limited(
+        &[
+            "record",
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--cpu",
+            "max,-tsc-deadline",
+            "-o",
+            t,
+        ],
+        &[],
+        MAX_INSTRUCTIONS_OTHER_KERNELS,
+    );
+    assert_powered_off(&log);
+    assert_eq!(
+        workload_lines(&console),
+        expected_results(),
+        "{package}: {log}\n{console}"
+    );
+    assert!(
+        !console.contains("TSC deadline timer available"),
+        "{package}:\n{console}"
+    );
+    assert_local_apic_timer_not_disabled(&console, &package);
+    let (ticks, deadlines, counts) = local_apic_timer_use(&trace);
+    assert!(
+        ticks >= 100 && counts >= 100 && deadlines == 0,
+        "{package}: {ticks} local APIC timer interrupts, {counts} initial-count writes, \
+         {deadlines} IA32_TSC_DEADLINE writes"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
