@@ -65,6 +65,15 @@ pub const FEATURES: &[Feature] = &[
         reg: Reg::Eax,
         bit: 2,
     },
+    // Virtual-8086 mode extensions: CR4.VME (no effect in IA-32e mode) and CR4.PVI (CLI/STI
+    // at CPL3 on RFLAGS.VIF); QEMU 7.2's TCG does not implement them.
+    Feature {
+        name: "vme",
+        leaf: 1,
+        subleaf: 0,
+        reg: Reg::Edx,
+        bit: 1,
+    },
 ];
 
 /// A model a spec may start with: a name and its CPUID table.
@@ -192,6 +201,7 @@ pub fn has_feature(t: &CpuidTable, f: &Feature) -> bool {
 mod tests {
     use super::*;
     use krr_runtime::arch::cr4;
+    use krr_runtime::vector;
 
     fn entries(t: &CpuidTable) -> &[CpuidEntry] {
         &t.entries[..t.len as usize]
@@ -234,11 +244,11 @@ mod tests {
             ("qemu64", "unknown CPU model `qemu64` (known models: max)"),
             (
                 "max,+avx512f",
-                "unknown CPU feature `avx512f` (known features: pcid, x2apic, tsc-deadline, arat)",
+                "unknown CPU feature `avx512f` (known features: pcid, x2apic, tsc-deadline, arat, vme)",
             ),
             (
                 "max,-",
-                "unknown CPU feature `` (known features: pcid, x2apic, tsc-deadline, arat)",
+                "unknown CPU feature `` (known features: pcid, x2apic, tsc-deadline, arat, vme)",
             ),
             ("max,pcid", "`pcid`: write +FEATURE or -FEATURE"),
             ("max,", "``: write +FEATURE or -FEATURE"),
@@ -262,31 +272,56 @@ mod tests {
         }
     }
 
-    /// MOV to CR4 setting PCIDE (CPL0, long mode, CR3[11:0] = 0): retires under `max`,
-    /// #GP(0) under `max,-pcid`, run by the engine's own system-instruction code.
-    #[test]
-    fn cr4_pcide_write_is_refused_without_pcid() {
+    /// MOV to CR4 (CPL0, long mode, CR3[11:0] = 0) setting `bits` under the model `spec`, run
+    /// by the engine's own system-instruction code: the new CR4, or the fault's vector and
+    /// error code.
+    fn mov_cr4(spec: &str, bits: u64) -> Result<u64, (u8, u32)> {
         use iced_x86::{Decoder, DecoderOptions};
         use krr_jit::system::{execute, SysResult};
-        use krr_runtime::{gpr, seg, vector, Core, Segment};
+        use krr_runtime::{gpr, seg, Core, Segment};
         // mov cr4, rax
         let insn = Decoder::with_ip(64, &[0x0f, 0x22, 0xe0], 0, DecoderOptions::NONE).decode();
-        let run = |spec: &str| {
-            let mut core = Core::new(1 << 20).unwrap();
-            *core.cpuid_mut() = CpuModel::parse(spec).unwrap().cpuid;
-            let arch = core.arch_mut();
-            arch.seg[seg::CS] = Segment::flat(0x10, 0x209b);
-            arch.gpr[gpr::RAX] = arch.cr4 | cr4::PCIDE;
-            // SAFETY: the state is used in place, not moved.
-            let cpu = unsafe { core.state_mut() };
-            let flags = cpu.rflags;
-            match execute(cpu, &insn, None, flags) {
-                SysResult::Done(_) => Ok(cpu.cr4),
-                SysResult::Fault(e) => Err((e.vector, e.error_code)),
-                _ => panic!("{spec}: MOV CR4 neither retired nor faulted"),
-            }
-        };
-        assert_ne!(run("max").unwrap() & cr4::PCIDE, 0);
-        assert_eq!(run("max,-pcid"), Err((vector::GP, 0)));
+        let mut core = Core::new(1 << 20).unwrap();
+        *core.cpuid_mut() = CpuModel::parse(spec).unwrap().cpuid;
+        let arch = core.arch_mut();
+        arch.seg[seg::CS] = Segment::flat(0x10, 0x209b);
+        arch.gpr[gpr::RAX] = arch.cr4 | bits;
+        // SAFETY: the state is used in place, not moved.
+        let cpu = unsafe { core.state_mut() };
+        let flags = cpu.rflags;
+        match execute(cpu, &insn, None, flags) {
+            SysResult::Done(_) => Ok(cpu.cr4),
+            SysResult::Fault(e) => Err((e.vector, e.error_code)),
+            _ => panic!("{spec}: MOV CR4 neither retired nor faulted"),
+        }
+    }
+
+    /// MOV to CR4 setting PCIDE retires under `max`, #GP(0) under `max,-pcid`.
+    #[test]
+    fn cr4_pcide_write_is_refused_without_pcid() {
+        assert_ne!(mov_cr4("max", cr4::PCIDE).unwrap() & cr4::PCIDE, 0);
+        assert_eq!(mov_cr4("max,-pcid", cr4::PCIDE), Err((vector::GP, 0)));
+    }
+
+    /// `vme` is CPUID.01H:EDX[1]; it governs CR4.VME and CR4.PVI (SDM CPUID, "Feature
+    /// Information Returned in the EDX Register": VME covers CR4.VME, CR4.PVI, EFLAGS.VIF and
+    /// VIP). Under `max,-vme` both CR4 bits are reserved: MOV to CR4 setting either is #GP(0).
+    #[test]
+    fn minus_vme_clears_leaf_1_edx_bit_1_and_reserves_cr4_vme_pvi() {
+        let max = CpuModel::parse("max").unwrap();
+        assert!(max.has("vme"));
+        assert_eq!(max.cpuid.lookup(1, 0)[3] & 2, 2);
+        let m = CpuModel::parse("max,-vme").unwrap();
+        assert!(!m.has("vme"));
+        assert_eq!(m.cpuid.lookup(1, 0)[3], max.cpuid.lookup(1, 0)[3] & !2);
+        assert_eq!(
+            m.cpuid.cr4_supported(),
+            max.cpuid.cr4_supported() & !(cr4::VME | cr4::PVI)
+        );
+        let both = cr4::VME | cr4::PVI;
+        assert_eq!(mov_cr4("max", both).unwrap() & both, both);
+        for bit in [cr4::VME, cr4::PVI] {
+            assert_eq!(mov_cr4("max,-vme", bit), Err((vector::GP, 0)), "{bit:#x}");
+        }
     }
 }

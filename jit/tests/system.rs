@@ -3398,10 +3398,11 @@ fn tss_io_permission_bitmap() {
 /// subleaf 0 lists x87 and SSE with the 576-byte standard-format area (EBX for the current
 /// XCR0, ECX the maximum), subleaf 1 XSAVEOPT only (SDM CPUID, Vol. 1 13.2, 13.3). CR4 bits
 /// of features CPUID does not report are reserved: writing them is #GP(0) (SDM MOV CR): PKE,
-/// UMIP, VME, PVI. DE, PSE and MCE are reported and may be set.
+/// UMIP. DE, PSE and MCE are reported and may be set (VME and PVI: see
+/// `cr4_vme_pvi_follow_cpuid_vme`).
 #[test]
 fn cpuid_xsave_leaves_and_cr4_reserved_bits() {
-    let bits = [22u8, 11, 0, 1];
+    let bits = [22u8, 11];
     let r = run_all(
         |k| {
             let leaf = |k: &mut Asm, l: u32, sub: u32| -> AsmResult {
@@ -3448,4 +3449,316 @@ fn cpuid_xsave_leaves_and_cr4_reserved_bits() {
     }
     let set = cr4::DE | cr4::PSE | cr4::MCE | cr4::OSXSAVE;
     assert_eq!(r.cpu.cr4 & set, set);
+}
+
+// ---------------------------------------------------------------------------------------
+// VME and PVI (CPUID.01H:EDX.VME[bit 1]; CR4.VME, CR4.PVI; RFLAGS.VIF, RFLAGS.VIP)
+//
+// krr runs only in IA-32e mode, where EFLAGS.VM cannot be set and virtual-8086 mode cannot be
+// entered (SDM Vol. 3A 2.3.1, "System Flags and Fields in IA-32e Mode"), so CR4.VME changes
+// nothing. CR4.PVI does: the CLI and STI decision tables' "protected mode" "includes
+// compatibility mode and 64-bit mode" (SDM CLI, STI). The host CPU cannot be the oracle here
+// (CR4 cannot be set from user mode), so each expectation cites the SDM.
+
+use krr_runtime::arch::rflags::{IOPL, VIF, VIP};
+
+const R11: usize = 11;
+/// The interrupt-flag bits these tests look at.
+const IFS: u64 = IF | VIF | VIP;
+
+/// PUSHFQ; POP `r`.
+fn flags_to(a: &mut Asm, r: AsmRegister64) -> AsmResult {
+    a.pushfq()?;
+    a.pop(r)
+}
+
+/// In PVI mode (CR4.PVI = 1, CPL 3, IOPL 0 < CPL) CLI clears RFLAGS.VIF and STI (with VIP = 0)
+/// sets it, leaving IF unaffected (SDM CLI and STI "Operation" and decision tables, "Protected,
+/// PVI" rows; SDM Vol. 3 "Protected-Mode Virtual Interrupts"). PUSHF pushes VIF and VIP as they
+/// are (SDM PUSHF: only VM and RF are cleared in the image; "PUSHF ... is not affected by
+/// CR4.PVI"). POPF at CPL 3 > IOPL changes none of IF, VIF, VIP (SDM POPF "Operation": "IF,
+/// IOPL, VIP, VIF, VM and all reserved bits are unaffected"); neither does IRETQ at CPL 3 (SDM
+/// IRET "Operation": IF only if CPL <= IOPL, VIF and VIP only if CPL = 0). Delivering an
+/// exception clears IF (interrupt gate) but not VIF (SDM INT n "Operation" clears only TF, VM,
+/// RF, NT and, for an interrupt gate, IF).
+#[test]
+fn pvi_cli_sti_at_cpl3_change_vif_not_if() {
+    let r = run_all(
+        |k| {
+            set_cr(k, cr4, cr4::PVI, true)?;
+            // RFLAGS 0x202: IF = 1, IOPL 0, VIF = VIP = 0.
+            enter_user(k)
+        },
+        |u| {
+            flags_to(u, r8)?;
+            u.sti()?;
+            flags_to(u, r9)?;
+            u.cli()?;
+            flags_to(u, r10)?;
+            u.sti()?;
+            flags_to(u, r11)?;
+            // POPF of an image with IF, VIF and VIP flipped.
+            u.mov(rax, r11)?;
+            u.mov(rcx, IFS)?;
+            u.xor(rax, rcx)?;
+            u.push(rax)?;
+            u.popfq()?;
+            flags_to(u, r12)?;
+            // IRETQ to the next instruction (same privilege) with the same flipped image.
+            let mut back = u.create_label();
+            u.mov(rdx, rsp)?;
+            u.push(USER_SS as i32)?;
+            u.push(rdx)?;
+            u.push(rax)?;
+            u.push(USER_CS as i32)?;
+            u.lea(rcx, ptr(back))?;
+            u.push(rcx)?;
+            u.iretq()?;
+            u.set_label(&mut back)?;
+            flags_to(u, r13)?;
+            u.def("end")?;
+            u.ud2()
+        },
+        no_setup,
+    );
+    let g = &r.cpu.gpr;
+    assert_eq!(g[R8] & IFS, IF, "entered with VIF clear");
+    assert_eq!(g[R9] & IFS, IF | VIF, "STI set VIF, not IF");
+    assert_eq!(g[R10] & IFS, IF, "CLI cleared VIF, not IF");
+    assert_eq!(g[R11] & IFS, IF | VIF, "STI set VIF again");
+    assert_eq!(
+        g[R12] & IFS,
+        IF | VIF,
+        "POPF at CPL3 changed IF, VIF or VIP"
+    );
+    assert_eq!(
+        g[R13] & IFS,
+        IF | VIF,
+        "IRETQ at CPL3 changed IF, VIF or VIP"
+    );
+    let e = r.event();
+    assert_eq!(e.vector, UD);
+    assert_user_frame_no_flags(&e, r.label("end"));
+    assert_eq!(e.rflags & (IFS | IOPL), IF | VIF, "pushed RFLAGS");
+    assert_eq!(e.hflags & IFS, VIF, "delivery cleared IF, kept VIF");
+    assert_ne!(r.cpu.cr4 & cr4::PVI, 0);
+}
+
+/// In PVI mode STI with RFLAGS.VIP = 1 is #GP(0) and changes nothing (SDM STI "Protected Mode
+/// Exceptions": "If CPL is greater than IOPL and EFLAGS.VIP = 1"; decision table: "Protected,
+/// PVI", IOPL 0-2, VIP 1: #GP fault). CLI does not look at VIP (SDM CLI "Operation"). VIF and
+/// VIP come from the IRETQ frame at CPL 0 (SDM IRET "Operation").
+#[test]
+fn pvi_sti_with_vip_set_is_gp() {
+    let r = run_all(
+        |k| {
+            set_cr(k, cr4, cr4::PVI, true)?;
+            iret_to_user(k, UCODE, USTACK_TOP, (IF | VIF | VIP | 2) as u32)
+        },
+        |u| {
+            cases(u, 2, |u, i| {
+                if i == 1 {
+                    u.cli()?;
+                    flags_to(u, r8)?;
+                    u.def("sti_again")?;
+                }
+                u.sti()
+            })?;
+            u.def("end")?;
+            u.ud2()
+        },
+        |m| m.resume_at(GP, "next"),
+    );
+    assert_eq!(r.events.len(), 3, "{:#x?}", r.events);
+    let [first, second, last] = [r.events[0], r.events[1], r.events[2]];
+    assert_eq!((first.vector, first.error_code), (GP, 0));
+    assert_user_frame_no_flags(&first, r.label("t0"));
+    assert_eq!(first.rflags & IFS, IF | VIF | VIP, "STI changed nothing");
+    assert_eq!(
+        r.cpu.gpr[R8] & IFS,
+        IF | VIP,
+        "CLI cleared VIF with VIP set"
+    );
+    assert_eq!((second.vector, second.error_code), (GP, 0));
+    assert_user_frame_no_flags(&second, r.label("sti_again"));
+    assert_eq!(second.rflags & IFS, IF | VIP, "STI changed nothing");
+    assert_eq!(last.vector, UD);
+    assert_user_frame_no_flags(&last, r.label("end"));
+    assert_eq!(last.rflags & IFS, IF | VIP);
+}
+
+/// Without CR4.PVI, CLI and STI at CPL 3 > IOPL are #GP(0) and change nothing, whatever
+/// CR4.VME says (SDM CLI/STI decision tables, "Protected, not PVI", IOPL < CPL: #GP fault;
+/// CR4.VME acts only in virtual-8086 mode, which IA-32e mode does not have: SDM Vol. 3A 2.3.1).
+#[test]
+fn cli_sti_at_cpl3_without_pvi_are_gp_even_with_vme() {
+    let r = run_all(
+        |k| {
+            set_cr(k, cr4, cr4::VME, true)?;
+            iret_to_user(k, UCODE, USTACK_TOP, (IF | VIF | 2) as u32)
+        },
+        |u| {
+            cases(u, 2, |u, i| if i == 0 { u.cli() } else { u.sti() })?;
+            flags_to(u, r8)?;
+            u.def("end")?;
+            u.ud2()
+        },
+        |m| m.resume_at(GP, "next"),
+    );
+    assert_eq!(r.events.len(), 3, "{:#x?}", r.events);
+    for (i, e) in r.events[..2].iter().enumerate() {
+        assert_eq!((e.vector, e.error_code), (GP, 0), "case {i}");
+        assert_user_frame_no_flags(e, r.label(&format!("t{i}")));
+        assert_eq!(e.rflags & IFS, IF | VIF, "case {i} changed a flag");
+    }
+    assert_eq!(r.events[2].vector, UD);
+    assert_eq!(r.cpu.gpr[R8] & IFS, IF | VIF);
+    assert_eq!(r.cpu.cr4 & (cr4::VME | cr4::PVI), cr4::VME);
+}
+
+/// With IOPL 3 (>= CPL 3) CLI and STI change IF as without PVI and leave VIF alone, PVI or not
+/// (SDM CLI/STI "Operation": "IF IOPL >= CPL THEN IF := 0/1"; decision tables, "Protected,
+/// PVI", IOPL 3: IF = 0 / IF = 1).
+#[test]
+fn iopl3_cli_sti_change_if_under_pvi() {
+    let r = run_all(
+        |k| {
+            set_cr(k, cr4, cr4::VME | cr4::PVI, true)?;
+            iret_to_user(k, UCODE, USTACK_TOP, (IOPL | IF | VIF | 2) as u32)
+        },
+        |u| {
+            u.cli()?;
+            flags_to(u, r8)?;
+            u.sti()?;
+            flags_to(u, r9)?;
+            u.def("end")?;
+            u.ud2()
+        },
+        no_setup,
+    );
+    let e = r.event();
+    assert_eq!(e.vector, UD);
+    assert_user_frame_no_flags(&e, r.label("end"));
+    assert_eq!(
+        r.cpu.gpr[R8] & (IFS | IOPL),
+        IOPL | VIF,
+        "CLI cleared IF only"
+    );
+    assert_eq!(r.cpu.gpr[R9] & (IFS | IOPL), IOPL | IF | VIF, "STI set IF");
+}
+
+/// STI that sets VIF opens no interrupt shadow: only "If IF = 0, maskable hardware interrupts
+/// remain inhibited on the instruction boundary following an execution of STI" (SDM STI
+/// "Description"); in PVI mode STI leaves IF unaffected (SDM STI "Operation"). An interrupt
+/// injected right after it is taken there, and the frame holds VIF = 1.
+#[test]
+fn pvi_sti_sets_vif_without_an_interrupt_shadow() {
+    let r = all_tiers(|tier| {
+        let mut m = Machine::new(
+            |k| {
+                set_cr(k, cr4, cr4::PVI, true)?;
+                enter_user(k)
+            },
+            |u| {
+                u.def("sti")?;
+                u.sti()?;
+                u.def("after")?;
+                u.nop()?;
+                u.def("end")?;
+                u.ud2()
+            },
+        );
+        m.action(0x30, 1);
+        let labels = m.labels.clone();
+        let mut s = m.start(tier);
+        step_to(&mut s, labels["sti"], 100);
+        assert_eq!(s.cpu().rflags & IFS, IF);
+        assert!(Engine::interrupts_enabled(s.cpu()));
+        step_to(&mut s, labels["after"], 1);
+        assert_eq!(s.cpu().rflags & IFS, IF | VIF, "{tier:?}: STI set VIF");
+        assert!(
+            Engine::interrupts_enabled(s.cpu()),
+            "{tier:?}: STI that set VIF blocked interrupts"
+        );
+        s.engine.inject_interrupt(&mut s.core, 0x30).unwrap();
+        s.core.set_icount_limit(u64::MAX);
+        let exit = s.run();
+        s.finish(exit)
+    });
+    assert_eq!(r.exit, Exit::BusRequest);
+    assert_eq!(r.events.len(), 2, "{:#x?}", r.events);
+    let e = r.events[0];
+    assert_eq!((e.vector, e.error_code), (0x30, 0));
+    assert_user_frame_no_flags(&e, r.label("after"));
+    assert_eq!(e.rflags & IFS, IF | VIF);
+    assert_eq!(r.events[1].vector, UD);
+    assert_user_frame_no_flags(&r.events[1], r.label("end"));
+}
+
+/// CPUID.01H:EDX.VME[bit 1] is reported, and with it MOV to CR4 may set VME and PVI (SDM CPUID,
+/// "Feature Information Returned in the EDX Register": VME covers CR4.VME, CR4.PVI and
+/// EFLAGS.VIF/VIP). With a CPUID table that lacks VME both bits are reserved: MOV to CR4
+/// setting either is #GP(0) and CR4 keeps its value (SDM MOV CR "Protected Mode Exceptions":
+/// "If an attempt is made to write a 1 to any reserved bit in CR4").
+#[test]
+fn cr4_vme_pvi_follow_cpuid_vme() {
+    let run = |has_vme: bool| {
+        all_tiers(|tier| {
+            let mut m = Machine::new(
+                |k| {
+                    k.mov(eax, 1)?;
+                    k.xor(ecx, ecx)?;
+                    k.cpuid()?;
+                    report(k, rdx)?;
+                    k.mov(rax, cr4)?;
+                    report(k, rax)?;
+                    k.mov(rax, cr4)?;
+                    k.mov(r8, rax)?;
+                    k.bts(r8, 0)?;
+                    k.mov(r9, r8)?;
+                    k.bts(r9, 1)?;
+                    k.mov(r10, rax)?;
+                    k.bts(r10, 1)?;
+                    // VME, then VME | PVI, then PVI alone.
+                    cases(k, 3, |k, i| k.mov(cr4, [r8, r9, r10][i]))?;
+                    k.mov(rax, cr4)?;
+                    report(k, rax)?;
+                    stop(k)
+                },
+                no_user,
+            );
+            m.resume_at(GP, "next");
+            let mut s = m.start(tier);
+            if !has_vme {
+                let t = s.core.cpuid_mut();
+                let n = t.len as usize;
+                t.entries[..n]
+                    .iter_mut()
+                    .filter(|e| e.leaf == 1)
+                    .for_each(|e| e.edx &= !(1 << 1));
+            }
+            let exit = s.run();
+            s.finish(exit)
+        })
+    };
+    let r = run(true);
+    assert_eq!(r.reports[0] & 2, 2, "CPUID.01H:EDX.VME");
+    let before = r.reports[1];
+    assert_eq!(before & (cr4::VME | cr4::PVI), 0);
+    assert!(r.events.is_empty(), "{:#x?}", r.events);
+    assert_eq!(
+        r.reports[2],
+        before | cr4::PVI,
+        "the last write sets PVI alone"
+    );
+    assert_eq!(r.cpu.cr4, before | cr4::PVI);
+
+    let r = run(false);
+    assert_eq!(r.reports[0] & 2, 0, "no CPUID.01H:EDX.VME");
+    assert_eq!(r.events.len(), 3, "{:#x?}", r.events);
+    for (i, e) in r.events.iter().enumerate() {
+        assert_eq!((e.vector, e.error_code), (GP, 0), "case {i}");
+        assert_eq!(e.rip, r.label(&format!("t{i}")), "case {i}");
+    }
+    assert_eq!(r.reports[2], before, "CR4 unchanged");
 }

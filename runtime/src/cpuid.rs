@@ -33,8 +33,9 @@ pub const MXCSR_MASK: u32 = 0xffff;
 /// XCR0 components the engine implements (XSAVE/XRSTOR/XSETBV): x87 and SSE.
 pub const XCR0_SUPPORTED: u64 = xcr0::X87 | xcr0::SSE;
 /// CR4 bits the engine implements whatever the table says: VME, PVI, TSD, DE, PSE, PAE, MCE,
-/// PGE, PCE, OSFXSR, OSXMMEXCPT, UMIP, FSGSBASE, PCIDE, OSXSAVE, SMEP, SMAP. (VME/PVI/PSE/MCE
-/// have no effect in 64-bit mode; a table may advertise them.)
+/// PGE, PCE, OSFXSR, OSXMMEXCPT, UMIP, FSGSBASE, PCIDE, OSXSAVE, SMEP, SMAP. VME, PSE and MCE
+/// have no effect in 64-bit mode (no virtual-8086 mode, no non-PAE paging, no machine-check
+/// banks); PVI makes CLI/STI at CPL3 change VIF (jit `system/control.rs`).
 const CR4_IMPLEMENTED: u64 = cr4::VME
     | cr4::PVI
     | cr4::TSD
@@ -75,11 +76,15 @@ impl CpuidTable {
     pub fn krr_default() -> CpuidTable {
         let (b, d, c) = regs_from_str(b"KrrKrrKrrKrr");
         let any = u32::MAX;
-        // Leaf 1 EDX: FPU DE PSE TSC MSR PAE MCE CX8 APIC SEP MTRR PGE MCA CMOV PAT PSE36
+        // Leaf 1 EDX: FPU VME DE PSE TSC MSR PAE MCE CX8 APIC SEP MTRR PGE MCA CMOV PAT PSE36
         // CLFSH MMX FXSR SSE SSE2. PSE and PSE36 change only non-PAE paging, which a 64-bit
         // CPU never uses (CR4.PSE is accepted and has no effect, as on hardware); MCE and MCA
-        // with no banks (MCG_CAP 0): no machine check ever happens.
+        // with no banks (MCG_CAP 0): no machine check ever happens. VME allows CR4.VME and
+        // CR4.PVI: virtual-8086 mode cannot be entered in IA-32e mode (SDM Vol. 3A 2.3.1,
+        // "System Flags and Fields in IA-32e Mode": the VM flag cannot be set), so CR4.VME has
+        // no effect there; CR4.PVI gives CPL3 code CLI/STI on RFLAGS.VIF (SDM CLI, STI).
         let l1_edx = (1 << 0)
+            | (1 << 1)
             | (1 << 2)
             | (1 << 3)
             | (1 << 4)
@@ -231,7 +236,7 @@ impl CpuidTable {
         // (CR4 bit, advertised?) for the bits that depend on a feature flag.
         let table = [
             (0, has(edx1, 1)),   // VME (virtual-8086 mode extensions)
-            (1, has(edx1, 1)),   // PVI
+            (1, has(edx1, 1)),   // PVI (protected-mode virtual interrupts, also CPUID VME)
             (3, has(edx1, 2)),   // DE
             (4, has(edx1, 3)),   // PSE
             (5, has(edx1, 6)),   // PAE

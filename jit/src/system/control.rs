@@ -23,21 +23,7 @@ pub(super) fn execute(
             }
             SysResult::Halt
         }
-        M::Cli | M::Sti => {
-            if cpl > iopl {
-                return gp0();
-            }
-            if insn.mnemonic() == M::Sti {
-                if flags & rflags::IF == 0 {
-                    // Interrupts stay blocked until the instruction after STI has retired.
-                    cpu.irq_shadow_at = cpu.icount + 1;
-                }
-                cpu.rflags |= rflags::IF;
-            } else {
-                cpu.rflags &= !rflags::IF;
-            }
-            SysResult::Done(None)
-        }
+        M::Cli | M::Sti => cli_sti(cpu, insn.mnemonic() == M::Sti, cpl, iopl, flags),
         M::Clac | M::Stac => {
             if !priv0 {
                 return ud();
@@ -118,6 +104,43 @@ pub(super) fn execute(
         }
         _ => unreachable!("routed here by system::execute"),
     }
+}
+
+/// CLI (`sti` false) and STI in protected mode, which here is always 64-bit mode (SDM CLI and
+/// STI "Operation" and their decision tables: "protected mode" there "includes compatibility
+/// mode and 64-bit mode"; EFLAGS.VM is always 0 in IA-32e mode, SDM Vol. 3A 2.3.1, so the
+/// virtual-8086 rows, and with them CR4.VME, never apply):
+/// - IOPL >= CPL: IF := 0 / IF := 1;
+/// - else in PVI mode (CPL = 3 and CR4.PVI = 1; SDM Vol. 3 "8086 Emulation", "Protected-Mode
+///   Virtual Interrupts"): CLI clears VIF; STI sets VIF if VIP = 0 and is #GP(0) if VIP = 1.
+///   IF is untouched either way;
+/// - else #GP(0).
+///
+/// Only STI that sets IF (from IF = 0) blocks interrupts for one instruction (SDM STI
+/// "Description"); setting VIF changes nothing the processor acts on, so it opens no shadow.
+fn cli_sti(cpu: &mut CpuState, sti: bool, cpl: u8, iopl: u8, flags: u64) -> SysResult {
+    if cpl <= iopl {
+        if sti {
+            if flags & rflags::IF == 0 {
+                // Interrupts stay blocked until the instruction after STI has retired.
+                cpu.irq_shadow_at = cpu.icount + 1;
+            }
+            cpu.rflags |= rflags::IF;
+        } else {
+            cpu.rflags &= !rflags::IF;
+        }
+        return SysResult::Done(None);
+    }
+    let pvi_mode = cpl == 3 && cpu.cr4 & cr4::PVI != 0;
+    if !pvi_mode || (sti && flags & rflags::VIP != 0) {
+        return gp0();
+    }
+    if sti {
+        cpu.rflags |= rflags::VIF;
+    } else {
+        cpu.rflags &= !rflags::VIF;
+    }
+    SysResult::Done(None)
 }
 
 pub(super) fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> SysResult {
