@@ -49,7 +49,7 @@ struct BootArgs {
     #[command(flatten)]
     engine: engine_args::EngineArgs,
     /// The CPU model, as QEMU's -cpu: NAME[,+FEATURE|,-FEATURE]... Models: max (everything
-    /// krr implements). Features: pcid, x2apic, tsc-deadline, arat.
+    /// krr implements). Features: pcid, x2apic, tsc-deadline, arat, vme.
     #[arg(long, value_name = "SPEC", default_value = krr::cpu_model::DEFAULT_SPEC)]
     cpu: String,
     /// Stop after this many instructions.
