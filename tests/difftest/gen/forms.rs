@@ -429,6 +429,13 @@ const MNEMONICS: &[Mnemonic] = &[
     M::Unpcklpd,
     M::Unpcklps,
     M::Xorpd,
+    M::Subpd,
+    M::Subps,
+    M::Subss,
+    M::Prefetchnta,
+    M::Prefetcht0,
+    M::Prefetcht1,
+    M::Prefetcht2,
 ];
 
 /// The BMI1/BMI2 forms, the only VEX-encoded ones covered.
