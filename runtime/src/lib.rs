@@ -17,6 +17,7 @@ pub mod cpuid;
 pub mod debugreg;
 pub mod desc;
 pub mod exception;
+pub mod host_isa;
 pub mod interrupt;
 pub mod lazy_flags;
 pub mod memory;

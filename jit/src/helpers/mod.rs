@@ -7,10 +7,9 @@
 //! points for compiled code do.
 
 mod compiled;
-mod sse;
+pub mod host_exec;
 
 pub use compiled::*;
-pub use sse::sse_helper;
 
 use crate::sem::Helper;
 use crate::system::{self, SysResult};
@@ -27,7 +26,7 @@ const HELPERS: [Helper; 7] = [
     Helper::Cpuid,
     Helper::Div,
     Helper::Idiv,
-    Helper::Sse,
+    Helper::SseHost,
     Helper::Pdep,
     Helper::Pext,
 ];
@@ -87,7 +86,7 @@ pub fn run(cpu: &mut CpuState, h: Helper, args: [u64; 3]) -> u64 {
         }
         Helper::Div => divide(cpu, args[0] as u32, args[1], false),
         Helper::Idiv => divide(cpu, args[0] as u32, args[1], true),
-        Helper::Sse => sse_helper(cpu, args),
+        Helper::SseHost => host_exec::sse_host_helper(cpu, args),
         Helper::Pdep => pdep(args[0], args[1]),
         Helper::Pext => pext(args[0], args[1]),
     }

@@ -76,9 +76,10 @@ pub enum Helper {
     /// 128-bit by 64-bit unsigned / signed division of RDX:RAX (size in `a`, divisor in `b`).
     Div,
     Idiv,
-    /// SSE operation: `a` = op code (see `sse::SseOp`), `b` = destination XMM index, `c` =
-    /// source XMM index or 16 for the scratch slot holding a memory operand.
-    Sse,
+    /// An SSE..SSE4.2, AES-NI, PCLMULQDQ or CRC32 instruction run by the host itself
+    /// (`helpers::host_exec`): `a` = the stub id, `b` = destination XMM index | other XMM
+    /// index << 4, `c` = the value of a GPR operand 0; the r/m operand is in the scratch slot.
+    SseHost,
     /// PDEP / PEXT of `a` with the mask `b` (operands zero-extended).
     Pdep,
     Pext,

@@ -39,6 +39,7 @@ mod layout;
 mod memory;
 mod operands;
 mod regs;
+mod simd;
 mod string;
 mod tuning;
 mod values;

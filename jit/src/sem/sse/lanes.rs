@@ -1,10 +1,9 @@
 //! The SSE integer lane operations (SWAR arithmetic on the two 64-bit halves of a register),
-//! shuffles, unpacks and shifts, and the routing of the scalar floating-point instructions.
+//! shuffles, unpacks and shifts.
 
-use super::scalar::*;
 use super::*;
 
-/// The integer-lane, shuffle, shift and floating-point instructions (see `handler`).
+/// The integer-lane, shuffle and shift instructions (see `handler`).
 pub(super) fn lane_handler<B: Builder>(insn: &Instruction) -> Option<Handler<B>> {
     use Mnemonic as M;
     let h: Handler<B> = match insn.mnemonic() {
@@ -121,23 +120,6 @@ pub(super) fn lane_handler<B: Builder>(insn: &Instruction) -> Option<Handler<B>>
         M::Pslldq => |b| byte_shift(b, true),
         M::Psrldq => |b| byte_shift(b, false),
 
-        // ---- floating point (through the helper) ----
-        M::Addsd => |b| scalar_arith(b, SseOp::Addsd),
-        M::Subsd => |b| scalar_arith(b, SseOp::Subsd),
-        M::Mulsd => |b| scalar_arith(b, SseOp::Mulsd),
-        M::Divsd => |b| scalar_arith(b, SseOp::Divsd),
-        M::Addss => |b| scalar_arith(b, SseOp::Addss),
-        M::Subss => |b| scalar_arith(b, SseOp::Subss),
-        M::Mulss => |b| scalar_arith(b, SseOp::Mulss),
-        M::Divss => |b| scalar_arith(b, SseOp::Divss),
-        M::Ucomisd => |b| compare(b, SseOp::Ucomisd),
-        M::Comisd => |b| compare(b, SseOp::Comisd),
-        M::Ucomiss => |b| compare(b, SseOp::Ucomiss),
-        M::Comiss => |b| compare(b, SseOp::Comiss),
-        M::Cvtsi2sd => |b| int_to_float(b, SseOp::Cvtsi2sd32, SseOp::Cvtsi2sd64),
-        M::Cvtsi2ss => |b| int_to_float(b, SseOp::Cvtsi2ss32, SseOp::Cvtsi2ss64),
-        M::Cvttsd2si => |b| float_to_int(b, SseOp::Cvttsd2si32, SseOp::Cvttsd2si64),
-        M::Cvttss2si => |b| float_to_int(b, SseOp::Cvttss2si32, SseOp::Cvttss2si64),
         _ => return None,
     };
     Some(h)

@@ -1,28 +1,26 @@
-//! SSE/SSE2 instructions (legacy encodings only: the MMX-register forms that share these
-//! mnemonics are left unimplemented, and VEX/EVEX forms have their own `V...` mnemonics).
+//! SSE, SSE2, SSE3, SSSE3, SSE4.1, SSE4.2, AES-NI and PCLMULQDQ instructions, and CRC32
+//! (legacy encodings only: the MMX-register forms that share these mnemonics are left
+//! unimplemented, and VEX/EVEX forms have their own `V...` mnemonics).
 //!
-//! - Data movement, logic and the integer lane operations are written inline with the 64-bit
-//!   builder operations, working on the two halves of a register as SWAR words, so compiled
-//!   code runs them without leaving the block. XMM registers are not cached by either builder:
-//!   every access is a `load_state`/`store_state` of one half.
-//! - Floating point goes through [`Helper::Sse`]: the helper runs the very same host
-//!   instruction (the host is x86-64) with the guest's rounding control, DAZ and FTZ and all
-//!   exceptions masked, then folds the exception flags it raised into the guest MXCSR. Results,
-//!   NaN propagation, signed zeros, denormal handling and flags are thus bit-exact.
+//! - Data movement, logic and the common integer lane operations are written inline with the
+//!   64-bit builder operations, working on the two halves of a register as SWAR words, so
+//!   compiled code runs them without leaving the block (the memcpy/strlen-class fast path).
+//!   XMM registers are not cached by either builder: every access is a
+//!   `load_state`/`store_state` of one half.
+//! - Everything else (floating point, the other integer operations, shuffles, string compares,
+//!   AES, carry-less multiply, CRC32) goes through [`Helper::SseHost`] (`host.rs`): the host
+//!   runs the very same instruction on a private context under the guest's MXCSR
+//!   (`helpers::host_exec`), so results, NaN propagation, signed zeros, DAZ/FTZ, rounding and
+//!   MXCSR flags are bit-exact against this CPU. Unmasked SIMD floating-point exceptions trap
+//!   on the host as in the guest and raise #XM (#UD when CR4.OSXMMEXCPT is clear) with the
+//!   destination unchanged and the flags the hardware recorded.
 //!
-//! Unmasked SIMD floating-point exceptions raise #XM (#UD when CR4.OSXMMEXCPT is clear) and
-//! leave the destination unchanged. Approximation: the flags recorded in MXCSR are those a
-//! fully masked execution raises (restricted to the pre-computation ones, IE/DE/ZE, when one of
-//! those is unmasked); hardware may record a different subset of the post-computation flags
-//! when OE/UE/PE are unmasked.
-//!
-//! Every instruction here first checks that SSE is usable: #UD if CR0.EM is set or CR4.OSFXSR
-//! is clear, #NM if CR0.TS is set.
+//! Every instruction here but CRC32 first checks that SSE is usable: #UD if CR0.EM is set or
+//! CR4.OSFXSR is clear, #NM if CR0.TS is set. Legacy 16-byte memory operands must be 16-byte
+//! aligned (#GP(0)) except for MOVUPS/MOVUPD/MOVDQU/LDDQU and PCMPxSTRx.
 
+mod host;
 mod lanes;
-mod scalar;
-
-pub use scalar::SseOp;
 
 use super::*;
 use lanes::lane_handler;
@@ -34,10 +32,7 @@ use krr_runtime::vector;
 /// MXCSR bits LDMXCSR accepts.
 const MXCSR_VALID: u64 = krr_runtime::cpuid::MXCSR_MASK as u64;
 
-/// [`Helper::Sse`] source operand meaning "the operand the semantics stored in
-/// `cpu.scratch[2..4]`" (a memory operand).
-pub const SCRATCH_SRC: u64 = 16;
-/// Byte offset of `cpu.scratch[2]`.
+/// Byte offset of `cpu.scratch[2]`: the r/m operand handed to [`Helper::SseHost`].
 const SCRATCH_OPERAND: i32 = offsets::SCRATCH + 16;
 
 type Handler<B> = fn(&mut B) -> R<()>;
@@ -57,9 +52,13 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
     }
     let mmx = (0..insn.op_count())
         .any(|i| insn.op_kind(i) == OpKind::Register && insn.op_register(i).is_mm());
-    let handler = if mmx { None } else { handler::<B>(&insn) };
-    let Some(h) = handler else {
+    if mmx {
         return Err(b.unimplemented());
+    }
+    let Some(h) = handler::<B>(&insn) else {
+        // Everything else runs on the host (MMX memory forms and anything the host lacks are
+        // refused there: #UD).
+        return host::host(b);
     };
     check_available(b)?;
     h(b)
@@ -72,7 +71,9 @@ fn handler<B: Builder>(insn: &Instruction) -> Option<Handler<B>> {
         M::Movaps | M::Movapd | M::Movdqa | M::Movntps | M::Movntpd | M::Movntdq => {
             |b| mov128(b, true)
         }
-        M::Movups | M::Movupd | M::Movdqu => |b| mov128(b, false),
+        M::Movups | M::Movupd | M::Movdqu | M::Lddqu => |b| mov128(b, false),
+        M::Movntdqa => |b| mov128(b, true),
+        M::Maskmovdqu => maskmovdqu,
         M::Movd | M::Movq => movd_movq,
         M::Movss => |b| mov_scalar(b, 4),
         M::Movsd => |b| mov_scalar(b, 8),
@@ -329,4 +330,32 @@ pub(super) fn mov_half<B: Builder>(b: &mut B, half: usize) -> R<()> {
     } else {
         Err(b.unimplemented())
     }
+}
+
+/// MASKMOVDQU: store the bytes of operand 1 whose byte in operand 2 has its top bit set to
+/// [rDI]. Done as a 16-byte read-merge-write (the non-selected bytes are written back
+/// unchanged), so it faults like a 16-byte access whatever the mask, and reads the memory.
+pub(super) fn maskmovdqu<B: Builder>(b: &mut B) -> R<()> {
+    let insn = *b.insn();
+    let rdi = b.get_gpr(krr_runtime::gpr::RDI);
+    let a = if insn.op0_kind() == OpKind::MemorySegEDI {
+        b.zext(rdi, 32)
+    } else {
+        rdi
+    };
+    let a = segment_base(b, insn.memory_segment(), a);
+    let (dl, dh) = get(b, xreg(&insn, 1));
+    let (ml, mh) = get(b, xreg(&insn, 2));
+    let (ol, oh) = b.load128(a)?;
+    let mut out = [ol, oh];
+    for (o, (d, m)) in out.iter_mut().zip([(dl, ml), (dh, mh)]) {
+        let h = b.c(lanes::lane_msb(8));
+        let m = b.and(m, h);
+        let m = lanes::expand(b, m, 8);
+        let nm = b.not(m);
+        let keep = b.and(*o, nm);
+        let new = b.and(d, m);
+        *o = b.or(keep, new);
+    }
+    b.store128(a, out[0], out[1])
 }
