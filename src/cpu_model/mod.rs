@@ -250,7 +250,6 @@ mod tests {
     use super::*;
     use krr_runtime::arch::cr4;
     use krr_runtime::vector;
-    use models::Masked;
 
     fn entries(t: &CpuidTable) -> &[CpuidEntry] {
         &t.entries[..t.len as usize]
