@@ -102,6 +102,22 @@ pub fn run(path: &Path, events: Option<&str>) -> Result<i32, String> {
         i.cpuid.len(),
         i.ns_per_insn
     );
+    match krr_runtime::cpuid::CpuidTable::from_entries(&i.cpuid) {
+        Some(t) => {
+            for l in krr::cpu_model::describe(&t) {
+                println!("  CPU {l}");
+            }
+        }
+        None => println!("  CPU: {} CPUID entries do not fit a table", i.cpuid.len()),
+    }
+    // A named model's masked features (its spec still parses to the same table).
+    if let Ok(m) = krr::cpu_model::CpuModel::parse(&i.cpu_model) {
+        if m.cpuid.entries[..m.cpuid.len as usize] == i.cpuid[..] {
+            for l in m.masked_lines() {
+                println!("  CPU {l}");
+            }
+        }
+    }
     println!(
         "checkpoints: every {} instructions; {} event chunks",
         i.checkpoint_interval,

@@ -49,9 +49,15 @@ struct BootArgs {
     #[command(flatten)]
     engine: engine_args::EngineArgs,
     /// The CPU model, as QEMU's -cpu: NAME[,+FEATURE|,-FEATURE]... Models: max (everything
-    /// krr implements). Features: pcid, x2apic, tsc-deadline, arat, vme.
-    #[arg(long, value_name = "SPEC", default_value = krr::cpu_model::DEFAULT_SPEC)]
-    cpu: String,
+    /// krr implements, the default), baseline (x86-64 v1), broadwell, icelake-client (QEMU's,
+    /// as its TCG offers them, with KRR's masking). `--cpu help` lists models and features.
+    #[arg(long, value_name = "SPEC", conflicts_with = "cpuid")]
+    cpu: Option<String>,
+    /// Take the CPUID table from FILE, the output of `cpuid -r` (first CPU) on the recording
+    /// host or in the recorded guest, instead of a named model. Refused if it reports a
+    /// feature krr does not model.
+    #[arg(long, value_name = "FILE")]
+    cpuid: Option<PathBuf>,
     /// Stop after this many instructions.
     #[arg(long)]
     max_instructions: Option<u64>,
@@ -96,8 +102,18 @@ enum Command {
 
 fn boot(b: BootArgs, record: Option<(PathBuf, u64)>) -> Result<i32, String> {
     let mem_bytes = run::parse_size(&b.mem)?;
-    let cpu =
-        krr::cpu_model::CpuModel::parse(&b.cpu).map_err(|e| format!("--cpu {}: {e}", b.cpu))?;
+    use krr::cpu_model::{CpuModel, DEFAULT_SPEC};
+    let cpu = match (&b.cpu, &b.cpuid) {
+        (_, Some(file)) => CpuModel::from_dump_file(file).map_err(|e| format!("--cpuid {e}"))?,
+        (spec, None) => {
+            let spec = spec.as_deref().unwrap_or(DEFAULT_SPEC);
+            CpuModel::parse(spec).map_err(|e| format!("--cpu {spec}: {e}"))?
+        }
+    };
+    cpu.check_host()?;
+    for l in cpu.masked_lines() {
+        log::info!("CPU model {}: {l}", cpu.spec);
+    }
     run::run(run::RunArgs {
         kernel: b.kernel,
         initrd: b.initrd,
@@ -118,6 +134,14 @@ fn boot(b: BootArgs, record: Option<(PathBuf, u64)>) -> Result<i32, String> {
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // `krr run --cpu help` (or record): list the models and features, no kernel needed.
+    let args: Vec<String> = std::env::args().collect();
+    if args.windows(2).any(|w| w[0] == "--cpu" && w[1] == "help")
+        || args.iter().any(|a| a == "--cpu=help")
+    {
+        print!("{}", krr::cpu_model::help());
+        return;
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo { trace } => demo::run(trace).map(|()| 0),

@@ -1,0 +1,245 @@
+//! The named CPU models (`--cpu baseline|broadwell|icelake-client`) boot Debian's 6.1 cloud
+//! kernel (tests/guest/, as tests/boot.rs) to the workload's results, equal to the host's, and
+//! power-off; the kernel sees the model's identity and XSAVE/FXSAVE choice; a `broadwell`
+//! recording stores the model and replays; `--cpuid` dumps and specs krr cannot model are
+//! refused with one line.
+//!
+//! The `--cpuid` fixture `src/cpu_model/testdata/qemu-7.2-tcg-broadwell.cpuid` is the CPUID a
+//! guest of QEMU 7.2 (tests/guest/cache/qemu, `-accel tcg -cpu Broadwell`) reports, printed in
+//! `cpuid -r` format by a static C program (`__cpuid_count` over leaves 0..max, subleaves 0..7
+//! of 4/7/0xB/0xD, and 0x80000000..max) run as the initramfs's /init.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The release binary when tests/run.sh built it (much faster), else the test build's.
+fn krr() -> PathBuf {
+    let release = root().join("target/release/krr");
+    if release.exists() {
+        release
+    } else {
+        PathBuf::from(env!("CARGO_BIN_EXE_krr"))
+    }
+}
+
+fn guest() -> (String, String) {
+    let out = Command::new("bash")
+        .arg(root().join("tests/guest/fetch.sh"))
+        .output()
+        .expect("running tests/guest/fetch.sh");
+    assert!(
+        out.status.success(),
+        "tests/guest/fetch.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("paths are UTF-8");
+    let mut lines = text.lines();
+    let kernel = lines.next().expect("kernel path").to_string();
+    let initrd = lines.next().expect("initramfs path").to_string();
+    (kernel, initrd)
+}
+
+/// The workload's result lines, computed by running the same commands on the host.
+fn expected_results() -> Vec<String> {
+    let script = r#"
+        set -e
+        d=$(mktemp -d); cd "$d"
+        i=0; while [ $i -lt 200 ]; do echo "$i" > f$i; i=$((i + 1)); done
+        cat $(ls f* | LC_ALL=C sort) | md5sum | sed 's/^/files: /'
+        dd if=/dev/zero bs=4096 count=256 2>/dev/null | md5sum | sed 's/^/dd: /'
+        seq 1 20000 | md5sum | sed 's/^/seq: /'
+        echo "count: 200"
+        cd /; rm -rf "$d"
+    "#;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("host shell");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// A bound on every boot (the workload and power-off take about 1.8e9 instructions).
+const MAX_INSTRUCTIONS: &str = "4000000000";
+
+/// `krr` with `args` (and an instruction limit for run/record): (status, stdout, stderr).
+fn krr_run(args: &[&str]) -> (i32, String, String) {
+    let mut c = Command::new(krr());
+    c.args(args);
+    if matches!(args[0], "run" | "record") && !args.contains(&"help") {
+        c.args(["--max-instructions", MAX_INSTRUCTIONS]);
+    }
+    let out = c.output().expect("running krr");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn krr_ok(args: &[&str]) -> (String, String) {
+    let (code, stdout, stderr) = krr_run(args);
+    assert_eq!(code, 0, "krr {args:?}: {stderr}\n{stdout}");
+    (stdout, stderr)
+}
+
+/// A kernel log line (`[    2.095723] ...`), which may interleave with the workload's output.
+fn is_kernel_message(line: &str) -> bool {
+    line.strip_prefix('[')
+        .and_then(|rest| rest.split_once("] "))
+        .is_some_and(|(stamp, _)| stamp.trim().parse::<f64>().is_ok())
+}
+
+fn workload_lines(console: &str) -> Vec<String> {
+    let start = console.find("KRR-WORKLOAD-START").expect("start marker");
+    let end = console
+        .find("KRR-WORKLOAD-END")
+        .expect("end marker (the workload did not finish)");
+    console[start..end]
+        .lines()
+        .skip(1)
+        .filter(|l| !is_kernel_message(l))
+        .map(|l| l.trim_end().to_string())
+        .collect()
+}
+
+fn assert_powered_off(log: &str) {
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("krr: guest powered off: ")),
+        "the guest did not power off: {log}"
+    );
+}
+
+/// Boot (or record into `trace`) under `--cpu spec`; check the results, the power-off, the
+/// kernel's `smpboot: CPU0:` line and its FPU line. Returns the console.
+fn boot(spec: &str, trace: Option<&str>, cpu0: &str, fpu: &str) -> String {
+    let (kernel, initrd) = guest();
+    let mut args = vec![
+        if trace.is_some() { "record" } else { "run" },
+        "--kernel",
+        &kernel,
+        "--initrd",
+        &initrd,
+        "--cpu",
+        spec,
+    ];
+    if let Some(t) = trace {
+        args.extend(["-o", t]);
+    }
+    let (console, log) = krr_ok(&args);
+    assert_powered_off(&log);
+    assert_eq!(
+        workload_lines(&console),
+        expected_results(),
+        "{spec}: {log}"
+    );
+    assert!(
+        console
+            .lines()
+            .any(|l| l.contains("smpboot: CPU0: ") && l.contains(cpu0)),
+        "{spec}: no `smpboot: CPU0: {cpu0}` line:\n{console}"
+    );
+    assert!(console.contains(fpu), "{spec}: no `{fpu}` line:\n{console}");
+    console
+}
+
+/// XSAVE with krr's x87|SSE state.
+const XSAVE_LINE: &str =
+    "x86/fpu: Enabled xstate features 0x3, context size is 576 bytes, using 'standard' format.";
+
+#[test]
+fn debian_kernel_boots_under_baseline() {
+    boot(
+        "baseline",
+        None,
+        "KrrKrrKrrKrr krr baseline x86-64 CPU (family: 0x6, model: 0x55, stepping: 0x4)",
+        "x86/fpu: x87 FPU will use FXSAVE",
+    );
+}
+
+#[test]
+fn debian_kernel_boots_under_icelake_client() {
+    boot(
+        "Icelake-Client",
+        None,
+        "Intel Core Processor (Icelake) (family: 0x6, model: 0x7e, stepping: 0x0)",
+        XSAVE_LINE,
+    );
+}
+
+#[test]
+fn debian_kernel_records_and_replays_under_broadwell() {
+    let dir = std::env::temp_dir().join(format!("krr-cpu-models-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("broadwell.trace");
+    let t = trace.to_str().unwrap();
+    let console = boot(
+        "broadwell",
+        Some(t),
+        "Intel Core Processor (Broadwell) (family: 0x6, model: 0x3d, stepping: 0x2)",
+        XSAVE_LINE,
+    );
+    let info = krr::trace::TraceReader::open(&trace).unwrap().info;
+    assert_eq!(info.cpu_model, "broadwell");
+    let want = krr::cpu_model::CpuModel::parse("broadwell").unwrap().cpuid;
+    assert_eq!(info.cpuid, want.entries[..want.len as usize]);
+    let (out, _) = krr_ok(&["info", t]);
+    for want in [
+        "CPU model broadwell (",
+        "  CPU GenuineIntel family 6 model 61 (0x3d) stepping 2, \"Intel Core Processor (Broadwell)\"",
+        "  CPU features (39): fpu de pse tsc",
+        "  CPU masked (not yet modelled): aes sse4.2 sse4.1 ssse3 pclmulqdq sse3",
+    ] {
+        assert!(out.contains(want), "no `{want}` in krr info:\n{out}");
+    }
+    let (replayed, summary) = krr_ok(&["replay", t]);
+    assert!(summary.contains("Verdict: matched"), "{summary}");
+    assert_eq!(replayed, console, "the replayed console differs");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Refusals are one line on stderr and exit status 1; `--cpu help` needs no kernel.
+#[test]
+fn unmodelled_specs_and_dumps_are_refused_in_one_line() {
+    let fixture = root().join("src/cpu_model/testdata/qemu-7.2-tcg-broadwell.cpuid");
+    let bad = std::env::temp_dir().join(format!("krr-bad-{}.cpuid", std::process::id()));
+    std::fs::write(&bad, "CPU 0:\n   0x00000000 0x00: eax=0x0000000d\n").unwrap();
+    for (args, want) in [
+        (
+            vec!["--cpuid", fixture.to_str().unwrap()],
+            "the dump advertises 10 feature(s) krr does not model: sse3 (not yet)",
+        ),
+        (vec!["--cpuid", bad.to_str().unwrap()], "line 2: expected"),
+        (
+            vec!["--cpu", "broadwell,+avx"],
+            "`avx` is not modelled by krr",
+        ),
+        (vec!["--cpu", "skylake"], "unknown CPU model `skylake`"),
+    ] {
+        let mut all = vec!["run", "--kernel", "/nonexistent"];
+        all.extend(args.iter().copied());
+        let (code, stdout, stderr) = krr_run(&all);
+        assert_eq!(code, 1, "{all:?}: {stderr}");
+        assert!(
+            stdout.is_empty() && stderr.lines().count() == 1,
+            "{all:?}: {stderr}"
+        );
+        assert!(stderr.contains(want), "{all:?}: {stderr}");
+    }
+    std::fs::remove_file(&bad).unwrap();
+    let (help, _) = krr_ok(&["record", "--cpu", "help"]);
+    assert!(
+        help.contains("icelake-client: QEMU 7.0 Icelake-Client"),
+        "{help}"
+    );
+}
