@@ -105,11 +105,23 @@ impl CpuidTable {
             | (1 << 24)
             | (1 << 25)
             | (1 << 26);
-        // Leaf 1 ECX: CX16 PCID x2APIC MOVBE POPCNT TSC-deadline XSAVE (bit 27, OSXSAVE,
-        // mirrors CR4.OSXSAVE, see `query`; bit 31 stays 0: no hypervisor). x2APIC and the
-        // TSC-deadline timer are the machine's local APIC's.
-        let l1_ecx =
-            (1 << 13) | (1 << 17) | (1 << 21) | (1 << 22) | (1 << 23) | (1 << 24) | L1_ECX_XSAVE;
+        // Leaf 1 ECX: SSE3 PCLMULQDQ SSSE3 CX16 SSE4.1 SSE4.2 PCID x2APIC MOVBE POPCNT
+        // TSC-deadline AES XSAVE (bit 27, OSXSAVE, mirrors CR4.OSXSAVE, see `query`; bit 31
+        // stays 0: no hypervisor). x2APIC and the TSC-deadline timer are the machine's local
+        // APIC's; the SSE3..SSE4.2, PCLMULQDQ and AES instructions run on the host.
+        let l1_ecx = (1 << 0)
+            | (1 << 1)
+            | (1 << 9)
+            | (1 << 13)
+            | (1 << 17)
+            | (1 << 19)
+            | (1 << 20)
+            | (1 << 21)
+            | (1 << 22)
+            | (1 << 23)
+            | (1 << 24)
+            | (1 << 25)
+            | L1_ECX_XSAVE;
         // Leaf 7.0 EBX: FSGSBASE BMI1 SMEP BMI2 ADX SMAP.
         let l7_ebx = (1 << 0) | (1 << 3) | (1 << 7) | (1 << 8) | (1 << 19) | (1 << 20);
         // Leaf 0x80000001 ECX: LAHF-SAHF, ABM (LZCNT). EDX: SYSCALL NX RDTSCP LM.

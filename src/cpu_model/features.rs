@@ -104,25 +104,24 @@ const E1: u32 = 0x8000_0001;
 /// The feature bits, by leaf and register. Bits not listed have no name: a dump that sets one
 /// is refused as `CPUID.<leaf>H:<reg>[<bit>]`.
 pub const FEATURES: &[Feature] = &[
-    // ---- Not yet modelled: SSE3..SSE4.2, AES-NI and PCLMULQDQ are being implemented. When
-    // the engine executes one, change its `NotYet` to `Modelled` (one line each); models that
-    // list it (broadwell, icelake-client) then advertise it. ----
-    h("sse3", 1, Ecx, 0, NotYet, || {
+    // ---- SSE3..SSE4.2, AES-NI and PCLMULQDQ: executed by the host (jit/src/helpers/
+    // host_exec.rs), so the host must have them (the check beside each). ----
+    h("sse3", 1, Ecx, 0, Modelled, || {
         is_x86_feature_detected!("sse3")
     }),
-    h("pclmulqdq", 1, Ecx, 1, NotYet, || {
+    h("pclmulqdq", 1, Ecx, 1, Modelled, || {
         is_x86_feature_detected!("pclmulqdq")
     }),
-    h("ssse3", 1, Ecx, 9, NotYet, || {
+    h("ssse3", 1, Ecx, 9, Modelled, || {
         is_x86_feature_detected!("ssse3")
     }),
-    h("sse4.1", 1, Ecx, 19, NotYet, || {
+    h("sse4.1", 1, Ecx, 19, Modelled, || {
         is_x86_feature_detected!("sse4.1")
     }),
-    h("sse4.2", 1, Ecx, 20, NotYet, || {
+    h("sse4.2", 1, Ecx, 20, Modelled, || {
         is_x86_feature_detected!("sse4.2")
     }),
-    h("aes", 1, Ecx, 25, NotYet, || {
+    h("aes", 1, Ecx, 25, Modelled, || {
         is_x86_feature_detected!("aes")
     }),
     // ---- CPUID.01H:EDX ----
@@ -166,7 +165,7 @@ pub const FEATURES: &[Feature] = &[
     f("tm2", 1, 0, Ecx, 8, No),
     f("cid", 1, 0, Ecx, 10, No),
     f("sdbg", 1, 0, Ecx, 11, No),
-    f("fma", 1, 0, Ecx, 12, No),
+    f("fma", 1, 0, Ecx, 12, NotYet),
     f("cx16", 1, 0, Ecx, 13, Modelled),
     f("xtpr", 1, 0, Ecx, 14, No),
     f("pdcm", 1, 0, Ecx, 15, No),
@@ -179,8 +178,8 @@ pub const FEATURES: &[Feature] = &[
     f("tsc-deadline", 1, 0, Ecx, 24, Modelled),
     f("xsave", 1, 0, Ecx, 26, Modelled),
     f("osxsave", 1, 0, Ecx, 27, Controlled),
-    f("avx", 1, 0, Ecx, 28, No),
-    f("f16c", 1, 0, Ecx, 29, No),
+    f("avx", 1, 0, Ecx, 28, NotYet),
+    f("f16c", 1, 0, Ecx, 29, NotYet),
     // RDRAND/RDSEED take their values from the machine's bus (recorded, replayed).
     f("rdrand", 1, 0, Ecx, 30, Modelled),
     f("hypervisor", 1, 0, Ecx, 31, Controlled),
@@ -199,7 +198,7 @@ pub const FEATURES: &[Feature] = &[
     f("sgx", 7, 0, Ebx, 2, No),
     f("bmi1", 7, 0, Ebx, 3, Modelled),
     f("hle", 7, 0, Ebx, 4, No),
-    f("avx2", 7, 0, Ebx, 5, No),
+    f("avx2", 7, 0, Ebx, 5, NotYet),
     f("fdp-excptn-only", 7, 0, Ebx, 6, No),
     f("smep", 7, 0, Ebx, 7, Modelled),
     f("bmi2", 7, 0, Ebx, 8, Modelled),
