@@ -193,7 +193,14 @@ med() {
   if [ -n "$xs" ]; then median <<<"$xs"; else echo -; fi
 }
 
+# How quiet the machine was: the CPU time all processes used during the runs (/proc/stat),
+# less this script's children's (bash's `times`), as a share of all cores' time.
+busy_total() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
+# (`times` runs in this shell, not in a subshell, which would have no children of its own.)
+children_cpu() { awk 'NR == 2 {split($1, u, /[ms]/); split($2, s, /[ms]/); print u[1] * 60 + u[2] + s[1] * 60 + s[2]}' "$1"; }
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+read -r busy0 total0 < <(busy_total)
+times >"$logs/times.start"
 declare -A walls=() cpus=() insns=() before=() same=() irq=()
 for i in $(seq 1 "$runs"); do
   for row in "${ROWS[@]}"; do
@@ -212,6 +219,11 @@ for i in $(seq 1 "$runs"); do
   done
 done
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+read -r busy1 total1 < <(busy_total)
+times >"$logs/times.end"
+others=$(awk -v b="$((busy1 - busy0))" -v t="$((total1 - total0))" -v o="$(children_cpu "$logs/times.end")" \
+  -v o0="$(children_cpu "$logs/times.start")" \
+  -v hz="$(getconf CLK_TCK)" 'BEGIN {x = (b / hz - (o - o0)) / (t / hz) * 100; printf "%.0f%%", x < 0 ? 0 : x}')
 # krr: instructions before the kernel (the same in every run and in the replay).
 for v in max q; do
   k=$(kernel_entry "$logs/$v.1.trace")
@@ -232,7 +244,8 @@ echo
 echo "Boot to power-off, krr and QEMU TCG side by side; $runs run(s) per row, taking turns; medians"
 echo "kernel $(basename "$kernel"), initramfs $(basename "$initrd"), 512 MiB, command line \"$append\""
 echo "$("$qemu" --version | head -n 1); krr $(git -C "$repo" rev-parse --short HEAD); q = $qcpu"
-echo "-icount 0 = -icount shift=0,sleep=off; $(nproc) cores; load average at start $load_start, at end $load_end"
+echo "-icount 0 = -icount shift=0,sleep=off; $(nproc) cores; load average at start $load_start, at end $load_end;"
+echo "other processes used $others of all cores' time during the runs"
 hdr=$(printf '%-24s %7s %7s %11s %10s' row "wall s" "CPU s" instructions "pre-kernel")
 for kind in $kinds; do hdr+=$(printf ' %8s' "$kind"); done
 echo "$hdr workload"
