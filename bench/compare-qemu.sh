@@ -7,7 +7,7 @@
 # Rows:
 #   krr record --cpu max                          krr's own CPU model
 #   krr replay of that trace
-#   krr record --cpu max,-pcid,-x2apic,-tsc-deadline   the CPU QEMU 7.2's TCG can offer
+#   krr record --cpu max,-pcid,-x2apic,-tsc-deadline,-vme   the CPU QEMU 7.2's TCG can offer
 #   krr replay of that trace
 #   QEMU TCG                                      tests/guest/qemu-boot.sh (QEMU's own APICs)
 #   QEMU TCG -icount shift=0,sleep=off            QEMU's deterministic clock (1 insn = 1 ns)
@@ -30,8 +30,8 @@
 # fault and are re-executed (counted twice by QEMU) and a REP instruction interrupted between
 # iterations. The split at the first kernel-half instruction is the plugin's for QEMU and,
 # for krr, found by bisection with `krr replay TRACE --stop-at N` (the RIP there).
-# Below the table: krr's trace events (`krr info TRACE`): interrupts injected by vector, MMIO
-# and MSR accesses; then ratios (krr / QEMU) of time and instructions.
+# Below the table: krr's trace events (`krr info TRACE`): event counts, interrupts injected by
+# vector, device accesses; then ratios (krr / QEMU) of time and instructions.
 #
 # Usage: bash bench/compare-qemu.sh [-n RUNS] [KERNEL]   (RUNS default 1, taking turns)
 # Logs (consoles, stderr, times, traces, counts) go to bench/.cache/compare-qemu/.
@@ -91,7 +91,7 @@ else
   echo "bench/compare-qemu.sh: this QEMU has no -plugin: no instruction counts for QEMU" >&2
 fi
 
-qcpu=max,-pcid,-x2apic,-tsc-deadline
+qcpu=max,-pcid,-x2apic,-tsc-deadline,-vme
 boot=(--kernel "$kernel" --initrd "$initrd")
 # One row = row_NAME RUN: one boot with the console on stdout, the log on stderr, under
 # "${measure[@]}" (the timer). (Called as "row_$name": shellcheck's SC2317 is a false alarm.)
@@ -268,17 +268,17 @@ for name in qemu qemu_icount qemu_nohpet; do
   echo "${label[$name]}: instructions per counting run: ${insns[$name]% }; counting runs' wall s (with the plugin):" \
     "$(for i in $(seq 1 "$runs"); do read -r cw _ < "$logs/$name.count.$i.time"; printf '%s ' "$cw"; done)"
 done
-# krr's trace events: interrupts injected per vector, MMIO and MSR accesses.
+# krr's trace events (`krr info`): event counts, interrupts injected per vector, device accesses.
 for v in max q; do
-  t="$logs/$v.1.trace"
-  total=$("$krr" info "$t" | sed -n 's/^Total Events: //p')
-  "$krr" info "$t" --events "0..$total" >"$logs/$v.events"
-  vec=$(sed -n 's/.* Interrupt at .*(vector \(0x[0-9a-f]*\),.*/\1/p' "$logs/$v.events" | sort | uniq -c \
-    | sort -k1,1nr | awk '{printf "%s%s x%s", sep, $2, $1; sep = ", "}')
-  ev=$("$krr" info "$t" | awk -F': ' '/^(Interrupt|IO Input|IO Output|MMIO Read|MMIO Write|MSR Read|MSR Write|RDTSC):/ {printf "%s%s %s", sep, $1, $2; sep = ", "}')
-  msr=$(sed -n 's/.* MSR \(Read\|Write\) at .*(MSR \(0x[0-9a-f]*\),.*/\2/p' "$logs/$v.events" | sort | uniq -c \
-    | awk '{printf "%s%s x%s", sep, $2, $1; sep = ", "}')
-  echo "krr trace, --cpu ${v/q/$qcpu}: $ev; interrupts by vector: $vec; MSRs: ${msr:-none}"
+  "$krr" info "$logs/$v.1.trace" >"$logs/$v.info"
+  # The "name: count" lines of one "=== TITLE ===" section matching $2, joined, "name$3count".
+  section() {
+    awk -F': ' -v want="$1" -v keep="$2" -v mid="$3" '/^=== / {on = ($0 == "=== " want " ==="); next}
+      on && NF == 2 && $1 ~ keep {printf "%s%s%s%s", sep, $1, mid, $2; sep = ", "}' "$logs/$v.info"
+  }
+  echo "krr trace, --cpu ${v/q/$qcpu}: $(section "Event Stats" '^(Interrupt|NMI|IO|MMIO|MSR|RDTSC)' ' ')"
+  echo "  interrupts by vector: $(section "Interrupts by vector" . ' x');" \
+    "device accesses: $(section "Device accesses" . ' ')"
 done
 echo
 printf '%-48s %7s %7s %13s %11s\n' "ratio (below 1: krr less)" wall CPU instructions "from kernel"

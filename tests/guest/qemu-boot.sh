@@ -14,13 +14,13 @@
 # QEMU_BOOT_TIMEOUT seconds (default 600). QEMU_ACCEL replaces `-accel tcg` (e.g.
 # tcg,one-insn-per-tb=on on QEMU 8.1 and later, where 7.2's -singlestep has moved).
 #
-# The CPU is qemu64 made into krr's `--cpu max,-pcid,-x2apic,-tsc-deadline`
+# The CPU is qemu64 made into krr's `--cpu max,-pcid,-x2apic,-tsc-deadline,-vme`
 # (runtime/src/cpuid.rs, src/cpu_model.rs), so that the kernel takes the same paths (unknown
 # vendor: generic init, page-table isolation on; no huge pages): vendor KrrKrrKrrKrr, family 6
 # model 0x55 stepping 4, krr's brand string, no hypervisor bit (as on krr; with it Linux also
 # assumes the BHI bug), highest extended leaf 0x80000008; leaf 1 EDX as qemu64's, which is
-# krr's (FPU DE PSE TSC MSR PAE MCE CX8 APIC SEP MTRR PGE MCA CMOV PAT PSE36 CLFSH MMX FXSR SSE
-# SSE2); leaf 1 ECX CX16 MOVBE POPCNT XSAVE (no SSE3); leaf 7 FSGSBASE BMI1 SMEP BMI2 ADX SMAP;
+# krr's without VME (FPU DE PSE TSC MSR PAE MCE CX8 APIC SEP MTRR PGE MCA CMOV PAT PSE36 CLFSH
+# MMX FXSR SSE SSE2); leaf 1 ECX CX16 MOVBE POPCNT XSAVE (no SSE3); leaf 7 FSGSBASE BMI1 SMEP BMI2 ADX SMAP;
 # XSAVEOPT; ARAT; LAHF/SAHF and LZCNT, SYSCALL NX RDTSCP LM (no SVM). The guest's
 # /proc/cpuinfo flags are then the same on both. What stays QEMU's: its cache and TLB
 # descriptor leaves (2, 4, 0x80000005/6; krr has none), its MCE banks (krr's MCG_CAP has none)
@@ -38,9 +38,9 @@ qemu=$(bash "$here/fetch-qemu.sh")
 # The same command line as `krr run` (src/run.rs DEFAULT_APPEND).
 append=$(sed -n 's/.*"\(console=ttyS0[^"]*\)".*/\1/p' "$here/../../src/run.rs" | head -n 1)
 [ -n "$append" ] || { echo "$0: cannot read DEFAULT_APPEND from src/run.rs" >&2; exit 2; }
-# krr's default model (--cpu max) also reports PCID, x2APIC and the TSC-deadline timer, which
-# QEMU 7.2's TCG does not implement; `krr --cpu max,-pcid,-x2apic,-tsc-deadline` leaves them
-# out (bench/boot.sh and bench/compare-qemu.sh compare krr with QEMU that way).
+# krr's default model (--cpu max) also reports PCID, x2APIC, the TSC-deadline timer and VME,
+# which QEMU 7.2's TCG does not implement; `krr --cpu max,-pcid,-x2apic,-tsc-deadline,-vme`
+# leaves them out (bench/boot.sh and bench/compare-qemu.sh compare krr with QEMU that way).
 cpu="qemu64,vendor=KrrKrrKrrKrr,family=6,model=85,stepping=4,model-id=krr virtual x86-64 CPU"
 cpu+=",-hypervisor,xlevel=0x80000008,+xsave,+xsaveopt,-sse3,-svm,+cx16,+popcnt,+movbe"
 cpu+=",+fsgsbase,+bmi1,+bmi2,+adx,+smep,+smap,+abm,+rdtscp,+arat"
