@@ -20,7 +20,8 @@
 # model 0x55 stepping 4, krr's brand string, no hypervisor bit (as on krr; with it Linux also
 # assumes the BHI bug), highest extended leaf 0x80000008; leaf 1 EDX as qemu64's, which is
 # krr's without VME (FPU DE PSE TSC MSR PAE MCE CX8 APIC SEP MTRR PGE MCA CMOV PAT PSE36 CLFSH
-# MMX FXSR SSE SSE2); leaf 1 ECX CX16 MOVBE POPCNT XSAVE (no SSE3); leaf 7 FSGSBASE BMI1 SMEP BMI2 ADX SMAP;
+# MMX FXSR SSE SSE2); leaf 1 ECX SSE3 PCLMULQDQ SSSE3 CX16 SSE4.1 SSE4.2 MOVBE POPCNT AES XSAVE;
+# leaf 7 FSGSBASE BMI1 SMEP BMI2 ADX SMAP;
 # XSAVEOPT; ARAT; LAHF/SAHF and LZCNT, SYSCALL NX RDTSCP LM (no SVM). The guest's
 # /proc/cpuinfo flags are then the same on both. What stays QEMU's: its cache and TLB
 # descriptor leaves (2, 4, 0x80000005/6; krr has none), its MCE banks (krr's MCG_CAP has none)
@@ -42,7 +43,8 @@ append=$(sed -n 's/.*"\(console=ttyS0[^"]*\)".*/\1/p' "$here/../../src/run.rs" |
 # which QEMU 7.2's TCG does not implement; `krr --cpu max,-pcid,-x2apic,-tsc-deadline,-vme`
 # leaves them out (bench/boot.sh and bench/compare-qemu.sh compare krr with QEMU that way).
 cpu="qemu64,vendor=KrrKrrKrrKrr,family=6,model=85,stepping=4,model-id=krr virtual x86-64 CPU"
-cpu+=",-hypervisor,xlevel=0x80000008,+xsave,+xsaveopt,-sse3,-svm,+cx16,+popcnt,+movbe"
+cpu+=",-hypervisor,xlevel=0x80000008,+xsave,+xsaveopt,+sse3,+pclmulqdq,+ssse3,+sse4.1,+sse4.2"
+cpu+=",+aes,-svm,+cx16,+popcnt,+movbe"
 cpu+=",+fsgsbase,+bmi1,+bmi2,+adx,+smep,+smap,+abm,+rdtscp,+arat"
 
 coproc QEMU {
