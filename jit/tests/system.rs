@@ -286,6 +286,57 @@ fn nmi_is_delivered_and_blocked_until_iret() {
     assert_eq!(r.reports, vec![5]);
 }
 
+/// XLAT (SDM: AL := [seg: rBX + zero-extended AL]): the whole of RBX plus AL, the sum
+/// truncated to 32 bits with an address-size prefix, an FS override adding FS's base, the
+/// rest of RAX kept; in every tier.
+#[test]
+fn xlat_looks_up_al_in_the_table_at_rbx() {
+    let table = KSCRATCH;
+    let r = all_tiers(|tier| {
+        let mut m = Machine::new(
+            |k| {
+                k.mov(rax, 0x1122_3344_5566_77f3u64)?;
+                k.mov(rbx, table)?;
+                k.xlatb()?;
+                report(k, rax)?;
+                // Table at RBX + 0x80: index 0x90 reads table[0x110] (no 8-bit wrap).
+                k.mov(eax, 0x90)?;
+                k.mov(rbx, table + 0x80)?;
+                k.xlatb()?;
+                report(k, rax)?;
+                // addr32: the high half of RBX is dropped.
+                k.mov(eax, 0x05)?;
+                k.mov(rbx, 0xdead_beef_0000_0000u64 | table)?;
+                k.db(&[0x67, 0xd7])?;
+                report(k, rax)?;
+                // fs: the FS base is added.
+                wrmsr(k, msr::FS_BASE, table - 0x1000)?;
+                k.mov(eax, 0x07)?;
+                k.mov(ebx, 0x1000)?;
+                k.db(&[0x64, 0xd7])?;
+                report(k, rax)?;
+                stop(k)
+            },
+            no_user,
+        );
+        let bytes: Vec<u8> = (0..0x200u32)
+            .map(|i| (i as u8) ^ 0x5a ^ (i >> 8) as u8)
+            .collect();
+        m.mem.write(table, &bytes).unwrap();
+        m.run(tier)
+    });
+    let entry = |i: u64| (i as u8 ^ 0x5a ^ (i >> 8) as u8) as u64;
+    assert_eq!(
+        r.reports,
+        vec![
+            0x1122_3344_5566_7700 | entry(0xf3),
+            entry(0x110),
+            entry(0x05),
+            entry(0x07),
+        ]
+    );
+}
+
 /// HLT ends `Engine::run` with `Exit::Halt` and RIP past the HLT; running again continues there.
 #[test]
 

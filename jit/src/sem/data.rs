@@ -1,4 +1,4 @@
-//! Data movement: MOV/MOVZX/MOVSX/MOVBE/LEA, XCHG, BSWAP, CMOVcc, PUSH/POP, ENTER/LEAVE, the
+//! Data movement: MOV/MOVZX/MOVSX/MOVBE/LEA, XLAT, XCHG, BSWAP, CMOVcc, PUSH/POP, ENTER/LEAVE, the
 //! RAX/RDX sign extensions, and CPUID.
 
 use super::classify::is_gpr_form;
@@ -40,6 +40,30 @@ pub(super) fn movbe<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     let v = read_op(b, 1, size)?;
     let v = byte_swap(b, v, size);
     write_op(b, 0, size, v)
+}
+
+/// XLAT: AL := the byte at rBX + zero-extended AL (a 256-byte table lookup). The sum wraps with
+/// the address size; an FS or GS override adds its base; an SS override checks the stack's
+/// canonical rule (#SS(0)).
+#[inline(never)]
+pub(super) fn xlat<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
+    let m = b.mem_operand();
+    let table = b.get_gpr(krr_runtime::gpr::RBX);
+    let rax = b.get_gpr(krr_runtime::gpr::RAX);
+    let index = b.zext(rax, 8);
+    let a = b.add(table, index);
+    let a = if m.flags & MemOperand::ADDR32 != 0 {
+        b.zext(a, 32)
+    } else {
+        a
+    };
+    let a = segment_base(b, insn.memory_segment(), a);
+    if m.flags & MemOperand::SS != 0 {
+        stack_canonical(b, a)?;
+    }
+    let v = b.load(a, 1)?;
+    write_reg(b, Register::AL, v);
+    Ok(())
 }
 
 #[inline(never)]

@@ -21,6 +21,7 @@ pub fn execute<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
         M::Cmpxchg8b | M::Cmpxchg16b => cmpxchg_double(b, insn),
         M::Xadd => xadd(b, insn),
         M::Bswap => bswap(b, insn),
+        M::Xlatb => xlat(b, insn),
         M::Push => push_insn(b, insn),
         M::Pop => pop_insn(b, insn),
         M::Pushf | M::Pushfq => pushf(b, insn),
