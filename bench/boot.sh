@@ -34,18 +34,8 @@ runs=${1:-3}
 logs="$here/.cache/boot"
 mkdir -p "$logs"
 
-# /usr/bin/time (GNU) measures wall time and max RSS; Debian's `time`, unpacked, if missing.
-timer=/usr/bin/time
-if [ ! -x "$timer" ]; then
-  timer="$here/.cache/time/usr/bin/time"
-  if [ ! -x "$timer" ]; then
-    mkdir -p "$here/.cache/time-deb"
-    (cd "$here/.cache/time-deb" && { apt-get download time >/dev/null 2>&1 \
-      || { apt-get update >/dev/null 2>&1; apt-get download time >/dev/null 2>&1; }; }) \
-      || { echo "bench/boot.sh: /usr/bin/time is missing and apt-get download time failed" >&2; exit 1; }
-    dpkg-deb -x "$(ls "$here"/.cache/time-deb/time_*.deb | head -n 1)" "$here/.cache/time"
-  fi
-fi
+# GNU time measures wall and CPU time and max RSS (bench/gnu-time.sh).
+timer=$(bash "$here/gnu-time.sh")
 
 mapfile -t guest < <(bash "$repo/tests/guest/fetch.sh")
 kernel=${guest[0]} initrd=${guest[1]} qemu=${guest[2]}

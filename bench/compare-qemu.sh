@@ -55,19 +55,8 @@ logs="$here/.cache/compare-qemu"
 mkdir -p "$logs"
 rm -f "$logs"/*.console "$logs"/*.stderr "$logs"/*.time "$logs"/*.count "$logs"/*.trace
 
-# /usr/bin/time (GNU) measures wall and CPU time; Debian's `time`, unpacked, if missing.
-timer=/usr/bin/time
-if [ ! -x "$timer" ]; then
-  timer="$here/.cache/time/usr/bin/time"
-  if [ ! -x "$timer" ]; then
-    mkdir -p "$here/.cache/time-deb"
-    (cd "$here/.cache/time-deb" && { apt-get download time >/dev/null 2>&1 \
-      || { apt-get update >/dev/null 2>&1; apt-get download time >/dev/null 2>&1; }; }) \
-      || { echo "bench/compare-qemu.sh: /usr/bin/time is missing and apt-get download time failed" >&2; exit 1; }
-    debs=("$here"/.cache/time-deb/time_*.deb)
-    dpkg-deb -x "${debs[0]}" "$here/.cache/time"
-  fi
-fi
+# GNU time measures wall and CPU time and max RSS (bench/gnu-time.sh).
+timer=$(bash "$here/gnu-time.sh")
 
 mapfile -t guest < <(bash "$repo/tests/guest/fetch.sh")
 kernel=${kernel_arg:-${guest[0]}} initrd=${guest[1]} qemu=${guest[2]}

@@ -13,106 +13,21 @@
 //! to deb.debian.org (tests/guest/fetch-kernel.sh); fails loudly when the packages cannot be
 //! fetched.
 
+mod guest_boot;
+
+use guest_boot::*;
 use std::path::PathBuf;
 use std::process::Command;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The release binary when tests/run.sh built it (much faster), else the test build's.
-fn krr() -> PathBuf {
-    let release = root().join("target/release/krr");
-    if release.exists() {
-        release
-    } else {
-        PathBuf::from(env!("CARGO_BIN_EXE_krr"))
-    }
-}
-
-fn guest() -> (String, String) {
-    let out = Command::new("bash")
-        .arg(root().join("tests/guest/fetch.sh"))
-        .output()
-        .expect("running tests/guest/fetch.sh");
-    assert!(
-        out.status.success(),
-        "tests/guest/fetch.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).expect("paths are UTF-8");
-    let mut lines = text.lines();
-    let kernel = lines.next().expect("kernel path").to_string();
-    let initrd = lines.next().expect("initramfs path").to_string();
-    (kernel, initrd)
-}
-
-/// The workload's result lines, computed by running the same commands on the host.
-fn expected_results() -> Vec<String> {
-    let script = r#"
-        set -e
-        d=$(mktemp -d); cd "$d"
-        i=0; while [ $i -lt 200 ]; do echo "$i" > f$i; i=$((i + 1)); done
-        cat $(ls f* | LC_ALL=C sort) | md5sum | sed 's/^/files: /'
-        dd if=/dev/zero bs=4096 count=256 2>/dev/null | md5sum | sed 's/^/dd: /'
-        seq 1 20000 | md5sum | sed 's/^/seq: /'
-        echo "count: 200"
-        cd /; rm -rf "$d"
-    "#;
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .expect("host shell");
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-/// A bound on every boot (the workload and power-off take about 1.7e9 instructions).
-const MAX_INSTRUCTIONS: &str = "4000000000";
 /// How many times the boot trace is replayed in each mode (all must end in the same state).
 const REPLAYS: usize = 5;
 
 fn boot(kernel: &str, initrd: &str, extra: &[&str]) -> (String, String) {
-    let out = Command::new(krr())
-        .args(["run", "--kernel", kernel, "--initrd", initrd])
-        .args(["--max-instructions", MAX_INSTRUCTIONS])
-        .args(extra)
-        .output()
-        .expect("running krr");
-    let console = String::from_utf8_lossy(&out.stdout).into_owned();
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    // Exit status 2 is "guest halted with interrupts disabled": a hung guest, not a boot.
-    assert!(
-        out.status.success(),
-        "krr run failed ({}): {log}\n{console}",
-        out.status
-    );
+    let mut a = vec!["run", "--kernel", kernel, "--initrd", initrd];
+    a.extend_from_slice(extra);
+    let (console, log) = krr_ok(&a);
     assert_powered_off(&log);
     (console, log)
-}
-
-/// The run ended with the guest's ACPI power-off (`poweroff -f`), not with a halt, a reset or
-/// the instruction limit.
-fn assert_powered_off(log: &str) {
-    assert!(
-        log.lines()
-            .any(|l| l.starts_with("krr: guest powered off: ")),
-        "the guest did not power off: {log}"
-    );
-}
-
-/// A kernel log line (`[    2.095723] clocksource: ...`): the kernel may print these in the
-/// middle of the workload's output (under QEMU, whose clocks follow the host's, the clocksource
-/// watchdog does when the host is loaded); they are not the workload's results.
-fn is_kernel_message(line: &str) -> bool {
-    line.strip_prefix('[')
-        .and_then(|rest| rest.split_once("] "))
-        .is_some_and(|(stamp, _)| stamp.trim().parse::<f64>().is_ok())
 }
 
 /// The workload between its markers, both markers included.
@@ -126,65 +41,6 @@ fn workload_section(console: &str) -> Vec<String> {
         .filter(|l| !is_kernel_message(l))
         .map(|l| l.trim_end().to_string())
         .collect()
-}
-
-/// The workload's result lines (between the markers, without the kernel's log lines).
-fn workload_lines(console: &str) -> Vec<String> {
-    let start = console.find("KRR-WORKLOAD-START").expect("start marker");
-    let end = console
-        .find("KRR-WORKLOAD-END")
-        .expect("end marker (the workload did not finish)");
-    console[start..end]
-        .lines()
-        .skip(1)
-        .filter(|l| !is_kernel_message(l))
-        .map(|l| l.trim_end().to_string())
-        .collect()
-}
-
-/// `krr` with `args` (and an instruction limit, so a hang cannot run forever); returns
-/// (stdout, stderr) after checking it exited with 0.
-fn krr_ok(args: &[&str]) -> (String, String) {
-    krr_ok_with(args, &[])
-}
-
-/// [`krr_ok`] with environment variables set.
-fn krr_ok_with(args: &[&str], env: &[(&str, &str)]) -> (String, String) {
-    krr_ok_limited(args, env, MAX_INSTRUCTIONS)
-}
-
-/// [`krr_ok_with`] with another instruction limit (`run` and `record`).
-fn krr_ok_limited(args: &[&str], env: &[(&str, &str)], limit: &str) -> (String, String) {
-    let mut c = Command::new(krr());
-    c.args(args);
-    c.envs(env.iter().copied());
-    if !matches!(args[0], "replay" | "info") {
-        c.args(["--max-instructions", limit]);
-    }
-    let out = c.output().expect("running krr");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "krr {args:?} failed ({}): {stderr}\n{stdout}",
-        out.status
-    );
-    (stdout, stderr)
-}
-
-/// The instruction count of krr's end-of-run line (`krr: <end>: N instructions in ...`), if
-/// there is one.
-fn count(log: &str) -> Option<u64> {
-    log.lines()
-        .filter(|l| l.starts_with("krr: "))
-        .find_map(|l| l.split_once(" instructions in "))
-        .and_then(|(head, _)| head.split_whitespace().last()?.parse().ok())
-}
-
-fn line_with<'a>(text: &'a str, prefix: &str) -> &'a str {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{text}"))
 }
 
 /// Boot, record and replay the Debian guest: the workload's results equal the host's; the
@@ -435,16 +291,7 @@ fn disk_fixture(dir: &std::path::Path) -> (PathBuf, Vec<String>) {
 
 /// The disk workload's lines (without the kernel's messages).
 fn disk_lines(console: &str) -> Vec<String> {
-    let start = console.find("KRR-DISK-START").expect("disk start marker");
-    let end = console
-        .find("KRR-DISK-END")
-        .expect("disk end marker (the disk workload did not finish)");
-    console[start..end]
-        .lines()
-        .skip(1)
-        .filter(|l| !is_kernel_message(l))
-        .map(|l| l.trim_end().to_string())
-        .collect()
+    marked_lines(console, "KRR-DISK-START", "KRR-DISK-END")
 }
 
 /// Apply a krr disk overlay (tests the guest's writes reached the disk): header of 16 bytes,

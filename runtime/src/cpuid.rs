@@ -59,6 +59,34 @@ fn regs_from_str(s: &[u8; 12]) -> (u32, u32, u32) {
     (w(0), w(4), w(8))
 }
 
+/// CPUID.0DH.1:EAX bit 0: XSAVEOPT.
+pub const XSAVEOPT: u32 = 1;
+
+/// Leaf 0xD for krr's XSAVE, the same in every CPU model: XCR0 may enable x87 and SSE
+/// (EDX:EAX of subleaf 0); the standard-format area is 576 bytes (legacy region + header) for
+/// every such XCR0 (EBX) and at most (ECX); subleaf 1's EAX as given (the XSAVE variants the
+/// model reports).
+pub fn xsave_leaves(subleaf1_eax: u32) -> [CpuidEntry; 2] {
+    [
+        CpuidEntry {
+            leaf: 0xd,
+            subleaf: 0,
+            eax: XCR0_SUPPORTED as u32,
+            ebx: 576,
+            ecx: 576,
+            edx: 0,
+        },
+        CpuidEntry {
+            leaf: 0xd,
+            subleaf: 1,
+            eax: subleaf1_eax,
+            ebx: 0,
+            ecx: 0,
+            edx: 0,
+        },
+    ]
+}
+
 impl CpuidTable {
     pub fn from_entries(list: &[CpuidEntry]) -> Option<CpuidTable> {
         if list.len() > CPUID_CAPACITY {
@@ -126,6 +154,7 @@ impl CpuidTable {
         let l7_ebx = (1 << 0) | (1 << 3) | (1 << 7) | (1 << 8) | (1 << 19) | (1 << 20);
         // Leaf 0x80000001 ECX: LAHF-SAHF, ABM (LZCNT). EDX: SYSCALL NX RDTSCP LM.
         let e1_ecx = (1 << 0) | (1 << 5);
+        let [xsave0, xsave1] = xsave_leaves(XSAVEOPT);
         let e1_edx = (1 << 11) | (1 << 20) | (1 << 27) | (1 << 29);
         let brand = b"krr virtual x86-64 CPU\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
         let bw =
@@ -173,26 +202,10 @@ impl CpuidTable {
                 ecx: 0,
                 edx: 0,
             },
-            // XSAVE: XCR0 may enable x87 and SSE (EDX:EAX); the standard-format area is 576
-            // bytes (legacy region + header) for every such XCR0 (EBX) and at most (ECX).
-            CpuidEntry {
-                leaf: 0xd,
-                subleaf: 0,
-                eax: XCR0_SUPPORTED as u32,
-                ebx: 576,
-                ecx: 576,
-                edx: 0,
-            },
-            // XSAVEOPT (it saves like XSAVE, which the architecture allows); no XSAVEC,
-            // XGETBV with ECX=1, XSAVES or IA32_XSS.
-            CpuidEntry {
-                leaf: 0xd,
-                subleaf: 1,
-                eax: 1,
-                ebx: 0,
-                ecx: 0,
-                edx: 0,
-            },
+            // XSAVE: x87 and SSE, 576 bytes; XSAVEOPT (it saves like XSAVE, which the
+            // architecture allows); no XSAVEC, XGETBV with ECX=1, XSAVES or IA32_XSS.
+            xsave0,
+            xsave1,
             CpuidEntry {
                 leaf: 0x8000_0000,
                 subleaf: any,

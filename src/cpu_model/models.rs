@@ -4,7 +4,7 @@
 //! krr models and saying which it masked and why.
 
 use super::features::{self, Support};
-use krr_runtime::cpuid::{CpuidEntry, CpuidTable, XCR0_SUPPORTED};
+use krr_runtime::cpuid::{CpuidEntry, CpuidTable};
 
 /// A named model as its source defines it.
 pub struct NamedModel {
@@ -203,28 +203,6 @@ pub fn topology_entries() -> [CpuidEntry; 2] {
     [e(0, 1), e(1, 2)]
 }
 
-/// Leaf 0xD for krr's XSAVE: XCR0 may enable x87 and SSE, a 576-byte area; subleaf 1 as given.
-pub fn xsave_entries(subleaf1_eax: u32) -> [CpuidEntry; 2] {
-    [
-        CpuidEntry {
-            leaf: 0xd,
-            subleaf: 0,
-            eax: XCR0_SUPPORTED as u32,
-            ebx: 576,
-            ecx: 576,
-            edx: 0,
-        },
-        CpuidEntry {
-            leaf: 0xd,
-            subleaf: 1,
-            eax: subleaf1_eax,
-            ebx: 0,
-            ecx: 0,
-            edx: 0,
-        },
-    ]
-}
-
 /// The brand string leaves 0x80000002..4.
 pub fn brand_entries(brand: &str) -> [CpuidEntry; 3] {
     let mut b = [0u8; 48];
@@ -310,7 +288,7 @@ pub fn build(m: &NamedModel) -> (CpuidTable, Vec<(&'static str, Masked)>) {
         entry(7, 0, reg(7, 0)),
     ];
     list.extend(topology_entries());
-    list.extend(xsave_entries(reg(0xd, 1)[0]));
+    list.extend(krr_runtime::cpuid::xsave_leaves(reg(0xd, 1)[0]));
     list.push(entry(0x8000_0000, any, [0x8000_0008, 0, 0, 0]));
     list.push(entry(0x8000_0001, any, [0, 0, e1[2], e1[3]]));
     list.extend(brand_entries(m.brand));
