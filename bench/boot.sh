@@ -9,7 +9,7 @@
 # times (default 3), and every run must reach the workload's end marker.
 #
 # Same CPU on both sides: QEMU 7.2's TCG has no PCID, no x2APIC and no TSC-deadline timer, so
-# every krr row that is compared with QEMU runs `--cpu max,-pcid,-x2apic,-tsc-deadline,-vme` (the
+# every krr row that is compared with QEMU runs `--cpu max,-pcid,-x2apic,-tsc-deadline,-vme,-fsrm` (the
 # replay rows replay a recording made with it; the kernel then uses the local APIC timer in
 # one-shot mode, as under QEMU); one extra row, `krr run, max`, shows krr's default model.
 #
@@ -50,7 +50,7 @@ else
 fi
 
 # krr's CPU as QEMU's where QEMU can: QEMU 7.2 TCG implements no PCID.
-cpu_like_qemu=(--cpu max,-pcid,-x2apic,-tsc-deadline,-vme)
+cpu_like_qemu=(--cpu max,-pcid,-x2apic,-tsc-deadline,-vme,-fsrm)
 
 # The trace the replay rows replay (recorded once, not timed).
 trace="$logs/boot.trace"

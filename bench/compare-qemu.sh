@@ -7,7 +7,7 @@
 # Rows:
 #   krr record --cpu max                          krr's own CPU model
 #   krr replay of that trace
-#   krr record --cpu max,-pcid,-x2apic,-tsc-deadline,-vme   the CPU QEMU 7.2's TCG can offer
+#   krr record --cpu max,-pcid,-x2apic,-tsc-deadline,-vme,-fsrm   the CPU QEMU 7.2's TCG can offer
 #   krr replay of that trace
 #   QEMU TCG                                      tests/guest/qemu-boot.sh (QEMU's own APICs)
 #   QEMU TCG -icount shift=0,sleep=off            QEMU's deterministic clock (1 insn = 1 ns)
@@ -80,7 +80,7 @@ else
   echo "bench/compare-qemu.sh: this QEMU has no -plugin: no instruction counts for QEMU" >&2
 fi
 
-qcpu=max,-pcid,-x2apic,-tsc-deadline,-vme
+qcpu=max,-pcid,-x2apic,-tsc-deadline,-vme,-fsrm
 boot=(--kernel "$kernel" --initrd "$initrd")
 # One row = row_NAME RUN: one boot with the console on stdout, the log on stderr, under
 # "${measure[@]}" (the timer). (Called as "row_$name": shellcheck's SC2317 is a false alarm.)

@@ -125,14 +125,14 @@ fn debian_kernel_boots_records_and_replays_exactly() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// `--cpu max,-pcid,-x2apic,-tsc-deadline,-vme` (the CPU bench/boot.sh gives krr beside QEMU 7.2
+/// `--cpu max,-pcid,-x2apic,-tsc-deadline,-vme,-fsrm` (the CPU bench/boot.sh gives krr beside QEMU 7.2
 /// TCG, which has none of the three): the trace stores the model's name and a CPUID that
 /// differs from `max` only in those bits (CPUID.01H:ECX[17, 21, 24]); the kernel boots to the
 /// same results and power-off with the local APIC timer in one-shot mode instead of
 /// TSC-deadline, and the trace replays to the recorded end.
 #[test]
 fn debian_kernel_records_and_replays_with_the_cpu_qemu_has() {
-    const LIKE_QEMU: &str = "max,-pcid,-x2apic,-tsc-deadline,-vme";
+    const LIKE_QEMU: &str = "max,-pcid,-x2apic,-tsc-deadline,-vme,-fsrm";
     use krr::cpu_model::CpuModel;
     let (kernel, initrd) = guest();
     let dir = std::env::temp_dir().join(format!("krr-boot-nopcid-{}", std::process::id()));

@@ -7,6 +7,7 @@
 use crate::helpers;
 use crate::sem::{self, Abort, Builder, Cmp, FlagOp, FlagState, Flow, Helper, MemOperand, R};
 use iced_x86::Instruction;
+use krr_runtime::gpr::{RAX, RCX, RDI, RSI};
 use krr_runtime::{mmu, offsets, CpuState, ExceptionRecord, Outcome};
 
 /// An instruction with no operands, for helpers that use the interpreter without one.
@@ -244,6 +245,102 @@ impl Interp<'_> {
             self.cpu.exec.helper_status = Outcome::Unbacked;
         }
         Abort
+    }
+
+    /// One page's worth of a REP MOVS/STOS fast path ([`Builder::bulk_string`]): copies or
+    /// fills the iterations that lie within the current source and destination pages, when
+    /// both pages hit in the data TLB (RAM only; a write entry means the page holds no
+    /// translated code and is already dirty), and returns how many, leaving RCX > 0. The
+    /// registers are the caller's to advance.
+    fn bulk_string_chunk(&mut self, op: sem::BulkString) -> Option<u64> {
+        const PAGE: u64 = 0x1000;
+        if op.a32 {
+            return None;
+        }
+        let size = op.size as u64;
+        let down = self.cpu.rflags & krr_runtime::rflags::DF != 0;
+        // Whole elements from `addr` to the end of its page in the direction of travel.
+        let room = |addr: u64| {
+            let off = addr & (PAGE - 1);
+            if down {
+                (off + size) / size
+            } else {
+                (PAGE - off) / size
+            }
+        };
+        let dst = self.cpu.gpr[RDI];
+        let src = if op.store_only {
+            None
+        } else {
+            let base = match op.src_seg {
+                iced_x86::Register::FS => self.read_raw(offsets::seg_base(krr_runtime::seg::FS)),
+                iced_x86::Register::GS => self.read_raw(offsets::seg_base(krr_runtime::seg::GS)),
+                _ => 0,
+            };
+            Some(self.cpu.gpr[RSI].wrapping_add(base))
+        };
+        let mut n = (self.cpu.gpr[RCX].saturating_sub(1)).min(room(dst));
+        if let Some(src) = src {
+            n = n.min(room(src));
+        }
+        if n == 0 {
+            return None;
+        }
+        let len = n * size;
+        // The lowest byte of the run starting at `addr` (the run goes down under DF=1).
+        let lowest = |addr: u64| if down { addr - (len - size) } else { addr };
+        let d = self.tlb_host(lowest(dst), len, true)?;
+        match src {
+            None => {
+                let v = self.cpu.gpr[RAX].to_le_bytes();
+                // SAFETY: the write TLB entry maps the whole run [lowest(dst), +len) inside one
+                // RAM page (tag checked on its last byte, `room` kept it in the first one).
+                unsafe {
+                    if size == 1 {
+                        std::ptr::write_bytes(d, v[0], len as usize);
+                    } else {
+                        for i in 0..n as usize {
+                            std::ptr::copy_nonoverlapping(
+                                v.as_ptr(),
+                                d.add(i * size as usize),
+                                size as usize,
+                            );
+                        }
+                    }
+                }
+            }
+            Some(src) => {
+                let s = self.tlb_host(lowest(src), len, false)?;
+                // Element by element in the direction of travel when the destination starts
+                // inside the part of the source still to be read (the pattern repeats, as the
+                // CPU's iterations make it); otherwise that equals one memmove.
+                let overlap_hazard = if down {
+                    (d as u64) < (s as u64) && (d as u64) + len > (s as u64)
+                } else {
+                    (d as u64) > (s as u64) && (d as u64) < (s as u64) + len
+                };
+                // SAFETY: both runs lie inside RAM pages the TLB maps (read for the source,
+                // write for the destination), each within one page as above.
+                unsafe {
+                    if !overlap_hazard {
+                        std::ptr::copy(s, d, len as usize);
+                    } else {
+                        let size = size as usize;
+                        for e in 0..n as usize {
+                            let at = if down {
+                                (n as usize - 1 - e) * size
+                            } else {
+                                e * size
+                            };
+                            let mut element = [0u8; 8];
+                            std::ptr::copy_nonoverlapping(s.add(at), element.as_mut_ptr(), size);
+                            std::ptr::copy_nonoverlapping(element.as_ptr(), d.add(at), size);
+                        }
+                    }
+                }
+            }
+        }
+        Some(n)
     }
 
     /// TLB fast path, as compiled code does it inline.
@@ -542,6 +639,25 @@ impl Builder for Interp<'_> {
     }
     fn commit(&mut self) {
         self.forget_undo();
+    }
+    fn bulk_string(&mut self, op: sem::BulkString) {
+        while let Some(n) = self.bulk_string_chunk(op) {
+            let size = op.size as u64;
+            let step = if self.cpu.rflags & krr_runtime::rflags::DF != 0 {
+                (n * size).wrapping_neg()
+            } else {
+                n * size
+            };
+            let rdi = self.cpu.gpr[RDI].wrapping_add(step);
+            self.set_gpr(RDI, rdi);
+            if !op.store_only {
+                let rsi = self.cpu.gpr[RSI].wrapping_add(step);
+                self.set_gpr(RSI, rsi);
+            }
+            let rcx = self.cpu.gpr[RCX] - n;
+            self.set_gpr(RCX, rcx);
+            self.forget_undo();
+        }
     }
     fn flow(&mut self, f: Flow<u64>, cond: Option<bool>) {
         self.next_rip = match f {

@@ -150,8 +150,10 @@ impl CpuidTable {
             | (1 << 24)
             | (1 << 25)
             | L1_ECX_XSAVE;
-        // Leaf 7.0 EBX: FSGSBASE BMI1 SMEP BMI2 ADX SMAP.
-        let l7_ebx = (1 << 0) | (1 << 3) | (1 << 7) | (1 << 8) | (1 << 19) | (1 << 20);
+        // Leaf 7.0 EBX: FSGSBASE BMI1 SMEP BMI2 ERMS ADX SMAP; EDX: FSRM (REP MOVSB/STOSB are
+        // exact whatever their length; these only tell the kernel to prefer them).
+        let l7_ebx = (1 << 0) | (1 << 3) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 19) | (1 << 20);
+        let l7_edx = 1 << 4;
         // Leaf 0x80000001 ECX: LAHF-SAHF, ABM (LZCNT). EDX: SYSCALL NX RDTSCP LM.
         let e1_ecx = (1 << 0) | (1 << 5);
         let [xsave0, xsave1] = xsave_leaves(XSAVEOPT);
@@ -200,7 +202,7 @@ impl CpuidTable {
                 eax: 0,
                 ebx: l7_ebx,
                 ecx: 0,
-                edx: 0,
+                edx: l7_edx,
             },
             // XSAVE: x87 and SSE, 576 bytes; XSAVEOPT (it saves like XSAVE, which the
             // architecture allows); no XSAVEC, XGETBV with ECX=1, XSAVES or IA32_XSS.

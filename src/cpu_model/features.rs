@@ -254,7 +254,7 @@ pub const FEATURES: &[Feature] = &[
     // ---- CPUID.(07H,0):EDX ----
     f("avx512-4vnniw", 7, 0, Edx, 2, No),
     f("avx512-4fmaps", 7, 0, Edx, 3, No),
-    f("fsrm", 7, 0, Edx, 4, No),
+    f("fsrm", 7, 0, Edx, 4, Modelled),
     f("avx512-vp2intersect", 7, 0, Edx, 8, No),
     f("md-clear", 7, 0, Edx, 10, No),
     f("serialize", 7, 0, Edx, 14, No),

@@ -14,14 +14,14 @@
 # QEMU_BOOT_TIMEOUT seconds (default 600). QEMU_ACCEL replaces `-accel tcg` (e.g.
 # tcg,one-insn-per-tb=on on QEMU 8.1 and later, where 7.2's -singlestep has moved).
 #
-# The CPU is qemu64 made into krr's `--cpu max,-pcid,-x2apic,-tsc-deadline,-vme`
+# The CPU is qemu64 made into krr's `--cpu max,-pcid,-x2apic,-tsc-deadline,-vme,-fsrm`
 # (runtime/src/cpuid.rs, src/cpu_model.rs), so that the kernel takes the same paths (unknown
 # vendor: generic init, page-table isolation on; no huge pages): vendor KrrKrrKrrKrr, family 6
 # model 0x55 stepping 4, krr's brand string, no hypervisor bit (as on krr; with it Linux also
 # assumes the BHI bug), highest extended leaf 0x80000008; leaf 1 EDX as qemu64's, which is
 # krr's without VME (FPU DE PSE TSC MSR PAE MCE CX8 APIC SEP MTRR PGE MCA CMOV PAT PSE36 CLFSH
 # MMX FXSR SSE SSE2); leaf 1 ECX SSE3 PCLMULQDQ SSSE3 CX16 SSE4.1 SSE4.2 MOVBE POPCNT AES XSAVE;
-# leaf 7 FSGSBASE BMI1 SMEP BMI2 ADX SMAP;
+# leaf 7 FSGSBASE BMI1 SMEP BMI2 ERMS ADX SMAP;
 # XSAVEOPT; ARAT; LAHF/SAHF and LZCNT, SYSCALL NX RDTSCP LM (no SVM). The guest's
 # /proc/cpuinfo flags are then the same on both. What stays QEMU's: its cache and TLB
 # descriptor leaves (2, 4, 0x80000005/6; krr has none), its MCE banks (krr's MCG_CAP has none)
@@ -39,13 +39,13 @@ qemu=$(bash "$here/fetch-qemu.sh")
 # The same command line as `krr run` (src/run.rs DEFAULT_APPEND).
 append=$(sed -n 's/.*"\(console=ttyS0[^"]*\)".*/\1/p' "$here/../../src/run.rs" | head -n 1)
 [ -n "$append" ] || { echo "$0: cannot read DEFAULT_APPEND from src/run.rs" >&2; exit 2; }
-# krr's default model (--cpu max) also reports PCID, x2APIC, the TSC-deadline timer and VME,
-# which QEMU 7.2's TCG does not implement; `krr --cpu max,-pcid,-x2apic,-tsc-deadline,-vme`
+# krr's default model (--cpu max) also reports PCID, x2APIC, the TSC-deadline timer, VME and
+# FSRM, which QEMU 7.2's TCG does not implement; `krr --cpu max,-pcid,-x2apic,-tsc-deadline,-vme,-fsrm`
 # leaves them out (bench/boot.sh and bench/compare-qemu.sh compare krr with QEMU that way).
 cpu="qemu64,vendor=KrrKrrKrrKrr,family=6,model=85,stepping=4,model-id=krr virtual x86-64 CPU"
 cpu+=",-hypervisor,xlevel=0x80000008,+xsave,+xsaveopt,+sse3,+pclmulqdq,+ssse3,+sse4.1,+sse4.2"
 cpu+=",+aes,-svm,+cx16,+popcnt,+movbe"
-cpu+=",+fsgsbase,+bmi1,+bmi2,+adx,+smep,+smap,+abm,+rdtscp,+arat"
+cpu+=",+fsgsbase,+bmi1,+bmi2,+erms,+adx,+smep,+smap,+abm,+rdtscp,+arat"
 
 coproc QEMU {
   exec timeout "${QEMU_BOOT_TIMEOUT:-600}" "$qemu" -accel "${QEMU_ACCEL:-tcg}" -cpu "$cpu" -m 512M \

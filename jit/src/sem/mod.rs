@@ -181,6 +181,13 @@ pub trait Builder {
         T: FnMut(&mut Self) -> Self::B,
         F: FnMut(&mut Self) -> R<Self::B>;
 
+    /// The fast path of REP MOVS/STOS: run whole iterations of `op` in bulk while they touch only
+    /// RAM pages the data TLB already maps for these accesses, always leaving at least one
+    /// iteration (RCX > 0) to the ordinary loop, which meets faults, MMIO and page crossings
+    /// one element at a time. RCX/RSI/RDI end as if the iterations had run one by one, and are
+    /// committed. A builder without a fast path does nothing here (the loop does all the work).
+    fn bulk_string(&mut self, _op: BulkString) {}
+
     /// Raise a fault unconditionally (RIP of the instruction is reported); the rest of the
     /// instruction is not executed.
     fn raise(&mut self, vector: u8, error_code: Option<u32>) -> Abort;
@@ -590,6 +597,19 @@ pub fn segment_base<B: Builder>(b: &mut B, segment: Register, addr: B::V) -> B::
     };
     let base = b.load_state(offsets::seg_base(s));
     b.add(addr, base)
+}
+
+/// A REP MOVS or STOS instruction as [`Builder::bulk_string`] sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct BulkString {
+    /// STOS (stores RAX's low `size` bytes) rather than MOVS.
+    pub store_only: bool,
+    /// Element size in bytes.
+    pub size: u32,
+    /// 32-bit addressing (ESI/EDI/ECX).
+    pub a32: bool,
+    /// The source's segment (MOVS; FS/GS add their base).
+    pub src_seg: Register,
 }
 
 /// Operand size in bytes of operand `i` (register or memory).

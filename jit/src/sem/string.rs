@@ -153,6 +153,16 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
     } else {
         ConditionCode::ne
     };
+    let bulk = matches!(
+        insn.mnemonic(),
+        M::Movsb | M::Movsw | M::Movsd | M::Movsq | M::Stosb | M::Stosw | M::Stosd | M::Stosq
+    )
+    .then_some(BulkString {
+        store_only: matches!(insn.mnemonic(), M::Stosb | M::Stosw | M::Stosd | M::Stosq),
+        size: op.size,
+        a32,
+        src_seg: op.src_seg,
+    });
     b.repeat_while(
         |b| {
             let count = index(b, RCX, a32);
@@ -160,6 +170,9 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
             b.icmp(Cmp::Ne, count, zero)
         },
         |b| {
+            if let Some(bulk) = bulk {
+                b.bulk_string(bulk);
+            }
             iteration(b, &op)?;
             let count = index(b, RCX, a32);
             let one = b.c(1);
