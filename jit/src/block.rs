@@ -1,6 +1,7 @@
 //! Block formation: decode guest instructions with iced-x86 from a start address until a
 //! control transfer, a page boundary, the size cap, or (in single-step mode) one instruction.
 
+use crate::cpuid_gate;
 use crate::sem::MemOperand;
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
 use krr_runtime::{mmu, CpuState};
@@ -101,6 +102,7 @@ pub fn decode(cpu: &mut CpuState, mode: u32, max_insns: usize) -> Result<Block, 
                 break;
             }
         }
+        cpuid_gate::apply(&cpu.cpuid, &mut insn);
         len += insn.len();
         insns.push(insn);
         if ends_block(&insn) {

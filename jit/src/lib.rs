@@ -4,6 +4,7 @@
 pub mod block;
 mod block_id;
 mod compile;
+mod cpuid_gate;
 pub mod engine;
 pub mod helpers;
 pub mod interp;

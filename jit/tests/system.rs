@@ -3813,3 +3813,74 @@ fn cr4_vme_pvi_follow_cpuid_vme() {
     }
     assert_eq!(r.reports[2], before, "CR4 unchanged");
 }
+
+/// An instruction of an extension the CPU model does not report raises #UD, as on a CPU
+/// without it (SDM: each instruction's "#UD If CPUID.01H:ECX.SSE4_2[bit 20] = 0" and so on);
+/// LZCNT and TZCNT run as BSR and BSF there (SDM LZCNT/TZCNT: "on processors that do not
+/// support" them the encoding executes as BSR/BSF).
+#[test]
+fn instructions_follow_the_cpu_models_features() {
+    let run = |full: bool| {
+        all_tiers(|tier| {
+            let mut m = Machine::new(
+                |k| {
+                    k.mov(rcx, 0x10u64)?;
+                    cases(k, 6, |k, i| match i {
+                        0 => k.crc32(eax, ecx),
+                        1 => k.popcnt(rax, rcx),
+                        2 => k.pshufb(xmm0, xmm1),
+                        3 => k.aesenc(xmm0, xmm1),
+                        4 => k.pclmulqdq(xmm0, xmm1, 0),
+                        _ => k.movbe(eax, dword_ptr(KSCRATCH)),
+                    })?;
+                    k.mov(rcx, 0x10u64)?;
+                    k.lzcnt(rax, rcx)?;
+                    report(k, rax)?;
+                    k.mov(rax, 0x1234u64)?;
+                    k.xor(ecx, ecx)?;
+                    k.tzcnt(rax, rcx)?;
+                    report(k, rax)?;
+                    stop(k)
+                },
+                no_user,
+            );
+            m.resume_at(UD, "next");
+            let mut s = m.start(tier);
+            if !full {
+                let t = s.core.cpuid_mut();
+                let n = t.len as usize;
+                for e in &mut t.entries[..n] {
+                    match (e.leaf, e.subleaf) {
+                        // SSE4.2, POPCNT, SSSE3, AES, PCLMULQDQ, MOVBE.
+                        (1, _) => {
+                            e.ecx &= !(1 << 20 | 1 << 23 | 1 << 9 | 1 << 25 | 1 << 1 | 1 << 22)
+                        }
+                        (7, 0) => e.ebx &= !(1 << 3),           // BMI1
+                        (0x8000_0001, _) => e.ecx &= !(1 << 5), // LZCNT (ABM)
+                        _ => {}
+                    }
+                }
+            }
+            let exit = s.run();
+            s.finish(exit)
+        })
+    };
+    let r = run(true);
+    assert!(r.events.is_empty(), "{:#x?}", r.events);
+    assert_eq!(r.reports, [59, 64], "LZCNT and TZCNT");
+
+    let r = run(false);
+    assert_eq!(r.events.len(), 6, "{:#x?}", r.events);
+    for (i, e) in r.events.iter().enumerate() {
+        assert_eq!(
+            (e.vector, e.rip),
+            (UD, r.label(&format!("t{i}"))),
+            "case {i}"
+        );
+    }
+    assert_eq!(
+        r.reports,
+        [4, 0x1234],
+        "BSR; BSF of 0 leaves the destination"
+    );
+}
