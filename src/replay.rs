@@ -330,8 +330,21 @@ impl Replayer {
         let setup =
             |what: &str, e: String| ReplayError::Setup(format!("{}: {what}: {e}", reader.path()));
         let mut core = Core::new(info.mem_bytes).map_err(|e| setup("guest RAM", e.to_string()))?;
-        *core.cpuid_mut() = CpuidTable::from_entries(&info.cpuid)
+        let cpuid = CpuidTable::from_entries(&info.cpuid)
             .ok_or_else(|| setup("CPU model", "too many CPUID entries".into()))?;
+        // Instructions of these extensions run as host instructions: without them here the
+        // replay could not execute what the recording did.
+        let lacks = crate::cpu_model::host_lacks(&cpuid);
+        if !lacks.is_empty() {
+            return Err(setup(
+                "CPU model",
+                format!(
+                    "the recording's CPU reports {}, which krr executes with host instructions this host lacks",
+                    lacks.join(" ")
+                ),
+            ));
+        }
+        *core.cpuid_mut() = cpuid;
         state::decode_ram(core.mem_mut(), &snapshot.ram_image)
             .map_err(|e| setup("snapshot RAM image", e))?;
         state::decode_cpu(core.arch_mut(), &snapshot.cpu_image)

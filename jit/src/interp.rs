@@ -633,6 +633,10 @@ impl Builder for Interp<'_> {
         }
         Ok(r)
     }
+    fn pure(&mut self, f: helpers::pure::PureFn, args: [u64; 4]) -> (u64, u64) {
+        let r = f(args[0], args[1], args[2], args[3]);
+        (r.lo, r.hi)
+    }
     fn halt(&mut self) -> Abort {
         self.status |= HALTED;
         Abort

@@ -114,6 +114,14 @@ fn host_signature(module: &JITModule, params: usize) -> Signature {
 }
 
 /// The shims' signature: `preserve_all`, the CPU pointer only.
+/// The signature of [`helpers::pure::PureFn`]: four `i64` in, two out, System V.
+pub(super) fn pure_signature() -> Signature {
+    let mut sig = Signature::new(CallConv::SystemV);
+    sig.params.extend([AbiParam::new(types::I64); 4]);
+    sig.returns.extend([AbiParam::new(types::I64); 2]);
+    sig
+}
+
 pub(super) fn shim_signature() -> Signature {
     let mut shim_sig = Signature::new(CallConv::PreserveAll);
     shim_sig.params.push(AbiParam::new(PTR));

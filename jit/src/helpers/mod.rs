@@ -8,6 +8,7 @@
 
 mod compiled;
 pub mod host_exec;
+pub mod pure;
 
 pub use compiled::*;
 

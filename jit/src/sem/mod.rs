@@ -199,6 +199,9 @@ pub trait Builder {
     fn raise_if(&mut self, cond: Self::B, vector: u8, error_code: Option<u32>) -> R<()>;
     /// Call a Rust helper (see [`Helper`]).
     fn call(&mut self, h: Helper, args: [Self::V; 3]) -> R<Self::V>;
+    /// Call a pure host function ([`crate::helpers::pure`]): it reads and writes no CPU state
+    /// and cannot fail, so compiled code calls it without flushing guest registers.
+    fn pure(&mut self, f: crate::helpers::pure::PureFn, args: [Self::V; 4]) -> (Self::V, Self::V);
     /// HLT: the instruction retires and the engine returns to the driver.
     fn halt(&mut self) -> Abort;
     /// Make everything done so far permanent even if the instruction faults later (used between

@@ -8,7 +8,7 @@
 mod exits;
 mod memory;
 
-use super::shims::{shim_signature, HelperRefs};
+use super::shims::{pure_signature, shim_signature, HelperRefs};
 use super::{state_flags, PASSED_GPRS, PASSED_MASK};
 use crate::block::Block;
 
@@ -28,6 +28,8 @@ struct Refs {
     helpers: HelperRefs,
     /// The shims' signature (`preserve_all`, the CPU pointer only).
     shim_sig: SigRef,
+    /// Pure host functions' signature (System V, four `i64` in, two out).
+    pure_sig: SigRef,
     block_sig: SigRef,
 }
 
@@ -85,6 +87,7 @@ pub(super) fn lower_block(
     let refs = Refs {
         helpers,
         shim_sig: fb.import_signature(shim_signature()),
+        pure_sig: fb.import_signature(pure_signature()),
         block_sig: fb.import_signature(block_sig.clone()),
     };
     let entry = fb.create_block();
@@ -717,6 +720,15 @@ impl Builder for Lower<'_> {
         self.check_status_after_call(status);
         self.forget();
         Ok(r)
+    }
+    fn pure(&mut self, f: crate::helpers::pure::PureFn, args: [Value; 4]) -> (Value, Value) {
+        let callee = self.fb.ins().iconst(types::I64, f as usize as i64);
+        let call = self
+            .fb
+            .ins()
+            .call_indirect(self.refs.pure_sig, callee, &args);
+        let r = self.fb.inst_results(call);
+        (r[0], r[1])
     }
     fn halt(&mut self) -> Abort {
         unreachable!("system instructions are handed to the interpreter before they halt")

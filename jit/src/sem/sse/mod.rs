@@ -21,6 +21,7 @@
 
 mod host;
 mod lanes;
+mod pure_ops;
 
 use super::*;
 use lanes::lane_handler;
@@ -54,6 +55,9 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
         .any(|i| insn.op_kind(i) == OpKind::Register && insn.op_register(i).is_mm());
     if mmx {
         return Err(b.unimplemented());
+    }
+    if let Some(h) = pure_ops::handler::<B>(&insn) {
+        return h(b);
     }
     let Some(h) = handler::<B>(&insn) else {
         // Everything else runs on the host (MMX memory forms and anything the host lacks are

@@ -1,0 +1,166 @@
+//! Pure host functions: integer SIMD instructions that neither read nor write MXCSR or any
+//! other CPU state (PSHUFB, PCLMULQDQ, AES rounds, CRC32), run as the host instruction itself
+//! through `core::arch` intrinsics. The semantics call them with [`Builder::pure`]: the
+//! interpreter directly, compiled code with a plain System V call from the block, without
+//! flushing guest registers or checking a status (they cannot fail). Much cheaper than the
+//! general host path (`host_exec`: stub, context copy, MXCSR switch) for CRC and crypto
+//! loops, and exact for the same reason: the host is the reference.
+//!
+//! [`Builder::pure`]: crate::sem::Builder::pure
+
+use std::arch::x86_64::*;
+
+/// Two 64-bit results (RAX:RDX under System V, as Cranelift's two `i64` returns).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pair {
+    pub lo: u64,
+    pub hi: u64,
+}
+
+/// A pure function of up to four 64-bit arguments (unused ones are ignored).
+pub type PureFn = extern "C" fn(u64, u64, u64, u64) -> Pair;
+
+/// The operations, with what they compute from (a, b, c, d).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pure {
+    /// PSHUFB: bytes of (a, b) selected by the control bytes (c, d).
+    Pshufb,
+    /// PCLMULQDQ of the quadwords a and c (the instruction's immediate picks them).
+    Clmul,
+    /// AESENC/AESENCLAST/AESDEC/AESDECLAST of the state (a, b) with the round key (c, d).
+    AesEnc,
+    AesEncLast,
+    AesDec,
+    AesDecLast,
+    /// AESIMC of (c, d).
+    AesImc,
+    /// CRC32 of the accumulator a (32 bits) and the low 1, 2, 4 or 8 bytes of c.
+    Crc32x8,
+    Crc32x16,
+    Crc32x32,
+    Crc32x64,
+}
+
+impl Pure {
+    /// The function, if this host has the instruction (never call one it lacks).
+    pub fn func(self) -> Option<PureFn> {
+        let (has, f): (bool, PureFn) = match self {
+            Pure::Pshufb => (is_x86_feature_detected!("ssse3"), pshufb),
+            Pure::Clmul => (is_x86_feature_detected!("pclmulqdq"), clmul),
+            Pure::AesEnc => (is_x86_feature_detected!("aes"), aesenc),
+            Pure::AesEncLast => (is_x86_feature_detected!("aes"), aesenclast),
+            Pure::AesDec => (is_x86_feature_detected!("aes"), aesdec),
+            Pure::AesDecLast => (is_x86_feature_detected!("aes"), aesdeclast),
+            Pure::AesImc => (is_x86_feature_detected!("aes"), aesimc),
+            Pure::Crc32x8 => (is_x86_feature_detected!("sse4.2"), crc32x8),
+            Pure::Crc32x16 => (is_x86_feature_detected!("sse4.2"), crc32x16),
+            Pure::Crc32x32 => (is_x86_feature_detected!("sse4.2"), crc32x32),
+            Pure::Crc32x64 => (is_x86_feature_detected!("sse4.2"), crc32x64),
+        };
+        has.then_some(f)
+    }
+}
+
+fn pack(lo: u64, hi: u64) -> __m128i {
+    // SAFETY: SSE2 is part of x86-64.
+    unsafe { _mm_set_epi64x(hi as i64, lo as i64) }
+}
+
+fn unpack(v: __m128i) -> Pair {
+    // SAFETY: __m128i and [u64; 2] have the same size and any bits are valid for both.
+    let [lo, hi]: [u64; 2] = unsafe { std::mem::transmute(v) };
+    Pair { lo, hi }
+}
+
+// Each function below is only handed out by `Pure::func` after the host was found to have its
+// instruction, which is what the `target_feature` calls inside need.
+
+extern "C" fn pshufb(a: u64, b: u64, c: u64, d: u64) -> Pair {
+    #[target_feature(enable = "ssse3")]
+    unsafe fn run(x: __m128i, m: __m128i) -> __m128i {
+        _mm_shuffle_epi8(x, m)
+    }
+    // SAFETY: SSSE3 present (see above).
+    unpack(unsafe { run(pack(a, b), pack(c, d)) })
+}
+
+extern "C" fn clmul(a: u64, _b: u64, c: u64, _d: u64) -> Pair {
+    #[target_feature(enable = "pclmulqdq")]
+    unsafe fn run(x: __m128i, y: __m128i) -> __m128i {
+        _mm_clmulepi64_si128(x, y, 0)
+    }
+    // SAFETY: PCLMULQDQ present (see above).
+    unpack(unsafe { run(pack(a, 0), pack(c, 0)) })
+}
+
+macro_rules! aes_round {
+    ($name:ident, $intrinsic:ident) => {
+        extern "C" fn $name(a: u64, b: u64, c: u64, d: u64) -> Pair {
+            #[target_feature(enable = "aes")]
+            unsafe fn run(x: __m128i, k: __m128i) -> __m128i {
+                $intrinsic(x, k)
+            }
+            // SAFETY: AES-NI present (see above).
+            unpack(unsafe { run(pack(a, b), pack(c, d)) })
+        }
+    };
+}
+aes_round!(aesenc, _mm_aesenc_si128);
+aes_round!(aesenclast, _mm_aesenclast_si128);
+aes_round!(aesdec, _mm_aesdec_si128);
+aes_round!(aesdeclast, _mm_aesdeclast_si128);
+
+extern "C" fn aesimc(_a: u64, _b: u64, c: u64, d: u64) -> Pair {
+    #[target_feature(enable = "aes")]
+    unsafe fn run(x: __m128i) -> __m128i {
+        _mm_aesimc_si128(x)
+    }
+    // SAFETY: AES-NI present (see above).
+    unpack(unsafe { run(pack(c, d)) })
+}
+
+macro_rules! crc32 {
+    ($name:ident, $intrinsic:ident, $t:ty) => {
+        extern "C" fn $name(a: u64, _b: u64, c: u64, _d: u64) -> Pair {
+            #[target_feature(enable = "sse4.2")]
+            unsafe fn run(acc: u32, v: $t) -> u64 {
+                $intrinsic(acc as _, v) as u64
+            }
+            // SAFETY: SSE4.2 present (see above).
+            let lo = unsafe { run(a as u32, c as $t) };
+            Pair { lo, hi: 0 }
+        }
+    };
+}
+crc32!(crc32x8, _mm_crc32_u8, u8);
+crc32!(crc32x16, _mm_crc32_u16, u16);
+crc32!(crc32x32, _mm_crc32_u32, u32);
+crc32!(crc32x64, _mm_crc32_u64, u64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_of_a_known_string() {
+        // CRC-32C("123456789") = 0xE3069283 (the check value of the Castagnoli polynomial).
+        let Some(f) = Pure::Crc32x8.func() else {
+            return;
+        };
+        let mut crc = 0xffff_ffffu64;
+        for &byte in b"123456789" {
+            crc = f(crc, 0, byte as u64, 0).lo;
+        }
+        assert_eq!(crc ^ 0xffff_ffff, 0xe306_9283);
+    }
+
+    #[test]
+    fn clmul_of_small_polynomials() {
+        let Some(f) = Pure::Clmul.func() else { return };
+        // (x + 1)(x + 1) = x^2 + 1 over GF(2).
+        assert_eq!(f(3, 0, 3, 0), Pair { lo: 5, hi: 0 });
+        // x^63 * x^63 = x^126.
+        assert_eq!(f(1 << 63, 0, 1 << 63, 0), Pair { lo: 0, hi: 1 << 62 });
+    }
+}
