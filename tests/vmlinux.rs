@@ -1,0 +1,176 @@
+//! The vmlinux reader and KRR's trap points (krr-spec 3.7) on a tiny kernel image assembled and
+//! linked here (tests/krr_kernel/trap_points.S, at the kernel's link address): symbols, the
+//! DWARF line of LOCK_RELEASE, the disassembly scans of PF_EXEC_END and RR_LOCK_ACQUIRE_RET,
+//! the KASLR slide and the refusals (another build's vmlinux, a stripped one, not an ELF).
+
+use krr::vmlinux::traps::{kaslr_slide, SourceLine, TrapPoint, TrapPoints};
+use krr::vmlinux::{Vmlinux, VmlinuxError};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Assemble and link `tests/krr_kernel/trap_points.S` (with `--defsym` symbols `extra`) into
+/// a fresh directory; returns the image's path.
+fn build(tag: &str, extra: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/krr_kernel/trap_points.S");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("vmlinux-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let obj = dir.join("trap_points.o");
+    let out = dir.join("vmlinux");
+    let mut asm = Command::new("as");
+    asm.arg("--64").arg("-o").arg(&obj).arg(&src);
+    for d in extra {
+        asm.arg("--defsym").arg(d);
+    }
+    let st = asm.status().expect("as (binutils) runs");
+    assert!(st.success(), "as failed");
+    let st = Command::new("ld")
+        .args(["-static", "-nostdlib", "-e", "entry_SYSCALL_64"])
+        .arg("-Ttext=0xffffffff81000000")
+        .arg("-o")
+        .arg(&out)
+        .arg(&obj)
+        .status()
+        .expect("ld runs");
+    assert!(st.success(), "ld failed");
+    out
+}
+
+fn sym(v: &Vmlinux, name: &str) -> u64 {
+    v.symbol(name).unwrap_or_else(|| panic!("{name}")).addr
+}
+
+#[test]
+fn trap_points_resolve_from_symbols_lines_and_scans() {
+    let v = Vmlinux::open(&build("plain", &[])).unwrap();
+    assert_eq!(sym(&v, "entry_SYSCALL_64"), 0xffff_ffff_8100_0000);
+    let slide = 0x1e00_0000u64;
+    let t = TrapPoints::resolve(&v, slide, true, &SourceLine::krr_lock_release()).unwrap();
+    let expect = [
+        (TrapPoint::CfuBegin, "rr_cfu_begin"),
+        (TrapPoint::GfuBegin, "rr_gfu_begin"),
+        (TrapPoint::PteClear, "rr_record_pte_clear"),
+        (TrapPoint::PteRead, "rr_read_pte"),
+        (TrapPoint::PteReadOnce, "rr_read_pte_once"),
+        (TrapPoint::PageMap, "rr_record_page_map"),
+        (TrapPoint::PfExec, "exc_page_fault"),
+        (TrapPoint::GpExec, "exc_general_protection"),
+        // The first branch to irqentry_exit (a JMP here, a CALL follows).
+        (TrapPoint::PfExecEnd, "test_pf_exec_end"),
+        // The last return: the JMP to the return thunk after an earlier RET.
+        (TrapPoint::LockAcquireRet, "test_acquire_ret"),
+        // rr_serialize.c:147, from the DWARF line table.
+        (TrapPoint::LockRelease, "test_lock_release"),
+    ];
+    for (point, name) in expect {
+        let want = sym(&v, name) + slide;
+        assert_eq!(t.addr(point), Some(want), "{} = {name}", point.name());
+        assert_eq!(t.at(want), Some(point), "{}", point.name());
+    }
+    // Not in this guest patch: the io_uring points are optional.
+    assert_eq!(t.addr(TrapPoint::IoUringBegin), None);
+    assert_eq!(t.iter().count(), expect.len());
+    // A uniprocessor recording does not need the exec-lock points.
+    let up = TrapPoints::resolve(&v, 0, false, &SourceLine::krr_lock_release()).unwrap();
+    assert_eq!(up.addr(TrapPoint::LockRelease), None);
+    assert_eq!(up.addr(TrapPoint::CfuBegin), Some(sym(&v, "rr_cfu_begin")));
+    // A line outside rr_release_smp_exec is refused with the way out.
+    let wrong = SourceLine {
+        file: "arch/x86/kernel/rr_serialize.c".into(),
+        line: 999,
+    };
+    let e = TrapPoints::resolve(&v, 0, true, &wrong)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("LOCK_RELEASE") && e.contains("--krr-lock-release"),
+        "{e}"
+    );
+}
+
+#[test]
+fn kaslr_slide_is_checked_against_the_banner() {
+    let v = Vmlinux::open(&build("kaslr", &[])).unwrap();
+    let banner = v.symbol("linux_banner").unwrap();
+    let text = v.bytes(banner.addr, banner.size).unwrap().to_vec();
+    let slide = 0x3a00_0000u64;
+    let lstar = sym(&v, "entry_SYSCALL_64") + slide;
+    // The snapshot's memory: the banner where the slid kernel has it.
+    let memory = |at: u64, buf: &mut [u8]| {
+        if at == banner.addr + slide {
+            buf.copy_from_slice(&text[..buf.len()]);
+            true
+        } else {
+            false
+        }
+    };
+    assert_eq!(kaslr_slide(&v, lstar, memory).unwrap(), slide);
+    // Another build: same layout, another banner.
+    let other = |at: u64, buf: &mut [u8]| {
+        let mut t = text.clone();
+        t[22] ^= 1;
+        memory(at, buf) && {
+            buf.copy_from_slice(&t[..buf.len()]);
+            true
+        }
+    };
+    let e = kaslr_slide(&v, lstar, other).unwrap_err().to_string();
+    assert!(e.contains("does not belong to this snapshot"), "{e}");
+    // LSTAR that is no slide of entry_SYSCALL_64.
+    let e = kaslr_slide(&v, lstar + 0x40, memory)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("IA32_LSTAR"), "{e}");
+    // The banner not mapped at the slid address.
+    let e = kaslr_slide(&v, lstar + 0x20_0000, memory)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not mapped"), "{e}");
+}
+
+#[test]
+fn unusable_images_are_refused_with_the_reason() {
+    let path = build("strip", &[]);
+    let stripped = path.with_file_name("vmlinux.stripped");
+    let st = Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&path)
+        .status()
+        .expect("strip runs");
+    assert!(st.success());
+    match Vmlinux::open(&stripped) {
+        Err(e @ VmlinuxError::NoSymbols { .. }) => {
+            assert!(e.to_string().contains("stripped"), "{e}")
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a stripped image was accepted"),
+    }
+    let not_elf = path.with_file_name("not-elf");
+    std::fs::write(&not_elf, b"#!/bin/sh\necho this is no kernel\n").unwrap();
+    let e = Vmlinux::open(&not_elf).err().expect("refused").to_string();
+    assert!(e.contains("not an x86-64 ELF"), "{e}");
+    let e = Vmlinux::open(&path.with_file_name("missing"))
+        .err()
+        .expect("refused");
+    assert!(matches!(e, VmlinuxError::Io { .. }), "{e}");
+    // A kernel without KRR's guest agent.
+    let v = Vmlinux::open(&path).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Rename rr_cfu_begin in the string table: the agent's entry point is gone.
+    let at: Vec<usize> = (0..bytes.len() - 13)
+        .filter(|&i| &bytes[i..i + 13] == b"rr_cfu_begin\0")
+        .collect();
+    assert!(!at.is_empty());
+    for i in at {
+        bytes[i] = b'X';
+    }
+    let renamed = Vmlinux::parse(Path::new("renamed"), bytes).unwrap();
+    let e = TrapPoints::resolve(&renamed, 0, false, &SourceLine::krr_lock_release())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("rr_cfu_begin") && e.contains("guest agent"),
+        "{e}"
+    );
+    drop(v);
+}
