@@ -3,6 +3,7 @@
 pub mod cpu_model;
 pub mod demo_guest;
 pub mod machine;
+pub mod qemu_args;
 pub mod record;
 pub mod replay;
 pub mod report;
