@@ -5,6 +5,7 @@ use crate::cpuid_gate;
 use crate::sem::MemOperand;
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
 use krr_runtime::{mmu, CpuState};
+use std::collections::HashSet;
 
 /// The longest x86 instruction.
 pub const MAX_INSN_LEN: usize = 15;
@@ -49,7 +50,15 @@ fn ends_block(insn: &Instruction) -> bool {
 /// Only the block's own page is fetched, plus the next page's first bytes when an instruction
 /// straddles the boundary: fetching further ahead would set accessed bits the guest never
 /// caused, and differently for different block sizes.
-pub fn decode(cpu: &mut CpuState, mode: u32, max_insns: usize) -> Result<Block, FetchError> {
+///
+/// A block never holds an instruction at one of `stops` except as its first (the engine stops
+/// before those: `engine::stops`).
+pub fn decode(
+    cpu: &mut CpuState,
+    mode: u32,
+    max_insns: usize,
+    stops: &HashSet<u64>,
+) -> Result<Block, FetchError> {
     let start = cpu.rip;
     let to_page_end = 4096 - (start & 0xfff) as usize;
     let want = to_page_end.min(max_insns * MAX_INSN_LEN);
@@ -71,6 +80,9 @@ pub fn decode(cpu: &mut CpuState, mode: u32, max_insns: usize) -> Result<Block, 
     let mut len = 0usize;
     while insns.len() < max_insns && len < bytes.len() {
         let ip = start.wrapping_add(len as u64);
+        if !insns.is_empty() && !stops.is_empty() && stops.contains(&ip) {
+            break;
+        }
         let mut decoder = Decoder::with_ip(64, &bytes[len..], ip, DecoderOptions::NONE);
         let mut insn = decoder.decode();
         if insn.is_invalid() && decoder.last_error() == iced_x86::DecoderError::NoMoreBytes {

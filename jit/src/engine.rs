@@ -23,6 +23,7 @@ use std::ops::{Index, IndexMut};
 use std::time::Duration;
 
 mod debug;
+mod stops;
 
 /// When blocks get compiled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +80,9 @@ pub enum Exit {
     TripleFault { first: u8, second: u8 },
     /// The bus asked the engine to return (`Bus::wants_exit`).
     BusRequest,
+    /// RIP reached a stop address ([`Engine::set_stop_addresses`]); the instruction there has
+    /// not executed ([`Engine::resume_past_stop`] lets it).
+    Stop { rip: u64 },
 }
 
 #[derive(Clone, Debug, Default)]
@@ -130,6 +134,8 @@ struct Entry {
     /// The physical bytes of the block's code: [start, end) on its first page and, when its
     /// last instruction straddles into the next page, on that one (else empty).
     code_bytes: [[u64; 2]; 2],
+    /// It starts at a stop address (`engine::stops`): never compiled or chained to.
+    stop: bool,
 }
 
 impl Entry {
@@ -155,6 +161,11 @@ impl BlockTable {
 
     fn push(&mut self, entry: Entry) {
         self.0.push(entry);
+    }
+
+    /// Every id handed out so far.
+    fn ids(&self) -> impl Iterator<Item = BlockId> {
+        (0..self.0.len()).map(BlockId::from_index)
     }
 
     fn len(&self) -> usize {
@@ -192,6 +203,7 @@ pub struct Engine {
     page_blocks: HashMap<u64, Vec<BlockId>>,
     /// The interpreter's undo records, allocated once.
     undo: crate::interp::Undo,
+    stops: stops::Stops,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +230,7 @@ impl Engine {
             logged_unimplemented: Default::default(),
             page_blocks: HashMap::default(),
             undo: crate::interp::Undo::new(),
+            stops: stops::Stops::default(),
         })
     }
 
@@ -271,7 +284,12 @@ impl Engine {
                 id
             }
             _ => {
-                let block = match block::decode(cpu, mode, self.config.max_block_insns) {
+                let block = match block::decode(
+                    cpu,
+                    mode,
+                    self.config.max_block_insns,
+                    &self.stops.addrs,
+                ) {
                     Ok(b) => b,
                     Err(FetchError::Fault) => {
                         return Err(Exit::Exception {
@@ -305,6 +323,7 @@ impl Engine {
                         list.push(id);
                     }
                 }
+                let stop = self.stops.addrs.contains(&rip);
                 self.entries.push(Entry {
                     block,
                     compiled: None,
@@ -312,6 +331,7 @@ impl Engine {
                     valid: true,
                     incoming: Vec::new(),
                     code_bytes,
+                    stop,
                 });
                 self.by_phys.insert((phys, mode), id);
                 id
@@ -477,6 +497,11 @@ impl Engine {
                 Ok(id) => id,
                 Err(exit) => return exit,
             };
+            if self.entries[id].stop {
+                if let Some(exit) = self.stop_here(cpu) {
+                    return exit;
+                }
+            }
             if cpu.irq_shadow_at == cpu.icount && cpu.icount + 1 < cpu.exec.icount_limit {
                 // The instruction after STI / MOV SS: interrupts become deliverable right
                 // after it. Run exactly that one instruction, then come back here (where the
@@ -515,6 +540,9 @@ impl Engine {
     #[inline]
     fn maybe_compile(&mut self, id: BlockId) {
         let e = &mut self.entries[id];
+        if e.stop {
+            return;
+        }
         e.block.exec_count = e.block.exec_count.saturating_add(1);
         match self.config.policy {
             TierPolicy::Interpret => {}

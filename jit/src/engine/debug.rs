@@ -83,6 +83,9 @@ impl Engine {
                 return Some(raise_db(cpu, hits, false));
             }
         }
+        if let Some(exit) = self.stop_at_rip(cpu) {
+            return Some(exit);
+        }
         let id = match self.lookup(cpu) {
             Ok(id) => id,
             Err(exit) => return Some(exit),

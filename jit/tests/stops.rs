@@ -1,0 +1,85 @@
+//! Stop addresses (`Engine::set_stop_addresses`): the engine returns `Exit::Stop` before the
+//! instruction at each one, every time execution arrives there, with the exact instruction
+//! count, in every tier, also in code that was translated, compiled and chained before the
+//! stop was set; resuming runs the instruction; clearing them ends the stops.
+
+mod common;
+
+use common::*;
+use iced_x86::code_asm::*;
+use krr_jit::engine::Exit;
+
+const LOOPS: u64 = 40;
+
+/// Two passes of a loop; `hot` is inside the loop's block, `between` between the passes.
+fn machine() -> Machine {
+    Machine::new(
+        |k| {
+            k.xor(eax, eax)?;
+            k.xor(ebx, ebx)?;
+            k.mov(r9d, 2)?;
+            let mut outer = k.create_label();
+            k.set_label(&mut outer)?;
+            k.mov(ecx, LOOPS as u32)?;
+            let mut top = k.create_label();
+            k.set_label(&mut top)?;
+            k.add(rax, 1)?;
+            k.def("hot")?;
+            k.add(rbx, 2)?;
+            k.add(rbx, rax)?;
+            k.dec(ecx)?;
+            k.jnz(top)?;
+            k.def("between")?;
+            k.dec(r9d)?;
+            k.jnz(outer)?;
+            k.mov(r8, rbx)?;
+            report(k, r8)?;
+            stop(k)
+        },
+        |_| Ok(()),
+    )
+}
+
+#[test]
+fn every_arrival_at_a_stop_address_stops_before_the_instruction() {
+    let sum = |n: u64| (1..=n).map(|i| 2 + i).sum::<u64>();
+    for tier in TIERS {
+        let mut s = machine().start(tier);
+        let (hot, between) = (s.labels["hot"], s.labels["between"]);
+        // The first pass runs (and, in the compiling tiers, gets compiled and chained) with
+        // no stop inside the loop.
+        s.engine.set_stop_addresses([between]);
+        assert_eq!(s.run(), Exit::Stop { rip: between }, "{tier:?}");
+        assert_eq!(s.cpu().gpr[3], sum(LOOPS), "{tier:?}: RBX after one pass");
+        // A stop inside the translated loop: every iteration of the second pass stops there.
+        s.engine.set_stop_addresses([hot]);
+        let mut counts = Vec::new();
+        let exit = loop {
+            match s.run() {
+                Exit::Stop { rip } => {
+                    assert_eq!((rip, s.cpu().rip), (hot, hot), "{tier:?}");
+                    // The instruction at the stop has not run yet.
+                    let done = LOOPS + counts.len() as u64;
+                    assert_eq!(s.cpu().gpr[3], sum(done), "{tier:?}: RBX at stop {done}");
+                    counts.push(s.cpu().icount);
+                    s.engine.resume_past_stop(s.core.cpu());
+                    if counts.len() as u64 == LOOPS / 2 {
+                        // Without stops the rest runs through.
+                        s.engine.set_stop_addresses([]);
+                    }
+                }
+                other => break other,
+            }
+        };
+        assert_eq!(counts.len() as u64, LOOPS / 2, "{tier:?}");
+        for w in counts.windows(2) {
+            assert_eq!(
+                w[1] - w[0],
+                5,
+                "{tier:?}: one stop per 5-instruction iteration"
+            );
+        }
+        let r = s.finish(exit);
+        assert_eq!(r.reports, [sum(2 * LOOPS)], "{tier:?}");
+    }
+}
