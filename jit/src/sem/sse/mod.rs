@@ -361,6 +361,8 @@ pub(super) fn maskmovdqu<B: Builder>(b: &mut B) -> R<()> {
             let selected = b.icmp(Cmp::Ne, sel, z);
             let shift = b.c(8 * i);
             let byte = b.shr(d, shift);
+            // Just the byte: a bus store gets the value as given.
+            let byte = b.zext(byte, 8);
             let off = b.c(8 * half as u64 + i);
             let at = b.add(a, off);
             b.store_if(selected, at, byte, 1)?;
