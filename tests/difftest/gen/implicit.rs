@@ -2,7 +2,7 @@
 //! `[seg: rBX + zero-extended AL]` and MASKMOVDQU's `[seg: rDI]`, each with a 64- or 32-bit
 //! address size (67 prefix: EBX + AL wrapping at 4 GiB, EDI) and now and then a segment
 //! override: FS or GS with a base (the offset then often small, so EBX + AL wraps), the
-//! 64-bit-mode no-ops ES/CS/DS, and SS (a non-canonical address is #SS). The address
+//! 64-bit-mode no-ops ES/CS/DS, and SS (with canonical addresses only: see below). The address
 //! registers and the segment base are placed so the access lands in a region or, for a
 //! deliberate fault, where [`pick_target`] says. MASKMOVDQU's mask register gets patterns
 //! that matter at a page boundary: no byte, all bytes, the first or last bytes only, one byte.
@@ -64,6 +64,11 @@ pub(super) fn gen_implicit(
         (target, addr32)
     } else {
         let target = pick_target(ctx, rng, size, 1);
+        if seg == Register::SS && !canonical(target) {
+            // krr raises #SS here as the SDM says; this host (AMD) raises #SS by the base
+            // register (RSP/RBP) and #GP for an SS override on another: not generated.
+            seg = Register::DS;
+        }
         let base = match seg {
             Register::FS | Register::GS if ctx.seg_locked(seg) => ctx.reg(seg),
             Register::FS | Register::GS => new_base(rng, target),
