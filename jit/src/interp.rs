@@ -562,6 +562,13 @@ impl Builder for Interp<'_> {
         let idx = self.mmu_index();
         mmu::store_slow(self.cpu, addr, v, size as usize, idx).map_err(|f| self.fault(f))
     }
+    fn store_if(&mut self, cond: bool, addr: u64, v: u64, size: u32) -> R<()> {
+        if cond {
+            self.store(addr, v, size)
+        } else {
+            Ok(())
+        }
+    }
     fn probe_write(&mut self, addr: u64, size: u32) -> R<()> {
         if self.tlb_host(addr, size as u64, true).is_some() {
             return Ok(());

@@ -268,14 +268,28 @@ fn translate_access(
 }
 
 /// Raise the fault a write of `size` bytes at `linear` would raise, without writing (ENTER
-/// checks its final stack pointer this way). The translation is cached as a write's would be.
+/// checks its final stack pointer this way, MASKMOVDQU its 16-byte window). The translation is
+/// cached as a write's would be. A page that is not RAM does not fault when a bus takes MMIO
+/// (the stores there go to the bus): both pages are still checked.
 pub fn probe_write(
     cpu: &mut CpuState,
     linear: u64,
     size: usize,
     mmu_idx: usize,
 ) -> Result<(), MemFault> {
-    translate_access(cpu, linear, size, Access::Write, mmu_idx).map(|_| ())
+    if mmu_idx >= 2 {
+        checked_access(cpu, linear, size, Access::Write, mmu_idx)?;
+    }
+    let first_len = (4096 - (linear & 0xfff) as usize).min(size);
+    let second = (first_len < size).then(|| linear.wrapping_add(first_len as u64));
+    for addr in [Some(linear), second].into_iter().flatten() {
+        match translate_and_fill(cpu, addr, Access::Write, mmu_idx) {
+            Ok(_) => {}
+            Err(MemFault::Unbacked { .. }) if cpu.exec.bus.is_some() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Load `size` (1, 2, 4, 8 or 16) bytes at `linear` into `out`.

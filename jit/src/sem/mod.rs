@@ -162,6 +162,8 @@ pub trait Builder {
     /// Load `size` bytes (1, 2, 4, 8) at a linear address, zero-extended.
     fn load(&mut self, addr: Self::V, size: u32) -> R<Self::V>;
     fn store(&mut self, addr: Self::V, v: Self::V, size: u32) -> R<()>;
+    /// Store only if `cond` holds (MASKMOVDQU's byte stores): nothing is accessed otherwise.
+    fn store_if(&mut self, cond: Self::B, addr: Self::V, v: Self::V, size: u32) -> R<()>;
     /// Fault as a store of `size` bytes at `addr` would, without storing.
     fn probe_write(&mut self, addr: Self::V, size: u32) -> R<()>;
     /// 16-byte accesses as (low, high) halves, all-or-nothing.

@@ -76,8 +76,9 @@ pub const REPORT_PORT: u8 = 0xe9;
 pub const EVENT_PORT: u8 = 0xea;
 /// A write here ends the run: the bus asks the engine to return (`Exit::BusRequest`).
 pub const EXIT_PORT: u8 = 0xf4;
-/// A device register above RAM: a store here is an MMIO write after which the bus asks the
-/// engine to return (a doorbell); tests map it where they want it. Other MMIO panics.
+/// A device page above RAM: a store into it is an MMIO write (recorded as an [`Io::Out`] whose
+/// port is the offset in the page) after which the bus asks the engine to return (a
+/// doorbell); tests map it where they want it. Other MMIO, and any MMIO read, panics.
 pub const DOORBELL: u64 = RAM + 0x10_0000;
 
 /// Page-table entry, CR0, CR4 and EFER bits.
@@ -408,9 +409,12 @@ impl Bus for TestBus {
         panic!("unexpected MMIO read at {phys:#x}")
     }
     fn mmio_write(&mut self, _cpu: &CpuState, phys: u64, size: u8, value: u64) {
-        assert_eq!(phys, DOORBELL, "unexpected MMIO write at {phys:#x}");
+        assert!(
+            (DOORBELL..DOORBELL + 0x1000).contains(&phys),
+            "unexpected MMIO write at {phys:#x}"
+        );
         self.io.push(Io::Out {
-            port: 0,
+            port: (phys - DOORBELL) as u16,
             size,
             value: value as u32,
         });

@@ -71,6 +71,8 @@ pub struct Ctx {
     pub(super) rsp_delta: i64,
     /// Bytes that must be inside the region before and after the memory operand.
     pub(super) margin: u64,
+    /// FS (bit 0) and GS (bit 1) bases set by an instruction of the case (an FS/GS override).
+    seg_locked: u8,
 }
 
 impl Ctx {
@@ -107,6 +109,7 @@ impl Ctx {
             clobbered: 0,
             rsp_delta: 0,
             margin: 0,
+            seg_locked: 0,
         };
         if block {
             // A valid stack pointer for the whole block, far from both ends of the stack.
@@ -135,6 +138,29 @@ impl Ctx {
 
     pub(super) fn is_locked(&self, reg: Register) -> bool {
         self.locked & gpr_bit(reg) != 0
+    }
+
+    fn seg_bit(seg: Register) -> u8 {
+        match seg {
+            Register::FS => 1,
+            Register::GS => 2,
+            _ => 0,
+        }
+    }
+
+    /// Whether an earlier instruction of the case set the base of `seg` (FS or GS).
+    pub(super) fn seg_locked(&self, seg: Register) -> bool {
+        self.seg_locked & Self::seg_bit(seg) != 0
+    }
+
+    /// Sets (and pins) the base of `seg` (FS or GS).
+    pub(super) fn set_seg_base(&mut self, seg: Register, base: u64) {
+        match seg {
+            Register::FS => self.st.fs_base = base,
+            Register::GS => self.st.gs_base = base,
+            _ => return,
+        }
+        self.seg_locked |= Self::seg_bit(seg);
     }
 
     pub fn xmm(&self, reg: Register) -> u128 {

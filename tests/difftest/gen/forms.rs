@@ -17,6 +17,7 @@ const MNEMONICS: &[Mnemonic] = &[
     M::Movsxd,
     M::Movbe,
     M::Lea,
+    M::Xlatb,
     M::Xchg,
     M::Cmpxchg,
     M::Cmpxchg8b,
@@ -605,6 +606,8 @@ fn supported_kind(k: K) -> bool {
             | K::imm64
             | K::seg_rSI
             | K::es_rDI
+            | K::seg_rBX_al
+            | K::seg_rDI
             | K::br64_1
             | K::br64_4
     )
@@ -638,6 +641,37 @@ pub fn exclusion_reason(code: Code) -> Option<&'static str> {
         return Some("not supported by this CPU");
     }
     None
+}
+
+/// The legacy-encoded (non-VEX) 64-bit-mode forms of SSE..SSE4.2, AES-NI, PCLMULQDQ, CRC32,
+/// POPCNT, MOVBE and XLAT that are not covered, with the reason.
+pub fn uncovered_legacy_simd() -> Vec<(Code, &'static str)> {
+    use CpuidFeature as F;
+    const FEATURES: &[CpuidFeature] = &[
+        F::SSE,
+        F::SSE2,
+        F::SSE3,
+        F::SSSE3,
+        F::SSE4_1,
+        F::SSE4_2,
+        F::AES,
+        F::PCLMULQDQ,
+        F::POPCNT,
+        F::MOVBE,
+    ];
+    Code::values()
+        .filter(|c| {
+            let op = c.op_code();
+            op.is_instruction() && op.mode64() && op.encoding() == EncodingKind::Legacy
+        })
+        .filter(|&c| {
+            let mut ins = Instruction::default();
+            ins.set_code(c);
+            ins.cpuid_features().iter().any(|f| FEATURES.contains(f))
+                || matches!(c.mnemonic(), M::Crc32 | M::Xlatb)
+        })
+        .filter_map(|c| exclusion_reason(c).map(|why| (c, why)))
+        .collect()
 }
 
 /// All covered forms, in `Code` order.

@@ -1,9 +1,10 @@
-//! One instruction: generate its operands (or string form), apply the per-form tuning and
+//! One instruction: generate its operands (or string form, or implicit memory operand), apply the per-form tuning and
 //! hooks, encode it, and check the encoding and the memory accesses.
 
 use super::super::rng::Rng;
 use super::ctx::{Ctx, GenOptions};
 use super::forms::{is_bt_mem_reg, is_string};
+use super::implicit::{gen_implicit, is_implicit_mem};
 use super::operands::gen_operands;
 use super::string::gen_string;
 use super::tuning::builtin_hook;
@@ -26,6 +27,8 @@ pub(super) fn gen_insn(
     ctx.margin = 0;
     let mut ins = if is_string(code) {
         gen_string(code, ctx, rng)?
+    } else if is_implicit_mem(code) {
+        gen_implicit(code, ctx, rng, ip)?
     } else {
         gen_operands(code, ctx, rng, ip)?
     };

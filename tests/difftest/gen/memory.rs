@@ -84,7 +84,7 @@ fn index_value(ctx: &Ctx, rng: &mut Rng, index: Register, amask: u64) -> u64 {
 }
 
 /// Picks the address to access: inside a region, or (for a pending deliberate fault) outside.
-fn pick_target(ctx: &mut Ctx, rng: &mut Rng, size: u64, align: u64) -> u64 {
+pub(super) fn pick_target(ctx: &mut Ctx, rng: &mut Rng, size: u64, align: u64) -> u64 {
     if ctx.fault_pending {
         ctx.fault_pending = false;
         ctx.cur_fault = true;

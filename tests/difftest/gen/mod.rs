@@ -22,7 +22,7 @@
 //! Modules, from the entry points down:
 //! - [`cases`]: `n` single-instruction cases of one form; [`block`]: multi-instruction blocks;
 //! - [`insn`]: one instruction (generate, tune, encode, check), by way of [`operands`] (with
-//!   [`imm`] and [`memory`]), [`string`] or, for control transfers, [`control`]; [`tuning`]:
+//!   [`imm`] and [`memory`]), [`string`], [`implicit`] (XLAT, MASKMOVDQU) or, for control transfers, [`control`]; [`tuning`]:
 //!   the built-in per-form value tuning;
 //! - [`ctx`]: the case under construction and the generation options;
 //! - [`forms`]: the covered forms and exclusions; [`regs`], [`values`], [`layout`]: registers,
@@ -34,6 +34,7 @@ mod control;
 mod ctx;
 mod forms;
 mod imm;
+mod implicit;
 mod insn;
 mod layout;
 mod memory;
@@ -50,7 +51,7 @@ pub use self::{
     block::block_case,
     cases::{cases_for, cases_for_with},
     ctx::{Ctx, GenOptions, Hook},
-    forms::{block_eligible, covered_codes, exclusion_reason, is_control},
+    forms::{block_eligible, covered_codes, exclusion_reason, is_control, uncovered_legacy_simd},
     layout::{
         layout, CODE_PAGE, DATA0, DATA0_LEN, DATA1, DATA1_LEN, MXCSR_DEFAULT, STACK, STACK_LEN,
     },

@@ -142,6 +142,18 @@ impl Lower<'_> {
         Ok(())
     }
 
+    /// A guest store that happens only if `cond` holds (a branch around [`Lower::emit_store`]).
+    pub(super) fn emit_store_if(&mut self, cond: Value, addr: Value, v: Value, size: u32) -> R<()> {
+        let store = self.fb.create_block();
+        let cont = self.fb.create_block();
+        self.fb.ins().brif(cond, store, &[], cont, &[]);
+        self.fb.switch_to_block(store);
+        self.emit_store(addr, v, size)?;
+        self.fb.ins().jump(cont, &[]);
+        self.fb.switch_to_block(cont);
+        Ok(())
+    }
+
     /// Check that `size` bytes at `addr` are writable (faulting as a store would), writing
     /// nothing.
     pub(super) fn emit_probe_write(&mut self, addr: Value, size: u32) -> R<()> {

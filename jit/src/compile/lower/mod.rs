@@ -615,6 +615,9 @@ impl Builder for Lower<'_> {
     fn store(&mut self, addr: Value, v: Value, size: u32) -> R<()> {
         self.emit_store(addr, v, size)
     }
+    fn store_if(&mut self, cond: Value, addr: Value, v: Value, size: u32) -> R<()> {
+        self.emit_store_if(cond, addr, v, size)
+    }
     fn probe_write(&mut self, addr: Value, size: u32) -> R<()> {
         self.emit_probe_write(addr, size)
     }

@@ -337,8 +337,13 @@ pub(super) fn mov_half<B: Builder>(b: &mut B, half: usize) -> R<()> {
 }
 
 /// MASKMOVDQU: store the bytes of operand 1 whose byte in operand 2 has its top bit set to
-/// [rDI]. Done as a 16-byte read-merge-write (the non-selected bytes are written back
-/// unchanged), so it faults like a 16-byte access whatever the mask, and reads the memory.
+/// [rDI] (DS or the override segment; [EDI] with a 67 prefix), as one byte store per selected
+/// byte in address order: nothing is read and no other byte is written, so MMIO sees only the
+/// selected bytes. Faults are those of a 16-byte store whatever the mask, as on the reference
+/// host (an AMD EPYC, `jit/tests/system.rs` `maskmovdqu_*`): a window reaching into an
+/// unmapped or read-only page faults at the first such byte even with an all-zero mask or
+/// with mask bits only in the accessible page, and then nothing is written. The non-temporal
+/// hint has no guest-visible effect.
 pub(super) fn maskmovdqu<B: Builder>(b: &mut B) -> R<()> {
     let insn = *b.insn();
     let rdi = b.get_gpr(krr_runtime::gpr::RDI);
@@ -348,18 +353,24 @@ pub(super) fn maskmovdqu<B: Builder>(b: &mut B) -> R<()> {
         rdi
     };
     let a = segment_base(b, insn.memory_segment(), a);
+    stack_check(b, a)?;
+    b.probe_write(a, 16)?;
     let (dl, dh) = get(b, xreg(&insn, 1));
     let (ml, mh) = get(b, xreg(&insn, 2));
-    let (ol, oh) = b.load128(a)?;
-    let mut out = [ol, oh];
-    for (o, (d, m)) in out.iter_mut().zip([(dl, ml), (dh, mh)]) {
-        let h = b.c(lanes::lane_msb(8));
-        let m = b.and(m, h);
-        let m = lanes::expand(b, m, 8);
-        let nm = b.not(m);
-        let keep = b.and(*o, nm);
-        let new = b.and(d, m);
-        *o = b.or(keep, new);
+    for (half, (d, m)) in [(dl, ml), (dh, mh)].into_iter().enumerate() {
+        for i in 0..8u64 {
+            let bit = b.c(0x80 << (8 * i));
+            let sel = b.and(m, bit);
+            let z = b.c(0);
+            let selected = b.icmp(Cmp::Ne, sel, z);
+            let shift = b.c(8 * i);
+            let byte = b.shr(d, shift);
+            // Just the byte: a bus store gets the value as given.
+            let byte = b.zext(byte, 8);
+            let off = b.c(8 * half as u64 + i);
+            let at = b.add(a, off);
+            b.store_if(selected, at, byte, 1)?;
+        }
     }
-    b.store128(a, out[0], out[1])
+    Ok(())
 }
