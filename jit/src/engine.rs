@@ -83,6 +83,9 @@ pub enum Exit {
     /// RIP reached a stop address ([`Engine::set_stop_addresses`]); the instruction there has
     /// not executed ([`Engine::resume_past_stop`] lets it).
     Stop { rip: u64 },
+    /// The next instruction is at CPL3 and the engine was asked to stop there
+    /// ([`Engine::set_stop_at_user_mode`]); nothing of it has run.
+    UserMode,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -501,6 +504,9 @@ impl Engine {
                 if let Some(exit) = self.stop_here(cpu) {
                     return exit;
                 }
+            }
+            if self.stops.user_mode && self.entries[id].block.mode & 3 == 3 {
+                return Exit::UserMode;
             }
             if cpu.irq_shadow_at == cpu.icount && cpu.icount + 1 < cpu.exec.icount_limit {
                 // The instruction after STI / MOV SS: interrupts become deliverable right

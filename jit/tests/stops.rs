@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use iced_x86::code_asm::*;
 use krr_jit::engine::Exit;
+use krr_runtime::arch::vector::UD;
 
 const LOOPS: u64 = 40;
 
@@ -81,5 +82,38 @@ fn every_arrival_at_a_stop_address_stops_before_the_instruction() {
         }
         let r = s.finish(exit);
         assert_eq!(r.reports, [sum(2 * LOOPS)], "{tier:?}");
+    }
+}
+
+/// `set_stop_at_user_mode`: the engine returns `Exit::UserMode` before the first CPL3
+/// instruction (after the IRETQ that goes there), in every tier; switched off, user code runs.
+#[test]
+fn the_engine_stops_before_user_mode() {
+    for tier in TIERS {
+        let m = Machine::new(
+            |k| {
+                k.mov(ebx, 7)?;
+                iret_to_user(k, UCODE, USTACK_TOP, 0x202)
+            },
+            |u| {
+                u.add(rbx, 5)?;
+                u.ud2()
+            },
+        );
+        let mut s = m.start(tier);
+        s.engine.set_stop_at_user_mode(true);
+        assert_eq!(s.run(), Exit::UserMode, "{tier:?}");
+        assert_eq!((s.cpu().rip, s.cpu().cpl()), (UCODE, 3), "{tier:?}");
+        assert_eq!(s.cpu().gpr[3], 7, "{tier:?}: nothing of user mode ran");
+        s.engine.set_stop_at_user_mode(false);
+        let exit = s.run();
+        let r = s.finish(exit);
+        // The user code ran to its UD2 (the machine's handler then ends the run).
+        assert_eq!(
+            (r.events[0].vector, r.events[0].rip),
+            (UD, UCODE + 4),
+            "{tier:?}"
+        );
+        assert_eq!(r.cpu.gpr[3], 12, "{tier:?}: the user ADD ran");
     }
 }

@@ -16,6 +16,8 @@ pub(super) struct Stops {
     /// The stop the driver has handled: (RIP, instruction count) where execution goes on
     /// without stopping again.
     resume: Option<(u64, u64)>,
+    /// Stop before any instruction at CPL3 ([`Engine::set_stop_at_user_mode`]).
+    pub(super) user_mode: bool,
 }
 
 impl Stops {
@@ -41,6 +43,14 @@ impl Engine {
         }
     }
 
+    /// Stop with [`Exit::UserMode`] whenever execution is about to continue at CPL3 (KRR
+    /// recordings replay the kernel only: the driver substitutes what user mode did).
+    /// Reaching CPL3 always passes through the dispatcher (IRETQ, SYSRET and event delivery
+    /// end blocks), so this costs one flag test per dispatch.
+    pub fn set_stop_at_user_mode(&mut self, on: bool) {
+        self.stops.user_mode = on;
+    }
+
     /// The stop addresses in force.
     pub fn stop_addresses(&self) -> &HashSet<u64> {
         &self.stops.addrs
@@ -61,6 +71,9 @@ impl Engine {
 
     /// The checked mode's check (it runs instruction by instruction, without block flags).
     pub(super) fn stop_at_rip(&mut self, cpu: &CpuState) -> Option<Exit> {
+        if self.stops.user_mode && cpu.cpl() == 3 {
+            return Some(Exit::UserMode);
+        }
         if self.stops.addrs.contains(&cpu.rip) {
             self.stop_here(cpu)
         } else {
