@@ -12,6 +12,7 @@
  * Build: gcc -static -O2 -mno-red-zone -o isa isa.c   (the asm needs no -m flags)
  * Run:   isa [-v]   (-v: one line per form and immediate, to narrow a difference down)
  */
+#define _GNU_SOURCE
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -27,13 +28,14 @@ struct st {
   uint64_t rax, rcx, rdx, r8, r9; /* 48, 56, 64, 72, 80 */
   uint64_t flags;                 /* 88 */
   uint32_t csr, pad;              /* 96 */
+  uint64_t addr;                  /* 104: the memory operand of the unaligned forms, in r10 */
 };
 
 #define PRE                                                                              \
   "movdqa 0(%%rdi),%%xmm0\n\tmovdqa 16(%%rdi),%%xmm1\n\tmovdqa 32(%%rdi),%%xmm2\n\t"      \
   "mov 48(%%rdi),%%rax\n\tmov 56(%%rdi),%%rcx\n\tmov 64(%%rdi),%%rdx\n\t"                 \
   "mov 72(%%rdi),%%r8\n\tmov 80(%%rdi),%%r9\n\tpushq 88(%%rdi)\n\tpopfq\n\t"              \
-  "ldmxcsr 96(%%rdi)\n\t"
+  "ldmxcsr 96(%%rdi)\n\tmov 104(%%rdi),%%r10\n\t"
 #define POST                                                                             \
   "\n\tpushfq\n\tpopq 88(%%rdi)\n\tstmxcsr 96(%%rdi)\n\t"                                 \
   "movdqa %%xmm0,0(%%rdi)\n\tmovdqa %%xmm1,16(%%rdi)\n\t"                                 \
@@ -45,7 +47,7 @@ struct st {
     __asm__ volatile(PRE code POST                                                       \
                      :                                                                   \
                      : "D"(p)                                                            \
-                     : "rax", "rcx", "rdx", "r8", "r9", "xmm0", "xmm1", "xmm2", "memory", \
+                     : "rax", "rcx", "rdx", "r8", "r9", "r10", "xmm0", "xmm1", "xmm2", "memory", \
                        "cc");                                                            \
   }
 
@@ -226,6 +228,55 @@ struct test {
 #define T_RI(line, imm, kind) T_G(line, imm, kind, , )
 static const struct test tests[] = {LIST(T_R, T_RI, T_G, T_G1)};
 
+/* Memory forms at any address (r10): unaligned, crossing into the next page, or (the
+ * page-fault- lines) into an inaccessible page; the forms that need 16-byte alignment fault
+ * (#GP, SIGSEGV) when misaligned. */
+#define ULIST(U)                                                                            \
+  U(movups, ld, PS, "movups (%%r10),%%xmm1") U(movups, st, PS, "movups %%xmm1,(%%r10)")     \
+  U(movupd, ld, PD, "movupd (%%r10),%%xmm1") U(movupd, st, PD, "movupd %%xmm1,(%%r10)")     \
+  U(movdqu, ld, INT, "movdqu (%%r10),%%xmm1") U(movdqu, st, INT, "movdqu %%xmm1,(%%r10)")   \
+  U(lddqu, ld, INT, "lddqu (%%r10),%%xmm1")                                                 \
+  U(movss, ld, PS, "movss (%%r10),%%xmm1") U(movss, st, PS, "movss %%xmm1,(%%r10)")         \
+  U(movsd, ld, PD, "movsd (%%r10),%%xmm1") U(movsd, st, PD, "movsd %%xmm1,(%%r10)")         \
+  U(movlps, ld, PS, "movlps (%%r10),%%xmm1") U(movlps, st, PS, "movlps %%xmm1,(%%r10)")     \
+  U(movhps, ld, PS, "movhps (%%r10),%%xmm1") U(movhps, st, PS, "movhps %%xmm1,(%%r10)")     \
+  U(movq, ld, INT, "movq (%%r10),%%xmm1") U(movq, st, INT, "movq %%xmm1,(%%r10)")           \
+  U(movd, ld, INT, "movd (%%r10),%%xmm1") U(movd, st, INT, "movd %%xmm1,(%%r10)")           \
+  U(movddup, ld, PD, "movddup (%%r10),%%xmm1")                                              \
+  U(addss, ld, PS, "addss (%%r10),%%xmm1") U(addsd, ld, PD, "addsd (%%r10),%%xmm1")         \
+  U(cvtss2sd, ld, PS, "cvtss2sd (%%r10),%%xmm1") U(cvtsd2ss, ld, PD, "cvtsd2ss (%%r10),%%xmm1") \
+  U(cvtps2pd, ld, PS, "cvtps2pd (%%r10),%%xmm1") U(comisd, ld, PD, "comisd (%%r10),%%xmm1") \
+  U(ucomiss, ld, PS, "ucomiss (%%r10),%%xmm1")                                              \
+  U(cvtsi2sd, q, GPR, "cvtsi2sdq (%%r10),%%xmm1") U(cvtsi2ss, l, GPR, "cvtsi2ssl (%%r10),%%xmm1") \
+  U(cvttsd2si, q, PD, "cvttsd2si (%%r10),%%r8") U(roundsd, 4, PD, "roundsd $4,(%%r10),%%xmm1") \
+  U(insertps, 0x90, PS, "insertps $0x90,(%%r10),%%xmm1")                                    \
+  U(extractps, 1, PS, "extractps $1,%%xmm1,(%%r10)")                                        \
+  U(pmovzxbw, ld, INT, "pmovzxbw (%%r10),%%xmm1") U(pmovsxbd, ld, INT, "pmovsxbd (%%r10),%%xmm1") \
+  U(pmovzxbq, ld, INT, "pmovzxbq (%%r10),%%xmm1")                                           \
+  U(pinsrb, 3, GPR, "pinsrb $3,(%%r10),%%xmm1") U(pinsrw, 7, GPR, "pinsrw $7,(%%r10),%%xmm1") \
+  U(pinsrd, 1, GPR, "pinsrd $1,(%%r10),%%xmm1") U(pinsrq, 1, GPR, "pinsrq $1,(%%r10),%%xmm1") \
+  U(pextrb, 15, INT, "pextrb $15,%%xmm1,(%%r10)") U(pextrw, 1, INT, "pextrw $1,%%xmm1,(%%r10)") \
+  U(pextrd, 2, INT, "pextrd $2,%%xmm1,(%%r10)") U(pextrq, 0, INT, "pextrq $0,%%xmm1,(%%r10)") \
+  U(pcmpestri, 0x0c, STR, "pcmpestri $0x0c,(%%r10),%%xmm1")                                 \
+  U(pcmpistrm, 0x40, STR, "pcmpistrm $0x40,(%%r10),%%xmm1")                                 \
+  U(crc32, b, GPR, "crc32b (%%r10),%%r8d") U(crc32, q, GPR, "crc32q (%%r10),%%r8")          \
+  U(popcnt, q, GPR, "popcntq (%%r10),%%r8")                                                 \
+  U(movbe, ld, GPR, "movbeq (%%r10),%%r8") U(movbe, st, GPR, "movbeq %%r8,(%%r10)")         \
+  U(movbe, stw, GPR, "movbew %%r8w,(%%r10)")                                                \
+  U(addps, ld, PS, "addps (%%r10),%%xmm1") U(movaps, ld, PS, "movaps (%%r10),%%xmm1")       \
+  U(movaps, st, PS, "movaps %%xmm1,(%%r10)") U(movdqa, ld, INT, "movdqa (%%r10),%%xmm1")    \
+  U(movdqa, st, INT, "movdqa %%xmm1,(%%r10)") U(movntdq, st, INT, "movntdq %%xmm1,(%%r10)") \
+  U(movntdqa, ld, INT, "movntdqa (%%r10),%%xmm1") U(pshufb, ld, INT, "pshufb (%%r10),%%xmm1") \
+  U(palignr, 3, INT, "palignr $3,(%%r10),%%xmm1") U(pcmpeqb, ld, INT, "pcmpeqb (%%r10),%%xmm1") \
+  U(ptest, ld, INT, "ptest (%%r10),%%xmm1") U(dpps, 0xff, PS, "dpps $0xff,(%%r10),%%xmm1")  \
+  U(roundps, 1, PS, "roundps $1,(%%r10),%%xmm1") U(aesenc, ld, INT, "aesenc (%%r10),%%xmm1") \
+  U(pclmulqdq, 0x11, INT, "pclmulqdq $0x11,(%%r10),%%xmm1")
+
+#define D_U(line, id, kind, s) FN(u_##line##_##id, s)
+ULIST(D_U)
+#define T_U(line, id, kind, s) {#line, #id, u_##line##_##id, kind},
+static const struct test utests[] = {ULIST(T_U)};
+
 /* splitmix64 */
 static uint64_t rng;
 static uint64_t next(void) {
@@ -360,31 +411,15 @@ static uint32_t rand_csr(void) {
 
 static int cases = 600;
 
+static void setup(struct st *s, int kind);
+
 static void run_test(const struct test *t, struct hash *h) {
   char key[96];
   snprintf(key, sizeof key, "%s %s", t->line, t->form);
   rng = seed_of(key);
   for (int i = 0; i < cases; i++) {
     struct st s;
-    memset(&s, 0, sizeof s);
-    if (t->kind == STR) {
-      fill_str(&s.x0);
-      fill_str(&s.x1);
-      fill_str(&s.x2);
-      s.rax = rand_len();
-      s.rdx = rand_len();
-    } else {
-      fill(&s.x0, t->kind == GPR ? INT : t->kind);
-      fill(&s.x1, t->kind == GPR ? INT : t->kind);
-      fill(&s.x2, t->kind == GPR ? INT : t->kind);
-      s.rax = rand_gpr();
-      s.rdx = rand_gpr();
-    }
-    s.rcx = rand_gpr();
-    s.r8 = rand_gpr();
-    s.r9 = rand_gpr();
-    s.flags = 0x202 | (next() & 0x8d5);
-    s.csr = rand_csr();
+    setup(&s, t->kind);
     t->fn(&s);
     __builtin_ia32_ldmxcsr(0x1f80);
     s.flags &= 0x8d5;
@@ -512,22 +547,77 @@ static void str_test(int op, struct hash *h) {
   }
 }
 
-/* Unmasked SIMD floating-point exceptions: the SIGFPE's si_code, the MXCSR and xmm1 the handler
- * sees (the destination is unchanged), or the results when nothing traps. */
+/* Signals (SIGFPE for unmasked SIMD exceptions, SIGSEGV for #GP and #PF): the number, si_code,
+ * si_addr and the registers the handler sees (the instruction's destination unchanged). */
 #include <setjmp.h>
+#include <sys/mman.h>
 #include <ucontext.h>
-static sigjmp_buf fpe_jump;
-static volatile int fpe_code;
-static volatile uint32_t fpe_csr;
-static v16 fpe_xmm1;
-static void on_fpe(int sig, siginfo_t *si, void *ctx) {
+static sigjmp_buf sig_jump;
+static volatile int sig_no, sig_code;
+static volatile uint64_t sig_addr;
+static struct st sig_st;
+static void on_signal(int sig, siginfo_t *si, void *ctx) {
   ucontext_t *uc = ctx;
-  (void)sig;
-  fpe_code = si->si_code;
-  fpe_csr = uc->uc_mcontext.fpregs->mxcsr;
-  memcpy(&fpe_xmm1, &uc->uc_mcontext.fpregs->_xmm[1], 16);
-  siglongjmp(fpe_jump, 1);
+  sig_no = sig;
+  sig_code = si->si_code;
+  sig_addr = (uint64_t)(uintptr_t)si->si_addr;
+  memcpy(&sig_st.x0, &uc->uc_mcontext.fpregs->_xmm[0], 16);
+  memcpy(&sig_st.x1, &uc->uc_mcontext.fpregs->_xmm[1], 16);
+  sig_st.csr = uc->uc_mcontext.fpregs->mxcsr;
+  sig_st.r8 = uc->uc_mcontext.gregs[REG_R8];
+  sig_st.rcx = uc->uc_mcontext.gregs[REG_RCX];
+  siglongjmp(sig_jump, 1);
 }
+/* Runs t on s; on a signal, s is the state the handler saw. Returns the signal's facts. */
+struct sig_facts {
+  int no, code;
+  uint64_t addr;
+};
+static struct sig_facts run_catching(const struct test *t, struct st *s) {
+  static struct st in;
+  struct sig_facts f = {0, 0, 0};
+  in = *s;
+  if (sigsetjmp(sig_jump, 1) == 0) {
+    t->fn(s);
+  } else {
+    *s = in;
+    s->x0 = sig_st.x0;
+    s->x1 = sig_st.x1;
+    s->csr = sig_st.csr;
+    s->r8 = sig_st.r8;
+    s->rcx = sig_st.rcx;
+    f.no = sig_no;
+    f.code = sig_code;
+    f.addr = sig_addr;
+  }
+  __builtin_ia32_ldmxcsr(0x1f80);
+  s->flags &= 0x8d5;
+  return f;
+}
+static void setup(struct st *s, int kind) {
+  memset(s, 0, sizeof *s);
+  if (kind == STR) {
+    fill_str(&s->x0);
+    fill_str(&s->x1);
+    fill_str(&s->x2);
+    s->rax = rand_len();
+    s->rdx = rand_len();
+  } else {
+    fill(&s->x0, kind == GPR ? INT : kind);
+    fill(&s->x1, kind == GPR ? INT : kind);
+    fill(&s->x2, kind == GPR ? INT : kind);
+    s->rax = rand_gpr();
+    s->rdx = rand_gpr();
+  }
+  s->rcx = rand_gpr();
+  s->r8 = rand_gpr();
+  s->r9 = rand_gpr();
+  s->flags = 0x202 | (next() & 0x8d5);
+  s->csr = rand_csr();
+}
+
+/* Unmasked SIMD floating-point exceptions: SIGFPE's si_code, MXCSR and the unchanged
+ * destination, or the results when nothing traps. */
 static const char *const unmasked_lines[] = {"addps", "mulss", "divps", "divsd", "sqrtpd",
                                              "cvtpd2ps", "cvtsd2ss", "cvtps2dq", "cvttsd2si",
                                              "comiss", "ucomisd", "cmpps", "maxsd",
@@ -538,33 +628,59 @@ static void unmasked_test(const struct test *t, struct hash *h) {
   rng = seed_of(key);
   for (int i = 0; i < cases / 4; i++) {
     struct st s;
-    memset(&s, 0, sizeof s);
-    fill(&s.x0, t->kind);
-    fill(&s.x1, t->kind);
-    fill(&s.x2, t->kind);
-    s.r8 = rand_gpr();
-    s.flags = 0x202;
-    s.csr = rand_csr() & ~(uint32_t)((next() & 0x3f) << 7); /* some exceptions unmasked */
-    struct st in = s;
-    int code = 0;
-    if (sigsetjmp(fpe_jump, 1) == 0) {
-      t->fn(&s);
-    } else {
-      code = fpe_code;
-      s = in;
-      s.csr = fpe_csr;
-      s.x1 = fpe_xmm1;
-    }
-    __builtin_ia32_ldmxcsr(0x1f80);
-    s.flags &= 0x8d5;
-    mix(h, &code, sizeof code);
+    setup(&s, t->kind);
+    s.csr &= ~(uint32_t)((next() & 0x3f) << 7); /* some exceptions unmasked */
+    struct sig_facts f = run_catching(t, &s);
+    f.addr = 0;
+    mix(h, &f, sizeof f);
     mix(h, &s, sizeof s);
     h->n++;
   }
 }
 
+/* The unaligned forms: at offsets anywhere in a page, aligned ones, and ones crossing into the
+ * next page (accessible, or with page_fault an inaccessible one). The facts, the state and the
+ * 48 bytes around the operand (stores) are hashed; addresses relative to the page boundary. */
+static uint8_t ubuf[3 * 4096] __attribute__((aligned(4096)));
+static uint8_t *fault_pages;
+static void unaligned_test(const struct test *t, int page_fault, struct hash *h) {
+  char key[96];
+  snprintf(key, sizeof key, "%s %s %s", page_fault ? "page-fault" : "unaligned", t->line, t->form);
+  rng = seed_of(key);
+  uint8_t *boundary = page_fault ? fault_pages + 4096 : ubuf + 8192;
+  for (int i = 0; i < cases / 4; i++) {
+    uint64_t r = next();
+    size_t k = 1 + (r >> 8) % 16;
+    uint8_t *a = boundary - k;
+    if (!page_fault && (r & 3) == 1) a = boundary - 16 * (1 + (r >> 16) % 4);
+    if (!page_fault && (r & 3) >= 2) a = ubuf + 4096 + (r >> 16) % 4096;
+    uint8_t *w = page_fault ? boundary - 48 : a - 16;
+    for (int j = 0; j < 48; j++) w[j] = (uint8_t)next();
+    v16 op;
+    if (t->kind == STR)
+      fill_str(&op);
+    else
+      fill(&op, t->kind == GPR ? INT : t->kind);
+    memcpy(a, &op, page_fault ? k : 16);
+    struct st s;
+    setup(&s, t->kind);
+    s.addr = (uint64_t)(uintptr_t)a;
+    struct sig_facts f = run_catching(t, &s);
+    s.addr = (uint64_t)(a - boundary);
+    f.addr = f.addr ? f.addr - (uint64_t)(uintptr_t)boundary : 1;
+    mix(h, &f, sizeof f);
+    mix(h, &s, sizeof s);
+    mix(h, w, 48);
+    h->n++;
+  }
+}
+
+static void print_line(const char *prefix, const char *line, const struct hash *h) {
+  printf("%s%s: %016llx n=%llu\n", prefix, line, (unsigned long long)h->h,
+         (unsigned long long)h->n);
+}
+
 static void extra_tests(int verbose) {
-  (void)verbose;
   struct hash h = {0xcbf29ce484222325ull, 0};
   xlat_test(&h);
   printf("xlat: %016llx n=%llu\n", (unsigned long long)h.h, (unsigned long long)h.n);
@@ -576,16 +692,37 @@ static void extra_tests(int verbose) {
   }
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
-  sa.sa_sigaction = on_fpe;
+  sa.sa_sigaction = on_signal;
   sa.sa_flags = SA_SIGINFO | SA_NODEFER;
   sigaction(SIGFPE, &sa, NULL);
+  sigaction(SIGSEGV, &sa, NULL);
   for (size_t l = 0; l < N(unmasked_lines); l++) {
     struct hash u = {0xcbf29ce484222325ull, 0};
     for (size_t i = 0; i < N(tests); i++)
       if (!strcmp(tests[i].line, unmasked_lines[l])) unmasked_test(&tests[i], &u);
-    printf("unmasked-%s: %016llx n=%llu\n", unmasked_lines[l], (unsigned long long)u.h,
-           (unsigned long long)u.n);
+    print_line("unmasked-", unmasked_lines[l], &u);
   }
+  fault_pages = mmap(NULL, 2 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (fault_pages == MAP_FAILED || mprotect(fault_pages + 4096, 4096, PROT_NONE)) {
+    perror("mmap");
+    exit(1);
+  }
+  for (int pf = 0; pf < 2; pf++)
+    for (size_t i = 0; i < N(utests);) {
+      struct hash u = {0xcbf29ce484222325ull, 0};
+      size_t j = i;
+      for (; j < N(utests) && !strcmp(utests[j].line, utests[i].line); j++) {
+        struct hash form = {0xcbf29ce484222325ull, 0};
+        unaligned_test(&utests[j], pf, &form);
+        if (verbose)
+          printf("  %s%s %s: %016llx n=%llu\n", pf ? "page-fault-" : "unaligned-", utests[j].line,
+                 utests[j].form, (unsigned long long)form.h, (unsigned long long)form.n);
+        mix(&u, &form, sizeof form);
+        u.n += form.n;
+      }
+      print_line(pf ? "page-fault-" : "unaligned-", utests[i].line, &u);
+      i = j;
+    }
 }
 
 int main(int argc, char **argv) {
