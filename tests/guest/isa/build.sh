@@ -2,11 +2,11 @@
 # Builds the ISA workload of tests/guest_isa.rs: isa.c compiled statically with the host's gcc
 # into OUT (installing gcc and libc6-dev with apt-get if they are missing, as on a fresh CI
 # machine), and OUT/initrd.cpio: BASE (the test initramfs of tests/guest/fetch.sh) followed by a
-# second newc archive with /isa/isa, /isa/run and this worktree's tests/guest/init as /init
-# (Linux unpacks concatenated archives in order, later files replacing earlier ones, so the
-# guest runs /isa/run between KRR-ISA-START and KRR-ISA-END whatever init the shared cache's
-# initramfs was built from). Usage: build.sh OUT BASE. Prints the native binary's path and the
-# initrd's, one a line.
+# second newc archive with /isa/isa, /isa/run (two copies of it at once) and this worktree's
+# tests/guest/init as /init (Linux unpacks concatenated archives in order, later files
+# replacing earlier ones, so the guest runs /isa/run between KRR-ISA-START and KRR-ISA-END
+# whatever init the shared cache's initramfs was built from). Usage: build.sh OUT BASE. Prints
+# the native binary's path and the initrd's, one a line.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=$1
@@ -29,7 +29,21 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/isa"
 cp "$out/isa" "$stage/isa/isa"
-printf '#!/bin/sh\nexec /isa/isa\n' > "$stage/isa/run"
+# Two copies at once, so the kernel switches between two processes with different XMM and
+# MXCSR state: the first's lines, then whether the second printed the same.
+cat > "$stage/isa/run" <<'RUN'
+#!/bin/sh
+/isa/isa > /tmp/isa.a &
+/isa/isa > /tmp/isa.b
+wait
+cat /tmp/isa.a
+if cmp -s /tmp/isa.a /tmp/isa.b; then
+  echo "concurrent: same"
+else
+  echo "concurrent: differs"
+  sed 's/^/second: /' /tmp/isa.b
+fi
+RUN
 cp "$here/../init" "$stage/init"
 chmod +x "$stage/isa/run" "$stage/init"
 (cd "$stage" && find . -mindepth 1 | cpio -o -H newc --quiet) > "$out/isa.cpio"
