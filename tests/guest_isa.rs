@@ -1,7 +1,8 @@
 //! User programs in the Debian guest that use every extension krr's CPU models print the same
 //! lines as on this host. `tests/guest/isa/isa.c` (SSE, SSE2, SSE3, SSSE3, SSE4.1, SSE4.2,
 //! POPCNT, AES-NI, PCLMULQDQ, MOVBE, XLAT, REP MOVS/STOS, glibc's string routines, unmasked
-//! SIMD exceptions, unaligned and page-crossing memory operands) runs fixed-seed pseudo-random
+//! SIMD exceptions, unaligned and page-crossing memory operands, RIP-relative operands after an
+//! immediate, xmm8..xmm15) runs fixed-seed pseudo-random
 //! inputs, with floating-point edge values and random MXCSR rounding/DAZ/FTZ, and prints one
 //! `NAME: <hash> n=<cases>` line per instruction. `tests/guest/isa/build.sh` compiles it
 //! statically with the host's gcc and appends an archive with it to the test initramfs; the
@@ -199,6 +200,13 @@ const GROUPS: &[&str] = &[
     "page-fault-movdqu",
     "unaligned-addps",
     "unaligned-movdqa",
+    "unaligned-ldmxcsr",
+    "rip-pcmpestri",
+    "rip-pextrd",
+    "rip-movbe",
+    "high-blendvps",
+    "high-pcmpestrm",
+    "high-maskmovdqu",
 ];
 
 /// (native binary, initrd): built once per test binary by tests/guest/isa/build.sh.

@@ -47,7 +47,8 @@ struct st {
     __asm__ volatile(PRE code POST                                                       \
                      :                                                                   \
                      : "D"(p)                                                            \
-                     : "rax", "rcx", "rdx", "r8", "r9", "r10", "xmm0", "xmm1", "xmm2", "memory", \
+                     : "rax", "rcx", "rdx", "r8", "r9", "r10", "xmm0", "xmm1", "xmm2", "xmm3", "xmm8", \
+                       "xmm9", "xmm10", "xmm15", "memory", \
                        "cc");                                                            \
   }
 
@@ -270,12 +271,85 @@ static const struct test tests[] = {LIST(T_R, T_RI, T_G, T_G1)};
   U(palignr, 3, INT, "palignr $3,(%%r10),%%xmm1") U(pcmpeqb, ld, INT, "pcmpeqb (%%r10),%%xmm1") \
   U(ptest, ld, INT, "ptest (%%r10),%%xmm1") U(dpps, 0xff, PS, "dpps $0xff,(%%r10),%%xmm1")  \
   U(roundps, 1, PS, "roundps $1,(%%r10),%%xmm1") U(aesenc, ld, INT, "aesenc (%%r10),%%xmm1") \
-  U(pclmulqdq, 0x11, INT, "pclmulqdq $0x11,(%%r10),%%xmm1")
+  U(pclmulqdq, 0x11, INT, "pclmulqdq $0x11,(%%r10),%%xmm1")                               \
+  U(ldmxcsr, ld, INT, "ldmxcsr (%%r10)") U(stmxcsr, st, INT, "stmxcsr (%%r10)")
 
 #define D_U(line, id, kind, s) FN(u_##line##_##id, s)
 ULIST(D_U)
 #define T_U(line, id, kind, s) {#line, #id, u_##line##_##id, kind},
 static const struct test utests[] = {ULIST(T_U)};
+
+/* RIP-relative memory operands (the displacement counts from the end of the instruction, after
+ * its immediate): x2 goes to isa_ripmem before and comes back after (stores). */
+v16 isa_ripmem;
+#define RIP(s) "movdqa %%xmm2,isa_ripmem(%%rip)\n\t" s "\n\tmovdqa isa_ripmem(%%rip),%%xmm3\n\tmovdqa %%xmm3,32(%%rdi)"
+#define RLIST(X)                                                                            \
+  X(addps, x, PS, "addps isa_ripmem(%%rip),%%xmm1")                                         \
+  X(pshufd, x, INT, "pshufd $0x1b,isa_ripmem(%%rip),%%xmm1")                                \
+  X(pshufhw, x, INT, "pshufhw $0x1b,isa_ripmem(%%rip),%%xmm1")                              \
+  X(shufps, x, PS, "shufps $0x4e,isa_ripmem(%%rip),%%xmm1")                                 \
+  X(cmpps, x, PS, "cmpps $2,isa_ripmem(%%rip),%%xmm1")                                      \
+  X(cmpsd, x, PD, "cmpsd $5,isa_ripmem(%%rip),%%xmm1")                                      \
+  X(roundps, x, PS, "roundps $1,isa_ripmem(%%rip),%%xmm1")                                  \
+  X(roundsd, x, PD, "roundsd $2,isa_ripmem(%%rip),%%xmm1")                                  \
+  X(pcmpestri, x, STR, "pcmpestri $0x0c,isa_ripmem(%%rip),%%xmm1")                          \
+  X(pcmpistrm, x, STR, "pcmpistrm $0x40,isa_ripmem(%%rip),%%xmm1")                          \
+  X(insertps, x, PS, "insertps $0x10,isa_ripmem(%%rip),%%xmm1")                             \
+  X(palignr, x, INT, "palignr $3,isa_ripmem(%%rip),%%xmm1")                                 \
+  X(pinsrq, x, GPR, "pinsrq $1,isa_ripmem(%%rip),%%xmm1")                                   \
+  X(pinsrb, x, GPR, "pinsrb $15,isa_ripmem(%%rip),%%xmm1")                                  \
+  X(pextrd, x, INT, "pextrd $1,%%xmm1,isa_ripmem(%%rip)")                                   \
+  X(pextrb, x, INT, "pextrb $7,%%xmm1,isa_ripmem(%%rip)")                                   \
+  X(pextrw, x, INT, "pextrw $2,%%xmm1,isa_ripmem(%%rip)")                                   \
+  X(extractps, x, PS, "extractps $3,%%xmm1,isa_ripmem(%%rip)")                              \
+  X(dpps, x, PS, "dpps $0xf1,isa_ripmem(%%rip),%%xmm1")                                     \
+  X(dppd, x, PD, "dppd $0x31,isa_ripmem(%%rip),%%xmm1")                                     \
+  X(mpsadbw, x, INT, "mpsadbw $5,isa_ripmem(%%rip),%%xmm1")                                 \
+  X(blendps, x, PS, "blendps $5,isa_ripmem(%%rip),%%xmm1")                                  \
+  X(pblendw, x, INT, "pblendw $0xa5,isa_ripmem(%%rip),%%xmm1")                              \
+  X(pclmulqdq, x, INT, "pclmulqdq $0x10,isa_ripmem(%%rip),%%xmm1")                          \
+  X(aeskeygenassist, x, INT, "aeskeygenassist $0x1b,isa_ripmem(%%rip),%%xmm1")              \
+  X(pshufb, x, INT, "pshufb isa_ripmem(%%rip),%%xmm1")                                      \
+  X(movups, x, PS, "movups %%xmm1,isa_ripmem(%%rip)")                                       \
+  X(crc32, x, GPR, "crc32q isa_ripmem(%%rip),%%r8")                                         \
+  X(popcnt, x, GPR, "popcntq isa_ripmem(%%rip),%%r8")                                       \
+  X(movbe, x, GPR, "movbeq %%r8,isa_ripmem(%%rip)")                                         \
+  X(cvtsi2sd, x, GPR, "cvtsi2sdq isa_ripmem(%%rip),%%xmm1")
+#define D_RIP(line, id, kind, s) FN(rip_##line, RIP(s))
+RLIST(D_RIP)
+#define T_RIP(line, id, kind, s) {"rip-" #line, #id, rip_##line, kind},
+static const struct test rip_tests[] = {RLIST(T_RIP)};
+
+/* xmm8..xmm15 (REX.R/REX.B): x0, x1, x2 in xmm8, xmm9, xmm10 (xmm15 for some). */
+#define HIGH(s)                                                                            \
+  "movdqa %%xmm0,%%xmm8\n\tmovdqa %%xmm1,%%xmm9\n\tmovdqa %%xmm2,%%xmm10\n\t" s             \
+  "\n\tmovdqa %%xmm8,%%xmm0\n\tmovdqa %%xmm9,%%xmm1"
+#define HLIST(X)                                                                            \
+  X(addps, PS, "addps %%xmm10,%%xmm9") X(pshufb, INT, "pshufb %%xmm10,%%xmm9")              \
+  X(pcmpestri, STR, "pcmpestri $0x0c,%%xmm10,%%xmm9")                                       \
+  X(pcmpestrm, STR, "pcmpestrm $0x40,%%xmm10,%%xmm9\n\tmovdqa %%xmm0,%%xmm8")               \
+  X(blendvps, PS, "blendvps %%xmm0,%%xmm10,%%xmm9") X(pextrq, INT, "pextrq $1,%%xmm10,%%r8") \
+  X(pinsrq, GPR, "pinsrq $1,%%r9,%%xmm9") X(cvtsi2sd, GPR, "cvtsi2sdq %%r9,%%xmm9")         \
+  X(cvttsd2si, PD, "cvttsd2si %%xmm10,%%r8") X(movmskps, PS, "movmskps %%xmm10,%%r8d")      \
+  X(ptest, INT, "ptest %%xmm10,%%xmm9") X(aesenc, INT, "aesenc %%xmm10,%%xmm9")             \
+  X(aesdeclast, INT, "movdqa %%xmm10,%%xmm15\n\taesdeclast %%xmm8,%%xmm15\n\tmovdqa %%xmm15,%%xmm9")                  \
+  X(pclmulqdq, INT, "pclmulqdq $0x01,%%xmm10,%%xmm9") X(roundss, PS, "roundss $3,%%xmm10,%%xmm9") \
+  X(dpps, PS, "dpps $0x7f,%%xmm10,%%xmm9") X(insertps, PS, "insertps $0x5c,%%xmm10,%%xmm9") \
+  X(palignr, INT, "palignr $9,%%xmm10,%%xmm9") X(psrldq, INT, "psrldq $7,%%xmm9")           \
+  X(pslld, INT, "pslld %%xmm10,%%xmm9") X(pshufd, INT, "pshufd $0x39,%%xmm10,%%xmm9")       \
+  X(movq, INT, "movq %%xmm10,%%xmm9") X(movhlps, PS, "movhlps %%xmm10,%%xmm9")              \
+  X(comisd, PD, "comisd %%xmm10,%%xmm9") X(pmovmskb, INT, "pmovmskb %%xmm10,%%r8d")         \
+  X(phminposuw, INT, "phminposuw %%xmm10,%%xmm9") X(extractps, PS, "extractps $1,%%xmm10,%%r8d") \
+  X(unpckhpd, PD, "unpckhpd %%xmm10,%%xmm9") X(pmaddubsw, INT, "pmaddubsw %%xmm10,%%xmm9")  \
+  X(psadbw, INT, "psadbw %%xmm10,%%xmm9") X(movss, PS, "movss %%xmm10,%%xmm9")              \
+  X(pand, INT, "pand %%xmm10,%%xmm9") X(pcmpeqb, INT, "pcmpeqb %%xmm10,%%xmm9")             \
+  X(cvtps2pd, PS, "cvtps2pd %%xmm10,%%xmm15\n\tmovdqa %%xmm15,%%xmm9")                      \
+  X(sqrtsd, PD, "movdqa %%xmm10,%%xmm15\n\tsqrtsd %%xmm15,%%xmm9")                                                    \
+  X(maskmovdqu, INT, "lea 32(%%rdi),%%rdi\n\tmaskmovdqu %%xmm10,%%xmm9\n\tlea -32(%%rdi),%%rdi")
+#define D_HIGH(line, kind, s) FN(high_##line, HIGH(s))
+HLIST(D_HIGH)
+#define T_HIGH(line, kind, s) {"high-" #line, "x", high_##line, kind},
+static const struct test high_tests[] = {HLIST(T_HIGH)};
 
 /* splitmix64 */
 static uint64_t rng;
@@ -725,25 +799,32 @@ static void extra_tests(int verbose) {
     }
 }
 
-int main(int argc, char **argv) {
-  int verbose = argc > 1 && !strcmp(argv[1], "-v");
-  if (getenv("ISA_CASES")) cases = atoi(getenv("ISA_CASES"));
-  setvbuf(stdout, NULL, _IOLBF, 0);
-  for (size_t i = 0; i < N(tests);) {
+/* One line per run of consecutive entries with the same line name. */
+static void run_table(const struct test *tab, size_t n, int verbose) {
+  for (size_t i = 0; i < n;) {
     struct hash line = {0xcbf29ce484222325ull, 0};
     size_t j = i;
-    for (; j < N(tests) && !strcmp(tests[j].line, tests[i].line); j++) {
+    for (; j < n && !strcmp(tab[j].line, tab[i].line); j++) {
       struct hash form = {0xcbf29ce484222325ull, 0};
-      run_test(&tests[j], &form);
-      if (verbose) printf("  %s %s: %016llx n=%llu\n", tests[j].line, tests[j].form,
+      run_test(&tab[j], &form);
+      if (verbose) printf("  %s %s: %016llx n=%llu\n", tab[j].line, tab[j].form,
                           (unsigned long long)form.h, (unsigned long long)form.n);
       mix(&line, &form, sizeof form);
       line.n += form.n;
     }
-    printf("%s: %016llx n=%llu\n", tests[i].line, (unsigned long long)line.h,
+    printf("%s: %016llx n=%llu\n", tab[i].line, (unsigned long long)line.h,
            (unsigned long long)line.n);
     i = j;
   }
+}
+
+int main(int argc, char **argv) {
+  int verbose = argc > 1 && !strcmp(argv[1], "-v");
+  if (getenv("ISA_CASES")) cases = atoi(getenv("ISA_CASES"));
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  run_table(tests, N(tests), verbose);
+  run_table(rip_tests, N(rip_tests), verbose);
+  run_table(high_tests, N(high_tests), verbose);
   extra_tests(verbose);
   return 0;
 }
