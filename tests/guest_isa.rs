@@ -207,6 +207,11 @@ const GROUPS: &[&str] = &[
     "high-blendvps",
     "high-pcmpestrm",
     "high-maskmovdqu",
+    "prefix-addsd_f3f2",
+    "prefix-lock_addps",
+    "page-fault-rep_movsb",
+    "page-fault-rep_stosb",
+    "unaligned-movnti",
 ];
 
 /// (native binary, initrd): built once per test binary by tests/guest/isa/build.sh.

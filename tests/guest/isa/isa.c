@@ -10,7 +10,8 @@
  * store forms count) is one line per instruction: `NAME: <hash> n=<cases>`.
  *
  * Build: gcc -static -O2 -mno-red-zone -o isa isa.c   (the asm needs no -m flags)
- * Run:   isa [-v]   (-v: one line per form and immediate, to narrow a difference down)
+ * Run:   isa [-v | -d NAME]   (-v: one line per form and immediate, to narrow a difference
+ *        down; -d: the state after every case of line NAME, to find the input)
  */
 #define _GNU_SOURCE
 #include <signal.h>
@@ -51,6 +52,12 @@ struct st {
                        "xmm9", "xmm10", "xmm15", "memory", \
                        "cc");                                                            \
   }
+
+/* A signal the instruction raised (no = 0: none). */
+struct sig_facts {
+  int no, code;
+  uint64_t addr;
+};
 
 /* Input kinds. */
 enum { PS, PD, INT, STR, GPR };
@@ -272,7 +279,10 @@ static const struct test tests[] = {LIST(T_R, T_RI, T_G, T_G1)};
   U(ptest, ld, INT, "ptest (%%r10),%%xmm1") U(dpps, 0xff, PS, "dpps $0xff,(%%r10),%%xmm1")  \
   U(roundps, 1, PS, "roundps $1,(%%r10),%%xmm1") U(aesenc, ld, INT, "aesenc (%%r10),%%xmm1") \
   U(pclmulqdq, 0x11, INT, "pclmulqdq $0x11,(%%r10),%%xmm1")                               \
-  U(ldmxcsr, ld, INT, "ldmxcsr (%%r10)") U(stmxcsr, st, INT, "stmxcsr (%%r10)")
+  U(ldmxcsr, ld, INT, "ldmxcsr (%%r10)") U(stmxcsr, st, INT, "stmxcsr (%%r10)")            \
+  U(movnti, q, GPR, "movnti %%r8,(%%r10)") U(movnti, l, GPR, "movnti %%r8d,(%%r10)")        \
+  U(clflush, x, INT, "clflush (%%r10)") U(prefetcht0, x, INT, "prefetcht0 (%%r10)")         \
+  U(prefetchnta, x, INT, "prefetchnta (%%r10)")
 
 #define D_U(line, id, kind, s) FN(u_##line##_##id, s)
 ULIST(D_U)
@@ -350,6 +360,24 @@ static const struct test rip_tests[] = {RLIST(T_RIP)};
 HLIST(D_HIGH)
 #define T_HIGH(line, kind, s) {"high-" #line, "x", high_##line, kind},
 static const struct test high_tests[] = {HLIST(T_HIGH)};
+
+/* Prefixes (raw bytes; x1 in xmm1, x2 in xmm2): redundant and conflicting mandatory prefixes,
+ * REX.W where it is ignored, REX not next to the opcode (ignored), segment overrides on
+ * register forms; LOCK and 0F B8 without F3 (#UD, SIGILL); the fences and PAUSE. */
+#define MLIST(X)                                                                            \
+  X(addss_66f3, ".byte 0x66,0xf3,0x0f,0x58,0xca") X(addsd_f3f2, ".byte 0xf3,0xf2,0x0f,0x58,0xca") \
+  X(addss_f2f3, ".byte 0xf2,0xf3,0x0f,0x58,0xca") X(addpd_6666, ".byte 0x66,0x66,0x0f,0x58,0xca") \
+  X(addps_rexw, ".byte 0x48,0x0f,0x58,0xca") X(addpd_rex66, ".byte 0x48,0x66,0x0f,0x58,0xca") \
+  X(pshufb_ds, ".byte 0x3e,0x66,0x0f,0x38,0x00,0xca")                                       \
+  X(movq_66rexwb, ".byte 0x66,0x49,0x0f,0x7e,0xc8")                                         \
+  X(roundsd_cs, ".byte 0x2e,0x66,0x0f,0x3a,0x0b,0xca,0x05")                                 \
+  X(crc32_66rexw, ".byte 0x66,0xf2,0x4d,0x0f,0x38,0xf1,0xc1")                               \
+  X(lock_addps, ".byte 0xf0,0x0f,0x58,0xca") X(lock_pshufb, ".byte 0xf0,0x66,0x0f,0x38,0x00,0xca") \
+  X(popcnt_nof3, ".byte 0x0f,0xb8,0xc1") X(fences, "lfence\n\tsfence\n\tmfence\n\tpause")
+#define D_MISC(line, s) FN(misc_##line, s)
+MLIST(D_MISC)
+#define T_MISC(line, s) {"prefix-" #line, "x", misc_##line, INT},
+static const struct test misc_tests[] = {MLIST(T_MISC)};
 
 /* splitmix64 */
 static uint64_t rng;
@@ -484,8 +512,20 @@ static uint32_t rand_csr(void) {
 }
 
 static int cases = 600;
+/* `isa -d NAME`: every case of the forms of line NAME (without prefix), to find the input. */
+static const char *dump_line;
+static void dump(const char *what, const struct test *t, int i, const struct sig_facts *f,
+                 const struct st *s) {
+  if (!dump_line || strcmp(dump_line, t->line)) return;
+  const uint64_t *x = (const uint64_t *)s;
+  printf("%s %s %d: sig %d/%d/%llx", what, t->form, i, f->no, f->code,
+         (unsigned long long)f->addr);
+  for (size_t k = 0; k < sizeof *s / 8; k++) printf(" %016llx", (unsigned long long)x[k]);
+  printf("\n");
+}
 
 static void setup(struct st *s, int kind);
+static struct sig_facts run_catching(const struct test *t, struct st *s);
 
 static void run_test(const struct test *t, struct hash *h) {
   char key[96];
@@ -494,9 +534,9 @@ static void run_test(const struct test *t, struct hash *h) {
   for (int i = 0; i < cases; i++) {
     struct st s;
     setup(&s, t->kind);
-    t->fn(&s);
-    __builtin_ia32_ldmxcsr(0x1f80);
-    s.flags &= 0x8d5;
+    struct sig_facts f = run_catching(t, &s);
+    if (f.no) mix(h, &f, sizeof f);
+    dump("", t, i, &f, &s);
     mix(h, &s, sizeof s);
     h->n++;
   }
@@ -628,7 +668,7 @@ static void str_test(int op, struct hash *h) {
 #include <ucontext.h>
 static sigjmp_buf sig_jump;
 static volatile int sig_no, sig_code;
-static volatile uint64_t sig_addr;
+static volatile uint64_t sig_addr, sig_rsi, sig_rdi;
 static struct st sig_st;
 static void on_signal(int sig, siginfo_t *si, void *ctx) {
   ucontext_t *uc = ctx;
@@ -640,13 +680,11 @@ static void on_signal(int sig, siginfo_t *si, void *ctx) {
   sig_st.csr = uc->uc_mcontext.fpregs->mxcsr;
   sig_st.r8 = uc->uc_mcontext.gregs[REG_R8];
   sig_st.rcx = uc->uc_mcontext.gregs[REG_RCX];
+  sig_rsi = uc->uc_mcontext.gregs[REG_RSI];
+  sig_rdi = uc->uc_mcontext.gregs[REG_RDI];
   siglongjmp(sig_jump, 1);
 }
 /* Runs t on s; on a signal, s is the state the handler saw. Returns the signal's facts. */
-struct sig_facts {
-  int no, code;
-  uint64_t addr;
-};
 static struct sig_facts run_catching(const struct test *t, struct st *s) {
   static struct st in;
   struct sig_facts f = {0, 0, 0};
@@ -735,6 +773,10 @@ static void unaligned_test(const struct test *t, int page_fault, struct hash *h)
       fill_str(&op);
     else
       fill(&op, t->kind == GPR ? INT : t->kind);
+    /* MXCSR bit 17 is AMD's misaligned-SSE mode (MXCSR_MASK 0x2ffff on CPUs with
+     * MisAlignSse): LDMXCSR accepts it there, krr's CPU (MXCSR_MASK 0xffff) raises #GP as
+     * Intel's do. The other reserved bits (#GP everywhere) stay. */
+    if (!strcmp(t->line, "ldmxcsr")) op.b[2] &= (uint8_t)~2;
     memcpy(a, &op, page_fault ? k : 16);
     struct st s;
     setup(&s, t->kind);
@@ -745,6 +787,45 @@ static void unaligned_test(const struct test *t, int page_fault, struct hash *h)
     mix(h, &f, sizeof f);
     mix(h, &s, sizeof s);
     mix(h, w, 48);
+    dump(page_fault ? "page-fault" : "unaligned", t, i, &f, &s);
+    h->n++;
+  }
+}
+
+/* REP MOVSB/STOSB/MOVSQ running into an inaccessible page: the fault leaves RCX, RSI and RDI at
+ * the faulting element and the bytes before it written (what the kernel's copy_user fixups
+ * count on). */
+static void rep_fault_test(int op, struct hash *h) {
+  static const char *const names[] = {"rep_movsb", "rep_movsq", "rep_stosb"};
+  rng = seed_of(names[op]);
+  uint8_t *boundary = fault_pages + 4096;
+  for (int i = 0; i < cases / 4; i++) {
+    uint64_t r = next();
+    size_t k = (r >> 8) % 300, n = k + 1 + (r >> 24) % 2000, q = op == 1 ? 8 : 1;
+    for (size_t j = 0; j < 512; j++) boundary[j - 512] = (uint8_t)next();
+    for (size_t j = 0; j < 4096; j++) ubuf[j] = (uint8_t)next();
+    uint64_t src = (uint64_t)(uintptr_t)(ubuf + (r >> 40) % 64);
+    uint64_t dst = (uint64_t)(uintptr_t)(boundary - k), c = (n + q - 1) / q, a = next();
+    uint64_t out[5] = {0, 0, 0, 0, 0};
+    if (sigsetjmp(sig_jump, 1) == 0) {
+      if (op == 0)
+        __asm__ volatile("rep movsb" : "+S"(src), "+D"(dst), "+c"(c) : : "memory");
+      else if (op == 1)
+        __asm__ volatile("rep movsq" : "+S"(src), "+D"(dst), "+c"(c) : : "memory");
+      else
+        __asm__ volatile("rep stosb" : "+D"(dst), "+c"(c) : "a"(a) : "memory");
+      out[0] = 1;
+    } else {
+      out[1] = (uint64_t)sig_no << 32 | (uint32_t)sig_code;
+      out[2] = sig_addr - (uint64_t)(uintptr_t)boundary;
+      c = sig_st.rcx;
+      src = op == 2 ? 0 : sig_rsi;
+      dst = sig_rdi;
+    }
+    out[3] = c;
+    out[4] = (dst - (uint64_t)(uintptr_t)boundary) ^ (src ? (src - (uint64_t)(uintptr_t)ubuf) << 32 : 0);
+    mix(h, out, sizeof out);
+    mix(h, boundary - 512, 512);
     h->n++;
   }
 }
@@ -764,22 +845,11 @@ static void extra_tests(int verbose) {
     printf("%s: %016llx n=%llu\n", str_names[op], (unsigned long long)s.h,
            (unsigned long long)s.n);
   }
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_sigaction = on_signal;
-  sa.sa_flags = SA_SIGINFO | SA_NODEFER;
-  sigaction(SIGFPE, &sa, NULL);
-  sigaction(SIGSEGV, &sa, NULL);
   for (size_t l = 0; l < N(unmasked_lines); l++) {
     struct hash u = {0xcbf29ce484222325ull, 0};
     for (size_t i = 0; i < N(tests); i++)
       if (!strcmp(tests[i].line, unmasked_lines[l])) unmasked_test(&tests[i], &u);
     print_line("unmasked-", unmasked_lines[l], &u);
-  }
-  fault_pages = mmap(NULL, 2 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (fault_pages == MAP_FAILED || mprotect(fault_pages + 4096, 4096, PROT_NONE)) {
-    perror("mmap");
-    exit(1);
   }
   for (int pf = 0; pf < 2; pf++)
     for (size_t i = 0; i < N(utests);) {
@@ -797,6 +867,12 @@ static void extra_tests(int verbose) {
       print_line(pf ? "page-fault-" : "unaligned-", utests[i].line, &u);
       i = j;
     }
+  for (int op = 0; op < 3; op++) {
+    static const char *const names[] = {"rep_movsb", "rep_movsq", "rep_stosb"};
+    struct hash u = {0xcbf29ce484222325ull, 0};
+    rep_fault_test(op, &u);
+    print_line("page-fault-", names[op], &u);
+  }
 }
 
 /* One line per run of consecutive entries with the same line name. */
@@ -820,11 +896,25 @@ static void run_table(const struct test *tab, size_t n, int verbose) {
 
 int main(int argc, char **argv) {
   int verbose = argc > 1 && !strcmp(argv[1], "-v");
+  if (argc > 2 && !strcmp(argv[1], "-d")) dump_line = argv[2];
   if (getenv("ISA_CASES")) cases = atoi(getenv("ISA_CASES"));
   setvbuf(stdout, NULL, _IOLBF, 0);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_signal;
+  sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+  sigaction(SIGFPE, &sa, NULL);
+  sigaction(SIGSEGV, &sa, NULL);
+  sigaction(SIGILL, &sa, NULL);
+  fault_pages = mmap(NULL, 2 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (fault_pages == MAP_FAILED || mprotect(fault_pages + 4096, 4096, PROT_NONE)) {
+    perror("mmap");
+    exit(1);
+  }
   run_table(tests, N(tests), verbose);
   run_table(rip_tests, N(rip_tests), verbose);
   run_table(high_tests, N(high_tests), verbose);
+  run_table(misc_tests, N(misc_tests), verbose);
   extra_tests(verbose);
   return 0;
 }
