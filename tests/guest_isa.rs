@@ -1,12 +1,13 @@
 //! User programs in the Debian guest that use every extension krr's CPU models print the same
 //! lines as on this host. `tests/guest/isa/isa.c` (SSE, SSE2, SSE3, SSSE3, SSE4.1, SSE4.2,
-//! POPCNT, AES-NI, PCLMULQDQ, MOVBE, XLAT, REP MOVS/STOS, glibc's string routines, unmasked
-//! SIMD exceptions, unaligned and page-crossing memory operands, RIP-relative operands after an
-//! immediate, xmm8..xmm15) runs fixed-seed pseudo-random
-//! inputs, with floating-point edge values and random MXCSR rounding/DAZ/FTZ, and prints one
-//! `NAME: <hash> n=<cases>` line per instruction. `tests/guest/isa/build.sh` compiles it
-//! statically with the host's gcc and appends an archive with it to the test initramfs; the
-//! guest's init runs two copies of it at once (context switches between two SIMD users) between
+//! POPCNT, AES-NI, PCLMULQDQ, MOVBE, BMI1, BMI2, ADX, LZCNT, CMPXCHG16B, FSGSBASE, XLAT, REP
+//! MOVS/STOS, glibc's string routines, unmasked SIMD exceptions, unaligned, page-crossing and
+//! faulting memory operands, RIP-relative operands after an immediate, xmm8..xmm15, prefix
+//! edge cases) runs fixed-seed pseudo-random inputs, with floating-point edge values and random
+//! MXCSR rounding/DAZ/FTZ, and prints one `NAME: <hash> n=<cases>` line per instruction.
+//! `tests/guest/isa/build.sh` compiles it statically with the host's gcc and appends an archive
+//! with it to the test initramfs; the guest's init runs two copies of it at once (context
+//! switches between two SIMD users) between
 //! `KRR-ISA-START` and `KRR-ISA-END` after the usual workload, printing the first's lines and
 //! `concurrent: same` when the second's are equal. The host's output is the expectation,
 //! compared exactly.
@@ -212,6 +213,22 @@ const GROUPS: &[&str] = &[
     "page-fault-rep_movsb",
     "page-fault-rep_stosb",
     "unaligned-movnti",
+    // BMI1, BMI2, ADX, LZCNT, CMPXCHG16B, FSGSBASE
+    "andn",
+    "bextr",
+    "blsr",
+    "tzcnt",
+    "lzcnt",
+    "bzhi",
+    "mulx",
+    "pdep",
+    "pext",
+    "rorx",
+    "shrx",
+    "adcx",
+    "adox",
+    "cmpxchg16b",
+    "gsbase",
 ];
 
 /// (native binary, initrd): built once per test binary by tests/guest/isa/build.sh.
