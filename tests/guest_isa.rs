@@ -229,6 +229,7 @@ const GROUPS: &[&str] = &[
     "adox",
     "cmpxchg16b",
     "gsbase",
+    "fxsave",
 ];
 
 /// (native binary, initrd): built once per test binary by tests/guest/isa/build.sh.
