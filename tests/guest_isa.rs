@@ -230,6 +230,8 @@ const GROUPS: &[&str] = &[
     "cmpxchg16b",
     "gsbase",
     "fxsave",
+    "fs_addps",
+    "gs_pcmpestri",
 ];
 
 /// (native binary, initrd): built once per test binary by tests/guest/isa/build.sh.

@@ -425,6 +425,23 @@ BLIST(D_B)
 #define T_B(line, id, mask, s) {#line, #id, b_##line##_##id, GPR, mask},
 static const struct test gpr_tests[] = {BLIST(T_B)};
 
+/* SIMD memory operands through FS (glibc's TLS base; r11 = the operand's offset from it) and
+ * GS (its base set to the struct). */
+#define FSOFF "rdfsbase %%r11\n\tneg %%r11\n\tlea 32(%%rdi,%%r11),%%r11\n\t"
+#define GS(s) "rdgsbase %%r10\n\twrgsbase %%rdi\n\t" s "\n\twrgsbase %%r10"
+#define SLIST(X)                                                                            \
+  X(fs_addps, PS, FSOFF "addps %%fs:(%%r11),%%xmm1")                                        \
+  X(fs_movdqu, INT, FSOFF "movdqu %%xmm1,%%fs:(%%r11)")                                     \
+  X(fs_pextrq, INT, FSOFF "pextrq $1,%%xmm1,%%fs:(%%r11)")                                  \
+  X(gs_pcmpestri, STR, GS("pcmpestri $0x0c,%%gs:32,%%xmm1"))                                \
+  X(gs_roundsd, PD, GS("roundsd $3,%%gs:32,%%xmm1"))                                        \
+  X(gs_crc32, GPR, GS("crc32q %%gs:80,%%r8"))                                               \
+  X(gs_movss, PS, GS("movss %%xmm1,%%gs:36"))
+#define D_S(line, kind, s) FN(s_##line, s)
+SLIST(D_S)
+#define T_S(line, kind, s) {#line, "x", s_##line, kind},
+static const struct test seg_tests[] = {SLIST(T_S)};
+
 /* splitmix64 */
 static uint64_t rng;
 static uint64_t next(void) {
@@ -1008,6 +1025,7 @@ int main(int argc, char **argv) {
   run_table(high_tests, N(high_tests), verbose);
   run_table(misc_tests, N(misc_tests), verbose);
   run_table(gpr_tests, N(gpr_tests), verbose);
+  run_table(seg_tests, N(seg_tests), verbose);
   extra_tests(verbose);
   return 0;
 }
