@@ -20,7 +20,9 @@ pub struct Apic {
     pub isr: [u32; 8],
     pub tmr: [u32; 8],
     pub irr: [u32; 8],
-    pub lvt: [u32; 7],
+    /// LVT timer, thermal, perf, LINT0, LINT1, error: 6 entries (QEMU's APIC_LVT_NB; the
+    /// spec's `lvt[7]` is one too many, see the stream description of a real QEMU).
+    pub lvt: [u32; 6],
     pub esr: u32,
     pub icr: [u32; 2],
     pub divide_conf: u32,
@@ -33,7 +35,7 @@ pub struct Apic {
 }
 
 /// Bytes of the version-3 fields.
-pub const APIC_FIELDS_SIZE: u64 = 185;
+pub const APIC_FIELDS_SIZE: u64 = 181;
 
 pub fn read_apic(src: &mut Src, desc: Option<&DeviceDesc>) -> Result<Apic, KrrError> {
     let w = "an apic field";
