@@ -59,6 +59,23 @@ impl KrrError {
     }
 }
 
+/// An error message on one line: control characters from the file (names are read from
+/// it) escaped.
+fn one_line(s: String) -> String {
+    if !s.chars().any(char::is_control) {
+        return s;
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// The file name and (optional) index errors are reported against.
 #[derive(Debug, Clone)]
 pub struct Ctx {
@@ -83,13 +100,13 @@ impl Ctx {
     pub fn invalid(&self, offset: u64, what: impl Into<String>) -> KrrError {
         KrrError::Invalid {
             at: self.at(offset),
-            what: what.into(),
+            what: one_line(what.into()),
         }
     }
     pub fn unsupported(&self, offset: u64, what: impl Into<String>) -> KrrError {
         KrrError::Unsupported {
             at: self.at(offset),
-            what: what.into(),
+            what: one_line(what.into()),
         }
     }
     pub fn truncated(
@@ -101,7 +118,7 @@ impl Ctx {
     ) -> KrrError {
         KrrError::Truncated {
             at: self.at(offset),
-            what: what.into(),
+            what: one_line(what.into()),
             needed,
             available,
         }
