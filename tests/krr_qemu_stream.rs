@@ -213,7 +213,7 @@ fn qemu_7_2_snapshot_of_a_booting_512m_guest() {
     assert_eq!(apic.id, 0);
     // The firmware put ivshmem's BAR2 somewhere aligned.
     let bar2 = s.ivshmem.as_ref().unwrap().bar2();
-    assert!(bar2 != 0 && bar2 % (1 << 20) == 0, "BAR2 {bar2:#x}");
+    assert!(bar2 != 0 && bar2.is_multiple_of(1 << 20), "BAR2 {bar2:#x}");
     // The kernel's banner is in RAM, where the kernel's log buffer holds it.
     let banner = b"Linux version 6.1";
     let found = s

@@ -100,7 +100,7 @@ impl Stream {
     /// The VM-description JSON of the device sections.
     pub fn json(&self) -> String {
         let fields = |n: usize| {
-            if n % 8 == 0 && n > 8 {
+            if n.is_multiple_of(8) && n > 8 {
                 format!(
                     r#"[{{"name": "data", "type": "uint64", "size": 8, "array_len": {}}}]"#,
                     n / 8

@@ -31,6 +31,9 @@ impl<'r> Src<'r> {
     pub fn len(&self) -> u64 {
         self.len
     }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
     pub fn remaining(&self) -> u64 {
         self.len - self.pos
     }
