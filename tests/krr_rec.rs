@@ -436,6 +436,27 @@ fn migration_stream_errors_are_located() {
         e.contains("section `cpu` instance 0: 1817 bytes read, the stream's description says 1896"),
         "{e}"
     );
+    // A description that gives a skipped section the wrong size: caught at its footer.
+    let mut plain = st.clone();
+    plain.vmdesc = false;
+    plain.second_stream = false;
+    let mut bytes4 = plain.bytes();
+    let mut wrong = st.clone();
+    let timer = wrong
+        .devices
+        .iter_mut()
+        .find(|d| d.name == "timer")
+        .unwrap();
+    timer.fields.push(0x42);
+    let json = wrong.json();
+    bytes4.push(0x06);
+    bytes4.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    bytes4.extend_from_slice(json.as_bytes());
+    let e = read_stream(&bytes4).unwrap_err().to_string();
+    assert!(
+        e.contains("has no footer where the stream's other sections have one"),
+        "{e}"
+    );
     // A page outside its block.
     let mut st3 = st.clone();
     st3.pages

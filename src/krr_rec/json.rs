@@ -202,3 +202,53 @@ impl P<'_> {
         String::from_utf8(out).map_err(|_| (self.i, "string is not UTF-8".to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Json;
+
+    #[test]
+    fn parses_what_qemu_writes() {
+        let j = Json::parse(
+            br#"{"page_size": 4096, "devices": [{"name": "timer", "instance_id": 0,
+            "fields": [{"name": "a\"b\u0041\\", "size": 8, "array_len": 3}], "x": [true, false, null, -1.5e3]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(j.get("page_size").and_then(Json::as_u64), Some(4096));
+        let d = &j.get("devices").unwrap().as_arr()[0];
+        assert_eq!(d.get("name").and_then(Json::as_str), Some("timer"));
+        let f = &d.get("fields").unwrap().as_arr()[0];
+        assert_eq!(f.get("name").and_then(Json::as_str), Some("a\"bA\\"));
+        assert_eq!(f.get("array_len").and_then(Json::as_u64), Some(3));
+        assert_eq!(
+            d.get("x").unwrap().as_arr(),
+            &[
+                Json::Bool(true),
+                Json::Bool(false),
+                Json::Null,
+                Json::Num(-1500.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_documents_without_panicking() {
+        for bad in [
+            &b""[..],
+            b"{",
+            b"[1,",
+            b"{\"a\" 1}",
+            b"\"\\u12",
+            b"tru",
+            b"-",
+            b"{} x",
+            b"\"\xff\"",
+        ] {
+            assert!(Json::parse(bad).is_err(), "{bad:?}");
+        }
+        let deep = "[".repeat(1000);
+        assert!(Json::parse(deep.as_bytes()).is_err());
+        assert_eq!(Json::Num(1.5).as_u64(), None);
+        assert_eq!(Json::Num(-1.0).as_u64(), None);
+    }
+}

@@ -112,6 +112,8 @@ struct Reader {
     desc: Option<Option<VmDesc>>,
     cpus: Vec<(u32, X86Cpu)>,
     commons: Vec<(u32, CpuCommon)>,
+    /// Whether sections end in footers: decided by the first section, then required of all.
+    footers: Option<bool>,
 }
 
 /// Whether a section name is `name` or a device path ending in `/name`.
@@ -165,7 +167,7 @@ impl Reader {
                     } else {
                         self.device(src, &name, instance, version)?;
                     }
-                    footer(src, id)?;
+                    footer(src, id, &mut self.footers)?;
                 }
                 section::PART | section::END => {
                     let id = src.be32("a section id")?;
@@ -175,7 +177,7 @@ impl Reader {
                             .invalid(at, format!("section id {id} was never started")));
                     }
                     self.ram.read_body(src)?;
-                    footer(src, id)?;
+                    footer(src, id, &mut self.footers)?;
                 }
                 section::COMMAND => {
                     return Err(src
@@ -355,9 +357,22 @@ impl Reader {
     }
 }
 
-/// The section footer (`0x7e`, be32 section id), present on 7.0 and later machine types.
-fn footer(src: &mut Src, id: u32) -> Result<(), KrrError> {
-    if src.peek_u8()? == Some(section::FOOTER) {
+/// The section footer (`0x7e`, be32 section id), present on 7.0 and later machine types:
+/// all sections of a stream have one or none do.
+fn footer(src: &mut Src, id: u32, footers: &mut Option<bool>) -> Result<(), KrrError> {
+    let here = src.peek_u8()? == Some(section::FOOTER);
+    let want = *footers.get_or_insert(here);
+    if want != here {
+        return Err(src.ctx.invalid(
+            src.offset(),
+            if want {
+                format!("section {id} has no footer where the stream's other sections have one")
+            } else {
+                format!("a footer after section {id} in a stream without footers")
+            },
+        ));
+    }
+    if here {
         let at = src.offset();
         src.u8("a section footer")?;
         let got = src.be32("the footer's section id")?;
