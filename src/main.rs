@@ -3,6 +3,7 @@
 mod demo;
 mod engine_args;
 mod info;
+mod info_krr;
 mod replay_cmd;
 mod run;
 
@@ -93,7 +94,12 @@ enum Command {
     /// Print a trace's header, machine configuration and event statistics.
     Info {
         /// The trace file.
-        trace: PathBuf,
+        #[arg(required_unless_present = "krr", conflicts_with = "krr")]
+        trace: Option<PathBuf>,
+        /// Describe a recording made by KRR instead: its snapshot (a QEMU migration stream);
+        /// kernel_rr.log, the DMA and network logs and checkpoint-<cpu> are found beside it.
+        #[arg(long, value_name = "SNAPSHOT")]
+        krr: Option<PathBuf>,
         /// Also list the events with index in [FIRST, LAST) (`FIRST..LAST`, `FIRST..` or `..`).
         #[arg(long, value_name = "RANGE")]
         events: Option<String>,
@@ -152,7 +158,11 @@ fn main() {
             checkpoint_interval,
         } => boot(b, Some((output, checkpoint_interval))),
         Command::Replay(args) => replay_cmd::run(args),
-        Command::Info { trace, events } => info::run(&trace, events.as_deref()),
+        Command::Info { trace, krr, events } => match (krr, trace) {
+            (Some(snapshot), _) => info_krr::run(&snapshot),
+            (None, Some(trace)) => info::run(&trace, events.as_deref()),
+            (None, None) => Err("info: name a trace or --krr SNAPSHOT".into()),
+        },
     };
     match result {
         Ok(code) => std::process::exit(code),
