@@ -3,6 +3,7 @@
 pub mod cpu_model;
 pub mod demo_guest;
 pub mod krr_rec;
+pub mod krr_replay;
 pub mod machine;
 pub mod qemu_args;
 pub mod record;

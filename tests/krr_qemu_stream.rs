@@ -223,6 +223,55 @@ fn qemu_7_2_snapshot_of_a_booting_512m_guest() {
         .values()
         .any(|p| p.windows(banner.len()).any(|w| w == banner));
     assert!(found, "no kernel banner in {} RAM pages", s.ram.pages.len());
+    // krr's engine runs the snapshotted kernel from there: RAM copied in, the vCPU as krr's
+    // state (segments, control registers, paging), 2000 instructions without a fault.
+    let (arch, notes) = krr::krr_replay::cpu::arch_state(c).expect("vCPU state");
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_eq!(arch.cpl(), c.cpl());
+    assert_eq!(arch.rflags_value(), c.rflags | 2);
+    let mut core = krr_runtime::Core::new(s.ram.size).unwrap();
+    for (&offset, page) in &s.ram.pages {
+        let gpa = s.ram.gpa_of(offset).expect("RAM below 4 GiB");
+        core.mem_mut().write(gpa, page).unwrap();
+    }
+    *core.arch_mut() = arch;
+    core.flush_tlb();
+    core.set_icount_limit(2000);
+    // Exceptions are returned, not delivered: the run must not raise any.
+    let mut engine = krr_jit::Engine::new(krr_jit::EngineConfig {
+        deliver_exceptions: false,
+        ..Default::default()
+    })
+    .unwrap();
+    // Devices as an empty bus (all-ones reads, writes ignored): whatever the kernel was doing
+    // at the snapshot (the serial console, the PIT), it runs on.
+    struct FloatingBus;
+    impl krr_runtime::Bus for FloatingBus {
+        fn port_in(&mut self, _: &krr_runtime::CpuState, _: u16, size: u8) -> u32 {
+            (u64::MAX >> (64 - 8 * size as u32)) as u32
+        }
+        fn port_out(&mut self, _: &krr_runtime::CpuState, _: u16, _: u8, _: u32) {}
+        fn mmio_read(&mut self, _: &krr_runtime::CpuState, _: u64, size: u8) -> u64 {
+            u64::MAX >> (64 - 8 * size as u32)
+        }
+        fn mmio_write(&mut self, _: &krr_runtime::CpuState, _: u64, _: u8, _: u64) {}
+        fn rdtsc(&mut self, cpu: &krr_runtime::CpuState) -> u64 {
+            cpu.icount
+        }
+        fn rdrand(&mut self, _: &krr_runtime::CpuState, _: u8, _: bool) -> Option<u64> {
+            None
+        }
+    }
+    let exit = engine.run_with_bus(&mut core, &mut FloatingBus);
+    assert_eq!(
+        exit,
+        krr_jit::Exit::Budget,
+        "RIP {:#x} after {} instructions",
+        core.cpu().rip,
+        core.cpu().icount
+    );
+    assert_eq!(core.cpu().icount, 2000);
+    assert!(core.cpu().rip >= 0xffff_8000_0000_0000 || c.cpl() != 0);
     // `krr info --krr` reads it too, with no kernel_rr.log beside it.
     let out = Command::new(env!("CARGO_BIN_EXE_krr"))
         .args(["info", "--krr"])
