@@ -100,6 +100,10 @@ enum Command {
         /// kernel_rr.log, the DMA and network logs and checkpoint-<cpu> are found beside it.
         #[arg(long, value_name = "SNAPSHOT")]
         krr: Option<PathBuf>,
+        /// With --krr: the recorded kernel's vmlinux (with symbols); checks it against the
+        /// snapshot (KASLR slide, banner) and prints the trap points the replay will use.
+        #[arg(long, value_name = "VMLINUX", requires = "krr")]
+        vmlinux: Option<PathBuf>,
         /// Also list the events with index in [FIRST, LAST) (`FIRST..LAST`, `FIRST..` or `..`).
         #[arg(long, value_name = "RANGE")]
         events: Option<String>,
@@ -158,8 +162,13 @@ fn main() {
             checkpoint_interval,
         } => boot(b, Some((output, checkpoint_interval))),
         Command::Replay(args) => replay_cmd::run(args),
-        Command::Info { trace, krr, events } => match (krr, trace) {
-            (Some(snapshot), _) => info_krr::run(&snapshot),
+        Command::Info {
+            trace,
+            krr,
+            vmlinux,
+            events,
+        } => match (krr, trace) {
+            (Some(snapshot), _) => info_krr::run(&snapshot, vmlinux.as_deref()),
             (None, Some(trace)) => info::run(&trace, events.as_deref()),
             (None, None) => Err("info: name a trace or --krr SNAPSHOT".into()),
         },

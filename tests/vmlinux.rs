@@ -174,3 +174,90 @@ fn unusable_images_are_refused_with_the_reason() {
     );
     drop(v);
 }
+
+mod krr_rec_writer;
+
+/// `krr info --krr SNAPSHOT --vmlinux VMLINUX` on a snapshot (written by the test writer)
+/// whose vCPU has the tiny kernel loaded 30 MiB above its link address: LSTAR at the slid
+/// `entry_SYSCALL_64`, page tables mapping the slid image, the banner in RAM. The slide and
+/// every trap point are printed; the same snapshot with one banner byte changed (another
+/// build of the kernel) is refused, non-zero exit.
+#[test]
+fn krr_info_checks_a_vmlinux_against_the_snapshot() {
+    use krr_rec_writer::migration as wm;
+    let path = build("info", &[]);
+    let v = Vmlinux::open(&path).unwrap();
+    let slide = 0x1e0_0000u64;
+    let banner = v.symbol("linux_banner").unwrap();
+    let text = v.bytes(banner.addr, banner.size).unwrap().to_vec();
+    let va = banner.addr + slide;
+    // PML4 0x1000 -> PDPT 0x2000 -> PD 0x3000 -> a 2 MiB page at 0x20_0000 for the banner.
+    let idx = |level: u32| ((va >> (12 + 9 * level)) & 0x1ff) as usize * 8;
+    let table = |at: usize, entry: u64| {
+        let mut p = vec![0u8; 4096];
+        p[at..at + 8].copy_from_slice(&entry.to_le_bytes());
+        p
+    };
+    let in_page = (va & 0x1f_ffff) as usize;
+    let snapshot = |banner_text: &[u8]| {
+        let mut st = wm::sample_stream(16 << 20, 1);
+        st.pages.retain(|p| p.0 != "pc.ram");
+        let mut data = vec![0u8; 4096];
+        let at = in_page & 0xfff;
+        data[at..at + banner_text.len()].copy_from_slice(banner_text);
+        for (gpa, bytes) in [
+            (0x1000, table(idx(3), 0x2003)),
+            (0x2000, table(idx(2), 0x3003)),
+            (0x3000, table(idx(1), 0x20_0083)),
+            (0x20_0000 + (in_page as u64 & !0xfff), data),
+        ] {
+            st.pages.push(("pc.ram".into(), gpa, wm::Page::Data(bytes)));
+        }
+        let mut c = wm::sample_cpu(0);
+        c.cr3 = 0x1000;
+        c.lstar = v.symbol("entry_SYSCALL_64").unwrap().addr + slide;
+        for d in st.devices.iter_mut().filter(|d| d.name == "cpu") {
+            d.fields = wm::cpu_fields(&c);
+        }
+        st.bytes()
+    };
+    let dir = path.parent().unwrap().join("recording");
+    std::fs::create_dir_all(&dir).unwrap();
+    let snap = dir.join("test1");
+    let info = |bytes: Vec<u8>| {
+        std::fs::write(&snap, bytes).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_krr"))
+            .args(["info", "--krr"])
+            .arg(&snap)
+            .arg("--vmlinux")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = info(snapshot(&text));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("KASLR slide 0x1e00000"), "{stdout}");
+    assert!(stdout.contains("Linux version 6.1.0-krr-test"), "{stdout}");
+    let cfu = sym(&v, "rr_cfu_begin") + slide;
+    assert!(
+        stdout.contains(&format!("RR_CFU_BEGIN               {cfu:#x}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("PF_EXEC_END"), "{stdout}");
+
+    let mut other = text.clone();
+    other[22] ^= 1;
+    let out = info(snapshot(&other));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("does not belong to this snapshot"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+}

@@ -4,3 +4,4 @@
 //! engine's stops.
 
 pub mod cpu;
+pub mod virt;

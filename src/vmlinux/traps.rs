@@ -237,7 +237,7 @@ pub fn kaslr_slide(
     };
     if !read(banner.addr.wrapping_add(slide), &mut got) {
         return Err(vmlinux.lookup_error(format!(
-            "linux_banner at {:#x} (slide {slide:#x}) is not mapped in the snapshot: the vmlinux does not belong to it",
+            "linux_banner at {:#x} (slide {slide:#x}) is not mapped in the snapshot: the vmlinux does not belong to this snapshot",
             banner.addr.wrapping_add(slide)
         )));
     }
