@@ -187,7 +187,7 @@ pub fn run(snapshot: &Path, vmlinux: Option<&Path>) -> Result<i32, String> {
 /// print the trap points a replay will use.
 fn describe_vmlinux(s: &krr::krr_rec::Snapshot, path: &Path) -> Result<(), String> {
     use krr::krr_replay::virt::read_virt;
-    use krr::vmlinux::traps::{kaslr_slide, SourceLine, TrapPoints};
+    use krr::vmlinux::traps::{banner_text, kaslr_slide, SourceLine, TrapPoints};
     let v = krr::vmlinux::Vmlinux::open(path).map_err(|e| e.to_string())?;
     let cpu = &s
         .vcpus
@@ -202,11 +202,7 @@ fn describe_vmlinux(s: &krr::krr_rec::Snapshot, path: &Path) -> Result<(), Strin
     let banner = v
         .symbol("linux_banner")
         .and_then(|b| v.bytes(b.addr, b.size))
-        .map(|b| {
-            String::from_utf8_lossy(b.split(|&c| c == 0).next().unwrap_or(b))
-                .trim()
-                .to_string()
-        })
+        .map(banner_text)
         .unwrap_or_default();
     println!(
         "vmlinux: {} (\"{banner}\"), KASLR slide {slide:#x}",

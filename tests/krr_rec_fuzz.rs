@@ -14,6 +14,8 @@
 
 mod krr_rec_writer;
 
+mod fuzz_rng;
+use fuzz_rng::Rng;
 use krr::krr_rec::checkpoint;
 use krr::krr_rec::dma::{DmaEntry, DmaLog, DmaSg};
 use krr::krr_rec::events::*;
@@ -28,24 +30,6 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const CASE_TIMEOUT: Duration = Duration::from_secs(30);
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {

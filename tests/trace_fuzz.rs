@@ -12,6 +12,8 @@
 //! `KRR_FUZZ_SEED` picks the random sequence (default: fixed, so CI is reproducible).
 //! A failing input is kept in the temporary directory and named in the failure.
 
+mod fuzz_rng;
+use fuzz_rng::Rng;
 use krr::demo_guest::record_demo_guest;
 use krr::replay::{ReplayOptions, Replayer};
 use krr::trace::{EventStream, TraceReader};
@@ -32,28 +34,6 @@ const REPLAY_INSNS: u64 = 300_000;
 
 fn tmp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("krr-fuzz-{}-{name}.trace", std::process::id()))
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
 }
 
 type Section = ([u8; 4], Vec<u8>);

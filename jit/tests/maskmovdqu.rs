@@ -42,29 +42,6 @@ struct Case {
     fault: Option<(u8, u64, u64)>,
 }
 
-/// Run `body(a, i)` for `i` in `0..n`, resuming at label `next` after a fault (R15 counts).
-fn cases(a: &mut Asm, n: usize, body: impl Fn(&mut Asm, usize) -> AsmResult) -> AsmResult {
-    let mut next = a.create_label();
-    let mut done = a.create_label();
-    let mut starts: Vec<CodeLabel> = (0..n).map(|_| a.create_label()).collect();
-    a.xor(r15d, r15d)?;
-    a.set_label(&mut next)?;
-    a.name("next", next);
-    for (i, s) in starts.iter().enumerate() {
-        a.cmp(r15d, i as i32)?;
-        a.je(*s)?;
-    }
-    a.jmp(done)?;
-    for (i, s) in starts.iter_mut().enumerate() {
-        a.set_label(s)?;
-        a.inc(r15d)?;
-        body(a, i)?;
-        a.jmp(next)?;
-    }
-    a.set_label(&mut done)?;
-    a.nop()
-}
-
 /// Pages at `TEST_AREA`: +0 read/write, +0x1000 unmapped, +0x2000 read-only, +0x3000 and
 /// +0x4000 read/write (CR0.WP is set: CPL0 writes to read-only pages fault).
 #[test]

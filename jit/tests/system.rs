@@ -47,46 +47,6 @@ fn enter_user(k: &mut Asm) -> AsmResult {
     iret_to_user(k, UCODE, USTACK_TOP, USER_FLAGS)
 }
 
-/// Run `body(a, i)` for `i` in `0..n`, each case labelled `t{i}`, resuming at label `next`
-/// after any case (a handler whose action resumes at `next` moves on to the following case).
-/// R15 counts cases; bodies must keep it. Falls through after the last case.
-fn cases(a: &mut Asm, n: usize, body: impl Fn(&mut Asm, usize) -> AsmResult) -> AsmResult {
-    cases_tagged(a, "", n, body)
-}
-
-/// [`cases`] with labels `next{tag}` and `t{tag}_{i}`, for a second set in the same code.
-fn cases_tagged(
-    a: &mut Asm,
-    tag: &str,
-    n: usize,
-    body: impl Fn(&mut Asm, usize) -> AsmResult,
-) -> AsmResult {
-    let mut next = a.create_label();
-    let mut done = a.create_label();
-    let mut starts: Vec<CodeLabel> = (0..n).map(|_| a.create_label()).collect();
-    a.xor(r15d, r15d)?;
-    a.set_label(&mut next)?;
-    a.name(&format!("next{tag}"), next);
-    for (i, s) in starts.iter().enumerate() {
-        a.cmp(r15d, i as i32)?;
-        a.je(*s)?;
-    }
-    a.jmp(done)?;
-    for (i, s) in starts.iter_mut().enumerate() {
-        a.set_label(s)?;
-        a.inc(r15d)?;
-        if tag.is_empty() {
-            a.def(&format!("t{i}"))?;
-        } else {
-            a.def(&format!("t{tag}_{i}"))?;
-        }
-        body(a, i)?;
-        a.jmp(next)?;
-    }
-    a.set_label(&mut done)?;
-    a.nop()
-}
-
 /// Write RAX to `msr` (clobbers RCX, RDX).
 fn wrmsr_rax(a: &mut Asm, msr: u32) -> AsmResult {
     a.mov(rdx, rax)?;
@@ -3781,12 +3741,11 @@ fn cr4_vme_pvi_follow_cpuid_vme() {
             m.resume_at(GP, "next");
             let mut s = m.start(tier);
             if !has_vme {
-                let t = s.core.cpuid_mut();
-                let n = t.len as usize;
-                t.entries[..n]
-                    .iter_mut()
-                    .filter(|e| e.leaf == 1)
-                    .for_each(|e| e.edx &= !(1 << 1));
+                s.edit_cpuid(|e| {
+                    if e.leaf == 1 {
+                        e.edx &= !(1 << 1)
+                    }
+                });
             }
             let exit = s.run();
             s.finish(exit)
@@ -3847,19 +3806,13 @@ fn instructions_follow_the_cpu_models_features() {
             m.resume_at(UD, "next");
             let mut s = m.start(tier);
             if !full {
-                let t = s.core.cpuid_mut();
-                let n = t.len as usize;
-                for e in &mut t.entries[..n] {
-                    match (e.leaf, e.subleaf) {
-                        // SSE4.2, POPCNT, SSSE3, AES, PCLMULQDQ, MOVBE.
-                        (1, _) => {
-                            e.ecx &= !(1 << 20 | 1 << 23 | 1 << 9 | 1 << 25 | 1 << 1 | 1 << 22)
-                        }
-                        (7, 0) => e.ebx &= !(1 << 3),           // BMI1
-                        (0x8000_0001, _) => e.ecx &= !(1 << 5), // LZCNT (ABM)
-                        _ => {}
-                    }
-                }
+                s.edit_cpuid(|e| match (e.leaf, e.subleaf) {
+                    // SSE4.2, POPCNT, SSSE3, AES, PCLMULQDQ, MOVBE.
+                    (1, _) => e.ecx &= !(1 << 20 | 1 << 23 | 1 << 9 | 1 << 25 | 1 << 1 | 1 << 22),
+                    (7, 0) => e.ebx &= !(1 << 3),           // BMI1
+                    (0x8000_0001, _) => e.ecx &= !(1 << 5), // LZCNT (ABM)
+                    _ => {}
+                });
             }
             let exit = s.run();
             s.finish(exit)

@@ -230,11 +230,6 @@ pub fn kaslr_slide(
         .bytes(banner.addr, len)
         .ok_or_else(|| vmlinux.lookup_error("linux_banner is not in the image".into()))?;
     let mut got = vec![0u8; len as usize];
-    let text = |b: &[u8]| {
-        String::from_utf8_lossy(b.split(|&c| c == 0).next().unwrap_or(b))
-            .trim()
-            .to_string()
-    };
     if !read(banner.addr.wrapping_add(slide), &mut got) {
         return Err(vmlinux.lookup_error(format!(
             "linux_banner at {:#x} (slide {slide:#x}) is not mapped in the snapshot: the vmlinux does not belong to this snapshot",
@@ -244,9 +239,15 @@ pub fn kaslr_slide(
     if got != want {
         return Err(vmlinux.lookup_error(format!(
             "the vmlinux does not belong to this snapshot: its banner is \"{}\", the snapshot's kernel has \"{}\"",
-            text(want),
-            text(&got)
+            banner_text(want),
+            banner_text(&got)
         )));
     }
     Ok(slide)
+}
+
+/// A kernel banner's text: the bytes up to the first NUL, trimmed (the kernel's ends in a newline).
+pub fn banner_text(bytes: &[u8]) -> String {
+    let text = bytes.split(|&c| c == 0).next().unwrap_or(bytes);
+    String::from_utf8_lossy(text).trim().to_string()
 }

@@ -255,6 +255,46 @@ impl Default for Asm {
     }
 }
 
+/// Run `body(a, i)` for `i` in `0..n`, each case labelled `t{i}`, resuming at label `next`
+/// after any case (a handler whose action resumes at `next` moves on to the following case).
+/// R15 counts cases; bodies must keep it. Falls through after the last case.
+pub fn cases(a: &mut Asm, n: usize, body: impl Fn(&mut Asm, usize) -> AsmResult) -> AsmResult {
+    cases_tagged(a, "", n, body)
+}
+
+/// [`cases`] with labels `next{tag}` and `t{tag}_{i}`, for a second set in the same code.
+pub fn cases_tagged(
+    a: &mut Asm,
+    tag: &str,
+    n: usize,
+    body: impl Fn(&mut Asm, usize) -> AsmResult,
+) -> AsmResult {
+    let mut next = a.create_label();
+    let mut done = a.create_label();
+    let mut starts: Vec<CodeLabel> = (0..n).map(|_| a.create_label()).collect();
+    a.xor(r15d, r15d)?;
+    a.set_label(&mut next)?;
+    a.name(&format!("next{tag}"), next);
+    for (i, s) in starts.iter().enumerate() {
+        a.cmp(r15d, i as i32)?;
+        a.je(*s)?;
+    }
+    a.jmp(done)?;
+    for (i, s) in starts.iter_mut().enumerate() {
+        a.set_label(s)?;
+        a.inc(r15d)?;
+        if tag.is_empty() {
+            a.def(&format!("t{i}"))?;
+        } else {
+            a.def(&format!("t{tag}_{i}"))?;
+        }
+        body(a, i)?;
+        a.jmp(next)?;
+    }
+    a.set_label(&mut done)?;
+    a.nop()
+}
+
 /// Report the 64-bit value of `r` on `REPORT_PORT` (clobbers RAX; CPL0 or IOPL 3 only).
 pub fn report(a: &mut CodeAssembler, r: AsmRegister64) -> AsmResult {
     if r != rax {
@@ -770,6 +810,13 @@ pub struct Session {
 }
 
 impl Session {
+    /// Change the CPU model's CPUID entries (tests of what a model without a feature does).
+    pub fn edit_cpuid(&mut self, f: impl FnMut(&mut krr_runtime::cpuid::CpuidEntry)) {
+        let t = self.core.cpuid_mut();
+        let n = t.len as usize;
+        t.entries[..n].iter_mut().for_each(f);
+    }
+
     pub fn cpu(&self) -> &CpuState {
         self.core.cpu()
     }

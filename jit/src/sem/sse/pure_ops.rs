@@ -10,29 +10,19 @@ use crate::helpers::pure::Pure;
 /// The handler for `insn` if it is one of this module's and the host has it.
 pub(super) fn handler<B: Builder>(insn: &Instruction) -> Option<Handler<B>> {
     use Mnemonic as M;
-    let need = match insn.mnemonic() {
+    let (need, h): (Pure, Handler<B>) = match insn.mnemonic() {
         M::Palignr => return Some(palignr),
-        M::Pshufb => Pure::Pshufb,
-        M::Pclmulqdq => Pure::Clmul,
-        M::Aesenc => Pure::AesEnc,
-        M::Aesenclast => Pure::AesEncLast,
-        M::Aesdec => Pure::AesDec,
-        M::Aesdeclast => Pure::AesDecLast,
-        M::Aesimc => Pure::AesImc,
-        M::Crc32 => crc32_op(insn)?,
+        M::Pshufb => (Pure::Pshufb, |b| pure_whole(b, Pure::Pshufb)),
+        M::Pclmulqdq => (Pure::Clmul, pclmulqdq),
+        M::Aesenc => (Pure::AesEnc, |b| pure_whole(b, Pure::AesEnc)),
+        M::Aesenclast => (Pure::AesEncLast, |b| pure_whole(b, Pure::AesEncLast)),
+        M::Aesdec => (Pure::AesDec, |b| pure_whole(b, Pure::AesDec)),
+        M::Aesdeclast => (Pure::AesDecLast, |b| pure_whole(b, Pure::AesDecLast)),
+        M::Aesimc => (Pure::AesImc, |b| pure_whole(b, Pure::AesImc)),
+        M::Crc32 => (crc32_op(insn)?, crc32),
         _ => return None,
     };
-    need.func()?;
-    Some(match insn.mnemonic() {
-        M::Pshufb => |b| pure_whole(b, Pure::Pshufb),
-        M::Pclmulqdq => pclmulqdq,
-        M::Aesenc => |b| pure_whole(b, Pure::AesEnc),
-        M::Aesenclast => |b| pure_whole(b, Pure::AesEncLast),
-        M::Aesdec => |b| pure_whole(b, Pure::AesDec),
-        M::Aesdeclast => |b| pure_whole(b, Pure::AesDecLast),
-        M::Aesimc => |b| pure_whole(b, Pure::AesImc),
-        _ => crc32,
-    })
+    need.func().map(|_| h)
 }
 
 fn crc32_op(insn: &Instruction) -> Option<Pure> {
