@@ -12,5 +12,6 @@ export KRR_DIFF_SEED="${KRR_DIFF_SEED:-0x18ec49bc1bd6f318}"
 cargo build --release --workspace
 mkdir -p target
 # --nocapture so the differential harness's coverage line shows; the log keeps everything.
-cargo test --workspace -- --nocapture 2>&1 | tee target/test.log
+# --no-fail-fast: one failing test binary must not hide the others' results.
+cargo test --workspace --no-fail-fast -- --nocapture 2>&1 | tee target/test.log
 ./target/release/krr demo
