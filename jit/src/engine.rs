@@ -397,6 +397,36 @@ impl Engine {
         )
     }
 
+    /// Deliver exception `vector` now as a fault at RIP (error code `code` when the vector
+    /// pushes one): a driver substituting a recorded exception (KRR's user-mode #PF).
+    pub fn inject_exception(
+        &mut self,
+        core: &mut Core,
+        vector: u8,
+        code: Option<u32>,
+    ) -> Result<(), Exit> {
+        // SAFETY: as in `run_with_bus`.
+        let cpu = unsafe { core.state_mut() };
+        self.deliver(
+            cpu,
+            vector,
+            krr_runtime::interrupt::EventKind::Exception,
+            code,
+            cpu.rip,
+        )
+    }
+
+    /// Pause the REP string instruction at linear `rip` before the iteration that starts with
+    /// RCX = `rcx` (`None`: no pause): [`Engine::run`] returns [`Exit::Budget`] there with the
+    /// instruction not retired, as a hardware interrupt between iterations finds it.
+    /// `CpuState::exec.rep_paused_midway` then says whether iterations of it had run.
+    pub fn set_rep_pause(core: &mut Core, pause: Option<(u64, u64)>) {
+        // SAFETY: as in `run_with_bus`; only the pause fields change.
+        let cpu = unsafe { core.state_mut() };
+        (cpu.exec.rep_pause_rip, cpu.exec.rep_pause_rcx) =
+            pause.unwrap_or((krr_runtime::NO_REP_PAUSE, 0));
+    }
+
     /// Deliver external interrupt `vector` now (the caller checked `interrupts_enabled`).
     pub fn inject_interrupt(&mut self, core: &mut Core, vector: u8) -> Result<(), Exit> {
         // SAFETY: as in `run_with_bus`.
@@ -658,6 +688,8 @@ impl Engine {
         // then says how (it may also be `Unbacked`, `Halt` or `Trap`).
         let outcome = match std::mem::take(&mut cpu.exec.helper_status) {
             Outcome::Continue => returned,
+            // The interpreter paused a REP instruction (rep_pause_rip): RIP is at it.
+            Outcome::Budget => return Some(Exit::Budget),
             status => status,
         };
         match outcome {

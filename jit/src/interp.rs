@@ -56,6 +56,8 @@ impl Undo {
 const TRAP: u8 = 1;
 const UNIMPLEMENTED: u8 = 2;
 const HALTED: u8 = 4;
+/// A REP string instruction paused between iterations (`ExecContext::rep_pause_rip`).
+const REP_PAUSED: u8 = 8;
 
 /// Execute one instruction (see [`Interp::step`]).
 pub fn step(cpu: &mut CpuState, insn: &Instruction) -> Outcome {
@@ -137,6 +139,11 @@ impl<'a> Interp<'a> {
             return Outcome::Halt;
         }
         self.rollback();
+        if status & REP_PAUSED != 0 {
+            // The iterations before the pause are committed; the instruction has not retired.
+            self.cpu.rip = insn.ip();
+            return Outcome::Budget;
+        }
         let unbacked = self.cpu.exec.helper_status == Outcome::Unbacked;
         self.cpu.exec.helper_status = Outcome::Continue;
         if unbacked {
@@ -280,6 +287,12 @@ impl Interp<'_> {
             Some(self.cpu.gpr[RSI].wrapping_add(base))
         };
         let mut n = (self.cpu.gpr[RCX].saturating_sub(1)).min(room(dst));
+        // A pause armed inside this instruction (rep_pause_point) must still be met: at most
+        // RCX - target - 1 here, so the ordinary iteration lands on the target.
+        let e = &self.cpu.exec;
+        if e.rep_pause_rip == self.insn.ip() && e.rep_pause_rcx < self.cpu.gpr[RCX] {
+            n = n.min(self.cpu.gpr[RCX] - e.rep_pause_rcx - 1);
+        }
         if let Some(src) = src {
             n = n.min(room(src));
         }
@@ -650,6 +663,23 @@ impl Builder for Interp<'_> {
     }
     fn commit(&mut self) {
         self.forget_undo();
+    }
+    fn rep_pause_point(&mut self, first: bool, a32: bool) -> R<()> {
+        let c = &mut *self.cpu;
+        if c.exec.rep_pause_rip != self.insn.ip() {
+            return Ok(());
+        }
+        let rcx = if a32 {
+            c.gpr[RCX] as u32 as u64
+        } else {
+            c.gpr[RCX]
+        };
+        if rcx != c.exec.rep_pause_rcx {
+            return Ok(());
+        }
+        c.exec.rep_paused_midway = !first;
+        self.status |= REP_PAUSED;
+        Err(Abort)
     }
     fn bulk_string(&mut self, op: sem::BulkString) {
         while let Some(n) = self.bulk_string_chunk(op) {

@@ -117,3 +117,54 @@ fn the_engine_stops_before_user_mode() {
         assert_eq!(r.cpu.gpr[3], 12, "{tier:?}: the user ADD ran");
     }
 }
+
+/// `Engine::set_rep_pause`: a REP STOSB pauses before the iteration that starts with the
+/// chosen RCX, its earlier iterations done and the instruction not retired, in every tier
+/// (compiled code hands REP to the interpreter); lifted, the rest runs. A pause at the
+/// starting RCX is the instruction's boundary (`rep_paused_midway` false).
+#[test]
+fn a_rep_instruction_pauses_between_iterations() {
+    const LEN: u32 = 10_000;
+    for (target, midway) in [(3000u64, true), (LEN as u64, false), (1, true)] {
+        for tier in TIERS {
+            let mut m = Machine::new(
+                |k| {
+                    k.mov(rdi, TEST_AREA)?;
+                    k.mov(eax, 0x5a)?;
+                    k.mov(ecx, LEN)?;
+                    k.def("rep")?;
+                    k.rep().stosb()?;
+                    k.mov(r8, rcx)?;
+                    report(k, r8)?;
+                    stop(k)
+                },
+                |_| Ok(()),
+            );
+            let rw_nx = krr_runtime::arch::pte::RW | krr_runtime::arch::pte::NX;
+            m.pt.identity(&mut m.mem, TEST_AREA, TEST_AREA + 0x3000, rw_nx);
+            let mut s = m.start(tier);
+            let rep = s.labels["rep"];
+            krr_jit::Engine::set_rep_pause(&mut s.core, Some((rep, target)));
+            let icount = |s: &Session| s.core.cpu().icount;
+            assert_eq!(s.run(), Exit::Budget, "{tier:?}");
+            let c = s.core.cpu();
+            assert_eq!((c.rip, c.gpr[1]), (rep, target), "{tier:?}");
+            assert_eq!(c.exec.rep_paused_midway, midway, "{tier:?}");
+            let done = LEN as u64 - target;
+            assert_eq!(c.gpr[7], TEST_AREA + done, "{tier:?}: RDI");
+            let mut bytes = vec![0u8; LEN as usize];
+            s.core.mem().read(TEST_AREA, &mut bytes).unwrap();
+            assert!(
+                bytes[..done as usize].iter().all(|&b| b == 0x5a),
+                "{tier:?}"
+            );
+            assert!(bytes[done as usize..].iter().all(|&b| b == 0), "{tier:?}");
+            let before = icount(&s);
+            krr_jit::Engine::set_rep_pause(&mut s.core, None);
+            let exit = s.run();
+            assert!(icount(&s) > before);
+            let r = s.finish(exit);
+            assert_eq!(r.reports, [0], "{tier:?}");
+        }
+    }
+}

@@ -33,6 +33,21 @@ pub trait Bus {
     }
     /// MOV to CR8 (already checked: bits 3:0 only), for the local APIC's TPR.
     fn cr8_write(&mut self, _cpu: &CpuState, _value: u64) {}
+    /// VMCALL (any CPL): `true` handles it (the driver reads and writes the registers it
+    /// needs through its own state access after the run; the instruction retires with no
+    /// register changed, as KRR's hypercalls leave them); `false` raises #UD, as on a CPU
+    /// without a hypervisor to call.
+    fn hypercall(&mut self, _cpu: &CpuState) -> bool {
+        false
+    }
+    /// RDPMC of counter ECX where the CPL/CR4.PCE check allowed it: `None` raises #GP (the
+    /// model has no performance counters).
+    fn rdpmc(&mut self, _cpu: &CpuState, _counter: u32) -> Option<u64> {
+        None
+    }
+    /// The guest executed `mnemonic` (CPUID, RDMSR), whose result the model computes: a
+    /// replayer of recordings that did not record it says so.
+    fn model_answered(&mut self, _cpu: &CpuState, _mnemonic: &'static str) {}
     /// Ask the engine to return to the driver at the next block boundary (a device raised an
     /// interrupt the CPU can take now, the guest asked to power off, ...).
     fn wants_exit(&self, _cpu: &CpuState) -> bool {

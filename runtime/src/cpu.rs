@@ -221,7 +221,21 @@ pub struct ExecContext {
     /// Guest physical memory, for helpers (compiled code reaches memory through the TLB).
     pub(crate) mem_base: *mut u8,
     pub(crate) mem_size: u64,
+    /// Pause a REP string instruction between iterations: before the iteration that would
+    /// start with RCX (as the instruction's address size reads it) equal to `rep_pause_rcx`,
+    /// at linear RIP `rep_pause_rip` ([`NO_REP_PAUSE`]: none). The instruction does not
+    /// retire; the engine returns `Exit::Budget` with RIP at it and the iterations so far
+    /// committed, where a hardware interrupt between iterations would find it (KRR's
+    /// recordings place such interrupts by RIP and RCX).
+    pub rep_pause_rip: u64,
+    pub rep_pause_rcx: u64,
+    /// The last pause came after at least one iteration of this execution of the
+    /// instruction (not at its boundary).
+    pub rep_paused_midway: bool,
 }
+
+/// [`ExecContext::rep_pause_rip`] when no pause is armed.
+pub const NO_REP_PAUSE: u64 = u64::MAX;
 
 /// The whole CPU as compiled code sees it (it receives a `*mut CpuState` and addresses fields
 /// by the constant offsets in [`offsets`]): the architectural state, the CPU model, and the
@@ -363,6 +377,9 @@ impl ExecContext {
             code_bitmap,
             code_bitmap_words: words as u64,
             dirty_bitmap: mem.dirty_page_bitmap(),
+            rep_pause_rip: NO_REP_PAUSE,
+            rep_pause_rcx: 0,
+            rep_paused_midway: false,
             mem_base: mem.as_mut_ptr(),
             mem_size: mem.size(),
         }

@@ -76,6 +76,7 @@ pub fn run(cpu: &mut CpuState, h: Helper, args: [u64; 3]) -> u64 {
             unreachable!("{h:?} is not run through helpers::run")
         }
         Helper::Cpuid => {
+            krr_runtime::bus::with_bus(cpu, |bus, cpu| bus.model_answered(cpu, "CPUID"));
             let [a, b, c, d] = cpu
                 .cpuid
                 .query(cpu.gpr[RAX] as u32, cpu.gpr[RCX] as u32, cpu.cr4);

@@ -114,7 +114,7 @@ pub fn system_family(insn: &Instruction) -> Option<SystemFamily> {
         | M::Verr
         | M::Verw => F::Segments,
         M::Rdmsr | M::Wrmsr | M::Rdfsbase | M::Rdgsbase | M::Wrfsbase | M::Wrgsbase => F::Msr,
-        M::Rdtsc | M::Rdtscp | M::Rdpmc | M::Rdrand | M::Rdseed | M::Rdpid => F::Inputs,
+        M::Rdtsc | M::Rdtscp | M::Rdpmc | M::Rdrand | M::Rdseed | M::Rdpid | M::Vmcall => F::Inputs,
         M::Syscall
         | M::Sysret
         | M::Sysretq

@@ -189,6 +189,12 @@ pub trait Builder {
     /// one element at a time. RCX/RSI/RDI end as if the iterations had run one by one, and are
     /// committed. A builder without a fast path does nothing here (the loop does all the work).
     fn bulk_string(&mut self, _op: BulkString) {}
+    /// Before each REP iteration (`first`: the first of this execution; `a32`: RCX read as
+    /// ECX): pause here if the driver asked to ([`krr_runtime::ExecContext::rep_pause_rip`]).
+    /// Only the interpreter runs REP loops, so only it can pause.
+    fn rep_pause_point(&mut self, _first: bool, _a32: bool) -> R<()> {
+        Ok(())
+    }
 
     /// Raise a fault unconditionally (RIP of the instruction is reported); the rest of the
     /// instruction is not executed.

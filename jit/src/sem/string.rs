@@ -163,6 +163,7 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
         a32,
         src_seg: op.src_seg,
     });
+    let mut first = true;
     b.repeat_while(
         |b| {
             let count = index(b, RCX, a32);
@@ -170,6 +171,7 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
             b.icmp(Cmp::Ne, count, zero)
         },
         |b| {
+            b.rep_pause_point(std::mem::take(&mut first), a32)?;
             if let Some(bulk) = bulk {
                 b.bulk_string(bulk);
             }

@@ -1,5 +1,6 @@
 //! The nondeterministic inputs the machine's bus supplies: RDTSC/RDTSCP, RDRAND/RDSEED, RDPID,
-//! and RDPMC (no counters in the model).
+//! RDPMC (no counters in the model: only a bus's recorded values) and VMCALL (a bus that
+//! plays a hypervisor, as KRR's replayer does).
 
 use super::*;
 
@@ -25,8 +26,17 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction) -> SysResult {
             if cpl > 0 && cpu.cr4 & cr4::PCE == 0 {
                 return gp0();
             }
-            // The model has no performance counters (CPUID leaf 0xA is absent).
-            gp0()
+            // The model has no performance counters (CPUID leaf 0xA is absent); a replayer's
+            // bus may serve recorded values.
+            let counter = cpu.gpr[RCX] as u32;
+            match bus::with_bus(cpu, |bus, cpu| bus.rdpmc(cpu, counter)).flatten() {
+                Some(v) => {
+                    cpu.gpr[RAX] = v & 0xffff_ffff;
+                    cpu.gpr[RDX] = (v >> 32) & 0xffff_ffff;
+                    SysResult::Done(None)
+                }
+                None => gp0(),
+            }
         }
         M::Rdrand | M::Rdseed => {
             let size = insn.op0_register().size() as u8;
@@ -37,6 +47,13 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction) -> SysResult {
             set_reg(cpu, insn.op0_register(), r.unwrap_or(0));
             set_arith(cpu, r.is_some() as u64);
             SysResult::Done(None)
+        }
+        M::Vmcall => {
+            if bus::with_bus(cpu, |bus, cpu| bus.hypercall(cpu)) == Some(true) {
+                SysResult::Done(None)
+            } else {
+                ud()
+            }
         }
         M::Rdpid => {
             let v = cpu.tsc_aux;

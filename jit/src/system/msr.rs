@@ -15,6 +15,7 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction) -> SysResult {
             }
             let index = cpu.gpr[RCX] as u32;
             if insn.mnemonic() == M::Rdmsr {
+                bus::with_bus(cpu, |bus, cpu| bus.model_answered(cpu, "RDMSR"));
                 let v = match read_msr(cpu, index) {
                     Some(v) => v,
                     None => {
