@@ -186,35 +186,18 @@ pub fn run(snapshot: &Path, vmlinux: Option<&Path>) -> Result<i32, String> {
 /// Check `path` against the snapshot (KASLR slide from IA32_LSTAR, the banner in memory) and
 /// print the trap points a replay will use.
 fn describe_vmlinux(s: &krr::krr_rec::Snapshot, path: &Path) -> Result<(), String> {
-    use krr::krr_replay::virt::read_virt;
-    use krr::vmlinux::traps::{banner_text, kaslr_slide, SourceLine, TrapPoints};
-    let v = krr::vmlinux::Vmlinux::open(path).map_err(|e| e.to_string())?;
-    let cpu = &s
-        .vcpus
-        .first()
-        .ok_or_else(|| format!("{}: the snapshot has no vCPU", path.display()))?
-        .cpu;
-    // Under page-table isolation a user-mode CR3 maps little of the kernel; the kernel's own
-    // tables are the 4 KiB below (PTI's user PGD is the kernel's with bit 12 set).
-    let roots = [cpu.cr3, cpu.cr3 & !0x1000];
-    let read = |va: u64, buf: &mut [u8]| roots.iter().any(|&r| read_virt(&s.ram, r, va, buf));
-    let slide = kaslr_slide(&v, cpu.lstar, read).map_err(|e| e.to_string())?;
+    use krr::vmlinux::traps::banner_text;
+    let (v, traps) = krr::krr_replay::load::check_vmlinux(s, path)?;
     let banner = v
         .symbol("linux_banner")
         .and_then(|b| v.bytes(b.addr, b.size))
         .map(banner_text)
         .unwrap_or_default();
     println!(
-        "vmlinux: {} (\"{banner}\"), KASLR slide {slide:#x}",
-        path.display()
+        "vmlinux: {} (\"{banner}\"), KASLR slide {:#x}",
+        path.display(),
+        traps.slide
     );
-    let traps = TrapPoints::resolve(
-        &v,
-        slide,
-        s.vcpus.len() > 1,
-        &SourceLine::krr_lock_release(),
-    )
-    .map_err(|e| e.to_string())?;
     println!("trap points:");
     for (point, addr) in traps.iter() {
         println!("  {:<26} {addr:#x}", point.name());

@@ -5,6 +5,7 @@ mod engine_args;
 mod info;
 mod info_krr;
 mod replay_cmd;
+mod replay_krr_cmd;
 mod run;
 
 use clap::{Args, Parser, Subcommand};

@@ -7,7 +7,27 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub struct ReplayArgs {
     /// The trace to replay.
-    trace: PathBuf,
+    #[arg(required_unless_present = "krr", conflicts_with = "krr")]
+    trace: Option<PathBuf>,
+    /// Replay a recording made by KRR: its snapshot file; kernel_rr.log and the DMA,
+    /// network and checkpoint files are found beside it.
+    #[arg(long, value_name = "SNAPSHOT", requires = "vmlinux")]
+    krr: Option<PathBuf>,
+    /// With --krr: the recorded kernel's vmlinux (with symbols), for the trap points.
+    #[arg(long, value_name = "VMLINUX", requires = "krr")]
+    vmlinux: Option<PathBuf>,
+    /// With --krr: the event log when it is not the snapshot's neighbour kernel_rr.log.
+    #[arg(long, value_name = "FILE", requires = "krr")]
+    krr_events: Option<PathBuf>,
+    /// With --krr: the CPU model the replay answers CPUID with (KRR replays with
+    /// `-cpu Broadwell`); see `krr run --cpu help`.
+    #[arg(
+        long,
+        value_name = "MODEL",
+        default_value = "broadwell",
+        requires = "krr"
+    )]
+    cpu: String,
     #[command(flatten)]
     engine: crate::engine_args::EngineArgs,
     /// Do not print the guest's console output.
@@ -53,6 +73,24 @@ fn parse_log_bound(s: &str) -> Result<(u64, u64), String> {
 
 pub fn run(a: ReplayArgs) -> Result<i32, String> {
     let engine = a.engine.config();
+    if let (Some(snapshot), Some(vmlinux)) = (&a.krr, &a.vmlinux) {
+        if a.log_bound.is_some() || a.stop_at.is_some() {
+            return Err(
+                "--log-bound and --stop-at are not available for KRR recordings yet".into(),
+            );
+        }
+        let options = krr::krr_replay::load::Options {
+            snapshot: snapshot.clone(),
+            vmlinux: vmlinux.clone(),
+            events: a.krr_events.clone(),
+            cpu: a.cpu.clone(),
+            engine,
+        };
+        return crate::replay_krr_cmd::run(&options, !a.quiet);
+    }
+    let Some(trace) = a.trace else {
+        return Err("replay: name a trace or --krr SNAPSHOT".into());
+    };
     if a.log_file.is_some() && a.log_bound.is_none() {
         return Err("-D FILE needs --log-bound start=N1,end=N2".into());
     }
@@ -65,7 +103,7 @@ pub fn run(a: ReplayArgs) -> Result<i32, String> {
         skip_ram_check: a.no_ram_check,
         verify_ram_digest: std::env::var_os("KRR_VERIFY_RAM_DIGEST").is_some_and(|v| v == "1"),
     };
-    let mut r = Replayer::open(&a.trace, options).map_err(|e| e.to_string())?;
+    let mut r = Replayer::open(&trace, options).map_err(|e| e.to_string())?;
     let bar = krr::report::progress(Some(r.total_instructions()));
     if !a.quiet {
         r.set_console(Some(Box::new(krr::report::Console::new(bar.clone()))));

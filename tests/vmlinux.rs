@@ -249,10 +249,41 @@ fn krr_info_checks_a_vmlinux_against_the_snapshot() {
         "{stdout}"
     );
     assert!(stdout.contains("PF_EXEC_END"), "{stdout}");
+    // Without kernel_rr.log the recording holds zero events: its replay ends at once.
+    let replay = || {
+        Command::new(env!("CARGO_BIN_EXE_krr"))
+            .args(["replay", "--krr"])
+            .arg(&snap)
+            .arg("--vmlinux")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = replay();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Replay finished"), "{stdout}");
+    assert!(
+        stdout.contains("=== Event Stats ===\nInterrupt: 0\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Total Replay Events: 0\n"), "{stdout}");
 
     let mut other = text.clone();
     other[22] ^= 1;
     let out = info(snapshot(&other));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("does not belong to this snapshot"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    let out = replay();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

@@ -339,6 +339,13 @@ impl ArchState {
     pub fn rflags_value(&self) -> u64 {
         (self.rflags & !rflags::ARITH) | self.arith_flags()
     }
+
+    /// Set the whole RFLAGS (the arithmetic flags become concrete); bit 1 always reads 1.
+    pub fn set_rflags_value(&mut self, v: u64) {
+        self.cc_op = crate::lazy_flags::FlagOp::CONCRETE.encode();
+        self.cc_res = v & rflags::ARITH;
+        self.rflags = (v & !rflags::ARITH) | rflags::FIXED1;
+    }
 }
 
 /// Set in `smc_count` by an MMIO store after which the bus wants the engine back (a device

@@ -1,7 +1,16 @@
-//! Replaying KRR's recordings (issue 15), piece by piece: `cpu.rs` turns a snapshot's vCPU
-//! into krr's architectural state. The driver (trap points, user-mode substitution, event
-//! matching) builds on it, on `krr_rec` (the files), `vmlinux` (the trap points) and the
-//! engine's stops.
+//! Replaying KRR's recordings (issue 15): `load.rs` sets a replay up from the recording's
+//! files and the vmlinux (`cpu.rs`: the snapshot's vCPU as krr's state; `virt.rs`: page
+//! walks over snapshot or replay memory), `driver.rs` runs it (interrupt placement, trap
+//! points, user-mode substitution), `bus.rs` serves the kernel's inputs from the events
+//! (`queue.rs`), the ring (`ring.rs`) and small device models (`devices.rs`), and `stats.rs`
+//! prints KRR's `=== Event Stats ===` block.
 
+pub mod bus;
 pub mod cpu;
+pub mod devices;
+pub mod driver;
+pub mod load;
+pub mod queue;
+pub mod ring;
+pub mod stats;
 pub mod virt;

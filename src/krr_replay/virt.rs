@@ -10,15 +10,26 @@ const ADDR: u64 = 0x000f_ffff_ffff_f000;
 
 /// The guest-physical address of `va` under `cr3`, if mapped.
 pub fn translate(ram: &GuestRam, cr3: u64, va: u64) -> Option<u64> {
+    walk(
+        |pa| {
+            let mut entry = [0u8; 8];
+            ram.read_gpa(pa, &mut entry)
+                .then(|| u64::from_le_bytes(entry))
+        },
+        cr3,
+        va,
+    )
+}
+
+/// The page walk over any physical memory (`read_u64` of an entry: `None` when no RAM is
+/// there), as a debugger's access walks it: no permission checks and no accessed/dirty
+/// updates, which is how KRR's replayer writes recorded data into guest memory.
+pub fn walk(read_u64: impl Fn(u64) -> Option<u64>, cr3: u64, va: u64) -> Option<u64> {
     let mut table = cr3 & ADDR;
     for level in (0..4).rev() {
         let shift = 12 + 9 * level;
         let index = (va >> shift) & 0x1ff;
-        let mut entry = [0u8; 8];
-        if !ram.read_gpa(table + index * 8, &mut entry) {
-            return None;
-        }
-        let e = u64::from_le_bytes(entry);
+        let e = read_u64(table + index * 8)?;
         if e & PRESENT == 0 {
             return None;
         }
@@ -29,6 +40,25 @@ pub fn translate(ram: &GuestRam, cr3: u64, va: u64) -> Option<u64> {
         table = e & ADDR;
     }
     None
+}
+
+/// The (guest-physical address, length) pieces of `len` bytes at `va` under `cr3`, page by
+/// page; `None` if any page is unmapped.
+pub fn pieces(
+    read_u64: impl Fn(u64) -> Option<u64>,
+    cr3: u64,
+    va: u64,
+    len: usize,
+) -> Option<Vec<(u64, usize)>> {
+    let mut out = Vec::new();
+    let mut done = 0usize;
+    while done < len {
+        let at = va.wrapping_add(done as u64);
+        let n = ((0x1000 - (at & 0xfff)) as usize).min(len - done);
+        out.push((walk(&read_u64, cr3, at)?, n));
+        done += n;
+    }
+    Some(out)
 }
 
 /// Fill `buf` from virtual address `va` (page by page); false if any byte is unmapped.

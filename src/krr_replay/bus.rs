@@ -1,0 +1,310 @@
+//! The replay's bus: what the kernel reads from outside the CPU comes from the event list at
+//! the instruction that reads it (port IN, RDTSC, RDRAND/RDSEED, RDPMC; krr-spec 3.5), the
+//! ring is device memory (`ring.rs`), hypercalls are KRR's (INST_SYNC, queue full), and the
+//! reads KRR did not record go to small models (`devices.rs`). It also keeps KRR's
+//! instruction count (3.3) as an offset from krr's own count, because port inputs and
+//! INST_SYNC resynchronise it inside an instruction.
+
+use super::devices::Devices;
+use super::queue::Queue;
+use super::ring::Ring;
+use crate::krr_rec::events::Event;
+use crate::krr_rec::layout::ty;
+use krr_runtime::{Bus, CpuState};
+
+/// Where and why the replay left the recording.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Divergence {
+    /// The event concerned (index in the log) and its description.
+    pub event: Option<usize>,
+    pub message: String,
+}
+
+pub struct ReplayBus {
+    pub queue: Queue,
+    pub ring: Option<Ring>,
+    pub devices: Devices,
+    /// KRR's count = krr's retired instructions + `delta` (+1 inside a paused REP that has
+    /// run iterations): resynchronised where KRR overwrites its count.
+    pub delta: i64,
+    /// The vCPU being replayed.
+    pub vcpu: i32,
+    pub divergence: Option<Divergence>,
+    /// The spin count cached from the last entry event (SMP: patched in at
+    /// RR_LOCK_ACQUIRE_RET) and whether INST_SYNC has just set the count.
+    pub cached_spin: u64,
+    pub skip_sync: bool,
+    /// Count resynchronisations at port inputs (|Δ| <= 2, as KRR tolerates).
+    pub io_resyncs: u64,
+    /// Instructions whose results the CPU model gave though KRR never recorded them, with
+    /// the first RIP of each.
+    pub model_answers: Vec<(&'static str, u64, u64)>,
+    /// Stop after the next event is consumed (the last one: the replay ends there).
+    pub stop_when_empty: bool,
+    pub pic_guessed: bool,
+}
+
+impl ReplayBus {
+    pub fn new(queue: Queue, ring: Option<Ring>, devices: Devices) -> ReplayBus {
+        ReplayBus {
+            queue,
+            ring,
+            devices,
+            delta: 0,
+            vcpu: 0,
+            divergence: None,
+            cached_spin: 0,
+            skip_sync: false,
+            io_resyncs: 0,
+            model_answers: Vec::new(),
+            stop_when_empty: false,
+            pic_guessed: false,
+        }
+    }
+
+    /// KRR's count at the current instruction boundary (not inside a paused REP).
+    pub fn count(&self, cpu: &CpuState) -> u64 {
+        (cpu.icount as i64 + self.delta) as u64
+    }
+
+    /// Make KRR's count `count` at this boundary.
+    pub fn resync(&mut self, cpu: &CpuState, count: u64) {
+        self.delta = count as i64 - cpu.icount as i64;
+    }
+
+    pub fn diverge(&mut self, event: Option<usize>, message: String) {
+        if self.divergence.is_none() {
+            let message = match event {
+                Some(i) => format!("{}: {message}", self.queue.describe(i)),
+                None => message,
+            };
+            self.divergence = Some(Divergence { event, message });
+        }
+    }
+
+    /// Ring append of event `i`'s recorded payload, as the host appended it at record.
+    pub fn append_recorded(&mut self, i: usize) {
+        let kind = self.queue.event(i).type_number();
+        let payload = self.queue.payload(i).to_vec();
+        if let Some(r) = &mut self.ring {
+            r.append(kind, &payload);
+        }
+    }
+
+    /// The head if it is of type `kind` (for this vCPU when the event names one), else a
+    /// divergence naming what was found.
+    fn expect_head(&mut self, cpu: &CpuState, kind: u32, what: &str) -> Option<usize> {
+        match self.queue.head() {
+            Some((i, e)) if e.type_number() == kind => Some(i),
+            Some((i, e)) => {
+                let msg = format!(
+                    "the kernel executed {what} at RIP {:#x} (count {}), but the recording's next event is {e}",
+                    cpu.rip,
+                    self.count(cpu)
+                );
+                self.diverge(Some(i), msg);
+                None
+            }
+            None => {
+                let msg = format!(
+                    "the kernel executed {what} at RIP {:#x} after the last event",
+                    cpu.rip
+                );
+                self.diverge(None, msg);
+                None
+            }
+        }
+    }
+}
+
+impl Bus for ReplayBus {
+    fn port_in(&mut self, cpu: &CpuState, port: u16, size: u8) -> u32 {
+        if let Some(model) = self.devices.port_in(port, size) {
+            return model.unwrap_or_else(|| {
+                self.pic_guessed = true;
+                0xff
+            });
+        }
+        let what = format!("IN from port {port:#x}");
+        let Some(i) = self.expect_head(cpu, ty::IO_IN, &what) else {
+            return u32::MAX;
+        };
+        let Event::IoIn(e) = self.queue.event(i).clone() else {
+            unreachable!()
+        };
+        if e.rip != cpu.rip {
+            let msg = format!("{what} at RIP {:#x}, recorded at RIP {:#x}", cpu.rip, e.rip);
+            self.diverge(Some(i), msg);
+            return u32::MAX;
+        }
+        // The count KVM sampled before the IN retired; KRR resynchronises within 2.
+        let count = self.count(cpu);
+        let diff = count.abs_diff(e.inst_cnt);
+        if diff != 0 {
+            if diff <= 2 {
+                self.io_resyncs += 1;
+                self.resync(cpu, e.inst_cnt);
+            } else {
+                let msg = format!(
+                    "{what} at RIP {:#x} at count {count}, recorded at count {}",
+                    cpu.rip, e.inst_cnt
+                );
+                self.diverge(Some(i), msg);
+            }
+        }
+        self.append_recorded(i);
+        self.queue.take(i);
+        let mask = if size >= 4 {
+            u32::MAX as u64
+        } else {
+            (1u64 << (8 * size as u32)) - 1
+        };
+        (e.value & mask) as u32
+    }
+
+    fn port_out(&mut self, _cpu: &CpuState, port: u16, _size: u8, value: u32) {
+        self.devices.port_out(port, value);
+    }
+
+    fn mmio_read(&mut self, cpu: &CpuState, phys: u64, size: u8) -> u64 {
+        if let Some(r) = &self.ring {
+            if r.contains(phys, size) {
+                return r.read(phys, size);
+            }
+        }
+        if let Some(v) = self.devices.mmio_read(phys, size) {
+            return v;
+        }
+        log::debug!(
+            "MMIO read of {size} bytes at {phys:#x} (RIP {:#x}): no device",
+            cpu.rip
+        );
+        u64::MAX >> (64 - 8 * size as u32)
+    }
+
+    fn mmio_write(&mut self, _cpu: &CpuState, phys: u64, size: u8, value: u64) {
+        if let Some(r) = &mut self.ring {
+            if r.contains(phys, size) {
+                r.write(phys, size, value);
+                return;
+            }
+        }
+        self.devices.mmio_write(phys, value);
+    }
+
+    fn rdtsc(&mut self, cpu: &CpuState) -> u64 {
+        // KRR pops the head even when it is not an RDTSC; the count is never checked.
+        let Some(i) = self.expect_head(cpu, ty::RDTSC, "RDTSC") else {
+            if let Some((i, _)) = self.queue.head() {
+                self.queue.take(i);
+            }
+            return 0;
+        };
+        let Event::Rdtsc(e) = self.queue.event(i) else {
+            unreachable!()
+        };
+        let v = e.value;
+        self.queue.take(i);
+        v
+    }
+
+    fn rdrand(&mut self, cpu: &CpuState, size: u8, seed: bool) -> Option<u64> {
+        // QEMU's one helper serves RDRAND and RDSEED from RDSEED events (krr-spec 3.5).
+        let what = if seed { "RDSEED" } else { "RDRAND" };
+        let i = self.expect_head(cpu, ty::RDSEED, what)?;
+        let Event::Rdseed(e) = self.queue.event(i) else {
+            unreachable!()
+        };
+        let v = if size >= 8 {
+            e.val
+        } else {
+            e.val & ((1u64 << (8 * size as u32)) - 1)
+        };
+        self.queue.take(i);
+        Some(v)
+    }
+
+    fn rdpmc(&mut self, cpu: &CpuState, _counter: u32) -> Option<u64> {
+        // KVM recorded RDPMC values as IO_IN events; only the RIP is checked, and the head is
+        // consumed even on a mismatch.
+        let (i, e) = self.queue.head()?;
+        let value = match e {
+            Event::IoIn(io) => {
+                let (rip, value) = (io.rip, io.value);
+                if rip != cpu.rip {
+                    let msg = format!("RDPMC at RIP {:#x}, recorded at RIP {rip:#x}", cpu.rip);
+                    self.diverge(Some(i), msg);
+                }
+                value
+            }
+            other => {
+                let msg = format!(
+                    "the kernel executed RDPMC at RIP {:#x}, but the recording's next event is {other}",
+                    cpu.rip
+                );
+                self.diverge(Some(i), msg);
+                0
+            }
+        };
+        self.append_recorded(i);
+        self.queue.take(i);
+        Some(value)
+    }
+
+    fn hypercall(&mut self, cpu: &CpuState) -> bool {
+        match cpu.gpr[0] {
+            // INST_SYNC: the count after this VMCALL is the recorded one.
+            20 => {
+                if let Some(i) = self.expect_head(cpu, ty::INST_SYNC, "hypercall 20 (INST_SYNC)") {
+                    let Event::InstSync(n) = self.queue.event(i) else {
+                        unreachable!()
+                    };
+                    let (count, spin) = (n.inst_cnt, n.spin_count);
+                    self.delta = count as i64 - (cpu.icount as i64 + 1);
+                    self.cached_spin = spin;
+                    self.skip_sync = true;
+                    // KRR's replayer appends the guest form with only inst_cnt set.
+                    let mut guest_form = vec![0u8; 1072];
+                    guest_form[1056..1064].copy_from_slice(&count.to_le_bytes());
+                    if let Some(r) = &mut self.ring {
+                        r.append(ty::INST_SYNC, &guest_form);
+                    }
+                    self.queue.take(i);
+                }
+            }
+            102 => {
+                if let Some(r) = &mut self.ring {
+                    r.rotate();
+                }
+            }
+            // 100 start, 101 end, 14, 17, 18: no-ops in replay; 13/15/16 are legacy inputs no
+            // current guest agent issues.
+            13 | 15 | 16 => {
+                let msg = format!(
+                    "legacy KRR hypercall {} at RIP {:#x} (not replayed by krr)",
+                    cpu.gpr[0], cpu.rip
+                );
+                self.diverge(None, msg);
+            }
+            _ => {}
+        }
+        true
+    }
+
+    fn model_answered(&mut self, cpu: &CpuState, mnemonic: &'static str) {
+        match self.model_answers.iter_mut().find(|m| m.0 == mnemonic) {
+            Some(m) => m.2 += 1,
+            None => {
+                log::warn!(
+                    "the replayed kernel executed {mnemonic} at RIP {:#x}: KRR does not record it, the CPU model answers (a divergence is possible)",
+                    cpu.rip
+                );
+                self.model_answers.push((mnemonic, cpu.rip, 1));
+            }
+        }
+    }
+
+    fn wants_exit(&self, _cpu: &CpuState) -> bool {
+        self.divergence.is_some() || (self.stop_when_empty && self.queue.is_empty())
+    }
+}

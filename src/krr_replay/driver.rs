@@ -1,0 +1,616 @@
+//! The replay of a KRR recording (krr-spec 3): the kernel runs in krr's engine from the
+//! snapshot, in multi-instruction blocks; the driver acts only where the recording says
+//! something happens:
+//! - budgets stop the engine where KRR's count reaches an interrupt's (within one, 3.3), and
+//!   a REP string instruction pauses at the recorded RCX (`Engine::set_rep_pause`), where
+//!   the interrupt is matched on (RIP, RCX, count) and injected;
+//! - stop addresses at the trap points (3.7) write copy_from_user, get_user and PTE data into
+//!   guest memory before the kernel reads it (3.6) and consume exceptions at their handlers;
+//! - every return to user mode stops the engine, and the next event (SYSCALL, INTERRUPT or
+//!   EXCEPTION) is substituted for what user mode did (3.4);
+//! - the bus (`bus.rs`) serves port inputs, RDTSC and RDSEED values, KRR's hypercalls and the
+//!   ring.
+
+use super::bus::{Divergence, ReplayBus};
+use crate::krr_rec::events::{Event, KvmRegs};
+use crate::krr_rec::layout::ty;
+use crate::vmlinux::traps::{TrapPoint, TrapPoints};
+use krr_jit::{Engine, Exit};
+use krr_runtime::arch::{pushes_error_code, rflags, vector};
+use krr_runtime::cpu::{seg, Segment};
+use krr_runtime::gpr::{RCX, RDI, RSI};
+use krr_runtime::Core;
+
+/// Instructions per engine run when no event is near (the progress bar moves between runs).
+const CHUNK: u64 = 5_000_000;
+/// PTE `_PAGE_USER`.
+const PTE_USER: u64 = 1 << 2;
+
+/// How a replay ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Every event was replayed.
+    Finished,
+    Diverged(Divergence),
+}
+
+/// A copy_from_user or get_user write whose user page was not mapped yet: retried at
+/// PF_EXEC_END, after the kernel's own fault mapped it (3.6).
+struct Pending {
+    event: usize,
+    va: u64,
+    data: Vec<u8>,
+}
+
+pub struct Driver {
+    pub core: Core,
+    pub engine: Engine,
+    pub bus: ReplayBus,
+    pub traps: TrapPoints,
+    pending: Option<Pending>,
+    /// A user-mode #GP substituted and already consumed (krr-spec open question 5): its
+    /// handler's GP_EXEC trap must not consume another event.
+    user_gp_injected: bool,
+    /// Interrupts whose recorded registers differed from the replay's where it injected them
+    /// (KRR loads the recorded ones; krr does too and counts it).
+    pub corrected_interrupts: u64,
+    pub trap_hits: u64,
+}
+
+/// The 16 general-purpose registers of `r` in krr's order (RAX RCX RDX RBX RSP RBP RSI RDI
+/// R8-R15).
+fn gprs(r: &KvmRegs) -> [u64; 16] {
+    let mut g = [0u64; 16];
+    g[0] = r.rax;
+    g[1] = r.rcx;
+    g[2] = r.rdx;
+    g[3] = r.rbx;
+    g[4] = r.rsp;
+    g[5] = r.rbp;
+    g[6] = r.rsi;
+    g[7] = r.rdi;
+    g[8..].copy_from_slice(&r.r);
+    g
+}
+
+fn is_user_address(a: u64) -> bool {
+    a < 0x8000_0000_0000_0000
+}
+
+impl Driver {
+    pub fn new(core: Core, mut engine: Engine, bus: ReplayBus, traps: TrapPoints) -> Driver {
+        engine.set_stop_addresses(traps.iter().map(|(_, a)| a));
+        engine.set_stop_at_user_mode(true);
+        Driver {
+            core,
+            engine,
+            bus,
+            traps,
+            pending: None,
+            user_gp_injected: false,
+            corrected_interrupts: 0,
+            trap_hits: 0,
+        }
+    }
+
+    fn diverge(&mut self, event: Option<usize>, message: String) -> End {
+        self.bus.diverge(event, message);
+        End::Diverged(self.bus.divergence.clone().expect("just set"))
+    }
+
+    /// Replay to the end of the recording or the first divergence; `progress` gets the
+    /// number of events replayed after each engine run.
+    pub fn run(&mut self, progress: &mut dyn FnMut(u64)) -> Result<End, String> {
+        loop {
+            if let Some(d) = self.bus.divergence.clone() {
+                return Ok(End::Diverged(d));
+            }
+            let Some((head, event)) = self.bus.queue.head() else {
+                return Ok(End::Finished);
+            };
+            let event = event.clone();
+            let cpu = self.core.cpu();
+            let icount = cpu.icount;
+            // Where to stop next: at count n-1 of a kernel interrupt (the first boundary
+            // where it may match), else after a chunk; one instruction at a time for the
+            // last event when the bus consumes it, so the replay ends right after it.
+            let mut limit = icount + CHUNK;
+            let mut pause = None;
+            if let Event::Interrupt(i) = &event {
+                if !is_user_address(i.rip) {
+                    let first = i.inst_cnt.saturating_sub(1) as i64 - self.bus.delta;
+                    limit = limit.min((first.max(icount as i64)) as u64);
+                    pause = Some((i.rip, i.regs.rcx));
+                }
+            }
+            let bus_consumed = matches!(
+                event.type_number(),
+                ty::IO_IN | ty::RDTSC | ty::RDSEED | ty::INST_SYNC | ty::MMIO
+            );
+            if self.bus.queue.remaining() == 1 && bus_consumed {
+                limit = icount + 1;
+            }
+            if limit == icount {
+                // Check the interrupt here before running anything.
+                if let Some(end) = self.at_budget(head, &event)? {
+                    return Ok(end);
+                }
+                continue;
+            }
+            self.core.set_icount_limit(limit);
+            Engine::set_rep_pause(&mut self.core, pause);
+            let exit = self.engine.run_with_bus(&mut self.core, &mut self.bus);
+            progress(self.bus.queue.len() as u64 - self.bus.queue.remaining() as u64);
+            let end = match exit {
+                Exit::Budget => self.at_budget(head, &event)?,
+                Exit::Stop { rip } => self.at_trap(rip)?,
+                Exit::UserMode => self.at_user_mode()?,
+                Exit::Halt | Exit::BusRequest => None,
+                Exit::Exception { unimplemented, .. } => {
+                    let c = self.core.cpu();
+                    let what = if unimplemented {
+                        "an instruction krr does not implement"
+                    } else {
+                        "an exception"
+                    };
+                    return Err(format!(
+                        "{what} (vector {}) at RIP {:#x}, instruction {}",
+                        c.exec.exception.vector, c.rip, c.icount
+                    ));
+                }
+                Exit::TripleFault { first, second } => {
+                    let c = self.core.cpu();
+                    return Err(format!(
+                        "the guest triple-faulted (vector {first} then {second}) at RIP {:#x}, instruction {}",
+                        c.rip, c.icount
+                    ));
+                }
+                Exit::Unbacked { phys } => {
+                    let c = self.core.cpu();
+                    return Err(format!(
+                        "code fetch from {phys:#x}, where the recording has no RAM, at RIP {:#x}, instruction {}",
+                        c.rip, c.icount
+                    ));
+                }
+            };
+            if let Some(end) = end {
+                return Ok(end);
+            }
+        }
+    }
+
+    /// Inject the kernel interrupt at the head if this boundary matches it; otherwise decide
+    /// whether to go on or report that it was missed.
+    fn at_budget(&mut self, head: usize, event: &Event) -> Result<Option<End>, String> {
+        let Event::Interrupt(i) = event else {
+            return Ok(None);
+        };
+        if is_user_address(i.rip) {
+            return Ok(None);
+        }
+        let c = self.core.cpu();
+        let paused = c.exec.rep_pause_rip == c.rip
+            && c.gpr[RCX] == i.regs.rcx
+            && c.icount < c.exec.icount_limit;
+        let midway = paused && c.exec.rep_paused_midway;
+        let count = self.bus.count(c) + midway as u64;
+        let n = i.inst_cnt;
+        if c.rip == i.rip && c.gpr[RCX] == i.regs.rcx && (count + 1 == n || count == n) {
+            self.inject_interrupt(head)?;
+            return Ok(None);
+        }
+        if count >= n {
+            let msg = format!(
+                "interrupt vector {:#x} recorded at RIP {:#x} RCX {:#x} count {n} was not met: the replay is at RIP {:#x} RCX {:#x} count {count}",
+                i.vector, i.rip, i.regs.rcx, c.rip, c.gpr[RCX]
+            );
+            return Ok(Some(self.diverge(Some(head), msg)));
+        }
+        if paused {
+            // The REP reached the recorded RCX at another count: let it finish, then look again.
+            let next = c.icount + 1;
+            self.core.set_icount_limit(next);
+            Engine::set_rep_pause(&mut self.core, None);
+            let exit = self.engine.run_with_bus(&mut self.core, &mut self.bus);
+            return match exit {
+                Exit::Budget | Exit::Halt | Exit::BusRequest => Ok(None),
+                Exit::Stop { rip } => self.at_trap(rip),
+                Exit::UserMode => self.at_user_mode(),
+                other => Err(format!(
+                    "{other:?} at RIP {:#x}, instruction {}",
+                    self.core.cpu().rip,
+                    self.core.cpu().icount
+                )),
+            };
+        }
+        Ok(None)
+    }
+
+    /// Deliver the INTERRUPT event `i` now (krr-spec 3.5 `rr_do_replay_intno`): the recorded
+    /// registers are loaded, the vector delivered through the IDT whatever IF says, the count
+    /// set to the recorded one, and the host's ring append re-created.
+    fn inject_interrupt(&mut self, idx: usize) -> Result<(), String> {
+        let Event::Interrupt(i) = self.bus.queue.event(idx).clone() else {
+            unreachable!()
+        };
+        let regs = gprs(&i.regs);
+        let arch = self.core.arch_mut();
+        if arch.gpr != regs && !is_user_address(i.rip) {
+            self.corrected_interrupts += 1;
+            log::debug!(
+                "{}: registers differ at injection; the recorded ones are loaded",
+                self.bus.queue.describe(idx)
+            );
+        }
+        arch.gpr = regs;
+        if is_user_address(i.rip) {
+            arch.rip = i.rip;
+        }
+        self.bus.cached_spin = i.spin_count;
+        // KRR's count at the injection is the recorded one; a REP interrupted between
+        // iterations counts again when it resumes, so krr's single retirement of it stays
+        // aligned (see ARCHITECTURE.md, "KRR recordings").
+        let cpu = self.core.cpu();
+        self.bus.resync(cpu, i.inst_cnt);
+        Engine::set_rep_pause(&mut self.core, None);
+        self.engine
+            .inject_interrupt(&mut self.core, i.vector as u8)
+            .map_err(|e| {
+                format!(
+                    "delivering interrupt vector {:#x} of {} failed: {e:?}",
+                    i.vector,
+                    self.bus.queue.describe(idx)
+                )
+            })?;
+        if i.from == 0 {
+            self.bus.append_recorded(idx);
+        } else if let Some(r) = &mut self.bus.ring {
+            r.fill_interrupt_slot(i.id.max(0) as u32, self.bus.queue.payload(idx));
+        }
+        self.bus.queue.take(idx);
+        Ok(())
+    }
+
+    /// The engine is about to run user code: substitute the next event for it (3.4).
+    fn at_user_mode(&mut self) -> Result<Option<End>, String> {
+        let Some((idx, event)) = self.bus.queue.head() else {
+            return Ok(Some(End::Finished));
+        };
+        match event.clone() {
+            Event::Syscall(s) => {
+                let regs = gprs(&s.regs);
+                let a = self.core.arch_mut();
+                a.gpr = regs;
+                let flags = a.rflags_value();
+                let sel = ((a.star >> 32) & 0xfffc) as u16;
+                a.seg[seg::CS] = Segment::flat(sel, Segment::CODE64_DPL0);
+                a.seg[seg::SS] = Segment::flat(sel + 8, Segment::DATA_DPL0);
+                let sfmask = a.sfmask;
+                a.set_rflags_value(flags & !sfmask & !rflags::RF);
+                a.rip = a.lstar;
+                self.bus.cached_spin = s.spin_count;
+                self.bus.queue.take(idx);
+                self.core.flush_tlb();
+                Ok(None)
+            }
+            Event::Interrupt(_) => {
+                self.inject_interrupt(idx)?;
+                Ok(None)
+            }
+            Event::Exception(e) => {
+                let v = e.exception_index as u8;
+                let a = self.core.arch_mut();
+                a.gpr = gprs(&e.regs);
+                a.rip = e.regs.rip;
+                a.set_rflags_value(e.regs.rflags);
+                match v {
+                    vector::PF => a.cr2 = e.cr2,
+                    vector::DB => a.dr[6] = e.cr2 ^ 0xffff_0ff0,
+                    _ => {}
+                }
+                self.bus.cached_spin = e.spin_count;
+                let code = pushes_error_code(v).then_some(e.error_code as u32);
+                self.engine
+                    .inject_exception(&mut self.core, v, code)
+                    .map_err(|x| {
+                        format!(
+                            "delivering exception {v} of {} failed: {x:?}",
+                            self.bus.queue.describe(idx)
+                        )
+                    })?;
+                if v != vector::PF {
+                    if v == vector::DB {
+                        self.bus.append_recorded(idx);
+                    }
+                    self.user_gp_injected = v == vector::GP;
+                    self.bus.queue.take(idx);
+                }
+                Ok(None)
+            }
+            other => {
+                let c = self.core.cpu();
+                let msg = format!(
+                    "the kernel returned to user mode at RIP {:#x} (count {}), but the next event is {other}",
+                    c.rip,
+                    self.bus.count(c)
+                );
+                Ok(Some(self.diverge(Some(idx), msg)))
+            }
+        }
+    }
+
+    /// A trap point (3.5-3.7): act, then let the instruction there run.
+    fn at_trap(&mut self, rip: u64) -> Result<Option<End>, String> {
+        self.trap_hits += 1;
+        // The interrupt check comes first at every boundary (3.2).
+        if let Some((head, Event::Interrupt(i))) = self.bus.queue.head() {
+            let (n, irip, ircx) = (i.inst_cnt, i.rip, i.regs.rcx);
+            let c = self.core.cpu();
+            let count = self.bus.count(c);
+            if c.rip == irip && c.gpr[RCX] == ircx && (count + 1 == n || count == n) {
+                self.inject_interrupt(head)?;
+                return Ok(None);
+            }
+        }
+        let end = match self.traps.at(rip) {
+            Some(point) => self.trap_action(point),
+            None => None,
+        };
+        self.engine.resume_past_stop(self.core.cpu());
+        Ok(end)
+    }
+
+    fn reg(&self, r: usize) -> u64 {
+        self.core.cpu().gpr[r]
+    }
+
+    /// Write `data` at virtual address `va` through the current page tables, as KRR's
+    /// replayer does (a debugger's write: no permission checks, no accessed/dirty bits);
+    /// false if a page is not mapped.
+    fn write_virt(&mut self, va: u64, data: &[u8]) -> bool {
+        let cr3 = self.core.cpu().cr3;
+        let mem = self.core.mem();
+        let Some(pieces) = super::virt::pieces(|pa| mem.read_u64(pa).ok(), cr3, va, data.len())
+        else {
+            return false;
+        };
+        let mut done = 0;
+        for (pa, n) in pieces {
+            if self
+                .core
+                .mem_mut()
+                .write(pa, &data[done..done + n])
+                .is_err()
+            {
+                return false;
+            }
+            self.engine.notify_write(&mut self.core, pa, n as u64);
+            done += n;
+        }
+        true
+    }
+
+    fn read_virt_u64(&self, va: u64) -> Option<u64> {
+        let cr3 = self.core.cpu().cr3;
+        let mem = self.core.mem();
+        let pieces = super::virt::pieces(|pa| mem.read_u64(pa).ok(), cr3, va, 8)?;
+        let mut b = [0u8; 8];
+        let mut done = 0;
+        for (pa, n) in pieces {
+            mem.read(pa, &mut b[done..done + n]).ok()?;
+            done += n;
+        }
+        Some(u64::from_le_bytes(b))
+    }
+
+    /// The head if `head_ok` accepts it, else the first later event `find` accepts.
+    fn head_or_find(
+        &self,
+        head_ok: impl Fn(&Event) -> bool,
+        find: impl Fn(&Event) -> bool,
+    ) -> Option<usize> {
+        match self.bus.queue.head() {
+            Some((i, e)) if head_ok(e) => Some(i),
+            _ => self.bus.queue.find(find),
+        }
+    }
+
+    fn missing(&mut self, what: String) -> Option<End> {
+        let head = self.bus.queue.head().map(|(i, _)| i);
+        let c = self.core.cpu();
+        let msg = format!(
+            "{what} at RIP {:#x} (count {}): no such event follows",
+            c.rip,
+            self.bus.count(c)
+        );
+        Some(self.diverge(head, msg))
+    }
+
+    fn trap_action(&mut self, point: TrapPoint) -> Option<End> {
+        use TrapPoint as T;
+        match point {
+            T::CfuBegin => {
+                let from = self.reg(RDI);
+                let Some(i) = self.head_or_find(
+                    |e| matches!(e, Event::Cfu(_)),
+                    |e| matches!(e, Event::Cfu(c) if c.src_addr == from),
+                ) else {
+                    return self.missing(format!("copy_from_user from {from:#x}"));
+                };
+                let Event::Cfu(c) = self.bus.queue.event(i).clone() else {
+                    unreachable!()
+                };
+                // len = n + 1: the n bytes the kernel copies.
+                let n = c.data.len().saturating_sub(1);
+                let data = c.data[..n].to_vec();
+                if !self.write_virt(c.src_addr, &data) {
+                    self.pending = Some(Pending {
+                        event: i,
+                        va: c.src_addr,
+                        data,
+                    });
+                }
+                self.bus.queue.take(i);
+            }
+            T::PageMap | T::IoUringRecordEntry => {
+                let want = self.reg(RSI);
+                let i = if point == T::PageMap {
+                    match self.bus.queue.head() {
+                        Some((i, Event::Cfu(c))) if c.src_addr != want => {
+                            let msg = format!(
+                                "page map of {want:#x}: the next copy_from_user event is of {:#x}",
+                                c.src_addr
+                            );
+                            return Some(self.diverge(Some(i), msg));
+                        }
+                        _ => self.head_or_find(
+                            |e| matches!(e, Event::Cfu(_)),
+                            |e| matches!(e, Event::Cfu(c) if c.src_addr == want),
+                        ),
+                    }
+                } else {
+                    self.head_or_find(|e| matches!(e, Event::Cfu(_)), |_| false)
+                };
+                let Some(i) = i else {
+                    return self.missing(format!("{} of {want:#x}", point.name()));
+                };
+                let Event::Cfu(c) = self.bus.queue.event(i).clone() else {
+                    unreachable!()
+                };
+                let n = c.data.len();
+                if !self.write_virt(c.src_addr, &c.data[..n]) {
+                    let msg = format!("{}: {:#x} is not mapped", point.name(), c.src_addr);
+                    return Some(self.diverge(Some(i), msg));
+                }
+                self.bus.queue.take(i);
+            }
+            T::GfuBegin | T::IoUringBegin => {
+                let ptr = self.reg(RDI);
+                let i = if point == T::GfuBegin {
+                    self.head_or_find(
+                        |e| matches!(e, Event::Gfu(_)),
+                        |e| matches!(e, Event::Gfu(g) if g.ptr == ptr),
+                    )
+                } else {
+                    self.head_or_find(|e| matches!(e, Event::Gfu(_)), |_| false)
+                };
+                let Some(i) = i else {
+                    return self.missing(format!("get_user of {ptr:#x}"));
+                };
+                let Event::Gfu(g) = self.bus.queue.event(i).clone() else {
+                    unreachable!()
+                };
+                if point == T::GfuBegin {
+                    // A word-at-a-time reader's call for the word before the recorded one:
+                    // wait for the next call (KRR's skip rule).
+                    if ptr.wrapping_add(8) == g.ptr {
+                        return None;
+                    }
+                    if g.ptr != ptr {
+                        let msg =
+                            format!("get_user of {ptr:#x}, the recorded one reads {:#x}", g.ptr);
+                        return Some(self.diverge(Some(i), msg));
+                    }
+                }
+                let size = (g.size.clamp(0, 8)) as usize;
+                let data = g.val.to_le_bytes()[..size].to_vec();
+                if !self.write_virt(g.ptr, &data) {
+                    self.pending = Some(Pending {
+                        event: i,
+                        va: g.ptr,
+                        data,
+                    });
+                }
+                self.bus.queue.take(i);
+            }
+            T::PteClear | T::PteRead | T::PteReadOnce => {
+                let ptr = self.reg(RDI);
+                let Some(pte) = self.read_virt_u64(ptr) else {
+                    let msg = format!("{}: the pte_t at {ptr:#x} is not mapped", point.name());
+                    return Some(self.diverge(None, msg));
+                };
+                if pte & PTE_USER == 0 {
+                    return None;
+                }
+                let i = match self.bus.queue.head() {
+                    Some((i, Event::Pte(p))) => {
+                        if p.ptr != ptr {
+                            return None;
+                        }
+                        Some(i)
+                    }
+                    _ => self
+                        .bus
+                        .queue
+                        .find(|e| matches!(e, Event::Pte(p) if p.ptr == ptr)),
+                };
+                let Some(i) = i else {
+                    return self.missing(format!("a user PTE read at {ptr:#x}"));
+                };
+                let Event::Pte(p) = self.bus.queue.event(i).clone() else {
+                    unreachable!()
+                };
+                self.write_virt(ptr, &p.val.to_le_bytes());
+                self.bus.queue.take(i);
+            }
+            T::PfExec | T::GpExec => {
+                let want = if point == T::PfExec {
+                    vector::PF
+                } else {
+                    vector::GP
+                };
+                if want == vector::GP && std::mem::take(&mut self.user_gp_injected) {
+                    return None;
+                }
+                let c = self.core.cpu();
+                let cr2 = c.cr2;
+                match self.bus.queue.head() {
+                    Some((i, Event::Exception(e))) => {
+                        let (vec, ecr2, spin) = (e.exception_index, e.cr2, e.spin_count);
+                        if want == vector::PF && ecr2 != cr2 {
+                            let msg =
+                                format!("page fault at CR2 {cr2:#x}, recorded at CR2 {ecr2:#x}");
+                            return Some(self.diverge(Some(i), msg));
+                        }
+                        if vec as u8 != want {
+                            let msg = format!(
+                                "exception {want} entered its handler, the recorded one is {vec}"
+                            );
+                            return Some(self.diverge(Some(i), msg));
+                        }
+                        self.bus.cached_spin = spin;
+                        self.bus.queue.take(i);
+                    }
+                    _ => {
+                        let what = if want == vector::PF {
+                            format!("a page fault (CR2 {cr2:#x})")
+                        } else {
+                            "a general-protection fault".to_string()
+                        };
+                        return self.missing(format!("{what} entered its handler"));
+                    }
+                }
+            }
+            T::PfExecEnd => {
+                if let Some(p) = self.pending.take() {
+                    if !self.write_virt(p.va, &p.data) {
+                        let msg = format!(
+                            "the deferred user write at {:#x} still finds no page after the fault",
+                            p.va
+                        );
+                        return Some(self.diverge(Some(p.event), msg));
+                    }
+                }
+            }
+            T::LockAcquireRet | T::LockRelease => {
+                // Multi-vCPU recordings only (krr-spec 5); one vCPU never hands over.
+                if point == T::LockRelease {
+                    if let Some((i, Event::Release(_))) = self.bus.queue.head() {
+                        self.bus.queue.take(i);
+                    }
+                }
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,104 @@
+//! The global event list of a KRR replay (krr-spec 3.5, 5): one order over all vCPUs, consumed
+//! at its head, except that copy_from_user, get_user and PTE events may be taken from further
+//! on (host appends can land between the guest's allocation and its trap, 3.6): those are
+//! unlinked where they stand. Each event keeps its raw payload, which the ring appends use.
+
+use crate::krr_rec::events::{Event, KrrLog, KIND_NAMES};
+
+pub struct Queue {
+    events: Vec<Event>,
+    /// Each event's file offset (of its type field) and raw payload.
+    offsets: Vec<u64>,
+    payloads: Vec<Vec<u8>>,
+    taken: Vec<bool>,
+    head: usize,
+    /// Events replayed, by type number.
+    pub replayed: [u64; 15],
+}
+
+impl Queue {
+    /// The events of `log`, whose file bytes are `bytes`.
+    pub fn new(log: &KrrLog, bytes: &[u8]) -> Queue {
+        let n = log.events.len();
+        let payloads = (0..n)
+            .map(|i| {
+                let start = log.offsets[i] as usize + 4;
+                let end = log
+                    .offsets
+                    .get(i + 1)
+                    .map(|&o| o as usize)
+                    .unwrap_or(bytes.len());
+                bytes.get(start..end).unwrap_or_default().to_vec()
+            })
+            .collect();
+        Queue {
+            events: log.events.clone(),
+            offsets: log.offsets.clone(),
+            payloads,
+            taken: vec![false; n],
+            head: 0,
+            replayed: [0; 15],
+        }
+    }
+
+    fn skip_taken(&mut self) {
+        while self.head < self.events.len() && self.taken[self.head] {
+            self.head += 1;
+        }
+    }
+
+    /// The next event to replay and its index in the log.
+    pub fn head(&self) -> Option<(usize, &Event)> {
+        (self.head..self.events.len())
+            .find(|&i| !self.taken[i])
+            .map(|i| (i, &self.events[i]))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.head().is_none()
+    }
+
+    /// Events not yet replayed.
+    pub fn remaining(&self) -> usize {
+        self.taken[self.head..].iter().filter(|t| !**t).count()
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Consume event `i` (the head, or one found by [`Queue::find`]).
+    pub fn take(&mut self, i: usize) {
+        debug_assert!(!self.taken[i]);
+        self.taken[i] = true;
+        self.replayed[self.events[i].type_number() as usize] += 1;
+        self.skip_taken();
+    }
+
+    /// The first event at or after the head that `want` accepts.
+    pub fn find(&self, want: impl Fn(&Event) -> bool) -> Option<usize> {
+        (self.head..self.events.len()).find(|&i| !self.taken[i] && want(&self.events[i]))
+    }
+
+    pub fn event(&self, i: usize) -> &Event {
+        &self.events[i]
+    }
+
+    pub fn payload(&self, i: usize) -> &[u8] {
+        &self.payloads[i]
+    }
+
+    pub fn offset(&self, i: usize) -> u64 {
+        self.offsets[i]
+    }
+
+    /// "event N (TYPE, offset X)" for messages; N counts from 1, as KRR's progress does.
+    pub fn describe(&self, i: usize) -> String {
+        format!(
+            "event {} ({}, file offset {})",
+            i + 1,
+            KIND_NAMES[self.events[i].type_number() as usize],
+            self.offsets[i]
+        )
+    }
+}
