@@ -153,6 +153,15 @@ fn main() {
         print!("{}", krr::cpu_model::help());
         return;
     }
+    // `krr replay` with KRR's own (QEMU) command line, as its users' scripts write it.
+    if args.get(1).is_some_and(|a| a == "replay") && krr::qemu_args::is_krr_command_line(&args[2..])
+    {
+        let code = replay_krr_cmd::run_qemu_spelling(&args[2..]).unwrap_or_else(|e| {
+            eprintln!("krr: {e}");
+            1
+        });
+        std::process::exit(code);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo { trace } => demo::run(trace).map(|()| 0),

@@ -39,9 +39,13 @@ pub struct ReplayArgs {
     /// Where `--log-bound` writes (default: stderr).
     #[arg(short = 'D')]
     log_file: Option<PathBuf>,
-    /// Stop before instruction N and print the state there.
+    /// Stop before instruction N and print the state there (for --krr: KRR's count).
     #[arg(long)]
     stop_at: Option<u64>,
+    /// With --krr: the instruction log's lines, `native` (krr's) or `krr` (KRR's `Regs:` /
+    /// `inst_cnt=` / disassembly items).
+    #[arg(long, value_name = "FORMAT", default_value = "native", value_parser = ["native", "krr"])]
+    log_format: String,
     /// Do not hash guest RAM at checkpoints (only the CPU state hash is checked there; the
     /// final RAM hash still is).
     #[arg(long)]
@@ -73,27 +77,33 @@ fn parse_log_bound(s: &str) -> Result<(u64, u64), String> {
 
 pub fn run(a: ReplayArgs) -> Result<i32, String> {
     let engine = a.engine.config();
+    if a.log_file.is_some() && a.log_bound.is_none() {
+        return Err("-D FILE needs --log-bound start=N1,end=N2".into());
+    }
     if let (Some(snapshot), Some(vmlinux)) = (&a.krr, &a.vmlinux) {
-        if a.log_bound.is_some() || a.stop_at.is_some() {
-            return Err(
-                "--log-bound and --stop-at are not available for KRR recordings yet".into(),
-            );
-        }
         let options = krr::krr_replay::load::Options {
             snapshot: snapshot.clone(),
             vmlinux: vmlinux.clone(),
             events: a.krr_events.clone(),
             cpu: a.cpu.clone(),
             engine,
+            expect_mem: None,
+            expect_vcpus: None,
         };
-        return crate::replay_krr_cmd::run(&options, !a.quiet);
+        let format = match a.log_format.as_str() {
+            "krr" => krr::krr_replay::driver::LogFormat::Kernel,
+            _ => krr::krr_replay::driver::LogFormat::Krr,
+        };
+        return crate::replay_krr_cmd::run(crate::replay_krr_cmd::Request {
+            options,
+            console: !a.quiet,
+            log: a.log_bound.map(|(s, e)| (s, e, a.log_file.clone(), format)),
+            stop_at: a.stop_at,
+        });
     }
     let Some(trace) = a.trace else {
         return Err("replay: name a trace or --krr SNAPSHOT".into());
     };
-    if a.log_file.is_some() && a.log_bound.is_none() {
-        return Err("-D FILE needs --log-bound start=N1,end=N2".into());
-    }
     let options = ReplayOptions {
         engine,
         console: !a.quiet,

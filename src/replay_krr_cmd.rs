@@ -1,13 +1,42 @@
 //! `krr replay --krr SNAPSHOT --vmlinux VMLINUX`: a KRR recording replayed kernel-only, with
 //! KRR's end-of-replay block and krr's verdict.
 
-use krr::krr_replay::driver::End;
+use krr::krr_replay::driver::{End, InsnLog, LogFormat};
 use krr::krr_replay::load::{self, Options};
+use std::path::PathBuf;
 use std::time::Instant;
 
-pub fn run(o: &Options, console: bool) -> Result<i32, String> {
+/// What to run and show besides the recording itself.
+pub struct Request {
+    pub options: Options,
+    pub console: bool,
+    /// The instruction log window [start, end) in KRR's count, its file (stderr when `None`)
+    /// and format.
+    pub log: Option<(u64, u64, Option<PathBuf>, LogFormat)>,
+    pub stop_at: Option<u64>,
+}
+
+pub fn run(r: Request) -> Result<i32, String> {
     let start = Instant::now();
+    let o = &r.options;
+    let console = r.console;
     let mut l = load::open(o)?;
+    if let Some((first, end, file, format)) = &r.log {
+        let out: Box<dyn std::io::Write> = match file {
+            Some(p) => Box::new(std::io::BufWriter::new(
+                std::fs::File::create(p)
+                    .map_err(|e| format!("cannot create {}: {e}", p.display()))?,
+            )),
+            None => Box::new(std::io::stderr()),
+        };
+        l.driver.log = Some(InsnLog {
+            start: *first,
+            end: *end,
+            format: *format,
+            out,
+        });
+    }
+    l.driver.stop_at = r.stop_at;
     eprintln!("replaying {}", l.recording);
     eprintln!("KASLR slide {:#x}", l.slide);
     for n in &l.notes {
@@ -48,6 +77,14 @@ pub fn run(o: &Options, console: bool) -> Result<i32, String> {
         eprintln!("warning: the 8259 mask register was read before the kernel wrote it; krr answered 0xff (the snapshot's i8259 state is not read yet)");
     }
     match end {
+        End::Stopped(count) => {
+            eprintln!(
+                "verdict: stopped before KRR count {count} (instruction {}), RIP {:#x}",
+                c.icount, c.rip
+            );
+            eprintln!("{}", krr::report::regs_line(c));
+            Ok(0)
+        }
         End::Finished => {
             eprintln!(
                 "verdict: replayed to the end of the recording; final RIP {:#x}",
@@ -66,4 +103,88 @@ pub fn run(o: &Options, console: bool) -> Result<i32, String> {
             Ok(2)
         }
     }
+}
+
+/// `krr replay` with KRR's QEMU command line (`-kernel-replay NAME -singlestep -D FILE
+/// -replay-log-bound ... -m ... -smp ... -cpu ...`, as KRR-INTERFACE.md shows it), plus krr's
+/// `--vmlinux FILE` (KRR compiles the trap points in; krr reads them from the vmlinux, by
+/// default `vmlinux` beside the snapshot) and `-q`.
+pub fn run_qemu_spelling(args: &[String]) -> Result<i32, String> {
+    let mut rest = Vec::new();
+    let mut vmlinux = None;
+    let mut quiet = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--vmlinux" => {
+                vmlinux = Some(PathBuf::from(it.next().ok_or("--vmlinux needs a file")?))
+            }
+            "-q" | "--quiet" => quiet = true,
+            _ => rest.push(a.clone()),
+        }
+    }
+    let c = krr::qemu_args::parse(&rest)?;
+    for n in &c.notes {
+        eprintln!("note: {n}");
+    }
+    if let Some(g) = c.gdb {
+        return Err(format!(
+            "-s/-S (a gdb server on port {}): krr's gdb stub is not built yet",
+            g.port
+        ));
+    }
+    if c.snapshot_period.is_some() || c.restore_snapshot_id.is_some() {
+        return Err(
+            "-snapshot-period/-restore-snapshot-id: krr's reverse execution is not built yet"
+                .into(),
+        );
+    }
+    let snapshot = c
+        .snapshot
+        .ok_or("KRR's command line names no recording (-kernel-replay NAME)")?;
+    let vmlinux = match vmlinux {
+        Some(v) => v,
+        None => {
+            let beside = snapshot
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("vmlinux");
+            if !beside.exists() {
+                return Err(format!(
+                    "the recorded kernel's vmlinux is needed for its trap points: name it with --vmlinux FILE (none at {})",
+                    beside.display()
+                ));
+            }
+            beside
+        }
+    };
+    let mut engine = krr_jit::EngineConfig::default();
+    if c.singlestep {
+        engine.max_block_insns = 1;
+    }
+    let log = if c.log_every_instruction || c.log_bound.is_some() {
+        let (s, e) = c.log_bound.map_or((0, u64::MAX), |b| match b.end {
+            Some(end) => (b.start, end),
+            // KRR's `end=0`: every instruction counted above start.
+            None => (b.start + 1, u64::MAX),
+        });
+        Some((s, e, c.log_file.clone(), LogFormat::Kernel))
+    } else {
+        None
+    };
+    let options = Options {
+        snapshot,
+        vmlinux,
+        events: None,
+        cpu: c.cpu.unwrap_or_else(|| "broadwell".into()),
+        engine,
+        expect_mem: c.mem_bytes,
+        expect_vcpus: c.vcpus,
+    };
+    run(Request {
+        options,
+        console: !quiet,
+        log,
+        stop_at: None,
+    })
 }

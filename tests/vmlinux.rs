@@ -272,6 +272,39 @@ fn krr_info_checks_a_vmlinux_against_the_snapshot() {
         "{stdout}"
     );
     assert!(stdout.contains("Total Replay Events: 0\n"), "{stdout}");
+    // KRR's own command line works too; its -m and -smp are checked against the recording.
+    let qemu = |mem: &str| {
+        Command::new(env!("CARGO_BIN_EXE_krr"))
+            .args([
+                "replay",
+                "-accel",
+                "tcg",
+                "-smp",
+                "1",
+                "-cpu",
+                "Broadwell",
+                "-no-hpet",
+            ])
+            .args(["-m", mem, "-kernel-replay"])
+            .arg(&snap)
+            .args(["-singlestep", "-krr-autostart", "--vmlinux"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = qemu("16M");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("Replay finished"), "{stdout}");
+    assert!(stderr.contains("note: -accel tcg"), "{stderr}");
+    let out = qemu("2G");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("-m 2048 MiB, but the recording's guest has 16 MiB"),
+        "{stderr}"
+    );
 
     let mut other = text.clone();
     other[22] ^= 1;

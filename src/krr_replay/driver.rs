@@ -32,6 +32,29 @@ pub enum End {
     /// Every event was replayed.
     Finished,
     Diverged(Divergence),
+    /// `--stop-at`: before the instruction with this KRR count.
+    Stopped(u64),
+}
+
+/// The instruction log's line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// krr's native replay lines: count, RIP, bytes, AT&T disassembly, registers.
+    Krr,
+    /// KRR's own three items per instruction (krr-spec 6): `Regs: ...`, `[cpu C]0x.., inst_cnt=`,
+    /// `IN: log tb, ...` and the disassembly.
+    Kernel,
+}
+
+/// `--log-bound start=N1,end=N2` / `-replay-log-bound`: instructions whose KRR count
+/// (counting themselves, as KRR's log does) lies in [start, end) are logged before they run.
+/// krr takes `end` as documented; KRR's own replayer stores it as the start (its
+/// `set_log_bound`, krr-spec 10.13), which `qemu_args` notes when it sees one.
+pub struct InsnLog {
+    pub start: u64,
+    pub end: u64,
+    pub format: LogFormat,
+    pub out: Box<dyn std::io::Write>,
 }
 
 /// A copy_from_user or get_user write whose user page was not mapped yet: retried at
@@ -55,6 +78,9 @@ pub struct Driver {
     /// (KRR loads the recorded ones; krr does too and counts it).
     pub corrected_interrupts: u64,
     pub trap_hits: u64,
+    pub log: Option<InsnLog>,
+    /// Stop before the instruction with this KRR count.
+    pub stop_at: Option<u64>,
 }
 
 /// The 16 general-purpose registers of `r` in krr's order (RAX RCX RDX RBX RSP RBP RSI RDI
@@ -90,6 +116,8 @@ impl Driver {
             user_gp_injected: false,
             corrected_interrupts: 0,
             trap_hits: 0,
+            log: None,
+            stop_at: None,
         }
     }
 
@@ -129,6 +157,22 @@ impl Driver {
             );
             if self.bus.queue.remaining() == 1 && bus_consumed {
                 limit = icount + 1;
+            }
+            let count = self.bus.count(self.core.cpu());
+            if let Some(at) = self.stop_at {
+                if count >= at {
+                    return Ok(End::Stopped(count));
+                }
+                limit = limit.min(icount + (at - count));
+            }
+            if let Some(l) = &self.log {
+                // The next instruction counts itself as count + 1.
+                if count + 1 >= l.start && count < l.end {
+                    limit = icount + 1;
+                    self.log_instruction()?;
+                } else if count + 1 < l.start {
+                    limit = limit.min(icount + (l.start - count - 1));
+                }
             }
             if limit == icount {
                 // Check the interrupt here before running anything.
@@ -177,6 +221,40 @@ impl Driver {
                 return Ok(end);
             }
         }
+    }
+
+    fn log_instruction(&mut self) -> Result<(), String> {
+        let rip = self.core.cpu().rip;
+        let count = self.bus.count(self.core.cpu()) + 1;
+        let (bytes, text) = crate::report::describe_insn(&mut self.core, rip);
+        let c = self.core.cpu();
+        let line = match self.log.as_ref().map(|l| l.format) {
+            Some(LogFormat::Kernel) => {
+                let g = &c.gpr;
+                let mut regs = format!(
+                    "Regs: eflags={:#x}, rax={:#x},rbx={:#x},rcx={:#x},rdx={:#x},rsi={:#x},rdi={:#x},rbp={:#x},rsp={:#x}",
+                    c.rflags_value(), g[0], g[3], g[1], g[2], g[6], g[7], g[5], g[4]
+                );
+                for (i, v) in g[8..].iter().enumerate() {
+                    regs.push_str(&format!(",r{}={v:#x}", i + 8));
+                }
+                let size = bytes.split(' ').filter(|b| !b.is_empty()).count();
+                format!(
+                    "{regs}, gs.base={:#x}, gs_kernel={:#x}, cr2={:#x}\n[cpu {}]{rip:#x}, inst_cnt={count}\nIN: log tb, size={size}, icount=1\n{rip:#x}:  {bytes}  {text}\n",
+                    c.seg[seg::GS].base, c.kernel_gs_base, c.cr2, self.bus.vcpu
+                )
+            }
+            _ => format!(
+                "{count} {rip:#018x} [{bytes}] {text} | {}\n",
+                crate::report::regs_line(c)
+            ),
+        };
+        if let Some(l) = &mut self.log {
+            l.out
+                .write_all(line.as_bytes())
+                .map_err(|e| format!("cannot write the instruction log: {e}"))?;
+        }
+        Ok(())
     }
 
     /// Inject the kernel interrupt at the head if this boundary matches it; otherwise decide

@@ -24,6 +24,9 @@ pub struct Options {
     /// The CPU model (`--cpu`): KRR replays with `-cpu Broadwell`.
     pub cpu: String,
     pub engine: EngineConfig,
+    /// `-m` / `-smp` of KRR's command line, checked against the snapshot.
+    pub expect_mem: Option<u64>,
+    pub expect_vcpus: Option<u32>,
 }
 
 /// What the replay report says about the recording.
@@ -75,6 +78,23 @@ pub fn open(o: &Options) -> Result<Loaded, String> {
     };
     let rec = Recording::open(files).map_err(|e| e.to_string())?;
     let s = &rec.snapshot;
+    if let Some(m) = o.expect_mem {
+        if m != s.ram.size {
+            return Err(format!(
+                "-m {} MiB, but the recording's guest has {} MiB",
+                m >> 20,
+                s.ram.size >> 20
+            ));
+        }
+    }
+    if let Some(n) = o.expect_vcpus {
+        if n as usize != s.vcpus.len() {
+            return Err(format!(
+                "-smp {n}, but the recording has {} vCPUs",
+                s.vcpus.len()
+            ));
+        }
+    }
     if s.vcpus.len() != 1 {
         return Err(format!(
             "{}: a recording of {} vCPUs; krr replays one-vCPU KRR recordings so far (the exec-lock hand-over of krr-spec 5 is not built yet)",
