@@ -42,6 +42,11 @@ pub struct ReplayBus {
     /// Stop after the next event is consumed (the last one: the replay ends there).
     pub stop_when_empty: bool,
     pub pic_guessed: bool,
+    /// The recording had RDTSC exiting on (`rr_trap_rdtsc=1`): KVM wrote the RIP and count
+    /// of kernel RDTSCs into their events, which are then checked (docs/KRR-EVENT-CHECKS.md).
+    pub rdtsc_exiting: bool,
+    /// RIP of the last port input: a REP INS repeats it, and KRR then ignores the count.
+    last_in_rip: u64,
 }
 
 impl ReplayBus {
@@ -59,6 +64,8 @@ impl ReplayBus {
             model_answers: Vec::new(),
             stop_when_empty: false,
             pic_guessed: false,
+            rdtsc_exiting: false,
+            last_in_rip: u64::MAX,
         }
     }
 
@@ -137,10 +144,12 @@ impl Bus for ReplayBus {
             self.diverge(Some(i), msg);
             return u32::MAX;
         }
-        // The count KVM sampled before the IN retired; KRR resynchronises within 2.
+        // The count KVM sampled before the IN retired; KRR resynchronises within 2 and
+        // ignores it for an input repeated at one RIP (REP INS).
         let count = self.count(cpu);
         let diff = count.abs_diff(e.inst_cnt);
-        if diff != 0 {
+        let repeated = std::mem::replace(&mut self.last_in_rip, cpu.rip) == cpu.rip;
+        if diff != 0 && !repeated {
             if diff <= 2 {
                 self.io_resyncs += 1;
                 self.resync(cpu, e.inst_cnt);
@@ -200,12 +209,21 @@ impl Bus for ReplayBus {
             }
             return 0;
         };
-        let Event::Rdtsc(e) = self.queue.event(i) else {
+        let Event::Rdtsc(e) = self.queue.event(i).clone() else {
             unreachable!()
         };
-        let v = e.value;
+        if self.rdtsc_exiting && cpu.cpl() == 0 {
+            let count = self.count(cpu);
+            if e.rip != cpu.rip || count.abs_diff(e.inst_cnt) > 2 {
+                let msg = format!(
+                    "RDTSC at RIP {:#x} count {count}, recorded at RIP {:#x} count {}",
+                    cpu.rip, e.rip, e.inst_cnt
+                );
+                self.diverge(Some(i), msg);
+            }
+        }
         self.queue.take(i);
-        v
+        e.value
     }
 
     fn rdrand(&mut self, cpu: &CpuState, size: u8, seed: bool) -> Option<u64> {

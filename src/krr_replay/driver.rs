@@ -311,6 +311,15 @@ impl Driver {
         let Event::Interrupt(i) = self.bus.queue.event(idx).clone() else {
             unreachable!()
         };
+        if !(32..=255).contains(&i.vector) {
+            // The older guest patch's SMP interrupts (`from` = 3) leave the vector stale
+            // (krr-spec open question 7): not replayable.
+            return Err(format!(
+                "{}: interrupt vector {} is not an external-interrupt vector (a recording by the older KRR guest patch, whose SMP interrupt events lack vector and registers?)",
+                self.bus.queue.describe(idx),
+                i.vector
+            ));
+        }
         let regs = gprs(&i.regs);
         let arch = self.core.arch_mut();
         if arch.gpr != regs && !is_user_address(i.rip) {

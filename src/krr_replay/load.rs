@@ -146,7 +146,13 @@ pub fn open(o: &Options) -> Result<Loaded, String> {
     }
     let loaded = rec.log.counts();
     let queue = Queue::new(&rec.log, &log_bytes);
-    let bus = ReplayBus::new(queue, ring, Devices::new(s.apic(0)));
+    let mut bus = ReplayBus::new(queue, ring, Devices::new(s.apic(0)));
+    // KVM fills an RDTSC event's RIP only when RDTSC exits (krr-spec 7.1).
+    bus.rdtsc_exiting = rec
+        .log
+        .events
+        .iter()
+        .any(|e| matches!(e, crate::krr_rec::events::Event::Rdtsc(r) if r.rip != 0));
     let engine = Engine::new(EngineConfig {
         deliver_exceptions: true,
         ..o.engine
