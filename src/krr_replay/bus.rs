@@ -12,6 +12,28 @@ use crate::krr_rec::events::Event;
 use crate::krr_rec::layout::ty;
 use krr_runtime::{Bus, CpuState};
 
+/// The PIIX IDE function's bus-master DMA as KRR's replay plays it (krr-spec 3.5 DMA_DONE,
+/// 1.4): the guest's start of a read DMA (device to memory) consumes a DMA_DONE at the head
+/// and the device's next DMA log entry, whose data is written to guest memory.
+pub struct IdeDma {
+    /// BAR4's I/O base (primary channel's command register; the secondary's is at +8).
+    pub bmdma_base: u16,
+    pub entries: Vec<crate::krr_rec::dma::DmaEntry>,
+    pub next: usize,
+    cmd: [u8; 2],
+}
+
+impl IdeDma {
+    pub fn new(bmdma_base: u16, entries: Vec<crate::krr_rec::dma::DmaEntry>) -> IdeDma {
+        IdeDma {
+            bmdma_base,
+            entries,
+            next: 0,
+            cmd: [0; 2],
+        }
+    }
+}
+
 /// Where and why the replay left the recording.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Divergence {
@@ -47,6 +69,11 @@ pub struct ReplayBus {
     pub rdtsc_exiting: bool,
     /// RIP of the last port input: a REP INS repeats it, and KRR then ignores the count.
     last_in_rip: u64,
+    pub ide: Option<IdeDma>,
+    /// DMA data to write into guest-physical memory (the driver does, at the next exit).
+    pub pending_dma: Vec<(u64, Vec<u8>)>,
+    /// IDE read DMAs started while the head was not a DMA_DONE (KRR then does nothing).
+    pub unmatched_dma_starts: u64,
 }
 
 impl ReplayBus {
@@ -66,6 +93,9 @@ impl ReplayBus {
             pic_guessed: false,
             rdtsc_exiting: false,
             last_in_rip: u64::MAX,
+            ide: None,
+            pending_dma: Vec::new(),
+            unmatched_dma_starts: 0,
         }
     }
 
@@ -86,6 +116,48 @@ impl ReplayBus {
                 None => message,
             };
             self.divergence = Some(Divergence { event, message });
+        }
+    }
+
+    /// A write to a BMDMA command register: a read DMA starting (start bit set, direction
+    /// device-to-memory) takes a DMA_DONE at the head and the next DMA log entry.
+    fn ide_command(&mut self, cpu: &CpuState, port: u16, value: u8) {
+        let Some(ide) = &mut self.ide else { return };
+        let channel = match port.wrapping_sub(ide.bmdma_base) {
+            0 => 0,
+            8 => 1,
+            _ => return,
+        };
+        let old = std::mem::replace(&mut ide.cmd[channel], value);
+        if value & 1 == 0 || old & 1 != 0 || value & 8 == 0 {
+            return;
+        }
+        match self.queue.head() {
+            Some((i, Event::DmaDone { .. })) => {
+                let Some(ide) = &mut self.ide else { return };
+                let Some(entry) = ide.entries.get(ide.next) else {
+                    let msg = format!(
+                        "IDE read DMA started at RIP {:#x}, but the DMA log has only {} entries",
+                        cpu.rip,
+                        ide.entries.len()
+                    );
+                    self.diverge(Some(i), msg);
+                    return;
+                };
+                ide.next += 1;
+                for sg in &entry.sgs {
+                    self.pending_dma.push((sg.addr, sg.data.clone()));
+                }
+                self.append_recorded(i);
+                self.queue.take(i);
+            }
+            _ => {
+                self.unmatched_dma_starts += 1;
+                log::warn!(
+                    "IDE read DMA started at RIP {:#x} while the next event is not a DMA_DONE (KRR does nothing then)",
+                    cpu.rip
+                );
+            }
         }
     }
 
@@ -171,8 +243,11 @@ impl Bus for ReplayBus {
         (e.value & mask) as u32
     }
 
-    fn port_out(&mut self, _cpu: &CpuState, port: u16, _size: u8, value: u32) {
+    fn port_out(&mut self, cpu: &CpuState, port: u16, size: u8, value: u32) {
         self.devices.port_out(port, value);
+        if size == 1 {
+            self.ide_command(cpu, port, value as u8);
+        }
     }
 
     fn mmio_read(&mut self, cpu: &CpuState, phys: u64, size: u8) -> u64 {
@@ -323,6 +398,8 @@ impl Bus for ReplayBus {
     }
 
     fn wants_exit(&self, _cpu: &CpuState) -> bool {
-        self.divergence.is_some() || (self.stop_when_empty && self.queue.is_empty())
+        self.divergence.is_some()
+            || !self.pending_dma.is_empty()
+            || (self.stop_when_empty && self.queue.is_empty())
     }
 }

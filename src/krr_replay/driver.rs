@@ -184,6 +184,7 @@ impl Driver {
             self.core.set_icount_limit(limit);
             Engine::set_rep_pause(&mut self.core, pause);
             let exit = self.engine.run_with_bus(&mut self.core, &mut self.bus);
+            self.apply_dma()?;
             progress(self.bus.queue.len() as u64 - self.bus.queue.remaining() as u64);
             let end = match exit {
                 Exit::Budget => self.at_budget(head, &event)?,
@@ -221,6 +222,19 @@ impl Driver {
                 return Ok(end);
             }
         }
+    }
+
+    /// Write the DMA data the bus released into guest-physical memory.
+    fn apply_dma(&mut self) -> Result<(), String> {
+        for (gpa, data) in std::mem::take(&mut self.bus.pending_dma) {
+            self.core
+                .mem_mut()
+                .write(gpa, &data)
+                .map_err(|e| format!("DMA of {} bytes to {gpa:#x}: {e}", data.len()))?;
+            self.engine
+                .notify_write(&mut self.core, gpa, data.len() as u64);
+        }
+        Ok(())
     }
 
     fn log_instruction(&mut self) -> Result<(), String> {

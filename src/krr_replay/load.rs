@@ -147,6 +147,7 @@ pub fn open(o: &Options) -> Result<Loaded, String> {
     let loaded = rec.log.counts();
     let queue = Queue::new(&rec.log, &log_bytes);
     let mut bus = ReplayBus::new(queue, ring, Devices::new(s.apic(0)));
+    bus.ide = ide_dma(&o.snapshot, s, &rec.dma)?;
     // KVM fills an RDTSC event's RIP only when RDTSC exits (krr-spec 7.1).
     bus.rdtsc_exiting = rec
         .log
@@ -173,4 +174,47 @@ pub fn open(o: &Options) -> Result<Loaded, String> {
         loaded,
         slide,
     })
+}
+
+/// The PIIX IDE function of the snapshot (its section `<bus:dev.fn>/ide`): BAR4 (the BMDMA
+/// I/O base) from its PCI config, and the DMA log of its devfn (or the unnamed
+/// `kernel_rr_dma.log`).
+fn ide_dma(
+    path: &std::path::Path,
+    s: &Snapshot,
+    logs: &[(Option<u32>, crate::krr_rec::dma::DmaLog)],
+) -> Result<Option<super::bus::IdeDma>, String> {
+    let Some(sec) = s.sections.iter().find(|x| x.name.ends_with("/ide")) else {
+        return Ok(None);
+    };
+    // A PCI device's state opens with a version word and its 256-byte config space.
+    let mut body = vec![0u8; 4 + 256];
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    f.seek(SeekFrom::Start(sec.offset))
+        .and_then(|_| f.read_exact(&mut body))
+        .map_err(|e| {
+            format!(
+                "{}: the IDE section at offset {}: {e}",
+                path.display(),
+                sec.offset
+            )
+        })?;
+    let bar4 = u32::from_le_bytes(body[4 + 0x20..4 + 0x24].try_into().expect("4 bytes"));
+    if bar4 & 1 == 0 || bar4 & !3 == 0 {
+        return Ok(None);
+    }
+    // "0000:00:01.1/ide": devfn = dev << 3 | fn.
+    let devfn = sec.name.split('/').next().and_then(|a| {
+        let (dev, func) = a.rsplit(':').next()?.split_once('.')?;
+        Some((u32::from_str_radix(dev, 16).ok()? << 3) | func.parse::<u32>().ok()?)
+    });
+    let log = logs
+        .iter()
+        .find(|(d, _)| d.is_some() && *d == devfn)
+        .or_else(|| logs.iter().find(|(d, _)| d.is_none()));
+    Ok(Some(super::bus::IdeDma::new(
+        (bar4 & !3) as u16,
+        log.map(|(_, l)| l.entries.clone()).unwrap_or_default(),
+    )))
 }
