@@ -403,3 +403,148 @@ impl Bus for ReplayBus {
             || (self.stop_when_empty && self.queue.is_empty())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::krr_rec::dma::{DmaEntry, DmaSg};
+    use crate::krr_rec::events::{Gfu, IoInput, KrrLog, Node, QueueHeader};
+
+    fn bus(events: Vec<Event>) -> ReplayBus {
+        let n = events.len();
+        let log = KrrLog {
+            headers: None,
+            events,
+            // Every payload is 32 bytes of 0xab in this made-up file.
+            offsets: (0..n as u64).map(|i| 96 + 36 * i).collect(),
+            file_len: 96 + 36 * n as u64,
+        };
+        let mut bytes = vec![0u8; 96];
+        for _ in 0..n {
+            bytes.extend_from_slice(&[0; 4]);
+            bytes.extend_from_slice(&[0xab; 32]);
+        }
+        let mut raw = [0u8; 48];
+        raw[8..12].copy_from_slice(&4096u32.to_le_bytes());
+        raw[24..32].copy_from_slice(&4096u64.to_le_bytes());
+        raw[32..40].copy_from_slice(&(1u64 << 20).to_le_bytes());
+        let ring = Ring::new(
+            0xf000_0000,
+            4096 + (1 << 20),
+            &QueueHeader::from_bytes(&raw),
+        );
+        ReplayBus::new(Queue::new(&log, &bytes), Some(ring), Devices::new(None))
+    }
+
+    fn io(value: u64, inst_cnt: u64, rip: u64) -> Event {
+        Event::IoIn(IoInput {
+            id: 0,
+            value,
+            inst_cnt,
+            rip,
+        })
+    }
+
+    #[test]
+    fn port_inputs_are_checked_resynchronised_and_appended() {
+        let mut core = krr_runtime::Core::new(1 << 20).unwrap();
+        core.arch_mut().rip = 0x1000;
+        core.arch_mut().icount = 50;
+        let mut b = bus(vec![
+            io(0x1234, 51, 0x1000),
+            io(7, 90, 0x1000),
+            io(1, 0, 0x2000),
+        ]);
+        // Count 50 against 51: within 2, resynchronised.
+        assert_eq!(b.port_in(core.cpu(), 0x60, 1), 0x34);
+        assert_eq!((b.io_resyncs, b.count(core.cpu())), (1, 51));
+        assert_eq!(b.ring.as_ref().unwrap().current_pos(), 1);
+        // The same RIP again (a REP INS): the count is not compared.
+        assert_eq!(b.port_in(core.cpu(), 0x60, 2), 7);
+        assert!(b.divergence.is_none());
+        // Another RIP than recorded: a divergence naming the event, not consumed.
+        core.arch_mut().rip = 0x1800;
+        b.port_in(core.cpu(), 0x60, 4);
+        let d = b.divergence.clone().unwrap();
+        assert_eq!(d.event, Some(2));
+        assert!(d.message.starts_with("event 3 (IO Input"), "{}", d.message);
+        assert!(
+            d.message.contains("recorded at RIP 0x2000"),
+            "{}",
+            d.message
+        );
+        assert_eq!(b.queue.remaining(), 1);
+    }
+
+    #[test]
+    fn rdtsc_rdseed_and_inst_sync() {
+        let mut core = krr_runtime::Core::new(1 << 20).unwrap();
+        core.arch_mut().icount = 10;
+        let mut b = bus(vec![
+            Event::Rdtsc(IoInput {
+                id: 0,
+                value: 0x1_0000_0002,
+                inst_cnt: 0,
+                rip: 0,
+            }),
+            Event::Rdseed(Gfu {
+                id: 0,
+                val: 0xdead_beef_cafe,
+                ptr: 0,
+                size: 8,
+            }),
+            Event::InstSync(Node {
+                id: 0,
+                spin_count: 3,
+                inst_cnt: 500,
+            }),
+        ]);
+        assert_eq!(b.rdtsc(core.cpu()), 0x1_0000_0002);
+        assert_eq!(b.rdrand(core.cpu(), 4, false), Some(0xbeef_cafe));
+        core.arch_mut().gpr[0] = 20;
+        assert!(b.hypercall(core.cpu()));
+        // After the VMCALL retires the count is the recorded one.
+        core.arch_mut().icount = 11;
+        assert_eq!(b.count(core.cpu()), 500);
+        assert_eq!((b.cached_spin, b.skip_sync), (3, true));
+        assert!(b.queue.is_empty());
+        // An RDTSC after the last event: a divergence.
+        b.rdtsc(core.cpu());
+        assert!(b
+            .divergence
+            .unwrap()
+            .message
+            .contains("after the last event"));
+    }
+
+    #[test]
+    fn an_ide_read_dma_start_takes_a_dma_done_and_the_next_entry() {
+        let core = krr_runtime::Core::new(1 << 20).unwrap();
+        let mut b = bus(vec![Event::DmaDone { id: 0, inst_cnt: 0 }, io(1, 0, 0)]);
+        let entry = DmaEntry {
+            inst_cnt: 0,
+            rip: 0,
+            follow_num: 0,
+            cpu_id: 0,
+            owner_id: 0,
+            dev_type: 0,
+            dev_index: 0,
+            sgs: vec![DmaSg {
+                addr: 0x8000,
+                data: vec![5; 512],
+            }],
+            offset: 0,
+        };
+        b.ide = Some(IdeDma::new(0xc040, vec![entry]));
+        // A write DMA (bit 3 clear) and other ports take nothing.
+        b.port_out(core.cpu(), 0xc040, 1, 1);
+        b.port_out(core.cpu(), 0xc040, 1, 0);
+        b.port_out(core.cpu(), 0xc041, 1, 9);
+        assert_eq!(b.queue.remaining(), 2);
+        b.port_out(core.cpu(), 0xc048, 1, 9);
+        assert_eq!(b.queue.remaining(), 1);
+        assert_eq!(b.pending_dma, vec![(0x8000, vec![5; 512])]);
+        assert!(b.wants_exit(core.cpu()));
+        assert_eq!(b.ring.as_ref().unwrap().current_pos(), 1);
+    }
+}
