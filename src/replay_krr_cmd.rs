@@ -70,6 +70,17 @@ pub fn run(r: Request) -> Result<i32, String> {
         d.corrected_interrupts,
         d.bus.ring.as_ref().map_or(0, |r| r.appended),
     );
+    if !d.checkpoints.is_empty() {
+        let t = d.checkpoint_tally;
+        eprintln!(
+            "checkpoints: {} passed, {} missed, {} skipped (REP), {} with RFLAGS differing (ignored, as KRR does), of {}",
+            t.passed,
+            t.missed,
+            t.skipped,
+            t.flags_differ,
+            d.checkpoints.len()
+        );
+    }
     for (m, rip, n) in &d.bus.model_answers {
         eprintln!("warning: {m} executed {n} times (first at RIP {rip:#x}): not recorded by KRR, answered by the CPU model");
     }

@@ -167,8 +167,14 @@ pub fn open(o: &Options) -> Result<Loaded, String> {
         rec.log.events.len(),
         model.spec
     );
+    let mut driver = Driver::new(core, engine, bus, traps);
+    if let Some((_, cps)) = rec.checkpoints.iter().find(|(cpu, _)| *cpu == 0) {
+        let mut cps = cps.clone();
+        cps.sort_by_key(|c| c.inst_cnt);
+        driver.checkpoints = cps;
+    }
     Ok(Loaded {
-        driver: Driver::new(core, engine, bus, traps),
+        driver,
         recording,
         notes,
         loaded,

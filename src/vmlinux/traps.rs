@@ -99,6 +99,8 @@ impl SourceLine {
 pub struct TrapPoints {
     pub slide: u64,
     points: Vec<(TrapPoint, u64)>,
+    /// `entry_SYSCALL_64` at run time (checkpoint comparisons skip the CRs there).
+    pub entry_syscall: Option<u64>,
 }
 
 impl TrapPoints {
@@ -166,7 +168,14 @@ impl TrapPoints {
         for p in &mut points {
             p.1 = p.1.wrapping_add(slide);
         }
-        Ok(TrapPoints { slide, points })
+        let entry_syscall = vmlinux
+            .symbol("entry_SYSCALL_64")
+            .map(|s| s.addr.wrapping_add(slide));
+        Ok(TrapPoints {
+            slide,
+            points,
+            entry_syscall,
+        })
     }
 
     /// The trap point at run-time address `rip`, if any.
