@@ -433,7 +433,7 @@ mod tests {
             4096 + (1 << 20),
             &QueueHeader::from_bytes(&raw),
         );
-        ReplayBus::new(Queue::new(&log, &bytes), Some(ring), Devices::new(None))
+        ReplayBus::new(Queue::new(&log, &bytes), Some(ring), Devices::new(&[None]))
     }
 
     fn io(value: u64, inst_cnt: u64, rip: u64) -> Event {

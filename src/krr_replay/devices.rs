@@ -39,7 +39,9 @@ pub struct Devices {
     /// yet, so a read then is reported).
     pub pic_imr: [Option<u8>; 2],
     apic_base: u64,
-    apic: Vec<u32>,
+    /// Each vCPU's xAPIC registers (the page is per CPU); `current` is the running vCPU's.
+    apics: Vec<Vec<u32>>,
+    pub current: usize,
     ioapic_select: u32,
     ioapic: [u32; 0x40],
     serial_lcr: u8,
@@ -47,8 +49,9 @@ pub struct Devices {
     pub console: Vec<u8>,
 }
 
-impl Devices {
-    pub fn new(apic: Option<&Apic>) -> Devices {
+/// A local APIC's register file from its snapshot state, and its base address.
+fn apic_registers(apic: Option<&Apic>) -> (u64, Vec<u32>) {
+    {
         let mut regs = vec![0u32; 0x400 / 4];
         let mut set = |off: usize, v: u32| regs[off / 4] = v;
         let mut base = 0xfee0_0000u64;
@@ -74,6 +77,16 @@ impl Devices {
             set(reg::TIMER_DIVIDE, a.divide_conf);
         }
         set(reg::VERSION, APIC_VERSION);
+        (base, regs)
+    }
+}
+
+impl Devices {
+    /// The devices of a machine whose vCPUs have local APICs `apics` (in vCPU order).
+    pub fn new(apics: &[Option<&Apic>]) -> Devices {
+        let files: Vec<(u64, Vec<u32>)> = apics.iter().map(|a| apic_registers(*a)).collect();
+        let base = files.first().map_or(0xfee0_0000, |f| f.0);
+        let regs: Vec<Vec<u32>> = files.into_iter().map(|f| f.1).collect();
         let mut ioapic = [0u32; 0x40];
         ioapic[1] = IOAPIC_VERSION;
         for pin in 0..24 {
@@ -82,7 +95,8 @@ impl Devices {
         Devices {
             pic_imr: [None; 2],
             apic_base: base,
-            apic: regs,
+            apics: regs,
+            current: 0,
             ioapic_select: 0,
             ioapic,
             serial_lcr: 0,
@@ -118,10 +132,10 @@ impl Devices {
         if phys & !0xfff == self.apic_base {
             let off = (phys & 0xff0) as usize;
             let v = match off {
-                reg::PPR => self.apic[reg::TPR / 4] & 0xf0,
+                reg::PPR => self.apics[self.current][reg::TPR / 4] & 0xf0,
                 // The current count: no timer runs in replay (QEMU's callback is a no-op).
                 0x390 => 0,
-                _ => self.apic[off / 4],
+                _ => self.apics[self.current][off / 4],
             };
             return Some(sized(v, phys, size));
         }
@@ -140,25 +154,21 @@ impl Devices {
     pub fn mmio_write(&mut self, phys: u64, value: u64) -> bool {
         if phys & !0xfff == self.apic_base {
             let off = (phys & 0xff0) as usize;
+            let apic = &mut self.apics[self.current];
             match off {
                 reg::EOI => {
                     // Clear the highest in-service vector.
-                    if let Some(i) = (0..8)
-                        .rev()
-                        .find(|&i| self.apic[(reg::ISR + 16 * i) / 4] != 0)
-                    {
-                        let w = &mut self.apic[(reg::ISR + 16 * i) / 4];
+                    if let Some(i) = (0..8).rev().find(|&i| apic[(reg::ISR + 16 * i) / 4] != 0) {
+                        let w = &mut apic[(reg::ISR + 16 * i) / 4];
                         *w &= !(1 << (31 - w.leading_zeros()));
                     }
                 }
                 reg::ID | reg::TPR | reg::LDR | reg::DFR | reg::SVR | reg::ESR => {
-                    self.apic[off / 4] = value as u32
+                    apic[off / 4] = value as u32
                 }
-                _ if off == reg::ICR || off == reg::ICR + 0x10 => self.apic[off / 4] = value as u32,
-                _ if (reg::LVT..reg::LVT + 0x60).contains(&off) => {
-                    self.apic[off / 4] = value as u32
-                }
-                reg::TIMER_INITIAL | reg::TIMER_DIVIDE => self.apic[off / 4] = value as u32,
+                _ if off == reg::ICR || off == reg::ICR + 0x10 => apic[off / 4] = value as u32,
+                _ if (reg::LVT..reg::LVT + 0x60).contains(&off) => apic[off / 4] = value as u32,
+                reg::TIMER_INITIAL | reg::TIMER_DIVIDE => apic[off / 4] = value as u32,
                 _ => {}
             }
             return true;
@@ -205,7 +215,8 @@ mod tests {
             lvt: [0x10000, 0, 0, 0x700, 0x400, 0xfe],
             ..Default::default()
         };
-        let mut d = Devices::new(Some(&a));
+        let b = Apic { id: 1, ..a.clone() };
+        let mut d = Devices::new(&[Some(&a), Some(&b)]);
         assert_eq!(d.mmio_read(0xfee0_0020, 4), Some(2 << 24));
         assert_eq!(d.mmio_read(0xfee0_0030, 4), Some(APIC_VERSION as u64));
         assert_eq!(d.mmio_read(0xfee0_00f0, 4), Some(0x1ff));
@@ -213,6 +224,11 @@ mod tests {
         assert_eq!(d.mmio_read(0xfee0_0170, 4), Some(1 << 4));
         assert!(d.mmio_write(0xfee0_00b0, 0));
         assert_eq!(d.mmio_read(0xfee0_0170, 4), Some(0));
+        // vCPU 1 has its own page.
+        d.current = 1;
+        assert_eq!(d.mmio_read(0xfee0_0020, 4), Some(1 << 24));
+        assert_eq!(d.mmio_read(0xfee0_0170, 4), Some(1 << 4));
+        d.current = 0;
         assert!(d.mmio_write(0xfec0_0000, 0x12));
         assert!(d.mmio_write(0xfec0_0010, 0x31));
         assert_eq!(d.mmio_read(0xfec0_0010, 4), Some(0x31));

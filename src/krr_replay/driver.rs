@@ -18,13 +18,11 @@ use crate::vmlinux::traps::{TrapPoint, TrapPoints};
 use krr_jit::{Engine, Exit};
 use krr_runtime::arch::{pushes_error_code, rflags, vector};
 use krr_runtime::cpu::{seg, Segment};
-use krr_runtime::gpr::{RCX, RDI, RSI};
+use krr_runtime::gpr::RCX;
 use krr_runtime::Core;
 
 /// Instructions per engine run when no event is near (the progress bar moves between runs).
 const CHUNK: u64 = 5_000_000;
-/// PTE `_PAGE_USER`.
-const PTE_USER: u64 = 1 << 2;
 
 /// How a replay ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,10 +57,32 @@ pub struct InsnLog {
 
 /// A copy_from_user or get_user write whose user page was not mapped yet: retried at
 /// PF_EXEC_END, after the kernel's own fault mapped it (3.6).
-struct Pending {
-    event: usize,
-    va: u64,
-    data: Vec<u8>,
+pub(super) struct Pending {
+    pub(super) event: usize,
+    pub(super) va: u64,
+    pub(super) data: Vec<u8>,
+}
+
+/// A vCPU that does not hold the exec lock: frozen where it gave the lock up (krr-spec 5).
+struct Parked {
+    arch: krr_runtime::ArchState,
+    delta: i64,
+    cached_spin: u64,
+    skip_sync: bool,
+}
+
+/// The vCPU an event names, for the events whose `id` is meaningful (the others always say 0
+/// and follow the owner, krr-spec 5).
+fn owner_of(e: &Event) -> Option<usize> {
+    let id = match e {
+        Event::Interrupt(i) => i.id,
+        Event::Exception(x) => x.id,
+        Event::Syscall(x) => x.id,
+        Event::IoIn(x) => x.id,
+        Event::InstSync(n) | Event::Release(n) => n.id,
+        _ => return None,
+    };
+    usize::try_from(id).ok()
 }
 
 pub struct Driver {
@@ -70,10 +90,10 @@ pub struct Driver {
     pub engine: Engine,
     pub bus: ReplayBus,
     pub traps: TrapPoints,
-    pending: Option<Pending>,
+    pub(super) pending: Option<Pending>,
     /// A user-mode #GP substituted and already consumed (krr-spec open question 5): its
     /// handler's GP_EXEC trap must not consume another event.
-    user_gp_injected: bool,
+    pub(super) user_gp_injected: bool,
     /// Interrupts whose recorded registers differed from the replay's where it injected them
     /// (KRR loads the recorded ones; krr does too and counts it).
     pub corrected_interrupts: u64,
@@ -84,8 +104,14 @@ pub struct Driver {
     /// The recording's `checkpoint-<cpu>` of the replayed vCPU, by count, and the
     /// verification's tally.
     pub checkpoints: Vec<crate::krr_rec::checkpoint::Checkpoint>,
-    next_checkpoint: usize,
+    pub(super) next_checkpoint: usize,
     pub checkpoint_tally: CheckpointTally,
+    /// The other vCPUs of a multi-vCPU recording (`None` for the one in `core`).
+    parked: Vec<Option<Parked>>,
+    /// The vCPU in `core`, and the exec-lock owner (`None` before the first event chose one).
+    pub current: usize,
+    owner: Option<usize>,
+    pub handovers: u64,
 }
 
 /// How the checkpoints went (krr-spec 6): compared and equal, missed (the count was passed
@@ -120,7 +146,24 @@ fn is_user_address(a: u64) -> bool {
 }
 
 impl Driver {
-    pub fn new(core: Core, mut engine: Engine, bus: ReplayBus, traps: TrapPoints) -> Driver {
+    /// A replay of vCPU 0 in `core`; `others` are the other vCPUs' states (multi-vCPU
+    /// recordings), parked until they own the exec lock.
+    pub fn new(
+        core: Core,
+        mut engine: Engine,
+        bus: ReplayBus,
+        traps: TrapPoints,
+        others: Vec<krr_runtime::ArchState>,
+    ) -> Driver {
+        let mut parked = vec![None];
+        parked.extend(others.into_iter().map(|arch| {
+            Some(Parked {
+                arch,
+                delta: 0,
+                cached_spin: 0,
+                skip_sync: false,
+            })
+        }));
         engine.set_stop_addresses(traps.iter().map(|(_, a)| a));
         engine.set_stop_at_user_mode(true);
         Driver {
@@ -137,10 +180,60 @@ impl Driver {
             checkpoints: Vec::new(),
             next_checkpoint: 0,
             checkpoint_tally: CheckpointTally::default(),
+            parked,
+            current: 0,
+            owner: None,
+            handovers: 0,
         }
     }
 
-    fn diverge(&mut self, event: Option<usize>, message: String) -> End {
+    pub(super) fn smp(&self) -> bool {
+        self.parked.len() > 1
+    }
+
+    /// Put vCPU `to` in the core (the exec lock passed to it); the running one is parked
+    /// where it stands, with its count and cached spin.
+    fn switch_to(&mut self, to: usize) -> Result<(), String> {
+        if to == self.current {
+            return Ok(());
+        }
+        let incoming = self
+            .parked
+            .get_mut(to)
+            .and_then(Option::take)
+            .ok_or_else(|| {
+                format!("an event names vCPU {to}, which the recording does not have")
+            })?;
+        let out = Parked {
+            arch: std::mem::replace(self.core.arch_mut(), incoming.arch),
+            delta: std::mem::replace(&mut self.bus.delta, incoming.delta),
+            cached_spin: std::mem::replace(&mut self.bus.cached_spin, incoming.cached_spin),
+            skip_sync: std::mem::replace(&mut self.bus.skip_sync, incoming.skip_sync),
+        };
+        self.parked[self.current] = Some(out);
+        self.current = to;
+        self.bus.vcpu = to as i32;
+        self.bus.devices.current = to;
+        self.core.flush_tlb();
+        self.handovers += 1;
+        Ok(())
+    }
+
+    /// The exec-lock gate (krr-spec 3.2 step 1): before the first owner, the head event's
+    /// vCPU takes the lock.
+    fn gate(&mut self) -> Result<(), String> {
+        if self.owner.is_some() || !self.smp() {
+            return Ok(());
+        }
+        let to = self.bus.queue.head().and_then(|(_, e)| owner_of(e));
+        if let Some(to) = to {
+            self.owner = Some(to);
+            self.switch_to(to)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn diverge(&mut self, event: Option<usize>, message: String) -> End {
         self.bus.diverge(event, message);
         End::Diverged(self.bus.divergence.clone().expect("just set"))
     }
@@ -152,6 +245,7 @@ impl Driver {
             if let Some(d) = self.bus.divergence.clone() {
                 return Ok(End::Diverged(d));
             }
+            self.gate()?;
             let Some((head, event)) = self.bus.queue.head() else {
                 return Ok(End::Finished);
             };
@@ -164,7 +258,7 @@ impl Driver {
             let mut limit = icount + CHUNK;
             let mut pause = None;
             if let Event::Interrupt(i) = &event {
-                if !is_user_address(i.rip) {
+                if !is_user_address(i.rip) && owner_of(&event).unwrap_or(0) == self.current {
                     let first = i.inst_cnt.saturating_sub(1) as i64 - self.bus.delta;
                     limit = limit.min((first.max(icount as i64)) as u64);
                     pause = Some((i.rip, i.regs.rcx));
@@ -178,11 +272,14 @@ impl Driver {
                 limit = icount + 1;
             }
             let count = self.bus.count(self.core.cpu());
-            if let Some(end) = self.verify_checkpoints(count) {
-                return Ok(end);
-            }
-            if let Some(cp) = self.checkpoints.get(self.next_checkpoint) {
-                limit = limit.min(icount + (cp.inst_cnt - count));
+            // Checkpoints are vCPU 0's (`checkpoint-0`).
+            if self.current == 0 {
+                if let Some(end) = self.verify_checkpoints(count) {
+                    return Ok(end);
+                }
+                if let Some(cp) = self.checkpoints.get(self.next_checkpoint) {
+                    limit = limit.min(icount + (cp.inst_cnt - count));
+                }
             }
             if let Some(at) = self.stop_at {
                 if count >= at {
@@ -249,83 +346,6 @@ impl Driver {
         }
     }
 
-    /// Compare the state with the checkpoints due at KRR count `count` (the state after
-    /// `count` kernel instructions, as KVM sampled it when its counter overflowed): RIP, CR0
-    /// and CR2-CR4 (not at `entry_SYSCALL_64`, whose first instructions switch CR3), the GPRs,
-    /// segment selectors and bases; RFLAGS without OF and RF only counted, as KRR only logs
-    /// it. A checkpoint at a REP string instruction with another RCX is skipped (KRR's rule).
-    fn verify_checkpoints(&mut self, count: u64) -> Option<End> {
-        while let Some(cp) = self.checkpoints.get(self.next_checkpoint).copied() {
-            if cp.inst_cnt > count {
-                return None;
-            }
-            self.next_checkpoint += 1;
-            if cp.inst_cnt < count {
-                self.checkpoint_tally.missed += 1;
-                continue;
-            }
-            let rip = self.core.cpu().rip;
-            let mut bytes = [0u8; 15];
-            let at_rep = self.core.fetch_code(rip, &mut bytes).is_ok_and(|n| {
-                let insn = iced_x86::Decoder::with_ip(64, &bytes[..n], rip, 0).decode();
-                krr_jit::sem::is_rep_string(&insn)
-            });
-            let c = self.core.cpu();
-            if at_rep && c.gpr[RCX] != cp.regs[RCX] {
-                self.checkpoint_tally.skipped += 1;
-                continue;
-            }
-            let mut diffs = Vec::new();
-            if c.rip != cp.rip {
-                diffs.push(format!("RIP {:#x}, recorded {:#x}", c.rip, cp.rip));
-            }
-            for (i, (&now, &then)) in c.gpr.iter().zip(&cp.regs).enumerate() {
-                if now != then {
-                    diffs.push(format!(
-                        "{} {now:#x}, recorded {then:#x}",
-                        krr_runtime::gpr::NAMES[i]
-                    ));
-                }
-            }
-            let entry = self.traps.entry_syscall;
-            let near_entry = entry.is_some_and(|e| c.rip == e || c.rip == e + 3);
-            if !near_entry {
-                for (i, now) in [(0, c.cr0), (2, c.cr2), (3, c.cr3), (4, c.cr4)] {
-                    if now != cp.cr[i] {
-                        diffs.push(format!("CR{i} {now:#x}, recorded {:#x}", cp.cr[i]));
-                    }
-                }
-            }
-            // QEMU's order ES CS SS DS FS GS is krr's.
-            for (i, s) in cp.segs.iter().enumerate() {
-                let now = c.seg[i];
-                if now.selector as u32 != s.selector || now.base != s.base {
-                    diffs.push(format!(
-                        "segment {i} {:#x}/{:#x}, recorded {:#x}/{:#x}",
-                        now.selector, now.base, s.selector, s.base
-                    ));
-                }
-            }
-            if diffs.is_empty() {
-                self.checkpoint_tally.passed += 1;
-                let ignore = rflags::OF | rflags::RF;
-                if (c.rflags_value() ^ cp.eflags) & !ignore & !rflags::FIXED1 != 0 {
-                    self.checkpoint_tally.flags_differ += 1;
-                }
-                continue;
-            }
-            let msg = format!(
-                "checkpoint {} at count {} (RIP {:#x}): {}",
-                self.next_checkpoint,
-                cp.inst_cnt,
-                cp.rip,
-                diffs.join(", ")
-            );
-            return Some(self.diverge(None, msg));
-        }
-        None
-    }
-
     /// Write the DMA data the bus released into guest-physical memory.
     fn apply_dma(&mut self) -> Result<(), String> {
         for (gpa, data) in std::mem::take(&mut self.bus.pending_dma) {
@@ -379,7 +399,7 @@ impl Driver {
         let Event::Interrupt(i) = event else {
             return Ok(None);
         };
-        if is_user_address(i.rip) {
+        if is_user_address(i.rip) || owner_of(event).unwrap_or(0) != self.current {
             return Ok(None);
         }
         let c = self.core.cpu();
@@ -479,6 +499,12 @@ impl Driver {
         let Some((idx, event)) = self.bus.queue.head() else {
             return Ok(Some(End::Finished));
         };
+        if let Some(to) = owner_of(event).filter(|&v| v != self.current && self.smp()) {
+            // This vCPU left the kernel (its lock is free); the event is another vCPU's.
+            self.owner = Some(to);
+            self.switch_to(to)?;
+            return Ok(None);
+        }
         match event.clone() {
             Event::Syscall(s) => {
                 let regs = gprs(&s.regs);
@@ -548,272 +574,47 @@ impl Driver {
         // The interrupt check comes first at every boundary (3.2).
         if let Some((head, Event::Interrupt(i))) = self.bus.queue.head() {
             let (n, irip, ircx) = (i.inst_cnt, i.rip, i.regs.rcx);
+            let mine = usize::try_from(i.id).unwrap_or(0) == self.current;
             let c = self.core.cpu();
             let count = self.bus.count(c);
-            if c.rip == irip && c.gpr[RCX] == ircx && (count + 1 == n || count == n) {
+            if mine && c.rip == irip && c.gpr[RCX] == ircx && (count + 1 == n || count == n) {
                 self.inject_interrupt(head)?;
                 return Ok(None);
             }
         }
-        let end = match self.traps.at(rip) {
+        let point = self.traps.at(rip);
+        let end = match point {
             Some(point) => self.trap_action(point),
             None => None,
         };
         self.engine.resume_past_stop(self.core.cpu());
+        if end.is_none() && point == Some(TrapPoint::LockRelease) && self.smp() {
+            return self.release();
+        }
         Ok(end)
     }
 
-    fn reg(&self, r: usize) -> u64 {
-        self.core.cpu().gpr[r]
-    }
-
-    /// Write `data` at virtual address `va` through the current page tables, as KRR's
-    /// replayer does (a debugger's write: no permission checks, no accessed/dirty bits);
-    /// false if a page is not mapped.
-    fn write_virt(&mut self, va: u64, data: &[u8]) -> bool {
-        let cr3 = self.core.cpu().cr3;
-        let mem = self.core.mem();
-        let Some(pieces) = super::virt::pieces(|pa| mem.read_u64(pa).ok(), cr3, va, data.len())
-        else {
-            return false;
+    /// LOCK_RELEASE (krr-spec 5): when the next event belongs to another vCPU, the lock
+    /// passes to it once the releasing vCPU has run the instruction at the trap point.
+    fn release(&mut self) -> Result<Option<End>, String> {
+        let next = self.bus.queue.head().and_then(|(_, e)| owner_of(e));
+        let Some(to) = next.filter(|&v| v != self.current) else {
+            return Ok(None);
         };
-        let mut done = 0;
-        for (pa, n) in pieces {
-            if self
-                .core
-                .mem_mut()
-                .write(pa, &data[done..done + n])
-                .is_err()
-            {
-                return false;
-            }
-            self.engine.notify_write(&mut self.core, pa, n as u64);
-            done += n;
-        }
-        true
-    }
-
-    fn read_virt_u64(&self, va: u64) -> Option<u64> {
-        let cr3 = self.core.cpu().cr3;
-        let mem = self.core.mem();
-        let pieces = super::virt::pieces(|pa| mem.read_u64(pa).ok(), cr3, va, 8)?;
-        let mut b = [0u8; 8];
-        let mut done = 0;
-        for (pa, n) in pieces {
-            mem.read(pa, &mut b[done..done + n]).ok()?;
-            done += n;
-        }
-        Some(u64::from_le_bytes(b))
-    }
-
-    /// The head if `head_ok` accepts it, else the first later event `find` accepts.
-    fn head_or_find(
-        &self,
-        head_ok: impl Fn(&Event) -> bool,
-        find: impl Fn(&Event) -> bool,
-    ) -> Option<usize> {
-        match self.bus.queue.head() {
-            Some((i, e)) if head_ok(e) => Some(i),
-            _ => self.bus.queue.find(find),
-        }
-    }
-
-    fn missing(&mut self, what: String) -> Option<End> {
-        let head = self.bus.queue.head().map(|(i, _)| i);
         let c = self.core.cpu();
-        let msg = format!(
-            "{what} at RIP {:#x} (count {}): no such event follows",
-            c.rip,
-            self.bus.count(c)
-        );
-        Some(self.diverge(head, msg))
-    }
-
-    fn trap_action(&mut self, point: TrapPoint) -> Option<End> {
-        use TrapPoint as T;
-        match point {
-            T::CfuBegin => {
-                let from = self.reg(RDI);
-                let Some(i) = self.head_or_find(
-                    |e| matches!(e, Event::Cfu(_)),
-                    |e| matches!(e, Event::Cfu(c) if c.src_addr == from),
-                ) else {
-                    return self.missing(format!("copy_from_user from {from:#x}"));
-                };
-                let Event::Cfu(c) = self.bus.queue.event(i).clone() else {
-                    unreachable!()
-                };
-                // len = n + 1: the n bytes the kernel copies.
-                let n = c.data.len().saturating_sub(1);
-                let data = c.data[..n].to_vec();
-                if !self.write_virt(c.src_addr, &data) {
-                    self.pending = Some(Pending {
-                        event: i,
-                        va: c.src_addr,
-                        data,
-                    });
-                }
-                self.bus.queue.take(i);
-            }
-            T::PageMap | T::IoUringRecordEntry => {
-                let want = self.reg(RSI);
-                let i = if point == T::PageMap {
-                    match self.bus.queue.head() {
-                        Some((i, Event::Cfu(c))) if c.src_addr != want => {
-                            let msg = format!(
-                                "page map of {want:#x}: the next copy_from_user event is of {:#x}",
-                                c.src_addr
-                            );
-                            return Some(self.diverge(Some(i), msg));
-                        }
-                        _ => self.head_or_find(
-                            |e| matches!(e, Event::Cfu(_)),
-                            |e| matches!(e, Event::Cfu(c) if c.src_addr == want),
-                        ),
-                    }
-                } else {
-                    self.head_or_find(|e| matches!(e, Event::Cfu(_)), |_| false)
-                };
-                let Some(i) = i else {
-                    return self.missing(format!("{} of {want:#x}", point.name()));
-                };
-                let Event::Cfu(c) = self.bus.queue.event(i).clone() else {
-                    unreachable!()
-                };
-                let n = c.data.len();
-                if !self.write_virt(c.src_addr, &c.data[..n]) {
-                    let msg = format!("{}: {:#x} is not mapped", point.name(), c.src_addr);
-                    return Some(self.diverge(Some(i), msg));
-                }
-                self.bus.queue.take(i);
-            }
-            T::GfuBegin | T::IoUringBegin => {
-                let ptr = self.reg(RDI);
-                let i = if point == T::GfuBegin {
-                    self.head_or_find(
-                        |e| matches!(e, Event::Gfu(_)),
-                        |e| matches!(e, Event::Gfu(g) if g.ptr == ptr),
-                    )
-                } else {
-                    self.head_or_find(|e| matches!(e, Event::Gfu(_)), |_| false)
-                };
-                let Some(i) = i else {
-                    return self.missing(format!("get_user of {ptr:#x}"));
-                };
-                let Event::Gfu(g) = self.bus.queue.event(i).clone() else {
-                    unreachable!()
-                };
-                if point == T::GfuBegin {
-                    // A word-at-a-time reader's call for the word before the recorded one:
-                    // wait for the next call (KRR's skip rule).
-                    if ptr.wrapping_add(8) == g.ptr {
-                        return None;
-                    }
-                    if g.ptr != ptr {
-                        let msg =
-                            format!("get_user of {ptr:#x}, the recorded one reads {:#x}", g.ptr);
-                        return Some(self.diverge(Some(i), msg));
-                    }
-                }
-                let size = (g.size.clamp(0, 8)) as usize;
-                let data = g.val.to_le_bytes()[..size].to_vec();
-                if !self.write_virt(g.ptr, &data) {
-                    self.pending = Some(Pending {
-                        event: i,
-                        va: g.ptr,
-                        data,
-                    });
-                }
-                self.bus.queue.take(i);
-            }
-            T::PteClear | T::PteRead | T::PteReadOnce => {
-                let ptr = self.reg(RDI);
-                let Some(pte) = self.read_virt_u64(ptr) else {
-                    let msg = format!("{}: the pte_t at {ptr:#x} is not mapped", point.name());
-                    return Some(self.diverge(None, msg));
-                };
-                if pte & PTE_USER == 0 {
-                    return None;
-                }
-                let i = match self.bus.queue.head() {
-                    Some((i, Event::Pte(p))) => {
-                        if p.ptr != ptr {
-                            return None;
-                        }
-                        Some(i)
-                    }
-                    _ => self
-                        .bus
-                        .queue
-                        .find(|e| matches!(e, Event::Pte(p) if p.ptr == ptr)),
-                };
-                let Some(i) = i else {
-                    return self.missing(format!("a user PTE read at {ptr:#x}"));
-                };
-                let Event::Pte(p) = self.bus.queue.event(i).clone() else {
-                    unreachable!()
-                };
-                self.write_virt(ptr, &p.val.to_le_bytes());
-                self.bus.queue.take(i);
-            }
-            T::PfExec | T::GpExec => {
-                let want = if point == T::PfExec {
-                    vector::PF
-                } else {
-                    vector::GP
-                };
-                if want == vector::GP && std::mem::take(&mut self.user_gp_injected) {
-                    return None;
-                }
-                let c = self.core.cpu();
-                let cr2 = c.cr2;
-                match self.bus.queue.head() {
-                    Some((i, Event::Exception(e))) => {
-                        let (vec, ecr2, spin) = (e.exception_index, e.cr2, e.spin_count);
-                        if want == vector::PF && ecr2 != cr2 {
-                            let msg =
-                                format!("page fault at CR2 {cr2:#x}, recorded at CR2 {ecr2:#x}");
-                            return Some(self.diverge(Some(i), msg));
-                        }
-                        if vec as u8 != want {
-                            let msg = format!(
-                                "exception {want} entered its handler, the recorded one is {vec}"
-                            );
-                            return Some(self.diverge(Some(i), msg));
-                        }
-                        self.bus.cached_spin = spin;
-                        self.bus.queue.take(i);
-                    }
-                    _ => {
-                        let what = if want == vector::PF {
-                            format!("a page fault (CR2 {cr2:#x})")
-                        } else {
-                            "a general-protection fault".to_string()
-                        };
-                        return self.missing(format!("{what} entered its handler"));
-                    }
-                }
-            }
-            T::PfExecEnd => {
-                if let Some(p) = self.pending.take() {
-                    if !self.write_virt(p.va, &p.data) {
-                        let msg = format!(
-                            "the deferred user write at {:#x} still finds no page after the fault",
-                            p.va
-                        );
-                        return Some(self.diverge(Some(p.event), msg));
-                    }
-                }
-            }
-            T::LockAcquireRet | T::LockRelease => {
-                // Multi-vCPU recordings only (krr-spec 5); one vCPU never hands over.
-                if point == T::LockRelease {
-                    if let Some((i, Event::Release(_))) = self.bus.queue.head() {
-                        self.bus.queue.take(i);
-                    }
-                }
+        self.core.set_icount_limit(c.icount + 1);
+        Engine::set_rep_pause(&mut self.core, None);
+        match self.engine.run_with_bus(&mut self.core, &mut self.bus) {
+            Exit::Budget | Exit::BusRequest | Exit::Halt | Exit::UserMode | Exit::Stop { .. } => {}
+            other => {
+                return Err(format!(
+                    "{other:?} at RIP {:#x} while handing the exec lock over",
+                    self.core.cpu().rip
+                ))
             }
         }
-        None
+        self.owner = Some(to);
+        self.switch_to(to)?;
+        Ok(None)
     }
 }

@@ -95,13 +95,6 @@ pub fn open(o: &Options) -> Result<Loaded, String> {
             ));
         }
     }
-    if s.vcpus.len() != 1 {
-        return Err(format!(
-            "{}: a recording of {} vCPUs; krr replays one-vCPU KRR recordings so far (the exec-lock hand-over of krr-spec 5 is not built yet)",
-            o.snapshot.display(),
-            s.vcpus.len()
-        ));
-    }
     let (_, traps) = check_vmlinux(s, &o.vmlinux)?;
     let slide = traps.slide;
     let below = s.ram.below_4g();
@@ -146,7 +139,8 @@ pub fn open(o: &Options) -> Result<Loaded, String> {
     }
     let loaded = rec.log.counts();
     let queue = Queue::new(&rec.log, &log_bytes);
-    let mut bus = ReplayBus::new(queue, ring, Devices::new(s.apic(0)));
+    let apics: Vec<_> = s.vcpus.iter().map(|v| s.apic(v.index)).collect();
+    let mut bus = ReplayBus::new(queue, ring, Devices::new(&apics));
     bus.ide = ide_dma(&o.snapshot, s, &rec.dma)?;
     // KVM fills an RDTSC event's RIP only when RDTSC exits (krr-spec 7.1).
     bus.rdtsc_exiting = rec
@@ -167,7 +161,13 @@ pub fn open(o: &Options) -> Result<Loaded, String> {
         rec.log.events.len(),
         model.spec
     );
-    let mut driver = Driver::new(core, engine, bus, traps);
+    let mut others = Vec::new();
+    for v in &s.vcpus[1..] {
+        let (arch, n) = super::cpu::arch_state(&v.cpu)?;
+        others.push(arch);
+        notes.extend(n.into_iter().map(|n| format!("vCPU {}: {n}", v.index)));
+    }
+    let mut driver = Driver::new(core, engine, bus, traps, others);
     if let Some((_, cps)) = rec.checkpoints.iter().find(|(cpu, _)| *cpu == 0) {
         let mut cps = cps.clone();
         cps.sort_by_key(|c| c.inst_cnt);

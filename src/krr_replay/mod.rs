@@ -3,9 +3,11 @@
 //! walks over snapshot or replay memory), `driver.rs` runs it (interrupt placement, trap
 //! points, user-mode substitution), `bus.rs` serves the kernel's inputs from the events
 //! (`queue.rs`), the ring (`ring.rs`) and small device models (`devices.rs`), and `stats.rs`
-//! prints KRR's `=== Event Stats ===` block.
+//! prints KRR's `=== Event Stats ===` block. `trap_actions.rs` and `checkpoints.rs` hold
+//! more of the driver (the trap points' actions, checkpoint verification).
 
 pub mod bus;
+mod checkpoints;
 pub mod cpu;
 pub mod devices;
 pub mod driver;
@@ -13,4 +15,5 @@ pub mod load;
 pub mod queue;
 pub mod ring;
 pub mod stats;
+mod trap_actions;
 pub mod virt;
