@@ -74,6 +74,8 @@ pub struct ReplayBus {
     pub pending_dma: Vec<(u64, Vec<u8>)>,
     /// IDE read DMAs started while the head was not a DMA_DONE (KRR then does nothing).
     pub unmatched_dma_starts: u64,
+    /// The e1000's register BAR (base, size): its reads are MMIO events.
+    pub e1000_bar: Option<(u64, u64)>,
 }
 
 impl ReplayBus {
@@ -96,6 +98,7 @@ impl ReplayBus {
             ide: None,
             pending_dma: Vec::new(),
             unmatched_dma_starts: 0,
+            e1000_bar: None,
         }
     }
 
@@ -258,6 +261,23 @@ impl Bus for ReplayBus {
         }
         if let Some(v) = self.devices.mmio_read(phys, size) {
             return v;
+        }
+        if self
+            .e1000_bar
+            .is_some_and(|(base, len)| phys >= base && phys < base + len)
+        {
+            // QEMU's e1000 recorded each register read it performed (krr-spec 3.5 MMIO).
+            let what = format!("an e1000 register read at {phys:#x}");
+            let Some(i) = self.expect_head(cpu, ty::MMIO, &what) else {
+                return u64::MAX >> (64 - 8 * size as u32);
+            };
+            let Event::Mmio(e) = self.queue.event(i) else {
+                unreachable!()
+            };
+            let v = e.value;
+            self.append_recorded(i);
+            self.queue.take(i);
+            return v & (u64::MAX >> (64 - 8 * size as u32));
         }
         log::debug!(
             "MMIO read of {size} bytes at {phys:#x} (RIP {:#x}): no device",

@@ -112,6 +112,8 @@ pub struct Driver {
     pub current: usize,
     owner: Option<usize>,
     pub handovers: u64,
+    /// e1000 and NVMe DMA, placed by count (`dma.rs`).
+    pub dma_streams: Vec<super::dma::Stream>,
 }
 
 /// How the checkpoints went (krr-spec 6): compared and equal, missed (the count was passed
@@ -184,6 +186,7 @@ impl Driver {
             current: 0,
             owner: None,
             handovers: 0,
+            dma_streams: Vec::new(),
         }
     }
 
@@ -272,6 +275,12 @@ impl Driver {
                 limit = icount + 1;
             }
             let count = self.bus.count(self.core.cpu());
+            let user = self.core.cpu().cpl() == 3;
+            if let Some(t) = self.place_dma(user)? {
+                if t > count {
+                    limit = limit.min(icount + (t - count));
+                }
+            }
             // Checkpoints are vCPU 0's (`checkpoint-0`).
             if self.current == 0 {
                 if let Some(end) = self.verify_checkpoints(count) {
@@ -344,6 +353,23 @@ impl Driver {
                 return Ok(end);
             }
         }
+    }
+
+    /// Write the e1000/NVMe entries due now (`user`: at a user-mode boundary); the nearest
+    /// count at which another falls due on this vCPU.
+    fn place_dma(&mut self, user: bool) -> Result<Option<u64>, String> {
+        let count = self.bus.count(self.core.cpu());
+        let replayed = (self.bus.queue.len() - self.bus.queue.remaining()) as u64;
+        let mut target: Option<u64> = None;
+        for st in &mut self.dma_streams {
+            let writes = st.take_due(self.current, count, replayed, user);
+            self.bus.pending_dma.extend(writes);
+            if let Some(t) = st.target(self.current) {
+                target = Some(target.map_or(t, |x| x.min(t)));
+            }
+        }
+        self.apply_dma()?;
+        Ok(target)
     }
 
     /// Write the DMA data the bus released into guest-physical memory.
@@ -496,6 +522,7 @@ impl Driver {
 
     /// The engine is about to run user code: substitute the next event for it (3.4).
     fn at_user_mode(&mut self) -> Result<Option<End>, String> {
+        self.place_dma(true)?;
         let Some((idx, event)) = self.bus.queue.head() else {
             return Ok(Some(End::Finished));
         };

@@ -142,6 +142,30 @@ pub fn open(o: &Options) -> Result<Loaded, String> {
     let apics: Vec<_> = s.vcpus.iter().map(|v| s.apic(v.index)).collect();
     let mut bus = ReplayBus::new(queue, ring, Devices::new(&apics));
     bus.ide = ide_dma(&o.snapshot, s, &rec.dma)?;
+    if let Some(config) = pci_config(&o.snapshot, s, "/e1000")? {
+        let bar0 = u32::from_le_bytes(config[0x10..0x14].try_into().expect("4 bytes"));
+        if bar0 & 1 == 0 && bar0 & !0xf != 0 {
+            bus.e1000_bar = Some(((bar0 & !0xf) as u64, 0x2_0000));
+        }
+    }
+    let mut streams = Vec::new();
+    if let Some(net) = &rec.network {
+        streams.push(super::dma::Stream::new(
+            super::dma::Kind::E1000,
+            net.entries.clone(),
+        ));
+    }
+    for (_, log) in &rec.dma {
+        let nvme: Vec<_> = log
+            .entries
+            .iter()
+            .filter(|e| e.dev_type == 1)
+            .cloned()
+            .collect();
+        if !nvme.is_empty() {
+            streams.push(super::dma::Stream::new(super::dma::Kind::Nvme, nvme));
+        }
+    }
     // KVM fills an RDTSC event's RIP only when RDTSC exits (krr-spec 7.1).
     bus.rdtsc_exiting = rec
         .log
@@ -168,6 +192,7 @@ pub fn open(o: &Options) -> Result<Loaded, String> {
         notes.extend(n.into_iter().map(|n| format!("vCPU {}: {n}", v.index)));
     }
     let mut driver = Driver::new(core, engine, bus, traps, others);
+    driver.dma_streams = streams;
     if let Some((_, cps)) = rec.checkpoints.iter().find(|(cpu, _)| *cpu == 0) {
         let mut cps = cps.clone();
         cps.sort_by_key(|c| c.inst_cnt);
@@ -193,20 +218,10 @@ fn ide_dma(
     let Some(sec) = s.sections.iter().find(|x| x.name.ends_with("/ide")) else {
         return Ok(None);
     };
-    // A PCI device's state opens with a version word and its 256-byte config space.
-    let mut body = vec![0u8; 4 + 256];
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    f.seek(SeekFrom::Start(sec.offset))
-        .and_then(|_| f.read_exact(&mut body))
-        .map_err(|e| {
-            format!(
-                "{}: the IDE section at offset {}: {e}",
-                path.display(),
-                sec.offset
-            )
-        })?;
-    let bar4 = u32::from_le_bytes(body[4 + 0x20..4 + 0x24].try_into().expect("4 bytes"));
+    let Some(config) = pci_config(path, s, "/ide")? else {
+        return Ok(None);
+    };
+    let bar4 = u32::from_le_bytes(config[0x20..0x24].try_into().expect("4 bytes"));
     if bar4 & 1 == 0 || bar4 & !3 == 0 {
         return Ok(None);
     }
@@ -223,4 +238,33 @@ fn ide_dma(
         (bar4 & !3) as u16,
         log.map(|(_, l)| l.entries.clone()).unwrap_or_default(),
     )))
+}
+
+/// The PCI config space of the device whose section name ends with `suffix`: a PCI
+/// device's state opens with a version word and its 256-byte config space.
+fn pci_config(
+    path: &std::path::Path,
+    s: &Snapshot,
+    suffix: &str,
+) -> Result<Option<Vec<u8>>, String> {
+    let Some(sec) = s.sections.iter().find(|x| x.name.ends_with(suffix)) else {
+        return Ok(None);
+    };
+    if sec.size < 4 + 256 {
+        return Ok(None);
+    }
+    let mut body = vec![0u8; 4 + 256];
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    f.seek(SeekFrom::Start(sec.offset))
+        .and_then(|_| f.read_exact(&mut body))
+        .map_err(|e| {
+            format!(
+                "{}: the {} section at offset {}: {e}",
+                path.display(),
+                sec.name,
+                sec.offset
+            )
+        })?;
+    Ok(Some(body[4..].to_vec()))
 }
