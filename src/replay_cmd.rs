@@ -46,6 +46,9 @@ pub struct ReplayArgs {
     /// `inst_cnt=` / disassembly items).
     #[arg(long, value_name = "FORMAT", default_value = "native", value_parser = ["native", "krr"])]
     log_format: String,
+    /// With --krr: a line per replayed event (KRR's `-krr-debug`).
+    #[arg(long, requires = "krr")]
+    krr_debug: bool,
     /// Do not hash guest RAM at checkpoints (only the CPU state hash is checked there; the
     /// final RAM hash still is).
     #[arg(long)]
@@ -99,6 +102,7 @@ pub fn run(a: ReplayArgs) -> Result<i32, String> {
             console: !a.quiet,
             log: a.log_bound.map(|(s, e)| (s, e, a.log_file.clone(), format)),
             stop_at: a.stop_at,
+            krr_debug: a.krr_debug,
         });
     }
     let Some(trace) = a.trace else {

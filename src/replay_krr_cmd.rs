@@ -14,6 +14,8 @@ pub struct Request {
     /// and format.
     pub log: Option<(u64, u64, Option<PathBuf>, LogFormat)>,
     pub stop_at: Option<u64>,
+    /// KRR's `-krr-debug`: a line per replayed event.
+    pub krr_debug: bool,
 }
 
 pub fn run(r: Request) -> Result<i32, String> {
@@ -37,6 +39,7 @@ pub fn run(r: Request) -> Result<i32, String> {
         });
     }
     l.driver.stop_at = r.stop_at;
+    l.driver.bus.queue.debug = r.krr_debug;
     eprintln!("replaying {}", l.recording);
     eprintln!("KASLR slide {:#x}", l.slide);
     for n in &l.notes {
@@ -197,5 +200,6 @@ pub fn run_qemu_spelling(args: &[String]) -> Result<i32, String> {
         console: !quiet,
         log,
         stop_at: None,
+        krr_debug: c.krr_debug,
     })
 }

@@ -147,6 +147,12 @@ fn is_user_address(a: u64) -> bool {
     a < 0x8000_0000_0000_0000
 }
 
+/// A #DB event of kernel code: KVM injected it and filled its count (the guest records #DB
+/// only from user mode, without a count).
+fn kernel_debug_trap(e: &crate::krr_rec::events::Exception) -> bool {
+    e.exception_index == vector::DB as i32 && !is_user_address(e.regs.rip) && e.inst_cnt != 0
+}
+
 impl Driver {
     /// A replay of vCPU 0 in `core`; `others` are the other vCPUs' states (multi-vCPU
     /// recordings), parked until they own the exec lock.
@@ -260,12 +266,18 @@ impl Driver {
             // last event when the bus consumes it, so the replay ends right after it.
             let mut limit = icount + CHUNK;
             let mut pause = None;
-            if let Event::Interrupt(i) = &event {
-                if !is_user_address(i.rip) && owner_of(&event).unwrap_or(0) == self.current {
+            let mine = owner_of(&event).unwrap_or(0) == self.current;
+            match &event {
+                Event::Interrupt(i) if mine && !is_user_address(i.rip) => {
                     let first = i.inst_cnt.saturating_sub(1) as i64 - self.bus.delta;
                     limit = limit.min((first.max(icount as i64)) as u64);
                     pause = Some((i.rip, i.regs.rcx));
                 }
+                Event::Exception(e) if mine && kernel_debug_trap(e) => {
+                    let at = e.inst_cnt as i64 - self.bus.delta;
+                    limit = limit.min((at.max(icount as i64)) as u64);
+                }
+                _ => {}
             }
             let bus_consumed = matches!(
                 event.type_number(),
@@ -422,6 +434,11 @@ impl Driver {
     /// Inject the kernel interrupt at the head if this boundary matches it; otherwise decide
     /// whether to go on or report that it was missed.
     fn at_budget(&mut self, head: usize, event: &Event) -> Result<Option<End>, String> {
+        if let Event::Exception(e) = event {
+            if kernel_debug_trap(e) && owner_of(event).unwrap_or(0) == self.current {
+                return self.at_debug_trap(head, e);
+            }
+        }
         let Event::Interrupt(i) = event else {
             return Ok(None);
         };
@@ -463,6 +480,41 @@ impl Driver {
                 )),
             };
         }
+        Ok(None)
+    }
+
+    /// A #DB that KVM injected in kernel mode, at its recorded count (krr-spec 3.2 step 4):
+    /// DR6 from the event, the count resynchronised, the recorded registers loaded, the
+    /// exception delivered, and the host's ring append re-created.
+    fn at_debug_trap(
+        &mut self,
+        head: usize,
+        e: &crate::krr_rec::events::Exception,
+    ) -> Result<Option<End>, String> {
+        let count = self.bus.count(self.core.cpu());
+        if count < e.inst_cnt {
+            return Ok(None);
+        }
+        if count > e.inst_cnt {
+            let c = self.core.cpu();
+            let msg = format!(
+                "debug exception recorded at count {} (RIP {:#x}) was passed: the replay is at count {count}, RIP {:#x}",
+                e.inst_cnt, e.regs.rip, c.rip
+            );
+            return Ok(Some(self.diverge(Some(head), msg)));
+        }
+        let a = self.core.arch_mut();
+        a.gpr = gprs(&e.regs);
+        a.rip = e.regs.rip;
+        a.set_rflags_value(e.regs.rflags);
+        a.dr[6] = e.cr2 ^ 0xffff_0ff0;
+        let cpu = self.core.cpu();
+        self.bus.resync(cpu, e.inst_cnt);
+        self.engine
+            .inject_exception(&mut self.core, vector::DB, None)
+            .map_err(|x| format!("delivering {}: {x:?}", self.bus.queue.describe(head)))?;
+        self.bus.append_recorded(head);
+        self.bus.queue.take(head);
         Ok(None)
     }
 

@@ -14,6 +14,8 @@ pub struct Queue {
     head: usize,
     /// Events replayed, by type number.
     pub replayed: [u64; 15],
+    /// `-krr-debug`: a line per replayed event on stderr.
+    pub debug: bool,
 }
 
 impl Queue {
@@ -38,6 +40,7 @@ impl Queue {
             taken: vec![false; n],
             head: 0,
             replayed: [0; 15],
+            debug: false,
         }
     }
 
@@ -72,6 +75,9 @@ impl Queue {
         debug_assert!(!self.taken[i]);
         self.taken[i] = true;
         self.replayed[self.events[i].type_number() as usize] += 1;
+        if self.debug {
+            eprintln!("Replayed event {}: {}", i + 1, self.events[i]);
+        }
         self.skip_taken();
     }
 
