@@ -327,6 +327,14 @@ impl Driver {
             self.core.set_icount_limit(limit);
             Engine::set_rep_pause(&mut self.core, pause);
             let exit = self.engine.run_with_bus(&mut self.core, &mut self.bus);
+            if self.engine.stats.unimplemented > 0 {
+                // The engine delivered #UD for it (and logged the instruction and its RIP);
+                // the recorded kernel ran it, so the replay cannot be right from here.
+                return Err(format!(
+                    "the replayed kernel executed an instruction krr does not implement (logged above with its RIP); stopped at instruction {}",
+                    self.core.cpu().icount
+                ));
+            }
             self.apply_dma()?;
             progress(self.bus.queue.len() as u64 - self.bus.queue.remaining() as u64);
             let end = match exit {
