@@ -155,7 +155,7 @@ fn small_recording_reads_back_as_krr_wrote_it() {
         }
     }
     assert!(rep_seen);
-    assert_eq!(r.final_state.inst_cnt > last_count, true);
+    assert!(r.final_state.inst_cnt > last_count);
     assert_eq!(r.final_state.checksum_addr, sym(&v, "krr_checksum"));
     assert_eq!(r.final_state.jiffies, r.counts[0]);
 }
@@ -226,7 +226,7 @@ fn medium_recording_rotates_and_does_not_depend_on_the_tier() {
     assert!(std::fs::read(&a.snapshot).unwrap() == std::fs::read(&b.snapshot).unwrap());
     let log = KrrLog::open(&a.log).unwrap();
     assert_eq!(log.counts(), a.counts);
-    assert_eq!(log.headers.unwrap().1.rotated_bytes > 0, true);
+    assert!(log.headers.unwrap().1.rotated_bytes > 0);
 }
 
 /// The benchmark scenario (`cargo test --release --test krr_synth_record -- --ignored`).
