@@ -2,7 +2,8 @@
 //! with krr's readers, the events are what KRR's producers write for this kernel (counts by
 //! type as the recorder made them, instruction counts and RIPs where the instructions are,
 //! the interrupted REP MOVSB), the recording does not depend on the engine's tier policy, and
-//! `krr info --krr` accepts the snapshot with the kernel's vmlinux and prints its trap points.
+//! `krr info --krr` accepts the snapshot with the kernel's vmlinux and prints its trap points;
+//! a strict KRR-style replay of the files alone (krr_synth::check) reaches the recorded state.
 
 mod krr_rec_writer;
 mod krr_synth;
@@ -160,6 +161,15 @@ fn small_recording_reads_back_as_krr_wrote_it() {
     assert_eq!(r.final_state.jiffies, r.counts[0]);
 }
 
+/// The recording replays (a strict KRR-style replay of the files alone, krr_synth::check)
+/// to the recorder's final state.
+#[test]
+fn small_recording_replays_to_the_recorded_state() {
+    let r = build_recording(&Scenario::small(), &dir("replay"));
+    let got = krr_synth::check::replay(&r.snapshot, &r.vmlinux);
+    assert_eq!(got, r.final_state);
+}
+
 #[test]
 fn krr_info_accepts_the_recording_and_its_vmlinux() {
     let r = build_recording(&Scenario::small(), &dir("info"));
@@ -227,6 +237,10 @@ fn medium_recording_rotates_and_does_not_depend_on_the_tier() {
     let log = KrrLog::open(&a.log).unwrap();
     assert_eq!(log.counts(), a.counts);
     assert!(log.headers.unwrap().1.rotated_bytes > 0);
+    assert_eq!(
+        krr_synth::check::replay(&a.snapshot, &a.vmlinux),
+        a.final_state
+    );
 }
 
 /// The benchmark scenario (`cargo test --release --test krr_synth_record -- --ignored`).
@@ -245,4 +259,10 @@ fn large_recording() {
     );
     let log = KrrLog::open(&r.log).unwrap();
     assert_eq!(log.counts(), r.counts);
+    let t = std::time::Instant::now();
+    assert_eq!(
+        krr_synth::check::replay(&r.snapshot, &r.vmlinux),
+        r.final_state
+    );
+    eprintln!("replayed (krr_synth::check) in {:?}", t.elapsed());
 }

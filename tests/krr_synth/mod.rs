@@ -32,6 +32,7 @@
 
 #![allow(dead_code)]
 
+pub mod check;
 pub mod machine;
 mod recorder;
 pub mod ring;
@@ -89,7 +90,7 @@ impl Scenario {
     pub fn large() -> Scenario {
         Scenario {
             seed: 3,
-            actions: 10_000,
+            actions: 4000,
             max_copy: 4096,
             policy: krr_jit::TierPolicy::Tiered,
             ..Scenario::small()
