@@ -50,9 +50,9 @@
 //! Not produced (one vCPU, no devices with DMA): INST_SYNC, RELEASE, DMA_DONE, MMIO,
 //! INTERRUPT `from`=3, #DB/#BP, page-map and io_uring CFUs; `rr_record_page_map` and the
 //! exec-lock functions exist for the trap-point resolver only. A hazard KRR has too: a
-//! rotation between `rr_cfu_begin` and `rr_cfu_end` (a kernel #PF whose EXCEPTION entry fills
-//! the ring) would save the CFU before its data is written; the scenarios' rings are large
-//! enough that it does not happen (the replay check would see it).
+//! rotation between `rr_cfu_begin`'s allocation and `rr_cfu_end` (a kernel #PF whose
+//! EXCEPTION entry fills the ring) saves the CFU before its data is written (likewise GFU);
+//! the recorder asserts that no scenario runs into it.
 //!
 //! [`check::replay`] replays a recording from its files alone, strictly, to the state the
 //! recorder returned: the recordings are self-consistent.
