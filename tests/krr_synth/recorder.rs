@@ -18,8 +18,6 @@ struct Bus {
     ring: Ring,
     rng: Rng,
     tsc: u64,
-    /// IO_IN events appended.
-    ins: u64,
 }
 
 impl Bus {
@@ -48,7 +46,6 @@ impl krr_runtime::Bus for Bus {
         if self.recording() && cpu.cpl() == 0 {
             self.ring
                 .append(3, &io_in_payload(value, cpu.icount, cpu.rip));
-            self.ins += 1;
         }
         value as u32
     }
@@ -555,7 +552,6 @@ pub fn record(sc: &Scenario, dir: &Path) -> Recording {
             ring: Ring::new(ring_base, sc.ring_size),
             rng: Rng(sc.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
             tsc: 0x1_2345_6789,
-            ins: 0,
         },
         rng: Rng(sc.seed.wrapping_mul(0xd1b5_4a32_d192_ed03) | 1),
         log: None,
