@@ -170,6 +170,41 @@ fn small_recording_replays_to_the_recorded_state() {
     assert_eq!(got, r.final_state);
 }
 
+/// Every input matters: the same recording with one IO_IN, GFU, RDSEED, RDTSC or PTE value
+/// or one CFU data byte changed replays to another checksum.
+#[test]
+fn a_changed_input_changes_the_replayed_state() {
+    let r = build_recording(&Scenario::small(), &dir("changed"));
+    let log = KrrLog::open(&r.log).unwrap();
+    let bytes = std::fs::read(&r.log).unwrap();
+    let nth = |t: u32| {
+        let i = log
+            .events
+            .iter()
+            .position(|e| e.type_number() == t)
+            .unwrap();
+        log.offsets[i] as usize
+    };
+    // (what, byte offset in the file): the value fields, and a CFU's first data byte.
+    for (what, at) in [
+        ("IO_IN value", nth(3) + 4 + 8),
+        ("CFU data", nth(4) + 4 + 48),
+        ("GFU value", nth(8) + 4 + 8),
+        ("RDSEED value", nth(10) + 4 + 8),
+        ("RDTSC value", nth(6) + 4 + 8),
+        ("PTE value", nth(14) + 4 + 8),
+    ] {
+        let d = dir(&format!("changed-{}", what.replace(' ', "-")));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(&r.snapshot, d.join("test1")).unwrap();
+        let mut b = bytes.clone();
+        b[at] ^= 0x10;
+        std::fs::write(d.join("kernel_rr.log"), b).unwrap();
+        let got = krr_synth::check::replay(&d.join("test1"), &r.vmlinux);
+        assert_ne!(got.checksum, r.final_state.checksum, "{what}");
+    }
+}
+
 #[test]
 fn krr_info_accepts_the_recording_and_its_vmlinux() {
     let r = build_recording(&Scenario::small(), &dir("info"));

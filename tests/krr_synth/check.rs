@@ -151,7 +151,7 @@ pub fn replay(snapshot: &Path, vmlinux: &Path) -> FinalState {
     }
     core.flush_tlb();
     let traps = TrapPoints::resolve(&v, 0, false, &SourceLine::krr_lock_release()).unwrap();
-    let bytes = std::fs::read(&rec.files.events.clone().unwrap()).unwrap();
+    let bytes = std::fs::read(rec.files.events.clone().unwrap()).unwrap();
     let offs = &rec.log.offsets;
     let raw = (0..offs.len())
         .map(|i| {

@@ -21,14 +21,41 @@
 //!   RDTSC exit patching id/inst_cnt/rip into the guest's entry) are written into the ring
 //!   at the moment they happen; QEMU drains the ring at hypercall 102 and at the end.
 //!
-//! Choices the spec leaves open (documented here, see also the report in the commit):
+//! The scripted user actions: `work(buf, n, ptr)` system calls (copy_from_user of n bytes
+//! with REP MOVSB, get_user, IN from port 0x71, RDTSC, RDSEED), `unmap(addr)` (PTE
+//! get-and-clear) and `probe(addr)` (PTE read), user stores to unmapped pages (#PF from user
+//! mode, demand-mapped by the kernel), a user CLI (#GP), timer interrupts in user mode; timer
+//! interrupts in kernel mode at chosen counts, some inside the REP MOVSB (the recorder runs
+//! k iterations itself, then injects: RIP = the REP, RCX = the bytes left); copies from
+//! unmapped pages (#PF in kernel mode inside copy_from_user). The timer handler reads port
+//! 0x61 (IO_IN) and writes the xAPIC's EOI (MMIO at 0xfee000b0, not recorded).
+//!
+//! Choices the spec leaves open:
 //! - RDTSC exiting is on (`rr_trap_rdtsc=1`, which the artifact recommends), so RDTSC
 //!   entries carry inst_cnt and rip.
-//! - User RFLAGS never change in user mode (0x202 as the kernel leaves them): KRR's replay
-//!   does not restore RFLAGS for interrupts taken in user mode.
+//! - An interrupted REP MOVSB counts once, when it completes (krr's count; what Intel's PMC
+//!   does for the interrupted part is not in the spec).
+//! - User code always runs at least one instruction before the next event: user RFLAGS are
+//!   0x202 at every user event (RF clear). KRR's replay does not restore RFLAGS for
+//!   interrupts taken in user mode; after a fault's IRETQ the replayed RFLAGS still has RF.
 //! - The CFU `data` field in the file is a fixed fake host pointer (QEMU's node pointer).
-//! - Fields KRR's producers leave stale hold whatever the ring held (zeros before the first
-//!   rotation, older entries' bytes after).
+//!   The CFU's last data byte (len = n + 1) is stale ring memory, as in KRR.
+//! - Fields KRR's producers leave stale hold whatever the ring held: zeros before the first
+//!   rotation (a fresh /dev/shm file), older entries' bytes after.
+//! - BAR2 is small (2 MiB by default, not KRR's 4 GiB) so that rings rotate; the guest's
+//!   full check is KRR's (`current_byte + 4 + size >= total_size`).
+//! - The final header's `current_pos` counts every event; KRR's loader reads one fewer.
+//!   [`FinalState`] is the state after all of them.
+//!
+//! Not produced (one vCPU, no devices with DMA): INST_SYNC, RELEASE, DMA_DONE, MMIO,
+//! INTERRUPT `from`=3, #DB/#BP, page-map and io_uring CFUs; `rr_record_page_map` and the
+//! exec-lock functions exist for the trap-point resolver only. A hazard KRR has too: a
+//! rotation between `rr_cfu_begin`'s allocation and `rr_cfu_end` (a kernel #PF whose
+//! EXCEPTION entry fills the ring) saves the CFU before its data is written (likewise GFU);
+//! the recorder asserts that no scenario runs into it.
+//!
+//! [`check::replay`] replays a recording from its files alone, strictly, to the state the
+//! recorder returned: the recordings are self-consistent.
 
 #![allow(dead_code)]
 
@@ -136,7 +163,7 @@ pub struct Recording {
     /// Kernel-mode page faults (copy_from_user / get_user of a page not yet mapped).
     pub kernel_faults: u64,
     pub final_state: FinalState,
-    /// The snapshot's vCPU state as the recorder ran it (for comparisons).
+    /// The snapshot vCPU's RIP (user mode).
     pub start_rip: u64,
 }
 

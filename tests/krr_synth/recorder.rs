@@ -18,8 +18,6 @@ struct Bus {
     ring: Ring,
     rng: Rng,
     tsc: u64,
-    /// IO_IN events appended.
-    ins: u64,
 }
 
 impl Bus {
@@ -48,7 +46,6 @@ impl krr_runtime::Bus for Bus {
         if self.recording() && cpu.cpl() == 0 {
             self.ring
                 .append(3, &io_in_payload(value, cpu.icount, cpu.rip));
-            self.ins += 1;
         }
         value as u32
     }
@@ -96,6 +93,10 @@ struct Recorder {
     log: Option<LogWriter>,
     rep_at: u64,
     vmcall_at: u64,
+    /// Entries of rr_cfu_begin, rr_cfu_end, rr_gfu_begin, rr_record_gfu_end.
+    agent_at: [u64; 4],
+    /// Ring rotations so far when the current CFU / GFU began.
+    begun: [u64; 2],
     plan: Plan,
     kernel_irqs: u64,
     rep_irqs: u64,
@@ -248,6 +249,25 @@ impl Recorder {
                         if self.split_rep() {
                             continue;
                         }
+                    }
+                    self.engine.resume_past_stop(self.core.cpu());
+                }
+                Exit::Stop { rip } if self.agent_at.contains(&rip) => {
+                    let i = self.agent_at.iter().position(|&a| a == rip).unwrap();
+                    let rotations = self.log.as_ref().map_or(0, |l| l.rotations);
+                    let entry = self.cpu().gpr[RDI];
+                    if i % 2 == 0 {
+                        self.begun[i / 2] = rotations;
+                    } else if entry != 0 && rotations != self.begun[i / 2] {
+                        // KRR's hazard (see the module's doc): a rotation after the entry
+                        // was allocated saved it unfilled. Only the allocation's own
+                        // rotation (the entry first after it) is harmless.
+                        assert!(
+                            rotations == self.begun[i / 2] + 1
+                                && entry == m::RING_VA + super::ring::HEADER_SIZE + 4,
+                            "the ring rotated between {} and its end",
+                            ["rr_cfu_begin", "rr_gfu_begin"][i / 2]
+                        );
                     }
                     self.engine.resume_past_stop(self.core.cpu());
                 }
@@ -516,7 +536,14 @@ pub fn record(sc: &Scenario, dir: &Path) -> Recording {
     .unwrap();
     let rep_at = sym(&v, "krr_copy_rep");
     let vmcall_at = sym(&v, "krr_vmcall");
-    engine.set_stop_addresses([rep_at, vmcall_at]);
+    let agent_at = [
+        "rr_cfu_begin",
+        "rr_cfu_end",
+        "rr_gfu_begin",
+        "rr_record_gfu_end",
+    ]
+    .map(|n| sym(&v, n));
+    engine.set_stop_addresses([rep_at, vmcall_at].into_iter().chain(agent_at));
     engine.set_stop_at_user_mode(true);
     let mut r = Recorder {
         core,
@@ -525,12 +552,13 @@ pub fn record(sc: &Scenario, dir: &Path) -> Recording {
             ring: Ring::new(ring_base, sc.ring_size),
             rng: Rng(sc.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
             tsc: 0x1_2345_6789,
-            ins: 0,
         },
         rng: Rng(sc.seed.wrapping_mul(0xd1b5_4a32_d192_ed03) | 1),
         log: None,
         rep_at,
         vmcall_at,
+        agent_at,
+        begun: [0; 2],
         plan: Plan {
             kernel_irq_at: None,
             rep_irq: false,

@@ -90,6 +90,14 @@ static inline u8 inb(unsigned short port)
 }
 static inline u64 mix(u64 h, u64 v) { return (h ^ v) * 0x100000001b3UL + (h >> 29); }
 
+/* Fold a result into the checksum with interrupts off (the timer handler folds too). */
+static void fold(u64 v)
+{
+	u64 f = irq_save();
+	krr_checksum = mix(krr_checksum, v);
+	irq_restore(f);
+}
+
 /* ---- the guest agent: the ring (kvm_ivshmem.c) ---- */
 
 struct rr_header {
@@ -341,7 +349,7 @@ static u64 *user_pte(u64 addr)
  * and a random seed; returns a digest of it all. */
 static u64 sys_work(u64 buf, u64 n, u64 ptr)
 {
-	u64 h = krr_checksum, i, left;
+	u64 h = 0xcbf29ce484222325UL, i, left;
 	if (n > sizeof(krr_kbuf))
 		n = sizeof(krr_kbuf);
 	left = copy_from_user(krr_kbuf, buf, n);
@@ -351,7 +359,7 @@ static u64 sys_work(u64 buf, u64 n, u64 ptr)
 	h = mix(h, inb(0x71));
 	h = mix(h, rr_rdtsc());
 	h = mix(h, rdseed_long());
-	krr_checksum = h;
+	fold(h);
 	return h & 0xffffffff;
 }
 
@@ -364,7 +372,7 @@ static u64 sys_unmap(u64 addr)
 		return -22UL;
 	old = rr_record_pte_clear(user_pte(addr));
 	asm volatile("invlpg (%0)" ::"r"(addr) : "memory");
-	krr_checksum = mix(krr_checksum, old & 0xfff);
+	fold(old & 0xfff);
 	return old & 0xfff;
 }
 
@@ -372,7 +380,7 @@ static u64 sys_unmap(u64 addr)
 static u64 sys_probe(u64 addr)
 {
 	u64 v = rr_read_pte_once(user_pte(addr));
-	krr_checksum = mix(krr_checksum, v & 0xfff);
+	fold(v & 0xfff);
 	return v & 0xfff;
 }
 
