@@ -112,7 +112,8 @@ impl RamWindows {
         }
     }
 
-    #[cold]
+    /// The windows past a first one at 0 (RAM above 4 GiB, the ring): a short scan, kept
+    /// out of line so that the fast path stays small.
     #[inline(never)]
     fn offset_beyond_low(&self, phys: u64, len: u64) -> Option<u64> {
         let w = self.iter().find(|w| phys.wrapping_sub(w.gpa) < w.len)?;
