@@ -408,6 +408,11 @@ impl TestBus {
         self.qwords(EVENT_PORT)
     }
 
+    /// The values reported on `REPORT_PORT` so far.
+    pub fn reports(&self) -> Vec<u64> {
+        self.qwords(REPORT_PORT)
+    }
+
     fn qwords(&self, port: u8) -> Vec<u64> {
         let w = self.words.get(&(port as u16)).cloned().unwrap_or_default();
         assert!(
