@@ -221,6 +221,10 @@ pub struct ExecContext {
     /// Guest physical memory, for helpers (compiled code reaches memory through the TLB).
     pub(crate) mem_base: *mut u8,
     pub(crate) mem_size: u64,
+    /// The behaviour profile the engine runs with (its `EngineConfig::profile`, stored here
+    /// by the engine whenever it runs or delivers an event): read by the interpreter, the
+    /// system instructions and event delivery.
+    pub profile: crate::Profile,
 }
 
 /// The whole CPU as compiled code sees it (it receives a `*mut CpuState` and addresses fields
@@ -365,6 +369,7 @@ impl ExecContext {
             dirty_bitmap: mem.dirty_page_bitmap(),
             mem_base: mem.as_mut_ptr(),
             mem_size: mem.size(),
+            profile: crate::Profile::Host,
         }
     }
 

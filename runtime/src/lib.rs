@@ -5,7 +5,7 @@
 //! drivers (run, record, replay) own it.
 //!
 //! Modules, leaves first: [`arch`] (architectural constants), [`lazy_flags`], [`exception`],
-//! [`outcome`], [`tlb`], [`memory`], [`cpuid`] import nothing from the CPU; [`cpu`] is the
+//! [`outcome`], [`profile`], [`tlb`], [`memory`], [`cpuid`] import nothing from the CPU; [`cpu`] is the
 //! state; [`debugreg`], [`mmu`] (page walker, TLB slow paths), [`desc`] and [`interrupt`]
 //! work on it; [`bus`] is the driver's side.
 
@@ -23,6 +23,7 @@ pub mod lazy_flags;
 pub mod memory;
 pub mod mmu;
 pub mod outcome;
+pub mod profile;
 pub mod tlb;
 
 pub use crate::core::Core;
@@ -31,3 +32,4 @@ pub use cpu::*;
 pub use memory::{GuestMemory, MemoryError};
 pub use mmu::*;
 pub use outcome::Outcome;
+pub use profile::Profile;

@@ -74,6 +74,12 @@ pub(super) fn bit_scan<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     let r = insn.op0_register();
     let (gi, _) = gpr_of(r);
     let old = b.get_gpr(gi);
+    if let Some((v, flags)) = profile::bit_scan(b, size, is_zero, idx, old) {
+        b.set_gpr(gi, v);
+        let st = concrete(b, flags);
+        b.set_flags(st);
+        return Ok(());
+    }
     write_reg(b, r, idx);
     let merged = b.get_gpr(gi);
     let v = b.select(is_zero, old, merged);

@@ -66,8 +66,13 @@ pub(super) fn shift<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     };
     let res = b.zext(res, w);
     write_rmw(b, addr, size, res)?;
-    let zero = b.c(0);
-    let st = FlagState::new(kind, size, res, x, n, zero);
+    let st = match profile::shift_flags(b, kind, size, res, x, n) {
+        Some(bits) => concrete(b, bits),
+        None => {
+            let zero = b.c(0);
+            FlagState::new(kind, size, res, x, n, zero)
+        }
+    };
     set_flags_unless_zero_count(b, n, st);
     Ok(())
 }
