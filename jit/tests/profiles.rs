@@ -35,6 +35,12 @@ enum Form {
     Sar(Option<u8>),
     Bsf,
     Bsr,
+    Rol(Option<u8>),
+    Ror(Option<u8>),
+    Rcl(Option<u8>),
+    Rcr(Option<u8>),
+    Tzcnt,
+    Lzcnt,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -169,8 +175,10 @@ fn model(p: Profile, c: &Case) -> (u64, u64, u64) {
                     let last_step = cf ^ msb(res, size);
                     let of = match p {
                         Profile::Host => last_step,
-                        // OF only for a count of one (KRR's TCG; Intel per KRR's fix).
-                        Profile::KrrCompat | Profile::Intel => n == 1 && last_step,
+                        // OF only for a count of one (KRR's TCG).
+                        Profile::KrrCompat => n == 1 && last_step,
+                        // The first one-bit step's OF (box64's Intel mode).
+                        Profile::Intel => first_step_left(x, size),
                     };
                     (res, cf, of)
                 }
@@ -215,12 +223,94 @@ fn model(p: Profile, c: &Case) -> (u64, u64, u64) {
                     (dest, c.rdx, f)
                 }
                 Profile::Intel => {
-                    let f = (szp(host_dest, size) & !ZF) | bit(zero, ZF);
+                    let f = (szp(if zero { 0 } else { idx }, 1) & PF) | bit(zero, ZF);
                     (host_dest, c.rdx, f)
                 }
             }
         }
+        Form::Rol(imm) | Form::Ror(imm) | Form::Rcl(imm) | Form::Rcr(imm) => {
+            let raw = imm.map_or(c.rcx, u64::from);
+            let n = raw & if size == 8 { 63 } else { 31 };
+            let w = u64::from(size * 8);
+            let cin = old_flags & CF != 0;
+            let old_of = old_flags & OF != 0;
+            if n == 0 {
+                return (write_part(c.rax, x, size), c.rdx, old_flags);
+            }
+            let (res, cf, host_of, through) = match c.form {
+                Form::Rol(_) | Form::Ror(_) => {
+                    let r = n % w;
+                    let res = if matches!(c.form, Form::Rol(_)) {
+                        ((x << r) | (x >> ((w - r) % w))) & m
+                    } else {
+                        ((x >> r) | (x << ((w - r) % w))) & m
+                    };
+                    if matches!(c.form, Form::Rol(_)) {
+                        let cf = res & 1 != 0;
+                        (res, cf, msb(res, size) ^ cf, false)
+                    } else {
+                        let cf = msb(res, size);
+                        (res, cf, cf ^ (res >> (w - 2) & 1 != 0), false)
+                    }
+                }
+                _ => {
+                    let r = n % (w + 1);
+                    let v = (u128::from(cin) << w) | u128::from(x);
+                    let wm = (1u128 << (w + 1)) - 1;
+                    let v2 = if matches!(c.form, Form::Rcl(_)) {
+                        ((v << r) | (v >> ((w + 1 - r) % (w + 1)))) & wm
+                    } else {
+                        ((v >> r) | (v << ((w + 1 - r) % (w + 1)))) & wm
+                    };
+                    let res = v2 as u64 & m;
+                    let cf = (v2 >> w) & 1 != 0;
+                    let of = if matches!(c.form, Form::Rcl(_)) {
+                        msb(res, size) ^ cf
+                    } else {
+                        msb(res, size) ^ (res >> (w - 2) & 1 != 0)
+                    };
+                    (res, cf, of, r == 0)
+                }
+            };
+            let of = match p {
+                Profile::Host | Profile::KrrCompat => host_of,
+                Profile::Intel => match c.form {
+                    // A register rotated by an immediate above 1 keeps OF.
+                    Form::Rol(Some(_)) | Form::Ror(Some(_)) if n > 1 => old_of,
+                    _ if through => old_of,
+                    Form::Rol(_) | Form::Rcl(_) => first_step_left(x, size),
+                    Form::Ror(_) => msb(x, size) ^ (x & 1 != 0),
+                    _ => cin ^ msb(x, size),
+                },
+            };
+            let f = (old_flags & !(CF | OF)) | bit(cf, CF) | bit(of, OF);
+            (write_part(c.rax, res, size), c.rdx, f)
+        }
+        Form::Tzcnt | Form::Lzcnt => {
+            let w = size * 8;
+            let res = if c.form == Form::Tzcnt {
+                if y == 0 {
+                    w
+                } else {
+                    y.trailing_zeros()
+                }
+            } else {
+                y.leading_zeros() - (64 - w)
+            } as u64;
+            let cz = bit(y == 0, CF) | bit(res == 0, ZF);
+            let f = match p {
+                Profile::Intel => cz,
+                _ => (old_flags & !(CF | ZF)) | cz,
+            };
+            (write_part(c.rax, res, size), c.rdx, f)
+        }
     }
+}
+
+/// OF of a one-bit left shift of `x`: its top two bits differ.
+fn first_step_left(x: u64, size: u32) -> bool {
+    let w = size * 8;
+    (x >> (w - 1) & 1) != (x >> (w - 2) & 1)
 }
 
 fn flag_cases() -> Vec<Case> {
@@ -234,9 +324,14 @@ fn flag_cases() -> Vec<Case> {
             let v_rax = rng.value(size) | (rng.next() << (size * 8) & !mask(size));
             let v_rbx = rng.value(size);
             let v_rcx = match form {
-                Form::Shl(None) | Form::Sal(None) | Form::Shr(None) | Form::Sar(None) => {
-                    counts[i % counts.len()]
-                }
+                Form::Shl(None)
+                | Form::Sal(None)
+                | Form::Shr(None)
+                | Form::Sar(None)
+                | Form::Rol(None)
+                | Form::Ror(None)
+                | Form::Rcl(None)
+                | Form::Rcr(None) => counts[i % counts.len()],
                 _ => rng.next(),
             };
             out.push(Case {
@@ -263,7 +358,19 @@ fn flag_cases() -> Vec<Case> {
         push(Form::Sal(None), size, &mut rng, 5);
         push(Form::Shr(None), size, &mut rng, 17);
         push(Form::Sar(None), size, &mut rng, 17);
+        for imm in [1u8, 2, 5, 9, 17] {
+            push(Form::Rol(Some(imm)), size, &mut rng, 1);
+            push(Form::Ror(Some(imm)), size, &mut rng, 1);
+            push(Form::Rcl(Some(imm)), size, &mut rng, 1);
+            push(Form::Rcr(Some(imm)), size, &mut rng, 1);
+        }
+        push(Form::Rol(None), size, &mut rng, 17);
+        push(Form::Ror(None), size, &mut rng, 17);
+        push(Form::Rcl(None), size, &mut rng, 17);
+        push(Form::Rcr(None), size, &mut rng, 17);
         if size > 1 {
+            push(Form::Tzcnt, size, &mut rng, 6);
+            push(Form::Lzcnt, size, &mut rng, 6);
             push(Form::Imul2, size, &mut rng, 6);
             push(Form::Imul3(-3), size, &mut rng, 3);
             push(Form::Imul3(0x4000), size, &mut rng, 3);
@@ -344,7 +451,14 @@ fn emit(a: &mut CodeAssembler, c: &Case) -> Result<(), IcedError> {
             4 => a.imul_3(eax, ebx, imm),
             _ => a.imul_3(rax, rbx, imm),
         },
-        Form::Shl(n) | Form::Sal(n) | Form::Shr(n) | Form::Sar(n) => {
+        Form::Shl(n)
+        | Form::Sal(n)
+        | Form::Shr(n)
+        | Form::Sar(n)
+        | Form::Rol(n)
+        | Form::Ror(n)
+        | Form::Rcl(n)
+        | Form::Rcr(n) => {
             macro_rules! shift {
                 ($op:ident) => {
                     match n {
@@ -357,7 +471,11 @@ fn emit(a: &mut CodeAssembler, c: &Case) -> Result<(), IcedError> {
                 Form::Shl(_) => shift!(shl),
                 Form::Sal(_) => shift!(sal),
                 Form::Shr(_) => shift!(shr),
-                _ => shift!(sar),
+                Form::Sar(_) => shift!(sar),
+                Form::Rol(_) => shift!(rol),
+                Form::Ror(_) => shift!(ror),
+                Form::Rcl(_) => shift!(rcl),
+                _ => shift!(rcr),
             }
         }
         Form::Bsf => match c.size {
@@ -369,6 +487,16 @@ fn emit(a: &mut CodeAssembler, c: &Case) -> Result<(), IcedError> {
             2 => a.bsr(ax, bx),
             4 => a.bsr(eax, ebx),
             _ => a.bsr(rax, rbx),
+        },
+        Form::Tzcnt => match c.size {
+            2 => a.tzcnt(ax, bx),
+            4 => a.tzcnt(eax, ebx),
+            _ => a.tzcnt(rax, rbx),
+        },
+        Form::Lzcnt => match c.size {
+            2 => a.lzcnt(ax, bx),
+            4 => a.lzcnt(eax, ebx),
+            _ => a.lzcnt(rax, rbx),
         },
     }
 }

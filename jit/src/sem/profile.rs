@@ -26,10 +26,11 @@ pub(super) fn mul_flags<B: Builder>(b: &mut B, host: B::V) -> B::V {
 /// The flags of SHL/SAL/SHR/SAR by a non-zero (masked) `count` of `x` giving `res` (the caller
 /// keeps the flags when the count is zero), or `None` for the host's lazy state.
 ///
-/// KrrCompat and Intel: SHL/SAL's OF is 0 unless the count is 1 (KRR's TCG does that for an
-/// immediate count; for a count in CL it reads a stale count, which krr does not model: the
-/// same rule as for an immediate). SHR and SAR are the host's: OF = MSB of the original
-/// operand for SHR whatever the count, 0 for SAR, AF = 0 for all three.
+/// Only SHL/SAL's OF differs: KrrCompat makes it 0 unless the count is 1 (KRR's TCG does that
+/// for an immediate count; for a count in CL it reads a stale count, which krr does not model:
+/// the same rule as for an immediate); Intel computes it as for the first one-bit step, MSB(x)
+/// XOR bit w-2 of x, whatever the count. SHR and SAR are the host's in every profile: OF = MSB
+/// of the original operand for SHR, 0 for SAR; AF = 0 for all three.
 pub(super) fn shift_flags<B: Builder>(
     b: &mut B,
     kind: FlagKind,
@@ -38,17 +39,95 @@ pub(super) fn shift_flags<B: Builder>(
     x: B::V,
     count: B::V,
 ) -> Option<B::V> {
-    if b.profile() == Profile::Host || kind != FlagKind::Shl {
+    let profile = b.profile();
+    if profile == Profile::Host || kind != FlagKind::Shl {
         return None;
     }
     let zero = b.c(0);
     let lazy = FlagState::new(kind, size, res, x, count, zero);
-    let bits = materialize(b, &lazy);
+    let all = materialize(b, &lazy);
     let m = b.c(!rflags::OF);
-    let without_of = b.and(bits, m);
+    let without_of = b.and(all, m);
+    Some(match profile {
+        Profile::KrrCompat => {
+            let one = b.c(1);
+            let is_one = b.icmp(Cmp::Eq, count, one);
+            b.select(is_one, all, without_of)
+        }
+        _ => {
+            let w = bits(size);
+            let o = first_step_left_of(b, x, w);
+            with_of(b, without_of, o)
+        }
+    })
+}
+
+/// OF of a one-bit left shift or rotate of the `w`-bit `x`: its two top bits differ.
+fn first_step_left_of<B: Builder>(b: &mut B, x: B::V, w: u32) -> B::B {
+    let k = b.c(w as u64 - 2);
+    let t = b.shr(x, k);
+    let three = b.c(3);
+    let t = b.and(t, three);
     let one = b.c(1);
-    let is_one = b.icmp(Cmp::Eq, count, one);
-    Some(b.select(is_one, bits, without_of))
+    let two = b.c(2);
+    let a = b.icmp(Cmp::Eq, t, one);
+    let c = b.icmp(Cmp::Eq, t, two);
+    b.bor(a, c)
+}
+
+/// `flags` (OF clear) with OF = `o`.
+fn with_of<B: Builder>(b: &mut B, flags: B::V, o: B::B) -> B::V {
+    let v = b.b2v(o);
+    let k = b.c(rflags::OF.trailing_zeros() as u64);
+    let v = b.shl(v, k);
+    b.or(flags, v)
+}
+
+/// OF of ROL/ROR/RCL/RCR in the Intel profile, or `None` for the host's (the last one-bit
+/// step's). Intel's is the first step's: ROL and RCL MSB(x) XOR bit w-2 of x, ROR MSB(x) XOR
+/// bit 0 of x, RCR the old CF XOR MSB(x). ROL/ROR of a register by an immediate above 1 leave
+/// OF as it was. `old_of` is OF before the instruction, `cin` CF before it.
+pub(super) fn rotate_of<B: Builder>(
+    b: &mut B,
+    insn: &Instruction,
+    w: u32,
+    x: B::V,
+    old_of: B::B,
+    cin: B::B,
+) -> Option<B::B> {
+    if b.profile() != Profile::Intel {
+        return None;
+    }
+    use iced_x86::{Mnemonic as M, OpKind};
+    let mnemonic = insn.mnemonic();
+    if matches!(mnemonic, M::Rol | M::Ror)
+        && insn.op0_kind() == OpKind::Register
+        && insn.op1_kind() == OpKind::Immediate8
+        && insn.immediate8() & if w == 64 { 63 } else { 31 } > 1
+    {
+        return Some(old_of);
+    }
+    let k = b.c(w as u64 - 1);
+    let top = b.shr(x, k);
+    let one = b.c(1);
+    let top = b.and(top, one);
+    let zero = b.c(0);
+    let msb = b.icmp(Cmp::Ne, top, zero);
+    Some(match mnemonic {
+        M::Rol | M::Rcl => first_step_left_of(b, x, w),
+        M::Ror => {
+            let low = b.and(x, one);
+            let low = b.icmp(Cmp::Ne, low, zero);
+            b.bxor(msb, low)
+        }
+        _ => b.bxor(cin, msb),
+    })
+}
+
+/// TZCNT/LZCNT in the Intel profile: the flags besides CF and ZF (which the caller computes),
+/// OF, SF, AF and PF, are cleared; `None` for the host's (kept as they were).
+pub(super) fn count_zeros_flags<B: Builder>(b: &mut B, cf_zf: B::V) -> Option<B::V> {
+    (b.profile() == Profile::Intel).then_some(cf_zf)
 }
 
 /// BSF/BSR (not TZCNT/LZCNT) in KrrCompat and Intel: the destination register's new value and
@@ -61,8 +140,9 @@ pub(super) fn shift_flags<B: Builder>(
 ///   the source is zero, written at the operand size (so a 32-bit form clears bits 63:32 even
 ///   then); CF = OF = AF = 0, PF and SF from that value, ZF = (old destination at the operand
 ///   size == 0).
-/// - Intel: the destination as on the host; CF = OF = AF = 0, PF and SF from the value the
-///   destination holds afterwards, ZF = (source == 0) as the SDM defines it.
+/// - Intel: the destination as on the host (unchanged, all 64 bits, for a zero source: the
+///   SDM's newer text); CF = OF = AF = SF = 0, PF from the index (from 0 for a zero source),
+///   ZF = (source == 0) as the SDM defines it.
 pub(super) fn bit_scan<B: Builder>(
     b: &mut B,
     size: u32,
@@ -95,14 +175,14 @@ pub(super) fn bit_scan<B: Builder>(
         }
         _ => b.select(src_zero, old, idx),
     };
-    let result = b.zext(merged, w);
     let zero = b.c(0);
-    let zf_from = match profile {
+    let (result, zf_from) = match profile {
         Profile::KrrCompat => {
             let o = b.zext(old, w);
-            b.icmp(Cmp::Eq, o, zero)
+            (b.zext(merged, w), b.icmp(Cmp::Eq, o, zero))
         }
-        _ => src_zero,
+        // An index is below 64: SF = 0 and PF from it.
+        _ => (b.select(src_zero, zero, idx), src_zero),
     };
     // Logic flags of the result: CF = OF = AF = 0, PF/SF/ZF from it; then ZF replaced.
     let logic = FlagState::new(FlagKind::Logic, size, result, zero, zero, zero);
