@@ -41,6 +41,9 @@ enum Form {
     Rcr(Option<u8>),
     Tzcnt,
     Lzcnt,
+    /// SHLD/SHRD RAX, RBX by an immediate or CL.
+    Shld(Option<u8>),
+    Shrd(Option<u8>),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -286,6 +289,7 @@ fn model(p: Profile, c: &Case) -> (u64, u64, u64) {
             let f = (old_flags & !(CF | OF)) | bit(cf, CF) | bit(of, OF);
             (write_part(c.rax, res, size), c.rdx, f)
         }
+        Form::Shld(_) | Form::Shrd(_) => double_shift(p, c),
         Form::Tzcnt | Form::Lzcnt => {
             let w = size * 8;
             let res = if c.form == Form::Tzcnt {
@@ -305,6 +309,36 @@ fn model(p: Profile, c: &Case) -> (u64, u64, u64) {
             (write_part(c.rax, res, size), c.rdx, f)
         }
     }
+}
+
+/// SHLD/SHRD (16-bit forms only with counts up to 16, where the result is defined).
+fn double_shift(p: Profile, c: &Case) -> (u64, u64, u64) {
+    let (size, m) = (c.size, mask(c.size));
+    let (x, y) = (c.rax & m, c.rbx & m);
+    let w = u64::from(size * 8);
+    let left = matches!(c.form, Form::Shld(_));
+    let n = match c.form {
+        Form::Shld(imm) | Form::Shrd(imm) => imm.map_or(c.rcx, u64::from),
+        _ => unreachable!(),
+    } & if size == 8 { 63 } else { 31 };
+    assert!(size > 2 || n <= 16);
+    if n == 0 {
+        return (write_part(c.rax, x, size), c.rdx, c.flags & ARITH);
+    }
+    let (res, cf) = if left {
+        let res = ((x << n) | if n == w { y } else { y >> (w - n) }) & m;
+        (if n == w { y } else { res }, (x >> (w - n)) & 1 != 0)
+    } else {
+        let res = ((x >> (n % w)) | if n == w { 0 } else { y << (w - n) }) & m;
+        (if n == w { y } else { res }, (x >> (n - 1)) & 1 != 0)
+    };
+    let of = match p {
+        Profile::Intel if left => first_step_left(x, size),
+        Profile::Intel => msb(x, size) ^ ((res >> (w - n % w)) & 1 != 0),
+        _ => msb(x, size) ^ msb(res, size),
+    };
+    let f = szp(res, size) | bit(cf, CF) | bit(of, OF);
+    (write_part(c.rax, res, size), c.rdx, f)
 }
 
 /// OF of a one-bit left shift of `x`: its top two bits differ.
@@ -331,7 +365,9 @@ fn flag_cases() -> Vec<Case> {
                 | Form::Rol(None)
                 | Form::Ror(None)
                 | Form::Rcl(None)
-                | Form::Rcr(None) => counts[i % counts.len()],
+                | Form::Rcr(None)
+                | Form::Shld(None)
+                | Form::Shrd(None) => counts[i % counts.len()],
                 _ => rng.next(),
             };
             out.push(Case {
@@ -369,6 +405,13 @@ fn flag_cases() -> Vec<Case> {
         push(Form::Rcl(None), size, &mut rng, 17);
         push(Form::Rcr(None), size, &mut rng, 17);
         if size > 1 {
+            for imm in [1u8, 3, 15, 16] {
+                push(Form::Shld(Some(imm)), size, &mut rng, 1);
+                push(Form::Shrd(Some(imm)), size, &mut rng, 1);
+            }
+            let n = if size == 2 { 9 } else { 17 };
+            push(Form::Shld(None), size, &mut rng, n);
+            push(Form::Shrd(None), size, &mut rng, n);
             push(Form::Tzcnt, size, &mut rng, 6);
             push(Form::Lzcnt, size, &mut rng, 6);
             push(Form::Imul2, size, &mut rng, 6);
@@ -488,6 +531,23 @@ fn emit(a: &mut CodeAssembler, c: &Case) -> Result<(), IcedError> {
             4 => a.bsr(eax, ebx),
             _ => a.bsr(rax, rbx),
         },
+        Form::Shld(n) | Form::Shrd(n) => {
+            let left = matches!(c.form, Form::Shld(_));
+            match (c.size, n, left) {
+                (2, Some(k), true) => a.shld(ax, bx, k as u32),
+                (2, None, true) => a.shld(ax, bx, cl),
+                (4, Some(k), true) => a.shld(eax, ebx, k as u32),
+                (4, None, true) => a.shld(eax, ebx, cl),
+                (_, Some(k), true) => a.shld(rax, rbx, k as u32),
+                (_, None, true) => a.shld(rax, rbx, cl),
+                (2, Some(k), false) => a.shrd(ax, bx, k as u32),
+                (2, None, false) => a.shrd(ax, bx, cl),
+                (4, Some(k), false) => a.shrd(eax, ebx, k as u32),
+                (4, None, false) => a.shrd(eax, ebx, cl),
+                (_, Some(k), false) => a.shrd(rax, rbx, k as u32),
+                (_, None, false) => a.shrd(rax, rbx, cl),
+            }
+        }
         Form::Tzcnt => match c.size {
             2 => a.tzcnt(ax, bx),
             4 => a.tzcnt(eax, ebx),

@@ -124,6 +124,40 @@ pub(super) fn rotate_of<B: Builder>(
     })
 }
 
+/// OF of SHLD/SHRD in the Intel profile, or `None` for the host's (MSB(x) XOR MSB(res)):
+/// the first one-bit step's, MSB(x) XOR bit w-2 of x for SHLD, MSB(x) XOR the bit shifted in
+/// first (bit w - n of the result, n taken mod w) for SHRD. `n` is the masked count.
+pub(super) fn double_shift_of<B: Builder>(
+    b: &mut B,
+    left: bool,
+    w: u32,
+    x: B::V,
+    res: B::V,
+    n: B::V,
+) -> Option<B::B> {
+    if b.profile() != Profile::Intel {
+        return None;
+    }
+    if left {
+        return Some(first_step_left_of(b, x, w));
+    }
+    let one = b.c(1);
+    let k = b.c(w as u64 - 1);
+    let top = b.shr(x, k);
+    let top = b.and(top, one);
+    let wm = b.c(w as u64 - 1);
+    let nm = b.and(n, wm);
+    let wv = b.c(w as u64);
+    let back = b.sub(wv, nm);
+    let r = b.zext(res, w);
+    // (n = 0 makes `back` = w, but then the caller keeps the old flags.)
+    let inb = b.shr(r, back);
+    let inb = b.and(inb, one);
+    let x = b.xor(top, inb);
+    let zero = b.c(0);
+    Some(b.icmp(Cmp::Ne, x, zero))
+}
+
 /// TZCNT/LZCNT in the Intel profile: the flags besides CF and ZF (which the caller computes),
 /// OF, SF, AF and PF, are cleared; `None` for the host's (kept as they were).
 pub(super) fn count_zeros_flags<B: Builder>(b: &mut B, cf_zf: B::V) -> Option<B::V> {

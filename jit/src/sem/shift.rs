@@ -300,6 +300,7 @@ pub(super) fn double_shift<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     let s_old = bit_of(b, x, w - 1);
     let s_new = bit_of(b, res, w - 1);
     let o = b.bxor(s_old, s_new);
+    let o = profile::double_shift_of(b, left, w, x, res, n).unwrap_or(o);
     let new = result_flags(b, res, size, cflag, o);
     let st = concrete(b, new);
     set_flags_unless_zero_count(b, n, st);
