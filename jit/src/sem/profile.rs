@@ -86,18 +86,48 @@ fn with_of<B: Builder>(b: &mut B, flags: B::V, o: B::B) -> B::V {
 /// OF of ROL/ROR/RCL/RCR in the Intel profile, or `None` for the host's (the last one-bit
 /// step's). Intel's is the first step's: ROL and RCL MSB(x) XOR bit w-2 of x, ROR MSB(x) XOR
 /// bit 0 of x, RCR the old CF XOR MSB(x). ROL/ROR of a register by an immediate above 1 leave
-/// OF as it was. `old_of` is OF before the instruction, `cin` CF before it.
+/// OF as it was, and so do RCL/RCR by a multiple of w+1 (`no_rotation`). `old` is RFLAGS'
+/// arithmetic bits before the instruction.
 pub(super) fn rotate_of<B: Builder>(
     b: &mut B,
     insn: &Instruction,
     w: u32,
     x: B::V,
-    old_of: B::B,
-    cin: B::B,
+    old: B::V,
+    no_rotation: Option<B::B>,
 ) -> Option<B::B> {
     if b.profile() != Profile::Intel {
         return None;
     }
+    let old_of = flag(b, old, rflags::OF);
+    let first = first_step_rotate_of(b, insn, w, x, old, old_of);
+    Some(match no_rotation {
+        Some(none) => {
+            let keep = b.band(none, old_of);
+            let moved = b.bnot(none);
+            let first = b.band(moved, first);
+            b.bor(keep, first)
+        }
+        None => first,
+    })
+}
+
+/// Is `mask`'s flag set in the RFLAGS bits `v`?
+fn flag<B: Builder>(b: &mut B, v: B::V, mask: u64) -> B::B {
+    let m = b.c(mask);
+    let t = b.and(v, m);
+    let zero = b.c(0);
+    b.icmp(Cmp::Ne, t, zero)
+}
+
+fn first_step_rotate_of<B: Builder>(
+    b: &mut B,
+    insn: &Instruction,
+    w: u32,
+    x: B::V,
+    old: B::V,
+    old_of: B::B,
+) -> B::B {
     use iced_x86::{Mnemonic as M, OpKind};
     let mnemonic = insn.mnemonic();
     if matches!(mnemonic, M::Rol | M::Ror)
@@ -105,7 +135,7 @@ pub(super) fn rotate_of<B: Builder>(
         && insn.op1_kind() == OpKind::Immediate8
         && insn.immediate8() & if w == 64 { 63 } else { 31 } > 1
     {
-        return Some(old_of);
+        return old_of;
     }
     let k = b.c(w as u64 - 1);
     let top = b.shr(x, k);
@@ -113,15 +143,18 @@ pub(super) fn rotate_of<B: Builder>(
     let top = b.and(top, one);
     let zero = b.c(0);
     let msb = b.icmp(Cmp::Ne, top, zero);
-    Some(match mnemonic {
+    match mnemonic {
         M::Rol | M::Rcl => first_step_left_of(b, x, w),
         M::Ror => {
             let low = b.and(x, one);
             let low = b.icmp(Cmp::Ne, low, zero);
             b.bxor(msb, low)
         }
-        _ => b.bxor(cin, msb),
-    })
+        _ => {
+            let cin = flag(b, old, rflags::CF);
+            b.bxor(cin, msb)
+        }
+    }
 }
 
 /// OF of SHLD/SHRD in the Intel profile, or `None` for the host's (MSB(x) XOR MSB(res)):

@@ -127,9 +127,7 @@ pub(super) fn rotate<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
         let m2 = bit_of(b, res, w - 2);
         (c, b.bxor(c, m2))
     };
-    let old_of = bit_of(b, old, 11);
-    let cin = bit_of(b, old, 0);
-    let o = profile::rotate_of(b, insn, w, x, old_of, cin).unwrap_or(o);
+    let o = profile::rotate_of(b, insn, w, x, old, None).unwrap_or(o);
     let new = with_cf_of(b, old, c, o);
     let st = concrete(b, new);
     set_flags_unless_zero_count(b, n, st);
@@ -204,18 +202,7 @@ pub(super) fn rotate_through_carry<B: Builder>(b: &mut B, insn: &Instruction) ->
         let m2 = bit_of(b, res, w - 2);
         b.bxor(m, m2)
     };
-    let old_of = bit_of(b, old, 11);
-    let cin_b = b.icmp(Cmp::Ne, cin, zero);
-    let o = match profile::rotate_of(b, insn, w, x, old_of, cin_b) {
-        // A rotation by a multiple of w+1 changes no flag on Intel.
-        Some(first) => {
-            let keep = b.band(is_zero, old_of);
-            let moved = b.bnot(is_zero);
-            let first = b.band(moved, first);
-            b.bor(keep, first)
-        }
-        None => o,
-    };
+    let o = profile::rotate_of(b, insn, w, x, old, Some(is_zero)).unwrap_or(o);
     let new = with_cf_of(b, old, c, o);
     let st = concrete(b, new);
     set_flags_unless_zero_count(b, n, st);
