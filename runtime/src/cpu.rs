@@ -235,6 +235,10 @@ pub struct ExecContext {
     /// instruction (not at its boundary).
     pub rep_paused_midway: bool,
     pub(crate) ram: crate::ram_windows::RamWindows,
+    /// The behaviour profile the engine runs with (its `EngineConfig::profile`, stored here
+    /// by the engine whenever it runs or delivers an event): read by the interpreter, the
+    /// system instructions and event delivery.
+    pub profile: crate::Profile,
 }
 
 /// [`ExecContext::rep_pause_rip`] when no pause is armed.
@@ -393,6 +397,7 @@ impl ExecContext {
             mem_base: mem.as_mut_ptr(),
             mem_size: mem.size(),
             ram: *mem.ram_windows(),
+            profile: crate::Profile::Host,
         }
     }
 

@@ -5,9 +5,9 @@
 //! drivers (run, record, replay) own it.
 //!
 //! Modules, leaves first: [`arch`] (architectural constants), [`lazy_flags`], [`exception`],
-//! [`outcome`], [`tlb`], [`ram_windows`], [`memory`], [`cpuid`] import nothing from the CPU;
-//! [`cpu`] is the state; [`debugreg`], [`mmu`] (page walker, TLB slow paths), [`desc`] and
-//! [`interrupt`] work on it; [`bus`] is the driver's side.
+//! [`outcome`], [`profile`], [`tlb`], [`ram_windows`], [`memory`], [`cpuid`] import nothing
+//! from the CPU; [`cpu`] is the state; [`debugreg`], [`mmu`] (page walker, TLB slow paths),
+//! [`desc`] and [`interrupt`] work on it; [`bus`] is the driver's side.
 
 pub mod arch;
 pub mod bus;
@@ -24,6 +24,7 @@ pub mod memory;
 pub mod mmu;
 pub mod outcome;
 pub mod ram_windows;
+pub mod profile;
 pub mod tlb;
 
 pub use crate::core::Core;
@@ -33,3 +34,4 @@ pub use memory::{GuestMemory, MemoryError};
 pub use mmu::*;
 pub use outcome::Outcome;
 pub use ram_windows::{RamWindow, RamWindows};
+pub use profile::Profile;

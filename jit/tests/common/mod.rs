@@ -548,6 +548,8 @@ pub struct Machine {
     /// Initial general-purpose registers (RSP is `KSTACK_TOP` unless changed).
     pub gpr: [u64; 16],
     pub budget: u64,
+    /// The engine's behaviour profile.
+    pub profile: krr_runtime::Profile,
 }
 
 /// Gate settings for [`Machine::gate`].
@@ -644,6 +646,7 @@ impl Machine {
             rflags: rflags::FIXED1,
             gpr,
             budget: 1_000_000,
+            profile: krr_runtime::Profile::Host,
         };
         for v in 0..=255u8 {
             m.gate(v, Gate::default());
@@ -716,6 +719,7 @@ impl Machine {
         core.set_icount_limit(self.budget);
         let engine = Engine::new(EngineConfig {
             deliver_exceptions: true,
+            profile: self.profile,
             ..tier.engine_config()
         })
         .unwrap();
