@@ -206,7 +206,7 @@ fn model(p: Profile, c: &Case) -> (u64, u64, u64) {
             let idx = if c.form == Form::Bsf {
                 y.trailing_zeros() as u64
             } else {
-                63 - y.leading_zeros() as u64
+                63u64.wrapping_sub(y.leading_zeros() as u64)
             };
             let host_dest = if zero {
                 c.rax
@@ -355,7 +355,7 @@ fn flag_cases() -> Vec<Case> {
     ];
     let mut push = |form: Form, size: u32, rng: &mut Rng, n: usize| {
         for i in 0..n {
-            let v_rax = rng.value(size) | (rng.next() << (size * 8) & !mask(size));
+            let v_rax = rng.value(size) | (rng.next().checked_shl(size * 8).unwrap_or(0) & !mask(size));
             let v_rbx = rng.value(size);
             let v_rcx = match form {
                 Form::Shl(None)
