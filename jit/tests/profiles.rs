@@ -355,7 +355,8 @@ fn flag_cases() -> Vec<Case> {
     ];
     let mut push = |form: Form, size: u32, rng: &mut Rng, n: usize| {
         for i in 0..n {
-            let v_rax = rng.value(size) | (rng.next().checked_shl(size * 8).unwrap_or(0) & !mask(size));
+            let v_rax =
+                rng.value(size) | (rng.next().checked_shl(size * 8).unwrap_or(0) & !mask(size));
             let v_rbx = rng.value(size);
             let v_rcx = match form {
                 Form::Shl(None)

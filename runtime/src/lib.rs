@@ -23,8 +23,8 @@ pub mod lazy_flags;
 pub mod memory;
 pub mod mmu;
 pub mod outcome;
-pub mod ram_windows;
 pub mod profile;
+pub mod ram_windows;
 pub mod tlb;
 
 pub use crate::core::Core;
@@ -33,5 +33,5 @@ pub use cpu::*;
 pub use memory::{GuestMemory, MemoryError};
 pub use mmu::*;
 pub use outcome::Outcome;
-pub use ram_windows::{RamWindow, RamWindows};
 pub use profile::Profile;
+pub use ram_windows::{RamWindow, RamWindows};
