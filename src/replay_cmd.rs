@@ -28,6 +28,16 @@ pub struct ReplayArgs {
         requires = "krr"
     )]
     cpu: String,
+    /// With --krr: the behaviour profile for undefined results: `krr-compat` (KRR's QEMU 7.0
+    /// TCG, which KRR's recordings were verified against), `intel` or `host`
+    /// (docs/PROFILES.md).
+    #[arg(
+        long,
+        value_name = "PROFILE",
+        default_value = "krr-compat",
+        requires = "krr"
+    )]
+    profile: String,
     #[command(flatten)]
     engine: crate::engine_args::EngineArgs,
     /// Do not print the guest's console output.
@@ -89,6 +99,8 @@ pub fn run(a: ReplayArgs) -> Result<i32, String> {
             vmlinux: vmlinux.clone(),
             events: a.krr_events.clone(),
             cpu: a.cpu.clone(),
+            profile: krr_jit::Profile::from_name(&a.profile)
+                .ok_or_else(|| format!("--profile {}: host, krr-compat or intel", a.profile))?,
             engine,
             expect_mem: None,
             expect_vcpus: None,

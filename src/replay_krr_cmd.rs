@@ -191,6 +191,7 @@ pub fn run_qemu_spelling(args: &[String]) -> Result<i32, String> {
         vmlinux,
         events: None,
         cpu: c.cpu.unwrap_or_else(|| "broadwell".into()),
+        profile: krr_jit::Profile::KrrCompat,
         engine,
         expect_mem: c.mem_bytes,
         expect_vcpus: c.vcpus,

@@ -17,6 +17,8 @@ pub struct Block {
     /// Physical address of the first instruction.
     pub phys: u64,
     pub mode: u32,
+    /// The behaviour profile the block was decoded for (compiled code has it baked in).
+    pub profile: krr_runtime::Profile,
     pub insns: Vec<Instruction>,
     /// Each instruction's memory operand, decoded for the interpreter.
     pub mem: Vec<MemOperand>,
@@ -56,6 +58,7 @@ fn ends_block(insn: &Instruction) -> bool {
 pub fn decode(
     cpu: &mut CpuState,
     mode: u32,
+    profile: krr_runtime::Profile,
     max_insns: usize,
     stops: &HashSet<u64>,
 ) -> Result<Block, FetchError> {
@@ -130,6 +133,7 @@ pub fn decode(
         start,
         phys,
         mode,
+        profile,
         insns,
         mem,
         len,

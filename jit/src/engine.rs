@@ -50,6 +50,9 @@ pub struct EngineConfig {
     /// Tiered: generate code on a second thread while the interpreter goes on (the result is
     /// the same; only when a block starts running compiled code changes).
     pub background_compile: bool,
+    /// Whose results for undefined flags and quirks the engine gives (`docs/PROFILES.md`).
+    /// Fixed for the engine's life: decoded and compiled blocks have it baked in.
+    pub profile: krr_runtime::Profile,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +64,7 @@ impl Default for EngineConfig {
             batch: 16,
             deliver_exceptions: false,
             background_compile: true,
+            profile: krr_runtime::Profile::Host,
         }
     }
 }
@@ -290,6 +294,7 @@ impl Engine {
                 let block = match block::decode(
                     cpu,
                     mode,
+                    self.config.profile,
                     self.config.max_block_insns,
                     &self.stops.addrs,
                 ) {
@@ -448,6 +453,7 @@ impl Engine {
         error_code: Option<u32>,
         return_rip: u64,
     ) -> Result<(), Exit> {
+        cpu.exec.profile = self.config.profile;
         let arith = crate::interp::materialize_flags(cpu);
         let flags = (cpu.rflags & !krr_runtime::rflags::ARITH) | arith;
         let fault_rip = if kind == krr_runtime::interrupt::EventKind::Software {
@@ -481,6 +487,9 @@ impl Engine {
     }
 
     fn run_state(&mut self, cpu: &mut CpuState) -> Exit {
+        // The interpreter (also when compiled code hands it an instruction), the system
+        // instructions and event delivery read the profile from the state.
+        cpu.exec.profile = self.config.profile;
         loop {
             let exit = self.run_until_event(cpu);
             match exit {

@@ -375,6 +375,10 @@ impl Builder for Interp<'_> {
         self.insn
     }
     #[inline]
+    fn profile(&self) -> krr_runtime::Profile {
+        self.cpu.exec.profile
+    }
+    #[inline]
     fn mem_operand(&self) -> MemOperand {
         *self.mem
     }

@@ -15,3 +15,4 @@ pub mod snippet;
 pub mod system;
 
 pub use engine::{Engine, EngineConfig, EngineError, EngineStats, Exit, TierPolicy};
+pub use krr_runtime::Profile;

@@ -184,6 +184,8 @@ fn map_range(
 pub struct SnippetOptions {
     /// Map the code pages writable too (self-modifying code).
     pub writable_code: bool,
+    /// The engine's behaviour profile.
+    pub profile: krr_runtime::Profile,
 }
 
 /// Run `snippet` from `initial` in the engine with the given tier.
@@ -255,7 +257,11 @@ pub fn run_snippet_with(
     cpu.seg[seg::FS].base = initial.fs_base;
     cpu.seg[seg::GS].base = initial.gs_base;
     core.set_icount_limit(max_instructions);
-    let mut engine = Engine::new(tier.engine_config()).map_err(|e| e.to_string())?;
+    let mut engine = Engine::new(EngineConfig {
+        profile: options.profile,
+        ..tier.engine_config()
+    })
+    .map_err(|e| e.to_string())?;
     let end = snippet.code_addr + snippet.code.len() as u64;
     // Self-modifying snippets change their code, so they cannot be rerun from the same state.
     let runs = if options.writable_code {

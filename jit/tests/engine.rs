@@ -253,6 +253,7 @@ fn assemble_self_ref(
 fn run_smc(code: Vec<u8>, tier: Tier) -> SnippetResult {
     let opts = SnippetOptions {
         writable_code: true,
+        ..Default::default()
     };
     run_snippet_with(&snippet(code), &init(), tier, 100_000, opts).unwrap()
 }

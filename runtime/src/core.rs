@@ -26,6 +26,12 @@ impl Core {
         Ok(Core::with_memory(GuestMemory::new(mem_bytes)?))
     }
 
+    /// Zeroed guest RAM in the windows `(gpa, len)` ([`GuestMemory::with_windows`]: the
+    /// addresses between them are not RAM) and a [`ArchState::flat64`] CPU.
+    pub fn with_windows(windows: &[(u64, u64)]) -> Result<Core, MemoryError> {
+        Ok(Core::with_memory(GuestMemory::with_windows(windows)?))
+    }
+
     /// A core over existing guest memory, with a [`ArchState::flat64`] CPU.
     pub fn with_memory(mut mem: GuestMemory) -> Core {
         let cpu = Box::pin(CpuState::new(ArchState::flat64(), &mut mem));

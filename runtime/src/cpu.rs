@@ -213,12 +213,14 @@ pub struct ExecContext {
     /// also how an MMIO store asks for an exit ([`STORE_EXIT_REQUEST`]).
     pub smc_count: u64,
     pub smc_writes: [[u64; 2]; 4],
-    /// The code-page bitmap of guest memory (one bit per 4 KiB page, see `GuestMemory`).
+    /// The code-page bitmap of guest memory (one bit per 4 KiB page of the mapping, see
+    /// `GuestMemory`).
     pub(crate) code_bitmap: *mut u64,
     pub(crate) code_bitmap_words: u64,
     /// The dirty-page bitmap of guest memory (same shape; see `GuestMemory::digest`).
     pub(crate) dirty_bitmap: *mut u64,
-    /// Guest physical memory, for helpers (compiled code reaches memory through the TLB).
+    /// Guest physical memory's mapping, for helpers (compiled code reaches memory through
+    /// the TLB), `mem_size` bytes holding the RAM windows `ram` back to back.
     pub(crate) mem_base: *mut u8,
     pub(crate) mem_size: u64,
     /// Pause a REP string instruction between iterations: before the iteration that would
@@ -232,6 +234,11 @@ pub struct ExecContext {
     /// The last pause came after at least one iteration of this execution of the
     /// instruction (not at its boundary).
     pub rep_paused_midway: bool,
+    pub(crate) ram: crate::ram_windows::RamWindows,
+    /// The behaviour profile the engine runs with (its `EngineConfig::profile`, stored here
+    /// by the engine whenever it runs or delivers an event): read by the interpreter, the
+    /// system instructions and event delivery.
+    pub profile: crate::Profile,
 }
 
 /// [`ExecContext::rep_pause_rip`] when no pause is armed.
@@ -389,12 +396,28 @@ impl ExecContext {
             rep_paused_midway: false,
             mem_base: mem.as_mut_ptr(),
             mem_size: mem.size(),
+            ram: *mem.ram_windows(),
+            profile: crate::Profile::Host,
         }
     }
 
-    /// Guest RAM's size in bytes (what `mem_base` spans).
+    /// Guest RAM's size in bytes, all windows together (what `mem_base` spans).
     pub fn mem_size(&self) -> u64 {
         self.mem_size
+    }
+
+    /// Where guest RAM lies in guest-physical space.
+    pub fn ram_windows(&self) -> &crate::ram_windows::RamWindows {
+        &self.ram
+    }
+
+    /// The host address of guest-physical `[phys, phys + len)` if all of it is RAM in one
+    /// window (for helpers; the pointer stays valid while the owning `Core` lives).
+    #[inline]
+    pub fn ram_ptr(&self, phys: u64, len: u64) -> Option<*mut u8> {
+        let off = self.ram.offset(phys, len)?;
+        // Inside the mapping: `offset` only returns ranges of it.
+        Some(self.mem_base.wrapping_add(off as usize))
     }
 
     /// Is the driver's bus attached (the engine is inside `run_with_bus`)?
@@ -429,33 +452,43 @@ impl CpuState {
         }
     }
 
-    /// Does physical page `page` (a page number) hold translated code?
+    /// Does guest-physical page `page` (a page number) hold translated code?
     pub fn is_code_page(&self, page: u64) -> bool {
-        let word = page / 64;
+        let Some(index) = self.exec.ram.page_index(page) else {
+            return false;
+        };
+        let word = index / 64;
         if word >= self.exec.code_bitmap_words {
             return false;
         }
         // SAFETY: `code_bitmap` points at `code_bitmap_words` words owned by the guest memory
         // that the owning `Core` keeps beside this state; the index is checked above.
-        unsafe { *self.exec.code_bitmap.add(word as usize) & (1 << (page % 64)) != 0 }
+        unsafe { *self.exec.code_bitmap.add(word as usize) & (1 << (index % 64)) != 0 }
     }
 
-    /// Note that physical page `page` (a page number) was written, or may be written through
-    /// a TLB entry, for the RAM digest.
+    /// Note that guest-physical page `page` (a page number) was written, or may be written
+    /// through a TLB entry, for the RAM digest.
     pub fn mark_dirty_page(&mut self, page: u64) {
-        let word = page / 64;
+        let Some(index) = self.exec.ram.page_index(page) else {
+            return;
+        };
+        let word = index / 64;
         if word >= self.exec.code_bitmap_words {
             return;
         }
         // SAFETY: `dirty_bitmap` has `code_bitmap_words` words (both bitmaps have one bit per
         // page of the same memory), owned by the guest memory the owning `Core` keeps beside
         // this state; the index is checked above.
-        unsafe { *self.exec.dirty_bitmap.add(word as usize) |= 1 << (page % 64) }
+        unsafe { *self.exec.dirty_bitmap.add(word as usize) |= 1 << (index % 64) }
     }
 
-    /// Mark or unmark physical page `page` as holding translated code.
+    /// Mark or unmark guest-physical page `page` as holding translated code (no effect
+    /// outside RAM).
     pub fn set_code_page(&mut self, page: u64, on: bool) {
-        let word = page / 64;
+        let Some(index) = self.exec.ram.page_index(page) else {
+            return;
+        };
+        let word = index / 64;
         if word >= self.exec.code_bitmap_words {
             return;
         }
@@ -463,9 +496,9 @@ impl CpuState {
         unsafe {
             let w = &mut *self.exec.code_bitmap.add(word as usize);
             if on {
-                *w |= 1 << (page % 64);
+                *w |= 1 << (index % 64);
             } else {
-                *w &= !(1 << (page % 64));
+                *w &= !(1 << (index % 64));
             }
         }
     }

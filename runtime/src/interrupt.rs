@@ -4,6 +4,7 @@
 use crate::arch::{rflags, vector};
 use crate::cpu::{seg, CpuState, Segment};
 use crate::desc::{self, DescFault};
+use crate::Profile;
 
 /// What is being delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +60,26 @@ fn is_fault(v: u8) -> bool {
             | vector::VE
             | vector::CP
     )
+}
+
+/// The RFLAGS image KRR's replayer (QEMU 7.0 TCG with KRR's changes, `seg_helper.c`
+/// `do_interrupt64`) pushes: RF = 1 for every event but a software interrupt and vectors 1,
+/// 3, 4, 8 and 18 (`exception_is_fault`, so external interrupts and NMIs too), RF as it is for
+/// those (QEMU keeps no RF in its flags: it is 0 there; krr's RF is 0 too unless IRETQ loaded
+/// a 1), and ZF cleared whenever the frame gets an error code.
+fn krr_compat_pushed_flags(v: u8, kind: EventKind, has_error_code: bool, rflags_value: u64) -> u64 {
+    let not_fault_like = matches!(
+        v,
+        vector::DB | vector::BP | vector::OF | vector::DF | vector::MC
+    );
+    let mut f = rflags_value;
+    if kind != EventKind::Software && !not_fault_like {
+        f |= rflags::RF;
+    }
+    if has_error_code {
+        f &= !rflags::ZF;
+    }
+    f
 }
 
 /// Deliver an event. `rflags_value` is the full current RFLAGS (with the lazy arithmetic flags
@@ -200,11 +221,15 @@ fn deliver_once(
     // aborts. #DB pushes RF as it is: 0 for an instruction breakpoint (which RF=1 would have
     // suppressed), and for a trap the value the instruction left (IRETQ may have loaded 1)
     // (SDM 17.3.1.1).
-    let pushed_flags = match kind {
-        EventKind::Exception if v == vector::DB => rflags_value,
-        EventKind::Exception if is_fault(v) => rflags_value | rflags::RF,
-        EventKind::Exception | EventKind::Software => rflags_value & !rflags::RF,
-        EventKind::External => rflags_value,
+    let has_error_code = kind == EventKind::Exception && crate::arch::pushes_error_code(v);
+    let pushed_flags = match cpu.exec.profile {
+        Profile::KrrCompat => krr_compat_pushed_flags(v, kind, has_error_code, rflags_value),
+        Profile::Host | Profile::Intel => match kind {
+            EventKind::Exception if v == vector::DB => rflags_value,
+            EventKind::Exception if is_fault(v) => rflags_value | rflags::RF,
+            EventKind::Exception | EventKind::Software => rflags_value & !rflags::RF,
+            EventKind::External => rflags_value,
+        },
     };
     let mut frame: Vec<u64> = vec![
         old_ss.selector as u64,
@@ -213,7 +238,7 @@ fn deliver_once(
         cpu.seg[seg::CS].selector as u64,
         return_rip,
     ];
-    if kind == EventKind::Exception && crate::arch::pushes_error_code(v) {
+    if has_error_code {
         frame.push(error_code.unwrap_or(0) as u64);
     }
     // The CPU pushes SS first, at the top: check the pages in that order so that a fault

@@ -5,9 +5,9 @@
 //! drivers (run, record, replay) own it.
 //!
 //! Modules, leaves first: [`arch`] (architectural constants), [`lazy_flags`], [`exception`],
-//! [`outcome`], [`tlb`], [`memory`], [`cpuid`] import nothing from the CPU; [`cpu`] is the
-//! state; [`debugreg`], [`mmu`] (page walker, TLB slow paths), [`desc`] and [`interrupt`]
-//! work on it; [`bus`] is the driver's side.
+//! [`outcome`], [`profile`], [`tlb`], [`ram_windows`], [`memory`], [`cpuid`] import nothing
+//! from the CPU; [`cpu`] is the state; [`debugreg`], [`mmu`] (page walker, TLB slow paths),
+//! [`desc`] and [`interrupt`] work on it; [`bus`] is the driver's side.
 
 pub mod arch;
 pub mod bus;
@@ -23,6 +23,8 @@ pub mod lazy_flags;
 pub mod memory;
 pub mod mmu;
 pub mod outcome;
+pub mod profile;
+pub mod ram_windows;
 pub mod tlb;
 
 pub use crate::core::Core;
@@ -31,3 +33,5 @@ pub use cpu::*;
 pub use memory::{GuestMemory, MemoryError};
 pub use mmu::*;
 pub use outcome::Outcome;
+pub use profile::Profile;
+pub use ram_windows::{RamWindow, RamWindows};

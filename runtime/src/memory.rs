@@ -1,5 +1,10 @@
 //! Guest physical memory: one anonymous mapping, committed lazily by the host kernel as the
-//! guest touches it, so a large guest costs only what it uses.
+//! guest touches it, so a large guest costs only what it uses. The mapping holds the RAM
+//! windows ([`crate::ram_windows`]) back to back: [`GuestMemory::new`] one window at 0,
+//! [`GuestMemory::with_windows`] a layout with holes (QEMU's `pc`: RAM below the 32-bit PCI
+//! hole, RAM above 4 GiB, the ivshmem ring high up). Every address taken here is
+//! guest-physical; the page bitmaps are indexed by the mapping's page, their methods take
+//! guest-physical page numbers.
 //!
 //! It also keeps the RAM digest that checkpoints compare ([`GuestMemory::digest`]) current
 //! cheaply: a bitmap of the pages written since the last digest and each page's hash as of
@@ -8,18 +13,26 @@
 //! TLB write entry marks its page when it is filled (compiled code writes through it without
 //! a call); [`crate::Core::ram_hash`] drops those entries when it takes a digest.
 
+use crate::ram_windows::{LayoutError, RamWindow, RamWindows};
 use memmap2::{MmapMut, MmapOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
     #[error("cannot map {size} bytes of guest memory: {source}")]
     Map { size: u64, source: std::io::Error },
-    #[error("guest physical range {addr:#x}+{len:#x} lies outside the {size:#x}-byte RAM")]
+    #[error(
+        "guest physical range {addr:#x}+{len:#x} lies outside the {size:#x}-byte RAM \
+         (or crosses a RAM window's end)"
+    )]
     OutOfRange { addr: u64, len: u64, size: u64 },
+    #[error("bad guest RAM layout: {0}")]
+    Layout(#[from] LayoutError),
 }
 
 pub struct GuestMemory {
     map: MmapMut,
+    /// Where the mapping's bytes lie in guest-physical space.
+    windows: RamWindows,
     /// One bit per 4 KiB page: the page holds translated code (writes must invalidate it).
     code_pages: Vec<u64>,
     /// One bit per page: written (or writable through a TLB entry) since the last digest.
@@ -50,8 +63,18 @@ fn combine(page_hashes: &[u64]) -> u64 {
 pub const PAGE_SIZE: u64 = 4096;
 
 impl GuestMemory {
+    /// `size` bytes (rounded up to a page) of zeroed RAM at guest-physical 0: one window.
     pub fn new(size: u64) -> Result<GuestMemory, MemoryError> {
         let size = size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        GuestMemory::with_windows(&[(0, size)])
+    }
+
+    /// Zeroed RAM in the windows `(gpa, len)` (page-aligned, sorted, non-overlapping, at
+    /// most [`crate::ram_windows::MAX_WINDOWS`]), back to back in one mapping; addresses in
+    /// no window are not RAM.
+    pub fn with_windows(windows: &[(u64, u64)]) -> Result<GuestMemory, MemoryError> {
+        let windows = RamWindows::new(windows)?;
+        let size = windows.total();
         let map = MmapOptions::new()
             .len(size as usize)
             .map_anon()
@@ -61,14 +84,39 @@ impl GuestMemory {
         let zero_hash = page_hash(&[0; PAGE_SIZE as usize]);
         Ok(GuestMemory {
             map,
+            windows,
             code_pages: vec![0; pages.div_ceil(64) as usize],
             dirty_pages: vec![0; pages.div_ceil(64) as usize],
             page_hashes: vec![zero_hash; pages as usize],
         })
     }
 
+    /// Bytes of RAM in all windows (the mapping's length). For [`GuestMemory::new`]'s one
+    /// window at 0 that is also where RAM ends.
     pub fn size(&self) -> u64 {
         self.map.len() as u64
+    }
+
+    /// The RAM windows in guest-physical order (`offset`: where each lies in the mapping).
+    pub fn windows(&self) -> impl Iterator<Item = RamWindow> + '_ {
+        self.windows.iter()
+    }
+
+    /// Each window with its bytes (snapshot writers, digests of one window).
+    pub fn window_bytes(&self) -> impl Iterator<Item = (RamWindow, &[u8])> + '_ {
+        self.windows
+            .iter()
+            .map(|w| (w, &self.map[w.offset as usize..(w.offset + w.len) as usize]))
+    }
+
+    /// The layout, for the CPU context.
+    pub(crate) fn ram_windows(&self) -> &RamWindows {
+        &self.windows
+    }
+
+    /// Is `[addr, addr + len)` RAM, all inside one window?
+    pub fn contains(&self, addr: u64, len: u64) -> bool {
+        self.windows.offset(addr, len).is_some()
     }
 
     /// Where the mapping starts in the host's address space (what TLB addends are built from).
@@ -82,11 +130,12 @@ impl GuestMemory {
         self.map.as_mut_ptr()
     }
 
+    /// The mapping's bytes of guest-physical `[addr, addr + len)`, which must lie in one
+    /// window.
     fn range(&self, addr: u64, len: usize) -> Result<std::ops::Range<usize>, MemoryError> {
-        let end = addr.checked_add(len as u64);
-        match end {
-            Some(end) if end <= self.size() => Ok(addr as usize..end as usize),
-            _ => Err(MemoryError::OutOfRange {
+        match self.windows.offset(addr, len as u64) {
+            Some(off) => Ok(off as usize..off as usize + len),
+            None => Err(MemoryError::OutOfRange {
                 addr,
                 len: len as u64,
                 size: self.size(),
@@ -102,7 +151,7 @@ impl GuestMemory {
 
     pub fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), MemoryError> {
         let r = self.range(addr, data.len())?;
-        self.mark_dirty(addr, data.len() as u64);
+        self.mark_dirty_range(r.clone());
         self.map[r].copy_from_slice(data);
         Ok(())
     }
@@ -122,23 +171,32 @@ impl GuestMemory {
         self.write(addr, &v.to_le_bytes())
     }
 
+    /// Does guest-physical page `page` (a page number) hold translated code?
     pub fn is_code_page(&self, page: u64) -> bool {
-        self.code_pages
-            .get((page / 64) as usize)
-            .is_some_and(|w| w & (1 << (page % 64)) != 0)
+        self.windows.page_index(page).is_some_and(|i| {
+            self.code_pages
+                .get((i / 64) as usize)
+                .is_some_and(|w| w & (1 << (i % 64)) != 0)
+        })
     }
 
+    /// Mark or unmark guest-physical page `page` as holding translated code (no effect
+    /// outside RAM).
     pub fn set_code_page(&mut self, page: u64, on: bool) {
-        if let Some(w) = self.code_pages.get_mut((page / 64) as usize) {
+        let Some(i) = self.windows.page_index(page) else {
+            return;
+        };
+        if let Some(w) = self.code_pages.get_mut((i / 64) as usize) {
             if on {
-                *w |= 1 << (page % 64);
+                *w |= 1 << (i % 64);
             } else {
-                *w &= !(1 << (page % 64));
+                *w &= !(1 << (i % 64));
             }
         }
     }
 
-    /// Raw view of the code-page bitmap for helpers that only hold a `*mut CpuState`.
+    /// Raw view of the code-page bitmap for helpers that only hold a `*mut CpuState`: one
+    /// bit per page of the mapping (not per guest-physical page; see [`GuestMemory::windows`]).
     pub fn code_page_bitmap(&mut self) -> (*mut u64, usize) {
         (self.code_pages.as_mut_ptr(), self.code_pages.len())
     }
@@ -148,18 +206,30 @@ impl GuestMemory {
         self.dirty_pages.as_mut_ptr()
     }
 
-    /// Note that `len` bytes at physical `addr` were written (the part inside RAM).
+    /// Note that `len` bytes at guest-physical `addr` were written (the pages inside RAM).
     pub fn mark_dirty(&mut self, addr: u64, len: u64) {
         if len == 0 {
             return;
         }
-        let last = addr
-            .saturating_add(len - 1)
-            .min(self.size().saturating_sub(1));
-        for page in addr / PAGE_SIZE..=last / PAGE_SIZE {
-            if let Some(w) = self.dirty_pages.get_mut((page / 64) as usize) {
-                *w |= 1 << (page % 64);
+        let last = addr.saturating_add(len - 1);
+        let windows = self.windows;
+        for w in windows.iter() {
+            let (lo, hi) = (addr.max(w.gpa), last.min(w.end() - 1));
+            if lo <= hi {
+                let start = (w.offset + lo - w.gpa) as usize;
+                self.mark_dirty_range(start..(w.offset + hi - w.gpa) as usize + 1);
             }
+        }
+    }
+
+    /// Mark the mapping's pages under byte range `r` (non-empty ranges only).
+    fn mark_dirty_range(&mut self, r: std::ops::Range<usize>) {
+        if r.is_empty() {
+            return;
+        }
+        let page = PAGE_SIZE as usize;
+        for i in r.start / page..=(r.end - 1) / page {
+            self.dirty_pages[i / 64] |= 1 << (i % 64);
         }
     }
 

@@ -42,19 +42,18 @@ fn page_fault(linear: u64, code: u32) -> ExceptionRecord {
 }
 
 fn phys_read_u64(cpu: &CpuState, phys: u64) -> Option<u64> {
-    if phys.checked_add(8)? > cpu.exec.mem_size {
-        return None;
-    }
-    // SAFETY: bounds checked against the guest RAM mapping that `mem_base` points to, which
-    // the owning `Core` keeps beside the CPU state (see `Core::state_mut`); unaligned read allowed.
-    Some(unsafe { std::ptr::read_unaligned(cpu.exec.mem_base.add(phys as usize) as *const u64) })
+    let host = cpu.exec.ram_ptr(phys, 8)?;
+    // SAFETY: `ram_ptr` checked the 8 bytes against the RAM windows of the guest mapping that
+    // `mem_base` points to, which the owning `Core` keeps beside the CPU state (see
+    // `Core::state_mut`); unaligned read allowed.
+    Some(unsafe { std::ptr::read_unaligned(host as *const u64) })
 }
 
 fn phys_write_u64(cpu: &mut CpuState, phys: u64, v: u64) {
-    if phys + 8 <= cpu.exec.mem_size {
+    if let Some(host) = cpu.exec.ram_ptr(phys, 8) {
         cpu.mark_dirty_page(phys >> 12);
         // SAFETY: as in phys_read_u64.
-        unsafe { std::ptr::write_unaligned(cpu.exec.mem_base.add(phys as usize) as *mut u64, v) }
+        unsafe { std::ptr::write_unaligned(host as *mut u64, v) }
     }
 }
 
@@ -209,13 +208,14 @@ pub enum MemFault {
     Unbacked { phys: u64 },
 }
 
-/// Translate one page for `access`, filling the TLB when the page is RAM.
+/// Translate one page for `access`, filling the TLB when the page is RAM: the physical
+/// address and where it lies in the guest mapping.
 fn translate_and_fill(
     cpu: &mut CpuState,
     linear: u64,
     access: Access,
     mmu_idx: usize,
-) -> Result<u64, MemFault> {
+) -> Result<(u64, u64), MemFault> {
     let t = match translate(cpu, linear, access, is_user_index(mmu_idx)) {
         Ok(t) => t,
         Err(e) => {
@@ -224,13 +224,13 @@ fn translate_and_fill(
         }
     };
     let page_phys = t.phys & !0xfff;
-    if page_phys + 4096 > cpu.exec.mem_size {
+    let Some(page_offset) = cpu.exec.ram.offset(page_phys, 4096) else {
         return Err(MemFault::Unbacked { phys: t.phys });
-    }
+    };
     let idx = tlb_index(linear);
     let page = linear & !0xfff;
     let addend = (cpu.exec.mem_base as u64)
-        .wrapping_add(page_phys)
+        .wrapping_add(page_offset)
         .wrapping_sub(page);
     let code = access == Access::Write && cpu.is_code_page(page_phys >> 12);
     if mmu_idx < 2 && (access != Access::Write || (t.write_ok && !code)) {
@@ -242,7 +242,16 @@ fn translate_and_fill(
         let entry = &mut cpu.exec.tlb.sets[mmu_idx][(access == Access::Write) as usize][idx];
         *entry = TlbEntry { tag: page, addend };
     }
-    Ok(t.phys)
+    Ok((t.phys, page_offset | (t.phys & 0xfff)))
+}
+
+/// One page's part of an access: its physical address, where that lies in the guest mapping,
+/// and how many bytes.
+#[derive(Clone, Copy, Default)]
+struct Part {
+    phys: u64,
+    offset: u64,
+    len: usize,
 }
 
 /// Translate every byte range of an access (at most two pages) before touching memory, so that
@@ -253,18 +262,30 @@ fn translate_access(
     size: usize,
     access: Access,
     mmu_idx: usize,
-) -> Result<[(u64, usize); 2], MemFault> {
+) -> Result<[Part; 2], MemFault> {
     if mmu_idx >= 2 {
         checked_access(cpu, linear, size, access, mmu_idx)?;
     }
     let first_len = (4096 - (linear & 0xfff) as usize).min(size);
-    let p0 = translate_and_fill(cpu, linear, access, mmu_idx)?;
+    let (phys, offset) = translate_and_fill(cpu, linear, access, mmu_idx)?;
+    let p0 = Part {
+        phys,
+        offset,
+        len: first_len,
+    };
     if first_len == size {
-        return Ok([(p0, size), (0, 0)]);
+        return Ok([p0, Part::default()]);
     }
     let second = linear.wrapping_add(first_len as u64);
-    let p1 = translate_and_fill(cpu, second, access, mmu_idx)?;
-    Ok([(p0, first_len), (p1, size - first_len)])
+    let (phys, offset) = translate_and_fill(cpu, second, access, mmu_idx)?;
+    Ok([
+        p0,
+        Part {
+            phys,
+            offset,
+            len: size - first_len,
+        },
+    ])
 }
 
 /// Raise the fault a write of `size` bytes at `linear` would raise, without writing (ENTER
@@ -301,15 +322,15 @@ pub fn load_bytes(
 ) -> Result<(), MemFault> {
     let parts = translate_access(cpu, linear, out.len(), Access::Read, mmu_idx)?;
     let mut done = 0;
-    for (phys, len) in parts {
+    for Part { offset, len, .. } in parts {
         if len == 0 {
             continue;
         }
-        // SAFETY: translate_and_fill only returns physical addresses whose whole page lies in
-        // guest RAM, and `len` stays inside that page.
+        // SAFETY: translate_and_fill only returns offsets whose whole page lies in the guest
+        // mapping (inside one RAM window), and `len` stays inside that page.
         unsafe {
             std::ptr::copy_nonoverlapping(
-                cpu.exec.mem_base.add(phys as usize),
+                cpu.exec.mem_base.add(offset as usize),
                 out[done..].as_mut_ptr(),
                 len,
             )
@@ -328,7 +349,7 @@ pub fn store_bytes(
 ) -> Result<(), MemFault> {
     let parts = translate_access(cpu, linear, data.len(), Access::Write, mmu_idx)?;
     let mut done = 0;
-    for (phys, len) in parts {
+    for Part { phys, offset, len } in parts {
         if len == 0 {
             continue;
         }
@@ -336,7 +357,7 @@ pub fn store_bytes(
         unsafe {
             std::ptr::copy_nonoverlapping(
                 data[done..].as_ptr(),
-                cpu.exec.mem_base.add(phys as usize),
+                cpu.exec.mem_base.add(offset as usize),
                 len,
             )
         };
@@ -434,20 +455,14 @@ pub fn fetch_code(cpu: &mut CpuState, linear: u64, out: &mut [u8]) -> Result<usi
             }
         };
         let len = (4096 - (addr & 0xfff) as usize).min(out.len() - done);
-        if t.phys + len as u64 > cpu.exec.mem_size {
+        let Some(host) = cpu.exec.ram_ptr(t.phys, len as u64) else {
             if done > 0 {
                 break;
             }
             return Err(MemFault::Unbacked { phys: t.phys });
-        }
-        // SAFETY: range checked against guest RAM just above.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                cpu.exec.mem_base.add(t.phys as usize),
-                out[done..].as_mut_ptr(),
-                len,
-            )
         };
+        // SAFETY: `ram_ptr` checked the range against guest RAM (one window of the mapping).
+        unsafe { std::ptr::copy_nonoverlapping(host, out[done..].as_mut_ptr(), len) };
         done += len;
     }
     Ok(done)

@@ -23,6 +23,9 @@ pub struct Options {
     pub events: Option<PathBuf>,
     /// The CPU model (`--cpu`): KRR replays with `-cpu Broadwell`.
     pub cpu: String,
+    /// The behaviour profile (`--profile`): `krr-compat` by default, KRR's TCG quirks, which
+    /// KRR's recordings were verified against.
+    pub profile: krr_jit::Profile,
     pub engine: EngineConfig,
     /// `-m` / `-smp` of KRR's command line, checked against the snapshot.
     pub expect_mem: Option<u64>,
@@ -97,15 +100,9 @@ pub fn open(o: &Options) -> Result<Loaded, String> {
     }
     let (_, traps) = check_vmlinux(s, &o.vmlinux)?;
     let slide = traps.slide;
-    let below = s.ram.below_4g();
-    if s.ram.size > below {
-        return Err(format!(
-            "{}: {} MiB of the guest's RAM lie above 4 GiB, which krr's replay cannot map yet",
-            o.snapshot.display(),
-            (s.ram.size - below) >> 20
-        ));
-    }
-    let mut core = Core::new(below).map_err(|e| e.to_string())?;
+    // RAM as QEMU's pc machine lays it out (krr-spec 2.3): below the PCI hole, and the rest
+    // from 4 GiB; the hole is MMIO.
+    let mut core = Core::with_windows(&s.ram.gpa_ranges()).map_err(|e| e.to_string())?;
     for (&offset, page) in &s.ram.pages {
         let gpa = s.ram.gpa_of(offset).ok_or_else(|| {
             format!(
@@ -174,16 +171,19 @@ pub fn open(o: &Options) -> Result<Loaded, String> {
         .any(|e| matches!(e, crate::krr_rec::events::Event::Rdtsc(r) if r.rip != 0));
     let engine = Engine::new(EngineConfig {
         deliver_exceptions: true,
+        profile: o.profile,
         ..o.engine
     })
     .map_err(|e| e.to_string())?;
     let recording = format!(
-        "{} ({}, {} MiB, {} events, CPU model {})",
+        "{} ({}, {} MiB, {} vCPU(s), {} events, CPU model {}, profile {})",
         o.snapshot.display(),
         s.machine,
         s.ram.size >> 20,
+        s.vcpus.len(),
         rec.log.events.len(),
-        model.spec
+        model.spec,
+        o.profile.name()
     );
     let mut others = Vec::new();
     for v in &s.vcpus[1..] {

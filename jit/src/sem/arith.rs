@@ -228,6 +228,7 @@ pub(super) fn mul_wide<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
         write_gpr(b, RDX, size, hi);
     }
     let new = result_flags(b, lo, size, overflow, overflow);
+    let new = profile::mul_flags(b, new);
     let st = concrete(b, new);
     b.set_flags(st);
     Ok(())
@@ -257,6 +258,7 @@ pub(super) fn imul_truncating<B: Builder>(b: &mut B, insn: &Instruction) -> R<()
     };
     write_op(b, 0, size, lo)?;
     let new = result_flags(b, lo, size, overflow, overflow);
+    let new = profile::mul_flags(b, new);
     let st = concrete(b, new);
     b.set_flags(st);
     Ok(())

@@ -74,6 +74,12 @@ pub(super) fn bit_scan<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     let r = insn.op0_register();
     let (gi, _) = gpr_of(r);
     let old = b.get_gpr(gi);
+    if let Some((v, flags)) = profile::bit_scan(b, size, is_zero, idx, old) {
+        b.set_gpr(gi, v);
+        let st = concrete(b, flags);
+        b.set_flags(st);
+        return Ok(());
+    }
     write_reg(b, r, idx);
     let merged = b.get_gpr(gi);
     let v = b.select(is_zero, old, merged);
@@ -108,16 +114,21 @@ pub(super) fn bit_count<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
         let k6 = b.c(6);
         b.shl(z, k6)
     } else {
-        let old = current_flags(b);
-        let keep = b.c(!(rflags::CF | rflags::ZF));
-        let f = b.and(old, keep);
         let c = b.b2v(src_zero);
         let rz = b.icmp(Cmp::Eq, res, zero);
         let z = b.b2v(rz);
         let k6 = b.c(6);
         let z = b.shl(z, k6);
-        let f = b.or(f, c);
-        b.or(f, z)
+        let cz = b.or(c, z);
+        match profile::count_zeros_flags(b, cz) {
+            Some(f) => f,
+            None => {
+                let old = current_flags(b);
+                let keep = b.c(!(rflags::CF | rflags::ZF));
+                let f = b.and(old, keep);
+                b.or(f, cz)
+            }
+        }
     };
     let st = concrete(b, f);
     b.set_flags(st);

@@ -24,6 +24,7 @@ mod data;
 mod dispatch;
 mod flagops;
 pub mod flags;
+mod profile;
 mod shift;
 pub mod sse;
 pub mod string;
@@ -107,6 +108,9 @@ pub trait Builder {
 
     /// The instruction being executed or translated.
     fn insn(&self) -> &Instruction;
+    /// The behaviour profile: a constant of the block being translated, the engine's (through
+    /// `cpu.exec.profile`) in the interpreter. See [`profile`].
+    fn profile(&self) -> krr_runtime::Profile;
     /// Its memory operand, decoded (the interpreter has it cached).
     fn mem_operand(&self) -> MemOperand {
         MemOperand::new(self.insn())

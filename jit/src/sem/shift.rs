@@ -66,8 +66,13 @@ pub(super) fn shift<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     };
     let res = b.zext(res, w);
     write_rmw(b, addr, size, res)?;
-    let zero = b.c(0);
-    let st = FlagState::new(kind, size, res, x, n, zero);
+    let st = match profile::shift_flags(b, kind, size, res, x, n) {
+        Some(bits) => concrete(b, bits),
+        None => {
+            let zero = b.c(0);
+            FlagState::new(kind, size, res, x, n, zero)
+        }
+    };
     set_flags_unless_zero_count(b, n, st);
     Ok(())
 }
@@ -122,6 +127,7 @@ pub(super) fn rotate<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
         let m2 = bit_of(b, res, w - 2);
         (c, b.bxor(c, m2))
     };
+    let o = profile::rotate_of(b, insn, w, x, old, None).unwrap_or(o);
     let new = with_cf_of(b, old, c, o);
     let st = concrete(b, new);
     set_flags_unless_zero_count(b, n, st);
@@ -196,6 +202,7 @@ pub(super) fn rotate_through_carry<B: Builder>(b: &mut B, insn: &Instruction) ->
         let m2 = bit_of(b, res, w - 2);
         b.bxor(m, m2)
     };
+    let o = profile::rotate_of(b, insn, w, x, old, Some(is_zero)).unwrap_or(o);
     let new = with_cf_of(b, old, c, o);
     let st = concrete(b, new);
     set_flags_unless_zero_count(b, n, st);
@@ -280,6 +287,7 @@ pub(super) fn double_shift<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     let s_old = bit_of(b, x, w - 1);
     let s_new = bit_of(b, res, w - 1);
     let o = b.bxor(s_old, s_new);
+    let o = profile::double_shift_of(b, left, w, x, res, n).unwrap_or(o);
     let new = result_flags(b, res, size, cflag, o);
     let st = concrete(b, new);
     set_flags_unless_zero_count(b, n, st);

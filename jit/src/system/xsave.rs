@@ -4,6 +4,15 @@
 use super::*;
 use krr_runtime::arch::xcr0;
 use krr_runtime::cpuid::MXCSR_MASK;
+use krr_runtime::Profile;
+
+/// What KRR's replay leaves at offset 0 of an FXSAVE/XSAVE area when it saves MXCSR: it
+/// writes MXCSR there and then this value over it (`fpu_helper.c` `do_xsave_mxcsr`).
+const KRR_OFFSET0: u32 = 0x0000_ffff;
+
+/// XCR0's BNDCSR component (MPX), which KRR's replay drops from XSAVE's RFBM (krr's CPU model
+/// never enables it).
+const XCR0_BNDCSR: u64 = 1 << 4;
 
 /// The xsave instructions.
 pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> SysResult {
@@ -160,8 +169,17 @@ pub(super) fn fxsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> SysRe
     if matches!(insn.mnemonic(), M::Fxsave | M::Fxsave64) {
         // Bytes 416-511 (reserved, and available to software) are not written; the XMM
         // registers only with CR4.OSFXSR (SDM FXSAVE "Description").
-        let img = fxsave_image(cpu);
+        let mut img = fxsave_image(cpu);
         let len = if cpu.cr4 & cr4::OSFXSR != 0 { 416 } else { 160 };
+        if cpu.exec.profile == Profile::KrrCompat {
+            // KRR's replay (`do_fxsave` -> `do_xsave_mxcsr`): the MXCSR and MXCSR_MASK slots
+            // are not written (they keep what memory held), and with CR4.OSFXSR MXCSR and
+            // then 0x0000FFFF go to offset 0, over FCW/FSW.
+            trym!(read_mem(cpu, addr + 24, &mut img[24..32]));
+            if cpu.cr4 & cr4::OSFXSR != 0 {
+                img[0..4].copy_from_slice(&KRR_OFFSET0.to_le_bytes());
+            }
+        }
         trym!(write_mem(cpu, addr, &img[..len]));
     } else {
         let mut img = [0u8; 512];
@@ -187,8 +205,13 @@ pub(super) fn xsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> SysRes
     if addr & 63 != 0 {
         return gp0();
     }
-    let rfbm = ((cpu.gpr[RDX] << 32) | (cpu.gpr[RAX] & 0xffff_ffff)) & cpu.xcr0;
+    let mut rfbm = ((cpu.gpr[RDX] << 32) | (cpu.gpr[RAX] & 0xffff_ffff)) & cpu.xcr0;
     let restore = matches!(insn.mnemonic(), M::Xrstor | M::Xrstor64);
+    let krr = cpu.exec.profile == Profile::KrrCompat;
+    if !restore && krr {
+        // KRR's replay (`do_xsave`) drops x87, YMM and BNDCSR from RFBM.
+        rfbm &= !(xcr0::X87 | xcr0::AVX | XCR0_BNDCSR);
+    }
     if !restore {
         // Legacy area (the parts RFBM selects) and the header's XSTATE_BV; the rest of the
         // legacy area is left as it was in memory, as hardware does.
@@ -204,7 +227,13 @@ pub(super) fn xsave(cpu: &mut CpuState, insn: &Instruction, addr: u64) -> SysRes
         }
         // MXCSR and MXCSR_MASK belong to SSE state: saved when RFBM[1] (or RFBM[2], AVX) is
         // set (SDM Vol. 1 13.7).
-        if rfbm & (xcr0::SSE | xcr0::AVX) != 0 {
+        if krr {
+            // KRR (`do_xsave_mxcsr`): with SSE saved, MXCSR and then 0x0000FFFF are written
+            // to offset 0 of the area, not to the MXCSR/MXCSR_MASK slots.
+            if rfbm & xcr0::SSE != 0 {
+                area[0..4].copy_from_slice(&KRR_OFFSET0.to_le_bytes());
+            }
+        } else if rfbm & (xcr0::SSE | xcr0::AVX) != 0 {
             area[24..32].copy_from_slice(&img[24..32]);
         }
         let mut bv = u64::from_le_bytes(area[512..520].try_into().expect("8 bytes"));

@@ -408,6 +408,11 @@ impl TestBus {
         self.qwords(EVENT_PORT)
     }
 
+    /// The values reported on `REPORT_PORT` so far.
+    pub fn reports(&self) -> Vec<u64> {
+        self.qwords(REPORT_PORT)
+    }
+
     fn qwords(&self, port: u8) -> Vec<u64> {
         let w = self.words.get(&(port as u16)).cloned().unwrap_or_default();
         assert!(
@@ -543,6 +548,8 @@ pub struct Machine {
     /// Initial general-purpose registers (RSP is `KSTACK_TOP` unless changed).
     pub gpr: [u64; 16],
     pub budget: u64,
+    /// The engine's behaviour profile.
+    pub profile: krr_runtime::Profile,
 }
 
 /// Gate settings for [`Machine::gate`].
@@ -639,6 +646,7 @@ impl Machine {
             rflags: rflags::FIXED1,
             gpr,
             budget: 1_000_000,
+            profile: krr_runtime::Profile::Host,
         };
         for v in 0..=255u8 {
             m.gate(v, Gate::default());
@@ -711,6 +719,7 @@ impl Machine {
         core.set_icount_limit(self.budget);
         let engine = Engine::new(EngineConfig {
             deliver_exceptions: true,
+            profile: self.profile,
             ..tier.engine_config()
         })
         .unwrap();

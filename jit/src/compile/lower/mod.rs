@@ -72,6 +72,8 @@ struct Lower<'a> {
     block_stores: bool,
     block_start: u64,
     block_mode: u32,
+    /// The block's behaviour profile, a constant of its code.
+    profile: krr_runtime::Profile,
 }
 
 /// Lower `block` into `fb`'s function: blocks call the helpers through `helpers` and
@@ -141,6 +143,7 @@ pub(super) fn lower_block(
         block_stores: false,
         block_start: block.start,
         block_mode: block.mode,
+        profile: block.profile,
     };
     if is_self_loop(block) {
         l.begin_self_loop(block.start, gprs_used(block) | PASSED_MASK);
@@ -381,6 +384,9 @@ impl Builder for Lower<'_> {
 
     fn insn(&self) -> &Instruction {
         &self.insn
+    }
+    fn profile(&self) -> krr_runtime::Profile {
+        self.profile
     }
     fn c(&mut self, v: u64) -> Value {
         self.iconst(v)
