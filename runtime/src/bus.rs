@@ -48,6 +48,12 @@ pub trait Bus {
     /// The guest executed `mnemonic` (CPUID, RDMSR), whose result the model computes: a
     /// replayer of recordings that did not record it says so.
     fn model_answered(&mut self, _cpu: &CpuState, _mnemonic: &'static str) {}
+    /// After a port access, RDTSC, RDRAND/RDSEED, RDPMC or VMCALL: should the engine return
+    /// right after this instruction (before the next one starts, chained code included)? A
+    /// replayer whose last event the instruction consumed ends exactly there.
+    fn stop_after_instruction(&self, _cpu: &CpuState) -> bool {
+        false
+    }
     /// Ask the engine to return to the driver at the next block boundary (a device raised an
     /// interrupt the CPU can take now, the guest asked to power off, ...).
     fn wants_exit(&self, _cpu: &CpuState) -> bool {

@@ -417,6 +417,10 @@ impl Bus for ReplayBus {
         }
     }
 
+    fn stop_after_instruction(&self, _cpu: &CpuState) -> bool {
+        self.divergence.is_some() || self.queue.is_empty()
+    }
+
     fn wants_exit(&self, _cpu: &CpuState) -> bool {
         self.divergence.is_some()
             || !self.pending_dma.is_empty()

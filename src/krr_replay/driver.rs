@@ -279,11 +279,9 @@ impl Driver {
                 }
                 _ => {}
             }
-            let bus_consumed = matches!(
-                event.type_number(),
-                ty::IO_IN | ty::RDTSC | ty::RDSEED | ty::INST_SYNC | ty::MMIO
-            );
-            if self.bus.queue.remaining() == 1 && bus_consumed {
+            // An MMIO read consumed as the last event cannot end the budget from inside the
+            // load (system instructions can: `Bus::stop_after_instruction`).
+            if self.bus.queue.remaining() == 1 && event.type_number() == ty::MMIO {
                 limit = icount + 1;
             }
             let count = self.bus.count(self.core.cpu());

@@ -124,6 +124,11 @@ pub fn system(cpu: &mut CpuState, insn: &Instruction, args: [u64; 3]) -> u64 {
         SysResult::Halt => (Outcome::Halt, 0),
     };
     cpu.exec.helper_status = status;
+    // The bus may want the engine back before the next instruction: the budget ends here
+    // (every tier checks it before the next block, chained or not).
+    if krr_runtime::bus::with_bus(cpu, |bus, cpu| bus.stop_after_instruction(cpu)) == Some(true) {
+        cpu.exec.icount_limit = cpu.exec.icount_limit.min(cpu.icount + 1);
+    }
     next
 }
 
