@@ -316,11 +316,17 @@ impl Driver {
                 }
             }
             if limit == icount {
-                // Check the interrupt here before running anything.
+                // Check the interrupt here before running anything; if it is not due at this
+                // boundary, run one instruction and look again.
                 if let Some(end) = self.at_budget(head, &event)? {
                     return Ok(end);
                 }
-                continue;
+                if self.bus.queue.head().map(|h| h.0) != Some(head)
+                    || self.core.cpu().icount != icount
+                {
+                    continue;
+                }
+                limit = icount + 1;
             }
             self.core.set_icount_limit(limit);
             Engine::set_rep_pause(&mut self.core, pause);
