@@ -61,6 +61,7 @@ pub fn decode(
     profile: krr_runtime::Profile,
     max_insns: usize,
     stops: &HashSet<u64>,
+    cpuid_gate: bool,
 ) -> Result<Block, FetchError> {
     let start = cpu.rip;
     let to_page_end = 4096 - (start & 0xfff) as usize;
@@ -117,7 +118,9 @@ pub fn decode(
                 break;
             }
         }
-        cpuid_gate::apply(&cpu.cpuid, &mut insn);
+        if cpuid_gate {
+            cpuid_gate::apply(&cpu.cpuid, &mut insn);
+        }
         len += insn.len();
         insns.push(insn);
         if ends_block(&insn) {

@@ -53,6 +53,10 @@ pub struct EngineConfig {
     /// Whose results for undefined flags and quirks the engine gives (`docs/PROFILES.md`).
     /// Fixed for the engine's life: decoded and compiled blocks have it baked in.
     pub profile: krr_runtime::Profile,
+    /// Raise #UD for instructions of extensions the CPU model does not report (as a CPU
+    /// without them does). Off for replaying a kernel whose feature choices were made on
+    /// another CPU (KRR recordings: the recording host's CPUID is not in the recording).
+    pub cpuid_gate: bool,
 }
 
 impl Default for EngineConfig {
@@ -65,6 +69,7 @@ impl Default for EngineConfig {
             deliver_exceptions: false,
             background_compile: true,
             profile: krr_runtime::Profile::Host,
+            cpuid_gate: true,
         }
     }
 }
@@ -297,6 +302,7 @@ impl Engine {
                     self.config.profile,
                     self.config.max_block_insns,
                     &self.stops.addrs,
+                    self.config.cpuid_gate,
                 ) {
                     Ok(b) => b,
                     Err(FetchError::Fault) => {

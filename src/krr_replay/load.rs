@@ -172,6 +172,9 @@ pub fn open(o: &Options) -> Result<Loaded, String> {
     let engine = Engine::new(EngineConfig {
         deliver_exceptions: true,
         profile: o.profile,
+        // The kernel chose its instructions on the recording host (krr-spec 7.2): the replay
+        // runs them whatever the model's CPUID says.
+        cpuid_gate: false,
         ..o.engine
     })
     .map_err(|e| e.to_string())?;
