@@ -409,15 +409,20 @@ impl Engine {
     }
 
     /// Deliver exception `vector` now as a fault at RIP (error code `code` when the vector
-    /// pushes one): a driver substituting a recorded exception (KRR's user-mode #PF).
+    /// pushes one; `cr2`, the faulting address a #PF loads into CR2): a driver substituting
+    /// a recorded exception (KRR's user-mode #PF).
     pub fn inject_exception(
         &mut self,
         core: &mut Core,
         vector: u8,
         code: Option<u32>,
+        cr2: Option<u64>,
     ) -> Result<(), Exit> {
         // SAFETY: as in `run_with_bus`.
         let cpu = unsafe { core.state_mut() };
+        if let Some(a) = cr2 {
+            cpu.exec.exception.address = a;
+        }
         self.deliver(
             cpu,
             vector,

@@ -523,7 +523,7 @@ impl Driver {
         let cpu = self.core.cpu();
         self.bus.resync(cpu, e.inst_cnt);
         self.engine
-            .inject_exception(&mut self.core, vector::DB, None)
+            .inject_exception(&mut self.core, vector::DB, None, None)
             .map_err(|x| format!("delivering {}: {x:?}", self.bus.queue.describe(head)))?;
         self.bus.append_recorded(head);
         self.bus.queue.take(head);
@@ -630,8 +630,9 @@ impl Driver {
                 }
                 self.bus.cached_spin = e.spin_count;
                 let code = pushes_error_code(v).then_some(e.error_code as u32);
+                let cr2 = (v == vector::PF).then_some(e.cr2);
                 self.engine
-                    .inject_exception(&mut self.core, v, code)
+                    .inject_exception(&mut self.core, v, code, cr2)
                     .map_err(|x| {
                         format!(
                             "delivering exception {v} of {} failed: {x:?}",
