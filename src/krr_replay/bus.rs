@@ -1,13 +1,14 @@
 //! The replay's bus: what the kernel reads from outside the CPU comes from the event list at
 //! the instruction that reads it (port IN, RDTSC, RDRAND/RDSEED, RDPMC; krr-spec 3.5), the
-//! ring is device memory (`ring.rs`), hypercalls are KRR's (INST_SYNC, queue full), and the
+//! ring's host-side changes are queued for the driver (`ring.rs`), hypercalls are KRR's
+//! (INST_SYNC, queue full), and the
 //! reads KRR did not record go to small models (`devices.rs`). It also keeps KRR's
 //! instruction count (3.3) as an offset from krr's own count, because port inputs and
 //! INST_SYNC resynchronise it inside an instruction.
 
 use super::devices::Devices;
 use super::queue::Queue;
-use super::ring::Ring;
+use super::ring::{Ring, RingOp};
 use crate::krr_rec::events::Event;
 use crate::krr_rec::layout::ty;
 use krr_runtime::{Bus, CpuState};
@@ -45,6 +46,9 @@ pub struct Divergence {
 pub struct ReplayBus {
     pub queue: Queue,
     pub ring: Option<Ring>,
+    /// Host-side ring changes not yet written (the driver applies them before the next
+    /// instruction: `stop_after_instruction`).
+    pub ring_ops: Vec<RingOp>,
     pub devices: Devices,
     /// KRR's count = krr's retired instructions + `delta` (+1 inside a paused REP that has
     /// run iterations): resynchronised where KRR overwrites its count.
@@ -83,6 +87,7 @@ impl ReplayBus {
         ReplayBus {
             queue,
             ring,
+            ring_ops: Vec::new(),
             devices,
             delta: 0,
             vcpu: 0,
@@ -168,9 +173,19 @@ impl ReplayBus {
     pub fn append_recorded(&mut self, i: usize) {
         let kind = self.queue.event(i).type_number();
         let payload = self.queue.payload(i).to_vec();
-        if let Some(r) = &mut self.ring {
-            r.append(kind, &payload);
+        if self.ring.is_some() {
+            self.ring_ops.push(RingOp::Append(kind, payload));
         }
+    }
+
+    /// Write the queued ring changes into guest memory.
+    pub fn flush_ring(&mut self, mem: &mut krr_runtime::GuestMemory) -> Result<(), String> {
+        if let Some(r) = &mut self.ring {
+            for op in self.ring_ops.drain(..) {
+                r.apply(mem, op)?;
+            }
+        }
+        Ok(())
     }
 
     /// The head if it is of type `kind` (for this vCPU when the event names one), else a
@@ -254,11 +269,6 @@ impl Bus for ReplayBus {
     }
 
     fn mmio_read(&mut self, cpu: &CpuState, phys: u64, size: u8) -> u64 {
-        if let Some(r) = &self.ring {
-            if r.contains(phys, size) {
-                return r.read(phys, size);
-            }
-        }
         if let Some(v) = self.devices.mmio_read(phys, size) {
             return v;
         }
@@ -286,13 +296,7 @@ impl Bus for ReplayBus {
         u64::MAX >> (64 - 8 * size as u32)
     }
 
-    fn mmio_write(&mut self, _cpu: &CpuState, phys: u64, size: u8, value: u64) {
-        if let Some(r) = &mut self.ring {
-            if r.contains(phys, size) {
-                r.write(phys, size, value);
-                return;
-            }
-        }
+    fn mmio_write(&mut self, _cpu: &CpuState, phys: u64, _size: u8, value: u64) {
         self.devices.mmio_write(phys, value);
     }
 
@@ -379,15 +383,16 @@ impl Bus for ReplayBus {
                     // KRR's replayer appends the guest form with only inst_cnt set.
                     let mut guest_form = vec![0u8; 1072];
                     guest_form[1056..1064].copy_from_slice(&count.to_le_bytes());
-                    if let Some(r) = &mut self.ring {
-                        r.append(ty::INST_SYNC, &guest_form);
+                    if self.ring.is_some() {
+                        self.ring_ops
+                            .push(RingOp::Append(ty::INST_SYNC, guest_form));
                     }
                     self.queue.take(i);
                 }
             }
             102 => {
-                if let Some(r) = &mut self.ring {
-                    r.rotate();
+                if self.ring.is_some() {
+                    self.ring_ops.push(RingOp::Rotate);
                 }
             }
             // 100 start, 101 end, 14, 17, 18: no-ops in replay; 13/15/16 are legacy inputs no
@@ -418,7 +423,10 @@ impl Bus for ReplayBus {
     }
 
     fn stop_after_instruction(&self, _cpu: &CpuState) -> bool {
-        self.divergence.is_some() || self.queue.is_empty()
+        self.divergence.is_some()
+            || self.queue.is_empty()
+            || !self.ring_ops.is_empty()
+            || !self.pending_dma.is_empty()
     }
 
     fn wants_exit(&self, _cpu: &CpuState) -> bool {
@@ -432,7 +440,7 @@ impl Bus for ReplayBus {
 mod tests {
     use super::*;
     use crate::krr_rec::dma::{DmaEntry, DmaSg};
-    use crate::krr_rec::events::{Gfu, IoInput, KrrLog, Node, QueueHeader};
+    use crate::krr_rec::events::{Gfu, IoInput, KrrLog, Node};
 
     fn bus(events: Vec<Event>) -> ReplayBus {
         let n = events.len();
@@ -448,15 +456,7 @@ mod tests {
             bytes.extend_from_slice(&[0; 4]);
             bytes.extend_from_slice(&[0xab; 32]);
         }
-        let mut raw = [0u8; 48];
-        raw[8..12].copy_from_slice(&4096u32.to_le_bytes());
-        raw[24..32].copy_from_slice(&4096u64.to_le_bytes());
-        raw[32..40].copy_from_slice(&(1u64 << 20).to_le_bytes());
-        let ring = Ring::new(
-            0xf000_0000,
-            4096 + (1 << 20),
-            &QueueHeader::from_bytes(&raw),
-        );
+        let ring = Ring::new(0xf000_0000, 4096 + (1 << 20));
         ReplayBus::new(Queue::new(&log, &bytes), Some(ring), Devices::new(&[None]))
     }
 
@@ -482,7 +482,8 @@ mod tests {
         // Count 50 against 51: within 2, resynchronised.
         assert_eq!(b.port_in(core.cpu(), 0x60, 1), 0x34);
         assert_eq!((b.io_resyncs, b.count(core.cpu())), (1, 51));
-        assert_eq!(b.ring.as_ref().unwrap().current_pos(), 1);
+        assert_eq!(b.ring_ops, [RingOp::Append(3, vec![0xab; 32])]);
+        assert!(b.stop_after_instruction(core.cpu()));
         // The same RIP again (a REP INS): the count is not compared.
         assert_eq!(b.port_in(core.cpu(), 0x60, 2), 7);
         assert!(b.divergence.is_none());
@@ -569,6 +570,6 @@ mod tests {
         assert_eq!(b.queue.remaining(), 1);
         assert_eq!(b.pending_dma, vec![(0x8000, vec![5; 512])]);
         assert!(b.wants_exit(core.cpu()));
-        assert_eq!(b.ring.as_ref().unwrap().current_pos(), 1);
+        assert_eq!(b.ring_ops, [RingOp::Append(7, vec![0xab; 32])]);
     }
 }

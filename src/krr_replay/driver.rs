@@ -330,7 +330,7 @@ impl Driver {
             }
             self.core.set_icount_limit(limit);
             Engine::set_rep_pause(&mut self.core, pause);
-            let exit = self.engine.run_with_bus(&mut self.core, &mut self.bus);
+            let exit = self.run_engine()?;
             if self.engine.stats.unimplemented > 0 {
                 // The engine delivered #UD for it (and logged the instruction and its RIP);
                 // the recorded kernel ran it, so the replay cannot be right from here.
@@ -377,6 +377,17 @@ impl Driver {
                 return Ok(end);
             }
         }
+    }
+
+    /// One engine run, with the ring's and DMA's pending host-side writes made before it and
+    /// after it (a bus callback queues them inside an instruction and ends the budget there).
+    pub(super) fn run_engine(&mut self) -> Result<Exit, String> {
+        self.bus.flush_ring(self.core.mem_mut())?;
+        self.apply_dma()?;
+        let exit = self.engine.run_with_bus(&mut self.core, &mut self.bus);
+        self.bus.flush_ring(self.core.mem_mut())?;
+        self.apply_dma()?;
+        Ok(exit)
     }
 
     /// Write the e1000/NVMe entries due now (`user`: at a user-mode boundary); the nearest
@@ -480,7 +491,7 @@ impl Driver {
             let next = c.icount + 1;
             self.core.set_icount_limit(next);
             Engine::set_rep_pause(&mut self.core, None);
-            let exit = self.engine.run_with_bus(&mut self.core, &mut self.bus);
+            let exit = self.run_engine()?;
             return match exit {
                 Exit::Budget | Exit::Halt | Exit::BusRequest => Ok(None),
                 Exit::Stop { rip } => self.at_trap(rip),
@@ -577,8 +588,12 @@ impl Driver {
             })?;
         if i.from == 0 {
             self.bus.append_recorded(idx);
-        } else if let Some(r) = &mut self.bus.ring {
-            r.fill_interrupt_slot(i.id.max(0) as u32, self.bus.queue.payload(idx));
+        } else if self.bus.ring.is_some() {
+            let payload = self.bus.queue.payload(idx).to_vec();
+            self.bus.ring_ops.push(super::ring::RingOp::InterruptSlot(
+                i.id.max(0) as u32,
+                payload,
+            ));
         }
         self.bus.queue.take(idx);
         Ok(())
@@ -696,7 +711,7 @@ impl Driver {
         let c = self.core.cpu();
         self.core.set_icount_limit(c.icount + 1);
         Engine::set_rep_pause(&mut self.core, None);
-        match self.engine.run_with_bus(&mut self.core, &mut self.bus) {
+        match self.run_engine()? {
             Exit::Budget | Exit::BusRequest | Exit::Halt | Exit::UserMode | Exit::Stop { .. } => {}
             other => {
                 return Err(format!(

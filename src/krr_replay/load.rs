@@ -102,7 +102,27 @@ pub fn open(o: &Options) -> Result<Loaded, String> {
     let slide = traps.slide;
     // RAM as QEMU's pc machine lays it out (krr-spec 2.3): below the PCI hole, and the rest
     // from 4 GiB; the hole is MMIO.
-    let mut core = Core::with_windows(&s.ram.gpa_ranges()).map_err(|e| e.to_string())?;
+    let ring_at = match (&rec.log.headers, &s.ivshmem) {
+        (Some((_, fin)), Some(iv)) => Some((iv.bar2(), fin.ring_bytes())),
+        (Some(_), None) => {
+            return Err(format!(
+                "{}: the snapshot has no ivshmem device, where KRR's ring lives",
+                o.snapshot.display()
+            ))
+        }
+        (None, _) => None,
+    };
+    let mut windows = s.ram.gpa_ranges();
+    if let Some((gpa, size)) = ring_at {
+        windows.push((gpa, size.div_ceil(4096) * 4096));
+        windows.sort();
+    }
+    let mut core = Core::with_windows(&windows).map_err(|e| {
+        format!(
+            "{}: guest memory {windows:x?} (RAM and the ring at BAR2): {e}",
+            o.snapshot.display()
+        )
+    })?;
     for (&offset, page) in &s.ram.pages {
         let gpa = s.ram.gpa_of(offset).ok_or_else(|| {
             format!(
@@ -119,15 +139,13 @@ pub fn open(o: &Options) -> Result<Loaded, String> {
     *core.cpuid_mut() = model.cpuid;
     *core.arch_mut() = arch;
     core.flush_tlb();
-    let ring = match (&rec.log.headers, &s.ivshmem) {
-        (Some((initial, fin)), Some(iv)) => Some(Ring::new(iv.bar2(), fin.ring_bytes(), initial)),
-        (Some(_), None) => {
-            return Err(format!(
-                "{}: the snapshot has no ivshmem device, where KRR's ring lives",
-                o.snapshot.display()
-            ))
+    let ring = match (ring_at, &rec.log.headers) {
+        (Some((gpa, size)), Some((initial, _))) => {
+            let r = Ring::new(gpa, size);
+            r.init(core.mem_mut(), initial)?;
+            Some(r)
         }
-        (None, _) => None,
+        _ => None,
     };
     if let Some(n) = rec.log.count_note() {
         notes.push(format!(

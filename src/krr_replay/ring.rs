@@ -2,12 +2,14 @@
 //! in replay and reads the header (`current_byte`, `current_pos`, `total_size`) when it
 //! allocates entries, so every entry the host appended at record time (KVM: interrupts, port
 //! inputs, INST_SYNC; QEMU: IDE DMA_DONE, e1000 MMIO reads) is appended again at the same
-//! point, in the same format. The ring is device memory owned by the replay's bus: appends
-//! happen inside the instruction that causes them (IN, VMCALL) or at the injection, exactly
-//! where KRR's QEMU writes them.
+//! point, in the same format. The ring is RAM at BAR2 (a window of the replay's memory, so the
+//! agent's accesses run at memory speed and may cross pages); the host's changes
+//! ([`RingOp`]) are noted where the instruction or injection that causes them happens and
+//! written before the next instruction runs.
 
 use crate::krr_rec::events::QueueHeader;
 use crate::krr_rec::layout as l;
+use krr_runtime::GuestMemory;
 
 /// Offsets of the header fields KRR's replayer updates (krr-spec 1.1).
 const CURRENT_POS: usize = l::queue_header::CURRENT_POS;
@@ -21,109 +23,118 @@ const LOCK_OWNER: usize = 48;
 const INTERRUPT_SLOTS: usize = 56;
 
 pub struct Ring {
-    /// Guest-physical address of BAR2.
+    /// Guest-physical address of BAR2 (a RAM window of the replay's memory).
     pub gpa: u64,
-    bytes: Vec<u8>,
+    pub size: u64,
     /// Entries appended by the replay (the host's side), for the report.
     pub appended: u64,
     pub rotations: u64,
 }
 
+/// A host-side change to the ring, made where the instruction or injection that causes it
+/// happens and applied before the next instruction runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RingOp {
+    Append(u32, Vec<u8>),
+    Rotate,
+    /// An interrupt the agent records itself (`from` != 0): its 192-byte event goes to the
+    /// vCPU's slot, where the agent's memcpy finds it.
+    InterruptSlot(u32, Vec<u8>),
+}
+
 impl Ring {
-    /// A ring of `size` bytes at `gpa`, holding the log's initial header (`replay_ready`).
-    pub fn new(gpa: u64, size: u64, initial: &QueueHeader) -> Ring {
-        let mut bytes = vec![0u8; size as usize];
-        bytes[..initial.raw.len()].copy_from_slice(&initial.raw);
-        bytes[LOCK_OWNER..LOCK_OWNER + 4].copy_from_slice(&0u32.to_le_bytes());
+    pub fn new(gpa: u64, size: u64) -> Ring {
         Ring {
             gpa,
-            bytes,
+            size,
             appended: 0,
             rotations: 0,
         }
     }
 
-    pub fn len(&self) -> u64 {
-        self.bytes.len() as u64
+    /// The ring as replay starts it (`replay_ready`): the log's initial header, the
+    /// exec-lock owner word 0 (ivshmem's realize hook).
+    pub fn init(&self, mem: &mut GuestMemory, initial: &QueueHeader) -> Result<(), String> {
+        self.put(mem, 0, &initial.raw)?;
+        self.put(mem, LOCK_OWNER, &0u32.to_le_bytes())
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+    fn get(&self, mem: &GuestMemory, off: usize, buf: &mut [u8]) -> Result<(), String> {
+        mem.read(self.gpa + off as u64, buf)
+            .map_err(|e| format!("the ring at BAR2 {:#x}: {e}", self.gpa))
     }
 
-    pub fn contains(&self, phys: u64, size: u8) -> bool {
-        phys >= self.gpa && phys - self.gpa + size as u64 <= self.len()
+    fn u32_at(&self, mem: &GuestMemory, off: usize) -> Result<u32, String> {
+        let mut b = [0u8; 4];
+        self.get(mem, off, &mut b)?;
+        Ok(u32::from_le_bytes(b))
     }
 
-    fn u32_at(&self, off: usize) -> u32 {
-        u32::from_le_bytes(self.bytes[off..off + 4].try_into().expect("4 bytes"))
+    fn u64_at(&self, mem: &GuestMemory, off: usize) -> Result<u64, String> {
+        let mut b = [0u8; 8];
+        self.get(mem, off, &mut b)?;
+        Ok(u64::from_le_bytes(b))
     }
 
-    fn u64_at(&self, off: usize) -> u64 {
-        u64::from_le_bytes(self.bytes[off..off + 8].try_into().expect("8 bytes"))
+    fn put(&self, mem: &mut GuestMemory, off: usize, data: &[u8]) -> Result<(), String> {
+        let room = (self.size as usize).saturating_sub(off);
+        let n = data.len().min(room);
+        mem.write(self.gpa + off as u64, &data[..n])
+            .map_err(|e| format!("the ring at BAR2 {:#x}: {e}", self.gpa))
     }
 
-    fn put(&mut self, off: usize, data: &[u8]) {
-        let end = (off + data.len()).min(self.bytes.len());
-        if off < end {
-            self.bytes[off..end].copy_from_slice(&data[..end - off]);
-        }
+    pub fn current_byte(&self, mem: &GuestMemory) -> Result<u64, String> {
+        self.u64_at(mem, CURRENT_BYTE)
     }
 
-    /// A guest load from the ring (`size` 1, 2, 4 or 8 bytes at `phys`).
-    pub fn read(&self, phys: u64, size: u8) -> u64 {
-        let off = (phys - self.gpa) as usize;
-        let mut v = [0u8; 8];
-        v[..size as usize].copy_from_slice(&self.bytes[off..off + size as usize]);
-        u64::from_le_bytes(v)
-    }
-
-    /// A guest store to the ring.
-    pub fn write(&mut self, phys: u64, size: u8, value: u64) {
-        let off = (phys - self.gpa) as usize;
-        self.put(off, &value.to_le_bytes()[..size as usize]);
-    }
-
-    pub fn current_byte(&self) -> u64 {
-        self.u64_at(CURRENT_BYTE)
-    }
-
-    pub fn current_pos(&self) -> u32 {
-        self.u32_at(CURRENT_POS)
+    pub fn current_pos(&self, mem: &GuestMemory) -> Result<u32, String> {
+        self.u32_at(mem, CURRENT_POS)
     }
 
     /// Hypercall 102 (queue full), as QEMU rotated at record: the drained bytes are counted,
     /// allocation starts again after the header.
-    pub fn rotate(&mut self) {
-        let header = self.u32_at(HEADER_SIZE) as u64;
-        let rotated = self.u64_at(ROTATED_BYTES) + self.current_byte().saturating_sub(header);
-        self.put(ROTATED_BYTES, &rotated.to_le_bytes());
-        self.put(CURRENT_BYTE, &header.to_le_bytes());
-        self.put(CURRENT_POS, &0u32.to_le_bytes());
+    pub fn rotate(&mut self, mem: &mut GuestMemory) -> Result<(), String> {
+        let header = self.u32_at(mem, HEADER_SIZE)? as u64;
+        let current = self.current_byte(mem)?;
+        let rotated = self.u64_at(mem, ROTATED_BYTES)? + current.saturating_sub(header);
+        self.put(mem, ROTATED_BYTES, &rotated.to_le_bytes())?;
+        self.put(mem, CURRENT_BYTE, &header.to_le_bytes())?;
+        self.put(mem, CURRENT_POS, &0u32.to_le_bytes())?;
         self.rotations += 1;
+        Ok(())
     }
 
     /// Append an entry of `kind` with `payload` at `current_byte` (`append_to_queue`): rotate
     /// first when it would not fit, as KRR's replayer does (KVM never rotated; krr-spec 3.5).
-    pub fn append(&mut self, kind: u32, payload: &[u8]) {
-        let total = self.u64_at(TOTAL_SIZE);
-        if self.current_byte() + payload.len() as u64 + 4 >= total {
-            self.rotate();
+    pub fn append(
+        &mut self,
+        mem: &mut GuestMemory,
+        kind: u32,
+        payload: &[u8],
+    ) -> Result<(), String> {
+        let total = self.u64_at(mem, TOTAL_SIZE)?;
+        if self.current_byte(mem)? + payload.len() as u64 + 4 >= total {
+            self.rotate(mem)?;
         }
-        let at = self.current_byte() as usize;
-        self.put(at, &kind.to_le_bytes());
-        self.put(at + 4, payload);
+        let at = self.current_byte(mem)? as usize;
+        self.put(mem, at, &kind.to_le_bytes())?;
+        self.put(mem, at + 4, payload)?;
         let next = (at + 4 + payload.len()) as u64;
-        self.put(CURRENT_BYTE, &next.to_le_bytes());
-        let pos = self.current_pos() + 1;
-        self.put(CURRENT_POS, &pos.to_le_bytes());
+        self.put(mem, CURRENT_BYTE, &next.to_le_bytes())?;
+        let pos = self.current_pos(mem)? + 1;
+        self.put(mem, CURRENT_POS, &pos.to_le_bytes())?;
         self.appended += 1;
+        Ok(())
     }
 
-    /// An interrupt that the agent records itself (`from` != 0): its 192-byte event goes to
-    /// the vCPU's slot, where the agent's memcpy finds it.
-    pub fn fill_interrupt_slot(&mut self, cpu: u32, payload: &[u8]) {
-        self.put(INTERRUPT_SLOTS + 192 * cpu as usize, payload);
+    pub fn apply(&mut self, mem: &mut GuestMemory, op: RingOp) -> Result<(), String> {
+        match op {
+            RingOp::Append(kind, payload) => self.append(mem, kind, &payload),
+            RingOp::Rotate => self.rotate(mem),
+            RingOp::InterruptSlot(cpu, payload) => {
+                self.put(mem, INTERRUPT_SLOTS + 192 * cpu as usize, &payload)
+            }
+        }
     }
 }
 
@@ -143,22 +154,33 @@ mod tests {
 
     #[test]
     fn appends_advance_and_rotate_as_krr_does() {
-        let mut r = Ring::new(0xf_0000_0000, 4096 + 200, &header(200 + 4096));
-        assert_eq!((r.current_byte(), r.current_pos()), (4096, 0));
-        r.append(3, &[0xaa; 32]);
-        assert_eq!((r.current_byte(), r.current_pos()), (4096 + 36, 1));
-        assert_eq!(r.read(r.gpa + 4096, 4), 3);
-        assert_eq!(r.read(r.gpa + 4100, 8), 0xaaaa_aaaa_aaaa_aaaa);
+        let gpa = 0xf_0000_0000;
+        let mut mem = GuestMemory::with_windows(&[(gpa, 0x2000)]).unwrap();
+        let mut r = Ring::new(gpa, 0x2000);
+        r.init(&mut mem, &header(200 + 4096)).unwrap();
+        let rd = |mem: &GuestMemory, off: u64| mem.read_u64(gpa + off).unwrap();
+        assert_eq!(
+            (r.current_byte(&mem).unwrap(), r.current_pos(&mem).unwrap()),
+            (4096, 0)
+        );
+        r.apply(&mut mem, RingOp::Append(3, vec![0xaa; 32]))
+            .unwrap();
+        assert_eq!(
+            (r.current_byte(&mem).unwrap(), r.current_pos(&mem).unwrap()),
+            (4096 + 36, 1)
+        );
+        assert_eq!(rd(&mem, 4096) as u32, 3);
+        assert_eq!(rd(&mem, 4100), 0xaaaa_aaaa_aaaa_aaaa);
         // 4096 + 36 + 4 + 192 >= 4296: rotate first.
-        r.append(0, &[0x55; 192]);
+        r.apply(&mut mem, RingOp::Append(0, vec![0x55; 192]))
+            .unwrap();
         assert_eq!(r.rotations, 1);
-        assert_eq!(r.current_pos(), 1);
-        assert_eq!(r.current_byte(), 4096 + 196);
-        assert_eq!(r.read(r.gpa + ROTATED_BYTES as u64, 8), 36);
-        // Guest stores land in the ring.
-        r.write(r.gpa + 48, 4, 0xffff_ffff);
-        assert_eq!(r.read(r.gpa + 48, 4), 0xffff_ffff);
-        assert!(r.contains(r.gpa + 4296 - 8, 8));
-        assert!(!r.contains(r.gpa + 4296 - 4, 8));
+        assert_eq!(r.current_pos(&mem).unwrap(), 1);
+        assert_eq!(r.current_byte(&mem).unwrap(), 4096 + 196);
+        assert_eq!(rd(&mem, ROTATED_BYTES as u64), 36);
+        r.apply(&mut mem, RingOp::InterruptSlot(1, vec![7; 192]))
+            .unwrap();
+        assert_eq!(rd(&mem, 56 + 192), 0x0707_0707_0707_0707);
+        assert_eq!(r.appended, 2);
     }
 }
