@@ -3,7 +3,7 @@
 //! type as the recorder made them, instruction counts and RIPs where the instructions are,
 //! the interrupted REP MOVSB), the recording does not depend on the engine's tier policy, and
 //! `krr info --krr` accepts the snapshot with the kernel's vmlinux and prints its trap points;
-//! a strict KRR-style replay of the files alone (krr_synth::check) reaches the recorded state.
+//! krr's KRR replayer (`krr replay --krr`'s library) reaches the recorded state from the files alone, in both modes.
 
 mod krr_rec_writer;
 mod krr_synth;
@@ -161,13 +161,18 @@ fn small_recording_reads_back_as_krr_wrote_it() {
     assert_eq!(r.final_state.jiffies, r.counts[0]);
 }
 
-/// The recording replays (a strict KRR-style replay of the files alone, krr_synth::check)
-/// to the recorder's final state.
+/// The recording replays with krr's KRR replayer, from its files alone, to the recorder's
+/// final state, in multi-instruction blocks and with --singlestep alike; the replay
+/// re-creates KVM's ring appends.
 #[test]
 fn small_recording_replays_to_the_recorded_state() {
     let r = build_recording(&Scenario::small(), &dir("replay"));
-    let got = krr_synth::check::replay(&r.snapshot, &r.vmlinux);
-    assert_eq!(got, r.final_state);
+    for singlestep in [false, true] {
+        let got = krr_synth::replay(&r, singlestep);
+        assert_eq!(got.end, krr::krr_replay::driver::End::Finished, "singlestep {singlestep}");
+        assert_eq!(got.state, r.final_state, "singlestep {singlestep}");
+        assert_eq!(got.ring_appends, r.counts[0] + r.counts[3], "INTERRUPT and IO_IN appends");
+    }
 }
 
 /// Every input matters: the same recording with one IO_IN, GFU, RDSEED, RDTSC or PTE value
@@ -200,8 +205,8 @@ fn a_changed_input_changes_the_replayed_state() {
         let mut b = bytes.clone();
         b[at] ^= 0x10;
         std::fs::write(d.join("kernel_rr.log"), b).unwrap();
-        let got = krr_synth::check::replay(&d.join("test1"), &r.vmlinux);
-        assert_ne!(got.checksum, r.final_state.checksum, "{what}");
+        let got = krr_synth::replay_files(&d.join("test1"), &r.vmlinux, &r.final_state, false);
+        assert_ne!(got.state.checksum, r.final_state.checksum, "{what}");
     }
 }
 
@@ -273,7 +278,7 @@ fn medium_recording_rotates_and_does_not_depend_on_the_tier() {
     assert_eq!(log.counts(), a.counts);
     assert!(log.headers.unwrap().1.rotated_bytes > 0);
     assert_eq!(
-        krr_synth::check::replay(&a.snapshot, &a.vmlinux),
+        krr_synth::replay(&a, false).state,
         a.final_state
     );
 }
@@ -296,8 +301,8 @@ fn large_recording() {
     assert_eq!(log.counts(), r.counts);
     let t = std::time::Instant::now();
     assert_eq!(
-        krr_synth::check::replay(&r.snapshot, &r.vmlinux),
+        krr_synth::replay(&r, false).state,
         r.final_state
     );
-    eprintln!("replayed (krr_synth::check) in {:?}", t.elapsed());
+    eprintln!("replayed (krr_synth::replay) in {:?}", t.elapsed());
 }

@@ -305,6 +305,11 @@ impl Recorder {
         a.gpr[RSI] += k;
         a.gpr[RDI] += k;
         a.gpr[RCX] -= k;
+        // Interrupted between iterations, the REP ends there (RIP stays at it) and the PMC
+        // counts it as retired; it counts again when it resumes and completes. That is the
+        // count KRR's replayer assumes (it counts a REP at each start or resume and matches
+        // the interrupt on RIP, RCX and count within one).
+        a.icount += 1;
         self.inject(m::TIMER_VECTOR);
         self.rep_irqs += 1;
         self.kernel_irqs += 1;
