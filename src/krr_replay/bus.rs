@@ -390,11 +390,7 @@ impl Bus for ReplayBus {
                     self.queue.take(i);
                 }
             }
-            102 => {
-                if self.ring.is_some() {
-                    self.ring_ops.push(RingOp::Rotate);
-                }
-            }
+            102 if self.ring.is_some() => self.ring_ops.push(RingOp::Rotate),
             // 100 start, 101 end, 14, 17, 18: no-ops in replay; 13/15/16 are legacy inputs no
             // current guest agent issues.
             13 | 15 | 16 => {
