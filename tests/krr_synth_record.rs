@@ -169,9 +169,17 @@ fn small_recording_replays_to_the_recorded_state() {
     let r = build_recording(&Scenario::small(), &dir("replay"));
     for singlestep in [false, true] {
         let got = krr_synth::replay(&r, singlestep);
-        assert_eq!(got.end, krr::krr_replay::driver::End::Finished, "singlestep {singlestep}");
+        assert_eq!(
+            got.end,
+            krr::krr_replay::driver::End::Finished,
+            "singlestep {singlestep}"
+        );
         assert_eq!(got.state, r.final_state, "singlestep {singlestep}");
-        assert_eq!(got.ring_appends, r.counts[0] + r.counts[3], "INTERRUPT and IO_IN appends");
+        assert_eq!(
+            got.ring_appends,
+            r.counts[0] + r.counts[3],
+            "INTERRUPT and IO_IN appends"
+        );
     }
 }
 
@@ -277,10 +285,7 @@ fn medium_recording_rotates_and_does_not_depend_on_the_tier() {
     let log = KrrLog::open(&a.log).unwrap();
     assert_eq!(log.counts(), a.counts);
     assert!(log.headers.unwrap().1.rotated_bytes > 0);
-    assert_eq!(
-        krr_synth::replay(&a, false).state,
-        a.final_state
-    );
+    assert_eq!(krr_synth::replay(&a, false).state, a.final_state);
 }
 
 /// The benchmark scenario (`cargo test --release --test krr_synth_record -- --ignored`).
@@ -300,9 +305,6 @@ fn large_recording() {
     let log = KrrLog::open(&r.log).unwrap();
     assert_eq!(log.counts(), r.counts);
     let t = std::time::Instant::now();
-    assert_eq!(
-        krr_synth::replay(&r, false).state,
-        r.final_state
-    );
+    assert_eq!(krr_synth::replay(&r, false).state, r.final_state);
     eprintln!("replayed (krr_synth::replay) in {:?}", t.elapsed());
 }

@@ -308,7 +308,7 @@ impl Driver {
             }
             if let Some(l) = &self.log {
                 // The next instruction counts itself as count + 1.
-                if count + 1 >= l.start && count < l.end {
+                if count + 1 >= l.start && count + 1 < l.end {
                     limit = icount + 1;
                     self.log_instruction()?;
                 } else if count + 1 < l.start {

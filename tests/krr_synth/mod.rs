@@ -250,7 +250,10 @@ pub fn replay_files(
                 krr_jit::Exit::UserMode => break,
                 krr_jit::Exit::Stop { .. } => d.engine.resume_past_stop(d.core.cpu()),
                 krr_jit::Exit::Budget | krr_jit::Exit::BusRequest | krr_jit::Exit::Halt => {}
-                other => panic!("after the last event: {other:?} at RIP {:#x}", d.core.cpu().rip),
+                other => panic!(
+                    "after the last event: {other:?} at RIP {:#x}",
+                    d.core.cpu().rip
+                ),
             }
             assert!(
                 d.bus.divergence.is_none(),
