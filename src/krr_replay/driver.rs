@@ -23,6 +23,10 @@ use krr_runtime::Core;
 
 /// Instructions per engine run when no event is near (the progress bar moves between runs).
 const CHUNK: u64 = 5_000_000;
+/// Kernel instructions a vCPU may run while another vCPU's event waits (multi-vCPU): far
+/// more than any stretch between exec-lock releases (the kernel releases it at every return
+/// to user mode, before idling and around its wait loops).
+const LOCK_HOLD_LIMIT: u64 = 1 << 30;
 
 /// How a replay ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,6 +116,8 @@ pub struct Driver {
     pub current: usize,
     owner: Option<usize>,
     pub handovers: u64,
+    /// The running vCPU's instruction count when it took the exec lock.
+    lock_taken_at: u64,
     /// e1000 and NVMe DMA, placed by count (`dma.rs`).
     pub dma_streams: Vec<super::dma::Stream>,
 }
@@ -192,6 +198,7 @@ impl Driver {
             current: 0,
             owner: None,
             handovers: 0,
+            lock_taken_at: 0,
             dma_streams: Vec::new(),
         }
     }
@@ -225,6 +232,7 @@ impl Driver {
         self.bus.devices.current = to;
         self.core.flush_tlb();
         self.handovers += 1;
+        self.lock_taken_at = self.core.cpu().icount;
         Ok(())
     }
 
@@ -266,7 +274,21 @@ impl Driver {
             // last event when the bus consumes it, so the replay ends right after it.
             let mut limit = icount + CHUNK;
             let mut pause = None;
-            let mine = owner_of(&event).unwrap_or(0) == self.current;
+            let mine = owner_of(&event).is_none_or(|v| v == self.current);
+            if !mine {
+                // Another vCPU's event waits for this one to give the exec lock up (at
+                // LOCK_RELEASE or its return to user mode); a kernel that never does has
+                // left the recording.
+                let held = self.core.cpu().icount - self.lock_taken_at;
+                if held > LOCK_HOLD_LIMIT {
+                    let msg = format!(
+                        "vCPU {} has run {held} instructions without giving the exec lock up while the next event is vCPU {}'s",
+                        self.current,
+                        owner_of(&event).unwrap_or(0)
+                    );
+                    return Ok(self.diverge(Some(head), msg));
+                }
+            }
             match &event {
                 Event::Interrupt(i) if mine && !is_user_address(i.rip) => {
                     let first = i.inst_cnt.saturating_sub(1) as i64 - self.bus.delta;
