@@ -106,8 +106,8 @@ pub fn run(a: ReplayArgs) -> Result<i32, String> {
             expect_vcpus: None,
         };
         let format = match a.log_format.as_str() {
-            "krr" => krr::krr_replay::driver::LogFormat::Kernel,
-            _ => krr::krr_replay::driver::LogFormat::Krr,
+            "krr" => krr::krr_replay::driver::LogFormat::KrrQemu,
+            _ => krr::krr_replay::driver::LogFormat::Native,
         };
         return crate::replay_krr_cmd::run(crate::replay_krr_cmd::Request {
             options,

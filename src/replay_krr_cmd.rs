@@ -62,7 +62,7 @@ pub fn run(r: Request) -> Result<i32, String> {
     let c = d.core.cpu();
     let instructions = c.icount;
     let mips = instructions as f64 / secs.max(1e-9) / 1e6;
-    let replayed = total - d.bus.queue.remaining() as u64;
+    let replayed = d.bus.queue.replayed_count() as u64;
     eprintln!(
         "{} of {} events replayed; {instructions} kernel instructions (KRR count {}), {mips:.1} MIPS; {} trap-point stops, {} port-input count resyncs, {} interrupts with corrected registers, {} ring appends",
         replayed,
@@ -182,7 +182,7 @@ pub fn run_qemu_spelling(args: &[String]) -> Result<i32, String> {
             // KRR's `end=0`: every instruction counted above start.
             None => (b.start + 1, u64::MAX),
         });
-        Some((s, e, c.log_file.clone(), LogFormat::Kernel))
+        Some((s, e, c.log_file.clone(), LogFormat::KrrQemu))
     } else {
         None
     };

@@ -5,39 +5,29 @@
 use krr_runtime::lazy_flags::{FlagKind, FlagOp};
 use krr_runtime::{Core, CpuState};
 
-/// splitmix64: deterministic operands without a dependency.
-struct Rng(u64);
+mod splitmix;
+use splitmix::SplitMix;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// An operand for a `bits`-wide operation: mostly in range, biased towards the edges
-    /// (0, 1, the sign bit, all ones, nibble carries) and small shift counts.
-    fn operand(&mut self, bits: u32) -> u64 {
-        let mask = if bits == 64 {
-            u64::MAX
-        } else {
-            (1 << bits) - 1
-        };
-        let top = 1u64 << (bits - 1);
-        let r = self.next();
-        match r % 10 {
-            0 => 0,
-            1 => 1,
-            2 => top,
-            3 => top - 1,
-            4 => mask,
-            5 => r >> 8 & 0x1f,
-            6 => (r >> 8) % (2 * bits as u64 + 2),
-            7 => self.next(),
-            _ => self.next() & mask,
-        }
+/// An operand for a `bits`-wide operation: mostly in range, biased towards the edges (0, 1,
+/// the sign bit, all ones, nibble carries) and small shift counts.
+fn operand(rng: &mut SplitMix, bits: u32) -> u64 {
+    let mask = if bits == 64 {
+        u64::MAX
+    } else {
+        (1 << bits) - 1
+    };
+    let top = 1u64 << (bits - 1);
+    let r = rng.next();
+    match r % 10 {
+        0 => 0,
+        1 => 1,
+        2 => top,
+        3 => top - 1,
+        4 => mask,
+        5 => r >> 8 & 0x1f,
+        6 => (r >> 8) % (2 * bits as u64 + 2),
+        7 => rng.next(),
+        _ => rng.next() & mask,
     }
 }
 
@@ -60,17 +50,17 @@ fn runtime_and_jit_read_the_same_flags() {
     let mut core = Core::new(1 << 16).unwrap();
     // SAFETY: the test writes and reads fields of the state; it never moves or replaces it.
     let cpu = unsafe { core.state_mut() };
-    let mut rng = Rng(0x5eed);
+    let mut rng = SplitMix(0x5eed);
     for kind in FlagKind::ALL {
         for size in [1u32, 2, 4, 8] {
             let cc_op = FlagOp { kind, size }.encode();
             for _ in 0..20_000 {
                 let bits = size * 8;
                 let v = [
-                    rng.operand(bits),
-                    rng.operand(bits),
-                    rng.operand(bits),
-                    rng.operand(bits),
+                    operand(&mut rng, bits),
+                    operand(&mut rng, bits),
+                    operand(&mut rng, bits),
+                    operand(&mut rng, bits),
                 ];
                 check(cpu, cc_op, v);
             }

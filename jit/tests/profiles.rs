@@ -8,6 +8,7 @@
 //! in the small whole-system machine of `common`.
 
 mod common;
+mod splitmix;
 
 use common::*;
 use iced_x86::code_asm::*;
@@ -15,6 +16,7 @@ use krr_jit::snippet::{run_snippet_with, Region, Snippet, SnippetEnd, SnippetOpt
 use krr_jit::Profile;
 use krr_runtime::arch::rflags::{self, AF, ARITH, CF, IF, OF, PF, RF, SF, ZF};
 use krr_runtime::arch::vector::{BP, DB, DE, GP, PF as PF_VEC, UD};
+use splitmix::SplitMix;
 
 const CODE: u64 = 0x0100_0000;
 const OUT: u64 = 0x3000_0000;
@@ -57,30 +59,17 @@ struct Case {
     flags: u64,
 }
 
-/// splitmix64: deterministic operands without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A value biased towards zero, small values and the edges of `size`-byte operands.
-    fn value(&mut self, size: u32) -> u64 {
-        let r = self.next();
-        let top = 1u64 << (size * 8 - 1);
-        match r % 8 {
-            0 => 0,
-            1 => r >> 60,
-            2 => top | (r >> 62),
-            3 => top >> (r % 4),
-            4 => 1u64 << (r % 64),
-            _ => self.next(),
-        }
+/// A value biased towards zero, small values and the edges of `size`-byte operands.
+fn value(rng: &mut SplitMix, size: u32) -> u64 {
+    let r = rng.next();
+    let top = 1u64 << (size * 8 - 1);
+    match r % 8 {
+        0 => 0,
+        1 => r >> 60,
+        2 => top | (r >> 62),
+        3 => top >> (r % 4),
+        4 => 1u64 << (r % 64),
+        _ => rng.next(),
     }
 }
 
@@ -348,16 +337,16 @@ fn first_step_left(x: u64, size: u32) -> bool {
 }
 
 fn flag_cases() -> Vec<Case> {
-    let mut rng = Rng(0x9f0f_11e5);
+    let mut rng = SplitMix(0x9f0f_11e5);
     let mut out = Vec::new();
     let counts = [
         0u64, 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 255,
     ];
-    let mut push = |form: Form, size: u32, rng: &mut Rng, n: usize| {
+    let mut push = |form: Form, size: u32, rng: &mut SplitMix, n: usize| {
         for i in 0..n {
             let v_rax =
-                rng.value(size) | (rng.next().checked_shl(size * 8).unwrap_or(0) & !mask(size));
-            let v_rbx = rng.value(size);
+                value(rng, size) | (rng.next().checked_shl(size * 8).unwrap_or(0) & !mask(size));
+            let v_rbx = value(rng, size);
             let v_rcx = match form {
                 Form::Shl(None)
                 | Form::Sal(None)

@@ -65,8 +65,6 @@ pub struct ReplayBus {
     /// Instructions whose results the CPU model gave though KRR never recorded them, with
     /// the first RIP of each.
     pub model_answers: Vec<(&'static str, u64, u64)>,
-    /// Stop after the next event is consumed (the last one: the replay ends there).
-    pub stop_when_empty: bool,
     pub pic_guessed: bool,
     /// The recording had RDTSC exiting on (`rr_trap_rdtsc=1`): KVM wrote the RIP and count
     /// of kernel RDTSCs into their events, which are then checked (docs/KRR-EVENT-CHECKS.md).
@@ -96,7 +94,6 @@ impl ReplayBus {
             skip_sync: false,
             io_resyncs: 0,
             model_answers: Vec::new(),
-            stop_when_empty: false,
             pic_guessed: false,
             rdtsc_exiting: false,
             last_in_rip: u64::MAX,
@@ -426,9 +423,7 @@ impl Bus for ReplayBus {
     }
 
     fn wants_exit(&self, _cpu: &CpuState) -> bool {
-        self.divergence.is_some()
-            || !self.pending_dma.is_empty()
-            || (self.stop_when_empty && self.queue.is_empty())
+        self.divergence.is_some() || !self.pending_dma.is_empty()
     }
 }
 

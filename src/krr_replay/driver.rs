@@ -42,10 +42,10 @@ pub enum End {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     /// krr's native replay lines: count, RIP, bytes, AT&T disassembly, registers.
-    Krr,
-    /// KRR's own three items per instruction (krr-spec 6): `Regs: ...`, `[cpu C]0x.., inst_cnt=`,
-    /// `IN: log tb, ...` and the disassembly.
-    Kernel,
+    Native,
+    /// KRR's (its QEMU's) three items per instruction (krr-spec 6): `Regs: ...`,
+    /// `[cpu C]0x.., inst_cnt=`, `IN: log tb, ...` and the disassembly.
+    KrrQemu,
 }
 
 /// `--log-bound start=N1,end=N2` / `-replay-log-bound`: instructions whose KRR count
@@ -353,52 +353,50 @@ impl Driver {
             self.core.set_icount_limit(limit);
             Engine::set_rep_pause(&mut self.core, pause);
             let exit = self.run_engine()?;
-            if self.engine.stats.unimplemented > 0 {
-                // The engine delivered #UD for it (and logged the instruction and its RIP);
-                // the recorded kernel ran it, so the replay cannot be right from here.
-                return Err(format!(
-                    "the replayed kernel executed an instruction krr does not implement (logged above with its RIP); stopped at instruction {}",
-                    self.core.cpu().icount
-                ));
-            }
-            self.apply_dma()?;
-            progress(self.bus.queue.len() as u64 - self.bus.queue.remaining() as u64);
+            progress(self.bus.queue.replayed_count() as u64);
             let end = match exit {
                 Exit::Budget => self.at_budget(head, &event)?,
                 Exit::Stop { rip } => self.at_trap(rip)?,
                 Exit::UserMode => self.at_user_mode()?,
                 Exit::Halt | Exit::BusRequest => None,
-                Exit::Exception { unimplemented, .. } => {
-                    let c = self.core.cpu();
-                    let what = if unimplemented {
-                        "an instruction krr does not implement"
-                    } else {
-                        "an exception"
-                    };
-                    return Err(format!(
-                        "{what} (vector {}) at RIP {:#x}, instruction {}",
-                        c.exec.exception.vector, c.rip, c.icount
-                    ));
-                }
-                Exit::TripleFault { first, second } => {
-                    let c = self.core.cpu();
-                    return Err(format!(
-                        "the guest triple-faulted (vector {first} then {second}) at RIP {:#x}, instruction {}",
-                        c.rip, c.icount
-                    ));
-                }
-                Exit::Unbacked { phys } => {
-                    let c = self.core.cpu();
-                    return Err(format!(
-                        "code fetch from {phys:#x}, where the recording has no RAM, at RIP {:#x}, instruction {}",
-                        c.rip, c.icount
-                    ));
-                }
+                failed => return Err(self.failure(failed)),
             };
             if let Some(end) = end {
                 return Ok(end);
             }
         }
+    }
+
+    /// The one-line error for an exit the replay cannot go on from.
+    fn failure(&self, exit: Exit) -> String {
+        let c = self.core.cpu();
+        let at = format!("at RIP {:#x}, instruction {}", c.rip, c.icount);
+        match exit {
+            Exit::Exception { unimplemented, .. } => {
+                let what = if unimplemented {
+                    "an instruction krr does not implement"
+                } else {
+                    "an exception"
+                };
+                format!("{what} (vector {}) {at}", c.exec.exception.vector)
+            }
+            Exit::TripleFault { first, second } => {
+                format!("the guest triple-faulted (vector {first} then {second}) {at}")
+            }
+            Exit::Unbacked { phys } => format!(
+                "an access to {phys:#x}, where the recording has no RAM (a code fetch, a page walk or a device access across a page) {at}"
+            ),
+            other => format!("{other:?} {at}"),
+        }
+    }
+
+    /// Run one instruction, without a REP pause: a REP that reached the recorded RCX at
+    /// another count, or the instruction at LOCK_RELEASE before the hand-over.
+    fn run_one(&mut self) -> Result<Exit, String> {
+        let next = self.core.cpu().icount + 1;
+        self.core.set_icount_limit(next);
+        Engine::set_rep_pause(&mut self.core, None);
+        self.run_engine()
     }
 
     /// One engine run, with the ring's and DMA's pending host-side writes made before it and
@@ -407,6 +405,14 @@ impl Driver {
         self.bus.flush_ring(self.core.mem_mut())?;
         self.apply_dma()?;
         let exit = self.engine.run_with_bus(&mut self.core, &mut self.bus);
+        if self.engine.stats.unimplemented > 0 {
+            // The engine delivered #UD for it (and logged the instruction and its RIP); the
+            // recorded kernel ran it, so the replay cannot be right from here.
+            return Err(format!(
+                "the replayed kernel executed an instruction krr does not implement (logged above with its RIP); stopped at instruction {}",
+                self.core.cpu().icount
+            ));
+        }
         self.bus.flush_ring(self.core.mem_mut())?;
         self.apply_dma()?;
         Ok(exit)
@@ -416,7 +422,7 @@ impl Driver {
     /// count at which another falls due on this vCPU.
     fn place_dma(&mut self, user: bool) -> Result<Option<u64>, String> {
         let count = self.bus.count(self.core.cpu());
-        let replayed = (self.bus.queue.len() - self.bus.queue.remaining()) as u64;
+        let replayed = self.bus.queue.replayed_count() as u64;
         let mut target: Option<u64> = None;
         for st in &mut self.dma_streams {
             let writes = st.take_due(self.current, count, replayed, user);
@@ -448,7 +454,7 @@ impl Driver {
         let (bytes, text) = crate::report::describe_insn(&mut self.core, rip);
         let c = self.core.cpu();
         let line = match self.log.as_ref().map(|l| l.format) {
-            Some(LogFormat::Kernel) => {
+            Some(LogFormat::KrrQemu) => {
                 let g = &c.gpr;
                 let mut regs = format!(
                     "Regs: eflags={:#x}, rax={:#x},rbx={:#x},rcx={:#x},rdx={:#x},rsi={:#x},rdi={:#x},rbp={:#x},rsp={:#x}",
@@ -510,19 +516,11 @@ impl Driver {
         }
         if paused {
             // The REP reached the recorded RCX at another count: let it finish, then look again.
-            let next = c.icount + 1;
-            self.core.set_icount_limit(next);
-            Engine::set_rep_pause(&mut self.core, None);
-            let exit = self.run_engine()?;
-            return match exit {
+            return match self.run_one()? {
                 Exit::Budget | Exit::Halt | Exit::BusRequest => Ok(None),
                 Exit::Stop { rip } => self.at_trap(rip),
                 Exit::UserMode => self.at_user_mode(),
-                other => Err(format!(
-                    "{other:?} at RIP {:#x}, instruction {}",
-                    self.core.cpu().rip,
-                    self.core.cpu().icount
-                )),
+                failed => Err(self.failure(failed)),
             };
         }
         Ok(None)
@@ -730,17 +728,9 @@ impl Driver {
         let Some(to) = next.filter(|&v| v != self.current) else {
             return Ok(None);
         };
-        let c = self.core.cpu();
-        self.core.set_icount_limit(c.icount + 1);
-        Engine::set_rep_pause(&mut self.core, None);
-        match self.run_engine()? {
+        match self.run_one()? {
             Exit::Budget | Exit::BusRequest | Exit::Halt | Exit::UserMode | Exit::Stop { .. } => {}
-            other => {
-                return Err(format!(
-                    "{other:?} at RIP {:#x} while handing the exec lock over",
-                    self.core.cpu().rip
-                ))
-            }
+            failed => return Err(self.failure(failed)),
         }
         self.owner = Some(to);
         self.switch_to(to)?;

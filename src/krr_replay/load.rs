@@ -75,11 +75,18 @@ pub fn open(o: &Options) -> Result<Loaded, String> {
     if let Some(ev) = &o.events {
         files.events = Some(ev.clone());
     }
-    let log_bytes = match &files.events {
+    // The log is read once: parsed here, and its bytes kept for the ring appends' payloads.
+    let events = files.events.take();
+    let log_bytes = match &events {
         Some(p) => std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?,
         None => Vec::new(),
     };
-    let rec = Recording::open(files).map_err(|e| e.to_string())?;
+    let mut rec = Recording::open(files).map_err(|e| e.to_string())?;
+    if let Some(p) = events {
+        rec.log =
+            crate::krr_rec::events::KrrLog::parse(&log_bytes, &p).map_err(|e| e.to_string())?;
+        rec.files.events = Some(p);
+    }
     let s = &rec.snapshot;
     if let Some(m) = o.expect_mem {
         if m != s.ram.size {

@@ -11,6 +11,8 @@ pub struct Queue {
     offsets: Vec<u64>,
     payloads: Vec<Vec<u8>>,
     taken: Vec<bool>,
+    /// How many are taken (the head and the unlinked ones), so counts cost nothing.
+    taken_count: usize,
     head: usize,
     /// Events replayed, by type number.
     pub replayed: [u64; 15],
@@ -38,6 +40,7 @@ impl Queue {
             offsets: log.offsets.clone(),
             payloads,
             taken: vec![false; n],
+            taken_count: 0,
             head: 0,
             replayed: [0; 15],
             debug: false,
@@ -52,18 +55,22 @@ impl Queue {
 
     /// The next event to replay and its index in the log.
     pub fn head(&self) -> Option<(usize, &Event)> {
-        (self.head..self.events.len())
-            .find(|&i| !self.taken[i])
-            .map(|i| (i, &self.events[i]))
+        // `take` keeps `head` at the first event not taken.
+        self.events.get(self.head).map(|e| (self.head, e))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.head().is_none()
+        self.remaining() == 0
     }
 
     /// Events not yet replayed.
     pub fn remaining(&self) -> usize {
-        self.taken[self.head..].iter().filter(|t| !**t).count()
+        self.events.len() - self.taken_count
+    }
+
+    /// Events replayed so far.
+    pub fn replayed_count(&self) -> usize {
+        self.taken_count
     }
 
     pub fn len(&self) -> usize {
@@ -74,6 +81,7 @@ impl Queue {
     pub fn take(&mut self, i: usize) {
         debug_assert!(!self.taken[i]);
         self.taken[i] = true;
+        self.taken_count += 1;
         self.replayed[self.events[i].type_number() as usize] += 1;
         if self.debug {
             eprintln!("Replayed event {}: {}", i + 1, self.events[i]);

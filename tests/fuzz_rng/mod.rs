@@ -1,4 +1,5 @@
-//! The fuzz tests' random numbers (xorshift64*): fixed seeds reproduce a failing case.
+//! The tests' random numbers (xorshift64*: the fuzz tests, the synthetic KRR recorder): fixed
+//! seeds reproduce a case.
 #![allow(dead_code)]
 
 pub struct Rng(pub u64);
@@ -13,10 +14,15 @@ impl Rng {
 
     /// Uniform in `0..n` (0 when `n` is 0).
     pub fn below(&mut self, n: usize) -> usize {
+        self.below64(n as u64) as usize
+    }
+
+    /// [`Rng::below`] for u64 ranges.
+    pub fn below64(&mut self, n: u64) -> u64 {
         if n == 0 {
             0
         } else {
-            (self.next() % n as u64) as usize
+            self.next() % n
         }
     }
 

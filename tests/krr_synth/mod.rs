@@ -66,6 +66,10 @@
 //! `krr-compat`.
 
 #![allow(dead_code)]
+
+#[path = "../fuzz_rng/mod.rs"]
+mod fuzz_rng;
+pub use fuzz_rng::Rng;
 pub mod machine;
 mod recorder;
 pub mod ring;
@@ -176,31 +180,6 @@ pub struct Recording {
 /// Build the kernel, record `scenario` and write the recording into `dir`.
 pub fn build_recording(scenario: &Scenario, dir: &Path) -> Recording {
     record(scenario, dir)
-}
-
-/// Small deterministic random numbers (xorshift64*).
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `0..n` (0 when `n` is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
 }
 
 /// How a recording replayed: the state at the return to user mode after the last event (as

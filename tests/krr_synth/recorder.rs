@@ -38,7 +38,7 @@ fn io_in_payload(value: u64, inst_cnt: u64, rip: u64) -> [u8; 32] {
 impl krr_runtime::Bus for Bus {
     fn port_in(&mut self, cpu: &CpuState, port: u16, size: u8) -> u32 {
         let value = match port {
-            0x71 => self.rng.below(256),             // CMOS data
+            0x71 => self.rng.below64(256),           // CMOS data
             0x61 => 0x20 | (self.rng.next() & 0x10), // port B: refresh toggles
             _ => panic!("IN from port {port:#x}"),
         };
@@ -60,7 +60,7 @@ impl krr_runtime::Bus for Bus {
         assert_eq!(phys, m::APIC_PA + 0xb0, "MMIO write");
     }
     fn rdtsc(&mut self, cpu: &CpuState) -> u64 {
-        self.tsc += 1000 + self.rng.below(5000);
+        self.tsc += 1000 + self.rng.below64(5000);
         // KVM's RDTSC exit at CPL0 fills id, inst_cnt and rip of the guest's last entry.
         if self.recording() && cpu.cpl() == 0 {
             let at = self.ring.current_byte() - 36;
@@ -290,7 +290,7 @@ impl Recorder {
         if rcx < 2 || !Engine::interrupts_enabled(c) || c.rflags & 0x400 != 0 {
             return false;
         }
-        let k = 1 + self.rng.below(rcx - 1);
+        let k = 1 + self.rng.below64(rcx - 1);
         if !(0..k).all(|i| self.mapped(rsi + i) && self.mapped(rdi + i)) {
             return false;
         }
@@ -351,26 +351,26 @@ impl Recorder {
 
     /// One `work` system call: user data in the buffer and at the pointer first.
     fn work(&mut self, sc: &Scenario, fault_buf: bool) {
-        let n = 1 + self.rng.below(sc.max_copy);
+        let n = 1 + self.rng.below64(sc.max_copy);
         let buf = if fault_buf {
             match self.unmapped_fault_page() {
-                Some(p) => p + self.rng.below(4096 - n.min(4096)),
+                Some(p) => p + self.rng.below64(4096 - n.min(4096)),
                 None => m::USER_DATA,
             }
         } else {
-            m::USER_DATA + self.rng.below(m::USER_DATA_PAGES * 4096 - n)
+            m::USER_DATA + self.rng.below64(m::USER_DATA_PAGES * 4096 - n)
         };
         if self.mapped(buf) {
             let data: Vec<u8> = (0..n).map(|_| self.rng.next() as u8).collect();
             self.user_write(buf, &data);
         }
-        let ptr = m::USER_DATA + self.rng.below(m::USER_DATA_PAGES * 512) * 8;
+        let ptr = m::USER_DATA + self.rng.below64(m::USER_DATA_PAGES * 512) * 8;
         let word = self.rng.next();
         self.user_write(ptr, &word.to_le_bytes());
         self.syscall(0, [buf, n, ptr]);
         let start = self.cpu().icount;
         if self.rng.chance(sc.kernel_irq_percent) {
-            self.plan.kernel_irq_at = Some(start + 10 + self.rng.below(300 + 8 * n));
+            self.plan.kernel_irq_at = Some(start + 10 + self.rng.below64(300 + 8 * n));
         }
         self.plan.rep_irq = self.rng.chance(sc.rep_irq_percent);
         let faults = self.fault_count();
@@ -384,7 +384,7 @@ impl Recorder {
     }
 
     fn unmapped_fault_page(&mut self) -> Option<u64> {
-        let start = self.rng.below(m::FAULT_PAGES);
+        let start = self.rng.below64(m::FAULT_PAGES);
         (0..m::FAULT_PAGES)
             .map(|i| (start + i) % m::FAULT_PAGES)
             .find(|&i| !self.fault_page_mapped(i))
@@ -392,7 +392,7 @@ impl Recorder {
     }
 
     fn mapped_fault_page(&mut self) -> Option<u64> {
-        let start = self.rng.below(m::FAULT_PAGES);
+        let start = self.rng.below64(m::FAULT_PAGES);
         (0..m::FAULT_PAGES)
             .map(|i| (start + i) % m::FAULT_PAGES)
             .find(|&i| self.fault_page_mapped(i))
@@ -425,7 +425,7 @@ impl Recorder {
             5 => 4,
             6 => 1,
             7 => 2,
-            _ => self.rng.below(100) as usize,
+            _ => self.rng.below64(100) as usize,
         };
         match kind {
             // A REP MOVSB interrupted, then one at a random kernel instruction.
@@ -455,9 +455,9 @@ impl Recorder {
             }
             4 => {
                 let addr = if self.rng.chance(50) {
-                    m::USER_DATA + self.rng.below(m::USER_DATA_PAGES) * 4096
+                    m::USER_DATA + self.rng.below64(m::USER_DATA_PAGES) * 4096
                 } else {
-                    m::FAULT_BASE + self.rng.below(m::FAULT_PAGES) * 4096
+                    m::FAULT_BASE + self.rng.below64(m::FAULT_PAGES) * 4096
                 };
                 self.syscall(2, [addr, 0, 0]);
                 self.run_kernel();
@@ -466,7 +466,7 @@ impl Recorder {
             5 | 8..=17 => match self.unmapped_fault_page() {
                 Some(page) => {
                     self.scramble_user_regs();
-                    let addr = page + self.rng.below(4096);
+                    let addr = page + self.rng.below64(4096);
                     let a = self.core.arch_mut();
                     a.rip = m::USER_STORE;
                     a.gpr[RDI] = addr;
@@ -486,7 +486,7 @@ impl Recorder {
             // A timer interrupt while user code runs.
             7 | 21..=32 => {
                 self.scramble_user_regs();
-                let rip = [m::USER_CODE, m::USER_CODE + 2][self.rng.below(2) as usize];
+                let rip = [m::USER_CODE, m::USER_CODE + 2][self.rng.below64(2) as usize];
                 self.core.arch_mut().rip = rip;
                 self.inject(m::TIMER_VECTOR);
                 self.user_irqs += 1;
@@ -498,7 +498,7 @@ impl Recorder {
                 self.run_kernel();
             }
             41..=46 => {
-                let addr = m::USER_DATA + self.rng.below(m::USER_DATA_PAGES) * 4096;
+                let addr = m::USER_DATA + self.rng.below64(m::USER_DATA_PAGES) * 4096;
                 self.syscall(2, [addr, 0, 0]);
                 self.run_kernel();
             }
