@@ -13,5 +13,17 @@ cargo build --release --workspace
 mkdir -p target
 # --nocapture so the differential harness's coverage line shows; the log keeps everything.
 # --no-fail-fast: one failing test binary must not hide the others' results.
-cargo test --workspace --no-fail-fast -- --nocapture 2>&1 | tee target/test.log
+status=0
+cargo test --workspace --no-fail-fast -- --nocapture 2>&1 | tee target/test.log || status=$?
+if [ "$status" -ne 0 ]; then
+  # The log is long and a CI report keeps only its tail: repeat each failed test's panic
+  # message last.
+  echo "=== failed tests and their panic messages (all output: target/test.log) ==="
+  sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' target/test.log | sort -u | while read -r name; do
+    echo "--- $name"
+    grep -F -A 400 "thread '$name'" target/test.log | head -20
+    grep -F -A 400 "thread '$name'" target/test.log | grep -E "assertion|left:|right:" | cut -c1-400 | head -10
+  done
+  exit "$status"
+fi
 ./target/release/krr demo
