@@ -153,7 +153,7 @@ fn read(file: &Path) -> Snapshot {
     assert_eq!(s.machine, "pc-i440fx-7.2");
     assert!(s.described, "QEMU 7.2 writes the VM description");
     assert_eq!(s.end, s.file_len, "a single stream");
-    for want in ["cpu", "cpu_common", "apic"] {
+    for want in ["cpu", "cpu_common", "apic", "i8259", "ioapic"] {
         assert!(
             s.sections.iter().any(|x| x.name == want && x.read),
             "no `{want}` section read: {:?}",
@@ -163,7 +163,21 @@ fn read(file: &Path) -> Snapshot {
     // The rest were skipped by their description.
     assert!(s.sections.iter().filter(|x| !x.read).count() > 20);
     assert!(s.ivshmem.is_some());
+    assert!(s.pic(0).is_some() && s.pic(1).is_some() && s.ioapic.is_some());
     s
+}
+
+/// A booted guest's 8259s have the vector bases SeaBIOS (0x08/0x70) or Linux
+/// (ISA_IRQ_VECTOR(0): 0x30/0x38) programmed: the fields are where the description puts them.
+fn assert_pics_programmed(s: &Snapshot) {
+    let (master, slave) = (s.pic(0).unwrap(), s.pic(1).unwrap());
+    assert!(
+        matches!(
+            (master.irq_base, slave.irq_base),
+            (0x08, 0x70) | (0x30, 0x38)
+        ),
+        "{master:?} {slave:?}"
+    );
 }
 
 /// A 512 MiB guest booting the test kernel, stopped once the kernel has printed its banner.
@@ -197,6 +211,7 @@ fn qemu_7_2_snapshot_of_a_booting_512m_guest() {
     let file = dir.join("test1");
     q.snapshot(start, &file);
     let s = read(&file);
+    assert_pics_programmed(&s);
     assert_eq!(s.ram.size, 512 << 20);
     assert_eq!(s.ram.below_4g(), 512 << 20);
     assert_eq!(s.vcpus.len(), 1);

@@ -448,7 +448,11 @@ mod tests {
             bytes.extend_from_slice(&[0xab; 32]);
         }
         let ring = Ring::new(0xf000_0000, 4096 + (1 << 20));
-        ReplayBus::new(Queue::new(&log, &bytes), Some(ring), Devices::new(&[None]))
+        ReplayBus::new(
+            Queue::new(&log, &bytes),
+            Some(ring),
+            Devices::new(&[None], [None, None], None),
+        )
     }
 
     fn io(value: u64, inst_cnt: u64, rip: u64) -> Event {

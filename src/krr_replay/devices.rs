@@ -5,7 +5,7 @@
 //! that is neither RAM nor the ring reads as an absent device (all ones). The serial port's
 //! transmit register is the console.
 
-use crate::krr_rec::migration::devices::Apic;
+use crate::krr_rec::migration::devices::{Apic, IoApic, Pic, IOAPIC_PINS};
 
 /// xAPIC register offsets within the 4 KiB page.
 mod reg {
@@ -34,9 +34,9 @@ const IOAPIC_VERSION: u32 = 0x0017_0020;
 const IOAPIC_BASE: u64 = 0xfec0_0000;
 
 pub struct Devices {
-    /// Interrupt mask registers of the master and slave 8259 (`None`: not written since the
-    /// snapshot; QEMU's value is in the snapshot's i8259 sections, which krr does not read
-    /// yet, so a read then is reported).
+    /// Interrupt mask registers of the master and slave 8259, from the snapshot's `i8259`
+    /// sections (`None`: the snapshot has none and the guest has not written it since; a
+    /// read then is reported).
     pub pic_imr: [Option<u8>; 2],
     apic_base: u64,
     /// Each vCPU's xAPIC registers (the page is per CPU); `current` is the running vCPU's.
@@ -82,22 +82,32 @@ fn apic_registers(apic: Option<&Apic>) -> (u64, Vec<u32>) {
 }
 
 impl Devices {
-    /// The devices of a machine whose vCPUs have local APICs `apics` (in vCPU order).
-    pub fn new(apics: &[Option<&Apic>]) -> Devices {
+    /// The devices of a machine whose vCPUs have local APICs `apics` (in vCPU order), with
+    /// the snapshot's 8259s (master, slave) and IO-APIC where it holds them.
+    pub fn new(apics: &[Option<&Apic>], pics: [Option<&Pic>; 2], io: Option<&IoApic>) -> Devices {
         let files: Vec<(u64, Vec<u32>)> = apics.iter().map(|a| apic_registers(*a)).collect();
         let base = files.first().map_or(0xfee0_0000, |f| f.0);
         let regs: Vec<Vec<u32>> = files.into_iter().map(|f| f.1).collect();
         let mut ioapic = [0u32; 0x40];
         ioapic[1] = IOAPIC_VERSION;
-        for pin in 0..24 {
+        for pin in 0..IOAPIC_PINS {
             ioapic[0x10 + 2 * pin] = 1 << 16; // masked
         }
+        let mut ioapic_select = 0;
+        if let Some(io) = io {
+            ioapic[0] = (io.id as u32) << 24;
+            for (pin, e) in io.ioredtbl.iter().enumerate() {
+                ioapic[0x10 + 2 * pin] = *e as u32;
+                ioapic[0x11 + 2 * pin] = (*e >> 32) as u32;
+            }
+            ioapic_select = io.ioregsel as u32;
+        }
         Devices {
-            pic_imr: [None; 2],
+            pic_imr: pics.map(|p| p.map(|p| p.imr)),
             apic_base: base,
             apics: regs,
             current: 0,
-            ioapic_select: 0,
+            ioapic_select,
             ioapic,
             serial_lcr: 0,
             console: Vec::new(),
@@ -216,7 +226,7 @@ mod tests {
             ..Default::default()
         };
         let b = Apic { id: 1, ..a.clone() };
-        let mut d = Devices::new(&[Some(&a), Some(&b)]);
+        let mut d = Devices::new(&[Some(&a), Some(&b)], [None, None], None);
         assert_eq!(d.mmio_read(0xfee0_0020, 4), Some(2 << 24));
         assert_eq!(d.mmio_read(0xfee0_0030, 4), Some(APIC_VERSION as u64));
         assert_eq!(d.mmio_read(0xfee0_00f0, 4), Some(0x1ff));
@@ -241,5 +251,36 @@ mod tests {
         assert_eq!(d.port_in(0x21, 2), None, "16-bit reads come from the log");
         d.port_out(0x3f8, b'k' as u32);
         assert_eq!(d.console, b"k");
+    }
+
+    #[test]
+    fn pic_masks_and_ioapic_from_the_snapshot() {
+        let master = Pic {
+            imr: 0xb8,
+            ..Pic::default()
+        };
+        let slave = Pic {
+            imr: 0x8f,
+            ..Pic::default()
+        };
+        let mut io = IoApic {
+            id: 3,
+            ioregsel: 0x12,
+            ..IoApic::default()
+        };
+        io.ioredtbl[1] = 0x0100_0000_0000_0031;
+        let mut d = Devices::new(&[None], [Some(&master), Some(&slave)], Some(&io));
+        assert_eq!(d.port_in(0x21, 1), Some(Some(0xb8)));
+        assert_eq!(d.port_in(0xa1, 1), Some(Some(0x8f)));
+        // IOREGSEL as saved: entry 1's low half.
+        assert_eq!(d.mmio_read(0xfec0_0000, 4), Some(0x12));
+        assert_eq!(d.mmio_read(0xfec0_0010, 4), Some(0x31));
+        assert!(d.mmio_write(0xfec0_0000, 0x13));
+        assert_eq!(d.mmio_read(0xfec0_0010, 4), Some(0x0100_0000));
+        assert!(d.mmio_write(0xfec0_0000, 0));
+        assert_eq!(d.mmio_read(0xfec0_0010, 4), Some(3 << 24));
+        // Every entry comes from the snapshot, zeros too (not reset's masked entries).
+        assert!(d.mmio_write(0xfec0_0000, 0x14));
+        assert_eq!(d.mmio_read(0xfec0_0010, 4), Some(0));
     }
 }

@@ -162,7 +162,8 @@ pub fn open(o: &Options) -> Result<Loaded, String> {
     let loaded = rec.log.counts();
     let queue = Queue::new(&rec.log, &log_bytes);
     let apics: Vec<_> = s.vcpus.iter().map(|v| s.apic(v.index)).collect();
-    let mut bus = ReplayBus::new(queue, ring, Devices::new(&apics));
+    let devices = Devices::new(&apics, [s.pic(0), s.pic(1)], s.ioapic.as_ref());
+    let mut bus = ReplayBus::new(queue, ring, devices);
     bus.ide = ide_dma(&o.snapshot, s, &rec.dma)?;
     if let Some(config) = pci_config(&o.snapshot, s, "/e1000")? {
         let bar0 = u32::from_le_bytes(config[0x10..0x14].try_into().expect("4 bytes"));

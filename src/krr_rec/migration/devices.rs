@@ -1,4 +1,6 @@
-//! `apic` version 3 (krr-spec.md 2.6) and `ivshmem-plain` (2.7).
+//! `apic` version 3 (krr-spec.md 2.6), `ivshmem-plain` (2.7), and the interrupt controllers
+//! whose registers the kernel reads without KRR recording them: `i8259` version 1 and
+//! `ioapic` version 3 (QEMU's `vmstate_pic_common` and `vmstate_ioapic_common`).
 
 use crate::krr_rec::error::KrrError;
 
@@ -102,5 +104,83 @@ pub fn read_ivshmem(src: &mut Src, idstr: &str) -> Result<Ivshmem, KrrError> {
         config,
         intrstatus: src.be32(w)?,
         intrmask: src.be32(w)?,
+    })
+}
+
+/// One 8259 (instance 0 = master at 0x20, 1 = slave at 0xa0) as QEMU saves it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pic {
+    pub last_irr: u8,
+    pub irr: u8,
+    pub imr: u8,
+    pub isr: u8,
+    pub priority_add: u8,
+    pub irq_base: u8,
+    pub read_reg_select: u8,
+    pub poll: u8,
+    pub special_mask: u8,
+    pub init_state: u8,
+    pub auto_eoi: u8,
+    pub rotate_on_auto_eoi: u8,
+    pub special_fully_nested_mode: u8,
+    pub init4: u8,
+    pub single_mode: u8,
+    pub elcr: u8,
+}
+
+pub const PIC_FIELDS_SIZE: u64 = 16;
+
+pub fn read_pic(src: &mut Src) -> Result<Pic, KrrError> {
+    let b = src.bytes(PIC_FIELDS_SIZE, "the i8259 fields")?;
+    Ok(Pic {
+        last_irr: b[0],
+        irr: b[1],
+        imr: b[2],
+        isr: b[3],
+        priority_add: b[4],
+        irq_base: b[5],
+        read_reg_select: b[6],
+        poll: b[7],
+        special_mask: b[8],
+        init_state: b[9],
+        auto_eoi: b[10],
+        rotate_on_auto_eoi: b[11],
+        special_fully_nested_mode: b[12],
+        init4: b[13],
+        single_mode: b[14],
+        elcr: b[15],
+    })
+}
+
+/// Redirection-table entries of QEMU's IO-APIC.
+pub const IOAPIC_PINS: usize = 24;
+
+/// The IO-APIC as QEMU saves it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IoApic {
+    pub id: u8,
+    pub ioregsel: u8,
+    pub irr: u32,
+    pub ioredtbl: [u64; IOAPIC_PINS],
+}
+
+/// id, ioregsel, 8 unused bytes (qemu-kvm's version 2), irr, 24 redirection entries.
+pub const IOAPIC_FIELDS_SIZE: u64 = 1 + 1 + 8 + 4 + 8 * IOAPIC_PINS as u64;
+
+pub fn read_ioapic(src: &mut Src) -> Result<IoApic, KrrError> {
+    let w = "an ioapic field";
+    let id = src.u8(w)?;
+    let ioregsel = src.u8(w)?;
+    src.skip(8, "the ioapic's unused field")?;
+    let irr = src.be32(w)?;
+    let mut ioredtbl = [0u64; IOAPIC_PINS];
+    for e in &mut ioredtbl {
+        *e = src.be64("an ioapic redirection entry")?;
+    }
+    Ok(IoApic {
+        id,
+        ioregsel,
+        irr,
+        ioredtbl,
     })
 }

@@ -2,8 +2,8 @@
 //! `rr_record` (two streams back to back; only the first is read, as KRR's loader does) and
 //! as later QEMU releases write it (e.g. 7.2's `migrate "exec:cat > FILE"`).
 //!
-//! Read: the configuration, the `ram` sections (`pc.ram` kept), `cpu`, `cpu_common`, `apic`
-//! and ivshmem; every other device section is skipped by the size the stream's own
+//! Read: the configuration, the `ram` sections (`pc.ram` kept), `cpu`, `cpu_common`, `apic`,
+//! ivshmem, `i8259` and `ioapic`; every other device section is skipped by the size the stream's own
 //! VM-description JSON gives (found after stream A's EOF), and a known section whose size
 //! disagrees with the description is an error. Without a description only the known
 //! sections can be read.
@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 pub use cpu::{CpuCommon, Segment, X86Cpu};
-pub use devices::{Apic, Ivshmem};
+pub use devices::{Apic, IoApic, Ivshmem, Pic};
 pub use ram::{GuestRam, RamBlock};
 use src::{ReadSeek, Src};
 use vmdesc::VmDesc;
@@ -73,6 +73,9 @@ pub struct Snapshot {
     /// By instance id (= initial APIC id).
     pub apics: Vec<(u32, Apic)>,
     pub ivshmem: Option<Ivshmem>,
+    /// The 8259s by instance (0 = master, 1 = slave).
+    pub pics: Vec<(u32, Pic)>,
+    pub ioapic: Option<IoApic>,
     pub sections: Vec<SectionInfo>,
     /// Whether the stream carried its VM description.
     pub described: bool,
@@ -100,6 +103,14 @@ impl Snapshot {
             .iter()
             .find(|(i, _)| *i == instance)
             .map(|(_, a)| a)
+    }
+
+    /// The master (0) or slave (1) 8259.
+    pub fn pic(&self, instance: u32) -> Option<&Pic> {
+        self.pics
+            .iter()
+            .find(|(i, _)| *i == instance)
+            .map(|(_, p)| p)
     }
 }
 
@@ -309,17 +320,23 @@ impl Reader {
             let a = devices::read_apic(src, dd)?;
             self.snap.apics.push((instance, a));
             true
+        } else if name == "i8259" {
+            want(src, 1)?;
+            let p = devices::read_pic(src)?;
+            self.snap.pics.push((instance, p));
+            skip_described_rest(src, dd, at, name)?;
+            true
+        } else if name == "ioapic" {
+            want(src, 3)?;
+            let a = devices::read_ioapic(src)?;
+            self.snap.ioapic = Some(a);
+            skip_described_rest(src, dd, at, name)?;
+            true
         } else if named(name, "ivshmem-plain") {
             want(src, 0)?;
             let i = devices::read_ivshmem(src, name)?;
             self.snap.ivshmem = Some(i);
-            // Anything after the fields krr reads (none in 7.0) by the description.
-            if let Some(d) = dd {
-                let done = src.offset() - at;
-                if d.body_size() > done {
-                    src.skip(d.body_size() - done, "the rest of ivshmem")?;
-                }
-            }
+            skip_described_rest(src, dd, at, name)?;
             true
         } else {
             let Some(d) = dd else {
@@ -355,6 +372,23 @@ impl Reader {
         });
         Ok(())
     }
+}
+
+/// Anything after the fields krr reads (subsections a later release added), by the
+/// stream's description.
+fn skip_described_rest(
+    src: &mut Src,
+    dd: Option<&vmdesc::DeviceDesc>,
+    at: u64,
+    name: &str,
+) -> Result<(), KrrError> {
+    if let Some(d) = dd {
+        let done = src.offset() - at;
+        if d.body_size() > done {
+            src.skip(d.body_size() - done, &format!("the rest of `{name}`"))?;
+        }
+    }
+    Ok(())
 }
 
 /// The section footer (`0x7e`, be32 section id), present on 7.0 and later machine types:
