@@ -71,6 +71,9 @@ pub struct ReplayBus {
     pub rdtsc_exiting: bool,
     /// RIP of the last port input: a REP INS repeats it, and KRR then ignores the count.
     last_in_rip: u64,
+    /// (RIP, retired count) of the last port access: another at the same pair is the next
+    /// iteration of one REP INS/OUTS.
+    last_port_access: (u64, u64),
     pub ide: Option<IdeDma>,
     /// DMA data to write into guest-physical memory (the driver does, at the next exit).
     pub pending_dma: Vec<(u64, Vec<u8>)>,
@@ -97,6 +100,7 @@ impl ReplayBus {
             pic_guessed: false,
             rdtsc_exiting: false,
             last_in_rip: u64::MAX,
+            last_port_access: (u64::MAX, u64::MAX),
             ide: None,
             pending_dma: Vec::new(),
             unmatched_dma_starts: 0,
@@ -112,6 +116,20 @@ impl ReplayBus {
     /// Make KRR's count `count` at this boundary.
     pub fn resync(&mut self, cpu: &CpuState, count: u64) {
         self.delta = count as i64 - cpu.icount as i64;
+    }
+
+    /// KRR's count of string port IO (`rr_inc_inst`, krr-spec 3.3): its single-stepped REP
+    /// INS/OUTS is one block execution per iteration, counted once when it starts; a later
+    /// iteration of REP OUTS counts one more, and the last one (RCX = 1 before it) one more
+    /// again; of REP INS only the last one counts one more. krr counts the instruction once,
+    /// so the difference goes into the count's offset as the iterations run.
+    fn count_string_io(&mut self, cpu: &CpuState, output: bool) {
+        let here = (cpu.rip, cpu.icount);
+        if std::mem::replace(&mut self.last_port_access, here) != here {
+            return;
+        }
+        let last = cpu.gpr[krr_runtime::gpr::RCX] == 1;
+        self.delta += output as i64 + last as i64;
     }
 
     pub fn diverge(&mut self, event: Option<usize>, message: String) {
@@ -213,6 +231,7 @@ impl ReplayBus {
 
 impl Bus for ReplayBus {
     fn port_in(&mut self, cpu: &CpuState, port: u16, size: u8) -> u32 {
+        self.count_string_io(cpu, false);
         if let Some(model) = self.devices.port_in(port, size) {
             return model.unwrap_or_else(|| {
                 self.pic_guessed = true;
@@ -259,6 +278,7 @@ impl Bus for ReplayBus {
     }
 
     fn port_out(&mut self, cpu: &CpuState, port: u16, size: u8, value: u32) {
+        self.count_string_io(cpu, true);
         self.devices.port_out(port, value);
         if size == 1 {
             self.ide_command(cpu, port, value as u8);
@@ -494,6 +514,42 @@ mod tests {
             d.message
         );
         assert_eq!(b.queue.remaining(), 1);
+    }
+
+    #[test]
+    fn rep_outs_and_rep_ins_count_as_krrs_single_step_does() {
+        use krr_runtime::gpr::RCX;
+        let mut core = krr_runtime::Core::new(1 << 20).unwrap();
+        core.arch_mut().rip = 0x1000;
+        core.arch_mut().icount = 10;
+        let mut b = bus(vec![]);
+        // REP OUTSB of 4: RCX 4, 3, 2, 1 before the iterations. KRR: 1 + 1 + 1 + (1 + 1).
+        for rcx in (1..=4).rev() {
+            core.arch_mut().gpr[RCX] = rcx;
+            b.port_out(core.cpu(), 0x3f8, 1, 0);
+        }
+        core.arch_mut().icount += 1;
+        assert_eq!(b.count(core.cpu()), 11 + 4);
+        // A plain OUT at the same RIP after it retired, twice (a loop): once each.
+        for _ in 0..2 {
+            b.port_out(core.cpu(), 0x80, 1, 0);
+            core.arch_mut().icount += 1;
+        }
+        assert_eq!(b.count(core.cpu()), 13 + 4);
+        // REP OUTSB of 1: counted once.
+        core.arch_mut().rip = 0x2000;
+        core.arch_mut().gpr[RCX] = 1;
+        b.port_out(core.cpu(), 0x80, 1, 0);
+        core.arch_mut().icount += 1;
+        assert_eq!(b.count(core.cpu()), 14 + 4);
+        // REP INSB of 3 (the ports are the models': no events): the last iteration adds one.
+        core.arch_mut().rip = 0x3000;
+        for rcx in (1..=3).rev() {
+            core.arch_mut().gpr[RCX] = rcx;
+            b.port_in(core.cpu(), 0x21, 1);
+        }
+        core.arch_mut().icount += 1;
+        assert_eq!(b.count(core.cpu()), 15 + 4 + 1);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! VM-description JSON, and KRR's second (device-state) stream.
 
 use krr::krr_rec::migration::cpu::{CpuCommon, Segment, X86Cpu};
-use krr::krr_rec::migration::devices::{Apic, Ivshmem};
+use krr::krr_rec::migration::devices::{Apic, IoApic, Ivshmem, Pic};
 use krr::krr_rec::migration::vmstate::Subsection;
 
 /// Big-endian field encoding.
@@ -438,6 +438,71 @@ pub fn sample_ivshmem(bar2: u64) -> Ivshmem {
     }
 }
 
+/// The 8259s as Linux leaves them: vector bases 0x30/0x38, all lines masked but the
+/// cascade, IRQ 9 level-triggered.
+pub fn sample_pics() -> [Pic; 2] {
+    let base = |irq_base| Pic {
+        irq_base,
+        init4: 1,
+        ..Pic::default()
+    };
+    [
+        Pic {
+            imr: 0xfb,
+            ..base(0x30)
+        },
+        Pic {
+            imr: 0xff,
+            elcr: 0x02,
+            ..base(0x38)
+        },
+    ]
+}
+
+pub fn pic_fields(p: &Pic) -> Vec<u8> {
+    vec![
+        p.last_irr,
+        p.irr,
+        p.imr,
+        p.isr,
+        p.priority_add,
+        p.irq_base,
+        p.read_reg_select,
+        p.poll,
+        p.special_mask,
+        p.init_state,
+        p.auto_eoi,
+        p.rotate_on_auto_eoi,
+        p.special_fully_nested_mode,
+        p.init4,
+        p.single_mode,
+        p.elcr,
+    ]
+}
+
+/// An IO-APIC with the timer (pin 2) and the serial port (pin 4) routed.
+pub fn sample_ioapic() -> IoApic {
+    let mut io = IoApic {
+        id: 0,
+        ioregsel: 0x14,
+        irr: 0,
+        ioredtbl: [1 << 16; 24],
+    };
+    io.ioredtbl[2] = 0x30;
+    io.ioredtbl[4] = 0x0100_0000_0000_0024;
+    io
+}
+
+pub fn ioapic_fields(io: &IoApic) -> Vec<u8> {
+    let mut b = vec![io.id, io.ioregsel];
+    b.extend_from_slice(&[0; 8]);
+    b.extend_from_slice(&io.irr.to_be_bytes());
+    for e in io.ioredtbl {
+        b.extend_from_slice(&e.to_be_bytes());
+    }
+    b
+}
+
 /// A device of unknown layout, skipped by the reader with the description.
 pub fn opaque(name: &str, instance: u32, len: usize) -> Device {
     Device {
@@ -510,8 +575,24 @@ pub fn sample_stream(ram: u64, n_cpus: u32) -> Stream {
         });
     }
     devices.push(opaque("0000:00:01.0/PIIX3", 0, 300));
-    devices.push(opaque("i8259", 0, 17));
-    devices.push(opaque("i8259", 1, 17));
+    for (instance, pic) in sample_pics().into_iter().enumerate() {
+        devices.push(Device {
+            name: "i8259".into(),
+            vmsd_name: "i8259".into(),
+            instance: instance as u32,
+            version: 1,
+            fields: pic_fields(&pic),
+            subsections: vec![],
+        });
+    }
+    devices.push(Device {
+        name: "ioapic".into(),
+        vmsd_name: "ioapic".into(),
+        instance: 0,
+        version: 3,
+        fields: ioapic_fields(&sample_ioapic()),
+        subsections: vec![],
+    });
     devices.push(Device {
         name: "0000:00:04.0/ivshmem-plain".into(),
         vmsd_name: "ivshmem-plain".into(),
