@@ -47,7 +47,13 @@ pub fn run(r: Request) -> Result<i32, String> {
     }
     let total = l.driver.bus.queue.len() as u64;
     let bar = krr::report::progress(Some(total));
-    let end = l.driver.run(&mut |done| bar.set_position(done))?;
+    // KRR prints `Replayed events[n/total]` lines; krr shows the same words on its bar.
+    let end = l.driver.run(&mut |done| {
+        if done != bar.position() {
+            bar.set_position(done);
+            bar.set_message(format!("Replayed events[{done}/{total}]"));
+        }
+    })?;
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     let d = &l.driver;
