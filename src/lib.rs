@@ -9,5 +9,6 @@ pub mod qemu_args;
 pub mod record;
 pub mod replay;
 pub mod report;
+pub mod symbols;
 pub mod trace;
 pub mod vmlinux;

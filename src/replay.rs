@@ -5,6 +5,7 @@
 //! multi-instruction and still end exactly where the next event is due.
 
 use crate::report;
+use crate::symbols::SymbolTable;
 use crate::trace::{
     state, Event, EventCounts, EventData, EventKind, EventStream, TraceError, TraceReader,
 };
@@ -31,6 +32,11 @@ pub struct ReplayOptions {
     /// Check the incremental RAM digest against one computed from scratch at every
     /// checkpoint (`KRR_VERIFY_RAM_DIGEST=1`; slow, for tests of the dirty-page tracking).
     pub verify_ram_digest: bool,
+    /// Kernel symbols: addresses in reports and the instruction log are named after them.
+    pub symbols: Option<std::sync::Arc<SymbolTable>>,
+    /// Stop before the first instruction executed at one of these linear addresses
+    /// (`--break`; engine stop addresses, so the rest of the replay runs at full speed).
+    pub breaks: Vec<u64>,
 }
 
 /// Where replay left the recorded path.
@@ -45,6 +51,8 @@ pub struct Divergence {
     pub regs: Option<([u64; 16], u64)>,
     /// The divergent instruction's bytes and disassembly.
     pub insn: String,
+    /// ` (function+0xoff)` of the RIP, when symbols are known.
+    pub function: String,
 }
 
 #[derive(Debug)]
@@ -53,6 +61,8 @@ pub enum Verdict {
     Diverged(Box<Divergence>),
     /// `--stop-at` reached.
     Stopped,
+    /// A `--break` address reached (the instruction there has not run).
+    Breakpoint(u64),
 }
 
 pub struct ReplayOutcome {
@@ -68,6 +78,8 @@ pub struct ReplayOutcome {
     pub compile_seconds: f64,
     /// Register line and next instruction at the end (for `--stop-at` and divergences).
     pub state_dump: String,
+    /// ` (function+0xoff)` of the breakpoint reached, when symbols are known.
+    pub breakpoint_name: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +121,7 @@ impl ReplayBus {
             what,
             regs: Some((cpu.gpr, cpu.rflags)),
             insn: String::new(),
+            function: String::new(),
         };
         let e = match self.stream.next_event() {
             Ok(Some(e)) => e,
@@ -398,6 +411,7 @@ impl Replayer {
             what,
             regs: Some((self.core.cpu().gpr, self.core.cpu().rflags_value())),
             insn: String::new(),
+            function: String::new(),
         }
     }
 
@@ -542,9 +556,18 @@ impl Replayer {
         let rip = self.core.cpu().rip;
         let (bytes, text) = report::describe_insn(&mut self.core, rip);
         let regs = report::regs_line(self.core.cpu());
+        let at = match self
+            .options
+            .symbols
+            .as_deref()
+            .and_then(|t| t.describe(rip))
+        {
+            Some(name) => format!(" <{name}>"),
+            None => String::new(),
+        };
         writeln!(
             log,
-            "{} {rip:#018x} [{bytes}] {text} | {regs}",
+            "{} {rip:#018x}{at} [{bytes}] {text} | {regs}",
             self.core.cpu().icount
         )
         .map_err(|e| ReplayError::Setup(format!("cannot write the instruction log: {e}")))
@@ -579,6 +602,10 @@ impl Replayer {
         let mut log = self.open_log()?;
         let (log_start, log_end) = self.options.log_bound.unwrap_or((u64::MAX, u64::MAX));
         let stop_at = self.options.stop_at.unwrap_or(u64::MAX);
+        if !self.options.breaks.is_empty() {
+            self.engine
+                .set_stop_addresses(self.options.breaks.iter().copied());
+        }
         let mut last_draw = Instant::now();
         let mut stalls = 0u32;
         let verdict = loop {
@@ -641,6 +668,7 @@ impl Replayer {
                         ))));
                     }
                 }
+                Exit::Stop { rip } => break Verdict::Breakpoint(rip),
                 other => return Err(self.fatal(other)),
             }
             // No instruction, no event and no REP iteration: the next event can never be
@@ -701,10 +729,23 @@ impl Replayer {
         let rip = self.core.cpu().rip;
         let (bytes, text) = report::describe_insn(&mut self.core, rip);
         let regs = report::regs_line(self.core.cpu());
+        let symbols = self.options.symbols.as_deref();
         let state_dump = format!(
-            "next instruction {} RIP {rip:#x}: [{bytes}] {text}\n{regs}",
-            self.core.cpu().icount
+            "next instruction {} RIP {rip:#x}{}: [{bytes}] {text}\n{regs}",
+            self.core.cpu().icount,
+            SymbolTable::suffix(symbols, rip)
         );
+        let verdict = match verdict {
+            Verdict::Diverged(mut d) => {
+                d.function = SymbolTable::suffix(symbols, d.rip);
+                Verdict::Diverged(d)
+            }
+            v => v,
+        };
+        let breakpoint_name = match verdict {
+            Verdict::Breakpoint(at) => SymbolTable::suffix(symbols, at),
+            _ => String::new(),
+        };
         let stats = &self.engine.stats;
         log::info!("engine: {}", stats.dispatch_summary());
         Ok(ReplayOutcome {
@@ -719,6 +760,7 @@ impl Replayer {
             code_bytes: stats.code_bytes,
             compile_seconds: stats.compile_time.as_secs_f64(),
             state_dump,
+            breakpoint_name,
         })
     }
 }
@@ -757,10 +799,18 @@ impl ReplayOutcome {
                 s.push_str(&self.state_dump);
                 s.push('\n');
             }
+            Verdict::Breakpoint(rip) => {
+                s.push_str(&format!(
+                    "Verdict: stopped at breakpoint {rip:#x}{} before instruction {}\n",
+                    self.breakpoint_name, self.icount
+                ));
+                s.push_str(&self.state_dump);
+                s.push('\n');
+            }
             Verdict::Diverged(d) => {
                 s.push_str(&format!(
-                    "Verdict: diverged at event {} (instruction {}, RIP {:#x}): {}\n",
-                    d.event_index, d.icount, d.rip, d.what
+                    "Verdict: diverged at event {} (instruction {}, RIP {:#x}{}): {}\n",
+                    d.event_index, d.icount, d.rip, d.function, d.what
                 ));
                 s.push_str(&format!("instruction there: {}\n", d.insn));
                 if let Some((regs, flags)) = &d.regs {

@@ -2,6 +2,7 @@
 
 use clap::Args;
 use krr::replay::{ReplayOptions, Replayer, Verdict};
+use krr::symbols::SymbolTable;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -13,9 +14,19 @@ pub struct ReplayArgs {
     /// network and checkpoint files are found beside it.
     #[arg(long, value_name = "SNAPSHOT", requires = "vmlinux")]
     krr: Option<PathBuf>,
-    /// With --krr: the recorded kernel's vmlinux (with symbols), for the trap points.
-    #[arg(long, value_name = "VMLINUX", requires = "krr")]
+    /// The recorded kernel's vmlinux (with symbols): with --krr, for the trap points; for a
+    /// krr trace, to name kernel functions (booted with `nokaslr`) as --system-map does.
+    #[arg(long, value_name = "VMLINUX")]
     vmlinux: Option<PathBuf>,
+    /// The kernel's System.map (Debian ships it in /boot beside vmlinuz; /proc/kallsyms of
+    /// a `nokaslr` boot works too): reports, `--stop-at` and the `--log-bound` log name
+    /// kernel functions (`func+0xoff`), and `--break` takes symbols.
+    #[arg(long, value_name = "FILE", conflicts_with = "krr")]
+    system_map: Option<PathBuf>,
+    /// Stop before the first instruction at SYMBOL, SYMBOL+OFFSET or 0xADDRESS and print the
+    /// state there (repeatable: the first one reached stops). Costs nothing elsewhere.
+    #[arg(long = "break", value_name = "SYMBOL|ADDR", conflicts_with = "krr")]
+    breaks: Vec<String>,
     /// With --krr: the event log when it is not the snapshot's neighbour kernel_rr.log.
     #[arg(long, value_name = "FILE", requires = "krr")]
     krr_events: Option<PathBuf>,
@@ -120,6 +131,17 @@ pub fn run(a: ReplayArgs) -> Result<i32, String> {
     let Some(trace) = a.trace else {
         return Err("replay: name a trace or --krr SNAPSHOT".into());
     };
+    let symbols = match (&a.system_map, &a.vmlinux) {
+        (Some(_), Some(_)) => return Err("--system-map and --vmlinux: give one of them".into()),
+        (Some(map), None) => Some(SymbolTable::from_system_map(map)?),
+        (None, Some(v)) => Some(SymbolTable::from_vmlinux(v)?),
+        (None, None) => None,
+    };
+    let breaks = a
+        .breaks
+        .iter()
+        .map(|b| SymbolTable::resolve(symbols.as_ref(), b).map_err(|e| format!("--break {e}")))
+        .collect::<Result<Vec<u64>, String>>()?;
     let options = ReplayOptions {
         engine,
         console: !a.quiet,
@@ -128,6 +150,8 @@ pub fn run(a: ReplayArgs) -> Result<i32, String> {
         stop_at: a.stop_at,
         skip_ram_check: a.no_ram_check,
         verify_ram_digest: std::env::var_os("KRR_VERIFY_RAM_DIGEST").is_some_and(|v| v == "1"),
+        symbols: symbols.map(std::sync::Arc::new),
+        breaks,
     };
     let mut r = Replayer::open(&trace, options).map_err(|e| e.to_string())?;
     let bar = krr::report::progress(Some(r.total_instructions()));
@@ -138,7 +162,7 @@ pub fn run(a: ReplayArgs) -> Result<i32, String> {
     bar.finish_and_clear();
     eprint!("{}", outcome.summary());
     Ok(match outcome.verdict {
-        Verdict::Matched | Verdict::Stopped => 0,
+        Verdict::Matched | Verdict::Stopped | Verdict::Breakpoint(_) => 0,
         Verdict::Diverged(_) => 2,
     })
 }

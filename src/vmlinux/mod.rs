@@ -138,6 +138,11 @@ impl Vmlinux {
         &self.path
     }
 
+    /// Every symbol: (name, link-time address, size).
+    pub fn symbols(&self) -> impl Iterator<Item = (&str, Symbol)> {
+        self.symbols.iter().map(|(n, s)| (n.as_str(), *s))
+    }
+
     pub fn symbol(&self, name: &str) -> Option<Symbol> {
         self.symbols.get(name).copied()
     }
