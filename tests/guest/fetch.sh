@@ -31,10 +31,15 @@ fi
 if ! ls busybox-static_*.deb >/dev/null 2>&1; then
   apt-get download busybox-static >/dev/null 2>&1 || { echo "tests/guest/fetch.sh: apt-get download busybox-static failed" >&2; exit 1; }
 fi
-kernel_deb=$(ls "$kpkg"_*.deb | head -n 1)
+kernel_deb=$(ls -t "$kpkg"_*.deb | head -n 1)
 busybox_deb=$(ls busybox-static_*.deb | head -n 1)
-if [ ! -d "$cache/root/kernel" ]; then
+# The unpacked kernel follows the package: when Debian publishes a new 6.1 kernel (a fresh CI
+# machine fetches that one), the cache moves to it too.
+if [ ! -d "$cache/root/kernel" ] || [ "$(cat "$cache/root/kernel.package" 2>/dev/null)" != "$kernel_deb" ]; then
+  rm -rf "$cache/root/kernel"
   dpkg-deb -x "$kernel_deb" "$cache/root/kernel"
+  echo "$kernel_deb" > "$cache/root/kernel.package"
+  rm -f "$cache/initramfs.cpio"
 fi
 if [ ! -d "$cache/root/busybox" ]; then
   dpkg-deb -x "$busybox_deb" "$cache/root/busybox"
