@@ -21,7 +21,7 @@ if [ "$status" -ne 0 ]; then
   echo "=== failed tests and their panic messages (all output: target/test.log) ==="
   sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' target/test.log | sort -u | while read -r name; do
     echo "--- $name"
-    grep -F -A 400 "thread '$name'" target/test.log | head -20
+    grep -F -A 400 "thread '$name'" target/test.log | grep -v -E '^ +([0-9]+: |at )' | head -20
     grep -F -A 400 "thread '$name'" target/test.log | grep -E "assertion|left:|right:" | cut -c1-400 | head -10
   done
   exit "$status"
