@@ -76,7 +76,7 @@ pub mod ring;
 
 use std::path::{Path, PathBuf};
 
-pub use recorder::record;
+pub use recorder::{record, DeviceStats};
 
 /// What user space does, and how often the hardware interrupts, for one recording.
 #[derive(Clone, Debug)]
@@ -96,6 +96,9 @@ pub struct Scenario {
     pub ring_size: u64,
     /// The engine's tier policy (the recording must not depend on it).
     pub policy: krr_jit::TierPolicy,
+    /// Devices and more memory inputs (`devices.rs`): IDE, NVMe and e1000 DMA, e1000 MMIO
+    /// reads, device interrupts, page-map CFUs, a word-at-a-time get_user reader.
+    pub devices: bool,
 }
 
 impl Scenario {
@@ -109,6 +112,18 @@ impl Scenario {
             max_copy: 512,
             ring_size: 2 << 20,
             policy: krr_jit::TierPolicy::Interpret,
+            devices: false,
+        }
+    }
+
+    /// The small scenario's actions, each followed now and then by a device action (the
+    /// first five fixed: IDE read, packets, NVMe read, page map, string read).
+    pub fn devices() -> Scenario {
+        Scenario {
+            seed: 4,
+            actions: 40,
+            devices: true,
+            ..Scenario::small()
         }
     }
 
@@ -175,6 +190,8 @@ pub struct Recording {
     pub final_state: FinalState,
     /// The snapshot vCPU's RIP (user mode).
     pub start_rip: u64,
+    /// The device scenario's device work (zero otherwise).
+    pub devices: DeviceStats,
 }
 
 /// Build the kernel, record `scenario` and write the recording into `dir`.
