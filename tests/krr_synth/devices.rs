@@ -60,6 +60,8 @@ const NVME_QUEUE: u64 = 16;
 pub struct DeviceStats {
     pub ide_reads: u64,
     pub nvme_reads: u64,
+    /// Of them polled (no interrupt).
+    pub nvme_polled: u64,
     pub packets: u64,
     /// `net` system calls (one e1000 interrupt each).
     pub net_calls: u64,
@@ -86,6 +88,8 @@ pub struct Dev {
     ide_started: bool,
     e1000: [u32; 0x2820 / 4],
     nvme_doorbell: Option<u32>,
+    /// The command in flight is polled (no interrupt).
+    nvme_polled: bool,
     nvme_sq_head: u64,
     nvme_cq_tail: u64,
     nvme_phase: u16,
@@ -165,6 +169,7 @@ impl Dev {
             ide_started: false,
             e1000: [0; 0x2820 / 4],
             nvme_doorbell: None,
+            nvme_polled: false,
             nvme_sq_head: 0,
             nvme_cq_tail: 0,
             nvme_phase: 1,
@@ -320,7 +325,9 @@ impl Recorder {
             let at = now + 20 + d.rng.below64(200);
             let irq = at + 5 + d.rng.below64(40);
             d.plan.push((at, Action::NvmeComplete));
-            d.plan.push((irq, Action::Irq(NVME_VECTOR)));
+            if !d.nvme_polled {
+                d.plan.push((irq, Action::Irq(NVME_VECTOR)));
+            }
             acted = true;
         }
         d.plan.sort_by_key(|p| p.0);
@@ -420,6 +427,7 @@ impl Recorder {
         let d = self.dev();
         d.nvme_log.push(entry(count, pos, 1, sgs));
         d.stats.nvme_reads += 1;
+        d.stats.nvme_polled += d.nvme_polled as u64;
     }
 
     /// One packet into the next receive descriptor's buffer, and its write-back.
@@ -494,7 +502,10 @@ impl Recorder {
             }
             2 => {
                 let lba = self.dev().rng.below64(1 << 30);
-                self.syscall(SYS_NVME, [lba, 0, 0]);
+                // Every other command polled (the first is not).
+                let poll = self.dev().stats.nvme_reads % 2;
+                self.dev().nvme_polled = poll == 1;
+                self.syscall(SYS_NVME, [lba, poll, 0]);
                 self.run_kernel();
             }
             3 => {

@@ -206,6 +206,11 @@ pub struct Replayed {
     pub state: FinalState,
     /// Ring entries the replay appended (KVM's side).
     pub ring_appends: u64,
+    /// Where the DMA entries were written: IDE's with the DMA_DONE of this log index, NVMe's
+    /// and e1000's at this KRR count.
+    pub ide_placed: Vec<usize>,
+    pub nvme_placed: Vec<u64>,
+    pub net_placed: Vec<u64>,
 }
 
 /// Replay with krr's KRR replayer (`singlestep`: one instruction per block), then let the
@@ -275,9 +280,20 @@ pub fn replay_files(
         jiffies_addr: like.jiffies_addr,
         jiffies: read(like.jiffies_addr),
     };
+    use krr::krr_replay::dma::Kind;
+    let placed = |k: Kind| -> Vec<u64> {
+        d.dma_streams
+            .iter()
+            .filter(|s| s.kind == k)
+            .flat_map(|s| s.placed.clone())
+            .collect()
+    };
     Replayed {
         end,
         state,
         ring_appends: d.bus.ring.as_ref().map_or(0, |r| r.appended),
+        ide_placed: d.bus.ide.as_ref().map_or(Vec::new(), |i| i.placed.clone()),
+        nvme_placed: placed(Kind::Nvme),
+        net_placed: placed(Kind::E1000),
     }
 }

@@ -207,7 +207,10 @@ u8 krr_nvme_buf[4096] __attribute__((aligned(4096)));
 u32 krr_nvme_sq_tail, krr_nvme_cq_head, krr_nvme_phase = 1, krr_nvme_cid;
 volatile u64 krr_nvme_done;
 
-static u64 sys_nvme(u64 lba)
+/* nvme(lba, poll): with poll set, a polled command (a queue without interrupts, as
+ * io_uring's IOPOLL uses): the kernel spins on the completion queue's phase bit, so the
+ * instruction at which the completion lands decides how long it spins. */
+static u64 sys_nvme(u64 lba, u64 poll)
 {
 	u64 h = 0x6e766d65;
 	struct nvme_sqe *s = &krr_nvme_sq[krr_nvme_sq_tail];
@@ -221,7 +224,12 @@ static u64 sys_nvme(u64 lba)
 	s->cdw12 = 7; /* 8 blocks of 512 */
 	krr_nvme_sq_tail = (krr_nvme_sq_tail + 1) % NVME_QUEUE;
 	mmio_write32(NVME_PA - DEV_PA + NVME_SQ1_TAIL, krr_nvme_sq_tail);
-	wait_for(&krr_nvme_done);
+	if (poll)
+		while ((((volatile struct nvme_cqe *)krr_nvme_cq)[krr_nvme_cq_head].status & 1) !=
+		       krr_nvme_phase)
+			asm volatile("pause" ::: "memory");
+	else
+		wait_for(&krr_nvme_done);
 	while ((krr_nvme_cq[krr_nvme_cq_head].status & 1) == krr_nvme_phase) {
 		struct nvme_cqe *c = &krr_nvme_cq[krr_nvme_cq_head];
 		h = mix(h, c->dw0 ^ (u64)c->cid << 32 ^ (u64)c->status << 48 ^ (u64)c->sq_head << 16);
@@ -301,7 +309,7 @@ u64 krr_devices_syscall(u64 nr, struct pt_regs *regs)
 	case SYS_NET:
 		return sys_net();
 	case SYS_NVME:
-		return sys_nvme(regs->di);
+		return sys_nvme(regs->di, regs->si);
 	case SYS_PAGEMAP:
 		return sys_pagemap(regs->di);
 	case SYS_STRSUM:
