@@ -16,7 +16,16 @@
 //!   follow_num = `current_pos`, cpu_id 0; dev_type, owner_id and dev_index garbage), then
 //!   the interrupt (vector 0x25). Register reads in kernel mode are MMIO events (the value;
 //!   id, inst_cnt and rip 0), appended to the ring at the read (QEMU's `e1000.c`).
-//! - Interrupts: KVM's INTERRUPT appends (`from` = 0), as for the timer.
+//! - Interrupts: KVM's INTERRUPT appends (`from` = 0), as for the timer; an e1000 packet
+//!   also arrives while user code runs (its entry then carries the count user mode left
+//!   the kernel at, its interrupt a user RIP).
+//! - The other user actions: `pagemap(addr)` (the kernel reads a user page whole after
+//!   `rr_record_page_map`: a 4 KiB CFU with `dest_addr` 0) and `strsum(addr, max)` (a
+//!   word-at-a-time get_user reader with a look-behind `rr_gfu_begin` that records nothing,
+//!   which KRR's replayer skips by its `ptr == RDI + 8` rule).
+//! - When the ring is nearly full (long runs), the recorder fills it so that an IDE read's
+//!   host appends (DMA_DONE, the INTERRUPT, the port inputs) run past `total_size`: KVM and
+//!   QEMU append without rotating, and the guest's next allocation rotates (hypercall 102).
 //!
 //! Choices where the spec is open: the IDE data is written when the recorder completes the
 //! command (QEMU's AIO completes some time after the start); KRR's replayer writes it at the
@@ -63,11 +72,16 @@ pub struct DeviceStats {
     /// Of them polled (no interrupt).
     pub nvme_polled: u64,
     pub packets: u64,
-    /// `net` system calls (one e1000 interrupt each).
+    /// `net` system calls that waited for a packet (one e1000 interrupt each).
     pub net_calls: u64,
+    /// Packets that arrived while user code ran (their interrupt taken in user mode).
+    pub user_packets: u64,
     pub device_irqs: u64,
     pub page_maps: u64,
     pub strsums: u64,
+    /// IDE reads whose host-side appends (DMA_DONE, the interrupt, the port inputs) ran
+    /// past the ring's end: KVM and QEMU never rotate, the guest's next allocation does.
+    pub appends_past_full: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -90,6 +104,8 @@ pub struct Dev {
     nvme_doorbell: Option<u32>,
     /// The command in flight is polled (no interrupt).
     nvme_polled: bool,
+    /// A packet's interrupt was taken in user mode: the next `net` call finds it at once.
+    net_ready: bool,
     nvme_sq_head: u64,
     nvme_cq_tail: u64,
     nvme_phase: u16,
@@ -170,6 +186,7 @@ impl Dev {
             e1000: [0; 0x2820 / 4],
             nvme_doorbell: None,
             nvme_polled: false,
+            net_ready: false,
             nvme_sq_head: 0,
             nvme_cq_tail: 0,
             nvme_phase: 1,
@@ -470,13 +487,66 @@ impl Recorder {
         d.stats.packets += 1;
     }
 
-    /// The device scenario's extra user action after action `i` (the first five fixed).
+    /// A `page map` system call of a data page user code wrote 64 bytes into.
+    fn page_map(&mut self) {
+        let page = m::USER_DATA + self.dev().rng.below64(m::USER_DATA_PAGES) * 4096;
+        let at = self.dev().rng.below64(4096 - 64);
+        let data = self.dev_bytes(64);
+        self.user_write(page + at, &data);
+        self.syscall(SYS_PAGEMAP, [page, 0, 0]);
+        self.run_kernel();
+        self.dev().stats.page_maps += 1;
+    }
+
+    /// When the ring is nearly full: fill it (page maps, then a `work` call of the right
+    /// size) so that an IDE read's host-side appends run past its end. The INTERRUPT append
+    /// is where KRR's replayer rotates on its own (krr-spec 8.3); KVM did not, the guest's
+    /// next allocation does (hypercall 102). False when the ring is not near its end.
+    fn disk_at_full_ring(&mut self) -> bool {
+        let ring = self.ring();
+        let total = ring.u64(32);
+        let room = |r: &Self| total.saturating_sub(r.ring().current_byte());
+        // A `work` call of n bytes allocates 385 + n (SYSCALL 188, CFU 53 + n, GFU, RDTSC
+        // and RDSEED 36 each) and KVM appends its IO_IN (36); then the disk call's SYSCALL
+        // (188) is to end 100 bytes before the end (no rotation), so DMA_DONE (20) fits and
+        // the INTERRUPT (196) does not.
+        const WORK: u64 = 385;
+        const SYSCALL: u64 = 188;
+        if !(WORK + SYSCALL + 100 + 1..=20_000).contains(&room(self)) {
+            return false;
+        }
+        while room(self) > WORK + SYSCALL + 100 + 4096 {
+            self.page_map();
+        }
+        let n = room(self) - (WORK + SYSCALL + 100);
+        let buf = m::USER_DATA + self.dev().rng.below64(m::USER_DATA_PAGES * 4096 - n);
+        let data = self.dev_bytes(n as usize);
+        self.user_write(buf, &data);
+        let ptr = m::USER_DATA + 8 * self.dev().rng.below64(m::USER_DATA_PAGES * 512);
+        let word = self.dev_bytes(8);
+        self.user_write(ptr, &word);
+        self.syscall(0, [buf, n, ptr]);
+        self.run_kernel();
+        assert_eq!(room(self), SYSCALL + 100, "the ring filled as planned");
+        let lba = self.dev().rng.below64(1 << 20);
+        self.syscall(SYS_DISK, [lba, 0, 0]);
+        self.run_kernel();
+        assert!(self.ring().current_byte() > total, "past the end");
+        self.dev().stats.appends_past_full += 1;
+        true
+    }
+
+    /// The device scenario's extra user action after action `i` (the first eight fixed:
+    /// every kind, and a second NVMe command, which is polled).
     pub(super) fn device_action(&mut self, i: usize) {
         self.user_continues();
-        let kind = if i < 5 {
-            i as u64
+        if i >= 8 && self.disk_at_full_ring() {
+            return;
+        }
+        let kind = if i < 8 {
+            [0, 1, 2, 3, 4, 5, 2, 1][i]
         } else if self.dev().rng.chance(60) {
-            self.dev().rng.below64(5)
+            self.dev().rng.below64(6)
         } else {
             return;
         };
@@ -484,6 +554,10 @@ impl Recorder {
             0 => {
                 let lba = self.dev().rng.below64(1 << 20);
                 self.syscall(SYS_DISK, [lba, 0, 0]);
+                self.run_kernel();
+            }
+            1 if std::mem::take(&mut self.dev().net_ready) => {
+                self.syscall(SYS_NET, [0, 0, 0]);
                 self.run_kernel();
             }
             1 => {
@@ -508,16 +582,22 @@ impl Recorder {
                 self.syscall(SYS_NVME, [lba, poll, 0]);
                 self.run_kernel();
             }
-            3 => {
-                // User code filled some of a data page; the kernel maps all of it.
-                let page = m::USER_DATA + self.dev().rng.below64(m::USER_DATA_PAGES) * 4096;
-                let at = self.dev().rng.below64(4096 - 64);
-                let data = self.dev_bytes(64);
-                self.user_write(page + at, &data);
-                self.syscall(SYS_PAGEMAP, [page, 0, 0]);
+            // User code filled some of a data page; the kernel maps all of it.
+            3 => self.page_map(),
+            // A packet while user code runs: QEMU posts it at the vCPU's next exit, which
+            // is the interrupt's (the entry's count is the kernel count user mode left).
+            5 if !self.dev().net_ready => {
+                self.scramble_user_regs();
+                self.core.arch_mut().rip = m::USER_CODE;
+                self.receive();
+                self.inject(E1000_VECTOR);
+                let d = self.dev();
+                d.stats.device_irqs += 1;
+                d.stats.user_packets += 1;
+                d.net_ready = true;
                 self.run_kernel();
-                self.dev().stats.page_maps += 1;
             }
+            5 => {}
             _ => {
                 let len = 1 + self.dev().rng.below64(60) as usize;
                 let off = 8 + self.dev().rng.below64(m::USER_DATA_PAGES * 4096 - 8 - 72);

@@ -51,9 +51,27 @@
 //! - The final header's `current_pos` counts every event; KRR's loader reads one fewer.
 //!   [`FinalState`] is the state after all of them.
 //!
-//! Not produced (one vCPU, no devices with DMA): INST_SYNC, RELEASE, DMA_DONE, MMIO,
-//! INTERRUPT `from`=3, #DB/#BP, page-map and io_uring CFUs; `rr_record_page_map` and the
-//! exec-lock functions exist for the trap-point resolver only. A hazard KRR has too: a
+//! The device scenario ([`Scenario::devices`], `devices.rs`, kernel `devices.c`) adds an IDE
+//! function (bus-master READ DMA: DMA_DONE in the ring, `kernel_rr_dma-9.log`), an NVMe
+//! controller (interrupt-driven and polled completions, `kernel_rr_dma-40.log`) and an
+//! e1000 (receive DMA in `kernel_rr_network.log`, also while user code runs; its register
+//! reads as MMIO events), their interrupts (KVM's INTERRUPT appends), page-map CFUs
+//! (`rr_record_page_map` of a user page the kernel reads whole), a word-at-a-time get_user
+//! reader whose look-behind call KRR's GFU skip rule serves (`rr_gfu_begin` with align 0
+//! records nothing: the synthetic agent's stand-in for a begin call without its own event),
+//! and host-side appends that run past the ring's end (KVM and QEMU never rotate; the
+//! guest's next allocation does). `devices.rs`'s doc says where the device side acts and
+//! what it leaves as garbage. The other scenarios have no devices (`krr_devices` = 0: the
+//! kernel's device code never runs).
+//!
+//! Memory-input cases of krr-spec 3.6 and where they are: the PTE USER-bit check (the page
+//! fault handler reads a not-present PTE through `rr_read_pte`: no event, and the replayer
+//! must not take one), page-fault deferral (copy_from_user of a page not mapped yet: the
+//! CFU is written at PF_EXEC_END), the GFU skip rule and page-map CFUs (device scenario).
+//!
+//! Not produced (one vCPU): INST_SYNC, RELEASE, INTERRUPT `from`=3, #DB/#BP, io_uring CFUs,
+//! a deferred GFU; the exec-lock functions exist for the trap-point resolver only. A hazard
+//! KRR has too: a
 //! rotation between `rr_cfu_begin`'s allocation and `rr_cfu_end` (a kernel #PF whose
 //! EXCEPTION entry fills the ring) saves the CFU before its data is written (likewise GFU);
 //! the recorder asserts that no scenario runs into it.
