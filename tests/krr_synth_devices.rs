@@ -165,21 +165,60 @@ fn dma_is_placed_where_krr_places_it() {
     }
 }
 
-/// The command too, with its verdict.
-#[test]
-fn the_command_replays_the_device_recording() {
-    let r = recording();
+fn krr_replay(snapshot: &Path) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_krr"))
         .args(["replay", "-q", "--krr"])
-        .arg(&r.snapshot)
+        .arg(snapshot)
         .arg("--vmlinux")
-        .arg(&r.vmlinux)
+        .arg(&recording().vmlinux)
         .args(["--profile", "host"])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The command too: its verdict, KRR's stats block (MMIO counted under "IO Input", as KRR's
+/// loader does), and a DMA_DONE moved after the event that follows it reported at it (exit 2).
+#[test]
+fn the_command_replays_the_device_recording() {
+    let r = recording();
+    let (code, stdout, stderr) = krr_replay(&r.snapshot);
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("verdict: replayed to the end"), "{stderr}");
+    let io = format!("IO Input: {}\n", r.counts[3] + r.counts[13]);
+    assert!(stdout.contains(&io), "{io}{stdout}");
+
+    let log = KrrLog::open(&r.log).unwrap();
+    let done = log
+        .events
+        .iter()
+        .rposition(|e| matches!(e, Event::DmaDone { .. }))
+        .unwrap();
+    let (a, b, end) = (
+        log.offsets[done] as usize,
+        log.offsets[done + 1] as usize,
+        log.offsets[done + 2] as usize,
+    );
+    let d = altered("cli-dma-done-later", "kernel_rr.log", &|bytes| {
+        let moved: Vec<u8> = [&bytes[b..end], &bytes[a..b]].concat();
+        bytes[a..end].copy_from_slice(&moved);
+    });
+    let (code, stdout, stderr) = krr_replay(&d.join("test1"));
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    let named = format!(
+        "event {} (DMA Done, file offset {})",
+        done + 2,
+        a + (end - b)
+    );
+    let verdict = stderr
+        .lines()
+        .find(|l| l.starts_with("verdict: DIVERGED"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(verdict.contains(&named), "{named}\n{verdict}");
 }
 
 /// A copy of the recording in `tag` with `f` applied to the file `name` (bytes).
@@ -352,5 +391,26 @@ fn other_device_recordings_replay() {
             assert!(r.rotations > 0, "{r:?}");
             assert!(r.devices.appends_past_full > 0, "{r:?}");
         }
+    }
+}
+
+/// The device scenario's recording does not depend on the engine's tier: the port and MMIO
+/// accesses that start commands, the budget stops where the devices act, and so every file,
+/// come out the same when every block of the kernel runs compiled.
+#[test]
+fn the_device_recording_does_not_depend_on_the_tier() {
+    let a = recording();
+    let b = build_recording(
+        &Scenario {
+            policy: krr_jit::TierPolicy::CompileAll,
+            ..Scenario::devices()
+        },
+        &dir("tiered"),
+    );
+    assert_eq!(a.final_state, b.final_state);
+    assert_eq!(a.devices, b.devices);
+    for f in ["kernel_rr.log", "test1", IDE_LOG, NVME_LOG, NET_LOG] {
+        let same = std::fs::read(a.dir.join(f)).unwrap() == std::fs::read(b.dir.join(f)).unwrap();
+        assert!(same, "{f} differs");
     }
 }
