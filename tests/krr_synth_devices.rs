@@ -131,6 +131,7 @@ fn the_device_recording_replays_to_the_recorded_state() {
         let got = krr_synth::replay(r, singlestep);
         assert_eq!(got.end, End::Finished, "singlestep {singlestep}");
         assert_eq!(got.state, r.final_state, "singlestep {singlestep}");
+        assert_ring_as_recorded(r, &got);
         assert_eq!(
             got.ring_appends,
             r.counts[0] + r.counts[3] + r.counts[7] + r.counts[13],
@@ -361,6 +362,20 @@ fn misplaced_dma_is_a_divergence_or_another_state() {
     );
 }
 
+/// The replay's ring header at the end is the one QEMU saved last (`current_pos` aside,
+/// which the file counts over all rotations): every host append re-created in place, and
+/// the ring rotated where the recording's did.
+fn assert_ring_as_recorded(r: &Recording, got: &krr_synth::Replayed) {
+    let (_, fin) = KrrLog::open(&r.log).unwrap().headers.unwrap();
+    let h = got.ring_header.expect("a ring");
+    let word = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap());
+    assert_eq!(
+        (word(24), word(32), word(40)),
+        (fin.current_byte, fin.total_size, fin.rotated_bytes),
+        "current_byte, total_size, rotated_bytes"
+    );
+}
+
 /// Other seeds and longer runs of the scenario (device work at other counts, in other
 /// orders, the ring rotating under page-map CFUs) replay to their recorded states too.
 #[test]
@@ -386,6 +401,7 @@ fn other_device_recordings_replay() {
                 got.state, r.final_state,
                 "seed {seed} singlestep {singlestep}"
             );
+            assert_ring_as_recorded(&r, &got);
         }
         if seed == 14 {
             assert!(r.rotations > 0, "{r:?}");

@@ -229,6 +229,8 @@ pub struct Replayed {
     pub ide_placed: Vec<usize>,
     pub nvme_placed: Vec<u64>,
     pub net_placed: Vec<u64>,
+    /// The ring's header in the replay's memory at the end.
+    pub ring_header: Option<[u8; 48]>,
 }
 
 /// Replay with krr's KRR replayer (`singlestep`: one instruction per block), then let the
@@ -313,5 +315,10 @@ pub fn replay_files(
         ide_placed: d.bus.ide.as_ref().map_or(Vec::new(), |i| i.placed.clone()),
         nvme_placed: placed(Kind::Nvme),
         net_placed: placed(Kind::E1000),
+        ring_header: d.bus.ring.as_ref().map(|r| {
+            let mut h = [0u8; 48];
+            d.core.mem().read(r.gpa, &mut h).unwrap();
+            h
+        }),
     }
 }
