@@ -430,3 +430,32 @@ fn the_device_recording_does_not_depend_on_the_tier() {
         assert!(same, "{f} differs");
     }
 }
+
+/// The PTE USER-bit check (krr-spec 3.5 PTE) is exercised: the page-fault handler reads the
+/// not-present PTE of the faulting page through `rr_read_pte` (no event: the agent records
+/// only PTEs with the USER bit), and a later PTE event has that very pointer (the page
+/// unmapped again). A replayer without the check would take that later event at the fault;
+/// this recording replays to its state (above), so the check held.
+#[test]
+fn the_pte_user_bit_check_is_exercised() {
+    let r = recording();
+    let log = KrrLog::open(&r.log).unwrap();
+    let user_pt = krr_synth::machine::DIRECT_MAP + krr_synth::machine::USER_PT_PA;
+    let fb = krr_synth::machine::FAULT_BASE;
+    let pte_of = |a: u64| user_pt + ((a >> 12) & 511) * 8;
+    let cases = log
+        .events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match e {
+            Event::Exception(x) if x.exception_index == 14 && x.cr2 >= fb => Some((i, x.cr2)),
+            _ => None,
+        })
+        .filter(|&(i, cr2)| {
+            log.events[i + 1..]
+                .iter()
+                .any(|e| matches!(e, Event::Pte(p) if p.ptr == pte_of(cr2)))
+        })
+        .count();
+    assert!(cases > 0, "no fault whose PTE is recorded later");
+}
