@@ -135,7 +135,8 @@ impl Scenario {
     }
 
     /// The small scenario's actions, each followed now and then by a device action (the
-    /// first five fixed: IDE read, packets, NVMe read, page map, string read).
+    /// first eight fixed: IDE read, packets, NVMe read, page map, string read, a packet
+    /// while user code runs, a polled NVMe read, packets).
     pub fn devices() -> Scenario {
         Scenario {
             seed: 4,
