@@ -21,6 +21,8 @@ pub struct IdeDma {
     pub bmdma_base: u16,
     pub entries: Vec<crate::krr_rec::dma::DmaEntry>,
     pub next: usize,
+    /// The DMA_DONE event (its index in the log) each entry was written with, in order.
+    pub placed: Vec<usize>,
     cmd: [u8; 2],
 }
 
@@ -30,6 +32,7 @@ impl IdeDma {
             bmdma_base,
             entries,
             next: 0,
+            placed: Vec::new(),
             cmd: [0; 2],
         }
     }
@@ -168,6 +171,7 @@ impl ReplayBus {
                     return;
                 };
                 ide.next += 1;
+                ide.placed.push(i);
                 for sg in &entry.sgs {
                     self.pending_dma.push((sg.addr, sg.data.clone()));
                 }

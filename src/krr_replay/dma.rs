@@ -20,6 +20,8 @@ pub struct Stream {
     entries: Vec<DmaEntry>,
     next: usize,
     pub applied: u64,
+    /// The KRR count at which each entry was written, in order (for reports and tests).
+    pub placed: Vec<u64>,
 }
 
 impl Stream {
@@ -29,6 +31,7 @@ impl Stream {
             entries,
             next: 0,
             applied: 0,
+            placed: Vec::new(),
         }
     }
 
@@ -72,6 +75,7 @@ impl Stream {
             out.extend(e.sgs.iter().map(|s| (s.addr, s.data.clone())));
             self.next += 1;
             self.applied += 1;
+            self.placed.push(count);
         }
         out
     }
@@ -121,6 +125,7 @@ mod tests {
         assert!(s.take_due(0, 150, 7, false).is_empty());
         assert_eq!(s.take_due(0, 150, 8, false).len(), 1);
         assert_eq!((s.remaining(), s.applied), (0, 2));
+        assert_eq!(s.placed, [99, 150]);
 
         let mut n = Stream::new(Kind::Nvme, vec![entry(50, 0, 0, 3), entry(0, 4, 0, 4)]);
         assert_eq!(n.target(0), Some(50));

@@ -14,7 +14,6 @@ use krr_runtime::GuestMemory;
 /// Offsets of the header fields KRR's replayer updates (krr-spec 1.1).
 const CURRENT_POS: usize = l::queue_header::CURRENT_POS;
 const CURRENT_BYTE: usize = l::queue_header::CURRENT_BYTE;
-const TOTAL_SIZE: usize = l::queue_header::TOTAL_SIZE;
 const ROTATED_BYTES: usize = l::queue_header::ROTATED_BYTES;
 const HEADER_SIZE: usize = l::queue_header::HEADER_SIZE;
 /// The exec-lock owner word, which ivshmem's realize hook sets to 0 in replay.
@@ -104,19 +103,27 @@ impl Ring {
         Ok(())
     }
 
-    /// Append an entry of `kind` with `payload` at `current_byte` (`append_to_queue`): rotate
-    /// first when it would not fit, as KRR's replayer does (KVM never rotated; krr-spec 3.5).
+    /// Append an entry of `kind` with `payload` at `current_byte`, as the host did at
+    /// record: KVM's and QEMU's appends never rotate the ring (krr-spec 1.2), even past
+    /// `total_size` (the header page's worth of slack is there); the guest's next
+    /// allocation finds it full and rotates with hypercall 102. KRR's replayer
+    /// (`append_to_queue`) rotates first instead when the entry does not fit, which the
+    /// recording never did: the guest then skips that hypercall and the replay leaves the
+    /// recording (krr-spec 8.3).
     pub fn append(
         &mut self,
         mem: &mut GuestMemory,
         kind: u32,
         payload: &[u8],
     ) -> Result<(), String> {
-        let total = self.u64_at(mem, TOTAL_SIZE)?;
-        if self.current_byte(mem)? + payload.len() as u64 + 4 >= total {
-            self.rotate(mem)?;
-        }
         let at = self.current_byte(mem)? as usize;
+        if (at + 4 + payload.len()) as u64 > self.size {
+            return Err(format!(
+                "a host-side append of {} bytes at ring offset {at:#x} runs past the ring's {:#x} bytes",
+                4 + payload.len(),
+                self.size
+            ));
+        }
         self.put(mem, at, &kind.to_le_bytes())?;
         self.put(mem, at + 4, payload)?;
         let next = (at + 4 + payload.len()) as u64;
@@ -153,7 +160,7 @@ mod tests {
     }
 
     #[test]
-    fn appends_advance_and_rotate_as_krr_does() {
+    fn host_appends_never_rotate_hypercall_102_does() {
         let gpa = 0xf_0000_0000;
         let mut mem = GuestMemory::with_windows(&[(gpa, 0x2000)]).unwrap();
         let mut r = Ring::new(gpa, 0x2000);
@@ -171,16 +178,27 @@ mod tests {
         );
         assert_eq!(rd(&mem, 4096) as u32, 3);
         assert_eq!(rd(&mem, 4100), 0xaaaa_aaaa_aaaa_aaaa);
-        // 4096 + 36 + 4 + 192 >= 4296: rotate first.
+        // 4096 + 36 + 4 + 192 >= 4296: past total_size, and still no rotation (the host
+        // never rotates; the guest's next allocation does, with hypercall 102).
         r.apply(&mut mem, RingOp::Append(0, vec![0x55; 192]))
             .unwrap();
+        assert_eq!(r.rotations, 0);
+        assert_eq!(r.current_pos(&mem).unwrap(), 2);
+        assert_eq!(r.current_byte(&mem).unwrap(), 4096 + 36 + 196);
+        assert_eq!(rd(&mem, 4096 + 36) as u32, 0);
+        r.apply(&mut mem, RingOp::Rotate).unwrap();
         assert_eq!(r.rotations, 1);
-        assert_eq!(r.current_pos(&mem).unwrap(), 1);
-        assert_eq!(r.current_byte(&mem).unwrap(), 4096 + 196);
-        assert_eq!(rd(&mem, ROTATED_BYTES as u64), 36);
+        assert_eq!(r.current_byte(&mem).unwrap(), 4096);
+        assert_eq!(rd(&mem, ROTATED_BYTES as u64), 36 + 196);
+        // Past the ring's memory: an error, not a silent truncation.
+        r.apply(&mut mem, RingOp::Append(3, vec![1; 32])).unwrap();
+        let e = r
+            .apply(&mut mem, RingOp::Append(12, vec![0; 0x2000]))
+            .unwrap_err();
+        assert!(e.contains("runs past"), "{e}");
         r.apply(&mut mem, RingOp::InterruptSlot(1, vec![7; 192]))
             .unwrap();
         assert_eq!(rd(&mem, 56 + 192), 0x0707_0707_0707_0707);
-        assert_eq!(r.appended, 2);
+        assert_eq!(r.appended, 3);
     }
 }

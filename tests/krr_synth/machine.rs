@@ -74,6 +74,7 @@ pub fn build_kernel(dir: &Path) -> (PathBuf, PathBuf) {
         ("entry.S", false),
         ("kernel.c", true),
         ("serialize.S", false),
+        ("devices.c", true),
     ] {
         let obj = dir.join(format!("{file}.o"));
         let mut cc = Command::new("cc");
@@ -284,7 +285,13 @@ pub fn qemu_cpu(a: &ArchState, tsc: u64) -> krr::krr_rec::migration::cpu::X86Cpu
 /// the timer LVT at the kernel's vector, nothing pending) and ivshmem's BAR2. The ring is not
 /// in it (KRR marks BAR2's RAM block non-migratable).
 pub fn snapshot(core: &Core, tsc: u64) -> Vec<u8> {
+    snapshot_with(core, tsc, Vec::new())
+}
+
+/// [`snapshot`] with more device sections (the device scenario's PCI functions).
+pub fn snapshot_with(core: &Core, tsc: u64, extra: Vec<wm::Device>) -> Vec<u8> {
     let mut st = wm::sample_stream(RAM_SIZE, 1);
+    st.devices.extend(extra);
     st.pages.clear();
     let mut page = vec![0u8; 4096];
     for gpa in (0..RAM_SIZE).step_by(4096) {

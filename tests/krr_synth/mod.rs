@@ -51,9 +51,27 @@
 //! - The final header's `current_pos` counts every event; KRR's loader reads one fewer.
 //!   [`FinalState`] is the state after all of them.
 //!
-//! Not produced (one vCPU, no devices with DMA): INST_SYNC, RELEASE, DMA_DONE, MMIO,
-//! INTERRUPT `from`=3, #DB/#BP, page-map and io_uring CFUs; `rr_record_page_map` and the
-//! exec-lock functions exist for the trap-point resolver only. A hazard KRR has too: a
+//! The device scenario ([`Scenario::devices`], `devices.rs`, kernel `devices.c`) adds an IDE
+//! function (bus-master READ DMA: DMA_DONE in the ring, `kernel_rr_dma-9.log`), an NVMe
+//! controller (interrupt-driven and polled completions, `kernel_rr_dma-40.log`) and an
+//! e1000 (receive DMA in `kernel_rr_network.log`, also while user code runs; its register
+//! reads as MMIO events), their interrupts (KVM's INTERRUPT appends), page-map CFUs
+//! (`rr_record_page_map` of a user page the kernel reads whole), a word-at-a-time get_user
+//! reader whose look-behind call KRR's GFU skip rule serves (`rr_gfu_begin` with align 0
+//! records nothing: the synthetic agent's stand-in for a begin call without its own event),
+//! and host-side appends that run past the ring's end (KVM and QEMU never rotate; the
+//! guest's next allocation does). `devices.rs`'s doc says where the device side acts and
+//! what it leaves as garbage. The other scenarios have no devices (`krr_devices` = 0: the
+//! kernel's device code never runs).
+//!
+//! Memory-input cases of krr-spec 3.6 and where they are: the PTE USER-bit check (the page
+//! fault handler reads a not-present PTE through `rr_read_pte`: no event, and the replayer
+//! must not take one), page-fault deferral (copy_from_user of a page not mapped yet: the
+//! CFU is written at PF_EXEC_END), the GFU skip rule and page-map CFUs (device scenario).
+//!
+//! Not produced (one vCPU): INST_SYNC, RELEASE, INTERRUPT `from`=3, #DB/#BP, io_uring CFUs,
+//! a deferred GFU; the exec-lock functions exist for the trap-point resolver only. A hazard
+//! KRR has too: a
 //! rotation between `rr_cfu_begin`'s allocation and `rr_cfu_end` (a kernel #PF whose
 //! EXCEPTION entry fills the ring) saves the CFU before its data is written (likewise GFU);
 //! the recorder asserts that no scenario runs into it.
@@ -76,7 +94,7 @@ pub mod ring;
 
 use std::path::{Path, PathBuf};
 
-pub use recorder::record;
+pub use recorder::{record, DeviceStats};
 
 /// What user space does, and how often the hardware interrupts, for one recording.
 #[derive(Clone, Debug)]
@@ -96,6 +114,9 @@ pub struct Scenario {
     pub ring_size: u64,
     /// The engine's tier policy (the recording must not depend on it).
     pub policy: krr_jit::TierPolicy,
+    /// Devices and more memory inputs (`devices.rs`): IDE, NVMe and e1000 DMA, e1000 MMIO
+    /// reads, device interrupts, page-map CFUs, a word-at-a-time get_user reader.
+    pub devices: bool,
 }
 
 impl Scenario {
@@ -109,6 +130,19 @@ impl Scenario {
             max_copy: 512,
             ring_size: 2 << 20,
             policy: krr_jit::TierPolicy::Interpret,
+            devices: false,
+        }
+    }
+
+    /// The small scenario's actions, each followed now and then by a device action (the
+    /// first eight fixed: IDE read, packets, NVMe read, page map, string read, a packet
+    /// while user code runs, a polled NVMe read, packets).
+    pub fn devices() -> Scenario {
+        Scenario {
+            seed: 4,
+            actions: 40,
+            devices: true,
+            ..Scenario::small()
         }
     }
 
@@ -175,6 +209,8 @@ pub struct Recording {
     pub final_state: FinalState,
     /// The snapshot vCPU's RIP (user mode).
     pub start_rip: u64,
+    /// The device scenario's device work (zero otherwise).
+    pub devices: DeviceStats,
 }
 
 /// Build the kernel, record `scenario` and write the recording into `dir`.
@@ -189,6 +225,13 @@ pub struct Replayed {
     pub state: FinalState,
     /// Ring entries the replay appended (KVM's side).
     pub ring_appends: u64,
+    /// Where the DMA entries were written: IDE's with the DMA_DONE of this log index, NVMe's
+    /// and e1000's at this KRR count.
+    pub ide_placed: Vec<usize>,
+    pub nvme_placed: Vec<u64>,
+    pub net_placed: Vec<u64>,
+    /// The ring's header in the replay's memory at the end.
+    pub ring_header: Option<[u8; 48]>,
 }
 
 /// Replay with krr's KRR replayer (`singlestep`: one instruction per block), then let the
@@ -258,9 +301,25 @@ pub fn replay_files(
         jiffies_addr: like.jiffies_addr,
         jiffies: read(like.jiffies_addr),
     };
+    use krr::krr_replay::dma::Kind;
+    let placed = |k: Kind| -> Vec<u64> {
+        d.dma_streams
+            .iter()
+            .filter(|s| s.kind == k)
+            .flat_map(|s| s.placed.clone())
+            .collect()
+    };
     Replayed {
         end,
         state,
         ring_appends: d.bus.ring.as_ref().map_or(0, |r| r.appended),
+        ide_placed: d.bus.ide.as_ref().map_or(Vec::new(), |i| i.placed.clone()),
+        nvme_placed: placed(Kind::Nvme),
+        net_placed: placed(Kind::E1000),
+        ring_header: d.bus.ring.as_ref().map(|r| {
+            let mut h = [0u8; 48];
+            d.core.mem().read(r.gpa, &mut h).unwrap();
+            h
+        }),
     }
 }

@@ -13,11 +13,17 @@ use krr_jit::{Engine, EngineConfig, Exit};
 use krr_runtime::{Core, CpuState};
 use std::path::Path;
 
+#[path = "devices.rs"]
+mod devices;
+pub use devices::DeviceStats;
+
 /// KVM and the devices, as the engine's bus.
 struct Bus {
     ring: Ring,
     rng: Rng,
     tsc: u64,
+    /// The device scenario's devices (`devices.rs`).
+    dev: Option<devices::Dev>,
 }
 
 impl Bus {
@@ -40,7 +46,10 @@ impl krr_runtime::Bus for Bus {
         let value = match port {
             0x71 => self.rng.below64(256),           // CMOS data
             0x61 => 0x20 | (self.rng.next() & 0x10), // port B: refresh toggles
-            _ => panic!("IN from port {port:#x}"),
+            _ => match self.dev.as_mut().and_then(|d| d.port_in(port)) {
+                Some(v) => v,
+                None => panic!("IN from port {port:#x}"),
+            },
         };
         let value = value & (u64::MAX >> (64 - 8 * size as u32));
         if self.recording() && cpu.cpl() == 0 {
@@ -49,13 +58,26 @@ impl krr_runtime::Bus for Bus {
         }
         value as u32
     }
-    fn port_out(&mut self, _: &CpuState, port: u16, _: u8, _: u32) {
-        panic!("OUT to port {port:#x}");
+    fn port_out(&mut self, _: &CpuState, port: u16, _: u8, value: u32) {
+        if !self
+            .dev
+            .as_mut()
+            .is_some_and(|d| d.port_out(&self.ring, port, value))
+        {
+            panic!("OUT to port {port:#x}");
+        }
     }
-    fn mmio_read(&mut self, _: &CpuState, phys: u64, _: u8) -> u64 {
-        panic!("MMIO read at {phys:#x}");
+    fn mmio_read(&mut self, cpu: &CpuState, phys: u64, _: u8) -> u64 {
+        match self.dev.as_mut() {
+            Some(d) => d.mmio_read(&self.ring, cpu, phys),
+            None => None,
+        }
+        .unwrap_or_else(|| panic!("MMIO read at {phys:#x}"))
     }
-    fn mmio_write(&mut self, _: &CpuState, phys: u64, _: u8, _: u64) {
+    fn mmio_write(&mut self, _: &CpuState, phys: u64, _: u8, value: u64) {
+        if self.dev.as_mut().is_some_and(|d| d.mmio_write(phys, value)) {
+            return;
+        }
         // The xAPIC's EOI: KVM's in-kernel APIC, not recorded.
         assert_eq!(phys, m::APIC_PA + 0xb0, "MMIO write");
     }
@@ -74,6 +96,12 @@ impl krr_runtime::Bus for Bus {
     }
     fn rdrand(&mut self, _: &CpuState, size: u8, _seed: bool) -> Option<u64> {
         Some(self.rng.next() & (u64::MAX >> (64 - 8 * size as u32)))
+    }
+    fn stop_after_instruction(&self, _: &CpuState) -> bool {
+        self.dev.as_ref().is_some_and(|d| d.wants_exit())
+    }
+    fn wants_exit(&self, _: &CpuState) -> bool {
+        self.dev.as_ref().is_some_and(|d| d.wants_exit())
     }
 }
 
@@ -218,6 +246,7 @@ impl Recorder {
     fn run_kernel(&mut self) {
         loop {
             let limit = self.plan.kernel_irq_at.unwrap_or(u64::MAX);
+            let limit = limit.min(self.device_due());
             self.core.set_icount_limit(limit);
             let exit = self.engine.run_with_bus(&mut self.core, &mut self.bus);
             match exit {
@@ -226,6 +255,7 @@ impl Recorder {
                     self.plan.rep_irq = false;
                     return;
                 }
+                Exit::Budget | Exit::BusRequest if self.device_step() => {}
                 Exit::Budget => {
                     if self.cpu().cpl() == 0 && Engine::interrupts_enabled(self.cpu()) {
                         self.inject(m::TIMER_VECTOR);
@@ -505,6 +535,9 @@ impl Recorder {
             47..=50 => self.work(sc, true),
             _ => self.work(sc, false),
         }
+        if sc.devices {
+            self.device_action(i);
+        }
     }
 }
 
@@ -524,6 +557,9 @@ pub fn record(sc: &Scenario, dir: &Path) -> Recording {
     core.mem_mut()
         .write_u64(m::kernel_pa(sym(&v, "krr_ring_size")), sc.ring_size)
         .unwrap();
+    if sc.devices {
+        devices::prepare(&mut core, &v);
+    }
     // RDSEED, which KRR's recording host has (leaf 7 EBX bit 18).
     for e in core.cpuid_mut().entries.iter_mut() {
         if e.leaf == 7 && (e.subleaf == 0 || e.subleaf == u32::MAX) {
@@ -557,6 +593,7 @@ pub fn record(sc: &Scenario, dir: &Path) -> Recording {
             ring: Ring::new(ring_base, sc.ring_size),
             rng: Rng(sc.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
             tsc: 0x1_2345_6789,
+            dev: sc.devices.then(|| devices::Dev::new(sc.seed, &v)),
         },
         rng: Rng(sc.seed.wrapping_mul(0xd1b5_4a32_d192_ed03) | 1),
         log: None,
@@ -579,7 +616,12 @@ pub fn record(sc: &Scenario, dir: &Path) -> Recording {
     // rr_record: the VM paused in user mode; the counter starts at 0; the snapshot.
     r.core.arch_mut().icount = 0;
     let start_rip = r.cpu().rip;
-    let snapshot = m::snapshot(&r.core, r.bus.tsc);
+    let extra = if sc.devices {
+        devices::sections()
+    } else {
+        Vec::new()
+    };
+    let snapshot = m::snapshot_with(&r.core, r.bus.tsc, extra);
     let initial = r.ring().start_recording();
     r.log = Some(LogWriter::new(initial));
     let read_var = |core: &Core, va: u64| core.mem().read_u64(m::kernel_pa(va)).unwrap();
@@ -605,6 +647,9 @@ pub fn record(sc: &Scenario, dir: &Path) -> Recording {
     let log_path = dir.join("kernel_rr.log");
     std::fs::write(&snap_path, snapshot).unwrap();
     std::fs::write(&log_path, &log.bytes).unwrap();
+    if let Some(d) = &r.bus.dev {
+        d.write_logs(dir);
+    }
     let target_vmlinux = dir.join("vmlinux");
     std::fs::copy(&vmlinux, &target_vmlinux).unwrap();
     Recording {
@@ -621,5 +666,11 @@ pub fn record(sc: &Scenario, dir: &Path) -> Recording {
         kernel_faults: r.kernel_faults,
         final_state,
         start_rip,
+        devices: r
+            .bus
+            .dev
+            .as_ref()
+            .map(|d| d.stats.clone())
+            .unwrap_or_default(),
     }
 }

@@ -22,6 +22,8 @@ pub fn payload_size(t: u32) -> usize {
         2 => 184,
         3 | 6 | 8 | 10 | 14 => 32,
         4 => 48,
+        7 => 16,  // DMA_DONE (the device scenario's QEMU)
+        13 => 32, // MMIO
         _ => panic!("ring entry of type {t}: not produced by the synthetic machine"),
     }
 }

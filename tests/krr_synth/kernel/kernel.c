@@ -219,8 +219,10 @@ __attribute__((noinline)) void rr_cfu_end(u8 *e, const void *to, u64 copied)
 
 __attribute__((noinline)) u8 *rr_gfu_begin(const void *ptr, i32 size, i32 align)
 {
-	u8 *e = rr_alloc_entry(8, 32);
-	(void)align;
+	u8 *e;
+	if (!align) /* a look-behind read the agent does not record (devices.c) */
+		return 0;
+	e = rr_alloc_entry(8, 32);
 	if (!e)
 		return 0;
 	put32(e, 0, 0);
@@ -390,6 +392,9 @@ __attribute__((noinline)) void irqentry_exit(struct pt_regs *regs)
 	krr_irq_exits++;
 }
 
+u64 krr_devices_syscall(u64 nr, struct pt_regs *regs); /* devices.c */
+void krr_devices_init(void);
+
 void do_syscall_64(struct pt_regs *regs, u64 nr)
 {
 	u64 ret;
@@ -407,7 +412,7 @@ void do_syscall_64(struct pt_regs *regs, u64 nr)
 		ret = sys_probe(regs->di);
 		break;
 	default:
-		ret = -38UL;
+		ret = krr_devices_syscall(nr, regs);
 	}
 	asm volatile("cli" ::: "memory");
 	regs->ax = ret;
@@ -499,4 +504,5 @@ void krr_boot_main(void)
 	wrmsr(0xc0000101, (u64)&krr_percpu);	  /* GS base */
 	wrmsr(0xc0000102, 0);			  /* KERNEL_GS_BASE */
 	kvm_ivshmem_init();
+	krr_devices_init();
 }
