@@ -17,10 +17,13 @@
 #                      disk: "-hda disk.img"); the script adds -machine/-m/-smp/-no-hpet and the
 #                      ivshmem device itself
 #   --no-strip         give KRR the snapshot as it is, even if it holds ivshmem's RAM (see below)
+#   --all-events       give krr every event of kernel_rr.log (default: the ones KRR's loader
+#                      reads, the final header's count - 1, so both end at the same event)
 #   --timeout SECS     per replayer run (default 3600)
 #   --work DIR         where KRR runs (its working directory) and the logs go (default mktemp)
 # Environment: KRR_QEMU (required), KRR_BIN (default target/release/krr of this checkout; must have
-# `krr replay --krr`).
+# `krr replay --krr`), KRR_ARGS (more options for every `krr replay --krr` run, e.g.
+# "--profile host").
 # Exit status: 0 both replayed to the end and agree; 1 they disagree (or one failed to replay);
 # 3 KRR's QEMU cannot load the recording (the reason is printed); 2 usage / missing files.
 #
@@ -91,7 +94,7 @@
 
 set -u
 KRR_BIN=${KRR_BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release/krr}
-vmlinux="" tail_n=64 cpu=Broadwell qemu_args="" strip=1 timeout_s=3600 work="" rec=""
+vmlinux="" tail_n=64 cpu=Broadwell qemu_args="" strip=1 timeout_s=3600 work="" rec="" all_events=0
 
 die() { echo "krr-crosscheck: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -101,9 +104,10 @@ while [ $# -gt 0 ]; do
     --cpu) cpu=$2; shift 2 ;;
     --qemu-args) qemu_args=$2; shift 2 ;;
     --no-strip) strip=0; shift ;;
+    --all-events) all_events=1; shift ;;
     --timeout) timeout_s=$2; shift 2 ;;
     --work) work=$2; shift 2 ;;
-    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) [ -z "$rec" ] || die "one recording only"; rec=$1; shift ;;
     esac
@@ -167,6 +171,18 @@ cannot_load() {
 [ -n "$iv_id" ] || cannot_load "the snapshot has no ivshmem-plain device; KRR's replay copies the ring header into its BAR2 (kernel_rr.c:2529) and krr refuses such a recording too"
 [ -n "$ring" ] || ring=$((4096 << 20))
 slot=$(sed -E 's/^[0-9a-f]+:[0-9a-f]+:([0-9a-f]+)\.([0-7])$/0x\1.\2/' <<< "$iv_id")
+
+# KRR's loader reads one event fewer than the log's final header counts (krr-spec open
+# question 12, kernel_rr.c rr_load_events); krr replays every event in the file. Unless
+# --all-events, krr gets the events KRR reads (the log cut after them), so both end alike.
+krr_ev=()
+loaded=$(sed -nE "s/^KRR's loader: reads ([0-9]+) of the ([0-9]+) events, ending at byte ([0-9]+)$/\1 \2 \3/p" "$work/info.txt")
+if [ -n "$loaded" ] && [ $all_events = 0 ]; then
+    read -r n_ev m_ev at_byte <<< "$loaded"
+    head -c "$at_byte" "$dir/kernel_rr.log" > "$work/krr-events.log"
+    krr_ev=(--krr-events "$work/krr-events.log")
+    echo "  note: KRR's loader reads $n_ev of the log's $m_ev events; krr replays the same $n_ev (--all-events: all)"
+fi
 
 # The working directory KRR replays in: links to the recording's files, the snapshot as NAME.
 for f in "$dir"/kernel_rr*.log "$dir"/checkpoint-*; do
@@ -248,7 +264,7 @@ done
 now() { date +%s.%N; }
 # 1. krr, timed: its final KRR count places the instruction window both replayers log.
 t0=$(now)
-timeout "$timeout_s" "$KRR_BIN" replay --krr "$work/$name" --vmlinux "$vmlinux" -q \
+timeout "$timeout_s" "$KRR_BIN" replay --krr "$work/$name" --vmlinux "$vmlinux" -q ${KRR_ARGS:-} "${krr_ev[@]}" \
     > "$work/krr.out" 2> "$work/krr.err"
 krr_rc=$?
 t1=$(now)
@@ -329,13 +345,15 @@ fi
 ratio=$(echo "scale=1; $krrq_wall / $krr_wall" | bc 2>/dev/null)
 echo "wall time: KRR ${krrq_wall}s, krr ${krr_wall}s: KRR/krr = ${ratio}"
 kcount=$(sed -nE 's/^KRR-FINAL count=([0-9]+) rip=(0x[0-9a-f]+).*/\1/p' "$work/krr-qemu.out" | tail -1)
+krip=$(sed -nE 's/^KRR-FINAL count=([0-9]+) rip=(0x[0-9a-f]+).*/\2/p' "$work/krr-qemu.out" | tail -1)
 
-# 3. When the replays end at different counts, KRR once more (untimed) with its window at its
-#    own end; then krr over the same window in KRR's log format, and its registers after KRR's
-#    last instruction when krr runs past it.
-if [ -n "$kcount" ] && [ "$kcount" != "${krr_count:-}" ]; then
+# 3. When the replays end at different places (RIP), KRR once more (untimed) with its window at
+#    its own end; then krr over the same window in KRR's log format, and its registers after
+#    KRR's last instruction when krr runs past it. (The same RIP at counts a little apart is
+#    KRR's count running behind: it sets its count to the recorded one at port inputs.)
+if [ -n "$kcount" ] && [ "$krip" != "${krr_rip:-}" ]; then
     win=$((kcount > tail_n ? kcount - tail_n : 1))
-    echo "  the replays end at different counts: KRR again with its instruction log from count $win"
+    echo "  the replays end at different places: KRR again with its instruction log from count $win"
     again=()
     for a in "${qemu[@]}"; do
         case "$a" in -D | -replay-log-bound) skip=1; continue ;; esac
@@ -347,13 +365,13 @@ if [ -n "$kcount" ] && [ "$kcount" != "${krr_count:-}" ]; then
     (cd "$work" && timeout "$timeout_s" "${again[@]}" > "$work/krr-qemu-2.out" 2>&1 < /dev/null)
 fi
 if [ -n "$win" ]; then
-    end=$(( ${kcount:-$krr_count} + 1 ))
+    end=$(( ${kcount:-0} > ${krr_count:-0} ? ${kcount:-0} + 1 : ${krr_count:-0} + 1 ))
     [ "$end" -gt $((win + 1)) ] || end=$((win + 2))
-    timeout "$timeout_s" "$KRR_BIN" replay --krr "$work/$name" --vmlinux "$vmlinux" -q \
+    timeout "$timeout_s" "$KRR_BIN" replay --krr "$work/$name" --vmlinux "$vmlinux" -q ${KRR_ARGS:-} "${krr_ev[@]}" \
         --log-bound "start=$((win + 1)),end=$end" --log-format krr -D "$work/krr.log" > /dev/null 2>&1
 fi
-if [ -n "$kcount" ] && [ -n "$krr_count" ] && [ "$krr_count" -gt "$kcount" ]; then
-    timeout "$timeout_s" "$KRR_BIN" replay --krr "$work/$name" --vmlinux "$vmlinux" -q \
+if [ -n "$kcount" ] && [ -n "$krr_count" ] && [ "$krr_count" -gt "$kcount" ] && [ "$krip" != "${krr_rip:-}" ]; then
+    timeout "$timeout_s" "$KRR_BIN" replay --krr "$work/$name" --vmlinux "$vmlinux" -q ${KRR_ARGS:-} "${krr_ev[@]}" \
         --stop-at "$kcount" > /dev/null 2> "$work/krr-stop.err"
 fi
 
@@ -383,11 +401,21 @@ kf = {}
 for l in read('krr-qemu.out').splitlines():
     if l.startswith('KRR-FINAL '):
         kf.update((k, int(v, 16) if v.startswith('0x') else int(v)) for k, v in re.findall(r'([\w.]+)=(0x[0-9a-f]+|\d+)', l))
+GPRS = ('rax','rbx','rcx','rdx','rsi','rdi','rbp','rsp','r8','r9','r10','r11','r12','r13','r14','r15')
+# krr's registers after its last instruction (the line after its verdict).
+m = re.search(r'^verdict: replayed to the end.*\n(.*)$', read('krr.err'), re.M)
+kr = dict((k, int(v, 16)) for k, v in re.findall(r'(\w+)=(0x[0-9a-f]+)', m.group(1))) if m else {}
 if kf:
-    print("end of replay: KRR after count %d at RIP %#x; krr after count %s at RIP %s: %s"
-          % (kf['count'], kf['rip'], krr_count or '?', krr_rip or '?',
-             "SAME" if krr_count and int(krr_count) == kf['count'] and krr_rip and int(krr_rip, 16) == kf['rip'] else "DIFFERENT"))
-    ok &= bool(krr_count) and int(krr_count) == kf['count'] and bool(krr_rip) and int(krr_rip, 16) == kf['rip']
+    same_rip = bool(krr_rip) and int(krr_rip, 16) == kf['rip']
+    d = [k for k in GPRS + ('rflags',) if k in kr and kr[k] != kf[k]]
+    regs = ("registers not printed by krr" if not kr else "GPRs and RFLAGS DIFFER: " +
+            ', '.join('%s KRR %#x krr %#x' % (k, kf[k], kr[k]) for k in d) if d else "same GPRs and RFLAGS")
+    print("end of replay: KRR at RIP %#x after its count %d; krr at RIP %s after count %s: %s, %s%s"
+          % (kf['rip'], kf['count'], krr_rip or '?', krr_count or '?',
+             "same RIP" if same_rip else "DIFFERENT RIP", regs,
+             "" if not krr_count or int(krr_count) == kf['count'] else
+             " (KRR's count is %+d from krr's: it overwrites its count with the recorded one at port inputs, kernel_rr.c rr_do_replay_io_input)" % (kf['count'] - int(krr_count))))
+    ok &= same_rip and bool(kr) and not d
 else:
     print("end of replay: KRR's final registers were not read")
     ok = False
@@ -406,21 +434,31 @@ def records(text):
         if l.startswith('Regs: '):
             regs = dict((k.strip(), int(v, 16)) for k, v in re.findall(r'([\w.]+)=(0x[0-9a-f]+)', l))
         m = re.match(r'\[cpu (\d+)\](0x[0-9a-f]+), inst_cnt=(\d+)', l)
-        if m and regs is not None:
-            out.append((int(m.group(1)), int(m.group(2), 16), int(m.group(3)), regs)); regs = None
+        # One record per instruction: KRR logs each iteration of a REP string instruction
+        # (one TB each, same count), krr an instruction at a trap point twice; the first is
+        # the state before the instruction.
+        if m and regs is not None and not (out and out[-1][:3] == (int(m.group(1)), int(m.group(2), 16), int(m.group(3)))):
+            out.append((int(m.group(1)), int(m.group(2), 16), int(m.group(3)), regs))
+        if m: regs = None
     return out
 a, b = records(read('krr-qemu.log')), records(read('krr.log'))
+# Compared from the end (both end at the same instruction when they agree), without the
+# counts, which KRR's port-input resyncs shift; the count offsets are reported.
+n = min(len(a), len(b))
+a, b = a[len(a) - n:], b[len(b) - n:]
+offs = sorted(set(x[2] - y[2] for x, y in zip(a, b)))
 if a or b:
     first = None
     for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
+        if (x[0], x[1], x[3]) != (y[0], y[1], y[3]):
             ks = [k for k in sorted(set(x[3]) | set(y[3])) if x[3].get(k) != y[3].get(k)]
             first = ("record %d: KRR cpu %d RIP %#x count %d, krr cpu %d RIP %#x count %d; registers: %s"
                      % (i, x[0], x[1], x[2], y[0], y[1], y[2],
                         ', '.join('%s KRR %#x krr %#x' % (k, x[3].get(k, -1), y[3].get(k, -1)) for k in ks) or 'same'))
             break
-    print("instruction window (state before each): KRR %d records, krr %d: %s"
-          % (len(a), len(b), "same" if first is None and len(a) == len(b) else "first difference at " + first if first else "different lengths"))
+    print("instruction window (state before each, the last %d of both): %s%s"
+          % (n, "same" if first is None else "first difference at " + first,
+             "" if offs == [0] else "; KRR's count minus krr's: %s" % offs))
     ok &= first is None and len(a) == len(b) and len(a) > 0
 else:
     print("instruction window: neither replayer logged anything in it")

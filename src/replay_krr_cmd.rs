@@ -104,6 +104,7 @@ pub fn run(r: Request) -> Result<i32, String> {
                 "verdict: replayed to the end of the recording; final RIP {:#x}",
                 c.rip
             );
+            eprintln!("{}", krr::report::regs_line(c));
             Ok(0)
         }
         End::Diverged(div) => {

@@ -70,6 +70,7 @@
 #[path = "../fuzz_rng/mod.rs"]
 mod fuzz_rng;
 pub use fuzz_rng::Rng;
+pub mod from_qemu;
 pub mod machine;
 mod recorder;
 pub mod ring;
@@ -96,6 +97,10 @@ pub struct Scenario {
     pub ring_size: u64,
     /// The engine's tier policy (the recording must not depend on it).
     pub policy: krr_jit::TierPolicy,
+    /// User-mode #GPs (a user CLI) among the actions. Off, those actions are `work` system
+    /// calls: KRR's own replayer aborts at a user-mode #GP (krr-spec open question 5), so the
+    /// cross-check against it (`from_qemu`) records without them.
+    pub user_gp: bool,
 }
 
 impl Scenario {
@@ -109,6 +114,7 @@ impl Scenario {
             max_copy: 512,
             ring_size: 2 << 20,
             policy: krr_jit::TierPolicy::Interpret,
+            user_gp: true,
         }
     }
 

@@ -1,0 +1,178 @@
+//! Synthetic KRR recordings whose snapshot KRR's own replayer can load
+//! (`krr_synth::from_qemu`: the recorder's state rebuilt on a stream Debian's QEMU 7.2 wrote
+//! of the `pc-i440fx-7.0` machine KRR replays on). krr must replay the rebuilt snapshot to the
+//! recorded state as it replays the recorder's own, and QEMU 7.2 must load it (`-incoming`)
+//! with the recorded vCPU. The cross-check against KRR's QEMU itself is
+//! `bench/krr-crosscheck-synth.sh`, which makes its recordings with the ignored test here.
+
+mod krr_rec_writer;
+mod krr_synth;
+
+use krr::krr_rec::migration::Snapshot;
+use krr_synth::{build_recording, from_qemu, Scenario};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn dir(tag: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("krr-synth-qemu-{tag}"));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn qemu() -> PathBuf {
+    from_qemu::qemu72().expect("tests/guest/fetch-qemu.sh did not provide QEMU 7.2")
+}
+
+/// QEMU 7.2 loads `snap` (`-incoming`) on the template's machine and reports the vCPU's RIP.
+fn qemu_loads(qemu: &Path, snap: &Path, ring_size: u64) -> String {
+    let shm = snap.with_extension("ivshmem");
+    let mut child = Command::new("timeout")
+        .arg("60")
+        .arg(qemu)
+        .args([
+            "-M",
+            "pc-i440fx-7.0",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "Broadwell",
+            "-m",
+            "64M",
+        ])
+        .args(["-smp", "1", "-no-hpet", "-nodefaults", "-no-user-config"])
+        .args([
+            "-display", "none", "-serial", "none", "-S", "-monitor", "stdio",
+        ])
+        .arg("-object")
+        .arg(format!(
+            "memory-backend-file,id=shm,mem-path={},size={ring_size},share=on",
+            shm.display()
+        ))
+        .arg("-device")
+        .arg("ivshmem-plain,memdev=shm,master=on,addr=0x4")
+        .arg("-incoming")
+        .arg(format!("exec:cat {}", snap.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `-incoming` loads before the monitor answers its first command.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    writeln!(
+        child.stdin.as_mut().unwrap(),
+        "info migrate\ninfo registers\nquit"
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&shm);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The small recording's snapshot rebuilt on QEMU's machine: the same RAM and vCPU for krr's
+/// reader, loaded by QEMU 7.2 itself, and replayed by krr to the recorded state in both modes.
+#[test]
+fn qemu_machine_snapshot_replays_to_the_recorded_state() {
+    let sc = Scenario::small();
+    let r = build_recording(&sc, &dir("small-rec"));
+    let q = qemu();
+    let out = dir("small");
+    let snap = from_qemu::krr_loadable(&r, &q, sc.ring_size, &out);
+    let a = Snapshot::open(&r.snapshot).unwrap();
+    let b = Snapshot::open(&snap).unwrap();
+    assert_eq!(b.machine, "pc-i440fx-7.0");
+    assert_eq!(a.ram.pages, b.ram.pages, "RAM");
+    let (ca, cb) = (&a.vcpus[0].cpu, &b.vcpus[0].cpu);
+    assert_eq!((ca.regs, ca.rip, ca.rflags), (cb.regs, cb.rip, cb.rflags));
+    assert_eq!(
+        (ca.cr0, ca.cr3, ca.cr4, ca.efer),
+        (cb.cr0, cb.cr3, cb.cr4, cb.efer)
+    );
+    assert_eq!(
+        (ca.segs, ca.gdt, ca.idt, ca.tr),
+        (cb.segs, cb.gdt, cb.idt, cb.tr)
+    );
+    assert_eq!((ca.lstar, ca.star, ca.fmask), (cb.lstar, cb.star, cb.fmask));
+    // The APIC's fields (QEMU's own apic_sipi subsection follows them).
+    let (mut pa, mut pb) = (a.apic(0).unwrap().clone(), b.apic(0).unwrap().clone());
+    (pa.subsections, pb.subsections) = (vec![], vec![]);
+    assert_eq!(pa, pb, "APIC");
+    assert_eq!(
+        a.ivshmem.as_ref().unwrap().bar2(),
+        b.ivshmem.as_ref().unwrap().bar2()
+    );
+    assert!(
+        !b.ram_blocks.iter().any(|bl| bl.name.ends_with("/shm")),
+        "ivshmem's RAM block dropped: {:?}",
+        b.ram_blocks
+    );
+    let text = qemu_loads(&q, &snap, sc.ring_size);
+    assert!(
+        text.contains("Migration status: completed"),
+        "QEMU 7.2 did not load the rebuilt snapshot: {text}"
+    );
+    assert!(
+        text.contains(&format!("RIP={:016x}", r.start_rip)),
+        "QEMU 7.2's vCPU is not at the recorded RIP {:#x}: {text}",
+        r.start_rip
+    );
+    for singlestep in [false, true] {
+        let got = krr_synth::replay_files(&snap, &r.vmlinux, &r.final_state, singlestep);
+        assert_eq!(got.end, krr::krr_replay::driver::End::Finished);
+        assert_eq!(got.state, r.final_state, "singlestep {singlestep}");
+    }
+}
+
+/// Writes the cross-check's recordings (`bench/krr-crosscheck-synth.sh`): for each scenario
+/// named in KRR_SYNTH_SCENARIOS (default `small,large`: Scenario::small/large without user-mode
+/// #GPs, which KRR's replayer cannot replay; `small-gp` etc.: with them, as the test suite
+/// records) the directory KRR_SYNTH_OUT/NAME with
+/// `test1` (QEMU's machine), `kernel_rr.log`, `vmlinux` and `recorded.txt` (the recorder's
+/// final state), after checking that krr replays it to that state.
+#[test]
+#[ignore]
+fn write_krr_qemu_recordings() {
+    let Ok(out) = std::env::var("KRR_SYNTH_OUT") else {
+        eprintln!("KRR_SYNTH_OUT not set: nothing written");
+        return;
+    };
+    let names = std::env::var("KRR_SYNTH_SCENARIOS").unwrap_or("small,large".into());
+    let q = qemu();
+    for name in names.split(',') {
+        let (base, gp) = match name.strip_suffix("-gp") {
+            Some(b) => (b, true),
+            None => (name, false),
+        };
+        let sc = match base {
+            "small" => Scenario::small(),
+            "medium" => Scenario::medium(),
+            "large" => Scenario::large(),
+            _ => panic!("KRR_SYNTH_SCENARIOS: unknown scenario {name}"),
+        };
+        let sc = Scenario { user_gp: gp, ..sc };
+        let d = Path::new(&out).join(name);
+        let _ = std::fs::remove_dir_all(&d);
+        let r = build_recording(&sc, &d.join("recorder"));
+        let snap = from_qemu::krr_loadable(&r, &q, sc.ring_size, &d);
+        let got = krr_synth::replay_files(&snap, &r.vmlinux, &r.final_state, false);
+        assert_eq!(got.state, r.final_state, "{name}: krr's replay");
+        let f = &r.final_state;
+        let mut s = format!(
+            "scenario {name}: {} events, {} kernel instructions, {} rotations\n",
+            r.events, f.inst_cnt, r.rotations
+        );
+        s += &format!(
+            "recorded final state: inst_cnt {} rip {:#x} rflags {:#x} checksum {:#x} jiffies {}\n",
+            f.inst_cnt, f.rip, f.rflags, f.checksum, f.jiffies
+        );
+        s += &format!("gpr {:x?}\n", f.gpr);
+        std::fs::write(d.join("recorded.txt"), &s).unwrap();
+        std::fs::remove_dir_all(d.join("recorder")).unwrap();
+        eprint!("{}: {s}", d.display());
+    }
+}
