@@ -3,8 +3,10 @@
 # test suite's synthetic recordings (tests/krr_synth).
 #
 #   KRR_QEMU=/path/to/build/qemu-system-x86_64 bench/krr-crosscheck-synth.sh [-n RUNS]
-#       [--scenarios small,large] [--out DIR] [--krr-args "..."]
+#       [--scenarios small,large,large-ring16] [--out DIR] [--krr-args "..."]
 #
+# Scenarios: NAME[-gp][-interp][-ring16] (tests/krr_synth_qemu.rs): Scenario::NAME without user
+# #GPs (KRR's replayer aborts at one), -gp with them, -ring16 with a 16 MiB ring (no rotations).
 # 1. Makes the recordings: `cargo test --release --test krr_synth_qemu -- --ignored
 #    write_krr_qemu_recordings` with KRR_SYNTH_OUT=DIR (default target/krr-crosscheck-synth):
 #    per scenario DIR/NAME/{test1,kernel_rr.log,vmlinux,recorded.txt}, the recorder's state
@@ -19,14 +21,14 @@
 # Exit status 0 when every run of every scenario agrees.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-RUNS=3 scen=small,large out=target/krr-crosscheck-synth kargs=""
+RUNS=3 scen=small,large,large-ring16 out=target/krr-crosscheck-synth kargs=""
 while [ $# -gt 0 ]; do
     case "$1" in
     -n) RUNS=$2; shift 2 ;;
     --scenarios) scen=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --krr-args) kargs=$2; shift 2 ;;
-    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -65,15 +67,27 @@ for s in ${scen//,/ }; do
         own+=("$(sed -nE "s/.*its own 'Replay executed in ([0-9.]+) seconds.*/\1/p" "$d/xchk-$i.out")")
         t0=$(now)
         # shellcheck disable=SC2086
-        target/release/krr replay --krr "$d/test1" --vmlinux "$d/vmlinux" -q --singlestep $kargs \
+        ev=(); [ -f "$w/krr-events.log" ] && ev=(--krr-events "$w/krr-events.log")
+        target/release/krr replay --krr "$d/test1" --vmlinux "$d/vmlinux" -q --singlestep $kargs "${ev[@]}" \
             > /dev/null 2> "$d/singlestep-$i.err"
         t1=$(now)
         st+=("$(echo "$t1 - $t0" | bc)")
     done
     [ $i = 1 ] && sed -n '/^recording:/,$p' "$d/xchk-1.out" | grep -E '^(krr:|KRR:|event stats|end of replay|registers|instruction window|KRR final)' | sed 's/^/  /'
-    end() { sed -nE 's/.*\(KRR count ([0-9]+)\).*final RIP (0x[0-9a-f]+).*/count \1 RIP \2/p' "$1" | tail -1; }
+    end() {
+        grep -q '^verdict: replayed to the end' "$1" || return 0
+        echo "count $(sed -nE 's/.*\(KRR count ([0-9]+)\).*/\1/p' "$1" | tail -1)" \
+            "RIP $(sed -nE 's/.*final RIP (0x[0-9a-f]+).*/\1/p' "$1" | tail -1)" \
+            "$(grep -A1 '^verdict: replayed to the end' "$1" | tail -1)"
+    }
     de=$(end "$d/xchk-1/krr.err") se=$(end "$d/singlestep-1.err")
-    echo "  krr default ends at ${de:-?}; krr --singlestep at ${se:-?}: $([ -n "$de" ] && [ "$de" = "$se" ] && echo same || { all_ok=1; echo DIFFERENT; })"
+    if [ -n "$de" ] && [ "$de" = "$se" ]; then
+        echo "  krr default and --singlestep end alike: ${de%% rax=*} (same GPRs and RFLAGS)"
+    else
+        all_ok=1
+        echo "  krr default ends at: ${de:-?}"
+        echo "  krr --singlestep at: ${se:-?}: DIFFERENT"
+    fi
     echo "  recorder: $(sed -n 2p "$d/recorded.txt")"
     printf '  verdicts: %s\n' "$(printf '%s; ' "${verdicts[@]}")"
     K=$(printf '%s\n' "${kt[@]}" | median) D=$(printf '%s\n' "${dt[@]}" | median)

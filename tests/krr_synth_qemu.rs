@@ -130,8 +130,9 @@ fn qemu_machine_snapshot_replays_to_the_recorded_state() {
 
 /// Writes the cross-check's recordings (`bench/krr-crosscheck-synth.sh`): for each scenario
 /// named in KRR_SYNTH_SCENARIOS (default `small,large`: Scenario::small/large without user-mode
-/// #GPs, which KRR's replayer cannot replay; `small-gp` etc.: with them, as the test suite
-/// records) the directory KRR_SYNTH_OUT/NAME with
+/// #GPs, which KRR's replayer cannot replay; suffixes: `-gp` with them, as the test suite
+/// records; `-interp` recorded by the interpreter; `-ring16` with a 16 MiB ring) the directory
+/// KRR_SYNTH_OUT/NAME with
 /// `test1` (QEMU's machine), `kernel_rr.log`, `vmlinux` and `recorded.txt` (the recorder's
 /// final state), after checking that krr replays it to that state.
 #[test]
@@ -144,17 +145,24 @@ fn write_krr_qemu_recordings() {
     let names = std::env::var("KRR_SYNTH_SCENARIOS").unwrap_or("small,large".into());
     let q = qemu();
     for name in names.split(',') {
-        let (base, gp) = match name.strip_suffix("-gp") {
-            Some(b) => (b, true),
-            None => (name, false),
-        };
-        let sc = match base {
+        // NAME is a scenario with suffixes: `-gp` records with user #GPs, `-interp` with the
+        // interpreter only, `-ring16` with a 16 MiB ring (no rotations).
+        let mut parts = name.split('-');
+        let mut sc = match parts.next().unwrap() {
             "small" => Scenario::small(),
             "medium" => Scenario::medium(),
             "large" => Scenario::large(),
             _ => panic!("KRR_SYNTH_SCENARIOS: unknown scenario {name}"),
         };
-        let sc = Scenario { user_gp: gp, ..sc };
+        sc.user_gp = false;
+        for p in parts {
+            match p {
+                "gp" => sc.user_gp = true,
+                "interp" => sc.policy = krr_jit::TierPolicy::Interpret,
+                "ring16" => sc.ring_size = 16 << 20,
+                _ => panic!("KRR_SYNTH_SCENARIOS: unknown suffix -{p} in {name}"),
+            }
+        }
         let d = Path::new(&out).join(name);
         let _ = std::fs::remove_dir_all(&d);
         let r = build_recording(&sc, &d.join("recorder"));

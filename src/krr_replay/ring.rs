@@ -104,8 +104,14 @@ impl Ring {
         Ok(())
     }
 
-    /// Append an entry of `kind` with `payload` at `current_byte` (`append_to_queue`): rotate
-    /// first when it would not fit, as KRR's replayer does (KVM never rotated; krr-spec 3.5).
+    /// Append an entry of `kind` with `payload` at `current_byte`, as KVM (or QEMU) appended it
+    /// at record time. KVM never rotates the ring (krr-spec 1.2: it only warns): past the
+    /// guest's threshold (`current_byte + 4 + size >= total_size`) it still writes the entry
+    /// into the space after `total_size`, and the guest rotates at its next allocation
+    /// (hypercall 102, counted in the recording). KRR's replayer (`append_to_queue`,
+    /// kernel_rr.c:3637) rotates first at that threshold, so near a full ring the guest no
+    /// longer takes its rotation path and KRR's count leaves the recording's (krr-spec 6); krr
+    /// rotates only when the entry does not fit in the ring at all (header + total_size).
     pub fn append(
         &mut self,
         mem: &mut GuestMemory,
@@ -113,7 +119,8 @@ impl Ring {
         payload: &[u8],
     ) -> Result<(), String> {
         let total = self.u64_at(mem, TOTAL_SIZE)?;
-        if self.current_byte(mem)? + payload.len() as u64 + 4 >= total {
+        let header = self.u32_at(mem, HEADER_SIZE)? as u64;
+        if self.current_byte(mem)? + payload.len() as u64 + 4 > total + header {
             self.rotate(mem)?;
         }
         let at = self.current_byte(mem)? as usize;
@@ -153,11 +160,12 @@ mod tests {
     }
 
     #[test]
-    fn appends_advance_and_rotate_as_krr_does() {
+    fn appends_advance_and_rotate_only_when_full() {
         let gpa = 0xf_0000_0000;
         let mut mem = GuestMemory::with_windows(&[(gpa, 0x2000)]).unwrap();
         let mut r = Ring::new(gpa, 0x2000);
-        r.init(&mut mem, &header(200 + 4096)).unwrap();
+        // The ring ends at header (4096) + total_size (200).
+        r.init(&mut mem, &header(200)).unwrap();
         let rd = |mem: &GuestMemory, off: u64| mem.read_u64(gpa + off).unwrap();
         assert_eq!(
             (r.current_byte(&mem).unwrap(), r.current_pos(&mem).unwrap()),
@@ -171,16 +179,23 @@ mod tests {
         );
         assert_eq!(rd(&mem, 4096) as u32, 3);
         assert_eq!(rd(&mem, 4100), 0xaaaa_aaaa_aaaa_aaaa);
-        // 4096 + 36 + 4 + 192 >= 4296: rotate first.
+        // Past the guest's threshold but inside the ring: no rotation, as KVM at record.
+        r.apply(&mut mem, RingOp::Append(3, vec![0xbb; 32]))
+            .unwrap();
+        r.apply(&mut mem, RingOp::Append(3, vec![0xcc; 32]))
+            .unwrap();
+        assert_eq!(r.rotations, 0);
+        assert_eq!(r.current_byte(&mem).unwrap(), 4096 + 108);
+        // 4096 + 108 + 4 + 192 > 4096 + 200: it does not fit; rotate first.
         r.apply(&mut mem, RingOp::Append(0, vec![0x55; 192]))
             .unwrap();
         assert_eq!(r.rotations, 1);
         assert_eq!(r.current_pos(&mem).unwrap(), 1);
         assert_eq!(r.current_byte(&mem).unwrap(), 4096 + 196);
-        assert_eq!(rd(&mem, ROTATED_BYTES as u64), 36);
+        assert_eq!(rd(&mem, ROTATED_BYTES as u64), 108);
         r.apply(&mut mem, RingOp::InterruptSlot(1, vec![7; 192]))
             .unwrap();
         assert_eq!(rd(&mem, 56 + 192), 0x0707_0707_0707_0707);
-        assert_eq!(r.appended, 2);
+        assert_eq!(r.appended, 4);
     }
 }
