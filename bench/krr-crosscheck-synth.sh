@@ -14,10 +14,13 @@
 #    checked there to replay in krr to the recorded state.
 # 2. Compiles the synthetic kernel's trap points into KRR's QEMU (bench/krr-qemu-traps.sh;
 #    KRR_QEMU_SRC, default KRR_QEMU's ../.., must be KRR's source tree with that build/).
-# 3. Per scenario, RUNS times (default 3): bench/krr-crosscheck.sh (KRR's QEMU and `krr replay
-#    --krr`, timed; final count, RIP and registers and the last 64 instructions' states
-#    compared) and `krr replay --krr --singlestep`, timed the same way (one process, wall).
-#    Prints per scenario whether the replays agree, the medians and the ratios.
+# 3. Per scenario, RUNS times (default 3): bench/krr-crosscheck.sh (KRR's QEMU under gdb and
+#    `krr replay --krr`: final RIP, GPRs and RFLAGS and the last 64 instructions' states
+#    compared), then three timed processes (wall; CPU = user + system from GNU time): KRR's
+#    QEMU alone (the cross-check's command without gdb and instruction log; its start-up and
+#    snapshot load included), `krr replay --krr` and `krr replay --krr --singlestep`, krr on
+#    the events KRR's loader reads. Prints per scenario the comparison, whether krr's two
+#    modes end alike, the medians and the ratios.
 # Exit status 0 when every run of every scenario agrees.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,32 +51,52 @@ bench/krr-qemu-traps.sh "$out/$first" "$KRR_QEMU_SRC" > "$out/traps.log" 2>&1 ||
     { tail -20 "$out/traps.log"; exit 2; }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-now() { date +%s.%N; }
+# One timed process: prints "WALL CPU" (seconds; CPU = user + system of it and its children).
+timed() {
+    local t0 t1
+    t0=$(date +%s.%N)
+    /usr/bin/time -f "%U %S" -o "$tf" "$@" >> "$log" 2>&1
+    t1=$(date +%s.%N)
+    # (a process killed by a signal has "Command terminated by signal N" first)
+    tail -1 "$tf" | awk -v w="$(echo "$t1 - $t0" | bc)" '{printf "%.3f %.2f\n", w, $1 + $2}'
+}
+tf=$(mktemp)
 all_ok=0
 for s in ${scen//,/ }; do
     d=$out/$s
     echo "== $s: $(head -1 "$d/recorded.txt")"
-    kt=() dt=() st=() own=() verdicts=()
+    verdicts=() kw=() kc=() dw=() dc=() sw=() sc=()
     for i in $(seq "$RUNS"); do
         w=$d/xchk-$i
         rm -rf "$w"
-        # shellcheck disable=SC2086
         KRR_ARGS="$kargs" bash bench/krr-crosscheck.sh --work "$w" "$d/test1" > "$d/xchk-$i.out" 2>&1
         rc=$?
         [ $rc = 0 ] || all_ok=1
-        verdicts+=("$(grep -m1 '^verdict' "$d/xchk-$i.out" || echo "exit $rc")")
-        kt+=("$(sed -nE 's/^wall time: KRR ([0-9.]+)s, krr ([0-9.]+)s.*/\1/p' "$d/xchk-$i.out")")
-        dt+=("$(sed -nE 's/^wall time: KRR ([0-9.]+)s, krr ([0-9.]+)s.*/\2/p' "$d/xchk-$i.out")")
-        own+=("$(sed -nE "s/.*its own 'Replay executed in ([0-9.]+) seconds.*/\1/p" "$d/xchk-$i.out")")
-        t0=$(now)
-        # shellcheck disable=SC2086
+        verdicts+=("$(sed -nE 's/^verdict: ([A-Z]+).*/\1/p' "$d/xchk-$i.out" | tail -1)")
+        # The timed runs: KRR's QEMU alone (no gdb, no instruction log), krr default and
+        # --singlestep, each on the events KRR's loader reads.
+        kcmd=$(sed -nE 's/^KRR: \(cd [^ ]+ && (.*)\)$/\1/p' "$d/xchk-$i.out" | sed -E 's/ -D [^ ]+ -replay-log-bound [^ ]+//')
         ev=(); [ -f "$w/krr-events.log" ] && ev=(--krr-events "$w/krr-events.log")
+        log=$d/timed-krr-qemu-$i.log
+        : > "$log"
+        rm -f "$w/ivshmem"
+        # shellcheck disable=SC2086
+        read -r a b < <(cd "$w" && timed $kcmd)
+        kw+=("$a") kc+=("$b")
+        grep -q '^Replay finished' "$log" ||
+            echo "  run $i: KRR's timed replay did not finish (its time is to where it stopped)"
+        log=$d/timed-krr-$i.log
+        : > "$log"
+        # shellcheck disable=SC2086
+        read -r a b < <(timed target/release/krr replay --krr "$d/test1" --vmlinux "$d/vmlinux" -q $kargs "${ev[@]}")
+        dw+=("$a") dc+=("$b")
+        # shellcheck disable=SC2086
+        read -r a b < <(timed target/release/krr replay --krr "$d/test1" --vmlinux "$d/vmlinux" -q --singlestep $kargs "${ev[@]}")
+        sw+=("$a") sc+=("$b")
         target/release/krr replay --krr "$d/test1" --vmlinux "$d/vmlinux" -q --singlestep $kargs "${ev[@]}" \
             > /dev/null 2> "$d/singlestep-$i.err"
-        t1=$(now)
-        st+=("$(echo "$t1 - $t0" | bc)")
     done
-    [ $i = 1 ] && sed -n '/^recording:/,$p' "$d/xchk-1.out" | grep -E '^(krr:|KRR:|event stats|end of replay|registers|instruction window|KRR final)' | sed 's/^/  /'
+    grep -E '^(krr:|KRR: exit|  note|event stats|end of replay|registers|instruction window)' "$d/xchk-1.out" | sed 's/^/  /'
     end() {
         grep -q '^verdict: replayed to the end' "$1" || return 0
         echo "count $(sed -nE 's/.*\(KRR count ([0-9]+)\).*/\1/p' "$1" | tail -1)" \
@@ -82,17 +105,19 @@ for s in ${scen//,/ }; do
     }
     de=$(end "$d/xchk-1/krr.err") se=$(end "$d/singlestep-1.err")
     if [ -n "$de" ] && [ "$de" = "$se" ]; then
-        echo "  krr default and --singlestep end alike: ${de%% rax=*} (same GPRs and RFLAGS)"
+        echo "  krr default and --singlestep end alike: ${de%% rax=*}, same GPRs and RFLAGS"
     else
         all_ok=1
         echo "  krr default ends at: ${de:-?}"
         echo "  krr --singlestep at: ${se:-?}: DIFFERENT"
     fi
-    echo "  recorder: $(sed -n 2p "$d/recorded.txt")"
-    printf '  verdicts: %s\n' "$(printf '%s; ' "${verdicts[@]}")"
-    K=$(printf '%s\n' "${kt[@]}" | median) D=$(printf '%s\n' "${dt[@]}" | median)
-    S=$(printf '%s\n' "${st[@]}" | median) O=$(printf '%s\n' "${own[@]}" | median)
-    echo "  wall, median of $RUNS: KRR ${K}s (its own CPU-time figure ${O}s), krr ${D}s, krr --singlestep ${S}s"
-    echo "  KRR/krr = $(echo "scale=2; $K / $D" | bc), KRR/krr-singlestep = $(echo "scale=2; $K / $S" | bc), singlestep/default = $(echo "scale=2; $S / $D" | bc)"
+    echo "  $(sed -n 2p "$d/recorded.txt") (krr reached it, checked when the recording was written)"
+    echo "  cross-check verdicts: ${verdicts[*]}"
+    m() { printf '%s\n' "$@" | median; }
+    K=$(m "${kw[@]}") KC=$(m "${kc[@]}") D=$(m "${dw[@]}") DC=$(m "${dc[@]}") S=$(m "${sw[@]}") SC=$(m "${sc[@]}")
+    echo "  median of $RUNS, wall (CPU) seconds: KRR $K ($KC), krr $D ($DC), krr --singlestep $S ($SC)"
+    r() { if [ "$(echo "$2 > 0" | bc)" = 1 ]; then echo "scale=1; $1 / $2" | bc; else echo "-"; fi; }
+    echo "  KRR/krr: wall $(r "$K" "$D"), CPU $(r "$KC" "$DC"); KRR/krr --singlestep: wall $(r "$K" "$S"), CPU $(r "$KC" "$SC"); krr singlestep/default: wall $(r "$S" "$D")"
 done
+rm -f "$tf"
 exit $all_ok
