@@ -24,11 +24,14 @@ fn qemu() -> PathBuf {
     from_qemu::qemu72().expect("tests/guest/fetch-qemu.sh did not provide QEMU 7.2")
 }
 
-/// QEMU 7.2 loads `snap` (`-incoming`) on the template's machine and reports the vCPU's RIP.
+/// QEMU 7.2 loads `snap` (`-incoming`) on the template's machine and reports the vCPU's RIP
+/// (its monitor asked until the migration completed or failed, at most a minute).
 fn qemu_loads(qemu: &Path, snap: &Path, ring_size: u64) -> String {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
     let shm = snap.with_extension("ivshmem");
     let mut child = Command::new("timeout")
-        .arg("60")
+        .arg("90")
         .arg(qemu)
         .args([
             "-M",
@@ -58,20 +61,46 @@ fn qemu_loads(qemu: &Path, snap: &Path, ring_size: u64) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // `-incoming` loads before the monitor answers its first command.
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    writeln!(
-        child.stdin.as_mut().unwrap(),
-        "info migrate\ninfo registers\nquit"
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let mut readers = Vec::new();
+    for pipe in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let out = out.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut pipe = pipe;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        }));
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    let text =
+        |out: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&out.lock().unwrap()).into_owned();
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(60) {
+        if writeln!(stdin, "info migrate").is_err() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let s = text(&out);
+        if s.contains("Migration status: completed") || s.contains("Migration status: failed") {
+            break;
+        }
+    }
+    let _ = writeln!(stdin, "info registers\nquit");
+    drop(stdin);
+    let _ = child.wait();
+    for r in readers {
+        let _ = r.join();
+    }
     let _ = std::fs::remove_file(&shm);
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    text(&out)
 }
 
 /// The small recording's snapshot rebuilt on QEMU's machine: the same RAM and vCPU for krr's
