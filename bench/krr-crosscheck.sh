@@ -108,7 +108,9 @@
 # - its host-side ring appends rotate the ring first at the guest's threshold
 #   (append_to_queue, kernel_rr.c:3672), where KVM at record never rotated: near a full ring
 #   the guest then skips its recorded rotation (hypercall 102) and KRR's count leaves the
-#   recording (an interrupt is missed, then a debug stop);
+#   recording (an interrupt is missed, then a debug stop); with that condition changed to
+#   `current_byte + size + 4 > total_size + header_size` KRR replays such a recording and
+#   agrees with krr;
 # - with QEMU's PIT ticking (its IRQ masked at the 8259; each tick kicks the vCPU thread,
 #   cpu_exit), a CFU/GFU trap point is now and then handled twice: the second time the head
 #   is the next event (debug stop), at a different event in every run. Likely cause: the trap
