@@ -36,6 +36,7 @@ pub fn run(r: Request) -> Result<i32, String> {
             end: *end,
             format: *format,
             out,
+            last: None,
         });
     }
     l.driver.stop_at = r.stop_at;
