@@ -19,6 +19,8 @@
 #   --no-strip         give KRR the snapshot as it is, even if it holds ivshmem's RAM (see below)
 #   --all-events       give krr every event of kernel_rr.log (default: the ones KRR's loader
 #                      reads, the final header's count - 1, so both end at the same event)
+#   --full             also compare every instruction of the replay (both log all of them,
+#                      untimed; about 480 bytes per instruction each: small recordings only)
 #   --timeout SECS     per replayer run (default 3600)
 #   --work DIR         where KRR runs (its working directory) and the logs go (default mktemp)
 # Environment: KRR_QEMU (required), KRR_BIN (default target/release/krr of this checkout; must have
@@ -120,7 +122,7 @@
 
 set -u
 KRR_BIN=${KRR_BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release/krr}
-vmlinux="" tail_n=64 cpu=Broadwell qemu_args="" strip=1 timeout_s=3600 work="" rec="" all_events=0
+vmlinux="" tail_n=64 cpu=Broadwell qemu_args="" strip=1 timeout_s=3600 work="" rec="" all_events=0 full=0
 
 die() { echo "krr-crosscheck: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -131,9 +133,10 @@ while [ $# -gt 0 ]; do
     --qemu-args) qemu_args=$2; shift 2 ;;
     --no-strip) strip=0; shift ;;
     --all-events) all_events=1; shift ;;
+    --full) full=1; shift ;;
     --timeout) timeout_s=$2; shift 2 ;;
     --work) work=$2; shift 2 ;;
-    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,28p' "$0"; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) [ -z "$rec" ] || die "one recording only"; rec=$1; shift ;;
     esac
@@ -502,6 +505,70 @@ if kf:
 sys.exit(0 if ok else 1)
 EOF
 agree=$?
+
+# 4. --full: every instruction, KRR (its log from count 2: -replay-log-bound start=1) against
+#    krr (from count 2 to its end), one record per instruction, aligned by RIP with a short
+#    resynchronisation where one log has a record the other has not; the state differences are
+#    counted by kind.
+if [ $full = 1 ] && [ -n "${krr_count:-}" ]; then
+    rm -f "$work/ivshmem" "$work/full-krr-qemu.log"
+    full_cmd=()
+    for a in "${qemu[@]}"; do
+        case "$a" in -D | -replay-log-bound) skip=1; continue ;; esac
+        [ "${skip:-0}" = 1 ] && { skip=0; continue; }
+        full_cmd+=("$a")
+    done
+    (cd "$work" && timeout "$timeout_s" "${full_cmd[@]}" -D "$work/full-krr-qemu.log" -replay-log-bound start=1 \
+        > "$work/krr-qemu-full.out" 2>&1 < /dev/null)
+    timeout "$timeout_s" "$KRR_BIN" replay --krr "$work/$name" --vmlinux "$vmlinux" -q ${KRR_ARGS:-} "${krr_ev[@]}" \
+        --log-bound "start=2,end=$((krr_count + 1))" --log-format krr -D "$work/full-krr.log" > /dev/null 2>&1
+    python3 - "$work/full-krr-qemu.log" "$work/full-krr.log" <<'EOF'
+import collections, re, sys
+def records(fn):
+    out, regs = [], None
+    for l in open(fn, errors='replace'):
+        if l.startswith('Regs: '):
+            regs = dict(re.findall(r'([\w.]+)=(0x[0-9a-f]+)', l))
+        m = re.match(r'\[cpu (\d+)\](0x[0-9a-f]+), inst_cnt=(\d+)', l)
+        if m and regs is not None:
+            rip, c = int(m.group(2), 16), int(m.group(3))
+            if c >= 2 and not (out and out[-1][:2] == (rip, c)):
+                out.append((rip, c, regs))
+        if m: regs = None
+    return out
+a, b = records(sys.argv[1]), records(sys.argv[2])
+i = j = 0
+kinds, first, extra = collections.Counter(), {}, collections.Counter()
+while i < len(a) and j < len(b):
+    x, y = a[i], b[j]
+    if x[0] != y[0]:
+        found = next(((di, dj) for di in range(6) for dj in range(6) if (di or dj)
+                      and i + di + 1 < len(a) and j + dj + 1 < len(b)
+                      and a[i + di][0] == b[j + dj][0] and a[i + di + 1][0] == b[j + dj + 1][0]), None)
+        if not found:
+            print("full comparison: lost the alignment at KRR record %d (RIP %#x, count %d), krr record %d (RIP %#x, count %d)" % (i, x[0], x[1], j, y[0], y[1]))
+            break
+        key = ("KRR only: " + ' '.join('%#x' % r[0] for r in a[i:i + found[0]]) if found[0] else '') + \
+              ("krr only: " + ' '.join('%#x' % r[0] for r in b[j:j + found[1]]) if found[1] else '')
+        extra[key] += 1
+        i += found[0]; j += found[1]
+        continue
+    d = tuple(sorted(k for k in set(x[2]) | set(y[2]) if x[2].get(k) != y[2].get(k)))
+    if d:
+        kinds[d] += 1
+        first.setdefault(d, (i, x[0], x[1], {k: (x[2].get(k), y[2].get(k)) for k in d}))
+    i += 1; j += 1
+print("full comparison: %d KRR records, %d krr records, compared to %d / %d" % (len(a), len(b), i, j))
+for k, v in extra.most_common(8):
+    print("  %d times a record in one log only: %s" % (v, k))
+if not kinds:
+    print("  every compared record has the same registers")
+for d, v in kinds.most_common(8):
+    f = first[d]
+    print("  %d records differ in %s; first at KRR record %d, RIP %#x, KRR count %d: %s"
+          % (v, ','.join(d), f[0], f[1], f[2], ', '.join('%s KRR %s krr %s' % (k, p, q) for k, (p, q) in f[3].items())))
+EOF
+fi
 if [ $agree = 0 ] && [ "$krr_rc" = 0 ] && [ "$krrq_rc" = 0 ] && grep -q '^Replay finished' "$work/krr-qemu.out"; then
     echo "verdict: AGREE (outputs and logs in $work)"
     exit 0
