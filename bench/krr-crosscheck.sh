@@ -136,7 +136,7 @@ while [ $# -gt 0 ]; do
     --full) full=1; shift ;;
     --timeout) timeout_s=$2; shift 2 ;;
     --work) work=$2; shift 2 ;;
-    -h | --help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) [ -z "$rec" ] || die "one recording only"; rec=$1; shift ;;
     esac
