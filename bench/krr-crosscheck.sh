@@ -17,10 +17,15 @@
 #                      disk: "-hda disk.img"); the script adds -machine/-m/-smp/-no-hpet and the
 #                      ivshmem device itself
 #   --no-strip         give KRR the snapshot as it is, even if it holds ivshmem's RAM (see below)
+#   --all-events       give krr every event of kernel_rr.log (default: the ones KRR's loader
+#                      reads, the final header's count - 1, so both end at the same event)
+#   --full             also compare every instruction of the replay (both log all of them,
+#                      untimed; about 480 bytes per instruction each: small recordings only)
 #   --timeout SECS     per replayer run (default 3600)
 #   --work DIR         where KRR runs (its working directory) and the logs go (default mktemp)
 # Environment: KRR_QEMU (required), KRR_BIN (default target/release/krr of this checkout; must have
-# `krr replay --krr`).
+# `krr replay --krr`), KRR_ARGS (more options for every `krr replay --krr` run, e.g.
+# "--profile host").
 # Exit status: 0 both replayed to the end and agree; 1 they disagree (or one failed to replay);
 # 3 KRR's QEMU cannot load the recording (the reason is printed); 2 usage / missing files.
 #
@@ -88,10 +93,36 @@
 #   and fails unless every symbol/line it knows resolves (see the macro table in the script).
 #   KRR's QEMU must be rebuilt per kernel build; this script cannot check which vmlinux a
 #   KRR_QEMU was built for (a stale header makes KRR trap at the wrong addresses).
+#   bench/krr-qemu-traps.sh DIR does it for any vmlinux krr resolves (no gdb script, no Linux
+#   source lines) and stamps the header with the vmlinux's hash.
+# What KRR's replayer does that this comparison allows for or reports (seen on the synthetic
+# recordings, bench/krr-crosscheck-synth.sh):
+# - its loader reads the final header's current_pos - 1 events (krr gets those, see above);
+# - its count runs one behind after a port input: rr_do_replay_io_input (kernel_rr.c) sets
+#   the count, which already includes the IN, to the recorded one taken before the IN, when
+#   they are within 2; so counts are reported, not required equal;
+# - a debug stop (a mismatch, "cause_debug") without a gdb attached crashes in the gdb stub
+#   (gdb_get_cpu_pid, gdbstub.c:735, from cpu_handle_guest_debug, softmmu/cpus.c:321); the
+#   script then reads KRR's count, RIP and head event where it stopped;
+# - a user-mode #GP aborts the replay: rr_do_replay_exception pops it at injection
+#   (kernel_rr.c:2758), then the GP_EXEC trap finds no EXCEPTION at the head and aborts
+#   (kernel_rr.c:2797);
+# - its host-side ring appends rotate the ring first at the guest's threshold
+#   (append_to_queue, kernel_rr.c:3672), where KVM at record never rotated: near a full ring
+#   the guest then skips its recorded rotation (hypercall 102) and KRR's count leaves the
+#   recording (an interrupt is missed, then a debug stop); with that condition changed to
+#   `current_byte + size + 4 > total_size + header_size` KRR replays such a recording and
+#   agrees with krr;
+# - with QEMU's PIT ticking (its IRQ masked at the 8259; each tick kicks the vCPU thread,
+#   cpu_exit), a CFU/GFU trap point is now and then handled twice: the second time the head
+#   is the next event (debug stop), at a different event in every run. Likely cause: the trap
+#   is dispatched before its TB runs (accel/tcg/cpu-exec.c:1198-1255), and a kick makes the
+#   TB exit at its start, so it is looked up and dispatched again. With the PIT stopped (the
+#   synthetic snapshots) the replays are repeatable.
 
 set -u
 KRR_BIN=${KRR_BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release/krr}
-vmlinux="" tail_n=64 cpu=Broadwell qemu_args="" strip=1 timeout_s=3600 work="" rec=""
+vmlinux="" tail_n=64 cpu=Broadwell qemu_args="" strip=1 timeout_s=3600 work="" rec="" all_events=0 full=0
 
 die() { echo "krr-crosscheck: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -101,9 +132,11 @@ while [ $# -gt 0 ]; do
     --cpu) cpu=$2; shift 2 ;;
     --qemu-args) qemu_args=$2; shift 2 ;;
     --no-strip) strip=0; shift ;;
+    --all-events) all_events=1; shift ;;
+    --full) full=1; shift ;;
     --timeout) timeout_s=$2; shift 2 ;;
     --work) work=$2; shift 2 ;;
-    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) [ -z "$rec" ] || die "one recording only"; rec=$1; shift ;;
     esac
@@ -167,6 +200,18 @@ cannot_load() {
 [ -n "$iv_id" ] || cannot_load "the snapshot has no ivshmem-plain device; KRR's replay copies the ring header into its BAR2 (kernel_rr.c:2529) and krr refuses such a recording too"
 [ -n "$ring" ] || ring=$((4096 << 20))
 slot=$(sed -E 's/^[0-9a-f]+:[0-9a-f]+:([0-9a-f]+)\.([0-7])$/0x\1.\2/' <<< "$iv_id")
+
+# KRR's loader reads one event fewer than the log's final header counts (krr-spec open
+# question 12, kernel_rr.c rr_load_events); krr replays every event in the file. Unless
+# --all-events, krr gets the events KRR reads (the log cut after them), so both end alike.
+krr_ev=()
+loaded=$(sed -nE "s/^KRR's loader: reads ([0-9]+) of the ([0-9]+) events, ending at byte ([0-9]+)$/\1 \2 \3/p" "$work/info.txt")
+if [ -n "$loaded" ] && [ $all_events = 0 ]; then
+    read -r n_ev m_ev at_byte <<< "$loaded"
+    head -c "$at_byte" "$dir/kernel_rr.log" > "$work/krr-events.log"
+    krr_ev=(--krr-events "$work/krr-events.log")
+    echo "  note: KRR's loader reads $n_ev of the log's $m_ev events; krr replays the same $n_ev (--all-events: all)"
+fi
 
 # The working directory KRR replays in: links to the recording's files, the snapshot as NAME.
 for f in "$dir"/kernel_rr*.log "$dir"/checkpoint-*; do
@@ -248,7 +293,7 @@ done
 now() { date +%s.%N; }
 # 1. krr, timed: its final KRR count places the instruction window both replayers log.
 t0=$(now)
-timeout "$timeout_s" "$KRR_BIN" replay --krr "$work/$name" --vmlinux "$vmlinux" -q \
+timeout "$timeout_s" "$KRR_BIN" replay --krr "$work/$name" --vmlinux "$vmlinux" -q ${KRR_ARGS:-} "${krr_ev[@]}" \
     > "$work/krr.out" 2> "$work/krr.err"
 krr_rc=$?
 t1=$(now)
@@ -285,6 +330,7 @@ break exit
 run
 if $_siginfo.si_signo != 5
   printf "KRR-CRASH signal %d\n", $_siginfo.si_signo
+  printf "KRR-STOPPED count=%lu rip=0x%lx head_type=%d head_count=%lu head_rip=0x%lx replayed=%d\n", cpus.tqh_first->rr_executed_inst, ((X86CPU *)cpus.tqh_first)->env.eip, rr_event_log_head->type, rr_event_log_head->inst_cnt, rr_event_log_head->rip, replayed_event_num
   bt 12
   kill
   quit 1
@@ -329,13 +375,15 @@ fi
 ratio=$(echo "scale=1; $krrq_wall / $krr_wall" | bc 2>/dev/null)
 echo "wall time: KRR ${krrq_wall}s, krr ${krr_wall}s: KRR/krr = ${ratio}"
 kcount=$(sed -nE 's/^KRR-FINAL count=([0-9]+) rip=(0x[0-9a-f]+).*/\1/p' "$work/krr-qemu.out" | tail -1)
+krip=$(sed -nE 's/^KRR-FINAL count=([0-9]+) rip=(0x[0-9a-f]+).*/\2/p' "$work/krr-qemu.out" | tail -1)
 
-# 3. When the replays end at different counts, KRR once more (untimed) with its window at its
-#    own end; then krr over the same window in KRR's log format, and its registers after KRR's
-#    last instruction when krr runs past it.
-if [ -n "$kcount" ] && [ "$kcount" != "${krr_count:-}" ]; then
+# 3. When the replays end at different places (RIP), KRR once more (untimed) with its window at
+#    its own end; then krr over the same window in KRR's log format, and its registers after
+#    KRR's last instruction when krr runs past it. (The same RIP at counts a little apart is
+#    KRR's count running behind: it sets its count to the recorded one at port inputs.)
+if [ -n "$kcount" ] && [ "$krip" != "${krr_rip:-}" ]; then
     win=$((kcount > tail_n ? kcount - tail_n : 1))
-    echo "  the replays end at different counts: KRR again with its instruction log from count $win"
+    echo "  the replays end at different places: KRR again with its instruction log from count $win"
     again=()
     for a in "${qemu[@]}"; do
         case "$a" in -D | -replay-log-bound) skip=1; continue ;; esac
@@ -347,13 +395,13 @@ if [ -n "$kcount" ] && [ "$kcount" != "${krr_count:-}" ]; then
     (cd "$work" && timeout "$timeout_s" "${again[@]}" > "$work/krr-qemu-2.out" 2>&1 < /dev/null)
 fi
 if [ -n "$win" ]; then
-    end=$(( ${kcount:-$krr_count} + 1 ))
+    end=$(( ${kcount:-0} > ${krr_count:-0} ? ${kcount:-0} + 1 : ${krr_count:-0} + 1 ))
     [ "$end" -gt $((win + 1)) ] || end=$((win + 2))
-    timeout "$timeout_s" "$KRR_BIN" replay --krr "$work/$name" --vmlinux "$vmlinux" -q \
+    timeout "$timeout_s" "$KRR_BIN" replay --krr "$work/$name" --vmlinux "$vmlinux" -q ${KRR_ARGS:-} "${krr_ev[@]}" \
         --log-bound "start=$((win + 1)),end=$end" --log-format krr -D "$work/krr.log" > /dev/null 2>&1
 fi
-if [ -n "$kcount" ] && [ -n "$krr_count" ] && [ "$krr_count" -gt "$kcount" ]; then
-    timeout "$timeout_s" "$KRR_BIN" replay --krr "$work/$name" --vmlinux "$vmlinux" -q \
+if [ -n "$kcount" ] && [ -n "$krr_count" ] && [ "$krr_count" -gt "$kcount" ] && [ "$krip" != "${krr_rip:-}" ]; then
+    timeout "$timeout_s" "$KRR_BIN" replay --krr "$work/$name" --vmlinux "$vmlinux" -q ${KRR_ARGS:-} "${krr_ev[@]}" \
         --stop-at "$kcount" > /dev/null 2> "$work/krr-stop.err"
 fi
 
@@ -374,22 +422,40 @@ def stats(text):
         if m and m.group(1) not in ('Time(s)', 'DMA Buf Size'): d[m.group(1)] = m.group(2)
     return d
 sk, sr = stats(read('krr-qemu.out')), stats(read('krr.out'))
+if 'Replay finished' not in read('krr-qemu.out'):
+    sk = {}  # what KRR printed is its loader's block, not the replay's
 diff = [k for k in sorted(set(sk) & set(sr)) if sk[k] != sr[k]]
 print("event stats: " + ("same (%s)" % ', '.join('%s %s' % (k, v) for k, v in sk.items() if v != '0')
-                          if sk and not diff else "DIFFER: " + ', '.join('%s KRR %s krr %s' % (k, sk.get(k), sr.get(k)) for k in diff) if diff else "KRR printed none"))
+                          if sk and not diff else "DIFFER: " + ', '.join('%s KRR %s krr %s' % (k, sk.get(k), sr.get(k)) for k in diff) if diff else "KRR printed none at the end of a replay"))
 ok &= bool(sk) and not diff
 # Where each replay ended.
 kf = {}
 for l in read('krr-qemu.out').splitlines():
     if l.startswith('KRR-FINAL '):
         kf.update((k, int(v, 16) if v.startswith('0x') else int(v)) for k, v in re.findall(r'([\w.]+)=(0x[0-9a-f]+|\d+)', l))
+GPRS = ('rax','rbx','rcx','rdx','rsi','rdi','rbp','rsp','r8','r9','r10','r11','r12','r13','r14','r15')
+# krr's registers after its last instruction (the line after its verdict).
+m = re.search(r'^verdict: replayed to the end.*\n(.*)$', read('krr.err'), re.M)
+kr = dict((k, int(v, 16)) for k, v in re.findall(r'(\w+)=(0x[0-9a-f]+)', m.group(1))) if m else {}
 if kf:
-    print("end of replay: KRR after count %d at RIP %#x; krr after count %s at RIP %s: %s"
-          % (kf['count'], kf['rip'], krr_count or '?', krr_rip or '?',
-             "SAME" if krr_count and int(krr_count) == kf['count'] and krr_rip and int(krr_rip, 16) == kf['rip'] else "DIFFERENT"))
-    ok &= bool(krr_count) and int(krr_count) == kf['count'] and bool(krr_rip) and int(krr_rip, 16) == kf['rip']
+    same_rip = bool(krr_rip) and int(krr_rip, 16) == kf['rip']
+    d = [k for k in GPRS + ('rflags',) if k in kr and kr[k] != kf[k]]
+    regs = ("registers not printed by krr" if not kr else "GPRs and RFLAGS DIFFER: " +
+            ', '.join('%s KRR %#x krr %#x' % (k, kf[k], kr[k]) for k in d) if d else "same GPRs and RFLAGS")
+    print("end of replay: KRR at RIP %#x after its count %d; krr at RIP %s after count %s: %s, %s%s"
+          % (kf['rip'], kf['count'], krr_rip or '?', krr_count or '?',
+             "same RIP" if same_rip else "DIFFERENT RIP", regs,
+             "" if not krr_count or int(krr_count) == kf['count'] else
+             " (KRR's count is %+d from krr's: it overwrites its count with the recorded one at port inputs, kernel_rr.c rr_do_replay_io_input)" % (kf['count'] - int(krr_count))))
+    ok &= same_rip and bool(kr) and not d
 else:
-    print("end of replay: KRR's final registers were not read")
+    m = re.search(r'^KRR-STOPPED count=(\d+) rip=(0x[0-9a-f]+) head_type=(-?\d+) head_count=(\d+) head_rip=(0x[0-9a-f]+) replayed=(\d+)', read('krr-qemu.out'), re.M)
+    if m:
+        print("end of replay: KRR stopped (debug stop or crash) at its count %s, RIP %s, after %s events, its next event of type %s recorded at count %s, RIP %s; krr: %s"
+              % (m.group(1), m.group(2), m.group(6), m.group(3), m.group(4), m.group(5),
+                 "replayed to the end (RIP %s, count %s)" % (krr_rip, krr_count) if kr else "see krr.err"))
+    else:
+        print("end of replay: KRR's final registers were not read")
     ok = False
 # krr's registers at KRR's last count, when krr went on past it.
 st = read('krr-stop.err')
@@ -406,21 +472,31 @@ def records(text):
         if l.startswith('Regs: '):
             regs = dict((k.strip(), int(v, 16)) for k, v in re.findall(r'([\w.]+)=(0x[0-9a-f]+)', l))
         m = re.match(r'\[cpu (\d+)\](0x[0-9a-f]+), inst_cnt=(\d+)', l)
-        if m and regs is not None:
-            out.append((int(m.group(1)), int(m.group(2), 16), int(m.group(3)), regs)); regs = None
+        # One record per instruction: KRR logs each iteration of a REP string instruction
+        # (one TB each, same count), krr an instruction at a trap point twice; the first is
+        # the state before the instruction.
+        if m and regs is not None and not (out and out[-1][:3] == (int(m.group(1)), int(m.group(2), 16), int(m.group(3)))):
+            out.append((int(m.group(1)), int(m.group(2), 16), int(m.group(3)), regs))
+        if m: regs = None
     return out
 a, b = records(read('krr-qemu.log')), records(read('krr.log'))
+# Compared from the end (both end at the same instruction when they agree), without the
+# counts, which KRR's port-input resyncs shift; the count offsets are reported.
+n = min(len(a), len(b))
+a, b = a[len(a) - n:], b[len(b) - n:]
+offs = sorted(set(x[2] - y[2] for x, y in zip(a, b)))
 if a or b:
     first = None
     for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
+        if (x[0], x[1], x[3]) != (y[0], y[1], y[3]):
             ks = [k for k in sorted(set(x[3]) | set(y[3])) if x[3].get(k) != y[3].get(k)]
             first = ("record %d: KRR cpu %d RIP %#x count %d, krr cpu %d RIP %#x count %d; registers: %s"
                      % (i, x[0], x[1], x[2], y[0], y[1], y[2],
                         ', '.join('%s KRR %#x krr %#x' % (k, x[3].get(k, -1), y[3].get(k, -1)) for k in ks) or 'same'))
             break
-    print("instruction window (state before each): KRR %d records, krr %d: %s"
-          % (len(a), len(b), "same" if first is None and len(a) == len(b) else "first difference at " + first if first else "different lengths"))
+    print("instruction window (state before each, the last %d of both): %s%s"
+          % (n, "same" if first is None else "first difference at " + first,
+             "" if offs == [0] else "; KRR's count minus krr's: %s" % offs))
     ok &= first is None and len(a) == len(b) and len(a) > 0
 else:
     print("instruction window: neither replayer logged anything in it")
@@ -429,6 +505,70 @@ if kf:
 sys.exit(0 if ok else 1)
 EOF
 agree=$?
+
+# 4. --full: every instruction, KRR (its log from count 2: -replay-log-bound start=1) against
+#    krr (from count 2 to its end), one record per instruction, aligned by RIP with a short
+#    resynchronisation where one log has a record the other has not; the state differences are
+#    counted by kind.
+if [ $full = 1 ] && [ -n "${krr_count:-}" ]; then
+    rm -f "$work/ivshmem" "$work/full-krr-qemu.log"
+    full_cmd=()
+    for a in "${qemu[@]}"; do
+        case "$a" in -D | -replay-log-bound) skip=1; continue ;; esac
+        [ "${skip:-0}" = 1 ] && { skip=0; continue; }
+        full_cmd+=("$a")
+    done
+    (cd "$work" && timeout "$timeout_s" "${full_cmd[@]}" -D "$work/full-krr-qemu.log" -replay-log-bound start=1 \
+        > "$work/krr-qemu-full.out" 2>&1 < /dev/null)
+    timeout "$timeout_s" "$KRR_BIN" replay --krr "$work/$name" --vmlinux "$vmlinux" -q ${KRR_ARGS:-} "${krr_ev[@]}" \
+        --log-bound "start=2,end=$((krr_count + 1))" --log-format krr -D "$work/full-krr.log" > /dev/null 2>&1
+    python3 - "$work/full-krr-qemu.log" "$work/full-krr.log" <<'EOF'
+import collections, re, sys
+def records(fn):
+    out, regs = [], None
+    for l in open(fn, errors='replace'):
+        if l.startswith('Regs: '):
+            regs = dict(re.findall(r'([\w.]+)=(0x[0-9a-f]+)', l))
+        m = re.match(r'\[cpu (\d+)\](0x[0-9a-f]+), inst_cnt=(\d+)', l)
+        if m and regs is not None:
+            rip, c = int(m.group(2), 16), int(m.group(3))
+            if c >= 2 and not (out and out[-1][:2] == (rip, c)):
+                out.append((rip, c, regs))
+        if m: regs = None
+    return out
+a, b = records(sys.argv[1]), records(sys.argv[2])
+i = j = 0
+kinds, first, extra = collections.Counter(), {}, collections.Counter()
+while i < len(a) and j < len(b):
+    x, y = a[i], b[j]
+    if x[0] != y[0]:
+        found = next(((di, dj) for di in range(6) for dj in range(6) if (di or dj)
+                      and i + di + 1 < len(a) and j + dj + 1 < len(b)
+                      and a[i + di][0] == b[j + dj][0] and a[i + di + 1][0] == b[j + dj + 1][0]), None)
+        if not found:
+            print("full comparison: lost the alignment at KRR record %d (RIP %#x, count %d), krr record %d (RIP %#x, count %d)" % (i, x[0], x[1], j, y[0], y[1]))
+            break
+        key = ("KRR only: " + ' '.join('%#x' % r[0] for r in a[i:i + found[0]]) if found[0] else '') + \
+              ("krr only: " + ' '.join('%#x' % r[0] for r in b[j:j + found[1]]) if found[1] else '')
+        extra[key] += 1
+        i += found[0]; j += found[1]
+        continue
+    d = tuple(sorted(k for k in set(x[2]) | set(y[2]) if x[2].get(k) != y[2].get(k)))
+    if d:
+        kinds[d] += 1
+        first.setdefault(d, (i, x[0], x[1], {k: (x[2].get(k), y[2].get(k)) for k in d}))
+    i += 1; j += 1
+print("full comparison: %d KRR records, %d krr records, compared to %d / %d" % (len(a), len(b), i, j))
+for k, v in extra.most_common(8):
+    print("  %d times a record in one log only: %s" % (v, k))
+if not kinds:
+    print("  every compared record has the same registers")
+for d, v in kinds.most_common(8):
+    f = first[d]
+    print("  %d records differ in %s; first at KRR record %d, RIP %#x, KRR count %d: %s"
+          % (v, ','.join(d), f[0], f[1], f[2], ', '.join('%s KRR %s krr %s' % (k, p, q) for k, (p, q) in f[3].items())))
+EOF
+fi
 if [ $agree = 0 ] && [ "$krr_rc" = 0 ] && [ "$krrq_rc" = 0 ] && grep -q '^Replay finished' "$work/krr-qemu.out"; then
     echo "verdict: AGREE (outputs and logs in $work)"
     exit 0

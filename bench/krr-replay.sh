@@ -4,10 +4,12 @@
 # thousands of syscalls, interrupts inside REP MOVSB, ring rotations) and replays it with
 # `krr replay --krr` in multi-instruction blocks and with --singlestep, RUNS times each
 # (default 3), printing each mode's median wall time, kernel MIPS and the ratio.
-# With KRR_QEMU=/path/to/KRR's qemu-system-x86_64 and KRR_RECORDING=a recording KRR's QEMU
-# can load (see bench/krr-crosscheck.sh: the synthetic recordings' snapshots come from krr's
-# test writer, which KRR's QEMU does not load), the cross-check against KRR's own replayer
-# runs too. Quote ratios, not seconds: machines are shared.
+# With KRR_QEMU=/path/to/KRR's qemu-system-x86_64 the same scenario is also replayed by KRR's
+# own replayer against krr in both modes (bench/krr-crosscheck-synth.sh --scenarios
+# large-ring16: Scenario::large without user #GPs, which KRR's replayer aborts at, and with a
+# 16 MiB ring, whose rotations it does not replay as recorded); with KRR_RECORDING=another
+# recording KRR's QEMU loads, bench/krr-crosscheck.sh runs on it too. Quote ratios, not
+# seconds: machines are shared.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=3
@@ -40,6 +42,9 @@ b=$(echo "$blocks" | awk '{print $2}')
 s=$(echo "$single" | awk '{print $2}')
 printf 'krr replay --krr, median of %s: blocks %.3f s, --singlestep %.3f s, singlestep/blocks %.2fx\n' \
     "$RUNS" "$b" "$s" "$(echo "$s / $b" | bc -l)"
-if [ -n "${KRR_QEMU:-}" ] && [ -n "${KRR_RECORDING:-}" ]; then
-    bash bench/krr-crosscheck.sh "$KRR_RECORDING"
+if [ -n "${KRR_QEMU:-}" ]; then
+    bash bench/krr-crosscheck-synth.sh -n "$RUNS" --scenarios large-ring16 || true
+    if [ -n "${KRR_RECORDING:-}" ]; then
+        bash bench/krr-crosscheck.sh "$KRR_RECORDING"
+    fi
 fi

@@ -133,6 +133,18 @@ pub fn run(snapshot: &Path, vmlinux: Option<&Path>) -> Result<i32, String> {
     if let Some(n) = log.count_note() {
         println!("note: {n}");
     }
+    // KRR's own loader reads the final header's current_pos - 1 events (krr-spec open
+    // question 12); krr replays them all. Where they end, to give krr the same events.
+    if let Some((_, fin)) = &log.headers {
+        let n = (fin.current_pos as usize).saturating_sub(1);
+        if n < log.events.len() {
+            println!(
+                "KRR's loader: reads {n} of the {} events, ending at byte {}",
+                log.events.len(),
+                log.offsets[n]
+            );
+        }
+    }
     println!("=== Event Stats ===");
     let counts = log.counts();
     for (i, name) in KIND_NAMES.iter().enumerate() {

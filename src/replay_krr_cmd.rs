@@ -36,6 +36,7 @@ pub fn run(r: Request) -> Result<i32, String> {
             end: *end,
             format: *format,
             out,
+            last: None,
         });
     }
     l.driver.stop_at = r.stop_at;
@@ -110,6 +111,7 @@ pub fn run(r: Request) -> Result<i32, String> {
                 "verdict: replayed to the end of the recording; final RIP {:#x}",
                 c.rip
             );
+            eprintln!("{}", krr::report::regs_line(c));
             Ok(0)
         }
         End::Diverged(div) => {

@@ -57,6 +57,10 @@ pub struct InsnLog {
     pub end: u64,
     pub format: LogFormat,
     pub out: Box<dyn std::io::Write>,
+    /// The last instruction logged (vCPU, instruction number, RIP): the replay comes back to
+    /// an instruction it stopped before (a trap point, an event at its boundary) and logs it
+    /// once, as KRR logs it once (KRR logs each iteration of a REP string instruction).
+    pub last: Option<(i32, u64, u64)>,
 }
 
 /// A copy_from_user or get_user write whose user page was not mapped yet: retried at
@@ -450,6 +454,12 @@ impl Driver {
 
     fn log_instruction(&mut self) -> Result<(), String> {
         let rip = self.core.cpu().rip;
+        let key = (self.bus.vcpu, self.core.cpu().icount, rip);
+        match &mut self.log {
+            Some(l) if l.last == Some(key) => return Ok(()),
+            Some(l) => l.last = Some(key),
+            None => {}
+        }
         let count = self.bus.count(self.core.cpu()) + 1;
         let (bytes, text) = crate::report::describe_insn(&mut self.core, rip);
         let c = self.core.cpu();

@@ -506,6 +506,7 @@ impl Recorder {
                 }
                 None => self.work(sc, false),
             },
+            6 | 18..=20 if !sc.user_gp => self.work(sc, false),
             // A CLI in user mode: #GP(0).
             6 | 18..=20 => {
                 self.scramble_user_regs();
