@@ -93,6 +93,30 @@ pub enum ReplayError {
     Fatal(String),
 }
 
+/// Instructions per engine run at most, so a debugger's interrupt is noticed promptly.
+const RUN_SLICE: u64 = 50_000_000;
+
+/// Why [`Replayer::advance`] returned.
+#[derive(Debug)]
+pub enum Advance {
+    /// The instruction count reached the target.
+    Reached,
+    /// A breakpoint address: the instruction there has not run.
+    Breakpoint(u64),
+    /// The caller's interrupt request (between engine runs).
+    Interrupted,
+    /// The trace ended, or the replay left it.
+    Ended(Verdict),
+}
+
+/// A replay in progress: what [`Replayer::advance`] keeps between calls.
+pub struct Run {
+    t0: Instant,
+    log: Option<Box<dyn Write>>,
+    stalls: u32,
+    last_draw: Instant,
+}
+
 /// Everything replay needs, loaded from a trace.
 pub struct Replayer {
     /// The CPU and guest RAM being replayed.
@@ -368,17 +392,62 @@ impl Replayer {
         ));
     }
 
+    /// Replay to the end of the trace, `--stop-at` or a `--break` address.
     pub fn run(&mut self, bar: &ProgressBar) -> Result<ReplayOutcome, ReplayError> {
-        let t0 = Instant::now();
-        let mut log = self.open_log()?;
-        let (log_start, log_end) = self.options.log_bound.unwrap_or((u64::MAX, u64::MAX));
+        let mut run = self.start()?;
         let stop_at = self.options.stop_at.unwrap_or(u64::MAX);
+        let verdict = match self.advance(&mut run, stop_at, bar, &mut || false)? {
+            Advance::Ended(v) => v,
+            Advance::Reached => Verdict::Stopped,
+            Advance::Breakpoint(rip) => Verdict::Breakpoint(rip),
+            Advance::Interrupted => unreachable!("nothing interrupts a plain run"),
+        };
+        self.finish(run, verdict, bar)
+    }
+
+    /// Begin a replay that [`Replayer::advance`] moves forward (a debugger's session).
+    pub fn start(&mut self) -> Result<Run, ReplayError> {
         if !self.options.breaks.is_empty() {
             self.engine
                 .set_stop_addresses(self.options.breaks.iter().copied());
         }
-        let mut last_draw = Instant::now();
-        let mut stalls = 0u32;
+        Ok(Run {
+            t0: Instant::now(),
+            log: self.open_log()?,
+            stalls: 0,
+            last_draw: Instant::now(),
+        })
+    }
+
+    /// Instruction count of the next instruction.
+    pub fn icount(&self) -> u64 {
+        self.core.cpu().icount
+    }
+
+    /// The breakpoint addresses (engine stop addresses) from now on: the replay pauses
+    /// before the first instruction at one of them.
+    pub fn set_breakpoints(&mut self, addrs: impl IntoIterator<Item = u64>) {
+        self.engine.set_stop_addresses(addrs);
+    }
+
+    /// After a pause at a breakpoint: the next [`Replayer::advance`] executes the
+    /// instruction there instead of pausing again.
+    pub fn step_past_breakpoint(&mut self) {
+        self.engine.resume_past_stop(self.core.cpu());
+    }
+
+    /// Replay until the instruction count reaches `target` (the instruction numbered
+    /// `target` has not run), a breakpoint, the end of the trace or a divergence;
+    /// `interrupted` is asked between engine runs (a debugger's Ctrl-C).
+    pub fn advance(
+        &mut self,
+        run: &mut Run,
+        target: u64,
+        bar: &ProgressBar,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<Advance, ReplayError> {
+        let (log_start, log_end) = self.options.log_bound.unwrap_or((u64::MAX, u64::MAX));
+        let t0 = run.t0;
         let verdict = loop {
             if let Some(err) = self.bus.error.take() {
                 return Err(err.into());
@@ -390,8 +459,11 @@ impl Replayer {
                 break Verdict::Diverged(Box::new(d));
             }
             let icount = self.core.cpu().icount;
-            if icount >= stop_at {
-                break Verdict::Stopped;
+            if icount >= target {
+                return Ok(Advance::Reached);
+            }
+            if interrupted() {
+                return Ok(Advance::Interrupted);
             }
             let next_async = self.next_async()?;
             if icount >= self.end_icount {
@@ -404,17 +476,19 @@ impl Replayer {
                 }
                 break Verdict::Matched;
             }
-            let logging = log.is_some() && icount >= log_start && icount < log_end;
+            let logging = run.log.is_some() && icount >= log_start && icount < log_end;
             let mut limit = next_async
                 .unwrap_or(u64::MAX)
                 .min(self.end_icount)
-                .min(stop_at);
+                .min(target)
+                // Between engine runs a debugger's Ctrl-C is noticed.
+                .min(icount.saturating_add(RUN_SLICE));
             if logging {
                 limit = limit.min(icount + 1);
-                if let Some(l) = log.as_mut() {
+                if let Some(l) = run.log.as_mut() {
                     self.log_instruction(l.as_mut())?;
                 }
-            } else if log.is_some() && icount < log_start {
+            } else if run.log.is_some() && icount < log_start {
                 limit = limit.min(log_start);
             }
             self.core.set_icount_limit(limit);
@@ -439,17 +513,17 @@ impl Replayer {
                         ))));
                     }
                 }
-                Exit::Stop { rip } => break Verdict::Breakpoint(rip),
+                Exit::Stop { rip } => return Ok(Advance::Breakpoint(rip)),
                 other => return Err(self.fatal(other)),
             }
             // No instruction, no event and no REP iteration: the next event can never be
             // reached (a trace that is well-formed but inconsistent).
-            stalls = if self.progress_mark() == before {
-                stalls + 1
+            run.stalls = if self.progress_mark() == before {
+                run.stalls + 1
             } else {
                 0
             };
-            if stalls >= 3 && self.bus.divergence.is_none() {
+            if run.stalls >= 3 && self.bus.divergence.is_none() {
                 let next = match self.bus.stream.peek(0)? {
                     Some(e) => format!("the next event is {e}"),
                     None => "the trace has no more events".to_string(),
@@ -460,11 +534,23 @@ impl Replayer {
                     self.core.cpu().rip
                 ))));
             }
-            if last_draw.elapsed().as_millis() >= 200 {
-                last_draw = Instant::now();
+            if run.last_draw.elapsed().as_millis() >= 200 {
+                run.last_draw = Instant::now();
                 self.draw_progress(bar, t0);
             }
         };
+        Ok(Advance::Ended(verdict))
+    }
+
+    /// End a replay: flush the log and console, check the final state against the trace's
+    /// (a `Matched` verdict becomes a divergence when it differs) and describe the end.
+    pub fn finish(
+        &mut self,
+        mut run: Run,
+        verdict: Verdict,
+        bar: &ProgressBar,
+    ) -> Result<ReplayOutcome, ReplayError> {
+        let mut log = run.log.take();
         bar.set_position(self.core.cpu().icount);
         if let Some(l) = log.as_mut() {
             l.flush().map_err(|e| {
@@ -474,7 +560,7 @@ impl Replayer {
         if let Some(out) = &mut self.bus.console {
             let _ = out.flush();
         }
-        let seconds = t0.elapsed().as_secs_f64();
+        let seconds = run.t0.elapsed().as_secs_f64();
         let regs_hash = state::regs_hash(self.core.cpu());
         let ram_hash = self.core.ram_hash();
         let verdict = match verdict {
