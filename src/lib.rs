@@ -2,6 +2,7 @@
 //! format, the recorder and the replayer that the `krr` binary drives.
 pub mod cpu_model;
 pub mod demo_guest;
+pub mod gdb;
 pub mod krr_rec;
 pub mod krr_replay;
 pub mod machine;

@@ -27,6 +27,11 @@ pub struct ReplayArgs {
     /// state there (repeatable: the first one reached stops). Costs nothing elsewhere.
     #[arg(long = "break", value_name = "SYMBOL|ADDR", conflicts_with = "krr")]
     breaks: Vec<String>,
+    /// Serve gdb's remote protocol on 127.0.0.1:PORT: the replay waits before its first
+    /// instruction for `gdb VMLINUX -ex 'target remote :PORT'` (breakpoints, stepi,
+    /// continue, registers and memory; writes are refused).
+    #[arg(long, value_name = "PORT", conflicts_with = "krr")]
+    gdb: Option<u16>,
     /// With --krr: the event log when it is not the snapshot's neighbour kernel_rr.log.
     #[arg(long, value_name = "FILE", requires = "krr")]
     krr_events: Option<PathBuf>,
@@ -154,6 +159,19 @@ pub fn run(a: ReplayArgs) -> Result<i32, String> {
         breaks,
     };
     let mut r = Replayer::open(&trace, options).map_err(|e| e.to_string())?;
+    if let Some(port) = a.gdb {
+        if !a.quiet {
+            r.set_console(Some(Box::new(std::io::stdout())));
+        }
+        let run = r.start().map_err(|e| e.to_string())?;
+        let fixed = breaks_of(&r);
+        let (mut r, run, ended) = krr::gdb::serve(r, run, port, fixed)?;
+        let bar = indicatif::ProgressBar::hidden();
+        let verdict = ended.unwrap_or(Verdict::Stopped);
+        let outcome = r.finish(run, verdict, &bar).map_err(|e| e.to_string())?;
+        eprint!("{}", outcome.summary());
+        return Ok(exit_code(&outcome.verdict));
+    }
     let bar = krr::report::progress(Some(r.total_instructions()));
     if !a.quiet {
         r.set_console(Some(Box::new(krr::report::Console::new(bar.clone()))));
@@ -161,10 +179,18 @@ pub fn run(a: ReplayArgs) -> Result<i32, String> {
     let outcome = r.run(&bar).map_err(|e| e.to_string())?;
     bar.finish_and_clear();
     eprint!("{}", outcome.summary());
-    Ok(match outcome.verdict {
+    Ok(exit_code(&outcome.verdict))
+}
+
+fn exit_code(v: &Verdict) -> i32 {
+    match v {
         Verdict::Matched | Verdict::Stopped | Verdict::Breakpoint(_) => 0,
         Verdict::Diverged(_) => 2,
-    })
+    }
+}
+
+fn breaks_of(r: &Replayer) -> Vec<u64> {
+    r.options().breaks.clone()
 }
 
 #[cfg(test)]

@@ -9,6 +9,11 @@ export KRR_DIFF_CASES="${KRR_DIFF_CASES:-40}"
 # with the exact environment that reproduces a failure), e.g.
 #   KRR_DIFF_SEED=random KRR_DIFF_CASES=2000 cargo test --release --test diff_cpu -- --nocapture
 export KRR_DIFF_SEED="${KRR_DIFF_SEED:-0x18ec49bc1bd6f318}"
+# Tools the tests drive: gdb (tests/gdb_stub.rs), e2fsprogs (the disk tests' images).
+for tool in gdb:gdb mkfs.ext4:e2fsprogs debugfs:e2fsprogs; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || apt-get install -y --no-install-recommends "${tool#*:}" >/dev/null 2>&1 \
+    || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends "${tool#*:}" >/dev/null; }
+done
 cargo build --release --workspace
 mkdir -p target
 # --nocapture so the differential harness's coverage line shows; the log keeps everything.

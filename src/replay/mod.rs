@@ -419,6 +419,10 @@ impl Replayer {
         })
     }
 
+    pub fn options(&self) -> &ReplayOptions {
+        &self.options
+    }
+
     /// Instruction count of the next instruction.
     pub fn icount(&self) -> u64 {
         self.core.cpu().icount

@@ -1,0 +1,361 @@
+//! `krr replay TRACE --gdb PORT`: a gdb remote stub on the replay (the `gdbstub` crate speaks
+//! the protocol). gdb reads registers and memory at guest virtual addresses, sets
+//! breakpoints (engine stop addresses, never 0xCC in guest memory: the replay must not
+//! change), steps and continues; writes are refused, since a replay that gdb changed would
+//! no longer be the recording. The replay pauses before the first instruction.
+
+pub mod arch;
+
+use crate::replay::{Advance, Replayer, Run, Verdict};
+use arch::KrrX86_64;
+use gdbstub::common::Signal;
+use gdbstub::conn::ConnectionExt;
+use gdbstub::stub::run_blocking::{self, BlockingEventLoop};
+use gdbstub::stub::{GdbStub, SingleThreadStopReason};
+use gdbstub::target::ext::base::singlethread::{
+    SingleThreadBase, SingleThreadResume, SingleThreadResumeOps, SingleThreadSingleStep,
+    SingleThreadSingleStepOps,
+};
+use gdbstub::target::ext::base::BaseOps;
+use gdbstub::target::ext::breakpoints::{
+    Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, SwBreakpoint, SwBreakpointOps,
+};
+use gdbstub::target::ext::monitor_cmd::{outputln, ConsoleOutput, MonitorCmd, MonitorCmdOps};
+use gdbstub::target::{Target, TargetError, TargetResult};
+use indicatif::ProgressBar;
+use std::collections::BTreeSet;
+use std::net::{TcpListener, TcpStream};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resume {
+    Continue,
+    Step,
+}
+
+/// The replay as gdb's target.
+pub struct GdbTarget {
+    replayer: Replayer,
+    run: Run,
+    bar: ProgressBar,
+    /// gdb's breakpoints (software and hardware alike) and `--break`'s.
+    breaks: BTreeSet<u64>,
+    fixed_breaks: Vec<u64>,
+    resume: Resume,
+    /// Paused at a stop address: the next run executes the instruction there first.
+    at_breakpoint: bool,
+    /// The replay's end, once reached.
+    pub ended: Option<Verdict>,
+}
+
+impl GdbTarget {
+    pub fn new(replayer: Replayer, run: Run, fixed_breaks: Vec<u64>) -> Self {
+        GdbTarget {
+            replayer,
+            run,
+            bar: ProgressBar::hidden(),
+            breaks: BTreeSet::new(),
+            fixed_breaks,
+            resume: Resume::Continue,
+            at_breakpoint: false,
+            ended: None,
+        }
+    }
+
+    /// The replayer, its run and its end (if reached), back from the session.
+    pub fn into_parts(self) -> (Replayer, Run, Option<Verdict>) {
+        (self.replayer, self.run, self.ended)
+    }
+
+    fn apply_breakpoints(&mut self) {
+        let all: Vec<u64> = self
+            .breaks
+            .iter()
+            .copied()
+            .chain(self.fixed_breaks.iter().copied())
+            .collect();
+        self.replayer.set_breakpoints(all);
+    }
+
+    /// Run as gdb asked: one instruction, or until a breakpoint, the end or `interrupted`.
+    fn go(&mut self, interrupted: &mut dyn FnMut() -> bool) -> Result<Stop, String> {
+        if let Some(v) = &self.ended {
+            return Ok(Stop::Ended(matches!(v, Verdict::Matched)));
+        }
+        if self.at_breakpoint {
+            self.replayer.step_past_breakpoint();
+            self.at_breakpoint = false;
+        }
+        let start = self.replayer.icount();
+        let target = match self.resume {
+            Resume::Step => start + 1,
+            Resume::Continue => u64::MAX,
+        };
+        let advance = self
+            .replayer
+            .advance(&mut self.run, target, &self.bar, interrupted)
+            .map_err(|e| e.to_string())?;
+        Ok(match advance {
+            Advance::Reached => Stop::Stepped,
+            Advance::Breakpoint(_) => {
+                self.at_breakpoint = true;
+                if self.resume == Resume::Step && self.replayer.icount() > start {
+                    Stop::Stepped
+                } else {
+                    Stop::Breakpoint
+                }
+            }
+            Advance::Interrupted => Stop::Interrupted,
+            Advance::Ended(v) => {
+                let matched = matches!(v, Verdict::Matched);
+                if let Verdict::Diverged(d) = &v {
+                    eprintln!(
+                        "krr: the replay diverged at event {} (instruction {}, RIP {:#x}{}): {}",
+                        d.event_index, d.icount, d.rip, d.function, d.what
+                    );
+                }
+                self.ended = Some(v);
+                Stop::Ended(matched)
+            }
+        })
+    }
+}
+
+enum Stop {
+    Stepped,
+    Breakpoint,
+    Interrupted,
+    /// The trace's end (true) or a divergence (false).
+    Ended(bool),
+}
+
+fn refuse(what: &str) {
+    eprintln!("krr: gdb asked to write {what}: refused (a replay must follow its recording)");
+}
+
+impl Target for GdbTarget {
+    type Arch = KrrX86_64;
+    type Error = String;
+
+    fn base_ops(&mut self) -> BaseOps<'_, KrrX86_64, String> {
+        BaseOps::SingleThread(self)
+    }
+
+    fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_monitor_cmd(&mut self) -> Option<MonitorCmdOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn guard_rail_implicit_sw_breakpoints(&self) -> bool {
+        // Breakpoints are the engine's stop addresses; gdb never writes 0xCC.
+        true
+    }
+}
+
+impl SingleThreadBase for GdbTarget {
+    fn read_registers(&mut self, regs: &mut arch::Regs) -> TargetResult<(), Self> {
+        *regs = arch::regs_of(self.replayer.core.cpu());
+        Ok(())
+    }
+
+    fn write_registers(&mut self, _regs: &arch::Regs) -> TargetResult<(), Self> {
+        refuse("registers");
+        Err(TargetError::NonFatal)
+    }
+
+    fn read_addrs(&mut self, start: u64, data: &mut [u8]) -> TargetResult<usize, Self> {
+        let core = &self.replayer.core;
+        let cpu = core.cpu();
+        let mem = core.mem();
+        let paging = cpu.cr0 & (1 << 31) != 0;
+        let long = cpu.efer & (1 << 10) != 0;
+        let pieces = if !paging {
+            vec![(start, data.len())]
+        } else if long {
+            // A debugger's walk: no permission checks, no accessed/dirty updates.
+            crate::krr_replay::virt::pieces(|pa| mem.read_u64(pa).ok(), cpu.cr3, start, data.len())
+                .ok_or(TargetError::Errno(14))?
+        } else {
+            // 32-bit paging (early boot): not walked yet.
+            return Err(TargetError::Errno(14));
+        };
+        let mut done = 0;
+        for (pa, n) in pieces {
+            if mem.read(pa, &mut data[done..done + n]).is_err() {
+                break;
+            }
+            done += n;
+        }
+        if done == 0 && !data.is_empty() {
+            return Err(TargetError::Errno(14));
+        }
+        Ok(done)
+    }
+
+    fn write_addrs(&mut self, _start: u64, _data: &[u8]) -> TargetResult<(), Self> {
+        refuse("memory");
+        Err(TargetError::NonFatal)
+    }
+
+    fn support_resume(&mut self) -> Option<SingleThreadResumeOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleThreadResume for GdbTarget {
+    fn resume(&mut self, signal: Option<Signal>) -> Result<(), String> {
+        if signal.is_some() {
+            return Err("krr cannot deliver a signal to a replay".into());
+        }
+        self.resume = Resume::Continue;
+        Ok(())
+    }
+
+    fn support_single_step(&mut self) -> Option<SingleThreadSingleStepOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleThreadSingleStep for GdbTarget {
+    fn step(&mut self, signal: Option<Signal>) -> Result<(), String> {
+        if signal.is_some() {
+            return Err("krr cannot deliver a signal to a replay".into());
+        }
+        self.resume = Resume::Step;
+        Ok(())
+    }
+}
+
+impl Breakpoints for GdbTarget {
+    fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SwBreakpoint for GdbTarget {
+    fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        if self.breaks.insert(addr) {
+            self.apply_breakpoints();
+        }
+        Ok(true)
+    }
+
+    fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        let had = self.breaks.remove(&addr);
+        if had {
+            self.apply_breakpoints();
+        }
+        Ok(had)
+    }
+}
+
+impl HwBreakpoint for GdbTarget {
+    fn add_hw_breakpoint(&mut self, addr: u64, kind: usize) -> TargetResult<bool, Self> {
+        self.add_sw_breakpoint(addr, kind)
+    }
+
+    fn remove_hw_breakpoint(&mut self, addr: u64, kind: usize) -> TargetResult<bool, Self> {
+        self.remove_sw_breakpoint(addr, kind)
+    }
+}
+
+impl MonitorCmd for GdbTarget {
+    fn handle_monitor_cmd(&mut self, cmd: &[u8], mut out: ConsoleOutput<'_>) -> Result<(), String> {
+        let cmd = String::from_utf8_lossy(cmd);
+        let words: Vec<&str> = cmd.split_whitespace().collect();
+        match words.as_slice() {
+            ["icount"] => outputln!(out, "icount {}", self.replayer.icount()),
+            [] | ["help"] => {
+                outputln!(out, "krr monitor commands:");
+                outputln!(
+                    out,
+                    "  icount   instructions executed so far (the next one's number)"
+                );
+                outputln!(out, "  help     this list");
+            }
+            _ => outputln!(out, "unknown command `{cmd}` (monitor help lists them)"),
+        }
+        Ok(())
+    }
+}
+
+enum ReplayLoop {}
+
+impl BlockingEventLoop for ReplayLoop {
+    type Target = GdbTarget;
+    type Connection = TcpStream;
+    type StopReason = SingleThreadStopReason<u64>;
+
+    #[allow(clippy::type_complexity)]
+    fn wait_for_stop_reason(
+        target: &mut GdbTarget,
+        conn: &mut TcpStream,
+    ) -> Result<
+        run_blocking::Event<SingleThreadStopReason<u64>>,
+        run_blocking::WaitForStopReasonError<String, std::io::Error>,
+    > {
+        let mut incoming = false;
+        let stop = {
+            let mut poll = || {
+                incoming = conn.peek().map(|b| b.is_some()).unwrap_or(true);
+                incoming
+            };
+            target
+                .go(&mut poll)
+                .map_err(run_blocking::WaitForStopReasonError::Target)?
+        };
+        Ok(match stop {
+            Stop::Interrupted => run_blocking::Event::IncomingData(
+                conn.read()
+                    .map_err(run_blocking::WaitForStopReasonError::Connection)?,
+            ),
+            Stop::Stepped => run_blocking::Event::TargetStopped(SingleThreadStopReason::DoneStep),
+            Stop::Breakpoint => {
+                run_blocking::Event::TargetStopped(SingleThreadStopReason::SwBreak(()))
+            }
+            Stop::Ended(true) => {
+                run_blocking::Event::TargetStopped(SingleThreadStopReason::Exited(0))
+            }
+            Stop::Ended(false) => {
+                run_blocking::Event::TargetStopped(SingleThreadStopReason::Signal(Signal::SIGTRAP))
+            }
+        })
+    }
+
+    fn on_interrupt(
+        _target: &mut GdbTarget,
+    ) -> Result<Option<SingleThreadStopReason<u64>>, String> {
+        Ok(Some(SingleThreadStopReason::Signal(Signal::SIGINT)))
+    }
+}
+
+/// Serve one gdb connection on 127.0.0.1:`port` until gdb detaches or kills it, or the
+/// replay ends; gives back the replayer, its run and its end (`None`: not reached).
+pub fn serve(
+    replayer: Replayer,
+    run: Run,
+    port: u16,
+    fixed_breaks: Vec<u64>,
+) -> Result<(Replayer, Run, Option<Verdict>), String> {
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .map_err(|e| format!("--gdb {port}: cannot listen on 127.0.0.1:{port}: {e}"))?;
+    eprintln!("krr: waiting for gdb on 127.0.0.1:{port} (gdb VMLINUX -ex 'target remote :{port}')");
+    let (stream, peer) = listener
+        .accept()
+        .map_err(|e| format!("--gdb {port}: accept: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    eprintln!("krr: gdb connected from {peer}; the replay waits before its first instruction");
+    let mut target = GdbTarget::new(replayer, run, fixed_breaks);
+    target.apply_breakpoints();
+    let reason = GdbStub::new(stream)
+        .run_blocking::<ReplayLoop>(&mut target)
+        .map_err(|e| format!("gdb session: {e}"))?;
+    eprintln!("krr: gdb session ended ({reason:?})");
+    Ok(target.into_parts())
+}
