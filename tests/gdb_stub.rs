@@ -1,7 +1,7 @@
 //! `krr replay TRACE --gdb PORT` driven by Debian's gdb in batch mode, on the built-in demo
 //! guest's trace: a breakpoint stops where `--break` stops, `monitor icount` and `stepi` agree
-//! with the replay's count, registers and memory read through the page tables, writes are
-//! refused, and continuing to the end still gives the verdict "matched".
+//! with the replay's count, registers and memory read through the page tables, the monitor
+//! commands answer, writes are refused, and continuing to the end still gives the verdict "matched".
 
 use krr::demo_guest::record_demo_guest;
 use krr_jit::EngineConfig;
@@ -132,6 +132,10 @@ fn gdb_breaks_steps_reads_and_continues_to_the_verdict() {
             c("p/x $cr0"),
             c("stepi"),
             c("monitor icount"),
+            c("monitor events"),
+            c("monitor phys 0x1000 32"),
+            format!("monitor goto {}", first + 10),
+            c("monitor goto 5"),
             c("set $rax = 1"),
             c("delete"),
             c("continue"),
@@ -145,6 +149,16 @@ fn gdb_breaks_steps_reads_and_continues_to_the_verdict() {
     assert!(out.contains(&format!("$1 = {addr:#x}")), "{out}");
     assert!(out.contains("hlt"), "{out}");
     assert!(out.contains(&format!("icount {}\n", first + 1)), "{out}");
+    assert!(out.contains("> event "), "the coming events: {out}");
+    assert!(
+        out.contains("0x1000: ") && out.contains("0x1010: "),
+        "{out}"
+    );
+    assert!(out.contains(&format!("icount {} (", first + 10)), "{out}");
+    assert!(
+        out.contains("goto backwards needs reverse execution"),
+        "{out}"
+    );
     assert!(out.contains("Could not write register"), "{out}");
     assert!(stub_err.contains("refused"), "{stub_err}");
     assert!(out.contains("exited normally"), "{out}");

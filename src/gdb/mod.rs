@@ -120,6 +120,34 @@ impl GdbTarget {
     }
 }
 
+impl GdbTarget {
+    /// Run forward to instruction `n`, through breakpoints.
+    fn go_to(&mut self, n: u64) -> Result<(), String> {
+        while self.replayer.icount() < n && self.ended.is_none() {
+            if self.at_breakpoint {
+                self.replayer.step_past_breakpoint();
+                self.at_breakpoint = false;
+            }
+            match self
+                .replayer
+                .advance(&mut self.run, n, &self.bar, &mut || false)
+                .map_err(|e| e.to_string())?
+            {
+                Advance::Breakpoint(_) => self.at_breakpoint = true,
+                Advance::Ended(v) => {
+                    self.ended = Some(v);
+                    return Err(format!(
+                        "the replay ended at instruction {}",
+                        self.replayer.icount()
+                    ));
+                }
+                Advance::Reached | Advance::Interrupted => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 enum Stop {
     Stepped,
     Breakpoint,
@@ -269,15 +297,71 @@ impl MonitorCmd for GdbTarget {
     fn handle_monitor_cmd(&mut self, cmd: &[u8], mut out: ConsoleOutput<'_>) -> Result<(), String> {
         let cmd = String::from_utf8_lossy(cmd);
         let words: Vec<&str> = cmd.split_whitespace().collect();
+        let num = |w: &str| {
+            w.strip_prefix("0x")
+                .map_or_else(|| w.parse().ok(), |h| u64::from_str_radix(h, 16).ok())
+        };
         match words.as_slice() {
             ["icount"] => outputln!(out, "icount {}", self.replayer.icount()),
+            ["events"] => match self.replayer.events_around(4, 4) {
+                Ok(list) => {
+                    outputln!(out, "at instruction {}:", self.replayer.icount());
+                    for (i, e, consumed) in list {
+                        let mark = if consumed { " " } else { ">" };
+                        outputln!(out, "{mark} event {i}: {e}");
+                    }
+                }
+                Err(e) => outputln!(out, "cannot read the trace: {e}"),
+            },
+            ["phys", addr, len] => match (num(addr), num(len)) {
+                (Some(addr), Some(len)) if len <= 4096 => {
+                    match self.replayer.read_phys(addr, len as usize) {
+                        Some(bytes) => {
+                            for (i, row) in bytes.chunks(16).enumerate() {
+                                let hex: Vec<String> =
+                                    row.iter().map(|b| format!("{b:02x}")).collect();
+                                outputln!(out, "{:#x}: {}", addr + 16 * i as u64, hex.join(" "));
+                            }
+                        }
+                        None => outputln!(out, "no guest RAM at {addr:#x}..+{len:#x}"),
+                    }
+                }
+                _ => outputln!(out, "usage: monitor phys ADDR LEN (LEN at most 4096)"),
+            },
+            ["goto", n] => match num(n) {
+                Some(n) if n >= self.replayer.icount() => match self.go_to(n) {
+                    Ok(()) => outputln!(
+                        out,
+                        "icount {} (gdb's register cache is stale: run `flushregs`)",
+                        self.replayer.icount()
+                    ),
+                    Err(e) => outputln!(out, "{e}"),
+                },
+                Some(_) => outputln!(
+                    out,
+                    "goto backwards needs reverse execution, which krr does not have yet"
+                ),
+                None => outputln!(out, "usage: monitor goto N"),
+            },
             [] | ["help"] => {
                 outputln!(out, "krr monitor commands:");
                 outputln!(
                     out,
-                    "  icount   instructions executed so far (the next one's number)"
+                    "  icount          instructions executed so far (the next one's number)"
                 );
-                outputln!(out, "  help     this list");
+                outputln!(
+                    out,
+                    "  events          the trace's events just before and after this point"
+                );
+                outputln!(
+                    out,
+                    "  phys ADDR LEN   guest-physical memory (LEN at most 4096)"
+                );
+                outputln!(
+                    out,
+                    "  goto N          run forward to instruction N (through breakpoints)"
+                );
+                outputln!(out, "  help            this list");
             }
             _ => outputln!(out, "unknown command `{cmd}` (monitor help lists them)"),
         }

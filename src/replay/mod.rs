@@ -423,6 +423,40 @@ impl Replayer {
         &self.options
     }
 
+    /// The trace's events around the current point: up to `before` consumed ones and
+    /// `after` coming ones, as (index, description, consumed).
+    pub fn events_around(
+        &mut self,
+        before: usize,
+        after: usize,
+    ) -> Result<Vec<(u64, String, bool)>, ReplayError> {
+        let stream = &mut self.bus.stream;
+        let pos = stream.position;
+        let recent: Vec<String> = stream.recent().map(|e| e.to_string()).collect();
+        let skip = recent.len().saturating_sub(before);
+        let first = pos - recent.len() as u64;
+        let mut out: Vec<(u64, String, bool)> = recent
+            .into_iter()
+            .enumerate()
+            .skip(skip)
+            .map(|(i, e)| (first + i as u64, e, true))
+            .collect();
+        for k in 0..after {
+            match stream.peek(k)? {
+                Some(e) => out.push((pos + k as u64, e.to_string(), false)),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// `len` bytes of guest-physical memory at `addr`, if RAM holds them all.
+    pub fn read_phys(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.core.mem().read(addr, &mut buf).ok()?;
+        Some(buf)
+    }
+
     /// Instruction count of the next instruction.
     pub fn icount(&self) -> u64 {
         self.core.cpu().icount

@@ -610,7 +610,12 @@ pub struct EventStream {
     buffered: std::collections::VecDeque<Event>,
     /// Index of the next event `next()` returns.
     pub position: u64,
+    /// The last events consumed, oldest first (a debugger shows them).
+    recent: std::collections::VecDeque<Event>,
 }
+
+/// Consumed events [`EventStream::recent`] keeps.
+const RECENT: usize = 16;
 
 impl EventStream {
     pub fn new(reader: TraceReader) -> EventStream {
@@ -619,6 +624,7 @@ impl EventStream {
             next_chunk: 0,
             buffered: Default::default(),
             position: 0,
+            recent: Default::default(),
         }
     }
 
@@ -640,10 +646,19 @@ impl EventStream {
     pub fn next_event(&mut self) -> Result<Option<Event>, TraceError> {
         self.fill(1)?;
         let e = self.buffered.pop_front();
-        if e.is_some() {
+        if let Some(e) = &e {
             self.position += 1;
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(e.clone());
         }
         Ok(e)
+    }
+
+    /// Up to 16 events consumed last, oldest first; the last one's index is `position - 1`.
+    pub fn recent(&self) -> impl Iterator<Item = &Event> {
+        self.recent.iter()
     }
 
     pub fn reader(&self) -> &TraceReader {
