@@ -367,14 +367,16 @@ impl Bus for ReplayBus {
 
     fn hypercall(&mut self, cpu: &CpuState) -> bool {
         match cpu.gpr[0] {
-            // INST_SYNC: the count after this VMCALL is the recorded one.
+            // INST_SYNC: KVM sampled the count at the hypercall's exit, before it skipped
+            // (and counted) the VMCALL (krr-spec 3.3): the recorded count is the one before
+            // this instruction, as for a port input.
             20 => {
                 if let Some(i) = self.expect_head(cpu, ty::INST_SYNC, "hypercall 20 (INST_SYNC)") {
                     let Event::InstSync(n) = self.queue.event(i) else {
                         unreachable!()
                     };
                     let (count, spin) = (n.inst_cnt, n.spin_count);
-                    self.delta = count as i64 - (cpu.icount as i64 + 1);
+                    self.resync(cpu, count);
                     self.cached_spin = spin;
                     self.skip_sync = true;
                     // KRR's replayer appends the guest form with only inst_cnt set.
@@ -519,9 +521,10 @@ mod tests {
         assert_eq!(b.rdrand(core.cpu(), 4, false), Some(0xbeef_cafe));
         core.arch_mut().gpr[0] = 20;
         assert!(b.hypercall(core.cpu()));
-        // After the VMCALL retires the count is the recorded one.
-        core.arch_mut().icount = 11;
+        // The recorded count is the one before the VMCALL; KVM counted the VMCALL too.
         assert_eq!(b.count(core.cpu()), 500);
+        core.arch_mut().icount = 11;
+        assert_eq!(b.count(core.cpu()), 501);
         assert_eq!((b.cached_spin, b.skip_sync), (3, true));
         assert!(b.queue.is_empty());
         // An RDTSC after the last event: a divergence.

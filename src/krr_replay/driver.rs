@@ -207,6 +207,27 @@ impl Driver {
         self.parked.len() > 1
     }
 
+    /// The recording's vCPUs.
+    pub fn vcpus(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// vCPU `v`'s state and KRR count, whether it runs or is parked.
+    pub fn vcpu_state(&self, v: usize) -> Option<(&krr_runtime::ArchState, u64)> {
+        if v == self.current {
+            let a = self.core.arch();
+            return Some((a, (a.icount as i64 + self.bus.delta) as u64));
+        }
+        let p = self.parked.get(v)?.as_ref()?;
+        Some((&p.arch, (p.arch.icount as i64 + p.delta) as u64))
+    }
+
+    /// Give vCPU `v` the exec lock and the core (after the replay: to run it on).
+    pub fn switch_vcpu(&mut self, v: usize) -> Result<(), String> {
+        self.owner = Some(v);
+        self.switch_to(v)
+    }
+
     /// Put vCPU `to` in the core (the exec lock passed to it); the running one is parked
     /// where it stands, with its count and cached spin.
     fn switch_to(&mut self, to: usize) -> Result<(), String> {

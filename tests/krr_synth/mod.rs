@@ -73,6 +73,7 @@ pub use fuzz_rng::Rng;
 pub mod machine;
 mod recorder;
 pub mod ring;
+pub mod smp;
 
 use std::path::{Path, PathBuf};
 
