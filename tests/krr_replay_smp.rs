@@ -8,8 +8,9 @@ mod krr_rec_writer;
 mod krr_synth;
 
 use krr::krr_rec::events::{Event, KrrLog};
+use krr::krr_rec::layout::ty;
 use krr::krr_replay::driver::End;
-use krr_synth::smp::{record_smp, replay_smp, SmpRecording, SmpScenario};
+use krr_synth::smp::{record_smp, replay_smp, replay_smp_files, SmpRecording, SmpScenario};
 use std::path::{Path, PathBuf};
 
 fn dir(tag: &str) -> PathBuf {
@@ -60,8 +61,12 @@ fn two_vcpu_recording_replays_to_both_vcpus_state() {
             "vCPU {v}: no kernel-mode interrupt"
         );
         assert!(
-            n(&|e| matches!(e, Event::Interrupt(i) if i.from == 3)) > 0,
-            "vCPU {v}: no INTERRUPT from=3"
+            n(&|e| matches!(e, Event::Interrupt(i) if i.from == 3 && i.rip < 1 << 63)) > 0,
+            "vCPU {v}: no INTERRUPT from=3 in user mode"
+        );
+        assert!(
+            n(&|e| matches!(e, Event::Interrupt(i) if i.from == 3 && i.rip >= 1 << 63)) > 0,
+            "vCPU {v}: no INTERRUPT from=3 in kernel mode (idle)"
         );
         assert!(
             n(&|e| matches!(e, Event::InstSync(_))) > 0,
@@ -100,5 +105,138 @@ fn two_vcpu_recording_replays_to_both_vcpus_state() {
         assert!(r.handovers > 6);
         assert_eq!(r.corrected_interrupts, 0);
         assert_eq!(r.io_resyncs, 0);
+    }
+}
+
+/// Each event's file offset (of its type field) in `kernel_rr.log`.
+fn event_offsets(log: &[u8]) -> Vec<usize> {
+    const SIZE: [usize; 15] = [
+        192, 192, 184, 32, 48, 1048, 32, 16, 32, 48, 32, 1088, 1088, 32, 32,
+    ];
+    let u32_at = |o: usize| u32::from_le_bytes(log[o..o + 4].try_into().unwrap());
+    let mut at = 96;
+    let mut out = Vec::new();
+    while at < log.len() {
+        out.push(at);
+        let t = u32_at(at) as usize;
+        let mut size = SIZE[t];
+        if t == ty::CFU as usize {
+            size += u64::from_le_bytes(log[at + 4 + 24..at + 4 + 32].try_into().unwrap()) as usize;
+        }
+        at += 4 + size;
+    }
+    assert_eq!(at, log.len());
+    out
+}
+
+/// A copy of the recording whose event `k` is changed by `alter` (its bytes from the type
+/// field on), replayed in both modes: the divergence of each.
+fn tampered(rec: &SmpRecording, tag: &str, k: usize, alter: impl Fn(&mut [u8])) -> Vec<End> {
+    let d = dir(tag);
+    std::fs::create_dir_all(&d).unwrap();
+    for f in ["test1", "vmlinux"] {
+        std::fs::copy(rec.dir.join(f), d.join(f)).unwrap();
+    }
+    let mut log = std::fs::read(&rec.log).unwrap();
+    let at = event_offsets(&log)[k];
+    alter(&mut log[at..]);
+    std::fs::write(d.join("kernel_rr.log"), &log).unwrap();
+    [false, true]
+        .map(|singlestep| {
+            replay_smp_files(
+                &d.join("test1"),
+                &d.join("vmlinux"),
+                &rec.var_addrs,
+                singlestep,
+            )
+            .end
+        })
+        .to_vec()
+}
+
+fn diverged_at(ends: &[End], k: usize, words: &str) {
+    for e in ends {
+        match e {
+            End::Diverged(d) => {
+                assert_eq!(d.event, Some(k), "{}", d.message);
+                assert!(d.message.contains(words), "{}", d.message);
+            }
+            other => panic!("no divergence: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn altered_smp_events_diverge_at_them() {
+    let rec = record_smp(&SmpScenario::small(), &dir("tamper-src"));
+    let ev = events(&rec);
+    let off = event_offsets(&std::fs::read(&rec.log).unwrap());
+    assert_eq!(off.len(), ev.len());
+    // A RELEASE naming the other vCPU: the releasing vCPU's LOCK_RELEASE finds it.
+    let k = ev
+        .iter()
+        .position(|e| matches!(e, Event::Release(_)))
+        .unwrap();
+    let ends = tampered(&rec, "release", k, |b| {
+        let id = i32::from_le_bytes(b[8..12].try_into().unwrap());
+        b[8..12].copy_from_slice(&(1 - id).to_le_bytes());
+    });
+    diverged_at(&ends, k, "the recorded RELEASE is vCPU");
+    // A RELEASE dropped (made a second copy of the event before it... here: its type
+    // changed to INST_SYNC's, which the kernel does not ask for at that point).
+    let ends = tampered(&rec, "release-gone", k, |b| {
+        b[..4].copy_from_slice(&12u32.to_le_bytes())
+    });
+    diverged_at(&ends, k, "not its RELEASE");
+    // An interrupt that ended an idle halt (from = 3, kernel RIP), its RIP moved by one
+    // byte: never met.
+    let k = ev
+        .iter()
+        .position(|e| matches!(e, Event::Interrupt(i) if i.from == 3 && i.rip >= 1 << 63))
+        .unwrap();
+    let ends = tampered(&rec, "idle-irq-rip", k, |b| {
+        let rip = u64::from_le_bytes(b[4 + 40..4 + 48].try_into().unwrap());
+        b[4 + 40..4 + 48].copy_from_slice(&(rip + 1).to_le_bytes());
+    });
+    diverged_at(&ends, k, "was not met");
+    // An INST_SYNC's count (the count after a lock wait cannot be checked where it is set):
+    // the vCPU's next event with a checked count diverges and names the INST_SYNC.
+    let checked = |e: &Event| match e {
+        Event::IoIn(_) => Some(true),
+        Event::Interrupt(i) => Some(i.rip >= 1 << 63),
+        _ => None,
+    };
+    let (k, next) = ev
+        .iter()
+        .enumerate()
+        .filter_map(|(k, e)| match e {
+            Event::InstSync(n) => {
+                let v = n.id;
+                let next = (k + 1..ev.len())
+                    .find(|&j| vcpu_of(&ev[j]) == Some(v) && checked(&ev[j]).is_some())?;
+                checked(&ev[next]).unwrap().then_some((k, next))
+            }
+            _ => None,
+        })
+        .next()
+        .expect("an INST_SYNC followed by a count check on its vCPU");
+    for (tag, delta) in [("sync-up", 1000i64), ("sync-down", -1000)] {
+        let ends = tampered(&rec, tag, k, |b| {
+            let at = 4 + 1064;
+            let n = u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+            b[at..at + 8].copy_from_slice(&n.wrapping_add(delta as u64).to_le_bytes());
+        });
+        let named = format!("last synchronised at event {} (Inst Sync", k + 1);
+        for e in &ends {
+            let End::Diverged(d) = e else {
+                panic!("{tag}: no divergence: {e:?}")
+            };
+            assert!(
+                d.event.is_some_and(|j| j > k && j <= next),
+                "{tag}: {}",
+                d.message
+            );
+            assert!(d.message.contains(&named), "{tag}: {}", d.message);
+        }
     }
 }

@@ -60,6 +60,9 @@ pub struct ReplayBus {
     /// RR_LOCK_ACQUIRE_RET) and whether INST_SYNC has just set the count.
     pub cached_spin: u64,
     pub skip_sync: bool,
+    /// The event at which this vCPU's count was last checked or set (a divergence in the
+    /// count names it: an INST_SYNC's count, for one, can only be checked later).
+    pub count_source: Option<usize>,
     /// Count resynchronisations at port inputs (|Δ| <= 2, as KRR tolerates).
     pub io_resyncs: u64,
     /// Instructions whose results the CPU model gave though KRR never recorded them, with
@@ -92,6 +95,7 @@ impl ReplayBus {
             divergence: None,
             cached_spin: 0,
             skip_sync: false,
+            count_source: None,
             io_resyncs: 0,
             model_answers: Vec::new(),
             pic_guessed: false,
@@ -112,6 +116,16 @@ impl ReplayBus {
     /// Make KRR's count `count` at this boundary.
     pub fn resync(&mut self, cpu: &CpuState, count: u64) {
         self.delta = count as i64 - cpu.icount as i64;
+    }
+
+    /// ", this vCPU's count was last synchronised at event ..." for a count divergence.
+    pub fn count_note(&self) -> String {
+        self.count_source.map_or(String::new(), |k| {
+            format!(
+                " (this vCPU's count was last synchronised at {})",
+                self.queue.describe(k)
+            )
+        })
     }
 
     pub fn diverge(&mut self, event: Option<usize>, message: String) {
@@ -242,11 +256,16 @@ impl Bus for ReplayBus {
                 self.resync(cpu, e.inst_cnt);
             } else {
                 let msg = format!(
-                    "{what} at RIP {:#x} at count {count}, recorded at count {}",
-                    cpu.rip, e.inst_cnt
+                    "{what} at RIP {:#x} at count {count}, recorded at count {}{}",
+                    cpu.rip,
+                    e.inst_cnt,
+                    self.count_note()
                 );
                 self.diverge(Some(i), msg);
             }
+        }
+        if !repeated {
+            self.count_source = Some(i);
         }
         self.append_recorded(i);
         self.queue.take(i);
@@ -312,8 +331,11 @@ impl Bus for ReplayBus {
             let count = self.count(cpu);
             if e.rip != cpu.rip || count.abs_diff(e.inst_cnt) > 2 {
                 let msg = format!(
-                    "RDTSC at RIP {:#x} count {count}, recorded at RIP {:#x} count {}",
-                    cpu.rip, e.rip, e.inst_cnt
+                    "RDTSC at RIP {:#x} count {count}, recorded at RIP {:#x} count {}{}",
+                    cpu.rip,
+                    e.rip,
+                    e.inst_cnt,
+                    self.count_note()
                 );
                 self.diverge(Some(i), msg);
             }
@@ -377,6 +399,7 @@ impl Bus for ReplayBus {
                     };
                     let (count, spin) = (n.inst_cnt, n.spin_count);
                     self.resync(cpu, count);
+                    self.count_source = Some(i);
                     self.cached_spin = spin;
                     self.skip_sync = true;
                     // KRR's replayer appends the guest form with only inst_cnt set.

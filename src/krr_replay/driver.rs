@@ -73,6 +73,7 @@ struct Parked {
     delta: i64,
     cached_spin: u64,
     skip_sync: bool,
+    count_source: Option<usize>,
 }
 
 /// The vCPU an event names, for the events whose `id` is meaningful (the others always say 0
@@ -116,6 +117,9 @@ pub struct Driver {
     pub current: usize,
     owner: Option<usize>,
     pub handovers: u64,
+    /// The recording has RELEASE events (the agent's debug mode records one at every
+    /// release of the exec lock): each LOCK_RELEASE must then consume the releasing vCPU's.
+    pub(super) release_events: bool,
     /// The running vCPU's instruction count when it took the exec lock.
     lock_taken_at: u64,
     /// e1000 and NVMe DMA, placed by count (`dma.rs`).
@@ -176,10 +180,12 @@ impl Driver {
                 delta: 0,
                 cached_spin: 0,
                 skip_sync: false,
+                count_source: None,
             })
         }));
         engine.set_stop_addresses(traps.iter().map(|(_, a)| a));
         engine.set_stop_at_user_mode(true);
+        let release_events = bus.queue.find(|e| matches!(e, Event::Release(_))).is_some();
         Driver {
             core,
             engine,
@@ -198,6 +204,7 @@ impl Driver {
             current: 0,
             owner: None,
             handovers: 0,
+            release_events,
             lock_taken_at: 0,
             dma_streams: Vec::new(),
         }
@@ -246,6 +253,7 @@ impl Driver {
             delta: std::mem::replace(&mut self.bus.delta, incoming.delta),
             cached_spin: std::mem::replace(&mut self.bus.cached_spin, incoming.cached_spin),
             skip_sync: std::mem::replace(&mut self.bus.skip_sync, incoming.skip_sync),
+            count_source: std::mem::replace(&mut self.bus.count_source, incoming.count_source),
         };
         self.parked[self.current] = Some(out);
         self.current = to;
@@ -530,8 +538,13 @@ impl Driver {
         }
         if count >= n {
             let msg = format!(
-                "interrupt vector {:#x} recorded at RIP {:#x} RCX {:#x} count {n} was not met: the replay is at RIP {:#x} RCX {:#x} count {count}",
-                i.vector, i.rip, i.regs.rcx, c.rip, c.gpr[RCX]
+                "interrupt vector {:#x} recorded at RIP {:#x} RCX {:#x} count {n} was not met: the replay is at RIP {:#x} RCX {:#x} count {count}{}",
+                i.vector,
+                i.rip,
+                i.regs.rcx,
+                c.rip,
+                c.gpr[RCX],
+                self.bus.count_note()
             );
             return Ok(Some(self.diverge(Some(head), msg)));
         }
@@ -574,6 +587,7 @@ impl Driver {
         a.dr[6] = e.cr2 ^ 0xffff_0ff0;
         let cpu = self.core.cpu();
         self.bus.resync(cpu, e.inst_cnt);
+        self.bus.count_source = Some(head);
         self.engine
             .inject_exception(&mut self.core, vector::DB, None, None)
             .map_err(|x| format!("delivering {}: {x:?}", self.bus.queue.describe(head)))?;
@@ -617,6 +631,7 @@ impl Driver {
         // aligned (see ARCHITECTURE.md, "KRR recordings").
         let cpu = self.core.cpu();
         self.bus.resync(cpu, i.inst_cnt);
+        self.bus.count_source = Some(idx);
         Engine::set_rep_pause(&mut self.core, None);
         self.engine
             .inject_interrupt(&mut self.core, i.vector as u8)
@@ -669,9 +684,23 @@ impl Driver {
                 self.core.flush_tlb();
                 Ok(None)
             }
-            Event::Interrupt(_) => {
+            Event::Interrupt(i) if is_user_address(i.rip) => {
                 self.inject_interrupt(idx)?;
                 Ok(None)
+            }
+            Event::Interrupt(i) => {
+                // A kernel-mode interrupt not met before the kernel left: the recording's
+                // kernel took it, this one did not.
+                let c = self.core.cpu();
+                let msg = format!(
+                    "the kernel returned to user mode at RIP {:#x} (count {}) before the interrupt recorded at RIP {:#x} count {}{}",
+                    c.rip,
+                    self.bus.count(c),
+                    i.rip,
+                    i.inst_cnt,
+                    self.bus.count_note()
+                );
+                Ok(Some(self.diverge(Some(idx), msg)))
             }
             Event::Exception(e) => {
                 let v = e.exception_index as u8;

@@ -268,11 +268,28 @@ impl Driver {
                     }
                 }
             }
-            T::LockRelease => {
-                if let Some((i, Event::Release(_))) = self.bus.queue.head() {
+            T::LockRelease => match self.bus.queue.head() {
+                Some((i, Event::Release(r))) => {
+                    // The agent records the RELEASE under the lock, so it is the releasing
+                    // vCPU's.
+                    if r.id != self.current as i32 {
+                        let msg = format!(
+                            "vCPU {} released the exec lock, the recorded RELEASE is vCPU {}'s",
+                            self.current, r.id
+                        );
+                        return Some(self.diverge(Some(i), msg));
+                    }
                     self.bus.queue.take(i);
                 }
-            }
+                Some((i, e)) if self.release_events => {
+                    let msg = format!(
+                        "vCPU {} released the exec lock (LOCK_RELEASE), but the next event is {e}, not its RELEASE (this recording has one at every release)",
+                        self.current
+                    );
+                    return Some(self.diverge(Some(i), msg));
+                }
+                _ => {}
+            },
         }
         None
     }

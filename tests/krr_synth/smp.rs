@@ -70,6 +70,9 @@ pub struct SmpScenario {
     pub xcall_percent: u64,
     /// Percent of the actions that are interrupts in user mode (INTERRUPT `from` = 3).
     pub user_irq_percent: u64,
+    /// Percent of the actions that are idle() calls (the CPU halts until an interrupt,
+    /// which the agent records with `from` = 3 in kernel mode).
+    pub idle_percent: u64,
     /// The agent records a RELEASE event at every release of the exec lock.
     pub release_events: bool,
 }
@@ -86,6 +89,7 @@ impl SmpScenario {
             },
             xcall_percent: 20,
             user_irq_percent: 15,
+            idle_percent: 8,
             release_events: true,
         }
     }
@@ -131,6 +135,8 @@ pub struct SmpRecording {
     pub kernel_irqs: u64,
     pub user_irqs: u64,
     pub xcalls: u64,
+    /// Interrupts that ended an idle() halt (INTERRUPT `from` = 3 at a kernel RIP).
+    pub idle_irqs: u64,
     /// Kernel-variable addresses of [`VARS`].
     pub var_addrs: [u64; 4],
     pub final_state: SmpFinal,
@@ -142,6 +148,8 @@ struct Vcpu {
     plan: Plan,
     /// User actions left.
     left: usize,
+    /// Halted in idle() until an interrupt comes.
+    halted: bool,
 }
 
 struct Smp<'a> {
@@ -152,6 +160,7 @@ struct Smp<'a> {
     /// The vCPU whose cross-call has not returned to user mode yet.
     xcall_from: Option<usize>,
     xcalls: u64,
+    idle_irqs: u64,
 }
 
 impl Smp<'_> {
@@ -212,6 +221,10 @@ impl Smp<'_> {
                         return;
                     }
                 }
+                Exit::Halt => {
+                    self.cpus[self.cur].halted = true;
+                    return;
+                }
                 // After a stop the same vCPU goes on (the engine's resume is one address).
                 other => self.r.at_stop(other),
             }
@@ -236,6 +249,8 @@ impl Smp<'_> {
             self.r.core.arch_mut().rip = rip;
             self.r.inject(m::TIMER_VECTOR);
             self.r.user_irqs += 1;
+        } else if k < self.sc.xcall_percent + self.sc.user_irq_percent + self.sc.idle_percent {
+            self.r.syscall(4, [0, 0, 0]);
         } else if k < 50 {
             match self.r.unmapped_fault_page() {
                 Some(page) => {
@@ -295,7 +310,17 @@ impl Smp<'_> {
             }
             let v = self.r.rng.below64(2) as usize;
             self.switch(v);
-            if self.r.cpu().cpl() == 3 {
+            if self.cpus[v].halted {
+                // The interrupt that ends the halt: KVM fills the slot (the vCPU gave the
+                // lock up); the agent records it in irqentry (an idle CPU's).
+                if self.r.rng.chance(50) {
+                    self.cpus[v].halted = false;
+                    self.r.inject(m::TIMER_VECTOR);
+                    self.idle_irqs += 1;
+                    let n = 20 + self.r.rng.below64(400);
+                    self.run_slice(n);
+                }
+            } else if self.r.cpu().cpl() == 3 {
                 // A vCPU the other's cross-call waits for enters the kernel once more.
                 let needed = self.xcall_from == Some(1 - v);
                 if (self.cpus[v].left > 0 || needed) && self.r.rng.chance(60) {
@@ -386,11 +411,13 @@ pub fn record_smp(sc: &SmpScenario, dir: &Path) -> SmpRecording {
             parked: None,
             plan: Plan::default(),
             left: sc.base.actions,
+            halted: false,
         },
         Vcpu {
             parked: Some(ap),
             plan: Plan::default(),
             left: sc.base.actions,
+            halted: false,
         },
     ];
     let mut s = Smp {
@@ -400,6 +427,7 @@ pub fn record_smp(sc: &SmpScenario, dir: &Path) -> SmpRecording {
         cur: 0,
         xcall_from: None,
         xcalls: 0,
+        idle_irqs: 0,
     };
     s.run();
     s.switch(0);
@@ -438,6 +466,7 @@ pub fn record_smp(sc: &SmpScenario, dir: &Path) -> SmpRecording {
         kernel_irqs: s.r.kernel_irqs,
         user_irqs: s.r.user_irqs,
         xcalls: s.xcalls,
+        idle_irqs: s.idle_irqs,
         var_addrs,
         final_state: SmpFinal { vcpus, vars },
     }

@@ -478,7 +478,7 @@ void exc_general_protection(struct pt_regs *regs, u64 error_code)
 void sysvec_apic_timer_interrupt(struct pt_regs *regs)
 {
 #ifdef KRR_SMP
-	if (regs->cs & 3)
+	if ((regs->cs & 3) || krr_cpu_idle())
 		rr_handle_irqentry();
 #endif
 	krr_jiffies++;

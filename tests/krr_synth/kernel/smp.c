@@ -200,11 +200,38 @@ static u64 sys_xcall(void)
 	return r & 0xffff;
 }
 
+/* is_idle_task(current): the CPU is in idle()'s halt (irqentry_enter records its
+ * interrupts). */
+volatile u64 krr_idle[SMP_NR_CPUS];
+
+int krr_cpu_idle(void)
+{
+	return krr_idle[KRR_CPU_ID()] != 0;
+}
+
+/* idle(): default_idle_call's hooks around the halt (CTX_IDLE; no INST_SYNC: the interrupt
+ * that ends the halt takes the lock first, so the re-acquisition finds it held). */
+static u64 sys_idle(void)
+{
+	u32 me = KRR_CPU_ID();
+	u64 f = irq_save();
+	krr_idle[me] = 1;
+	rr_release_smp_exec(CTX_IDLE);
+	asm volatile("sti; hlt" ::: "memory"); /* arch_cpu_idle(): safe_halt() */
+	rr_acquire_smp_exec(CTX_IDLE, 1);
+	asm volatile("cli" ::: "memory");
+	krr_idle[me] = 0;
+	irq_restore(f);
+	return krr_shared & 0xffff;
+}
+
 unsigned long krr_smp_syscall(unsigned long nr, struct pt_regs *regs)
 {
 	(void)regs;
 	if (nr == SYS_XCALL)
 		return sys_xcall();
+	if (nr == SYS_IDLE)
+		return sys_idle();
 	return -38UL;
 }
 

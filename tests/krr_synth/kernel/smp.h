@@ -7,6 +7,7 @@
 #define CTX_EXCP 5
 #define KVM_INSTRUCTION_SYNC 20
 #define SYS_XCALL 3
+#define SYS_IDLE 4
 #define SMP_NR_CPUS 2
 
 #ifndef __ASSEMBLER__
@@ -28,5 +29,6 @@ void rr_release_smp_exec(int ctx);
 void rr_handle_syscall(struct pt_regs *regs);
 void rr_handle_exception(struct pt_regs *regs, int vector, int error_code, unsigned long cr2);
 void rr_handle_irqentry(void);
+int krr_cpu_idle(void);
 unsigned long krr_smp_syscall(unsigned long nr, struct pt_regs *regs);
 #endif
