@@ -240,3 +240,48 @@ fn altered_smp_events_diverge_at_them() {
         }
     }
 }
+
+#[test]
+fn rotating_two_vcpu_recording_replays() {
+    for (tag, release_events) in [("medium", true), ("medium-norelease", false)] {
+        let sc = SmpScenario {
+            release_events,
+            ..SmpScenario::medium()
+        };
+        let rec = record_smp(&sc, &dir(tag));
+        eprintln!(
+            "{tag}: {} events {:?}, {} rotations",
+            rec.events, rec.counts, rec.rotations
+        );
+        assert!(
+            rec.rotations >= 1 || !release_events,
+            "{} rotations",
+            rec.rotations
+        );
+        assert_eq!(rec.counts[ty::RELEASE as usize] > 0, release_events);
+        for singlestep in [false, true] {
+            let r = replay_smp(&rec, singlestep);
+            assert_eq!(r.end, End::Finished, "{tag} singlestep {singlestep}");
+            assert_eq!(r.state, rec.final_state, "{tag} singlestep {singlestep}");
+            assert_eq!(r.io_resyncs, 0);
+        }
+    }
+}
+
+#[test]
+fn kvm_append_past_the_ring_end_does_not_rotate() {
+    // Seed 15: a KVM append (which never rotates) ends past the ring's total_size; the guest
+    // rotates at its next allocation.
+    let sc = SmpScenario {
+        base: krr_synth::Scenario {
+            seed: 15,
+            ..SmpScenario::medium().base
+        },
+        ..SmpScenario::medium()
+    };
+    let rec = record_smp(&sc, &dir("overrun"));
+    assert!(rec.ring_max_end > rec.ring_total, "{rec:?}");
+    let r = replay_smp(&rec, false);
+    assert_eq!(r.end, End::Finished);
+    assert_eq!(r.state, rec.final_state);
+}

@@ -14,7 +14,6 @@ use krr_runtime::GuestMemory;
 /// Offsets of the header fields KRR's replayer updates (krr-spec 1.1).
 const CURRENT_POS: usize = l::queue_header::CURRENT_POS;
 const CURRENT_BYTE: usize = l::queue_header::CURRENT_BYTE;
-const TOTAL_SIZE: usize = l::queue_header::TOTAL_SIZE;
 const ROTATED_BYTES: usize = l::queue_header::ROTATED_BYTES;
 const HEADER_SIZE: usize = l::queue_header::HEADER_SIZE;
 /// The exec-lock owner word, which ivshmem's realize hook sets to 0 in replay.
@@ -104,18 +103,18 @@ impl Ring {
         Ok(())
     }
 
-    /// Append an entry of `kind` with `payload` at `current_byte` (`append_to_queue`): rotate
-    /// first when it would not fit, as KRR's replayer does (KVM never rotated; krr-spec 3.5).
+    /// Append an entry of `kind` with `payload` at `current_byte`, as KVM (or QEMU) did at
+    /// record: never rotating, even past `total_size` (KVM only warns; the BAR has the
+    /// header's 4096 bytes beyond it). KRR's replayer (`append_to_queue`) rotates first when
+    /// the entry would not fit, which the recording did not do there: the guest's next
+    /// allocation would then not issue the hypercall 102 it issued at record (krr-spec 3.5,
+    /// 8.3), and the replay would leave the recording.
     pub fn append(
         &mut self,
         mem: &mut GuestMemory,
         kind: u32,
         payload: &[u8],
     ) -> Result<(), String> {
-        let total = self.u64_at(mem, TOTAL_SIZE)?;
-        if self.current_byte(mem)? + payload.len() as u64 + 4 >= total {
-            self.rotate(mem)?;
-        }
         let at = self.current_byte(mem)? as usize;
         self.put(mem, at, &kind.to_le_bytes())?;
         self.put(mem, at + 4, payload)?;
@@ -153,7 +152,7 @@ mod tests {
     }
 
     #[test]
-    fn appends_advance_and_rotate_as_krr_does() {
+    fn appends_advance_and_never_rotate_as_kvm_does() {
         let gpa = 0xf_0000_0000;
         let mut mem = GuestMemory::with_windows(&[(gpa, 0x2000)]).unwrap();
         let mut r = Ring::new(gpa, 0x2000);
@@ -171,13 +170,19 @@ mod tests {
         );
         assert_eq!(rd(&mem, 4096) as u32, 3);
         assert_eq!(rd(&mem, 4100), 0xaaaa_aaaa_aaaa_aaaa);
-        // 4096 + 36 + 4 + 192 >= 4296: rotate first.
+        // 4096 + 36 + 4 + 192 >= 4296: past total_size, not rotated (KVM's append).
         r.apply(&mut mem, RingOp::Append(0, vec![0x55; 192]))
             .unwrap();
+        assert_eq!(r.rotations, 0);
+        assert_eq!(r.current_pos(&mem).unwrap(), 2);
+        assert_eq!(r.current_byte(&mem).unwrap(), 4096 + 36 + 196);
+        assert_eq!(rd(&mem, 4096 + 36 + 4), 0x5555_5555_5555_5555);
+        assert_eq!(rd(&mem, ROTATED_BYTES as u64), 0);
+        // The guest's hypercall 102 rotates.
+        r.apply(&mut mem, RingOp::Rotate).unwrap();
         assert_eq!(r.rotations, 1);
-        assert_eq!(r.current_pos(&mem).unwrap(), 1);
-        assert_eq!(r.current_byte(&mem).unwrap(), 4096 + 196);
-        assert_eq!(rd(&mem, ROTATED_BYTES as u64), 36);
+        assert_eq!(r.current_byte(&mem).unwrap(), 4096);
+        assert_eq!(rd(&mem, ROTATED_BYTES as u64), 36 + 196);
         r.apply(&mut mem, RingOp::InterruptSlot(1, vec![7; 192]))
             .unwrap();
         assert_eq!(rd(&mem, 56 + 192), 0x0707_0707_0707_0707);

@@ -129,6 +129,9 @@ pub struct LogWriter {
     pub counts: [u64; 15],
     pub total: u64,
     pub rotations: u64,
+    /// The largest `current_byte` drained: above `total_size` when a host append (which
+    /// never rotates) went past it.
+    pub max_end: u64,
 }
 
 /// The host pointer QEMU's `rr_cfu` node holds in its `data` field (written to the file with
@@ -144,6 +147,7 @@ impl LogWriter {
             counts: [0; 15],
             total: 0,
             rotations: 0,
+            max_end: 0,
         }
     }
 
@@ -152,6 +156,7 @@ impl LogWriter {
     /// pointer) and rewrite the final header with the cumulative event count.
     pub fn drain(&mut self, ring: &Ring) {
         let end = ring.current_byte();
+        self.max_end = self.max_end.max(end);
         let mut at = HEADER_SIZE;
         while at < end {
             let t = ring.u32(at);

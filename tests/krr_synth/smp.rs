@@ -93,6 +93,19 @@ impl SmpScenario {
             release_events: true,
         }
     }
+
+    /// Thousands of events: the 2 MiB ring rotates (with RELEASE events).
+    pub fn medium() -> SmpScenario {
+        SmpScenario {
+            base: Scenario {
+                seed: 12,
+                actions: 600,
+                max_copy: 2048,
+                ..SmpScenario::small().base
+            },
+            ..SmpScenario::small()
+        }
+    }
 }
 
 /// One vCPU's state at the end: the kernel has returned to user mode.
@@ -132,6 +145,10 @@ pub struct SmpRecording {
     pub counts: [u64; 15],
     pub events: u64,
     pub rotations: u64,
+    /// The ring's `total_size`, and the largest `current_byte` QEMU drained (above it: a
+    /// KVM append past the end of the ring, which KVM does not rotate).
+    pub ring_total: u64,
+    pub ring_max_end: u64,
     pub kernel_irqs: u64,
     pub user_irqs: u64,
     pub xcalls: u64,
@@ -463,6 +480,8 @@ pub fn record_smp(sc: &SmpScenario, dir: &Path) -> SmpRecording {
         counts: log.counts,
         events: log.total,
         rotations: log.rotations,
+        ring_total: sc.base.ring_size - 4096,
+        ring_max_end: log.max_end,
         kernel_irqs: s.r.kernel_irqs,
         user_irqs: s.r.user_irqs,
         xcalls: s.xcalls,
