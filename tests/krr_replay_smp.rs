@@ -285,3 +285,40 @@ fn kvm_append_past_the_ring_end_does_not_rotate() {
     assert_eq!(r.end, End::Finished);
     assert_eq!(r.state, rec.final_state);
 }
+
+/// `krr replay --krr` (the command) on the two-vCPU recording, in both modes, and `krr info
+/// --krr` on it.
+#[test]
+fn the_command_replays_the_two_vcpu_recording() {
+    use std::process::Command;
+    let rec = record_smp(&SmpScenario::small(), &dir("cli"));
+    for mode in [&[][..], &["--singlestep"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_krr"))
+            .args(["replay", "-q", "--krr"])
+            .arg(&rec.snapshot)
+            .arg("--vmlinux")
+            .arg(&rec.vmlinux)
+            .args(["--profile", "host"])
+            .args(mode)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+        assert!(
+            stderr.contains(&format!("{} of {} events replayed", rec.events, rec.events)),
+            "{stderr}"
+        );
+        assert!(stderr.contains("verdict: replayed to the end"), "{stderr}");
+        let sync = format!("Inst Sync: {}\n", rec.counts[ty::INST_SYNC as usize]);
+        assert!(stdout.contains(&sync), "{sync}\n{stdout}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_krr"))
+        .args(["info", "--krr"])
+        .arg(&rec.snapshot)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    eprintln!("{stdout}");
+}
