@@ -150,6 +150,8 @@ pub struct SmpRecording {
     pub ring_total: u64,
     pub ring_max_end: u64,
     pub kernel_irqs: u64,
+    /// Of the kernel-mode interrupts, those inside copy_from_user's REP MOVSB.
+    pub rep_irqs: u64,
     pub user_irqs: u64,
     pub xcalls: u64,
     /// Interrupts that ended an idle() halt (INTERRUPT `from` = 3 at a kernel RIP).
@@ -483,6 +485,7 @@ pub fn record_smp(sc: &SmpScenario, dir: &Path) -> SmpRecording {
         ring_total: sc.base.ring_size - 4096,
         ring_max_end: log.max_end,
         kernel_irqs: s.r.kernel_irqs,
+        rep_irqs: s.r.rep_irqs,
         user_irqs: s.r.user_irqs,
         xcalls: s.xcalls,
         idle_irqs: s.idle_irqs,
