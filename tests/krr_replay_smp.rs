@@ -359,3 +359,47 @@ fn two_vcpu_recording_does_not_depend_on_the_tier() {
         );
     }
 }
+
+/// A SYSCALL's spin count one higher: RR_LOCK_ACQUIRE_RET advances the count by 3 more, and
+/// the vCPU's next checked count diverges naming the SYSCALL.
+#[test]
+fn an_altered_spin_count_is_named() {
+    let rec = record_smp(&SmpScenario::small(), &dir("spin-src"));
+    let ev = events(&rec);
+    // A system call that waited, whose vCPU's next count check is a port input (before any
+    // other synchronisation of its count).
+    let (k, next) = ev
+        .iter()
+        .enumerate()
+        .filter_map(|(k, e)| match e {
+            Event::Syscall(s) if s.spin_count > 0 => {
+                let next = (k + 1..ev.len()).find(|&j| {
+                    vcpu_of(&ev[j]) == Some(s.id)
+                        && matches!(
+                            ev[j],
+                            Event::IoIn(_) | Event::Interrupt(_) | Event::InstSync(_)
+                        )
+                })?;
+                matches!(ev[next], Event::IoIn(_)).then_some((k, next))
+            }
+            _ => None,
+        })
+        .next()
+        .expect("a system call that spun, then a port input");
+    let ends = tampered(&rec, "spin", k, |b| {
+        let at = 4 + 176;
+        let n = u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+        b[at..at + 8].copy_from_slice(&(n + 1).to_le_bytes());
+    });
+    let named = format!(
+        "last advanced by the spin count of event {} (Syscall",
+        k + 1
+    );
+    for e in &ends {
+        let End::Diverged(d) = e else {
+            panic!("no divergence: {e:?}")
+        };
+        assert_eq!(d.event, Some(next), "{}", d.message);
+        assert!(d.message.contains(&named), "{}", d.message);
+    }
+}

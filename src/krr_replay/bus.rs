@@ -35,6 +35,14 @@ impl IdeDma {
     }
 }
 
+/// How an event last changed a vCPU's count: set or checked there (an interrupt, a port
+/// input, INST_SYNC, a #DB), or advanced by its spin count at RR_LOCK_ACQUIRE_RET.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CountSource {
+    Synced,
+    Spin,
+}
+
 /// Where and why the replay left the recording.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Divergence {
@@ -59,10 +67,12 @@ pub struct ReplayBus {
     /// The spin count cached from the last entry event (SMP: patched in at
     /// RR_LOCK_ACQUIRE_RET) and whether INST_SYNC has just set the count.
     pub cached_spin: u64,
+    /// The event `cached_spin` came from.
+    pub spin_source: Option<usize>,
     pub skip_sync: bool,
     /// The event at which this vCPU's count was last checked or set (a divergence in the
     /// count names it: an INST_SYNC's count, for one, can only be checked later).
-    pub count_source: Option<usize>,
+    pub count_source: Option<(usize, CountSource)>,
     /// Count resynchronisations at port inputs (|Δ| <= 2, as KRR tolerates).
     pub io_resyncs: u64,
     /// Instructions whose results the CPU model gave though KRR never recorded them, with
@@ -72,8 +82,9 @@ pub struct ReplayBus {
     /// The recording had RDTSC exiting on (`rr_trap_rdtsc=1`): KVM wrote the RIP and count
     /// of kernel RDTSCs into their events, which are then checked (docs/KRR-EVENT-CHECKS.md).
     pub rdtsc_exiting: bool,
-    /// RIP of the last port input: a REP INS repeats it, and KRR then ignores the count.
-    last_in_rip: u64,
+    /// RIP and krr count of the last port input: a REP INS repeats it, and KRR then ignores
+    /// the count.
+    last_in: (u64, u64),
     pub ide: Option<IdeDma>,
     /// DMA data to write into guest-physical memory (the driver does, at the next exit).
     pub pending_dma: Vec<(u64, Vec<u8>)>,
@@ -94,13 +105,14 @@ impl ReplayBus {
             vcpu: 0,
             divergence: None,
             cached_spin: 0,
+            spin_source: None,
             skip_sync: false,
             count_source: None,
             io_resyncs: 0,
             model_answers: Vec::new(),
             pic_guessed: false,
             rdtsc_exiting: false,
-            last_in_rip: u64::MAX,
+            last_in: (u64::MAX, 0),
             ide: None,
             pending_dma: Vec::new(),
             unmatched_dma_starts: 0,
@@ -118,13 +130,20 @@ impl ReplayBus {
         self.delta = count as i64 - cpu.icount as i64;
     }
 
+    /// Cache the spin count of event `event` for RR_LOCK_ACQUIRE_RET.
+    pub fn cache_spin(&mut self, spin: u64, event: usize) {
+        self.cached_spin = spin;
+        self.spin_source = Some(event);
+    }
+
     /// ", this vCPU's count was last synchronised at event ..." for a count divergence.
     pub fn count_note(&self) -> String {
-        self.count_source.map_or(String::new(), |k| {
-            format!(
-                " (this vCPU's count was last synchronised at {})",
-                self.queue.describe(k)
-            )
+        self.count_source.map_or(String::new(), |(k, how)| {
+            let how = match how {
+                CountSource::Synced => "last synchronised at",
+                CountSource::Spin => "last advanced by the spin count of",
+            };
+            format!(" (this vCPU's count was {how} {})", self.queue.describe(k))
         })
     }
 
@@ -249,7 +268,10 @@ impl Bus for ReplayBus {
         // ignores it for an input repeated at one RIP (REP INS).
         let count = self.count(cpu);
         let diff = count.abs_diff(e.inst_cnt);
-        let repeated = std::mem::replace(&mut self.last_in_rip, cpu.rip) == cpu.rip;
+        // KRR's rule: the RIP of the last input and its count or one more (a REP INS's
+        // iterations); a later input at the same RIP is checked.
+        let (last_rip, last_icount) = std::mem::replace(&mut self.last_in, (cpu.rip, cpu.icount));
+        let repeated = last_rip == cpu.rip && cpu.icount.wrapping_sub(last_icount) <= 1;
         if diff != 0 && !repeated {
             if diff <= 2 {
                 self.io_resyncs += 1;
@@ -265,7 +287,7 @@ impl Bus for ReplayBus {
             }
         }
         if !repeated {
-            self.count_source = Some(i);
+            self.count_source = Some((i, CountSource::Synced));
         }
         self.append_recorded(i);
         self.queue.take(i);
@@ -399,8 +421,8 @@ impl Bus for ReplayBus {
                     };
                     let (count, spin) = (n.inst_cnt, n.spin_count);
                     self.resync(cpu, count);
-                    self.count_source = Some(i);
-                    self.cached_spin = spin;
+                    self.count_source = Some((i, CountSource::Synced));
+                    self.cache_spin(spin, i);
                     self.skip_sync = true;
                     // KRR's replayer appends the guest form with only inst_cnt set.
                     let mut guest_form = vec![0u8; 1072];

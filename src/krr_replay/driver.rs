@@ -72,8 +72,9 @@ struct Parked {
     arch: krr_runtime::ArchState,
     delta: i64,
     cached_spin: u64,
+    spin_source: Option<usize>,
     skip_sync: bool,
-    count_source: Option<usize>,
+    count_source: Option<(usize, super::bus::CountSource)>,
 }
 
 /// The vCPU an event names, for the events whose `id` is meaningful (the others always say 0
@@ -179,6 +180,7 @@ impl Driver {
                 arch,
                 delta: 0,
                 cached_spin: 0,
+                spin_source: None,
                 skip_sync: false,
                 count_source: None,
             })
@@ -252,6 +254,7 @@ impl Driver {
             arch: std::mem::replace(self.core.arch_mut(), incoming.arch),
             delta: std::mem::replace(&mut self.bus.delta, incoming.delta),
             cached_spin: std::mem::replace(&mut self.bus.cached_spin, incoming.cached_spin),
+            spin_source: std::mem::replace(&mut self.bus.spin_source, incoming.spin_source),
             skip_sync: std::mem::replace(&mut self.bus.skip_sync, incoming.skip_sync),
             count_source: std::mem::replace(&mut self.bus.count_source, incoming.count_source),
         };
@@ -587,7 +590,7 @@ impl Driver {
         a.dr[6] = e.cr2 ^ 0xffff_0ff0;
         let cpu = self.core.cpu();
         self.bus.resync(cpu, e.inst_cnt);
-        self.bus.count_source = Some(head);
+        self.bus.count_source = Some((head, super::bus::CountSource::Synced));
         self.engine
             .inject_exception(&mut self.core, vector::DB, None, None)
             .map_err(|x| format!("delivering {}: {x:?}", self.bus.queue.describe(head)))?;
@@ -625,13 +628,13 @@ impl Driver {
         if is_user_address(i.rip) {
             arch.rip = i.rip;
         }
-        self.bus.cached_spin = i.spin_count;
+        self.bus.cache_spin(i.spin_count, idx);
         // KRR's count at the injection is the recorded one; a REP interrupted between
         // iterations counts again when it resumes, so krr's single retirement of it stays
         // aligned (see ARCHITECTURE.md, "KRR recordings").
         let cpu = self.core.cpu();
         self.bus.resync(cpu, i.inst_cnt);
-        self.bus.count_source = Some(idx);
+        self.bus.count_source = Some((idx, super::bus::CountSource::Synced));
         Engine::set_rep_pause(&mut self.core, None);
         self.engine
             .inject_interrupt(&mut self.core, i.vector as u8)
@@ -679,7 +682,7 @@ impl Driver {
                 let sfmask = a.sfmask;
                 a.set_rflags_value(flags & !sfmask & !rflags::RF);
                 a.rip = a.lstar;
-                self.bus.cached_spin = s.spin_count;
+                self.bus.cache_spin(s.spin_count, idx);
                 self.bus.queue.take(idx);
                 self.core.flush_tlb();
                 Ok(None)
@@ -713,7 +716,7 @@ impl Driver {
                     vector::DB => a.dr[6] = e.cr2 ^ 0xffff_0ff0,
                     _ => {}
                 }
-                self.bus.cached_spin = e.spin_count;
+                self.bus.cache_spin(e.spin_count, idx);
                 let code = pushes_error_code(v).then_some(e.error_code as u32);
                 let cr2 = (v == vector::PF).then_some(e.cr2);
                 self.engine

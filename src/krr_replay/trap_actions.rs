@@ -231,7 +231,7 @@ impl Driver {
                             );
                             return Some(self.diverge(Some(i), msg));
                         }
-                        self.bus.cached_spin = spin;
+                        self.bus.cache_spin(spin, i);
                         self.bus.queue.take(i);
                     }
                     _ => {
@@ -265,6 +265,11 @@ impl Driver {
                     self.core.arch_mut().gpr[0] = spin;
                     if !synced {
                         self.bus.delta += 3 * spin as i64;
+                        // A count divergence from here on may be the spin count's.
+                        self.bus.count_source = self
+                            .bus
+                            .spin_source
+                            .map(|k| (k, super::bus::CountSource::Spin));
                     }
                 }
             }
