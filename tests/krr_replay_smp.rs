@@ -342,7 +342,15 @@ fn the_command_replays_the_two_vcpu_recording() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
-    eprintln!("{stdout}");
+    assert!(stdout.contains("2 vCPU(s)"), "{stdout}");
+    for (t, name) in [(ty::RELEASE, "Release"), (ty::INST_SYNC, "Inst Sync")] {
+        let line = format!("{name}: {}\n", rec.counts[t as usize]);
+        assert!(stdout.contains(&line), "{line}\n{stdout}");
+    }
+    for v in 0..2 {
+        let line = format!("instructions: vCPU {v}: counts ");
+        assert!(stdout.contains(&line), "{line}\n{stdout}");
+    }
 }
 
 /// The schedule is in instructions: the recording is the same whatever the engine's tiers.
