@@ -8,9 +8,12 @@
 //!   own GDT with its own TSS, stack and GS base / per-CPU area, `cpu` = 1) and reach user
 //!   mode; the snapshot holds two `cpu`, `cpu_common` and `apic` sections. Each vCPU's count
 //!   is its own (KVM's PMC3 is per vCPU).
-//! - The schedule: a vCPU in user mode does its next action (a system call, a user #PF or
-//!   #GP, an interrupt in user mode, a cross-call); a vCPU in the kernel runs a slice of
-//!   20..420 instructions. A vCPU that wants the exec lock while the other holds it spins
+//! - The schedule (the recorder's RNG, so the recording depends on the seed only, not on the
+//!   engine's tiers): a vCPU in user mode does its next action (a system call: work, probe,
+//!   cross-call or idle; a user #PF or #GP; an interrupt in user mode); a vCPU in the kernel
+//!   runs a slice of 20..420 instructions; a vCPU halted in idle() gets the interrupt that
+//!   ends the halt. The recording ends when both vCPUs have done their actions and are back
+//!   in user mode (the final state: both vCPUs' registers and counts, kernel variables). A vCPU that wants the exec lock while the other holds it spins
 //!   in `rr_do_acquire_smp_exec`'s loop for real (three instructions per failed
 //!   test_and_set_bit) until the owner releases it, so spin counts are what the slices
 //!   gave. Kernel code inside lock-wait regions runs unserialised, as in KRR.
@@ -22,9 +25,11 @@
 //!   patch). Interrupts in user mode are all of the second kind. Hypercall 20 appends
 //!   INST_SYNC in the guest form (inner type 0, id, the count before the VMCALL, its RIP,
 //!   spin_count = RBX), then counts the VMCALL. IO_IN and the RDTSC exit carry the vCPU id.
-//! - Kernel-mode interrupts go to the lock owner only (with interrupts enabled); a vCPU in
-//!   the kernel without the lock (a lock wait) is never interrupted: KRR records such an
-//!   interrupt nowhere (krr-spec 8.3).
+//! - Kernel-mode interrupts go to the lock owner only (with interrupts enabled), and to a
+//!   vCPU halted in idle() (`default_idle_call` released the lock: KVM fills the slot, the
+//!   agent records `from` = 3 at the kernel RIP after the HLT, which KVM counted); a vCPU in
+//!   the kernel without the lock otherwise (a lock wait) is never interrupted: KRR records
+//!   such an interrupt nowhere (krr-spec 8.3).
 //! - The agent: `rr_handle_syscall` / `rr_handle_exception` / `rr_handle_irqentry` take the
 //!   lock and store the spin count (-1, "already mine", stored as 0; an interrupt entry that
 //!   already holds it records nothing); the lock is released after the system call's exit
@@ -46,6 +51,9 @@
 //!   the caller holds while it waits: both CPUs wait, and re-acquire with INST_SYNC.
 //! - `rr_do_acquire_smp_exec` has no `initialized`/`skip_lock` checks (the lock is on from
 //!   boot; KRR enables it once more than one CPU is online).
+//! - is_idle_task(current) is a per-CPU flag set around idle()'s halt; the interrupt that
+//!   ends it takes the lock in irqentry, so idle()'s CTX_IDLE re-acquisition finds it held
+//!   (-1, no INST_SYNC), as Linux's idle loop does.
 
 use super::machine::{self as m};
 use super::recorder::{self, Plan, Recorder};
