@@ -135,6 +135,20 @@ pub struct SmpFinal {
     pub vars: [u64; 4],
 }
 
+impl SmpFinal {
+    /// The state with RFLAGS.RF cleared: a replay cannot know it at the end. After a fault's
+    /// IRETQ user mode runs with RF set, and user code clears it; the recording's next user
+    /// event has it clear, but KRR's replay does not restore RFLAGS for an interrupt taken in
+    /// user mode (krr-spec 3.4), so the replayed frame, and the state after its IRETQ, keep RF.
+    pub fn without_rf(&self) -> SmpFinal {
+        let mut s = self.clone();
+        for v in &mut s.vcpus {
+            v.rflags &= !krr_runtime::rflags::RF;
+        }
+        s
+    }
+}
+
 /// The kernel variables [`SmpFinal::vars`] reads.
 pub const VARS: [&str; 4] = [
     "krr_checksum",
