@@ -119,6 +119,7 @@ fn two_vcpu_recording_replays_to_both_vcpus_state() {
     let ways = |a, b| owners.windows(2).filter(|w| w[0] == a && w[1] == b).count();
     assert!(ways(0, 1) > 3 && ways(1, 0) > 3);
     assert!(rec.xcalls > 0);
+    assert!(rec.checkpoints.iter().all(|c| c.len() > 10));
     for singlestep in [false, true] {
         let r = replay_smp(&rec, singlestep);
         assert_eq!(r.end, End::Finished, "singlestep {singlestep}");
@@ -131,7 +132,38 @@ fn two_vcpu_recording_replays_to_both_vcpus_state() {
         assert!(r.handovers > 6);
         assert_eq!(r.corrected_interrupts, 0);
         assert_eq!(r.io_resyncs, 0);
+        // Both vCPUs' checkpoint files, each compared where the vCPU's count reaches it.
+        let t = r.checkpoints;
+        eprintln!("singlestep {singlestep}: checkpoints {t:?}");
+        assert_eq!(t.missed, 0, "{t:?}");
+        assert!(
+            (t.passed + t.skipped) as usize >= due_checkpoints(&rec, &ev),
+            "{t:?}"
+        );
+        assert!(t.passed > 20, "{t:?}");
     }
+}
+
+/// The checkpoints the replay must have compared: those up to the count of the vCPU's last
+/// event that carries one (the replay ends with the last event; a vCPU's later records are
+/// not reached).
+fn due_checkpoints(rec: &SmpRecording, ev: &[Event]) -> usize {
+    (0..2)
+        .map(|v| {
+            let last = ev
+                .iter()
+                .filter(|e| vcpu_of(e) == Some(v as i32))
+                .filter_map(|e| match e {
+                    Event::IoIn(x) => Some(x.inst_cnt),
+                    Event::Interrupt(i) => Some(i.inst_cnt),
+                    Event::InstSync(n) => Some(n.inst_cnt),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0);
+            rec.checkpoints[v].iter().filter(|&&c| c <= last).count()
+        })
+        .sum()
 }
 
 /// Each event's file offset (of its type field) in `kernel_rr.log`.
@@ -407,10 +439,7 @@ fn an_altered_spin_count_is_named() {
         let n = u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
         b[at..at + 8].copy_from_slice(&(n + 1).to_le_bytes());
     });
-    let named = format!(
-        "last advanced by the spin count of event {} (Syscall",
-        k + 1
-    );
+    let named = format!("advanced by the spin count of event {} (Syscall", k + 1);
     for e in &ends {
         let End::Diverged(d) = e else {
             panic!("no divergence: {e:?}")
@@ -439,6 +468,12 @@ fn other_schedules_replay() {
         let rec = record_smp(&sc, &dir("sweep"));
         for singlestep in [false, true] {
             let r = replay_smp(&rec, singlestep);
+            let t = r.checkpoints;
+            let all = due_checkpoints(&rec, &events(&rec));
+            if t.missed != 0 || ((t.passed + t.skipped) as usize) < all {
+                eprintln!("seed {seed} singlestep {singlestep}: checkpoints {t:?} of {all}");
+                bad.push(seed);
+            }
             if r.end != End::Finished
                 || r.state.without_rf() != rec.final_state.without_rf()
                 || r.io_resyncs != 0
@@ -452,4 +487,36 @@ fn other_schedules_replay() {
         }
     }
     assert!(bad.is_empty(), "{bad:?}");
+}
+
+/// vCPU 1's `checkpoint-1` is compared too: its first record with another RAX is a divergence
+/// naming it.
+#[test]
+fn an_altered_checkpoint_of_vcpu_1_diverges() {
+    let rec = record_smp(&SmpScenario::small(), &dir("cp-src"));
+    let d = dir("cp");
+    std::fs::create_dir_all(&d).unwrap();
+    for f in ["test1", "vmlinux", "kernel_rr.log", "checkpoint-0"] {
+        std::fs::copy(rec.dir.join(f), d.join(f)).unwrap();
+    }
+    let mut cp = std::fs::read(rec.dir.join("checkpoint-1")).unwrap();
+    // Record 0: inst_cnt, rip, then RAX (QEMU's register order).
+    cp[16] ^= 1;
+    std::fs::write(d.join("checkpoint-1"), &cp).unwrap();
+    for singlestep in [false, true] {
+        let r = replay_smp_files(
+            &d.join("test1"),
+            &d.join("vmlinux"),
+            &rec.var_addrs,
+            singlestep,
+        );
+        let End::Diverged(div) = r.end else {
+            panic!("no divergence: {:?}", r.end)
+        };
+        assert!(
+            div.message.contains("checkpoint-1 record 1 at count") && div.message.contains("rax "),
+            "{}",
+            div.message
+        );
+    }
 }

@@ -35,12 +35,21 @@ impl IdeDma {
     }
 }
 
-/// How an event last changed a vCPU's count: set or checked there (an interrupt, a port
-/// input, INST_SYNC, a #DB), or advanced by its spin count at RR_LOCK_ACQUIRE_RET.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CountSource {
-    Synced,
-    Spin,
+/// Where a vCPU's count comes from: the event at which it was last set or checked (an
+/// interrupt, a port input, INST_SYNC, a #DB), and the events whose spin counts advanced it
+/// since (RR_LOCK_ACQUIRE_RET). A count divergence names them: an INST_SYNC's count, or a
+/// spin count, can only be checked later.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CountSource {
+    pub synced: Option<usize>,
+    pub spins: Vec<usize>,
+}
+
+impl CountSource {
+    pub fn synced(&mut self, event: usize) {
+        self.synced = Some(event);
+        self.spins.clear();
+    }
 }
 
 /// Where and why the replay left the recording.
@@ -70,9 +79,8 @@ pub struct ReplayBus {
     /// The event `cached_spin` came from.
     pub spin_source: Option<usize>,
     pub skip_sync: bool,
-    /// The event at which this vCPU's count was last checked or set (a divergence in the
-    /// count names it: an INST_SYNC's count, for one, can only be checked later).
-    pub count_source: Option<(usize, CountSource)>,
+    /// Where the running vCPU's count comes from.
+    pub count_source: CountSource,
     /// Count resynchronisations at port inputs (|Δ| <= 2, as KRR tolerates).
     pub io_resyncs: u64,
     /// Instructions whose results the CPU model gave though KRR never recorded them, with
@@ -107,7 +115,7 @@ impl ReplayBus {
             cached_spin: 0,
             spin_source: None,
             skip_sync: false,
-            count_source: None,
+            count_source: CountSource::default(),
             io_resyncs: 0,
             model_answers: Vec::new(),
             pic_guessed: false,
@@ -136,15 +144,26 @@ impl ReplayBus {
         self.spin_source = Some(event);
     }
 
-    /// ", this vCPU's count was last synchronised at event ..." for a count divergence.
+    /// " (this vCPU's count was last synchronised at event ..., then advanced by the spin
+    /// counts of ...)" for a count divergence.
     pub fn count_note(&self) -> String {
-        self.count_source.map_or(String::new(), |(k, how)| {
-            let how = match how {
-                CountSource::Synced => "last synchronised at",
-                CountSource::Spin => "last advanced by the spin count of",
-            };
-            format!(" (this vCPU's count was {how} {})", self.queue.describe(k))
-        })
+        let s = &self.count_source;
+        let mut parts = Vec::new();
+        if let Some(k) = s.synced {
+            parts.push(format!("last synchronised at {}", self.queue.describe(k)));
+        }
+        if !s.spins.is_empty() {
+            let events: Vec<String> = s.spins.iter().map(|&k| self.queue.describe(k)).collect();
+            parts.push(format!(
+                "advanced by the spin count{} of {}",
+                if events.len() > 1 { "s" } else { "" },
+                events.join(", ")
+            ));
+        }
+        if parts.is_empty() {
+            return String::new();
+        }
+        format!(" (this vCPU's count was {})", parts.join(", then "))
     }
 
     pub fn diverge(&mut self, event: Option<usize>, message: String) {
@@ -287,7 +306,7 @@ impl Bus for ReplayBus {
             }
         }
         if !repeated {
-            self.count_source = Some((i, CountSource::Synced));
+            self.count_source.synced(i);
         }
         self.append_recorded(i);
         self.queue.take(i);
@@ -421,7 +440,7 @@ impl Bus for ReplayBus {
                     };
                     let (count, spin) = (n.inst_cnt, n.spin_count);
                     self.resync(cpu, count);
-                    self.count_source = Some((i, CountSource::Synced));
+                    self.count_source.synced(i);
                     self.cache_spin(spin, i);
                     self.skip_sync = true;
                     // KRR's replayer appends the guest form with only inst_cnt set.

@@ -74,7 +74,10 @@ struct Parked {
     cached_spin: u64,
     spin_source: Option<usize>,
     skip_sync: bool,
-    count_source: Option<(usize, super::bus::CountSource)>,
+    count_source: super::bus::CountSource,
+    /// Its `checkpoint-<cpu>` and the next one due.
+    checkpoints: Vec<crate::krr_rec::checkpoint::Checkpoint>,
+    next_checkpoint: usize,
 }
 
 /// The vCPU an event names, for the events whose `id` is meaningful (the others always say 0
@@ -182,7 +185,9 @@ impl Driver {
                 cached_spin: 0,
                 spin_source: None,
                 skip_sync: false,
-                count_source: None,
+                count_source: Default::default(),
+                checkpoints: Vec::new(),
+                next_checkpoint: 0,
             })
         }));
         engine.set_stop_addresses(traps.iter().map(|(_, a)| a));
@@ -231,6 +236,28 @@ impl Driver {
         Some((&p.arch, (p.arch.icount as i64 + p.delta) as u64))
     }
 
+    /// vCPU `v`'s `checkpoint-<v>` records (sorted by count here).
+    pub fn set_checkpoints(
+        &mut self,
+        v: usize,
+        mut cps: Vec<crate::krr_rec::checkpoint::Checkpoint>,
+    ) -> Result<(), String> {
+        cps.sort_by_key(|c| c.inst_cnt);
+        if v == self.current {
+            self.checkpoints = cps;
+            self.next_checkpoint = 0;
+            return Ok(());
+        }
+        let p = self
+            .parked
+            .get_mut(v)
+            .and_then(Option::as_mut)
+            .ok_or_else(|| format!("checkpoint-{v}: the recording has no vCPU {v}"))?;
+        p.checkpoints = cps;
+        p.next_checkpoint = 0;
+        Ok(())
+    }
+
     /// Give vCPU `v` the exec lock and the core (after the replay: to run it on).
     pub fn switch_vcpu(&mut self, v: usize) -> Result<(), String> {
         self.owner = Some(v);
@@ -257,6 +284,8 @@ impl Driver {
             spin_source: std::mem::replace(&mut self.bus.spin_source, incoming.spin_source),
             skip_sync: std::mem::replace(&mut self.bus.skip_sync, incoming.skip_sync),
             count_source: std::mem::replace(&mut self.bus.count_source, incoming.count_source),
+            checkpoints: std::mem::replace(&mut self.checkpoints, incoming.checkpoints),
+            next_checkpoint: std::mem::replace(&mut self.next_checkpoint, incoming.next_checkpoint),
         };
         self.parked[self.current] = Some(out);
         self.current = to;
@@ -345,8 +374,8 @@ impl Driver {
                     limit = limit.min(icount + (t - count));
                 }
             }
-            // Checkpoints are vCPU 0's (`checkpoint-0`).
-            if self.current == 0 {
+            // The running vCPU's `checkpoint-<cpu>` (each vCPU's are swapped in with it).
+            {
                 if let Some(end) = self.verify_checkpoints(count) {
                     return Ok(end);
                 }
@@ -387,7 +416,15 @@ impl Driver {
             let exit = self.run_engine()?;
             progress(self.bus.queue.replayed_count() as u64);
             let end = match exit {
-                Exit::Budget => self.at_budget(head, &event)?,
+                Exit::Budget => {
+                    // A checkpoint due here is the state before an interrupt injected at this
+                    // boundary (KVM's counter exit came first).
+                    let count = self.bus.count(self.core.cpu());
+                    match self.verify_checkpoints(count) {
+                        Some(end) => Some(end),
+                        None => self.at_budget(head, &event)?,
+                    }
+                }
                 Exit::Stop { rip } => self.at_trap(rip)?,
                 Exit::UserMode => self.at_user_mode()?,
                 Exit::Halt | Exit::BusRequest => None,
@@ -590,7 +627,7 @@ impl Driver {
         a.dr[6] = e.cr2 ^ 0xffff_0ff0;
         let cpu = self.core.cpu();
         self.bus.resync(cpu, e.inst_cnt);
-        self.bus.count_source = Some((head, super::bus::CountSource::Synced));
+        self.bus.count_source.synced(head);
         self.engine
             .inject_exception(&mut self.core, vector::DB, None, None)
             .map_err(|x| format!("delivering {}: {x:?}", self.bus.queue.describe(head)))?;
@@ -634,7 +671,7 @@ impl Driver {
         // aligned (see ARCHITECTURE.md, "KRR recordings").
         let cpu = self.core.cpu();
         self.bus.resync(cpu, i.inst_cnt);
-        self.bus.count_source = Some((idx, super::bus::CountSource::Synced));
+        self.bus.count_source.synced(idx);
         Engine::set_rep_pause(&mut self.core, None);
         self.engine
             .inject_interrupt(&mut self.core, i.vector as u8)

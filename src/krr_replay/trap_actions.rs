@@ -266,10 +266,9 @@ impl Driver {
                     if !synced {
                         self.bus.delta += 3 * spin as i64;
                         // A count divergence from here on may be the spin count's.
-                        self.bus.count_source = self
-                            .bus
-                            .spin_source
-                            .map(|k| (k, super::bus::CountSource::Spin));
+                        if let Some(k) = self.bus.spin_source {
+                            self.bus.count_source.spins.push(k);
+                        }
                     }
                 }
             }

@@ -60,6 +60,7 @@ use super::recorder::{self, Plan, Recorder};
 use super::ring::LogWriter;
 use super::Scenario;
 use crate::krr_rec_writer::migration as wm;
+use krr::krr_rec::checkpoint::{Checkpoint, CheckpointSeg};
 use krr::krr_rec::migration::cpu::CpuCommon;
 use krr_jit::{Engine, Exit};
 use krr_runtime::ArchState;
@@ -83,6 +84,9 @@ pub struct SmpScenario {
     pub idle_percent: u64,
     /// The agent records a RELEASE event at every release of the exec lock.
     pub release_events: bool,
+    /// Percent of the kernel slices of the lock owner that end with a checkpoint of its
+    /// state (`checkpoint-<cpu>`).
+    pub checkpoint_percent: u64,
 }
 
 impl SmpScenario {
@@ -98,6 +102,7 @@ impl SmpScenario {
             xcall_percent: 20,
             user_irq_percent: 15,
             idle_percent: 8,
+            checkpoint_percent: 25,
             release_events: true,
         }
     }
@@ -178,6 +183,8 @@ pub struct SmpRecording {
     pub xcalls: u64,
     /// Interrupts that ended an idle() halt (INTERRUPT `from` = 3 at a kernel RIP).
     pub idle_irqs: u64,
+    /// The counts of `checkpoint-0`'s and `checkpoint-1`'s records.
+    pub checkpoints: [Vec<u64>; 2],
     /// Kernel-variable addresses of [`VARS`].
     pub var_addrs: [u64; 4],
     pub final_state: SmpFinal,
@@ -191,6 +198,7 @@ struct Vcpu {
     left: usize,
     /// Halted in idle() until an interrupt comes.
     halted: bool,
+    checkpoints: Vec<Checkpoint>,
 }
 
 struct Smp<'a> {
@@ -202,6 +210,11 @@ struct Smp<'a> {
     xcall_from: Option<usize>,
     xcalls: u64,
     idle_irqs: u64,
+    /// rr_do_acquire_smp_exec's code: no checkpoint there (see `checkpoint`).
+    acquire: std::ops::Range<u64>,
+    /// Which slices end with a checkpoint (not the schedule's RNG: the schedule does not
+    /// depend on checkpoints).
+    checkpoint_rng: super::Rng,
 }
 
 impl Smp<'_> {
@@ -246,8 +259,12 @@ impl Smp<'_> {
                     return;
                 }
                 Exit::Budget => {
+                    let icount = self.r.cpu().icount;
+                    let irq_due = self.r.plan.kernel_irq_at.is_some_and(|at| icount >= at);
+                    if icount >= end && !irq_due {
+                        self.checkpoint();
+                    }
                     let c = self.r.cpu();
-                    let icount = c.icount;
                     if self.r.plan.kernel_irq_at.is_some_and(|at| icount >= at) {
                         let owner = self.r.ring().u32(48) as i32 == self.cur as i32;
                         if c.cpl() == 0 && Engine::interrupts_enabled(c) && owner {
@@ -270,6 +287,38 @@ impl Smp<'_> {
                 other => self.r.at_stop(other),
             }
         }
+    }
+
+    /// QEMU's record-time checkpoint (krr-spec 6) of the lock owner in kernel mode, as if the
+    /// checkpoint interval's counter exit fell at this count: the state after `icount`
+    /// kernel instructions. None inside rr_do_acquire_smp_exec: between taking the lock and
+    /// its return (or INST_SYNC) the recorded count holds the spins, which the replay adds
+    /// only at RR_LOCK_ACQUIRE_RET (KRR's replayer would report such a checkpoint too).
+    fn checkpoint(&mut self) {
+        let c = self.r.cpu();
+        let owner = self.r.ring().u32(48) as i32 == self.cur as i32;
+        if !owner || c.cpl() != 0 || self.acquire.contains(&c.rip) {
+            return;
+        }
+        if !self.checkpoint_rng.chance(self.sc.checkpoint_percent) {
+            return;
+        }
+        let c = self.r.cpu();
+        let seg = |s: &krr_runtime::cpu::Segment| CheckpointSeg {
+            selector: s.selector as u32,
+            base: s.base,
+            limit: s.limit,
+            flags: ((s.attrs as u32 & 0xff) << 8) | (((s.attrs as u32 >> 12) & 0xf) << 20),
+        };
+        let cp = Checkpoint {
+            inst_cnt: c.icount,
+            rip: c.rip,
+            regs: c.gpr,
+            cr: [c.cr0, 0, c.cr2, c.cr3, c.cr4],
+            segs: std::array::from_fn(|i| seg(&c.seg[i])),
+            eflags: c.rflags_value(),
+        };
+        self.cpus[self.cur].checkpoints.push(cp);
     }
 
     /// The current vCPU (in user mode) does its next action: it enters the kernel.
@@ -453,12 +502,14 @@ pub fn record_smp(sc: &SmpScenario, dir: &Path) -> SmpRecording {
             plan: Plan::default(),
             left: sc.base.actions,
             halted: false,
+            checkpoints: Vec::new(),
         },
         Vcpu {
             parked: Some(ap),
             plan: Plan::default(),
             left: sc.base.actions,
             halted: false,
+            checkpoints: Vec::new(),
         },
     ];
     let mut s = Smp {
@@ -469,6 +520,11 @@ pub fn record_smp(sc: &SmpScenario, dir: &Path) -> SmpRecording {
         xcall_from: None,
         xcalls: 0,
         idle_irqs: 0,
+        checkpoint_rng: super::Rng(sc.base.seed.wrapping_mul(0xa076_1d64_78bd_642f) | 1),
+        acquire: {
+            let f = v.symbol("rr_do_acquire_smp_exec").expect("the exec lock");
+            f.addr..f.addr + f.size
+        },
     };
     s.run();
     s.switch(0);
@@ -496,7 +552,15 @@ pub fn record_smp(sc: &SmpScenario, dir: &Path) -> SmpRecording {
     std::fs::write(&log_path, &log.bytes).unwrap();
     let target_vmlinux = dir.join("vmlinux");
     std::fs::copy(&vmlinux, &target_vmlinux).unwrap();
+    let checkpoints = [0, 1].map(|i| s.cpus[i].checkpoints.iter().map(|c| c.inst_cnt).collect());
+    for (i, c) in s.cpus.iter().enumerate() {
+        if !c.checkpoints.is_empty() {
+            let bytes = crate::krr_rec_writer::checkpoint_bytes(&c.checkpoints);
+            std::fs::write(dir.join(format!("checkpoint-{i}")), bytes).unwrap();
+        }
+    }
     SmpRecording {
+        checkpoints,
         dir: dir.into(),
         snapshot: snap_path,
         log: log_path,
@@ -524,6 +588,7 @@ pub struct SmpReplayed {
     pub handovers: u64,
     pub corrected_interrupts: u64,
     pub io_resyncs: u64,
+    pub checkpoints: krr::krr_replay::driver::CheckpointTally,
 }
 
 /// Replay with krr's KRR replayer (`singlestep`: one instruction per block); after the last
@@ -602,5 +667,6 @@ pub fn replay_smp_files(
         handovers: d.handovers,
         corrected_interrupts: d.corrected_interrupts,
         io_resyncs: d.bus.io_resyncs,
+        checkpoints: d.checkpoint_tally,
     }
 }
