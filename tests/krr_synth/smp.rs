@@ -51,6 +51,11 @@
 //!   the caller holds while it waits: both CPUs wait, and re-acquire with INST_SYNC.
 //! - `rr_do_acquire_smp_exec` has no `initialized`/`skip_lock` checks (the lock is on from
 //!   boot; KRR enables it once more than one CPU is online).
+//! - Checkpoints (`checkpoint-0`, `checkpoint-1`, krr-spec 6): QEMU's record-time records of
+//!   the lock owner in kernel mode, taken at a quarter of the owner's slice ends (as if the
+//!   checkpoint interval's counter exit fell there), not inside `rr_do_acquire_smp_exec`:
+//!   there the recorded count already holds the spins that the replay adds only at its
+//!   return (RR_LOCK_ACQUIRE_RET), a mismatch KRR's replayer would report as well.
 //! - is_idle_task(current) is a per-CPU flag set around idle()'s halt; the interrupt that
 //!   ends it takes the lock in irqentry, so idle()'s CTX_IDLE re-acquisition finds it held
 //!   (-1, no INST_SYNC), as Linux's idle loop does.
