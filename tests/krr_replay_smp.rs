@@ -246,6 +246,13 @@ fn altered_smp_events_diverge_at_them() {
         b[..4].copy_from_slice(&12u32.to_le_bytes())
     });
     diverged_at(&ends, k, "not its RELEASE");
+    // A port input recorded on the other vCPU.
+    let k = ev.iter().position(|e| matches!(e, Event::IoIn(_))).unwrap();
+    let ends = tampered(&rec, "io-in-vcpu", k, |b| {
+        let id = i32::from_le_bytes(b[4..8].try_into().unwrap());
+        b[4..8].copy_from_slice(&(1 - id).to_le_bytes());
+    });
+    diverged_at(&ends, k, "recorded on vCPU");
     // An interrupt that ended an idle halt (from = 3, kernel RIP), its RIP moved by one
     // byte: never met.
     let k = ev

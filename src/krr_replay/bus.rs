@@ -283,6 +283,12 @@ impl Bus for ReplayBus {
             self.diverge(Some(i), msg);
             return u32::MAX;
         }
+        // KVM wrote the vCPU's id (KRR's replayer requires it).
+        if e.id != self.vcpu {
+            let msg = format!("{what} on vCPU {}, recorded on vCPU {}", self.vcpu, e.id);
+            self.diverge(Some(i), msg);
+            return u32::MAX;
+        }
         // The count KVM sampled before the IN retired; KRR resynchronises within 2 and
         // ignores it for an input repeated at one RIP (REP INS).
         let count = self.count(cpu);
