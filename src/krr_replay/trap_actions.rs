@@ -267,7 +267,11 @@ impl Driver {
                         self.bus.delta += 3 * spin as i64;
                         // A count divergence from here on may be the spin count's.
                         if let Some(k) = self.bus.spin_source {
-                            self.bus.count_source.spins.push(k);
+                            let spins = &mut self.bus.count_source.spins;
+                            if spins.len() == 8 {
+                                spins.remove(0);
+                            }
+                            spins.push(k);
                         }
                     }
                 }
