@@ -258,6 +258,31 @@ impl Driver {
         Ok(())
     }
 
+    /// After the last event: run vCPU `v` on to its return to user mode (no input is left to
+    /// read), with the exec lock's spin patch at RR_LOCK_ACQUIRE_RET (the last entry event's
+    /// spin count, cached when it was replayed).
+    pub fn run_to_user_mode(&mut self, v: usize) -> Result<(), String> {
+        self.switch_vcpu(v)?;
+        loop {
+            self.core.set_icount_limit(u64::MAX);
+            Engine::set_rep_pause(&mut self.core, None);
+            match self.run_engine()? {
+                Exit::UserMode => return Ok(()),
+                Exit::Stop { rip } => {
+                    if self.traps.at(rip) == Some(TrapPoint::LockAcquireRet) {
+                        self.trap_action(TrapPoint::LockAcquireRet);
+                    }
+                    self.engine.resume_past_stop(self.core.cpu());
+                }
+                Exit::Budget | Exit::BusRequest | Exit::Halt => {}
+                failed => return Err(self.failure(failed)),
+            }
+            if let Some(d) = &self.bus.divergence {
+                return Err(d.message.clone());
+            }
+        }
+    }
+
     /// Give vCPU `v` the exec lock and the core (after the replay: to run it on).
     pub fn switch_vcpu(&mut self, v: usize) -> Result<(), String> {
         self.owner = Some(v);

@@ -628,24 +628,8 @@ pub fn replay_smp_files(
     let d = &mut l.driver;
     if end == End::Finished {
         for v in 0..d.vcpus() {
-            d.switch_vcpu(v).unwrap();
-            loop {
-                d.core.set_icount_limit(u64::MAX);
-                match d.engine.run_with_bus(&mut d.core, &mut d.bus) {
-                    Exit::UserMode => break,
-                    Exit::Stop { .. } => d.engine.resume_past_stop(d.core.cpu()),
-                    Exit::Budget | Exit::BusRequest | Exit::Halt => {}
-                    other => panic!(
-                        "vCPU {v} after the last event: {other:?} at RIP {:#x}",
-                        d.core.cpu().rip
-                    ),
-                }
-                assert!(
-                    d.bus.divergence.is_none(),
-                    "vCPU {v} after the last event: {:?}",
-                    d.bus.divergence
-                );
-            }
+            d.run_to_user_mode(v)
+                .unwrap_or_else(|e| panic!("vCPU {v} after the last event: {e}"));
         }
     }
     let vcpus = (0..d.vcpus())
