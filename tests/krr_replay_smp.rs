@@ -379,6 +379,10 @@ fn the_command_replays_the_two_vcpu_recording() {
             "{stderr}"
         );
         assert!(stderr.contains("verdict: replayed to the end"), "{stderr}");
+        assert!(stderr.contains("2 vCPUs: vCPU 0 at KRR count "), "{stderr}");
+        let cps = rec.checkpoints[0].len() + rec.checkpoints[1].len();
+        assert!(stderr.contains("checkpoints: "), "{stderr}");
+        assert!(stderr.contains(&format!(" of {cps}\n")), "{stderr}");
         let sync = format!("Inst Sync: {}\n", rec.counts[ty::INST_SYNC as usize]);
         assert!(stdout.contains(&sync), "{sync}\n{stdout}");
     }

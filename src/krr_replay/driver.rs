@@ -236,6 +236,17 @@ impl Driver {
         Some((&p.arch, (p.arch.icount as i64 + p.delta) as u64))
     }
 
+    /// The checkpoint records of every vCPU.
+    pub fn checkpoint_records(&self) -> usize {
+        self.checkpoints.len()
+            + self
+                .parked
+                .iter()
+                .flatten()
+                .map(|p| p.checkpoints.len())
+                .sum::<usize>()
+    }
+
     /// vCPU `v`'s `checkpoint-<v>` records (sorted by count here).
     pub fn set_checkpoints(
         &mut self,
