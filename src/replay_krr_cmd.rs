@@ -80,7 +80,21 @@ pub fn run(r: Request) -> Result<i32, String> {
         d.corrected_interrupts,
         d.bus.ring.as_ref().map_or(0, |r| r.appended),
     );
-    if !d.checkpoints.is_empty() {
+    if d.vcpus() > 1 {
+        let counts: Vec<String> = (0..d.vcpus())
+            .filter_map(|v| {
+                d.vcpu_state(v)
+                    .map(|(_, n)| format!("vCPU {v} at KRR count {n}"))
+            })
+            .collect();
+        eprintln!(
+            "{} vCPUs: {}; {} exec-lock hand-overs",
+            d.vcpus(),
+            counts.join(", "),
+            d.handovers
+        );
+    }
+    if d.checkpoint_records() > 0 {
         let t = d.checkpoint_tally;
         eprintln!(
             "checkpoints: {} passed, {} missed, {} skipped (REP), {} with RFLAGS differing (ignored, as KRR does), of {}",
@@ -88,7 +102,7 @@ pub fn run(r: Request) -> Result<i32, String> {
             t.missed,
             t.skipped,
             t.flags_differ,
-            d.checkpoints.len()
+            d.checkpoint_records()
         );
     }
     for (m, rip, n) in &d.bus.model_answers {

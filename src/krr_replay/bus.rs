@@ -38,6 +38,23 @@ impl IdeDma {
     }
 }
 
+/// Where a vCPU's count comes from: the event at which it was last set or checked (an
+/// interrupt, a port input, INST_SYNC, a #DB), and the events whose spin counts advanced it
+/// since (RR_LOCK_ACQUIRE_RET). A count divergence names them: an INST_SYNC's count, or a
+/// spin count, can only be checked later.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CountSource {
+    pub synced: Option<usize>,
+    pub spins: Vec<usize>,
+}
+
+impl CountSource {
+    pub fn synced(&mut self, event: usize) {
+        self.synced = Some(event);
+        self.spins.clear();
+    }
+}
+
 /// Where and why the replay left the recording.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Divergence {
@@ -62,7 +79,11 @@ pub struct ReplayBus {
     /// The spin count cached from the last entry event (SMP: patched in at
     /// RR_LOCK_ACQUIRE_RET) and whether INST_SYNC has just set the count.
     pub cached_spin: u64,
+    /// The event `cached_spin` came from.
+    pub spin_source: Option<usize>,
     pub skip_sync: bool,
+    /// Where the running vCPU's count comes from.
+    pub count_source: CountSource,
     /// Count resynchronisations at port inputs (|Δ| <= 2, as KRR tolerates).
     pub io_resyncs: u64,
     /// Instructions whose results the CPU model gave though KRR never recorded them, with
@@ -72,8 +93,9 @@ pub struct ReplayBus {
     /// The recording had RDTSC exiting on (`rr_trap_rdtsc=1`): KVM wrote the RIP and count
     /// of kernel RDTSCs into their events, which are then checked (docs/KRR-EVENT-CHECKS.md).
     pub rdtsc_exiting: bool,
-    /// RIP of the last port input: a REP INS repeats it, and KRR then ignores the count.
-    last_in_rip: u64,
+    /// RIP and krr count of the last port input: a REP INS repeats it, and KRR then ignores
+    /// the count.
+    last_in: (u64, u64),
     /// (RIP, retired count) of the last port access: another at the same pair is the next
     /// iteration of one REP INS/OUTS.
     last_port_access: (u64, u64),
@@ -97,12 +119,14 @@ impl ReplayBus {
             vcpu: 0,
             divergence: None,
             cached_spin: 0,
+            spin_source: None,
             skip_sync: false,
+            count_source: CountSource::default(),
             io_resyncs: 0,
             model_answers: Vec::new(),
             pic_guessed: false,
             rdtsc_exiting: false,
-            last_in_rip: u64::MAX,
+            last_in: (u64::MAX, 0),
             last_port_access: (u64::MAX, u64::MAX),
             ide: None,
             pending_dma: Vec::new(),
@@ -133,6 +157,34 @@ impl ReplayBus {
         }
         let last = cpu.gpr[krr_runtime::gpr::RCX] == 1;
         self.delta += output as i64 + last as i64;
+    }
+
+    /// Cache the spin count of event `event` for RR_LOCK_ACQUIRE_RET.
+    pub fn cache_spin(&mut self, spin: u64, event: usize) {
+        self.cached_spin = spin;
+        self.spin_source = Some(event);
+    }
+
+    /// " (this vCPU's count was last synchronised at event ..., then advanced by the spin
+    /// counts of ...)" for a count divergence.
+    pub fn count_note(&self) -> String {
+        let s = &self.count_source;
+        let mut parts = Vec::new();
+        if let Some(k) = s.synced {
+            parts.push(format!("last synchronised at {}", self.queue.describe(k)));
+        }
+        if !s.spins.is_empty() {
+            let events: Vec<String> = s.spins.iter().map(|&k| self.queue.describe(k)).collect();
+            parts.push(format!(
+                "advanced by the spin count{} of {}",
+                if events.len() > 1 { "s" } else { "" },
+                events.join(", ")
+            ));
+        }
+        if parts.is_empty() {
+            return String::new();
+        }
+        format!(" (this vCPU's count was {})", parts.join(", then "))
     }
 
     pub fn diverge(&mut self, event: Option<usize>, message: String) {
@@ -254,22 +306,36 @@ impl Bus for ReplayBus {
             self.diverge(Some(i), msg);
             return u32::MAX;
         }
+        // KVM wrote the vCPU's id (KRR's replayer requires it).
+        if e.id != self.vcpu {
+            let msg = format!("{what} on vCPU {}, recorded on vCPU {}", self.vcpu, e.id);
+            self.diverge(Some(i), msg);
+            return u32::MAX;
+        }
         // The count KVM sampled before the IN retired; KRR resynchronises within 2 and
         // ignores it for an input repeated at one RIP (REP INS).
         let count = self.count(cpu);
         let diff = count.abs_diff(e.inst_cnt);
-        let repeated = std::mem::replace(&mut self.last_in_rip, cpu.rip) == cpu.rip;
+        // KRR's rule: the RIP of the last input and its count or one more (a REP INS's
+        // iterations); a later input at the same RIP is checked.
+        let (last_rip, last_icount) = std::mem::replace(&mut self.last_in, (cpu.rip, cpu.icount));
+        let repeated = last_rip == cpu.rip && cpu.icount.wrapping_sub(last_icount) <= 1;
         if diff != 0 && !repeated {
             if diff <= 2 {
                 self.io_resyncs += 1;
                 self.resync(cpu, e.inst_cnt);
             } else {
                 let msg = format!(
-                    "{what} at RIP {:#x} at count {count}, recorded at count {}",
-                    cpu.rip, e.inst_cnt
+                    "{what} at RIP {:#x} at count {count}, recorded at count {}{}",
+                    cpu.rip,
+                    e.inst_cnt,
+                    self.count_note()
                 );
                 self.diverge(Some(i), msg);
             }
+        }
+        if !repeated {
+            self.count_source.synced(i);
         }
         self.append_recorded(i);
         self.queue.take(i);
@@ -336,8 +402,11 @@ impl Bus for ReplayBus {
             let count = self.count(cpu);
             if e.rip != cpu.rip || count.abs_diff(e.inst_cnt) > 2 {
                 let msg = format!(
-                    "RDTSC at RIP {:#x} count {count}, recorded at RIP {:#x} count {}",
-                    cpu.rip, e.rip, e.inst_cnt
+                    "RDTSC at RIP {:#x} count {count}, recorded at RIP {:#x} count {}{}",
+                    cpu.rip,
+                    e.rip,
+                    e.inst_cnt,
+                    self.count_note()
                 );
                 self.diverge(Some(i), msg);
             }
@@ -391,15 +460,18 @@ impl Bus for ReplayBus {
 
     fn hypercall(&mut self, cpu: &CpuState) -> bool {
         match cpu.gpr[0] {
-            // INST_SYNC: the count after this VMCALL is the recorded one.
+            // INST_SYNC: KVM sampled the count at the hypercall's exit, before it skipped
+            // (and counted) the VMCALL (krr-spec 3.3): the recorded count is the one before
+            // this instruction, as for a port input.
             20 => {
                 if let Some(i) = self.expect_head(cpu, ty::INST_SYNC, "hypercall 20 (INST_SYNC)") {
                     let Event::InstSync(n) = self.queue.event(i) else {
                         unreachable!()
                     };
                     let (count, spin) = (n.inst_cnt, n.spin_count);
-                    self.delta = count as i64 - (cpu.icount as i64 + 1);
-                    self.cached_spin = spin;
+                    self.resync(cpu, count);
+                    self.count_source.synced(i);
+                    self.cache_spin(spin, i);
                     self.skip_sync = true;
                     // KRR's replayer appends the guest form with only inst_cnt set.
                     let mut guest_form = vec![0u8; 1072];
@@ -583,9 +655,10 @@ mod tests {
         assert_eq!(b.rdrand(core.cpu(), 4, false), Some(0xbeef_cafe));
         core.arch_mut().gpr[0] = 20;
         assert!(b.hypercall(core.cpu()));
-        // After the VMCALL retires the count is the recorded one.
-        core.arch_mut().icount = 11;
+        // The recorded count is the one before the VMCALL; KVM counted the VMCALL too.
         assert_eq!(b.count(core.cpu()), 500);
+        core.arch_mut().icount = 11;
+        assert_eq!(b.count(core.cpu()), 501);
         assert_eq!((b.cached_spin, b.skip_sync), (3, true));
         assert!(b.queue.is_empty());
         // An RDTSC after the last event: a divergence.

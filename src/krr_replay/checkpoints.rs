@@ -72,7 +72,8 @@ impl Driver {
                 continue;
             }
             let msg = format!(
-                "checkpoint {} at count {} (RIP {:#x}): {}",
+                "checkpoint-{} record {} at count {} (RIP {:#x}): {}",
+                self.current,
                 self.next_checkpoint,
                 cp.inst_cnt,
                 cp.rip,

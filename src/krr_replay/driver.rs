@@ -76,7 +76,12 @@ struct Parked {
     arch: krr_runtime::ArchState,
     delta: i64,
     cached_spin: u64,
+    spin_source: Option<usize>,
     skip_sync: bool,
+    count_source: super::bus::CountSource,
+    /// Its `checkpoint-<cpu>` and the next one due.
+    checkpoints: Vec<crate::krr_rec::checkpoint::Checkpoint>,
+    next_checkpoint: usize,
 }
 
 /// The vCPU an event names, for the events whose `id` is meaningful (the others always say 0
@@ -120,6 +125,9 @@ pub struct Driver {
     pub current: usize,
     owner: Option<usize>,
     pub handovers: u64,
+    /// The recording has RELEASE events (the agent's debug mode records one at every
+    /// release of the exec lock): each LOCK_RELEASE must then consume the releasing vCPU's.
+    pub(super) release_events: bool,
     /// The running vCPU's instruction count when it took the exec lock.
     lock_taken_at: u64,
     /// e1000 and NVMe DMA, placed by count (`dma.rs`).
@@ -179,11 +187,16 @@ impl Driver {
                 arch,
                 delta: 0,
                 cached_spin: 0,
+                spin_source: None,
                 skip_sync: false,
+                count_source: Default::default(),
+                checkpoints: Vec::new(),
+                next_checkpoint: 0,
             })
         }));
         engine.set_stop_addresses(traps.iter().map(|(_, a)| a));
         engine.set_stop_at_user_mode(true);
+        let release_events = bus.queue.find(|e| matches!(e, Event::Release(_))).is_some();
         Driver {
             core,
             engine,
@@ -202,6 +215,7 @@ impl Driver {
             current: 0,
             owner: None,
             handovers: 0,
+            release_events,
             lock_taken_at: 0,
             dma_streams: Vec::new(),
         }
@@ -209,6 +223,85 @@ impl Driver {
 
     pub(super) fn smp(&self) -> bool {
         self.parked.len() > 1
+    }
+
+    /// The recording's vCPUs.
+    pub fn vcpus(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// vCPU `v`'s state and KRR count, whether it runs or is parked.
+    pub fn vcpu_state(&self, v: usize) -> Option<(&krr_runtime::ArchState, u64)> {
+        if v == self.current {
+            let a = self.core.arch();
+            return Some((a, (a.icount as i64 + self.bus.delta) as u64));
+        }
+        let p = self.parked.get(v)?.as_ref()?;
+        Some((&p.arch, (p.arch.icount as i64 + p.delta) as u64))
+    }
+
+    /// The checkpoint records of every vCPU.
+    pub fn checkpoint_records(&self) -> usize {
+        self.checkpoints.len()
+            + self
+                .parked
+                .iter()
+                .flatten()
+                .map(|p| p.checkpoints.len())
+                .sum::<usize>()
+    }
+
+    /// vCPU `v`'s `checkpoint-<v>` records (sorted by count here).
+    pub fn set_checkpoints(
+        &mut self,
+        v: usize,
+        mut cps: Vec<crate::krr_rec::checkpoint::Checkpoint>,
+    ) -> Result<(), String> {
+        cps.sort_by_key(|c| c.inst_cnt);
+        if v == self.current {
+            self.checkpoints = cps;
+            self.next_checkpoint = 0;
+            return Ok(());
+        }
+        let p = self
+            .parked
+            .get_mut(v)
+            .and_then(Option::as_mut)
+            .ok_or_else(|| format!("checkpoint-{v}: the recording has no vCPU {v}"))?;
+        p.checkpoints = cps;
+        p.next_checkpoint = 0;
+        Ok(())
+    }
+
+    /// After the last event: run vCPU `v` on to its return to user mode (no input is left to
+    /// read), with the exec lock's spin patch at RR_LOCK_ACQUIRE_RET (the last entry event's
+    /// spin count, cached when it was replayed).
+    pub fn run_to_user_mode(&mut self, v: usize) -> Result<(), String> {
+        self.switch_vcpu(v)?;
+        loop {
+            self.core.set_icount_limit(u64::MAX);
+            Engine::set_rep_pause(&mut self.core, None);
+            match self.run_engine()? {
+                Exit::UserMode => return Ok(()),
+                Exit::Stop { rip } => {
+                    if self.traps.at(rip) == Some(TrapPoint::LockAcquireRet) {
+                        self.trap_action(TrapPoint::LockAcquireRet);
+                    }
+                    self.engine.resume_past_stop(self.core.cpu());
+                }
+                Exit::Budget | Exit::BusRequest | Exit::Halt => {}
+                failed => return Err(self.failure(failed)),
+            }
+            if let Some(d) = &self.bus.divergence {
+                return Err(d.message.clone());
+            }
+        }
+    }
+
+    /// Give vCPU `v` the exec lock and the core (after the replay: to run it on).
+    pub fn switch_vcpu(&mut self, v: usize) -> Result<(), String> {
+        self.owner = Some(v);
+        self.switch_to(v)
     }
 
     /// Put vCPU `to` in the core (the exec lock passed to it); the running one is parked
@@ -228,7 +321,11 @@ impl Driver {
             arch: std::mem::replace(self.core.arch_mut(), incoming.arch),
             delta: std::mem::replace(&mut self.bus.delta, incoming.delta),
             cached_spin: std::mem::replace(&mut self.bus.cached_spin, incoming.cached_spin),
+            spin_source: std::mem::replace(&mut self.bus.spin_source, incoming.spin_source),
             skip_sync: std::mem::replace(&mut self.bus.skip_sync, incoming.skip_sync),
+            count_source: std::mem::replace(&mut self.bus.count_source, incoming.count_source),
+            checkpoints: std::mem::replace(&mut self.checkpoints, incoming.checkpoints),
+            next_checkpoint: std::mem::replace(&mut self.next_checkpoint, incoming.next_checkpoint),
         };
         self.parked[self.current] = Some(out);
         self.current = to;
@@ -317,8 +414,8 @@ impl Driver {
                     limit = limit.min(icount + (t - count));
                 }
             }
-            // Checkpoints are vCPU 0's (`checkpoint-0`).
-            if self.current == 0 {
+            // The running vCPU's `checkpoint-<cpu>` (each vCPU's are swapped in with it).
+            {
                 if let Some(end) = self.verify_checkpoints(count) {
                     return Ok(end);
                 }
@@ -359,7 +456,15 @@ impl Driver {
             let exit = self.run_engine()?;
             progress(self.bus.queue.replayed_count() as u64);
             let end = match exit {
-                Exit::Budget => self.at_budget(head, &event)?,
+                Exit::Budget => {
+                    // A checkpoint due here is the state before an interrupt injected at this
+                    // boundary (KVM's counter exit came first).
+                    let count = self.bus.count(self.core.cpu());
+                    match self.verify_checkpoints(count) {
+                        Some(end) => Some(end),
+                        None => self.at_budget(head, &event)?,
+                    }
+                }
                 Exit::Stop { rip } => self.at_trap(rip)?,
                 Exit::UserMode => self.at_user_mode()?,
                 Exit::Halt | Exit::BusRequest => None,
@@ -519,8 +624,13 @@ impl Driver {
         }
         if count >= n {
             let msg = format!(
-                "interrupt vector {:#x} recorded at RIP {:#x} RCX {:#x} count {n} was not met: the replay is at RIP {:#x} RCX {:#x} count {count}",
-                i.vector, i.rip, i.regs.rcx, c.rip, c.gpr[RCX]
+                "interrupt vector {:#x} recorded at RIP {:#x} RCX {:#x} count {n} was not met: the replay is at RIP {:#x} RCX {:#x} count {count}{}",
+                i.vector,
+                i.rip,
+                i.regs.rcx,
+                c.rip,
+                c.gpr[RCX],
+                self.bus.count_note()
             );
             return Ok(Some(self.diverge(Some(head), msg)));
         }
@@ -563,6 +673,7 @@ impl Driver {
         a.dr[6] = e.cr2 ^ 0xffff_0ff0;
         let cpu = self.core.cpu();
         self.bus.resync(cpu, e.inst_cnt);
+        self.bus.count_source.synced(head);
         self.engine
             .inject_exception(&mut self.core, vector::DB, None, None)
             .map_err(|x| format!("delivering {}: {x:?}", self.bus.queue.describe(head)))?;
@@ -600,12 +711,13 @@ impl Driver {
         if is_user_address(i.rip) {
             arch.rip = i.rip;
         }
-        self.bus.cached_spin = i.spin_count;
+        self.bus.cache_spin(i.spin_count, idx);
         // KRR's count at the injection is the recorded one; a REP interrupted between
         // iterations counts again when it resumes, so krr's single retirement of it stays
         // aligned (see ARCHITECTURE.md, "KRR recordings").
         let cpu = self.core.cpu();
         self.bus.resync(cpu, i.inst_cnt);
+        self.bus.count_source.synced(idx);
         Engine::set_rep_pause(&mut self.core, None);
         self.engine
             .inject_interrupt(&mut self.core, i.vector as u8)
@@ -653,14 +765,28 @@ impl Driver {
                 let sfmask = a.sfmask;
                 a.set_rflags_value(flags & !sfmask & !rflags::RF);
                 a.rip = a.lstar;
-                self.bus.cached_spin = s.spin_count;
+                self.bus.cache_spin(s.spin_count, idx);
                 self.bus.queue.take(idx);
                 self.core.flush_tlb();
                 Ok(None)
             }
-            Event::Interrupt(_) => {
+            Event::Interrupt(i) if is_user_address(i.rip) => {
                 self.inject_interrupt(idx)?;
                 Ok(None)
+            }
+            Event::Interrupt(i) => {
+                // A kernel-mode interrupt not met before the kernel left: the recording's
+                // kernel took it, this one did not.
+                let c = self.core.cpu();
+                let msg = format!(
+                    "the kernel returned to user mode at RIP {:#x} (count {}) before the interrupt recorded at RIP {:#x} count {}{}",
+                    c.rip,
+                    self.bus.count(c),
+                    i.rip,
+                    i.inst_cnt,
+                    self.bus.count_note()
+                );
+                Ok(Some(self.diverge(Some(idx), msg)))
             }
             Event::Exception(e) => {
                 let v = e.exception_index as u8;
@@ -673,7 +799,7 @@ impl Driver {
                     vector::DB => a.dr[6] = e.cr2 ^ 0xffff_0ff0,
                     _ => {}
                 }
-                self.bus.cached_spin = e.spin_count;
+                self.bus.cache_spin(e.spin_count, idx);
                 let code = pushes_error_code(v).then_some(e.error_code as u32);
                 let cr2 = (v == vector::PF).then_some(e.cr2);
                 self.engine

@@ -222,10 +222,8 @@ pub fn open(o: &Options) -> Result<Loaded, String> {
     }
     let mut driver = Driver::new(core, engine, bus, traps, others);
     driver.dma_streams = streams;
-    if let Some((_, cps)) = rec.checkpoints.iter().find(|(cpu, _)| *cpu == 0) {
-        let mut cps = cps.clone();
-        cps.sort_by_key(|c| c.inst_cnt);
-        driver.checkpoints = cps;
+    for (cpu, cps) in &rec.checkpoints {
+        driver.set_checkpoints(*cpu as usize, cps.clone())?;
     }
     Ok(Loaded {
         driver,

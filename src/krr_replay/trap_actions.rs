@@ -231,7 +231,7 @@ impl Driver {
                             );
                             return Some(self.diverge(Some(i), msg));
                         }
-                        self.bus.cached_spin = spin;
+                        self.bus.cache_spin(spin, i);
                         self.bus.queue.take(i);
                     }
                     _ => {
@@ -265,14 +265,39 @@ impl Driver {
                     self.core.arch_mut().gpr[0] = spin;
                     if !synced {
                         self.bus.delta += 3 * spin as i64;
+                        // A count divergence from here on may be the spin count's.
+                        if let Some(k) = self.bus.spin_source {
+                            let spins = &mut self.bus.count_source.spins;
+                            if spins.len() == 8 {
+                                spins.remove(0);
+                            }
+                            spins.push(k);
+                        }
                     }
                 }
             }
-            T::LockRelease => {
-                if let Some((i, Event::Release(_))) = self.bus.queue.head() {
+            T::LockRelease => match self.bus.queue.head() {
+                Some((i, Event::Release(r))) => {
+                    // The agent records the RELEASE under the lock, so it is the releasing
+                    // vCPU's.
+                    if r.id != self.current as i32 {
+                        let msg = format!(
+                            "vCPU {} released the exec lock, the recorded RELEASE is vCPU {}'s",
+                            self.current, r.id
+                        );
+                        return Some(self.diverge(Some(i), msg));
+                    }
                     self.bus.queue.take(i);
                 }
-            }
+                Some((i, e)) if self.release_events => {
+                    let msg = format!(
+                        "vCPU {} released the exec lock (LOCK_RELEASE), but the next event is {e}, not its RELEASE (this recording has one at every release)",
+                        self.current
+                    );
+                    return Some(self.diverge(Some(i), msg));
+                }
+                _ => {}
+            },
         }
         None
     }

@@ -46,6 +46,12 @@ const PTE_PS: u64 = 0x80;
 
 /// Build the kernel in `dir`: `vmlinux` (ELF with symbols and DWARF) and its flat image.
 pub fn build_kernel(dir: &Path) -> (PathBuf, PathBuf) {
+    build_kernel_variant(dir, false)
+}
+
+/// [`build_kernel`], or with `smp` the two-vCPU build (`-DKRR_SMP`, `smp.c` and `smp.S`'s
+/// exec lock instead of `serialize.S`'s stubs).
+pub fn build_kernel_variant(dir: &Path, smp: bool) -> (PathBuf, PathBuf) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/krr_synth/kernel");
     std::fs::create_dir_all(dir).unwrap();
     let run = |cmd: &mut Command| {
@@ -70,16 +76,29 @@ pub fn build_kernel(dir: &Path) -> (PathBuf, PathBuf) {
         "-g",
     ];
     let mut objs = Vec::new();
-    for (file, c) in [
-        ("entry.S", false),
-        ("kernel.c", true),
-        ("serialize.S", false),
-        ("devices.c", true),
-    ] {
+    let files: &[(&str, bool)] = if smp {
+        &[
+            ("entry.S", false),
+            ("kernel.c", true),
+            ("smp.c", true),
+            ("smp.S", false),
+        ]
+    } else {
+        &[
+            ("entry.S", false),
+            ("kernel.c", true),
+            ("serialize.S", false),
+            ("devices.c", true),
+        ]
+    };
+    for &(file, c) in files {
         let obj = dir.join(format!("{file}.o"));
         let mut cc = Command::new("cc");
         if c {
             cc.args(cflags);
+        }
+        if smp {
+            cc.arg("-DKRR_SMP");
         }
         cc.arg("-c").arg(src.join(file)).arg("-o").arg(&obj);
         run(&mut cc);

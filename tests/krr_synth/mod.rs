@@ -76,6 +76,10 @@
 //! EXCEPTION entry fills the ring) saves the CFU before its data is written (likewise GFU);
 //! the recorder asserts that no scenario runs into it.
 //!
+//! Two vCPUs: [`smp::record_smp`] records with the kernel's two-vCPU build (KRR's exec lock,
+//! INST_SYNC, RELEASE, INTERRUPT `from` = 3; its module doc says what and how) and
+//! [`smp::replay_smp`] replays it to both vCPUs' state.
+//!
 //! [`replay`] replays a recording with krr's replayer (`krr::krr_replay`, what `krr replay
 //! --krr` runs) and reads the state [`FinalState`] compares.
 //!
@@ -92,6 +96,7 @@ pub mod from_qemu;
 pub mod machine;
 mod recorder;
 pub mod ring;
+pub mod smp;
 
 use std::path::{Path, PathBuf};
 

@@ -18,12 +18,14 @@ mod devices;
 pub use devices::DeviceStats;
 
 /// KVM and the devices, as the engine's bus.
-struct Bus {
-    ring: Ring,
-    rng: Rng,
-    tsc: u64,
+pub(super) struct Bus {
+    pub(super) ring: Ring,
+    pub(super) rng: Rng,
+    pub(super) tsc: u64,
+    /// The vCPU running (KVM's `vcpu_id` in its appends).
+    pub(super) vcpu: i32,
     /// The device scenario's devices (`devices.rs`).
-    dev: Option<devices::Dev>,
+    pub(super) dev: Option<devices::Dev>,
 }
 
 impl Bus {
@@ -33,8 +35,9 @@ impl Bus {
 }
 
 /// KVM's IO_IN append (`emulator_pio_in` at CPL0): id, value, inst_cnt before the IN, rip.
-fn io_in_payload(value: u64, inst_cnt: u64, rip: u64) -> [u8; 32] {
+fn io_in_payload(id: i32, value: u64, inst_cnt: u64, rip: u64) -> [u8; 32] {
     let mut p = [0u8; 32];
+    p[..4].copy_from_slice(&id.to_le_bytes());
     p[8..16].copy_from_slice(&value.to_le_bytes());
     p[16..24].copy_from_slice(&inst_cnt.to_le_bytes());
     p[24..32].copy_from_slice(&rip.to_le_bytes());
@@ -54,7 +57,7 @@ impl krr_runtime::Bus for Bus {
         let value = value & (u64::MAX >> (64 - 8 * size as u32));
         if self.recording() && cpu.cpl() == 0 {
             self.ring
-                .append(3, &io_in_payload(value, cpu.icount, cpu.rip));
+                .append(3, &io_in_payload(self.vcpu, value, cpu.icount, cpu.rip));
         }
         value as u32
     }
@@ -87,7 +90,7 @@ impl krr_runtime::Bus for Bus {
         if self.recording() && cpu.cpl() == 0 {
             let at = self.ring.current_byte() - 36;
             if self.ring.u32(at) == 6 {
-                self.ring.set_u32(at + 4, 0);
+                self.ring.set_u32(at + 4, self.vcpu as u32);
                 self.ring.set_u64(at + 4 + 16, cpu.icount);
                 self.ring.set_u64(at + 4 + 24, cpu.rip);
             }
@@ -106,30 +109,36 @@ impl krr_runtime::Bus for Bus {
 }
 
 /// A timer interrupt planned for the current system call.
-struct Plan {
+#[derive(Clone, Copy, Default)]
+pub(super) struct Plan {
     /// Inject at the first boundary at or after this count where interrupts are enabled.
-    kernel_irq_at: Option<u64>,
+    pub(super) kernel_irq_at: Option<u64>,
     /// Interrupt this call's REP MOVSB in the middle.
-    rep_irq: bool,
+    pub(super) rep_irq: bool,
 }
 
-struct Recorder {
-    core: Core,
-    engine: Engine,
-    bus: Bus,
-    rng: Rng,
-    log: Option<LogWriter>,
+pub(super) struct Recorder {
+    pub(super) core: Core,
+    pub(super) engine: Engine,
+    pub(super) bus: Bus,
+    pub(super) rng: Rng,
+    pub(super) log: Option<LogWriter>,
     rep_at: u64,
     vmcall_at: u64,
+    /// The exec lock's hypercall 20 (two-vCPU kernel only; else 0).
+    pub(super) vmcall_sync_at: u64,
+    /// More than one vCPU: KVM appends an interrupt only for the exec-lock owner at CPL0,
+    /// else it fills the vCPU's slot for the agent (krr-spec 5).
+    pub(super) smp: bool,
     /// Entries of rr_cfu_begin, rr_cfu_end, rr_gfu_begin, rr_record_gfu_end.
     agent_at: [u64; 4],
     /// Ring rotations so far when the current CFU / GFU began.
     begun: [u64; 2],
-    plan: Plan,
-    kernel_irqs: u64,
-    rep_irqs: u64,
-    user_irqs: u64,
-    kernel_faults: u64,
+    pub(super) plan: Plan,
+    pub(super) kernel_irqs: u64,
+    pub(super) rep_irqs: u64,
+    pub(super) user_irqs: u64,
+    pub(super) kernel_faults: u64,
     faults_pa: u64,
 }
 
@@ -144,7 +153,7 @@ const RSI: usize = 6;
 const RDI: usize = 7;
 
 impl Recorder {
-    fn cpu(&self) -> &CpuState {
+    pub(super) fn cpu(&self) -> &CpuState {
         self.core.cpu()
     }
 
@@ -172,7 +181,7 @@ impl Recorder {
     }
 
     /// User space writes `data` at `va` (mapped user pages only).
-    fn user_write(&mut self, va: u64, data: &[u8]) {
+    pub(super) fn user_write(&mut self, va: u64, data: &[u8]) {
         for (i, b) in data.iter().enumerate() {
             let pa = self
                 .access(va + i as u64, true)
@@ -181,7 +190,7 @@ impl Recorder {
         }
     }
 
-    fn mapped(&self, va: u64) -> bool {
+    pub(super) fn mapped(&self, va: u64) -> bool {
         translate(&self.core, self.cpu().cr3, va).is_some()
     }
 
@@ -195,7 +204,7 @@ impl Recorder {
         pte & m::PTE_P != 0
     }
 
-    fn ring(&self) -> Ring {
+    pub(super) fn ring(&self) -> Ring {
         self.bus.ring
     }
 
@@ -207,10 +216,19 @@ impl Recorder {
         p[32..40].copy_from_slice(&c.icount.to_le_bytes());
         p[40..48].copy_from_slice(&c.rip.to_le_bytes());
         p[48..192].copy_from_slice(&kvm_regs(&c.gpr, c.rip, c.rflags_value()));
-        self.ring().append(0, &p);
+        let v = self.bus.vcpu;
+        let owner = self.ring().u32(48) as i32;
+        if self.smp && (c.cpl() > 0 || owner != v) {
+            // KVM's handle_event_interrupt: the vCPU's slot (id, from, spin_count 0); the
+            // agent records the event once it holds the exec lock.
+            self.ring().write(56 + 192 * v as u64, &p);
+        } else {
+            p[..4].copy_from_slice(&v.to_le_bytes());
+            self.ring().append(0, &p);
+        }
     }
 
-    fn inject(&mut self, vector: u8) {
+    pub(super) fn inject(&mut self, vector: u8) {
         self.log_interrupt(vector);
         self.engine
             .inject_interrupt(&mut self.core, vector)
@@ -218,7 +236,7 @@ impl Recorder {
     }
 
     /// Deliver a user-mode exception through the IDT as the hardware does.
-    fn user_exception(&mut self, vector: u8, error_code: u32, cr2: Option<u64>) {
+    pub(super) fn user_exception(&mut self, vector: u8, error_code: u32, cr2: Option<u64>) {
         // SAFETY: the engine is not running; the state stays inside the core.
         let cpu = unsafe { self.core.state_mut() };
         if let Some(a) = cr2 {
@@ -243,7 +261,7 @@ impl Recorder {
 
     /// Run the kernel until it returns to user mode, playing the interrupts planned and the
     /// hypercalls.
-    fn run_kernel(&mut self) {
+    pub(super) fn run_kernel(&mut self) {
         loop {
             let limit = self.plan.kernel_irq_at.unwrap_or(u64::MAX);
             let limit = limit.min(self.device_due());
@@ -265,48 +283,70 @@ impl Recorder {
                         self.plan.kernel_irq_at = Some(self.cpu().icount + 1);
                     }
                 }
-                Exit::Stop { rip } if rip == self.vmcall_at => {
-                    assert_eq!(self.cpu().gpr[RAX], 102, "hypercall number");
-                    self.log.as_mut().expect("recording").rotate(&self.bus.ring);
-                    // KVM skips the VMCALL and counts it (kvm_skip_emulated_instruction).
-                    let a = self.core.arch_mut();
-                    a.rip += 3;
-                    a.icount += 1;
-                }
-                Exit::Stop { rip } if rip == self.rep_at => {
-                    if self.plan.rep_irq {
-                        self.plan.rep_irq = false;
-                        if self.split_rep() {
-                            continue;
-                        }
-                    }
-                    self.engine.resume_past_stop(self.core.cpu());
-                }
-                Exit::Stop { rip } if self.agent_at.contains(&rip) => {
-                    let i = self.agent_at.iter().position(|&a| a == rip).unwrap();
-                    let rotations = self.log.as_ref().map_or(0, |l| l.rotations);
-                    let entry = self.cpu().gpr[RDI];
-                    if i % 2 == 0 {
-                        self.begun[i / 2] = rotations;
-                    } else if entry != 0 && rotations != self.begun[i / 2] {
-                        // KRR's hazard (see the module's doc): a rotation after the entry
-                        // was allocated saved it unfilled. Only the allocation's own
-                        // rotation (the entry first after it) is harmless.
-                        assert!(
-                            rotations == self.begun[i / 2] + 1
-                                && entry == m::RING_VA + super::ring::HEADER_SIZE + 4,
-                            "the ring rotated between {} and its end",
-                            ["rr_cfu_begin", "rr_gfu_begin"][i / 2]
-                        );
-                    }
-                    self.engine.resume_past_stop(self.core.cpu());
-                }
-                other => panic!(
-                    "the kernel stopped: {other:?} at RIP {:#x}, icount {}",
-                    self.cpu().rip,
-                    self.cpu().icount
-                ),
+                other => self.at_stop(other),
             }
+        }
+    }
+
+    /// A stop the kernel's run made (a hypercall, the REP MOVSB, the agent's CFU/GFU
+    /// functions): play it and let the kernel go on.
+    pub(super) fn at_stop(&mut self, exit: Exit) {
+        match exit {
+            Exit::Stop { rip } if rip == self.vmcall_sync_at => {
+                // KVM's rr_sync_inst_cnt: INST_SYNC in the guest form (inner type 0),
+                // with id, the count before the VMCALL, its RIP and the spin count (RBX).
+                let c = self.cpu();
+                let mut p = vec![0u8; super::ring::GUEST_FORM];
+                p[4..8].copy_from_slice(&self.bus.vcpu.to_le_bytes());
+                p[32..40].copy_from_slice(&c.gpr[RBX].to_le_bytes());
+                p[1056..1064].copy_from_slice(&c.icount.to_le_bytes());
+                p[1064..1072].copy_from_slice(&c.rip.to_le_bytes());
+                self.ring().append(12, &p);
+                let a = self.core.arch_mut();
+                a.rip += 3;
+                a.icount += 1;
+            }
+            Exit::Stop { rip } if rip == self.vmcall_at => {
+                assert_eq!(self.cpu().gpr[RAX], 102, "hypercall number");
+                self.log.as_mut().expect("recording").rotate(&self.bus.ring);
+                // KVM skips the VMCALL and counts it (kvm_skip_emulated_instruction).
+                let a = self.core.arch_mut();
+                a.rip += 3;
+                a.icount += 1;
+            }
+            Exit::Stop { rip } if rip == self.rep_at => {
+                if self.plan.rep_irq {
+                    self.plan.rep_irq = false;
+                    if self.split_rep() {
+                        return;
+                    }
+                }
+                self.engine.resume_past_stop(self.core.cpu());
+            }
+            Exit::Stop { rip } if self.agent_at.contains(&rip) => {
+                let i = self.agent_at.iter().position(|&a| a == rip).unwrap();
+                let rotations = self.log.as_ref().map_or(0, |l| l.rotations);
+                let entry = self.cpu().gpr[RDI];
+                if i % 2 == 0 {
+                    self.begun[i / 2] = rotations;
+                } else if entry != 0 && rotations != self.begun[i / 2] {
+                    // KRR's hazard (see the module's doc): a rotation after the entry
+                    // was allocated saved it unfilled. Only the allocation's own
+                    // rotation (the entry first after it) is harmless.
+                    assert!(
+                        rotations == self.begun[i / 2] + 1
+                            && entry == m::RING_VA + super::ring::HEADER_SIZE + 4,
+                        "the ring rotated between {} and its end",
+                        ["rr_cfu_begin", "rr_gfu_begin"][i / 2]
+                    );
+                }
+                self.engine.resume_past_stop(self.core.cpu());
+            }
+            other => panic!(
+                "the kernel stopped: {other:?} at RIP {:#x}, icount {}",
+                self.cpu().rip,
+                self.cpu().icount
+            ),
         }
     }
 
@@ -347,7 +387,7 @@ impl Recorder {
     }
 
     /// Values user code left in the registers the system call does not read.
-    fn scramble_user_regs(&mut self) {
+    pub(super) fn scramble_user_regs(&mut self) {
         let v: Vec<u64> = (0..8).map(|_| self.rng.next()).collect();
         let a = self.core.arch_mut();
         for (r, x) in [RBX, RBP, 12, 13, 14, 15, 8, 9].iter().zip(v) {
@@ -360,7 +400,7 @@ impl Recorder {
 
     /// A SYSCALL: user registers as given, then the CPU executes the SYSCALL instruction at
     /// the user loop (RCX = return RIP, R11 = RFLAGS); that user instruction is not counted.
-    fn syscall(&mut self, nr: u64, args: [u64; 3]) {
+    pub(super) fn syscall(&mut self, nr: u64, args: [u64; 3]) {
         self.scramble_user_regs();
         let a = self.core.arch_mut();
         a.gpr[RAX] = nr;
@@ -409,11 +449,11 @@ impl Recorder {
     }
 
     /// The kernel's page-fault counter (`krr_faults`).
-    fn fault_count(&self) -> u64 {
+    pub(super) fn fault_count(&self) -> u64 {
         self.core.mem().read_u64(self.faults_pa).unwrap()
     }
 
-    fn unmapped_fault_page(&mut self) -> Option<u64> {
+    pub(super) fn unmapped_fault_page(&mut self) -> Option<u64> {
         let start = self.rng.below64(m::FAULT_PAGES);
         (0..m::FAULT_PAGES)
             .map(|i| (start + i) % m::FAULT_PAGES)
@@ -421,7 +461,7 @@ impl Recorder {
             .map(|i| m::FAULT_BASE + i * 4096)
     }
 
-    fn mapped_fault_page(&mut self) -> Option<u64> {
+    pub(super) fn mapped_fault_page(&mut self) -> Option<u64> {
         let start = self.rng.below64(m::FAULT_PAGES);
         (0..m::FAULT_PAGES)
             .map(|i| (start + i) % m::FAULT_PAGES)
@@ -431,7 +471,7 @@ impl Recorder {
 
     /// After the kernel returned to user mode: user code runs on (unrecorded). A store that
     /// faulted is retried now that its page is mapped.
-    fn user_continues(&mut self) {
+    pub(super) fn user_continues(&mut self) {
         let c = self.cpu();
         if c.rip == m::USER_STORE {
             let (addr, al) = (c.gpr[RDI], c.gpr[RAX] as u8);
@@ -542,76 +582,13 @@ impl Recorder {
     }
 }
 
-fn sym(v: &Vmlinux, name: &str) -> u64 {
+pub(super) fn sym(v: &Vmlinux, name: &str) -> u64 {
     v.symbol(name).unwrap_or_else(|| panic!("{name}")).addr
 }
 
 /// Record `sc` into `dir`.
 pub fn record(sc: &Scenario, dir: &Path) -> Recording {
-    assert!(sc.ring_size.is_multiple_of(2 << 20) && sc.ring_size <= 16 << 20);
-    assert!((1..=4096).contains(&sc.max_copy));
-    std::fs::create_dir_all(dir).unwrap();
-    let (vmlinux, image) = m::build_kernel(&dir.join("build"));
-    let v = Vmlinux::open(&vmlinux).unwrap();
-    let mut core = Core::new(m::BAR2 + sc.ring_size).unwrap();
-    m::load(&mut core, &std::fs::read(&image).unwrap(), sc.ring_size);
-    core.mem_mut()
-        .write_u64(m::kernel_pa(sym(&v, "krr_ring_size")), sc.ring_size)
-        .unwrap();
-    if sc.devices {
-        devices::prepare(&mut core, &v);
-    }
-    // RDSEED, which KRR's recording host has (leaf 7 EBX bit 18).
-    for e in core.cpuid_mut().entries.iter_mut() {
-        if e.leaf == 7 && (e.subleaf == 0 || e.subleaf == u32::MAX) {
-            e.ebx |= 1 << 18;
-        }
-    }
-    *core.arch_mut() = m::boot_state(sym(&v, "krr_boot"));
-    core.flush_tlb();
-    let ring_base = (core.mem().host_address() + m::BAR2) as *mut u8;
-    let mut engine = Engine::new(EngineConfig {
-        policy: sc.policy,
-        deliver_exceptions: true,
-        ..Default::default()
-    })
-    .unwrap();
-    let rep_at = sym(&v, "krr_copy_rep");
-    let vmcall_at = sym(&v, "krr_vmcall");
-    let agent_at = [
-        "rr_cfu_begin",
-        "rr_cfu_end",
-        "rr_gfu_begin",
-        "rr_record_gfu_end",
-    ]
-    .map(|n| sym(&v, n));
-    engine.set_stop_addresses([rep_at, vmcall_at].into_iter().chain(agent_at));
-    engine.set_stop_at_user_mode(true);
-    let mut r = Recorder {
-        core,
-        engine,
-        bus: Bus {
-            ring: Ring::new(ring_base, sc.ring_size),
-            rng: Rng(sc.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
-            tsc: 0x1_2345_6789,
-            dev: sc.devices.then(|| devices::Dev::new(sc.seed, &v)),
-        },
-        rng: Rng(sc.seed.wrapping_mul(0xd1b5_4a32_d192_ed03) | 1),
-        log: None,
-        rep_at,
-        vmcall_at,
-        agent_at,
-        begun: [0; 2],
-        plan: Plan {
-            kernel_irq_at: None,
-            rep_irq: false,
-        },
-        kernel_irqs: 0,
-        rep_irqs: 0,
-        user_irqs: 0,
-        kernel_faults: 0,
-        faults_pa: m::kernel_pa(sym(&v, "krr_faults")),
-    };
+    let (mut r, v, vmlinux) = recorder(sc, dir, false);
     // Boot (not recorded): up to the first return to user mode.
     r.run_kernel();
     // rr_record: the VM paused in user mode; the counter starts at 0; the snapshot.
@@ -674,4 +651,87 @@ pub fn record(sc: &Scenario, dir: &Path) -> Recording {
             .map(|d| d.stats.clone())
             .unwrap_or_default(),
     }
+}
+
+/// The kernel built (`smp`: the two-vCPU build) and loaded into a core whose vCPU is at its
+/// boot routine, the engine with the recorder's stops; the vmlinux and its path.
+pub(super) fn recorder(
+    sc: &Scenario,
+    dir: &Path,
+    smp: bool,
+) -> (Recorder, Vmlinux, std::path::PathBuf) {
+    assert!(sc.ring_size.is_multiple_of(2 << 20) && sc.ring_size <= 16 << 20);
+    assert!((1..=4096).contains(&sc.max_copy));
+    std::fs::create_dir_all(dir).unwrap();
+    let (vmlinux, image) = m::build_kernel_variant(&dir.join("build"), smp);
+    let v = Vmlinux::open(&vmlinux).unwrap();
+    let mut core = Core::new(m::BAR2 + sc.ring_size).unwrap();
+    m::load(&mut core, &std::fs::read(&image).unwrap(), sc.ring_size);
+    core.mem_mut()
+        .write_u64(m::kernel_pa(sym(&v, "krr_ring_size")), sc.ring_size)
+        .unwrap();
+    if sc.devices {
+        devices::prepare(&mut core, &v);
+    }
+    // RDSEED, which KRR's recording host has (leaf 7 EBX bit 18).
+    for e in core.cpuid_mut().entries.iter_mut() {
+        if e.leaf == 7 && (e.subleaf == 0 || e.subleaf == u32::MAX) {
+            e.ebx |= 1 << 18;
+        }
+    }
+    *core.arch_mut() = m::boot_state(sym(&v, "krr_boot"));
+    core.flush_tlb();
+    let ring_base = (core.mem().host_address() + m::BAR2) as *mut u8;
+    let mut engine = Engine::new(EngineConfig {
+        policy: sc.policy,
+        deliver_exceptions: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let rep_at = sym(&v, "krr_copy_rep");
+    let vmcall_at = sym(&v, "krr_vmcall");
+    let agent_at = [
+        "rr_cfu_begin",
+        "rr_cfu_end",
+        "rr_gfu_begin",
+        "rr_record_gfu_end",
+    ]
+    .map(|n| sym(&v, n));
+    let vmcall_sync_at = if smp { sym(&v, "krr_vmcall_sync") } else { 0 };
+    engine.set_stop_addresses(
+        [rep_at, vmcall_at]
+            .into_iter()
+            .chain(agent_at)
+            .chain(smp.then_some(vmcall_sync_at)),
+    );
+    engine.set_stop_at_user_mode(true);
+    let r = Recorder {
+        core,
+        engine,
+        bus: Bus {
+            ring: Ring::new(ring_base, sc.ring_size),
+            rng: Rng(sc.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+            tsc: 0x1_2345_6789,
+            vcpu: 0,
+            dev: sc.devices.then(|| devices::Dev::new(sc.seed, &v)),
+        },
+        rng: Rng(sc.seed.wrapping_mul(0xd1b5_4a32_d192_ed03) | 1),
+        log: None,
+        rep_at,
+        vmcall_at,
+        vmcall_sync_at,
+        smp,
+        agent_at,
+        begun: [0; 2],
+        plan: Plan {
+            kernel_irq_at: None,
+            rep_irq: false,
+        },
+        kernel_irqs: 0,
+        rep_irqs: 0,
+        user_irqs: 0,
+        kernel_faults: 0,
+        faults_pa: m::kernel_pa(sym(&v, "krr_faults")),
+    };
+    (r, v, vmlinux)
 }

@@ -13,6 +13,8 @@ const TOTAL_SIZE: usize = 32;
 const ROTATED_BYTES: usize = 40;
 const RR_ENABLED: usize = 16;
 pub const HEADER_SIZE: u64 = 4096;
+/// `rr_event_log_guest` (type, id, the 1048-byte union, inst_cnt, rip).
+pub const GUEST_FORM: usize = 1072;
 
 /// Payload size of an entry of type `t` in the ring (CFU: plus `len` data bytes); only the
 /// types this machine's agent and host produce.
@@ -24,6 +26,8 @@ pub fn payload_size(t: u32) -> usize {
         4 => 48,
         7 => 16,  // DMA_DONE (the device scenario's QEMU)
         13 => 32, // MMIO
+        // RELEASE (the agent) and INST_SYNC (KVM): the guest form, `rr_event_log_guest`.
+        11 | 12 => GUEST_FORM,
         _ => panic!("ring entry of type {t}: not produced by the synthetic machine"),
     }
 }
@@ -127,6 +131,9 @@ pub struct LogWriter {
     pub counts: [u64; 15],
     pub total: u64,
     pub rotations: u64,
+    /// The largest `current_byte` drained: above `total_size` when a host append (which
+    /// never rotates) went past it.
+    pub max_end: u64,
 }
 
 /// The host pointer QEMU's `rr_cfu` node holds in its `data` field (written to the file with
@@ -142,6 +149,7 @@ impl LogWriter {
             counts: [0; 15],
             total: 0,
             rotations: 0,
+            max_end: 0,
         }
     }
 
@@ -150,6 +158,7 @@ impl LogWriter {
     /// pointer) and rewrite the final header with the cumulative event count.
     pub fn drain(&mut self, ring: &Ring) {
         let end = ring.current_byte();
+        self.max_end = self.max_end.max(end);
         let mut at = HEADER_SIZE;
         while at < end {
             let t = ring.u32(at);
@@ -163,8 +172,11 @@ impl LogWriter {
             if t == 4 {
                 entry[4 + 40..4 + 48].copy_from_slice(&CFU_DATA_POINTER.to_le_bytes());
             }
+            if t == 11 || t == 12 {
+                entry = node(t, &entry[4..]);
+            }
             self.bytes.extend_from_slice(&entry);
-            debug_assert_eq!(self.bytes.len() - start, 4 + size as usize);
+            debug_assert_eq!(self.bytes.len() - start, entry.len());
             self.counts[t as usize] += 1;
             self.total += 1;
             at += 4 + size;
@@ -187,6 +199,28 @@ impl LogWriter {
         self.rotations += 1;
     }
 }
+
+/// The file form of a RELEASE / INST_SYNC ring entry (`persist_event` writes QEMU's
+/// 1088-byte `rr_event_log` node, krr-spec 1.3): type, then the node: type, id, the union
+/// (only INST_SYNC's spin_count copied), next (a host pointer), inst_cnt (INST_SYNC only),
+/// rip and user_mode (never set: malloc'd memory, here a fixed pattern).
+fn node(t: u32, guest: &[u8]) -> Vec<u8> {
+    let mut n = vec![0u8; 4 + 1088];
+    n[..4].copy_from_slice(&t.to_le_bytes());
+    let node = &mut n[4..];
+    node[..4].copy_from_slice(&t.to_le_bytes());
+    node[4..8].copy_from_slice(&guest[4..8]);
+    if t == 12 {
+        node[32..40].copy_from_slice(&guest[32..40]);
+        node[1064..1072].copy_from_slice(&guest[1056..1064]);
+    }
+    node[1056..1064].copy_from_slice(&NODE_NEXT_POINTER.to_le_bytes());
+    node[1072..1080].copy_from_slice(&0x5555_5555_0bad_0bad_u64.to_le_bytes());
+    n
+}
+
+/// The `next` pointer QEMU's node holds when it is persisted (garbage in the file).
+const NODE_NEXT_POINTER: u64 = 0x5555_5555_b3e0;
 
 /// A KVM-format `kvm_regs` (16 GPRs in KVM's order, RIP, RFLAGS) from krr's GPR array
 /// (architectural order RAX RCX RDX RBX RSP RBP RSI RDI R8..R15).

@@ -126,10 +126,12 @@ entry_SYSCALL_64:
         IDT_STUB asm_exc_page_fault, exc_page_fault, 1
         IDT_STUB asm_exc_general_protection, exc_general_protection, 1
         IDT_STUB asm_sysvec_apic_timer_interrupt, sysvec_apic_timer_interrupt, 0
-        /* The device scenario's interrupts (devices.c). */
+#ifndef KRR_SMP
+        /* The device scenario's interrupts (devices.c; the two-vCPU build has no devices). */
         IDT_STUB asm_krr_ide_irq, krr_ide_irq, 0
         IDT_STUB asm_krr_e1000_irq, krr_e1000_irq, 0
         IDT_STUB asm_krr_nvme_irq, krr_nvme_irq, 0
+#endif
 
         .type ret_from_intr, @function
 ret_from_intr:

@@ -4,6 +4,14 @@
  * INTERRUPT). Every input is folded into `krr_checksum`, so a wrong input in a replay shows
  * in the final state. The agent's functions carry KRR's names and argument registers. */
 #include "layout.h"
+#ifdef KRR_SMP
+#include "smp.h"
+#else
+#define KRR_CPU_ID() 0
+#define KRR_SPIN() 0
+#define rr_handle_syscall rr_record_syscall
+#define rr_handle_exception rr_record_exception
+#endif
 
 typedef unsigned char u8;
 typedef unsigned int u32;
@@ -31,6 +39,9 @@ volatile u64 krr_ring_size = 2UL << 20;
 struct percpu {
 	u64 user_rsp;
 	u64 top_of_stack;
+#ifdef KRR_SMP
+	u64 cpu;
+#endif
 };
 struct percpu krr_percpu;
 u8 krr_stack[16384] __attribute__((aligned(16)));
@@ -175,11 +186,11 @@ __attribute__((noinline)) void rr_record_syscall(struct pt_regs *regs)
 	if (!e)
 		return;
 	asm volatile("movq %%cr3, %0" : "=r"(cr3));
-	put32(e, 0, 0);
+	put32(e, 0, KRR_CPU_ID());
 	put_regs(e + 8, regs, 0);
 	put64(e + 8, 0, regs->orig_ax);
 	put64(e, 168, cr3);
-	put64(e, 176, 0);
+	put64(e, 176, KRR_SPIN());
 }
 
 /* EXCEPTION: id, vector, error code, cr2, regs with rip and rflags, spin_count (not cr3,
@@ -190,12 +201,12 @@ __attribute__((noinline)) void rr_record_exception(struct pt_regs *regs, i32 vec
 	u8 *e = rr_alloc_entry(1, 192);
 	if (!e)
 		return;
-	put32(e, 0, 0);
+	put32(e, 0, KRR_CPU_ID());
 	put32(e, 4, (u32)vector);
 	put32(e, 8, (u32)error_code);
 	put64(e, 16, cr2);
 	put_regs(e + 32, regs, 1);
-	put64(e, 176, 0);
+	put64(e, 176, KRR_SPIN());
 }
 
 /* copy_from_user's entry: a CFU of n + 1 bytes, filled by rr_cfu_end. */
@@ -220,8 +231,12 @@ __attribute__((noinline)) void rr_cfu_end(u8 *e, const void *to, u64 copied)
 __attribute__((noinline)) u8 *rr_gfu_begin(const void *ptr, i32 size, i32 align)
 {
 	u8 *e;
+#ifndef KRR_SMP
 	if (!align) /* a look-behind read the agent does not record (devices.c) */
 		return 0;
+#else
+	(void)align;
+#endif
 	e = rr_alloc_entry(8, 32);
 	if (!e)
 		return 0;
@@ -390,6 +405,10 @@ __attribute__((noinline)) void irqentry_exit(struct pt_regs *regs)
 {
 	(void)regs;
 	krr_irq_exits++;
+#ifdef KRR_SMP
+	if (regs->cs & 3)
+		rr_release_smp_exec(CTX_INTR);
+#endif
 }
 
 u64 krr_devices_syscall(u64 nr, struct pt_regs *regs); /* devices.c */
@@ -398,7 +417,7 @@ void krr_devices_init(void);
 void do_syscall_64(struct pt_regs *regs, u64 nr)
 {
 	u64 ret;
-	rr_record_syscall(regs);
+	rr_handle_syscall(regs);
 	krr_syscalls++;
 	asm volatile("sti" ::: "memory");
 	switch (nr) {
@@ -412,10 +431,17 @@ void do_syscall_64(struct pt_regs *regs, u64 nr)
 		ret = sys_probe(regs->di);
 		break;
 	default:
+#ifdef KRR_SMP
+		ret = krr_smp_syscall(nr, regs);
+#else
 		ret = krr_devices_syscall(nr, regs);
+#endif
 	}
 	asm volatile("cli" ::: "memory");
 	regs->ax = ret;
+#ifdef KRR_SMP
+	rr_release_smp_exec(CTX_SYSCALL);
+#endif
 }
 
 static void die(void)
@@ -428,7 +454,7 @@ void exc_page_fault(struct pt_regs *regs, u64 error_code)
 {
 	u64 cr2, *pte;
 	asm volatile("movq %%cr2, %0" : "=r"(cr2));
-	rr_record_exception(regs, 14, (i32)error_code, cr2);
+	rr_handle_exception(regs, 14, (i32)error_code, cr2);
 	krr_faults++;
 	if (cr2 >= FAULT_BASE && cr2 < FAULT_BASE + FAULT_PAGES * 4096) {
 		u64 i = (cr2 - FAULT_BASE) >> 12;
@@ -450,7 +476,7 @@ void exc_page_fault(struct pt_regs *regs, u64 error_code)
 
 void exc_general_protection(struct pt_regs *regs, u64 error_code)
 {
-	rr_record_exception(regs, 13, (i32)error_code, 0);
+	rr_handle_exception(regs, 13, (i32)error_code, 0);
 	if (!(regs->cs & 3))
 		die();
 	regs->ip = USER_CODE;
@@ -460,6 +486,10 @@ void exc_general_protection(struct pt_regs *regs, u64 error_code)
 
 void sysvec_apic_timer_interrupt(struct pt_regs *regs)
 {
+#ifdef KRR_SMP
+	if ((regs->cs & 3) || krr_cpu_idle())
+		rr_handle_irqentry();
+#endif
 	krr_jiffies++;
 	krr_checksum = mix(krr_checksum, inb(0x61) + (krr_jiffies << 8));
 	*(volatile u32 *)(APIC_VA + 0xb0) = 0; /* EOI */
@@ -504,5 +534,7 @@ void krr_boot_main(void)
 	wrmsr(0xc0000101, (u64)&krr_percpu);	  /* GS base */
 	wrmsr(0xc0000102, 0);			  /* KERNEL_GS_BASE */
 	kvm_ivshmem_init();
-	krr_devices_init();
+#ifndef KRR_SMP
+	krr_devices_init(); /* the two-vCPU build has no devices */
+#endif
 }
