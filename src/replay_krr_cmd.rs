@@ -3,6 +3,7 @@
 
 use krr::krr_replay::driver::{End, InsnLog, LogFormat};
 use krr::krr_replay::load::{self, Options};
+use krr::symbols::SymbolTable;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -43,6 +44,10 @@ pub fn run(r: Request) -> Result<i32, String> {
     l.driver.bus.queue.debug = r.krr_debug;
     eprintln!("replaying {}", l.recording);
     eprintln!("KASLR slide {:#x}", l.slide);
+    // Reports name the kernel function of a RIP (the vmlinux was checked at load).
+    let symbols = SymbolTable::from_vmlinux(&o.vmlinux)
+        .ok()
+        .map(|t| t.shifted(l.slide));
     for n in &l.notes {
         eprintln!("note: {n}");
     }
@@ -109,31 +114,36 @@ pub fn run(r: Request) -> Result<i32, String> {
         eprintln!("warning: {m} executed {n} times (first at RIP {rip:#x}): not recorded by KRR, answered by the CPU model");
     }
     if d.bus.pic_guessed {
-        eprintln!("warning: the 8259 mask register was read before the kernel wrote it; krr answered 0xff (the snapshot's i8259 state is not read yet)");
+        eprintln!("warning: the 8259 mask register was read, but the snapshot has no i8259 state and the kernel had not written it; krr answered 0xff");
     }
+    let at = |rip: u64| SymbolTable::suffix(symbols.as_ref(), rip);
     match end {
         End::Stopped(count) => {
             eprintln!(
-                "verdict: stopped before KRR count {count} (instruction {}), RIP {:#x}",
-                c.icount, c.rip
+                "verdict: stopped before KRR count {count} (instruction {}), RIP {:#x}{}",
+                c.icount,
+                c.rip,
+                at(c.rip)
             );
             eprintln!("{}", krr::report::regs_line(c));
             Ok(0)
         }
         End::Finished => {
             eprintln!(
-                "verdict: replayed to the end of the recording; final RIP {:#x}",
-                c.rip
+                "verdict: replayed to the end of the recording; final RIP {:#x}{}",
+                c.rip,
+                at(c.rip)
             );
             eprintln!("{}", krr::report::regs_line(c));
             Ok(0)
         }
         End::Diverged(div) => {
             eprintln!(
-                "verdict: DIVERGED at instruction {} (KRR count {}), RIP {:#x}: {}",
+                "verdict: DIVERGED at instruction {} (KRR count {}), RIP {:#x}{}: {}",
                 c.icount,
                 d.bus.count(c),
                 c.rip,
+                at(c.rip),
                 div.message
             );
             Ok(2)

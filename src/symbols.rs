@@ -67,6 +67,14 @@ impl SymbolTable {
         SymbolTable { entries }
     }
 
+    /// The same symbols moved by a KASLR `slide`.
+    pub fn shifted(mut self, slide: u64) -> SymbolTable {
+        for e in &mut self.entries {
+            e.0 = e.0.wrapping_add(slide);
+        }
+        self
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

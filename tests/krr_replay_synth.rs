@@ -128,6 +128,15 @@ fn an_altered_event_is_reported_at_that_event() {
             .find(|l| l.starts_with("verdict: DIVERGED"))
             .unwrap_or_else(|| panic!("{what}: {stderr}"));
         assert!(verdict.contains(&named), "{what}: {named}\n{verdict}");
+        // The RIP is named after its kernel function (the vmlinux's symbols).
+        let rip_part = verdict
+            .split("RIP ")
+            .nth(1)
+            .unwrap()
+            .split(':')
+            .next()
+            .unwrap();
+        assert!(rip_part.contains(" ("), "{what}: {verdict}");
         assert!(verdict.contains(part), "{what}: {verdict}");
     }
 }
@@ -181,8 +190,12 @@ fn instruction_log_and_stop_in_krrs_count() {
     let out = replay(&r.snapshot, &r.vmlinux, &["--stop-at", "5000"]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let stop = stderr
+        .lines()
+        .find(|l| l.starts_with("verdict: stopped before KRR count 5000"))
+        .unwrap_or_else(|| panic!("{stderr}"));
     assert!(
-        stderr.contains("verdict: stopped before KRR count 5000"),
-        "{stderr}"
+        stop.ends_with(')') && stop.contains("), RIP 0x"),
+        "named: {stop}"
     );
 }
