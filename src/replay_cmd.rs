@@ -32,6 +32,13 @@ pub struct ReplayArgs {
     /// continue, registers and memory; writes are refused).
     #[arg(long, value_name = "PORT", conflicts_with = "krr")]
     gdb: Option<u16>,
+    /// QEMU's spelling: `--gdb 1234`.
+    #[arg(short = 's', conflicts_with_all = ["krr", "gdb"])]
+    gdb_default_port: bool,
+    /// QEMU's spelling of "wait for gdb before running": with --gdb or -s the replay always
+    /// waits before its first instruction.
+    #[arg(short = 'S')]
+    wait_for_gdb: bool,
     /// With --krr: the event log when it is not the snapshot's neighbour kernel_rr.log.
     #[arg(long, value_name = "FILE", requires = "krr")]
     krr_events: Option<PathBuf>,
@@ -159,7 +166,10 @@ pub fn run(a: ReplayArgs) -> Result<i32, String> {
         breaks,
     };
     let mut r = Replayer::open(&trace, options).map_err(|e| e.to_string())?;
-    if let Some(port) = a.gdb {
+    if a.wait_for_gdb && a.gdb.is_none() && !a.gdb_default_port {
+        return Err("-S waits for gdb: give -s (port 1234) or --gdb PORT too".into());
+    }
+    if let Some(port) = a.gdb.or(a.gdb_default_port.then_some(1234)) {
         if !a.quiet {
             r.set_console(Some(Box::new(std::io::stdout())));
         }
