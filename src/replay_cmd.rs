@@ -32,6 +32,14 @@ pub struct ReplayArgs {
     /// continue, registers and memory; writes are refused).
     #[arg(long, value_name = "PORT", conflicts_with = "krr")]
     gdb: Option<u16>,
+    /// With gdb: instructions between the snapshots that reverse execution restores (each
+    /// step back replays at most this many).
+    #[arg(long, value_name = "N", default_value_t = 20_000_000)]
+    snapshot_interval: u64,
+    /// With gdb: MiB the snapshots may take, the one full copy of guest RAM included; past
+    /// it the oldest are merged away and history starts later.
+    #[arg(long, value_name = "MIB", default_value_t = 2048)]
+    snapshot_mem: u64,
     /// QEMU's spelling: `--gdb 1234`.
     #[arg(short = 's', conflicts_with_all = ["krr", "gdb"])]
     gdb_default_port: bool,
@@ -175,7 +183,11 @@ pub fn run(a: ReplayArgs) -> Result<i32, String> {
         }
         let run = r.start().map_err(|e| e.to_string())?;
         let fixed = breaks_of(&r);
-        let (mut r, run, ended) = krr::gdb::serve(r, run, port, fixed)?;
+        let history = krr::gdb::History {
+            interval: a.snapshot_interval,
+            budget: a.snapshot_mem << 20,
+        };
+        let (mut r, run, ended) = krr::gdb::serve(r, run, port, fixed, history)?;
         let bar = indicatif::ProgressBar::hidden();
         let verdict = ended.unwrap_or(Verdict::Stopped);
         let outcome = r.finish(run, verdict, &bar).map_err(|e| e.to_string())?;

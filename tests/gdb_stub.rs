@@ -35,11 +35,12 @@ fn free_port() -> u16 {
 
 /// Replay `trace` under `gdb -batch` with `commands`: (gdb's output, krr's stderr, krr's
 /// exit status).
-fn under_gdb(trace: &str, commands: &[String]) -> (String, String, i32) {
+fn under_gdb(trace: &str, extra: &[&str], commands: &[String]) -> (String, String, i32) {
     use std::io::BufRead;
     let port = free_port();
     let mut stub = Command::new(env!("CARGO_BIN_EXE_krr"))
         .args(["replay", "-q", trace, "--gdb", &port.to_string()])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -122,6 +123,7 @@ fn gdb_breaks_steps_reads_and_continues_to_the_verdict() {
     let c = |s: &str| s.to_string();
     let (out, stub_err, code) = under_gdb(
         t,
+        &[],
         &[
             c("monitor icount"),
             format!("hbreak *{addr:#x}"),
@@ -135,7 +137,6 @@ fn gdb_breaks_steps_reads_and_continues_to_the_verdict() {
             c("monitor events"),
             c("monitor phys 0x1000 32"),
             format!("monitor goto {}", first + 10),
-            c("monitor goto 5"),
             c("set $rax = 1"),
             c("delete"),
             c("continue"),
@@ -155,12 +156,106 @@ fn gdb_breaks_steps_reads_and_continues_to_the_verdict() {
         "{out}"
     );
     assert!(out.contains(&format!("icount {} (", first + 10)), "{out}");
-    assert!(
-        out.contains("goto backwards needs reverse execution"),
-        "{out}"
-    );
     assert!(out.contains("Could not write register"), "{out}");
     assert!(stub_err.contains("refused"), "{stub_err}");
+    assert!(out.contains("exited normally"), "{out}");
+    assert!(stub_err.contains("Verdict: matched"), "{stub_err}");
+    assert_eq!(code, 0, "{stub_err}");
+    for f in [&trace, &log] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// Reverse execution: back to the previous breakpoint arrival with the same count and
+/// registers, `stepi` undone by `reverse-stepi`, the start of history, `monitor goto`
+/// backwards, and the verdict still "matched" after all of it (snapshots every 2000
+/// instructions, so that several are restored).
+#[test]
+fn gdb_goes_backwards_and_the_replay_still_matches() {
+    let trace = tmp("rtrace");
+    record_demo_guest(EngineConfig::default(), &trace, false).unwrap();
+    let t = trace.to_str().unwrap();
+    let log = tmp("rlog");
+    let (ok, err) = krr(&[
+        "replay",
+        "-q",
+        t,
+        "--log-bound=start=16000,end=30000",
+        "-D",
+        log.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let hlts: Vec<(u64, u64)> = text
+        .lines()
+        .filter(|l| l.contains("] hlt |"))
+        .map(|l| {
+            let mut f = l.split(' ');
+            let n: u64 = f.next().unwrap().parse().unwrap();
+            let a = u64::from_str_radix(f.next().unwrap().trim_start_matches("0x"), 16).unwrap();
+            (n, a)
+        })
+        .collect();
+    let addr = hlts[0].1;
+    assert!(
+        hlts.iter().filter(|h| h.1 == addr).count() >= 2,
+        "the idle HLT runs twice in the window"
+    );
+    let c = |s: &str| s.to_string();
+    let regs = c("info registers rip rsp rax rflags");
+    let (out, stub_err, code) = under_gdb(
+        t,
+        &["--snapshot-interval", "2000"],
+        &[
+            format!("break *{addr:#x}"),
+            c("continue"),
+            c("monitor icount"),
+            regs.clone(),
+            c("echo ==first-end==\\n"),
+            c("continue"),
+            c("monitor icount"),
+            c("reverse-continue"),
+            c("monitor icount"),
+            regs.clone(),
+            c("echo ==back-end==\\n"),
+            c("stepi"),
+            c("monitor icount"),
+            c("reverse-stepi"),
+            c("monitor icount"),
+            c("p/x $pc"),
+            c("monitor goto 10"),
+            c("monitor goto 0"),
+            c("reverse-stepi"),
+            c("monitor history"),
+            c("delete"),
+            c("continue"),
+        ],
+    );
+    let icounts: Vec<u64> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("icount "))
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(icounts.len(), 7, "{out}");
+    let (first, second) = (icounts[0], icounts[1]);
+    assert!(second > first, "{out}");
+    assert_eq!(
+        icounts[2], first,
+        "reverse-continue goes back to the first arrival: {out}"
+    );
+    assert_eq!(icounts[3], first + 1, "{out}");
+    assert_eq!(icounts[4], first, "reverse-stepi undoes stepi: {out}");
+    assert_eq!(icounts[5..], [10, 0], "{out}");
+    // The registers at the first arrival, forwards and after coming back, are the same.
+    let block = |tag: &str| {
+        let end = out.find(tag).unwrap_or_else(|| panic!("{tag}: {out}"));
+        let start = out[..end].rfind("rip ").unwrap();
+        out[start..end].to_string()
+    };
+    assert_eq!(block("==first-end=="), block("==back-end=="), "{out}");
+    assert!(out.contains(&format!("$1 = {addr:#x}")), "{out}");
+    assert!(out.contains("No more reverse-execution history"), "{out}");
+    assert!(out.contains("history from instruction 0:"), "{out}");
     assert!(out.contains("exited normally"), "{out}");
     assert!(stub_err.contains("Verdict: matched"), "{stub_err}");
     assert_eq!(code, 0, "{stub_err}");

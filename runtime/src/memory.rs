@@ -233,6 +233,22 @@ impl GuestMemory {
         }
     }
 
+    /// Each page's hash (mapping order) as of the last digest ([`crate::Core::ram_hash`]
+    /// brings it up to date): a debugger's snapshots find the pages that changed.
+    pub fn page_hashes(&self) -> &[u64] {
+        &self.page_hashes
+    }
+
+    /// The guest-physical address of the mapping's page `index`.
+    pub fn page_gpa(&self, index: usize) -> u64 {
+        let off = index as u64 * PAGE_SIZE;
+        self.windows
+            .iter()
+            .find(|w| off >= w.offset && off < w.offset + w.len)
+            .map(|w| w.gpa + (off - w.offset))
+            .expect("a page of the mapping")
+    }
+
     /// Pages written since the last digest.
     pub fn dirty_page_count(&self) -> u64 {
         self.dirty_pages.iter().map(|w| w.count_ones() as u64).sum()

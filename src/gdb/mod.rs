@@ -5,13 +5,18 @@
 //! no longer be the recording. The replay pauses before the first instruction.
 
 pub mod arch;
+mod exec;
 
-use crate::replay::{Advance, Replayer, Run, Verdict};
+use crate::replay::timeline::Timeline;
+use crate::replay::{Replayer, Run, Verdict};
 use arch::KrrX86_64;
 use gdbstub::common::Signal;
 use gdbstub::conn::ConnectionExt;
 use gdbstub::stub::run_blocking::{self, BlockingEventLoop};
 use gdbstub::stub::{GdbStub, SingleThreadStopReason};
+use gdbstub::target::ext::base::reverse_exec::{
+    ReplayLogPosition, ReverseCont, ReverseContOps, ReverseStep, ReverseStepOps,
+};
 use gdbstub::target::ext::base::singlethread::{
     SingleThreadBase, SingleThreadResume, SingleThreadResumeOps, SingleThreadSingleStep,
     SingleThreadSingleStepOps,
@@ -30,6 +35,16 @@ use std::net::{TcpListener, TcpStream};
 enum Resume {
     Continue,
     Step,
+    ReverseStep,
+    ReverseContinue,
+}
+
+/// How much history the stub keeps: a snapshot every `interval` instructions, at most
+/// `budget` bytes of them (the whole RAM once included).
+#[derive(Clone, Copy, Debug)]
+pub struct History {
+    pub interval: u64,
+    pub budget: u64,
 }
 
 /// The replay as gdb's target.
@@ -45,11 +60,18 @@ pub struct GdbTarget {
     at_breakpoint: bool,
     /// The replay's end, once reached.
     pub ended: Option<Verdict>,
+    /// Snapshots for going backwards.
+    timeline: Timeline,
+    /// The furthest instruction count reached: console output before it has been shown.
+    high_water: u64,
 }
 
 impl GdbTarget {
-    pub fn new(replayer: Replayer, run: Run, fixed_breaks: Vec<u64>) -> Self {
+    pub fn new(mut replayer: Replayer, run: Run, fixed_breaks: Vec<u64>, history: History) -> Self {
+        let timeline = Timeline::new(&mut replayer, history.interval, history.budget);
         GdbTarget {
+            high_water: replayer.icount(),
+            timeline,
             replayer,
             run,
             bar: ProgressBar::hidden(),
@@ -75,77 +97,6 @@ impl GdbTarget {
             .collect();
         self.replayer.set_breakpoints(all);
     }
-
-    /// Run as gdb asked: one instruction, or until a breakpoint, the end or `interrupted`.
-    fn go(&mut self, interrupted: &mut dyn FnMut() -> bool) -> Result<Stop, String> {
-        if let Some(v) = &self.ended {
-            return Ok(Stop::Ended(matches!(v, Verdict::Matched)));
-        }
-        if self.at_breakpoint {
-            self.replayer.step_past_breakpoint();
-            self.at_breakpoint = false;
-        }
-        let start = self.replayer.icount();
-        let target = match self.resume {
-            Resume::Step => start + 1,
-            Resume::Continue => u64::MAX,
-        };
-        let advance = self
-            .replayer
-            .advance(&mut self.run, target, &self.bar, interrupted)
-            .map_err(|e| e.to_string())?;
-        Ok(match advance {
-            Advance::Reached => Stop::Stepped,
-            Advance::Breakpoint(_) => {
-                self.at_breakpoint = true;
-                if self.resume == Resume::Step && self.replayer.icount() > start {
-                    Stop::Stepped
-                } else {
-                    Stop::Breakpoint
-                }
-            }
-            Advance::Interrupted => Stop::Interrupted,
-            Advance::Ended(v) => {
-                let matched = matches!(v, Verdict::Matched);
-                if let Verdict::Diverged(d) = &v {
-                    eprintln!(
-                        "krr: the replay diverged at event {} (instruction {}, RIP {:#x}{}): {}",
-                        d.event_index, d.icount, d.rip, d.function, d.what
-                    );
-                }
-                self.ended = Some(v);
-                Stop::Ended(matched)
-            }
-        })
-    }
-}
-
-impl GdbTarget {
-    /// Run forward to instruction `n`, through breakpoints.
-    fn go_to(&mut self, n: u64) -> Result<(), String> {
-        while self.replayer.icount() < n && self.ended.is_none() {
-            if self.at_breakpoint {
-                self.replayer.step_past_breakpoint();
-                self.at_breakpoint = false;
-            }
-            match self
-                .replayer
-                .advance(&mut self.run, n, &self.bar, &mut || false)
-                .map_err(|e| e.to_string())?
-            {
-                Advance::Breakpoint(_) => self.at_breakpoint = true,
-                Advance::Ended(v) => {
-                    self.ended = Some(v);
-                    return Err(format!(
-                        "the replay ended at instruction {}",
-                        self.replayer.icount()
-                    ));
-                }
-                Advance::Reached | Advance::Interrupted => {}
-            }
-        }
-        Ok(())
-    }
 }
 
 enum Stop {
@@ -154,6 +105,8 @@ enum Stop {
     Interrupted,
     /// The trace's end (true) or a divergence (false).
     Ended(bool),
+    /// Going backwards reached the start of history.
+    HistoryStart,
 }
 
 fn refuse(what: &str) {
@@ -244,6 +197,28 @@ impl SingleThreadResume for GdbTarget {
     fn support_single_step(&mut self) -> Option<SingleThreadSingleStepOps<'_, Self>> {
         Some(self)
     }
+
+    fn support_reverse_step(&mut self) -> Option<ReverseStepOps<'_, (), Self>> {
+        Some(self)
+    }
+
+    fn support_reverse_cont(&mut self) -> Option<ReverseContOps<'_, (), Self>> {
+        Some(self)
+    }
+}
+
+impl ReverseStep<()> for GdbTarget {
+    fn reverse_step(&mut self, _tid: ()) -> Result<(), String> {
+        self.resume = Resume::ReverseStep;
+        Ok(())
+    }
+}
+
+impl ReverseCont<()> for GdbTarget {
+    fn reverse_cont(&mut self) -> Result<(), String> {
+        self.resume = Resume::ReverseContinue;
+        Ok(())
+    }
 }
 
 impl SingleThreadSingleStep for GdbTarget {
@@ -329,7 +304,7 @@ impl MonitorCmd for GdbTarget {
                 _ => outputln!(out, "usage: monitor phys ADDR LEN (LEN at most 4096)"),
             },
             ["goto", n] => match num(n) {
-                Some(n) if n >= self.replayer.icount() => match self.go_to(n) {
+                Some(n) => match self.go_to(n) {
                     Ok(()) => outputln!(
                         out,
                         "icount {} (gdb's register cache is stale: run `flushregs`)",
@@ -337,12 +312,17 @@ impl MonitorCmd for GdbTarget {
                     ),
                     Err(e) => outputln!(out, "{e}"),
                 },
-                Some(_) => outputln!(
-                    out,
-                    "goto backwards needs reverse execution, which krr does not have yet"
-                ),
                 None => outputln!(out, "usage: monitor goto N"),
             },
+            ["history"] => outputln!(
+                out,
+                "history from instruction {}: {} snapshots, {} MiB (every {} instructions, at most {} MiB)",
+                self.timeline.start(),
+                self.timeline.snapshot_count(),
+                self.timeline.bytes() >> 20,
+                self.timeline.interval,
+                self.timeline.budget >> 20
+            ),
             [] | ["help"] => {
                 outputln!(out, "krr monitor commands:");
                 outputln!(
@@ -409,6 +389,12 @@ impl BlockingEventLoop for ReplayLoop {
             Stop::Ended(false) => {
                 run_blocking::Event::TargetStopped(SingleThreadStopReason::Signal(Signal::SIGTRAP))
             }
+            Stop::HistoryStart => {
+                run_blocking::Event::TargetStopped(SingleThreadStopReason::ReplayLog {
+                    tid: None,
+                    pos: ReplayLogPosition::Begin,
+                })
+            }
         })
     }
 
@@ -426,6 +412,7 @@ pub fn serve(
     run: Run,
     port: u16,
     fixed_breaks: Vec<u64>,
+    history: History,
 ) -> Result<(Replayer, Run, Option<Verdict>), String> {
     let listener = TcpListener::bind(("127.0.0.1", port))
         .map_err(|e| format!("--gdb {port}: cannot listen on 127.0.0.1:{port}: {e}"))?;
@@ -435,7 +422,7 @@ pub fn serve(
         .map_err(|e| format!("--gdb {port}: accept: {e}"))?;
     let _ = stream.set_nodelay(true);
     eprintln!("krr: gdb connected from {peer}; the replay waits before its first instruction");
-    let mut target = GdbTarget::new(replayer, run, fixed_breaks);
+    let mut target = GdbTarget::new(replayer, run, fixed_breaks, history);
     target.apply_breakpoints();
     let reason = GdbStub::new(stream)
         .run_blocking::<ReplayLoop>(&mut target)

@@ -5,6 +5,7 @@
 //! multi-instruction and still end exactly where the next event is due.
 
 mod bus;
+pub mod timeline;
 
 use crate::report;
 use crate::symbols::SymbolTable;
@@ -188,6 +189,11 @@ impl Replayer {
 
     pub fn set_console(&mut self, out: Option<Box<dyn Write>>) {
         self.bus.console = out;
+    }
+
+    /// The console output, taken away (a debugger re-executing a stretch it has shown).
+    pub fn take_console(&mut self) -> Option<Box<dyn Write>> {
+        self.bus.console.take()
     }
 
     pub fn total_instructions(&self) -> u64 {

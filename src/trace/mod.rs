@@ -11,7 +11,7 @@ mod writer;
 use bytes::{Put, Reader};
 pub use event::{Event, EventCounts, EventData, EventKind};
 use krr_runtime::cpuid::CpuidEntry;
-pub use reader::{EventStream, Snapshot, TraceReader};
+pub use reader::{EventStream, Snapshot, StreamMark, TraceReader};
 pub use writer::TraceWriter;
 
 pub const MAGIC: &[u8; 8] = b"KRRTRACE";

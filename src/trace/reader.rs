@@ -617,7 +617,49 @@ pub struct EventStream {
 /// Consumed events [`EventStream::recent`] keeps.
 const RECENT: usize = 16;
 
+/// Where an [`EventStream`] is, to come back to ([`EventStream::mark`]).
+#[derive(Clone)]
+pub struct StreamMark {
+    next_chunk: usize,
+    buffered: std::collections::VecDeque<Event>,
+    position: u64,
+    recent: std::collections::VecDeque<Event>,
+}
+
+impl StreamMark {
+    /// Bytes it holds, roughly (its buffered events).
+    pub fn approx_bytes(&self) -> u64 {
+        let data = |e: &Event| match &e.data {
+            crate::trace::EventData::DmaWrite { data, .. } => data.len() as u64,
+            _ => 0,
+        };
+        self.buffered
+            .iter()
+            .chain(&self.recent)
+            .map(|e| 64 + data(e))
+            .sum()
+    }
+}
+
 impl EventStream {
+    /// The stream's place, for [`EventStream::restore`].
+    pub fn mark(&self) -> StreamMark {
+        StreamMark {
+            next_chunk: self.next_chunk,
+            buffered: self.buffered.clone(),
+            position: self.position,
+            recent: self.recent.clone(),
+        }
+    }
+
+    /// Go back (or forward) to a place [`EventStream::mark`] gave.
+    pub fn restore(&mut self, m: &StreamMark) {
+        self.next_chunk = m.next_chunk;
+        self.buffered = m.buffered.clone();
+        self.position = m.position;
+        self.recent = m.recent.clone();
+    }
+
     pub fn new(reader: TraceReader) -> EventStream {
         EventStream {
             reader,

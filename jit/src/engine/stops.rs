@@ -62,6 +62,12 @@ impl Engine {
         self.stops.resume = Some((cpu.rip, cpu.icount));
     }
 
+    /// Forget a pending [`Engine::resume_past_stop`] (the state it was for is gone, e.g. a
+    /// debugger restored an earlier snapshot).
+    pub fn forget_resume(&mut self) {
+        self.stops.resume = None;
+    }
+
     /// The dispatcher's check, for a block that starts at a stop address.
     pub(super) fn stop_here(&mut self, cpu: &CpuState) -> Option<Exit> {
         self.stops
