@@ -30,7 +30,7 @@ pub struct ReplayArgs {
     /// Serve gdb's remote protocol on 127.0.0.1:PORT: the replay waits before its first
     /// instruction for `gdb VMLINUX -ex 'target remote :PORT'` (breakpoints, stepi,
     /// continue, registers and memory; writes are refused).
-    #[arg(long, value_name = "PORT", conflicts_with = "krr")]
+    #[arg(long, value_name = "PORT", conflicts_with_all = ["krr", "log_bound", "stop_at"])]
     gdb: Option<u16>,
     /// With gdb: instructions between the snapshots that reverse execution restores (each
     /// step back replays at most this many).
@@ -41,7 +41,7 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "MIB", default_value_t = 2048)]
     snapshot_mem: u64,
     /// QEMU's spelling: `--gdb 1234`.
-    #[arg(short = 's', conflicts_with_all = ["krr", "gdb"])]
+    #[arg(short = 's', conflicts_with_all = ["krr", "gdb", "log_bound", "stop_at"])]
     gdb_default_port: bool,
     /// QEMU's spelling of "wait for gdb before running": with --gdb or -s the replay always
     /// waits before its first instruction.
