@@ -3,6 +3,8 @@
 //! with the replay's count, registers and memory read through the page tables, the monitor
 //! commands answer, writes are refused, and continuing to the end still gives the verdict "matched".
 
+mod guest_boot;
+
 use krr::demo_guest::record_demo_guest;
 use krr_jit::EngineConfig;
 use std::path::PathBuf;
@@ -38,7 +40,7 @@ fn free_port() -> u16 {
 fn under_gdb(trace: &str, extra: &[&str], commands: &[String]) -> (String, String, i32) {
     use std::io::BufRead;
     let port = free_port();
-    let mut stub = Command::new(env!("CARGO_BIN_EXE_krr"))
+    let mut stub = Command::new(guest_boot::krr())
         .args(["replay", "-q", trace, "--gdb", &port.to_string()])
         .args(extra)
         .stdout(Stdio::null())
@@ -262,4 +264,128 @@ fn gdb_goes_backwards_and_the_replay_still_matches() {
     for f in [&trace, &log] {
         let _ = std::fs::remove_file(f);
     }
+}
+
+/// The Debian guest (booted `nokaslr`): kernel function addresses from its own
+/// /proc/kallsyms, printed by a script the initramfs runs before /init (`rdinit=`).
+/// `--break` by symbol and gdb's breakpoint agree; gdb goes from the second arrival at
+/// `do_sys_openat2` back to the first with the same registers, steps back and forth, and
+/// the replay still matches at the end.
+#[test]
+fn gdb_on_the_debian_guest_goes_back_to_an_earlier_system_call() {
+    let (kernel, initrd) = guest_boot::guest();
+    let dir = tmp("debian");
+    std::fs::create_dir_all(dir.join("root")).unwrap();
+    let script = "#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n/bin/busybox grep -E ' (do_sys_openat2|nmi_panic)$' /proc/kallsyms | /bin/busybox sed 's/^/KALLSYMS /'\n/bin/busybox umount /proc\nexec /init\n";
+    std::fs::write(dir.join("root/kallsyms.sh"), script).unwrap();
+    let cpio = Command::new("sh")
+        .arg("-c")
+        .arg("chmod +x kallsyms.sh && echo kallsyms.sh | cpio -o -H newc --quiet")
+        .current_dir(dir.join("root"))
+        .output()
+        .expect("cpio");
+    assert!(cpio.status.success());
+    let mut archive = std::fs::read(&initrd).unwrap();
+    archive.extend_from_slice(&cpio.stdout);
+    let initrd2 = dir.join("initrd.cpio");
+    std::fs::write(&initrd2, archive).unwrap();
+    let trace = dir.join("boot.trace");
+    let (console, log) = guest_boot::krr_ok(&[
+        "record",
+        "--kernel",
+        &kernel,
+        "--initrd",
+        initrd2.to_str().unwrap(),
+        "--append",
+        "console=ttyS0 nokaslr panic=-1 rdinit=/kallsyms.sh",
+        "-o",
+        trace.to_str().unwrap(),
+    ]);
+    guest_boot::assert_powered_off(&log);
+    let map: String = console
+        .lines()
+        .filter_map(|l| l.strip_prefix("KALLSYMS "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(map.lines().count(), 2, "{console}");
+    let map_file = dir.join("map");
+    std::fs::write(&map_file, &map).unwrap();
+    let addr = map
+        .lines()
+        .find(|l| l.ends_with(" do_sys_openat2"))
+        .map(|l| u64::from_str_radix(&l[..16], 16).unwrap())
+        .unwrap();
+    let t = trace.to_str().unwrap();
+    let m = map_file.to_str().unwrap();
+    let (ok, err) = krr_release(&[
+        "replay",
+        "-q",
+        t,
+        "--system-map",
+        m,
+        "--break",
+        "do_sys_openat2",
+    ]);
+    assert!(ok, "{err}");
+    let want =
+        format!("Verdict: stopped at breakpoint {addr:#x} (do_sys_openat2) before instruction ");
+    let line = err.lines().find(|l| l.starts_with(&want)).expect(&err);
+    let first: u64 = line[want.len()..].parse().unwrap();
+
+    let c = |s: &str| s.to_string();
+    let regs = c("info registers rip rsp rdi rsi cr3 gs_base");
+    let (out, stub_err, code) = under_gdb(
+        t,
+        &[],
+        &[
+            format!("break *{addr:#x}"),
+            c("continue"),
+            c("monitor icount"),
+            regs.clone(),
+            c("echo ==first-end==\\n"),
+            c("continue"),
+            c("monitor icount"),
+            c("reverse-continue"),
+            c("monitor icount"),
+            regs.clone(),
+            c("echo ==back-end==\\n"),
+            c("stepi"),
+            c("monitor icount"),
+            c("reverse-stepi"),
+            c("monitor icount"),
+            c("delete"),
+            c("continue"),
+        ],
+    );
+    let icounts: Vec<u64> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("icount "))
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(icounts.len(), 5, "{out}");
+    assert_eq!(
+        icounts[0], first,
+        "gdb's breakpoint and --break agree: {out}"
+    );
+    assert!(icounts[1] > first, "{out}");
+    assert_eq!(icounts[2..], [first, first + 1, first], "{out}");
+    let block = |tag: &str| {
+        let end = out.find(tag).unwrap_or_else(|| panic!("{tag}: {out}"));
+        let start = out[..end].rfind("rip ").unwrap();
+        out[start..end].to_string()
+    };
+    assert_eq!(block("==first-end=="), block("==back-end=="), "{out}");
+    assert!(out.contains("exited normally"), "{out}");
+    assert!(stub_err.contains("Verdict: matched"), "{stub_err}");
+    assert_eq!(code, 0, "{stub_err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `krr` (the release build when tests/run.sh made it): (success, stderr).
+fn krr_release(args: &[&str]) -> (bool, String) {
+    let out = Command::new(guest_boot::krr()).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
