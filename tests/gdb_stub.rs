@@ -269,14 +269,15 @@ fn gdb_goes_backwards_and_the_replay_still_matches() {
 /// The Debian guest (booted `nokaslr`): kernel function addresses from its own
 /// /proc/kallsyms, printed by a script the initramfs runs before /init (`rdinit=`).
 /// `--break` by symbol and gdb's breakpoint agree; gdb goes from the second arrival at
-/// `do_sys_openat2` back to the first with the same registers, steps back and forth, and
-/// the replay still matches at the end.
+/// `do_sys_openat2` back to the first with the same registers, steps back and forth, watches
+/// `jiffies` (the timer interrupt's write, forwards and backwards), and the replay still
+/// matches at the end.
 #[test]
 fn gdb_on_the_debian_guest_goes_back_to_an_earlier_system_call() {
     let (kernel, initrd) = guest_boot::guest();
     let dir = tmp("debian");
     std::fs::create_dir_all(dir.join("root")).unwrap();
-    let script = "#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n/bin/busybox grep -E ' (do_sys_openat2|nmi_panic)$' /proc/kallsyms | /bin/busybox sed 's/^/KALLSYMS /'\n/bin/busybox umount /proc\nexec /init\n";
+    let script = "#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n/bin/busybox grep -E ' (do_sys_openat2|nmi_panic|jiffies)$' /proc/kallsyms | /bin/busybox sed 's/^/KALLSYMS /'\n/bin/busybox umount /proc\nexec /init\n";
     std::fs::write(dir.join("root/kallsyms.sh"), script).unwrap();
     let cpio = Command::new("sh")
         .arg("-c")
@@ -307,7 +308,12 @@ fn gdb_on_the_debian_guest_goes_back_to_an_earlier_system_call() {
         .filter_map(|l| l.strip_prefix("KALLSYMS "))
         .map(|l| format!("{l}\n"))
         .collect();
-    assert_eq!(map.lines().count(), 2, "{console}");
+    assert_eq!(map.lines().count(), 3, "{console}");
+    let jiffies = map
+        .lines()
+        .find(|l| l.ends_with(" jiffies"))
+        .map(|l| u64::from_str_radix(&l[..16], 16).unwrap())
+        .unwrap();
     let map_file = dir.join("map");
     std::fs::write(&map_file, &map).unwrap();
     let addr = map
@@ -353,6 +359,15 @@ fn gdb_on_the_debian_guest_goes_back_to_an_earlier_system_call() {
             c("monitor icount"),
             c("reverse-stepi"),
             c("monitor icount"),
+            // The timer interrupt's write of jiffies, forwards twice, then backwards.
+            c("delete"),
+            format!("watch *(long *){jiffies:#x}"),
+            c("continue"),
+            c("monitor icount"),
+            c("continue"),
+            c("monitor icount"),
+            c("reverse-continue"),
+            c("monitor icount"),
             c("delete"),
             c("continue"),
         ],
@@ -362,13 +377,28 @@ fn gdb_on_the_debian_guest_goes_back_to_an_earlier_system_call() {
         .filter_map(|l| l.strip_prefix("icount "))
         .map(|l| l.parse().unwrap())
         .collect();
-    assert_eq!(icounts.len(), 5, "{out}");
+    assert_eq!(icounts.len(), 8, "{out}");
+    // Forwards the watchpoint stops after the writing instruction; backwards, before it.
+    let (w1, w2, back) = (icounts[5], icounts[6], icounts[7]);
+    assert!(first < w1 && w1 < w2, "{out}");
+    assert_eq!(back, w2 - 1, "{out}");
+    let values: Vec<u64> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("New value = "))
+        .map(|v| v.trim().parse().unwrap())
+        .collect();
+    assert_eq!(values.len(), 3, "{out}");
+    assert_eq!(
+        values,
+        [values[0], values[0] + 1, values[0]],
+        "jiffies counts up by one per tick and back: {out}"
+    );
     assert_eq!(
         icounts[0], first,
         "gdb's breakpoint and --break agree: {out}"
     );
     assert!(icounts[1] > first, "{out}");
-    assert_eq!(icounts[2..], [first, first + 1, first], "{out}");
+    assert_eq!(icounts[2..5], [first, first + 1, first], "{out}");
     let block = |tag: &str| {
         let end = out.find(tag).unwrap_or_else(|| panic!("{tag}: {out}"));
         let start = out[..end].rfind("rip ").unwrap();

@@ -502,7 +502,13 @@ impl Engine {
         // instructions and event delivery read the profile from the state.
         cpu.exec.profile = self.config.profile;
         loop {
-            let exit = self.run_until_event(cpu);
+            let mut exit = self.run_until_event(cpu);
+            if matches!(exit, Exit::Exception { .. }) && watch_restart(cpu) {
+                exit = self.rerun_watched(cpu);
+                if cpu.exec.watch.hit.is_some() && exit == Exit::Budget {
+                    return Exit::Budget;
+                }
+            }
             match exit {
                 Exit::Exception { .. } if self.config.deliver_exceptions => {
                     let e = cpu.exec.exception;
@@ -519,6 +525,20 @@ impl Engine {
                 other => return other,
             }
         }
+    }
+
+    /// An instruction touched a watched range (`krr_runtime::watch`) and ended before doing
+    /// anything: run it again, alone, recording the hit, and let it complete. `Exit::Budget`
+    /// with `cpu.exec.watch.hit` set: the driver's watchpoint stop, right after it.
+    fn rerun_watched(&mut self, cpu: &mut CpuState) -> Exit {
+        cpu.exec.watch.stepping = true;
+        cpu.exec.watch.hit = None;
+        let next = cpu.icount + 1;
+        let limit = std::mem::replace(&mut cpu.exec.icount_limit, next);
+        let exit = self.run_until_event(cpu);
+        cpu.exec.icount_limit = limit;
+        cpu.exec.watch.stepping = false;
+        exit
     }
 
     fn run_until_event(&mut self, cpu: &mut CpuState) -> Exit {
@@ -964,4 +984,10 @@ pub fn hex_bytes(cpu: &mut CpuState, insn: &Instruction) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The exception is the MMU's watchpoint restart, not a CPU exception.
+fn watch_restart(cpu: &CpuState) -> bool {
+    let e = &cpu.exec.exception;
+    e.vector == krr_runtime::watch::RESTART_VECTOR && !e.software
 }

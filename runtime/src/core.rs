@@ -81,6 +81,24 @@ impl Core {
 
     /// Drop every cached translation (after the page tables or paging mode were replaced
     /// from outside the engine, e.g. a CPU image loaded from a trace).
+    /// A debugger's watchpoints from now on (see [`crate::watch`]); their pages leave the TLB.
+    pub fn set_watchpoints(&mut self, ranges: Vec<crate::watch::WatchRange>) {
+        // SAFETY: only the watch list and the TLB change; nothing is moved.
+        let cpu = unsafe { self.cpu.as_mut().get_unchecked_mut() };
+        cpu.exec.watch.set(ranges);
+        cpu.exec.tlb.flush();
+    }
+
+    /// The watchpoint hit that ended the last engine run, taken.
+    pub fn take_watch_hit(&mut self) -> Option<crate::watch::WatchHit> {
+        // SAFETY: as in `set_watchpoints`.
+        unsafe { self.cpu.as_mut().get_unchecked_mut() }
+            .exec
+            .watch
+            .hit
+            .take()
+    }
+
     pub fn flush_tlb(&mut self) {
         // SAFETY: flushing only invalidates entries; nothing is moved.
         unsafe { self.cpu.as_mut().get_unchecked_mut().exec.tlb.flush() }

@@ -239,6 +239,9 @@ pub struct ExecContext {
     /// by the engine whenever it runs or delivers an event): read by the interpreter, the
     /// system instructions and event delivery.
     pub profile: crate::Profile,
+    /// A debugger's watchpoints (not reached by compiled code: its pages are never in the
+    /// TLB).
+    pub watch: crate::watch::Watch,
 }
 
 /// [`ExecContext::rep_pause_rip`] when no pause is armed.
@@ -398,6 +401,7 @@ impl ExecContext {
             mem_size: mem.size(),
             ram: *mem.ram_windows(),
             profile: crate::Profile::Host,
+            watch: Default::default(),
         }
     }
 

@@ -31,11 +31,17 @@ impl DescFault {
 
 /// Read `buf.len()` bytes of a system structure (supervisor access) at a linear address.
 pub fn system_read(cpu: &mut CpuState, linear: u64, buf: &mut [u8]) -> Result<(), DescFault> {
-    mmu::load_bytes(cpu, linear, buf, 0).map_err(|f| mem_fault(cpu, f))
+    let was = std::mem::replace(&mut cpu.exec.watch.implicit, true);
+    let r = mmu::load_bytes(cpu, linear, buf, 0);
+    cpu.exec.watch.implicit = was;
+    r.map_err(|f| mem_fault(cpu, f))
 }
 
 pub fn system_write(cpu: &mut CpuState, linear: u64, data: &[u8]) -> Result<(), DescFault> {
-    mmu::store_bytes(cpu, linear, data, 0).map_err(|f| mem_fault(cpu, f))
+    let was = std::mem::replace(&mut cpu.exec.watch.implicit, true);
+    let r = mmu::store_bytes(cpu, linear, data, 0);
+    cpu.exec.watch.implicit = was;
+    r.map_err(|f| mem_fault(cpu, f))
 }
 
 pub fn mem_fault(cpu: &CpuState, f: MemFault) -> DescFault {

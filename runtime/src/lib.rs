@@ -26,6 +26,7 @@ pub mod outcome;
 pub mod profile;
 pub mod ram_windows;
 pub mod tlb;
+pub mod watch;
 
 pub use crate::core::Core;
 pub use bus::Bus;

@@ -233,7 +233,9 @@ fn translate_and_fill(
         .wrapping_add(page_offset)
         .wrapping_sub(page);
     let code = access == Access::Write && cpu.is_code_page(page_phys >> 12);
-    if mmu_idx < 2 && (access != Access::Write || (t.write_ok && !code)) {
+    // A watched page stays out of the TLB: every access to it comes here.
+    let watched = cpu.exec.watch.page_watched(page_phys >> 12);
+    if mmu_idx < 2 && !watched && (access != Access::Write || (t.write_ok && !code)) {
         // Reads may always be cached after a successful walk; writes only once dirty. Writes
         // through the entry will not call back, so the page counts as written from now on.
         if access == Access::Write {
@@ -321,6 +323,7 @@ pub fn load_bytes(
     mmu_idx: usize,
 ) -> Result<(), MemFault> {
     let parts = translate_access(cpu, linear, out.len(), Access::Read, mmu_idx)?;
+    watch_check(cpu, &parts, false)?;
     let mut done = 0;
     for Part { offset, len, .. } in parts {
         if len == 0 {
@@ -340,6 +343,28 @@ pub fn load_bytes(
     Ok(())
 }
 
+/// An access to a watched range (see [`crate::watch`]): outside the re-run, the instruction
+/// ends before touching memory, like a precise fault; in the re-run, the hit is recorded.
+fn watch_check(cpu: &mut CpuState, parts: &[Part; 2], write: bool) -> Result<(), MemFault> {
+    if cpu.exec.watch.ranges.is_empty() || cpu.exec.watch.implicit {
+        return Ok(());
+    }
+    for p in parts.iter().filter(|p| p.len > 0) {
+        if let Some(r) = cpu.exec.watch.check(p.phys, p.len as u64, write) {
+            if cpu.exec.watch.stepping {
+                cpu.exec.watch.hit.get_or_insert(crate::watch::WatchHit {
+                    addr: r.addr,
+                    write,
+                });
+            } else {
+                cpu.exec.exception = ExceptionRecord::fault(crate::watch::RESTART_VECTOR, None);
+                return Err(MemFault::Exception);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Store `data` at `linear`.
 pub fn store_bytes(
     cpu: &mut CpuState,
@@ -348,6 +373,7 @@ pub fn store_bytes(
     mmu_idx: usize,
 ) -> Result<(), MemFault> {
     let parts = translate_access(cpu, linear, data.len(), Access::Write, mmu_idx)?;
+    watch_check(cpu, &parts, true)?;
     let mut done = 0;
     for Part { phys, offset, len } in parts {
         if len == 0 {

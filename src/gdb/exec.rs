@@ -67,6 +67,7 @@ impl GdbTarget {
                     });
                 }
                 Advance::Interrupted => return Ok(Stop::Interrupted),
+                Advance::Watch(hit) => return Ok(Stop::Watch(hit)),
                 Advance::Ended(v) => {
                     let matched = matches!(v, Verdict::Matched);
                     if let Verdict::Diverged(d) = &v {
@@ -102,7 +103,7 @@ impl GdbTarget {
                         self.ended = Some(v);
                         return Ok(false);
                     }
-                    Advance::Reached | Advance::Interrupted => {}
+                    Advance::Reached | Advance::Interrupted | Advance::Watch(_) => {}
                 }
             }
             Ok(true)
@@ -154,10 +155,11 @@ impl GdbTarget {
         Ok(Stop::Stepped)
     }
 
-    /// Back to the latest breakpoint arrival before the current instruction, or to the start
-    /// of history.
+    /// Back to the latest breakpoint arrival or watchpoint hit before the current
+    /// instruction, or to the start of history.
     fn reverse_continue(&mut self) -> Result<Stop, String> {
-        let mut upper = self.replayer.icount();
+        let now = self.replayer.icount();
+        let mut upper = now;
         loop {
             if upper <= self.timeline.start() {
                 self.seek(self.timeline.start())?;
@@ -181,8 +183,19 @@ impl GdbTarget {
                         .map_err(|e| e.to_string())?
                     {
                         Advance::Breakpoint(_) => {
-                            last = Some(self.replayer.icount());
+                            let at = self.replayer.icount();
+                            if at < now {
+                                last = Some((at, None));
+                            }
                             self.at_breakpoint = true;
+                        }
+                        // Backwards, a watchpoint stops before the instruction that made the
+                        // access (the value as it was), as gdb expects of reverse execution.
+                        Advance::Watch(hit) => {
+                            let before = self.replayer.icount() - 1;
+                            if before < now {
+                                last = Some((before, Some(hit)));
+                            }
                         }
                         Advance::Reached | Advance::Interrupted => {}
                         Advance::Ended(_) => break,
@@ -192,10 +205,17 @@ impl GdbTarget {
             })();
             self.replayer.set_console(console);
             scan?;
-            if let Some(hit) = last {
-                self.seek(hit)?;
-                self.at_breakpoint = true;
-                return Ok(Stop::Breakpoint);
+            match last {
+                Some((n, None)) => {
+                    self.seek(n)?;
+                    self.at_breakpoint = true;
+                    return Ok(Stop::Breakpoint);
+                }
+                Some((n, Some(hit))) => {
+                    self.seek(n)?;
+                    return Ok(Stop::Watch(hit));
+                }
+                None => {}
             }
             upper = from;
         }

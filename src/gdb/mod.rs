@@ -23,11 +23,13 @@ use gdbstub::target::ext::base::singlethread::{
 };
 use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::breakpoints::{
-    Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, SwBreakpoint, SwBreakpointOps,
+    Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps,
+    SwBreakpoint, SwBreakpointOps, WatchKind,
 };
 use gdbstub::target::ext::monitor_cmd::{outputln, ConsoleOutput, MonitorCmd, MonitorCmdOps};
 use gdbstub::target::{Target, TargetError, TargetResult};
 use indicatif::ProgressBar;
+use krr_runtime::watch::{self, WatchHit, WatchRange};
 use std::collections::BTreeSet;
 use std::net::{TcpListener, TcpStream};
 
@@ -64,13 +66,32 @@ pub struct GdbTarget {
     timeline: Timeline,
     /// The furthest instruction count reached: console output before it has been shown.
     high_water: u64,
+    /// gdb's watchpoints, by physical range.
+    watches: Vec<WatchRange>,
 }
 
 impl GdbTarget {
+    /// The (guest-physical address, length) pieces of `len` bytes at virtual `addr` under
+    /// the current page tables: a debugger's walk, with no permission checks and no
+    /// accessed/dirty updates. `None` if unmapped (or under 32-bit paging, not walked yet).
+    fn translate(&self, addr: u64, len: usize) -> Option<Vec<(u64, usize)>> {
+        let core = &self.replayer.core;
+        let cpu = core.cpu();
+        let mem = core.mem();
+        if cpu.cr0 & (1 << 31) == 0 {
+            return Some(vec![(addr, len)]);
+        }
+        if cpu.efer & (1 << 10) == 0 {
+            return None;
+        }
+        crate::krr_replay::virt::pieces(|pa| mem.read_u64(pa).ok(), cpu.cr3, addr, len)
+    }
+
     pub fn new(mut replayer: Replayer, run: Run, fixed_breaks: Vec<u64>, history: History) -> Self {
         let timeline = Timeline::new(&mut replayer, history.interval, history.budget);
         GdbTarget {
             high_water: replayer.icount(),
+            watches: Vec::new(),
             timeline,
             replayer,
             run,
@@ -107,6 +128,8 @@ enum Stop {
     Ended(bool),
     /// Going backwards reached the start of history.
     HistoryStart,
+    /// Right after an instruction that accessed a watched range.
+    Watch(WatchHit),
 }
 
 fn refuse(what: &str) {
@@ -147,21 +170,10 @@ impl SingleThreadBase for GdbTarget {
     }
 
     fn read_addrs(&mut self, start: u64, data: &mut [u8]) -> TargetResult<usize, Self> {
-        let core = &self.replayer.core;
-        let cpu = core.cpu();
-        let mem = core.mem();
-        let paging = cpu.cr0 & (1 << 31) != 0;
-        let long = cpu.efer & (1 << 10) != 0;
-        let pieces = if !paging {
-            vec![(start, data.len())]
-        } else if long {
-            // A debugger's walk: no permission checks, no accessed/dirty updates.
-            crate::krr_replay::virt::pieces(|pa| mem.read_u64(pa).ok(), cpu.cr3, start, data.len())
-                .ok_or(TargetError::Errno(14))?
-        } else {
-            // 32-bit paging (early boot): not walked yet.
-            return Err(TargetError::Errno(14));
-        };
+        let pieces = self
+            .translate(start, data.len())
+            .ok_or(TargetError::Errno(14))?;
+        let mem = self.replayer.core.mem();
         let mut done = 0;
         for (pa, n) in pieces {
             if mem.read(pa, &mut data[done..done + n]).is_err() {
@@ -238,6 +250,52 @@ impl Breakpoints for GdbTarget {
 
     fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
         Some(self)
+    }
+
+    fn support_hw_watchpoint(&mut self) -> Option<HwWatchpointOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl HwWatchpoint for GdbTarget {
+    fn add_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        let kind = match kind {
+            WatchKind::Write => watch::kind::WRITE,
+            WatchKind::Read => watch::kind::READ,
+            WatchKind::ReadWrite => watch::kind::ACCESS,
+        };
+        // Watched by physical address, through the page tables as they are now.
+        let Some(pieces) = self.translate(addr, len as usize) else {
+            eprintln!("krr: watchpoint at {addr:#x}: not mapped now");
+            return Ok(false);
+        };
+        for (phys, n) in pieces {
+            self.watches.push(WatchRange {
+                phys,
+                len: n as u64,
+                kind,
+                addr,
+            });
+        }
+        self.replayer.set_watchpoints(self.watches.clone());
+        Ok(true)
+    }
+
+    fn remove_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        _len: u64,
+        _kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        let before = self.watches.len();
+        self.watches.retain(|w| w.addr != addr);
+        self.replayer.set_watchpoints(self.watches.clone());
+        Ok(self.watches.len() != before)
     }
 }
 
@@ -389,6 +447,15 @@ impl BlockingEventLoop for ReplayLoop {
             Stop::Ended(false) => {
                 run_blocking::Event::TargetStopped(SingleThreadStopReason::Signal(Signal::SIGTRAP))
             }
+            Stop::Watch(hit) => run_blocking::Event::TargetStopped(SingleThreadStopReason::Watch {
+                tid: (),
+                kind: if hit.write {
+                    WatchKind::Write
+                } else {
+                    WatchKind::Read
+                },
+                addr: hit.addr,
+            }),
             Stop::HistoryStart => {
                 run_blocking::Event::TargetStopped(SingleThreadStopReason::ReplayLog {
                     tid: None,

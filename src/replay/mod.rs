@@ -106,6 +106,8 @@ pub enum Advance {
     Breakpoint(u64),
     /// The caller's interrupt request (between engine runs).
     Interrupted,
+    /// The instruction just executed touched a watchpoint ([`Replayer::set_watchpoints`]).
+    Watch(krr_runtime::watch::WatchHit),
     /// The trace ended, or the replay left it.
     Ended(Verdict),
 }
@@ -406,7 +408,9 @@ impl Replayer {
             Advance::Ended(v) => v,
             Advance::Reached => Verdict::Stopped,
             Advance::Breakpoint(rip) => Verdict::Breakpoint(rip),
-            Advance::Interrupted => unreachable!("nothing interrupts a plain run"),
+            Advance::Interrupted | Advance::Watch(_) => {
+                unreachable!("nothing interrupts a plain run, which sets no watchpoints")
+            }
         };
         self.finish(run, verdict, bar)
     }
@@ -474,6 +478,12 @@ impl Replayer {
         self.engine.set_stop_addresses(addrs);
     }
 
+    /// Watchpoints (guest-physical ranges) from now on: the replay pauses right after an
+    /// instruction that accesses one as it asks.
+    pub fn set_watchpoints(&mut self, ranges: Vec<krr_runtime::watch::WatchRange>) {
+        self.core.set_watchpoints(ranges);
+    }
+
     /// After a pause at a breakpoint: the next [`Replayer::advance`] executes the
     /// instruction there instead of pausing again.
     pub fn step_past_breakpoint(&mut self) {
@@ -538,6 +548,9 @@ impl Replayer {
             self.core.set_icount_limit(limit);
             let before = self.progress_mark();
             let exit = self.engine.run_with_bus(&mut self.core, &mut self.bus);
+            if let Some(hit) = self.core.take_watch_hit() {
+                return Ok(Advance::Watch(hit));
+            }
             match exit {
                 Exit::Budget | Exit::BusRequest => {}
                 Exit::Halt => {
