@@ -182,12 +182,11 @@ pub fn run(a: ReplayArgs) -> Result<i32, String> {
             r.set_console(Some(Box::new(std::io::stdout())));
         }
         let run = r.start().map_err(|e| e.to_string())?;
-        let fixed = breaks_of(&r);
         let history = krr::gdb::History {
             interval: a.snapshot_interval,
             budget: a.snapshot_mem << 20,
         };
-        let (mut r, run, ended) = krr::gdb::serve(r, run, port, fixed, history)?;
+        let (mut r, run, ended) = krr::gdb::serve(r, run, port, history)?;
         let bar = indicatif::ProgressBar::hidden();
         let verdict = ended.unwrap_or(Verdict::Stopped);
         let outcome = r.finish(run, verdict, &bar).map_err(|e| e.to_string())?;
@@ -209,10 +208,6 @@ fn exit_code(v: &Verdict) -> i32 {
         Verdict::Matched | Verdict::Stopped | Verdict::Breakpoint(_) => 0,
         Verdict::Diverged(_) => 2,
     }
-}
-
-fn breaks_of(r: &Replayer) -> Vec<u64> {
-    r.options().breaks.clone()
 }
 
 #[cfg(test)]

@@ -44,10 +44,6 @@ pub fn run(r: Request) -> Result<i32, String> {
     l.driver.bus.queue.debug = r.krr_debug;
     eprintln!("replaying {}", l.recording);
     eprintln!("KASLR slide {:#x}", l.slide);
-    // Reports name the kernel function of a RIP (the vmlinux was checked at load).
-    let symbols = SymbolTable::from_vmlinux(&o.vmlinux)
-        .ok()
-        .map(|t| t.shifted(l.slide));
     for n in &l.notes {
         eprintln!("note: {n}");
     }
@@ -116,7 +112,7 @@ pub fn run(r: Request) -> Result<i32, String> {
     if d.bus.pic_guessed {
         eprintln!("warning: the 8259 mask register was read, but the snapshot has no i8259 state and the kernel had not written it; krr answered 0xff");
     }
-    let at = |rip: u64| SymbolTable::suffix(symbols.as_ref(), rip);
+    let at = |rip: u64| SymbolTable::suffix(Some(&l.symbols), rip);
     match end {
         End::Stopped(count) => {
             eprintln!(

@@ -49,12 +49,17 @@ impl SymbolTable {
     /// The symbols of a vmlinux (link-time addresses: a kernel booted with `nokaslr`).
     pub fn from_vmlinux(path: &Path) -> Result<SymbolTable, String> {
         let v = crate::vmlinux::Vmlinux::open(path).map_err(|e| e.to_string())?;
+        Ok(Self::of_vmlinux(&v))
+    }
+
+    /// The symbols of a vmlinux already loaded.
+    pub fn of_vmlinux(v: &crate::vmlinux::Vmlinux) -> SymbolTable {
         let entries = v
             .symbols()
             .filter(|(_, s)| s.addr != 0)
             .map(|(n, s)| (s.addr, (s.size != 0).then_some(s.size), n.to_string()))
             .collect();
-        Ok(Self::sorted(entries))
+        Self::sorted(entries)
     }
 
     fn sorted(mut entries: Vec<(u64, Option<u64>, String)>) -> SymbolTable {

@@ -3,27 +3,15 @@
 //! with the replay's count, registers and memory read through the page tables, the monitor
 //! commands answer, writes are refused, and continuing to the end still gives the verdict "matched".
 
+mod demo_trace;
 mod guest_boot;
 
-use krr::demo_guest::record_demo_guest;
-use krr_jit::EngineConfig;
-use std::path::PathBuf;
+use demo_trace::{idle_hlts, krr};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn tmp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("krr-gdb-{}-{name}", std::process::id()))
-}
-
-fn krr(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_krr"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+fn tmp(name: &str) -> std::path::PathBuf {
+    demo_trace::tmp("gdb", name)
 }
 
 /// A free local port (bound then released; the stub binds it again right away).
@@ -99,23 +87,11 @@ fn under_gdb(trace: &str, extra: &[&str], commands: &[String]) -> (String, Strin
 #[test]
 fn gdb_breaks_steps_reads_and_continues_to_the_verdict() {
     let trace = tmp("trace");
-    record_demo_guest(EngineConfig::default(), &trace, false).unwrap();
+    demo_trace::record(&trace);
     let t = trace.to_str().unwrap();
     // A HLT of the demo guest's idle loop, and where `--break` stops at it.
     let log = tmp("log");
-    let (ok, err) = krr(&[
-        "replay",
-        "-q",
-        t,
-        "--log-bound=start=16000,end=17000",
-        "-D",
-        log.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
-    let text = std::fs::read_to_string(&log).unwrap();
-    let hlt = text.lines().find(|l| l.contains("] hlt |")).unwrap();
-    let addr =
-        u64::from_str_radix(hlt.split(' ').nth(1).unwrap().trim_start_matches("0x"), 16).unwrap();
+    let addr = idle_hlts(t, &log)[0].1;
     let (ok, err) = krr(&["replay", "-q", t, "--break", &format!("{addr:#x}")]);
     assert!(ok, "{err}");
     let want = format!("Verdict: stopped at breakpoint {addr:#x} before instruction ");
@@ -175,29 +151,10 @@ fn gdb_breaks_steps_reads_and_continues_to_the_verdict() {
 #[test]
 fn gdb_goes_backwards_and_the_replay_still_matches() {
     let trace = tmp("rtrace");
-    record_demo_guest(EngineConfig::default(), &trace, false).unwrap();
+    demo_trace::record(&trace);
     let t = trace.to_str().unwrap();
     let log = tmp("rlog");
-    let (ok, err) = krr(&[
-        "replay",
-        "-q",
-        t,
-        "--log-bound=start=16000,end=30000",
-        "-D",
-        log.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
-    let text = std::fs::read_to_string(&log).unwrap();
-    let hlts: Vec<(u64, u64)> = text
-        .lines()
-        .filter(|l| l.contains("] hlt |"))
-        .map(|l| {
-            let mut f = l.split(' ');
-            let n: u64 = f.next().unwrap().parse().unwrap();
-            let a = u64::from_str_radix(f.next().unwrap().trim_start_matches("0x"), 16).unwrap();
-            (n, a)
-        })
-        .collect();
+    let hlts = idle_hlts(t, &log);
     let addr = hlts[0].1;
     assert!(
         hlts.iter().filter(|h| h.1 == addr).count() >= 2,
@@ -323,15 +280,18 @@ fn gdb_on_the_debian_guest_goes_back_to_an_earlier_system_call() {
         .unwrap();
     let t = trace.to_str().unwrap();
     let m = map_file.to_str().unwrap();
-    let (ok, err) = krr_release(&[
-        "replay",
-        "-q",
-        t,
-        "--system-map",
-        m,
-        "--break",
-        "do_sys_openat2",
-    ]);
+    let (ok, err) = demo_trace::krr_at(
+        &guest_boot::krr(),
+        &[
+            "replay",
+            "-q",
+            t,
+            "--system-map",
+            m,
+            "--break",
+            "do_sys_openat2",
+        ],
+    );
     assert!(ok, "{err}");
     let want =
         format!("Verdict: stopped at breakpoint {addr:#x} (do_sys_openat2) before instruction ");
@@ -409,13 +369,4 @@ fn gdb_on_the_debian_guest_goes_back_to_an_earlier_system_call() {
     assert!(stub_err.contains("Verdict: matched"), "{stub_err}");
     assert_eq!(code, 0, "{stub_err}");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// `krr` (the release build when tests/run.sh made it): (success, stderr).
-fn krr_release(args: &[&str]) -> (bool, String) {
-    let out = Command::new(guest_boot::krr()).args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }

@@ -3,50 +3,22 @@
 //! instruction `--stop-at` and the `--log-bound` log agree on; reports and the log name the
 //! function; a breakpoint never reached costs the verdict nothing.
 
-use krr::demo_guest::record_demo_guest;
-use krr_jit::EngineConfig;
-use std::path::PathBuf;
-use std::process::Command;
+mod demo_trace;
 
-fn tmp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("krr-symbols-{}-{name}", std::process::id()))
-}
+use demo_trace::{idle_hlts, krr};
 
-fn krr(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_krr"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+fn tmp(name: &str) -> std::path::PathBuf {
+    demo_trace::tmp("symbols", name)
 }
 
 #[test]
 fn break_by_symbol_stops_at_the_first_arrival_in_both_modes() {
     let trace = tmp("trace");
-    record_demo_guest(EngineConfig::default(), &trace, false).unwrap();
+    demo_trace::record(&trace);
     let t = trace.to_str().unwrap();
-    // The demo guest idles in `sti; hlt` early on: find a HLT in the log and its address.
+    // The demo guest idles in `sti; hlt` early on: a HLT and its address.
     let log = tmp("log");
-    let (ok, err) = krr(&[
-        "replay",
-        "-q",
-        t,
-        "--log-bound=start=16000,end=17000",
-        "-D",
-        log.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
-    let text = std::fs::read_to_string(&log).unwrap();
-    let hlt = text
-        .lines()
-        .find(|l| l.contains("] hlt |"))
-        .expect("the window holds the idle loop");
-    let mut f = hlt.split(' ');
-    let hlt_count: u64 = f.next().unwrap().parse().unwrap();
-    let addr = u64::from_str_radix(f.next().unwrap().trim_start_matches("0x"), 16).unwrap();
+    let (hlt_count, addr) = idle_hlts(t, &log)[0];
     // A System.map naming that address (and one more symbol below it).
     let map = tmp("map");
     std::fs::write(

@@ -83,9 +83,10 @@ impl GdbTarget {
         }
     }
 
-    /// Run forward to instruction `n` through breakpoints, quietly; false if the replay
-    /// ended first.
-    fn forward_to(&mut self, n: u64) -> Result<bool, String> {
+    /// Run forward to instruction `n` through breakpoints and watchpoints, quietly, telling
+    /// `pause` of each (at the instruction count where it paused); false if the replay ended
+    /// first.
+    fn forward_to(&mut self, n: u64, pause: &mut dyn FnMut(u64, &Advance)) -> Result<bool, String> {
         let console = self.replayer.take_console();
         let result = (|| {
             while self.replayer.icount() < n {
@@ -93,11 +94,11 @@ impl GdbTarget {
                     self.replayer.step_past_breakpoint();
                     self.at_breakpoint = false;
                 }
-                match self
+                let advance = self
                     .replayer
                     .advance(&mut self.run, n, &self.bar, &mut || false)
-                    .map_err(|e| e.to_string())?
-                {
+                    .map_err(|e| e.to_string())?;
+                match advance {
                     Advance::Breakpoint(_) => self.at_breakpoint = true,
                     Advance::Ended(v) => {
                         self.ended = Some(v);
@@ -105,6 +106,7 @@ impl GdbTarget {
                     }
                     Advance::Reached | Advance::Interrupted | Advance::Watch(_) => {}
                 }
+                pause(self.replayer.icount(), &advance);
             }
             Ok(true)
         })();
@@ -125,14 +127,14 @@ impl GdbTarget {
             // New ground: take snapshots on the way, as a forward run does.
             while self.replayer.icount() < n && self.ended.is_none() {
                 let step = self.timeline.next_due().min(n);
-                self.forward_to(step)?;
+                self.forward_to(step, &mut |_, _| {})?;
                 self.high_water = self.high_water.max(self.replayer.icount());
                 if self.replayer.icount() >= self.timeline.next_due() {
                     self.timeline.take(&mut self.replayer);
                 }
             }
         } else {
-            self.forward_to(n)?;
+            self.forward_to(n, &mut |_, _| {})?;
         }
         // Landing on a breakpoint: the next run executes that instruction first.
         let rip = self.replayer.core.cpu().rip;
@@ -168,43 +170,16 @@ impl GdbTarget {
             let from = self.timeline.restore_before(&mut self.replayer, upper - 1);
             self.ended = None;
             self.at_breakpoint = false;
-            // Every arrival at a breakpoint in [from, upper): the last one is the answer.
+            // Every arrival at a breakpoint or watchpoint in [from, upper): the last one
+            // before `now` is the answer.
             let mut last = None;
-            let console = self.replayer.take_console();
-            let scan = (|| {
-                while self.replayer.icount() < upper {
-                    if self.at_breakpoint {
-                        self.replayer.step_past_breakpoint();
-                        self.at_breakpoint = false;
-                    }
-                    match self
-                        .replayer
-                        .advance(&mut self.run, upper, &self.bar, &mut || false)
-                        .map_err(|e| e.to_string())?
-                    {
-                        Advance::Breakpoint(_) => {
-                            let at = self.replayer.icount();
-                            if at < now {
-                                last = Some((at, None));
-                            }
-                            self.at_breakpoint = true;
-                        }
-                        // Backwards, a watchpoint stops before the instruction that made the
-                        // access (the value as it was), as gdb expects of reverse execution.
-                        Advance::Watch(hit) => {
-                            let before = self.replayer.icount() - 1;
-                            if before < now {
-                                last = Some((before, Some(hit)));
-                            }
-                        }
-                        Advance::Reached | Advance::Interrupted => {}
-                        Advance::Ended(_) => break,
-                    }
-                }
-                Ok::<(), String>(())
-            })();
-            self.replayer.set_console(console);
-            scan?;
+            self.forward_to(upper, &mut |at, advance| match advance {
+                Advance::Breakpoint(_) if at < now => last = Some((at, None)),
+                // Backwards, a watchpoint stops before the instruction that made the access
+                // (the value as it was), as gdb expects of reverse execution.
+                Advance::Watch(hit) if at - 1 < now => last = Some((at - 1, Some(*hit))),
+                _ => {}
+            })?;
             match last {
                 Some((n, None)) => {
                     self.seek(n)?;

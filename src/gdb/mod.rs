@@ -87,7 +87,9 @@ impl GdbTarget {
         crate::krr_replay::virt::pieces(|pa| mem.read_u64(pa).ok(), cpu.cr3, addr, len)
     }
 
-    pub fn new(mut replayer: Replayer, run: Run, fixed_breaks: Vec<u64>, history: History) -> Self {
+    pub fn new(mut replayer: Replayer, run: Run, history: History) -> Self {
+        // `--break`'s addresses stay breakpoints whatever gdb sets.
+        let fixed_breaks = replayer.options().breaks.clone();
         let timeline = Timeline::new(&mut replayer, history.interval, history.budget);
         GdbTarget {
             high_water: replayer.icount(),
@@ -478,7 +480,6 @@ pub fn serve(
     replayer: Replayer,
     run: Run,
     port: u16,
-    fixed_breaks: Vec<u64>,
     history: History,
 ) -> Result<(Replayer, Run, Option<Verdict>), String> {
     let listener = TcpListener::bind(("127.0.0.1", port))
@@ -489,7 +490,7 @@ pub fn serve(
         .map_err(|e| format!("--gdb {port}: accept: {e}"))?;
     let _ = stream.set_nodelay(true);
     eprintln!("krr: gdb connected from {peer}; the replay waits before its first instruction");
-    let mut target = GdbTarget::new(replayer, run, fixed_breaks, history);
+    let mut target = GdbTarget::new(replayer, run, history);
     target.apply_breakpoints();
     let reason = GdbStub::new(stream)
         .run_blocking::<ReplayLoop>(&mut target)

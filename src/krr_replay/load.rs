@@ -40,6 +40,8 @@ pub struct Loaded {
     /// Loaded events by type (the `=== Event Stats ===` counts).
     pub loaded: [u64; 15],
     pub slide: u64,
+    /// The vmlinux's symbols at their run-time addresses (the slide applied), for reports.
+    pub symbols: crate::symbols::SymbolTable,
 }
 
 /// The vmlinux at `path` checked against snapshot `s` (KASLR slide from IA32_LSTAR, checked
@@ -105,8 +107,10 @@ pub fn open(o: &Options) -> Result<Loaded, String> {
             ));
         }
     }
-    let (_, traps) = check_vmlinux(s, &o.vmlinux)?;
+    let (vmlinux, traps) = check_vmlinux(s, &o.vmlinux)?;
     let slide = traps.slide;
+    let symbols = crate::symbols::SymbolTable::of_vmlinux(&vmlinux).shifted(slide);
+    drop(vmlinux);
     // RAM as QEMU's pc machine lays it out (krr-spec 2.3): below the PCI hole, and the rest
     // from 4 GiB; the hole is MMIO.
     let ring_at = match (&rec.log.headers, &s.ivshmem) {
@@ -231,6 +235,7 @@ pub fn open(o: &Options) -> Result<Loaded, String> {
         notes,
         loaded,
         slide,
+        symbols,
     })
 }
 

@@ -632,10 +632,13 @@ impl Replayer {
             }
             v => v,
         };
+        let symbols = self.options.symbols.clone();
+        let symbols = symbols.as_deref();
         let verdict = match verdict {
             Verdict::Diverged(mut d) => {
                 let (bytes, text) = report::describe_insn(&mut self.core, d.rip);
                 d.insn = format!("[{bytes}] {text}");
+                d.function = SymbolTable::suffix(symbols, d.rip);
                 Verdict::Diverged(d)
             }
             v => v,
@@ -643,19 +646,11 @@ impl Replayer {
         let rip = self.core.cpu().rip;
         let (bytes, text) = report::describe_insn(&mut self.core, rip);
         let regs = report::regs_line(self.core.cpu());
-        let symbols = self.options.symbols.as_deref();
         let state_dump = format!(
             "next instruction {} RIP {rip:#x}{}: [{bytes}] {text}\n{regs}",
             self.core.cpu().icount,
             SymbolTable::suffix(symbols, rip)
         );
-        let verdict = match verdict {
-            Verdict::Diverged(mut d) => {
-                d.function = SymbolTable::suffix(symbols, d.rip);
-                Verdict::Diverged(d)
-            }
-            v => v,
-        };
         let breakpoint_name = match verdict {
             Verdict::Breakpoint(at) => SymbolTable::suffix(symbols, at),
             _ => String::new(),
