@@ -252,13 +252,14 @@ pub fn replay(rec: &Recording, singlestep: bool) -> Replayed {
     replay_files(&rec.snapshot, &rec.vmlinux, &rec.final_state, singlestep)
 }
 
-pub fn replay_files(
+/// krr's KRR replayer loaded on a synthetic recording's files (the `host` profile the
+/// recorder ran; `vcpus`: the vCPUs the snapshot must have).
+pub fn open_replay(
     snapshot: &Path,
     vmlinux: &Path,
-    like: &FinalState,
     singlestep: bool,
-) -> Replayed {
-    use krr::krr_replay::driver::End;
+    vcpus: Option<u32>,
+) -> krr::krr_replay::load::Loaded {
     let mut engine = krr_jit::EngineConfig::default();
     if singlestep {
         engine.max_block_insns = 1;
@@ -271,37 +272,43 @@ pub fn replay_files(
         profile: krr_jit::Profile::Host,
         engine,
         expect_mem: None,
-        expect_vcpus: None,
+        expect_vcpus: vcpus,
     };
-    let mut l = krr::krr_replay::load::open(&o).unwrap_or_else(|e| panic!("{e}"));
-    let end = l.driver.run(&mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
-    let d = &mut l.driver;
-    if end == End::Finished {
-        loop {
-            d.core.set_icount_limit(u64::MAX);
-            match d.engine.run_with_bus(&mut d.core, &mut d.bus) {
-                krr_jit::Exit::UserMode => break,
-                krr_jit::Exit::Stop { .. } => d.engine.resume_past_stop(d.core.cpu()),
-                krr_jit::Exit::Budget | krr_jit::Exit::BusRequest | krr_jit::Exit::Halt => {}
-                other => panic!(
-                    "after the last event: {other:?} at RIP {:#x}",
-                    d.core.cpu().rip
-                ),
-            }
-            assert!(
-                d.bus.divergence.is_none(),
-                "after the last event: {:?}",
-                d.bus.divergence
-            );
+    krr::krr_replay::load::open(&o).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Replay to the end; when every event was replayed, run each vCPU on to its return to user
+/// mode (the kernel needs no input after the last event).
+pub fn run_to_the_end(d: &mut krr::krr_replay::driver::Driver) -> krr::krr_replay::driver::End {
+    let end = d.run(&mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
+    if end == krr::krr_replay::driver::End::Finished {
+        for v in 0..d.vcpus() {
+            d.run_to_user_mode(v)
+                .unwrap_or_else(|e| panic!("vCPU {v} after the last event: {e}"));
         }
     }
+    end
+}
+
+/// The u64 at kernel virtual `va` under the running vCPU's page tables.
+pub fn read_virt_u64(d: &krr::krr_replay::driver::Driver, va: u64) -> u64 {
+    let mem = d.core.mem();
+    let p = krr::krr_replay::virt::pieces(|pa| mem.read_u64(pa).ok(), d.core.cpu().cr3, va, 8)
+        .expect("mapped");
+    mem.read_u64(p[0].0).unwrap()
+}
+
+pub fn replay_files(
+    snapshot: &Path,
+    vmlinux: &Path,
+    like: &FinalState,
+    singlestep: bool,
+) -> Replayed {
+    let mut l = open_replay(snapshot, vmlinux, singlestep, None);
+    let end = run_to_the_end(&mut l.driver);
+    let d = &mut l.driver;
     let c = d.core.cpu();
-    let read = |va: u64| {
-        let mem = d.core.mem();
-        let p = krr::krr_replay::virt::pieces(|pa| mem.read_u64(pa).ok(), c.cr3, va, 8)
-            .expect("mapped");
-        mem.read_u64(p[0].0).unwrap()
-    };
+    let read = |va: u64| read_virt_u64(d, va);
     let state = FinalState {
         rip: c.rip,
         gpr: c.gpr,

@@ -608,30 +608,9 @@ pub fn replay_smp_files(
     var_addrs: &[u64; 4],
     singlestep: bool,
 ) -> SmpReplayed {
-    use krr::krr_replay::driver::End;
-    let mut engine = krr_jit::EngineConfig::default();
-    if singlestep {
-        engine.max_block_insns = 1;
-    }
-    let o = krr::krr_replay::load::Options {
-        snapshot: snapshot.to_path_buf(),
-        vmlinux: vmlinux.to_path_buf(),
-        events: None,
-        cpu: "broadwell".into(),
-        profile: krr_jit::Profile::Host,
-        engine,
-        expect_mem: None,
-        expect_vcpus: Some(2),
-    };
-    let mut l = krr::krr_replay::load::open(&o).unwrap_or_else(|e| panic!("{e}"));
-    let end = l.driver.run(&mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
+    let mut l = super::open_replay(snapshot, vmlinux, singlestep, Some(2));
+    let end = super::run_to_the_end(&mut l.driver);
     let d = &mut l.driver;
-    if end == End::Finished {
-        for v in 0..d.vcpus() {
-            d.run_to_user_mode(v)
-                .unwrap_or_else(|e| panic!("vCPU {v} after the last event: {e}"));
-        }
-    }
     let vcpus = (0..d.vcpus())
         .map(|v| {
             let (a, inst_cnt) = d.vcpu_state(v).expect("vCPU");
@@ -643,13 +622,7 @@ pub fn replay_smp_files(
             }
         })
         .collect();
-    let c = d.core.cpu();
-    let mem = d.core.mem();
-    let vars = var_addrs.map(|va| {
-        let p = krr::krr_replay::virt::pieces(|pa| mem.read_u64(pa).ok(), c.cr3, va, 8)
-            .expect("mapped");
-        mem.read_u64(p[0].0).unwrap()
-    });
+    let vars = var_addrs.map(|va| super::read_virt_u64(d, va));
     SmpReplayed {
         end,
         state: SmpFinal { vcpus, vars },
