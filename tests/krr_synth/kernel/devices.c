@@ -15,22 +15,11 @@
  *   and rings the CQ head doorbell. NVMe registers are never read (KRR does not record them).
  * Every datum a device delivered is folded into krr_checksum. */
 #include "layout.h"
+#include "common.h"
 #include "devices.h"
-
-typedef unsigned char u8;
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef int i32;
-typedef unsigned long u64;
-
-struct pt_regs {
-	u64 r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di;
-	u64 orig_ax, ip, cs, flags, sp, ss;
-};
 
 #define PA(x) ((u64)(x) - KERNEL_VA + KERNEL_PA)
 
-extern volatile u64 krr_checksum;
 extern u8 krr_idt[256 * 16];
 void irqentry_exit(struct pt_regs *regs);
 u8 *rr_gfu_begin(const void *ptr, i32 size, i32 align);
@@ -42,17 +31,6 @@ volatile u64 krr_devices;
 /* Device interrupts handled, and the last status words their handlers read. */
 volatile u64 krr_device_irqs;
 
-static inline u64 mix(u64 h, u64 v) { return (h ^ v) * 0x100000001b3UL + (h >> 29); }
-
-static void fold(u64 v)
-{
-	u64 f;
-	asm volatile("pushfq; popq %0; cli" : "=r"(f)::"memory");
-	krr_checksum = mix(krr_checksum, v);
-	if (f & 0x200)
-		asm volatile("sti" ::: "memory");
-}
-
 static u64 hash(const volatile u8 *p, u64 n, u64 h)
 {
 	u64 i;
@@ -63,12 +41,6 @@ static u64 hash(const volatile u8 *p, u64 n, u64 h)
 
 static inline void outb(u16 port, u8 v) { asm volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
 static inline void outl(u16 port, u32 v) { asm volatile("outl %0, %1" ::"a"(v), "Nd"(port)); }
-static inline u8 inb(u16 port)
-{
-	u8 v;
-	asm volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
-	return v;
-}
 static inline u32 mmio_read32(u64 off) { return *(volatile u32 *)(DEV_VA + off); }
 static inline void mmio_write32(u64 off, u32 v) { *(volatile u32 *)(DEV_VA + off) = v; }
 static inline void eoi(void) { *(volatile u32 *)(APIC_VA + 0xb0) = 0; }

@@ -6,17 +6,8 @@
  * around the wait (qspinlock's CTX_LOCKWAIT hook) and a cross-call that waits for the other
  * CPU's acknowledgement the same way (csd_lock_wait's hook). */
 #include "layout.h"
+#include "common.h"
 #include "smp.h"
-
-typedef unsigned char u8;
-typedef unsigned int u32;
-typedef int i32;
-typedef unsigned long u64;
-
-struct pt_regs {
-	u64 r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di;
-	u64 orig_ax, ip, cs, flags, sp, ss;
-};
 
 struct percpu {
 	u64 user_rsp;
@@ -24,7 +15,6 @@ struct percpu {
 	u64 cpu;
 };
 
-extern volatile u64 krr_checksum;
 extern u64 gdt[10];
 extern u8 krr_gdt1[80];
 extern u8 krr_idt[256 * 16];
@@ -51,24 +41,6 @@ volatile u64 krr_xcall_req[SMP_NR_CPUS];
 volatile u64 krr_xcall_ack[SMP_NR_CPUS];
 volatile u64 krr_lock_waits;
 
-static inline void put64(u8 *p, u64 off, u64 v) { __builtin_memcpy(p + off, &v, 8); }
-static inline void put32(u8 *p, u64 off, u32 v) { __builtin_memcpy(p + off, &v, 4); }
-static inline u64 irq_save(void)
-{
-	u64 f;
-	asm volatile("pushfq; popq %0; cli" : "=r"(f)::"memory");
-	return f;
-}
-static inline void irq_restore(u64 f)
-{
-	if (f & 0x200)
-		asm volatile("sti" ::: "memory");
-}
-static inline void wrmsr(u32 msr, u64 v)
-{
-	asm volatile("wrmsr" ::"c"(msr), "a"((u32)v), "d"((u32)(v >> 32)));
-}
-static inline u64 mix(u64 h, u64 v) { return (h ^ v) * 0x100000001b3UL + (h >> 29); }
 
 long rr_acquire_smp_exec(int ctx, int disable_irq)
 {
