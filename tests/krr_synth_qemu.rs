@@ -12,7 +12,7 @@ use krr::krr_rec::migration::Snapshot;
 use krr_synth::{build_recording, from_qemu, Scenario};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 fn dir(tag: &str) -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("krr-synth-qemu-{tag}"));
@@ -30,30 +30,7 @@ fn qemu_loads(qemu: &Path, snap: &Path, ring_size: u64) -> String {
     use std::io::Read;
     use std::sync::{Arc, Mutex};
     let shm = snap.with_extension("ivshmem");
-    let mut child = Command::new("timeout")
-        .arg("90")
-        .arg(qemu)
-        .args([
-            "-M",
-            "pc-i440fx-7.0",
-            "-accel",
-            "tcg",
-            "-cpu",
-            "Broadwell",
-            "-m",
-            "64M",
-        ])
-        .args(["-smp", "1", "-no-hpet", "-nodefaults", "-no-user-config"])
-        .args([
-            "-display", "none", "-serial", "none", "-S", "-monitor", "stdio",
-        ])
-        .arg("-object")
-        .arg(format!(
-            "memory-backend-file,id=shm,mem-path={},size={ring_size},share=on",
-            shm.display()
-        ))
-        .arg("-device")
-        .arg("ivshmem-plain,memdev=shm,master=on,addr=0x4")
+    let mut child = from_qemu::krr_machine(qemu, 90, &shm, ring_size)
         .arg("-incoming")
         .arg(format!("exec:cat {}", snap.display()))
         .stdin(Stdio::piped())

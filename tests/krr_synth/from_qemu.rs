@@ -53,17 +53,13 @@ pub fn qemu72() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
-/// Write the template stream into `dir/template` with `qemu` (Debian's 7.2): the machine
-/// KRR replays on, at reset, with an ivshmem-plain BAR2 of `ring_size` bytes.
-pub fn write_template(qemu: &Path, dir: &Path, ring_size: u64) -> PathBuf {
-    use std::io::Write;
-    std::fs::create_dir_all(dir).unwrap();
-    let out = dir.join("template");
-    let shm = dir.join("template-ivshmem");
-    let _ = std::fs::remove_file(&out);
-    let _ = std::fs::remove_file(&shm);
-    let mut child = Command::new("timeout")
-        .arg("60")
+/// QEMU (`qemu`, killed after `secs` seconds) started as the machine KRR replays on, stopped
+/// (`-S`) with its monitor on stdio: pc-i440fx-7.0, 64 MiB (the synthetic machine's RAM), no
+/// HPET, no default devices, and ivshmem-plain at slot [`IVSHMEM_SLOT`] backed by `shm`
+/// (`ring_size` bytes).
+pub fn krr_machine(qemu: &Path, secs: u32, shm: &Path, ring_size: u64) -> Command {
+    let mut c = Command::new("timeout");
+    c.arg(secs.to_string())
         .arg(qemu)
         .args(["-M", "pc-i440fx-7.0", "-accel", "tcg", "-cpu", "Broadwell"])
         .args(["-m", &format!("{}M", super::machine::RAM_SIZE >> 20)])
@@ -79,7 +75,20 @@ pub fn write_template(qemu: &Path, dir: &Path, ring_size: u64) -> PathBuf {
         .arg("-device")
         .arg(format!(
             "ivshmem-plain,memdev=shm,master=on,addr={IVSHMEM_SLOT:#x}"
-        ))
+        ));
+    c
+}
+
+/// Write the template stream into `dir/template` with `qemu` (Debian's 7.2): the machine
+/// KRR replays on, at reset, with an ivshmem-plain BAR2 of `ring_size` bytes.
+pub fn write_template(qemu: &Path, dir: &Path, ring_size: u64) -> PathBuf {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).unwrap();
+    let out = dir.join("template");
+    let shm = dir.join("template-ivshmem");
+    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(&shm);
+    let mut child = krr_machine(qemu, 60, &shm, ring_size)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
