@@ -11,5 +11,6 @@ pub mod record;
 pub mod replay;
 pub mod report;
 pub mod symbols;
+pub mod timeline;
 pub mod trace;
 pub mod vmlinux;

@@ -25,12 +25,12 @@ pub struct ReplayArgs {
     system_map: Option<PathBuf>,
     /// Stop before the first instruction at SYMBOL, SYMBOL+OFFSET or 0xADDRESS and print the
     /// state there (repeatable: the first one reached stops). Costs nothing elsewhere.
-    #[arg(long = "break", value_name = "SYMBOL|ADDR", conflicts_with = "krr")]
+    #[arg(long = "break", value_name = "SYMBOL|ADDR")]
     breaks: Vec<String>,
     /// Serve gdb's remote protocol on 127.0.0.1:PORT: the replay waits before its first
     /// instruction for `gdb VMLINUX -ex 'target remote :PORT'` (breakpoints, stepi,
     /// continue, registers and memory; writes are refused).
-    #[arg(long, value_name = "PORT", conflicts_with_all = ["krr", "log_bound", "stop_at"])]
+    #[arg(long, value_name = "PORT", conflicts_with_all = ["log_bound", "stop_at"])]
     gdb: Option<u16>,
     /// With gdb: instructions between the snapshots that reverse execution restores (each
     /// step back replays at most this many).
@@ -41,7 +41,7 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "MIB", default_value_t = 2048)]
     snapshot_mem: u64,
     /// QEMU's spelling: `--gdb 1234`.
-    #[arg(short = 's', conflicts_with_all = ["krr", "gdb", "log_bound", "stop_at"])]
+    #[arg(short = 's', conflicts_with_all = ["gdb", "log_bound", "stop_at"])]
     gdb_default_port: bool,
     /// QEMU's spelling of "wait for gdb before running": with --gdb or -s the replay always
     /// waits before its first instruction.
@@ -124,6 +124,16 @@ pub fn run(a: ReplayArgs) -> Result<i32, String> {
     if a.log_file.is_some() && a.log_bound.is_none() {
         return Err("-D FILE needs --log-bound start=N1,end=N2".into());
     }
+    if a.wait_for_gdb && a.gdb.is_none() && !a.gdb_default_port {
+        return Err("-S waits for gdb: give -s (port 1234) or --gdb PORT too".into());
+    }
+    let gdb = a.gdb.or(a.gdb_default_port.then_some(1234)).map(|port| {
+        let history = krr::gdb::History {
+            interval: a.snapshot_interval,
+            budget: a.snapshot_mem << 20,
+        };
+        (port, history)
+    });
     if let (Some(snapshot), Some(vmlinux)) = (&a.krr, &a.vmlinux) {
         let options = krr::krr_replay::load::Options {
             snapshot: snapshot.clone(),
@@ -146,6 +156,8 @@ pub fn run(a: ReplayArgs) -> Result<i32, String> {
             log: a.log_bound.map(|(s, e)| (s, e, a.log_file.clone(), format)),
             stop_at: a.stop_at,
             krr_debug: a.krr_debug,
+            breaks: a.breaks.clone(),
+            gdb,
         });
     }
     let Some(trace) = a.trace else {
@@ -174,19 +186,19 @@ pub fn run(a: ReplayArgs) -> Result<i32, String> {
         breaks,
     };
     let mut r = Replayer::open(&trace, options).map_err(|e| e.to_string())?;
-    if a.wait_for_gdb && a.gdb.is_none() && !a.gdb_default_port {
-        return Err("-S waits for gdb: give -s (port 1234) or --gdb PORT too".into());
-    }
-    if let Some(port) = a.gdb.or(a.gdb_default_port.then_some(1234)) {
+    if let Some((port, history)) = gdb {
         if !a.quiet {
             r.set_console(Some(Box::new(std::io::stdout())));
         }
         let run = r.start().map_err(|e| e.to_string())?;
-        let history = krr::gdb::History {
-            interval: a.snapshot_interval,
-            budget: a.snapshot_mem << 20,
-        };
-        let (mut r, run, ended) = krr::gdb::serve(r, run, port, history)?;
+        let mut session = krr::gdb::session::TraceSession::new(r, run);
+        krr::gdb::serve(&mut session, port, history)?;
+        let krr::gdb::session::TraceSession {
+            replayer: mut r,
+            run,
+            ended,
+            ..
+        } = session;
         let bar = indicatif::ProgressBar::hidden();
         let verdict = ended.unwrap_or(Verdict::Stopped);
         let outcome = r.finish(run, verdict, &bar).map_err(|e| e.to_string())?;

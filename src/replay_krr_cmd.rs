@@ -1,7 +1,7 @@
 //! `krr replay --krr SNAPSHOT --vmlinux VMLINUX`: a KRR recording replayed kernel-only, with
 //! KRR's end-of-replay block and krr's verdict.
 
-use krr::krr_replay::driver::{End, InsnLog, LogFormat};
+use krr::krr_replay::driver::{End, InsnLog, LogFormat, Pause};
 use krr::krr_replay::load::{self, Options};
 use krr::symbols::SymbolTable;
 use std::path::PathBuf;
@@ -17,6 +17,10 @@ pub struct Request {
     pub stop_at: Option<u64>,
     /// KRR's `-krr-debug`: a line per replayed event.
     pub krr_debug: bool,
+    /// `--break SYMBOL|ADDR`: stop there and show the state.
+    pub breaks: Vec<String>,
+    /// Serve gdb on this port, with this much history.
+    pub gdb: Option<(u16, krr::gdb::History)>,
 }
 
 pub fn run(r: Request) -> Result<i32, String> {
@@ -47,16 +51,33 @@ pub fn run(r: Request) -> Result<i32, String> {
     for n in &l.notes {
         eprintln!("note: {n}");
     }
+    let breaks = r
+        .breaks
+        .iter()
+        .map(|b| SymbolTable::resolve(Some(&l.symbols), b).map_err(|e| format!("--break {e}")))
+        .collect::<Result<Vec<u64>, String>>()?;
+    if !breaks.is_empty() {
+        l.driver.set_breakpoints(breaks);
+    }
     let total = l.driver.bus.queue.len() as u64;
-    let bar = krr::report::progress(Some(total));
-    // KRR prints `Replayed events[n/total]` lines; krr shows the same words on its bar.
-    let end = l.driver.run(&mut |done| {
-        if done != bar.position() {
-            bar.set_position(done);
-            bar.set_message(format!("Replayed events[{done}/{total}]"));
+    let end = if let Some((port, history)) = r.gdb {
+        match krr::gdb::serve(&mut l.driver, port, history)? {
+            // The end again: the recording's end or the divergence, at once.
+            Some(_) => l.driver.run(&mut |_| {})?,
+            None => End::Paused(Pause::Reached),
         }
-    })?;
-    bar.finish_and_clear();
+    } else {
+        let bar = krr::report::progress(Some(total));
+        // KRR prints `Replayed events[n/total]` lines; krr shows the same words on its bar.
+        let end = l.driver.run(&mut |done| {
+            if done != bar.position() {
+                bar.set_position(done);
+                bar.set_message(format!("Replayed events[{done}/{total}]"));
+            }
+        })?;
+        bar.finish_and_clear();
+        end
+    };
     let secs = start.elapsed().as_secs_f64();
     let d = &l.driver;
     if console && !d.bus.devices.console.is_empty() {
@@ -68,7 +89,8 @@ pub fn run(r: Request) -> Result<i32, String> {
     println!("Replay executed in {secs:.2} seconds");
     print!("{}", krr::krr_replay::stats::event_stats(&l.loaded));
     let c = d.core.cpu();
-    let instructions = c.icount;
+    // All vCPUs' (krr's timeline).
+    let instructions = d.position();
     let mips = instructions as f64 / secs.max(1e-9) / 1e6;
     let replayed = d.bus.queue.replayed_count() as u64;
     eprintln!(
@@ -114,6 +136,21 @@ pub fn run(r: Request) -> Result<i32, String> {
     }
     let at = |rip: u64| SymbolTable::suffix(Some(&l.symbols), rip);
     match end {
+        End::Paused(pause) => {
+            let why = match pause {
+                Pause::Breakpoint(b) => format!("at breakpoint {b:#x}{}", at(b)),
+                Pause::Reached | Pause::Watch(_) => "where gdb left it".to_string(),
+            };
+            eprintln!(
+                "verdict: stopped {why} before instruction {} (KRR count {}), RIP {:#x}{}",
+                d.position(),
+                d.bus.count(c),
+                c.rip,
+                at(c.rip)
+            );
+            eprintln!("{}", krr::report::regs_line(c));
+            Ok(0)
+        }
         End::Stopped(count) => {
             eprintln!(
                 "verdict: stopped before KRR count {count} (instruction {}), RIP {:#x}{}",
@@ -169,17 +206,20 @@ pub fn run_qemu_spelling(args: &[String]) -> Result<i32, String> {
     for n in &c.notes {
         eprintln!("note: {n}");
     }
-    if let Some(g) = c.gdb {
+    if let Some(id) = c.restore_snapshot_id {
         return Err(format!(
-            "-s/-S (a gdb server on port {}): krr's gdb stub is not built yet",
-            g.port
+            "-restore-snapshot-id {id}: krr keeps its replay snapshots in memory, not in files: attach gdb (-s -S) and use `monitor goto N` or reverse execution instead"
         ));
     }
-    if c.snapshot_period.is_some() || c.restore_snapshot_id.is_some() {
-        return Err(
-            "-snapshot-period/-restore-snapshot-id: krr's reverse execution is not built yet"
-                .into(),
-        );
+    let gdb = c.gdb.map(|g| {
+        let history = krr::gdb::History {
+            interval: c.snapshot_period.unwrap_or(20_000_000),
+            budget: 2048 << 20,
+        };
+        (g.port, history)
+    });
+    if gdb.is_none() && c.snapshot_period.is_some() {
+        eprintln!("note: -snapshot-period: krr takes its snapshots in memory while gdb is attached (-s -S); without gdb there is nothing to go back to");
     }
     let snapshot = c
         .snapshot
@@ -230,5 +270,7 @@ pub fn run_qemu_spelling(args: &[String]) -> Result<i32, String> {
         log,
         stop_at: None,
         krr_debug: c.krr_debug,
+        breaks: Vec::new(),
+        gdb,
     })
 }

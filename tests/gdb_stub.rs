@@ -4,84 +4,21 @@
 //! commands answer, writes are refused, and continuing to the end still gives the verdict "matched".
 
 mod demo_trace;
+mod gdb_session;
 mod guest_boot;
 
 use demo_trace::{idle_hlts, krr};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 fn tmp(name: &str) -> std::path::PathBuf {
     demo_trace::tmp("gdb", name)
 }
 
-/// A free local port (bound then released; the stub binds it again right away).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Replay `trace` under `gdb -batch` with `commands`: (gdb's output, krr's stderr, krr's
-/// exit status).
 fn under_gdb(trace: &str, extra: &[&str], commands: &[String]) -> (String, String, i32) {
-    use std::io::BufRead;
-    let port = free_port();
-    let mut stub = Command::new(guest_boot::krr())
-        .args(["replay", "-q", trace, "--gdb", &port.to_string()])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // krr's stderr, line by line: gdb starts once the stub says it listens.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = stub.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let mut stub_err = String::new();
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the stub never said it listens");
-        stub_err += &line;
-        stub_err.push('\n');
-        if line.contains("waiting for gdb") {
-            break;
-        }
-    }
-    let mut gdb = Command::new("gdb");
-    gdb.args(["-batch", "-nx"])
-        .arg("-ex")
-        .arg(format!("target remote :{port}"));
-    for c in commands {
-        gdb.arg("-ex").arg(c);
-    }
-    let out = gdb
-        .output()
-        .expect("gdb (Debian package gdb; tests/run.sh installs it)");
-    let status = stub.wait().unwrap();
-    reader.join().unwrap();
-    for line in rx.try_iter() {
-        stub_err += &line;
-        stub_err.push('\n');
-    }
-    (
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        stub_err,
-        status.code().unwrap_or(-1),
-    )
+    let args: Vec<&str> = std::iter::once(trace)
+        .chain(extra.iter().copied())
+        .collect();
+    gdb_session::under_gdb(&guest_boot::krr(), &args, commands)
 }
 
 #[test]

@@ -6,9 +6,9 @@
 
 pub mod arch;
 mod exec;
+pub mod session;
 
-use crate::replay::timeline::Timeline;
-use crate::replay::{Replayer, Run, Verdict};
+use crate::timeline::Timeline;
 use arch::KrrX86_64;
 use gdbstub::common::Signal;
 use gdbstub::conn::ConnectionExt;
@@ -28,8 +28,8 @@ use gdbstub::target::ext::breakpoints::{
 };
 use gdbstub::target::ext::monitor_cmd::{outputln, ConsoleOutput, MonitorCmd, MonitorCmdOps};
 use gdbstub::target::{Target, TargetError, TargetResult};
-use indicatif::ProgressBar;
 use krr_runtime::watch::{self, WatchHit, WatchRange};
+use session::Session;
 use std::collections::BTreeSet;
 use std::net::{TcpListener, TcpStream};
 
@@ -50,32 +50,30 @@ pub struct History {
 }
 
 /// The replay as gdb's target.
-pub struct GdbTarget {
-    replayer: Replayer,
-    run: Run,
-    bar: ProgressBar,
+pub struct GdbTarget<'a, S: Session> {
+    session: &'a mut S,
     /// gdb's breakpoints (software and hardware alike) and `--break`'s.
     breaks: BTreeSet<u64>,
     fixed_breaks: Vec<u64>,
     resume: Resume,
     /// Paused at a stop address: the next run executes the instruction there first.
     at_breakpoint: bool,
-    /// The replay's end, once reached.
-    pub ended: Option<Verdict>,
+    /// The replay's end, once reached: matched (true) or diverged.
+    pub ended: Option<bool>,
     /// Snapshots for going backwards.
-    timeline: Timeline,
+    timeline: Timeline<S>,
     /// The furthest instruction count reached: console output before it has been shown.
     high_water: u64,
     /// gdb's watchpoints, by physical range.
     watches: Vec<WatchRange>,
 }
 
-impl GdbTarget {
+impl<'a, S: Session> GdbTarget<'a, S> {
     /// The (guest-physical address, length) pieces of `len` bytes at virtual `addr` under
     /// the current page tables: a debugger's walk, with no permission checks and no
     /// accessed/dirty updates. `None` if unmapped (or under 32-bit paging, not walked yet).
     fn translate(&self, addr: u64, len: usize) -> Option<Vec<(u64, usize)>> {
-        let core = &self.replayer.core;
+        let core = self.session.core();
         let cpu = core.cpu();
         let mem = core.mem();
         if cpu.cr0 & (1 << 31) == 0 {
@@ -87,28 +85,21 @@ impl GdbTarget {
         crate::krr_replay::virt::pieces(|pa| mem.read_u64(pa).ok(), cpu.cr3, addr, len)
     }
 
-    pub fn new(mut replayer: Replayer, run: Run, history: History) -> Self {
+    pub fn new(session: &'a mut S, history: History) -> Self {
         // `--break`'s addresses stay breakpoints whatever gdb sets.
-        let fixed_breaks = replayer.options().breaks.clone();
-        let timeline = Timeline::new(&mut replayer, history.interval, history.budget);
+        let fixed_breaks = session.fixed_breakpoints();
+        let timeline = Timeline::new(session, history.interval, history.budget);
         GdbTarget {
-            high_water: replayer.icount(),
+            high_water: session.position(),
             watches: Vec::new(),
             timeline,
-            replayer,
-            run,
-            bar: ProgressBar::hidden(),
+            session,
             breaks: BTreeSet::new(),
             fixed_breaks,
             resume: Resume::Continue,
             at_breakpoint: false,
             ended: None,
         }
-    }
-
-    /// The replayer, its run and its end (if reached), back from the session.
-    pub fn into_parts(self) -> (Replayer, Run, Option<Verdict>) {
-        (self.replayer, self.run, self.ended)
     }
 
     fn apply_breakpoints(&mut self) {
@@ -118,7 +109,7 @@ impl GdbTarget {
             .copied()
             .chain(self.fixed_breaks.iter().copied())
             .collect();
-        self.replayer.set_breakpoints(all);
+        self.session.set_breakpoints(all);
     }
 }
 
@@ -138,7 +129,7 @@ fn refuse(what: &str) {
     eprintln!("krr: gdb asked to write {what}: refused (a replay must follow its recording)");
 }
 
-impl Target for GdbTarget {
+impl<S: Session> Target for GdbTarget<'_, S> {
     type Arch = KrrX86_64;
     type Error = String;
 
@@ -160,9 +151,9 @@ impl Target for GdbTarget {
     }
 }
 
-impl SingleThreadBase for GdbTarget {
+impl<S: Session> SingleThreadBase for GdbTarget<'_, S> {
     fn read_registers(&mut self, regs: &mut arch::Regs) -> TargetResult<(), Self> {
-        *regs = arch::regs_of(self.replayer.core.cpu());
+        *regs = arch::regs_of(self.session.core().cpu());
         Ok(())
     }
 
@@ -175,7 +166,7 @@ impl SingleThreadBase for GdbTarget {
         let pieces = self
             .translate(start, data.len())
             .ok_or(TargetError::Errno(14))?;
-        let mem = self.replayer.core.mem();
+        let mem = self.session.core().mem();
         let mut done = 0;
         for (pa, n) in pieces {
             if mem.read(pa, &mut data[done..done + n]).is_err() {
@@ -199,7 +190,7 @@ impl SingleThreadBase for GdbTarget {
     }
 }
 
-impl SingleThreadResume for GdbTarget {
+impl<S: Session> SingleThreadResume for GdbTarget<'_, S> {
     fn resume(&mut self, signal: Option<Signal>) -> Result<(), String> {
         if signal.is_some() {
             return Err("krr cannot deliver a signal to a replay".into());
@@ -221,21 +212,21 @@ impl SingleThreadResume for GdbTarget {
     }
 }
 
-impl ReverseStep<()> for GdbTarget {
+impl<S: Session> ReverseStep<()> for GdbTarget<'_, S> {
     fn reverse_step(&mut self, _tid: ()) -> Result<(), String> {
         self.resume = Resume::ReverseStep;
         Ok(())
     }
 }
 
-impl ReverseCont<()> for GdbTarget {
+impl<S: Session> ReverseCont<()> for GdbTarget<'_, S> {
     fn reverse_cont(&mut self) -> Result<(), String> {
         self.resume = Resume::ReverseContinue;
         Ok(())
     }
 }
 
-impl SingleThreadSingleStep for GdbTarget {
+impl<S: Session> SingleThreadSingleStep for GdbTarget<'_, S> {
     fn step(&mut self, signal: Option<Signal>) -> Result<(), String> {
         if signal.is_some() {
             return Err("krr cannot deliver a signal to a replay".into());
@@ -245,7 +236,7 @@ impl SingleThreadSingleStep for GdbTarget {
     }
 }
 
-impl Breakpoints for GdbTarget {
+impl<S: Session> Breakpoints for GdbTarget<'_, S> {
     fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
         Some(self)
     }
@@ -259,7 +250,7 @@ impl Breakpoints for GdbTarget {
     }
 }
 
-impl HwWatchpoint for GdbTarget {
+impl<S: Session> HwWatchpoint for GdbTarget<'_, S> {
     fn add_hw_watchpoint(
         &mut self,
         addr: u64,
@@ -284,7 +275,7 @@ impl HwWatchpoint for GdbTarget {
                 addr,
             });
         }
-        self.replayer.set_watchpoints(self.watches.clone());
+        self.session.set_watchpoints(self.watches.clone());
         Ok(true)
     }
 
@@ -296,12 +287,12 @@ impl HwWatchpoint for GdbTarget {
     ) -> TargetResult<bool, Self> {
         let before = self.watches.len();
         self.watches.retain(|w| w.addr != addr);
-        self.replayer.set_watchpoints(self.watches.clone());
+        self.session.set_watchpoints(self.watches.clone());
         Ok(self.watches.len() != before)
     }
 }
 
-impl SwBreakpoint for GdbTarget {
+impl<S: Session> SwBreakpoint for GdbTarget<'_, S> {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
         if self.breaks.insert(addr) {
             self.apply_breakpoints();
@@ -318,7 +309,7 @@ impl SwBreakpoint for GdbTarget {
     }
 }
 
-impl HwBreakpoint for GdbTarget {
+impl<S: Session> HwBreakpoint for GdbTarget<'_, S> {
     fn add_hw_breakpoint(&mut self, addr: u64, kind: usize) -> TargetResult<bool, Self> {
         self.add_sw_breakpoint(addr, kind)
     }
@@ -328,7 +319,7 @@ impl HwBreakpoint for GdbTarget {
     }
 }
 
-impl MonitorCmd for GdbTarget {
+impl<S: Session> MonitorCmd for GdbTarget<'_, S> {
     fn handle_monitor_cmd(&mut self, cmd: &[u8], mut out: ConsoleOutput<'_>) -> Result<(), String> {
         let cmd = String::from_utf8_lossy(cmd);
         let words: Vec<&str> = cmd.split_whitespace().collect();
@@ -337,10 +328,15 @@ impl MonitorCmd for GdbTarget {
                 .map_or_else(|| w.parse().ok(), |h| u64::from_str_radix(h, 16).ok())
         };
         match words.as_slice() {
-            ["icount"] => outputln!(out, "icount {}", self.replayer.icount()),
-            ["events"] => match self.replayer.events_around(4, 4) {
+            ["icount"] => {
+                outputln!(out, "icount {}", self.session.position());
+                for note in self.session.position_notes() {
+                    outputln!(out, "{note}");
+                }
+            }
+            ["events"] => match self.session.events_around(4, 4) {
                 Ok(list) => {
-                    outputln!(out, "at instruction {}:", self.replayer.icount());
+                    outputln!(out, "at instruction {}:", self.session.position());
                     for (i, e, consumed) in list {
                         let mark = if consumed { " " } else { ">" };
                         outputln!(out, "{mark} event {i}: {e}");
@@ -350,8 +346,9 @@ impl MonitorCmd for GdbTarget {
             },
             ["phys", addr, len] => match (num(addr), num(len)) {
                 (Some(addr), Some(len)) if len <= 4096 => {
-                    match self.replayer.read_phys(addr, len as usize) {
-                        Some(bytes) => {
+                    let mut bytes = vec![0u8; len as usize];
+                    match self.session.core().mem().read(addr, &mut bytes).ok() {
+                        Some(()) => {
                             for (i, row) in bytes.chunks(16).enumerate() {
                                 let hex: Vec<String> =
                                     row.iter().map(|b| format!("{b:02x}")).collect();
@@ -368,7 +365,7 @@ impl MonitorCmd for GdbTarget {
                     Ok(()) => outputln!(
                         out,
                         "icount {} (gdb's register cache is stale: run `flushregs`)",
-                        self.replayer.icount()
+                        self.session.position()
                     ),
                     Err(e) => outputln!(out, "{e}"),
                 },
@@ -409,16 +406,16 @@ impl MonitorCmd for GdbTarget {
     }
 }
 
-enum ReplayLoop {}
+struct ReplayLoop<S>(std::marker::PhantomData<S>);
 
-impl BlockingEventLoop for ReplayLoop {
-    type Target = GdbTarget;
+impl<'a, S: Session> BlockingEventLoop for ReplayLoop<&'a mut S> {
+    type Target = GdbTarget<'a, S>;
     type Connection = TcpStream;
     type StopReason = SingleThreadStopReason<u64>;
 
     #[allow(clippy::type_complexity)]
     fn wait_for_stop_reason(
-        target: &mut GdbTarget,
+        target: &mut GdbTarget<'a, S>,
         conn: &mut TcpStream,
     ) -> Result<
         run_blocking::Event<SingleThreadStopReason<u64>>,
@@ -468,20 +465,19 @@ impl BlockingEventLoop for ReplayLoop {
     }
 
     fn on_interrupt(
-        _target: &mut GdbTarget,
+        _target: &mut GdbTarget<'a, S>,
     ) -> Result<Option<SingleThreadStopReason<u64>>, String> {
         Ok(Some(SingleThreadStopReason::Signal(Signal::SIGINT)))
     }
 }
 
 /// Serve one gdb connection on 127.0.0.1:`port` until gdb detaches or kills it, or the
-/// replay ends; gives back the replayer, its run and its end (`None`: not reached).
-pub fn serve(
-    replayer: Replayer,
-    run: Run,
+/// replay ends; gives back how the replay ended (`None`: not reached; `Some(true)`: matched).
+pub fn serve<S: Session>(
+    session: &mut S,
     port: u16,
     history: History,
-) -> Result<(Replayer, Run, Option<Verdict>), String> {
+) -> Result<Option<bool>, String> {
     let listener = TcpListener::bind(("127.0.0.1", port))
         .map_err(|e| format!("--gdb {port}: cannot listen on 127.0.0.1:{port}: {e}"))?;
     eprintln!("krr: waiting for gdb on 127.0.0.1:{port} (gdb VMLINUX -ex 'target remote :{port}')");
@@ -490,11 +486,11 @@ pub fn serve(
         .map_err(|e| format!("--gdb {port}: accept: {e}"))?;
     let _ = stream.set_nodelay(true);
     eprintln!("krr: gdb connected from {peer}; the replay waits before its first instruction");
-    let mut target = GdbTarget::new(replayer, run, history);
+    let mut target = GdbTarget::new(session, history);
     target.apply_breakpoints();
     let reason = GdbStub::new(stream)
-        .run_blocking::<ReplayLoop>(&mut target)
+        .run_blocking::<ReplayLoop<&mut S>>(&mut target)
         .map_err(|e| format!("gdb session: {e}"))?;
     eprintln!("krr: gdb session ended ({reason:?})");
-    Ok(target.into_parts())
+    Ok(target.ended)
 }

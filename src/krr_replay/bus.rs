@@ -16,10 +16,11 @@ use krr_runtime::{Bus, CpuState};
 /// The PIIX IDE function's bus-master DMA as KRR's replay plays it (krr-spec 3.5 DMA_DONE,
 /// 1.4): the guest's start of a read DMA (device to memory) consumes a DMA_DONE at the head
 /// and the device's next DMA log entry, whose data is written to guest memory.
+#[derive(Clone)]
 pub struct IdeDma {
     /// BAR4's I/O base (primary channel's command register; the secondary's is at +8).
     pub bmdma_base: u16,
-    pub entries: Vec<crate::krr_rec::dma::DmaEntry>,
+    pub entries: std::sync::Arc<Vec<crate::krr_rec::dma::DmaEntry>>,
     pub next: usize,
     /// The DMA_DONE event (its index in the log) each entry was written with, in order.
     pub placed: Vec<usize>,
@@ -30,7 +31,7 @@ impl IdeDma {
     pub fn new(bmdma_base: u16, entries: Vec<crate::krr_rec::dma::DmaEntry>) -> IdeDma {
         IdeDma {
             bmdma_base,
-            entries,
+            entries: std::sync::Arc::new(entries),
             next: 0,
             placed: Vec::new(),
             cmd: [0; 2],
@@ -63,6 +64,7 @@ pub struct Divergence {
     pub message: String,
 }
 
+#[derive(Clone)]
 pub struct ReplayBus {
     pub queue: Queue,
     pub ring: Option<Ring>,

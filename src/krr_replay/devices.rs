@@ -33,6 +33,7 @@ const APIC_VERSION: u32 = 0x0005_0014;
 const IOAPIC_VERSION: u32 = 0x0017_0020;
 const IOAPIC_BASE: u64 = 0xfec0_0000;
 
+#[derive(Clone)]
 pub struct Devices {
     /// Interrupt mask registers of the master and slave 8259, from the snapshot's `i8259`
     /// sections (`None`: the snapshot has none and the guest has not written it since; a

@@ -15,9 +15,10 @@ pub enum Kind {
     Nvme,
 }
 
+#[derive(Clone)]
 pub struct Stream {
     pub kind: Kind,
-    entries: Vec<DmaEntry>,
+    entries: std::sync::Arc<Vec<DmaEntry>>,
     next: usize,
     pub applied: u64,
     /// The KRR count at which each entry was written, in order (for reports and tests).
@@ -28,7 +29,7 @@ impl Stream {
     pub fn new(kind: Kind, entries: Vec<DmaEntry>) -> Stream {
         Stream {
             kind,
-            entries,
+            entries: std::sync::Arc::new(entries),
             next: 0,
             applied: 0,
             placed: Vec::new(),

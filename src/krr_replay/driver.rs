@@ -11,6 +11,8 @@
 //! - the bus (`bus.rs`) serves port inputs, RDTSC and RDSEED values, KRR's hypercalls and the
 //!   ring.
 
+mod rewind;
+
 use super::bus::{Divergence, ReplayBus};
 use crate::krr_rec::events::{Event, KvmRegs};
 use crate::krr_rec::layout::ty;
@@ -36,6 +38,20 @@ pub enum End {
     Diverged(Divergence),
     /// `--stop-at`: before the instruction with this KRR count.
     Stopped(u64),
+    /// A debugger's stop ([`Driver::pause_at`], [`Driver::set_breakpoints`], watchpoints):
+    /// [`Driver::run`] goes on from here when called again.
+    Paused(Pause),
+}
+
+/// Why a replay paused for a debugger.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pause {
+    /// The position [`Driver::pause_at`] names was reached.
+    Reached,
+    /// Before the instruction at a breakpoint address.
+    Breakpoint(u64),
+    /// Right after an instruction that accessed a watched range.
+    Watch(krr_runtime::watch::WatchHit),
 }
 
 /// The instruction log's line format.
@@ -65,6 +81,7 @@ pub struct InsnLog {
 
 /// A copy_from_user or get_user write whose user page was not mapped yet: retried at
 /// PF_EXEC_END, after the kernel's own fault mapped it (3.6).
+#[derive(Clone)]
 pub(super) struct Pending {
     pub(super) event: usize,
     pub(super) va: u64,
@@ -72,6 +89,7 @@ pub(super) struct Pending {
 }
 
 /// A vCPU that does not hold the exec lock: frozen where it gave the lock up (krr-spec 5).
+#[derive(Clone)]
 struct Parked {
     arch: krr_runtime::ArchState,
     delta: i64,
@@ -80,7 +98,7 @@ struct Parked {
     skip_sync: bool,
     count_source: super::bus::CountSource,
     /// Its `checkpoint-<cpu>` and the next one due.
-    checkpoints: Vec<crate::krr_rec::checkpoint::Checkpoint>,
+    checkpoints: std::sync::Arc<Vec<crate::krr_rec::checkpoint::Checkpoint>>,
     next_checkpoint: usize,
 }
 
@@ -116,7 +134,7 @@ pub struct Driver {
     pub stop_at: Option<u64>,
     /// The recording's `checkpoint-<cpu>` of the replayed vCPU, by count, and the
     /// verification's tally.
-    pub checkpoints: Vec<crate::krr_rec::checkpoint::Checkpoint>,
+    pub checkpoints: std::sync::Arc<Vec<crate::krr_rec::checkpoint::Checkpoint>>,
     pub(super) next_checkpoint: usize,
     pub checkpoint_tally: CheckpointTally,
     /// The other vCPUs of a multi-vCPU recording (`None` for the one in `core`).
@@ -132,6 +150,12 @@ pub struct Driver {
     lock_taken_at: u64,
     /// e1000 and NVMe DMA, placed by count (`dma.rs`).
     pub dma_streams: Vec<super::dma::Stream>,
+    /// Pause when [`Driver::position`] reaches this (a debugger's target).
+    pub pause_at: Option<u64>,
+    /// A debugger's breakpoints (`rewind.rs`).
+    breaks: std::collections::HashSet<u64>,
+    /// The breakpoint arrival already reported, (position, RIP): going on passes it.
+    passed_break: Option<(u64, u64)>,
 }
 
 /// How the checkpoints went (krr-spec 6): compared and equal, missed (the count was passed
@@ -190,7 +214,7 @@ impl Driver {
                 spin_source: None,
                 skip_sync: false,
                 count_source: Default::default(),
-                checkpoints: Vec::new(),
+                checkpoints: Default::default(),
                 next_checkpoint: 0,
             })
         }));
@@ -208,7 +232,7 @@ impl Driver {
             trap_hits: 0,
             log: None,
             stop_at: None,
-            checkpoints: Vec::new(),
+            checkpoints: Default::default(),
             next_checkpoint: 0,
             checkpoint_tally: CheckpointTally::default(),
             parked,
@@ -218,6 +242,9 @@ impl Driver {
             release_events,
             lock_taken_at: 0,
             dma_streams: Vec::new(),
+            pause_at: None,
+            breaks: Default::default(),
+            passed_break: None,
         }
     }
 
@@ -259,7 +286,7 @@ impl Driver {
     ) -> Result<(), String> {
         cps.sort_by_key(|c| c.inst_cnt);
         if v == self.current {
-            self.checkpoints = cps;
+            self.checkpoints = std::sync::Arc::new(cps);
             self.next_checkpoint = 0;
             return Ok(());
         }
@@ -268,7 +295,7 @@ impl Driver {
             .get_mut(v)
             .and_then(Option::as_mut)
             .ok_or_else(|| format!("checkpoint-{v}: the recording has no vCPU {v}"))?;
-        p.checkpoints = cps;
+        p.checkpoints = std::sync::Arc::new(cps);
         p.next_checkpoint = 0;
         Ok(())
     }
@@ -363,6 +390,10 @@ impl Driver {
             if let Some(d) = self.bus.divergence.clone() {
                 return Ok(End::Diverged(d));
             }
+            let to_pause = self.pause_at.map(|p| p.saturating_sub(self.position()));
+            if to_pause == Some(0) {
+                return Ok(End::Paused(Pause::Reached));
+            }
             self.gate()?;
             let Some((head, event)) = self.bus.queue.head() else {
                 return Ok(End::Finished);
@@ -438,6 +469,9 @@ impl Driver {
                     limit = limit.min(icount + (l.start - count - 1));
                 }
             }
+            if let Some(n) = to_pause {
+                limit = limit.min(icount + n);
+            }
             if limit == icount {
                 // Check the interrupt here before running anything; if it is not due at this
                 // boundary, run one instruction and look again.
@@ -455,7 +489,7 @@ impl Driver {
             Engine::set_rep_pause(&mut self.core, pause);
             let exit = self.run_engine()?;
             progress(self.bus.queue.replayed_count() as u64);
-            let end = match exit {
+            let mut end = match exit {
                 Exit::Budget => {
                     // A checkpoint due here is the state before an interrupt injected at this
                     // boundary (KVM's counter exit came first).
@@ -470,6 +504,9 @@ impl Driver {
                 Exit::Halt | Exit::BusRequest => None,
                 failed => return Err(self.failure(failed)),
             };
+            if let Some(hit) = self.core.take_watch_hit() {
+                end = end.or(Some(End::Paused(Pause::Watch(hit))));
+            }
             if let Some(end) = end {
                 return Ok(end);
             }
@@ -833,6 +870,14 @@ impl Driver {
 
     /// A trap point (3.5-3.7): act, then let the instruction there run.
     fn at_trap(&mut self, rip: u64) -> Result<Option<End>, String> {
+        if let Some(end) = self.at_breakpoint(rip) {
+            return Ok(Some(end));
+        }
+        if self.traps.at(rip).is_none() {
+            // A debugger's breakpoint, already reported: go on.
+            self.engine.resume_past_stop(self.core.cpu());
+            return Ok(None);
+        }
         self.trap_hits += 1;
         // The interrupt check comes first at every boundary (3.2).
         if let Some((head, Event::Interrupt(i))) = self.bus.queue.head() {

@@ -5,11 +5,17 @@
 
 use crate::krr_rec::events::{Event, KrrLog, KIND_NAMES};
 
-pub struct Queue {
+/// The log itself, never changed by the replay (shared by a debugger's snapshots).
+struct Log {
     events: Vec<Event>,
     /// Each event's file offset (of its type field) and raw payload.
     offsets: Vec<u64>,
     payloads: Vec<Vec<u8>>,
+}
+
+#[derive(Clone)]
+pub struct Queue {
+    log: std::sync::Arc<Log>,
     taken: Vec<bool>,
     /// How many are taken (the head and the unlinked ones), so counts cost nothing.
     taken_count: usize,
@@ -36,9 +42,11 @@ impl Queue {
             })
             .collect();
         Queue {
-            events: log.events.clone(),
-            offsets: log.offsets.clone(),
-            payloads,
+            log: std::sync::Arc::new(Log {
+                events: log.events.clone(),
+                offsets: log.offsets.clone(),
+                payloads,
+            }),
             taken: vec![false; n],
             taken_count: 0,
             head: 0,
@@ -48,7 +56,7 @@ impl Queue {
     }
 
     fn skip_taken(&mut self) {
-        while self.head < self.events.len() && self.taken[self.head] {
+        while self.head < self.log.events.len() && self.taken[self.head] {
             self.head += 1;
         }
     }
@@ -56,7 +64,7 @@ impl Queue {
     /// The next event to replay and its index in the log.
     pub fn head(&self) -> Option<(usize, &Event)> {
         // `take` keeps `head` at the first event not taken.
-        self.events.get(self.head).map(|e| (self.head, e))
+        self.log.events.get(self.head).map(|e| (self.head, e))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -65,7 +73,7 @@ impl Queue {
 
     /// Events not yet replayed.
     pub fn remaining(&self) -> usize {
-        self.events.len() - self.taken_count
+        self.log.events.len() - self.taken_count
     }
 
     /// Events replayed so far.
@@ -74,7 +82,7 @@ impl Queue {
     }
 
     pub fn len(&self) -> usize {
-        self.events.len()
+        self.log.events.len()
     }
 
     /// Consume event `i` (the head, or one found by [`Queue::find`]).
@@ -82,28 +90,28 @@ impl Queue {
         debug_assert!(!self.taken[i]);
         self.taken[i] = true;
         self.taken_count += 1;
-        self.replayed[self.events[i].type_number() as usize] += 1;
+        self.replayed[self.log.events[i].type_number() as usize] += 1;
         if self.debug {
-            eprintln!("Replayed event {}: {}", i + 1, self.events[i]);
+            eprintln!("Replayed event {}: {}", i + 1, self.log.events[i]);
         }
         self.skip_taken();
     }
 
     /// The first event at or after the head that `want` accepts.
     pub fn find(&self, want: impl Fn(&Event) -> bool) -> Option<usize> {
-        (self.head..self.events.len()).find(|&i| !self.taken[i] && want(&self.events[i]))
+        (self.head..self.log.events.len()).find(|&i| !self.taken[i] && want(&self.log.events[i]))
     }
 
     pub fn event(&self, i: usize) -> &Event {
-        &self.events[i]
+        &self.log.events[i]
     }
 
     pub fn payload(&self, i: usize) -> &[u8] {
-        &self.payloads[i]
+        &self.log.payloads[i]
     }
 
     pub fn offset(&self, i: usize) -> u64 {
-        self.offsets[i]
+        self.log.offsets[i]
     }
 
     /// "event N (TYPE, offset X)" for messages; N counts from 1, as KRR's progress does.
@@ -111,8 +119,8 @@ impl Queue {
         format!(
             "event {} ({}, file offset {})",
             i + 1,
-            KIND_NAMES[self.events[i].type_number() as usize],
-            self.offsets[i]
+            KIND_NAMES[self.log.events[i].type_number() as usize],
+            self.log.offsets[i]
         )
     }
 }

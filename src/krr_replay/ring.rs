@@ -21,6 +21,7 @@ const LOCK_OWNER: usize = 48;
 /// The per-vCPU interrupt slots KVM fills when it cannot append.
 const INTERRUPT_SLOTS: usize = 56;
 
+#[derive(Clone)]
 pub struct Ring {
     /// Guest-physical address of BAR2 (a RAM window of the replay's memory).
     pub gpa: u64,

@@ -5,7 +5,7 @@
 //! multi-instruction and still end exactly where the next event is due.
 
 mod bus;
-pub mod timeline;
+mod rewind;
 
 use crate::report;
 use crate::symbols::SymbolTable;

@@ -68,6 +68,16 @@ impl Engine {
         self.stops.resume = None;
     }
 
+    /// The pending [`Engine::resume_past_stop`], (RIP, instruction count), for a snapshot of
+    /// the replay; [`Engine::set_pending_resume`] puts it back.
+    pub fn pending_resume(&self) -> Option<(u64, u64)> {
+        self.stops.resume
+    }
+
+    pub fn set_pending_resume(&mut self, resume: Option<(u64, u64)>) {
+        self.stops.resume = resume;
+    }
+
     /// The dispatcher's check, for a block that starts at a stop address.
     pub(super) fn stop_here(&mut self, cpu: &CpuState) -> Option<Exit> {
         self.stops
