@@ -289,3 +289,47 @@ fn krrs_command_line_serves_gdb() {
     assert_eq!(icounts(&out), [0, 1], "{out}\n{stub_err}");
     assert!(out.contains("KRR count 1 on vCPU 0"), "{out}");
 }
+
+/// A divergence found while gdb is attached stops there with SIGTRAP, the report on krr's
+/// stderr, and gdb looks around at that point (the IO_IN's RIP altered: the port input
+/// there no longer matches).
+#[test]
+fn a_divergence_stops_gdb_where_it_happens() {
+    use krr::krr_rec::events::{Event, KrrLog};
+    let rec = build_recording(&Scenario::small(), &dir("diverge-src"));
+    let log = KrrLog::open(&rec.log).unwrap();
+    let i = log
+        .events
+        .iter()
+        .position(|e| matches!(e, Event::IoIn(_)))
+        .unwrap();
+    let d = dir("diverge");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::copy(&rec.snapshot, d.join("test1")).unwrap();
+    let mut bytes = std::fs::read(&rec.log).unwrap();
+    let at = log.offsets[i] as usize + 4 + 24;
+    let rip = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) + 1;
+    bytes[at..at + 8].copy_from_slice(&rip.to_le_bytes());
+    std::fs::write(d.join("kernel_rr.log"), bytes).unwrap();
+    let snapshot = d.join("test1");
+    let args = krr_args(&snapshot, &rec.vmlinux);
+    let (out, stub_err, code) = gdb_session::under_gdb(
+        &krr_bin(),
+        &args,
+        &[
+            "continue".to_string(),
+            "monitor icount".to_string(),
+            "x/i $pc".to_string(),
+            "kill".to_string(),
+        ],
+    );
+    assert!(out.contains("SIGTRAP"), "{out}\n{stub_err}");
+    assert!(
+        stub_err.contains("krr: the replay diverged at instruction "),
+        "{stub_err}"
+    );
+    assert!(stub_err.contains("recorded at RIP"), "{stub_err}");
+    assert_eq!(icounts(&out).len(), 1, "{out}");
+    assert!(out.contains("=> 0x"), "{out}");
+    assert_ne!(code, 0, "{stub_err}");
+}
