@@ -123,6 +123,15 @@ pub fn run(path: &Path, events: Option<&str>) -> Result<i32, String> {
         i.checkpoint_interval,
         r.index.len()
     );
+    let at: Vec<String> = r.deltas.iter().map(|d| d.icount.to_string()).collect();
+    match at.len() {
+        0 => println!("snapshots: none (`krr replay --save-snapshots N` adds them)"),
+        n => println!(
+            "snapshots: {n}, {} segments (`krr replay --jobs N`, `--segment K`); at instructions {}",
+            n + 1,
+            at.join(" ")
+        ),
+    }
     println!(
         "end: {} at instruction {} RIP {:#x}, guest time {:.3} s",
         e.reason,

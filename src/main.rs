@@ -6,6 +6,7 @@ mod info;
 mod info_krr;
 mod replay_cmd;
 mod replay_krr_cmd;
+mod replay_snapshots;
 mod run;
 
 use clap::{Args, Parser, Subcommand};
@@ -89,6 +90,11 @@ enum Command {
         /// Instructions between state checkpoints in the trace.
         #[arg(long, default_value_t = krr::record::DEFAULT_CHECKPOINT_INTERVAL)]
         checkpoint_interval: u64,
+        /// Instructions between the trace's snapshots, from which `krr replay --jobs N`
+        /// replays segments concurrently (0: none; each holds the RAM pages changed since
+        /// the previous one).
+        #[arg(long, default_value_t = krr::record::DEFAULT_SNAPSHOT_INTERVAL)]
+        snapshot_interval: u64,
     },
     /// Replay a trace: only the trace is needed.
     Replay(replay_cmd::ReplayArgs),
@@ -111,7 +117,7 @@ enum Command {
     },
 }
 
-fn boot(b: BootArgs, record: Option<(PathBuf, u64)>) -> Result<i32, String> {
+fn boot(b: BootArgs, record: Option<(PathBuf, u64, u64)>) -> Result<i32, String> {
     let mem_bytes = run::parse_size(&b.mem)?;
     use krr::cpu_model::{CpuModel, DEFAULT_SPEC};
     let cpu = match (&b.cpu, &b.cpuid) {
@@ -170,7 +176,8 @@ fn main() {
             boot: b,
             output,
             checkpoint_interval,
-        } => boot(b, Some((output, checkpoint_interval))),
+            snapshot_interval,
+        } => boot(b, Some((output, checkpoint_interval, snapshot_interval))),
         Command::Replay(args) => replay_cmd::run(args),
         Command::Info {
             trace,

@@ -1,6 +1,6 @@
 //! The recorder: run a loaded machine and stream its inputs to a trace file.
 
-use crate::machine::{Machine, MachineError, RunEnd};
+use crate::machine::{Machine, MachineError, RecordItem, RecordPeriods, RunEnd};
 use crate::trace::{state, EndInfo, EndReason, MachineInfo, TraceWriter};
 use indicatif::ProgressBar;
 use std::path::Path;
@@ -9,9 +9,15 @@ use std::time::Instant;
 /// Default recorder checkpoint spacing, in instructions.
 pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 10_000_000;
 
+/// Default spacing of the trace's delta snapshots (parallel replay's segments), in
+/// instructions: a Debian boot gets about eight.
+pub const DEFAULT_SNAPSHOT_INTERVAL: u64 = 200_000_000;
+
 pub struct RecordOptions<'a> {
     pub path: &'a Path,
     pub checkpoint_interval: u64,
+    /// A delta snapshot every so many instructions (0: none), for parallel replay.
+    pub snapshot_interval: u64,
     /// What was booted, for `krr info`.
     pub guest: String,
     pub cmdline: String,
@@ -68,7 +74,15 @@ pub fn record(
     .map_err(|e| e.to_string())?;
     let t0 = Instant::now();
     let mut last_draw = Instant::now();
-    let mut sink = |events: &mut Vec<crate::trace::Event>, cpu: &krr_runtime::CpuState| {
+    let mut snapshots = crate::trace::delta::Writer::new(m.core.mem());
+    let mut sink = |item: RecordItem| {
+        let (events, cpu) = match item {
+            RecordItem::Events(events, cpu) => (events, cpu),
+            RecordItem::Snapshot(core) => {
+                let d = snapshots.take(core, writer.events(), writer.counts())?;
+                return writer.snapshot(&d).map_err(|e| e.to_string());
+            }
+        };
         for e in events.iter() {
             writer.push(e).map_err(|e| e.to_string())?;
         }
@@ -84,7 +98,11 @@ pub fn record(
         }
         Ok(())
     };
-    let end = m.run_recorded(opts.max_instructions, opts.checkpoint_interval, &mut sink);
+    let periods = RecordPeriods {
+        checkpoint: opts.checkpoint_interval,
+        snapshot: opts.snapshot_interval,
+    };
+    let end = m.run_recorded(opts.max_instructions, periods, &mut sink);
     let end = match end {
         Ok(end) => end,
         Err(e @ MachineError::Record(_)) => return Err(e.to_string()),

@@ -90,6 +90,19 @@ pub struct ReplayArgs {
     /// With --krr: a line per replayed event (KRR's `-krr-debug`).
     #[arg(long, requires = "krr")]
     krr_debug: bool,
+    /// Replay the segments between the trace's snapshots on N threads at once (each checks
+    /// the snapshot where it ends); same verdict, statistics and console as one thread.
+    #[arg(long, value_name = "N", conflicts_with_all = ["gdb", "gdb_default_port", "log_bound", "stop_at", "krr", "breaks"])]
+    jobs: Option<usize>,
+    /// Replay only segment K (from the snapshot before it to the one after it, which it
+    /// must match): a batch system spreads a long trace's segments over machines this way.
+    #[arg(long, value_name = "K", conflicts_with_all = ["jobs", "gdb", "gdb_default_port", "log_bound", "stop_at", "krr", "breaks"])]
+    segment: Option<usize>,
+    /// Replay once and add a snapshot every N instructions to the trace (for --jobs and
+    /// --segment; a trace recorded with `--snapshot-interval 0`, or an older one). The trace
+    /// is rewritten in place only if the replay matched.
+    #[arg(long, value_name = "N", conflicts_with_all = ["jobs", "segment", "gdb", "gdb_default_port", "log_bound", "stop_at", "krr", "breaks"])]
+    save_snapshots: Option<u64>,
     /// Do not hash guest RAM at checkpoints (only the CPU state hash is checked there; the
     /// final RAM hash still is).
     #[arg(long)]
@@ -185,7 +198,28 @@ pub fn run(a: ReplayArgs) -> Result<i32, String> {
         symbols: symbols.map(std::sync::Arc::new),
         breaks,
     };
+    if a.jobs.is_some() || a.segment.is_some() {
+        let bar = krr::report::progress(None);
+        let quiet = a.quiet;
+        let p =
+            krr::replay::parallel::replay(&trace, options, a.jobs.unwrap_or(1), a.segment, &bar)
+                .map_err(|e| e.to_string())?;
+        bar.finish_and_clear();
+        if !quiet {
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&p.console);
+        }
+        eprint!("{}", p.outcome.summary());
+        eprintln!(
+            "Parallel: {} segments on {} threads, {} snapshots checked at segment ends",
+            p.segments, p.jobs, p.checked
+        );
+        return Ok(exit_code(&p.outcome.verdict));
+    }
     let mut r = Replayer::open(&trace, options).map_err(|e| e.to_string())?;
+    if let Some(every) = a.save_snapshots {
+        return crate::replay_snapshots::save(r, &trace, every, a.quiet);
+    }
     if let Some((port, history)) = gdb {
         if !a.quiet {
             r.set_console(Some(Box::new(std::io::stdout())));
@@ -217,7 +251,10 @@ pub fn run(a: ReplayArgs) -> Result<i32, String> {
 
 fn exit_code(v: &Verdict) -> i32 {
     match v {
-        Verdict::Matched | Verdict::Stopped | Verdict::Breakpoint(_) => 0,
+        Verdict::Matched
+        | Verdict::Stopped
+        | Verdict::Breakpoint(_)
+        | Verdict::SegmentMatched(_) => 0,
         Verdict::Diverged(_) => 2,
     }
 }

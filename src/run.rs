@@ -20,7 +20,8 @@ pub struct RunArgs {
     pub host_time: bool,
     pub disk: Option<DiskArgs>,
     /// `krr record`: the trace to write and the checkpoint spacing.
-    pub record: Option<(PathBuf, u64)>,
+    /// The trace, the checkpoint interval and the snapshot interval.
+    pub record: Option<(PathBuf, u64, u64)>,
 }
 
 /// `--disk IMAGE [--disk-overlay FILE] [--disk-read-only]`.
@@ -109,7 +110,7 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     let mut recorded = None;
     let end = match &args.record {
         None => m.run(args.max_instructions),
-        Some((path, checkpoint_interval)) => {
+        Some((path, checkpoint_interval, snapshot_interval)) => {
             let name = |p: &str| {
                 std::path::Path::new(p)
                     .file_name()
@@ -119,6 +120,7 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
             let opts = RecordOptions {
                 path,
                 checkpoint_interval: *checkpoint_interval,
+                snapshot_interval: *snapshot_interval,
                 guest: format!(
                     "Linux kernel {}{}",
                     name(&args.kernel),
@@ -183,7 +185,7 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
                 RunEnd::InstructionLimit => ("instruction limit reached".to_string(), 3),
             };
             eprintln!("krr: {what}: {summary}");
-            if let (Some(r), Some((path, _))) = (&recorded, &args.record) {
+            if let (Some(r), Some((path, _, _))) = (&recorded, &args.record) {
                 eprintln!("=== Event Stats ===");
                 for l in r.end_info.counts.lines() {
                     eprintln!("{l}");

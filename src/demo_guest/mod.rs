@@ -287,6 +287,7 @@ pub fn record_demo_guest(
     let opts = crate::record::RecordOptions {
         path,
         checkpoint_interval: DEMO_CHECKPOINT_INTERVAL,
+        snapshot_interval: DEMO_SNAPSHOT_INTERVAL,
         guest: "krr's built-in demo guest".to_string(),
         cmdline: String::new(),
         cpu_model: crate::cpu_model::DEFAULT_SPEC.to_string(),
@@ -312,6 +313,9 @@ pub fn record_demo_guest(
 
 /// Checkpoints in demo traces: often enough that a small guest has a few hundred.
 pub const DEMO_CHECKPOINT_INTERVAL: u64 = 10_000;
+
+/// Delta snapshots in demo traces: a handful, so that parallel replay has segments.
+pub const DEMO_SNAPSHOT_INTERVAL: u64 = 200_000;
 
 #[cfg(test)]
 mod tests {

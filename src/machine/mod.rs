@@ -20,8 +20,23 @@ use krr_runtime::{Bus, Core, CpuState};
 use std::collections::HashSet;
 use std::io::Write;
 
-/// Receives the recorder's events, in order, with the CPU state at the time of the call.
-pub type EventSink<'a> = dyn FnMut(&mut Vec<Event>, &CpuState) -> Result<(), String> + 'a;
+/// What the recorder's sink receives: events, in order, with the CPU state at the time of
+/// the call; or the moment for a snapshot (every event before it has been given; the CPU is
+/// at an instruction boundary where the replay stops too: every event at this instruction
+/// count delivered, nothing of the next instruction done).
+pub enum RecordItem<'a> {
+    Events(&'a mut Vec<Event>, &'a CpuState),
+    Snapshot(&'a mut Core),
+}
+
+pub type EventSink<'a> = dyn FnMut(RecordItem) -> Result<(), String> + 'a;
+
+/// The recorder's periodic outputs: checkpoint events and snapshots, each every so many
+/// instructions (a snapshot interval of 0: none).
+pub struct RecordPeriods {
+    pub checkpoint: u64,
+    pub snapshot: u64,
+}
 
 /// How a run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -670,13 +685,13 @@ impl Machine {
     pub fn run_recorded(
         &mut self,
         max_instructions: Option<u64>,
-        checkpoint_interval: u64,
+        periods: RecordPeriods,
         sink: &mut EventSink,
     ) -> Result<RunEnd, MachineError> {
         self.board.log = Some(Vec::new());
         let r = self.run_inner(
             Some(max_instructions.unwrap_or(u64::MAX)),
-            Some((checkpoint_interval.max(1), sink)),
+            Some((periods, sink)),
         );
         self.board.log = None;
         r
@@ -685,14 +700,26 @@ impl Machine {
     fn run_inner(
         &mut self,
         max_instructions: Option<u64>,
-        mut recording: Option<(u64, &mut EventSink)>,
+        mut recording: Option<(RecordPeriods, &mut EventSink)>,
     ) -> Result<RunEnd, MachineError> {
-        let mut next_checkpoint = match &recording {
-            Some((every, _)) => (self.core.cpu().icount / every + 1) * every,
-            None => u64::MAX,
+        let next_multiple = |every: u64, now: u64| match every {
+            0 => u64::MAX,
+            e => (now / e + 1) * e,
         };
+        let icount = self.core.cpu().icount;
+        let (mut next_checkpoint, mut next_snapshot) = match &recording {
+            Some((p, _)) => (
+                next_multiple(p.checkpoint.max(1), icount),
+                next_multiple(p.snapshot, icount),
+            ),
+            None => (u64::MAX, u64::MAX),
+        };
+        // The engine last stopped at an instruction boundary by its budget (a bus request
+        // may leave a REP string instruction between iterations).
+        let mut at_boundary = true;
         loop {
-            if let Some((every, sink)) = &mut recording {
+            if let Some((periods, sink)) = &mut recording {
+                let every = &mut periods.checkpoint;
                 if self.core.cpu().icount >= next_checkpoint {
                     let regs_hash = crate::trace::state::regs_hash(self.core.cpu());
                     let ram_hash = self.core.ram_hash();
@@ -707,7 +734,8 @@ impl Machine {
                 }
                 if let Some(log) = &mut self.board.log {
                     if !log.is_empty() {
-                        sink(log, self.core.cpu()).map_err(MachineError::Record)?;
+                        sink(RecordItem::Events(log, self.core.cpu()))
+                            .map_err(MachineError::Record)?;
                         log.clear();
                     }
                 }
@@ -766,14 +794,23 @@ impl Machine {
                 self.flush_log(&mut recording)?;
                 return Ok(RunEnd::InstructionLimit);
             }
+            if self.core.cpu().icount >= next_snapshot && at_boundary {
+                self.flush_log(&mut recording)?;
+                if let Some((periods, sink)) = &mut recording {
+                    sink(RecordItem::Snapshot(&mut self.core)).map_err(MachineError::Record)?;
+                    next_snapshot = next_multiple(periods.snapshot, self.core.cpu().icount);
+                }
+            }
             let next = self.instructions_until(self.board.next_event());
             self.core.set_icount_limit(
                 next.max(self.core.cpu().icount + 1)
                     .min(limit)
-                    .min(next_checkpoint),
+                    .min(next_checkpoint)
+                    .min(next_snapshot),
             );
             self.board.event_moved = false;
             let exit = self.engine.run_with_bus(&mut self.core, &mut self.board);
+            at_boundary = exit == Exit::Budget;
             match exit {
                 Exit::Budget | Exit::BusRequest => {}
                 Exit::Halt => {
@@ -827,11 +864,11 @@ impl Machine {
     /// Hand the last logged events to the recorder's sink.
     fn flush_log(
         &mut self,
-        recording: &mut Option<(u64, &mut EventSink)>,
+        recording: &mut Option<(RecordPeriods, &mut EventSink)>,
     ) -> Result<(), MachineError> {
         if let (Some((_, sink)), Some(log)) = (recording, &mut self.board.log) {
             if !log.is_empty() {
-                sink(log, self.core.cpu()).map_err(MachineError::Record)?;
+                sink(RecordItem::Events(log, self.core.cpu())).map_err(MachineError::Record)?;
                 log.clear();
             }
         }

@@ -5,7 +5,11 @@
 //! multi-instruction and still end exactly where the next event is due.
 
 mod bus;
+pub mod parallel;
 mod rewind;
+mod segments;
+
+pub use segments::{Segment, SnapshotTaker};
 
 use crate::report;
 use crate::symbols::SymbolTable;
@@ -65,6 +69,8 @@ pub enum Verdict {
     Stopped,
     /// A `--break` address reached (the instruction there has not run).
     Breakpoint(u64),
+    /// `--segment K`: the segment ended in the state of the snapshot at its end.
+    SegmentMatched(Segment),
 }
 
 pub struct ReplayOutcome {
@@ -126,6 +132,8 @@ pub struct Replayer {
     pub core: Core,
     pub engine: Engine,
     bus: ReplayBus,
+    /// The instruction count of the trace's initial snapshot.
+    start_icount: u64,
     end_icount: u64,
     end_regs_hash: u64,
     end_ram_hash: u64,
@@ -161,6 +169,7 @@ impl Replayer {
         state::decode_cpu(core.arch_mut(), &snapshot.cpu_image)
             .map_err(|e| setup("snapshot CPU image", e))?;
         core.flush_tlb();
+        let start_icount = core.cpu().icount;
         let engine = Engine::new(EngineConfig {
             deliver_exceptions: true,
             ..options.engine
@@ -182,6 +191,7 @@ impl Replayer {
                 divergence: None,
                 error: None,
             },
+            start_icount,
             end_icount: end.icount,
             end_regs_hash: end.regs_hash,
             end_ram_hash: end.ram_hash,
@@ -427,6 +437,11 @@ impl Replayer {
             stalls: 0,
             last_draw: Instant::now(),
         })
+    }
+
+    /// The trace being replayed.
+    pub fn trace_reader(&self) -> &crate::trace::TraceReader {
+        self.bus.stream.reader()
     }
 
     pub fn options(&self) -> &ReplayOptions {
@@ -707,6 +722,12 @@ impl ReplayOutcome {
                 ));
                 s.push_str(&self.state_dump);
                 s.push('\n');
+            }
+            Verdict::SegmentMatched(seg) => {
+                s.push_str(&format!(
+                    "Verdict: segment {} (instructions {} to {}) matched the trace's snapshot at its end\n",
+                    seg.index, seg.start, seg.end
+                ));
             }
             Verdict::Breakpoint(rip) => {
                 s.push_str(&format!(

@@ -3,6 +3,7 @@
 //! end record, an index of the chunks, and a fixed trailer that points at the index.
 
 pub mod bytes;
+pub mod delta;
 pub mod event;
 mod reader;
 pub mod state;
@@ -15,7 +16,9 @@ pub use reader::{EventStream, Snapshot, StreamMark, TraceReader};
 pub use writer::TraceWriter;
 
 pub const MAGIC: &[u8; 8] = b"KRRTRACE";
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
+/// The oldest version this krr reads (version 4 has no delta snapshots).
+pub const OLDEST_VERSION: u32 = 4;
 const HEADER_LEN: u64 = 16;
 const TRAILER_MAGIC: &[u8; 8] = b"KRRTRAIL";
 const TRAILER_LEN: u64 = 24;
@@ -31,6 +34,7 @@ pub enum Tag {
     Events,
     End,
     Index,
+    Delta,
 }
 
 impl Tag {
@@ -41,6 +45,7 @@ impl Tag {
             Tag::Events => b"EVTS",
             Tag::End => b"ENDS",
             Tag::Index => b"INDX",
+            Tag::Delta => b"DSNP",
         }
     }
     fn from_bytes(b: [u8; 4]) -> Option<Tag> {
@@ -50,6 +55,7 @@ impl Tag {
             Tag::Events,
             Tag::End,
             Tag::Index,
+            Tag::Delta,
         ]
         .into_iter()
         .find(|t| t.bytes() == b)
@@ -61,6 +67,7 @@ impl Tag {
             Tag::Events => "event chunk",
             Tag::End => "end record",
             Tag::Index => "index",
+            Tag::Delta => "delta snapshot",
         }
     }
 }
@@ -69,7 +76,7 @@ impl Tag {
 pub enum TraceError {
     #[error("{path}: not a krr trace (bad magic)")]
     NotATrace { path: String },
-    #[error("{path}: trace format version {found}, this krr reads only version {VERSION} (re-record the trace with this krr)")]
+    #[error("{path}: trace format version {found}, this krr reads versions {OLDEST_VERSION} to {VERSION} (re-record the trace with this krr)")]
     Version { path: String, found: u32 },
     #[error("{path}: truncated at offset {offset}: {what}")]
     Truncated {

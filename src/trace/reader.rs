@@ -4,9 +4,10 @@
 //! and [`EventStream`] yields the events in order.
 
 use super::bytes::Reader;
+use super::delta::{DeltaEntry, DeltaSnapshot};
 use super::{
     event, ChunkEntry, EndInfo, Event, MachineInfo, Tag, TraceError, CHUNK_HEADER_LEN, HEADER_LEN,
-    MAGIC, SECTION_HEADER_LEN, TRAILER_LEN, TRAILER_MAGIC, VERSION,
+    MAGIC, OLDEST_VERSION, SECTION_HEADER_LEN, TRAILER_LEN, TRAILER_MAGIC, VERSION,
 };
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -21,6 +22,8 @@ pub struct TraceReader {
     pub info: MachineInfo,
     pub end: EndInfo,
     pub index: Vec<ChunkEntry>,
+    /// The delta snapshots, in order.
+    pub deltas: Vec<DeltaEntry>,
     pub file_len: u64,
     snapshot_offset: u64,
     end_offset: u64,
@@ -46,12 +49,14 @@ impl TraceReader {
         opening.check_trailer(&mut file, offset, &sections)?;
         let (info, end, index) = opening.read_metadata(&mut file, &sections)?;
         opening.check_index(&sections, &index, &end)?;
+        let deltas = opening.read_deltas(&mut file, &sections, &end)?;
         let mut reader = TraceReader {
             path: opening.path,
             file,
             info,
             end,
             index,
+            deltas,
             file_len: opening.file_len,
             snapshot_offset: sections[1].1,
             end_offset: sections[sections.len() - 2].1,
@@ -187,6 +192,18 @@ impl TraceReader {
             cpu_image,
             ram_image,
         })
+    }
+
+    /// Decode delta snapshot `k`.
+    pub fn delta(&mut self, k: usize) -> Result<DeltaSnapshot, TraceError> {
+        let d = self.deltas[k];
+        let p = self.read_payload(d.offset)?;
+        DeltaSnapshot::decode(&p).map_err(|w| self.malformed("delta snapshot", d.offset, w))
+    }
+
+    /// Where the end record's section starts (what follows it is the index and trailer).
+    pub fn end_offset(&self) -> u64 {
+        self.end_offset
     }
 
     /// Decode event chunk `i` of the index.
@@ -383,7 +400,7 @@ impl Opening {
         }
         file.read_exact(&mut header[8..]).map_err(|e| self.io(e))?;
         let version = u32::from_le_bytes(header[8..12].try_into().unwrap_or_default());
-        if version != VERSION {
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
             return Err(TraceError::Version {
                 path: self.path.clone(),
                 found: version,
@@ -500,13 +517,49 @@ impl Opening {
         Ok(())
     }
 
-    /// Section order: CONF SNAP EVTS* ENDS INDX.
+    /// The delta snapshots' places: instruction counts increasing, within the recording, and
+    /// event counts within the trace's.
+    fn read_deltas(
+        &self,
+        file: &mut BufReader<File>,
+        sections: &SectionList,
+        end: &EndInfo,
+    ) -> Result<Vec<DeltaEntry>, TraceError> {
+        let mut out: Vec<DeltaEntry> = Vec::new();
+        for &(tag, at, len) in sections.iter().filter(|s| s.0 == Tag::Delta) {
+            let head = self.read_section(file, at, len.min(super::delta::PREFIX as u64))?;
+            let (icount, events) = DeltaSnapshot::decode_prefix(&head)
+                .map_err(|w| self.malformed(tag.name(), at, w))?;
+            let prev = out.last().map_or((0, 0), |d| (d.icount, d.events));
+            if icount <= prev.0
+                || icount > end.icount
+                || events < prev.1
+                || events > end.counts.total()
+            {
+                return Err(self.malformed(
+                    tag.name(),
+                    at,
+                    format!("at instruction {icount} after {events} events: out of order or past the end of the recording"),
+                ));
+            }
+            out.push(DeltaEntry {
+                offset: at,
+                icount,
+                events,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Section order: CONF SNAP (EVTS | DSNP)* ENDS INDX.
     fn check_section_order(&self, sections: &SectionList) -> Result<(), TraceError> {
         let n = sections.len();
         let order_ok = n >= 4
             && sections[0].0 == Tag::Config
             && sections[1].0 == Tag::Snapshot
-            && sections[2..n - 2].iter().all(|s| s.0 == Tag::Events)
+            && sections[2..n - 2]
+                .iter()
+                .all(|s| s.0 == Tag::Events || s.0 == Tag::Delta)
             && sections[n - 2].0 == Tag::End
             && sections[n - 1].0 == Tag::Index;
         if !order_ok {
@@ -563,7 +616,10 @@ impl Opening {
         let n = sections.len();
         let idx_at = sections[n - 1].1;
         let end_at = sections[n - 2].1;
-        let chunks: Vec<&(Tag, u64, u64)> = sections[2..n - 2].iter().collect();
+        let chunks: Vec<&(Tag, u64, u64)> = sections[2..n - 2]
+            .iter()
+            .filter(|s| s.0 == Tag::Events)
+            .collect();
         if chunks.len() != index.len() {
             return Err(self.malformed(
                 "index",
@@ -705,6 +761,27 @@ impl EventStream {
 
     pub fn reader(&self) -> &TraceReader {
         &self.reader
+    }
+
+    pub fn reader_mut(&mut self) -> &mut TraceReader {
+        &mut self.reader
+    }
+
+    /// Go to event `n` (a delta snapshot's place): the next event returned is the `n`th.
+    pub fn seek(&mut self, n: u64) -> Result<(), TraceError> {
+        let index = &self.reader.index;
+        let chunk = index.partition_point(|c| c.first_event + c.events as u64 <= n);
+        self.buffered.clear();
+        self.recent.clear();
+        self.next_chunk = chunk;
+        self.position = n;
+        if chunk < index.len() {
+            let skip = (n - index[chunk].first_event) as usize;
+            let evs = self.reader.chunk(chunk)?;
+            self.next_chunk += 1;
+            self.buffered.extend(evs.into_iter().skip(skip));
+        }
+        Ok(())
     }
 }
 

@@ -216,7 +216,27 @@ pub fn encode_ram(mem: &GuestMemory) -> Result<Vec<u8>, String> {
     enc.finish().map_err(|e| e.to_string())
 }
 
-/// Fill `mem` (all zero, as new) from an image written by [`encode_ram`].
+/// The pages `pages` (indices, increasing) in the RAM image's encoding (a delta snapshot's).
+pub fn encode_ram_pages(mem: &GuestMemory, pages: &[usize]) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    let n = mem.size() as usize / PAGE;
+    let mut bitmap = vec![0u8; n.div_ceil(8)];
+    for &i in pages {
+        bitmap[i / 8] |= 1 << (i % 8);
+    }
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).map_err(|e| e.to_string())?;
+    enc.write_all(&bitmap).map_err(|e| e.to_string())?;
+    for &i in pages {
+        let p = mem
+            .slice((i * PAGE) as u64, PAGE)
+            .map_err(|e| e.to_string())?;
+        enc.write_all(p).map_err(|e| e.to_string())?;
+    }
+    enc.finish().map_err(|e| e.to_string())
+}
+
+/// Fill `mem` (all zero, as new) from an image written by [`encode_ram`]; a delta
+/// snapshot's image ([`encode_ram_pages`]) overwrites its pages and leaves the others.
 pub fn decode_ram(mem: &mut GuestMemory, data: &[u8]) -> Result<(), String> {
     use std::io::Read;
     let pages = mem.size() as usize / PAGE;

@@ -133,6 +133,17 @@ impl TraceWriter {
         Ok(())
     }
 
+    /// Events pushed so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Write a delta snapshot (between event chunks; its event count says where it is).
+    pub fn snapshot(&mut self, d: &super::delta::DeltaSnapshot) -> Result<(), TraceError> {
+        self.section(Tag::Delta, &d.encode())?;
+        Ok(())
+    }
+
     pub fn counts(&self) -> &EventCounts {
         &self.counts
     }
