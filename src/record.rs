@@ -74,7 +74,7 @@ pub fn record(
     .map_err(|e| e.to_string())?;
     let t0 = Instant::now();
     let mut last_draw = Instant::now();
-    let mut snapshots = crate::trace::delta::Writer::new(m.core.mem());
+    let mut snapshots = crate::trace::delta::Writer::new(&mut m.core);
     let mut sink = |item: RecordItem| {
         let (events, cpu) = match item {
             RecordItem::Events(events, cpu) => (events, cpu),

@@ -9,8 +9,9 @@ export KRR_DIFF_CASES="${KRR_DIFF_CASES:-40}"
 # with the exact environment that reproduces a failure), e.g.
 #   KRR_DIFF_SEED=random KRR_DIFF_CASES=2000 cargo test --release --test diff_cpu -- --nocapture
 export KRR_DIFF_SEED="${KRR_DIFF_SEED:-0x18ec49bc1bd6f318}"
-# Tools the tests drive: gdb (tests/gdb_stub.rs), e2fsprogs (the disk tests' images).
-for tool in gdb:gdb mkfs.ext4:e2fsprogs debugfs:e2fsprogs; do
+# Tools the tests drive: gdb (tests/gdb_stub.rs, tests/gdb_krr.rs), e2fsprogs (the disk tests'
+# images), GNU parallel (tests/parallel_replay.rs, as a batch system fans segments out).
+for tool in gdb:gdb mkfs.ext4:e2fsprogs debugfs:e2fsprogs parallel:parallel; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || apt-get install -y --no-install-recommends "${tool#*:}" >/dev/null 2>&1 \
     || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends "${tool#*:}" >/dev/null; }
 done

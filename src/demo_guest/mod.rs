@@ -282,12 +282,22 @@ pub fn record_demo_guest(
     path: &std::path::Path,
     echo: bool,
 ) -> Result<(DemoOutcome, crate::record::Recorded), String> {
+    record_demo_guest_with(engine, path, echo, DEMO_SNAPSHOT_INTERVAL)
+}
+
+/// [`record_demo_guest`] with a snapshot every `snapshot_interval` instructions (0: none).
+pub fn record_demo_guest_with(
+    engine: EngineConfig,
+    path: &std::path::Path,
+    echo: bool,
+    snapshot_interval: u64,
+) -> Result<(DemoOutcome, crate::record::Recorded), String> {
     let (mut m, console) = prepare(engine, echo)?;
     let t0 = Instant::now();
     let opts = crate::record::RecordOptions {
         path,
         checkpoint_interval: DEMO_CHECKPOINT_INTERVAL,
-        snapshot_interval: DEMO_SNAPSHOT_INTERVAL,
+        snapshot_interval,
         guest: "krr's built-in demo guest".to_string(),
         cmdline: String::new(),
         cpu_model: crate::cpu_model::DEFAULT_SPEC.to_string(),

@@ -120,11 +120,13 @@ pub fn replay(
     let t0 = std::time::Instant::now();
     let segments = Replayer::open(path, options.clone())?.segments();
     let runs = match only {
-        Some(k) if k >= segments.len() => return Err(ReplayError::Setup(format!(
+        Some(k) if k >= segments.len() => {
+            return Err(ReplayError::Setup(format!(
             "--segment {k}: the trace has {} segments (0 to {}; `krr info` lists its snapshots)",
             segments.len(),
             segments.len() - 1
-        ))),
+        )))
+        }
         Some(k) => vec![vec![segments[k]]],
         None => split(&segments, jobs),
     };

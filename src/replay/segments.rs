@@ -125,10 +125,9 @@ pub struct SnapshotTaker {
 impl SnapshotTaker {
     /// For `r`, at the trace's start.
     pub fn new(r: &mut Replayer, interval: u64) -> SnapshotTaker {
-        r.core.ram_hash();
         SnapshotTaker {
             interval: interval.max(1),
-            writer: delta::Writer::new(r.core.mem()),
+            writer: delta::Writer::new(&mut r.core),
             taken: Vec::new(),
         }
     }

@@ -115,9 +115,10 @@ pub struct Writer {
 
 impl Writer {
     /// For a replay or recording whose RAM is now as the trace's initial snapshot has it.
-    pub fn new(mem: &GuestMemory) -> Writer {
+    pub fn new(core: &mut krr_runtime::Core) -> Writer {
+        core.ram_hash();
         Writer {
-            last_hashes: mem.page_hashes().to_vec(),
+            last_hashes: core.mem().page_hashes().to_vec(),
         }
     }
 
