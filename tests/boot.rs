@@ -117,6 +117,18 @@ fn debian_kernel_boots_records_and_replays_exactly() {
         finals.push(line_with(&summary, "Final state hash: ").to_string());
     }
     assert!(finals.iter().all(|f| *f == finals[0]), "{finals:#?}");
+    // The segments between the trace's snapshots on two threads: the same console, end state
+    // and verdict, every snapshot checked.
+    let (replayed, summary) = krr_ok(&["replay", t, "--jobs", "2"]);
+    assert!(summary.contains("Verdict: matched"), "{summary}");
+    assert_eq!(replayed, console, "--jobs 2: the replayed console differs");
+    assert_eq!(line_with(&summary, "Final state hash: "), finals[0], "{summary}");
+    let snapshots = krr::trace::TraceReader::open(&trace).unwrap().deltas.len();
+    assert!(snapshots >= 5, "{snapshots} snapshots in the boot's trace");
+    assert!(
+        summary.contains(&format!("on 2 threads, {snapshots} snapshots checked")),
+        "{summary}"
+    );
     let trace_line = line_with(&log, "Trace: ");
     assert!(
         finals[0].contains(&trace_line[trace_line.find("registers hash ").unwrap() + 15..][..16]),
