@@ -11,7 +11,7 @@
 # the guest runs to its power-off and QEMU's exit handlers (e.g. a -plugin's) run, printing
 # whatever QEMU still writes, then stops it if need be and exits 0. A QEMU that exits by itself
 # otherwise (e.g. a reset under -no-reboot) gives its own status. Exits 124 after
-# QEMU_BOOT_TIMEOUT seconds (default 600). QEMU_ACCEL replaces `-accel tcg` (e.g.
+# QEMU_BOOT_TIMEOUT seconds (default 600). QEMU_APPEND_EXTRA adds kernel parameters. QEMU_ACCEL replaces `-accel tcg` (e.g.
 # tcg,one-insn-per-tb=on on QEMU 8.1 and later, where 7.2's -singlestep has moved).
 #
 # The CPU is qemu64 made into krr's `--cpu max,-pcid,-x2apic,-tsc-deadline,-vme,-fsrm`
@@ -39,6 +39,8 @@ qemu=$(bash "$here/fetch-qemu.sh")
 # The same command line as `krr run` (src/run.rs DEFAULT_APPEND).
 append=$(sed -n 's/.*"\(console=ttyS0[^"]*\)".*/\1/p' "$here/../../src/run.rs" | head -n 1)
 [ -n "$append" ] || { echo "$0: cannot read DEFAULT_APPEND from src/run.rs" >&2; exit 2; }
+# QEMU_APPEND_EXTRA adds parameters (bench/boot.sh's `krr_long=N`, as krr gets them in --append).
+append+="${QEMU_APPEND_EXTRA:+ $QEMU_APPEND_EXTRA}"
 # krr's default model (--cpu max) also reports PCID, x2APIC, the TSC-deadline timer, VME and
 # FSRM, which QEMU 7.2's TCG does not implement; `krr --cpu max,-pcid,-x2apic,-tsc-deadline,-vme,-fsrm`
 # leaves them out (bench/boot.sh and bench/compare-qemu.sh compare krr with QEMU that way).
