@@ -22,6 +22,13 @@
 # ratios (krr's time / QEMU's, wall and CPU): the default rows against QEMU TCG and QEMU
 # -icount, the --singlestep rows against QEMU -singlestep.
 #
+# Two workloads: `boot` (boot to poweroff with the init's short workload) and `long` (the same
+# boot with `krr_long=N` on the kernel command line: the init then compresses and checksums a
+# few MB of text N times, KRR_BENCH_LONG, default 3: about 7 G instructions where steady-state
+# speed dominates). Parallel replay rows (`--jobs 1`, `--jobs 2`) replay the same trace, whose
+# snapshots the recorder wrote. The table is also written as bench/.cache/boot/table.tsv and
+# drawn as bench/boot.svg (bench/chart.py), which the README shows.
+#
 # Usage: bash bench/boot.sh [RUNS]. Logs go to bench/.cache/boot/.
 #
 # Each row is a function row_NAME that boots once with the console on stdout and krr's log on
@@ -60,8 +67,32 @@ trace="$logs/boot.trace"
 grep -q '^krr: guest powered off: ' "$logs/record.stderr" || {
   echo "bench/boot.sh: the recorded guest did not power off (see $logs/record.stderr)" >&2; exit 1; }
 
+# The long workload's trace: the default command line (src/run.rs) plus krr_long=N.
+long_n=${KRR_BENCH_LONG:-3}
+append=$(sed -n 's/.*DEFAULT_APPEND: &str = "\([^"]*\)".*/\1/p' "$repo/src/run.rs")
+[ -n "$append" ] || { echo "bench/boot.sh: cannot read DEFAULT_APPEND from src/run.rs" >&2; exit 1; }
+long_trace="$logs/long.trace"
+"$krr" record --kernel "$kernel" --initrd "$initrd" "${cpu_like_qemu[@]}" \
+  --append "$append krr_long=$long_n" -o "$long_trace" \
+  >"$logs/long-record.console" 2>"$logs/long-record.stderr" \
+  || { echo "bench/boot.sh: krr record (long) failed (see $logs/long-record.stderr)" >&2; exit 1; }
+grep -q KRR-LONG-END "$logs/long-record.console" || {
+  echo "bench/boot.sh: the long workload did not finish (see $logs/long-record.console)" >&2; exit 1; }
+
 boot=(--kernel "$kernel" --initrd "$initrd")
 row_krr_replay() { "${measure[@]}" "$krr" replay "$trace"; }
+row_krr_replay_jobs1() { "${measure[@]}" "$krr" replay "$trace" --jobs 1; }
+row_krr_replay_jobs2() { "${measure[@]}" "$krr" replay "$trace" --jobs 2; }
+row_long_krr_replay() { "${measure[@]}" "$krr" replay "$long_trace"; }
+row_long_krr_replay_jobs2() { "${measure[@]}" "$krr" replay "$long_trace" --jobs 2; }
+row_long_krr_replay_singlestep() { "${measure[@]}" "$krr" replay "$long_trace" --singlestep; }
+row_long_qemu() {
+  QEMU_APPEND_EXTRA="krr_long=$long_n" "${measure[@]}" bash "$repo/tests/guest/qemu-boot.sh" "$kernel" "$initrd"
+}
+row_long_qemu_icount() {
+  QEMU_APPEND_EXTRA="krr_long=$long_n" "${measure[@]}" bash "$repo/tests/guest/qemu-boot.sh" \
+    "$kernel" "$initrd" -icount shift=0,sleep=off
+}
 row_krr_replay_singlestep() { "${measure[@]}" "$krr" replay "$trace" --singlestep; }
 row_krr() { "${measure[@]}" "$krr" run "${boot[@]}" "${cpu_like_qemu[@]}"; }
 row_krr_singlestep() { "${measure[@]}" "$krr" run "${boot[@]}" "${cpu_like_qemu[@]}" --singlestep; }
@@ -74,9 +105,11 @@ row_qemu_singlestep() {
   QEMU_ACCEL=$qemu_ss_accel "${measure[@]}" bash "$repo/tests/guest/qemu-boot.sh" "$kernel" "$initrd" \
     "${qemu_ss_args[@]}"
 }
-# name|label
+# name|label (rows whose name starts with long_ run the long workload)
 ROWS=(
   "krr_replay|krr replay"
+  "krr_replay_jobs1|krr replay --jobs 1"
+  "krr_replay_jobs2|krr replay --jobs 2"
   "krr_replay_singlestep|krr replay --singlestep"
   "krr|krr run"
   "krr_singlestep|krr run --singlestep"
@@ -84,12 +117,20 @@ ROWS=(
   "qemu|QEMU TCG"
   "qemu_icount|QEMU TCG -icount shift=0"
   "qemu_singlestep|QEMU TCG ${qemu_ss_args[*]:-one-insn-per-tb}"
+  "long_krr_replay|long: krr replay"
+  "long_krr_replay_jobs2|long: krr replay --jobs 2"
+  "long_krr_replay_singlestep|long: krr replay --singlestep"
+  "long_qemu|long: QEMU TCG"
+  "long_qemu_icount|long: QEMU TCG -icount shift=0"
 )
 # Like with like: krr row|QEMU row (the last pair is krr against itself: what PCID changes).
 PAIRS=(
   "krr_replay|qemu" "krr_replay|qemu_icount" "krr|qemu" "krr|qemu_icount"
   "krr_replay_singlestep|qemu_singlestep" "krr_singlestep|qemu_singlestep"
   "krr_pcid|krr"
+  "krr_replay_jobs2|krr_replay_jobs1"
+  "long_krr_replay|long_qemu" "long_krr_replay|long_qemu_icount"
+  "long_krr_replay_jobs2|long_krr_replay" "long_krr_replay_jobs2|long_qemu"
 )
 
 # One boot of one row; sets w (wall seconds), u (CPU seconds: user + system), m (max RSS KiB),
@@ -108,13 +149,15 @@ boot_once() {
     grep -q '^krr: guest powered off: ' "$err" || {
       echo "bench/boot.sh: $name run $i: the guest did not power off (see $err)" >&2; exit 1; }
   esac
-  grep -q KRR-WORKLOAD-END "$out" || {
-    echo "bench/boot.sh: $name run $i did not reach the end marker (see $out)" >&2; exit 1; }
+  local marker=KRR-WORKLOAD-END
+  [[ $name == long_* ]] && marker=KRR-LONG-END
+  grep -q "$marker" "$out" || {
+    echo "bench/boot.sh: $name run $i did not reach the end marker $marker (see $out)" >&2; exit 1; }
   read -r w m us sy < <(tail -n 1 "$t")
   u=$(awk -v a="$us" -v b="$sy" 'BEGIN {printf "%.2f", a + b}')
   n=$(tail -n 1 "$err" | sed -n 's/.* \([0-9][0-9]*\) instructions in .*/\1/p')
   # krr replay: the summary's lines.
-  if [[ $name == krr_replay* ]]; then
+  if [[ $name == krr_replay* || $name == long_krr_replay* ]]; then
     grep -q '^Verdict: matched' "$err" || {
       echo "bench/boot.sh: $name run $i did not match the recording (see $err)" >&2; exit 1; }
     n=$(sed -n 's/^Instructions: \([0-9]*\)$/\1/p' "$err")
@@ -165,6 +208,16 @@ for row in "${ROWS[@]}"; do
     "$(med "${blocks[$name]}")" "$(med "${bytes[$name]}")" "$(med "${csecs[$name]}")"
 done
 echo "(CPU: user + system of all threads. MIPS: guest instructions / median wall time, start-up included.)"
+# The chart: wall and CPU time per row, per workload.
+table="$logs/table.tsv"
+: >"$table"
+for row in "${ROWS[@]}"; do
+  name=${row%%|*} lab=${label[$name]} work="boot to poweroff"
+  if [[ $name == long_* ]]; then work="long workload (krr_long=$long_n)" lab=${lab#long: }; fi
+  printf '%s\t%s\t%s\t%s\n' "$work" "$lab" "$(med "${walls[$name]}")" "$(med "${cpus[$name]}")" >>"$table"
+done
+python3 "$here/chart.py" "$table" "$here/boot.svg" && echo "chart: bench/boot.svg"
+
 echo
 printf '%-52s %8s %8s\n' "like with like: time ratio (below 1: krr faster)" wall CPU
 for pair in "${PAIRS[@]}"; do
