@@ -57,6 +57,14 @@ pub struct EngineConfig {
     /// without them does). Off for replaying a kernel whose feature choices were made on
     /// another CPU (KRR recordings: the recording host's CPUID is not in the recording).
     pub cpuid_gate: bool,
+    /// The persistent code cache's directory (`code_cache`): compiled blocks are taken from
+    /// there and added to it. `None` (the default): off.
+    pub code_cache: Option<&'static std::path::Path>,
+    /// Tiered with background compilation: executions after which a block is installed
+    /// from the code cache if it is there (it still compiles at `hot_threshold` if not).
+    /// 1, its first: on the Debian boot replay 1, 3, 10, 20 and 100 measured within the
+    /// noise of each other except 100 (slower), all far faster than 1000.
+    pub cached_threshold: u32,
 }
 
 impl Default for EngineConfig {
@@ -70,6 +78,8 @@ impl Default for EngineConfig {
             background_compile: true,
             profile: krr_runtime::Profile::Host,
             cpuid_gate: true,
+            code_cache: None,
+            cached_threshold: 1,
         }
     }
 }
@@ -101,6 +111,8 @@ pub enum Exit {
 pub struct EngineStats {
     pub blocks_decoded: u64,
     pub blocks_compiled: u64,
+    /// Blocks installed from the code cache (not compiled).
+    pub blocks_cached: u64,
     pub compile_time: Duration,
     pub code_bytes: u64,
     pub interpreted_insns: u64,
@@ -229,7 +241,7 @@ impl Engine {
         let jump_cache = JumpCache::new();
         let jit = match config.policy {
             TierPolicy::Interpret => None,
-            _ => Some(Jit::new(jump_cache.as_ptr()).map_err(EngineError::Jit)?),
+            _ => Some(Jit::new(jump_cache.as_ptr(), config.code_cache).map_err(EngineError::Jit)?),
         };
         Ok(Engine {
             config,
@@ -631,6 +643,13 @@ impl Engine {
                         jit.submit(id, &self.entries[id].block);
                         self.stats.compile_time += t0.elapsed();
                     }
+                } else if e.block.exec_count == self.config.cached_threshold && !e.queued {
+                    // Code from the code cache costs nothing to compile: take it earlier.
+                    if let Some(jit) = self.jit.as_mut() {
+                        if jit.submit_cached(id, &self.entries[id].block) {
+                            self.entries[id].queued = true;
+                        }
+                    }
                 }
             }
             TierPolicy::Tiered => {
@@ -650,7 +669,11 @@ impl Engine {
             let e = &mut self.entries[d.block_id];
             e.queued = false;
             if e.valid {
-                self.stats.blocks_compiled += 1;
+                if d.block.from_cache {
+                    self.stats.blocks_cached += 1;
+                } else {
+                    self.stats.blocks_compiled += 1;
+                }
                 self.stats.code_bytes += d.block.code_size as u64;
                 let code = d.block.code as u64;
                 e.compiled = Some(d.block);
@@ -696,7 +719,11 @@ impl Engine {
         let compiled = jit.compile(&blocks);
         self.stats.compile_time += t0.elapsed();
         for (&i, c) in ids.iter().zip(compiled) {
-            self.stats.blocks_compiled += 1;
+            if c.from_cache {
+                self.stats.blocks_cached += 1;
+            } else {
+                self.stats.blocks_compiled += 1;
+            }
             self.stats.code_bytes += c.code_size as u64;
             let code = c.code as u64;
             self.entries[i].compiled = Some(c);
