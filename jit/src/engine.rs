@@ -22,67 +22,11 @@ use rustc_hash::FxHashMap as HashMap;
 use std::ops::{Index, IndexMut};
 use std::time::Duration;
 
+mod config;
 mod debug;
 mod stops;
 
-/// When blocks get compiled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TierPolicy {
-    /// Never: the precise interpreter runs everything.
-    Interpret,
-    /// Every block on its first execution.
-    CompileAll,
-    /// After `hot_threshold` executions, compiled in batches.
-    Tiered,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub struct EngineConfig {
-    pub policy: TierPolicy,
-    /// Instructions per block at most (1 = single-step).
-    pub max_block_insns: usize,
-    pub hot_threshold: u32,
-    /// Blocks compiled together (one finalize per batch).
-    pub batch: usize,
-    /// Deliver exceptions through the guest's IDT and keep running (a whole machine), instead
-    /// of returning them to the caller (user-mode snippets).
-    pub deliver_exceptions: bool,
-    /// Tiered: generate code on a second thread while the interpreter goes on (the result is
-    /// the same; only when a block starts running compiled code changes).
-    pub background_compile: bool,
-    /// Whose results for undefined flags and quirks the engine gives (`docs/PROFILES.md`).
-    /// Fixed for the engine's life: decoded and compiled blocks have it baked in.
-    pub profile: krr_runtime::Profile,
-    /// Raise #UD for instructions of extensions the CPU model does not report (as a CPU
-    /// without them does). Off for replaying a kernel whose feature choices were made on
-    /// another CPU (KRR recordings: the recording host's CPUID is not in the recording).
-    pub cpuid_gate: bool,
-    /// The persistent code cache's directory (`code_cache`): compiled blocks are taken from
-    /// there and added to it. `None` (the default): off.
-    pub code_cache: Option<&'static std::path::Path>,
-    /// Tiered with background compilation: executions after which a block is installed
-    /// from the code cache if it is there (it still compiles at `hot_threshold` if not).
-    /// 1, its first: on the Debian boot replay 1, 3, 10, 20 and 100 measured within the
-    /// noise of each other except 100 (slower), all far faster than 1000.
-    pub cached_threshold: u32,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            policy: TierPolicy::Tiered,
-            max_block_insns: 64,
-            hot_threshold: 1000,
-            batch: 16,
-            deliver_exceptions: false,
-            background_compile: true,
-            profile: krr_runtime::Profile::Host,
-            cpuid_gate: true,
-            code_cache: None,
-            cached_threshold: 1,
-        }
-    }
-}
+pub use config::{EngineConfig, TierPolicy};
 
 /// Why [`Engine::run`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +76,16 @@ pub struct EngineStats {
 }
 
 impl EngineStats {
+    /// Count a block whose code was just installed.
+    fn count_installed(&mut self, c: &CompiledBlock) {
+        if c.from_cache {
+            self.blocks_cached += 1;
+        } else {
+            self.blocks_compiled += 1;
+        }
+        self.code_bytes += c.code_size as u64;
+    }
+
     /// One line on where dispatch time goes, for `RUST_LOG=info`.
     pub fn dispatch_summary(&self) -> String {
         format!(
@@ -638,6 +592,8 @@ impl Engine {
             TierPolicy::Tiered if self.config.background_compile => {
                 if e.block.exec_count >= self.config.hot_threshold && !e.queued {
                     e.queued = true;
+                    let b = &e.block;
+                    log::trace!("compile {:#x} mode {:#x} len {}", b.start, b.mode, b.len);
                     if let Some(jit) = self.jit.as_mut() {
                         let t0 = std::time::Instant::now();
                         jit.submit(id, &self.entries[id].block);
@@ -669,12 +625,7 @@ impl Engine {
             let e = &mut self.entries[d.block_id];
             e.queued = false;
             if e.valid {
-                if d.block.from_cache {
-                    self.stats.blocks_cached += 1;
-                } else {
-                    self.stats.blocks_compiled += 1;
-                }
-                self.stats.code_bytes += d.block.code_size as u64;
+                self.stats.count_installed(&d.block);
                 let code = d.block.code as u64;
                 e.compiled = Some(d.block);
                 self.publish_code(d.block_id, code);
@@ -719,12 +670,7 @@ impl Engine {
         let compiled = jit.compile(&blocks);
         self.stats.compile_time += t0.elapsed();
         for (&i, c) in ids.iter().zip(compiled) {
-            if c.from_cache {
-                self.stats.blocks_cached += 1;
-            } else {
-                self.stats.blocks_compiled += 1;
-            }
-            self.stats.code_bytes += c.code_size as u64;
+            self.stats.count_installed(&c);
             let code = c.code as u64;
             self.entries[i].compiled = Some(c);
             self.entries[i].queued = false;

@@ -279,7 +279,7 @@ impl Jit {
 
     /// Keep freshly compiled `code` of `pending`'s block in the code cache (if on, and if
     /// all its relocations are krr's).
-    fn remember(&mut self, pending: &Pending, code: MachineCode) {
+    fn remember(&self, pending: &Pending, code: MachineCode) {
         if let (Some(cache), Some(material)) = (self.cache.as_ref(), pending.material.as_ref()) {
             if code.other.is_empty() {
                 let stored = StoredCode {
@@ -357,6 +357,7 @@ impl Jit {
 
 impl Drop for Jit {
     fn drop(&mut self) {
+        self.drain_into_cache();
         if let Some(cache) = self.cache.take() {
             cache.lock().unwrap_or_else(|e| e.into_inner()).save();
         }

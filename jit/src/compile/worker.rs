@@ -201,6 +201,25 @@ impl Jit {
         (installed, time)
     }
 
+    /// With the code cache on, at the end: wait for the blocks still being compiled and
+    /// keep their code in the cache (they were hot; the next run installs them instead of
+    /// compiling them again). A cold run's compile thread is often behind at the end.
+    pub(super) fn drain_into_cache(&mut self) {
+        if self.cache.is_none() {
+            return;
+        }
+        let Some(mut worker) = self.worker.take() else {
+            return;
+        };
+        while worker.in_flight > 0 {
+            let Ok(done) = worker.done.recv() else { break };
+            worker.in_flight -= 1;
+            if let (Some(pending), Ok(code)) = (self.pending.remove(&done.id), done.result) {
+                self.remember(&pending, code);
+            }
+        }
+    }
+
     /// Blocks submitted and not yet installed.
     pub(crate) fn in_flight(&self) -> usize {
         self.worker.as_ref().map_or(0, |w| w.in_flight) + self.defined.len()
