@@ -206,13 +206,27 @@ pub(super) fn write(path: &Path, id: u128, entries: &HashMap<u128, Entry>) -> st
 }
 
 /// Delete other cache files of `dir`, least recently modified first, until they take at
-/// most `room` bytes.
-fn make_room(dir: &Path, keep: &Path, room: u64) {
+/// most `room` bytes; and temporary files more than an hour old (a writer that died).
+pub(super) fn make_room(dir: &Path, keep: &Path, room: u64) {
     let Ok(list) = std::fs::read_dir(dir) else {
         return;
     };
+    let list: Vec<std::fs::DirEntry> = list.flatten().collect();
+    for e in &list {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() > 3600);
+        if name.starts_with(".blocks-") && name.ends_with(".tmp") && old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     let mut others: Vec<(std::time::SystemTime, u64, std::path::PathBuf)> = list
-        .flatten()
+        .iter()
         .filter(|e| {
             let name = e.file_name();
             let name = name.to_string_lossy();

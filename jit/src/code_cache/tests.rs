@@ -151,3 +151,28 @@ fn store_saves_loads_and_checks_the_whole_key() {
     assert!(file::read(&path, ID ^ 1).is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn other_files_go_oldest_first_and_dead_writers_temporaries_go() {
+    let dir = temp_dir("room");
+    std::fs::create_dir_all(&dir).unwrap();
+    let now = std::time::SystemTime::now();
+    let make = |name: &str, len: usize, age_s: u64| {
+        let p = dir.join(name);
+        std::fs::write(&p, vec![0u8; len]).unwrap();
+        let f = std::fs::File::options().write(true).open(&p).unwrap();
+        f.set_modified(now - std::time::Duration::from_secs(age_s))
+            .unwrap();
+        p
+    };
+    let keep = make("blocks-0000000000000001.krrcc", 100, 9000);
+    let oldest = make("blocks-0000000000000002.krrcc", 100, 5000);
+    let newer = make("blocks-0000000000000003.krrcc", 100, 10);
+    let unrelated = make("notes.txt", 1000, 9000);
+    let dead_tmp = make(".blocks-0000000000000002.krrcc.999.tmp", 10, 7200);
+    let live_tmp = make(".blocks-0000000000000003.krrcc.998.tmp", 10, 5);
+    file::make_room(&dir, &keep, 150);
+    assert!(keep.exists() && newer.exists() && unrelated.exists() && live_tmp.exists());
+    assert!(!oldest.exists() && !dead_tmp.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -201,8 +201,8 @@ impl Jit {
         (installed, time)
     }
 
-    /// With the code cache on, at the end: wait for the blocks still being compiled and
-    /// keep their code in the cache (they were hot; the next run installs them instead of
+    /// With the code cache on, at the end: wait (up to a second) for the blocks still being
+    /// compiled and keep their code in the cache (they were hot; the next run installs them instead of
     /// compiling them again). A cold run's compile thread is often behind at the end.
     pub(super) fn drain_into_cache(&mut self) {
         if self.cache.is_none() {
@@ -211,8 +211,13 @@ impl Jit {
         let Some(mut worker) = self.worker.take() else {
             return;
         };
+        // Bounded: an exit is not held up long by a compile thread far behind.
+        let deadline = Instant::now() + Duration::from_secs(1);
         while worker.in_flight > 0 {
-            let Ok(done) = worker.done.recv() else { break };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(done) = worker.done.recv_timeout(left) else {
+                break;
+            };
             worker.in_flight -= 1;
             if let (Some(pending), Ok(code)) = (self.pending.remove(&done.id), done.result) {
                 self.remember(&pending, code);
