@@ -34,6 +34,8 @@
 # Each row is a function row_NAME that boots once with the console on stdout and krr's log on
 # stderr, under "${measure[@]}" (the timer); it is listed in ROWS with its label.
 set -euo pipefail
+# Every timed krr run compiles its blocks (cold): the persistent code cache stays off.
+export KRR_CODE_CACHE=off
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 runs=${1:-3}

@@ -36,6 +36,8 @@
 # Usage: bash bench/compare-qemu.sh [-n RUNS] [KERNEL]   (RUNS default 1, taking turns)
 # Logs (consoles, stderr, times, traces, counts) go to bench/.cache/compare-qemu/.
 set -euo pipefail
+# Every timed krr run compiles its blocks (cold): the persistent code cache stays off.
+export KRR_CODE_CACHE=off
 # The whole script is one compound command, read before it runs (safe to edit meanwhile).
 {
 here=$(cd "$(dirname "$0")" && pwd)

@@ -119,6 +119,8 @@
 #   is dispatched before its TB runs (accel/tcg/cpu-exec.c:1198-1255), and a kick makes the
 #   TB exit at its start, so it is looked up and dispatched again. With the PIT stopped (the
 #   synthetic snapshots) the replays are repeatable.
+# Every timed krr run compiles its blocks (cold): the persistent code cache stays off.
+export KRR_CODE_CACHE=off
 
 set -u
 KRR_BIN=${KRR_BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release/krr}

@@ -11,6 +11,8 @@
 # recording KRR's QEMU loads, bench/krr-crosscheck.sh runs on it too. Quote ratios, not
 # seconds: machines are shared.
 set -euo pipefail
+# Every timed krr run compiles its blocks (cold): the persistent code cache stays off.
+export KRR_CODE_CACHE=off
 cd "$(dirname "$0")/.."
 RUNS=3
 if [ "${1:-}" = "-n" ]; then RUNS=$2; fi

@@ -164,12 +164,13 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         }
     }
     let summary = format!(
-        "{icount} instructions in {secs:.2} s ({mips:.1} MIPS), RIP {:#x}, registers hash {state_hash:016x}; {} blocks decoded, {} blocks compiled, {} code bytes, {:.2} s compiling, {} interrupts",
+        "{icount} instructions in {secs:.2} s ({mips:.1} MIPS), RIP {:#x}, registers hash {state_hash:016x}; {} blocks decoded, {} blocks compiled, {} code bytes, {:.2} s compiling, {} blocks from the code cache, {} interrupts",
         m.core.cpu().rip,
         stats.blocks_decoded,
         stats.blocks_compiled,
         stats.code_bytes,
         stats.compile_time.as_secs_f64(),
+        stats.blocks_cached,
         m.board.counters.interrupts
     );
     match end {

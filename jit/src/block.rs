@@ -24,6 +24,8 @@ pub struct Block {
     pub mem: Vec<MemOperand>,
     /// Bytes covered, for invalidation.
     pub len: usize,
+    /// The instructions' bytes as decoded (`len` of them; the code cache's key).
+    pub bytes: Vec<u8>,
     /// Executions so far (tier-up counter).
     pub exec_count: u32,
 }
@@ -81,6 +83,7 @@ pub fn decode(
         }
     };
     let mut insns = Vec::new();
+    let mut code = Vec::new();
     let mut len = 0usize;
     while insns.len() < max_insns && len < bytes.len() {
         let ip = start.wrapping_add(len as u64);
@@ -105,6 +108,7 @@ pub fn decode(
             };
             let mut d = Decoder::with_ip(64, &buf[..n], ip, DecoderOptions::NONE);
             insn = d.decode();
+            code.extend_from_slice(&buf[..insn.len().min(n)]);
             if insn.is_invalid() && d.last_error() == iced_x86::DecoderError::NoMoreBytes {
                 if insns.is_empty() {
                     // The rest of the instruction lies on a page that cannot be fetched.
@@ -120,6 +124,9 @@ pub fn decode(
         }
         if cpuid_gate {
             cpuid_gate::apply(&cpu.cpuid, &mut insn);
+        }
+        if code.len() == len {
+            code.extend_from_slice(&bytes[len..len + insn.len()]);
         }
         len += insn.len();
         insns.push(insn);
@@ -140,6 +147,7 @@ pub fn decode(
         insns,
         mem,
         len,
+        bytes: code,
         exec_count: 0,
     })
 }

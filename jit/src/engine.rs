@@ -22,57 +22,11 @@ use rustc_hash::FxHashMap as HashMap;
 use std::ops::{Index, IndexMut};
 use std::time::Duration;
 
+mod config;
 mod debug;
 mod stops;
 
-/// When blocks get compiled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TierPolicy {
-    /// Never: the precise interpreter runs everything.
-    Interpret,
-    /// Every block on its first execution.
-    CompileAll,
-    /// After `hot_threshold` executions, compiled in batches.
-    Tiered,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub struct EngineConfig {
-    pub policy: TierPolicy,
-    /// Instructions per block at most (1 = single-step).
-    pub max_block_insns: usize,
-    pub hot_threshold: u32,
-    /// Blocks compiled together (one finalize per batch).
-    pub batch: usize,
-    /// Deliver exceptions through the guest's IDT and keep running (a whole machine), instead
-    /// of returning them to the caller (user-mode snippets).
-    pub deliver_exceptions: bool,
-    /// Tiered: generate code on a second thread while the interpreter goes on (the result is
-    /// the same; only when a block starts running compiled code changes).
-    pub background_compile: bool,
-    /// Whose results for undefined flags and quirks the engine gives (`docs/PROFILES.md`).
-    /// Fixed for the engine's life: decoded and compiled blocks have it baked in.
-    pub profile: krr_runtime::Profile,
-    /// Raise #UD for instructions of extensions the CPU model does not report (as a CPU
-    /// without them does). Off for replaying a kernel whose feature choices were made on
-    /// another CPU (KRR recordings: the recording host's CPUID is not in the recording).
-    pub cpuid_gate: bool,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            policy: TierPolicy::Tiered,
-            max_block_insns: 64,
-            hot_threshold: 1000,
-            batch: 16,
-            deliver_exceptions: false,
-            background_compile: true,
-            profile: krr_runtime::Profile::Host,
-            cpuid_gate: true,
-        }
-    }
-}
+pub use config::{EngineConfig, TierPolicy};
 
 /// Why [`Engine::run`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +55,8 @@ pub enum Exit {
 pub struct EngineStats {
     pub blocks_decoded: u64,
     pub blocks_compiled: u64,
+    /// Blocks installed from the code cache (not compiled).
+    pub blocks_cached: u64,
     pub compile_time: Duration,
     pub code_bytes: u64,
     pub interpreted_insns: u64,
@@ -120,6 +76,16 @@ pub struct EngineStats {
 }
 
 impl EngineStats {
+    /// Count a block whose code was just installed.
+    fn count_installed(&mut self, c: &CompiledBlock) {
+        if c.from_cache {
+            self.blocks_cached += 1;
+        } else {
+            self.blocks_compiled += 1;
+        }
+        self.code_bytes += c.code_size as u64;
+    }
+
     /// One line on where dispatch time goes, for `RUST_LOG=info`.
     pub fn dispatch_summary(&self) -> String {
         format!(
@@ -229,7 +195,7 @@ impl Engine {
         let jump_cache = JumpCache::new();
         let jit = match config.policy {
             TierPolicy::Interpret => None,
-            _ => Some(Jit::new(jump_cache.as_ptr()).map_err(EngineError::Jit)?),
+            _ => Some(Jit::new(jump_cache.as_ptr(), config.code_cache).map_err(EngineError::Jit)?),
         };
         Ok(Engine {
             config,
@@ -626,10 +592,19 @@ impl Engine {
             TierPolicy::Tiered if self.config.background_compile => {
                 if e.block.exec_count >= self.config.hot_threshold && !e.queued {
                     e.queued = true;
+                    let b = &e.block;
+                    log::trace!("compile {:#x} mode {:#x} len {}", b.start, b.mode, b.len);
                     if let Some(jit) = self.jit.as_mut() {
                         let t0 = std::time::Instant::now();
                         jit.submit(id, &self.entries[id].block);
                         self.stats.compile_time += t0.elapsed();
+                    }
+                } else if e.block.exec_count == self.config.cached_threshold && !e.queued {
+                    // Code from the code cache costs nothing to compile: take it earlier.
+                    if let Some(jit) = self.jit.as_mut() {
+                        if jit.submit_cached(id, &self.entries[id].block) {
+                            self.entries[id].queued = true;
+                        }
                     }
                 }
             }
@@ -650,8 +625,7 @@ impl Engine {
             let e = &mut self.entries[d.block_id];
             e.queued = false;
             if e.valid {
-                self.stats.blocks_compiled += 1;
-                self.stats.code_bytes += d.block.code_size as u64;
+                self.stats.count_installed(&d.block);
                 let code = d.block.code as u64;
                 e.compiled = Some(d.block);
                 self.publish_code(d.block_id, code);
@@ -696,8 +670,7 @@ impl Engine {
         let compiled = jit.compile(&blocks);
         self.stats.compile_time += t0.elapsed();
         for (&i, c) in ids.iter().zip(compiled) {
-            self.stats.blocks_compiled += 1;
-            self.stats.code_bytes += c.code_size as u64;
+            self.stats.count_installed(&c);
             let code = c.code as u64;
             self.entries[i].compiled = Some(c);
             self.entries[i].queued = false;

@@ -3,6 +3,7 @@
 //! and the dispatcher.
 pub mod block;
 mod block_id;
+pub mod code_cache;
 mod compile;
 mod cpuid_gate;
 pub mod engine;

@@ -186,6 +186,8 @@ pub struct SnippetOptions {
     pub writable_code: bool,
     /// The engine's behaviour profile.
     pub profile: krr_runtime::Profile,
+    /// The engine's code cache directory (off by default).
+    pub code_cache: Option<&'static std::path::Path>,
 }
 
 /// Run `snippet` from `initial` in the engine with the given tier.
@@ -259,6 +261,7 @@ pub fn run_snippet_with(
     core.set_icount_limit(max_instructions);
     let mut engine = Engine::new(EngineConfig {
         profile: options.profile,
+        code_cache: options.code_cache,
         ..tier.engine_config()
     })
     .map_err(|e| e.to_string())?;

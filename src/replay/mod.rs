@@ -82,6 +82,8 @@ pub struct ReplayOutcome {
     pub ram_hash: u64,
     pub seconds: f64,
     pub blocks_compiled: u64,
+    /// Blocks installed from the code cache instead of compiled.
+    pub blocks_cached: u64,
     pub code_bytes: u64,
     pub compile_seconds: f64,
     /// Register line and next instruction at the end (for `--stop-at` and divergences).
@@ -681,6 +683,7 @@ impl Replayer {
             ram_hash,
             seconds,
             blocks_compiled: stats.blocks_compiled,
+            blocks_cached: stats.blocks_cached,
             code_bytes: stats.code_bytes,
             compile_seconds: stats.compile_time.as_secs_f64(),
             state_dump,
@@ -706,8 +709,8 @@ impl ReplayOutcome {
             self.icount as f64 / self.seconds.max(1e-9) / 1e6
         ));
         s.push_str(&format!(
-            "Engine: {} blocks compiled, {} code bytes, {:.2} s compiling\n",
-            self.blocks_compiled, self.code_bytes, self.compile_seconds
+            "Engine: {} blocks compiled, {} code bytes, {:.2} s compiling, {} blocks from the code cache\n",
+            self.blocks_compiled, self.code_bytes, self.compile_seconds, self.blocks_cached
         ));
         s.push_str(&format!(
             "Final state hash: registers {:016x} RAM {:016x}\n",

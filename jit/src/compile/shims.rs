@@ -3,6 +3,7 @@
 //! block signature, and the trampoline that enters compiled code from Rust. Everything here
 //! runs once, in [`super::Jit::new`].
 
+use super::reloc::Sym;
 use super::{state_flags, PASSED_GPRS, PTR};
 use crate::helpers;
 use crate::jump_cache::JumpEntry;
@@ -31,16 +32,12 @@ fn helper_table() -> [(&'static str, *const u8, usize); HELPER_COUNT] {
     ]
 }
 
-/// Addresses block code refers to: each helper's `preserve_all` shim, and the jump cache.
+/// Where this process keeps what block code refers to: each helper's `preserve_all` shim (in
+/// [`helper_table`] order), and the jump cache. Code names them with [`Sym`]s, patched in
+/// when a block is installed (`reloc`).
 #[derive(Clone, Copy)]
 pub(super) struct HelperRefs {
-    pub(super) load: u64,
-    pub(super) store: u64,
-    pub(super) probe_write: u64,
-    pub(super) load128: u64,
-    pub(super) store128: u64,
-    pub(super) helper: u64,
-    pub(super) interpret: u64,
+    pub(super) shims: [u64; HELPER_COUNT],
     pub(super) jump_cache: u64,
 }
 
@@ -52,22 +49,37 @@ impl HelperRefs {
         shims: [FuncId; HELPER_COUNT],
         jump_cache: *const JumpEntry,
     ) -> HelperRefs {
-        // Blocks call the shims by absolute address: code finalized later may lie more than
-        // 2 GiB away from them, out of reach of a relative call.
-        let [load, store, probe_write, load128, store128, helper, interpret] =
-            shims.map(|id| module.get_finalized_function(id) as u64);
         HelperRefs {
-            load,
-            store,
-            probe_write,
-            load128,
-            store128,
-            helper,
-            interpret,
+            shims: shims.map(|id| module.get_finalized_function(id) as u64),
             jump_cache: jump_cache as u64,
         }
     }
 }
+
+/// The symbols of the helpers' shims, by helper. Blocks call the shims by absolute address
+/// (`movabs`): code finalized later may lie more than 2 GiB away from them, out of reach of a
+/// relative call.
+#[derive(Clone, Copy)]
+pub(super) struct HelperSyms {
+    pub(super) load: Sym,
+    pub(super) store: Sym,
+    pub(super) probe_write: Sym,
+    pub(super) load128: Sym,
+    pub(super) store128: Sym,
+    pub(super) helper: Sym,
+    pub(super) interpret: Sym,
+}
+
+/// [`HelperSyms`] in [`helper_table`] order.
+pub(super) const HELPER_SYMS: HelperSyms = HelperSyms {
+    load: Sym::Shim(0),
+    store: Sym::Shim(1),
+    probe_write: Sym::Shim(2),
+    load128: Sym::Shim(3),
+    store128: Sym::Shim(4),
+    helper: Sym::Shim(5),
+    interpret: Sym::Shim(6),
+};
 
 /// The host ISA with krr's Cranelift settings.
 pub(super) fn host_isa() -> Result<OwnedTargetIsa, String> {

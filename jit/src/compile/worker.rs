@@ -4,12 +4,13 @@
 //! installed on the dispatcher's thread (the `JITModule` stays there); only finished
 //! machine code and relocations come back.
 
+use super::reloc::{self, KrrReloc};
 use super::{CompiledBlock, Jit};
 use crate::block::Block;
 use crate::block_id::BlockId;
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::Context;
-use cranelift_module::{FuncId, Module, ModuleReloc};
+use cranelift_module::{FuncId, ModuleReloc};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -20,11 +21,20 @@ struct Job {
     func: cranelift_codegen::ir::Function,
 }
 
-/// The worker's answer: machine code and relocations, ready for `define_function_bytes`.
+/// Machine code as Cranelift made it, ready to be patched (`reloc`) and installed.
+pub(super) struct MachineCode {
+    pub bytes: Vec<u8>,
+    pub align: u64,
+    /// krr's relocations (process-specific addresses).
+    pub krr: Vec<KrrReloc>,
+    /// Any other relocation, for the module (none in practice; such code is not cached).
+    pub other: Vec<ModuleReloc>,
+}
+
+/// The worker's answer.
 struct Done {
-    block_id: BlockId,
     id: FuncId,
-    result: Result<(Vec<u8>, u64, Vec<ModuleReloc>), String>,
+    result: Result<MachineCode, String>,
     time: Duration,
 }
 
@@ -69,7 +79,6 @@ fn compile_job(ctx: &mut Context, isa: &OwnedTargetIsa, job: Job, dump: bool) ->
     let t0 = Instant::now();
     ctx.clear();
     ctx.func = job.func;
-    ctx.set_disasm(dump);
     if dump {
         eprintln!(
             "IR (tag {:#x}):\n{}",
@@ -77,35 +86,42 @@ fn compile_job(ctx: &mut Context, isa: &OwnedTargetIsa, job: Job, dump: bool) ->
             ctx.func.display()
         );
     }
-    let mut plane = cranelift_codegen::control::ControlPlane::default();
-    let result = match ctx.compile(&**isa, &mut plane) {
-        Ok(code) => {
-            if let Some(v) = code.vcode.as_ref() {
-                eprintln!("block (tag {:#x}):\n{v}", job.block_id.index());
-            }
-            Ok(code.buffer.alignment as u64)
-        }
-        Err(e) => Err(format!("{:?}\n{}", e.inner, e.func.display())),
-    };
-    let result = result.map(|alignment| {
-        let code = ctx.compiled_code().expect("just compiled");
-        let align = alignment
-            .max(isa.function_alignment().minimum as u64)
-            .max(isa.symbol_alignment());
-        let relocs = code
-            .buffer
-            .relocs()
-            .iter()
-            .map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, job.id))
-            .collect();
-        (code.code_buffer().to_vec(), align, relocs)
-    });
     Done {
-        block_id: job.block_id,
         id: job.id,
-        result,
+        result: generate(ctx, isa, job.id, dump),
         time: t0.elapsed(),
     }
+}
+
+/// Generate the machine code of `ctx.func`, function `id` of the module (`dump`: print it).
+pub(super) fn generate(
+    ctx: &mut Context,
+    isa: &OwnedTargetIsa,
+    id: FuncId,
+    dump: bool,
+) -> Result<MachineCode, String> {
+    ctx.set_disasm(dump);
+    let mut plane = cranelift_codegen::control::ControlPlane::default();
+    let alignment = match ctx.compile(&**isa, &mut plane) {
+        Ok(code) => {
+            if let Some(v) = code.vcode.as_ref() {
+                eprintln!("block ({} bytes):\n{v}", code.code_info().total_size);
+            }
+            code.buffer.alignment as u64
+        }
+        Err(e) => return Err(format!("{:?}\n{}", e.inner, e.func.display())),
+    };
+    let code = ctx.compiled_code().expect("just compiled");
+    let align = alignment
+        .max(isa.function_alignment().minimum as u64)
+        .max(isa.symbol_alignment());
+    let (krr, other) = reloc::split(code.buffer.relocs(), &ctx.func, id);
+    Ok(MachineCode {
+        bytes: code.code_buffer().to_vec(),
+        align,
+        krr,
+        other,
+    })
 }
 
 /// A block the background compiler finished, ready to run.
@@ -116,12 +132,17 @@ pub(crate) struct Installed {
 }
 
 impl Jit {
-    /// Build `block`'s IR here and hand it to the compile thread; [`Jit::collect`] returns
-    /// it compiled, with `block_id`.
+    /// Hand `block` to the compile thread (its IR built here); [`Jit::collect`] returns it
+    /// compiled, with `block_id`. A block the code cache has is installed from there instead.
     pub(crate) fn submit(&mut self, block_id: BlockId, block: &Block) {
-        let (id, slots) = self.build_ir(block);
+        let (id, pending) = self.prepare(block_id, block);
+        if let Some(size) = self.install_cached(id, &pending) {
+            self.mark_defined(id, pending, size, true);
+            return;
+        }
+        self.build_ir(block);
         let func = std::mem::replace(&mut self.ctx.func, cranelift_codegen::ir::Function::new());
-        self.module.clear_context(&mut self.ctx);
+        self.ctx.clear();
         let isa = self.isa.clone();
         let worker = self.worker.get_or_insert_with(|| Worker::spawn(isa));
         worker
@@ -129,19 +150,16 @@ impl Jit {
             .send(Job { block_id, id, func })
             .expect("the compile thread outlives the engine's sender");
         worker.in_flight += 1;
-        self.pending_slots.insert(id, slots);
+        self.pending.insert(id, pending);
     }
 
-    /// Blocks compiled in the background so far. Code is installed (finalized) in batches of
-    /// at least `batch`, or whatever is ready once nothing is left in flight; `wait` blocks
-    /// until everything submitted is installed. Returns the installed blocks and the compile
-    /// thread's time spent on them.
+    /// Blocks compiled in the background (or found in the code cache) so far. Code is
+    /// installed (finalized) in batches of at least `batch`, or whatever is ready once
+    /// nothing is left in flight; `wait` blocks until everything submitted is installed.
+    /// Returns the installed blocks and the compile thread's time spent on them.
     pub(crate) fn collect(&mut self, batch: usize, wait: bool) -> (Vec<Installed>, Duration) {
         let mut time = Duration::ZERO;
-        let Some(worker) = self.worker.as_mut() else {
-            return (Vec::new(), time);
-        };
-        loop {
+        while let Some(worker) = self.worker.as_mut() {
             let next = if wait && worker.in_flight > 0 {
                 worker.done.recv().ok()
             } else {
@@ -150,48 +168,61 @@ impl Jit {
             let Some(done) = next else { break };
             worker.in_flight -= 1;
             time += done.time;
-            let slots = self
-                .pending_slots
+            let pending = self
+                .pending
                 .remove(&done.id)
-                .expect("slots kept for every submitted block");
-            let (bytes, align, relocs) = match done.result {
+                .expect("kept for every submitted block");
+            let code = match done.result {
                 Ok(r) => r,
                 // A lowering bug, not a guest condition: report the block and stop.
                 Err(e) => panic!("Cranelift rejected a block: {e}"),
             };
-            self.module
-                .define_function_bytes(done.id, align, &bytes, &relocs)
+            self.install(done.id, &pending, &code)
                 .expect("defining a compiled block");
-            if self.defined.is_empty() {
-                self.defined_since = Instant::now();
-            }
-            self.defined
-                .push((done.block_id, done.id, bytes.len(), slots));
+            let size = code.bytes.len();
+            self.remember(&pending, code);
+            self.mark_defined(done.id, pending, size, false);
         }
+        let worker_idle = self.worker.as_ref().is_none_or(|w| w.in_flight == 0);
         // Each finalize starts a fresh code page: wait for a batch, unless blocks have been
         // ready for a while (a quiet phase) or the caller waits for everything.
         let ready = !self.defined.is_empty()
             && (self.defined.len() >= batch
-                || (wait && worker.in_flight == 0)
+                || (wait && worker_idle)
                 || self.defined_since.elapsed() >= Duration::from_millis(2));
         if !ready {
             return (Vec::new(), time);
         }
-        self.module
-            .finalize_definitions()
-            .expect("finalizing compiled blocks");
-        let installed = std::mem::take(&mut self.defined)
+        let installed = self
+            .finalize()
             .into_iter()
-            .map(|(block_id, id, code_size, slots)| Installed {
-                block_id,
-                block: CompiledBlock {
-                    code: self.module.get_finalized_function(id),
-                    code_size,
-                    _slots: slots,
-                },
-            })
+            .map(|(block_id, block)| Installed { block_id, block })
             .collect();
         (installed, time)
+    }
+
+    /// With the code cache on, at the end: wait (up to a second) for the blocks still being
+    /// compiled and keep their code in the cache (they were hot; the next run installs them instead of
+    /// compiling them again). A cold run's compile thread is often behind at the end.
+    pub(super) fn drain_into_cache(&mut self) {
+        if self.cache.is_none() {
+            return;
+        }
+        let Some(mut worker) = self.worker.take() else {
+            return;
+        };
+        // Bounded: an exit is not held up long by a compile thread far behind.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while worker.in_flight > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(done) = worker.done.recv_timeout(left) else {
+                break;
+            };
+            worker.in_flight -= 1;
+            if let (Some(pending), Ok(code)) = (self.pending.remove(&done.id), done.result) {
+                self.remember(&pending, code);
+            }
+        }
     }
 
     /// Blocks submitted and not yet installed.

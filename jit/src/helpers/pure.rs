@@ -43,6 +43,21 @@ pub enum Pure {
 }
 
 impl Pure {
+    /// Every operation (the code cache names them by their index here).
+    pub const ALL: [Pure; 11] = [
+        Pure::Pshufb,
+        Pure::Clmul,
+        Pure::AesEnc,
+        Pure::AesEncLast,
+        Pure::AesDec,
+        Pure::AesDecLast,
+        Pure::AesImc,
+        Pure::Crc32x8,
+        Pure::Crc32x16,
+        Pure::Crc32x32,
+        Pure::Crc32x64,
+    ];
+
     /// The function, if this host has the instruction (never call one it lacks).
     pub fn func(self) -> Option<PureFn> {
         let (has, f): (bool, PureFn) = match self {

@@ -3,6 +3,7 @@
 //! restore the state as of an instruction's start, and the self-loop back edge.
 
 use super::Lower;
+use crate::compile::reloc::Sym;
 use crate::compile::{state_flags, PASSED_GPRS, PASSED_MASK};
 use crate::jump_cache::{jump_slot, JumpEntry, JUMP_CACHE};
 use crate::sem::{Builder, FlagState, Flow};
@@ -47,7 +48,7 @@ impl Lower<'_> {
     }
 
     /// The back edge of a self-loop, or an ordinary chained exit.
-    fn exit_to(&mut self, target: u64, retired: u32, slot: *const u64) {
+    fn exit_to(&mut self, target: u64, retired: u32, slot: u8) {
         if let Some((header, start)) = self.loop_header {
             if target == start {
                 let next = self.fb.ins().iadd_imm_s(self.icount, retired as i64);
@@ -186,13 +187,7 @@ impl Lower<'_> {
         self.fb.switch_to_block(cont);
     }
 
-    pub(super) fn emit_flow(
-        &mut self,
-        flow: Flow<Value>,
-        cond: Option<Value>,
-        retired: u32,
-        slots: &[u64; 2],
-    ) {
+    pub(super) fn emit_flow(&mut self, flow: Flow<Value>, cond: Option<Value>, retired: u32) {
         match flow {
             Flow::Jump(t) => {
                 self.flush();
@@ -206,7 +201,7 @@ impl Lower<'_> {
                 self.flush_except(PASSED_MASK);
                 self.lookup_exit(t, retired);
             }
-            Flow::Direct(t) => self.exit_to(t, retired, &slots[0] as *const u64),
+            Flow::Direct(t) => self.exit_to(t, retired, 0),
             Flow::Branch { taken, not_taken } => {
                 let c = cond.expect("a branch has a condition");
                 let loops_back = self
@@ -226,11 +221,11 @@ impl Lower<'_> {
                 let (dirty, loaded, flags, flags_dirty) =
                     (self.dirty, self.loaded, self.flags, self.flags_dirty);
                 self.fb.switch_to_block(tb);
-                self.exit_to(taken, retired, &slots[0] as *const u64);
+                self.exit_to(taken, retired, 0);
                 (self.dirty, self.loaded, self.flags, self.flags_dirty) =
                     (dirty, loaded, flags, flags_dirty);
                 self.fb.switch_to_block(nb);
-                self.exit_to(not_taken, retired, &slots[1] as *const u64);
+                self.exit_to(not_taken, retired, 1);
             }
         }
     }
@@ -261,7 +256,7 @@ impl Lower<'_> {
 
     /// Leave towards a constant target: tail-call it through its slot when linked, else
     /// return to the dispatcher with the slot's address so it can link it.
-    fn chain_exit(&mut self, target: u64, retired: u32, slot: *const u64) {
+    fn chain_exit(&mut self, target: u64, retired: u32, slot: u8) {
         if target & !0xfff != self.block_start & !0xfff {
             // Links stay within a page (see the engine's `link`): look other pages up.
             let t = self.iconst(target);
@@ -269,7 +264,7 @@ impl Lower<'_> {
             return;
         }
         let args = self.next_block_args(retired);
-        let slot_addr = self.fb.ins().iconst(types::I64, slot as i64);
+        let slot_addr = self.sym(Sym::Slot(slot), 0);
         let f = self.fb.ins().load(types::I64, state_flags(), slot_addr, 0);
         let linked = self.fb.ins().icmp_imm_u(IntCC::NotEqual, f, 0);
         self.tail_call_if(linked, f, &args);
@@ -326,18 +321,15 @@ impl Lower<'_> {
     fn lookup_exit(&mut self, target: Value, retired: u32) {
         const _: () = assert!(std::mem::size_of::<JumpEntry>() == 32);
         let args = self.next_block_args(retired);
-        let base = self.refs.helpers.jump_cache;
         let entry = match self.const_of(target) {
-            Some(t) => self
-                .fb
-                .ins()
-                .iconst(types::I64, (base + 32 * jump_slot(t) as u64) as i64),
+            Some(t) => self.sym(Sym::JumpCache, 32 * jump_slot(t) as i64),
             None => {
                 let hi = self.fb.ins().ushr_imm_u(target, 12);
                 let h = self.fb.ins().bxor(target, hi);
                 let idx = self.fb.ins().band_imm_s(h, (JUMP_CACHE - 1) as i64);
                 let off = self.fb.ins().ishl_imm_u(idx, 5);
-                self.fb.ins().iadd_imm_s(off, base as i64)
+                let base = self.sym(Sym::JumpCache, 0);
+                self.fb.ins().iadd(off, base)
             }
         };
         let rip_off = offset_of!(JumpEntry, rip) as i32;

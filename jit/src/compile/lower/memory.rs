@@ -61,7 +61,7 @@ impl Lower<'_> {
     fn store_slow_path(
         &mut self,
         slow: cranelift_codegen::ir::Block,
-        f: u64,
+        f: crate::compile::reloc::Sym,
         addr: Value,
         value: Option<Value>,
         size: u32,

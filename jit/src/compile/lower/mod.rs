@@ -8,7 +8,8 @@
 mod exits;
 mod memory;
 
-use super::shims::{pure_signature, shim_signature, HelperRefs};
+use super::reloc::{sym_value, Sym};
+use super::shims::{pure_signature, shim_signature, HelperSyms, HELPER_SYMS};
 use super::{state_flags, PASSED_GPRS, PASSED_MASK};
 use crate::block::Block;
 
@@ -25,7 +26,7 @@ use krr_runtime::{offsets, Outcome};
 use std::collections::HashMap;
 
 struct Refs {
-    helpers: HelperRefs,
+    helpers: HelperSyms,
     /// The shims' signature (`preserve_all`, the CPU pointer only).
     shim_sig: SigRef,
     /// Pure host functions' signature (System V, four `i64` in, two out).
@@ -54,7 +55,6 @@ struct Lower<'a> {
     cpu: Value,
     icount: Value,
     insn: Instruction,
-    insn_ptr: *const Instruction,
     regs: [Variable; 16],
     loaded: u16,
     dirty: u16,
@@ -76,18 +76,18 @@ struct Lower<'a> {
     profile: krr_runtime::Profile,
 }
 
-/// Lower `block` into `fb`'s function: blocks call the helpers through `helpers` and
-/// their successors with signature `block_sig`; `slots` are the block's exit slots.
+/// Lower `block` into `fb`'s function: blocks call the helpers through their shims and
+/// their successors with signature `block_sig`. Every process-specific address (shims, exit
+/// slots, jump cache, decoded instructions, pure functions) is a [`Sym`], relocated when the
+/// code is installed.
 pub(super) fn lower_block(
     mut fb: FunctionBuilder<'_>,
-    helpers: HelperRefs,
     block_sig: &Signature,
     block: &Block,
-    slots: &[u64; 2],
     target: cranelift_codegen::isa::TargetFrontendConfig,
 ) {
     let refs = Refs {
-        helpers,
+        helpers: HELPER_SYMS,
         shim_sig: fb.import_signature(shim_signature()),
         pure_sig: fb.import_signature(pure_signature()),
         block_sig: fb.import_signature(block_sig.clone()),
@@ -119,7 +119,6 @@ pub(super) fn lower_block(
         cpu,
         icount,
         insn: Instruction::default(),
-        insn_ptr: std::ptr::null(),
         regs,
         loaded: PASSED_MASK,
         dirty: PASSED_MASK,
@@ -161,7 +160,7 @@ pub(super) fn lower_block(
             break;
         }
         if let Some((flow, cond)) = l.flow.take() {
-            l.emit_flow(flow, cond, i as u32 + 1, slots);
+            l.emit_flow(flow, cond, i as u32 + 1);
             l.terminated = true;
             break;
         }
@@ -171,12 +170,7 @@ pub(super) fn lower_block(
     }
     if !l.terminated {
         let last = block.insns.last().expect("blocks are never empty");
-        l.emit_flow(
-            Flow::Direct(last.next_ip()),
-            None,
-            block.insns.len() as u32,
-            slots,
-        );
+        l.emit_flow(Flow::Direct(last.next_ip()), None, block.insns.len() as u32);
     }
     l.emit_pending_exits();
     l.fb.seal_all_blocks();
@@ -247,7 +241,6 @@ fn is_self_loop(block: &Block) -> bool {
 impl Lower<'_> {
     fn begin_insn(&mut self, index: u32, insn: &Instruction) {
         self.insn = *insn;
-        self.insn_ptr = insn as *const Instruction;
         let mut snapshot = Vec::new();
         for r in 0..16 {
             if self.dirty & (1 << r) != 0 {
@@ -358,15 +351,20 @@ impl Lower<'_> {
         self.state_store(offsets::ICOUNT, v);
     }
 
-    /// Call a helper through its register-preserving shim at `shim`; returns the helper's
+    /// A process-specific address plus `offset` (relocated at installation).
+    fn sym(&mut self, sym: Sym, offset: i64) -> Value {
+        sym_value(&mut self.fb, sym, offset)
+    }
+
+    /// Call a helper through its register-preserving shim `shim`; returns the helper's
     /// result.
-    fn call_fn(&mut self, shim: u64, args: &[Value]) -> Value {
+    fn call_fn(&mut self, shim: Sym, args: &[Value]) -> Value {
         debug_assert!(args[0] == self.cpu && args.len() <= 5);
         for (i, &a) in args[1..].iter().enumerate() {
             self.state_store(offsets::HELPER_ARGS + 8 * i as i32, a);
         }
         let cpu = self.cpu;
-        let callee = self.fb.ins().iconst(types::I64, shim as i64);
+        let callee = self.sym(shim, 0);
         self.fb
             .ins()
             .call_indirect(self.refs.shim_sig, callee, &[cpu]);
@@ -697,7 +695,7 @@ impl Builder for Lower<'_> {
             self.block_stores = true;
             // The interpreter runs the whole instruction and updates RIP and the count itself.
             self.sync_position();
-            let p = self.fb.ins().iconst(types::I64, self.insn_ptr as i64);
+            let p = self.sym(Sym::Insn(self.ctx.index), 0);
             let status = self.call_fn(self.refs.helpers.interpret, &[cpu, p]);
             let exit = self.fb.create_block();
             let cont = self.fb.create_block();
@@ -731,7 +729,7 @@ impl Builder for Lower<'_> {
         Ok(r)
     }
     fn pure(&mut self, f: crate::helpers::pure::PureFn, args: [Value; 4]) -> (Value, Value) {
-        let callee = self.fb.ins().iconst(types::I64, f as usize as i64);
+        let callee = self.sym(Sym::pure(f), 0);
         let call = self
             .fb
             .ins()
