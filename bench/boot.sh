@@ -34,7 +34,8 @@
 # Each row is a function row_NAME that boots once with the console on stdout and krr's log on
 # stderr, under "${measure[@]}" (the timer); it is listed in ROWS with its label.
 set -euo pipefail
-# Every timed krr run compiles its blocks (cold): the persistent code cache stays off.
+# krr's persistent code cache stays off unless a row names a directory (the cold and warm
+# rows below), so the other krr rows compile their blocks as before.
 export KRR_CODE_CACHE=off
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -82,11 +83,22 @@ grep -q KRR-LONG-END "$logs/long-record.console" || {
   echo "bench/boot.sh: the long workload did not finish (see $logs/long-record.console)" >&2; exit 1; }
 
 boot=(--kernel "$kernel" --initrd "$initrd")
+# Code cache rows: cold = an empty cache directory every run (compiles and fills it), warm =
+# a directory one untimed replay of each trace filled first (the second replay of a trace).
+# The parallel rows use the warm one, so that neither needs the second core for compiling.
+cold_cache="$logs/code-cache-cold" warm_cache="$logs/code-cache-warm"
+rm -rf "$warm_cache"
+"$krr" replay -q "$trace" --code-cache "$warm_cache" >/dev/null 2>&1
+"$krr" replay -q "$long_trace" --code-cache "$warm_cache" >/dev/null 2>&1
 row_krr_replay() { "${measure[@]}" "$krr" replay "$trace"; }
-row_krr_replay_jobs1() { "${measure[@]}" "$krr" replay "$trace" --jobs 1; }
-row_krr_replay_jobs2() { "${measure[@]}" "$krr" replay "$trace" --jobs 2; }
-row_long_krr_replay() { "${measure[@]}" "$krr" replay "$long_trace"; }
-row_long_krr_replay_jobs2() { "${measure[@]}" "$krr" replay "$long_trace" --jobs 2; }
+row_krr_replay_cold() { rm -rf "$cold_cache"; "${measure[@]}" "$krr" replay "$trace" --code-cache "$cold_cache"; }
+row_krr_replay_warm() { "${measure[@]}" "$krr" replay "$trace" --code-cache "$warm_cache"; }
+row_krr_replay_jobs1() { "${measure[@]}" "$krr" replay "$trace" --jobs 1 --code-cache "$warm_cache"; }
+row_krr_replay_jobs2() { "${measure[@]}" "$krr" replay "$trace" --jobs 2 --code-cache "$warm_cache"; }
+row_long_krr_replay() { rm -rf "$cold_cache"; "${measure[@]}" "$krr" replay "$long_trace" --code-cache "$cold_cache"; }
+row_long_krr_replay_warm() { "${measure[@]}" "$krr" replay "$long_trace" --code-cache "$warm_cache"; }
+row_long_krr_replay_jobs1() { "${measure[@]}" "$krr" replay "$long_trace" --jobs 1 --code-cache "$warm_cache"; }
+row_long_krr_replay_jobs2() { "${measure[@]}" "$krr" replay "$long_trace" --jobs 2 --code-cache "$warm_cache"; }
 row_long_krr_replay_singlestep() { "${measure[@]}" "$krr" replay "$long_trace" --singlestep; }
 row_long_qemu() {
   QEMU_APPEND_EXTRA="krr_long=$long_n" "${measure[@]}" bash "$repo/tests/guest/qemu-boot.sh" "$kernel" "$initrd"
@@ -109,9 +121,11 @@ row_qemu_singlestep() {
 }
 # name|label (rows whose name starts with long_ run the long workload)
 ROWS=(
-  "krr_replay|krr replay"
-  "krr_replay_jobs1|krr replay --jobs 1"
-  "krr_replay_jobs2|krr replay --jobs 2"
+  "krr_replay|krr replay, no code cache"
+  "krr_replay_cold|krr replay, cold cache"
+  "krr_replay_warm|krr replay, warm cache"
+  "krr_replay_jobs1|krr replay --jobs 1, warm"
+  "krr_replay_jobs2|krr replay --jobs 2, warm"
   "krr_replay_singlestep|krr replay --singlestep"
   "krr|krr run"
   "krr_singlestep|krr run --singlestep"
@@ -119,8 +133,10 @@ ROWS=(
   "qemu|QEMU TCG"
   "qemu_icount|QEMU TCG -icount shift=0"
   "qemu_singlestep|QEMU TCG ${qemu_ss_args[*]:-one-insn-per-tb}"
-  "long_krr_replay|long: krr replay"
-  "long_krr_replay_jobs2|long: krr replay --jobs 2"
+  "long_krr_replay|long: krr replay, cold cache"
+  "long_krr_replay_warm|long: krr replay, warm cache"
+  "long_krr_replay_jobs1|long: krr replay --jobs 1, warm"
+  "long_krr_replay_jobs2|long: krr replay --jobs 2, warm"
   "long_krr_replay_singlestep|long: krr replay --singlestep"
   "long_qemu|long: QEMU TCG"
   "long_qemu_icount|long: QEMU TCG -icount shift=0"
@@ -130,9 +146,9 @@ PAIRS=(
   "krr_replay|qemu" "krr_replay|qemu_icount" "krr|qemu" "krr|qemu_icount"
   "krr_replay_singlestep|qemu_singlestep" "krr_singlestep|qemu_singlestep"
   "krr_pcid|krr"
-  "krr_replay_jobs2|krr_replay_jobs1"
-  "long_krr_replay|long_qemu" "long_krr_replay|long_qemu_icount"
-  "long_krr_replay_jobs2|long_krr_replay" "long_krr_replay_jobs2|long_qemu"
+  "krr_replay_cold|qemu" "krr_replay_warm|qemu" "krr_replay_jobs2|krr_replay_jobs1"
+  "long_krr_replay|long_qemu" "long_krr_replay|long_qemu_icount" "long_krr_replay_warm|long_qemu"
+  "long_krr_replay_jobs2|long_krr_replay_jobs1"
 )
 
 # One boot of one row; sets w (wall seconds), u (CPU seconds: user + system), m (max RSS KiB),
