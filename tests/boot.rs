@@ -122,7 +122,11 @@ fn debian_kernel_boots_records_and_replays_exactly() {
     let (replayed, summary) = krr_ok(&["replay", t, "--jobs", "2"]);
     assert!(summary.contains("Verdict: matched"), "{summary}");
     assert_eq!(replayed, console, "--jobs 2: the replayed console differs");
-    assert_eq!(line_with(&summary, "Final state hash: "), finals[0], "{summary}");
+    assert_eq!(
+        line_with(&summary, "Final state hash: "),
+        finals[0],
+        "{summary}"
+    );
     let snapshots = krr::trace::TraceReader::open(&trace).unwrap().deltas.len();
     assert!(snapshots >= 5, "{snapshots} snapshots in the boot's trace");
     assert!(

@@ -907,8 +907,8 @@ fn native_generator_sanity() {
 }
 
 /// Every legacy-encoded SSE..SSE4.2/AES-NI/PCLMULQDQ/CRC32/POPCNT/MOVBE/XLAT form is covered
-/// but those with an MMX register operand (#UD until MMX exists), SSE3's x87 FISTTP (#UD until
-/// x87 exists) and forms this host lacks. `KRR_DIFF_VERBOSE` lists them.
+/// but those with an MMX register operand (#UD until MMX exists), SSE3's x87 FISTTP (an x87
+/// instruction: jit/tests/x87.rs) and forms this host lacks. `KRR_DIFF_VERBOSE` lists them.
 #[test]
 fn legacy_simd_forms_are_covered() {
     let (mut mmx, mut x87, mut host, mut unexpected) = (0, 0, 0, Vec::new());

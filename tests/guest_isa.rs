@@ -230,6 +230,8 @@ const GROUPS: &[&str] = &[
     "cmpxchg16b",
     "gsbase",
     "fxsave",
+    "x87",
+    "x87-unmasked",
     "fs_addps",
     "gs_pcmpestri",
 ];

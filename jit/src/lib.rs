@@ -7,6 +7,7 @@ pub mod code_cache;
 mod compile;
 mod cpuid_gate;
 pub mod engine;
+mod exec_mem;
 pub mod helpers;
 pub mod interp;
 mod jump_cache;

@@ -19,7 +19,6 @@ use iced_x86::{Code, CpuidFeature, Encoder, Instruction, Mnemonic, OpKind, Regis
 use krr_runtime::arch::{cr4::OSXMMEXCPT as CR4_OSXMMEXCPT, rflags};
 use krr_runtime::gpr::{RAX, RCX, RDX};
 use krr_runtime::{vector, CpuState, ExceptionRecord, Outcome};
-use memmap2::{Mmap, MmapMut};
 use std::collections::HashMap;
 use std::sync::{OnceLock, RwLock};
 
@@ -66,9 +65,6 @@ pub struct HostCtx {
     pub mxcsr_out: u32, // 116
 }
 
-const CHUNK: usize = 64 * 1024;
-const STUB_ALIGN: usize = 32;
-
 struct Entry {
     /// Address of the stub in an executable chunk.
     code: usize,
@@ -79,10 +75,7 @@ struct Entry {
 struct Stubs {
     by_key: HashMap<(u16, u8, bool), HostForm>,
     entries: Vec<Entry>,
-    /// Executable chunks; the last one may have room (`used` bytes taken). `None` only while
-    /// it is being written.
-    chunks: Vec<Option<Mmap>>,
-    used: usize,
+    arena: crate::exec_mem::ExecArena,
 }
 
 fn stubs() -> &'static RwLock<Stubs> {
@@ -163,7 +156,7 @@ pub fn host_form(insn: &Instruction) -> Option<HostForm> {
     if let Some(f) = s.by_key.get(&key) {
         return Some(*f);
     }
-    let code = s.place(&bytes)?;
+    let code = s.arena.place(&bytes)?;
     let f = HostForm {
         id: s.entries.len() as u32,
         writes,
@@ -171,30 +164,6 @@ pub fn host_form(insn: &Instruction) -> Option<HostForm> {
     s.entries.push(Entry { code, writes });
     s.by_key.insert(key, f);
     Some(f)
-}
-
-impl Stubs {
-    /// Copy `bytes` into executable memory; returns their address.
-    fn place(&mut self, bytes: &[u8]) -> Option<usize> {
-        let len = bytes.len().div_ceil(STUB_ALIGN) * STUB_ALIGN;
-        if self.chunks.is_empty() || self.used + len > CHUNK {
-            let m = MmapMut::map_anon(CHUNK).ok()?;
-            self.chunks.push(Some(m.make_exec().ok()?));
-            self.used = 0;
-        }
-        let last = self.chunks.last_mut()?;
-        let exec = last.take()?;
-        // The chunk becomes writable (not executable) while we hold the table's write
-        // lock; stubs only run under its read lock (`run_stub`), so no thread executes from
-        // it until it is executable again below.
-        let mut m = exec.make_mut().ok()?;
-        m[self.used..self.used + bytes.len()].copy_from_slice(bytes);
-        let exec = m.make_exec().ok()?;
-        let addr = exec.as_ptr() as usize + self.used;
-        *last = Some(exec);
-        self.used += len;
-        Some(addr)
-    }
 }
 
 /// The GPR of `base`'s family with `r`'s size.

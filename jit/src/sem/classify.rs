@@ -53,6 +53,8 @@ pub enum SystemFamily {
     ExtendedState,
     /// IN/OUT/INS/OUTS.
     PortIo,
+    /// The other x87 instructions (escape opcodes D8-DF), run by the host's FPU.
+    X87,
 }
 
 /// Is `insn` a system instruction, run on the CPU state by `crate::system` rather than
@@ -139,13 +141,27 @@ pub fn system_family(insn: &Instruction) -> Option<SystemFamily> {
         | M::Xrstor64
         | M::Fninit
         | M::Fnstcw
-        | M::Fldcw
         | M::Fnstsw
         | M::Fnclex
         | M::Wait => F::ExtendedState,
         M::In | M::Out | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => F::PortIo,
+        _ if is_x87_escape(insn) => F::X87,
         _ => return None,
     })
+}
+
+/// An x87 escape opcode (D8-DF) instruction.
+fn is_x87_escape(insn: &Instruction) -> bool {
+    let oc = insn.op_code();
+    // Register forms have the ModRM byte in the opcode (e.g. 0xd8c0 for FADD ST0, ST(i)).
+    let first = if oc.op_code_len() == 2 {
+        oc.op_code() >> 8
+    } else {
+        oc.op_code()
+    };
+    oc.encoding() == iced_x86::EncodingKind::Legacy
+        && oc.table() == iced_x86::OpCodeTableKind::Normal
+        && (0xd8..=0xdf).contains(&first)
 }
 
 /// A REP/REPNE-prefixed string instruction (MOVS, STOS, LODS, CMPS, SCAS): one instruction

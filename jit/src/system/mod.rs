@@ -35,6 +35,7 @@ pub fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags:
         Some(SystemFamily::FarTransfer) => far::far_transfer(cpu, insn, addr),
         Some(SystemFamily::ExtendedState) => xsave::execute(cpu, insn, addr),
         Some(SystemFamily::PortIo) => io::port_io(cpu, insn),
+        Some(SystemFamily::X87) => x87::execute(cpu, insn, addr),
         None => {
             log::warn!(
                 "system instruction `{insn}` at RIP {:#x} is not implemented: raising #UD",
@@ -167,4 +168,5 @@ mod inputs;
 mod io;
 mod msr;
 mod segments;
+mod x87;
 mod xsave;

@@ -82,6 +82,10 @@ pub(super) fn x87_control(cpu: &mut CpuState, insn: &Instruction, addr: Option<u
     if let Some(f) = fpu_check(cpu, insn.mnemonic() == M::Wait) {
         return f;
     }
+    if insn.mnemonic() == M::Wait && cpu.x87.fsw & 0x80 != 0 {
+        // A pending unmasked x87 exception (FSW.ES) is taken here (#MF).
+        return SysResult::Fault(fault(vector::MF, None));
+    }
     match insn.mnemonic() {
         M::Fninit => {
             let st = cpu.x87.st;

@@ -23,7 +23,7 @@ if ! have_static_gcc; then
     { echo "tests/guest/isa/build.sh: gcc/libc6-dev are missing and cannot be installed" >&2; exit 1; }
 fi
 # -mno-red-zone: the asm blocks push and pop RFLAGS.
-gcc -static -O2 -mno-red-zone -Wall -Werror -o "$out/isa.new" "$here/isa.c"
+gcc -static -O2 -mno-red-zone -Wall -Werror -o "$out/isa.new" "$here/isa.c" -lm
 mv "$out/isa.new" "$out/isa"
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT

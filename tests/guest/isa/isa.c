@@ -631,6 +631,111 @@ static void fxsave_test(struct hash *h) {
   }
 }
 
+/* x87: long double arithmetic and libm's long double functions (static glibc runs them on
+ * the x87, transcendental instructions included), conversions, comparisons and BCD under the
+ * four rounding modes, FADD/FMUL/FDIV/FSQRT under the three precisions, the exception flags;
+ * and unmasked exceptions, whose #MF reaches the program as SIGFPE. */
+#include <fenv.h>
+#include <math.h>
+static long double rand_ld(void) {
+  union {
+    long double v;
+    struct {
+      uint64_t m;
+      uint16_t se;
+    } p;
+  } u;
+  memset(&u, 0, sizeof u);
+  uint64_t r = next();
+  uint16_t sign = (r >> 20) & 1 ? 0x8000 : 0;
+  switch (r & 7) {
+  case 0: u.p.m = 0; u.p.se = sign; break;                                 /* zero */
+  case 1: u.p.m = next() >> 12; u.p.se = sign; break;                      /* denormal */
+  case 2: u.p.m = 1ull << 63; u.p.se = 0x7fff | sign; break;               /* infinity */
+  case 3: u.p.m = 0xc000000000000000ull | (next() >> 2); u.p.se = 0x7fff; break; /* NaN */
+  default: u.p.m = next() | 1ull << 63; u.p.se = (0x3fff - 40 + (r >> 8) % 80) | sign;
+  }
+  return u.v;
+}
+static void mix_ld(struct hash *h, long double v) { mix(h, &v, 10); }
+static void x87_test(struct hash *h) {
+  static const int modes[] = {FE_TONEAREST, FE_DOWNWARD, FE_UPWARD, FE_TOWARDZERO};
+  static const uint16_t pcs[] = {0x037f, 0x027f, 0x007f};
+  rng = seed_of("x87");
+  for (int i = 0; i < cases; i++) {
+    volatile long double a = rand_ld(), b = rand_ld();
+    fesetround(modes[i % 4]);
+    feclearexcept(FE_ALL_EXCEPT);
+    volatile long double r[16];
+    r[0] = a + b;
+    r[1] = a * b;
+    r[2] = a / b;
+    r[3] = sqrtl(a);
+    r[4] = sinl(a);
+    r[5] = cosl(b);
+    r[6] = tanl(a);
+    r[7] = atan2l(a, b);
+    r[8] = expl(b);
+    r[9] = logl(a);
+    r[10] = rintl(a);
+    r[11] = fmodl(a, b);
+    r[12] = remainderl(a, b);
+    r[13] = (long double)(long long)a;
+    r[14] = (long double)(double)a;
+    r[15] = (long double)(float)b;
+    for (int k = 0; k < 16; k++) mix_ld(h, r[k]);
+    int ex = fetestexcept(FE_ALL_EXCEPT);
+    int cmp = (a < b) | (a == b) << 1 | isunordered(a, b) << 2 | (a > b) << 3;
+    mix(h, &ex, sizeof ex);
+    mix(h, &cmp, sizeof cmp);
+    uint16_t pc = pcs[i % 3], sw;
+    long double la = a, lb = b, sum, prod, quot, root;
+    uint8_t bcd[10];
+    __asm__ volatile("fninit\n\tfldcw %6\n\tfldt %7\n\tfldt %8\n\t"
+                     "fld %%st(1)\n\tfadd %%st(1), %%st\n\tfstpt %0\n\t"
+                     "fld %%st(1)\n\tfmul %%st(1), %%st\n\tfstpt %1\n\t"
+                     "fld %%st(1)\n\tfdiv %%st(1), %%st\n\tfstpt %2\n\t"
+                     "fstp %%st(0)\n\tfsqrt\n\tfstpt %3\n\t"
+                     "fldt %7\n\tfbstp %4\n\tfnstsw %5\n\tfninit"
+                     : "=m"(sum), "=m"(prod), "=m"(quot), "=m"(root), "=m"(bcd), "=m"(sw)
+                     : "m"(pc), "m"(la), "m"(lb)
+                     : "memory");
+    mix_ld(h, sum);
+    mix_ld(h, prod);
+    mix_ld(h, quot);
+    mix_ld(h, root);
+    mix(h, bcd, sizeof bcd);
+    mix(h, &sw, sizeof sw);
+    h->n++;
+  }
+  fesetround(FE_TONEAREST);
+  feclearexcept(FE_ALL_EXCEPT);
+}
+static void x87_unmasked_test(struct hash *h) {
+  static const int excepts[] = {FE_DIVBYZERO, FE_INVALID, FE_OVERFLOW, FE_UNDERFLOW};
+  for (int i = 0; i < 4; i++) {
+    volatile long double one = 1.0L, zero = 0.0L, big = 1e4000L, tiny = 1e-4000L, r = 0;
+    sig_no = 0;
+    sig_code = 0;
+    feclearexcept(FE_ALL_EXCEPT);
+    feenableexcept(excepts[i]);
+    if (sigsetjmp(sig_jump, 1) == 0) {
+      switch (i) {
+      case 0: r = one / zero; break;
+      case 1: r = sqrtl(-one); break;
+      case 2: r = big * big; break;
+      default: r = tiny * tiny; break;
+      }
+      r = r + one; /* the next x87 instruction takes the pending exception */
+    }
+    fedisableexcept(FE_ALL_EXCEPT);
+    __asm__ volatile("fninit");
+    int got[2] = {sig_no, sig_code};
+    mix(h, got, sizeof got);
+    h->n++;
+  }
+}
+
 static void print_line(const char *prefix, const char *line, const struct hash *h) {
   printf("%s%s: %016llx n=%llu\n", prefix, line, (unsigned long long)h->h,
          (unsigned long long)h->n);
@@ -643,6 +748,12 @@ static void extra_tests(int verbose) {
   struct hash fx = {0xcbf29ce484222325ull, 0};
   fxsave_test(&fx);
   print_line("", "fxsave", &fx);
+  struct hash x = {0xcbf29ce484222325ull, 0};
+  x87_test(&x);
+  print_line("", "x87", &x);
+  struct hash xu = {0xcbf29ce484222325ull, 0};
+  x87_unmasked_test(&xu);
+  print_line("", "x87-unmasked", &xu);
   for (int op = 0; op < NSTR; op++) {
     struct hash s = {0xcbf29ce484222325ull, 0};
     str_test(op, &s);

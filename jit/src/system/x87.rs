@@ -1,0 +1,296 @@
+//! The x87 instructions (opcodes D8-DF) other than the control ones in `xsave.rs`, run by
+//! the host's own FPU, the reference: the guest's x87 state is loaded with FXRSTOR64, the
+//! instruction runs once on the host with its memory operand moved to a buffer
+//! (`[rsi]`), and the state comes back with FXSAVE64; so results, rounding and precision
+//! control, NaN rules, every status flag, C0-C3, the stack fault and the transcendentals are
+//! the host's, bit for bit. The host's own x87 state is saved around it.
+//!
+//! x87 exceptions are deferred: an instruction that raises an unmasked one only sets FSW.ES,
+//! and the next waiting x87 instruction (or FWAIT) takes #MF before it runs. That check is
+//! made here before the host runs anything, so the host never traps. The last instruction
+//! and operand pointers (FIP, FDP, FOP) are krr's: every x87 instruction but the control
+//! ones (FNINIT, FNCLEX, FLDCW, FNSTCW, FNSTSW, FNSTENV, FLDENV, FNSAVE, FRSTOR) sets FIP to
+//! its RIP and FOP to its opcode, and FDP to its memory operand's offset when it has one
+//! (this host's FXSAVE does not reveal them without a pending exception).
+
+use super::{fault, read_mem, write_mem, SysResult};
+use crate::exec_mem::ExecArena;
+use iced_x86::{Code, Encoder, Instruction, Mnemonic as M, OpKind, Register};
+use krr_runtime::arch::{cr0, rflags};
+use krr_runtime::gpr::RAX;
+use krr_runtime::{seg, vector, CpuState};
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
+
+/// The no-wait instructions: they run even with an unmasked exception pending.
+fn non_waiting(m: M) -> bool {
+    matches!(
+        m,
+        M::Fninit
+            | M::Fnclex
+            | M::Fnstcw
+            | M::Fnstsw
+            | M::Fnstenv
+            | M::Fnsave
+            | M::Fneni
+            | M::Fndisi
+            | M::Fnsetpm
+    )
+}
+
+/// The control instructions, which leave FIP, FDP and FOP alone.
+fn control(m: M) -> bool {
+    matches!(
+        m,
+        M::Fninit
+            | M::Fnclex
+            | M::Fldcw
+            | M::Fnstcw
+            | M::Fnstsw
+            | M::Fnstenv
+            | M::Fldenv
+            | M::Fnsave
+            | M::Frstor
+            | M::Fstcw
+            | M::Fstsw
+            | M::Fstenv
+            | M::Fsave
+            | M::Finit
+            | M::Fclex
+    )
+}
+
+/// Instructions whose memory operand is written (all others read theirs).
+fn stores(m: M) -> bool {
+    matches!(
+        m,
+        M::Fst
+            | M::Fstp
+            | M::Fist
+            | M::Fistp
+            | M::Fisttp
+            | M::Fbstp
+            | M::Fnstenv
+            | M::Fnsave
+            | M::Fnstcw
+            | M::Fnstsw
+            | M::Fstenv
+            | M::Fsave
+            | M::Fstcw
+            | M::Fstsw
+    )
+}
+
+/// The largest x87 memory operand (FNSAVE/FRSTOR's 108 bytes).
+const MEM_MAX: usize = 112;
+
+#[repr(C, align(16))]
+struct FxImage([u8; 512]);
+
+#[repr(C, align(16))]
+struct MemBuf([u8; MEM_MAX]);
+
+#[derive(Default)]
+struct Stubs {
+    by_key: HashMap<(Code, bool), usize>,
+    arena: ExecArena,
+}
+
+fn stubs() -> &'static RwLock<Stubs> {
+    static S: OnceLock<RwLock<Stubs>> = OnceLock::new();
+    S.get_or_init(|| RwLock::new(Stubs::default()))
+}
+
+/// The host stub of `insn`: the instruction with its memory operand at `[rsi]`, then `ret`.
+fn stub(insn: &Instruction) -> Option<usize> {
+    let mem = insn.op_kind(0) == OpKind::Memory || insn.op_kind(1) == OpKind::Memory;
+    let key = (insn.code(), mem);
+    if let Some(&a) = stubs().read().ok()?.by_key.get(&key) {
+        return Some(a);
+    }
+    let mut h = *insn;
+    if mem {
+        h.set_memory_base(Register::RSI);
+        h.set_memory_index(Register::None);
+        h.set_memory_index_scale(1);
+        h.set_memory_displacement64(0);
+        h.set_memory_displ_size(0);
+        h.set_segment_prefix(Register::None);
+    }
+    let mut e = Encoder::new(64);
+    e.encode(&h, 0).ok()?;
+    let mut bytes = e.take_buffer();
+    bytes.push(0xc3); // ret
+    let mut s = stubs().write().ok()?;
+    if let Some(&a) = s.by_key.get(&key) {
+        return Some(a);
+    }
+    let a = s.arena.place(&bytes)?;
+    s.by_key.insert(key, a);
+    Some(a)
+}
+
+/// Run the stub at `code` on the x87 state `img` (FXSAVE64 layout, in and out) with `mem` at
+/// `[rsi]`, AX in `rax` (FNSTSW AX) and the guest's arithmetic flags (FCMOVcc); returns RAX
+/// and the arithmetic flags after it (FCOMI and relatives).
+fn run(code: usize, img: &mut FxImage, mem: &mut MemBuf, rax: u64, flags: u64) -> (u64, u64) {
+    let mut host = FxImage([0; 512]);
+    let out_rax: u64;
+    let out_flags: u64;
+    // SAFETY: `code` is a stub in an executable chunk that stays mapped and executable while
+    // we hold the table's read lock: one x87 instruction (it decoded and re-encoded for this
+    // host) that reads and writes only the x87 registers, AX, RFLAGS' arithmetic flags and
+    // at most MEM_MAX bytes at [rsi] (the buffer), then `ret`. The host's x87/SSE state is
+    // saved first and restored last (both images 16-byte aligned, 512 bytes). The guest's
+    // image was made by krr (a valid MXCSR, FXRSTOR accepts it). No exception is pending when
+    // a waiting instruction runs (checked by the caller), so nothing traps; FXSAVE64/FXRSTOR64
+    // never wait. Only the arithmetic flags are changed by the popfq (the others are the
+    // host's own); the stack holds the call's return address and the flags words.
+    let _lock = stubs().read();
+    unsafe {
+        std::arch::asm!(
+            "fxsave64 [{host}]",
+            "fxrstor64 [{img}]",
+            "pushfq",
+            "and qword ptr [rsp], {keep}",
+            "or qword ptr [rsp], {flags}",
+            "popfq",
+            "call {code}",
+            "pushfq",
+            "pop {flags}",
+            "fxsave64 [{img}]",
+            "fxrstor64 [{host}]",
+            host = in(reg) host.0.as_mut_ptr(),
+            img = in(reg) img.0.as_mut_ptr(),
+            keep = in(reg) !rflags::ARITH,
+            flags = inout(reg) flags & rflags::ARITH => out_flags,
+            code = in(reg) code,
+            in("rsi") mem.0.as_mut_ptr(),
+            inout("rax") rax => out_rax,
+        );
+    }
+    (out_rax, out_flags & rflags::ARITH)
+}
+
+/// Where the 32-bit (or, with an operand-size prefix, 16-bit) protected-mode environment
+/// image FNSTENV/FNSAVE write and FLDENV/FRSTOR read keeps FIP, FCS|FOP, FDP and FDS.
+fn env_fields(len: usize) -> (usize, usize, usize, usize, bool) {
+    if len == 14 || len == 94 {
+        (6, 8, 10, 12, false)
+    } else {
+        (12, 16, 20, 24, true)
+    }
+}
+
+pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> SysResult {
+    let m = insn.mnemonic();
+    if cpu.cr0 & (cr0::EM | cr0::TS) != 0 {
+        return SysResult::Fault(fault(vector::NM, None));
+    }
+    if !non_waiting(m) && cpu.x87.fsw & 0x80 != 0 {
+        // A pending unmasked exception (CR0.NE's #MF; the FERR#/IRQ13 path of CR0.NE = 0 is
+        // not modelled and also takes #MF).
+        return SysResult::Fault(fault(vector::MF, None));
+    }
+    let Some(code) = stub(insn) else {
+        log::warn!(
+            "x87 instruction `{insn}` at RIP {:#x}: no host form; raising #UD",
+            insn.ip()
+        );
+        cpu.exec.unimplemented_count += 1;
+        return SysResult::Fault(fault(vector::UD, None));
+    };
+    let has_mem = insn.op_kind(0) == OpKind::Memory || insn.op_kind(1) == OpKind::Memory;
+    let len = if has_mem {
+        insn.memory_size().size().min(MEM_MAX)
+    } else {
+        0
+    };
+    let store = has_mem && stores(m);
+    let mut mem = MemBuf([0; MEM_MAX]);
+    if has_mem && !store {
+        let a = addr.expect("a memory operand's address");
+        if let Err(s) = read_mem(cpu, a, &mut mem.0[..len]) {
+            return s;
+        }
+    }
+    let mut img = FxImage(super::xsave::fxsave_image(cpu));
+    let guest_flags = cpu.rflags_value();
+    let (rax, flags) = run(code, &mut img, &mut mem, cpu.gpr[RAX], guest_flags);
+    // The pointers, as krr keeps them.
+    let offset = |cpu: &CpuState, a: u64| {
+        let s = match insn.memory_segment() {
+            Register::FS => seg::FS,
+            Register::GS => seg::GS,
+            _ => return a,
+        };
+        a.wrapping_sub(cpu.seg[s].base)
+    };
+    let (mut fip, mut fdp, mut fop) = (cpu.x87.fip, cpu.x87.fdp, cpu.x87.fop);
+    if !control(m) {
+        fip = insn.ip();
+        fop = guest_fop(insn).unwrap_or(fop);
+        if has_mem {
+            fdp = offset(cpu, addr.unwrap_or(0));
+        }
+    }
+    if has_mem && matches!(m, M::Fldenv | M::Frstor) {
+        let (ip, cs_op, dp, _, wide) = env_fields(len);
+        let b = &mem.0;
+        if wide {
+            fip = u32::from_le_bytes(b[ip..ip + 4].try_into().expect("4")) as u64;
+            fop = (u32::from_le_bytes(b[cs_op..cs_op + 4].try_into().expect("4")) >> 16) as u16
+                & 0x7ff;
+            fdp = u32::from_le_bytes(b[dp..dp + 4].try_into().expect("4")) as u64;
+        } else {
+            fip = u16::from_le_bytes([b[ip], b[ip + 1]]) as u64;
+            fdp = u16::from_le_bytes([b[dp], b[dp + 1]]) as u64;
+        }
+    }
+    if store && matches!(m, M::Fnstenv | M::Fnsave | M::Fstenv | M::Fsave) {
+        let (ip, cs_op, dp, ds, wide) = env_fields(len);
+        let (cs, dsel) = (cpu.seg[seg::CS].selector, cpu.seg[seg::DS].selector);
+        let b = &mut mem.0;
+        if wide {
+            b[ip..ip + 4].copy_from_slice(&(cpu.x87.fip as u32).to_le_bytes());
+            let w = cs as u32 | ((cpu.x87.fop as u32 & 0x7ff) << 16);
+            b[cs_op..cs_op + 4].copy_from_slice(&w.to_le_bytes());
+            b[dp..dp + 4].copy_from_slice(&(cpu.x87.fdp as u32).to_le_bytes());
+            b[ds..ds + 2].copy_from_slice(&dsel.to_le_bytes());
+        } else {
+            b[ip..ip + 2].copy_from_slice(&(cpu.x87.fip as u16).to_le_bytes());
+            b[cs_op..cs_op + 2].copy_from_slice(&cs.to_le_bytes());
+            b[dp..dp + 2].copy_from_slice(&(cpu.x87.fdp as u16).to_le_bytes());
+            b[ds..ds + 2].copy_from_slice(&dsel.to_le_bytes());
+        }
+    }
+    if store {
+        let a = addr.expect("a memory operand's address");
+        if let Err(s) = write_mem(cpu, a, &mem.0[..len]) {
+            // Nothing is committed: the FPU state stays as before the instruction.
+            return s;
+        }
+    }
+    super::xsave::load_x87(cpu, &img.0);
+    cpu.x87.fip = fip;
+    cpu.x87.fdp = fdp;
+    cpu.x87.fop = fop;
+    if matches!(m, M::Fnstsw | M::Fstsw) && insn.op_kind(0) == OpKind::Register {
+        cpu.gpr[RAX] = (cpu.gpr[RAX] & !0xffff) | (rax & 0xffff);
+    }
+    if matches!(m, M::Fcomi | M::Fcomip | M::Fucomi | M::Fucomip) {
+        let other = cpu.rflags_value() & !rflags::ARITH;
+        super::set_rflags(cpu, other | flags);
+    }
+    SysResult::Done(None)
+}
+
+/// FOP: the low 3 bits of the escape opcode and the ModRM byte, from the instruction as
+/// encoded at its address.
+fn guest_fop(insn: &Instruction) -> Option<u16> {
+    let mut e = Encoder::new(64);
+    e.encode(insn, insn.ip()).ok()?;
+    let b = e.take_buffer();
+    let i = b.iter().position(|&x| (0xd8..=0xdf).contains(&x))?;
+    Some((((b[i] & 7) as u16) << 8) | *b.get(i + 1)? as u16)
+}
