@@ -201,6 +201,11 @@ fn arithmetic_and_stores() {
         a.fld(tword_ptr(rsi + 16))?;
         a.fmulp(st1, st0)?;
         a.fld(st0)?;
+        // The same forms on other registers (each has its own host stub).
+        a.fld(st2)?;
+        a.fadd_2(st0, st2)?;
+        a.fxch(st0, st2)?;
+        a.fstp(st1)?;
         a.fdiv(qword_ptr(rsi + 8))?;
         a.fsubrp(st1, st0)?;
         a.fnstsw(word_ptr(rsi + 176))?;

@@ -92,7 +92,8 @@ struct MemBuf([u8; MEM_MAX]);
 
 #[derive(Default)]
 struct Stubs {
-    by_key: HashMap<(Code, bool), usize>,
+    /// (form, memory operand, the two register operands: ST(i) stay in the stub).
+    by_key: HashMap<(Code, bool, Register, Register), usize>,
     arena: ExecArena,
 }
 
@@ -104,7 +105,11 @@ fn stubs() -> &'static RwLock<Stubs> {
 /// The host stub of `insn`: the instruction with its memory operand at `[rsi]`, then `ret`.
 fn stub(insn: &Instruction) -> Option<usize> {
     let mem = insn.op_kind(0) == OpKind::Memory || insn.op_kind(1) == OpKind::Memory;
-    let key = (insn.code(), mem);
+    let reg = |i: u32| match insn.op_kind(i) {
+        OpKind::Register => insn.op_register(i),
+        _ => Register::None,
+    };
+    let key = (insn.code(), mem, reg(0), reg(1));
     if let Some(&a) = stubs().read().ok()?.by_key.get(&key) {
         return Some(a);
     }

@@ -706,6 +706,16 @@ static void x87_test(struct hash *h) {
     mix_ld(h, root);
     mix(h, bcd, sizeof bcd);
     mix(h, &sw, sizeof sw);
+    if (dump_line && !strcmp(dump_line, "x87")) {
+      printf("case %d:", i);
+      for (int k = 0; k < 16; k++) {
+        long double v = r[k];
+        uint8_t *p = (uint8_t *)&v;
+        printf(" %02x%02x.%02x%02x%02x%02x%02x%02x%02x%02x", p[9], p[8], p[7], p[6], p[5], p[4],
+               p[3], p[2], p[1], p[0]);
+      }
+      printf(" ex=%x cmp=%x sw=%04x\n", ex, cmp, sw);
+    }
     h->n++;
   }
   fesetround(FE_TONEAREST);
