@@ -182,9 +182,9 @@ fn rep_counts_once_and_faults_mid_way() {
 /// An instruction the engine does not implement raises #UD at its RIP (never skipped).
 #[test]
 fn unimplemented_raises_ud() {
-    // PADDB mm0, mm1 (the MMX register forms are not part of the engine yet).
+    // MASKMOVQ mm0, mm1 (its implicit byte-masked store is not part of the engine yet).
     let mut code = assemble(|a| a.nop(), CODE);
-    code.extend_from_slice(&[0x0f, 0xfc, 0xc1]);
+    code.extend_from_slice(&[0x0f, 0xf7, 0xc1]);
     let s = snippet(code);
     for tier in TIERS {
         let r = run_snippet(&s, &init(), tier, 1000).unwrap();

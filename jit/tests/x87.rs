@@ -47,7 +47,7 @@ fn native(code: &[u8], buf: &mut Buf) {
             host = in(reg) host.0.as_mut_ptr(),
             f = in(reg) exec.as_ptr(),
             in("rsi") buf.0.as_mut_ptr(),
-            out("rax") _, out("rcx") _, out("rdx") _,
+            out("rax") _, out("rcx") _, out("rdx") _, out("r10") _, out("r11") _,
         );
     }
 }
@@ -397,4 +397,51 @@ fn an_unmasked_exception_is_taken_at_the_next_waiting_instruction() {
         // ZE and ES (and B) set.
         assert_eq!(fsw & 0x8084, 0x8084, "{tier:?}: {fsw:#x}");
     }
+}
+
+/// MMX (and the SSE/SSSE3 forms on MMX registers, the MMX<->XMM moves and conversions): the
+/// x87 registers they alias, TOP and the tag word as the host leaves them, then EMMS.
+#[test]
+fn mmx_on_the_x87_registers() {
+    check("mmx", |a| {
+        a.fld(qword_ptr(rsi))?;
+        a.movq(mm0, qword_ptr(rsi + 8))?;
+        a.movq(mm1, qword_ptr(rsi + 16))?;
+        a.paddb(mm0, mm1)?;
+        a.pmullw(mm0, qword_ptr(rsi + 40))?;
+        a.psllq(mm1, 7)?;
+        a.pshufw(mm2, mm0, 0x1b)?;
+        a.pavgb(mm2, mm1)?;
+        a.pmovmskb(eax, mm2)?;
+        a.mov(dword_ptr(rsi + 128), eax)?;
+        a.movd(ecx, mm1)?;
+        a.mov(dword_ptr(rsi + 132), ecx)?;
+        a.mov(edx, dword_ptr(rsi + 32))?;
+        a.pinsrw(mm3, edx, 3)?;
+        a.pextrw(r10d, mm3, 3)?;
+        a.mov(dword_ptr(rsi + 136), r10d)?;
+        a.movq(r11, mm0)?;
+        a.mov(qword_ptr(rsi + 140), r11)?;
+        a.movq(mm4, r11)?;
+        a.pshufb(mm4, mm1)?;
+        a.palignr(mm4, mm2, 3)?;
+        a.movdqu(xmm1, xmmword_ptr(rsi))?;
+        a.cvtps2pi(mm5, xmm1)?;
+        a.cvtpi2ps(xmm1, mm0)?;
+        a.movdqu(xmmword_ptr(rsi + 148), xmm1)?;
+        a.movq2dq(xmm2, mm4)?;
+        a.movdqu(xmmword_ptr(rsi + 164), xmm2)?;
+        a.movdq2q(mm6, xmm1)?;
+        a.pcmpgtw(mm6, mm5)?;
+        a.movq(qword_ptr(rsi + 180), mm6)?;
+        a.movntq(qword_ptr(rsi + 188), mm5)?;
+        a.movd(dword_ptr(rsi + 196), mm4)?;
+        a.fnstsw(word_ptr(rsi + 200))?;
+        a.fxsave64(ptr(rsi + 512))?;
+        // What the tag word and TOP look like after MMX, and after EMMS.
+        a.mov(ax, word_ptr(rsi + 516))?;
+        a.mov(word_ptr(rsi + 202), ax)?;
+        a.emms()?;
+        a.fld1()
+    });
 }

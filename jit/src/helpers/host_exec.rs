@@ -243,66 +243,11 @@ fn encode(insn: &Instruction) -> Option<(Vec<u8>, u8)> {
     Some((bytes, w))
 }
 
-/// R11 while a stub runs: tells [`on_sigfpe`] that the fault is a stub's.
-const IN_STUB: u64 = 0x6b72_725f_7374_7562;
-/// R11 after a stub whose instruction raised an unmasked SIMD floating-point exception.
-const FAULTED: u64 = 1;
-
-static OLD_SIGFPE: OnceLock<libc::sigaction> = OnceLock::new();
-
-/// SIGFPE handler: a stub's instruction raised an unmasked SIMD floating-point exception
-/// (#XM). The hardware left its destination unchanged and set MXCSR's flags as it does for
-/// such an exception; resume at the stub's return address with R11 = [`FAULTED`]. The FP
-/// state (MXCSR with those flags) is restored from the signal frame on return. A SIGFPE from
-/// anywhere else reinstates the previous disposition and returns, so the faulting
-/// instruction runs again under it.
-extern "C" fn on_sigfpe(_sig: libc::c_int, _info: *mut libc::siginfo_t, uctx: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid `ucontext_t` to an SA_SIGINFO handler. When R11 holds
-    // IN_STUB and RIP equals R10, the fault is a stub's instruction reached by `call r10` from
-    // `run_stub`, so [RSP] is the return address that `call` pushed (the instruction does not
-    // touch the stack). `sigaction` is async-signal-safe.
-    unsafe {
-        let uc = &mut *(uctx as *mut libc::ucontext_t);
-        let g = &mut uc.uc_mcontext.gregs;
-        if g[libc::REG_R11 as usize] as u64 == IN_STUB
-            && g[libc::REG_RIP as usize] == g[libc::REG_R10 as usize]
-        {
-            let rsp = g[libc::REG_RSP as usize] as u64;
-            g[libc::REG_RIP as usize] = *(rsp as *const u64) as i64;
-            g[libc::REG_RSP as usize] = (rsp + 8) as i64;
-            g[libc::REG_R11 as usize] = FAULTED as i64;
-            return;
-        }
-        if let Some(old) = OLD_SIGFPE.get() {
-            libc::sigaction(libc::SIGFPE, old, std::ptr::null_mut());
-        }
-    }
-}
-
-/// Install [`on_sigfpe`] (once per process).
-fn install_sigfpe() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: plain sigaction calls with zero-initialised, fully written structures; the
-        // handler only touches the interrupted context (see `on_sigfpe`).
-        unsafe {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_sigfpe as *const () as usize;
-            sa.sa_flags = libc::SA_SIGINFO;
-            libc::sigemptyset(&mut sa.sa_mask);
-            let r = libc::sigaction(libc::SIGFPE, &sa, &mut old);
-            assert_eq!(r, 0, "installing the SIGFPE handler failed");
-            let _ = OLD_SIGFPE.set(old);
-        }
-    });
-}
-
 /// Run stub `id` on `ctx` under `ctx.mxcsr` (the guest's masks); returns what the form writes
 /// ([`writes`]) and whether the instruction raised an unmasked exception (then nothing but
 /// MXCSR's flags changed: hardware leaves the destination alone).
 pub fn run_stub(id: u32, ctx: &mut HostCtx) -> (u8, bool) {
-    install_sigfpe();
+    crate::exec_mem::install_sigfpe();
     let s = stubs()
         .read()
         .unwrap_or_else(|e| unreachable!("stub table poisoned: {e}"));
@@ -316,7 +261,7 @@ pub fn run_stub(id: u32, ctx: &mut HostCtx) -> (u8, bool) {
     // we hold the read lock: one instruction (valid on this host, `is_host_form`) that reads
     // and writes only xmm0-2, rax, rcx, rdx, r8, r9, RFLAGS, MXCSR and the 16 bytes at [rsi]
     // (the context's buffer), then `ret`; if it raises #XM, `on_sigfpe` resumes at the return
-    // address with r11 = FAULTED. Everything it may change is declared clobbered; the stack is
+    // address with r11 = FAULTED (`exec_mem::on_sigfpe`). Everything it may change is declared clobbered; the stack is
     // used only for the call's return address and pushfq (no `nostack`); the host's MXCSR is
     // saved first and restored last. DF is never touched.
     unsafe {
@@ -346,7 +291,7 @@ pub fn run_stub(id: u32, ctx: &mut HostCtx) -> (u8, bool) {
             c = in(reg) ctx as *mut HostCtx,
             saved = in(reg) &mut saved as *mut u32,
             in("r10") e.code,
-            inout("r11") IN_STUB => marker,
+            inout("r11") crate::exec_mem::IN_STUB => marker,
             out("rax") _,
             out("rcx") _,
             out("rdx") _,
@@ -358,7 +303,7 @@ pub fn run_stub(id: u32, ctx: &mut HostCtx) -> (u8, bool) {
             out("xmm2") _,
         );
     }
-    (e.writes, marker == FAULTED)
+    (e.writes, marker == crate::exec_mem::FAULTED)
 }
 
 /// Raise the #XM of an unmasked SIMD floating-point exception (#UD without

@@ -53,7 +53,7 @@ pub enum SystemFamily {
     ExtendedState,
     /// IN/OUT/INS/OUTS.
     PortIo,
-    /// The other x87 instructions (escape opcodes D8-DF), run by the host's FPU.
+    /// The other x87 instructions (escape opcodes D8-DF) and the MMX ones, run by the host.
     X87,
 }
 
@@ -145,13 +145,24 @@ pub fn system_family(insn: &Instruction) -> Option<SystemFamily> {
         | M::Fnclex
         | M::Wait => F::ExtendedState,
         M::In | M::Out | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => F::PortIo,
-        _ if is_x87_escape(insn) => F::X87,
+        _ if is_x87_escape(insn) || uses_mmx(insn) => F::X87,
         _ => return None,
     })
 }
 
+/// An instruction on the MMX registers (or EMMS): they alias the x87 registers.
+fn uses_mmx(insn: &Instruction) -> bool {
+    use iced_x86::OpCodeOperandKind as K;
+    insn.mnemonic() == Mnemonic::Emms
+        || insn
+            .op_code()
+            .op_kinds()
+            .iter()
+            .any(|k| matches!(k, K::mm_reg | K::mm_rm | K::mm_or_mem))
+}
+
 /// An x87 escape opcode (D8-DF) instruction.
-fn is_x87_escape(insn: &Instruction) -> bool {
+pub fn is_x87_escape(insn: &Instruction) -> bool {
     let oc = insn.op_code();
     // Register forms have the ModRM byte in the opcode (e.g. 0xd8c0 for FADD ST0, ST(i)).
     let first = if oc.op_code_len() == 2 {

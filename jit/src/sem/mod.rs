@@ -30,7 +30,9 @@ pub mod sse;
 pub mod string;
 mod system;
 
-pub use classify::{is_rep_string, is_system_instruction, system_family, SystemFamily};
+pub use classify::{
+    is_rep_string, is_system_instruction, is_x87_escape, system_family, SystemFamily,
+};
 pub use flags::{FlagKind, FlagOp, FlagState};
 
 use iced_x86::{Instruction, MemorySize, OpKind, Register};

@@ -92,8 +92,9 @@ struct MemBuf([u8; MEM_MAX]);
 
 #[derive(Default)]
 struct Stubs {
-    /// (form, memory operand, the two register operands: ST(i) stay in the stub).
-    by_key: HashMap<(Code, bool, Register, Register), usize>,
+    /// (form, memory operand, the register operands (ST(i), MMX and XMM registers stay in the
+    /// stub), imm8).
+    by_key: HashMap<(Code, bool, [Register; 3], u8), usize>,
     arena: ExecArena,
 }
 
@@ -102,14 +103,31 @@ fn stubs() -> &'static RwLock<Stubs> {
     S.get_or_init(|| RwLock::new(Stubs::default()))
 }
 
-/// The host stub of `insn`: the instruction with its memory operand at `[rsi]`, then `ret`.
+/// The GPR of `base`'s family with `r`'s size.
+fn sized(base: Register, r: Register) -> Register {
+    use Register as X;
+    match (base == X::R8, r.size()) {
+        (true, 4) => X::R8D,
+        (true, 2) => X::R8W,
+        (true, _) => X::R8,
+        (false, 4) => X::R9D,
+        (false, 2) => X::R9W,
+        (false, _) => X::R9,
+    }
+}
+
+/// The host stub of `insn`: the instruction with its memory operand at `[rsi]` and a GPR
+/// operand 0 in r8, another in r9, then `ret`.
 fn stub(insn: &Instruction) -> Option<usize> {
-    let mem = insn.op_kind(0) == OpKind::Memory || insn.op_kind(1) == OpKind::Memory;
+    let mem = (0..insn.op_count()).any(|i| insn.op_kind(i) == OpKind::Memory);
     let reg = |i: u32| match insn.op_kind(i) {
         OpKind::Register => insn.op_register(i),
         _ => Register::None,
     };
-    let key = (insn.code(), mem, reg(0), reg(1));
+    let imm = (0..insn.op_count())
+        .find(|&i| insn.op_kind(i) == OpKind::Immediate8)
+        .map_or(0, |i| insn.immediate(i) as u8);
+    let key = (insn.code(), mem, [reg(0), reg(1), reg(2)], imm);
     if let Some(&a) = stubs().read().ok()?.by_key.get(&key) {
         return Some(a);
     }
@@ -121,6 +139,15 @@ fn stub(insn: &Instruction) -> Option<usize> {
         h.set_memory_displacement64(0);
         h.set_memory_displ_size(0);
         h.set_segment_prefix(Register::None);
+    }
+    for i in 0..insn.op_count() {
+        let r = reg(i);
+        if r.is_gpr() && !(r == Register::AX && insn.mnemonic() == M::Fnstsw) {
+            h.set_op_register(
+                i,
+                sized(if i == 0 { Register::R8 } else { Register::R9 }, r),
+            );
+        }
     }
     let mut e = Encoder::new(64);
     e.encode(&h, 0).ok()?;
@@ -135,13 +162,24 @@ fn stub(insn: &Instruction) -> Option<usize> {
     Some(a)
 }
 
-/// Run the stub at `code` on the x87 state `img` (FXSAVE64 layout, in and out) with `mem` at
-/// `[rsi]`, AX in `rax` (FNSTSW AX) and the guest's arithmetic flags (FCMOVcc); returns RAX
-/// and the arithmetic flags after it (FCOMI and relatives).
-fn run(code: usize, img: &mut FxImage, mem: &mut MemBuf, rax: u64, flags: u64) -> (u64, u64) {
+/// What a stub gets and gives besides the x87/SSE image and the memory buffer.
+struct Regs {
+    /// AX (FNSTSW AX), a GPR operand 0 (r8) and another GPR operand (r9).
+    rax: u64,
+    r8: u64,
+    r9: u64,
+    /// Arithmetic flags: the guest's in (FCMOVcc), the instruction's out (FCOMI).
+    flags: u64,
+    /// An unmasked SIMD floating-point exception (CVTPI2PS and relatives) trapped.
+    faulted: bool,
+}
+
+/// Run the stub at `code` on the x87/SSE state `img` (FXSAVE64 layout, in and out) with `mem`
+/// at `[rsi]` and `r`.
+fn run(code: usize, img: &mut FxImage, mem: &mut MemBuf, r: &mut Regs) {
+    crate::exec_mem::install_sigfpe();
     let mut host = FxImage([0; 512]);
-    let out_rax: u64;
-    let out_flags: u64;
+    let marker: u64;
     // SAFETY: `code` is a stub in an executable chunk that stays mapped and executable while
     // we hold the table's read lock: one x87 instruction (it decoded and re-encoded for this
     // host) that reads and writes only the x87 registers, AX, RFLAGS' arithmetic flags and
@@ -149,8 +187,11 @@ fn run(code: usize, img: &mut FxImage, mem: &mut MemBuf, rax: u64, flags: u64) -
     // saved first and restored last (both images 16-byte aligned, 512 bytes). The guest's
     // image was made by krr (a valid MXCSR, FXRSTOR accepts it). No exception is pending when
     // a waiting instruction runs (checked by the caller), so nothing traps; FXSAVE64/FXRSTOR64
-    // never wait. Only the arithmetic flags are changed by the popfq (the others are the
-    // host's own); the stack holds the call's return address and the flags words.
+    // never wait. An unmasked SIMD exception of an MMX/SSE conversion traps on the host:
+    // `exec_mem::on_sigfpe` recognises the stub (R11 = IN_STUB, RIP = R10) and resumes after
+    // the call with R11 = FAULTED, the destination unchanged. Only the arithmetic flags are
+    // changed by the popfq (the others are the host's own); the stack holds the call's
+    // return address and the flags words.
     let _lock = stubs().read();
     unsafe {
         std::arch::asm!(
@@ -160,7 +201,7 @@ fn run(code: usize, img: &mut FxImage, mem: &mut MemBuf, rax: u64, flags: u64) -
             "and qword ptr [rsp], {keep}",
             "or qword ptr [rsp], {flags}",
             "popfq",
-            "call {code}",
+            "call r10",
             "pushfq",
             "pop {flags}",
             "fxsave64 [{img}]",
@@ -168,13 +209,17 @@ fn run(code: usize, img: &mut FxImage, mem: &mut MemBuf, rax: u64, flags: u64) -
             host = in(reg) host.0.as_mut_ptr(),
             img = in(reg) img.0.as_mut_ptr(),
             keep = in(reg) !rflags::ARITH,
-            flags = inout(reg) flags & rflags::ARITH => out_flags,
-            code = in(reg) code,
+            flags = inout(reg) r.flags & rflags::ARITH => r.flags,
+            in("r10") code,
+            inout("r11") crate::exec_mem::IN_STUB => marker,
             in("rsi") mem.0.as_mut_ptr(),
-            inout("rax") rax => out_rax,
+            inout("rax") r.rax,
+            inout("r8") r.r8,
+            inout("r9") r.r9,
         );
     }
-    (out_rax, out_flags & rflags::ARITH)
+    r.flags &= rflags::ARITH;
+    r.faulted = marker == crate::exec_mem::FAULTED;
 }
 
 /// Where the 32-bit (or, with an operand-size prefix, 16-bit) protected-mode environment
@@ -197,6 +242,15 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>)
         // not modelled and also takes #MF).
         return SysResult::Fault(fault(vector::MF, None));
     }
+    let escape = crate::sem::is_x87_escape(insn);
+    if !escape && !host_runs_mmx_form(insn) {
+        log::warn!(
+            "MMX instruction `{insn}` at RIP {:#x} is not implemented: raising #UD",
+            insn.ip()
+        );
+        cpu.exec.unimplemented_count += 1;
+        return SysResult::Fault(fault(vector::UD, None));
+    }
     let Some(code) = stub(insn) else {
         log::warn!(
             "x87 instruction `{insn}` at RIP {:#x}: no host form; raising #UD",
@@ -205,13 +259,19 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>)
         cpu.exec.unimplemented_count += 1;
         return SysResult::Fault(fault(vector::UD, None));
     };
-    let has_mem = insn.op_kind(0) == OpKind::Memory || insn.op_kind(1) == OpKind::Memory;
+    let has_mem = (0..insn.op_count()).any(|i| insn.op_kind(i) == OpKind::Memory);
     let len = if has_mem {
         insn.memory_size().size().min(MEM_MAX)
     } else {
         0
     };
-    let store = has_mem && stores(m);
+    // x87 stores by mnemonic; MMX forms store to a memory operand 0.
+    let store = has_mem
+        && if escape {
+            stores(m)
+        } else {
+            insn.op_kind(0) == OpKind::Memory
+        };
     let mut mem = MemBuf([0; MEM_MAX]);
     if has_mem && !store {
         let a = addr.expect("a memory operand's address");
@@ -220,8 +280,36 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>)
         }
     }
     let mut img = FxImage(super::xsave::fxsave_image(cpu));
-    let guest_flags = cpu.rflags_value();
-    let (rax, flags) = run(code, &mut img, &mut mem, cpu.gpr[RAX], guest_flags);
+    let gpr_op = |i: u32| {
+        let r = insn.op_register(i);
+        (insn.op_kind(i) == OpKind::Register
+            && r.is_gpr()
+            && !(m == M::Fnstsw && r == Register::AX))
+            .then_some(r)
+    };
+    let mut regs = Regs {
+        rax: cpu.gpr[RAX],
+        r8: gpr_op(0).map_or(0, |r| super::reg_value(cpu, r)),
+        r9: (1..insn.op_count())
+            .find_map(gpr_op)
+            .map_or(0, |r| super::reg_value(cpu, r)),
+        flags: cpu.rflags_value(),
+        faulted: false,
+    };
+    run(code, &mut img, &mut mem, &mut regs);
+    let mxcsr = u32::from_le_bytes(img.0[24..28].try_into().expect("4 bytes"));
+    if regs.faulted {
+        // An unmasked SIMD floating-point exception: MXCSR's flags as the hardware set them,
+        // the destination unchanged.
+        cpu.mxcsr = mxcsr;
+        let v = if cpu.cr4 & krr_runtime::arch::cr4::OSXMMEXCPT != 0 {
+            vector::XM
+        } else {
+            vector::UD
+        };
+        return SysResult::Fault(fault(v, None));
+    }
+    let (rax, flags) = (regs.rax, regs.flags);
     // The pointers, as krr keeps them.
     let offset = |cpu: &CpuState, a: u64| {
         let s = match insn.memory_segment() {
@@ -232,7 +320,7 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>)
         a.wrapping_sub(cpu.seg[s].base)
     };
     let (mut fip, mut fdp, mut fop) = (cpu.x87.fip, cpu.x87.fdp, cpu.x87.fop);
-    if !control(m) {
+    if escape && !control(m) {
         fip = insn.ip();
         fop = guest_fop(insn).unwrap_or(fop);
         if has_mem {
@@ -277,6 +365,11 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>)
         }
     }
     super::xsave::load_x87(cpu, &img.0);
+    super::xsave::load_xmm(cpu, &img.0);
+    cpu.mxcsr = mxcsr;
+    if let Some(r) = gpr_op(0) {
+        super::set_reg(cpu, r, regs.r8);
+    }
     cpu.x87.fip = fip;
     cpu.x87.fdp = fdp;
     cpu.x87.fop = fop;
@@ -288,6 +381,24 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>)
         super::set_rflags(cpu, other | flags);
     }
     SysResult::Done(None)
+}
+
+/// The MMX forms (and their SSE/SSSE3 relatives on MMX registers, EMMS, the MMX<->XMM
+/// conversions) the host runs: MASKMOVQ's implicit store and 3DNow! are not.
+fn host_runs_mmx_form(insn: &Instruction) -> bool {
+    use iced_x86::CpuidFeature as F;
+    if insn.mnemonic() == M::Maskmovq {
+        return false;
+    }
+    let host = |f: &F| match f {
+        F::MMX => std::is_x86_feature_detected!("mmx"),
+        F::SSE => std::is_x86_feature_detected!("sse"),
+        F::SSE2 => std::is_x86_feature_detected!("sse2"),
+        F::SSSE3 => std::is_x86_feature_detected!("ssse3"),
+        _ => false,
+    };
+    let feats = insn.cpuid_features();
+    !feats.is_empty() && feats.iter().all(host)
 }
 
 /// FOP: the low 3 bits of the escape opcode and the ModRM byte, from the instruction as
