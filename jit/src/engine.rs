@@ -117,17 +117,21 @@ pub struct EngineStats {
     pub space_switches: u64,
     /// Misses resolved by finding the entry's RIP still mapped to its block's address.
     pub jump_cache_revalidations: u64,
+    /// Data accesses that missed the software TLB (slow-path calls), as of the last return
+    /// from the engine.
+    pub tlb_misses: u64,
 }
 
 impl EngineStats {
     /// One line on where dispatch time goes, for `RUST_LOG=info`.
     pub fn dispatch_summary(&self) -> String {
         format!(
-            "{} dispatches, {} jump-cache misses ({} revalidated), {} address-space switches, {} blocks decoded, {} invalidated, {} instructions interpreted",
+            "{} dispatches, {} jump-cache misses ({} revalidated), {} address-space switches, {} TLB misses, {} blocks decoded, {} invalidated, {} instructions interpreted",
             self.dispatches,
             self.jump_cache_misses,
             self.jump_cache_revalidations,
             self.space_switches,
+            self.tlb_misses,
             self.blocks_decoded,
             self.blocks_invalidated,
             self.interpreted_insns
@@ -503,6 +507,7 @@ impl Engine {
         cpu.exec.profile = self.config.profile;
         loop {
             let mut exit = self.run_until_event(cpu);
+            self.stats.tlb_misses = cpu.exec.tlb.misses;
             if matches!(exit, Exit::Exception { .. }) && watch_restart(cpu) {
                 exit = self.rerun_watched(cpu);
                 if cpu.exec.watch.hit.is_some() && exit == Exit::Budget {

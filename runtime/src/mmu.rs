@@ -265,6 +265,7 @@ fn translate_access(
     access: Access,
     mmu_idx: usize,
 ) -> Result<[Part; 2], MemFault> {
+    cpu.exec.tlb.misses += 1;
     if mmu_idx >= 2 {
         checked_access(cpu, linear, size, access, mmu_idx)?;
     }
@@ -300,6 +301,7 @@ pub fn probe_write(
     size: usize,
     mmu_idx: usize,
 ) -> Result<(), MemFault> {
+    cpu.exec.tlb.misses += 1;
     if mmu_idx >= 2 {
         checked_access(cpu, linear, size, Access::Write, mmu_idx)?;
     }

@@ -41,6 +41,8 @@ pub struct Tlb {
     /// by the engine's dispatcher once its lookups agree with this TLB; 0 after any flush
     /// until then, so compiled code never follows a lookup made under an older mapping.
     pub jump_key: u64,
+    /// Accesses that missed the TLB and took the slow path (statistics).
+    pub misses: u64,
     /// The key of each PCID's translations; a key below `stale_below` is no longer valid.
     pcid_space: [u64; 4096],
     stale_below: u64,
@@ -67,6 +69,7 @@ impl Tlb {
             page_flushes: [0; PAGE_FLUSHES],
             page_flush_count: 0,
             jump_key: 0,
+            misses: 0,
             pcid_space: [0; 4096],
             stale_below: 1,
             last_space: 1,
