@@ -17,7 +17,7 @@
 //!
 //! Nothing here knows about the CPU state or the page walker.
 
-pub const TLB_BITS: u32 = 8;
+pub const TLB_BITS: u32 = 10;
 pub const TLB_ENTRIES: usize = 1 << TLB_BITS;
 /// Never matches: its low 12 bits are not a data key (see [`DATA_KEY_MASK`]).
 pub const TLB_INVALID: u64 = u64::MAX;
