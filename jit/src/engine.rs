@@ -549,6 +549,11 @@ impl Engine {
     fn run_until_event(&mut self, cpu: &mut CpuState) -> Exit {
         loop {
             self.stats.dispatches += 1;
+            // RFLAGS.AC is clear: supervisor entries of user pages made under SMAP with AC set
+            // must go (instructions that change AC end their block, so this is in time).
+            if cpu.exec.tlb.smap_user_any && cpu.rflags & krr_runtime::rflags::AC == 0 {
+                cpu.exec.tlb.drop_smap_user();
+            }
             // Looking for finished compilations costs a channel poll: not at every dispatch.
             if self.stats.dispatches.is_multiple_of(64)
                 && self.jit.as_ref().is_some_and(|j| j.in_flight() > 0)

@@ -8,7 +8,8 @@ mod common;
 
 use common::*;
 use iced_x86::code_asm::*;
-use krr_runtime::arch::vector::GP;
+use krr_runtime::arch::pf_error;
+use krr_runtime::arch::vector::{GP, PF};
 
 const TLB_X: u64 = TEST_AREA + 0x1_0000;
 const PHYS_A: u64 = TEST_AREA + 0x2_0000;
@@ -302,4 +303,42 @@ fn invpcid_faults() {
         assert_eq!((e.vector, e.error_code), (GP, 0));
         assert_eq!(e.rip, r.label(&format!("i{case}")), "case {case}");
     }
+}
+
+/// SMAP is checked at every supervisor access (SDM 4.6.1): a user page's translation cached
+/// while RFLAGS.AC was set is not used once CLAC cleared it.
+#[test]
+fn smap_applies_after_clac_to_a_page_cached_under_stac() {
+    let r = run_all(
+        |k| {
+            k.mov(rsi, TLB_X)?;
+            set_cr4(k, cr4::SMAP, true)?;
+            k.stac()?;
+            read_hot(k)?;
+            cases(k, 2, |k, i| match i {
+                0 => {
+                    k.clac()?;
+                    k.def("smap")?;
+                    k.mov(rbx, qword_ptr(rsi))
+                }
+                _ => {
+                    k.stac()?;
+                    read_hot(k)
+                }
+            })?;
+            stop(k)
+        },
+        no_user,
+        |m| {
+            setup(m, pte::US);
+            m.resume_at(PF, "next");
+        },
+    );
+    assert_eq!(r.events.len(), 1, "{:#x?}", r.events);
+    let e = r.events[0];
+    assert_eq!(
+        (e.vector, e.error_code, e.cr2, e.rip),
+        (PF, pf_error::P as u64, TLB_X, r.label("smap"))
+    );
+    assert_eq!(r.reports, vec![A, A]);
 }

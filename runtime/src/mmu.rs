@@ -31,6 +31,8 @@ pub struct Translation {
     pub global: bool,
     /// Log2 of the size of the page mapping it (12, 21 or 30).
     pub page_shift: u32,
+    /// A user page (U/S set at every level).
+    pub user_page: bool,
 }
 
 pub fn is_canonical(linear: u64) -> bool {
@@ -78,6 +80,7 @@ pub fn translate(
             write_ok: true,
             global: false,
             page_shift: 12,
+            user_page: false,
         });
     }
     let nxe = cpu.efer & efer::NXE != 0;
@@ -161,6 +164,7 @@ pub fn translate(
         write_ok,
         global: leaf & pte::G != 0 && cpu.cr4 & cr4::PGE != 0,
         page_shift: page_size_shift,
+        user_page: user_ok,
     })
 }
 
@@ -252,8 +256,18 @@ fn translate_and_fill(
             cpu.mark_dirty_page(page_phys >> 12);
         }
         let write = access == Access::Write;
+        // SMAP is checked at every access: such an entry lives only while RFLAGS.AC is set.
+        let smap_user = mmu_idx == 0 && t.user_page && cpu.cr4 & cr4::SMAP != 0;
         let tlb = &mut cpu.exec.tlb;
-        tlb.fill(mmu_idx, write, page, addend, t.global, t.page_shift);
+        tlb.fill(
+            mmu_idx,
+            write,
+            page,
+            addend,
+            t.global,
+            smap_user,
+            t.page_shift,
+        );
     }
     Ok((t.phys, page_offset | (t.phys & 0xfff)))
 }

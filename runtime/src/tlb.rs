@@ -65,6 +65,11 @@ pub struct Tlb {
     /// Which entries (bit `(mmu_idx * 2 + write) * TLB_ENTRIES + index`) were filled from a
     /// global page: re-tagged at every switch of address space.
     globals: [u64; FILLED_ENTRIES / 64],
+    /// Which supervisor entries (bit `write * TLB_ENTRIES + index`) map a user page under
+    /// CR4.SMAP: filled while RFLAGS.AC was set (else the access faults), dropped once it is
+    /// clear ([`Tlb::drop_smap_user`]), since SMAP is checked at every access.
+    smap_user: [u64; 2 * TLB_ENTRIES / 64],
+    pub smap_user_any: bool,
     /// A linear range (`addr` under `mask`) holding every large page an entry was filled
     /// from, or `addr` [`TLB_INVALID`] when none: an entry holds 4 KiB of a large page, and
     /// INVLPG of any address in that page must drop them all, so INVLPG in this range flushes
@@ -102,6 +107,8 @@ impl Tlb {
             jump_key: 0,
             misses: 0,
             globals: [0; FILLED_ENTRIES / 64],
+            smap_user: [0; 2 * TLB_ENTRIES / 64],
+            smap_user_any: false,
             large_addr: TLB_INVALID,
             large_mask: 0,
             pcid_space: [0; 4096],
@@ -121,8 +128,10 @@ impl Tlb {
     }
 
     /// Cache the translation of `page` (4 KiB aligned) for (`mmu_idx` 0 or 1, `write`) under
-    /// the current key; `global` for a global page, `page_shift` the size of the page it is
-    /// part of (12, 21 or 30).
+    /// the current key; `global` for a global page, `smap_user` for a user page a supervisor
+    /// access reached through RFLAGS.AC under CR4.SMAP, `page_shift` the size of the page it
+    /// is part of (12, 21 or 30).
+    #[allow(clippy::too_many_arguments)]
     pub fn fill(
         &mut self,
         mmu_idx: usize,
@@ -130,6 +139,7 @@ impl Tlb {
         page: u64,
         addend: u64,
         global: bool,
+        smap_user: bool,
         page_shift: u32,
     ) {
         debug_assert!(mmu_idx < 2 && page & 0xfff == 0);
@@ -143,6 +153,15 @@ impl Tlb {
             self.globals[bit / 64] |= 1 << (bit % 64);
         } else {
             self.globals[bit / 64] &= !(1 << (bit % 64));
+        }
+        if mmu_idx == 0 {
+            let bit = write as usize * TLB_ENTRIES + idx;
+            if smap_user {
+                self.smap_user[bit / 64] |= 1 << (bit % 64);
+                self.smap_user_any = true;
+            } else {
+                self.smap_user[bit / 64] &= !(1 << (bit % 64));
+            }
         }
         if page_shift > 12 {
             let mask = !((1u64 << page_shift) - 1);
@@ -204,6 +223,20 @@ impl Tlb {
                     // Dropped or refilled since.
                     self.globals[w] &= !(1 << b);
                 }
+            }
+        }
+    }
+
+    /// Drop the supervisor entries of user pages filled under CR4.SMAP with RFLAGS.AC set:
+    /// the engine calls it when AC is clear (only instructions that end a block change AC).
+    pub fn drop_smap_user(&mut self) {
+        self.smap_user_any = false;
+        for w in 0..self.smap_user.len() {
+            let mut bits = std::mem::take(&mut self.smap_user[w]);
+            while bits != 0 {
+                let i = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                self.sets[0][i / TLB_ENTRIES][i % TLB_ENTRIES].tag = TLB_INVALID;
             }
         }
     }

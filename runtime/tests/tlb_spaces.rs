@@ -194,3 +194,24 @@ fn data_keys_run_out_into_a_full_flush() {
     m.cpu().exec.tlb.load_cr3(Some(1), false);
     assert!(none_cached(&m, PAGE));
 }
+
+#[test]
+fn smap_user_entries_live_only_while_ac_is_set() {
+    use krr_runtime::arch::rflags;
+    let mut m = machine();
+    const USER_PAGE: u64 = 0x7000_9000;
+    m.map(USER_PAGE, PHYS + 0x3000, RW | US | A | D);
+    m.cpu().cr4 |= cr4::SMAP;
+    m.cpu().rflags |= rflags::AC;
+    fill(&mut m, USER_PAGE);
+    fill(&mut m, PAGE);
+    assert!(m.cpu().exec.tlb.smap_user_any);
+    m.cpu().exec.tlb.drop_smap_user();
+    assert!(none_cached(&m, USER_PAGE));
+    assert!(both_cached(&m, PAGE));
+    assert!(!m.cpu().exec.tlb.smap_user_any);
+    // Without SMAP they are ordinary entries.
+    m.cpu().cr4 &= !cr4::SMAP;
+    fill(&mut m, USER_PAGE);
+    assert!(!m.cpu().exec.tlb.smap_user_any);
+}
