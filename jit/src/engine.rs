@@ -73,6 +73,9 @@ pub struct EngineStats {
     pub space_switches: u64,
     /// Misses resolved by finding the entry's RIP still mapped to its block's address.
     pub jump_cache_revalidations: u64,
+    /// Data accesses that missed the software TLB (slow-path calls), as of the last return
+    /// from the engine.
+    pub tlb_misses: u64,
 }
 
 impl EngineStats {
@@ -89,11 +92,12 @@ impl EngineStats {
     /// One line on where dispatch time goes, for `RUST_LOG=info`.
     pub fn dispatch_summary(&self) -> String {
         format!(
-            "{} dispatches, {} jump-cache misses ({} revalidated), {} address-space switches, {} blocks decoded, {} invalidated, {} instructions interpreted",
+            "{} dispatches, {} jump-cache misses ({} revalidated), {} address-space switches, {} TLB misses, {} blocks decoded, {} invalidated, {} instructions interpreted",
             self.dispatches,
             self.jump_cache_misses,
             self.jump_cache_revalidations,
             self.space_switches,
+            self.tlb_misses,
             self.blocks_decoded,
             self.blocks_invalidated,
             self.interpreted_insns
@@ -469,6 +473,7 @@ impl Engine {
         cpu.exec.profile = self.config.profile;
         loop {
             let mut exit = self.run_until_event(cpu);
+            self.stats.tlb_misses = cpu.exec.tlb.misses;
             if matches!(exit, Exit::Exception { .. }) && watch_restart(cpu) {
                 exit = self.rerun_watched(cpu);
                 if cpu.exec.watch.hit.is_some() && exit == Exit::Budget {
@@ -510,6 +515,11 @@ impl Engine {
     fn run_until_event(&mut self, cpu: &mut CpuState) -> Exit {
         loop {
             self.stats.dispatches += 1;
+            // RFLAGS.AC is clear: supervisor entries of user pages made under SMAP with AC set
+            // must go (instructions that change AC end their block, so this is in time).
+            if cpu.exec.tlb.smap_user_any && cpu.rflags & krr_runtime::rflags::AC == 0 {
+                cpu.exec.tlb.drop_smap_user();
+            }
             // Looking for finished compilations costs a channel poll: not at every dispatch.
             if self.stats.dispatches.is_multiple_of(64)
                 && self.jit.as_ref().is_some_and(|j| j.in_flight() > 0)

@@ -358,12 +358,9 @@ impl Interp<'_> {
 
     /// TLB fast path, as compiled code does it inline.
     fn tlb_host(&self, addr: u64, size: u64, write: bool) -> Option<*mut u8> {
-        let e = &self.cpu.exec.tlb.sets[self.mmu_index()][write as usize][mmu::tlb_index(addr)];
-        if e.tag == (addr.wrapping_add(size - 1)) & !0xfff {
-            Some(addr.wrapping_add(e.addend) as *mut u8)
-        } else {
-            None
-        }
+        let tlb = &self.cpu.exec.tlb;
+        let host = tlb.lookup(self.mmu_index(), write, addr, size)?;
+        Some(host as *mut u8)
     }
 }
 

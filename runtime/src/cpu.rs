@@ -532,6 +532,8 @@ pub mod offsets {
     pub const TLB: i32 = offset_of!(CpuState, exec.tlb) as i32;
     pub const HELPER_STATUS: i32 = offset_of!(CpuState, exec.helper_status) as i32;
     pub const HELPER_VALUE: i32 = offset_of!(CpuState, exec.helper_value) as i32;
+    pub const TLB_DATA_KEY: i32 =
+        (offset_of!(CpuState, exec.tlb) + offset_of!(crate::tlb::Tlb, data_key)) as i32;
     pub const TLB_JUMP_KEY: i32 =
         (offset_of!(CpuState, exec.tlb) + offset_of!(crate::tlb::Tlb, jump_key)) as i32;
     pub const HELPER_ARGS: i32 = offset_of!(CpuState, exec.helper_args) as i32;

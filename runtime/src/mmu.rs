@@ -27,6 +27,12 @@ pub struct Translation {
     pub phys: u64,
     /// The page may be cached for writes (writable, already dirty).
     pub write_ok: bool,
+    /// A global page (PTE.G with CR4.PGE): its translation survives CR3 loads.
+    pub global: bool,
+    /// Log2 of the size of the page mapping it (12, 21 or 30).
+    pub page_shift: u32,
+    /// A user page (U/S set at every level).
+    pub user_page: bool,
 }
 
 pub fn is_canonical(linear: u64) -> bool {
@@ -72,6 +78,9 @@ pub fn translate(
         return Ok(Translation {
             phys: linear & 0xffff_ffff,
             write_ok: true,
+            global: false,
+            page_shift: 12,
+            user_page: false,
         });
     }
     let nxe = cpu.efer & efer::NXE != 0;
@@ -150,7 +159,13 @@ pub fn translate(
     let phys = table | (linear & offset_mask);
     let dirty = write || leaf & pte::D != 0;
     let write_ok = dirty && (writable || (!user && cpu.cr0 & cr0::WP == 0));
-    Ok(Translation { phys, write_ok })
+    Ok(Translation {
+        phys,
+        write_ok,
+        global: leaf & pte::G != 0 && cpu.cr4 & cr4::PGE != 0,
+        page_shift: page_size_shift,
+        user_page: user_ok,
+    })
 }
 
 /// The MMU index compiled code and helpers use: bit 0 for CPL3 (user accesses), bit 1 when
@@ -227,7 +242,6 @@ fn translate_and_fill(
     let Some(page_offset) = cpu.exec.ram.offset(page_phys, 4096) else {
         return Err(MemFault::Unbacked { phys: t.phys });
     };
-    let idx = tlb_index(linear);
     let page = linear & !0xfff;
     let addend = (cpu.exec.mem_base as u64)
         .wrapping_add(page_offset)
@@ -241,8 +255,19 @@ fn translate_and_fill(
         if access == Access::Write {
             cpu.mark_dirty_page(page_phys >> 12);
         }
-        let entry = &mut cpu.exec.tlb.sets[mmu_idx][(access == Access::Write) as usize][idx];
-        *entry = TlbEntry { tag: page, addend };
+        let write = access == Access::Write;
+        // SMAP is checked at every access: such an entry lives only while RFLAGS.AC is set.
+        let smap_user = mmu_idx == 0 && t.user_page && cpu.cr4 & cr4::SMAP != 0;
+        let tlb = &mut cpu.exec.tlb;
+        tlb.fill(
+            mmu_idx,
+            write,
+            page,
+            addend,
+            t.global,
+            smap_user,
+            t.page_shift,
+        );
     }
     Ok((t.phys, page_offset | (t.phys & 0xfff)))
 }
@@ -265,6 +290,7 @@ fn translate_access(
     access: Access,
     mmu_idx: usize,
 ) -> Result<[Part; 2], MemFault> {
+    cpu.exec.tlb.misses += 1;
     if mmu_idx >= 2 {
         checked_access(cpu, linear, size, access, mmu_idx)?;
     }
@@ -300,6 +326,7 @@ pub fn probe_write(
     size: usize,
     mmu_idx: usize,
 ) -> Result<(), MemFault> {
+    cpu.exec.tlb.misses += 1;
     if mmu_idx >= 2 {
         checked_access(cpu, linear, size, Access::Write, mmu_idx)?;
     }

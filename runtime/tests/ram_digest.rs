@@ -5,7 +5,6 @@ mod common;
 
 use common::*;
 use krr_runtime::mmu::{probe_write, store_slow};
-use krr_runtime::tlb::tlb_index;
 
 const SUPERVISOR: usize = 0;
 const PAGE: u64 = 0x7000_0000;
@@ -18,11 +17,10 @@ fn agrees(m: &mut Machine) -> bool {
 
 /// What compiled code does on a TLB hit: write through the entry's host address, no call.
 fn write_through_tlb(m: &mut Machine, linear: u64, value: u64) -> bool {
-    let e = m.core.cpu().exec.tlb.sets[SUPERVISOR][1][tlb_index(linear)];
-    if e.tag != linear & !0xfff {
+    let Some(host) = m.core.cpu().exec.tlb.lookup(SUPERVISOR, true, linear, 8) else {
         return false;
-    }
-    let host = linear.wrapping_add(e.addend) as *mut u64;
+    };
+    let host = host as *mut u64;
     // SAFETY: a filled write entry maps this linear page to a page inside the guest RAM
     // mapping, which the core keeps alive; the test writes 8 aligned bytes inside it.
     unsafe { host.write_unaligned(value) };

@@ -4,7 +4,6 @@
 
 use krr_runtime::arch::pte::{A, D, NX, RW};
 use krr_runtime::mmu::{fetch_code, load_slow, store_slow, MemFault};
-use krr_runtime::tlb::tlb_index;
 use krr_runtime::{
     seg, Core, CpuState, GuestMemory, MemoryError, PageTableBuilder, RamWindow, Segment,
 };
@@ -137,8 +136,8 @@ fn code_and_dirty_pages_by_guest_physical_page() {
 
 /// What compiled code does on a TLB hit: go through the entry's host address, no call.
 fn tlb_host(core: &Core, linear: u64, write: bool) -> Option<*mut u8> {
-    let e = core.cpu().exec.tlb.sets[SUPERVISOR][write as usize][tlb_index(linear)];
-    (e.tag == linear & !0xfff).then(|| linear.wrapping_add(e.addend) as *mut u8)
+    let host = core.cpu().exec.tlb.lookup(SUPERVISOR, write, linear, 1)?;
+    Some(host as *mut u8)
 }
 
 #[test]

@@ -18,7 +18,8 @@ fn entry(m: &Machine, mmu_idx: usize, write: bool, linear: u64) -> (u64, u64) {
 }
 
 fn cached(m: &Machine, mmu_idx: usize, write: bool, linear: u64) -> bool {
-    entry(m, mmu_idx, write, linear).0 == linear & !0xfff
+    let tlb = &m.core.cpu().exec.tlb;
+    tlb.lookup(mmu_idx, write, linear, 1).is_some()
 }
 
 fn all_invalid(t: &Tlb) -> bool {
@@ -41,7 +42,8 @@ fn a_read_miss_fills_the_read_entry() {
         Ok(0x1122_3344_5566_7788)
     );
     let (tag, addend) = entry(&m, USER, false, PAGE);
-    assert_eq!(tag, PAGE);
+    // The page, and the address space's data key in the low bits.
+    assert_eq!(tag, PAGE | m.cpu().exec.tlb.data_key);
     // The addend turns the linear address into the host address of the guest byte.
     assert_eq!(
         addend.wrapping_add(PAGE + 0x10),
@@ -179,7 +181,7 @@ fn cr3_load_without_pcid_always_gets_a_new_space() {
     for flush in [false, true, false] {
         m.cpu().exec.tlb.jump_key = 77;
         m.cpu().exec.tlb.load_cr3(None, flush);
-        assert!(all_invalid(&m.cpu().exec.tlb));
+        assert!(!cached(&m, USER, false, PAGE) && !cached(&m, SUPERVISOR, false, PAGE));
         assert_eq!(m.cpu().exec.tlb.jump_key, 0);
         assert!(!seen.contains(&m.cpu().exec.tlb.space));
         seen.push(m.cpu().exec.tlb.space);
@@ -201,11 +203,15 @@ fn cr3_load_with_pcid_brings_back_that_pcids_space() {
     t.load_cr3(Some(1), true);
     assert_ne!(t.space, one);
     let one = t.space;
-    // The data entries are not tagged by PCID: every CR3 load empties them.
-    t.sets[1][0][0].tag = 0;
+    // The data entries are tagged with the key: they come back with it.
+    t.sets[1][0][0].tag = t.data_key;
+    assert!(t.lookup(1, false, 0, 1).is_some());
     t.load_cr3(Some(2), false);
     assert_eq!(t.space, two);
-    assert!(all_invalid(&t));
+    assert!(t.lookup(1, false, 0, 1).is_none());
+    t.load_cr3(Some(1), false);
+    assert!(t.lookup(1, false, 0, 1).is_some());
+    t.load_cr3(Some(2), false);
     // A full flush invalidates every PCID.
     t.flush();
     t.load_cr3(Some(1), false);
@@ -227,13 +233,13 @@ fn flush_pcid_invalidates_one_pcid() {
     t.load_cr3(Some(1), false);
     assert_ne!(t.space, one);
     assert_ne!(t.space, two);
-    // Current: a fresh key at once, entries dropped.
+    // Current: a fresh key at once, entries unreachable.
     let now = t.space;
-    t.sets[0][1][3].tag = 0x3000;
+    t.sets[0][1][3].tag = 0x3000 | t.data_key;
     t.jump_key = 5;
     t.flush_pcid(1, true);
     assert_ne!(t.space, now);
-    assert!(all_invalid(&t));
+    assert!(t.lookup(0, true, 0x3000, 1).is_none());
     assert_eq!(t.jump_key, 0);
     // PCID 2 is unaffected.
     t.load_cr3(Some(2), false);

@@ -70,7 +70,9 @@ pub(super) fn execute(
             trym!(read_mem(cpu, mem_addr(), &mut d));
             let pcid = u64::from_le_bytes(d[..8].try_into().expect("8 bytes"));
             let linear = u64::from_le_bytes(d[8..].try_into().expect("8 bytes"));
-            if kind > 3 || pcid > 0xfff {
+            // Without PCIDs only PCID 0 is cached: types 0 and 1 name no other.
+            let pcide = cpu.cr4 & cr4::PCIDE != 0;
+            if kind > 3 || pcid > 0xfff || (kind <= 1 && !pcide && pcid != 0) {
                 return gp0();
             }
             match kind {
@@ -78,14 +80,16 @@ pub(super) fn execute(
                     if !mmu::is_canonical(linear) {
                         return gp0();
                     }
-                    // Drops the page for every PCID (more than required).
+                    // Drops the page for every PCID, global translations too (more than
+                    // required).
                     cpu.exec.tlb.flush_page(linear);
                 }
                 1 => {
-                    let current = cpu.cr4 & cr4::PCIDE != 0 && cpu.cr3 & 0xfff == pcid;
-                    cpu.exec.tlb.flush_pcid(pcid as u16, current);
+                    let current_pcid = if pcide { cpu.cr3 & 0xfff } else { 0 };
+                    cpu.exec.tlb.flush_pcid(pcid as u16, current_pcid == pcid);
                 }
-                _ => cpu.exec.tlb.flush(),
+                2 => cpu.exec.tlb.flush(),
+                _ => cpu.exec.tlb.flush_non_global(),
             }
             SysResult::Done(None)
         }
@@ -199,8 +203,8 @@ pub(super) fn mov_special(cpu: &mut CpuState, insn: &Instruction, addr: Option<u
                     return gp0();
                 }
                 // With PCIDs, a load with bit 63 set keeps that PCID's translations (SDM
-                // 4.10.4.1); without, every load invalidates the non-global ones (all of them
-                // here: more than required).
+                // 4.10.4.1); without, every load invalidates the non-global ones. Global
+                // translations stay either way.
                 if cpu.cr4 & cr4::PCIDE != 0 {
                     cpu.exec.tlb.load_cr3(Some((v & 0xfff) as u16), !keep);
                 } else {

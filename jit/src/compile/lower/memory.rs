@@ -1,6 +1,6 @@
 //! Guest memory accesses in compiled code: an inline lookup in the software TLB (index, tag
-//! compare against the page of the access's last byte, add the host addend) on the fast
-//! path, and a cold call to the MMU's slow path, whose faults leave through the
+//! compare against the page of the access's last byte with the address space's data key in
+//! its low bits, add the host addend) on the fast path, and a cold call to the MMU's slow path, whose faults leave through the
 //! instruction's fault exit, on a miss.
 
 use super::Lower;
@@ -30,6 +30,10 @@ impl Lower<'_> {
         let tag = self.fb.ins().load(types::I64, state_flags(), entry, 0);
         let last = self.add_const(addr, size as i64 - 1);
         let page = self.fb.ins().band_imm_s(last, !0xfffi64);
+        // The current address space's data key, in the low 12 bits of every tag it may use
+        // (an OR with a memory operand).
+        let key = self.state_load(offsets::TLB_DATA_KEY);
+        let page = self.fb.ins().bor(page, key);
         let hit = self.fb.ins().icmp(IntCC::Equal, tag, page);
         (hit, entry)
     }
