@@ -106,7 +106,7 @@ fn run_all_invpcid(
     setup: impl Fn(&mut Machine),
 ) -> Outcome {
     all_tiers(|tier| {
-        let mut m = Machine::new(&kernel, &no_user);
+        let mut m = Machine::new(&kernel, no_user);
         setup(&mut m);
         let mut s = m.start(tier);
         s.edit_cpuid(|e| {
