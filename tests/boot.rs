@@ -635,3 +635,51 @@ fn debian_trixie_generic_kernel_calibrates_the_local_apic_timer() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The code cache and parallel replay together, on a recording with user-mode SIMD work (the
+/// init's `krr_long=1` compression job): a replay fills a cache directory, then the
+/// segments replayed on two threads and one middle segment alone, each in a new process
+/// that lowers SIMD forms in another order, run from that cache and still match. (Cached
+/// code once called host SIMD stubs by numbers another process had given out.)
+#[test]
+fn a_warm_code_cache_serves_segments_replayed_from_snapshots() {
+    let (kernel, initrd) = guest();
+    let dir = std::env::temp_dir().join(format!("krr-boot-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("long.trace");
+    let cache = dir.join("cache");
+    let (t, c) = (trace.to_str().unwrap(), cache.to_str().unwrap());
+    // The default command line (src/run.rs DEFAULT_APPEND) and the job.
+    let append = "console=ttyS0 nokaslr panic=-1 krr_long=1";
+    let (console, log) = krr_ok(&[
+        "record", "--kernel", &kernel, "--initrd", &initrd, "--append", append, "-o", t,
+    ]);
+    assert!(console.contains("KRR-LONG-END"), "{log}");
+    let (replayed, summary) = krr_ok(&["replay", t, "--code-cache", c]);
+    assert!(summary.contains("Verdict: matched"), "{summary}");
+    assert_eq!(replayed, console);
+    let (replayed, summary) = krr_ok(&["replay", t, "--jobs", "2", "--code-cache", c]);
+    assert!(
+        summary.contains("Verdict: matched"),
+        "--jobs 2, warm: {summary}"
+    );
+    assert_eq!(replayed, console, "--jobs 2, warm: the console differs");
+    let segments = krr::trace::TraceReader::open(&trace).unwrap().deltas.len() + 1;
+    assert!(segments >= 12, "{segments} segments");
+    for k in [segments / 2, segments - 3] {
+        let (_, summary) = krr_ok(&[
+            "replay",
+            "-q",
+            t,
+            "--segment",
+            &k.to_string(),
+            "--code-cache",
+            c,
+        ]);
+        assert!(
+            summary.contains(&format!("Verdict: segment {k} (")),
+            "segment {k}, warm: {summary}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,14 +1,17 @@
 //! `krr replay --jobs N` and `--segment K`: the segments between a trace's delta snapshots
 //! replayed concurrently. The segments are split into N runs of consecutive segments with
-//! about the same number of instructions; each run is one thread with its own replayer
-//! (engine, guest memory), which starts at the snapshot before its first segment and checks
-//! the snapshot at the end of every segment it replays, so every boundary is checked by the
-//! run that arrives there. The verdict is the first divergence in trace order, else the last
+//! about the same number of instructions, one per thread with its own replayer (engine,
+//! guest memory), which starts at the snapshot before its first segment and checks the
+//! snapshot at the end of every segment it replays, so every boundary is checked by the
+//! thread that arrives there. A thread that runs out of segments takes the back half of the
+//! longest list another has not started (instruction counts are no measure of cost: the
+//! boot's first half compiles more). The verdict is the first divergence in trace order, else the last
 //! run's (the recording's end), whose event counts (carried in the snapshots) and console
 //! output (each run's, printed in order) are those of a sequential replay.
 
 use super::{ReplayError, ReplayOptions, ReplayOutcome, Replayer, Segment, Verdict};
 use indicatif::ProgressBar;
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -61,33 +64,96 @@ fn split(segments: &[Segment], jobs: usize) -> Vec<Vec<Segment>> {
     runs
 }
 
-/// One run: replay `run`'s segments from the snapshot before the first.
-fn replay_run(
-    path: &Path,
-    options: ReplayOptions,
-    run: &[Segment],
-    console: Captured,
-) -> Result<(ReplayOutcome, usize), ReplayError> {
-    let mut r = Replayer::open(path, options)?;
-    r.set_console(Some(Box::new(console)));
-    let first = run[0];
-    if first.index > 0 {
-        r.start_at_snapshot(first.index - 1)?;
+/// The segments each thread has yet to start, in trace order. A thread that runs out takes
+/// the back half of the longest other list (the segments its owner has not started), so
+/// threads that finish early help the others instead of waiting.
+struct Plan {
+    runs: Vec<VecDeque<Segment>>,
+}
+
+impl Plan {
+    fn next(&mut self, w: usize) -> Option<Segment> {
+        if let Some(s) = self.runs[w].pop_front() {
+            return Some(s);
+        }
+        let left = |d: &VecDeque<Segment>| d.iter().map(|s| s.end - s.start).sum::<u64>();
+        let v = (0..self.runs.len())
+            .filter(|&v| v != w && !self.runs[v].is_empty())
+            .max_by_key(|&v| left(&self.runs[v]))?;
+        let keep = self.runs[v].len() / 2;
+        self.runs[w] = self.runs[v].split_off(keep);
+        self.runs[w].pop_front()
     }
+}
+
+/// What a thread reports of one segment.
+struct Done {
+    index: usize,
+    console: Captured,
+    /// How the replay ended in it (`None`: it matched the snapshot at its end and the same
+    /// replayer went on).
+    outcome: Option<ReplayOutcome>,
+    checked: usize,
+}
+
+/// Engine work of a replayer a thread set aside (its stats go into the summary).
+type Work = (u64, u64, f64);
+
+/// What a thread gives back: its segments, and the work of replayers it set aside.
+type ThreadResult = Result<(Vec<Done>, Vec<Work>), ReplayError>;
+
+fn work(o: &ReplayOutcome) -> Work {
+    (o.blocks_compiled, o.code_bytes, o.compile_seconds)
+}
+
+/// Thread `w`: take segments from `plan` until none is left; consecutive ones go on in one
+/// replayer, any other starts a new one at the snapshot before it.
+fn worker(
+    path: &Path,
+    options: &ReplayOptions,
+    plan: &Mutex<Plan>,
+    w: usize,
+    lone: bool,
+) -> ThreadResult {
     let bar = ProgressBar::hidden();
-    let mut handle = r.start()?;
-    let mut checked = 0;
-    for seg in run {
+    let mut done = Vec::new();
+    let mut set_aside = Vec::new();
+    // The replayer, its run, and the segment it last matched.
+    let mut cur: Option<(Replayer, super::Run, Segment)> = None;
+    loop {
+        let Some(seg) = plan.lock().expect("the plan").next(w) else {
+            break;
+        };
+        if !matches!(&cur, Some((_, _, last)) if last.index + 1 == seg.index) {
+            if let Some((mut r, run, last)) = cur.take() {
+                set_aside.push(work(&r.finish(run, Verdict::SegmentMatched(last), &bar)?));
+            }
+            let mut r = Replayer::open(path, options.clone())?;
+            if seg.index > 0 {
+                r.start_at_snapshot(seg.index - 1)?;
+            }
+            let run = r.start()?;
+            cur = Some((r, run, seg));
+        }
+        let (r, run, last) = cur.as_mut().expect("a replayer");
+        let console = Captured::default();
+        r.set_console(Some(Box::new(console.clone())));
         let target = match seg.end_snapshot {
             Some(_) => seg.end,
             None => u64::MAX,
         };
-        let verdict = match r.advance(&mut handle, target, &bar, &mut || false)? {
+        let verdict = match r.advance(run, target, &bar, &mut || false)? {
             super::Advance::Reached => match seg.end_snapshot {
                 Some(k) => match r.check_snapshot(k)? {
                     Some(d) => Verdict::Diverged(Box::new(d)),
                     None => {
-                        checked += 1;
+                        *last = seg;
+                        done.push(Done {
+                            index: seg.index,
+                            console,
+                            outcome: None,
+                            checked: 1,
+                        });
                         continue;
                     }
                 },
@@ -99,14 +165,27 @@ fn replay_run(
                 unreachable!("nothing interrupts a parallel run, which sets no watchpoints")
             }
         };
-        return Ok((r.finish(handle, verdict, &bar)?, checked));
+        let (mut r, run, _) = cur.take().expect("a replayer");
+        let outcome = r.finish(run, verdict, &bar)?;
+        done.push(Done {
+            index: seg.index,
+            console,
+            outcome: Some(outcome),
+            checked: 0,
+        });
     }
-    // Every segment of a run that is not the last ended at its snapshot.
-    let last = *run.last().expect("a run has segments");
-    Ok((
-        r.finish(handle, Verdict::SegmentMatched(last), &bar)?,
-        checked,
-    ))
+    if let Some((mut r, run, last)) = cur.take() {
+        let o = r.finish(run, Verdict::SegmentMatched(last), &bar)?;
+        if lone {
+            // `--segment K`: the end of the one segment is the verdict.
+            if let Some(d) = done.last_mut() {
+                d.outcome = Some(o);
+            }
+        } else {
+            set_aside.push(work(&o));
+        }
+    }
+    Ok((done, set_aside))
 }
 
 /// Replay the trace at `path` on `jobs` threads, or only segment `only`.
@@ -130,20 +209,16 @@ pub fn replay(
         Some(k) => vec![vec![segments[k]]],
         None => split(&segments, jobs),
     };
-    bar.set_message(format!(
-        "{} segments on {} threads",
-        segments.len(),
-        runs.len()
-    ));
-    let consoles: Vec<Captured> = runs.iter().map(|_| Captured::default()).collect();
-    let results: Vec<Result<(ReplayOutcome, usize), ReplayError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = runs
-            .iter()
-            .zip(&consoles)
-            .map(|(run, console)| {
-                let options = options.clone();
-                let console = console.clone();
-                s.spawn(move || replay_run(path, options, run, console))
+    let threads = runs.len();
+    bar.set_message(format!("{} segments on {threads} threads", segments.len()));
+    let plan = Mutex::new(Plan {
+        runs: runs.into_iter().map(VecDeque::from).collect(),
+    });
+    let results: Vec<ThreadResult> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|w| {
+                let (options, plan) = (&options, &plan);
+                s.spawn(move || worker(path, options, plan, w, only.is_some()))
             })
             .collect();
         handles
@@ -157,34 +232,40 @@ pub fn replay(
             })
             .collect()
     });
+    let mut all: Vec<Done> = Vec::new();
+    let mut works: Vec<Work> = Vec::new();
+    for r in results {
+        let (d, w) = r?;
+        all.extend(d);
+        works.extend(w);
+    }
+    all.sort_by_key(|d| d.index);
     let mut console = Vec::new();
-    let mut checked = 0;
     let mut chosen: Option<ReplayOutcome> = None;
-    let (mut blocks, mut code, mut compile) = (0, 0, 0.0);
-    for (result, captured) in results.into_iter().zip(&consoles) {
-        let (outcome, n) = result?;
-        checked += n;
-        blocks += outcome.blocks_compiled;
-        code += outcome.code_bytes;
-        compile += outcome.compile_seconds;
-        if chosen.is_none() {
-            console.extend_from_slice(&captured.0.lock().expect("console buffer"));
+    let checked = all.iter().map(|d| d.checked).sum();
+    for d in &mut all {
+        if chosen.is_some() {
+            break;
         }
-        let stop = !matches!(outcome.verdict, Verdict::SegmentMatched(_));
-        if chosen.is_none() && (stop || only.is_some()) {
-            chosen = Some(outcome);
+        console.extend_from_slice(&d.console.0.lock().expect("console buffer"));
+        if let Some(o) = d.outcome.take() {
+            works.push(work(&o));
+            chosen = Some(o);
         }
     }
-    let mut outcome = chosen.expect("the last run ends the replay");
+    for d in all.iter_mut().filter_map(|d| d.outcome.take()) {
+        works.push(work(&d));
+    }
+    let mut outcome = chosen.expect("the last segment ends the replay");
     outcome.seconds = t0.elapsed().as_secs_f64();
-    outcome.blocks_compiled = blocks;
-    outcome.code_bytes = code;
-    outcome.compile_seconds = compile;
+    outcome.blocks_compiled = works.iter().map(|w| w.0).sum();
+    outcome.code_bytes = works.iter().map(|w| w.1).sum();
+    outcome.compile_seconds = works.iter().map(|w| w.2).sum();
     Ok(Parallel {
         outcome,
         console,
         segments: segments.len(),
-        jobs: runs.len(),
+        jobs: threads,
         checked,
     })
 }

@@ -59,6 +59,13 @@ pub(crate) fn key_material(block: &Block) -> Vec<u8> {
     for i in &block.insns {
         m.extend_from_slice(&(i.code() as u16).to_le_bytes());
         m.extend_from_slice(&(i.len() as u16).to_le_bytes());
+        // A host-executed SIMD form is called by its stub's number, which this process gave
+        // out in the order forms were first lowered: code compiled under another numbering
+        // would run another instruction (found when a replay started at a snapshot).
+        if crate::helpers::host_exec::is_host_form(i.code()) {
+            let id = crate::helpers::host_exec::host_form(i).map_or(u32::MAX, |f| f.id);
+            m.extend_from_slice(&id.to_le_bytes());
+        }
     }
     m.extend_from_slice(&block.bytes);
     m

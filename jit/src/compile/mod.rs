@@ -335,6 +335,35 @@ impl Jit {
         let dump = std::env::var_os("KRR_DUMP_CODE").is_some();
         for block in blocks {
             let (id, pending) = self.prepare(BlockId::from_index(0), block);
+            if std::env::var_os("KRR_CODE_CACHE_VERIFY").is_some() {
+                if let Some(stored) = pending.material.as_ref().and_then(|m| self.cached_code(m)) {
+                    self.build_ir(block);
+                    let fresh = worker::generate(&mut self.ctx, &self.isa, id, false)
+                        .expect("compiling for the check");
+                    self.ctx.clear();
+                    if fresh.bytes != stored.bytes || fresh.krr != stored.krr {
+                        let at = fresh
+                            .bytes
+                            .iter()
+                            .zip(&stored.bytes)
+                            .position(|(a, b)| a != b);
+                        eprintln!(
+                            "  first difference at {at:?}: fresh {:02x?} stored {:02x?}; relocs equal: {}; insns {:?}",
+                            at.map(|i| &fresh.bytes[i.saturating_sub(4)..(i + 12).min(fresh.bytes.len())]),
+                            at.map(|i| &stored.bytes[i.saturating_sub(4)..(i + 12).min(stored.bytes.len())]),
+                            fresh.krr == stored.krr,
+                            block.insns.iter().map(|i| i.to_string()).collect::<Vec<_>>()
+                        );
+                        eprintln!(
+                            "code cache check: block {:#x} ({} insns): cached code differs from a fresh compile ({} vs {} bytes)",
+                            block.start,
+                            block.insns.len(),
+                            stored.bytes.len(),
+                            fresh.bytes.len()
+                        );
+                    }
+                }
+            }
             if let Some(size) = self.install_cached(id, &pending) {
                 self.mark_defined(id, pending, size, true);
                 continue;
