@@ -234,6 +234,24 @@ for row in "${ROWS[@]}"; do
   if [[ $name == long_* ]]; then work="long workload (krr_long=$long_n)" lab=${lab#long: }; fi
   printf '%s\t%s\t%s\t%s\n' "$work" "$lab" "$(med "${walls[$name]}")" "$(med "${cpus[$name]}")" >>"$table"
 done
+# The largest KRR-format recording of the KRR-recordings work (tests/krr_synth's large
+# scenario with a 16 MiB ring), beside KRR's own replayer when one is built (KRR_QEMU; see
+# bench/krr-crosscheck-synth.sh, which also checks that both end alike).
+if [ -n "${KRR_QEMU:-}" ]; then
+  if bash "$here/krr-crosscheck-synth.sh" -n "$runs" --scenarios large-ring16 >"$logs/krr.out" 2>&1; then
+    line=$(grep 'median of' "$logs/krr.out" | tail -n 1)
+    echo
+    echo "KRR recording (synthetic large-ring16): $line"
+    read -r kw kc dw dc sw sc < <(sed -E 's/.*KRR ([0-9.]+) \(([0-9.]+)\), krr ([0-9.]+) \(([0-9.]+)\), krr --singlestep ([0-9.]+) \(([0-9.]+)\).*/\1 \2 \3 \4 \5 \6/' <<<"$line")
+    work="KRR recording (synthetic, large-ring16)"
+    printf '%s\t%s\t%s\t%s\n' "$work" "KRR's replayer" "$kw" "$kc" "$work" "krr replay --krr" "$dw" "$dc" \
+      "$work" "krr replay --krr --singlestep" "$sw" "$sc" >>"$table"
+  else
+    echo "bench/boot.sh: the KRR cross-check failed (see $logs/krr.out); no KRR rows" >&2
+  fi
+else
+  echo "(KRR's own replayer: set KRR_QEMU to add the KRR-recording rows)"
+fi
 python3 "$here/chart.py" "$table" "$here/boot.svg" && echo "chart: bench/boot.svg"
 
 echo
