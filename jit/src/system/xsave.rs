@@ -51,9 +51,7 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>)
         M::Xsave | M::Xsave64 | M::Xsaveopt | M::Xsaveopt64 | M::Xrstor | M::Xrstor64 => {
             xsave(cpu, insn, mem_addr())
         }
-        M::Fninit | M::Fnstcw | M::Fldcw | M::Fnstsw | M::Fnclex | M::Wait => {
-            x87_control(cpu, insn, addr)
-        }
+        M::Fninit | M::Fnstcw | M::Fnstsw | M::Fnclex | M::Wait => x87_control(cpu, insn, addr),
         _ => unreachable!("routed here by system::execute"),
     }
 }
@@ -99,11 +97,6 @@ pub(super) fn x87_control(cpu: &mut CpuState, insn: &Instruction, addr: Option<u
             addr.expect("m16"),
             &cpu.x87.fcw.to_le_bytes()
         )),
-        M::Fldcw => {
-            let mut b = [0u8; 2];
-            trym!(read_mem(cpu, addr.expect("m16"), &mut b));
-            cpu.x87.fcw = u16::from_le_bytes(b) | 0x40;
-        }
         M::Fnstsw => {
             let v = cpu.x87.fsw;
             if insn.op0_kind() == OpKind::Memory {
