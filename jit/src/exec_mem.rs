@@ -4,11 +4,23 @@
 //! while no one writes: `place` under the write lock, calls under the read lock), and the
 //! SIGFPE handler that turns an unmasked SIMD exception in a stub into a return from it.
 
+use iced_x86::{Instruction, Register};
 use memmap2::{Mmap, MmapMut};
 use std::sync::OnceLock;
 
 const CHUNK: usize = 64 * 1024;
 const STUB_ALIGN: usize = 32;
+
+/// Point `h`'s memory operand at `[rsi]` (a stub's operand buffer): no index, displacement
+/// or segment override.
+pub fn memory_at_rsi(h: &mut Instruction) {
+    h.set_memory_base(Register::RSI);
+    h.set_memory_index(Register::None);
+    h.set_memory_index_scale(1);
+    h.set_memory_displacement64(0);
+    h.set_memory_displ_size(0);
+    h.set_segment_prefix(Register::None);
+}
 
 #[derive(Default)]
 pub struct ExecArena {

@@ -141,6 +141,18 @@ fn end(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.fxsave64(ptr(rsi + 512))
 }
 
+/// User mode at the program, RSI at the data.
+fn initial_state() -> UserState {
+    let mut state = UserState {
+        rip: CODE_ADDR,
+        rflags: 0x202,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
+    state.gpr[6] = DATA;
+    state
+}
+
 fn check(name: &str, prog: Prog) {
     let code = assemble(
         |a| {
@@ -163,13 +175,7 @@ fn check(name: &str, prog: Prog) {
                 data: init.0.to_vec(),
             }],
         };
-        let mut state = UserState {
-            rip: CODE_ADDR,
-            rflags: 0x202,
-            mxcsr: 0x1f80,
-            ..Default::default()
-        };
-        state.gpr[6] = DATA;
+        let state = initial_state();
         for tier in TIERS {
             let r = run_snippet(&snippet, &state, tier, 10_000).unwrap();
             assert_eq!(r.outcome, SnippetEnd::Completed, "{name} case {k} {tier:?}");
@@ -377,13 +383,7 @@ fn an_unmasked_exception_is_taken_at_the_next_waiting_instruction() {
             data: vec![0; BUF],
         }],
     };
-    let mut state = UserState {
-        rip: CODE_ADDR,
-        rflags: 0x202,
-        mxcsr: 0x1f80,
-        ..Default::default()
-    };
-    state.gpr[6] = DATA;
+    let state = initial_state();
     let fwait = CODE_ADDR + code.len() as u64 - 1;
     for tier in TIERS {
         let r = run_snippet(&snippet, &state, tier, 1000).unwrap();

@@ -212,12 +212,7 @@ fn encode(insn: &Instruction) -> Option<(Vec<u8>, u8)> {
                 if i == 0 {
                     w |= MEM;
                 }
-                h.set_memory_base(Register::RSI);
-                h.set_memory_index(Register::None);
-                h.set_memory_index_scale(1);
-                h.set_memory_displacement64(0);
-                h.set_memory_displ_size(0);
-                h.set_segment_prefix(Register::None);
+                crate::exec_mem::memory_at_rsi(&mut h);
             }
             OpKind::Immediate8 => {}
             _ => return None,

@@ -133,12 +133,7 @@ fn stub(insn: &Instruction) -> Option<usize> {
     }
     let mut h = *insn;
     if mem {
-        h.set_memory_base(Register::RSI);
-        h.set_memory_index(Register::None);
-        h.set_memory_index_scale(1);
-        h.set_memory_displacement64(0);
-        h.set_memory_displ_size(0);
-        h.set_segment_prefix(Register::None);
+        crate::exec_mem::memory_at_rsi(&mut h);
     }
     for i in 0..insn.op_count() {
         let r = reg(i);
