@@ -11,6 +11,7 @@ mod gdb_session;
 mod krr_rec_writer;
 mod krr_synth;
 
+use gdb_session::{block, icounts};
 use krr_synth::smp::{record_smp, SmpScenario};
 use krr_synth::{build_recording, Scenario};
 use std::path::{Path, PathBuf};
@@ -63,21 +64,6 @@ fn symbol(vmlinux: &Path, name: &str) -> u64 {
 fn verdict(stderr: &str) -> String {
     let at = stderr.find("verdict: ").expect(stderr);
     stderr[at..].lines().take(2).collect::<Vec<_>>().join("\n")
-}
-
-/// Every `icount N` line's N, in order.
-fn icounts(out: &str) -> Vec<u64> {
-    out.lines()
-        .filter_map(|l| l.strip_prefix("icount "))
-        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
-        .collect()
-}
-
-/// gdb's output between the previous `rip ` line and `tag` (an `info registers` block).
-fn block(out: &str, tag: &str) -> String {
-    let end = out.find(tag).unwrap_or_else(|| panic!("{tag}: {out}"));
-    let start = out[..end].rfind("rip ").expect(out);
-    out[start..end].to_string()
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod gdb_session;
 mod guest_boot;
 
 use demo_trace::{idle_hlts, krr};
+use gdb_session::{block, icounts};
 use std::process::Command;
 
 fn tmp(name: &str) -> std::path::PathBuf {
@@ -127,11 +128,7 @@ fn gdb_goes_backwards_and_the_replay_still_matches() {
             c("continue"),
         ],
     );
-    let icounts: Vec<u64> = out
-        .lines()
-        .filter_map(|l| l.strip_prefix("icount "))
-        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
-        .collect();
+    let icounts = icounts(&out);
     assert_eq!(icounts.len(), 7, "{out}");
     let (first, second) = (icounts[0], icounts[1]);
     assert!(second > first, "{out}");
@@ -143,12 +140,11 @@ fn gdb_goes_backwards_and_the_replay_still_matches() {
     assert_eq!(icounts[4], first, "reverse-stepi undoes stepi: {out}");
     assert_eq!(icounts[5..], [10, 0], "{out}");
     // The registers at the first arrival, forwards and after coming back, are the same.
-    let block = |tag: &str| {
-        let end = out.find(tag).unwrap_or_else(|| panic!("{tag}: {out}"));
-        let start = out[..end].rfind("rip ").unwrap();
-        out[start..end].to_string()
-    };
-    assert_eq!(block("==first-end=="), block("==back-end=="), "{out}");
+    assert_eq!(
+        block(&out, "==first-end=="),
+        block(&out, "==back-end=="),
+        "{out}"
+    );
     assert!(out.contains(&format!("$1 = {addr:#x}")), "{out}");
     assert!(out.contains("No more reverse-execution history"), "{out}");
     assert!(out.contains("history from instruction 0:"), "{out}");
@@ -269,11 +265,7 @@ fn gdb_on_the_debian_guest_goes_back_to_an_earlier_system_call() {
             c("continue"),
         ],
     );
-    let icounts: Vec<u64> = out
-        .lines()
-        .filter_map(|l| l.strip_prefix("icount "))
-        .map(|l| l.parse().unwrap())
-        .collect();
+    let icounts = icounts(&out);
     assert_eq!(icounts.len(), 8, "{out}");
     // Forwards the watchpoint stops after the writing instruction; backwards, before it.
     let (w1, w2, back) = (icounts[5], icounts[6], icounts[7]);
@@ -296,12 +288,11 @@ fn gdb_on_the_debian_guest_goes_back_to_an_earlier_system_call() {
     );
     assert!(icounts[1] > first, "{out}");
     assert_eq!(icounts[2..5], [first, first + 1, first], "{out}");
-    let block = |tag: &str| {
-        let end = out.find(tag).unwrap_or_else(|| panic!("{tag}: {out}"));
-        let start = out[..end].rfind("rip ").unwrap();
-        out[start..end].to_string()
-    };
-    assert_eq!(block("==first-end=="), block("==back-end=="), "{out}");
+    assert_eq!(
+        block(&out, "==first-end=="),
+        block(&out, "==back-end=="),
+        "{out}"
+    );
     assert!(out.contains("exited normally"), "{out}");
     assert!(stub_err.contains("Verdict: matched"), "{stub_err}");
     assert_eq!(code, 0, "{stub_err}");

@@ -9,7 +9,7 @@ pub mod parallel;
 mod rewind;
 mod segments;
 
-pub use segments::{Segment, SnapshotTaker};
+pub use segments::{segments, Segment, SnapshotTaker};
 
 use crate::report;
 use crate::symbols::SymbolTable;
@@ -134,8 +134,6 @@ pub struct Replayer {
     pub core: Core,
     pub engine: Engine,
     bus: ReplayBus,
-    /// The instruction count of the trace's initial snapshot.
-    start_icount: u64,
     end_icount: u64,
     end_regs_hash: u64,
     end_ram_hash: u64,
@@ -171,7 +169,6 @@ impl Replayer {
         state::decode_cpu(core.arch_mut(), &snapshot.cpu_image)
             .map_err(|e| setup("snapshot CPU image", e))?;
         core.flush_tlb();
-        let start_icount = core.cpu().icount;
         let engine = Engine::new(EngineConfig {
             deliver_exceptions: true,
             ..options.engine
@@ -193,7 +190,6 @@ impl Replayer {
                 divergence: None,
                 error: None,
             },
-            start_icount,
             end_icount: end.icount,
             end_regs_hash: end.regs_hash,
             end_ram_hash: end.ram_hash,

@@ -197,7 +197,7 @@ pub fn replay(
     bar: &ProgressBar,
 ) -> Result<Parallel, ReplayError> {
     let t0 = std::time::Instant::now();
-    let segments = Replayer::open(path, options.clone())?.segments();
+    let segments = super::segments(&mut crate::trace::TraceReader::open(path)?)?;
     let runs = match only {
         Some(k) if k >= segments.len() => {
             return Err(ReplayError::Setup(format!(

@@ -6,7 +6,7 @@
 
 use super::{Divergence, ReplayError, Replayer};
 use crate::trace::delta::{self, DeltaSnapshot};
-use crate::trace::state;
+use crate::trace::{state, TraceReader};
 
 /// Segment `index` runs from instruction `start` (the trace's start, or snapshot `index - 1`)
 /// to `end` (snapshot `index`, or the end of the recording for the last one).
@@ -19,30 +19,34 @@ pub struct Segment {
     pub end_snapshot: Option<usize>,
 }
 
-impl Replayer {
-    /// The trace's segments, in order (one, the whole trace, without snapshots).
-    pub fn segments(&self) -> Vec<Segment> {
-        let reader = self.bus.stream.reader();
-        let mut out = Vec::new();
-        let mut start = self.start_icount;
-        for (k, d) in reader.deltas.iter().enumerate() {
-            out.push(Segment {
-                index: k,
-                start,
-                end: d.icount,
-                end_snapshot: Some(k),
-            });
-            start = d.icount;
-        }
+/// The segments of the trace `reader` has open, in order (one, the whole trace, without
+/// snapshots): read from its index and its initial snapshot's CPU image, without loading the
+/// machine.
+pub fn segments(reader: &mut TraceReader) -> Result<Vec<Segment>, ReplayError> {
+    let mut cpu = krr_runtime::ArchState::flat64();
+    state::decode_cpu(&mut cpu, &reader.snapshot()?.cpu_image)
+        .map_err(|e| ReplayError::Setup(format!("{}: snapshot CPU image: {e}", reader.path())))?;
+    let mut out = Vec::new();
+    let mut start = cpu.icount;
+    for (k, d) in reader.deltas.iter().enumerate() {
         out.push(Segment {
-            index: reader.deltas.len(),
+            index: k,
             start,
-            end: self.end_icount,
-            end_snapshot: None,
+            end: d.icount,
+            end_snapshot: Some(k),
         });
-        out
+        start = d.icount;
     }
+    out.push(Segment {
+        index: reader.deltas.len(),
+        start,
+        end: reader.end.icount,
+        end_snapshot: None,
+    });
+    Ok(out)
+}
 
+impl Replayer {
     /// Put the replay, still at the trace's start, at delta snapshot `k`: its pages and those
     /// of every snapshot before it, its CPU state, its place in the event stream; the state
     /// must hash as the snapshot says.

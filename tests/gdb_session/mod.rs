@@ -79,3 +79,18 @@ pub fn under_gdb(krr: &Path, args: &[&str], commands: &[String]) -> (String, Str
         status.code().unwrap_or(-1),
     )
 }
+
+/// Every `icount N` line's N, in order (`monitor icount`, and `monitor goto`'s `icount N (…)`).
+pub fn icounts(out: &str) -> Vec<u64> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("icount "))
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// gdb's output between the previous `rip ` line and `tag` (an `info registers` block).
+pub fn block(out: &str, tag: &str) -> String {
+    let end = out.find(tag).unwrap_or_else(|| panic!("{tag}: {out}"));
+    let start = out[..end].rfind("rip ").expect(out);
+    out[start..end].to_string()
+}
