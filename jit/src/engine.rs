@@ -24,6 +24,7 @@ use std::time::Duration;
 
 mod config;
 mod debug;
+mod perf_map;
 mod stops;
 
 pub use config::{EngineConfig, TierPolicy};
@@ -118,6 +119,27 @@ struct Entry {
     code_bytes: [[u64; 2]; 2],
     /// It starts at a stop address (`engine::stops`): never compiled or chained to.
     stop: bool,
+    /// The block that last followed this one when it ran interpreted, on the same page.
+    successor: Successor,
+}
+
+/// An interpreted block's link to the block that ran after it, so the dispatcher can skip
+/// the jump-cache lookup (a cache miss per block in single-step mode) when it comes again.
+/// Kept only within a page, like compiled code's exit links: the source block was found
+/// through its page's current mapping, so the same linear page leads to the same physical one.
+#[derive(Clone, Copy)]
+struct Successor {
+    rip: u64,
+    mode: u32,
+    id: BlockId,
+}
+
+impl Successor {
+    const NONE: Successor = Successor {
+        rip: u64::MAX,
+        mode: 0,
+        id: BlockId::NONE,
+    };
 }
 
 impl Entry {
@@ -186,6 +208,7 @@ pub struct Engine {
     /// The interpreter's undo records, allocated once.
     undo: crate::interp::Undo,
     stops: stops::Stops,
+    perf_map: perf_map::PerfMap,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +234,7 @@ impl Engine {
             stats: EngineStats::default(),
             logged_unimplemented: Default::default(),
             page_blocks: HashMap::default(),
+            perf_map: perf_map::PerfMap::from_env(),
             undo: crate::interp::Undo::new(),
             stops: stops::Stops::default(),
         })
@@ -219,10 +243,38 @@ impl Engine {
     /// Bring the jump cache in line with the TLB (flushes, address-space switches, INVLPG)
     /// before a lookup; compiled code may then use it again.
     #[inline]
-    fn sync_translations(&mut self, cpu: &mut CpuState) {
-        if self.jump_cache.sync(cpu) {
+    /// Returns whether any translation changed since the last dispatch (then no successor
+    /// link may be followed).
+    fn sync_translations(&mut self, cpu: &mut CpuState) -> bool {
+        let changes = self.jump_cache.sync(cpu);
+        if changes.switched {
             self.stats.space_switches += 1;
         }
+        changes.any()
+    }
+
+    /// The block block `from` (interpreted just now) links to, if it is the one for RIP now.
+    #[inline]
+    fn linked_successor(&self, cpu: &CpuState, from: BlockId) -> Option<BlockId> {
+        let link = self.entries[from].successor;
+        (link.rip == cpu.rip && link.mode == mode::current(cpu) && self.entries[link.id].valid)
+            .then_some(link.id)
+    }
+
+    /// Remember that block `to` ran after the interpreted block `from`, when a link may say so
+    /// (same page, `to` entirely on it).
+    fn set_successor(&mut self, cpu: &CpuState, from: BlockId, to: BlockId) {
+        let target = &self.entries[to];
+        if target.straddles()
+            || target.block.start & !0xfff != self.entries[from].block.start & !0xfff
+        {
+            return;
+        }
+        self.entries[from].successor = Successor {
+            rip: cpu.rip,
+            mode: mode::current(cpu),
+            id: to,
+        };
     }
 
     #[inline]
@@ -316,6 +368,7 @@ impl Engine {
                     incoming: Vec::new(),
                     code_bytes,
                     stop,
+                    successor: Successor::NONE,
                 });
                 self.by_phys.insert((phys, mode), id);
                 id
@@ -513,7 +566,10 @@ impl Engine {
     }
 
     fn run_until_event(&mut self, cpu: &mut CpuState) -> Exit {
+        // The block interpreted in the previous round, if it ended normally.
+        let mut interpreted: Option<BlockId> = None;
         loop {
+            let from = interpreted.take();
             self.stats.dispatches += 1;
             // RFLAGS.AC is clear: supervisor entries of user pages made under SMAP with AC set
             // must go (instructions that change AC end their block, so this is in time).
@@ -536,15 +592,25 @@ impl Engine {
             if cpu.icount >= cpu.exec.icount_limit {
                 return Exit::Budget;
             }
-            self.sync_translations(cpu);
+            let translations_changed = self.sync_translations(cpu);
             if cpu.exec.has_bus()
                 && krr_runtime::bus::with_bus(cpu, |bus, cpu| bus.wants_exit(cpu)).unwrap_or(false)
             {
                 return Exit::BusRequest;
             }
-            let id = match self.lookup(cpu) {
-                Ok(id) => id,
-                Err(exit) => return exit,
+            let from = from.filter(|_| !translations_changed);
+            let id = match from.and_then(|f| self.linked_successor(cpu, f)) {
+                Some(id) => id,
+                None => {
+                    let id = match self.lookup(cpu) {
+                        Ok(id) => id,
+                        Err(exit) => return exit,
+                    };
+                    if let Some(f) = from {
+                        self.set_successor(cpu, f, id);
+                    }
+                    id
+                }
             };
             if self.entries[id].stop {
                 if let Some(exit) = self.stop_here(cpu) {
@@ -577,7 +643,9 @@ impl Engine {
             let exit = if self.entries[id].compiled.is_some() {
                 self.run_compiled(cpu, id)
             } else {
-                self.interpret_block(cpu, id)
+                let exit = self.interpret_block(cpu, id);
+                interpreted = Some(id);
+                exit
             };
             if cpu.exec.smc_count != 0 {
                 self.handle_code_writes(cpu);
@@ -690,7 +758,11 @@ impl Engine {
 
     /// Block `id` was just compiled: its jump-cache entry, if any, now leads to the code.
     fn publish_code(&mut self, id: BlockId, code: u64) {
-        let start = self.entries[id].block.start;
+        let e = &self.entries[id];
+        let start = e.block.start;
+        if let Some(c) = &e.compiled {
+            self.perf_map.name(c.code, c.code_size, start, e.block.mode);
+        }
         self.jump_cache.publish_code(start, id, code);
     }
 

@@ -70,14 +70,22 @@ pub fn step(cpu: &mut CpuState, insn: &Instruction) -> Outcome {
 /// Compute the arithmetic flags from the lazy state, store them back in concrete form and
 /// return them as RFLAGS bits.
 pub fn materialize_flags(cpu: &mut CpuState) -> u64 {
+    // The runtime's concrete reading of the lazy state (checked equal to `sem::flags` for
+    // every kind and size): compiled single-instruction blocks call this for every
+    // conditional jump, and the generic builder path cost several times more.
+    let bits = cpu.arith_flags();
+    cpu.cc_op = FlagOp::CONCRETE.encode();
+    cpu.cc_res = bits;
+    bits
+}
+
+/// The same reading through the generic `sem::flags` code, which compiled blocks and the
+/// interpreter's conditions use (the runtime's reading is tested against this one).
+pub fn materialize_flags_generic(cpu: &mut CpuState) -> u64 {
     let mut undo = Undo::default();
     let mut it = Interp::new(cpu, &mut undo);
     let f = it.flags();
-    let bits = crate::sem::flags::materialize(&mut it, &f);
-    let c = &mut *it.cpu;
-    c.cc_op = FlagOp::CONCRETE.encode();
-    c.cc_res = bits;
-    bits
+    crate::sem::flags::materialize(&mut it, &f)
 }
 
 impl<'a> Interp<'a> {

@@ -63,6 +63,20 @@ const JUMP_KEY_VALID: u32 = 1 << 31;
 /// The mode's bits in a key.
 const JUMP_MODE_MASK: u32 = 7;
 
+/// What [`JumpCache::sync`] found changed since the previous dispatch.
+pub(crate) struct SyncChanges {
+    /// The address space (its key) changed.
+    pub switched: bool,
+    /// Pages were flushed, the TLB was flushed, or the key counter wrapped.
+    pub other: bool,
+}
+
+impl SyncChanges {
+    pub(crate) fn any(&self) -> bool {
+        self.switched || self.other
+    }
+}
+
 /// The jump cache and the TLB state it was last brought in line with.
 pub(crate) struct JumpCache {
     /// Direct-mapped (linear RIP, mode) -> block. Entries are tagged with the address-space
@@ -91,11 +105,12 @@ impl JumpCache {
     }
 
     /// Bring the jump cache in line with the TLB (flushes, address-space switches, INVLPG)
-    /// before a lookup; compiled code may then use it again. Returns whether the address
-    /// space changed since the last call.
+    /// before a lookup; compiled code may then use it again. Says what changed since the
+    /// last call.
     #[inline]
-    pub(crate) fn sync(&mut self, cpu: &mut CpuState) -> bool {
-        if cpu.exec.tlb.space_wraps != self.space_wraps {
+    pub(crate) fn sync(&mut self, cpu: &mut CpuState) -> SyncChanges {
+        let wrapped = cpu.exec.tlb.space_wraps != self.space_wraps;
+        if wrapped {
             // The key counter wrapped: old entries could match new keys.
             self.space_wraps = cpu.exec.tlb.space_wraps;
             self.entries.fill(JumpEntry::EMPTY);
@@ -104,11 +119,17 @@ impl JumpCache {
         if switched {
             self.space = cpu.exec.tlb.space as u32;
         }
-        if cpu.exec.tlb.page_flush_count != 0 {
+        let pages_flushed = cpu.exec.tlb.page_flush_count != 0;
+        if pages_flushed {
             self.flush_pages(cpu);
         }
+        // A flush the dispatcher has not seen zeroed the key.
+        let key_reset = cpu.exec.tlb.jump_key != self.key(0) as u64;
         cpu.exec.tlb.jump_key = self.key(0) as u64;
-        switched
+        SyncChanges {
+            switched,
+            other: wrapped || pages_flushed || key_reset,
+        }
     }
 
     /// The jump-cache key of `mode` now: the address space and the mode.

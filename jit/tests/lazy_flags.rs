@@ -37,7 +37,7 @@ fn check(cpu: &mut CpuState, cc_op: u64, v: [u64; 4]) {
     cpu.rflags = krr_runtime::rflags::FIXED1 | krr_runtime::rflags::IF;
     let runtime = cpu.arith_flags();
     let full = cpu.rflags_value();
-    let jit = krr_jit::interp::materialize_flags(cpu);
+    let jit = krr_jit::interp::materialize_flags_generic(cpu);
     assert_eq!(
         runtime, jit,
         "cc_op {cc_op:#x} res/a/b/aux {v:#x?}: runtime {runtime:#x}, jit {jit:#x}"

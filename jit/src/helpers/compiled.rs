@@ -110,10 +110,6 @@ pub unsafe extern "C" fn krr_helper(
     let cpu = unsafe { &mut *cpu };
     let h = Helper::from_id(helper)
         .unwrap_or_else(|| unreachable!("compiled code passes only ids from Helper::id"));
-    if h == Helper::MaterializeFlags {
-        // Only compiled code asks: the interpreter's flags are already values.
-        return interp::materialize_flags(cpu);
-    }
     run(cpu, h, [a, b, c])
 }
 

@@ -22,8 +22,7 @@ use krr_runtime::{mmu, vector, CpuState, ExceptionRecord, Outcome};
 /// table both directions ([`Helper::id`], [`Helper::from_id`]) are derived from.
 /// [`Helper::Interpret`] and [`Helper::System`] are not in it: compiled code hands the whole
 /// instruction to `krr_interpret` for those.
-const HELPERS: [Helper; 7] = [
-    Helper::MaterializeFlags,
+const HELPERS: [Helper; 6] = [
     Helper::Cpuid,
     Helper::Div,
     Helper::Idiv,
@@ -67,12 +66,11 @@ fn raise(cpu: &mut CpuState, vector: u8, error_code: Option<u32>) -> u64 {
     0
 }
 
-/// Run a [`Helper`] that needs no instruction: all but [`Helper::Interpret`],
-/// [`Helper::System`] (see [`system`]) and [`Helper::MaterializeFlags`] (compiled code's own
-/// request, answered by its entry point).
+/// Run a [`Helper`] that needs no instruction: all but [`Helper::Interpret`] and
+/// [`Helper::System`] (see [`system`]).
 pub fn run(cpu: &mut CpuState, h: Helper, args: [u64; 3]) -> u64 {
     match h {
-        Helper::Interpret | Helper::System | Helper::MaterializeFlags => {
+        Helper::Interpret | Helper::System => {
             unreachable!("{h:?} is not run through helpers::run")
         }
         Helper::Cpuid => {

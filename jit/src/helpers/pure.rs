@@ -4,10 +4,12 @@
 //! interpreter directly, compiled code with a plain System V call from the block, without
 //! flushing guest registers or checking a status (they cannot fail). Much cheaper than the
 //! general host path (`host_exec`: stub, context copy, MXCSR switch) for CRC and crypto
-//! loops, and exact for the same reason: the host is the reference.
+//! loops, and exact for the same reason: the host is the reference. The lazy flags' reading
+//! ([`Pure::ArithFlags`]) is one too: it reads only its arguments.
 //!
 //! [`Builder::pure`]: crate::sem::Builder::pure
 
+use iced_x86::ConditionCode;
 use std::arch::x86_64::*;
 
 /// Two 64-bit results (RAX:RDX under System V, as Cranelift's two `i64` returns).
@@ -40,11 +42,18 @@ pub enum Pure {
     Crc32x16,
     Crc32x32,
     Crc32x64,
+    /// The six arithmetic flags of the lazy state: a = `cc_op` | (`cc_aux` & 1) << 8, b =
+    /// `cc_res`, c = `cc_a`, d = `cc_b` (the runtime's concrete reading). Compiled blocks
+    /// that test flags an earlier block set call it (in single-step mode, every Jcc).
+    ArithFlags,
+    /// Whether condition `(a >> 16) & 15` (x86's numbering, [`cond_code_number`]) holds for
+    /// the lazy state given as for [`Pure::ArithFlags`]: 0 or 1.
+    CondOfLazy,
 }
 
 impl Pure {
     /// Every operation (the code cache names them by their index here).
-    pub const ALL: [Pure; 11] = [
+    pub const ALL: [Pure; 13] = [
         Pure::Pshufb,
         Pure::Clmul,
         Pure::AesEnc,
@@ -56,6 +65,8 @@ impl Pure {
         Pure::Crc32x16,
         Pure::Crc32x32,
         Pure::Crc32x64,
+        Pure::ArithFlags,
+        Pure::CondOfLazy,
     ];
 
     /// The function, if this host has the instruction (never call one it lacks).
@@ -72,6 +83,8 @@ impl Pure {
             Pure::Crc32x16 => (is_x86_feature_detected!("sse4.2"), crc32x16),
             Pure::Crc32x32 => (is_x86_feature_detected!("sse4.2"), crc32x32),
             Pure::Crc32x64 => (is_x86_feature_detected!("sse4.2"), crc32x64),
+            Pure::ArithFlags => (true, arith_flags),
+            Pure::CondOfLazy => (true, cond_of_lazy),
         };
         has.then_some(f)
     }
@@ -86,6 +99,69 @@ fn unpack(v: __m128i) -> Pair {
     // SAFETY: __m128i and [u64; 2] have the same size and any bits are valid for both.
     let [lo, hi]: [u64; 2] = unsafe { std::mem::transmute(v) };
     Pair { lo, hi }
+}
+
+extern "C" fn arith_flags(op_aux: u64, res: u64, a: u64, b: u64) -> Pair {
+    Pair {
+        lo: krr_runtime::lazy_flags::arith_flags(op_aux & 0xff, res, a, b, op_aux >> 8),
+        hi: 0,
+    }
+}
+
+extern "C" fn cond_of_lazy(packed: u64, res: u64, a: u64, b: u64) -> Pair {
+    let flags = krr_runtime::lazy_flags::arith_flags(packed & 0xff, res, a, b, packed >> 8 & 1);
+    Pair {
+        lo: condition_holds(flags, (packed >> 16) as u8 & 15) as u64,
+        hi: 0,
+    }
+}
+
+/// x86's number of a condition (Jcc's low opcode nibble: 0 = O, 1 = NO, 2 = B ... 15 = G).
+pub fn cond_code_number(cc: ConditionCode) -> u8 {
+    use ConditionCode as C;
+    match cc {
+        C::o => 0,
+        C::no => 1,
+        C::b => 2,
+        C::ae => 3,
+        C::e => 4,
+        C::ne => 5,
+        C::be => 6,
+        C::a => 7,
+        C::s => 8,
+        C::ns => 9,
+        C::p => 10,
+        C::np => 11,
+        C::l => 12,
+        C::ge => 13,
+        C::le => 14,
+        C::g => 15,
+        C::None => unreachable!("an unconditional instruction tests no flags"),
+    }
+}
+
+/// Whether condition number `n` holds for the RFLAGS bits `flags`.
+pub fn condition_holds(flags: u64, n: u8) -> bool {
+    use krr_runtime::rflags;
+    let set = |bit: u64| flags & bit != 0;
+    let (cf, zf, sf, of, pf) = (
+        set(rflags::CF),
+        set(rflags::ZF),
+        set(rflags::SF),
+        set(rflags::OF),
+        set(rflags::PF),
+    );
+    let base = match n >> 1 {
+        0 => of,
+        1 => cf,
+        2 => zf,
+        3 => cf || zf,
+        4 => sf,
+        5 => pf,
+        6 => sf != of,
+        _ => zf || sf != of,
+    };
+    base != (n & 1 != 0)
 }
 
 // Each function below is only handed out by `Pure::func` after the host was found to have its

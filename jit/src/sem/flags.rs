@@ -233,6 +233,12 @@ pub fn concrete<B: Builder>(b: &mut B, bits: B::V) -> FlagState<B::V> {
 /// Evaluate a condition code, with direct compares for the common producer/consumer pairs.
 pub fn cond<B: Builder>(b: &mut B, cc: ConditionCode) -> B::B {
     use ConditionCode as C;
+    if cc == C::None {
+        return b.bconst(true);
+    }
+    if let Some(c) = b.incoming_cond(cc) {
+        return c;
+    }
     let f = b.flags();
     let size = f.op.size;
     match f.op.kind {

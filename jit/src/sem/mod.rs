@@ -73,8 +73,6 @@ pub enum Helper {
     /// operand. Returns the RIP execution continues at. Besides faults it may end in a trap
     /// (INT n, INTO, INT1) or HLT, which retire the instruction.
     System,
-    /// Fill the lazy-flags fields with concrete flags; returns the arithmetic flag bits.
-    MaterializeFlags,
     Cpuid,
     /// 128-bit by 64-bit unsigned / signed division of RDX:RAX (size in `a`, divisor in `b`).
     Div,
@@ -164,6 +162,12 @@ pub trait Builder {
     /// The current lazy flags (never [`FlagState::InState`]: builders materialise that).
     fn flags(&mut self) -> FlagState<Self::V>;
     fn set_flags(&mut self, f: FlagState<Self::V>);
+    /// Condition `cc` of flags an earlier block left in the CPU state, when this builder has
+    /// a cheaper way than materialising them (compiled code, `compile::lower::incoming_flags`);
+    /// `None` when it has not, or when the flags were set by this block.
+    fn incoming_cond(&mut self, _cc: iced_x86::ConditionCode) -> Option<Self::B> {
+        None
+    }
 
     /// Load `size` bytes (1, 2, 4, 8) at a linear address, zero-extended.
     fn load(&mut self, addr: Self::V, size: u32) -> R<Self::V>;

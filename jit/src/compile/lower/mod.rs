@@ -6,6 +6,7 @@
 //! `memory`.
 
 mod exits;
+mod incoming_flags;
 mod memory;
 
 use super::reloc::{sym_value, Sym};
@@ -590,10 +591,24 @@ impl Builder for Lower<'_> {
         if let Some(f) = self.flags {
             return f;
         }
-        let id = self.iconst(Helper::MaterializeFlags.id());
+        // Flags an earlier block set: read the lazy state with the runtime's code, a plain
+        // call (it reads only its arguments), and leave the state concrete.
+        let op = self.state_load(offsets::CC_OP);
+        let aux = self.state_load(offsets::CC_AUX);
+        let carry = self.fb.ins().band_imm_u(aux, 1);
+        let carry = self.fb.ins().ishl_imm_u(carry, 8);
+        let op_aux = self.fb.ins().bor(op, carry);
+        let res = self.state_load(offsets::CC_RES);
+        let a = self.state_load(offsets::CC_A);
+        let b = self.state_load(offsets::CC_B);
+        let read = crate::helpers::pure::Pure::ArithFlags
+            .func()
+            .expect("available on every host");
+        let (bits, _) = self.pure(read, [op_aux, res, a, b]);
+        let concrete = self.iconst(FlagOp::CONCRETE.encode());
+        self.state_store(offsets::CC_OP, concrete);
+        self.state_store(offsets::CC_RES, bits);
         let z = self.iconst(0);
-        let cpu = self.cpu;
-        let bits = self.call_fn(self.refs.helpers.helper, &[cpu, id, z, z, z]);
         let f = FlagState {
             op: FlagOp::CONCRETE,
             res: bits,
@@ -601,13 +616,19 @@ impl Builder for Lower<'_> {
             b: z,
             aux: z,
         };
-        // The helper left the state holding exactly these concrete flags.
+        // The state now holds exactly these concrete flags.
         self.flags = Some(f);
         self.flags_dirty = false;
         if !self.ctx.flags_dirty {
             self.ctx.flags = Some(f);
         }
         f
+    }
+    fn incoming_cond(&mut self, cc: iced_x86::ConditionCode) -> Option<Value> {
+        if self.flags.is_some() {
+            return None;
+        }
+        Some(self.cond_of_state_flags(cc))
     }
     fn set_flags(&mut self, f: FlagState<Value>) {
         self.flags = Some(f);
