@@ -332,8 +332,8 @@ impl Jit {
     /// together, on this thread. (An engine uses either this or [`Jit::submit`].)
     pub(crate) fn compile(&mut self, blocks: &[&Block]) -> Vec<CompiledBlock> {
         assert!(self.defined.is_empty(), "no background blocks waiting");
-        let dump = std::env::var_os("KRR_DUMP_CODE").is_some();
         for block in blocks {
+            let dump = worker::dump_wanted(block.start);
             let (id, pending) = self.prepare(BlockId::from_index(0), block);
             if std::env::var_os("KRR_CODE_CACHE_VERIFY").is_some() {
                 if let Some(stored) = pending.material.as_ref().and_then(|m| self.cached_code(m)) {

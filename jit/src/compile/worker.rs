@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 /// A block handed to the compile worker: its IR and where its result goes.
 struct Job {
     block_id: BlockId,
+    /// The guest block's linear start (for `KRR_DUMP_CODE`).
+    start: u64,
     id: FuncId,
     func: cranelift_codegen::ir::Function,
 }
@@ -55,9 +57,9 @@ impl Worker {
             .name("krr-compile".into())
             .spawn(move || {
                 let mut ctx = Context::new();
-                let dump = std::env::var_os("KRR_DUMP_CODE").is_some();
                 // Ends when the engine drops its sender.
                 while let Ok(job) = job_rx.recv() {
+                    let dump = dump_wanted(job.start);
                     let done = compile_job(&mut ctx, &isa, job, dump);
                     if done_tx.send(done).is_err() {
                         break;
@@ -73,6 +75,24 @@ impl Worker {
     }
 }
 
+/// `KRR_DUMP_CODE`: print the IR and machine code of every block compiled (`1`), or only of
+/// the block starting at one linear address (`0xffffffff81000000`).
+pub(super) fn dump_wanted(start: u64) -> bool {
+    static WANTED: std::sync::OnceLock<Option<Option<u64>>> = std::sync::OnceLock::new();
+    let wanted = WANTED.get_or_init(|| {
+        let v = std::env::var("KRR_DUMP_CODE").ok()?;
+        Some(
+            v.strip_prefix("0x")
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok()),
+        )
+    });
+    match wanted {
+        None => false,
+        Some(None) => true,
+        Some(Some(at)) => *at == start,
+    }
+}
+
 /// On the compile thread: generate `job`'s machine code in `ctx` (`dump`: print its IR and
 /// code, for `KRR_DUMP_CODE`).
 fn compile_job(ctx: &mut Context, isa: &OwnedTargetIsa, job: Job, dump: bool) -> Done {
@@ -81,7 +101,8 @@ fn compile_job(ctx: &mut Context, isa: &OwnedTargetIsa, job: Job, dump: bool) ->
     ctx.func = job.func;
     if dump {
         eprintln!(
-            "IR (tag {:#x}):\n{}",
+            "IR of the block at {:#x} (tag {:#x}):\n{}",
+            job.start,
             job.block_id.index(),
             ctx.func.display()
         );
@@ -147,7 +168,12 @@ impl Jit {
         let worker = self.worker.get_or_insert_with(|| Worker::spawn(isa));
         worker
             .jobs
-            .send(Job { block_id, id, func })
+            .send(Job {
+                block_id,
+                start: block.start,
+                id,
+                func,
+            })
             .expect("the compile thread outlives the engine's sender");
         worker.in_flight += 1;
         self.pending.insert(id, pending);

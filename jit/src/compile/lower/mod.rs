@@ -519,6 +519,21 @@ impl Builder for Lower<'_> {
         if let Some(&x) = self.consts.get(&a) {
             return self.iconst(x & mask);
         }
+        if bits == 32 {
+            // The 32-bit mask is no sign-extended immediate: `and` would load it from the
+            // constant pool; a 32-bit move zero-extends in one instruction. A value that is
+            // such a move already needs nothing.
+            if let Some(inst) = self.fb.func.dfg.value_def(a).inst() {
+                if self.fb.func.dfg.insts[inst].opcode() == cranelift_codegen::ir::Opcode::Uextend {
+                    let arg = self.fb.func.dfg.inst_args(inst)[0];
+                    if self.fb.func.dfg.value_type(arg).bits() <= 32 {
+                        return a;
+                    }
+                }
+            }
+            let low = self.fb.ins().ireduce(types::I32, a);
+            return self.fb.ins().uextend(types::I64, low);
+        }
         self.fb.ins().band_imm_s(a, mask as i64)
     }
     fn icmp(&mut self, cc: Cmp, a: Value, b: Value) -> Value {
