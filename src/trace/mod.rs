@@ -7,12 +7,14 @@ pub mod delta;
 pub mod event;
 mod reader;
 pub mod state;
+mod stream;
 mod writer;
 
 use bytes::{Put, Reader};
 pub use event::{Event, EventCounts, EventData, EventKind};
 use krr_runtime::cpuid::CpuidEntry;
-pub use reader::{EventStream, Snapshot, StreamMark, TraceReader};
+pub use reader::{Snapshot, TraceReader};
+pub use stream::{EventStream, StreamMark};
 pub use writer::TraceWriter;
 
 pub const MAGIC: &[u8; 8] = b"KRRTRACE";

@@ -66,6 +66,38 @@ impl TraceReader {
         Ok(reader)
     }
 
+    /// A second handle on the same trace (its own file position), for a thread that reads
+    /// ahead. The file must still be the one opened (same length).
+    pub(super) fn reopen(&self) -> Result<TraceReader, TraceError> {
+        let io = |err| TraceError::Io {
+            path: self.path.clone(),
+            err,
+        };
+        let file = File::open(&self.path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len != self.file_len {
+            return Err(TraceError::Truncated {
+                path: self.path.clone(),
+                offset: len,
+                what: format!(
+                    "the file changed size since it was opened ({} bytes)",
+                    self.file_len
+                ),
+            });
+        }
+        Ok(TraceReader {
+            path: self.path.clone(),
+            file: BufReader::with_capacity(1 << 20, file),
+            info: self.info.clone(),
+            end: self.end.clone(),
+            index: self.index.clone(),
+            deltas: self.deltas.clone(),
+            file_len: self.file_len,
+            snapshot_offset: self.snapshot_offset,
+            end_offset: self.end_offset,
+        })
+    }
+
     /// The snapshot's RAM image decompresses to a page bitmap for the config's RAM size and
     /// exactly the pages it marks (streamed: nothing larger than a page is allocated).
     fn check_snapshot(&mut self) -> Result<(), TraceError> {
@@ -654,132 +686,6 @@ impl Opening {
                     end.counts.total()
                 ),
             ));
-        }
-        Ok(())
-    }
-}
-
-/// Reads the events of a trace in order, one chunk at a time.
-pub struct EventStream {
-    reader: TraceReader,
-    next_chunk: usize,
-    buffered: std::collections::VecDeque<Event>,
-    /// Index of the next event `next()` returns.
-    pub position: u64,
-    /// The last events consumed, oldest first (a debugger shows them).
-    recent: std::collections::VecDeque<Event>,
-}
-
-/// Consumed events [`EventStream::recent`] keeps.
-const RECENT: usize = 16;
-
-/// Where an [`EventStream`] is, to come back to ([`EventStream::mark`]).
-#[derive(Clone)]
-pub struct StreamMark {
-    next_chunk: usize,
-    buffered: std::collections::VecDeque<Event>,
-    position: u64,
-    recent: std::collections::VecDeque<Event>,
-}
-
-impl StreamMark {
-    /// Bytes it holds, roughly (its buffered events).
-    pub fn approx_bytes(&self) -> u64 {
-        let data = |e: &Event| match &e.data {
-            crate::trace::EventData::DmaWrite { data, .. } => data.len() as u64,
-            _ => 0,
-        };
-        self.buffered
-            .iter()
-            .chain(&self.recent)
-            .map(|e| 64 + data(e))
-            .sum()
-    }
-}
-
-impl EventStream {
-    /// The stream's place, for [`EventStream::restore`].
-    pub fn mark(&self) -> StreamMark {
-        StreamMark {
-            next_chunk: self.next_chunk,
-            buffered: self.buffered.clone(),
-            position: self.position,
-            recent: self.recent.clone(),
-        }
-    }
-
-    /// Go back (or forward) to a place [`EventStream::mark`] gave.
-    pub fn restore(&mut self, m: &StreamMark) {
-        self.next_chunk = m.next_chunk;
-        self.buffered = m.buffered.clone();
-        self.position = m.position;
-        self.recent = m.recent.clone();
-    }
-
-    pub fn new(reader: TraceReader) -> EventStream {
-        EventStream {
-            reader,
-            next_chunk: 0,
-            buffered: Default::default(),
-            position: 0,
-            recent: Default::default(),
-        }
-    }
-
-    fn fill(&mut self, want: usize) -> Result<(), TraceError> {
-        while self.buffered.len() < want && self.next_chunk < self.reader.index.len() {
-            let evs = self.reader.chunk(self.next_chunk)?;
-            self.next_chunk += 1;
-            self.buffered.extend(evs);
-        }
-        Ok(())
-    }
-
-    /// The `k`th event from the current position, without consuming it.
-    pub fn peek(&mut self, k: usize) -> Result<Option<&Event>, TraceError> {
-        self.fill(k + 1)?;
-        Ok(self.buffered.get(k))
-    }
-
-    pub fn next_event(&mut self) -> Result<Option<Event>, TraceError> {
-        self.fill(1)?;
-        let e = self.buffered.pop_front();
-        if let Some(e) = &e {
-            self.position += 1;
-            if self.recent.len() == RECENT {
-                self.recent.pop_front();
-            }
-            self.recent.push_back(e.clone());
-        }
-        Ok(e)
-    }
-
-    /// Up to 16 events consumed last, oldest first; the last one's index is `position - 1`.
-    pub fn recent(&self) -> impl Iterator<Item = &Event> {
-        self.recent.iter()
-    }
-
-    pub fn reader(&self) -> &TraceReader {
-        &self.reader
-    }
-
-    pub fn reader_mut(&mut self) -> &mut TraceReader {
-        &mut self.reader
-    }
-
-    /// Go to event `n` (a delta snapshot's place): the next event returned is the `n`th.
-    pub fn seek(&mut self, n: u64) -> Result<(), TraceError> {
-        let index = &self.reader.index;
-        let chunk = index.partition_point(|c| c.first_event + c.events as u64 <= n);
-        self.buffered.clear();
-        self.recent.clear();
-        self.next_chunk = chunk;
-        self.position = n;
-        if chunk < index.len() {
-            let skip = (n - index[chunk].first_event) as usize;
-            let evs = self.reader.chunk(chunk)?;
-            self.next_chunk += 1;
-            self.buffered.extend(evs.into_iter().skip(skip));
         }
         Ok(())
     }

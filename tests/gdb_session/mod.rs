@@ -54,7 +54,9 @@ pub fn under_gdb(krr: &Path, args: &[&str], commands: &[String]) -> (String, Str
         }
     }
     let mut gdb = Command::new("gdb");
-    gdb.args(["-batch", "-nx"])
+    // gdb gives up on a packet after 2 s by default; a loaded test machine can take longer
+    // to answer one (a replay to a far position), and a lost reply skews the whole script.
+    gdb.args(["-batch", "-nx", "-ex", "set remotetimeout 60"])
         .arg("-ex")
         .arg(format!("target remote :{port}"));
     for c in commands {
