@@ -393,6 +393,36 @@ mod tests {
     }
 
     #[test]
+    fn the_read_ahead_follows_jumps_back_and_forth() {
+        let path = tmp("jumps");
+        let (events, _) = write_trace(&path, 60_000);
+        let r = TraceReader::open(&path).unwrap();
+        let chunks = r.index.len();
+        assert!(chunks >= 4, "{chunks} chunks");
+        let mut s = EventStream::new(r);
+        let mut marks = Vec::new();
+        for i in 0..45_000 {
+            if i % 10_000 == 0 {
+                marks.push((i, s.mark()));
+            }
+            assert_eq!(s.next_event().unwrap().as_ref(), Some(&events[i]));
+        }
+        // Back to each mark (the read-ahead thread is then at another chunk), then forwards.
+        for (i, m) in marks.iter().rev() {
+            s.restore(m);
+            for e in &events[*i..*i + 14_000] {
+                assert_eq!(s.next_event().unwrap().as_ref(), Some(e));
+            }
+        }
+        s.seek(35_000).unwrap();
+        for e in &events[35_000..] {
+            assert_eq!(s.next_event().unwrap().as_ref(), Some(e));
+        }
+        assert_eq!(s.next_event().unwrap(), None);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
     fn every_truncation_is_rejected_as_truncated() {
         let path = tmp("full");
         write_trace(&path, 3000);
