@@ -4,6 +4,17 @@ use krr::trace::{EventData, EventStream, TraceReader, VERSION};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// `println!` that ends the process quietly when the reader of stdout is gone (`krr info |
+/// head`), as a tool killed by SIGPIPE would, instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        if writeln!(std::io::stdout(), $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 /// What the guest's devices did, by source: interrupts by vector, and the MMIO, device
 /// MSR and DMA traffic by the device krr's PC has there.
 #[derive(Default)]
@@ -53,16 +64,16 @@ impl Breakdown {
     }
 
     fn print(&self) {
-        println!("=== Interrupts by vector ===");
+        out!("=== Interrupts by vector ===");
         for (v, n) in &self.vectors {
-            println!("{v:#04x}: {n}");
+            out!("{v:#04x}: {n}");
         }
-        println!("=== Device accesses ===");
+        out!("=== Device accesses ===");
         for ((device, what), n) in &self.accesses {
-            println!("{device} {what}: {n}");
+            out!("{device} {what}: {n}");
         }
         if self.dma_bytes > 0 {
-            println!("DMA bytes: {}", self.dma_bytes);
+            out!("DMA bytes: {}", self.dma_bytes);
         }
     }
 }
@@ -88,14 +99,14 @@ pub fn run(path: &Path, events: Option<&str>) -> Result<i32, String> {
     let r = TraceReader::open(path).map_err(|e| e.to_string())?;
     let i = &r.info;
     let e = &r.end;
-    println!("trace: {} ({} bytes)", path.display(), r.file_len);
-    println!(
+    out!("trace: {} ({} bytes)", path.display(), r.file_len);
+    out!(
         "format: krr trace version {VERSION}, recorded by krr {}",
         i.krr_version
     );
-    println!("guest: {}", i.guest);
-    println!("command line: {}", i.cmdline);
-    println!(
+    out!("guest: {}", i.guest);
+    out!("command line: {}", i.cmdline);
+    out!(
         "machine: {} MiB RAM, CPU model {} ({} CPUID entries), virtual time {} ns per instruction",
         i.mem_bytes >> 20,
         i.cpu_model,
@@ -105,49 +116,50 @@ pub fn run(path: &Path, events: Option<&str>) -> Result<i32, String> {
     match krr_runtime::cpuid::CpuidTable::from_entries(&i.cpuid) {
         Some(t) => {
             for l in krr::cpu_model::describe(&t) {
-                println!("  CPU {l}");
+                out!("  CPU {l}");
             }
         }
-        None => println!("  CPU: {} CPUID entries do not fit a table", i.cpuid.len()),
+        None => out!("  CPU: {} CPUID entries do not fit a table", i.cpuid.len()),
     }
     // A named model's masked features (its spec still parses to the same table).
     if let Ok(m) = krr::cpu_model::CpuModel::parse(&i.cpu_model) {
         if m.cpuid.entries[..m.cpuid.len as usize] == i.cpuid[..] {
             for l in m.masked_lines() {
-                println!("  CPU {l}");
+                out!("  CPU {l}");
             }
         }
     }
-    println!(
+    out!(
         "checkpoints: every {} instructions; {} event chunks",
         i.checkpoint_interval,
         r.index.len()
     );
     let at: Vec<String> = r.deltas.iter().map(|d| d.icount.to_string()).collect();
     match at.len() {
-        0 => println!("snapshots: none (`krr replay --save-snapshots N` adds them)"),
-        n => println!(
+        0 => out!("snapshots: none (`krr replay --save-snapshots N` adds them)"),
+        n => out!(
             "snapshots: {n}, {} segments (`krr replay --jobs N`, `--segment K`); at instructions {}",
             n + 1,
             at.join(" ")
         ),
     }
-    println!(
+    out!(
         "end: {} at instruction {} RIP {:#x}, guest time {:.3} s",
         e.reason,
         e.icount,
         e.rip,
         e.guest_ns as f64 / 1e9
     );
-    println!(
+    out!(
         "final state hash: registers {:016x} RAM {:016x}",
-        e.regs_hash, e.ram_hash
+        e.regs_hash,
+        e.ram_hash
     );
-    println!("=== Event Stats ===");
+    out!("=== Event Stats ===");
     for l in e.counts.lines() {
-        println!("{l}");
+        out!("{l}");
     }
-    println!("Instructions: {}", e.icount);
+    out!("Instructions: {}", e.icount);
     let (first, last) = range.unwrap_or((u64::MAX, u64::MAX));
     let mut breakdown = Breakdown::default();
     let mut stream = EventStream::new(r);
@@ -157,7 +169,7 @@ pub fn run(path: &Path, events: Option<&str>) -> Result<i32, String> {
             Some(ev) => {
                 breakdown.add(&ev.data);
                 if (first..last).contains(&index) {
-                    println!("event {index}: {ev}");
+                    out!("event {index}: {ev}");
                 }
             }
             None => break,

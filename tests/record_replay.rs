@@ -150,6 +150,19 @@ fn recording_is_deterministic_and_replays_exactly_in_every_mode() {
             "{name}: every event consumed"
         );
         hashes.push((out.regs_hash, out.ram_hash));
+        // The guest touched some of its RAM (its code and data, at least a page), not more
+        // than there is; the summary says so.
+        assert!(
+            out.ram_resident >= 4096 && out.ram_resident <= out.ram_size,
+            "{name}: {} of {}",
+            out.ram_resident,
+            out.ram_size
+        );
+        assert!(out.summary().contains(&format!(
+            "Guest RAM: {} MiB resident of {} MiB",
+            out.ram_resident >> 20,
+            out.ram_size >> 20
+        )));
     }
     assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
     assert_eq!(hashes[0], (rec.end_info.regs_hash, rec.end_info.ram_hash));

@@ -97,6 +97,27 @@ impl GuestMemory {
         self.map.len() as u64
     }
 
+    /// Bytes of guest RAM the host holds in memory (pages the guest, a snapshot or a check
+    /// touched; the rest of the mapping costs nothing), by `mincore`. 0 if the host will not
+    /// say.
+    pub fn resident_bytes(&self) -> u64 {
+        let pages = self.map.len().div_ceil(PAGE_SIZE as usize);
+        let mut vec = vec![0u8; pages];
+        // SAFETY: the range is this mapping, page-aligned (mmap returns page-aligned memory)
+        // and `vec` has one byte per page of it, which is what mincore writes.
+        let r = unsafe {
+            libc::mincore(
+                self.map.as_ptr() as *mut libc::c_void,
+                self.map.len(),
+                vec.as_mut_ptr(),
+            )
+        };
+        if r != 0 {
+            return 0;
+        }
+        vec.iter().filter(|&&b| b & 1 != 0).count() as u64 * PAGE_SIZE
+    }
+
     /// The RAM windows in guest-physical order (`offset`: where each lies in the mapping).
     pub fn windows(&self) -> impl Iterator<Item = RamWindow> + '_ {
         self.windows.iter()

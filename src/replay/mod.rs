@@ -86,6 +86,9 @@ pub struct ReplayOutcome {
     pub blocks_cached: u64,
     pub code_bytes: u64,
     pub compile_seconds: f64,
+    /// Guest RAM the host held at the end (resident pages of the RAM mapping), and its size.
+    pub ram_resident: u64,
+    pub ram_size: u64,
     /// Register line and next instruction at the end (for `--stop-at` and divergences).
     pub state_dump: String,
     /// ` (function+0xoff)` of the breakpoint reached, when symbols are known.
@@ -682,6 +685,8 @@ impl Replayer {
             blocks_cached: stats.blocks_cached,
             code_bytes: stats.code_bytes,
             compile_seconds: stats.compile_time.as_secs_f64(),
+            ram_resident: self.core.mem().resident_bytes(),
+            ram_size: self.core.mem().size(),
             state_dump,
             breakpoint_name,
         })
@@ -707,6 +712,11 @@ impl ReplayOutcome {
         s.push_str(&format!(
             "Engine: {} blocks compiled, {} code bytes, {:.2} s compiling, {} blocks from the code cache\n",
             self.blocks_compiled, self.code_bytes, self.compile_seconds, self.blocks_cached
+        ));
+        s.push_str(&format!(
+            "Guest RAM: {} MiB resident of {} MiB\n",
+            self.ram_resident >> 20,
+            self.ram_size >> 20
         ));
         s.push_str(&format!(
             "Final state hash: registers {:016x} RAM {:016x}\n",

@@ -97,13 +97,19 @@ struct Done {
 }
 
 /// Engine work of a replayer a thread set aside (its stats go into the summary).
-type Work = (u64, u64, f64);
+/// A replayer's blocks compiled, code bytes, compile seconds and resident guest RAM.
+type Work = (u64, u64, f64, u64);
 
 /// What a thread gives back: its segments, and the work of replayers it set aside.
 type ThreadResult = Result<(Vec<Done>, Vec<Work>), ReplayError>;
 
 fn work(o: &ReplayOutcome) -> Work {
-    (o.blocks_compiled, o.code_bytes, o.compile_seconds)
+    (
+        o.blocks_compiled,
+        o.code_bytes,
+        o.compile_seconds,
+        o.ram_resident,
+    )
 }
 
 /// Thread `w`: take segments from `plan` until none is left; consecutive ones go on in one
@@ -261,6 +267,8 @@ pub fn replay(
     outcome.blocks_compiled = works.iter().map(|w| w.0).sum();
     outcome.code_bytes = works.iter().map(|w| w.1).sum();
     outcome.compile_seconds = works.iter().map(|w| w.2).sum();
+    // Each thread's replayer has its own RAM: the largest one.
+    outcome.ram_resident = works.iter().map(|w| w.3).max().unwrap_or(0);
     Ok(Parallel {
         outcome,
         console,
