@@ -75,12 +75,16 @@ long_n=${KRR_BENCH_LONG:-3}
 append=$(sed -n 's/.*DEFAULT_APPEND: &str = "\([^"]*\)".*/\1/p' "$repo/src/run.rs")
 [ -n "$append" ] || { echo "bench/boot.sh: cannot read DEFAULT_APPEND from src/run.rs" >&2; exit 1; }
 long_trace="$logs/long.trace"
-"$krr" record --kernel "$kernel" --initrd "$initrd" "${cpu_like_qemu[@]}" \
-  --append "$append krr_long=$long_n" -o "$long_trace" \
-  >"$logs/long-record.console" 2>"$logs/long-record.stderr" \
-  || { echo "bench/boot.sh: krr record (long) failed (see $logs/long-record.stderr)" >&2; exit 1; }
-grep -q KRR-LONG-END "$logs/long-record.console" || {
-  echo "bench/boot.sh: the long workload did not finish (see $logs/long-record.console)" >&2; exit 1; }
+# (Not recorded when KRR_BENCH_ROWS names no long-workload row.)
+rm -f "$long_trace"
+if [ -z "${KRR_BENCH_ROWS:-}" ] || [[ $KRR_BENCH_ROWS == *long_* ]]; then
+  "$krr" record --kernel "$kernel" --initrd "$initrd" "${cpu_like_qemu[@]}" \
+    --append "$append krr_long=$long_n" -o "$long_trace" \
+    >"$logs/long-record.console" 2>"$logs/long-record.stderr" \
+    || { echo "bench/boot.sh: krr record (long) failed (see $logs/long-record.stderr)" >&2; exit 1; }
+  grep -q KRR-LONG-END "$logs/long-record.console" || {
+    echo "bench/boot.sh: the long workload did not finish (see $logs/long-record.console)" >&2; exit 1; }
+fi
 
 boot=(--kernel "$kernel" --initrd "$initrd")
 # Code cache rows: cold = an empty cache directory every run (compiles and fills it), warm =
@@ -89,7 +93,7 @@ boot=(--kernel "$kernel" --initrd "$initrd")
 cold_cache="$logs/code-cache-cold" warm_cache="$logs/code-cache-warm"
 rm -rf "$warm_cache"
 "$krr" replay -q "$trace" --code-cache "$warm_cache" >/dev/null 2>&1
-"$krr" replay -q "$long_trace" --code-cache "$warm_cache" >/dev/null 2>&1
+[ -f "$long_trace" ] && "$krr" replay -q "$long_trace" --code-cache "$warm_cache" >/dev/null 2>&1
 row_krr_replay() { "${measure[@]}" "$krr" replay "$trace"; }
 row_krr_replay_cold() { rm -rf "$cold_cache"; "${measure[@]}" "$krr" replay "$trace" --code-cache "$cold_cache"; }
 row_krr_replay_warm() { "${measure[@]}" "$krr" replay "$trace" --code-cache "$warm_cache"; }
@@ -141,6 +145,16 @@ ROWS=(
   "long_qemu|long: QEMU TCG"
   "long_qemu_icount|long: QEMU TCG -icount shift=0"
 )
+# KRR_BENCH_ROWS=name,name,...: only those rows (and the pairs among them), for a quick look
+# at what one change moved; the chart is then not redrawn.
+if [ -n "${KRR_BENCH_ROWS:-}" ]; then
+  keep=()
+  for row in "${ROWS[@]}"; do
+    [[ ",$KRR_BENCH_ROWS," == *",${row%%|*},"* ]] && keep+=("$row")
+  done
+  [ ${#keep[@]} -gt 0 ] || { echo "bench/boot.sh: KRR_BENCH_ROWS matches no row" >&2; exit 1; }
+  ROWS=("${keep[@]}")
+fi
 # Like with like: krr row|QEMU row (the last pair is krr against itself: what PCID changes).
 PAIRS=(
   "krr_replay|qemu" "krr_replay|qemu_icount" "krr|qemu" "krr|qemu_icount"
@@ -185,6 +199,9 @@ boot_once() {
   c=$(grep -o '[0-9]* blocks compiled, [0-9]* code bytes, [0-9.]* s compiling' "$err" | tail -n 1 \
     | awk '{print $1 " " $4 " " $7}' || true)
   c=${c:-"- - -"}
+  # Guest RAM the replay held at its end (its summary), to set RSS against.
+  g=$(sed -n 's/^Guest RAM: \([0-9]*\) MiB resident of .*/\1/p' "$err" | tail -n 1)
+  g=${g:--}
 }
 
 median() { sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
@@ -194,13 +211,13 @@ med() {
   if [ -n "$xs" ]; then median <<<"$xs"; else echo -; fi
 }
 
-declare -A walls=() cpus=() rss=() insns=() blocks=() bytes=() csecs=()
+declare -A walls=() cpus=() rss=() insns=() blocks=() bytes=() csecs=() gram=()
 for i in $(seq 1 "$runs"); do
   for row in "${ROWS[@]}"; do
     name=${row%%|*}
     boot_once "$name" "$i"
     echo "run $i ${row#*|}: ${w} s wall, ${u} s CPU, ${m} KiB, ${n} instructions" >&2
-    walls[$name]+="$w " cpus[$name]+="$u " rss[$name]+="$m " insns[$name]+="$n "
+    walls[$name]+="$w " cpus[$name]+="$u " rss[$name]+="$m " insns[$name]+="$n " gram[$name]+="$g "
     read -r cb cy cs <<<"$c"
     blocks[$name]+="$cb " bytes[$name]+="$cy " csecs[$name]+="$cs "
   done
@@ -211,8 +228,8 @@ for row in "${ROWS[@]}"; do label[${row%%|*}]=${row#*|}; done
 echo
 echo "Boot to poweroff, $runs runs per row, taking turns ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
 echo "$("$qemu" --version | head -n 1); krr $(git -C "$repo" rev-parse --short HEAD); krr rows --cpu ${cpu_like_qemu[1]} but the max row"
-printf '%-26s %9s %13s %8s %9s %12s %7s %7s %10s %9s\n' row "wall (s)" "min-max (s)" "CPU (s)" "RSS (MiB)" \
-  instructions MIPS blocks "code bytes" "compile s"
+printf '%-26s %9s %13s %8s %9s %9s %12s %7s %7s %10s %9s\n' row "wall (s)" "min-max (s)" "CPU (s)" "RSS (MiB)" \
+  "RAM (MiB)" instructions MIPS blocks "code bytes" "compile s"
 for row in "${ROWS[@]}"; do
   name=${row%%|*}
   w=$(med "${walls[$name]}")
@@ -221,11 +238,13 @@ for row in "${ROWS[@]}"; do
   n=$(tr ' ' '\n' <<<"${insns[$name]}" | grep . | sort -u)
   [ "$(wc -l <<<"$n")" -eq 1 ] || n="varies"
   if [[ "$n" =~ ^[0-9]+$ ]]; then mips=$(awk -v n="$n" -v w="$w" 'BEGIN {printf "%.1f", n / w / 1e6}'); else mips=-; fi
-  printf '%-26s %9.2f %13s %8.2f %9.0f %12s %7s %7s %10s %9s\n' "${label[$name]}" "$w" "$lo-$hi" \
-    "$(med "${cpus[$name]}")" "$(awk -v m="$(med "${rss[$name]}")" 'BEGIN {print m / 1024}')" "$n" "$mips" \
+  printf '%-26s %9.2f %13s %8.2f %9.0f %9s %12s %7s %7s %10s %9s\n' "${label[$name]}" "$w" "$lo-$hi" \
+    "$(med "${cpus[$name]}")" "$(awk -v m="$(med "${rss[$name]}")" 'BEGIN {print m / 1024}')" \
+    "$(med "${gram[$name]}")" "$n" "$mips" \
     "$(med "${blocks[$name]}")" "$(med "${bytes[$name]}")" "$(med "${csecs[$name]}")"
 done
-echo "(CPU: user + system of all threads. MIPS: guest instructions / median wall time, start-up included.)"
+echo "(CPU: user + system of all threads. RAM: guest RAM resident at a replay's end, by its summary. MIPS:"
+echo " guest instructions / median wall time, start-up included.)"
 # The chart: wall and CPU time per row, per workload.
 table="$logs/table.tsv"
 : >"$table"
@@ -252,12 +271,15 @@ if [ -n "${KRR_QEMU:-}" ]; then
 else
   echo "(KRR's own replayer: set KRR_QEMU to add the KRR-recording rows)"
 fi
-python3 "$here/chart.py" "$table" "$here/boot.svg" && echo "chart: bench/boot.svg"
+if [ -z "${KRR_BENCH_ROWS:-}" ]; then
+  python3 "$here/chart.py" "$table" "$here/boot.svg" && echo "chart: bench/boot.svg"
+fi
 
 echo
 printf '%-52s %8s %8s\n' "like with like: time ratio (below 1: krr faster)" wall CPU
 for pair in "${PAIRS[@]}"; do
   a=${pair%%|*} b=${pair#*|}
+  [ -n "${label[$a]:-}" ] && [ -n "${label[$b]:-}" ] || continue
   printf '%-52s %7.2fx %7.2fx\n' "${label[$a]} / ${label[$b]}" \
     "$(awk -v a="$(med "${walls[$a]}")" -v b="$(med "${walls[$b]}")" 'BEGIN {print a / b}')" \
     "$(awk -v a="$(med "${cpus[$a]}")" -v b="$(med "${cpus[$b]}")" 'BEGIN {print a / b}')"
