@@ -12,7 +12,7 @@ use krr_runtime::arch::rflags;
 mod common;
 mod splitmix;
 use common::assemble;
-use splitmix::SplitMix;
+use splitmix::{edge_operand as operand, SplitMix};
 
 const CODE: u64 = 0x0100_0000;
 const TABLE: u64 = 0x2000_0000;
@@ -164,28 +164,6 @@ fn program(p: Producer, bits: u32) -> Vec<u8> {
         },
         CODE,
     )
-}
-
-/// An operand biased towards the edges of a `bits`-wide value (zero, one, the sign bit, all
-/// ones, values next to them) and small shift counts.
-fn operand(rng: &mut SplitMix, bits: u32) -> u64 {
-    let mask = if bits == 64 {
-        u64::MAX
-    } else {
-        (1 << bits) - 1
-    };
-    let top = 1u64 << (bits - 1);
-    match rng.next() % 9 {
-        0 => 0,
-        1 => 1,
-        2 => top,
-        3 => top - 1,
-        4 => mask,
-        5 => top + 1,
-        6 => rng.next() % (bits as u64 + 2),
-        7 => rng.next(),
-        _ => rng.next() & mask,
-    }
 }
 
 #[test]
