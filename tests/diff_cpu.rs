@@ -12,7 +12,8 @@
 //!   one in tests/run.sh);
 //! - `KRR_DIFF_ONLY`: comma-separated substrings of `Code` names to restrict the forms
 //!   (e.g. `Div_rm64,Shl_`), also used as the block pool. Cases are derived from the seed and
-//!   the form, so a failing form's cases are reproduced with `KRR_DIFF_ONLY=<form>`;
+//!   the form, so a failing form's cases are reproduced with `KRR_DIFF_ONLY=<form>`; `@x87`
+//!   selects every x87 and MMX form;
 //! - `KRR_DIFF_MIN_FORMS`: required with `KRR_DIFF_ONLY`: how many forms the filter must
 //!   select (the only way to lower the form minimum below the whole covered list);
 //!
@@ -171,7 +172,11 @@ fn selected_codes() -> Vec<Code> {
         .into_iter()
         .filter(|c| {
             let name = format!("{c:?}");
-            cfg.only.is_empty() || cfg.only.iter().any(|o| name.contains(o.as_str()))
+            cfg.only.is_empty()
+                || cfg
+                    .only
+                    .iter()
+                    .any(|o| name.contains(o.as_str()) || (o == "@x87" && gen::is_x87_or_mmx(*c)))
         })
         .collect()
 }
@@ -973,4 +978,47 @@ fn found_cases_agree() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Every x87 form (escape opcodes D8-DF, FWAIT) and every form on MMX registers is covered,
+/// but 3DNow! and MASKMOVQ (#UD by design), forms invalid in 64-bit mode and forms this host
+/// lacks. `KRR_DIFF_VERBOSE` lists the covered and uncovered ones.
+#[test]
+fn x87_mmx_forms_are_covered() {
+    let verbose = std::env::var_os("KRR_DIFF_VERBOSE").is_some();
+    let (mut x87, mut mmx) = (0, 0);
+    let mut by_reason: BTreeMap<&str, Vec<Code>> = BTreeMap::new();
+    for code in Code::values().filter(|c| gen::is_x87_or_mmx(*c)) {
+        match gen::exclusion_reason(code) {
+            None if gen::is_x87(code) => x87 += 1,
+            None => mmx += 1,
+            Some(why) => by_reason.entry(why).or_default().push(code),
+        }
+        if verbose {
+            println!("{code:?}: {:?}", gen::exclusion_reason(code));
+        }
+    }
+    println!("x87 and MMX forms covered: {x87} x87, {mmx} MMX; not covered:");
+    for (why, codes) in &by_reason {
+        println!("  {why}: {}", codes.len());
+    }
+    let unexpected: Vec<_> = by_reason
+        .iter()
+        .filter(|(why, _)| {
+            !why.contains("#UD by design")
+                && !why.starts_with("FWAIT + ")
+                && **why != "not valid in 64-bit mode"
+                && **why != "not supported by this CPU"
+        })
+        .collect();
+    assert!(unexpected.is_empty(), "not covered: {unexpected:?}");
+    // This host (AMD EPYC) has every x87 and MMX extension but 3DNow!.
+    let missing = by_reason.get("not supported by this CPU");
+    assert!(
+        missing.is_none_or(|c| c
+            .iter()
+            .all(|c| c.mnemonic() == iced_x86::Mnemonic::Fstpnce)),
+        "x87/MMX forms this host lacks: {missing:?}"
+    );
+    assert!(x87 >= 140 && mmx >= 100, "{x87} x87 and {mmx} MMX forms");
 }

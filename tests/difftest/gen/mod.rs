@@ -44,6 +44,8 @@ mod simd;
 mod string;
 mod tuning;
 mod values;
+mod x87;
+mod x87_values;
 
 // The generator's interface (not every test binary uses all of it).
 #[allow(unused_imports)]
@@ -57,4 +59,5 @@ pub use self::{
     },
     regs::read_reg,
     values::random_gpr,
+    x87::{is_x87, is_x87_or_mmx},
 };
