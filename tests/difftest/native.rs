@@ -707,8 +707,8 @@ impl Child {
 }
 
 /// #MF and #XM both reach the tracer as SIGFPE with the same codes: a SIGFPE at an x87
-/// instruction (or FWAIT, or one on MMX registers) with an unmasked x87 exception pending
-/// (FSW.ES) is #MF (16), the x87 check coming before any SIMD one.
+/// instruction (or FWAIT, or one with an MMX register operand) with an unmasked x87
+/// exception pending (FSW.ES) is #MF (16), the x87 check coming before any SIMD one.
 fn x87_math_fault(
     outcome: SnippetEnd,
     snippet: &Snippet,
@@ -736,7 +736,9 @@ fn x87_math_fault(
         iced_x86::DecoderOptions::NONE,
     )
     .decode();
-    if super::gen::is_x87_or_mmx(ins.code()) && x87.fsw & 0x80 != 0 {
+    let mmx_reg = (0..ins.op_count())
+        .any(|i| ins.op_kind(i) == iced_x86::OpKind::Register && ins.op_register(i).is_mm());
+    if (super::gen::is_x87(ins.code()) || mmx_reg) && x87.fsw & 0x80 != 0 {
         SnippetEnd::Exception {
             vector: 16,
             error_code,
