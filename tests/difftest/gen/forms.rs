@@ -732,7 +732,6 @@ fn feature_ok(f: CpuidFeature) -> bool {
 pub fn block_eligible(code: Code) -> bool {
     let mn = code.mnemonic();
     if is_control(mn)
-        || super::x87::is_x87_or_mmx(code)
         || matches!(mn, M::Enter | M::Leave | M::Popf | M::Popfq)
         || code == Code::Bswap_r16
     {

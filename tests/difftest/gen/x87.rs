@@ -173,7 +173,10 @@ pub(super) fn gen_x87(code: Code, ctx: &mut Ctx, rng: &mut Rng, ip: u64) -> Opti
             explicit |= gpr_bit(ins.op_register(i));
         }
     }
-    ctx.st.x87 = random_x87(rng, if is_x87(code) { 10 } else { 16 });
+    // A block keeps the random state its first x87 or MMX instruction chose.
+    if !ctx.block || ctx.st.x87 == krr_runtime::X87State::default() {
+        ctx.st.x87 = random_x87(rng, if is_x87(code) { 10 } else { 16 });
+    }
     tune_registers(ctx, &ins, rng);
     if mem {
         let size = ins.memory_size().size() as u64;
