@@ -146,8 +146,7 @@ fn set_reg_op(ins: &mut Instruction, i: u32, op: Operand, rng: &mut Rng) {
 
 /// One x87 or MMX instruction of form `code` with its operands, initial x87 state and
 /// memory contents.
-pub(super) fn gen_x87(code: Code, ctx: &mut Ctx, rng: &mut Rng, ip: u64) -> Option<Instruction> {
-    let _ = ip;
+pub(super) fn gen_x87(code: Code, ctx: &mut Ctx, rng: &mut Rng) -> Option<Instruction> {
     let info = code.op_code();
     let mut ins = Instruction::default();
     ins.set_code(code);

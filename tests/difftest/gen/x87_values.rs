@@ -147,21 +147,14 @@ pub(super) fn random_int(rng: &mut Rng, bytes: u64) -> u64 {
 pub(super) fn random_bcd(rng: &mut Rng) -> [u8; 10] {
     let mut b = [0u8; 10];
     let digits = rng.below(19);
-    for i in 0..9 {
-        let lo = if 2 * (i as u64) < digits {
-            rng.below(10)
-        } else {
-            0
-        };
-        let hi = if 2 * (i as u64) + 1 < digits {
-            rng.below(10)
-        } else {
-            0
-        };
-        b[i] = (lo | hi << 4) as u8;
+    for (i, byte) in b.iter_mut().take(9).enumerate() {
+        let digit = |rng: &mut Rng, n: u64| if n < digits { rng.below(10) } else { 0 };
+        let lo = digit(rng, 2 * i as u64);
+        let hi = digit(rng, 2 * i as u64 + 1);
+        *byte = (lo | hi << 4) as u8;
     }
     if rng.chance(1, 12) {
-        b[rng.below(9) as usize] |= 0xa0 + rng.below(6) as u8 * 0x10 & 0xf0;
+        b[rng.below(9) as usize] |= (0xa + rng.below(6) as u8) << 4; // an invalid digit
     }
     b[9] = if rng.chance(1, 2) { 0x80 } else { 0 };
     if rng.chance(1, 12) {
