@@ -260,6 +260,11 @@ pub fn run_snippet_with(
     }
     cpu.mxcsr = initial.mxcsr;
     cpu.x87 = initial.x87;
+    // Linux's user data selectors in 64-bit processes (SS keeps its 0x2b): what the native
+    // side of the differential tests has, and what FNSTENV/FNSAVE store as FDS.
+    for s in [seg::DS, seg::ES, seg::FS, seg::GS] {
+        cpu.seg[s].selector = 0;
+    }
     cpu.seg[seg::FS].base = initial.fs_base;
     cpu.seg[seg::GS].base = initial.gs_base;
     core.set_icount_limit(max_instructions);

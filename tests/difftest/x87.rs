@@ -81,11 +81,12 @@ pub fn uses_x87(snippet: &Snippet) -> bool {
 }
 
 /// Memory bytes of the snippet's FNSTENV/FNSAVE images not compared: the last instruction
-/// and data pointers (FIP, FCS, FOP, FDP) when no earlier instruction of the snippet set
-/// them (natively they are what the kernel's XRSTOR64 left: zeros, or with an exception
-/// pending the restored FIP/FDP/FOP but FCS = 0, the 64-bit image having no selectors; in the
-/// engine the initial state's and the current CS), and always FDS (the engine's user DS
-/// selector is 0x2b, Linux's 0).
+/// and data pointers (FIP, FOP, FDP) when no earlier instruction of the snippet set them
+/// (natively they are what the kernel's XRSTOR64 left: zeros, or with an exception pending
+/// the restored ones; in the engine the initial state's), and always the selectors FCS and
+/// FDS: krr writes the current CS and DS, the host those of the last x87 instruction (0 after
+/// FNINIT or XRSTOR64, the image's after FLDENV/FRSTOR), and the engine's user DS selector is
+/// 0x2b where Linux's is 0.
 pub fn unobservable_memory(snippet: &Snippet, init: &UserState) -> Vec<(u64, u64)> {
     use iced_x86::{InstructionInfoFactory, Mnemonic as M, OpAccess};
     let mut out = Vec::new();
@@ -104,12 +105,17 @@ pub fn unobservable_memory(snippet: &Snippet, init: &UserState) -> Vec<(u64, u64
             if let Some(addr) = mem
                 .and_then(|m| m.virtual_address(0, |r, _, _| Some(super::gen::read_reg(init, r))))
             {
+                // FIP, FCS|FOP, FDP, FDS.
                 let wide = matches!(ins.memory_size().size(), 28 | 108);
-                let (at, len) = if wide { (12, 12) } else { (6, 6) };
-                let fds = if wide { 24 } else { 12 };
+                let (at, len, fcs, fds) = if wide {
+                    (12, 12, 16, 24)
+                } else {
+                    (6, 6, 8, 12)
+                };
                 if !pointers_set {
                     out.push((addr + at, len));
                 }
+                out.push((addr + fcs, 2));
                 out.push((addr + fds, 2));
             }
         }
@@ -120,7 +126,8 @@ pub fn unobservable_memory(snippet: &Snippet, init: &UserState) -> Vec<(u64, u64
     out
 }
 
-/// The x87 control instructions, which leave FIP, FDP and FOP alone.
+/// The x87 control instructions (and the 8087/287 ones, no-ops here), which leave FIP, FDP
+/// and FOP alone.
 fn x87_control(m: iced_x86::Mnemonic) -> bool {
     use iced_x86::Mnemonic as M;
     matches!(
@@ -137,5 +144,8 @@ fn x87_control(m: iced_x86::Mnemonic) -> bool {
             | M::Finit
             | M::Fclex
             | M::Wait
+            | M::Fneni
+            | M::Fndisi
+            | M::Fnsetpm
     )
 }

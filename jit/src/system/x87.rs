@@ -387,6 +387,9 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>)
         } else {
             fip = u16::from_le_bytes([b[ip], b[ip + 1]]) as u64;
             fdp = u16::from_le_bytes([b[dp], b[dp + 1]]) as u64;
+            // The 16-bit layout has no FOP: the host clears it (found by the differential
+            // harness).
+            fop = 0;
         }
     }
     if store && matches!(m, M::Fnstenv | M::Fnsave | M::Fstenv | M::Fsave) {
@@ -456,6 +459,11 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>)
     cpu.mxcsr = mxcsr;
     if let Some(r) = gpr_op(0) {
         super::set_reg(cpu, r, regs.r8);
+    }
+    if matches!(m, M::Fnsave | M::Fsave) {
+        // FNSAVE reinitialises the FPU after saving it, the pointers too (found by the
+        // differential harness).
+        (fip, fdp, fop) = (0, 0, 0);
     }
     cpu.x87.fip = fip;
     cpu.x87.fdp = fdp;
