@@ -5,7 +5,7 @@
 //! FIP, FDP and FOP: this host (AMD) stores zeros for them in FXSAVE/XSAVE images unless an
 //! exception is pending (FSW.ES), so they are compared only when the native run ended with
 //! ES set. FNSTENV/FNSAVE write the real pointers; [`unobservable_memory`] names the
-//! bytes of such an image that no instruction of the snippet defined.
+//! bytes of such an image that are not compared.
 
 use krr_jit::snippet::{Snippet, SnippetResult, UserState};
 use krr_runtime::X87State;
@@ -85,8 +85,7 @@ pub fn uses_x87(snippet: &Snippet) -> bool {
 /// (natively they are what the kernel's XRSTOR64 left: zeros, or with an exception pending
 /// the restored ones; in the engine the initial state's), and always the selectors FCS and
 /// FDS: krr writes the current CS and DS, the host those of the last x87 instruction (0 after
-/// FNINIT or XRSTOR64, the image's after FLDENV/FRSTOR), and the engine's user DS selector is
-/// 0x2b where Linux's is 0.
+/// FNINIT or XRSTOR64, the image's after FLDENV/FRSTOR).
 pub fn unobservable_memory(snippet: &Snippet, init: &UserState) -> Vec<(u64, u64)> {
     use iced_x86::{InstructionInfoFactory, Mnemonic as M, OpAccess};
     let mut out = Vec::new();
