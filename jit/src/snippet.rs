@@ -40,6 +40,9 @@ pub struct UserState {
     pub mxcsr: u32,
     pub fs_base: u64,
     pub gs_base: u64,
+    /// The x87/MMX state (FXSAVE's FCW, FSW, abridged tag word, FOP, FIP, FDP, ST0-7/MM0-7);
+    /// the default is FNINIT's.
+    pub x87: krr_runtime::X87State,
 }
 
 /// A page-aligned memory region given to the snippet.
@@ -256,6 +259,12 @@ pub fn run_snippet_with(
         cpu.xmm[i] = [*x as u64, (*x >> 64) as u64];
     }
     cpu.mxcsr = initial.mxcsr;
+    cpu.x87 = initial.x87;
+    // Linux's user data selectors in 64-bit processes (SS keeps its 0x2b): what the native
+    // side of the differential tests has, and what FNSTENV/FNSAVE store as FDS.
+    for s in [seg::DS, seg::ES, seg::FS, seg::GS] {
+        cpu.seg[s].selector = 0;
+    }
     cpu.seg[seg::FS].base = initial.fs_base;
     cpu.seg[seg::GS].base = initial.gs_base;
     core.set_icount_limit(max_instructions);
@@ -358,6 +367,7 @@ fn snippet_result(
         mxcsr: cpu.mxcsr,
         fs_base: cpu.seg[seg::FS].base,
         gs_base: cpu.seg[seg::GS].base,
+        x87: cpu.x87,
     };
     for (i, x) in cpu.xmm.iter().enumerate() {
         state.xmm[i] = x[0] as u128 | (x[1] as u128) << 64;

@@ -223,6 +223,9 @@ pub fn undefined_masks(snippet: &Snippet, init: &UserState, native: &SnippetEnd)
     }
     masks.rflags |= poisoned;
     masks
+        .mem
+        .extend(super::x87::unobservable_memory(snippet, init));
+    masks
 }
 
 fn gpr_index(reg: Register) -> usize {
@@ -247,10 +250,17 @@ pub fn compare(
     for d in &diffs {
         let _ = writeln!(s, "  {d}");
     }
+    let x87 = super::x87::uses_x87(snippet);
     let _ = writeln!(s, "native final state:");
     s.push_str(&state_str(&native.state, "  "));
+    if x87 {
+        s.push_str(&super::x87::state_str(&native.state.x87, "  "));
+    }
     let _ = writeln!(s, "engine final state:");
     s.push_str(&state_str(&engine.state, "  "));
+    if x87 {
+        s.push_str(&super::x87::state_str(&engine.state.x87, "  "));
+    }
     Err(s)
 }
 
@@ -342,6 +352,7 @@ pub fn differences(
             n.mxcsr, e.mxcsr
         ));
     }
+    d.extend(super::x87::differences(native, engine));
     if n.fs_base != e.fs_base || n.gs_base != e.gs_base {
         d.push(format!(
             "fs/gs base native={:#x}/{:#x} engine={:#x}/{:#x}",
@@ -463,6 +474,7 @@ pub fn outcome_str(o: &SnippetEnd) -> String {
                 12 => "#SS",
                 13 => "#GP",
                 14 => "#PF",
+                16 => "#MF",
                 17 => "#AC",
                 19 => "#XM",
                 _ => "#?",
@@ -528,6 +540,9 @@ pub fn describe_case(snippet: &Snippet, init: &UserState) -> String {
     }
     let _ = writeln!(s, "initial state:");
     s.push_str(&state_str(init, "  "));
+    if super::x87::uses_x87(snippet) {
+        s.push_str(&super::x87::state_str(&init.x87, "  "));
+    }
     let regions: Vec<String> = snippet
         .regions
         .iter()

@@ -10,3 +10,4 @@ pub mod engine;
 pub mod gen;
 pub mod native;
 pub mod rng;
+pub mod x87;

@@ -638,6 +638,7 @@ impl Child {
         regs.orig_rax = u64::MAX;
         self.set_regs(&regs)?;
         let mut fp = self.base_fp;
+        set_x87(&mut fp, &state.x87);
         fp.mxcsr = state.mxcsr;
         for (i, x) in state.xmm.iter().enumerate() {
             for j in 0..4 {
@@ -661,6 +662,7 @@ impl Child {
             mxcsr: fp.mxcsr,
             fs_base: regs.fs_base,
             gs_base: regs.gs_base,
+            x87: get_x87(&fp),
         };
         for (i, x) in out.xmm.iter_mut().enumerate() {
             for j in 0..4 {
@@ -673,7 +675,8 @@ impl Child {
                 let info = self.get_siginfo()?;
                 // SAFETY: si_addr is valid for the fault signals it is used with below.
                 let si_addr = unsafe { info.si_addr() } as u64;
-                classify(sig, info.si_code, si_addr, regs.rip, code_end)
+                let outcome = classify(sig, info.si_code, si_addr, regs.rip, code_end);
+                x87_math_fault(outcome, snippet, &out.x87)
             }
         };
         let mut regions = Vec::with_capacity(snippet.regions.len());
@@ -701,6 +704,92 @@ impl Child {
             .write_all_at(data, addr)
             .map_err(|e| format!("write child memory at {addr:#x}: {e}"))
     }
+}
+
+/// #MF and #XM both reach the tracer as SIGFPE with the same codes: a SIGFPE at an x87
+/// instruction (or FWAIT, or one with an MMX register operand) with an unmasked x87
+/// exception pending (FSW.ES) is #MF (16), the x87 check coming before any SIMD one.
+fn x87_math_fault(
+    outcome: SnippetEnd,
+    snippet: &Snippet,
+    x87: &krr_runtime::X87State,
+) -> SnippetEnd {
+    let SnippetEnd::Exception {
+        vector: 19,
+        error_code,
+        address,
+        rip,
+    } = outcome
+    else {
+        return outcome;
+    };
+    let Some(off) = rip
+        .checked_sub(snippet.code_addr)
+        .filter(|&o| o < snippet.code.len() as u64)
+    else {
+        return outcome;
+    };
+    let ins = iced_x86::Decoder::with_ip(
+        64,
+        &snippet.code[off as usize..],
+        rip,
+        iced_x86::DecoderOptions::NONE,
+    )
+    .decode();
+    let mmx_reg = (0..ins.op_count())
+        .any(|i| ins.op_kind(i) == iced_x86::OpKind::Register && ins.op_register(i).is_mm());
+    if (super::gen::is_x87(ins.code()) || mmx_reg) && x87.fsw & 0x80 != 0 {
+        SnippetEnd::Exception {
+            vector: 16,
+            error_code,
+            address,
+            rip,
+        }
+    } else {
+        outcome
+    }
+}
+
+/// Puts the x87/MMX state into the FXSAVE image `PTRACE_SETFPREGS` loads.
+fn set_x87(fp: &mut libc::user_fpregs_struct, x: &krr_runtime::X87State) {
+    fp.cwd = x.fcw;
+    fp.swd = x.fsw;
+    fp.ftw = x.ftw as u16;
+    fp.fop = x.fop;
+    fp.rip = x.fip;
+    fp.rdp = x.fdp;
+    for (i, st) in x.st.iter().enumerate() {
+        for j in 0..4 {
+            let w = u32::from_le_bytes(st[4 * j..4 * j + 4].try_into().expect("4 bytes"));
+            // Bytes 10-15 of each slot are reserved: zero.
+            fp.st_space[i * 4 + j] = match j {
+                2 => w & 0xffff,
+                3 => 0,
+                _ => w,
+            };
+        }
+    }
+}
+
+/// The x87/MMX state of an FXSAVE image from `PTRACE_GETFPREGS` (ST/MM slots' reserved bytes
+/// dropped).
+fn get_x87(fp: &libc::user_fpregs_struct) -> krr_runtime::X87State {
+    let mut x = krr_runtime::X87State {
+        fcw: fp.cwd,
+        fsw: fp.swd,
+        ftw: fp.ftw as u8,
+        fop: fp.fop,
+        fip: fp.rip,
+        fdp: fp.rdp,
+        st: [[0; 16]; 8],
+    };
+    for (i, st) in x.st.iter_mut().enumerate() {
+        for j in 0..4 {
+            st[4 * j..4 * j + 4].copy_from_slice(&fp.st_space[i * 4 + j].to_le_bytes());
+        }
+        st[10..].fill(0);
+    }
+    x
 }
 
 /// Maps a signal stop to an outcome (see [`NativeRunner::run`]).

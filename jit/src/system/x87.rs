@@ -57,6 +57,11 @@ fn control(m: M) -> bool {
             | M::Fsave
             | M::Finit
             | M::Fclex
+            // 8087/287 controls, no-ops on this CPU: they leave the pointers too (the
+            // differential harness found FNENI and FNDISI setting them).
+            | M::Fneni
+            | M::Fndisi
+            | M::Fnsetpm
     )
 }
 
@@ -79,6 +84,36 @@ fn stores(m: M) -> bool {
             | M::Fstcw
             | M::Fstsw
     )
+}
+
+/// The environment and state images (FLDENV, FRSTOR, FNSTENV, FNSAVE).
+fn images(m: M) -> bool {
+    matches!(
+        m,
+        M::Fldenv | M::Frstor | M::Fnstenv | M::Fnsave | M::Fstenv | M::Fsave
+    )
+}
+
+/// This host accesses an environment or state image's first field (FCW: 2 bytes in the
+/// 16-bit layout, 4 in the 32-bit one) and then its last byte before the rest: one reaching
+/// into an inaccessible page faults at that last byte unless the first field already does
+/// (found by the differential harness, measured for every offset with a native program).
+fn check_ends(cpu: &mut CpuState, a: u64, len: usize, write: bool) -> Result<(), SysResult> {
+    let first = if matches!(len, 14 | 94) { 2 } else { 4 };
+    let page_left = 0x1000 - (a & 0xfff);
+    let checks = [
+        (a, first.min(page_left)),
+        (a + first.min(page_left), first.saturating_sub(page_left)),
+        (a.wrapping_add(len as u64 - 1), 1),
+    ];
+    for (at, n) in checks.into_iter().filter(|&(_, n)| n > 0) {
+        if write {
+            super::probe_write(cpu, at, n)?;
+        } else {
+            read_mem(cpu, at, &mut [0u8; 4][..n as usize])?;
+        }
+    }
+    Ok(())
 }
 
 /// The largest x87 memory operand (FNSAVE/FRSTOR's 108 bytes).
@@ -232,12 +267,16 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>)
     if cpu.cr0 & (cr0::EM | cr0::TS) != 0 {
         return SysResult::Fault(fault(vector::NM, None));
     }
-    if !non_waiting(m) && cpu.x87.fsw & 0x80 != 0 {
+    let escape = crate::sem::is_x87_escape(insn);
+    // CVTPI2PS/CVTPI2PD from memory use no MMX register: no x87 transition and no #MF (the
+    // differential harness found them completing with an exception pending).
+    let mmx_reg = (0..insn.op_count())
+        .any(|i| insn.op_kind(i) == OpKind::Register && insn.op_register(i).is_mm());
+    if !non_waiting(m) && (escape || mmx_reg) && cpu.x87.fsw & 0x80 != 0 {
         // A pending unmasked exception (CR0.NE's #MF; the FERR#/IRQ13 path of CR0.NE = 0 is
         // not modelled and also takes #MF).
         return SysResult::Fault(fault(vector::MF, None));
     }
-    let escape = crate::sem::is_x87_escape(insn);
     if !escape && !host_runs_mmx_form(insn) {
         log::warn!(
             "MMX instruction `{insn}` at RIP {:#x} is not implemented: raising #UD",
@@ -267,9 +306,19 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>)
         } else {
             insn.op_kind(0) == OpKind::Memory
         };
+    if has_mem && !escape && len == 16 && addr.is_some_and(|a| a & 15 != 0) {
+        // CVTPD2PI/CVTTPD2PI's legacy 128-bit memory operand must be aligned (found by the
+        // differential harness).
+        return super::gp0();
+    }
     let mut mem = MemBuf([0; MEM_MAX]);
     if has_mem && !store {
         let a = addr.expect("a memory operand's address");
+        if images(m) {
+            if let Err(s) = check_ends(cpu, a, len, false) {
+                return s;
+            }
+        }
         if let Err(s) = read_mem(cpu, a, &mut mem.0[..len]) {
             return s;
         }
@@ -291,12 +340,17 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>)
         flags: cpu.rflags_value(),
         faulted: false,
     };
+    let before = (FxImage(img.0), regs.rax, regs.r8, regs.r9, regs.flags);
     run(code, &mut img, &mut mem, &mut regs);
     let mxcsr = u32::from_le_bytes(img.0[24..28].try_into().expect("4 bytes"));
     if regs.faulted {
         // An unmasked SIMD floating-point exception: MXCSR's flags as the hardware set them,
-        // the destination unchanged.
+        // the destination unchanged; the x87 state has made the MMX transition (TOP = 0, all
+        // tags valid) before the fault, as on the host (found by the differential harness).
         cpu.mxcsr = mxcsr;
+        let xmm = cpu.xmm;
+        super::xsave::load_x87(cpu, &img.0);
+        cpu.xmm = xmm;
         let v = if cpu.cr4 & krr_runtime::arch::cr4::OSXMMEXCPT != 0 {
             vector::XM
         } else {
@@ -333,6 +387,9 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>)
         } else {
             fip = u16::from_le_bytes([b[ip], b[ip + 1]]) as u64;
             fdp = u16::from_le_bytes([b[dp], b[dp + 1]]) as u64;
+            // The 16-bit layout has no FOP: the host clears it (found by the differential
+            // harness).
+            fop = 0;
         }
     }
     if store && matches!(m, M::Fnstenv | M::Fnsave | M::Fstenv | M::Fsave) {
@@ -352,7 +409,45 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>)
             b[ds..ds + 2].copy_from_slice(&dsel.to_le_bytes());
         }
     }
-    if store {
+    let mut stored = store;
+    let fsw = u16::from_le_bytes([img.0[2], img.0[3]]);
+    if store && !non_waiting(m) && fsw & 0x80 != 0 {
+        // An unmasked exception (none was pending: a waiting instruction would have taken
+        // #MF) may have suppressed the store (invalid, overflow and underflow do; precision
+        // does not). Rerun from the same state over a buffer of other contents: a store
+        // writes the same bytes into both (the harness found FIST/FST/FBSTP storing anyway).
+        let (mut again, rax, r8, r9, flags) = before;
+        let mut probe = MemBuf([0xff; MEM_MAX]);
+        let mut r = Regs {
+            rax,
+            r8,
+            r9,
+            flags,
+            faulted: false,
+        };
+        run(code, &mut again, &mut probe, &mut r);
+        stored = probe.0[..len] == mem.0[..len];
+        if !stored {
+            // The destination is checked all the same, faulting at its first inaccessible
+            // byte (the harness found #PF natively).
+            let a = addr.expect("a memory operand");
+            let first = (0x1000 - (a & 0xfff)).min(len as u64);
+            if let Err(s) = super::probe_write(cpu, a, first) {
+                return s;
+            }
+            if first < len as u64 {
+                if let Err(s) = super::probe_write(cpu, a + first, len as u64 - first) {
+                    return s;
+                }
+            }
+        }
+    }
+    if store && images(m) {
+        if let Err(s) = check_ends(cpu, addr.expect("a memory operand"), len, true) {
+            return s;
+        }
+    }
+    if stored {
         let a = addr.expect("a memory operand's address");
         if let Err(s) = write_mem(cpu, a, &mem.0[..len]) {
             // Nothing is committed: the FPU state stays as before the instruction.
@@ -364,6 +459,11 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>)
     cpu.mxcsr = mxcsr;
     if let Some(r) = gpr_op(0) {
         super::set_reg(cpu, r, regs.r8);
+    }
+    if matches!(m, M::Fnsave | M::Fsave) {
+        // FNSAVE reinitialises the FPU after saving it, the pointers too (found by the
+        // differential harness).
+        (fip, fdp, fop) = (0, 0, 0);
     }
     cpu.x87.fip = fip;
     cpu.x87.fdp = fdp;

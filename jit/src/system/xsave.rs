@@ -86,7 +86,13 @@ pub(super) fn x87_control(cpu: &mut CpuState, insn: &Instruction, addr: Option<u
     }
     match insn.mnemonic() {
         M::Fninit => {
-            let st = cpu.x87.st;
+            // The physical registers keep their contents; the state holds them in stack
+            // order, which TOP = 0 rotates (the differential harness found them unrotated).
+            let top = ((cpu.x87.fsw >> 11) & 7) as usize;
+            let mut st = [[0u8; 16]; 8];
+            for (i, slot) in st.iter_mut().enumerate() {
+                *slot = cpu.x87.st[(i + 8 - top) & 7];
+            }
             cpu.x87 = krr_runtime::X87State {
                 st,
                 ..Default::default()

@@ -615,6 +615,9 @@ fn supported_kind(k: K) -> bool {
 
 /// Why `code` is not covered, or `None` if it is.
 pub fn exclusion_reason(code: Code) -> Option<&'static str> {
+    if super::x87::is_x87_or_mmx(code) {
+        return super::x87::exclusion(code);
+    }
     let mn = code.mnemonic();
     if !MNEMONICS.contains(&mn) {
         return Some("mnemonic not in the covered set");

@@ -29,6 +29,8 @@ pub(super) fn gen_insn(
         gen_string(code, ctx, rng)?
     } else if is_implicit_mem(code) {
         gen_implicit(code, ctx, rng, ip)?
+    } else if super::x87::is_x87_or_mmx(code) {
+        super::x87::gen_x87(code, ctx, rng)?
     } else {
         gen_operands(code, ctx, rng, ip)?
     };

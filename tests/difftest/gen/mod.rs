@@ -22,8 +22,9 @@
 //! Modules, from the entry points down:
 //! - [`cases`]: `n` single-instruction cases of one form; [`block`]: multi-instruction blocks;
 //! - [`insn`]: one instruction (generate, tune, encode, check), by way of [`operands`] (with
-//!   [`imm`] and [`memory`]), [`string`], [`implicit`] (XLAT, MASKMOVDQU) or, for control transfers, [`control`]; [`tuning`]:
-//!   the built-in per-form value tuning;
+//!   [`imm`] and [`memory`]), [`string`], [`implicit`] (XLAT, MASKMOVDQU), [`x87`] (the x87
+//!   and MMX forms and their initial x87 state, with [`x87_values`]) or, for control
+//!   transfers, [`control`]; [`tuning`]: the built-in per-form value tuning;
 //! - [`ctx`]: the case under construction and the generation options;
 //! - [`forms`]: the covered forms and exclusions; [`regs`], [`values`], [`layout`]: registers,
 //!   random values and the fixed memory layout.
@@ -44,6 +45,8 @@ mod simd;
 mod string;
 mod tuning;
 mod values;
+mod x87;
+mod x87_values;
 
 // The generator's interface (not every test binary uses all of it).
 #[allow(unused_imports)]
@@ -57,4 +60,5 @@ pub use self::{
     },
     regs::read_reg,
     values::random_gpr,
+    x87::{is_x87, is_x87_or_mmx},
 };
