@@ -93,6 +93,7 @@ boot=(--kernel "$kernel" --initrd "$initrd")
 cold_cache="$logs/code-cache-cold" warm_cache="$logs/code-cache-warm"
 rm -rf "$warm_cache"
 "$krr" replay -q "$trace" --code-cache "$warm_cache" >/dev/null 2>&1
+"$krr" replay -q "$trace" --singlestep --code-cache "$warm_cache" >/dev/null 2>&1
 [ -f "$long_trace" ] && "$krr" replay -q "$long_trace" --code-cache "$warm_cache" >/dev/null 2>&1
 row_krr_replay() { "${measure[@]}" "$krr" replay "$trace"; }
 row_krr_replay_cold() { rm -rf "$cold_cache"; "${measure[@]}" "$krr" replay "$trace" --code-cache "$cold_cache"; }
@@ -112,6 +113,9 @@ row_long_qemu_icount() {
     "$kernel" "$initrd" -icount shift=0,sleep=off
 }
 row_krr_replay_singlestep() { "${measure[@]}" "$krr" replay "$trace" --singlestep; }
+row_krr_replay_singlestep_warm() {
+  "${measure[@]}" "$krr" replay "$trace" --singlestep --code-cache "$warm_cache"
+}
 row_krr() { "${measure[@]}" "$krr" run "${boot[@]}" "${cpu_like_qemu[@]}"; }
 row_krr_singlestep() { "${measure[@]}" "$krr" run "${boot[@]}" "${cpu_like_qemu[@]}" --singlestep; }
 row_krr_pcid() { "${measure[@]}" "$krr" run "${boot[@]}" --cpu max; }
@@ -131,6 +135,7 @@ ROWS=(
   "krr_replay_jobs1|krr replay --jobs 1, warm"
   "krr_replay_jobs2|krr replay --jobs 2, warm"
   "krr_replay_singlestep|krr replay --singlestep"
+  "krr_replay_singlestep_warm|krr replay --singlestep, warm"
   "krr|krr run"
   "krr_singlestep|krr run --singlestep"
   "krr_pcid|krr run, max"
@@ -158,7 +163,7 @@ fi
 # Like with like: krr row|QEMU row (the last pair is krr against itself: what PCID changes).
 PAIRS=(
   "krr_replay|qemu" "krr_replay|qemu_icount" "krr|qemu" "krr|qemu_icount"
-  "krr_replay_singlestep|qemu_singlestep" "krr_singlestep|qemu_singlestep"
+  "krr_replay_singlestep|qemu_singlestep" "krr_replay_singlestep_warm|qemu_singlestep" "krr_singlestep|qemu_singlestep"
   "krr_pcid|krr"
   "krr_replay_cold|qemu" "krr_replay_warm|qemu" "krr_replay_jobs2|krr_replay_jobs1"
   "long_krr_replay|long_qemu" "long_krr_replay|long_qemu_icount" "long_krr_replay_warm|long_qemu"
