@@ -82,9 +82,6 @@ pub fn arch_state(c: &X86Cpu) -> Result<(ArchState, Vec<String>), String> {
         slot[..8].copy_from_slice(&mantissa.to_le_bytes());
         slot[8..10].copy_from_slice(&exponent.to_le_bytes());
     }
-    if a.seg[seg::CS].attrs & 0x2000 == 0 && c.cr0 & 1 != 0 && c.efer & 0x400 != 0 {
-        return Err("CS is not a 64-bit code segment: the snapshot's vCPU runs in compatibility mode, which krr does not model yet".into());
-    }
     let mut notes = Vec::new();
     if c.interrupt_injected >= 0 {
         notes.push(format!(
