@@ -84,12 +84,12 @@ fn kernel(k: &mut Asm) -> AsmResult {
     // its ESP in ECX, which SYSEXIT uses.
     k.set_label(&mut sysenter)?;
     k.name("sysenter", sysenter);
+    k.pushfq()?; // (before the reports change the flags)
+    k.pop(rbx)?;
     report(k, rsp)?;
     k.mov(eax, cs)?;
     report(k, rax)?;
-    k.pushfq()?;
-    k.pop(rax)?;
-    report(k, rax)?;
+    report(k, rbx)?;
     k.sysexit()
 }
 
@@ -221,13 +221,14 @@ fn user32(u: &mut Asm) -> AsmResult {
     // SYSENTER, back with SYSEXIT to EIP = EDX, ESP = ECX.
     a.mov(ecx, esp)?;
     // EDX = the address after SYSENTER: CALL's return address plus POP EDX (1 byte), ADD EDX,
-    // imm8 (3) and SYSENTER (2).
+    // imm8 (3), CMP EDX, EDX (2: ZF and PF for the kernel to see) and SYSENTER (2).
     let mut here = u.a.create_label();
     let mut back = u.a.create_label();
     u.a.call(here)?;
     u.a.set_label(&mut here)?;
     u.a.pop(edx)?;
-    u.a.add(edx, 6)?;
+    u.a.add(edx, 8)?;
+    u.a.cmp(edx, edx)?;
     u.a.sysenter()?;
     u.a.set_label(&mut back)?;
     u.name("after_sysexit", back);
@@ -277,7 +278,7 @@ fn user32(u: &mut Asm) -> AsmResult {
 
 /// The machine: GDT entries for the compatibility-mode segments, the 32- and 64-bit user
 /// code mapped at `U32CODE` and `U64CODE`, gates 0x80 and 0x81 open to CPL3.
-fn compat_machine() -> Machine {
+fn compat_machine(user32: fn(&mut Asm) -> AsmResult) -> Machine {
     let mut m = Machine::new(kernel, |_| Ok(()));
     let gdt = [
         (0x38, 0x00cf_fb00_0000_ffffu64), // 32-bit user code
@@ -289,10 +290,7 @@ fn compat_machine() -> Machine {
         m.mem.write_u64(GDT + sel, d).unwrap();
     }
     m.mem.write(GDTR_IMAGE, &0x57u16.to_le_bytes()).unwrap();
-    for (bitness, at, f) in [
-        (32, U32CODE, user32 as fn(&mut Asm) -> AsmResult),
-        (64, U64CODE, user64),
-    ] {
+    for (bitness, at, f) in [(32, U32CODE, user32), (64, U64CODE, user64)] {
         let mut u = Asm::with_bitness(bitness);
         u.def(if bitness == 32 { "u32main" } else { "u64main" })
             .unwrap();
@@ -313,15 +311,18 @@ fn compat_machine() -> Machine {
         );
     }
     m.action(0x80, 1);
-    m.resume_at(PF, "pf_next");
-    m.resume_at(GP, "gp_next");
-    m.resume_at(UD, "ud_next");
     m
 }
 
 #[test]
 fn a_32_bit_program_runs_under_a_64_bit_kernel() {
-    let r = all_tiers(|tier| compat_machine().run(tier));
+    let r = all_tiers(|tier| {
+        let mut m = compat_machine(user32);
+        m.resume_at(PF, "pf_next");
+        m.resume_at(GP, "gp_next");
+        m.resume_at(UD, "ud_next");
+        m.run(tier)
+    });
     let l = |n: &str| r.label(n);
     let s = U32STACK;
     let expected: Vec<u64> = vec![
@@ -354,7 +355,7 @@ fn a_32_bit_program_runs_under_a_64_bit_kernel() {
         U32_CS as u64,            // SYSRETL went back to compatibility mode
         SYSENTER_STACK,           // SYSENTER: RSP
         KERNEL_CS as u64,         // CS from IA32_SYSENTER_CS
-        USER_FLAGS as u64 | 0x44, // RFLAGS (IF, VM, RF clear already)
+        USER_FLAGS as u64 | 0x44, // RFLAGS: ZF, PF of CMP EDX, EDX (IF, VM, RF clear already)
         (SYSENTER_CS + 16) | 3,   // SYSEXIT: CS = SYSENTER_CS + 16
         (SYSENTER_CS + 24) | 3,   // SS = SYSENTER_CS + 24
         U32_CS as u64,            // RETF to 0x3b
@@ -390,4 +391,65 @@ fn a_32_bit_program_runs_under_a_64_bit_kernel() {
     assert_eq!(r.events[1].cr2, 0x7000_0000);
     // The privilege change switched to RSP0 and pushed a 64-bit frame.
     assert_eq!(r.events[0].frame, RSP0_TOP - 40);
+}
+
+/// SYSCALL, then SYSENTER (returning with SYSEXIT to the instruction after it), then stop.
+fn syscall_then_sysenter(u: &mut Asm) -> AsmResult {
+    u.a.nop()?; // (carries the label `u32main`)
+    u.def("syscall_site")?;
+    u.a.syscall()?;
+    u.def("after_syscall")?;
+    let a = &mut u.a;
+    a.mov(ecx, esp)?;
+    let mut here = a.create_label();
+    a.call(here)?;
+    a.set_label(&mut here)?;
+    a.pop(edx)?;
+    a.add(edx, 8)?; // POP EDX 1 byte, ADD EDX, imm8 3, CMP EDX, EDX 2, SYSENTER 2
+    a.cmp(edx, edx)?;
+    u.def("sysenter_site")?;
+    u.a.sysenter()?;
+    u.def("after_sysenter")?;
+    u.a.int(0x81)
+}
+
+/// Intel CPUs have no SYSCALL in compatibility mode (#UD), AMD CPUs no SYSENTER in long mode
+/// (#UD): each works on the other vendor (Linux's vDSO picks by vendor).
+#[test]
+fn syscall_and_sysenter_in_compat_mode_follow_the_vendor() {
+    for (vendor, ud_site, resume) in [
+        (b"GenuineIntel", "syscall_site", "after_syscall"),
+        (b"AuthenticAMD", "sysenter_site", "after_sysenter"),
+    ] {
+        let r = all_tiers(|tier| {
+            let mut m = compat_machine(syscall_then_sysenter);
+            m.resume_at(UD, resume);
+            let mut s = m.start(tier);
+            s.edit_cpuid(|e| {
+                if e.leaf == 0 {
+                    let w = |i: usize| u32::from_le_bytes(vendor[i..i + 4].try_into().unwrap());
+                    (e.ebx, e.edx, e.ecx) = (w(0), w(4), w(8));
+                }
+            });
+            let exit = s.run();
+            s.finish(exit)
+        });
+        let l = |n: &str| r.label(n);
+        let ev: Vec<_> = r.events.iter().map(|e| (e.vector, e.rip)).collect();
+        assert_eq!(
+            ev,
+            vec![(UD, l(ud_site)), (0x81, l("after_sysenter") + 2)],
+            "{}",
+            String::from_utf8_lossy(vendor)
+        );
+        let flags = USER_FLAGS as u64;
+        let expected = if ud_site == "syscall_site" {
+            // SYSENTER ran: RSP, CS, RFLAGS in the kernel.
+            vec![SYSENTER_STACK, KERNEL_CS as u64, flags | 0x44]
+        } else {
+            // SYSCALL ran: RCX = the next EIP, R11 = RFLAGS, CS.
+            vec![l("after_syscall"), flags, KERNEL_CS as u64]
+        };
+        assert_eq!(r.reports, expected, "{}", String::from_utf8_lossy(vendor));
+    }
 }
