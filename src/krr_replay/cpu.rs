@@ -8,7 +8,7 @@
 
 use crate::krr_rec::migration::cpu::{Segment as QemuSegment, X86Cpu};
 use krr_runtime::arch::rflags;
-use krr_runtime::cpu::{seg, DescriptorTable, Segment};
+use krr_runtime::cpu::{DescriptorTable, Segment};
 use krr_runtime::ArchState;
 
 /// QEMU's segment cache as krr's: attributes from descriptor bits 8-15 (type, S, DPL, P) and

@@ -832,7 +832,7 @@ pub fn stack_address<B: Builder>(b: &mut B, sp: B::V) -> R<B::V> {
         return Ok(sp);
     }
     let off = b.zext(sp, width * 8);
-    Ok(compat_linear(b, seg::SS as usize, off))
+    Ok(compat_linear(b, seg::SS, off))
 }
 
 /// The new RSP after moving the stack pointer from `old` to `new`: in compatibility mode only

@@ -92,7 +92,7 @@ fn byte_flags(v: u8) -> u64 {
     if v == 0 {
         f |= rflags::ZF;
     }
-    if v.count_ones() % 2 == 0 {
+    if v.count_ones().is_multiple_of(2) {
         f |= rflags::PF;
     }
     f
