@@ -236,9 +236,34 @@ const GROUPS: &[&str] = &[
     "gs_pcmpestri",
 ];
 
-/// (native binary, initrd): built once per test binary by tests/guest/isa/build.sh.
-fn build() -> &'static (PathBuf, String) {
-    static BUILT: OnceLock<(PathBuf, String)> = OnceLock::new();
+/// The lines the 32-bit program (`tests/guest/isa/compat32.S`, run after the ISA programs)
+/// must print, so that it cannot pass by printing less on both sides.
+const COMPAT32: &[&str] = &[
+    "pushad",
+    "push-sizes",
+    "inc-dec",
+    "daa",
+    "das",
+    "aaa",
+    "aas",
+    "aam",
+    "aad",
+    "aam7",
+    "addr16",
+    "xlat",
+    "bound",
+    "loop",
+    "enter-leave",
+    "strings",
+    "vsyscall-getpid",
+    "signal",
+    "far-call-64",
+];
+
+/// (native binary, initrd, native 32-bit program): built once per test binary by
+/// tests/guest/isa/build.sh.
+fn build() -> &'static (PathBuf, String, PathBuf) {
+    static BUILT: OnceLock<(PathBuf, String, PathBuf)> = OnceLock::new();
     BUILT.get_or_init(|| {
         let (_, base) = guest();
         let out = Command::new("bash")
@@ -256,14 +281,16 @@ fn build() -> &'static (PathBuf, String) {
         let mut lines = text.lines();
         let bin = PathBuf::from(lines.next().expect("binary path"));
         let initrd = lines.next().expect("initrd path").to_string();
-        (bin, initrd)
+        let compat32 = PathBuf::from(lines.next().expect("32-bit program path"));
+        (bin, initrd, compat32)
     })
 }
 
-/// The programs' lines on this host, checked to hold every group of [`GROUPS`], and the line
-/// the guest's run script adds.
+/// The programs' lines on this host, checked to hold every group of [`GROUPS`], the line
+/// the guest's run script adds, and the 32-bit program's lines (this host's kernel must run
+/// 32-bit programs, as Debian's does).
 fn native_lines() -> Vec<String> {
-    let (bin, _) = build();
+    let (bin, _, compat32) = build();
     let out = Command::new(bin).output().expect("running the ISA program");
     assert!(out.status.success(), "the ISA program failed natively");
     let lines: Vec<String> = String::from_utf8(out.stdout)
@@ -278,7 +305,25 @@ fn native_lines() -> Vec<String> {
             lines.join("\n")
         );
     }
-    [lines, vec!["concurrent: same".to_string()]].concat()
+    let out = Command::new(compat32)
+        .output()
+        .expect("running the 32-bit program natively (does this kernel have IA32 emulation?)");
+    assert!(out.status.success(), "the 32-bit program failed natively");
+    let compat: Vec<String> = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    for name in COMPAT32 {
+        assert!(
+            compat
+                .iter()
+                .any(|l| l.starts_with(&format!("compat32 {name} "))),
+            "no `compat32 {name}` line natively:\n{}",
+            compat.join("\n")
+        );
+    }
+    [lines, vec!["concurrent: same".to_string()], compat].concat()
 }
 
 /// The guest's ISA lines equal the host's, line by line (the first difference named), and the
@@ -307,7 +352,7 @@ fn check(console: &str, log: &str, native: &[String]) {
 fn isa_programs_print_the_hosts_lines_under_krr_run_compiled() {
     let native = native_lines();
     let (kernel, _) = guest();
-    let (_, initrd) = build();
+    let (_, initrd, _) = build();
     let (console, log) = krr_ok_limited(
         &[
             "run",
@@ -328,7 +373,7 @@ fn isa_programs_print_the_hosts_lines_under_krr_run_compiled() {
 fn isa_programs_record_and_replay() {
     let native = native_lines();
     let (kernel, _) = guest();
-    let (_, initrd) = build();
+    let (_, initrd, _) = build();
     let dir = std::env::temp_dir().join(format!("krr-guest-isa-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let trace = dir.join("isa.trace");
