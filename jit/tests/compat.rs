@@ -206,6 +206,25 @@ fn user32(u: &mut Asm) -> AsmResult {
     a.add(eax, 5)?;
     a.loop_(top)?;
     report32(a)?;
+    // String instructions: EDI through ES (whose base applies), ESI through DS.
+    a.mov(eax, BASED_DS as u32)?;
+    a.mov(es, ax)?;
+    a.mov(edi, 0x40)?;
+    a.mov(eax, 0xa1b2_c3d4u32)?;
+    a.stosd()?;
+    a.mov(eax, dword_ptr(U32DATA as u32 + 0x40))?;
+    report32(a)?;
+    report_reg32(a, edi)?;
+    a.mov(esi, U32DATA as u32 + 0x40)?;
+    a.mov(edi, 0x80)?;
+    a.mov(ecx, 4)?;
+    a.rep().movsb()?;
+    a.mov(eax, dword_ptr(U32DATA as u32 + 0x80))?;
+    report32(a)?;
+    a.lea(eax, dword_ptr(ecx + edi))?;
+    report32(a)?;
+    a.mov(eax, U32_SS as u32)?;
+    a.mov(es, ax)?;
     // int 0x80 to the kernel and back (the handler returns to the pushed EIP).
     a.mov(eax, 0x80)?;
     u.def("int80")?;
@@ -338,17 +357,21 @@ fn a_32_bit_program_runs_under_a_64_bit_kernel() {
         0,    // INC EAX (0x40) of 0xffffffff
         0x54, // ZF | AF | PF
         0xffff_ffff,
-        0x5566_7788,              // the wrapped address
-        0x10,                     // 16-bit addressing wraps
-        0x5566_7788,              // FS base
-        s - 2,                    // PUSH AX
-        0xffff_abcd,              // POP CX (ECX was 0xffffffff)
-        s - 4,                    // ENTER: EBP = the frame
-        s - 12,                   // ESP below the 8 bytes
-        0x77,                     // LEAVE restored EBP
-        0x47,                     // DAA
-        0x0603,                   // AAM
-        15,                       // LOOP ran 3 times
+        0x5566_7788, // the wrapped address
+        0x10,        // 16-bit addressing wraps
+        0x5566_7788, // FS base
+        s - 2,       // PUSH AX
+        0xffff_abcd, // POP CX (ECX was 0xffffffff)
+        s - 4,       // ENTER: EBP = the frame
+        s - 12,      // ESP below the 8 bytes
+        0x77,        // LEAVE restored EBP
+        0x47,        // DAA
+        0x0603,      // AAM
+        15,          // LOOP ran 3 times
+        0xa1b2_c3d4, // STOSD to ES:EDI
+        0x44,
+        0xa1b2_c3d4,              // REP MOVSB
+        0x84,                     // ECX 0, EDI past the bytes
         l("after_syscall"),       // SYSCALL: RCX = next EIP
         USER_FLAGS as u64 | 0x44, // R11 = RFLAGS (ZF, PF: the last report's XOR)
         KERNEL_CS as u64,
