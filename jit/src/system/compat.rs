@@ -98,8 +98,9 @@ fn byte_flags(v: u8) -> u64 {
     f
 }
 
-/// DAA, DAS, AAA, AAS (SDM pseudocode). The flags the SDM leaves undefined: OF as the
-/// sign change of AL for DAA/DAS, SF/ZF/PF of the result for AAA/AAS.
+/// DAA, DAS, AAA, AAS (SDM pseudocode). The flags the SDM leaves undefined are this host's
+/// (AMD; every AL, CF, AF input compared): OF as AL's sign change for DAA/DAS; for AAA/AAS
+/// SF and ZF of the 16-bit AX and PF of AL before AL's high nibble is cleared, OF clear.
 fn decimal_adjust(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> SysResult {
     let al = cpu.gpr[RAX] as u8;
     let cf = flags & rflags::CF != 0;
@@ -151,18 +152,22 @@ fn decimal_adjust(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> SysResu
             let ax = cpu.gpr[RAX] as u16;
             let mut v = ax;
             if low_adjust {
+                // AX + 106H, or AX - 6 (borrowing from AH) and AH - 1.
                 v = if insn.mnemonic() == M::Aaa {
                     v.wrapping_add(0x106)
                 } else {
-                    let al = (v as u8).wrapping_sub(6) as u16;
-                    let ah = ((v >> 8) as u8).wrapping_sub(1) as u16;
-                    (ah << 8) | al
+                    v.wrapping_sub(6).wrapping_sub(0x100)
                 };
                 out |= rflags::AF | rflags::CF;
             }
-            let v = v & 0xff0f;
-            out |= byte_flags(v as u8);
-            set_reg(cpu, Register::AX, v as u64);
+            out |= byte_flags(v as u8) & rflags::PF;
+            if v & 0x8000 != 0 {
+                out |= rflags::SF;
+            }
+            if v == 0 {
+                out |= rflags::ZF;
+            }
+            set_reg(cpu, Register::AX, (v & 0xff0f) as u64);
         }
     }
     set_arith(cpu, out);
@@ -170,21 +175,35 @@ fn decimal_adjust(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> SysResu
 }
 
 /// AAM imm8 (AH = AL / imm, AL = AL % imm; #DE for 0) and AAD imm8 (AL = AL + AH * imm,
-/// AH = 0). SF/ZF/PF follow AL; the undefined OF/AF/CF are cleared.
+/// AH = 0). SF/ZF/PF follow AL; the undefined OF/AF/CF are this host's (AMD; every AL, CF,
+/// AF input compared): clear for AAM, those of the byte addition AL + AH * imm for AAD.
 fn ascii_multiply_divide(cpu: &mut CpuState, insn: &Instruction, _flags: u64) -> SysResult {
     let base = insn.immediate(0) as u8;
     let ax = cpu.gpr[RAX] as u16;
     let (al, ah) = (ax as u8, (ax >> 8) as u8);
-    let v = if insn.mnemonic() == M::Aam {
+    let (v, mut out) = if insn.mnemonic() == M::Aam {
         if base == 0 {
             return SysResult::Fault(fault(vector::DE, None));
         }
-        ((al / base) as u16) << 8 | (al % base) as u16
+        (((al / base) as u16) << 8 | (al % base) as u16, 0)
     } else {
-        al.wrapping_add(ah.wrapping_mul(base)) as u16
+        let product = ah.wrapping_mul(base);
+        let (sum, carry) = al.overflowing_add(product);
+        let mut f = 0;
+        if carry {
+            f |= rflags::CF;
+        }
+        if (al & 0xf) + (product & 0xf) > 0xf {
+            f |= rflags::AF;
+        }
+        if !(al ^ product) & (al ^ sum) & 0x80 != 0 {
+            f |= rflags::OF;
+        }
+        (sum as u16, f)
     };
+    out |= byte_flags(v as u8);
     set_reg(cpu, Register::AX, v as u64);
-    set_arith(cpu, byte_flags(v as u8));
+    set_arith(cpu, out);
     SysResult::Done(None)
 }
 
