@@ -8,7 +8,8 @@
 # tests/guest/init as /init (Linux unpacks concatenated archives in order, later files
 # replacing earlier ones, so the guest runs /isa/run between KRR-ISA-START and KRR-ISA-END
 # whatever init the shared cache's initramfs was built from). Usage: build.sh OUT BASE. Prints
-# the native binary's path, the initrd's and the 32-bit program's, one a line.
+# the native binary's path, the initrd's, the 32-bit program's and that of OUT/compat32.cpio
+# (BASE followed by an archive whose /isa/run runs only the 32-bit program), one a line.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=$1
@@ -58,6 +59,12 @@ chmod +x "$stage/isa/run" "$stage/init"
 # Renamed into place: a krr already running keeps reading the archive it opened.
 cat "$base" "$out/isa.cpio" > "$out/initrd.cpio.new"
 mv "$out/initrd.cpio.new" "$out/initrd.cpio"
+rm "$stage/isa/isa"
+printf '#!/bin/sh\n/isa/compat32\n' > "$stage/isa/run"
+(cd "$stage" && find . -mindepth 1 | cpio -o -H newc --quiet) > "$out/compat32-only.cpio"
+cat "$base" "$out/compat32-only.cpio" > "$out/compat32.cpio.new"
+mv "$out/compat32.cpio.new" "$out/compat32.cpio"
 echo "$out/isa"
 echo "$out/initrd.cpio"
 echo "$out/compat32"
+echo "$out/compat32.cpio"

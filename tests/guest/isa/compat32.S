@@ -320,3 +320,5 @@ code64:
 	shr $32, %rax
 	add %eax, %edx
 	lretl
+
+	.section .note.GNU-stack, "", @progbits
