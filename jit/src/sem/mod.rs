@@ -826,7 +826,7 @@ pub fn pop<B: Builder>(b: &mut B, size: u32) -> R<(B::V, B::V)> {
 /// 64-bit mode #SS(0) unless canonical; in compatibility mode `sp` is wrapped to the stack's
 /// width (ESP or SP, by SS.B) and SS's base added.
 pub fn stack_address<B: Builder>(b: &mut B, sp: B::V) -> R<B::V> {
-    let width = crate::mode::stack_bytes(b.mode());
+    let width = stack_width(b);
     if width == 8 {
         stack_canonical(b, sp)?;
         return Ok(sp);
@@ -835,10 +835,21 @@ pub fn stack_address<B: Builder>(b: &mut B, sp: B::V) -> R<B::V> {
     Ok(compat_linear(b, seg::SS, off))
 }
 
+/// The stack's address size in bytes: 8 for 64-bit code (decided by the instruction, without
+/// asking the builder), else by SS.B through the block mode.
+#[inline]
+fn stack_width<B: Builder>(b: &B) -> u32 {
+    if is_compat(b.insn()) {
+        crate::mode::stack_bytes(b.mode())
+    } else {
+        8
+    }
+}
+
 /// The new RSP after moving the stack pointer from `old` to `new`: in compatibility mode only
 /// ESP (zero-extended, as every 32-bit register write) or SP changes.
 pub fn stack_pointer<B: Builder>(b: &mut B, old: B::V, new: B::V) -> B::V {
-    match crate::mode::stack_bytes(b.mode()) {
+    match stack_width(b) {
         8 => new,
         4 => b.zext(new, 32),
         _ => {
