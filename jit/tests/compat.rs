@@ -308,7 +308,7 @@ fn compat_machine(user32: fn(&mut Asm) -> AsmResult) -> Machine {
     for (sel, d) in gdt {
         m.mem.write_u64(GDT + sel, d).unwrap();
     }
-    m.mem.write(GDTR_IMAGE, &0x57u16.to_le_bytes()).unwrap();
+    m.mem.write(GDTR_IMAGE, &0x67u16.to_le_bytes()).unwrap();
     for (bitness, at, f) in [(32, U32CODE, user32), (64, U64CODE, user64)] {
         let mut u = Asm::with_bitness(bitness);
         u.def(if bitness == 32 { "u32main" } else { "u64main" })
@@ -546,5 +546,81 @@ fn bcd_adjustments_match_this_host_for_every_input() {
         ],
         "{:#x?}",
         r.reports
+    );
+}
+
+/// A 16-bit code segment (D clear) at 0x58 and a 16-bit stack segment (B clear) at 0x60,
+/// both flat, DPL3; the 16-bit code runs from linear page 0.
+const U16_CS: u16 = 0x5b;
+const U16_SS: u16 = 0x63;
+
+/// Report EAX from 16-bit code (clobbers EAX).
+fn report16(a: &mut CodeAssembler) -> AsmResult {
+    a.out(REPORT_PORT as u32, eax)?;
+    a.xor(eax, eax)?;
+    a.out(REPORT_PORT as u32, eax)
+}
+
+/// 16-bit code: operand and address size 16, SP-only stack, near CALL/RET of 2 bytes.
+fn code16(a: &mut CodeAssembler) -> AsmResult {
+    let mut sub = a.create_label();
+    a.mov(ax, U16_SS as u32)?;
+    a.mov(ss, ax)?;
+    a.mov(sp, 0x1000)?;
+    a.mov(ax, 0x1234)?;
+    a.push(ax)?;
+    a.pop(bx)?;
+    a.add(bx, bx)?;
+    a.movzx(eax, bx)?;
+    report16(a)?;
+    a.push(0x55)?; // PUSH imm8: 2 bytes here
+    a.pop(cx)?;
+    a.mov(eax, esp)?;
+    report16(a)?; // ESP's upper half kept, SP 0x1000
+    a.movzx(eax, cx)?;
+    report16(a)?;
+    a.mov(bx, 0xfff0)?;
+    a.mov(si, 0x30)?;
+    a.lea(eax, ptr(bx + si))?; // 16-bit addressing: wraps to 0x20
+    report16(a)?;
+    a.call(sub)?;
+    a.int(0x81)?;
+    a.set_label(&mut sub)?;
+    a.mov(eax, esp)?;
+    report16(a)?; // CALL pushed 2 bytes
+    a.ret()
+}
+
+fn far_jump_to_16_bit_code(u: &mut Asm) -> AsmResult {
+    u.a.nop()?;
+    u.a.jmp_far(U16_CS, 0)
+}
+
+/// 16-bit code in compatibility mode, entered by a direct far JMP from 32-bit code.
+#[test]
+fn sixteen_bit_code_segment_runs() {
+    let r = all_tiers(|tier| {
+        let mut m = compat_machine(far_jump_to_16_bit_code);
+        m.mem.write_u64(GDT + 0x58, 0x0000_fb00_0000_ffff).unwrap();
+        m.mem.write_u64(GDT + 0x60, 0x0000_f300_0000_ffff).unwrap();
+        let mut a = CodeAssembler::new(16).unwrap();
+        code16(&mut a).unwrap();
+        let code = a.assemble(0).unwrap();
+        let page = TEST_AREA + 0x20000;
+        m.mem.write(page, &code).unwrap();
+        m.pt.map(&mut m.mem, 0, page, PageSize::K4, pte::US | pte::RW);
+        m.run(tier)
+    });
+    let high = U32STACK & !0xffff;
+    assert_eq!(
+        r.reports,
+        vec![0x2468, high | 0x1000, 0x55, 0x20, high | 0x0ffe],
+        "{:#x?}",
+        r.reports
+    );
+    let e = r.event();
+    assert_eq!(
+        (e.vector, e.cs, e.rsp, e.ss),
+        (0x81, U16_CS as u64, high | 0x1000, U16_SS as u64)
     );
 }

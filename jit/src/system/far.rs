@@ -133,7 +133,11 @@ pub(super) fn iret(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> SysRes
     if !cs.present() {
         return SysResult::Fault(fault(vector::NP, Some(cs_sel as u32 & !3)));
     }
-    if !target_in_segment(&cs.to_segment(cs_sel), rip) {
+    let new_cs = cs.to_segment(cs_sel);
+    if !code_base_supported(&new_cs) {
+        return SysResult::Fault(fault(vector::GP, Some(cs_sel as u32 & !3)));
+    }
+    if !target_in_segment(&new_cs, rip) {
         return gp0();
     }
     // Validate SS before changing anything.
@@ -178,7 +182,7 @@ pub(super) fn iret(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> SysRes
     let merged = (flags & !changeable) | (new_flags & changeable);
     // IRET ends an NMI handler: NMIs are deliverable again (SDM 6.7.1).
     cpu.nmi_blocked = 0;
-    cpu.seg[seg::CS] = cs.to_segment(cs_sel);
+    cpu.seg[seg::CS] = new_cs;
     cpu.seg[seg::SS] = new_ss;
     cpu.gpr[RSP] = new_rsp;
     set_rflags(cpu, merged);
@@ -209,6 +213,21 @@ fn target_in_segment(cs: &Segment, rip: u64) -> bool {
     } else {
         rip <= cs.limit as u64
     }
+}
+
+/// krr keeps RIP as the linear address of the code, so a compatibility-mode code segment
+/// must have base 0 (Linux's are flat): another base is refused (#GP, logged).
+fn code_base_supported(cs: &Segment) -> bool {
+    if cs.attrs & Segment::ATTR_LONG == 0 && cs.base != 0 {
+        log::warn!(
+            "code segment {:#x} has base {:#x}: compatibility-mode code with a non-zero base \
+             is not supported",
+            cs.selector,
+            cs.base
+        );
+        return false;
+    }
+    true
 }
 
 /// RETF (the kernel reloads CS with `lretq`) and far JMP/CALL through a memory operand
@@ -276,7 +295,11 @@ pub(super) fn code_segment(cpu: &mut CpuState, sel: u16) -> Result<Segment, SysR
         return Err(far_fault(vector::NP, code));
     }
     // The loaded selector carries the CPL as RPL.
-    Ok(d.to_segment((sel & !3) | cpl as u16))
+    let cs = d.to_segment((sel & !3) | cpl as u16);
+    if !code_base_supported(&cs) {
+        return Err(far_fault(vector::GP, code));
+    }
+    Ok(cs)
 }
 
 pub(super) fn far_return(cpu: &mut CpuState, insn: &Instruction) -> Result<u64, SysResult> {
