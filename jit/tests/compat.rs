@@ -624,3 +624,59 @@ fn sixteen_bit_code_segment_runs() {
         (0x81, U16_CS as u64, high | 0x1000, U16_SS as u64)
     );
 }
+
+/// ARPL, SALC, LES and BOUND (in range, then #BR), then stop.
+fn legacy_instructions(u: &mut Asm) -> AsmResult {
+    let a = &mut u.a;
+    a.nop()?;
+    a.mov(eax, 0x10)?;
+    a.mov(ecx, 3)?;
+    a.arpl(ax, cx)?; // RPL 0 < 3: raised, ZF
+    a.pushfd()?;
+    report32(a)?;
+    a.pop(eax)?;
+    a.and(eax, 0x40)?;
+    report32(a)?;
+    a.stc()?;
+    a.salc()?;
+    a.movzx(eax, al)?;
+    report32(a)?;
+    a.mov(dword_ptr(U32DATA as u32 + 0x100), 0x1234_5678)?;
+    a.mov(word_ptr(U32DATA as u32 + 0x104), BASED_DS as u32)?;
+    a.les(ebx, fword_ptr(U32DATA as u32 + 0x100))?;
+    report_reg32(a, ebx)?;
+    a.mov(eax, es)?;
+    report32(a)?;
+    a.mov(dword_ptr(U32DATA as u32 + 0x108), -5i32)?;
+    a.mov(dword_ptr(U32DATA as u32 + 0x10c), 100)?;
+    a.mov(eax, -5i32)?;
+    a.bound(eax, qword_ptr(U32DATA as u32 + 0x108))?;
+    a.mov(eax, 101)?;
+    u.def("bound_site")?;
+    u.a.bound(eax, qword_ptr(U32DATA as u32 + 0x108))?;
+    u.def("bound_next")?;
+    u.a.int(0x81)
+}
+
+#[test]
+fn arpl_salc_les_and_bound() {
+    let r = all_tiers(|tier| {
+        let mut m = compat_machine(legacy_instructions);
+        m.resume_at(krr_runtime::vector::BR, "bound_next");
+        m.run(tier)
+    });
+    assert_eq!(
+        r.reports,
+        vec![0x13, 0x40, 0xff, 0x1234_5678, BASED_DS as u64],
+        "{:#x?}",
+        r.reports
+    );
+    let ev: Vec<_> = r.events.iter().map(|e| (e.vector, e.rip)).collect();
+    assert_eq!(
+        ev,
+        vec![
+            (krr_runtime::vector::BR, r.label("bound_site")),
+            (0x81, r.label("bound_next") + 2)
+        ]
+    );
+}
