@@ -40,7 +40,8 @@ pub fn describe_insn(core: &mut Core, rip: u64) -> (String, String) {
             }
         }
     };
-    let mut d = Decoder::with_ip(64, &bytes[..n], rip, DecoderOptions::NONE);
+    let bitness = krr_jit::mode::code_bitness(core.cpu());
+    let mut d = Decoder::with_ip(bitness, &bytes[..n], rip, DecoderOptions::NONE);
     let insn = d.decode();
     if insn.is_invalid() {
         let hex: Vec<String> = bytes[..n.min(8)]

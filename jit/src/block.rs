@@ -45,7 +45,11 @@ fn ends_block(insn: &Instruction) -> bool {
         || crate::system::handles(insn)
         || matches!(
             insn.mnemonic(),
-            Mnemonic::Popf | Mnemonic::Popfq | Mnemonic::Cpuid | Mnemonic::INVALID
+            Mnemonic::Popf
+                | Mnemonic::Popfd
+                | Mnemonic::Popfq
+                | Mnemonic::Cpuid
+                | Mnemonic::INVALID
         )
 }
 
@@ -82,6 +86,7 @@ pub fn decode(
             return Err(FetchError::Fault);
         }
     };
+    let bitness = crate::mode::bitness(mode);
     let mut insns = Vec::new();
     let mut code = Vec::new();
     let mut len = 0usize;
@@ -90,7 +95,7 @@ pub fn decode(
         if !insns.is_empty() && !stops.is_empty() && stops.contains(&ip) {
             break;
         }
-        let mut decoder = Decoder::with_ip(64, &bytes[len..], ip, DecoderOptions::NONE);
+        let mut decoder = Decoder::with_ip(bitness, &bytes[len..], ip, DecoderOptions::NONE);
         let mut insn = decoder.decode();
         if insn.is_invalid() && decoder.last_error() == iced_x86::DecoderError::NoMoreBytes {
             // The instruction continues on the next page: fetch it whole, which faults the way
@@ -106,7 +111,7 @@ pub fn decode(
                 }
                 Err(_) => break,
             };
-            let mut d = Decoder::with_ip(64, &buf[..n], ip, DecoderOptions::NONE);
+            let mut d = Decoder::with_ip(bitness, &buf[..n], ip, DecoderOptions::NONE);
             insn = d.decode();
             code.extend_from_slice(&buf[..insn.len().min(n)]);
             if insn.is_invalid() && d.last_error() == iced_x86::DecoderError::NoMoreBytes {
@@ -124,6 +129,10 @@ pub fn decode(
         }
         if cpuid_gate {
             cpuid_gate::apply(&cpu.cpuid, &mut insn);
+        }
+        if bitness < 64 {
+            // EIP (IP) wraps at the code size; iced does not wrap the next IP.
+            insn.set_next_ip(insn.next_ip() & (u64::MAX >> (64 - bitness)));
         }
         if code.len() == len {
             code.extend_from_slice(&bytes[len..len + insn.len()]);

@@ -752,7 +752,8 @@ impl Engine {
         }
         let mut bytes = [0u8; block::MAX_INSN_LEN];
         let n = mmu::fetch_code(cpu, cpu.rip, &mut bytes).unwrap_or(0);
-        let mut d = iced_x86::Decoder::with_ip(64, &bytes[..n], cpu.rip, 0);
+        let bitness = mode::bitness(mode::current(cpu));
+        let mut d = iced_x86::Decoder::with_ip(bitness, &bytes[..n], cpu.rip, 0);
         let insn = d.decode();
         self.note_unimplemented(cpu, &insn);
     }

@@ -384,6 +384,10 @@ impl Builder for Interp<'_> {
         self.cpu.exec.profile
     }
     #[inline]
+    fn mode(&self) -> u32 {
+        crate::mode::current(self.cpu)
+    }
+    #[inline]
     fn mem_operand(&self) -> MemOperand {
         *self.mem
     }

@@ -56,12 +56,12 @@ fn jump_segment(page: u64) -> usize {
 
 const _: () = assert!(JUMP_CACHE.is_multiple_of(4096) && JUMP_CACHE / 4096 <= 32);
 
-const _: () = assert!(krr_runtime::mmu::SPACE_KEY_LIMIT <= 1 << 28);
+const _: () = assert!(krr_runtime::mmu::SPACE_KEY_LIMIT <= 1 << 25);
 /// Set in every key, so that `cpu.tlb.jump_key == 0` (a flush the dispatcher has not seen
 /// yet) matches no entry.
 const JUMP_KEY_VALID: u32 = 1 << 31;
 /// The mode's bits in a key.
-const JUMP_MODE_MASK: u32 = 7;
+const JUMP_MODE_MASK: u32 = crate::mode::MODE_BITS;
 
 /// What [`JumpCache::sync`] found changed since the previous dispatch.
 pub(crate) struct SyncChanges {
@@ -83,7 +83,7 @@ pub(crate) struct JumpCache {
     /// key they were made under (`cpu.tlb.space`): after a flush or a switch, the others
     /// miss. Never reallocated: compiled code holds its address.
     entries: Box<[JumpEntry]>,
-    /// `cpu.tlb.space` as of the last dispatch (below 2^28: the mode takes the low 3 bits of
+    /// `cpu.tlb.space` as of the last dispatch (below 2^25: the mode takes the low 6 bits of
     /// a key and [`JUMP_KEY_VALID`] the top one).
     space: u32,
     /// `cpu.tlb.space_wraps` as of the last dispatch.
@@ -135,7 +135,7 @@ impl JumpCache {
     /// The jump-cache key of `mode` now: the address space and the mode.
     #[inline]
     fn key(&self, mode: u32) -> u32 {
-        JUMP_KEY_VALID | (self.space << 3) | mode
+        JUMP_KEY_VALID | (self.space << 6) | mode
     }
 
     /// Forget the lookups on pages flushed one at a time (INVLPG). A block on the page before

@@ -11,7 +11,7 @@ mod exec_mem;
 pub mod helpers;
 pub mod interp;
 mod jump_cache;
-mod mode;
+pub mod mode;
 pub mod sem;
 pub mod snippet;
 pub mod system;

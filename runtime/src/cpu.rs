@@ -48,6 +48,10 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// `attrs` bit L: a 64-bit code segment (clear: compatibility mode in long mode).
+    pub const ATTR_LONG: u16 = 1 << 13;
+    /// `attrs` bit D/B: 32-bit default operand size (code) or stack pointer (SS).
+    pub const ATTR_DEFAULT32: u16 = 1 << 14;
     /// `attrs` of a 64-bit code segment at DPL0 (type 0xb execute/read accessed, S, P, L, G),
     /// as SYSCALL loads it.
     pub const CODE64_DPL0: u16 = 0xa09b;

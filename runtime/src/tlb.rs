@@ -85,8 +85,8 @@ pub struct Tlb {
 /// Single-page flushes remembered before they turn into a full one.
 pub const PAGE_FLUSHES: usize = 8;
 
-/// Address-space keys stay below this (the engine packs them with mode bits into 32).
-pub const SPACE_KEY_LIMIT: u64 = 1 << 28;
+/// Address-space keys stay below this (the engine packs them with 6 mode bits into 32).
+pub const SPACE_KEY_LIMIT: u64 = 1 << 25;
 
 const _: () = assert!(SPACE_KEY_LIMIT.is_multiple_of(DATA_KEY_MASK + 1));
 

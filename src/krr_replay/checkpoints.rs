@@ -23,8 +23,9 @@ impl Driver {
             }
             let rip = self.core.cpu().rip;
             let mut bytes = [0u8; 15];
+            let bitness = krr_jit::mode::code_bitness(self.core.cpu());
             let at_rep = self.core.fetch_code(rip, &mut bytes).is_ok_and(|n| {
-                let insn = iced_x86::Decoder::with_ip(64, &bytes[..n], rip, 0).decode();
+                let insn = iced_x86::Decoder::with_ip(bitness, &bytes[..n], rip, 0).decode();
                 krr_jit::sem::is_rep_string(&insn)
             });
             let c = self.core.cpu();

@@ -8,7 +8,7 @@
 
 use crate::krr_rec::migration::cpu::{Segment as QemuSegment, X86Cpu};
 use krr_runtime::arch::rflags;
-use krr_runtime::cpu::{seg, DescriptorTable, Segment};
+use krr_runtime::cpu::{DescriptorTable, Segment};
 use krr_runtime::ArchState;
 
 /// QEMU's segment cache as krr's: attributes from descriptor bits 8-15 (type, S, DPL, P) and
@@ -81,9 +81,6 @@ pub fn arch_state(c: &X86Cpu) -> Result<(ArchState, Vec<String>), String> {
         let (mantissa, exponent) = c.fpregs[(top + i) & 7];
         slot[..8].copy_from_slice(&mantissa.to_le_bytes());
         slot[8..10].copy_from_slice(&exponent.to_le_bytes());
-    }
-    if a.seg[seg::CS].attrs & 0x2000 == 0 && c.cr0 & 1 != 0 && c.efer & 0x400 != 0 {
-        return Err("CS is not a 64-bit code segment: the snapshot's vCPU runs in compatibility mode, which krr does not model yet".into());
     }
     let mut notes = Vec::new();
     if c.interrupt_injected >= 0 {

@@ -24,6 +24,11 @@ pub(super) fn is_far_indirect(insn: &Instruction) -> bool {
         )
 }
 
+/// Far JMP/CALL: through memory, or direct (ptr16:16/32, compatibility mode only).
+pub(super) fn is_far(insn: &Instruction) -> bool {
+    is_far_indirect(insn) || matches!(insn.op0_kind(), OpKind::FarBranch16 | OpKind::FarBranch32)
+}
+
 /// MOVSD/CMPSD, the SSE2 scalar instructions, share their mnemonics with the string ones.
 fn is_sse_movsd(insn: &Instruction) -> bool {
     matches!(insn.mnemonic(), Mnemonic::Movsd | Mnemonic::Cmpsd)
@@ -55,6 +60,9 @@ pub enum SystemFamily {
     PortIo,
     /// The other x87 instructions (escape opcodes D8-DF) and the MMX ones, run by the host.
     X87,
+    /// Instructions only compatibility mode has: PUSHA/POPA, the BCD adjustments, SALC,
+    /// BOUND, ARPL, LDS/LES, direct far JMP/CALL; and SYSENTER/SYSEXIT.
+    Compat,
 }
 
 /// Is `insn` a system instruction, run on the CPU state by `crate::system` rather than
@@ -86,7 +94,7 @@ pub fn system_family(insn: &Instruction) -> Option<SystemFamily> {
         }
         M::Push | M::Pop => return segment_reg(0).then_some(F::Segments),
         M::Retf => F::FarTransfer,
-        M::Jmp | M::Call => return is_far_indirect(insn).then_some(F::FarTransfer),
+        M::Jmp | M::Call => return is_far(insn).then_some(F::FarTransfer),
         M::Hlt
         | M::Cli
         | M::Sti
@@ -144,6 +152,24 @@ pub fn system_family(insn: &Instruction) -> Option<SystemFamily> {
         | M::Fnstsw
         | M::Fnclex
         | M::Wait => F::ExtendedState,
+        M::Pusha
+        | M::Pushad
+        | M::Popa
+        | M::Popad
+        | M::Daa
+        | M::Das
+        | M::Aaa
+        | M::Aas
+        | M::Aam
+        | M::Aad
+        | M::Salc
+        | M::Bound
+        | M::Arpl
+        | M::Lds
+        | M::Les
+        | M::Sysenter
+        | M::Sysexit
+        | M::Sysexitq => F::Compat,
         M::In | M::Out | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => F::PortIo,
         _ if is_x87_escape(insn) || uses_mmx(insn) => F::X87,
         _ => return None,

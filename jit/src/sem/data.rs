@@ -52,11 +52,7 @@ pub(super) fn xlat<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     let rax = b.get_gpr(krr_runtime::gpr::RAX);
     let index = b.zext(rax, 8);
     let a = b.add(table, index);
-    let a = if m.flags & MemOperand::ADDR32 != 0 {
-        b.zext(a, 32)
-    } else {
-        a
-    };
+    let a = wrap_address_size(b, m, a);
     let a = segment_base(b, insn.memory_segment(), a);
     if m.flags & MemOperand::SS != 0 {
         stack_canonical(b, a)?;
@@ -104,7 +100,10 @@ pub(super) fn bswap<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
 #[inline(never)]
 pub(super) fn push_insn<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     let size = op_size(insn, 0);
-    let size = if insn.op0_kind() == OpKind::Register || insn.op0_kind() == OpKind::Memory {
+    let size = if is_compat(insn) {
+        // PUSH imm8 pushes the operand size, sign-extended.
+        (-insn.stack_pointer_increment()) as u32
+    } else if insn.op0_kind() == OpKind::Register || insn.op0_kind() == OpKind::Memory {
         size
     } else if insn.op0_kind() == OpKind::Immediate8to16 || insn.op0_kind() == OpKind::Immediate16 {
         2
@@ -175,23 +174,22 @@ pub(super) fn sign_extend_into_rdx<B: Builder>(b: &mut B, insn: &Instruction) ->
 
 #[inline(never)]
 pub(super) fn leave<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
-    // LEAVEW pops 2 bytes into BP only.
-    let size = if insn.code() == iced_x86::Code::Leavew {
-        2
-    } else {
-        8
+    // LEAVEW pops 2 bytes into BP only, LEAVED 4 into EBP.
+    let size = match insn.code() {
+        iced_x86::Code::Leavew => 2,
+        iced_x86::Code::Leaved => 4,
+        _ => 8,
     };
+    // RSP := RBP (ESP := EBP or SP := BP with a compatibility-mode stack), then the pop.
+    let sp = b.get_gpr(RSP);
     let bp = b.get_gpr(RBP);
-    stack_canonical(b, bp)?;
-    let v = b.load(bp, size)?;
+    let a = stack_address(b, bp)?;
+    let v = b.load(a, size)?;
     let k = b.c(size as u64);
     let nsp = b.add(bp, k);
+    let nsp = stack_pointer(b, sp, nsp);
     b.set_gpr(RSP, nsp);
-    if size == 2 {
-        write_reg(b, Register::BP, v);
-    } else {
-        b.set_gpr(RBP, v);
-    }
+    write_gpr(b, RBP, size, v);
     Ok(())
 }
 
@@ -216,45 +214,43 @@ pub(super) fn byte_swap<B: Builder>(b: &mut B, v: B::V, size: u32) -> B::V {
 pub(super) fn enter<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     let alloc = insn.immediate(0) & 0xffff;
     let level = insn.immediate(1) & 31;
-    // ENTERW pushes 2-byte frame pointers and writes BP only.
-    let size: u32 = if insn.code() == iced_x86::Code::Enterw_imm16_imm8 {
-        2
-    } else {
-        8
+    // ENTERW pushes 2-byte frame pointers and writes BP only, ENTERD 4-byte ones into EBP.
+    let size: u32 = match insn.code() {
+        iced_x86::Code::Enterw_imm16_imm8 => 2,
+        iced_x86::Code::Enterd_imm16_imm8 => 4,
+        _ => 8,
     };
     let rbp = b.get_gpr(RBP);
     let sp0 = b.get_gpr(RSP);
     let step = b.c(size as u64);
     // All stores go below the original RSP; registers change only after they all succeeded.
     let mut sp = b.sub(sp0, step);
-    stack_canonical(b, sp)?;
-    b.store(sp, rbp, size)?;
-    let frame = sp;
+    let a = stack_address(b, sp)?;
+    b.store(a, rbp, size)?;
+    // The frame pointer is the stack's offset (ESP/SP-wide with a compatibility-mode stack).
+    let frame = stack_pointer(b, sp0, sp);
     if level > 0 {
         let mut bp = rbp;
         for _ in 1..level {
             bp = b.sub(bp, step);
-            stack_canonical(b, bp)?;
-            let v = b.load(bp, size)?;
+            let a = stack_address(b, bp)?;
+            let v = b.load(a, size)?;
             sp = b.sub(sp, step);
-            stack_canonical(b, sp)?;
-            b.store(sp, v, size)?;
+            let a = stack_address(b, sp)?;
+            b.store(a, v, size)?;
         }
         sp = b.sub(sp, step);
-        stack_canonical(b, sp)?;
-        b.store(sp, frame, size)?;
+        let a = stack_address(b, sp)?;
+        b.store(a, frame, size)?;
     }
     let a = b.c(alloc);
     let sp = b.sub(sp, a);
     // A write at the final stack pointer must be possible too (SDM ENTER: "#PF ... if a write
     // using the final value of the stack pointer ... would cause a page fault").
-    stack_canonical(b, sp)?;
-    b.probe_write(sp, size)?;
-    if size == 2 {
-        write_reg(b, Register::BP, frame);
-    } else {
-        b.set_gpr(RBP, frame);
-    }
+    let a = stack_address(b, sp)?;
+    b.probe_write(a, size)?;
+    write_gpr(b, RBP, size, frame);
+    let sp = stack_pointer(b, sp0, sp);
     b.set_gpr(RSP, sp);
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! instruction has its own out-of-line function, so [`execute`] stays a thin dispatcher whose
 //! arms are tail calls; system instructions leave through one [`Helper::System`] call.
 
-use super::classify::{is_far_indirect, is_string, is_system_only};
+use super::classify::{is_far, is_string, is_system_only};
 use super::system::system;
 use super::*;
 use super::{arith::*, bitops::*, control::*, data::*, flagops::*, shift::*};
@@ -24,8 +24,8 @@ pub fn execute<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
         M::Xlatb => xlat(b, insn),
         M::Push => push_insn(b, insn),
         M::Pop => pop_insn(b, insn),
-        M::Pushf | M::Pushfq => pushf(b, insn),
-        M::Popf | M::Popfq => popf(b, insn),
+        M::Pushf | M::Pushfd | M::Pushfq => pushf(b, insn),
+        M::Popf | M::Popfd | M::Popfq => popf(b, insn),
         M::Add | M::Adc | M::Sub | M::Sbb | M::And | M::Or | M::Xor | M::Cmp | M::Test => {
             alu2(b, insn)
         }
@@ -105,7 +105,7 @@ pub fn execute<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
         | M::Jle
         | M::Jg => jcc(b, insn),
         M::Retf => system(b, insn),
-        M::Jmp | M::Call if is_far_indirect(insn) => system(b, insn),
+        M::Jmp | M::Call if is_far(insn) => system(b, insn),
         M::Jmp => jmp(b, insn),
         M::Call => call(b, insn),
         M::Ret => ret(b, insn),

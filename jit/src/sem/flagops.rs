@@ -10,7 +10,11 @@ use krr_runtime::rflags;
 #[inline(never)]
 pub(super) fn pushf<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     use Mnemonic as M;
-    let size = if insn.mnemonic() == M::Pushf { 2 } else { 8 };
+    let size = match insn.mnemonic() {
+        M::Pushf => 2,
+        M::Pushfd => 4,
+        _ => 8,
+    };
     let f = read_rflags(b);
     let m = b.c(!(rflags::RF | rflags::VM));
     let f = b.and(f, m);
@@ -112,10 +116,10 @@ pub fn read_rflags<B: Builder>(b: &mut B) -> B::V {
 
 #[inline(never)]
 pub(super) fn popf<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
-    let size = if insn.mnemonic() == Mnemonic::Popf {
-        2
-    } else {
-        8
+    let size = match insn.mnemonic() {
+        Mnemonic::Popf => 2,
+        Mnemonic::Popfd => 4,
+        _ => 8,
     };
     let (v, nsp) = pop(b, size)?;
     b.set_gpr(RSP, nsp);

@@ -111,6 +111,9 @@ pub trait Builder {
     /// The behaviour profile: a constant of the block being translated, the engine's (through
     /// `cpu.exec.profile`) in the interpreter. See [`profile`].
     fn profile(&self) -> krr_runtime::Profile;
+    /// The block mode (`crate::mode`: CPL, compatibility mode, stack width): a constant of
+    /// the block in compiled code, the CPU's current one in the interpreter.
+    fn mode(&self) -> u32;
     /// Its memory operand, decoded (the interpreter has it cached).
     fn mem_operand(&self) -> MemOperand {
         MemOperand::new(self.insn())
@@ -428,8 +431,11 @@ pub struct MemOperand {
     /// log2 of the index scale.
     pub shift: u8,
     /// [`MemOperand::ADDR32`] and the segment bits [`MemOperand::SS`], [`MemOperand::FS`],
-    /// [`MemOperand::GS`] (other segments have no base and no check in 64-bit mode).
+    /// [`MemOperand::GS`] (other segments have no base and no check in 64-bit mode);
+    /// [`MemOperand::ADDR16`] and [`MemOperand::COMPAT`] in compatibility mode.
     pub flags: u8,
+    /// The segment register number (`krr_runtime::seg`), whose base compatibility mode adds.
+    pub seg: u8,
 }
 
 impl MemOperand {
@@ -439,6 +445,10 @@ impl MemOperand {
     pub const SS: u8 = 2;
     pub const FS: u8 = 4;
     pub const GS: u8 = 8;
+    /// 16-bit address size (compatibility mode with a 0x67 prefix, or 16-bit code).
+    pub const ADDR16: u8 = 16;
+    /// Compatibility mode: the segment's base is added and the linear address wraps at 4 GiB.
+    pub const COMPAT: u8 = 32;
 
     /// What an instruction without a memory operand gets.
     pub const NO_OPERAND: MemOperand = MemOperand {
@@ -447,6 +457,7 @@ impl MemOperand {
         index: MemOperand::NONE,
         shift: 0,
         flags: 0,
+        seg: 0,
     };
 
     pub fn new(insn: &Instruction) -> MemOperand {
@@ -463,14 +474,29 @@ impl MemOperand {
             Register::EIP => insn.memory_displacement64() as u32 as u64,
             _ => insn.memory_displacement64(),
         };
-        let mut flags = match memory_segment(insn) {
+        let segment = memory_segment(insn);
+        let mut flags = match segment {
             Register::SS => MemOperand::SS,
             Register::FS => MemOperand::FS,
             Register::GS => MemOperand::GS,
             _ => 0,
         };
-        if base.size() == 4 || index.size() == 4 {
-            flags |= MemOperand::ADDR32;
+        if insn.code_size() == iced_x86::CodeSize::Code64 {
+            if base.size() == 4 || index.size() == 4 {
+                flags |= MemOperand::ADDR32;
+            }
+        } else {
+            flags |= MemOperand::COMPAT;
+            // The address size: a register's, else the displacement's ([disp16] / [disp32]).
+            let size = base.size().max(index.size()).max(match base {
+                Register::EIP => 4,
+                _ => insn.memory_displ_size() as usize,
+            });
+            flags |= if size == 2 {
+                MemOperand::ADDR16
+            } else {
+                MemOperand::ADDR32
+            };
         }
         MemOperand {
             disp,
@@ -478,6 +504,7 @@ impl MemOperand {
             index: gpr(index),
             shift: insn.memory_index_scale().trailing_zeros() as u8,
             flags,
+            seg: segment_number(segment),
         }
     }
 }
@@ -501,16 +528,24 @@ pub fn access_address_moved<B: Builder>(b: &mut B, delta: B::V) -> R<B::V> {
     let m = b.mem_operand();
     let a = offset_address_of(b, m);
     let a = b.add(a, delta);
-    let a = if m.flags & MemOperand::ADDR32 != 0 {
-        b.zext(a, 32)
-    } else {
-        a
-    };
+    let a = wrap_address_size(b, m, a);
     let a = add_segment_base(b, m, a);
     if m.flags & MemOperand::SS != 0 {
         stack_canonical(b, a)?;
     }
     Ok(a)
+}
+
+/// The number (`krr_runtime::seg`) of a segment register.
+fn segment_number(r: Register) -> u8 {
+    (match r {
+        Register::ES => seg::ES,
+        Register::CS => seg::CS,
+        Register::SS => seg::SS,
+        Register::FS => seg::FS,
+        Register::GS => seg::GS,
+        _ => seg::DS,
+    }) as u8
 }
 
 /// The segment of the memory operand (`Instruction::memory_segment`, inlined: no prefix and a
@@ -549,9 +584,13 @@ fn effective_address_of<B: Builder>(b: &mut B, m: MemOperand) -> B::V {
     add_segment_base(b, m, a)
 }
 
-/// `a` plus the FS or GS base when the operand names that segment (the others are flat).
+/// `a` plus the FS or GS base when the operand names that segment (the others are flat in
+/// 64-bit mode); in compatibility mode the operand's segment base, wrapped at 4 GiB.
 #[inline]
 fn add_segment_base<B: Builder>(b: &mut B, m: MemOperand, a: B::V) -> B::V {
+    if m.flags & MemOperand::COMPAT != 0 {
+        return compat_linear(b, m.seg as usize, a);
+    }
     let s = if m.flags & MemOperand::FS != 0 {
         seg::FS
     } else if m.flags & MemOperand::GS != 0 {
@@ -587,11 +626,34 @@ fn offset_address_of<B: Builder>(b: &mut B, m: MemOperand) -> B::V {
         };
         a = b.add(a, v);
     }
+    wrap_address_size(b, m, a)
+}
+
+/// An effective address wrapped to the operand's address size.
+#[inline]
+fn wrap_address_size<B: Builder>(b: &mut B, m: MemOperand, a: B::V) -> B::V {
     if m.flags & MemOperand::ADDR32 != 0 {
         b.zext(a, 32)
+    } else if m.flags & MemOperand::ADDR16 != 0 {
+        b.zext(a, 16)
     } else {
         a
     }
+}
+
+/// The linear address of offset `a` in segment `s` in compatibility mode: the segment's base
+/// added, wrapped at 4 GiB (limits are not checked: see ARCHITECTURE.md).
+#[inline(never)]
+pub fn compat_linear<B: Builder>(b: &mut B, s: usize, a: B::V) -> B::V {
+    let base = b.load_state(offsets::seg_base(s));
+    let a = b.add(a, base);
+    b.zext(a, 32)
+}
+
+/// Is the instruction compatibility-mode code (decoded as 32- or 16-bit)?
+#[inline]
+pub fn is_compat(insn: &Instruction) -> bool {
+    insn.code_size() != iced_x86::CodeSize::Code64
 }
 
 /// Raise #SS(0) unless `addr` is canonical (stack accesses).
@@ -608,9 +670,13 @@ pub fn branch_target_canonical<B: Builder>(b: &mut B, target: B::V) -> R<()> {
     b.raise_if(bad, krr_runtime::vector::GP, Some(0))
 }
 
-/// Add the segment base where 64-bit mode still applies one (FS and GS).
+/// Add the segment base where 64-bit mode still applies one (FS and GS); in compatibility
+/// mode every segment's, wrapped at 4 GiB.
 #[inline]
 pub fn segment_base<B: Builder>(b: &mut B, segment: Register, addr: B::V) -> B::V {
+    if is_compat(b.insn()) {
+        return compat_linear(b, segment_number(segment) as usize, addr);
+    }
     let s = match segment {
         Register::FS => seg::FS,
         Register::GS => seg::GS,
@@ -736,13 +802,14 @@ pub fn write_rmw<B: Builder>(b: &mut B, addr: Option<B::V>, size: u32, v: B::V) 
     }
 }
 
-/// Stack push of `size` bytes (8 or 2 in 64-bit mode).
+/// Stack push of `size` bytes (8 or 2 in 64-bit mode; 4 or 2 in compatibility mode).
 pub fn push<B: Builder>(b: &mut B, v: B::V, size: u32) -> R<()> {
     let sp = b.get_gpr(krr_runtime::gpr::RSP);
     let k = b.c(size as u64);
     let nsp = b.sub(sp, k);
-    stack_canonical(b, nsp)?;
-    b.store(nsp, v, size)?;
+    let a = stack_address(b, nsp)?;
+    b.store(a, v, size)?;
+    let nsp = stack_pointer(b, sp, nsp);
     b.set_gpr(krr_runtime::gpr::RSP, nsp);
     Ok(())
 }
@@ -751,11 +818,51 @@ pub fn push<B: Builder>(b: &mut B, v: B::V, size: u32) -> R<()> {
 /// fault in the same instruction leaves RSP unchanged.
 pub fn pop<B: Builder>(b: &mut B, size: u32) -> R<(B::V, B::V)> {
     let sp = b.get_gpr(krr_runtime::gpr::RSP);
-    stack_canonical(b, sp)?;
-    let v = b.load(sp, size)?;
+    let a = stack_address(b, sp)?;
+    let v = b.load(a, size)?;
     let k = b.c(size as u64);
     let nsp = b.add(sp, k);
+    let nsp = stack_pointer(b, sp, nsp);
     Ok((v, nsp))
+}
+
+/// The linear address of the stack location `sp` (RSP arithmetic already done), checked: in
+/// 64-bit mode #SS(0) unless canonical; in compatibility mode `sp` is wrapped to the stack's
+/// width (ESP or SP, by SS.B) and SS's base added.
+pub fn stack_address<B: Builder>(b: &mut B, sp: B::V) -> R<B::V> {
+    let width = stack_width(b);
+    if width == 8 {
+        stack_canonical(b, sp)?;
+        return Ok(sp);
+    }
+    let off = b.zext(sp, width * 8);
+    Ok(compat_linear(b, seg::SS, off))
+}
+
+/// The stack's address size in bytes: 8 for 64-bit code (decided by the instruction, without
+/// asking the builder), else by SS.B through the block mode.
+#[inline]
+fn stack_width<B: Builder>(b: &B) -> u32 {
+    if is_compat(b.insn()) {
+        crate::mode::stack_bytes(b.mode())
+    } else {
+        8
+    }
+}
+
+/// The new RSP after moving the stack pointer from `old` to `new`: in compatibility mode only
+/// ESP (zero-extended, as every 32-bit register write) or SP changes.
+pub fn stack_pointer<B: Builder>(b: &mut B, old: B::V, new: B::V) -> B::V {
+    match stack_width(b) {
+        8 => new,
+        4 => b.zext(new, 32),
+        _ => {
+            let keep = b.c(!0xffffu64);
+            let hi = b.and(old, keep);
+            let lo = b.zext(new, 16);
+            b.or(hi, lo)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,18 @@ fn element_size(m: M) -> u32 {
     }
 }
 
-/// 32-bit addressing (0x67 prefix): RSI/RDI/RCX are used as ESI/EDI/ECX.
+/// 16-bit addressing (compatibility mode with 0x67, or 16-bit code): SI/DI/CX.
+fn addr16(insn: &Instruction) -> bool {
+    (0..insn.op_count()).any(|i| {
+        matches!(
+            insn.op_kind(i),
+            OpKind::MemorySegSI | OpKind::MemoryESDI | OpKind::MemorySegDI
+        )
+    })
+}
+
+/// 32-bit addressing (0x67 prefix in 64-bit mode, the default in compatibility mode):
+/// RSI/RDI/RCX are used as ESI/EDI/ECX.
 fn addr32(insn: &Instruction) -> bool {
     (0..insn.op_count()).any(|i| {
         matches!(
@@ -64,6 +75,12 @@ impl<V: Copy> StringOp<V> {
     }
 }
 
+/// The destination's linear address: RDI (EDI), plus ES's base in compatibility mode.
+fn destination<B: Builder>(b: &mut B, a32: bool) -> B::V {
+    let d = index(b, RDI, a32);
+    segment_base(b, Register::ES, d)
+}
+
 fn index<B: Builder>(b: &mut B, r: usize, a32: bool) -> B::V {
     let v = b.get_gpr(r);
     if a32 {
@@ -89,14 +106,14 @@ fn iteration<B: Builder>(b: &mut B, op: &StringOp<B::V>) -> R<()> {
             let s = index(b, RSI, a32);
             let s = segment_base(b, src_seg, s);
             let v = b.load(s, size)?;
-            let d = index(b, RDI, a32);
+            let d = destination(b, a32);
             b.store(d, v, size)?;
             advance(b, RSI, op);
             advance(b, RDI, op);
         }
         M::Stosb | M::Stosw | M::Stosd | M::Stosq => {
             let v = b.get_gpr(RAX);
-            let d = index(b, RDI, a32);
+            let d = destination(b, a32);
             b.store(d, v, size)?;
             advance(b, RDI, op);
         }
@@ -111,7 +128,7 @@ fn iteration<B: Builder>(b: &mut B, op: &StringOp<B::V>) -> R<()> {
             let s = index(b, RSI, a32);
             let s = segment_base(b, src_seg, s);
             let x = b.load(s, size)?;
-            let d = index(b, RDI, a32);
+            let d = destination(b, a32);
             let y = b.load(d, size)?;
             set_sub_flags(b, x, y, size);
             advance(b, RSI, op);
@@ -120,7 +137,7 @@ fn iteration<B: Builder>(b: &mut B, op: &StringOp<B::V>) -> R<()> {
         _ => {
             let a = b.get_gpr(RAX);
             let x = b.zext(a, bits(size));
-            let d = index(b, RDI, a32);
+            let d = destination(b, a32);
             let y = b.load(d, size)?;
             set_sub_flags(b, x, y, size);
             advance(b, RDI, op);
@@ -138,6 +155,10 @@ fn set_sub_flags<B: Builder>(b: &mut B, x: B::V, y: B::V, size: u32) {
 
 pub fn execute<B: Builder>(b: &mut B) -> R<()> {
     let insn = *b.insn();
+    if addr16(&insn) {
+        // SI/DI/CX wrap at 64 KiB and leave the registers' upper bits: not modelled.
+        return Err(b.unimplemented());
+    }
     let op = StringOp::new(b, &insn);
     if !(insn.has_rep_prefix() || insn.has_repne_prefix()) {
         return iteration(b, &op);
@@ -153,10 +174,12 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
     } else {
         ConditionCode::ne
     };
-    let bulk = matches!(
-        insn.mnemonic(),
-        M::Movsb | M::Movsw | M::Movsd | M::Movsq | M::Stosb | M::Stosw | M::Stosd | M::Stosq
-    )
+    // The bulk path adds no DS/ES base and does not wrap at 4 GiB: 64-bit mode only.
+    let bulk = (!is_compat(&insn)
+        && matches!(
+            insn.mnemonic(),
+            M::Movsb | M::Movsw | M::Movsd | M::Movsq | M::Stosb | M::Stosw | M::Stosd | M::Stosq
+        ))
     .then_some(BulkString {
         store_only: matches!(insn.mnemonic(), M::Stosb | M::Stosw | M::Stosd | M::Stosq),
         size: op.size,

@@ -9,7 +9,9 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Sys
     let priv0 = cpl == 0;
     match insn.mnemonic() {
         M::Syscall => {
-            if cpu.efer & efer::SCE == 0 {
+            let compat = in_compat_mode(cpu);
+            // Intel CPUs have no SYSCALL in compatibility mode (AMD's enters at CSTAR).
+            if cpu.efer & efer::SCE == 0 || (compat && compat::intel_vendor(cpu)) {
                 return ud();
             }
             let next = insn.next_ip();
@@ -19,7 +21,7 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Sys
             cpu.seg[seg::CS] = Segment::flat(sel, Segment::CODE64_DPL0);
             cpu.seg[seg::SS] = Segment::flat(sel + 8, Segment::DATA_DPL0);
             set_rflags(cpu, flags & !cpu.sfmask & !rflags::RF);
-            SysResult::Done(Some(cpu.lstar))
+            SysResult::Done(Some(if compat { cpu.cstar } else { cpu.lstar }))
         }
         M::Sysret | M::Sysretq => {
             if cpu.efer & efer::SCE == 0 {
@@ -79,22 +81,46 @@ pub(super) fn execute(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> Sys
     }
 }
 
+/// IRETQ, IRETD, IRET: in 64-bit mode the frame is RIP, CS, RFLAGS, RSP, SS (each of the
+/// operand size); in compatibility mode SS:ESP are in it only when returning to an outer
+/// privilege level (a same-level IRET pops EIP, CS, EFLAGS). The return goes to 64-bit or
+/// compatibility-mode code, by the CS descriptor's L bit.
 pub(super) fn iret(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> SysResult {
-    if insn.mnemonic() != M::Iretq {
-        // 16/32-bit IRET returns only to compatibility/legacy modes, which krr does not run.
-        return ud();
-    }
+    let size: usize = match insn.mnemonic() {
+        M::Iretq => 8,
+        M::Iretd => 4,
+        _ => 2,
+    };
     let cpl = cpu.cpl();
     let rsp = cpu.gpr[RSP];
     let mut frame = [0u8; 40];
-    trym!(read_mem(cpu, rsp, &mut frame));
-    let word = |i: usize| u64::from_le_bytes(frame[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-    let (rip, cs_sel, new_flags, new_rsp, ss_sel) =
-        (word(0), word(1) as u16, word(2), word(3), word(4) as u16);
+    for i in 0..3 {
+        let at = stack_linear(cpu, rsp.wrapping_add((i * size) as u64));
+        trym!(read_mem(cpu, at, &mut frame[i * size..(i + 1) * size]));
+    }
+    let word = |frame: &[u8], i: usize| {
+        let mut w = [0u8; 8];
+        w[..size].copy_from_slice(&frame[i * size..(i + 1) * size]);
+        u64::from_le_bytes(w)
+    };
+    let (rip, cs_sel) = (word(&frame, 0), word(&frame, 1) as u16);
     let rpl = (cs_sel & 3) as u8;
     if rpl < cpl {
         return SysResult::Fault(fault(vector::GP, Some(cs_sel as u32 & !3)));
     }
+    // 16/32-bit IRET keeps RFLAGS' upper bits (and for IRET the upper 16 of EFLAGS).
+    let new_flags = (flags & !(u64::MAX >> (64 - 8 * size))) | word(&frame, 2);
+    let pops_stack = !in_compat_mode(cpu) || rpl > cpl;
+    let (new_rsp, ss_sel) = if pops_stack {
+        for i in 3..5 {
+            let at = stack_linear(cpu, rsp.wrapping_add((i * size) as u64));
+            trym!(read_mem(cpu, at, &mut frame[i * size..(i + 1) * size]));
+        }
+        (word(&frame, 3), word(&frame, 4) as u16)
+    } else {
+        let popped = stack_pointer(cpu, rsp, rsp.wrapping_add(3 * size as u64));
+        (popped, cpu.seg[seg::SS].selector)
+    };
     let Some(cs) = tryd!(desc::read_descriptor(cpu, cs_sel)) else {
         return gp0();
     };
@@ -107,19 +133,19 @@ pub(super) fn iret(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> SysRes
     if !cs.present() {
         return SysResult::Fault(fault(vector::NP, Some(cs_sel as u32 & !3)));
     }
-    if !cs.long() {
-        log::warn!(
-            "IRETQ to a non-64-bit code segment at RIP {:#x}: compatibility mode is not supported",
-            insn.ip()
-        );
-        return gp0();
+    let new_cs = cs.to_segment(cs_sel);
+    if !code_base_supported(&new_cs) {
+        return SysResult::Fault(fault(vector::GP, Some(cs_sel as u32 & !3)));
     }
-    if !mmu::is_canonical(rip) {
+    if !target_in_segment(&new_cs, rip) {
         return gp0();
     }
     // Validate SS before changing anything.
-    let new_ss = if ss_sel & !3 == 0 {
-        if rpl == 3 {
+    let new_ss = if !pops_stack {
+        cpu.seg[seg::SS]
+    } else if ss_sel & !3 == 0 {
+        // A null SS is allowed only for a 64-bit return below CPL3.
+        if rpl == 3 || !cs.long() {
             return gp0();
         }
         Segment {
@@ -156,7 +182,7 @@ pub(super) fn iret(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> SysRes
     let merged = (flags & !changeable) | (new_flags & changeable);
     // IRET ends an NMI handler: NMIs are deliverable again (SDM 6.7.1).
     cpu.nmi_blocked = 0;
-    cpu.seg[seg::CS] = cs.to_segment(cs_sel);
+    cpu.seg[seg::CS] = new_cs;
     cpu.seg[seg::SS] = new_ss;
     cpu.gpr[RSP] = new_rsp;
     set_rflags(cpu, merged);
@@ -179,9 +205,34 @@ pub(super) fn iret(cpu: &mut CpuState, insn: &Instruction, flags: u64) -> SysRes
     }
     SysResult::Done(Some(rip))
 }
+/// Can code segment `cs` run at `rip`? 64-bit code: a canonical RIP; compatibility-mode
+/// code: within the segment's limit (which also keeps EIP below 4 GiB).
+fn target_in_segment(cs: &Segment, rip: u64) -> bool {
+    if cs.attrs & Segment::ATTR_LONG != 0 {
+        mmu::is_canonical(rip)
+    } else {
+        rip <= cs.limit as u64
+    }
+}
+
+/// krr keeps RIP as the linear address of the code, so a compatibility-mode code segment
+/// must have base 0 (Linux's are flat): another base is refused (#GP, logged).
+fn code_base_supported(cs: &Segment) -> bool {
+    if cs.attrs & Segment::ATTR_LONG == 0 && cs.base != 0 {
+        log::warn!(
+            "code segment {:#x} has base {:#x}: compatibility-mode code with a non-zero base \
+             is not supported",
+            cs.selector,
+            cs.base
+        );
+        return false;
+    }
+    true
+}
+
 /// RETF (the kernel reloads CS with `lretq`) and far JMP/CALL through a memory operand
-/// (m16:64/m16:32). Transfers to compatibility-mode code and through call gates are not
-/// supported (#GP, logged).
+/// (m16:64/m16:32) or, in compatibility mode, direct (ptr16:16/32), to 64-bit or
+/// compatibility-mode code. Transfers through call gates are not supported (#GP, logged).
 pub(super) fn far_transfer(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> SysResult {
     let done = if insn.mnemonic() == M::Retf {
         far_return(cpu, insn)
@@ -206,6 +257,8 @@ pub(super) fn far_fault(vector: u8, code: u32) -> SysResult {
 /// A memory or descriptor-table failure as a far transfer reports it.
 pub(super) fn far_outcome(o: SysResult) -> SysResult {
     match o {
+        // A page fault keeps its address (CR2).
+        SysResult::Fault(e) if e.vector == vector::PF => SysResult::Fault(e),
         SysResult::Fault(e) => far_fault(e.vector, e.error_code),
         other => other,
     }
@@ -241,14 +294,12 @@ pub(super) fn code_segment(cpu: &mut CpuState, sel: u16) -> Result<Segment, SysR
     if !d.present() {
         return Err(far_fault(vector::NP, code));
     }
-    if !d.long() {
-        log::warn!(
-            "far transfer to non-64-bit code segment {sel:#x}: compatibility mode is not supported"
-        );
+    // The loaded selector carries the CPL as RPL.
+    let cs = d.to_segment((sel & !3) | cpl as u16);
+    if !code_base_supported(&cs) {
         return Err(far_fault(vector::GP, code));
     }
-    // The loaded selector carries the CPL as RPL.
-    Ok(d.to_segment((sel & !3) | cpl as u16))
+    Ok(cs)
 }
 
 pub(super) fn far_return(cpu: &mut CpuState, insn: &Instruction) -> Result<u64, SysResult> {
@@ -264,7 +315,14 @@ pub(super) fn far_return(cpu: &mut CpuState, insn: &Instruction) -> Result<u64, 
     };
     let rsp = cpu.gpr[RSP];
     let mut b = [0u8; 16];
-    far_read(cpu, rsp, &mut b[..2 * size as usize])?;
+    for i in 0..2 {
+        let at = stack_linear(cpu, rsp.wrapping_add(i * size));
+        far_read(
+            cpu,
+            at,
+            &mut b[(i * size) as usize..((i + 1) * size) as usize],
+        )?;
+    }
     let word = |i: usize| {
         let mut w = [0u8; 8];
         w[..size as usize].copy_from_slice(&b[i * size as usize..(i + 1) * size as usize]);
@@ -280,11 +338,12 @@ pub(super) fn far_return(cpu: &mut CpuState, insn: &Instruction) -> Result<u64, 
         return Err(far_fault(vector::GP, sel as u32 & !3));
     }
     let cs = code_segment(cpu, sel)?;
-    if !mmu::is_canonical(rip) {
+    if !target_in_segment(&cs, rip) {
         return Err(far_fault(vector::GP, 0));
     }
+    // RSP moves by the old stack's rules, before CS (and with it the mode) changes.
+    cpu.gpr[RSP] = stack_pointer(cpu, rsp, rsp.wrapping_add(2 * size + extra));
     cpu.seg[seg::CS] = cs;
-    cpu.gpr[RSP] = rsp.wrapping_add(2 * size + extra);
     Ok(rip)
 }
 
@@ -293,36 +352,47 @@ pub(super) fn far_jump_or_call(
     insn: &Instruction,
     addr: Option<u64>,
 ) -> Result<u64, SysResult> {
-    let Some(a) = addr else {
-        // Direct far JMP/CALL (ptr16:32) does not exist in 64-bit mode.
-        return Err(far_fault(vector::UD, 0));
+    let (off_size, rip, sel) = match (addr, insn.op0_kind()) {
+        // Direct far JMP/CALL (ptr16:16/32, compatibility mode only: #UD in 64-bit mode).
+        (_, iced_x86::OpKind::FarBranch32) => {
+            (4, insn.far_branch32() as u64, insn.far_branch_selector())
+        }
+        (_, iced_x86::OpKind::FarBranch16) => {
+            (2, insn.far_branch16() as u64, insn.far_branch_selector())
+        }
+        (None, _) => return Err(far_fault(vector::UD, 0)),
+        (Some(a), _) => {
+            let off_size = match insn.memory_size() {
+                iced_x86::MemorySize::SegPtr64 => 8,
+                iced_x86::MemorySize::SegPtr32 => 4,
+                _ => 2,
+            };
+            let mut b = [0u8; 10];
+            far_read(cpu, a, &mut b[..off_size + 2])?;
+            let mut o = [0u8; 8];
+            o[..off_size].copy_from_slice(&b[..off_size]);
+            let sel = u16::from_le_bytes([b[off_size], b[off_size + 1]]);
+            (off_size, u64::from_le_bytes(o), sel)
+        }
     };
-    let off_size = match insn.memory_size() {
-        iced_x86::MemorySize::SegPtr64 => 8,
-        iced_x86::MemorySize::SegPtr32 => 4,
-        _ => 2,
-    };
-    let mut b = [0u8; 10];
-    far_read(cpu, a, &mut b[..off_size + 2])?;
-    let mut o = [0u8; 8];
-    o[..off_size].copy_from_slice(&b[..off_size]);
-    let rip = u64::from_le_bytes(o);
-    let sel = u16::from_le_bytes([b[off_size], b[off_size + 1]]);
     let cs = code_segment(cpu, sel)?;
-    if !mmu::is_canonical(rip) {
+    if !target_in_segment(&cs, rip) {
         return Err(far_fault(vector::GP, 0));
     }
     if insn.mnemonic() == M::Call {
-        // Push CS then the return RIP, operand-size wide.
+        // Push CS then the return RIP (below it), operand-size wide, by the old stack's rules.
         let size = off_size.max(2) as u64;
         let rsp = cpu.gpr[RSP];
-        let new = rsp.wrapping_sub(2 * size);
-        let mut frame = [0u8; 16];
-        frame[..size as usize].copy_from_slice(&insn.next_ip().to_le_bytes()[..size as usize]);
-        frame[size as usize..2 * size as usize]
-            .copy_from_slice(&(cpu.seg[seg::CS].selector as u64).to_le_bytes()[..size as usize]);
-        far_write(cpu, new, &frame[..2 * size as usize])?;
-        cpu.gpr[RSP] = new;
+        let words = [cpu.seg[seg::CS].selector as u64, insn.next_ip()];
+        for i in 0..words.len() as u64 {
+            let at = stack_linear(cpu, rsp.wrapping_sub((i + 1) * size));
+            probe_write(cpu, at, size).map_err(far_outcome)?;
+        }
+        for (i, w) in words.iter().enumerate() {
+            let at = stack_linear(cpu, rsp.wrapping_sub((i as u64 + 1) * size));
+            far_write(cpu, at, &w.to_le_bytes()[..size as usize])?;
+        }
+        cpu.gpr[RSP] = stack_pointer(cpu, rsp, rsp.wrapping_sub(2 * size));
     }
     cpu.seg[seg::CS] = cs;
     Ok(rip)

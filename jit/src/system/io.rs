@@ -80,12 +80,29 @@ pub(super) fn string_io(cpu: &mut CpuState, insn: &Instruction, size: u8) -> Sys
     let rep = insn.has_rep_prefix() || insn.has_repne_prefix();
     let input = matches!(insn.mnemonic(), M::Insb | M::Insw | M::Insd);
     let a32 = insn.memory_base().size() == 4 || matches!(insn.op0_kind(), OpKind::MemoryESEDI);
-    let mask = if a32 { 0xffff_ffff } else { u64::MAX };
+    let a16 = insn.memory_base().size() == 2 || matches!(insn.op0_kind(), OpKind::MemoryESDI);
+    let mask = if a32 {
+        0xffff_ffff
+    } else if a16 {
+        0xffff
+    } else {
+        u64::MAX
+    };
+    // Compatibility mode adds every segment's base (INS writes through ES) and wraps at 4 GiB.
+    let compat = in_compat_mode(cpu);
+    let linear = |cpu: &CpuState, s: usize, off: u64| {
+        if compat {
+            off.wrapping_add(cpu.seg[s].base) & 0xffff_ffff
+        } else {
+            off
+        }
+    };
     let step = if cpu.rflags & rflags::DF != 0 {
         (size as u64).wrapping_neg()
     } else {
         size as u64
     };
+    let src_seg = segments::seg_index(insn.memory_segment());
     let seg_base = match insn.memory_segment() {
         Register::FS => cpu.seg[seg::FS].base,
         Register::GS => cpu.seg[seg::GS].base,
@@ -98,21 +115,23 @@ pub(super) fn string_io(cpu: &mut CpuState, insn: &Instruction, size: u8) -> Sys
         let port = cpu.gpr[RDX] as u16;
         if input {
             let dst = cpu.gpr[RDI] & mask;
+            let at = linear(cpu, seg::ES, dst);
             // Check that the destination is writable before reading the port: a port read has
             // side effects, and a fault here is a write fault (#PF with W=1).
-            trym!(probe_write(cpu, dst, size as u64));
+            trym!(probe_write(cpu, at, size as u64));
             let v =
                 bus::with_bus(cpu, |bus, cpu| bus.port_in(cpu, port, size)).expect("bus checked");
-            trym!(write_mem(cpu, dst, &v.to_le_bytes()[..size as usize]));
+            trym!(write_mem(cpu, at, &v.to_le_bytes()[..size as usize]));
             cpu.gpr[RDI] = (cpu.gpr[RDI] & !mask) | (dst.wrapping_add(step) & mask);
         } else {
             let src = cpu.gpr[RSI] & mask;
             let mut b = [0u8; 4];
-            trym!(read_mem(
-                cpu,
-                seg_base.wrapping_add(src),
-                &mut b[..size as usize]
-            ));
+            let at = if compat {
+                linear(cpu, src_seg, src)
+            } else {
+                seg_base.wrapping_add(src)
+            };
+            trym!(read_mem(cpu, at, &mut b[..size as usize]));
             let v = u32::from_le_bytes(b);
             bus::with_bus(cpu, |bus, cpu| bus.port_out(cpu, port, size, v));
             cpu.gpr[RSI] = (cpu.gpr[RSI] & !mask) | (src.wrapping_add(step) & mask);

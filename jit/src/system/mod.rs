@@ -36,6 +36,7 @@ pub fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags:
         Some(SystemFamily::ExtendedState) => xsave::execute(cpu, insn, addr),
         Some(SystemFamily::PortIo) => io::port_io(cpu, insn),
         Some(SystemFamily::X87) => x87::execute(cpu, insn, addr),
+        Some(SystemFamily::Compat) => compat::execute(cpu, insn, addr, flags),
         None => {
             log::warn!(
                 "system instruction `{insn}` at RIP {:#x} is not implemented: raising #UD",
@@ -149,6 +150,39 @@ macro_rules! trym {
     };
 }
 
+/// The stack's address size in bytes: 8 in 64-bit mode, 4 or 2 (SS.B) in compatibility mode.
+fn stack_width(cpu: &CpuState) -> u64 {
+    crate::mode::stack_bytes(crate::mode::code_bits(cpu)) as u64
+}
+
+/// The linear address of the stack location `sp` (RSP arithmetic already done): itself in
+/// 64-bit mode; in compatibility mode wrapped to the stack's width, plus SS's base, wrapped
+/// at 4 GiB.
+fn stack_linear(cpu: &CpuState, sp: u64) -> u64 {
+    match stack_width(cpu) {
+        8 => sp,
+        w => {
+            let off = sp & (u64::MAX >> (64 - 8 * w));
+            off.wrapping_add(cpu.seg[seg::SS].base) & 0xffff_ffff
+        }
+    }
+}
+
+/// The new RSP after moving the stack pointer from `old` to `new`: in compatibility mode
+/// only ESP (zero-extended, as every 32-bit register write) or SP changes.
+fn stack_pointer(cpu: &CpuState, old: u64, new: u64) -> u64 {
+    match stack_width(cpu) {
+        8 => new,
+        4 => new & 0xffff_ffff,
+        _ => (old & !0xffff) | (new & 0xffff),
+    }
+}
+
+/// Is the CPU in compatibility mode (a code segment without the L bit)?
+fn in_compat_mode(cpu: &CpuState) -> bool {
+    crate::mode::code_bits(cpu) != 0
+}
+
 /// Set the six arithmetic flags to concrete bits.
 fn set_arith(cpu: &mut CpuState, bits: u64) {
     cpu.cc_op = FlagOp::CONCRETE.encode();
@@ -162,6 +196,7 @@ fn set_rflags(cpu: &mut CpuState, v: u64) {
 }
 
 // The families come after the macros above, which they use.
+mod compat;
 mod control;
 mod far;
 mod inputs;

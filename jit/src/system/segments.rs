@@ -214,7 +214,7 @@ pub(super) fn load_segment(cpu: &mut CpuState, s: usize, sel: u16) -> Result<(),
     let rpl = (sel & 3) as u8;
     let Some(d) = desc::read_descriptor(cpu, sel).map_err(SysResult::from)? else {
         // Null selector: allowed for data segments, and for SS at CPL < 3 in 64-bit mode.
-        if s == seg::SS && (cpl == 3 || rpl != cpl) {
+        if s == seg::SS && (cpl == 3 || rpl != cpl || in_compat_mode(cpu)) {
             return Err(gp0());
         }
         let base = if s == seg::FS || s == seg::GS {
@@ -293,24 +293,29 @@ pub(super) fn mov_segment(cpu: &mut CpuState, insn: &Instruction, addr: Option<u
 
 pub(super) fn push_pop_segment(cpu: &mut CpuState, insn: &Instruction) -> SysResult {
     let r = insn.op0_register();
-    let size = if insn.code().op_code().operand_size() == 16 {
-        2
-    } else {
-        8
-    };
+    // The selector is pushed zero-extended to the operand size.
+    let size = insn.code().op_code().operand_size() as u64 / 8;
     let rsp = cpu.gpr[RSP];
     if insn.mnemonic() == M::Push {
         let v = cpu.seg[seg_index(r)].selector as u64;
         let new = rsp.wrapping_sub(size);
-        trym!(write_mem(cpu, new, &v.to_le_bytes()[..size as usize]));
-        cpu.gpr[RSP] = new;
+        let at = stack_linear(cpu, new);
+        trym!(write_mem(cpu, at, &v.to_le_bytes()[..size as usize]));
+        cpu.gpr[RSP] = stack_pointer(cpu, rsp, new);
     } else {
-        // Only POP FS and POP GS exist in 64-bit mode.
+        // Only POP FS and POP GS exist in 64-bit mode; compatibility mode has POP DS/ES/SS.
         let mut b = [0u8; 8];
-        trym!(read_mem(cpu, rsp, &mut b[..size as usize]));
+        let at = stack_linear(cpu, rsp);
+        trym!(read_mem(cpu, at, &mut b[..size as usize]));
         let sel = u16::from_le_bytes([b[0], b[1]]);
+        let new = stack_pointer(cpu, rsp, rsp.wrapping_add(size));
         trym!(load_segment(cpu, seg_index(r), sel));
-        cpu.gpr[RSP] = rsp.wrapping_add(size);
+        cpu.gpr[RSP] = new;
+        if r == Register::SS {
+            // As MOV SS: interrupts and debug traps wait until the next instruction.
+            cpu.irq_shadow_at = cpu.icount + 1;
+            cpu.db_inhibit_at = cpu.icount + 1;
+        }
     }
     SysResult::Done(None)
 }

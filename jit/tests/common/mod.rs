@@ -214,8 +214,13 @@ pub type AsmResult = Result<(), IcedError>;
 
 impl Asm {
     pub fn new() -> Asm {
+        Asm::with_bitness(64)
+    }
+
+    /// An assembler for 16-, 32- or 64-bit code.
+    pub fn with_bitness(bitness: u32) -> Asm {
         Asm {
-            a: CodeAssembler::new(64).unwrap(),
+            a: CodeAssembler::new(bitness).unwrap(),
             named: Vec::new(),
         }
     }
@@ -233,7 +238,8 @@ impl Asm {
         self.named.push((name.to_string(), l));
     }
 
-    fn assemble(mut self, ip: u64, labels: &mut HashMap<String, u64>) -> Vec<u8> {
+    /// The code assembled at `ip`, with its named labels' addresses added to `labels`.
+    pub fn assemble(mut self, ip: u64, labels: &mut HashMap<String, u64>) -> Vec<u8> {
         let r = self
             .a
             .assemble_options(

@@ -387,6 +387,9 @@ impl Builder for Lower<'_> {
     fn profile(&self) -> krr_runtime::Profile {
         self.profile
     }
+    fn mode(&self) -> u32 {
+        self.block_mode
+    }
     fn c(&mut self, v: u64) -> Value {
         self.iconst(v)
     }
