@@ -15,6 +15,7 @@ use crate::block_id::BlockId;
 use crate::compile::{CompiledBlock, Jit};
 use crate::interp::Interp;
 use crate::jump_cache::JumpCache;
+use crate::mode;
 use iced_x86::Instruction;
 use krr_runtime::{mmu, Core, CpuState, Outcome};
 use rustc_hash::FxHashMap as HashMap;
