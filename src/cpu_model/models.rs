@@ -288,7 +288,10 @@ pub fn build(m: &NamedModel) -> (CpuidTable, Vec<(&'static str, Masked)>) {
         entry(7, 0, reg(7, 0)),
     ];
     list.extend(topology_entries());
-    list.extend(krr_runtime::cpuid::xsave_leaves(reg(0xd, 1)[0]));
+    list.extend(krr_runtime::cpuid::xsave_leaves(
+        l1[2] & krr_runtime::cpuid::L1_ECX_AVX != 0,
+        reg(0xd, 1)[0],
+    ));
     list.push(entry(0x8000_0000, any, [0x8000_0008, 0, 0, 0]));
     list.push(entry(0x8000_0001, any, [0, 0, e1[2], e1[3]]));
     list.extend(brand_entries(m.brand));

@@ -55,6 +55,8 @@ pub enum SystemFamily {
     PortIo,
     /// The other x87 instructions (escape opcodes D8-DF) and the MMX ones, run by the host.
     X87,
+    /// The VEX-encoded vector instructions (AVX, AVX2, FMA, F16C), run by the host.
+    Avx,
 }
 
 /// Is `insn` a system instruction, run on the CPU state by `crate::system` rather than
@@ -139,6 +141,12 @@ pub fn system_family(insn: &Instruction) -> Option<SystemFamily> {
         | M::Xsaveopt64
         | M::Xrstor
         | M::Xrstor64
+        | M::Xsavec
+        | M::Xsavec64
+        | M::Xsaves
+        | M::Xsaves64
+        | M::Xrstors
+        | M::Xrstors64
         | M::Fninit
         | M::Fnstcw
         | M::Fnstsw
@@ -146,8 +154,41 @@ pub fn system_family(insn: &Instruction) -> Option<SystemFamily> {
         | M::Wait => F::ExtendedState,
         M::In | M::Out | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => F::PortIo,
         _ if is_x87_escape(insn) || uses_mmx(insn) => F::X87,
+        _ if is_vex_vector(insn) => F::Avx,
         _ => return None,
     })
+}
+
+/// Is `insn` a VEX instruction on vector state (so not BMI1/BMI2, whose VEX forms work on
+/// GPRs only)?
+pub fn is_vex_vector(insn: &Instruction) -> bool {
+    use iced_x86::OpCodeOperandKind as K;
+    let oc = insn.op_code();
+    oc.encoding() == iced_x86::EncodingKind::VEX
+        && (matches!(
+            insn.mnemonic(),
+            Mnemonic::Vzeroupper | Mnemonic::Vzeroall | Mnemonic::Vldmxcsr | Mnemonic::Vstmxcsr
+        ) || oc.op_kinds().iter().any(|k| {
+            matches!(
+                k,
+                K::xmm_reg
+                    | K::xmm_rm
+                    | K::xmm_vvvv
+                    | K::xmm_is4
+                    | K::xmm_is5
+                    | K::xmm_or_mem
+                    | K::ymm_reg
+                    | K::ymm_rm
+                    | K::ymm_vvvv
+                    | K::ymm_is4
+                    | K::ymm_is5
+                    | K::ymm_or_mem
+                    | K::mem_vsib32x
+                    | K::mem_vsib32y
+                    | K::mem_vsib64x
+                    | K::mem_vsib64y
+            )
+        }))
 }
 
 /// An instruction on the MMX registers (or EMMS): they alias the x87 registers.
