@@ -706,7 +706,7 @@ pub fn covered_codes() -> Vec<Code> {
         .collect()
 }
 
-fn host_supports(code: Code) -> bool {
+pub(super) fn host_supports(code: Code) -> bool {
     let mut ins = Instruction::default();
     ins.set_code(code);
     ins.cpuid_features().iter().all(|f| {

@@ -57,6 +57,10 @@ pub(super) fn supported_vex_kind(k: K) -> bool {
 
 /// Why a VEX vector form is not covered (checked before the generic reasons).
 pub(super) fn vex_exclusion(code: Code) -> Option<&'static str> {
+    if !super::forms::host_supports(code) {
+        // FMA4, XOP's VPERMIL2PS/PD, AVX-VNNI, VAES, GFNI, ...: no krr model reports them.
+        return Some("not supported by this CPU");
+    }
     let info = code.op_code();
     if info.op_kinds().iter().any(|k| {
         matches!(
