@@ -1725,7 +1725,7 @@ fn xsetbv_xgetbv() {
             report(k, rax)?;
             k.xor(edx, edx)?;
             cases_tagged(k, "x", 3, |k, i| {
-                let (rcx_v, rax_v) = [(0, 2), (0, 7), (1, 3)][i];
+                let (rcx_v, rax_v) = [(0, 2), (0, 0xb), (1, 3)][i];
                 k.mov(ecx, rcx_v)?;
                 k.mov(eax, rax_v)?;
                 k.def(&format!("xsetbv{i}"))?;

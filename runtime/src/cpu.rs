@@ -532,6 +532,7 @@ pub mod offsets {
     pub const YMM_HI: i32 = offset_of!(CpuState, arch.ymm_hi) as i32;
     pub const CR0: i32 = offset_of!(CpuState, arch.cr0) as i32;
     pub const CR4: i32 = offset_of!(CpuState, arch.cr4) as i32;
+    pub const XCR0: i32 = offset_of!(CpuState, arch.xcr0) as i32;
     pub const MXCSR: i32 = offset_of!(CpuState, arch.mxcsr) as i32;
     pub const SCRATCH: i32 = offset_of!(CpuState, exec.scratch) as i32;
     pub const TLB: i32 = offset_of!(CpuState, exec.tlb) as i32;

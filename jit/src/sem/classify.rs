@@ -154,7 +154,7 @@ pub fn system_family(insn: &Instruction) -> Option<SystemFamily> {
         | M::Wait => F::ExtendedState,
         M::In | M::Out | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => F::PortIo,
         _ if is_x87_escape(insn) || uses_mmx(insn) => F::X87,
-        _ if is_vex_vector(insn) => F::Avx,
+        _ if is_vex_vector(insn) && !inline_vex(insn) => F::Avx,
         _ => return None,
     })
 }
@@ -189,6 +189,52 @@ pub fn is_vex_vector(insn: &Instruction) -> bool {
                     | K::mem_vsib64y
             )
         }))
+}
+
+/// The VEX forms the semantics write inline (`sse/vex.rs`): the moves, logic and integer
+/// operations memcpy/strlen-class code runs, and VZEROUPPER.
+pub fn inline_vex(insn: &Instruction) -> bool {
+    use Mnemonic as M;
+    match insn.mnemonic() {
+        M::Vmovdqu
+        | M::Vmovdqa
+        | M::Vmovups
+        | M::Vmovaps
+        | M::Vmovupd
+        | M::Vmovapd
+        | M::Vpxor
+        | M::Vpor
+        | M::Vpand
+        | M::Vpandn
+        | M::Vxorps
+        | M::Vxorpd
+        | M::Vorps
+        | M::Vorpd
+        | M::Vandps
+        | M::Vandpd
+        | M::Vandnps
+        | M::Vandnpd
+        | M::Vpcmpeqb
+        | M::Vpcmpeqw
+        | M::Vpcmpeqd
+        | M::Vpcmpeqq
+        | M::Vpminub
+        | M::Vpmaxub
+        | M::Vpaddb
+        | M::Vpaddw
+        | M::Vpaddd
+        | M::Vpaddq
+        | M::Vpsubb
+        | M::Vpsubw
+        | M::Vpsubd
+        | M::Vpsubq
+        | M::Vpmovmskb
+        | M::Vptest
+        | M::Vzeroupper => true,
+        // The register and m8 forms (EVEX's are not VEX).
+        M::Vpbroadcastb => true,
+        _ => false,
+    }
 }
 
 /// An instruction on the MMX registers (or EMMS): they alias the x87 registers.
