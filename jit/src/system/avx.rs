@@ -198,7 +198,7 @@ fn on_host(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>) -> SysResu
             OpKind::Memory => {
                 let a = addr.expect("memory operand");
                 let size = (insn.memory_size().size()).min(MEM_MAX);
-                if needs_alignment(insn.mnemonic()) && a % size as u64 != 0 {
+                if needs_alignment(insn.mnemonic()) && !a.is_multiple_of(size as u64) {
                     return gp0();
                 }
                 if let Some(f) = stack_canonical(insn, a) {
