@@ -235,6 +235,10 @@ const GROUPS: &[&str] = &[
     "fxsave",
     "x87",
     "x87-unmasked",
+    // AVX, AVX2, FMA, F16C (intrinsics; `max` reports them when the host has them)
+    "avx2",
+    "fma",
+    "f16c",
     "fs_addps",
     "gs_pcmpestri",
 ];

@@ -37,6 +37,8 @@ pub struct UserState {
     pub rip: u64,
     pub rflags: u64,
     pub xmm: [u128; 16],
+    /// Bits 255:128 of YMM0-15.
+    pub ymm_hi: [u128; 16],
     pub mxcsr: u32,
     pub fs_base: u64,
     pub gs_base: u64,
@@ -248,6 +250,7 @@ pub fn run_snippet_with(
         )?;
     }
     let mut core = Core::with_memory(mem);
+    let [components, ..] = core.cpu().cpuid.query(0xd, 0, 0, 0);
     let cpu = core.arch_mut();
     cpu.cr3 = pt.cr3;
     cpu.gpr = initial.gpr;
@@ -258,6 +261,13 @@ pub fn run_snippet_with(
     for (i, x) in initial.xmm.iter().enumerate() {
         cpu.xmm[i] = [*x as u64, (*x >> 64) as u64];
     }
+    for (i, x) in initial.ymm_hi.iter().enumerate() {
+        cpu.ymm_hi[i] = [*x as u64, (*x >> 64) as u64];
+    }
+    // As a user program finds it under Linux: XSAVE enabled, XCR0 with every component the
+    // CPU model offers (AVX among them when it reports AVX).
+    cpu.cr4 |= krr_runtime::arch::cr4::OSXSAVE;
+    cpu.xcr0 = components as u64 & krr_runtime::cpuid::XCR0_SUPPORTED;
     cpu.mxcsr = initial.mxcsr;
     cpu.x87 = initial.x87;
     // Linux's user data selectors in 64-bit processes (SS keeps its 0x2b): what the native
@@ -364,6 +374,7 @@ fn snippet_result(
         rip: cpu.rip,
         rflags: (cpu.rflags & !rflags::ARITH) | arith,
         xmm: [0; 16],
+        ymm_hi: [0; 16],
         mxcsr: cpu.mxcsr,
         fs_base: cpu.seg[seg::FS].base,
         gs_base: cpu.seg[seg::GS].base,
@@ -371,6 +382,9 @@ fn snippet_result(
     };
     for (i, x) in cpu.xmm.iter().enumerate() {
         state.xmm[i] = x[0] as u128 | (x[1] as u128) << 64;
+    }
+    for (i, x) in cpu.ymm_hi.iter().enumerate() {
+        state.ymm_hi[i] = x[0] as u128 | (x[1] as u128) << 64;
     }
     let mut regions = Vec::new();
     for r in &snippet.regions {

@@ -156,6 +156,8 @@ pub mod msr {
     pub const MCG_STATUS: u32 = 0x17a;
     pub const MISC_ENABLE: u32 = 0x1a0;
     pub const PAT: u32 = 0x277;
+    /// IA32_XSS: the supervisor state components XSAVES/XRSTORS manage (none in krr: 0).
+    pub const XSS: u32 = 0xda0;
     pub const MTRR_DEF_TYPE: u32 = 0x2ff;
     pub const EFER: u32 = 0xc000_0080;
     pub const STAR: u32 = 0xc000_0081;

@@ -160,6 +160,9 @@ pub struct ArchState {
     pub mxcsr: u32,
     pub _pad0: u32,
     pub xmm: [[u64; 2]; 16],
+    /// Bits 255:128 of YMM0-15 (the AVX state, XSAVE component 2): VEX.128 forms zero them,
+    /// legacy SSE forms leave them alone.
+    pub ymm_hi: [[u64; 2]; 16],
     pub x87: X87State,
     /// Interrupts are inhibited at the instruction boundary where `icount` equals this value
     /// (the STI / MOV SS shadow).
@@ -328,6 +331,7 @@ impl ArchState {
             mxcsr: mxcsr::INIT,
             _pad0: 0,
             xmm: [[0; 2]; 16],
+            ymm_hi: [[0; 2]; 16],
             x87: X87State::default(),
             irq_shadow_at: u64::MAX,
             db_inhibit_at: u64::MAX,
@@ -529,8 +533,10 @@ pub mod offsets {
     pub const SEG_SIZE: i32 = std::mem::size_of::<Segment>() as i32;
     pub const SEG_BASE: i32 = offset_of!(Segment, base) as i32;
     pub const XMM: i32 = offset_of!(CpuState, arch.xmm) as i32;
+    pub const YMM_HI: i32 = offset_of!(CpuState, arch.ymm_hi) as i32;
     pub const CR0: i32 = offset_of!(CpuState, arch.cr0) as i32;
     pub const CR4: i32 = offset_of!(CpuState, arch.cr4) as i32;
+    pub const XCR0: i32 = offset_of!(CpuState, arch.xcr0) as i32;
     pub const MXCSR: i32 = offset_of!(CpuState, arch.mxcsr) as i32;
     pub const SCRATCH: i32 = offset_of!(CpuState, exec.scratch) as i32;
     pub const TLB: i32 = offset_of!(CpuState, exec.tlb) as i32;
@@ -554,5 +560,13 @@ pub mod offsets {
     }
     pub fn xmm(r: usize, half: usize) -> i32 {
         XMM + 16 * r as i32 + 8 * half as i32
+    }
+    /// Quadword `q` (0..4) of YMM register `r`: 0 and 1 are the XMM part, 2 and 3 the upper.
+    pub fn ymm(r: usize, q: usize) -> i32 {
+        if q < 2 {
+            xmm(r, q)
+        } else {
+            YMM_HI + 16 * r as i32 + 8 * (q as i32 - 2)
+        }
     }
 }

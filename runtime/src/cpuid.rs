@@ -30,8 +30,8 @@ const L1_ECX_OSXSAVE: u32 = 1 << 27;
 /// misaligned-SSE mode bit): the MXCSR_MASK FXSAVE stores. LDMXCSR, FXRSTOR and XRSTOR raise
 /// #GP for any other bit.
 pub const MXCSR_MASK: u32 = 0xffff;
-/// XCR0 components the engine implements (XSAVE/XRSTOR/XSETBV): x87 and SSE.
-pub const XCR0_SUPPORTED: u64 = xcr0::X87 | xcr0::SSE;
+/// XCR0 components the engine implements (XSAVE/XRSTOR/XSETBV): x87, SSE and AVX.
+pub const XCR0_SUPPORTED: u64 = xcr0::X87 | xcr0::SSE | xcr0::AVX;
 /// CR4 bits the engine implements whatever the table says: VME, PVI, TSD, DE, PSE, PAE, MCE,
 /// PGE, PCE, OSFXSR, OSXMMEXCPT, UMIP, FSGSBASE, PCIDE, OSXSAVE, SMEP, SMAP. VME, PSE and MCE
 /// have no effect in 64-bit mode (no virtual-8086 mode, no non-PAE paging, no machine-check
@@ -61,19 +61,47 @@ fn regs_from_str(s: &[u8; 12]) -> (u32, u32, u32) {
 
 /// CPUID.0DH.1:EAX bit 0: XSAVEOPT.
 pub const XSAVEOPT: u32 = 1;
+/// CPUID.0DH.1:EAX bit 1: XSAVEC (and XRSTOR's compacted form).
+pub const XSAVEC: u32 = 1 << 1;
+/// CPUID.0DH.1:EAX bit 3: XSAVES/XRSTORS and IA32_XSS.
+pub const XSAVES: u32 = 1 << 3;
+/// CPUID.01H:ECX bit 28: AVX.
+pub const L1_ECX_AVX: u32 = 1 << 28;
 
-/// Leaf 0xD for krr's XSAVE, the same in every CPU model: XCR0 may enable x87 and SSE
-/// (EDX:EAX of subleaf 0); the standard-format area is 576 bytes (legacy region + header) for
-/// every such XCR0 (EBX) and at most (ECX); subleaf 1's EAX as given (the XSAVE variants the
-/// model reports).
-pub fn xsave_leaves(subleaf1_eax: u32) -> [CpuidEntry; 2] {
-    [
+/// The legacy region and the XSAVE header: where component 2 starts in both formats.
+pub const XSAVE_LEGACY_AND_HEADER: u32 = 576;
+/// Component 2 (the YMM upper halves): 16 x 16 bytes.
+pub const XSAVE_YMM_SIZE: u32 = 256;
+
+/// The XSAVE area's size for the components in `xcr0` (standard and compacted formats are the
+/// same size for x87, SSE and AVX: component 2 follows the header in both).
+pub fn xsave_size(xcr0: u64) -> u32 {
+    if xcr0 & xcr0::AVX != 0 {
+        XSAVE_LEGACY_AND_HEADER + XSAVE_YMM_SIZE
+    } else {
+        XSAVE_LEGACY_AND_HEADER
+    }
+}
+
+/// Leaf 0xD for krr's XSAVE, the same in every CPU model: XCR0 may enable x87, SSE and (when
+/// the model reports AVX) AVX (EDX:EAX of subleaf 0); the area's size for the current XCR0
+/// (EBX, filled in by [`CpuidTable::query`]) and at most (ECX); subleaf 1's EAX as given (the
+/// XSAVE variants the model reports), EBX the compacted size for XCR0 | IA32_XSS (also
+/// filled in by `query`), ECX/EDX 0 (no supervisor component: IA32_XSS is 0); subleaf 2 the
+/// YMM component's size and standard-format offset.
+pub fn xsave_leaves(avx: bool, subleaf1_eax: u32) -> Vec<CpuidEntry> {
+    let components = if avx {
+        XCR0_SUPPORTED
+    } else {
+        XCR0_SUPPORTED & !xcr0::AVX
+    };
+    let mut v = vec![
         CpuidEntry {
             leaf: 0xd,
             subleaf: 0,
-            eax: XCR0_SUPPORTED as u32,
-            ebx: 576,
-            ecx: 576,
+            eax: components as u32,
+            ebx: XSAVE_LEGACY_AND_HEADER,
+            ecx: xsave_size(components),
             edx: 0,
         },
         CpuidEntry {
@@ -84,7 +112,40 @@ pub fn xsave_leaves(subleaf1_eax: u32) -> [CpuidEntry; 2] {
             ecx: 0,
             edx: 0,
         },
-    ]
+    ];
+    if avx {
+        v.push(CpuidEntry {
+            leaf: 0xd,
+            subleaf: 2,
+            eax: XSAVE_YMM_SIZE,
+            ebx: XSAVE_LEGACY_AND_HEADER,
+            ecx: 0,
+            edx: 0,
+        });
+    }
+    v
+}
+
+/// What the host offers of the features krr executes with the host's own instructions and
+/// `max` reports only when the host has them: leaf 1 ECX (FMA, AVX, F16C) and leaf 7 EBX
+/// (AVX2) bits.
+fn host_avx_bits() -> (u32, u32) {
+    let avx = std::is_x86_feature_detected!("avx");
+    let mut ecx = 0;
+    let mut ebx7 = 0;
+    if avx {
+        ecx |= L1_ECX_AVX;
+        if std::is_x86_feature_detected!("fma") {
+            ecx |= 1 << 12;
+        }
+        if std::is_x86_feature_detected!("f16c") {
+            ecx |= 1 << 29;
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            ebx7 |= 1 << 5;
+        }
+    }
+    (ecx, ebx7)
 }
 
 impl CpuidTable {
@@ -150,13 +211,17 @@ impl CpuidTable {
             | (1 << 24)
             | (1 << 25)
             | L1_ECX_XSAVE;
-        // Leaf 7.0 EBX: FSGSBASE BMI1 SMEP BMI2 ERMS ADX SMAP; EDX: FSRM (REP MOVSB/STOSB are
-        // exact whatever their length; these only tell the kernel to prefer them).
-        let l7_ebx = (1 << 0) | (1 << 3) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 19) | (1 << 20);
+        // FMA, AVX, F16C and AVX2 run on the host: reported when the host has them.
+        let (avx_ecx, avx_ebx7) = host_avx_bits();
+        let l1_ecx = l1_ecx | avx_ecx;
+        // Leaf 7.0 EBX: FSGSBASE BMI1 SMEP BMI2 ERMS ADX SMAP (and AVX2, above); EDX: FSRM (REP
+        // MOVSB/STOSB are exact whatever their length; these only tell the kernel to prefer
+        // them).
+        let l7_ebx =
+            (1 << 0) | (1 << 3) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 19) | (1 << 20) | avx_ebx7;
         let l7_edx = 1 << 4;
         // Leaf 0x80000001 ECX: LAHF-SAHF, ABM (LZCNT). EDX: SYSCALL NX RDTSCP LM.
         let e1_ecx = (1 << 0) | (1 << 5);
-        let [xsave0, xsave1] = xsave_leaves(XSAVEOPT);
         let e1_edx = (1 << 11) | (1 << 20) | (1 << 27) | (1 << 29);
         let brand = b"krr virtual x86-64 CPU\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
         let bw =
@@ -204,10 +269,6 @@ impl CpuidTable {
                 ecx: 0,
                 edx: l7_edx,
             },
-            // XSAVE: x87 and SSE, 576 bytes; XSAVEOPT (it saves like XSAVE, which the
-            // architecture allows); no XSAVEC, XGETBV with ECX=1, XSAVES or IA32_XSS.
-            xsave0,
-            xsave1,
             CpuidEntry {
                 leaf: 0x8000_0000,
                 subleaf: any,
@@ -237,12 +298,23 @@ impl CpuidTable {
                 edx: 0,
             },
         ];
+        // XSAVE: x87, SSE and AVX (with AVX); XSAVEOPT (it saves like XSAVE, which the
+        // architecture allows), XSAVEC and XSAVES (IA32_XSS holds no component); no XGETBV
+        // with ECX=1.
+        let mut list = list.to_vec();
+        list.extend(xsave_leaves(
+            avx_ecx & L1_ECX_AVX != 0,
+            XSAVEOPT | XSAVEC | XSAVES,
+        ));
         CpuidTable::from_entries(&list).expect("default table fits")
     }
 
-    /// What CPUID returns for `leaf`/`subleaf` with control register 4 `cr4`: the table entry,
-    /// with leaf 1 ECX.OSXSAVE (bit 27) mirroring CR4.OSXSAVE when the table advertises XSAVE.
-    pub fn query(&self, leaf: u32, subleaf: u32, cr4: u64) -> [u32; 4] {
+    /// What CPUID returns for `leaf`/`subleaf` with control register 4 `cr4` and XCR0 `xcr0`:
+    /// the table entry, with leaf 1 ECX.OSXSAVE (bit 27) mirroring CR4.OSXSAVE when the table
+    /// advertises XSAVE, and leaf 0xD's sizes for the enabled components (subleaf 0 EBX: the
+    /// standard format; subleaf 1 EBX: the compacted format, when XSAVEC or XSAVES is
+    /// reported).
+    pub fn query(&self, leaf: u32, subleaf: u32, cr4: u64, xcr0: u64) -> [u32; 4] {
         let mut r = self.lookup(leaf, subleaf);
         if leaf == 1 {
             r[2] &= !L1_ECX_OSXSAVE;
@@ -250,7 +322,27 @@ impl CpuidTable {
                 r[2] |= L1_ECX_OSXSAVE;
             }
         }
+        if leaf == 0xd && r != [0; 4] {
+            match subleaf {
+                0 => {
+                    // A model whose AVX was taken away (`-avx`) offers no YMM component.
+                    if !self.has_avx() {
+                        r[0] &= !(xcr0::AVX as u32);
+                        r[2] = xsave_size(r[0] as u64);
+                    }
+                    r[1] = xsave_size(xcr0);
+                }
+                2 if !self.has_avx() => r = [0; 4],
+                1 if r[0] & (XSAVEC | XSAVES) != 0 => r[1] = xsave_size(xcr0),
+                _ => {}
+            }
+        }
         r
+    }
+
+    /// Whether the table reports AVX (leaf 1 ECX bit 28).
+    pub fn has_avx(&self) -> bool {
+        self.lookup(1, 0)[2] & L1_ECX_AVX != 0
     }
 
     /// The CR4 bits this CPU model lets software set: each bit whose feature the table

@@ -170,7 +170,10 @@ pub fn table(text: &str) -> Result<CpuidTable, String> {
         list.extend(models::topology_entries());
     }
     if basic >= 0xd {
-        list.extend(krr_runtime::cpuid::xsave_leaves(word(0xd, 1)[0]));
+        list.extend(krr_runtime::cpuid::xsave_leaves(
+            controlled(1, Reg::Ecx, l1[2]) & krr_runtime::cpuid::L1_ECX_AVX != 0,
+            word(0xd, 1)[0],
+        ));
     }
     if max_ext >= 0x8000_0000 {
         let ext = max_ext.min(0x8000_0008);

@@ -58,7 +58,7 @@ pub struct Feature {
 }
 
 use Reg::{Eax, Ebx, Ecx, Edx};
-use Support::{Controlled, Modelled, No, NotYet};
+use Support::{Controlled, Modelled, No};
 
 const fn f(
     name: &'static str,
@@ -165,7 +165,9 @@ pub const FEATURES: &[Feature] = &[
     f("tm2", 1, 0, Ecx, 8, No),
     f("cid", 1, 0, Ecx, 10, No),
     f("sdbg", 1, 0, Ecx, 11, No),
-    f("fma", 1, 0, Ecx, 12, NotYet),
+    h("fma", 1, Ecx, 12, Modelled, || {
+        is_x86_feature_detected!("fma")
+    }),
     f("cx16", 1, 0, Ecx, 13, Modelled),
     f("xtpr", 1, 0, Ecx, 14, No),
     f("pdcm", 1, 0, Ecx, 15, No),
@@ -178,8 +180,13 @@ pub const FEATURES: &[Feature] = &[
     f("tsc-deadline", 1, 0, Ecx, 24, Modelled),
     f("xsave", 1, 0, Ecx, 26, Modelled),
     f("osxsave", 1, 0, Ecx, 27, Controlled),
-    f("avx", 1, 0, Ecx, 28, NotYet),
-    f("f16c", 1, 0, Ecx, 29, NotYet),
+    // AVX, FMA, F16C and AVX2 run on the host (jit/src/system/avx.rs).
+    h("avx", 1, Ecx, 28, Modelled, || {
+        is_x86_feature_detected!("avx")
+    }),
+    h("f16c", 1, Ecx, 29, Modelled, || {
+        is_x86_feature_detected!("f16c")
+    }),
     // RDRAND/RDSEED take their values from the machine's bus (recorded, replayed).
     f("rdrand", 1, 0, Ecx, 30, Modelled),
     f("hypervisor", 1, 0, Ecx, 31, Controlled),
@@ -198,7 +205,9 @@ pub const FEATURES: &[Feature] = &[
     f("sgx", 7, 0, Ebx, 2, No),
     f("bmi1", 7, 0, Ebx, 3, Modelled),
     f("hle", 7, 0, Ebx, 4, No),
-    f("avx2", 7, 0, Ebx, 5, NotYet),
+    h("avx2", 7, Ebx, 5, Modelled, || {
+        is_x86_feature_detected!("avx2")
+    }),
     f("fdp-excptn-only", 7, 0, Ebx, 6, No),
     f("smep", 7, 0, Ebx, 7, Modelled),
     f("bmi2", 7, 0, Ebx, 8, Modelled),
@@ -282,9 +291,10 @@ pub const FEATURES: &[Feature] = &[
     // ---- CPUID.(0DH,1):EAX ----
     // XSAVEOPT saves like XSAVE (the architecture allows it).
     f("xsaveopt", 0xd, 1, Eax, 0, Modelled),
-    f("xsavec", 0xd, 1, Eax, 1, No),
+    f("xsavec", 0xd, 1, Eax, 1, Modelled),
     f("xgetbv1", 0xd, 1, Eax, 2, No),
-    f("xsaves", 0xd, 1, Eax, 3, No),
+    // XSAVES/XRSTORS with IA32_XSS: no supervisor component is offered (IA32_XSS stays 0).
+    f("xsaves", 0xd, 1, Eax, 3, Modelled),
     f("xfd", 0xd, 1, Eax, 4, No),
     // ---- CPUID.80000001H:ECX ----
     f("lahf-lm", E1, 0, Ecx, 0, Modelled),

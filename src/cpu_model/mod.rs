@@ -212,7 +212,10 @@ pub fn help() -> String {
         "features krr models (+FEATURE/-FEATURE): {}\n",
         by(Support::Modelled)
     );
-    s += &format!("not yet modelled: {}\n", by(Support::NotYet));
+    let not_yet = by(Support::NotYet);
+    if !not_yet.is_empty() {
+        s += &format!("not yet modelled: {not_yet}\n");
+    }
     s += &format!("set by krr itself: {}\n", by(Support::Controlled));
     s
 }
@@ -297,7 +300,7 @@ mod tests {
                 "unknown CPU model `qemu64` (known models: max, baseline",
             ),
             ("max,+avx512f", "`avx512f` is not modelled by krr"),
-            ("max,+avx", "`avx` is not modelled by krr yet"),
+            ("max,+xgetbv1", "`xgetbv1` is not modelled by krr"),
             ("max,+hypervisor", "`hypervisor` is set by krr itself"),
             (
                 "max,+avx9",

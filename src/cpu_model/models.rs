@@ -230,10 +230,23 @@ pub fn build(m: &NamedModel) -> (CpuidTable, Vec<(&'static str, Masked)>) {
         .map(|&(l, s, _)| (l, s, [0; 4]))
         .collect();
     let mut masked = Vec::new();
+    // FMA and F16C are VEX instructions: without AVX (XCR0 cannot enable AVX state) they go
+    // too, for the same reason (as Linux's cpuid-deps does for FMA).
+    let avx_masked = |masked: &Vec<(&str, Masked)>| {
+        masked
+            .iter()
+            .find(|(n, _)| *n == "avx")
+            .map(|&(_, why)| why)
+    };
     for &name in m.features {
         let f = features::find(name).unwrap_or_else(|| panic!("model {}: feature {name}", m.name));
         let why = if m.tcg_lacks.contains(&name) {
             Some(Masked::Tcg)
+        } else if let Some(why) = matches!(name, "fma" | "f16c")
+            .then(|| avx_masked(&masked))
+            .flatten()
+        {
+            Some(why)
         } else if KRR_HIDES.contains(&name) && m.name != "baseline" {
             Some(Masked::Krr)
         } else {
@@ -288,7 +301,10 @@ pub fn build(m: &NamedModel) -> (CpuidTable, Vec<(&'static str, Masked)>) {
         entry(7, 0, reg(7, 0)),
     ];
     list.extend(topology_entries());
-    list.extend(krr_runtime::cpuid::xsave_leaves(reg(0xd, 1)[0]));
+    list.extend(krr_runtime::cpuid::xsave_leaves(
+        l1[2] & krr_runtime::cpuid::L1_ECX_AVX != 0,
+        reg(0xd, 1)[0],
+    ));
     list.push(entry(0x8000_0000, any, [0x8000_0008, 0, 0, 0]));
     list.push(entry(0x8000_0001, any, [0, 0, e1[2], e1[3]]));
     list.extend(brand_entries(m.brand));

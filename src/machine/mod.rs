@@ -515,11 +515,11 @@ impl Board {
 /// The local APIC as the CPU model describes it: APIC ID 0 (the only CPU, so the BSP),
 /// MAXPHYADDR, x2APIC and the TSC-deadline timer as CPUID reports them.
 fn lapic_config(cpuid: &krr_runtime::cpuid::CpuidTable) -> devices::lapic::LocalApicConfig {
-    let ecx1 = cpuid.query(1, 0, 0)[2];
+    let ecx1 = cpuid.query(1, 0, 0, 0)[2];
     devices::lapic::LocalApicConfig {
         apic_id: 0,
         bsp: true,
-        max_phys_addr: (cpuid.query(0x8000_0008, 0, 0)[0] & 0xff) as u8,
+        max_phys_addr: (cpuid.query(0x8000_0008, 0, 0, 0)[0] & 0xff) as u8,
         x2apic: ecx1 & (1 << 21) != 0,
         tsc_deadline: ecx1 & (1 << 24) != 0,
     }

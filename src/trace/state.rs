@@ -7,7 +7,7 @@ use krr_runtime::{rflags, ArchState, GuestMemory};
 /// The hash checkpoints and the final state compare: xxh3 of the CPU image [`encode_cpu`]
 /// writes, i.e. every architectural field a snapshot restores (GPRs, RIP, RFLAGS, instruction
 /// count, interrupt and MOV SS shadows, pending #DB, all segment registers with their hidden
-/// parts, GDTR/IDTR/LDTR/TR, CR0/2/3/4/8, EFER, XCR0, DR0-7, the MSRs, MTRRs, MXCSR, XMM, x87).
+/// parts, GDTR/IDTR/LDTR/TR, CR0/2/3/4/8, EFER, XCR0, DR0-7, the MSRs, MTRRs, MXCSR, XMM, x87, the YMM upper halves).
 /// The test `state_hash_covers_every_field` fails to compile when `ArchState` gains a field
 /// it does not perturb.
 pub fn regs_hash(cpu: &ArchState) -> u64 {
@@ -104,6 +104,10 @@ pub fn encode_cpu(cpu: &ArchState) -> Vec<u8> {
     v.put_u64(cpu.db_inhibit_at);
     v.put_u64(cpu.pending_db);
     v.put_u64(cpu.nmi_blocked);
+    for x in cpu.ymm_hi {
+        v.put_u64(x[0]);
+        v.put_u64(x[1]);
+    }
     v
 }
 
@@ -187,6 +191,15 @@ pub fn decode_cpu(cpu: &mut ArchState, data: &[u8]) -> Result<(), String> {
         b @ (0 | 1) => b,
         b => return Err(format!("NMI blocking {b:#x} (0 or 1)")),
     };
+    // The YMM upper halves came after NMI blocking; images written before them end here
+    // (their upper halves are zero).
+    cpu.ymm_hi = [[0; 2]; 16];
+    if r.remaining() > 0 {
+        for x in cpu.ymm_hi.iter_mut() {
+            x[0] = r.u64()?;
+            x[1] = r.u64()?;
+        }
+    }
     r.finish()?;
     Ok(())
 }
@@ -345,6 +358,7 @@ mod tests {
             mxcsr: _,
             _pad0: _,
             xmm: _,
+            ymm_hi: _,
             x87: _,
             irq_shadow_at: _,
             db_inhibit_at: _,
@@ -409,6 +423,10 @@ mod tests {
                 arrays.push((
                     format!("xmm[{i}][{h}]"),
                     Box::new(move |c| c.xmm[i][h] ^= 1),
+                ));
+                arrays.push((
+                    format!("ymm_hi[{i}][{h}]"),
+                    Box::new(move |c| c.ymm_hi[i][h] ^= 1),
                 ));
             }
         }

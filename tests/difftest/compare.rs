@@ -346,6 +346,14 @@ pub fn differences(
             ));
         }
     }
+    for i in 0..16 {
+        if n.ymm_hi[i] != e.ymm_hi[i] {
+            d.push(format!(
+                "ymm{i:<3} bits 255:128 native={:#034x} engine={:#034x}",
+                n.ymm_hi[i], e.ymm_hi[i]
+            ));
+        }
+    }
     if n.mxcsr != e.mxcsr {
         d.push(format!(
             "mxcsr  native={:#x} engine={:#x}",

@@ -445,6 +445,78 @@ impl Child {
         Ok(())
     }
 
+    /// The tracee's XSAVE image (standard format), `PTRACE_GETREGSET` `NT_X86_XSTATE`.
+    fn get_xstate(&self) -> Result<Vec<u8>, String> {
+        let mut buf = vec![0u8; XSTATE_MAX];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: PTRACE_GETREGSET on our stopped tracee with an iovec describing `buf`; the
+        // kernel writes at most iov_len bytes and shrinks iov_len to what it wrote.
+        let r = unsafe {
+            libc::ptrace(
+                libc::PTRACE_GETREGSET,
+                self.pid,
+                NT_X86_XSTATE as *mut libc::c_void,
+                &mut iov as *mut libc::iovec as *mut libc::c_void,
+            )
+        };
+        if r < 0 {
+            return Err(errno_string("PTRACE_GETREGSET NT_X86_XSTATE"));
+        }
+        buf.truncate(iov.iov_len);
+        Ok(buf)
+    }
+
+    fn set_xstate(&self, img: &[u8]) -> Result<(), String> {
+        let mut iov = libc::iovec {
+            iov_base: img.as_ptr() as *mut libc::c_void,
+            iov_len: img.len(),
+        };
+        // SAFETY: PTRACE_SETREGSET on our stopped tracee with an iovec describing `img`, which
+        // the kernel only reads.
+        let r = unsafe {
+            libc::ptrace(
+                libc::PTRACE_SETREGSET,
+                self.pid,
+                NT_X86_XSTATE as *mut libc::c_void,
+                &mut iov as *mut libc::iovec as *mut libc::c_void,
+            )
+        };
+        if r < 0 {
+            return Err(errno_string("PTRACE_SETREGSET NT_X86_XSTATE"));
+        }
+        Ok(())
+    }
+
+    /// Sets bits 255:128 of YMM0-15 (XSAVE component 2) in the tracee.
+    fn set_ymm_hi(&self, ymm_hi: &[u128; 16]) -> Result<(), String> {
+        let mut img = self.get_xstate()?;
+        let at = ymm_offset();
+        if img.len() < at + 256 {
+            return Err("the host's XSAVE image has no YMM component".into());
+        }
+        for (i, v) in ymm_hi.iter().enumerate() {
+            img[at + 16 * i..at + 16 * i + 16].copy_from_slice(&v.to_le_bytes());
+        }
+        img[512] |= 1 << 2; // XSTATE_BV: the YMM component is not in its initial state
+        self.set_xstate(&img)
+    }
+
+    /// Bits 255:128 of YMM0-15 in the tracee (zeros when XSTATE_BV says initial state).
+    fn get_ymm_hi(&self) -> Result<[u128; 16], String> {
+        let img = self.get_xstate()?;
+        let at = ymm_offset();
+        let mut out = [0u128; 16];
+        if img.len() >= at + 256 && img[512] & (1 << 2) != 0 {
+            for (i, v) in out.iter_mut().enumerate() {
+                *v = u128::from_le_bytes(img[at + 16 * i..at + 16 * i + 16].try_into().unwrap());
+            }
+        }
+        Ok(out)
+    }
+
     fn get_siginfo(&self) -> Result<libc::siginfo_t, String> {
         // SAFETY: siginfo_t is plain data; the kernel fills it.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -646,6 +718,9 @@ impl Child {
             }
         }
         self.set_fpregs(&fp)?;
+        if has_avx() {
+            self.set_ymm_hi(&state.ymm_hi)?;
+        }
 
         let stop = self.run_until_stop(timeout_ticks)?;
         let regs = self.get_regs()?;
@@ -659,6 +734,11 @@ impl Child {
             rip: regs.rip,
             rflags: regs.eflags,
             xmm: [0; 16],
+            ymm_hi: if has_avx() {
+                self.get_ymm_hi()?
+            } else {
+                [0; 16]
+            },
             mxcsr: fp.mxcsr,
             fs_base: regs.fs_base,
             gs_base: regs.gs_base,
@@ -793,6 +873,20 @@ fn get_x87(fp: &libc::user_fpregs_struct) -> krr_runtime::X87State {
 }
 
 /// Maps a signal stop to an outcome (see [`NativeRunner::run`]).
+/// `NT_X86_XSTATE`, the regset of the XSAVE image (linux/elf.h).
+const NT_X86_XSTATE: usize = 0x202;
+/// Room for any XSAVE image this host's kernel hands out.
+const XSTATE_MAX: usize = 16384;
+
+fn has_avx() -> bool {
+    is_x86_feature_detected!("avx")
+}
+
+/// Where the YMM component lies in the standard-format XSAVE image (CPUID.(0DH,2):EBX).
+fn ymm_offset() -> usize {
+    std::arch::x86_64::__cpuid_count(0xd, 2).ebx as usize
+}
+
 fn classify(sig: i32, si_code: i32, si_addr: u64, rip: u64, code_end: u64) -> SnippetEnd {
     // si_code values (include/uapi/asm-generic/siginfo.h).
     const SI_KERNEL: i32 = 0x80;

@@ -75,9 +75,9 @@ pub fn run(cpu: &mut CpuState, h: Helper, args: [u64; 3]) -> u64 {
         }
         Helper::Cpuid => {
             krr_runtime::bus::with_bus(cpu, |bus, cpu| bus.model_answered(cpu, "CPUID"));
-            let [a, b, c, d] = cpu
-                .cpuid
-                .query(cpu.gpr[RAX] as u32, cpu.gpr[RCX] as u32, cpu.cr4);
+            let [a, b, c, d] =
+                cpu.cpuid
+                    .query(cpu.gpr[RAX] as u32, cpu.gpr[RCX] as u32, cpu.cr4, cpu.xcr0);
             cpu.gpr[RAX] = a as u64;
             cpu.gpr[RBX] = b as u64;
             cpu.gpr[RCX] = c as u64;

@@ -63,6 +63,8 @@ pub enum SystemFamily {
     /// Instructions only compatibility mode has: PUSHA/POPA, the BCD adjustments, SALC,
     /// BOUND, ARPL, LDS/LES, direct far JMP/CALL; and SYSENTER/SYSEXIT.
     Compat,
+    /// The VEX-encoded vector instructions (AVX, AVX2, FMA, F16C), run by the host.
+    Avx,
 }
 
 /// Is `insn` a system instruction, run on the CPU state by `crate::system` rather than
@@ -147,6 +149,12 @@ pub fn system_family(insn: &Instruction) -> Option<SystemFamily> {
         | M::Xsaveopt64
         | M::Xrstor
         | M::Xrstor64
+        | M::Xsavec
+        | M::Xsavec64
+        | M::Xsaves
+        | M::Xsaves64
+        | M::Xrstors
+        | M::Xrstors64
         | M::Fninit
         | M::Fnstcw
         | M::Fnstsw
@@ -172,8 +180,87 @@ pub fn system_family(insn: &Instruction) -> Option<SystemFamily> {
         | M::Sysexitq => F::Compat,
         M::In | M::Out | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => F::PortIo,
         _ if is_x87_escape(insn) || uses_mmx(insn) => F::X87,
+        _ if is_vex_vector(insn) && !inline_vex(insn) => F::Avx,
         _ => return None,
     })
+}
+
+/// Is `insn` a VEX instruction on vector state (so not BMI1/BMI2, whose VEX forms work on
+/// GPRs only)?
+pub fn is_vex_vector(insn: &Instruction) -> bool {
+    use iced_x86::OpCodeOperandKind as K;
+    let oc = insn.op_code();
+    oc.encoding() == iced_x86::EncodingKind::VEX
+        && (matches!(
+            insn.mnemonic(),
+            Mnemonic::Vzeroupper | Mnemonic::Vzeroall | Mnemonic::Vldmxcsr | Mnemonic::Vstmxcsr
+        ) || oc.op_kinds().iter().any(|k| {
+            matches!(
+                k,
+                K::xmm_reg
+                    | K::xmm_rm
+                    | K::xmm_vvvv
+                    | K::xmm_is4
+                    | K::xmm_is5
+                    | K::xmm_or_mem
+                    | K::ymm_reg
+                    | K::ymm_rm
+                    | K::ymm_vvvv
+                    | K::ymm_is4
+                    | K::ymm_is5
+                    | K::ymm_or_mem
+                    | K::mem_vsib32x
+                    | K::mem_vsib32y
+                    | K::mem_vsib64x
+                    | K::mem_vsib64y
+            )
+        }))
+}
+
+/// The VEX forms the semantics write inline (`sse/vex.rs`): the moves, logic and integer
+/// operations memcpy/strlen-class code runs, and VZEROUPPER.
+pub fn inline_vex(insn: &Instruction) -> bool {
+    use Mnemonic as M;
+    match insn.mnemonic() {
+        M::Vmovdqu
+        | M::Vmovdqa
+        | M::Vmovups
+        | M::Vmovaps
+        | M::Vmovupd
+        | M::Vmovapd
+        | M::Vpxor
+        | M::Vpor
+        | M::Vpand
+        | M::Vpandn
+        | M::Vxorps
+        | M::Vxorpd
+        | M::Vorps
+        | M::Vorpd
+        | M::Vandps
+        | M::Vandpd
+        | M::Vandnps
+        | M::Vandnpd
+        | M::Vpcmpeqb
+        | M::Vpcmpeqw
+        | M::Vpcmpeqd
+        | M::Vpcmpeqq
+        | M::Vpminub
+        | M::Vpmaxub
+        | M::Vpaddb
+        | M::Vpaddw
+        | M::Vpaddd
+        | M::Vpaddq
+        | M::Vpsubb
+        | M::Vpsubw
+        | M::Vpsubd
+        | M::Vpsubq
+        | M::Vpmovmskb
+        | M::Vptest
+        | M::Vzeroupper => true,
+        // The register and m8 forms (EVEX's are not VEX).
+        M::Vpbroadcastb => true,
+        _ => false,
+    }
 }
 
 /// An instruction on the MMX registers (or EMMS): they alias the x87 registers.

@@ -11,7 +11,11 @@ use iced_x86::OpKind;
 #[inline(never)]
 pub(super) fn system<B: Builder>(b: &mut B, insn: &Instruction) -> R<()> {
     let has_memory = (0..insn.op_count()).any(|i| insn.op_kind(i) == OpKind::Memory);
-    let addr = if has_memory {
+    let addr = if has_memory && super::classify::is_vex_vector(insn) {
+        // The VEX path checks each access itself: a masked move touches only the selected
+        // elements, so an unselected non-canonical stack address is no #SS.
+        effective_address(b)
+    } else if has_memory {
         access_address(b)?
     } else {
         b.c(0)

@@ -37,6 +37,7 @@ pub fn execute(cpu: &mut CpuState, insn: &Instruction, addr: Option<u64>, flags:
         Some(SystemFamily::PortIo) => io::port_io(cpu, insn),
         Some(SystemFamily::X87) => x87::execute(cpu, insn, addr),
         Some(SystemFamily::Compat) => compat::execute(cpu, insn, addr, flags),
+        Some(SystemFamily::Avx) => avx::execute(cpu, insn, addr),
         None => {
             log::warn!(
                 "system instruction `{insn}` at RIP {:#x} is not implemented: raising #UD",
@@ -125,7 +126,13 @@ fn write_mem(cpu: &mut CpuState, addr: u64, data: &[u8]) -> Result<(), SysResult
 fn probe_write(cpu: &mut CpuState, addr: u64, len: u64) -> Result<(), SysResult> {
     let user = mmu::is_user_index(mmu::mmu_index(cpu));
     let last = addr.wrapping_add(len - 1);
-    for a in [addr, last] {
+    // A range crossing into a page that faults faults at that page's first byte.
+    let second = if last >> 12 != addr >> 12 {
+        last & !0xfff
+    } else {
+        addr
+    };
+    for a in [addr, second] {
         if let Err(e) = mmu::translate(cpu, a, mmu::Access::Write, user) {
             cpu.exec.exception = e;
             return Err(SysResult::Fault(e));
@@ -197,6 +204,9 @@ fn set_rflags(cpu: &mut CpuState, v: u64) {
 
 // The families come after the macros above, which they use.
 mod compat;
+mod avx;
+mod avx_gather;
+mod avx_stub;
 mod control;
 mod far;
 mod inputs;

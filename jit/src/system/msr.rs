@@ -103,6 +103,7 @@ pub(super) fn read_msr(cpu: &mut CpuState, index: u32) -> Option<u64> {
         msr::GS_BASE => cpu.seg[seg::GS].base,
         msr::KERNEL_GS_BASE => cpu.kernel_gs_base,
         msr::TSC_AUX => cpu.tsc_aux,
+        msr::XSS if has_xsaves(cpu) => 0,
         i => cpu.mtrr[mtrr_slot(i)?],
     })
 }
@@ -112,9 +113,14 @@ pub(super) fn read_msr(cpu: &mut CpuState, index: u32) -> Option<u64> {
 /// "EXTD without EN" is invalid, x2APIC cannot return to xAPIC without passing through
 /// disabled, and a disabled APIC cannot enter x2APIC directly.
 fn apic_base_allowed(cpu: &CpuState, v: u64) -> bool {
-    let max_phys = cpu.cpuid.query(0x8000_0008, 0, cpu.cr4)[0] & 0xff;
-    let x2apic = cpu.cpuid.query(1, 0, cpu.cr4)[2] & (1 << 21) != 0;
+    let max_phys = cpu.cpuid.query(0x8000_0008, 0, cpu.cr4, cpu.xcr0)[0] & 0xff;
+    let x2apic = cpu.cpuid.query(1, 0, cpu.cr4, cpu.xcr0)[2] & (1 << 21) != 0;
     krr_runtime::arch::apic_base::check_write(cpu.apic_base, v, max_phys, x2apic).is_ok()
+}
+
+/// IA32_XSS exists with XSAVES (CPUID.(0DH,1):EAX[3]).
+fn has_xsaves(cpu: &CpuState) -> bool {
+    cpu.cpuid.lookup(0xd, 1)[0] & krr_runtime::cpuid::XSAVES != 0
 }
 
 /// Write an MSR; `false` means #GP (unknown MSR or a reserved bit set).
@@ -183,6 +189,8 @@ pub(super) fn write_msr(cpu: &mut CpuState, index: u32, v: u64) -> bool {
             }
             cpu.tsc_aux = v;
         }
+        // No supervisor state component is offered: only 0 may be written.
+        msr::XSS if has_xsaves(cpu) => return v == 0,
         i => match mtrr_slot(i) {
             Some(slot) => cpu.mtrr[slot] = v,
             None => return false,

@@ -163,12 +163,13 @@ impl Ctx {
         self.seg_locked |= Self::seg_bit(seg);
     }
 
+    /// An XMM register, or the low half of a YMM register.
     pub fn xmm(&self, reg: Register) -> u128 {
-        self.st.xmm[reg as usize - Register::XMM0 as usize]
+        self.st.xmm[reg.number()]
     }
 
     pub fn set_xmm(&mut self, reg: Register, value: u128) {
-        self.st.xmm[reg as usize - Register::XMM0 as usize] = value;
+        self.st.xmm[reg.number()] = value;
     }
 
     /// Region index and offset if `[addr, addr+len)` lies inside one region.
@@ -198,7 +199,7 @@ impl Ctx {
         match ins.op_kind(op) {
             OpKind::Register => {
                 let reg = ins.op_register(op);
-                if reg.is_xmm() {
+                if reg.is_xmm() || reg.is_ymm() {
                     Some(self.xmm(reg))
                 } else {
                     Some(self.reg(reg) as u128)
@@ -229,7 +230,7 @@ impl Ctx {
         match ins.op_kind(op) {
             OpKind::Register => {
                 let reg = ins.op_register(op);
-                if reg.is_xmm() {
+                if reg.is_xmm() || reg.is_ymm() {
                     self.set_xmm(reg, value);
                     true
                 } else {

@@ -619,7 +619,12 @@ pub fn exclusion_reason(code: Code) -> Option<&'static str> {
         return super::x87::exclusion(code);
     }
     let mn = code.mnemonic();
-    if !MNEMONICS.contains(&mn) {
+    let vex_vector = super::vex::is_vex_vector(code);
+    if vex_vector {
+        if let Some(why) = super::vex::vex_exclusion(code) {
+            return Some(why);
+        }
+    } else if !MNEMONICS.contains(&mn) {
         return Some("mnemonic not in the covered set");
     }
     let info = code.op_code();
@@ -628,10 +633,14 @@ pub fn exclusion_reason(code: Code) -> Option<&'static str> {
     }
     match info.encoding() {
         EncodingKind::Legacy => {}
-        EncodingKind::VEX if BMI_VEX.contains(&mn) => {}
+        EncodingKind::VEX if BMI_VEX.contains(&mn) || vex_vector => {}
         _ => return Some("VEX/EVEX/XOP/3DNow! encoding"),
     }
-    if !info.op_kinds().iter().all(|k| supported_kind(*k)) {
+    if !info
+        .op_kinds()
+        .iter()
+        .all(|k| supported_kind(*k) || (vex_vector && super::vex::supported_vex_kind(*k)))
+    {
         return Some("operand kind not generated (MMX, segment/control/debug register, far or 16/32-bit branch)");
     }
     if matches!(mn, M::Jmp | M::Call) && info.op_kind(0) == K::mem {
@@ -677,6 +686,22 @@ pub fn uncovered_legacy_simd() -> Vec<(Code, &'static str)> {
         .collect()
 }
 
+/// The 64-bit-mode VEX vector forms (AVX, AVX2, FMA, F16C, VEX SSE/AES/PCLMULQDQ) that are
+/// not covered, with the reason.
+pub fn uncovered_vex() -> Vec<(Code, &'static str)> {
+    Code::values()
+        .filter(|&c| super::vex::is_vex_vector(c))
+        .filter_map(|c| exclusion_reason(c).map(|why| (c, why)))
+        .collect()
+}
+
+/// The covered VEX vector forms.
+pub fn covered_vex() -> Vec<Code> {
+    Code::values()
+        .filter(|&c| super::vex::is_vex_vector(c) && exclusion_reason(c).is_none())
+        .collect()
+}
+
 /// All covered forms, in `Code` order.
 pub fn covered_codes() -> Vec<Code> {
     Code::values()
@@ -684,7 +709,7 @@ pub fn covered_codes() -> Vec<Code> {
         .collect()
 }
 
-fn host_supports(code: Code) -> bool {
+pub(super) fn host_supports(code: Code) -> bool {
     let mut ins = Instruction::default();
     ins.set_code(code);
     ins.cpuid_features().iter().all(|f| {
@@ -723,6 +748,10 @@ fn feature_ok(f: CpuidFeature) -> bool {
         F::BMI2 => is_x86_feature_detected!("bmi2"),
         F::ADX => is_x86_feature_detected!("adx"),
         F::MOVBE => is_x86_feature_detected!("movbe"),
+        F::AVX => is_x86_feature_detected!("avx"),
+        F::AVX2 => is_x86_feature_detected!("avx2"),
+        F::FMA => is_x86_feature_detected!("fma"),
+        F::F16C => is_x86_feature_detected!("f16c"),
         _ => false,
     }
 }

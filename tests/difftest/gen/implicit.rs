@@ -18,7 +18,10 @@ use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Register};
 const MAX_SEG_BASE: u64 = 0x7fff_0000_0000;
 
 pub(super) fn is_implicit_mem(code: Code) -> bool {
-    matches!(code, Code::Xlat_m8 | Code::Maskmovdqu_rDI_xmm_xmm)
+    matches!(
+        code,
+        Code::Xlat_m8 | Code::Maskmovdqu_rDI_xmm_xmm | Code::VEX_Vmaskmovdqu_rDI_xmm_xmm
+    )
 }
 
 fn pick_segment(rng: &mut Rng) -> Register {
@@ -113,7 +116,11 @@ pub(super) fn gen_implicit(
         }
         ctx.set_xmm(mask, m);
         let asz = if addr32 { 32 } else { 64 };
-        Instruction::with_maskmovdqu(asz, data, mask, Register::None).ok()?
+        if code == Code::VEX_Vmaskmovdqu_rDI_xmm_xmm {
+            Instruction::with_vmaskmovdqu(asz, data, mask, Register::None).ok()?
+        } else {
+            Instruction::with_maskmovdqu(asz, data, mask, Register::None).ok()?
+        }
     };
     ins.set_segment_prefix(seg);
     ctx.mem_addr = Some(target);

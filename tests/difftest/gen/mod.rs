@@ -47,6 +47,7 @@ mod tuning;
 mod values;
 mod x87;
 mod x87_values;
+mod vex;
 
 // The generator's interface (not every test binary uses all of it).
 #[allow(unused_imports)]
@@ -54,7 +55,10 @@ pub use self::{
     block::block_case,
     cases::{cases_for, cases_for_with},
     ctx::{Ctx, GenOptions, Hook},
-    forms::{block_eligible, covered_codes, exclusion_reason, is_control, uncovered_legacy_simd},
+    forms::{
+        block_eligible, covered_codes, covered_vex, exclusion_reason, is_control,
+        uncovered_legacy_simd, uncovered_vex,
+    },
     layout::{
         layout, CODE_PAGE, DATA0, DATA0_LEN, DATA1, DATA1_LEN, MXCSR_DEFAULT, STACK, STACK_LEN,
     },

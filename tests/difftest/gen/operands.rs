@@ -22,6 +22,7 @@ enum RegClass {
     G32,
     G64,
     Xmm,
+    Ymm,
 }
 
 fn reg_class(k: K) -> Option<RegClass> {
@@ -30,7 +31,8 @@ fn reg_class(k: K) -> Option<RegClass> {
         K::r16_or_mem | K::r16_reg | K::r16_rm | K::r16_opcode => RegClass::G16,
         K::r32_or_mem | K::r32_reg | K::r32_rm | K::r32_opcode | K::r32_vvvv => RegClass::G32,
         K::r64_or_mem | K::r64_reg | K::r64_rm | K::r64_opcode | K::r64_vvvv => RegClass::G64,
-        K::xmm_or_mem | K::xmm_reg | K::xmm_rm => RegClass::Xmm,
+        K::xmm_or_mem | K::xmm_reg | K::xmm_rm | K::xmm_vvvv | K::xmm_is4 => RegClass::Xmm,
+        K::ymm_or_mem | K::ymm_reg | K::ymm_rm | K::ymm_vvvv | K::ymm_is4 => RegClass::Ymm,
         _ => return None,
     })
 }
@@ -46,6 +48,7 @@ fn pick_reg(class: RegClass, rng: &mut Rng) -> Register {
         RegClass::G32 => gpr_of_size(i, 4),
         RegClass::G64 => gpr_of_size(i, 8),
         RegClass::Xmm => xmm(i),
+        RegClass::Ymm => Register::try_from(Register::YMM0 as usize + i).expect("register"),
     }
 }
 
@@ -63,6 +66,9 @@ fn fixed_reg(k: K) -> Option<Register> {
 /// Required alignment of the explicit memory operand (misalignment faults natively).
 fn required_alignment(code: Code, size: u64) -> u64 {
     let mn = code.mnemonic();
+    if super::vex::is_vex_vector(code) {
+        return super::vex::vex_alignment(code, size);
+    }
     if mn == M::Cmpxchg16b {
         return 16;
     }
@@ -95,9 +101,12 @@ pub(super) fn gen_operands(
         let k = info.op_kind(i);
         let as_mem = match k {
             K::mem | K::mem_offs => true,
-            K::r8_or_mem | K::r16_or_mem | K::r32_or_mem | K::r64_or_mem | K::xmm_or_mem => {
-                rng.chance(1, 2)
-            }
+            K::r8_or_mem
+            | K::r16_or_mem
+            | K::r32_or_mem
+            | K::r64_or_mem
+            | K::xmm_or_mem
+            | K::ymm_or_mem => rng.chance(1, 2),
             _ => false,
         };
         let is_imm = imm_op_kind(k, prev_was_imm).is_some();

@@ -11,12 +11,22 @@ use iced_x86::{Instruction, Mnemonic as M, OpKind, Register};
 
 /// Whether `ins` uses an XMM register or is one of the SIMD-class forms tuned here.
 fn is_simd(ins: &Instruction) -> bool {
-    (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Register && ins.op_register(i).is_xmm())
+    (0..ins.op_count()).any(|i| {
+        ins.op_kind(i) == OpKind::Register && {
+            let r = ins.op_register(i);
+            r.is_xmm() || r.is_ymm()
+        }
+    })
 }
 
 /// Lane width in bits of a floating-point form's source, or `None` for other forms.
 fn fp_lanes(mn: M) -> Option<u32> {
     let name = format!("{mn:?}").to_ascii_lowercase();
+    // VEX forms tune like their legacy twins (VADDPS like ADDPS).
+    let name = match name.strip_prefix('v') {
+        Some(rest) if name != "vzeroupper" && name != "vzeroall" => rest.to_string(),
+        _ => name,
+    };
     let int_first = name.starts_with('p') && !name.starts_with("pcmp");
     if name.starts_with("cvt") {
         let src = name.trim_start_matches("cvtt").trim_start_matches("cvt");
@@ -128,7 +138,7 @@ fn string_length(rng: &mut Rng) -> u64 {
 
 /// Tunes the operands of a SIMD form (see the module documentation).
 pub(super) fn tune(ctx: &mut Ctx, ins: &mut Instruction, rng: &mut Rng) {
-    let mn = ins.mnemonic();
+    let mn = super::vex::legacy_twin(ins.mnemonic());
     if mn == M::Ldmxcsr && rng.chance(7, 8) {
         // Mostly a valid MXCSR (reserved bits set raise #GP).
         let v = random_mxcsr(rng);
@@ -170,7 +180,10 @@ pub(super) fn tune(ctx: &mut Ctx, ins: &mut Instruction, rng: &mut Rng) {
     if let Some(w) = fp_lanes(mn) {
         for op in 0..ins.op_count() {
             let k = ins.op_kind(op);
-            let xmm = k == OpKind::Register && ins.op_register(op).is_xmm();
+            let xmm = k == OpKind::Register && {
+                let r = ins.op_register(op);
+                r.is_xmm() || r.is_ymm()
+            };
             if (xmm || k == OpKind::Memory) && rng.chance(3, 4) {
                 let v = fp_value(rng, w);
                 ctx.set_operand_value(ins, op, v);

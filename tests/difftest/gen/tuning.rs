@@ -11,6 +11,7 @@ use iced_x86::{Code, Instruction, Mnemonic as M, OpKind, Register};
 
 /// Tunes the values of `ins`'s operands for its mnemonic (see the module documentation).
 pub(super) fn builtin_hook(ctx: &mut Ctx, ins: &mut Instruction, rng: &mut Rng) {
+    super::vex::tune(ctx, ins, rng);
     super::simd::tune(ctx, ins, rng);
     let mn = ins.mnemonic();
     let last = ins.op_count().saturating_sub(1);

@@ -751,6 +751,8 @@ static void print_line(const char *prefix, const char *line, const struct hash *
          (unsigned long long)h->n);
 }
 
+#include "isa_avx.h"
+
 static void extra_tests(int verbose) {
   struct hash h = {0xcbf29ce484222325ull, 0};
   xlat_test(&h);
@@ -764,6 +766,7 @@ static void extra_tests(int verbose) {
   struct hash xu = {0xcbf29ce484222325ull, 0};
   x87_unmasked_test(&xu);
   print_line("", "x87-unmasked", &xu);
+  avx_tests();
   for (int op = 0; op < NSTR; op++) {
     struct hash s = {0xcbf29ce484222325ull, 0};
     str_test(op, &s);

@@ -22,6 +22,7 @@
 mod host;
 mod lanes;
 mod pure_ops;
+mod vex;
 
 use super::*;
 use lanes::lane_handler;
@@ -50,6 +51,10 @@ pub fn execute<B: Builder>(b: &mut B) -> R<()> {
         let size = op_size(&insn, 0);
         let v = read_op(b, 1, size)?;
         return write_op(b, 0, size, v);
+    }
+    if insn.encoding() == iced_x86::EncodingKind::VEX {
+        // The inline VEX forms (`classify::inline_vex`); the others are system instructions.
+        return vex::execute(b);
     }
     if let Some(h) = pure_ops::handler::<B>(&insn) {
         return h(b);
