@@ -203,10 +203,10 @@ fn set_rflags(cpu: &mut CpuState, v: u64) {
 }
 
 // The families come after the macros above, which they use.
-mod compat;
 mod avx;
 mod avx_gather;
 mod avx_stub;
+mod compat;
 mod control;
 mod far;
 mod inputs;

@@ -45,9 +45,9 @@ mod simd;
 mod string;
 mod tuning;
 mod values;
+mod vex;
 mod x87;
 mod x87_values;
-mod vex;
 
 // The generator's interface (not every test binary uses all of it).
 #[allow(unused_imports)]
