@@ -91,7 +91,8 @@ fn debian_kernel_records_and_replays_under_broadwell() {
         "CPU model broadwell (",
         "  CPU GenuineIntel family 6 model 61 (0x3d) stepping 2, \"Intel Core Processor (Broadwell)\"",
         "  CPU features (45): fpu de pse tsc",
-        "  CPU masked (not yet modelled): fma f16c",
+        // krr models AVX, FMA and F16C now; broadwell hides them as KRR does.
+        "  CPU masked (KRR hides): mca mce avx fma f16c avx2",
     ] {
         assert!(out.contains(want), "no `{want}` in krr info:\n{out}");
     }
@@ -107,15 +108,25 @@ fn unmodelled_specs_and_dumps_are_refused_in_one_line() {
     let fixture = root().join("src/cpu_model/testdata/qemu-7.2-tcg-broadwell.cpuid");
     let bad = std::env::temp_dir().join(format!("krr-bad-{}.cpuid", std::process::id()));
     std::fs::write(&bad, "CPU 0:\n   0x00000000 0x00: eax=0x0000000d\n").unwrap();
+    // QEMU's Broadwell dump with AVX-512F (leaf 7 EBX bit 16) added: krr does not model it.
+    let avx512 = std::env::temp_dir().join(format!("krr-avx512-{}.cpuid", std::process::id()));
+    let dump = std::fs::read_to_string(&fixture).unwrap();
+    let leaf7 = "0x00000007 0x00: eax=0x00000000 ebx=0x001803a9";
+    assert!(dump.contains(leaf7), "the fixture's leaf 7 changed");
+    std::fs::write(
+        &avx512,
+        dump.replace(leaf7, "0x00000007 0x00: eax=0x00000000 ebx=0x001903a9"),
+    )
+    .unwrap();
     for (args, want) in [
         (
-            vec!["--cpuid", fixture.to_str().unwrap()],
-            "the dump advertises 4 feature(s) krr does not model: fma (not yet)",
+            vec!["--cpuid", avx512.to_str().unwrap()],
+            "the dump advertises 1 feature(s) krr does not model: avx512f",
         ),
         (vec!["--cpuid", bad.to_str().unwrap()], "line 2: expected"),
         (
-            vec!["--cpu", "broadwell,+avx"],
-            "`avx` is not modelled by krr",
+            vec!["--cpu", "broadwell,+avx512f"],
+            "`avx512f` is not modelled by krr",
         ),
         (vec!["--cpu", "skylake"], "unknown CPU model `skylake`"),
     ] {
@@ -130,6 +141,7 @@ fn unmodelled_specs_and_dumps_are_refused_in_one_line() {
         assert!(stderr.contains(want), "{all:?}: {stderr}");
     }
     std::fs::remove_file(&bad).unwrap();
+    std::fs::remove_file(&avx512).unwrap();
     let (help, _) = krr_ok(&["record", "--cpu", "help"]);
     assert!(
         help.contains("icelake-client: QEMU 7.0 Icelake-Client"),
