@@ -93,7 +93,11 @@ boot=(--kernel "$kernel" --initrd "$initrd")
 cold_cache="$logs/code-cache-cold" warm_cache="$logs/code-cache-warm"
 rm -rf "$warm_cache"
 "$krr" replay -q "$trace" --code-cache "$warm_cache" >/dev/null 2>&1
-"$krr" replay -q "$trace" --singlestep --code-cache "$warm_cache" >/dev/null 2>&1
+# Its own directory: every engine loads its cache file whole, and single-step blocks would
+# make the other warm rows load more.
+warm_ss_cache="$logs/code-cache-warm-singlestep"
+rm -rf "$warm_ss_cache"
+"$krr" replay -q "$trace" --singlestep --code-cache "$warm_ss_cache" >/dev/null 2>&1
 [ -f "$long_trace" ] && "$krr" replay -q "$long_trace" --code-cache "$warm_cache" >/dev/null 2>&1
 row_krr_replay() { "${measure[@]}" "$krr" replay "$trace"; }
 row_krr_replay_cold() { rm -rf "$cold_cache"; "${measure[@]}" "$krr" replay "$trace" --code-cache "$cold_cache"; }
@@ -114,7 +118,7 @@ row_long_qemu_icount() {
 }
 row_krr_replay_singlestep() { "${measure[@]}" "$krr" replay "$trace" --singlestep; }
 row_krr_replay_singlestep_warm() {
-  "${measure[@]}" "$krr" replay "$trace" --singlestep --code-cache "$warm_cache"
+  "${measure[@]}" "$krr" replay "$trace" --singlestep --code-cache "$warm_ss_cache"
 }
 row_krr() { "${measure[@]}" "$krr" run "${boot[@]}" "${cpu_like_qemu[@]}"; }
 row_krr_singlestep() { "${measure[@]}" "$krr" run "${boot[@]}" "${cpu_like_qemu[@]}" --singlestep; }

@@ -197,6 +197,7 @@ pub fn run(a: ReplayArgs) -> Result<i32, String> {
         verify_ram_digest: std::env::var_os("KRR_VERIFY_RAM_DIGEST").is_some_and(|v| v == "1"),
         symbols: symbols.map(std::sync::Arc::new),
         breaks,
+        no_read_ahead: false,
     };
     if a.jobs.is_some() || a.segment.is_some() {
         let bar = krr::report::progress(None);

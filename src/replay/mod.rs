@@ -43,6 +43,10 @@ pub struct ReplayOptions {
     /// Stop before the first instruction executed at one of these linear addresses
     /// (`--break`; engine stop addresses, so the rest of the replay runs at full speed).
     pub breaks: Vec<u64>,
+    /// Decode the events on the main thread only, with no read-ahead thread (parallel replay:
+    /// its threads keep every core busy already, and a segment's read-ahead would decode
+    /// chunks past the segment's end).
+    pub no_read_ahead: bool,
 }
 
 /// Where replay left the recorded path.
@@ -187,7 +191,11 @@ impl Replayer {
             core,
             engine,
             bus: ReplayBus {
-                stream: EventStream::new(reader),
+                stream: if options.no_read_ahead {
+                    EventStream::without_read_ahead(reader)
+                } else {
+                    EventStream::new(reader)
+                },
                 console,
                 counts: EventCounts::default(),
                 divergence: None,

@@ -203,6 +203,10 @@ pub fn replay(
     bar: &ProgressBar,
 ) -> Result<Parallel, ReplayError> {
     let t0 = std::time::Instant::now();
+    let options = ReplayOptions {
+        no_read_ahead: true,
+        ..options
+    };
     let segments = super::segments(&mut crate::trace::TraceReader::open(path)?)?;
     let runs = match only {
         Some(k) if k >= segments.len() => {

@@ -58,6 +58,8 @@ pub struct EventStream {
     next_chunk: usize,
     /// The thread decoding the chunks after `next_chunk`, once started.
     ahead: Option<ReadAhead>,
+    /// Never start one.
+    no_read_ahead: bool,
     buffered: std::collections::VecDeque<Event>,
     /// Index of the next event `next()` returns.
     pub position: u64,
@@ -116,9 +118,18 @@ impl EventStream {
             reader,
             next_chunk: 0,
             ahead: None,
+            no_read_ahead: false,
             buffered: Default::default(),
             position: 0,
             recent: Default::default(),
+        }
+    }
+
+    /// A stream that decodes every chunk on the caller's thread.
+    pub fn without_read_ahead(reader: TraceReader) -> EventStream {
+        EventStream {
+            no_read_ahead: true,
+            ..EventStream::new(reader)
         }
     }
 
@@ -137,7 +148,7 @@ impl EventStream {
         if self.ahead.as_ref().is_some_and(|a| a.next != i) {
             self.ahead = None;
         }
-        if self.ahead.is_none() && self.reader.index.len() - i > 1 {
+        if self.ahead.is_none() && !self.no_read_ahead && self.reader.index.len() - i > 1 {
             self.ahead = ReadAhead::start(&self.reader, i);
         }
         if let Some(a) = self.ahead.as_mut() {
